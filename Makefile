@@ -1,0 +1,45 @@
+# stamen — the two commands: `make demo` and `make test`. Both create .venv and install what is needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Keep Flower and Ray off the network; project-local Flower state.
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO := 0
+export FLWR_HOME := $(CURDIR)/.flwr-home
+export HF_HUB_OFFLINE := 1
+export OPENBLAS_NUM_THREADS := 1
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+# torch==2.13.0 first (a local CPU wheel); any other spec would pull GBs of CUDA packages.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/stamen simulate demo --out runs/demo
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy stamen protocols server client edge simulations
+
+bench: install
+	$(PY) benchmarks/bench_codecs.py
+	$(PY) benchmarks/bench_engine_throughput.py
+
+clean:
+	rm -rf runs .flwr-home .pytest_cache .mypy_cache .ruff_cache build *.egg-info

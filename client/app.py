@@ -1,0 +1,75 @@
+"""``stamen.client.app:app`` — the ClientApp (train, evaluate, query handlers).
+
+Everything a client needs arrives with each message (task, training spec, codec spec), so the same
+app serves simulations and deployments. The partition comes from ``context.node_config``
+(``partition-id``, ``num-partitions``); in deployment pass them with ``--node-config``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from stamen.client.core import client_seed, local_update
+from stamen.client.mods import DELTA, codec_mod
+from stamen.client.models import evaluate_model, set_weights
+from stamen.client.task import TaskSpec, TrainSpec, build_model, client_data
+from stamen.protocols import keys
+
+torch.set_num_threads(1)  # one thread per simulated client (determinism, no oversubscription)
+
+app = ClientApp()
+
+
+@lru_cache(maxsize=2)
+def _model(task: TaskSpec) -> nn.Module:
+    return build_model(task)
+
+
+def partition_id(context: Context) -> int:
+    """The node's partition id, with a clear error when a deployment forgot ``--node-config``."""
+    if keys.NODE_PARTITION_ID not in context.node_config:
+        raise ValueError("node_config has no 'partition-id': start the SuperNode with "
+                         "--node-config 'partition-id=N num-partitions=M'")
+    return int(context.node_config[keys.NODE_PARTITION_ID])  # type: ignore[arg-type]
+
+
+def _train(msg: Message, context: Context) -> Message:
+    cfg = msg.content[keys.CONFIG]
+    task = TaskSpec.from_json(str(cfg[keys.TASK]))
+    spec = TrainSpec.from_json(str(cfg[keys.TRAIN]))
+    pid = partition_id(context)
+    rnd, seed = int(cfg[keys.SERVER_ROUND]), int(cfg[keys.SEED])  # type: ignore[arg-type]
+    weights = {k: a.numpy() for k, a in msg.content[keys.ARRAYS].items()}
+    result = local_update(_model(task), weights, client_data(task, pid), spec, client_seed(seed, rnd, pid))
+    metrics = MetricRecord({keys.NUM_EXAMPLES: result.num_examples, keys.PARTITION_ID: pid,
+                            **result.metrics})
+    content = RecordDict({DELTA: ArrayRecord(result.delta), keys.METRICS: metrics})
+    return Message(content, reply_to=msg)
+
+
+def _evaluate(msg: Message, context: Context) -> Message:
+    cfg = msg.content[keys.CONFIG]
+    task = TaskSpec.from_json(str(cfg[keys.TASK]))
+    pid = partition_id(context)
+    model = _model(task)
+    set_weights(model, {k: a.numpy() for k, a in msg.content[keys.ARRAYS].items()})
+    data = client_data(task, pid)
+    loss, acc = evaluate_model(model, data.x, data.y)
+    metrics = MetricRecord({keys.NUM_EXAMPLES: len(data.y), keys.PARTITION_ID: pid,
+                            keys.EVAL_LOSS: loss, keys.EVAL_ACCURACY: acc})
+    return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
+
+
+def _query(msg: Message, context: Context) -> Message:
+    metrics = MetricRecord({keys.PARTITION_ID: partition_id(context)})
+    return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
+
+
+app.train(mods=[codec_mod])(_train)
+app.evaluate()(_evaluate)
+app.query()(_query)

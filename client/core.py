@@ -1,0 +1,63 @@
+"""One client round as pure functions, shared by the ClientApp (Flower) and the in-process engine.
+
+``global weights -> trainer -> delta = local - global -> codec pipeline -> packed Envelope``.
+The ClientApp's train handler calls :func:`local_update`; its codec mod calls :func:`encode_delta`;
+the in-process engine calls both directly. Keeping them here is what makes the two engines run the
+same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from stamen.client.models import set_weights
+from stamen.client.task import TaskData, TrainSpec
+from stamen.client.trainers import TrainResult, create_trainer
+from stamen.protocols import CodecSpec, Signer, encode_update
+
+
+def client_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """Deterministic 63-bit seed for one client in one round (independent streams per triple)."""
+    state = np.random.SeedSequence([seed, server_round, partition_id]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def local_update(
+    model: nn.Module,
+    global_weights: Mapping[str, np.ndarray],
+    data: TaskData,
+    spec: TrainSpec,
+    seed: int,
+) -> TrainResult:
+    """Load the global weights into ``model``, train locally, return ``delta = local - global``."""
+    set_weights(model, global_weights)
+    trainer = create_trainer(spec.trainer)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return trainer.train(model, data, spec, seed)
+
+
+def encode_delta(
+    delta: Mapping[str, np.ndarray],
+    codec: str,
+    *,
+    base_hash: str,
+    version: int,
+    sender: str,
+    seed: int,
+    signer: Signer | None = None,
+) -> bytes:
+    """Encode ``delta`` with the codec spec the server asked for and pack it into an Envelope.
+
+    The codec's randomness (e.g. stochastic rounding) comes from ``seed``, so the bytes are
+    reproducible. The returned bytes are exactly what goes on the wire (``len()`` is bytes up).
+    """
+    spec = CodecSpec.parse(codec)
+    rng = np.random.default_rng(seed)
+    return encode_update(
+        delta, spec, base_hash=base_hash, version=version, sender=sender, rng=rng, signer=signer
+    )

@@ -1,0 +1,54 @@
+"""Flower client mods for the train handler (registered per handler, never app-wide: Flower's own
+DP mods break evaluate replies when set app-wide).
+
+``codec_mod``: the handler replies with the plain delta in ``ArrayRecord "delta"``; the mod encodes it
+with the codec spec the server asked for, packs it into an Envelope (signed if a signer is set) and
+replaces the record by ``"update"``. Mods compose: ``mods[0]`` is outermost, so with
+``[codec_mod, dp_mod]`` the reply passes the DP mod first, then the codec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import Context, Message
+from flwr.clientapp.typing import ClientAppCallable
+
+from stamen.client.core import client_seed, encode_delta
+from stamen.protocols import Signer, keys, model_hash
+from stamen.protocols.flower import envelope_record
+
+DELTA = "delta"  # handler -> mod record name; never leaves the client
+
+Mod = Callable[[Message, Context, ClientAppCallable], Message]
+
+
+def make_codec_mod(signer: Signer | None = None) -> Mod:
+    """Build the codec mod; with ``signer`` every envelope is Ed25519-signed."""
+
+    def codec_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Message:
+        if msg.metadata.message_type.split(".")[0] != "train":
+            return call_next(msg, ctx)
+        base = {k: a.numpy() for k, a in msg.content[keys.ARRAYS].items()}
+        out = call_next(msg, ctx)
+        if out.has_error() or DELTA not in out.content.array_records:
+            return out
+        cfg = msg.content[keys.CONFIG]
+        delta = {k: a.numpy().astype(np.float32, copy=False) for k, a in out.content[DELTA].items()}
+        metrics = out.content[keys.METRICS]
+        pid = int(metrics[keys.PARTITION_ID])  # type: ignore[arg-type]
+        rnd, seed = int(cfg[keys.SERVER_ROUND]), int(cfg[keys.SEED])  # type: ignore[arg-type]
+        payload = encode_delta(
+            delta, str(cfg[keys.CODEC_SPEC]), base_hash=model_hash(base), version=rnd,
+            sender=f"client-{pid}", seed=client_seed(seed, rnd, pid) ^ 0xC0DEC, signer=signer,
+        )
+        del out.content[DELTA]
+        out.content[keys.UPDATE] = envelope_record(payload)
+        metrics[keys.BYTES_UP] = len(payload)
+        return out
+
+    return codec_mod
+
+
+codec_mod = make_codec_mod()

@@ -1,0 +1,146 @@
+"""The learning task a client runs: which data partition, which model, which hyper-parameters.
+
+The server sends a :class:`TaskSpec` and a :class:`TrainSpec` every round as compact JSON strings in
+the ``ConfigRecord`` (keys in :mod:`stamen.protocols.keys`), so a ClientApp needs no run config of
+its own: the same app serves simulations and deployments. Data loading is cached per process, which
+matters inside Flower's long-lived Ray actors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from stamen.client.models import create_model
+
+_OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Dataset, partitioning and model shared by all clients of a run."""
+
+    dataset: str = "digits"
+    num_samples: int = 5000
+    test_fraction: float = 0.2
+    partition: str = "iid"
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    num_clients: int = 10
+    seed: int = 0
+    model: str = "mlp"
+    hidden: tuple[int, ...] = (64,)
+
+    def to_json(self) -> str:
+        """Compact canonical JSON (sorted keys)."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> TaskSpec:
+        """Inverse of :meth:`to_json`; unknown keys raise ``ValueError``."""
+        return cls(**_checked_fields(cls, json.loads(text)))
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Local training hyper-parameters for one round."""
+
+    trainer: str = "full"
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
+
+    def to_json(self) -> str:
+        """Compact canonical JSON (sorted keys)."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainSpec:
+        """Inverse of :meth:`to_json`; unknown keys raise ``ValueError``."""
+        return cls(**_checked_fields(cls, json.loads(text)))
+
+
+def _checked_fields(cls: type, raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cls.__name__}: expected a JSON object")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {unknown}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Arrays of one client partition (or the test split)."""
+
+    x: np.ndarray  # (n, features) float32
+    y: np.ndarray  # (n,) int64
+    num_classes: int
+    input_dim: int
+
+
+@lru_cache(maxsize=4)
+def _dataset(task: TaskSpec) -> Any:
+    from stamen.simulations.data import load_dataset
+
+    return load_dataset(
+        task.dataset, seed=task.seed, test_fraction=task.test_fraction, num_samples=task.num_samples
+    )
+
+
+@lru_cache(maxsize=4)
+def _partitions(task: TaskSpec) -> list[np.ndarray]:
+    from stamen.simulations.partition import partition
+
+    ds = _dataset(task)
+    return partition(
+        ds.y_train,
+        task.num_clients,
+        task.partition,
+        seed=task.seed,
+        alpha=task.alpha,
+        shards_per_client=task.shards_per_client,
+    )
+
+
+def client_data(task: TaskSpec, partition_id: int) -> TaskData:
+    """Training data of client ``partition_id`` (0 <= id < ``task.num_clients``)."""
+    if not 0 <= partition_id < task.num_clients:
+        raise ValueError(f"partition-id {partition_id} out of range [0, {task.num_clients})")
+    ds = _dataset(task)
+    idx = _partitions(task)[partition_id]
+    return TaskData(ds.x_train[idx], ds.y_train[idx], ds.num_classes, ds.input_dim)
+
+
+def test_data(task: TaskSpec) -> TaskData:
+    """The fixed held-out test split used for centralized evaluation."""
+    ds = _dataset(task)
+    return TaskData(ds.x_test, ds.y_test, ds.num_classes, ds.input_dim)
+
+
+def partition_sizes(task: TaskSpec) -> list[int]:
+    """Number of training samples of every client, by partition id."""
+    return [len(p) for p in _partitions(task)]
+
+
+def build_model(task: TaskSpec) -> nn.Module:
+    """The task's model with its deterministic initial weights (seeded by ``task.seed``)."""
+    ds = _dataset(task)
+    return create_model(task.model, ds.input_dim, ds.num_classes, task.hidden, seed=task.seed)

@@ -1,0 +1,1 @@
+"""Edge runtime (see issue: edge runtime). Must not import stamen.server or stamen.simulations."""

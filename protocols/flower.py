@@ -1,0 +1,50 @@
+"""The one adapter between stamen's wire formats and Flower's records (the only flwr import here).
+
+A packed :class:`~stamen.protocols.Envelope` travels as a single ``flwr.app.Array`` of ``uint8``
+with ``stype = "stamen.envelope/1"`` inside the ``ArrayRecord`` named ``"update"``. Its ``data`` is
+the envelope bytes verbatim, so ``len(data)`` is the real number of bytes sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from stamen.protocols.keys import ENVELOPE_STYPE, UPDATE_ARRAY
+
+__all__ = [
+    "ENVELOPE_STYPE",
+    "array_record_nbytes",
+    "envelope_from_record",
+    "envelope_record",
+    "weights_nbytes",
+]
+
+
+def envelope_record(data: bytes) -> ArrayRecord:
+    """Wrap packed envelope bytes in an ``ArrayRecord`` (no copy of the payload semantics)."""
+    arr = Array(dtype="uint8", shape=(len(data),), stype=ENVELOPE_STYPE, data=bytes(data))
+    return ArrayRecord({UPDATE_ARRAY: arr})
+
+
+def envelope_from_record(record: ArrayRecord) -> bytes | None:
+    """The envelope bytes held by ``record``, or ``None`` if it holds no envelope array."""
+    arr = record.get(UPDATE_ARRAY)
+    if arr is None or arr.stype != ENVELOPE_STYPE:
+        return None
+    return bytes(arr.data)
+
+
+def array_record_nbytes(record: ArrayRecord) -> int:
+    """Serialized payload bytes of an ``ArrayRecord`` (sum of ``len(Array.data)``)."""
+    return sum(len(a.data) for a in record.values())
+
+
+def weights_nbytes(weights: Mapping[str, np.ndarray]) -> int:
+    """Bytes the weights take as Flower ``Array``s (numpy ``.npy`` serialization per tensor).
+
+    Lets the in-process engine report exactly the downlink bytes the Flower engine sends.
+    """
+    return array_record_nbytes(ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()}))

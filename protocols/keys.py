@@ -1,0 +1,34 @@
+"""Every string key that crosses the wire between ServerApp and ClientApp.
+
+Kept in one place so that the server, the client, the mods and the engines cannot drift apart.
+"""
+
+from __future__ import annotations
+
+# --- RecordDict keys -------------------------------------------------------------------------
+ARRAYS = "arrays"  # ArrayRecord: the global model (server -> client) or a plain Flower reply
+CONFIG = "config"  # ConfigRecord: per-round instructions (server -> client)
+METRICS = "metrics"  # MetricRecord: client reply metrics
+UPDATE = "update"  # ArrayRecord holding one Array whose data is a packed Envelope
+UPDATE_ARRAY = "envelope"  # the Array's key inside the UPDATE record
+ENVELOPE_STYPE = "stamen.envelope/1"  # Array.stype marking a packed Envelope
+
+# --- ConfigRecord keys (server -> client, every round) ---------------------------------------
+SERVER_ROUND = "server-round"  # injected by Flower's convention as well
+CODEC_SPEC = "codec-spec"
+MODEL_HASH = "model-hash"
+TASK = "task"  # JSON string: dataset, partition, model, seeds (see stamen.client.task)
+TRAIN = "train"  # JSON string: trainer name + hyper-parameters
+SEED = "seed"
+
+# --- MetricRecord keys (client -> server) ----------------------------------------------------
+NUM_EXAMPLES = "num-examples"  # Flower's default weighting key
+PARTITION_ID = "partition-id"
+TRAIN_LOSS = "train-loss"
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"
+BYTES_UP = "bytes-up"
+
+# --- node_config keys (Flower) ---------------------------------------------------------------
+NODE_PARTITION_ID = "partition-id"
+NODE_NUM_PARTITIONS = "num-partitions"

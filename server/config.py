@@ -1,0 +1,91 @@
+"""Server configuration, read once at the app boundary into a frozen dataclass.
+
+Sources, in order: the scenario (built-in name or TOML path), then ``section.key`` overrides. Under
+``flwr run`` they come from ``[tool.flwr.app.config]`` / ``-c``: the key ``scenario`` names the
+scenario, ``overrides`` is a whitespace-separated list of ``section.key=value`` entries (Flower only
+accepts ``-c`` keys that pyproject declares, so one string key carries them all), and any other
+declared key containing a dot is an override too. Under ``run_simulation`` the run config is empty and
+the ``smoke`` defaults apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from stamen.client.task import TaskSpec, TrainSpec
+from stamen.protocols import CodecSpec
+
+# run_config keys that are not scenario overrides
+APP_KEYS = ("scenario", "overrides", "out-dir", "timeout-s")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the server needs for a run; built by :meth:`from_scenario`."""
+
+    scenario: Mapping[str, Any]  # the full scenario as a JSON-able dict (written to results.json)
+    name: str
+    seed: int
+    rounds: int
+    per_round: int
+    num_clients: int
+    task: TaskSpec
+    train: TrainSpec
+    codec: CodecSpec
+    rule: str
+    rule_params: Mapping[str, Any]
+    server_lr: float
+    max_update_norm: float
+    eval_every: int
+    eval_fraction: float
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.per_round <= self.num_clients:
+            raise ValueError(f"per_round must be in [1, {self.num_clients}], got {self.per_round}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout-s must be > 0, got {self.timeout_s}")
+
+    @classmethod
+    def from_scenario(cls, scenario: Any, timeout_s: float = 600.0) -> ServerConfig:
+        """Derive the server config from a :class:`stamen.simulations.scenario.Scenario`."""
+        s = scenario
+        task = TaskSpec(
+            dataset=s.data.dataset, num_samples=s.data.num_samples, test_fraction=s.data.test_fraction,
+            partition=s.data.partition, alpha=s.data.alpha, shards_per_client=s.data.shards_per_client,
+            num_clients=s.data.num_clients, seed=s.seed, model=s.model.name, hidden=tuple(s.model.hidden),
+        )
+        train = TrainSpec(
+            trainer=s.clients.trainer, epochs=s.clients.local_epochs, batch_size=s.clients.batch_size,
+            lr=s.clients.lr, optimizer=s.clients.optimizer, momentum=s.clients.momentum,
+            weight_decay=s.clients.weight_decay,
+        )
+        codec = CodecSpec.from_pipeline(s.codec.pipeline, s.codec.params)
+        return cls(
+            scenario=s.to_dict(), name=s.name, seed=s.seed, rounds=s.rounds,
+            per_round=s.clients.per_round, num_clients=s.data.num_clients, task=task, train=train,
+            codec=codec, rule=s.aggregation.rule, rule_params=dict(s.aggregation.params),
+            server_lr=s.aggregation.server_lr, max_update_norm=s.aggregation.max_update_norm,
+            eval_every=s.eval.every, eval_fraction=s.eval.fraction_clients, timeout_s=timeout_s,
+        )
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> ServerConfig:
+        """Read Flower's ``context.run_config`` (may be empty: then the ``smoke`` defaults apply)."""
+        from stamen.simulations.scenario import load_scenario
+
+        name = str(run_config.get("scenario", "smoke"))
+        overrides = str(run_config.get("overrides", "")).replace(";", " ").split()
+        overrides += [f"{k}={_as_override(v)}" for k, v in run_config.items() if k not in APP_KEYS]
+        scenario = load_scenario(name, overrides)
+        return cls.from_scenario(scenario, timeout_s=float(run_config.get("timeout-s", 600.0)))
+
+
+def _as_override(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)

@@ -1,0 +1,175 @@
+"""One server round as a pure object, shared by the Flower strategy and the in-process engine.
+
+``verify -> unpack Envelope -> decode with the envelope's own codec spec -> validate (names, shapes,
+dtype, finite, norm) -> stack -> aggregator -> server step``. A bad update is rejected with its reason,
+logged and counted; the round goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stamen.protocols import StamenError, TensorInfo, ValidationError, Verifier, decode_update
+from stamen.server.aggregators import Aggregator
+
+log = logging.getLogger("stamen.server")
+
+
+@dataclass(frozen=True)
+class ValidationPolicy:
+    """What a decoded update must satisfy. ``max_norm = 0`` disables the L2-norm bound."""
+
+    max_norm: float = 0.0
+    verifier: Verifier | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_norm < 0:
+            raise ValueError(f"max_norm must be >= 0 (0 disables it), got {self.max_norm}")
+
+
+@dataclass
+class RoundStats:
+    """Per-round bookkeeping; bytes are ``len()`` of what was really received."""
+
+    bytes_up: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    reasons: list[str] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+
+
+def flatten(tensors: Mapping[str, np.ndarray], table: tuple[TensorInfo, ...], out: np.ndarray) -> None:
+    """Write ``tensors`` into the preallocated ``(d,)`` row ``out`` in table order."""
+    offset = 0
+    for info in table:
+        n = info.size
+        out[offset : offset + n] = np.asarray(tensors[info.name], dtype=np.float32).reshape(-1)
+        offset += n
+
+
+def unflatten(flat: np.ndarray, table: tuple[TensorInfo, ...]) -> dict[str, np.ndarray]:
+    """Split a ``(d,)`` vector back into named tensors (copies)."""
+    out, offset = {}, 0
+    for info in table:
+        out[info.name] = flat[offset : offset + info.size].reshape(info.shape).astype(np.float32)
+        offset += info.size
+    return out
+
+
+def validate_delta(
+    delta: Mapping[str, np.ndarray], table: tuple[TensorInfo, ...], policy: ValidationPolicy
+) -> None:
+    """Raise :class:`ValidationError` unless ``delta`` matches ``table`` and is finite and bounded."""
+    names = [t.name for t in table]
+    if list(delta) != names and set(delta) != set(names):
+        raise ValidationError(f"tensor names differ from the model: got {sorted(delta)[:5]}...")
+    sq = 0.0
+    for info in table:
+        arr = delta[info.name]
+        if tuple(arr.shape) != info.shape:
+            raise ValidationError(f"{info.name}: shape {arr.shape} != {info.shape}")
+        if arr.dtype != np.float32:
+            raise ValidationError(f"{info.name}: dtype {arr.dtype} != float32")
+        if not np.all(np.isfinite(arr)):
+            raise ValidationError(f"{info.name}: non-finite values")
+        sq += float(np.dot(arr.ravel(), arr.ravel()))
+    if policy.max_norm > 0 and np.sqrt(sq) > policy.max_norm:
+        raise ValidationError(f"update L2 norm {np.sqrt(sq):.4g} exceeds bound {policy.max_norm}")
+
+
+class RoundAggregator:
+    """Collects the updates of one round into a preallocated stack and aggregates them.
+
+    Parameters
+    ----------
+    base : mapping of str to ndarray
+        Global weights the round started from (what the deltas apply to).
+    base_hash : str
+        ``model_hash(base)``; envelopes computed against another model are rejected.
+    capacity : int
+        Maximum number of updates (the number of clients asked).
+    aggregator : Aggregator
+        Pure rule over the ``(n, d)`` stack.
+    policy : ValidationPolicy
+        Norm bound and optional signature verifier.
+    """
+
+    def __init__(
+        self,
+        base: Mapping[str, np.ndarray],
+        base_hash: str,
+        capacity: int,
+        aggregator: Aggregator,
+        policy: ValidationPolicy,
+    ) -> None:
+        from stamen.protocols import tensor_table
+
+        self.base = {k: np.asarray(v, dtype=np.float32) for k, v in base.items()}
+        self.base_hash = base_hash
+        self.table = tensor_table(self.base)
+        dim = sum(t.size for t in self.table)
+        self._stack = np.empty((max(capacity, 1), dim), dtype=np.float32)  # (n, d)
+        self._weights: list[float] = []
+        self._senders: list[str] = []
+        self.aggregator = aggregator
+        self.policy = policy
+        self.stats = RoundStats()
+
+    def add_envelope(self, sender: str, data: bytes, num_examples: int) -> bool:
+        """Decode, validate and stack one packed envelope; reject (and return False) on any error."""
+        self.stats.bytes_up += len(data)
+        try:
+            _, delta = decode_update(
+                data,
+                verifier=self.policy.verifier,
+                expected_base=self.base_hash,
+                expected_tensors=self.table,
+            )
+        except StamenError as exc:
+            return self.reject(sender, f"{type(exc).__name__}: {exc}")
+        return self._add(sender, delta, num_examples)
+
+    def add_weights(self, sender: str, weights: Mapping[str, np.ndarray], num_examples: int, nbytes: int) -> bool:
+        """Accept a plain Flower reply (full local weights): the delta is ``weights - base``."""
+        self.stats.bytes_up += nbytes
+        try:
+            delta = {k: np.asarray(weights[k], dtype=np.float32) - self.base[k] for k in self.base}
+        except (KeyError, ValueError) as exc:
+            return self.reject(sender, f"plain reply does not match the model: {exc}")
+        return self._add(sender, delta, num_examples)
+
+    def reject(self, sender: str, reason: str) -> bool:
+        """Count and log a rejected update; the round goes on."""
+        self.stats.rejected += 1
+        self.stats.reasons.append(f"{sender}: {reason}")
+        log.warning("rejected update from %s: %s", sender, reason)
+        return False
+
+    def _add(self, sender: str, delta: Mapping[str, np.ndarray], num_examples: int) -> bool:
+        try:
+            validate_delta(delta, self.table, self.policy)
+        except ValidationError as exc:
+            return self.reject(sender, f"ValidationError: {exc}")
+        if num_examples <= 0:
+            return self.reject(sender, f"num-examples must be > 0, got {num_examples}")
+        n = len(self._weights)
+        if n >= self._stack.shape[0]:
+            return self.reject(sender, "more replies than clients asked")
+        flatten(delta, self.table, self._stack[n])
+        self._weights.append(float(num_examples))
+        self._senders.append(sender)
+        self.stats.accepted += 1
+        return True
+
+    def finish(self, server_lr: float = 1.0) -> dict[str, np.ndarray] | None:
+        """Aggregate the accepted updates: ``w <- base + server_lr * agg(deltas)``; None if none."""
+        n = len(self._weights)
+        if n == 0:
+            return None
+        agg = self.aggregator(self._stack[:n], np.asarray(self._weights))
+        step = unflatten(np.asarray(agg, dtype=np.float32) * np.float32(server_lr), self.table)
+        return {k: self.base[k] + step[k] for k in self.base}

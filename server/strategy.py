@@ -1,0 +1,223 @@
+"""``StamenStrategy``: thin Flower glue around the pure round logic in :mod:`stamen.server.rounds`.
+
+Per round it sends the global model (a plain ``ArrayRecord`` named "arrays", so stock Flower
+ClientApps can join) and a ``ConfigRecord`` with the task, the training spec and the codec spec;
+it decodes every reply with the envelope's own codec spec, validates it, and aggregates with a pure
+aggregator. Replies are sorted by the client-reported partition id before aggregation so results are
+reproducible bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from stamen.protocols import keys, model_hash
+from stamen.protocols.flower import ENVELOPE_STYPE, array_record_nbytes, envelope_from_record
+from stamen.server.aggregators import create
+from stamen.server.config import ServerConfig
+from stamen.server.history import ProgressFn, RoundRecord
+from stamen.server.rounds import RoundAggregator, ValidationPolicy
+from stamen.server.sampling import sample_clients
+
+log = logging.getLogger("stamen.server")
+EvalFn = Callable[[dict[str, np.ndarray]], tuple[float, float]]
+
+
+class StamenStrategy(Strategy):
+    """Synchronous rounds: sample, send model + specs, decode, validate, aggregate, evaluate."""
+
+    def __init__(
+        self, cfg: ServerConfig, evaluate: EvalFn | None = None, progress: ProgressFn | None = None,
+        policy: ValidationPolicy | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.aggregator = create(cfg.rule, **cfg.rule_params)
+        self.policy = policy or ValidationPolicy(max_norm=cfg.max_update_norm)
+        self.evaluate_fn = evaluate
+        self.progress = progress
+        self.history: list[RoundRecord] = []
+        self._node_of_partition: dict[int, int] | None = None
+        self._round: dict[str, Any] = {}
+
+    # ---- training ------------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample clients and send them the model, the task and the codec spec."""
+        t0 = time.perf_counter()
+        base = {k: a.numpy() for k, a in arrays.items()}
+        nodes = self._select_nodes(server_round, grid)
+        cfg = self._train_config(server_round, config)
+        content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: cfg})
+        msgs = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
+        self._round = {"t0": t0, "base": base, "hash": model_hash(base), "asked": len(msgs),
+                       "bytes_down": array_record_nbytes(arrays) * len(msgs)}
+        return msgs
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Decode and validate each reply, then aggregate the accepted ones."""
+        state = self._round
+        ra = RoundAggregator(state["base"], state["hash"], state["asked"], self.aggregator, self.policy)
+        ordered = sorted(replies, key=_reply_order)
+        for reply in ordered:
+            self._accept(ra, reply)
+        missing = state["asked"] - len(ordered)
+        for _ in range(max(missing, 0)):
+            ra.reject("unknown", "no reply before the timeout")
+        state["stats"] = ra.stats
+        new = ra.finish(self.cfg.server_lr)
+        loss = float(np.mean(ra.stats.train_loss)) if ra.stats.train_loss else math.nan
+        metrics = MetricRecord({"bytes-up": ra.stats.bytes_up, "accepted": ra.stats.accepted,
+                                "rejected": ra.stats.rejected, "train-loss": loss})
+        if new is None:
+            log.warning("round %d: no update accepted; the model is unchanged", server_round)
+            return None, metrics
+        return ArrayRecord({k: _array(v) for k, v in new.items()}), metrics
+
+    def _accept(self, ra: RoundAggregator, reply: Message) -> None:
+        if reply.has_error():
+            ra.reject(f"node-{reply.metadata.src_node_id}", f"client error: {reply.error.reason}")
+            return
+        content = reply.content
+        metrics = content.metric_records.get(keys.METRICS) or next(iter(content.metric_records.values()), None)
+        sender = f"node-{reply.metadata.src_node_id}"
+        if metrics is None or keys.NUM_EXAMPLES not in metrics:
+            ra.reject(sender, f"reply has no MetricRecord with {keys.NUM_EXAMPLES!r}")
+            return
+        num = int(metrics[keys.NUM_EXAMPLES])
+        if keys.TRAIN_LOSS in metrics:
+            ra.stats.train_loss.append(float(metrics[keys.TRAIN_LOSS]))  # type: ignore[arg-type]
+        if keys.PARTITION_ID in metrics:
+            sender = f"client-{int(metrics[keys.PARTITION_ID])}"  # type: ignore[arg-type]
+        if keys.UPDATE in content.array_records:
+            data = envelope_from_record(content.array_records[keys.UPDATE])
+            if data is None:
+                ra.reject(sender, f"record {keys.UPDATE!r} holds no {ENVELOPE_STYPE} array")
+            else:
+                ra.add_envelope(sender, data, num)
+        elif keys.ARRAYS in content.array_records and self.cfg.codec.is_dense():
+            rec = content.array_records[keys.ARRAYS]
+            try:
+                weights = {k: a.numpy() for k, a in rec.items()}
+            except Exception as exc:  # a stock client's arrays that do not deserialize
+                ra.reject(sender, f"plain reply arrays unreadable: {exc}")
+                return
+            ra.add_weights(sender, weights, num, array_record_nbytes(rec))
+        else:
+            ra.reject(sender, f"reply has neither {keys.UPDATE!r} nor (dense codec) {keys.ARRAYS!r}")
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Federated evaluation on a fraction of the clients (none by default)."""
+        if self.cfg.eval_fraction <= 0:
+            return []
+        nodes = sorted(grid.get_node_ids())
+        k = max(1, math.ceil(self.cfg.eval_fraction * len(nodes)))
+        rng = np.random.default_rng([self.cfg.seed, server_round, 0xE7A1])
+        chosen = sorted(int(i) for i in rng.choice(nodes, size=min(k, len(nodes)), replace=False))
+        cfg = self._train_config(server_round, config)
+        content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: cfg})
+        return [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in chosen]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Example-weighted mean of the clients' local accuracy and loss."""
+        acc, loss, total = 0.0, 0.0, 0
+        for r in replies:
+            if r.has_error() or keys.METRICS not in r.content.metric_records:
+                continue
+            m = r.content.metric_records[keys.METRICS]
+            n = int(m.get(keys.NUM_EXAMPLES, 0))  # type: ignore[arg-type]
+            acc += float(m.get(keys.EVAL_ACCURACY, 0.0)) * n  # type: ignore[arg-type]
+            loss += float(m.get(keys.EVAL_LOSS, 0.0)) * n  # type: ignore[arg-type]
+            total += n
+        if total == 0:
+            return None
+        return MetricRecord({"federated-accuracy": acc / total, "federated-loss": loss / total})
+
+    def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Centralized evaluation (Flower's ``evaluate_fn``); also closes the round's record."""
+        if server_round == 0:
+            return None
+        due = server_round % self.cfg.eval_every == 0 or server_round == self.cfg.rounds
+        loss, acc = math.nan, math.nan
+        if due and self.evaluate_fn is not None:
+            loss, acc = self.evaluate_fn({k: a.numpy() for k, a in arrays.items()})
+        self._close_round(server_round, acc, loss)
+        return None if math.isnan(acc) else MetricRecord({"accuracy": acc, "loss": loss})
+
+    def _close_round(self, server_round: int, acc: float, loss: float) -> None:
+        st = self._round.get("stats")
+        rec = RoundRecord(
+            round=server_round, accuracy=acc, loss=loss, bytes_up=st.bytes_up if st else 0,
+            bytes_down=int(self._round.get("bytes_down", 0)), epsilon=None,
+            rejected=st.rejected if st else 0, wall_s=time.perf_counter() - self._round.get("t0", 0.0),
+        )
+        self.history.append(rec)
+        if self.progress is not None:
+            self.progress(rec)
+
+    def summary(self) -> None:
+        """Log the configuration."""
+        log.info("StamenStrategy: rule=%s codec=%s per_round=%d/%d", self.cfg.rule,
+                 self.cfg.codec.to_string(), self.cfg.per_round, self.cfg.num_clients)
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def _train_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
+        cfg = ConfigRecord(dict(config))
+        cfg[keys.SERVER_ROUND] = server_round
+        cfg[keys.SEED] = self.cfg.seed
+        cfg[keys.CODEC_SPEC] = self.cfg.codec.to_string()
+        cfg[keys.TASK] = self.cfg.task.to_json()
+        cfg[keys.TRAIN] = self.cfg.train.to_json()
+        return cfg
+
+    def _select_nodes(self, server_round: int, grid: Grid) -> list[int]:
+        nodes = sorted(grid.get_node_ids())
+        if self.cfg.per_round >= len(nodes):
+            return nodes
+        mapping = self._partition_map(grid, nodes)
+        pids = sample_clients(self.cfg.seed, server_round, self.cfg.num_clients, self.cfg.per_round)
+        chosen = [mapping[p] for p in pids if p in mapping]
+        spare = [n for n in nodes if n not in set(chosen)]
+        return sorted(chosen + spare[: self.cfg.per_round - len(chosen)])
+
+    def _partition_map(self, grid: Grid, nodes: list[int]) -> dict[int, int]:
+        """Ask every node once for its partition id, so sampling matches the in-process engine."""
+        if self._node_of_partition is None:
+            msgs = [Message(RecordDict({keys.CONFIG: ConfigRecord({})}), dst_node_id=n,
+                            message_type=MessageType.QUERY) for n in nodes]
+            mapping: dict[int, int] = {}
+            for r in grid.send_and_receive(msgs, timeout=self.cfg.timeout_s):
+                m = None if r.has_error() else r.content.metric_records.get(keys.METRICS)
+                if m is not None and keys.PARTITION_ID in m:
+                    mapping[int(m[keys.PARTITION_ID])] = r.metadata.src_node_id  # type: ignore[arg-type]
+            self._node_of_partition = mapping
+        return self._node_of_partition
+
+
+def _reply_order(msg: Message) -> tuple[int, float, int]:
+    if msg.has_error():
+        return (1, 0.0, msg.metadata.src_node_id)
+    for rec in msg.content.metric_records.values():
+        if keys.PARTITION_ID in rec:
+            return (0, float(rec[keys.PARTITION_ID]), msg.metadata.src_node_id)  # type: ignore[arg-type]
+    return (0, math.inf, msg.metadata.src_node_id)
+
+
+def _array(x: np.ndarray) -> Any:
+    from flwr.app import Array
+
+    return Array(np.ascontiguousarray(x, dtype=np.float32))

@@ -1,0 +1,144 @@
+"""The ``stamen`` command line.
+
+    stamen simulate SCENARIO [--engine inprocess|flower] [--set section.key=value ...] [--out DIR]
+    stamen scenarios
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stamen._version import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stamen", description="Federated and edge model updates on Flower.")
+    p.add_argument("--version", action="version", version=f"stamen {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser("simulate", help="run a scenario end to end on one machine")
+    sim.add_argument("scenario", help="built-in scenario name (see `stamen scenarios`) or a TOML path")
+    sim.add_argument("--engine", choices=("inprocess", "flower"), default="inprocess")
+    sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario key, e.g. --set clients.lr=0.1 (repeatable)")
+    sim.add_argument("--out", type=Path, default=None, help="output directory (default runs/<name>)")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub.add_parser("scenarios", help="list the built-in scenarios")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``stamen`` console script; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "scenarios":
+            return _scenarios()
+        return _simulate(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"stamen: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stamen: interrupted", file=sys.stderr)
+        return 130
+
+
+def _scenarios() -> int:
+    from stamen.simulations.scenario import builtin_scenarios
+
+    for name, description in builtin_scenarios():
+        print(f"{name:<16} {description}")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from stamen.server.config import ServerConfig
+    from stamen.simulations.engines import run_engine
+    from stamen.simulations.results import write_results
+    from stamen.simulations.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario, args.overrides)
+    cfg = ServerConfig.from_scenario(scenario)
+    out = args.out or Path("runs") / scenario.name
+    os.environ.setdefault("FLWR_HOME", str(Path.cwd() / ".flwr-home"))
+    start = time.perf_counter()
+    with _Progress(cfg.rounds, cfg.per_round, enabled=not args.quiet) as prog:
+        kwargs: dict[str, Any] = {"client_progress": prog.client} if args.engine == "inprocess" else {}
+        result = run_engine(args.engine, cfg, prog.round, **kwargs)
+    wall = time.perf_counter() - start
+    paths = write_results(out, scenario.to_dict(), result.rounds, extra={"engine": args.engine})
+    _print_summary(scenario.name, args.engine, result.rounds, wall, paths)
+    return 0
+
+
+class _Progress:
+    """Rich progress bar over rounds, with a client bar inside long rounds."""
+
+    def __init__(self, rounds: int, per_round: int, enabled: bool) -> None:
+        self.enabled, self.rounds, self.per_round = enabled, rounds, per_round
+        self._clients_task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                               TimeElapsedColumn(), TextColumn("{task.fields[info]}"), transient=False)
+            self._p.start()
+            self._rounds_task = self._p.add_task("rounds", total=self.rounds, info="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._p.stop()
+
+    def round(self, rec: Any) -> None:
+        if self.enabled:
+            acc = "" if rec.accuracy != rec.accuracy else f"acc {rec.accuracy:.3f}"
+            self._p.update(self._rounds_task, advance=1, info=acc)
+
+    def client(self, done: int, total: int) -> None:
+        if not self.enabled or total < 50:  # only long rounds get a client bar
+            return
+        if self._clients_task is None:
+            self._clients_task = self._p.add_task("clients", total=total, info="")
+        self._p.update(self._clients_task, completed=done, total=total)
+
+
+def _print_summary(name: str, engine: str, rounds: Sequence[Any], wall: float, paths: dict[str, Path]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from stamen.server.history import last_evaluated
+
+    last = last_evaluated(rounds)
+    table = Table(title=f"stamen simulate {name} ({engine})")
+    for col in ("final accuracy", "bytes up", "bytes down", "rejected", "wall time"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        "n/a" if last is None else f"{last.accuracy:.4f}",
+        _human(sum(r.bytes_up for r in rounds)),
+        _human(sum(r.bytes_down for r in rounds)),
+        str(sum(r.rejected for r in rounds)),
+        f"{wall:.1f} s",
+    )
+    console = Console()
+    console.print(table)
+    console.print("results: " + ", ".join(str(p) for p in paths.values()))
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

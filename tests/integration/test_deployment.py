@@ -1,0 +1,106 @@
+"""Deployment smoke: a real SuperLink and two SuperNodes on 127.0.0.1, `flwr run .` for 2 rounds.
+
+Every process started here is stopped by PID (its own process group) in ``finally``; every wait is
+bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@pytest.fixture
+def flower_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = dict(os.environ)
+    env.update(FLWR_HOME=str(tmp_path / "flwr-home"), FLWR_TELEMETRY_ENABLED="0",
+               FLWR_DISABLE_UPDATE_CHECK="1", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+               RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    yield env
+
+
+def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in reversed(procs):
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=5)
+
+
+def test_flwr_run_against_superlink_and_two_supernodes(tmp_path: Path, flower_env: dict[str, str]) -> None:
+    if shutil.which("flower-superlink", path=flower_env["PATH"]) is None:
+        pytest.fail("flower-superlink is not installed in this environment")
+    link = _free_port()
+    home = Path(flower_env["FLWR_HOME"])
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    out = tmp_path / "out"
+    try:
+        procs.append(_start([str(BIN / "flower-superlink"), "--insecure",
+                             "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
+                             "--port", str(link), "--database", str(tmp_path / "state.db")],
+                            flower_env, tmp_path / "superlink.log"))
+        _wait_port(link, 60)
+        for pid in (0, 1):
+            procs.append(_start([str(BIN / "flower-supernode"), "--insecure", "--superlink",
+                                 f"127.0.0.1:{link}", "--node-config",
+                                 f"partition-id={pid} num-partitions=2", "--port", str(_free_port())],
+                                flower_env, tmp_path / f"supernode{pid}.log"))
+        config = (f'scenario="smoke" out-dir="{out}" timeout-s=240 '
+                  'overrides="data.num_clients=2 clients.per_round=2 rounds=2"')
+        run = subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "deploy", "--stream", "-c", config],
+                             env=flower_env, capture_output=True, text=True, timeout=420)
+        logs = run.stdout[-3000:] + run.stderr[-3000:]
+        assert run.returncode == 0, logs
+        deadline = time.monotonic() + 60  # --stream may return just before the files land
+        while not (out / "results.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        res = json.loads((out / "results.json").read_text())
+        assert [r["round"] for r in res["rounds"]] == [1, 2], logs
+        assert all(r["rejected"] == 0 and r["bytes_up"] > 0 for r in res["rounds"])
+        assert res["final"]["accuracy"] > 0.3
+    finally:
+        _stop(procs)
