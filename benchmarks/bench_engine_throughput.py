@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(f"| engine | client updates/s | wall s ({updates} updates) |")
     print("|---|---|---|")
-    print(f"| inprocess (median of {args.repeats}) | {result['clients_per_s_inprocess']:.1f} | {in_wall:.2f} |")
+    rate = result["clients_per_s_inprocess"]
+    print(f"| inprocess (median of {args.repeats}) | {rate:.1f} | {in_wall:.2f} |")
     print(f"| flower (anchor, same run) | {result['clients_per_s_flower']:.1f} | {flower_wall:.2f} |")
     print(f"ratio inprocess/flower = {result['ratio']:.1f}x (goal >= 20x); "
           f"rounds only (no Ray start-up) = {result['ratio_rounds_only']:.1f}x")

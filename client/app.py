@@ -10,15 +10,14 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from torch import nn
-
 from stamen.client.core import client_seed, local_update
-from stamen.client.mods import DELTA, codec_mod
 from stamen.client.models import evaluate_model, set_weights
+from stamen.client.mods import DELTA, codec_mod
 from stamen.client.task import TaskSpec, TrainSpec, build_model, client_data
 from stamen.protocols import keys
+from torch import nn
 
 torch.set_num_threads(1)  # one thread per simulated client (determinism, no oversubscription)
 
@@ -48,7 +47,8 @@ def _train(msg: Message, context: Context) -> Message:
     result = local_update(_model(task), weights, client_data(task, pid), spec, client_seed(seed, rnd, pid))
     metrics = MetricRecord({keys.NUM_EXAMPLES: result.num_examples, keys.PARTITION_ID: pid,
                             **result.metrics})
-    content = RecordDict({DELTA: ArrayRecord(result.delta), keys.METRICS: metrics})
+    delta = ArrayRecord({k: Array(v) for k, v in result.delta.items()})
+    content = RecordDict({DELTA: delta, keys.METRICS: metrics})
     return Message(content, reply_to=msg)
 
 

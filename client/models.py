@@ -112,8 +112,8 @@ def evaluate_model(
     model.eval()
     loss_sum, correct = 0.0, 0
     for i in range(0, n, batch_size):
-        xb = torch.from_numpy(x[i : i + batch_size])
-        yb = torch.from_numpy(y[i : i + batch_size])
+        xb = torch.tensor(x[i : i + batch_size])  # copy: cached datasets are read-only
+        yb = torch.tensor(y[i : i + batch_size])
         logits = model(xb)
         loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(dim=1) == yb).sum())

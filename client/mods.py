@@ -14,7 +14,6 @@ from collections.abc import Callable
 import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
-
 from stamen.client.core import client_seed, encode_delta
 from stamen.protocols import Signer, keys, model_hash
 from stamen.protocols.flower import envelope_record

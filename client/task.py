@@ -14,9 +14,8 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from torch import nn
-
 from stamen.client.models import create_model
+from torch import nn
 
 _OPTIMIZERS = ("sgd", "adam")
 

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
-
 from stamen.protocols.keys import ENVELOPE_STYPE, UPDATE_ARRAY
 
 __all__ = [

@@ -10,7 +10,24 @@ from typing import Any
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """One row of results.json's ``rounds``; accuracy/loss are NaN where not evaluated."""
+    """What one round measured.
+
+    Attributes
+    ----------
+    round : int
+        Round number, ``>= 0`` (0 may record the initial model).
+    accuracy, loss : float
+        Centralized test accuracy in ``[0, 1]`` and mean loss; NaN when the round was not evaluated
+        (``None`` is accepted and stored as NaN).
+    bytes_up, bytes_down : int
+        Bytes really sent client -> server and server -> client in this round, ``>= 0``.
+    epsilon : float or None
+        Cumulative differential-privacy epsilon after this round; ``None`` without DP.
+    rejected : int
+        Client updates the server rejected this round, ``>= 0``.
+    wall_s : float
+        Wall-clock seconds this round took, ``>= 0``.
+    """
 
     round: int
     accuracy: float
@@ -20,6 +37,21 @@ class RoundRecord:
     epsilon: float | None
     rejected: int
     wall_s: float
+
+    def __post_init__(self) -> None:
+        # Normalize numpy scalars so JSON/CSV get plain Python numbers.
+        for name in ("round", "bytes_up", "bytes_down", "rejected"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or value < 0:
+                raise ValueError(f"RoundRecord.{name} must be an integer >= 0, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        for name in ("accuracy", "loss", "wall_s"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, math.nan if value is None else float(value))
+        if self.epsilon is not None:
+            object.__setattr__(self, "epsilon", float(self.epsilon))
+        if not self.wall_s >= 0:
+            raise ValueError(f"RoundRecord.wall_s must be >= 0, got {self.wall_s!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (NaN becomes None)."""

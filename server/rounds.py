@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from stamen.protocols import StamenError, TensorInfo, ValidationError, Verifier, decode_update
 from stamen.server.aggregators import Aggregator
 
@@ -133,7 +132,9 @@ class RoundAggregator:
             return self.reject(sender, f"{type(exc).__name__}: {exc}")
         return self._add(sender, delta, num_examples)
 
-    def add_weights(self, sender: str, weights: Mapping[str, np.ndarray], num_examples: int, nbytes: int) -> bool:
+    def add_weights(
+        self, sender: str, weights: Mapping[str, np.ndarray], num_examples: int, nbytes: int
+    ) -> bool:
         """Accept a plain Flower reply (full local weights): the delta is ``weights - base``."""
         self.stats.bytes_up += nbytes
         try:

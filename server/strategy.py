@@ -19,7 +19,6 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-
 from stamen.protocols import keys, model_hash
 from stamen.protocols.flower import ENVELOPE_STYPE, array_record_nbytes, envelope_from_record
 from stamen.server.aggregators import create
@@ -90,7 +89,8 @@ class StamenStrategy(Strategy):
             ra.reject(f"node-{reply.metadata.src_node_id}", f"client error: {reply.error.reason}")
             return
         content = reply.content
-        metrics = content.metric_records.get(keys.METRICS) or next(iter(content.metric_records.values()), None)
+        records = content.metric_records
+        metrics = records.get(keys.METRICS) or next(iter(records.values()), None)
         sender = f"node-{reply.metadata.src_node_id}"
         if metrics is None or keys.NUM_EXAMPLES not in metrics:
             ra.reject(sender, f"reply has no MetricRecord with {keys.NUM_EXAMPLES!r}")

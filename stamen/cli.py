@@ -109,7 +109,9 @@ class _Progress:
         self._p.update(self._clients_task, completed=done, total=total)
 
 
-def _print_summary(name: str, engine: str, rounds: Sequence[Any], wall: float, paths: dict[str, Path]) -> None:
+def _print_summary(
+    name: str, engine: str, rounds: Sequence[Any], wall: float, paths: dict[str, Path]
+) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from torch import nn
-
 from stamen.client.task import TaskData, TrainSpec
+from torch import nn
 
 
 @dataclass(frozen=True)

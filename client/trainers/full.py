@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
-
 from stamen.client.models import get_weights
 from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.base import TrainResult, register_trainer
+from torch import nn
 
 
 def make_optimizer(params: list[nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
@@ -43,7 +42,7 @@ def run_epochs(model: nn.Module, data: TaskData, spec: TrainSpec, seed: int) -> 
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += loss.item()
             steps += 1
     return total / max(steps, 1)
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from stamen.client.core import client_seed, local_update
 from stamen.client.models import get_weights, set_weights
 from stamen.client.task import TaskSpec, TrainSpec, build_model, client_data
 from stamen.client.trainers import available_trainers, create_trainer
+from stamen.protocols import model_hash
 from stamen.server.aggregators import create
 from stamen.server.rounds import RoundAggregator, ValidationPolicy
-from stamen.protocols import model_hash
 
 TASK = TaskSpec(dataset="digits", num_clients=4, hidden=(16,), seed=1)
 SPEC = TrainSpec(epochs=1, batch_size=16, lr=0.1)
@@ -57,7 +56,8 @@ def test_training_reduces_loss() -> None:
     losses = []
     for rnd in range(4):
         w = get_weights(model)
-        losses.append(local_update(model, w, data, TrainSpec(epochs=3, lr=0.1), seed=rnd).metrics["train-loss"])
+        res = local_update(model, w, data, TrainSpec(epochs=3, lr=0.1), seed=rnd)
+        losses.append(res.metrics["train-loss"])
     assert losses[-1] < losses[0]
 
 

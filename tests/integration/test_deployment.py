@@ -67,7 +67,9 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait(timeout=5)
 
 
-def test_flwr_run_against_superlink_and_two_supernodes(tmp_path: Path, flower_env: dict[str, str]) -> None:
+def test_flwr_run_against_superlink_and_two_supernodes(
+    tmp_path: Path, flower_env: dict[str, str]
+) -> None:
     if shutil.which("flower-superlink", path=flower_env["PATH"]) is None:
         pytest.fail("flower-superlink is not installed in this environment")
     link = _free_port()

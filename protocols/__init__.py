@@ -1,0 +1,45 @@
+"""stamen.protocols: wire formats shared by server, client and edge (numpy only).
+
+Envelope (framing, header, signature), codecs (a pipeline of registered stages), Ed25519
+signing, tensor tables and the canonical model hash, and one error hierarchy rooted at
+:class:`StamenError`. Only ``flower.py`` may import flwr.
+"""
+
+from __future__ import annotations
+
+from .codecs import CodecPipeline, CodecSpec, StageSpec
+from .envelope import SCHEMA_VERSION, Envelope, pack, unpack
+from .errors import (
+    BaseModelMismatch,
+    CodecError,
+    MalformedUpdate,
+    SignatureError,
+    StamenError,
+    ValidationError,
+)
+from .signing import Signer, Verifier
+from .tensors import TensorInfo, model_hash, tensor_table
+from .update import decode_update, encode_update
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "BaseModelMismatch",
+    "CodecError",
+    "CodecPipeline",
+    "CodecSpec",
+    "Envelope",
+    "MalformedUpdate",
+    "SignatureError",
+    "Signer",
+    "StageSpec",
+    "StamenError",
+    "TensorInfo",
+    "ValidationError",
+    "Verifier",
+    "decode_update",
+    "encode_update",
+    "model_hash",
+    "pack",
+    "tensor_table",
+    "unpack",
+]

@@ -1,0 +1,63 @@
+"""Derived-key bookkeeping shared by stages that split one array into several.
+
+A stage that turns array ``b`` into ``b + suffix`` for each of its suffixes (e.g. topk:
+``"3" -> "3.i", "3.v", "3.s"``) must let its decoder find exactly the groups it produced, even
+when stages repeat or compose (``topk+int8``, ``int8+int8``). Decoders find groups purely from
+the key names (:func:`find_groups`); encoders call :func:`check_groups` so that a payload whose
+groups would be ambiguous is refused at encode time instead of being decoded wrongly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, MutableMapping
+from typing import TypeVar
+
+from ..errors import CodecError
+
+__all__ = ["check_groups", "find_groups", "put_new"]
+
+_T = TypeVar("_T")
+
+
+def find_groups(keys: Collection[str], suffixes: tuple[str, ...]) -> list[str]:
+    """Bases ``b`` such that ``b + s`` is a key for every suffix ``s``, in key order.
+
+    Parameters
+    ----------
+    keys : Collection[str]
+        Keys present in the stage's decode input.
+    suffixes : tuple[str, ...]
+        The stage's suffixes; the first one anchors the search.
+    """
+    head = suffixes[0]
+    bases = (key[: -len(head)] for key in keys if key.endswith(head) and len(key) > len(head))
+    return [b for b in bases if all(b + s in keys for s in suffixes[1:])]
+
+
+def check_groups(
+    stage: str, out_keys: Collection[str], produced: Iterable[str], suffixes: tuple[str, ...]
+) -> None:
+    """Refuse an encoding whose groups the decoder would not recover exactly.
+
+    Raises
+    ------
+    CodecError
+        If a derived key collides with a passed-through key or the decoder would find a
+        different set of groups than ``produced``.
+    """
+    expected = set(produced)
+    if set(find_groups(out_keys, suffixes)) != expected:
+        raise CodecError(f"{stage}: derived keys {suffixes} collide with other array keys")
+
+
+def put_new(out: MutableMapping[str, _T], key: str, value: _T, stage: str) -> None:
+    """``out[key] = value``, refusing to overwrite an existing key.
+
+    Raises
+    ------
+    CodecError
+        If ``key`` is already present (a derived key collides with another array's key).
+    """
+    if key in out:
+        raise CodecError(f"{stage}: derived key {key!r} collides with another array key")
+    out[key] = value

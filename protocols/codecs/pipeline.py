@@ -1,0 +1,206 @@
+"""The codec pipeline: stages in order on encode, in reverse on decode.
+
+Encode::
+
+    {name: float32} --rename to "0", "1", ...--> array stages --container--> [byte stage] --> bytes
+
+Tensor names never enter the payload (they travel once, in the envelope's tensor table); the
+payload refers to tensors by table index. Decode walks the stages in reverse, bounded by the
+receiver's tensor table, and maps indices back to names, checking that every tensor is present
+with the right number of elements. Any malformed payload raises a
+:class:`~stamen.protocols.errors.StamenError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ..container import pack_arrays, unpack_arrays
+from ..errors import CodecError, MalformedUpdate, StamenError, ValidationError
+from ..tensors import TensorInfo, tensor_table
+from .base import Arrays, ArrayStage, ByteStage, CodecSpec, StageSpec, lookup, resolve_params
+
+__all__ = ["CodecPipeline"]
+
+#: Bound on container bytes per decoded element (top-k at ratio 1 with uint64 indices needs 12).
+_BYTES_PER_ELEMENT = 16
+#: Bound on container bytes per tensor for keys, dtype codes, dims and small side arrays.
+_BYTES_PER_TENSOR = 1024
+_MAX_LISTED = 5
+
+
+def _canonical_stage(stage: StageSpec) -> tuple[type[ArrayStage] | type[ByteStage], StageSpec]:
+    if not isinstance(stage, StageSpec):
+        raise CodecError(f"codec spec stages must be StageSpec, got {type(stage).__name__}")
+    cls = lookup(stage.name)
+    keys = [pair[0] for pair in stage.params]
+    if len(set(keys)) != len(keys):
+        raise CodecError(f"codec stage {stage.name!r}: a param is given twice")
+    return cls, StageSpec(stage.name, resolve_params(cls, dict(stage.params)))
+
+
+class CodecPipeline:
+    """Encoder/decoder for one :class:`CodecSpec`.
+
+    Parameters
+    ----------
+    spec : CodecSpec
+        One or more array stages, then at most one byte stage. Params are re-validated and
+        completed, so ``self.spec`` is canonical.
+
+    Raises
+    ------
+    CodecError
+        For an unknown stage, bad params, no array stage, or a byte stage that is not last.
+    """
+
+    def __init__(self, spec: CodecSpec) -> None:
+        if not isinstance(spec, CodecSpec) or not spec.stages:
+            raise CodecError("CodecPipeline needs a CodecSpec with at least one stage")
+        resolved = [_canonical_stage(stage) for stage in spec.stages]
+        byte_at = [i for i, (cls, _) in enumerate(resolved) if issubclass(cls, ByteStage)]
+        if len(byte_at) > 1 or (byte_at and byte_at[0] != len(resolved) - 1):
+            raise CodecError(f"codec {spec.to_string()!r}: one byte stage at most, and only last")
+        if byte_at == [0]:
+            raise CodecError(f"codec {spec.to_string()!r}: needs an array stage, e.g. dense+zstd")
+        self.spec = CodecSpec(tuple(stage for _, stage in resolved))
+        self._array_stages: list[tuple[type[ArrayStage], StageSpec]] = []
+        self._byte_stage: ByteStage | None = None
+        for cls, stage in resolved:
+            if issubclass(cls, ArrayStage):
+                self._array_stages.append((cls, stage))
+            else:
+                self._byte_stage = cls(dict(stage.params))
+        self._encoders = [cls(dict(stage.params)) for cls, stage in self._array_stages]
+
+    def __repr__(self) -> str:
+        return f"CodecPipeline({self.spec.to_string()!r})"
+
+    def encode(self, delta: Mapping[str, np.ndarray], rng: np.random.Generator) -> bytes:
+        """Encode named float tensors into payload bytes.
+
+        Parameters
+        ----------
+        delta : Mapping[str, numpy.ndarray]
+            Floating tensors (cast to float32), all finite. Their order defines the table order.
+        rng : numpy.random.Generator
+            Source of randomness for stochastic stages (e.g. int8 rounding).
+
+        Raises
+        ------
+        CodecError
+            If a tensor is not floating or a stage cannot encode it.
+        ValidationError
+            If a tensor has non-finite values.
+        """
+        if not isinstance(rng, np.random.Generator):
+            raise CodecError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        arrays = _indexed(delta)
+        for stage in self._encoders:
+            try:
+                arrays = stage.encode(arrays, rng)
+            except CodecError as exc:  # stages see index keys; name the tensors for the caller
+                legend = ", ".join(f"{i}={name!r}" for i, name in enumerate(delta))
+                raise CodecError(f"{exc} [keys: {legend[:300]}]") from exc
+        data = pack_arrays(arrays)
+        return self._byte_stage.encode(data) if self._byte_stage else data
+
+    def decode(self, payload: bytes, tensors: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
+        """Decode payload bytes into float32 tensors named and shaped by ``tensors``.
+
+        Parameters
+        ----------
+        payload : bytes
+            Output of :meth:`encode` (untrusted).
+        tensors : Sequence[TensorInfo]
+            The tensor table the payload refers to, in encode order.
+
+        Returns
+        -------
+        dict[str, numpy.ndarray]
+            Writable float32 arrays in table order.
+
+        Raises
+        ------
+        StamenError
+            ``MalformedUpdate`` for any malformed payload, ``ValidationError`` for a bad table.
+        """
+        table = _checked_table(tensors)
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise MalformedUpdate(f"payload must be bytes, got {type(payload).__name__}")
+        total = sum(info.size for info in table)
+        data = bytes(payload)
+        if self._byte_stage is not None:
+            limit = _BYTES_PER_ELEMENT * total + _BYTES_PER_TENSOR * (len(table) + 1)
+            data = self._byte_stage.decode(data, limit)
+        arrays = unpack_arrays(data)
+        for cls, stage in reversed(self._array_stages):
+            arrays = _decode_stage(cls(dict(stage.params), max_elements=total), arrays)
+        return _named(arrays, table)
+
+    def roundtrip(
+        self, delta: Mapping[str, np.ndarray], rng: np.random.Generator
+    ) -> tuple[bytes, dict[str, np.ndarray]]:
+        """Encode ``delta`` and decode it again: the payload and what the receiver will see.
+
+        The decoded tensors are what error-feedback schemes subtract from the local delta.
+        """
+        payload = self.encode(delta, rng)
+        return payload, self.decode(payload, tensor_table(delta))
+
+
+def _indexed(delta: Mapping[str, np.ndarray]) -> Arrays:
+    """Check the input tensors and rename them "0", "1", ... in order, as float32."""
+    if not isinstance(delta, Mapping):
+        raise CodecError(f"delta must be a mapping of name -> array, got {type(delta).__name__}")
+    arrays: Arrays = {}
+    for i, (name, value) in enumerate(delta.items()):
+        arr = np.asarray(value)
+        if not isinstance(name, str) or arr.dtype.kind != "f":
+            raise CodecError(f"tensor {name!r}: codecs take str names and floating arrays")
+        if not np.isfinite(arr).all():
+            raise ValidationError(f"tensor {name!r} has non-finite values")
+        arrays[str(i)] = arr.astype(np.float32, copy=False)
+    return arrays
+
+
+def _checked_table(tensors: Sequence[TensorInfo]) -> tuple[TensorInfo, ...]:
+    table = tuple(tensors)
+    if not all(isinstance(info, TensorInfo) for info in table):
+        raise ValidationError("tensors must be a sequence of TensorInfo")
+    if len({info.name for info in table}) != len(table):
+        raise ValidationError("tensor table has duplicate names")
+    return table
+
+
+def _decode_stage(stage: ArrayStage, arrays: Arrays) -> Arrays:
+    """Run one decode step, turning any stray numpy/Python error into MalformedUpdate."""
+    try:
+        return stage.decode(arrays)
+    except StamenError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as exc:
+        raise MalformedUpdate(f"{stage.name}: cannot decode payload: {exc}") from exc
+
+
+def _named(arrays: Arrays, table: tuple[TensorInfo, ...]) -> dict[str, np.ndarray]:
+    """Map index keys back to names; every tensor present, floating, with the right size."""
+    expected = [str(i) for i in range(len(table))]
+    if set(arrays) != set(expected):
+        missing = sorted(set(expected) - set(arrays))[:_MAX_LISTED]
+        extra = sorted(set(arrays) - set(expected))[:_MAX_LISTED]
+        raise MalformedUpdate(
+            f"payload tensors do not match the table: missing {missing}, unexpected {extra}"
+        )
+    out: dict[str, np.ndarray] = {}
+    for key, info in zip(expected, table, strict=True):
+        arr = arrays[key]
+        if arr.dtype.kind != "f" or arr.size != info.size:
+            raise MalformedUpdate(
+                f"tensor {info.name!r}: decoded {arr.dtype} with {arr.size} elements, "
+                f"table says {info.size}"
+            )
+        out[info.name] = arr.astype(np.float32).reshape(info.shape)
+    return out

@@ -1,0 +1,143 @@
+"""``topk(ratio=0.01)``: keep the largest-magnitude entries of each tensor.
+
+Per floating array ``b`` of ``n`` elements, keep ``k = min(n, max(1, ceil(ratio * n)))``
+entries with the largest ``|x|`` and send them as three arrays:
+
+- ``b.i``: sorted flat indices, uint16 if ``n - 1 < 2**16``, else uint32 (uint64 beyond);
+- ``b.v``: the kept values, float32;
+- ``b.s``: the original shape, uint32 (uint64 if a dimension needs it).
+
+Decode scatters the values into zeros. Wire size is about ``k * (2 or 4 + 4)`` bytes. Ties at
+the k-th magnitude are broken deterministically by ``numpy.argpartition`` (then indices are
+sorted), so the same input always yields the same payload. Usually paired with error feedback
+(residual accumulation) on the client; see Stich et al., "Sparsified SGD with Memory", NeurIPS
+2018, and Aji & Heafield, "Sparse Communication for Distributed Gradient Descent", EMNLP 2017.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import MalformedUpdate
+from ._keys import check_groups, find_groups, put_new
+from .base import Arrays, ArrayStage, CodecError, Scalar, register
+
+__all__ = ["TopK", "index_dtype", "kept_count"]
+
+_SUFFIXES = (".i", ".v", ".s")
+_MAX_NDIM = 16
+
+
+def kept_count(ratio: float, n: int) -> int:
+    """Entries kept out of ``n``: ``min(n, max(1, ceil(ratio * n)))`` (0 for an empty tensor)."""
+    return min(n, max(1, math.ceil(ratio * n)))
+
+
+def index_dtype(n: int) -> np.dtype:
+    """Smallest of uint16/uint32/uint64 that holds every index ``0 .. n - 1``."""
+    if n <= 2**16:
+        return np.dtype(np.uint16)
+    if n <= 2**32:
+        return np.dtype(np.uint32)
+    return np.dtype(np.uint64)
+
+
+def _shape_dtype(shape: tuple[int, ...]) -> np.dtype:
+    return np.dtype(np.uint64 if any(d >= 2**32 for d in shape) else np.uint32)
+
+
+@register
+class TopK(ArrayStage):
+    """Magnitude top-k sparsification.
+
+    Parameters
+    ----------
+    ratio : float, default 0.01
+        Fraction of entries kept per tensor, in (0, 1].
+    """
+
+    name = "topk"
+    defaults: ClassVar[Mapping[str, Scalar]] = MappingProxyType({"ratio": 0.01})
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Scalar]) -> None:
+        """``ratio`` must lie in (0, 1]."""
+        ratio = params["ratio"]
+        if not 0.0 < float(ratio) <= 1.0:
+            raise CodecError(f"codec stage 'topk' param 'ratio': {ratio!r} not in (0, 1]")
+
+    @property
+    def ratio(self) -> float:
+        """Kept fraction in (0, 1]."""
+        return float(self.params["ratio"])
+
+    def _sparsify(self, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        flat = arr.reshape(-1)  # (n,)
+        n = flat.size
+        k = kept_count(self.ratio, n)
+        if k == n:
+            return np.arange(n, dtype=index_dtype(n)), flat.astype(np.float32)
+        idx = np.sort(np.argpartition(np.abs(flat), n - k)[n - k :])  # (k,)
+        return idx.astype(index_dtype(n)), flat[idx].astype(np.float32)
+
+    def encode(self, arrays: Arrays, rng: np.random.Generator) -> Arrays:
+        """Replace each floating array ``b`` by ``b.i``, ``b.v``, ``b.s``; others pass through."""
+        out: Arrays = {}
+        produced = []
+        for key, arr in arrays.items():
+            if arr.dtype.kind != "f":
+                put_new(out, key, arr, self.name)
+                continue
+            idx, values = self._sparsify(arr)
+            put_new(out, key + ".i", idx, self.name)
+            put_new(out, key + ".v", values, self.name)
+            put_new(out, key + ".s", np.array(arr.shape, dtype=_shape_dtype(arr.shape)), self.name)
+            produced.append(key)
+        check_groups(self.name, out, produced, _SUFFIXES)
+        return out
+
+    def _densify(
+        self, key: str, group: tuple[np.ndarray, np.ndarray, np.ndarray], budget: int
+    ) -> np.ndarray:
+        idx, values, shape = group
+        if shape.dtype not in (np.uint32, np.uint64) or shape.ndim != 1 or shape.size > _MAX_NDIM:
+            raise MalformedUpdate(f"topk: bad shape array for {key!r}")
+        dims = tuple(int(d) for d in shape)
+        n = math.prod(dims)
+        if n > budget:  # checked before allocating: a tiny payload cannot claim a huge tensor
+            raise MalformedUpdate(f"topk: tensor {key!r} of {n} elements exceeds the limit")
+        k = kept_count(self.ratio, n)
+        if idx.dtype != index_dtype(n) or idx.shape != (k,):
+            raise MalformedUpdate(f"topk: {key!r} needs {k} {index_dtype(n)} indices")
+        if values.dtype.kind != "f" or values.shape != (k,):
+            raise MalformedUpdate(f"topk: {key!r} needs {k} float values")
+        if k and (int(idx[-1]) >= n or not np.all(idx[1:] > idx[:-1])):
+            raise MalformedUpdate(f"topk: indices of {key!r} not strictly increasing below {n}")
+        dense = np.zeros(n, dtype=np.float32)  # (n,)
+        dense[idx] = values
+        return dense.reshape(dims)
+
+    def decode(self, arrays: Arrays) -> Arrays:
+        """Scatter every ``b.i``/``b.v``/``b.s`` group back into a dense float32 array ``b``.
+
+        Raises
+        ------
+        MalformedUpdate
+            If a group has wrong dtypes, lengths, unsorted or out-of-range indices, or the
+            tensors would exceed ``max_elements`` in total.
+        """
+        groups = find_groups(arrays, _SUFFIXES)
+        consumed = {base + s for base in groups for s in _SUFFIXES}
+        out: Arrays = {k: a for k, a in arrays.items() if k not in consumed}
+        budget = self.max_elements
+        for base in groups:
+            group = (arrays[base + ".i"], arrays[base + ".v"], arrays[base + ".s"])
+            dense = self._densify(base, group, budget)
+            budget -= dense.size
+            put_new(out, base, dense, self.name)
+        return out

@@ -1,0 +1,247 @@
+"""The envelope: one update on the wire, optionally signed.
+
+Binary layout (integers little-endian)::
+
+    offset  size        field
+    0       4           magic b"STM\\x01"
+    4       1           flags (bit 0: signed; other bits must be 0)
+    5       4           header_len, u32, <= 1 MiB
+    9       header_len  header: canonical compact JSON (sorted keys, no spaces, ASCII) with
+                        schema, codec, base, ver, snd, tensors [[name, [dims], dtype], ...],
+                        meta (only if non-empty), len (payload bytes), sha (payload SHA-256
+                        hex; only when signed)
+    if signed:
+            8           key_id, ASCII, zero padded (first 8 hex chars of sha256(public key))
+            64          Ed25519 signature over every byte before it
+    ...     len         payload (codec output)
+
+The signature covers the header, which pins the payload by its digest (the TUF / in-toto
+pattern): a forged or unknown-key envelope is rejected in about 0.1 ms, before the JSON is parsed
+and before a large payload is hashed (``research/edge.md`` §7). Unsigned envelopes carry no
+digest, to stay small. :func:`unpack` turns any input into an :class:`Envelope` or a
+:class:`~stamen.protocols.errors.StamenError`, with no allocation driven by a length field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from . import _header
+from ._header import SCHEMA_VERSION
+from .errors import MalformedUpdate, SignatureError
+from .signing import KEY_ID_LENGTH, SIGNATURE_LENGTH, Signer, Verifier
+from .tensors import TensorInfo
+
+__all__ = ["MAGIC", "MAX_HEADER", "SCHEMA_VERSION", "Envelope", "pack", "unpack"]
+
+MAGIC = b"STM\x01"
+MAX_HEADER = 1 << 20
+_FIXED = struct.Struct("<4sBI")
+_SIGNED = 0x01
+_TRAILER = KEY_ID_LENGTH + SIGNATURE_LENGTH
+_KEY_ID_RE = re.compile(rb"[!-~]{1,8}\x00*")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One update with everything needed to verify, check and decode it.
+
+    Attributes
+    ----------
+    codec : str
+        ``CodecSpec.to_string()`` of the codec that made ``payload``.
+    base_hash : str
+        ``model_hash`` (lowercase hex) of the weights the delta applies to.
+    version : int
+        Model version / server round the update is based on, >= 0.
+    sender : str
+        Sender id, <= 128 characters.
+    tensors : tuple[TensorInfo, ...]
+        Tensor table; the payload refers to tensors by their index here.
+    payload : bytes
+        Codec output.
+    meta : Mapping[str, int | float | str]
+        Small extras (<= 4 KiB packed), e.g. ``num_examples``.
+    schema : int
+        Header schema version.
+    key_id, signature : str or None, bytes or None
+        Set by :func:`unpack` when the bytes were signed; ignored by :func:`pack`.
+    """
+
+    codec: str
+    base_hash: str
+    version: int
+    sender: str
+    tensors: tuple[TensorInfo, ...]
+    payload: bytes
+    meta: Mapping[str, int | float | str] = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+    key_id: str | None = None
+    signature: bytes | None = None
+
+
+def _header_bytes(envelope: Envelope, digest: str | None) -> bytes:
+    """Build, serialize and re-validate the header exactly as :func:`unpack` will read it."""
+    fields = {
+        "schema": envelope.schema,
+        "codec": envelope.codec,
+        "base": envelope.base_hash,
+        "ver": envelope.version,
+        "snd": envelope.sender,
+        "tensors": envelope.tensors,
+        "meta": dict(envelope.meta) if isinstance(envelope.meta, Mapping) else envelope.meta,
+        "len": len(envelope.payload),
+        "sha": digest,
+    }
+    try:
+        raw = _header.dumps(_header.build(fields))
+    except (TypeError, ValueError) as exc:
+        raise MalformedUpdate(f"envelope field cannot be serialized: {exc}") from None
+    _header.validate(_header.loads(raw), signed=digest is not None)
+    if len(raw) > MAX_HEADER:
+        raise MalformedUpdate(f"envelope header of {len(raw)} bytes exceeds {MAX_HEADER}")
+    return raw
+
+
+def pack(envelope: Envelope, signer: Signer | None = None) -> bytes:
+    """Serialize an envelope, signing it when ``signer`` is given.
+
+    Parameters
+    ----------
+    envelope : Envelope
+        The update; its ``key_id`` and ``signature`` fields are ignored.
+    signer : Signer or None
+        Signs the header (which then includes the payload's SHA-256).
+
+    Returns
+    -------
+    bytes
+        The packed envelope.
+
+    Raises
+    ------
+    MalformedUpdate
+        If a field fails the checks :func:`unpack` applies.
+    """
+    payload = envelope.payload
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise MalformedUpdate(f"payload must be bytes, got {type(payload).__name__}")
+    digest = hashlib.sha256(payload).hexdigest() if signer is not None else None
+    header = _header_bytes(envelope, digest)
+    flags = _SIGNED if signer is not None else 0
+    prefix = _FIXED.pack(MAGIC, flags, len(header)) + header
+    if signer is None:
+        return b"".join([prefix, payload])
+    prefix += signer.key_id.encode("ascii").ljust(KEY_ID_LENGTH, b"\x00")
+    return b"".join([prefix, signer.sign(prefix), payload])
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """Offsets found from the fixed-size fields alone (nothing parsed yet)."""
+
+    signed: bool
+    header_end: int
+    payload_start: int
+
+
+def _frame(data: bytes) -> _Frame:
+    if len(data) < _FIXED.size:
+        raise MalformedUpdate(f"envelope of {len(data)} bytes is shorter than its fixed fields")
+    _, flags, header_len = _FIXED.unpack_from(data)
+    if flags & ~_SIGNED:
+        raise MalformedUpdate(f"unknown envelope flags {flags:#04x}")
+    if header_len > MAX_HEADER or header_len > len(data) - _FIXED.size:
+        raise MalformedUpdate(f"header length {header_len} exceeds the limit or the input")
+    signed = bool(flags & _SIGNED)
+    header_end = _FIXED.size + header_len
+    payload_start = header_end + (_TRAILER if signed else 0)
+    if payload_start > len(data):
+        raise MalformedUpdate("envelope truncated before its signature")
+    return _Frame(signed, header_end, payload_start)
+
+
+def _key_id(raw: bytes) -> str:
+    if not _KEY_ID_RE.fullmatch(raw):
+        raise MalformedUpdate("key id must be printable ASCII, zero padded")
+    return raw.rstrip(b"\x00").decode("ascii")
+
+
+def _verify(data: bytes, verifier: Verifier) -> _Frame:
+    """Check the signature from the fixed-size fields only, before any parsing."""
+    try:
+        frame = _frame(data)
+        key_id = _key_id(data[frame.header_end : frame.header_end + KEY_ID_LENGTH])
+    except MalformedUpdate as exc:
+        raise SignatureError(f"no verifiable signature: {exc}") from None
+    if not frame.signed:
+        raise SignatureError("envelope is not signed but a signature is required")
+    signature_at = frame.header_end + KEY_ID_LENGTH
+    verifier.verify(key_id, data[:signature_at], data[signature_at : frame.payload_start])
+    return frame
+
+
+def _as_bytes(data: object) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise MalformedUpdate(f"envelope must be bytes, got {type(data).__name__}")
+
+
+def unpack(data: bytes, verifier: Verifier | None = None) -> Envelope:
+    """Parse (and, with ``verifier``, authenticate) an envelope.
+
+    Parameters
+    ----------
+    data : bytes
+        Untrusted input.
+    verifier : Verifier or None
+        When given, the envelope must be signed by one of its keys. The signature is checked
+        over the raw bytes before the header is parsed; then the payload digest is checked.
+
+    Returns
+    -------
+    Envelope
+        With ``key_id`` and ``signature`` set when the envelope was signed.
+
+    Raises
+    ------
+    SignatureError
+        With a verifier: unsigned input, unknown key, bad signature, or a payload whose length
+        or digest differs from the signed header.
+    MalformedUpdate
+        For anything else that is not a well-formed envelope.
+    """
+    data = _as_bytes(data)
+    if data[: len(MAGIC)] != MAGIC:
+        raise MalformedUpdate("not a stamen envelope (bad magic)")
+    frame = _verify(data, verifier) if verifier is not None else _frame(data)
+    fields = _header.validate(_header.loads(data[_FIXED.size : frame.header_end]), frame.signed)
+    payload = data[frame.payload_start :]
+    tamper = SignatureError if verifier is not None else MalformedUpdate
+    if len(payload) != fields["len"]:
+        raise tamper(f"payload is {len(payload)} bytes, header says {fields['len']}")
+    key_id = signature = None
+    if frame.signed:
+        if not hmac.compare_digest(hashlib.sha256(payload).hexdigest(), fields["sha"]):
+            raise tamper("payload digest does not match the header")
+        key_id = _key_id(data[frame.header_end : frame.header_end + KEY_ID_LENGTH])
+        signature = data[frame.header_end + KEY_ID_LENGTH : frame.payload_start]
+    return Envelope(
+        codec=fields["codec"],
+        base_hash=fields["base"],
+        version=fields["ver"],
+        sender=fields["snd"],
+        tensors=fields["tensors"],
+        payload=payload,
+        meta=fields["meta"],
+        schema=SCHEMA_VERSION,
+        key_id=key_id,
+        signature=signature,
+    )

@@ -1,0 +1,135 @@
+"""One-call encode and decode of a model update, as used by the client and the server.
+
+Client: ``delta -> CodecPipeline.encode -> Envelope -> pack (and sign)``.
+Server / edge: ``unpack (verify first) -> base-model check -> tensor-table check -> decode with
+the envelope's own codec spec``. Finiteness and norm checks belong to the receiver's validation
+step, after this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from .codecs.base import CodecSpec
+from .codecs.pipeline import CodecPipeline
+from .envelope import Envelope, pack, unpack
+from .errors import BaseModelMismatch, CodecError, ValidationError
+from .signing import Signer, Verifier
+from .tensors import TensorInfo, tensor_table
+
+__all__ = ["decode_update", "encode_update"]
+
+
+@lru_cache(maxsize=64)
+def _pipeline(codec: str) -> CodecPipeline:
+    """Pipelines are stateless; cache them per canonical codec text."""
+    return CodecPipeline(CodecSpec.parse(codec))
+
+
+def encode_update(
+    delta: Mapping[str, np.ndarray],
+    spec: CodecSpec,
+    *,
+    base_hash: str,
+    version: int,
+    sender: str,
+    rng: np.random.Generator,
+    signer: Signer | None = None,
+    meta: Mapping[str, int | float | str] | None = None,
+) -> bytes:
+    """Encode a delta with ``spec`` and pack it into an (optionally signed) envelope.
+
+    Parameters
+    ----------
+    delta : Mapping[str, numpy.ndarray]
+        ``local - global`` per tensor, floating and finite; order defines the tensor table.
+    spec : CodecSpec
+        Codec to use; recorded canonically in the envelope.
+    base_hash : str
+        ``model_hash`` of the global weights the delta was computed against.
+    version : int
+        Model version / server round, >= 0.
+    sender : str
+        Sender id, <= 128 characters.
+    rng : numpy.random.Generator
+        Randomness for stochastic codec stages.
+    signer : Signer or None
+        Signs the envelope when given.
+    meta : Mapping or None
+        Small extras (<= 4 KiB packed).
+
+    Returns
+    -------
+    bytes
+        The packed envelope; ``len()`` of this is the upload size.
+    """
+    if not isinstance(spec, CodecSpec):
+        raise CodecError(f"spec must be a CodecSpec, got {type(spec).__name__}")
+    pipeline = CodecPipeline(spec)
+    envelope = Envelope(
+        codec=pipeline.spec.to_string(),
+        base_hash=base_hash,
+        version=version,
+        sender=sender,
+        tensors=tensor_table(delta),
+        payload=pipeline.encode(delta, rng),
+        meta=dict(meta or {}),
+    )
+    return pack(envelope, signer)
+
+
+def _check_table(got: tuple[TensorInfo, ...], expected: Sequence[TensorInfo]) -> None:
+    want = tuple(expected)
+    if got == want:
+        return
+    if len(got) != len(want):
+        raise ValidationError(f"update has {len(got)} tensors, expected {len(want)}")
+    for g, w in zip(got, want, strict=True):
+        if g != w:
+            raise ValidationError(f"update tensor {g} differs from expected {w}")
+
+
+def decode_update(
+    data: bytes,
+    *,
+    verifier: Verifier | None = None,
+    expected_base: str | None = None,
+    expected_tensors: Sequence[TensorInfo] | None = None,
+) -> tuple[Envelope, dict[str, np.ndarray]]:
+    """Unpack, check and decode an update.
+
+    Parameters
+    ----------
+    data : bytes
+        A packed envelope (untrusted).
+    verifier : Verifier or None
+        When given, the envelope must be signed by a trusted key (checked before parsing).
+    expected_base : str or None
+        The receiver's ``model_hash``; a different ``base_hash`` raises BaseModelMismatch.
+    expected_tensors : Sequence[TensorInfo] or None
+        The receiver's tensor table; any difference in names, order, shapes or dtypes raises
+        ValidationError. Receivers should pass it: it also bounds the decoder's memory.
+
+    Returns
+    -------
+    tuple[Envelope, dict[str, numpy.ndarray]]
+        The envelope and the float32 delta, in table order.
+
+    Raises
+    ------
+    StamenError
+        ``SignatureError``, ``MalformedUpdate``, ``BaseModelMismatch``, ``ValidationError`` or
+        ``CodecError``; never another exception for bad input.
+    """
+    envelope = unpack(data, verifier)
+    if expected_base is not None and envelope.base_hash != expected_base:
+        raise BaseModelMismatch(
+            f"update is based on {envelope.base_hash[:16]}…, receiver holds {expected_base[:16]}…"
+        )
+    if expected_tensors is not None:
+        _check_table(envelope.tensors, expected_tensors)
+    arrays = _pipeline(envelope.codec).decode(envelope.payload, envelope.tensors)
+    return envelope, arrays

@@ -1,0 +1,59 @@
+"""Helpers shared by the protocols tests (imported as a plain module: pytest puts this folder
+on sys.path)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from stamen.protocols import CodecPipeline, CodecSpec, tensor_table
+from stamen.protocols.container import unpack_arrays
+
+
+def pinned_input() -> dict[str, np.ndarray]:
+    """A deterministic two-tensor delta that does not depend on any RNG stream."""
+    return {
+        "layer.weight": ((np.arange(24, dtype=np.float32) - 11.5) / 7).reshape(4, 6),
+        "layer.bias": np.linspace(-1, 1, 5, dtype=np.float32),
+    }
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def pipeline(text: str) -> CodecPipeline:
+    return CodecPipeline(CodecSpec.parse(text))
+
+
+def container_of(text: str, delta: dict[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:
+    """The arrays a codec puts on the wire (for codecs without a byte stage)."""
+    return unpack_arrays(pipeline(text).encode(delta, np.random.default_rng(seed)))
+
+
+def roundtrip(text: str, delta: dict[str, np.ndarray], seed: int = 0) -> tuple[bytes, dict]:
+    p = pipeline(text)
+    payload = p.encode(delta, np.random.default_rng(seed))
+    return payload, p.decode(payload, tensor_table(delta))
+
+
+def header_bound(delta: dict[str, np.ndarray], arrays_per_tensor: int, suffix: int) -> int:
+    """Container bytes besides the data: count + per array (key, dtype, ndim, varint dims)."""
+    total = 10
+    for i, arr in enumerate(delta.values()):
+        per = 3 + len(str(i)) + suffix + 5 * arr.ndim
+        total += arrays_per_tensor * per + 5 * arr.ndim  # + shape side arrays (topk)
+    return total
+
+
+def float_deltas(max_abs: float = 1e30) -> st.SearchStrategy[dict[str, np.ndarray]]:
+    """1..3 named finite float32 tensors of rank 0..3 (sides 0..7)."""
+    bound = float(np.float32(max_abs))
+    elements = st.floats(-bound, bound, width=32, allow_nan=False, allow_infinity=False)
+    arrays = hnp.arrays(
+        np.float32, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=7),
+        elements=elements,
+    )
+    return st.dictionaries(st.text(min_size=1, max_size=20), arrays, min_size=1, max_size=3)
