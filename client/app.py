@@ -17,6 +17,7 @@ from stamen.client.models import evaluate_model, set_weights
 from stamen.client.mods import DELTA, codec_mod
 from stamen.client.task import TaskSpec, TrainSpec, build_model, client_data
 from stamen.protocols import keys
+from stamen.protocols.flower import arrays_of, config_value
 from torch import nn
 
 torch.set_num_threads(1)  # one thread per simulated client (determinism, no oversubscription)
@@ -34,16 +35,16 @@ def partition_id(context: Context) -> int:
     if keys.NODE_PARTITION_ID not in context.node_config:
         raise ValueError("node_config has no 'partition-id': start the SuperNode with "
                          "--node-config 'partition-id=N num-partitions=M'")
-    return int(context.node_config[keys.NODE_PARTITION_ID])  # type: ignore[arg-type]
+    return config_value(context.node_config, keys.NODE_PARTITION_ID, int)
 
 
 def _train(msg: Message, context: Context) -> Message:
-    cfg = msg.content[keys.CONFIG]
-    task = TaskSpec.from_json(str(cfg[keys.TASK]))
-    spec = TrainSpec.from_json(str(cfg[keys.TRAIN]))
+    cfg = msg.content.config_records[keys.CONFIG]
+    task = TaskSpec.from_json(config_value(cfg, keys.TASK, str))
+    spec = TrainSpec.from_json(config_value(cfg, keys.TRAIN, str))
     pid = partition_id(context)
-    rnd, seed = int(cfg[keys.SERVER_ROUND]), int(cfg[keys.SEED])  # type: ignore[arg-type]
-    weights = {k: a.numpy() for k, a in msg.content[keys.ARRAYS].items()}
+    rnd, seed = config_value(cfg, keys.SERVER_ROUND, int), config_value(cfg, keys.SEED, int)
+    weights = arrays_of(msg.content, keys.ARRAYS)
     result = local_update(_model(task), weights, client_data(task, pid), spec, client_seed(seed, rnd, pid))
     metrics = MetricRecord({keys.NUM_EXAMPLES: result.num_examples, keys.PARTITION_ID: pid,
                             **result.metrics})
@@ -53,11 +54,11 @@ def _train(msg: Message, context: Context) -> Message:
 
 
 def _evaluate(msg: Message, context: Context) -> Message:
-    cfg = msg.content[keys.CONFIG]
-    task = TaskSpec.from_json(str(cfg[keys.TASK]))
+    cfg = msg.content.config_records[keys.CONFIG]
+    task = TaskSpec.from_json(config_value(cfg, keys.TASK, str))
     pid = partition_id(context)
     model = _model(task)
-    set_weights(model, {k: a.numpy() for k, a in msg.content[keys.ARRAYS].items()})
+    set_weights(model, arrays_of(msg.content, keys.ARRAYS))
     data = client_data(task, pid)
     loss, acc = evaluate_model(model, data.x, data.y)
     metrics = MetricRecord({keys.NUM_EXAMPLES: len(data.y), keys.PARTITION_ID: pid,

@@ -16,7 +16,7 @@ from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 from stamen.client.core import client_seed, encode_delta
 from stamen.protocols import Signer, keys, model_hash
-from stamen.protocols.flower import envelope_record
+from stamen.protocols.flower import arrays_of, config_value, envelope_record
 
 DELTA = "delta"  # handler -> mod record name; never leaves the client
 
@@ -29,17 +29,17 @@ def make_codec_mod(signer: Signer | None = None) -> Mod:
     def codec_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type.split(".")[0] != "train":
             return call_next(msg, ctx)
-        base = {k: a.numpy() for k, a in msg.content[keys.ARRAYS].items()}
+        base = arrays_of(msg.content, keys.ARRAYS)
         out = call_next(msg, ctx)
         if out.has_error() or DELTA not in out.content.array_records:
             return out
-        cfg = msg.content[keys.CONFIG]
-        delta = {k: a.numpy().astype(np.float32, copy=False) for k, a in out.content[DELTA].items()}
-        metrics = out.content[keys.METRICS]
-        pid = int(metrics[keys.PARTITION_ID])  # type: ignore[arg-type]
-        rnd, seed = int(cfg[keys.SERVER_ROUND]), int(cfg[keys.SEED])  # type: ignore[arg-type]
+        cfg = msg.content.config_records[keys.CONFIG]
+        delta = {k: v.astype(np.float32, copy=False) for k, v in arrays_of(out.content, DELTA).items()}
+        metrics = out.content.metric_records[keys.METRICS]
+        pid = config_value(metrics, keys.PARTITION_ID, int)
+        rnd, seed = config_value(cfg, keys.SERVER_ROUND, int), config_value(cfg, keys.SEED, int)
         payload = encode_delta(
-            delta, str(cfg[keys.CODEC_SPEC]), base_hash=model_hash(base), version=rnd,
+            delta, config_value(cfg, keys.CODEC_SPEC, str), base_hash=model_hash(base), version=rnd,
             sender=f"client-{pid}", seed=client_seed(seed, rnd, pid) ^ 0xC0DEC, signer=signer,
         )
         del out.content[DELTA]

@@ -75,9 +75,7 @@ def _no_constants(name: str) -> None:
 def loads(raw: bytes) -> HeaderFields:
     """Parse header bytes as a JSON object; any failure is a :class:`MalformedUpdate`."""
     try:
-        obj = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants
-        )
+        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except StamenError:
         raise
     except RecursionError:
@@ -184,9 +182,7 @@ def build(fields: Mapping[str, object]) -> HeaderFields:
         If ``fields["tensors"]`` is not a sequence of :class:`TensorInfo`.
     """
     tensors = fields["tensors"]
-    if not isinstance(tensors, (tuple, list)) or not all(
-        isinstance(t, TensorInfo) for t in tensors
-    ):
+    if not isinstance(tensors, (tuple, list)) or not all(isinstance(t, TensorInfo) for t in tensors):
         raise MalformedUpdate("envelope tensors must be a sequence of TensorInfo")
     header = {key: value for key, value in fields.items() if value is not None}
     header["tensors"] = [[t.name, list(t.shape), t.dtype] for t in tensors]

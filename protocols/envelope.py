@@ -176,11 +176,11 @@ def _verify(data: bytes, verifier: Verifier) -> _Frame:
     """Check the signature from the fixed-size fields only, before any parsing."""
     try:
         frame = _frame(data)
+        if not frame.signed:
+            raise SignatureError("envelope is not signed but a signature is required")
         key_id = _key_id(data[frame.header_end : frame.header_end + KEY_ID_LENGTH])
     except MalformedUpdate as exc:
         raise SignatureError(f"no verifiable signature: {exc}") from None
-    if not frame.signed:
-        raise SignatureError("envelope is not signed but a signature is required")
     signature_at = frame.header_end + KEY_ID_LENGTH
     verifier.verify(key_id, data[:signature_at], data[signature_at : frame.payload_start])
     return frame

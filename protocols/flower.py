@@ -8,18 +8,37 @@ the envelope bytes verbatim, so ``len(data)`` is the real number of bytes sent.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, RecordDict
 from stamen.protocols.keys import ENVELOPE_STYPE, UPDATE_ARRAY
 
+T = TypeVar("T", int, float, str)
+
 __all__ = [
+    "arrays_of",
+    "config_value",
     "ENVELOPE_STYPE",
     "array_record_nbytes",
     "envelope_from_record",
     "envelope_record",
     "weights_nbytes",
 ]
+
+
+def config_value(record: Mapping[str, Any], key: str, kind: type[T]) -> T:
+    """``record[key]`` converted to ``kind`` (int, float or str), with a clear error if missing."""
+    if key not in record:
+        raise ValueError(f"message config has no {key!r}")
+    return kind(record[key])  # type: ignore[call-arg]
+
+
+def arrays_of(content: RecordDict, key: str) -> dict[str, np.ndarray]:
+    """The numpy arrays of the ``ArrayRecord`` named ``key`` in ``content``."""
+    if key not in content.array_records:
+        raise ValueError(f"message has no ArrayRecord {key!r}")
+    return {k: a.numpy() for k, a in content.array_records[key].items()}
 
 
 def envelope_record(data: bytes) -> ArrayRecord:

@@ -81,9 +81,7 @@ class Signer:
             raise SignatureError(f"{path}: not an Ed25519 private key")
         return cls(key)
 
-    def save(
-        self, private_path: str | os.PathLike[str], public_path: str | os.PathLike[str]
-    ) -> None:
+    def save(self, private_path: str | os.PathLike[str], public_path: str | os.PathLike[str]) -> None:
         """Write the private key (PEM PKCS#8, mode 0600) and the public key (PEM SPKI)."""
         private_pem = self._key.private_bytes(
             serialization.Encoding.PEM,
@@ -108,7 +106,10 @@ def _public_key(key: Ed25519PublicKey | bytes) -> Ed25519PublicKey:
     if isinstance(key, Ed25519PublicKey):
         return key
     if isinstance(key, (bytes, bytearray)) and len(key) == 32:
-        return Ed25519PublicKey.from_public_bytes(bytes(key))
+        try:
+            return Ed25519PublicKey.from_public_bytes(bytes(key))
+        except ValueError as exc:
+            raise SignatureError(f"not an Ed25519 public key: {exc}") from None
     raise SignatureError("public keys must be Ed25519PublicKey or 32 raw bytes")
 
 

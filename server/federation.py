@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,7 @@ class FederationResult:
     weights: dict[str, np.ndarray]
 
 
-def make_central_evaluator(cfg: ServerConfig):  # type: ignore[no-untyped-def]
+def make_central_evaluator(cfg: ServerConfig) -> Callable[[dict[str, np.ndarray]], tuple[float, float]]:
     """``weights -> (loss, accuracy)`` on the task's held-out test split."""
     model = build_model(cfg.task)
     data = test_data(cfg.task)

@@ -92,20 +92,21 @@ class StamenStrategy(Strategy):
         records = content.metric_records
         metrics = records.get(keys.METRICS) or next(iter(records.values()), None)
         sender = f"node-{reply.metadata.src_node_id}"
-        if metrics is None or keys.NUM_EXAMPLES not in metrics:
-            ra.reject(sender, f"reply has no MetricRecord with {keys.NUM_EXAMPLES!r}")
+        num = _number(metrics, keys.NUM_EXAMPLES)
+        if num is None:
+            ra.reject(sender, f"reply has no MetricRecord with a numeric {keys.NUM_EXAMPLES!r}")
             return
-        num = int(metrics[keys.NUM_EXAMPLES])
-        if keys.TRAIN_LOSS in metrics:
-            ra.stats.train_loss.append(float(metrics[keys.TRAIN_LOSS]))  # type: ignore[arg-type]
-        if keys.PARTITION_ID in metrics:
-            sender = f"client-{int(metrics[keys.PARTITION_ID])}"  # type: ignore[arg-type]
+        loss, pid = _number(metrics, keys.TRAIN_LOSS), _number(metrics, keys.PARTITION_ID)
+        if loss is not None:
+            ra.stats.train_loss.append(loss)
+        if pid is not None:
+            sender = f"client-{int(pid)}"
         if keys.UPDATE in content.array_records:
             data = envelope_from_record(content.array_records[keys.UPDATE])
             if data is None:
                 ra.reject(sender, f"record {keys.UPDATE!r} holds no {ENVELOPE_STYPE} array")
             else:
-                ra.add_envelope(sender, data, num)
+                ra.add_envelope(sender, data, int(num))
         elif keys.ARRAYS in content.array_records and self.cfg.codec.is_dense():
             rec = content.array_records[keys.ARRAYS]
             try:
@@ -113,7 +114,7 @@ class StamenStrategy(Strategy):
             except Exception as exc:  # a stock client's arrays that do not deserialize
                 ra.reject(sender, f"plain reply arrays unreadable: {exc}")
                 return
-            ra.add_weights(sender, weights, num, array_record_nbytes(rec))
+            ra.add_weights(sender, weights, int(num), array_record_nbytes(rec))
         else:
             ra.reject(sender, f"reply has neither {keys.UPDATE!r} nor (dense codec) {keys.ARRAYS!r}")
 
@@ -139,10 +140,10 @@ class StamenStrategy(Strategy):
             if r.has_error() or keys.METRICS not in r.content.metric_records:
                 continue
             m = r.content.metric_records[keys.METRICS]
-            n = int(m.get(keys.NUM_EXAMPLES, 0))  # type: ignore[arg-type]
-            acc += float(m.get(keys.EVAL_ACCURACY, 0.0)) * n  # type: ignore[arg-type]
-            loss += float(m.get(keys.EVAL_LOSS, 0.0)) * n  # type: ignore[arg-type]
-            total += n
+            n, a, lo = (_number(m, k) for k in (keys.NUM_EXAMPLES, keys.EVAL_ACCURACY, keys.EVAL_LOSS))
+            if n is None or a is None or lo is None or n <= 0:
+                continue
+            acc, loss, total = acc + a * n, loss + lo * n, total + int(n)
         if total == 0:
             return None
         return MetricRecord({"federated-accuracy": acc / total, "federated-loss": loss / total})
@@ -206,6 +207,14 @@ class StamenStrategy(Strategy):
                     mapping[int(m[keys.PARTITION_ID])] = r.metadata.src_node_id  # type: ignore[arg-type]
             self._node_of_partition = mapping
         return self._node_of_partition
+
+
+def _number(record: MetricRecord | None, key: str) -> float | None:
+    """A scalar metric as float, or None when absent or not a number (e.g. a list)."""
+    if record is None or key not in record:
+        return None
+    value = record[key]
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _reply_order(msg: Message) -> tuple[int, float, int]:

@@ -144,7 +144,7 @@ def available() -> list[str]:
 
 def lookup(name: str) -> StageClass:
     """Return the stage class registered as ``name``; unknown names raise :class:`CodecError`."""
-    cls = _REGISTRY.get(name)
+    cls = _REGISTRY.get(name) if isinstance(name, str) else None
     if cls is None:
         raise CodecError(f"unknown codec stage {name!r}; available: {', '.join(available())}")
     assert issubclass(cls, (ArrayStage, ByteStage))
@@ -152,23 +152,22 @@ def lookup(name: str) -> StageClass:
 
 
 def _coerce(stage: str, key: str, default: Scalar, value: object) -> Scalar:
-    """Type-check one param value against the type of its default."""
+    """Type-check one param value against the type of its default (ints widen to float)."""
     where = f"codec stage {stage!r} param {key!r}"
     if isinstance(default, bool):
-        ok = isinstance(value, bool)
+        if isinstance(value, bool):
+            return value
     elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
     elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok and not math.isfinite(float(value)):  # type: ignore[arg-type]
-            raise CodecError(f"{where}: {value!r} is not finite")
-        value = float(value) if ok else value  # type: ignore[arg-type]
-    else:
-        ok = isinstance(value, str) and bool(_VALUE_RE.fullmatch(value))
-    if not ok:
-        kind = type(default).__name__
-        raise CodecError(f"{where}: expected {kind}, got {value!r}")
-    return value  # type: ignore[return-value]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise CodecError(f"{where}: {value!r} is not finite")
+            return float(value)
+    elif isinstance(value, str) and _VALUE_RE.fullmatch(value):
+        return value
+    raise CodecError(f"{where}: expected {type(default).__name__}, got {value!r}")
 
 
 def _from_text(stage: str, key: str, default: Scalar, text: str) -> Scalar:
@@ -183,9 +182,7 @@ def _from_text(stage: str, key: str, default: Scalar, text: str) -> Scalar:
     return _coerce(stage, key, default, value)
 
 
-def resolve_params(
-    cls: type[_Stage], given: Mapping[str, object]
-) -> tuple[tuple[str, Scalar], ...]:
+def resolve_params(cls: type[_Stage], given: Mapping[str, object]) -> tuple[tuple[str, Scalar], ...]:
     """Validate ``given`` against ``cls.defaults`` and fill in the missing params.
 
     Returns
@@ -198,13 +195,14 @@ def resolve_params(
     CodecError
         Naming the stage and key, for an unknown key, a wrong type or an out-of-range value.
     """
+    if not isinstance(given, Mapping):
+        raise CodecError(f"params of codec stage {cls.name!r} must be a mapping, got {given!r}")
     for key in given:
         if key not in cls.defaults:
             known = ", ".join(sorted(cls.defaults)) or "none"
             raise CodecError(f"codec stage {cls.name!r} has no param {key!r} (params: {known})")
     resolved = {
-        key: _coerce(cls.name, key, default, given.get(key, default))
-        for key, default in cls.defaults.items()
+        key: _coerce(cls.name, key, default, given.get(key, default)) for key, default in cls.defaults.items()
     }
     cls.check_params(resolved)
     return tuple(sorted(resolved.items()))
@@ -324,6 +322,8 @@ class CodecSpec:
         if isinstance(names, str):
             raise CodecError("names must be a sequence of stage names, not a str")
         params = params or {}
+        if not isinstance(params, Mapping):
+            raise CodecError(f"params must map stage names to param mappings, got {params!r}")
         for stage in params:
             if stage not in names:
                 raise CodecError(f"params given for codec stage {stage!r} not in {list(names)}")

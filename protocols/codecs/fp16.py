@@ -48,6 +48,5 @@ class Fp16(ArrayStage):
     def decode(self, arrays: Arrays) -> Arrays:
         """Cast float16 arrays to float32; others pass through."""
         return {
-            key: arr.astype(np.float32) if arr.dtype == np.float16 else arr
-            for key, arr in arrays.items()
+            key: arr.astype(np.float32) if arr.dtype == np.float16 else arr for key, arr in arrays.items()
         }

@@ -30,10 +30,12 @@ __all__ = ["Int8"]
 _SUFFIXES = (".q", ".qs")
 _LEVELS = np.float32(127.0)
 _INF = np.float32(np.inf)
+_F32_MAX = float(np.finfo(np.float32).max)
+_NORMAL = np.float32(np.finfo(np.float32).tiny)  # smallest normal float32
 
 
 def _scale(key: str, arr: np.ndarray) -> np.float32:
-    """Per-tensor step ``max|x| / 127`` as float32, rounded up by at most a few ulps.
+    """Per-tensor step ``max|x| / 127`` as float32 (rounded up if subnormal).
 
     Zero only for an all-zero (or empty) tensor.
     """
@@ -41,9 +43,10 @@ def _scale(key: str, arr: np.ndarray) -> np.float32:
     if not np.isfinite(amax):
         raise CodecError(f"int8: tensor {key!r} has non-finite values")
     scale = np.float32(amax / _LEVELS)
-    # Round the step up where float32 rounding (or subnormal precision) would leave
-    # max|x| / s above 127: then every |x| / s <= 127 and clipping never adds error.
-    while float(amax) > 127.0 * float(scale):
+    # A subnormal step has few significant bits, so max|x| / s could land far above 127 and
+    # clipping would add real error: round such a step up. (For normal steps the excess is at
+    # most one ulp and clipping costs < 1e-7 relative.)
+    while scale < _NORMAL and float(amax) > 127.0 * float(scale):
         scale = np.nextafter(scale, _INF)
     return scale
 
@@ -65,11 +68,10 @@ class Int8(ArrayStage):
         if scale == 0:
             return np.zeros(arr.shape, dtype=np.int8)
         y = arr.astype(np.float32, copy=False) / scale  # same shape, values in [-127, 127]
-        if self.params["stochastic"]:
-            y = np.floor(y + rng.random(y.shape, dtype=np.float32))
-        else:
-            y = np.rint(y)
-        return np.clip(y, -127, 127).astype(np.int8)
+        if not self.params["stochastic"]:
+            return np.clip(np.rint(y), -127, 127).astype(np.int8)
+        # floor(y + u), u ~ U[0, 1): rounds up with probability frac(y), so E[q] = y
+        return np.clip(np.floor(y + rng.random(y.shape, dtype=np.float32)), -127, 127).astype(np.int8)
 
     def encode(self, arrays: Arrays, rng: np.random.Generator) -> Arrays:
         """Replace each floating array ``b`` by ``b.q`` (int8) and ``b.qs`` (float32 scalar)."""
@@ -93,7 +95,7 @@ class Int8(ArrayStage):
         if scale.dtype != np.float32 or scale.shape != ():
             raise MalformedUpdate(f"int8: scale of {key!r} must be a float32 scalar")
         step = np.float32(scale)
-        if not (np.isfinite(step) and step >= 0):
+        if not 0 <= 127.0 * float(step) <= _F32_MAX:  # rejects NaN and steps where 127 * s overflows
             raise MalformedUpdate(f"int8: scale of {key!r} must be finite and >= 0")
         return q.astype(np.float32) * step
 

@@ -84,7 +84,9 @@ class CodecPipeline:
         Parameters
         ----------
         delta : Mapping[str, numpy.ndarray]
-            Floating tensors (cast to float32), all finite. Their order defines the table order.
+            Floating tensors (cast to float32); their order defines the table order. Non-finite
+            values pass through ``dense``/``fp16``/``topk`` (the receiver's validation rejects
+            them); ``int8`` refuses them.
         rng : numpy.random.Generator
             Source of randomness for stochastic stages (e.g. int8 rounding).
 
@@ -92,8 +94,6 @@ class CodecPipeline:
         ------
         CodecError
             If a tensor is not floating or a stage cannot encode it.
-        ValidationError
-            If a tensor has non-finite values.
         """
         if not isinstance(rng, np.random.Generator):
             raise CodecError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -105,7 +105,7 @@ class CodecPipeline:
                 legend = ", ".join(f"{i}={name!r}" for i, name in enumerate(delta))
                 raise CodecError(f"{exc} [keys: {legend[:300]}]") from exc
         data = pack_arrays(arrays)
-        return self._byte_stage.encode(data) if self._byte_stage else data
+        return self._byte_stage.encode(data) if self._byte_stage is not None else data
 
     def decode(self, payload: bytes, tensors: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
         """Decode payload bytes into float32 tensors named and shaped by ``tensors``.
@@ -160,8 +160,6 @@ def _indexed(delta: Mapping[str, np.ndarray]) -> Arrays:
         arr = np.asarray(value)
         if not isinstance(name, str) or arr.dtype.kind != "f":
             raise CodecError(f"tensor {name!r}: codecs take str names and floating arrays")
-        if not np.isfinite(arr).all():
-            raise ValidationError(f"tensor {name!r} has non-finite values")
         arrays[str(i)] = arr.astype(np.float32, copy=False)
     return arrays
 
@@ -199,8 +197,7 @@ def _named(arrays: Arrays, table: tuple[TensorInfo, ...]) -> dict[str, np.ndarra
         arr = arrays[key]
         if arr.dtype.kind != "f" or arr.size != info.size:
             raise MalformedUpdate(
-                f"tensor {info.name!r}: decoded {arr.dtype} with {arr.size} elements, "
-                f"table says {info.size}"
+                f"tensor {info.name!r}: decoded {arr.dtype} with {arr.size} elements, table says {info.size}"
             )
         out[info.name] = arr.astype(np.float32).reshape(info.shape)
     return out

@@ -101,9 +101,7 @@ class TopK(ArrayStage):
         check_groups(self.name, out, produced, _SUFFIXES)
         return out
 
-    def _densify(
-        self, key: str, group: tuple[np.ndarray, np.ndarray, np.ndarray], budget: int
-    ) -> np.ndarray:
+    def _densify(self, key: str, group: tuple[np.ndarray, np.ndarray, np.ndarray], budget: int) -> np.ndarray:
         idx, values, shape = group
         if shape.dtype not in (np.uint32, np.uint64) or shape.ndim != 1 or shape.size > _MAX_NDIM:
             raise MalformedUpdate(f"topk: bad shape array for {key!r}")

@@ -76,7 +76,8 @@ def test_flwr_run_against_superlink_and_two_supernodes(
     home = Path(flower_env["FLWR_HOME"])
     home.mkdir(parents=True)
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
+        '[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\n'
+        f'address = "127.0.0.1:{link}"\ninsecure = true\n'
     )
     procs: list[subprocess.Popen[bytes]] = []
     out = tmp_path / "out"

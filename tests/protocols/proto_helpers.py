@@ -53,7 +53,8 @@ def float_deltas(max_abs: float = 1e30) -> st.SearchStrategy[dict[str, np.ndarra
     bound = float(np.float32(max_abs))
     elements = st.floats(-bound, bound, width=32, allow_nan=False, allow_infinity=False)
     arrays = hnp.arrays(
-        np.float32, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=7),
+        np.float32,
+        hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=7),
         elements=elements,
     )
     return st.dictionaries(st.text(min_size=1, max_size=20), arrays, min_size=1, max_size=3)

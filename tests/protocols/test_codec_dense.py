@@ -33,8 +33,12 @@ def test_pinned_payload() -> None:
     payload, _ = roundtrip("dense", delta)
     by_hand = (
         b"\x02"
-        + b"\x010" + bytes([11, 2, 4, 6]) + delta["layer.weight"].tobytes()
-        + b"\x011" + bytes([11, 1, 5]) + delta["layer.bias"].tobytes()
+        + b"\x010"
+        + bytes([11, 2, 4, 6])
+        + delta["layer.weight"].tobytes()
+        + b"\x011"
+        + bytes([11, 1, 5])
+        + delta["layer.bias"].tobytes()
     )
     assert payload == by_hand and len(payload) == 4 * 29 + 1 + 6 + 5
     assert sha(payload) == "18ac68e877676f0451f495aa91f8e88ae9542ec3f60badcbc0e0e111d4120669"

@@ -37,9 +37,7 @@ def test_from_pipeline_records_every_param() -> None:
         StageSpec("zstd", (("level", 3),)),
     )
     assert spec == CodecSpec.parse(spec.to_string())
-    assert CodecSpec.from_pipeline(["topk"], {"topk": {"ratio": 1}}).stages[0].params == (
-        ("ratio", 1.0),
-    )
+    assert CodecSpec.from_pipeline(["topk"], {"topk": {"ratio": 1}}).stages[0].params == (("ratio", 1.0),)
 
 
 def test_is_dense() -> None:
@@ -88,6 +86,9 @@ def test_parse_errors_name_the_problem(text: str, needles: list[str]) -> None:
         (["int8"], {"int8": {"bits": 4}}, ["int8", "bits"]),
         (["dense"], {"topk": {"ratio": 0.1}}, ["topk", "not in"]),
         (["nope"], None, ["nope"]),
+        (["topk"], {"topk": 0.1}, ["topk", "mapping"]),
+        (["topk"], [("topk", {})], ["mapping"]),
+        ([["topk"]], None, ["unknown"]),
         ([], None, ["1..16"]),
         ("dense", None, ["sequence"]),
     ],
@@ -100,12 +101,10 @@ def test_from_pipeline_errors(names: list[str], params: dict | None, needles: li
         assert needle in str(info.value)
 
 
-_stage = st.one_of(
+_stage: st.SearchStrategy[tuple[str, dict]] = st.one_of(
     st.just(("dense", {})),
     st.just(("fp16", {})),
-    st.floats(min_value=1e-6, max_value=1.0, exclude_min=False).map(
-        lambda r: ("topk", {"ratio": r})
-    ),
+    st.floats(min_value=1e-6, max_value=1.0, exclude_min=False).map(lambda r: ("topk", {"ratio": r})),
     st.booleans().map(lambda b: ("int8", {"stochastic": b})),
 )
 
@@ -137,7 +136,7 @@ def test_registry_rejects_duplicates_and_non_stages(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ValueError, match="already registered"):
         register(Again)
     with pytest.raises(ValueError, match="neither"):
-        register(int)  # type: ignore[type-var]
+        register(int)
 
 
 @pytest.mark.parametrize(

@@ -82,23 +82,63 @@ _TABLE = [TensorInfo("x", (10,), "float32")]
 @pytest.mark.parametrize(
     ("arrays", "match"),
     [
-        ({"0.i": np.array([3], np.uint16), "0.v": np.ones(1, np.float32),
-          "0.s": np.array([10], np.uint32)}, None),  # valid control
-        ({"0.i": np.array([3], np.uint32), "0.v": np.ones(1, np.float32),
-          "0.s": np.array([10], np.uint32)}, "indices"),
-        ({"0.i": np.array([3, 4], np.uint16), "0.v": np.ones(2, np.float32),
-          "0.s": np.array([10], np.uint32)}, "indices"),
-        ({"0.i": np.array([10], np.uint16), "0.v": np.ones(1, np.float32),
-          "0.s": np.array([10], np.uint32)}, "strictly"),
-        ({"0.i": np.array([3], np.uint16), "0.v": np.ones(1, np.int32),
-          "0.s": np.array([10], np.uint32)}, "float"),
-        ({"0.i": np.array([3], np.uint16), "0.v": np.ones(1, np.float32),
-          "0.s": np.array([10], np.int32)}, "shape"),
-        ({"0.i": np.array([0], np.uint16), "0.v": np.ones(1, np.float32),
-          "0.s": np.array([2**31, 2**31], np.uint32)}, "limit"),
+        (
+            {
+                "0.i": np.array([3], np.uint16),
+                "0.v": np.ones(1, np.float32),
+                "0.s": np.array([10], np.uint32),
+            },
+            None,
+        ),  # valid control
+        (
+            {
+                "0.i": np.array([3], np.uint32),
+                "0.v": np.ones(1, np.float32),
+                "0.s": np.array([10], np.uint32),
+            },
+            "indices",
+        ),
+        (
+            {
+                "0.i": np.array([3, 4], np.uint16),
+                "0.v": np.ones(2, np.float32),
+                "0.s": np.array([10], np.uint32),
+            },
+            "indices",
+        ),
+        (
+            {
+                "0.i": np.array([10], np.uint16),
+                "0.v": np.ones(1, np.float32),
+                "0.s": np.array([10], np.uint32),
+            },
+            "strictly",
+        ),
+        (
+            {"0.i": np.array([3], np.uint16), "0.v": np.ones(1, np.int32), "0.s": np.array([10], np.uint32)},
+            "float",
+        ),
+        (
+            {"0.i": np.array([3], np.uint16), "0.v": np.ones(1, np.float32), "0.s": np.array([10], np.int32)},
+            "shape",
+        ),
+        (
+            {
+                "0.i": np.array([0], np.uint16),
+                "0.v": np.ones(1, np.float32),
+                "0.s": np.array([2**31, 2**31], np.uint32),
+            },
+            "limit",
+        ),
         ({"0.i": np.array([3], np.uint16), "0.v": np.ones(1, np.float32)}, "table"),
-        ({"0.i": np.array([3], np.uint16), "0.v": np.ones(1, np.float32),
-          "0.s": np.array([5, 2], np.uint32)}, None),  # same size, other shape: reshaped
+        (
+            {
+                "0.i": np.array([3], np.uint16),
+                "0.v": np.ones(1, np.float32),
+                "0.s": np.array([5, 2], np.uint32),
+            },
+            None,
+        ),  # same size, other shape: reshaped
     ],
 )
 def test_hostile_wire_arrays(arrays: dict[str, np.ndarray], match: str | None) -> None:
@@ -112,7 +152,10 @@ def test_hostile_wire_arrays(arrays: dict[str, np.ndarray], match: str | None) -
 
 def test_unsorted_indices_rejected() -> None:
     p = pipeline("topk(ratio=0.2)")
-    arrays = {"0.i": np.array([5, 2], np.uint16), "0.v": np.ones(2, np.float32),
-              "0.s": np.array([10], np.uint32)}
+    arrays = {
+        "0.i": np.array([5, 2], np.uint16),
+        "0.v": np.ones(2, np.float32),
+        "0.s": np.array([10], np.uint32),
+    }
     with pytest.raises(MalformedUpdate, match="strictly"):
         p.decode(pack_arrays(arrays), _TABLE)

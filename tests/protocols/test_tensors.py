@@ -70,9 +70,7 @@ def test_model_hash_sensitive_to_one_ulp_names_shape_and_dtype() -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(
-    st.dictionaries(st.text(max_size=8), st.lists(st.floats(width=32), max_size=6), max_size=4)
-)
+@given(st.dictionaries(st.text(max_size=8), st.lists(st.floats(width=32), max_size=6), max_size=4))
 def test_model_hash_matches_reference(raw: dict[str, list[float]]) -> None:
     weights = {k: np.array(v, dtype=np.float32) for k, v in raw.items()}
     assert model_hash(weights) == _reference_hash(weights)
