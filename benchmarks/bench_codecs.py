@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import zstandard
+
 from stamen.protocols import CodecPipeline, CodecSpec, tensor_table
 
 PIPELINES = [

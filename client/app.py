@@ -12,13 +12,14 @@ from functools import lru_cache
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
+
 from stamen.client.core import client_seed, local_update
 from stamen.client.models import evaluate_model, set_weights
 from stamen.client.mods import DELTA, codec_mod
 from stamen.client.task import TaskSpec, TrainSpec, build_model, client_data
 from stamen.protocols import keys
 from stamen.protocols.flower import arrays_of, config_value
-from torch import nn
 
 torch.set_num_threads(1)  # one thread per simulated client (determinism, no oversubscription)
 

@@ -12,11 +12,12 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+from torch import nn
+
 from stamen.client.models import set_weights
 from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers import TrainResult, create_trainer
 from stamen.protocols import CodecSpec, Signer, encode_update
-from torch import nn
 
 
 def client_seed(seed: int, server_round: int, partition_id: int) -> int:

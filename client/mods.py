@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
+
 from stamen.client.core import client_seed, encode_delta
 from stamen.protocols import Signer, keys, model_hash
 from stamen.protocols.flower import arrays_of, config_value, envelope_record

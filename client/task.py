@@ -14,8 +14,9 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from stamen.client.models import create_model
 from torch import nn
+
+from stamen.client.models import create_model
 
 _OPTIMIZERS = ("sgd", "adam")
 

@@ -12,15 +12,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
+
 from stamen.protocols.keys import ENVELOPE_STYPE, UPDATE_ARRAY
 
 T = TypeVar("T", int, float, str)
 
 __all__ = [
-    "arrays_of",
-    "config_value",
     "ENVELOPE_STYPE",
     "array_record_nbytes",
+    "arrays_of",
+    "config_value",
     "envelope_from_record",
     "envelope_record",
     "weights_nbytes",
@@ -31,7 +32,7 @@ def config_value(record: Mapping[str, Any], key: str, kind: type[T]) -> T:
     """``record[key]`` converted to ``kind`` (int, float or str), with a clear error if missing."""
     if key not in record:
         raise ValueError(f"message config has no {key!r}")
-    return kind(record[key])  # type: ignore[call-arg]
+    return kind(record[key])
 
 
 def arrays_of(content: RecordDict, key: str) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+
 from stamen.server.config import ServerConfig
 from stamen.server.federation import run_federation
 

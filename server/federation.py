@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
+
 from stamen.client.models import evaluate_model, get_weights, set_weights
 from stamen.client.task import build_model, test_data
 from stamen.server.config import ServerConfig

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from stamen.protocols import StamenError, TensorInfo, ValidationError, Verifier, decode_update
 from stamen.server.aggregators import Aggregator
 

@@ -19,6 +19,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+
 from stamen.protocols import keys, model_hash
 from stamen.protocols.flower import ENVELOPE_STYPE, array_record_nbytes, envelope_from_record
 from stamen.server.aggregators import create
@@ -186,7 +187,7 @@ class StamenStrategy(Strategy):
         return cfg
 
     def _select_nodes(self, server_round: int, grid: Grid) -> list[int]:
-        nodes = sorted(grid.get_node_ids())
+        nodes = wait_for_nodes(grid, self.cfg.num_clients, self.cfg.per_round, self.cfg.timeout_s)
         if self.cfg.per_round >= len(nodes):
             return nodes
         mapping = self._partition_map(grid, nodes)
@@ -207,6 +208,25 @@ class StamenStrategy(Strategy):
                     mapping[int(m[keys.PARTITION_ID])] = r.metadata.src_node_id  # type: ignore[arg-type]
             self._node_of_partition = mapping
         return self._node_of_partition
+
+
+def wait_for_nodes(grid: Grid, wanted: int, minimum: int, timeout_s: float) -> list[int]:
+    """Wait (bounded) until ``wanted`` nodes are connected; settle for ``minimum`` at the deadline.
+
+    Virtual SuperNodes register asynchronously, so round 1 can start before they are all there.
+    Raises ``RuntimeError`` when fewer than ``minimum`` nodes connected within ``timeout_s``.
+    """
+    deadline, next_log = time.monotonic() + timeout_s, time.monotonic() + 5.0
+    while len(nodes := sorted(grid.get_node_ids())) < wanted and time.monotonic() < deadline:
+        if time.monotonic() >= next_log:
+            log.info("waiting for nodes: %d of %d connected", len(nodes), wanted)
+            next_log += 5.0
+        time.sleep(0.1)
+    if len(nodes) < minimum:
+        raise RuntimeError(f"only {len(nodes)} nodes connected within {timeout_s} s; need {minimum}")
+    if len(nodes) < wanted:
+        log.warning("proceeding with %d of %d expected nodes", len(nodes), wanted)
+    return nodes
 
 
 def _number(record: MetricRecord | None, key: str) -> float | None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from stamen.server.history import RoundRecord
 
 RESERVED_KEYS = ("scenario", "rounds", "final")

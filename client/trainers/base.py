@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from stamen.client.task import TaskData, TrainSpec
 from torch import nn
+
+from stamen.client.task import TaskData, TrainSpec
 
 
 @dataclass(frozen=True)

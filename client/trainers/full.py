@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
+
 from stamen.client.models import get_weights
 from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.base import TrainResult, register_trainer
-from torch import nn
 
 
 def make_optimizer(params: list[nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:

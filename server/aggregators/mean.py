@@ -7,6 +7,7 @@ FedAvg: McMahan et al., AISTATS 2017, the server step ``w <- sum_k (n_k / n) w_k
 from __future__ import annotations
 
 import numpy as np
+
 from stamen.server.aggregators.base import Aggregator, check_stack, register
 
 

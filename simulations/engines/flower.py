@@ -40,6 +40,7 @@ def run_flower(cfg: ServerConfig, progress: ProgressFn | None = None, num_cpus: 
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
+
     from stamen.client.app import app as client_app
     from stamen.server.federation import run_federation
 

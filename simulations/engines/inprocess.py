@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+
 from stamen.client.core import client_seed, encode_delta, local_update
 from stamen.client.models import get_weights
 from stamen.client.task import build_model, client_data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from stamen.client.core import client_seed, local_update
 from stamen.client.models import get_weights, set_weights
 from stamen.client.task import TaskSpec, TrainSpec, build_model, client_data

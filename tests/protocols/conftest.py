@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from stamen.protocols import Signer
 
 # pytest runs with --import-mode=importlib, which does not put test folders on sys.path; the

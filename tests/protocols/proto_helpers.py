@@ -8,6 +8,7 @@ import hashlib
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from stamen.protocols import CodecPipeline, CodecSpec, tensor_table
 from stamen.protocols.container import unpack_arrays
 

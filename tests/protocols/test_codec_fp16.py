@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from proto_helpers import container_of, float_deltas, header_bound, pinned_input, roundtrip, sha
+
 from stamen.protocols import CodecError
 
 

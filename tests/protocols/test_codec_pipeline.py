@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from proto_helpers import pinned_input, pipeline
+
 from stamen.protocols import (
     CodecError,
     CodecPipeline,

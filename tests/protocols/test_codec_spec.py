@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from stamen.protocols import CodecError, CodecPipeline, CodecSpec, StageSpec
 from stamen.protocols.codecs import base
 from stamen.protocols.codecs.base import Arrays, ArrayStage, available, register

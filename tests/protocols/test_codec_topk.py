@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from proto_helpers import container_of, float_deltas, pinned_input, pipeline, roundtrip, sha
+
 from stamen.protocols import MalformedUpdate, TensorInfo
 from stamen.protocols.codecs.topk import index_dtype, kept_count
 from stamen.protocols.container import pack_arrays

@@ -11,6 +11,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from proto_helpers import pinned_input, pipeline, roundtrip
+
 from stamen.protocols import CodecError, CodecSpec, MalformedUpdate, StamenError, TensorInfo
 from stamen.protocols.codecs.zstd import Zstd
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from stamen.protocols.container import DTYPE_CODES, pack_arrays, unpack_arrays
 from stamen.protocols.errors import CodecError, MalformedUpdate, StamenError
 

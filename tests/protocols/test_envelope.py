@@ -11,6 +11,7 @@ import tracemalloc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from stamen.protocols import (
     SCHEMA_VERSION,
     Envelope,

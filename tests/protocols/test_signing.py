@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from stamen.protocols import SignatureError, Signer, Verifier
 from stamen.protocols.signing import key_id_for
 

@@ -8,6 +8,7 @@ import struct
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from stamen.protocols import TensorInfo, model_hash, tensor_table
 
 FIXED = {

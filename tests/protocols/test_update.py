@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 from proto_helpers import pinned_input
+
 from stamen.protocols import (
     BaseModelMismatch,
     CodecError,

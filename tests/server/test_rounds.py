@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from stamen.protocols import CodecSpec, Signer, Verifier, encode_update, model_hash
 from stamen.server.aggregators import create
 from stamen.server.rounds import RoundAggregator, ValidationPolicy, flatten, unflatten

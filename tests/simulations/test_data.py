@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from stamen.simulations import data
 from stamen.simulations.data import cache_dir, clear_memory_cache, load_dataset
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from stamen.server.config import ServerConfig
 from stamen.simulations.engines import run_engine
 from stamen.simulations.scenario import load_scenario

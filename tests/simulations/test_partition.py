@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from stamen.simulations.partition import SCHEMES, partition, partition_table
 
 LABELS_4x25 = np.repeat(np.arange(4), 25)  # 100 samples, 4 balanced classes

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from stamen.simulations.results import (
     ROUND_KEYS,
     RoundRecord,
