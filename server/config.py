@@ -62,6 +62,7 @@ class ServerConfig:
             lr=s.clients.lr, optimizer=s.clients.optimizer, momentum=s.clients.momentum,
             weight_decay=s.clients.weight_decay,
         )
+        _refuse_unimplemented(s)
         codec = CodecSpec.from_pipeline(s.codec.pipeline, s.codec.params)
         return cls(
             scenario=s.to_dict(), name=s.name, seed=s.seed, rounds=s.rounds,
@@ -81,6 +82,18 @@ class ServerConfig:
         overrides += [f"{k}={_as_override(v)}" for k, v in run_config.items() if k not in APP_KEYS]
         scenario = load_scenario(name, overrides)
         return cls.from_scenario(scenario, timeout_s=float(run_config.get("timeout-s", 600.0)))
+
+
+def _refuse_unimplemented(s: Any) -> None:
+    """Fail loudly on settings the engines do not run yet, instead of silently ignoring them."""
+    if s.privacy.mode != "off":
+        raise ValueError(f"privacy.mode={s.privacy.mode!r} is not available yet (only 'off')")
+    if s.attack.kind != "none":
+        raise ValueError(f"attack.kind={s.attack.kind!r} is not available yet (only 'none')")
+    if s.codec.error_feedback:
+        raise ValueError("codec.error_feedback=true is not available yet")
+    if s.aggregation.pre:
+        raise ValueError(f"aggregation.pre={list(s.aggregation.pre)} is not available yet")
 
 
 def _as_override(value: Any) -> str:

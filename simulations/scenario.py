@@ -40,7 +40,8 @@ from stamen.simulations.data import DATASETS
 from stamen.simulations.partition import SCHEMES
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
-PRIVACY_MODES: tuple[str, ...] = ("off",)
+PRIVACY_MODES: tuple[str, ...] = ("off", "central", "local", "dp_sgd", "rqm")
+CALIBRATIONS: tuple[str, ...] = ("target_epsilon", "fixed")
 _SCENARIO_PACKAGE = __name__.rpartition(".")[0] + ".scenarios"
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class AggregationConfig(_Config):
     SECTION: ClassVar[str] = "aggregation"
     EXTRAS: ClassVar[str | None] = "params"
     rule: str = _f("fedavg", nonempty=True)
+    pre: tuple[str, ...] = ()  # pre-aggregators applied in order before the rule, e.g. ("nnm",)
     params: Mapping[str, Scalar] = _f(factory=dict)
     server_lr: float = _f(1.0, gt=0.0)
     max_update_norm: float = _f(0.0, ge=0.0)
@@ -136,10 +138,20 @@ class AttackConfig(_Config):
 
 @dataclass(frozen=True)
 class PrivacyConfig(_Config):
-    """``[privacy]``: differential privacy mode (only ``"off"`` for now)."""
+    """``[privacy]``: differential privacy mode, how the noise is calibrated, and its parameters.
+
+    ``calibration = "target_epsilon"`` finds the noise multiplier that spends ``target_epsilon`` at
+    ``delta`` over the run; ``"fixed"`` uses ``noise_multiplier`` as given. ``clipping_norm`` is the
+    L2 bound ``C`` on each update (central, local) or per-example gradient (dp_sgd).
+    """
 
     SECTION: ClassVar[str] = "privacy"
     mode: str = _f("off", choices=PRIVACY_MODES)
+    calibration: str = _f("target_epsilon", choices=CALIBRATIONS)
+    target_epsilon: float = _f(8.0, gt=0.0)
+    delta: float = _f(1e-5, gt=0.0, lt=1.0)
+    noise_multiplier: float = _f(1.0, ge=0.0)
+    clipping_norm: float = _f(1.0, gt=0.0)
 
 
 @dataclass(frozen=True)

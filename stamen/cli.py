@@ -29,7 +29,17 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", type=Path, default=None, help="output directory (default runs/<name>)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("scenarios", help="list the built-in scenarios")
+    _add_plugin_commands(sub)
     return p
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Commands defined in their own modules (``stamen.cli_edge``: keys, delta, edge)."""
+    try:
+        from stamen import cli_edge
+    except ImportError:  # not built yet
+        return
+    cli_edge.add_commands(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,7 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "scenarios":
             return _scenarios()
-        return _simulate(args)
+        if args.command == "simulate":
+            return _simulate(args)
+        from stamen import cli_edge
+
+        return cli_edge.dispatch(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"stamen: error: {exc}", file=sys.stderr)
         return 2

@@ -41,3 +41,11 @@ def test_errors_are_one_clear_line(argv: list[str], needle: str, capsys: pytest.
     assert main([*argv, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("stamen: error:") and needle in err and "\n" not in err
+
+
+def test_settings_not_available_yet_fail_loudly(capsys: pytest.CaptureFixture[str]) -> None:
+    """A scenario key that no engine runs yet must be refused, never silently ignored."""
+    for override in ("privacy.mode=central", "attack.kind=sign_flip", "codec.error_feedback=true"):
+        extra = ["--set", "attack.fraction=0.2"] if override.startswith("attack") else []
+        assert main(["simulate", "smoke", "--quiet", "--set", override, *extra]) == 2
+        assert "not available yet" in capsys.readouterr().err
