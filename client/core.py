@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from stamen.client.models import set_weights
+from stamen.client.state import ClientState
 from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers import TrainResult, create_trainer
 from stamen.protocols import CodecSpec, Signer, encode_update
@@ -32,8 +33,12 @@ def local_update(
     data: TaskData,
     spec: TrainSpec,
     seed: int,
+    state: ClientState | None = None,
 ) -> TrainResult:
-    """Load the global weights into ``model``, train locally, return ``delta = local - global``."""
+    """Load the global weights into ``model``, train locally, return ``delta = local - global``.
+
+    ``state`` is the client's persistent memory (a fresh one if None).
+    """
     set_weights(model, global_weights)
     trainer = create_trainer(spec.trainer)
     # Seed only the CPU generator and restore it afterwards: torch.manual_seed also walks the
@@ -41,7 +46,7 @@ def local_update(
     saved = torch.get_rng_state()
     torch.default_generator.manual_seed(seed)
     try:
-        return trainer.train(model, data, spec, seed)
+        return trainer.train(model, data, spec, seed, state if state is not None else ClientState())
     finally:
         torch.set_rng_state(saved)
 

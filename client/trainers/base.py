@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 from torch import nn
 
+from stamen.client.state import ClientState
 from stamen.client.task import TaskData, TrainSpec
 
 
@@ -37,11 +38,17 @@ class TrainResult:
 
 
 class LocalTrainer(Protocol):
-    """``train(model, data, spec, seed) -> TrainResult``; must not keep state across calls."""
+    """``train(model, data, spec, seed, state) -> TrainResult``.
+
+    A trainer keeps nothing on ``self`` across calls; what must survive rounds (e.g. a DP-SGD step
+    count) goes into ``state``, which the engine persists per client.
+    """
 
     name: str
 
-    def train(self, model: nn.Module, data: TaskData, spec: TrainSpec, seed: int) -> TrainResult:
+    def train(
+        self, model: nn.Module, data: TaskData, spec: TrainSpec, seed: int, state: ClientState
+    ) -> TrainResult:
         """Train ``model`` in place on ``data`` and return the update."""
         ...
 

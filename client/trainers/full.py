@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from stamen.client.models import get_weights
+from stamen.client.state import ClientState
 from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.base import TrainResult, register_trainer
 
@@ -53,8 +54,11 @@ class FullTrainer:
 
     name = "full"
 
-    def train(self, model: nn.Module, data: TaskData, spec: TrainSpec, seed: int) -> TrainResult:
-        """Train in place and return ``delta = local - global``."""
+    def train(
+        self, model: nn.Module, data: TaskData, spec: TrainSpec, seed: int, state: ClientState
+    ) -> TrainResult:
+        """Train in place and return ``delta = local - global`` (``state`` is not used)."""
+        del state
         if len(data.y) == 0:
             raise ValueError("client partition is empty: nothing to train on")
         start = get_weights(model)
