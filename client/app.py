@@ -14,6 +14,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from stamen.client.context_state import load_state, save_state
 from stamen.client.core import client_seed, local_update
 from stamen.client.models import evaluate_model, set_weights
 from stamen.client.mods import DELTA, codec_mod
@@ -46,7 +47,10 @@ def _train(msg: Message, context: Context) -> Message:
     pid = partition_id(context)
     rnd, seed = config_value(cfg, keys.SERVER_ROUND, int), config_value(cfg, keys.SEED, int)
     weights = arrays_of(msg.content, keys.ARRAYS)
-    result = local_update(_model(task), weights, client_data(task, pid), spec, client_seed(seed, rnd, pid))
+    state = load_state(context)
+    result = local_update(_model(task), weights, client_data(task, pid), spec, client_seed(seed, rnd, pid),
+                          state)
+    save_state(context, state)
     metrics = MetricRecord({keys.NUM_EXAMPLES: result.num_examples, keys.PARTITION_ID: pid,
                             **result.metrics})
     delta = ArrayRecord({k: Array(v) for k, v in result.delta.items()})

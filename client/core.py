@@ -18,7 +18,7 @@ from stamen.client.models import set_weights
 from stamen.client.state import ClientState
 from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers import TrainResult, create_trainer
-from stamen.protocols import CodecSpec, Signer, encode_update
+from stamen.protocols import CodecPipeline, CodecSpec, Envelope, Signer, encode_update, pack, tensor_table
 
 
 def client_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -60,14 +60,29 @@ def encode_delta(
     sender: str,
     seed: int,
     signer: Signer | None = None,
+    state: ClientState | None = None,
+    error_feedback: bool = False,
 ) -> bytes:
     """Encode ``delta`` with the codec spec the server asked for and pack it into an Envelope.
 
     The codec's randomness (e.g. stochastic rounding) comes from ``seed``, so the bytes are
     reproducible. The returned bytes are exactly what goes on the wire (``len()`` is bytes up).
+    With ``error_feedback`` the residual kept in ``state`` is added before encoding and replaced
+    by what this encoding lost (Seide et al. 2014; Karimireddy et al. 2019, EF-SGD).
     """
     spec = CodecSpec.parse(codec)
     rng = np.random.default_rng(seed)
-    return encode_update(
-        delta, spec, base_hash=base_hash, version=version, sender=sender, rng=rng, signer=signer
-    )
+    if not error_feedback:
+        return encode_update(
+            delta, spec, base_hash=base_hash, version=version, sender=sender, rng=rng, signer=signer
+        )
+    if state is None:
+        raise ValueError("error feedback needs the client's state")
+    from stamen.client.error_feedback import apply_error_feedback, update_residual
+
+    corrected = apply_error_feedback(delta, state)
+    payload, decoded = CodecPipeline(spec).roundtrip(corrected, rng)
+    update_residual(state, corrected, decoded)
+    envelope = Envelope(codec=spec.to_string(), base_hash=base_hash, version=version, sender=sender,
+                        tensors=tensor_table(corrected), payload=payload)
+    return pack(envelope, signer)

@@ -15,6 +15,7 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
+from stamen.client.context_state import load_state, save_state
 from stamen.client.core import client_seed, encode_delta
 from stamen.protocols import Signer, keys, model_hash
 from stamen.protocols.flower import arrays_of, config_value, envelope_record
@@ -39,10 +40,15 @@ def make_codec_mod(signer: Signer | None = None) -> Mod:
         metrics = out.content.metric_records[keys.METRICS]
         pid = config_value(metrics, keys.PARTITION_ID, int)
         rnd, seed = config_value(cfg, keys.SERVER_ROUND, int), config_value(cfg, keys.SEED, int)
+        feedback = bool(cfg.get(keys.ERROR_FEEDBACK, False))
+        state = load_state(ctx)
         payload = encode_delta(
             delta, config_value(cfg, keys.CODEC_SPEC, str), base_hash=model_hash(base), version=rnd,
             sender=f"client-{pid}", seed=client_seed(seed, rnd, pid) ^ 0xC0DEC, signer=signer,
+            state=state, error_feedback=feedback,
         )
+        if feedback:
+            save_state(ctx, state)
         del out.content[DELTA]
         out.content[keys.UPDATE] = envelope_record(payload)
         metrics[keys.BYTES_UP] = len(payload)

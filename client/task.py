@@ -35,6 +35,10 @@ class TaskSpec:
     seed: int = 0
     model: str = "mlp"
     hidden: tuple[int, ...] = (64,)
+    # simulated data-poisoning attack: which partitions are malicious and what they do to their data
+    data_attack: str = "none"
+    data_attack_params: tuple[tuple[str, Any], ...] = ()
+    malicious: tuple[int, ...] = ()
 
     def to_json(self) -> str:
         """Compact canonical JSON (sorted keys)."""
@@ -43,7 +47,10 @@ class TaskSpec:
     @classmethod
     def from_json(cls, text: str) -> TaskSpec:
         """Inverse of :meth:`to_json`; unknown keys raise ``ValueError``."""
-        return cls(**_checked_fields(cls, json.loads(text)))
+        raw = _checked_fields(cls, json.loads(text))
+        if "data_attack_params" in raw:
+            raw["data_attack_params"] = tuple(tuple(p) for p in raw["data_attack_params"])
+        return cls(**raw)
 
 
 @dataclass(frozen=True)
@@ -126,7 +133,21 @@ def client_data(task: TaskSpec, partition_id: int) -> TaskData:
         raise ValueError(f"partition-id {partition_id} out of range [0, {task.num_clients})")
     ds = _dataset(task)
     idx = _partitions(task)[partition_id]
-    return TaskData(ds.x_train[idx], ds.y_train[idx], ds.num_classes, ds.input_dim)
+    x, y = ds.x_train[idx], ds.y_train[idx]
+    if task.data_attack != "none" and partition_id in task.malicious:
+        x, y = _poison(task, partition_id, x, y, ds.num_classes)
+    return TaskData(x, y, ds.num_classes, ds.input_dim)
+
+
+def _poison(
+    task: TaskSpec, pid: int, x: np.ndarray, y: np.ndarray, classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the scenario's data attack to a malicious client's partition (simulation only)."""
+    from stamen.simulations.attacks import create_data_attack
+
+    attack = create_data_attack(task.data_attack, **dict(task.data_attack_params))
+    rng = np.random.default_rng([task.seed, pid, 0xDA7A])
+    return attack(x, y, classes, rng)
 
 
 def test_data(task: TaskSpec) -> TaskData:

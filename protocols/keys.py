@@ -20,6 +20,7 @@ MODEL_HASH = "model-hash"
 TASK = "task"  # JSON string: dataset, partition, model, seeds (see stamen.client.task)
 TRAIN = "train"  # JSON string: trainer name + hyper-parameters
 SEED = "seed"
+ERROR_FEEDBACK = "error-feedback"  # bool: client keeps the compression residual across rounds
 
 # --- MetricRecord keys (client -> server) ----------------------------------------------------
 NUM_EXAMPLES = "num-examples"  # Flower's default weighting key

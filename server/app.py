@@ -25,7 +25,9 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Entry point called by Flower with the run's grid and context."""
     cfg = ServerConfig.from_run_config(context.run_config)
-    result = run_federation(grid, cfg, progress=_log_round)
+    from stamen.simulations.adversary import attack_factory
+
+    result = run_federation(grid, cfg, progress=_log_round, attack_factory=attack_factory(cfg))
     out = str(context.run_config.get("out-dir", ""))
     if out:
         from stamen.simulations.results import write_results

@@ -11,7 +11,7 @@ the ``smoke`` defaults apply.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stamen.client.task import TaskSpec, TrainSpec
@@ -36,10 +36,15 @@ class ServerConfig:
     codec: CodecSpec
     rule: str
     rule_params: Mapping[str, Any]
+    pre: tuple[str, ...]
     server_lr: float
     max_update_norm: float
     eval_every: int
     eval_fraction: float
+    attack_kind: str = "none"
+    attack_params: Mapping[str, Any] = field(default_factory=dict)
+    malicious: tuple[int, ...] = ()  # partition ids that attack (simulation only)
+    error_feedback: bool = False
     timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
@@ -52,22 +57,28 @@ class ServerConfig:
     def from_scenario(cls, scenario: Any, timeout_s: float = 600.0) -> ServerConfig:
         """Derive the server config from a :class:`stamen.simulations.scenario.Scenario`."""
         s = scenario
+        _refuse_unimplemented(s)
+        malicious, data_attack = _adversary(s)
         task = TaskSpec(
             dataset=s.data.dataset, num_samples=s.data.num_samples, test_fraction=s.data.test_fraction,
             partition=s.data.partition, alpha=s.data.alpha, shards_per_client=s.data.shards_per_client,
             num_clients=s.data.num_clients, seed=s.seed, model=s.model.name, hidden=tuple(s.model.hidden),
         )
+        if data_attack:
+            task = replace(task, data_attack=s.attack.kind, malicious=malicious,
+                           data_attack_params=tuple(sorted(s.attack.params.items())))
         train = TrainSpec(
             trainer=s.clients.trainer, epochs=s.clients.local_epochs, batch_size=s.clients.batch_size,
             lr=s.clients.lr, optimizer=s.clients.optimizer, momentum=s.clients.momentum,
             weight_decay=s.clients.weight_decay,
         )
-        _refuse_unimplemented(s)
         codec = CodecSpec.from_pipeline(s.codec.pipeline, s.codec.params)
         return cls(
             scenario=s.to_dict(), name=s.name, seed=s.seed, rounds=s.rounds,
             per_round=s.clients.per_round, num_clients=s.data.num_clients, task=task, train=train,
             codec=codec, rule=s.aggregation.rule, rule_params=dict(s.aggregation.params),
+            pre=tuple(s.aggregation.pre), attack_kind=s.attack.kind, attack_params=dict(s.attack.params),
+            malicious=malicious, error_feedback=s.codec.error_feedback,
             server_lr=s.aggregation.server_lr, max_update_norm=s.aggregation.max_update_norm,
             eval_every=s.eval.every, eval_fraction=s.eval.fraction_clients, timeout_s=timeout_s,
         )
@@ -88,12 +99,17 @@ def _refuse_unimplemented(s: Any) -> None:
     """Fail loudly on settings the engines do not run yet, instead of silently ignoring them."""
     if s.privacy.mode != "off":
         raise ValueError(f"privacy.mode={s.privacy.mode!r} is not available yet (only 'off')")
-    if s.attack.kind != "none":
-        raise ValueError(f"attack.kind={s.attack.kind!r} is not available yet (only 'none')")
-    if s.codec.error_feedback:
-        raise ValueError("codec.error_feedback=true is not available yet")
-    if s.aggregation.pre:
-        raise ValueError(f"aggregation.pre={list(s.aggregation.pre)} is not available yet")
+
+
+def _adversary(s: Any) -> tuple[tuple[int, ...], bool]:
+    """(malicious partition ids, whether the attack poisons data) for the scenario's attack."""
+    if s.attack.kind == "none":
+        return (), False
+    from stamen.simulations.attacks import attack_type, malicious_clients
+
+    kind = attack_type(s.attack.kind)  # ValueError for an unknown kind
+    ids = tuple(malicious_clients(s.data.num_clients, s.attack.fraction, s.seed))
+    return ids, kind == "data"
 
 
 def _as_override(value: Any) -> str:

@@ -14,8 +14,10 @@ from flwr.serverapp import Grid
 
 from stamen.client.models import evaluate_model, get_weights, set_weights
 from stamen.client.task import build_model, test_data
+from stamen.server.aggregators import Aggregator
 from stamen.server.config import ServerConfig
 from stamen.server.history import ProgressFn, RoundRecord
+from stamen.server.rounds import AttackHook
 from stamen.server.strategy import StamenStrategy
 
 log = logging.getLogger("stamen.server")
@@ -27,6 +29,14 @@ class FederationResult:
 
     rounds: list[RoundRecord]
     weights: dict[str, np.ndarray]
+
+
+def make_aggregator(cfg: ServerConfig) -> Aggregator:
+    """The run's aggregator: pre-aggregators then the rule, params routed by name (built once, since
+    some rules keep state across rounds)."""
+    from stamen.server.aggregators.compose import build_aggregator
+
+    return build_aggregator(cfg.rule, cfg.pre, cfg.rule_params, seed=cfg.seed)
 
 
 def make_central_evaluator(cfg: ServerConfig) -> Callable[[dict[str, np.ndarray]], tuple[float, float]]:
@@ -41,12 +51,16 @@ def make_central_evaluator(cfg: ServerConfig) -> Callable[[dict[str, np.ndarray]
     return evaluate
 
 
-def run_federation(grid: Grid, cfg: ServerConfig, progress: ProgressFn | None = None) -> FederationResult:
+def run_federation(
+    grid: Grid, cfg: ServerConfig, progress: ProgressFn | None = None,
+    attack_factory: Callable[[int], AttackHook | None] | None = None,
+) -> FederationResult:
     """Run ``cfg.rounds`` synchronous rounds with :class:`StamenStrategy` via ``Strategy.start``."""
     random.seed(cfg.seed)
     torch.set_num_threads(1)
     initial = get_weights(build_model(cfg.task))
-    strategy = StamenStrategy(cfg, evaluate=make_central_evaluator(cfg), progress=progress)
+    strategy = StamenStrategy(cfg, evaluate=make_central_evaluator(cfg), progress=progress,
+                              aggregator=make_aggregator(cfg), attack_factory=attack_factory)
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),

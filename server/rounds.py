@@ -8,7 +8,7 @@ logged and counted; the round goes on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +29,16 @@ class ValidationPolicy:
     def __post_init__(self) -> None:
         if self.max_norm < 0:
             raise ValueError(f"max_norm must be >= 0 (0 disables it), got {self.max_norm}")
+
+
+@dataclass(frozen=True)
+class AttackHook:
+    """Simulated omniscient update attack: rows of ``malicious`` senders are replaced by
+    ``attack(honest_rows, num_malicious, rng)`` just before (pre-)aggregation."""
+
+    attack: Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
+    malicious: frozenset[str]
+    rng: np.random.Generator
 
 
 @dataclass
@@ -105,6 +115,7 @@ class RoundAggregator:
         capacity: int,
         aggregator: Aggregator,
         policy: ValidationPolicy,
+        attack: AttackHook | None = None,
     ) -> None:
         from stamen.protocols import tensor_table
 
@@ -117,6 +128,7 @@ class RoundAggregator:
         self._senders: list[str] = []
         self.aggregator = aggregator
         self.policy = policy
+        self.attack = attack
         self.stats = RoundStats()
 
     def add_envelope(self, sender: str, data: bytes, num_examples: int) -> bool:
@@ -172,6 +184,31 @@ class RoundAggregator:
         n = len(self._weights)
         if n == 0:
             return None
-        agg = self.aggregator(self._stack[:n], np.asarray(self._weights))
+        stack = self._stack[:n]
+        if self.attack is not None:
+            self._apply_attack(stack, self.attack)
+        bind = getattr(self.aggregator, "bind_round", None)
+        if bind is not None:  # rules that need the layout/base (e.g. FRL's per-layer vote)
+            base_flat = np.empty(stack.shape[1], dtype=np.float32)
+            flatten(self.base, self.table, base_flat)
+            bind(self.table, base_flat)
+        agg = self.aggregator(stack, np.asarray(self._weights))
         step = unflatten(np.asarray(agg, dtype=np.float32) * np.float32(server_lr), self.table)
         return {k: self.base[k] + step[k] for k in self.base}
+
+    def _apply_attack(self, stack: np.ndarray, hook: AttackHook) -> None:
+        """Overwrite the malicious senders' rows with the attack computed from the honest rows."""
+        bad = [i for i, s in enumerate(self._senders) if s in hook.malicious]
+        good = [i for i, s in enumerate(self._senders) if s not in hook.malicious]
+        if not bad:
+            return
+        if not good:
+            log.warning("every accepted update is malicious; the attack has no honest updates to use")
+            return
+        if getattr(hook.attack, "uses_own_updates", False):  # e.g. FRL rank reversal
+            forged = hook.attack(stack[good].copy(), len(bad), hook.rng, own=stack[bad].copy())  # type: ignore[call-arg]
+        else:
+            forged = hook.attack(stack[good].copy(), len(bad), hook.rng)
+        if forged.shape != (len(bad), stack.shape[1]):
+            raise ValueError(f"attack returned shape {forged.shape}, expected {(len(bad), stack.shape[1])}")
+        stack[bad] = forged

@@ -22,10 +22,10 @@ from flwr.serverapp.strategy import Strategy
 
 from stamen.protocols import keys, model_hash
 from stamen.protocols.flower import ENVELOPE_STYPE, array_record_nbytes, envelope_from_record
-from stamen.server.aggregators import create
+from stamen.server.aggregators import Aggregator, create
 from stamen.server.config import ServerConfig
 from stamen.server.history import ProgressFn, RoundRecord
-from stamen.server.rounds import RoundAggregator, ValidationPolicy
+from stamen.server.rounds import AttackHook, RoundAggregator, ValidationPolicy
 from stamen.server.sampling import sample_clients
 
 log = logging.getLogger("stamen.server")
@@ -37,10 +37,12 @@ class StamenStrategy(Strategy):
 
     def __init__(
         self, cfg: ServerConfig, evaluate: EvalFn | None = None, progress: ProgressFn | None = None,
-        policy: ValidationPolicy | None = None,
+        policy: ValidationPolicy | None = None, aggregator: Aggregator | None = None,
+        attack_factory: Callable[[int], AttackHook | None] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.aggregator = create(cfg.rule, **cfg.rule_params)
+        self.aggregator = aggregator or create(cfg.rule, **cfg.rule_params)
+        self.attack_factory = attack_factory
         self.policy = policy or ValidationPolicy(max_norm=cfg.max_update_norm)
         self.evaluate_fn = evaluate
         self.progress = progress
@@ -68,7 +70,8 @@ class StamenStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Decode and validate each reply, then aggregate the accepted ones."""
         state = self._round
-        ra = RoundAggregator(state["base"], state["hash"], state["asked"], self.aggregator, self.policy)
+        hook = self.attack_factory(server_round) if self.attack_factory else None
+        ra = RoundAggregator(state["base"], state["hash"], state["asked"], self.aggregator, self.policy, hook)
         ordered = sorted(replies, key=_reply_order)
         for reply in ordered:
             self._accept(ra, reply)
@@ -182,6 +185,7 @@ class StamenStrategy(Strategy):
         cfg[keys.SERVER_ROUND] = server_round
         cfg[keys.SEED] = self.cfg.seed
         cfg[keys.CODEC_SPEC] = self.cfg.codec.to_string()
+        cfg[keys.ERROR_FEEDBACK] = self.cfg.error_feedback
         cfg[keys.TASK] = self.cfg.task.to_json()
         cfg[keys.TRAIN] = self.cfg.train.to_json()
         return cfg

@@ -43,13 +43,14 @@ def run_flower(cfg: ServerConfig, progress: ProgressFn | None = None, num_cpus: 
 
     from stamen.client.app import app as client_app
     from stamen.server.federation import run_federation
+    from stamen.simulations.adversary import attack_factory
 
     out: dict[str, Any] = {}
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        out["result"] = run_federation(grid, cfg, progress=progress)
+        out["result"] = run_federation(grid, cfg, progress=progress, attack_factory=attack_factory(cfg))
 
     backend: Any = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

@@ -18,15 +18,16 @@ import torch
 
 from stamen.client.core import client_seed, encode_delta, local_update
 from stamen.client.models import get_weights
+from stamen.client.state import ClientState
 from stamen.client.task import build_model, client_data
 from stamen.protocols import model_hash
 from stamen.protocols.flower import weights_nbytes
-from stamen.server.aggregators import create
 from stamen.server.config import ServerConfig
-from stamen.server.federation import FederationResult, make_central_evaluator
+from stamen.server.federation import FederationResult, make_aggregator, make_central_evaluator
 from stamen.server.history import ProgressFn, RoundRecord
 from stamen.server.rounds import RoundAggregator, ValidationPolicy
 from stamen.server.sampling import sample_clients
+from stamen.simulations.adversary import attack_factory
 
 ClientProgressFn = Callable[[int, int], None]  # (clients done, clients in round)
 
@@ -40,17 +41,21 @@ def run_inprocess(
     torch.set_num_threads(1)  # same numerics as one-thread Flower clients
     model = build_model(cfg.task)
     weights = get_weights(model)
-    aggregator = create(cfg.rule, **cfg.rule_params)
+    aggregator = make_aggregator(cfg)
+    attacks = attack_factory(cfg)
     policy = ValidationPolicy(max_norm=cfg.max_update_norm)
     evaluate = make_central_evaluator(cfg)
+    states: dict[int, ClientState] = {}  # per-client memory across rounds
     history: list[RoundRecord] = []
     for rnd in range(1, cfg.rounds + 1):
         t0 = time.perf_counter()
         pids = sample_clients(cfg.seed, rnd, cfg.num_clients, cfg.per_round)
         base_hash = model_hash(weights)
-        ra = RoundAggregator(weights, base_hash, len(pids), aggregator, policy)
+        hook = attacks(rnd) if attacks else None
+        ra = RoundAggregator(weights, base_hash, len(pids), aggregator, policy, hook)
         for i, pid in enumerate(pids):
-            _client_round(cfg, model, weights, base_hash, rnd, pid, ra)
+            state = states.setdefault(pid, ClientState())
+            _client_round(cfg, model, weights, base_hash, rnd, pid, ra, state)
             if client_progress is not None:
                 client_progress(i + 1, len(pids))
         new = ra.finish(cfg.server_lr)
@@ -71,14 +76,14 @@ def run_inprocess(
 
 def _client_round(
     cfg: ServerConfig, model: torch.nn.Module, weights: dict[str, np.ndarray], base_hash: str,
-    rnd: int, pid: int, ra: RoundAggregator,
+    rnd: int, pid: int, ra: RoundAggregator, state: ClientState,
 ) -> None:
     """One client: train, encode to a real envelope, hand the bytes to the server-side decoder."""
     seed = client_seed(cfg.seed, rnd, pid)
-    result = local_update(model, weights, client_data(cfg.task, pid), cfg.train, seed)
+    result = local_update(model, weights, client_data(cfg.task, pid), cfg.train, seed, state)
     payload = encode_delta(
         result.delta, cfg.codec.to_string(), base_hash=base_hash, version=rnd,
-        sender=f"client-{pid}", seed=seed ^ 0xC0DEC,
+        sender=f"client-{pid}", seed=seed ^ 0xC0DEC, state=state, error_feedback=cfg.error_feedback,
     )
     if "train-loss" in result.metrics:
         ra.stats.train_loss.append(result.metrics["train-loss"])

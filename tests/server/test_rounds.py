@@ -83,3 +83,35 @@ def test_flatten_roundtrip() -> None:
     flatten(_delta(3.0), ra.table, row)
     back = unflatten(row, ra.table)
     assert all(np.array_equal(back[k], _delta(3.0)[k]) for k in BASE)
+
+
+def test_attack_hook_replaces_only_malicious_rows() -> None:
+    """Omniscient attack: the malicious row becomes -mean(honest rows) before aggregation."""
+    from stamen.server.rounds import AttackHook
+
+    def flip(honest: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        return np.repeat(-honest.mean(axis=0, keepdims=True), k, axis=0)
+
+    hook = AttackHook(attack=flip, malicious=frozenset({"bad"}), rng=np.random.default_rng(0))
+    ra = RoundAggregator(BASE, HASH, 3, create("mean"), ValidationPolicy(), hook)
+    ra.add_envelope("a", _env(_delta(1.0)), 1)
+    ra.add_envelope("bad", _env(_delta(100.0)), 1)  # its own update is discarded by the attack
+    ra.add_envelope("b", _env(_delta(3.0)), 1)
+    new = ra.finish()
+    assert new is not None
+    # rows: 1, -(1+3)/2 = -2, 3 -> mean 2/3
+    np.testing.assert_allclose(new["w"], np.full((2, 3), 2 / 3), rtol=1e-6)
+
+
+def test_attack_hook_without_malicious_senders_changes_nothing() -> None:
+    from stamen.server.rounds import AttackHook
+
+    def boom(honest: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        raise AssertionError("must not be called")
+
+    hook = AttackHook(attack=boom, malicious=frozenset({"zzz"}), rng=np.random.default_rng(0))
+    ra = RoundAggregator(BASE, HASH, 2, create("mean"), ValidationPolicy(), hook)
+    ra.add_envelope("a", _env(_delta(1.0)), 1)
+    new = ra.finish()
+    assert new is not None
+    np.testing.assert_allclose(new["w"], np.ones((2, 3)))

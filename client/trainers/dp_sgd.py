@@ -1,0 +1,165 @@
+"""``dp_sgd`` trainer: sample-level DP-SGD inside each client with opacus.
+
+Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, Algorithm 1: every step draws a
+Poisson batch (each example independently with rate ``q``), clips each per-example gradient to L2
+norm ``C`` (``max_grad_norm``), sums, adds ``N(0, (z·C)² I)`` and divides by the expected batch size
+``q·n``. opacus' ``PrivacyEngine`` does exactly this (``poisson_sampling=True``, ``q = 1 / ceil(n/B)``,
+``ceil(n/B)`` steps per epoch).
+
+Guarantee: example-level (ε, δ)-DP for the client's local dataset under add/remove-one-example
+adjacency, for everything the client ever sends (the updates are post-processing of the noisy
+steps). ε composes every step of every round the client trained in (RDP, or PRV), from a history
+``[(z, q, steps), ...]`` kept in ``ClientState.scalars`` under ``dp/seg<i>/{z,q,steps}``; client
+sampling by the server is *not* counted as amplification (conservative).
+
+DP parameters come from the round's :class:`~stamen.client.task.TrainSpec`, read with defaults so the
+trainer works before the spec carries them: ``dp_noise_multiplier`` (z, default 1.0), ``dp_clip``
+(C, default 1.0), ``dp_delta`` (δ, default 1e-5), ``dp_accountant`` (``"rdp"``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from stamen.client.models import get_weights
+from stamen.client.state import ClientState
+from stamen.client.task import TaskData, TrainSpec
+from stamen.client.trainers.base import TrainResult, register_trainer
+from stamen.client.trainers.full import make_optimizer
+from stamen.server.privacy.accounting import Segment, calibrate_noise_multiplier, epsilon_of_history
+
+SEGMENTS_KEY = "dp/segments"
+
+
+def load_history(state: ClientState) -> list[Segment]:
+    """The accountant history ``[(z, q, steps), ...]`` stored in ``state.scalars``."""
+    n = int(state.scalars.get(SEGMENTS_KEY, 0))
+    s = state.scalars
+    return [(s[f"dp/seg{i}/z"], s[f"dp/seg{i}/q"], int(s[f"dp/seg{i}/steps"])) for i in range(n)]
+
+
+def append_history(state: ClientState, segment: Segment) -> list[Segment]:
+    """Add ``segment`` (merged into the last one when ``z`` and ``q`` are equal); return the history."""
+    history = load_history(state)
+    z, q, steps = segment
+    if history and history[-1][0] == z and history[-1][1] == q:
+        history[-1] = (z, q, history[-1][2] + steps)
+    elif steps > 0:
+        history.append((z, q, steps))
+    for i, (zi, qi, ti) in enumerate(history):
+        state.scalars[f"dp/seg{i}/z"], state.scalars[f"dp/seg{i}/q"] = float(zi), float(qi)
+        state.scalars[f"dp/seg{i}/steps"] = float(ti)
+    state.scalars[SEGMENTS_KEY] = float(len(history))
+    return history
+
+
+def private_epochs(
+    model: nn.Module, data: TaskData, spec: TrainSpec, seed: int, noise_multiplier: float, clip: float
+) -> tuple[float, list[Segment]]:
+    """Run ``spec.epochs`` epochs of DP-SGD on ``model`` in place; return (mean loss, opacus history).
+
+    The model is wrapped by opacus only for the duration of the call and its hooks and per-sample
+    attributes are removed afterwards, so the same object serves the next client (in-process engine)
+    and ``state_dict`` keys stay those of the plain model (no ``_module.`` prefix).
+    """
+    from opacus import PrivacyEngine  # lazy: importing opacus costs ~1 s, only DP-SGD clients need it
+
+    ds = TensorDataset(torch.tensor(data.x), torch.tensor(data.y))  # copies: cached arrays are read-only
+    loader = DataLoader(ds, batch_size=spec.batch_size, generator=torch.Generator().manual_seed(seed))
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], spec)
+    model.train()  # opacus refuses a module in eval mode (e.g. right after an evaluation)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")  # seeded generators on purpose
+        engine = PrivacyEngine(accountant="rdp")
+        gsm, dp_opt, dp_loader = engine.make_private(
+            module=model, optimizer=opt, data_loader=loader, noise_multiplier=noise_multiplier,
+            max_grad_norm=clip, poisson_sampling=True,
+            noise_generator=torch.Generator().manual_seed(seed ^ 0x5EED),
+        )
+    try:
+        loss = _run_steps(gsm, dp_opt, dp_loader, spec.epochs)
+    finally:
+        gsm._close()  # remove hooks and grad_sample attributes from the plain model
+    history = [(float(z), float(q), int(t)) for z, q, t in engine.accountant.history]
+    return loss, history
+
+
+def _run_steps(gsm: nn.Module, dp_opt: Any, dp_loader: Any, epochs: int) -> float:
+    """The DP-SGD loop over opacus' Poisson batches; the mean loss over non-empty batches."""
+    total, batches = 0.0, 0
+    gsm.train()
+    with warnings.catch_warnings():
+        # opacus' full backward hook on the first layer, whose input needs no grad: harmless
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        for _ in range(epochs):
+            for xb, yb in dp_loader:
+                dp_opt.zero_grad(set_to_none=True)
+                loss = nn.functional.cross_entropy(gsm(xb), yb)
+                loss.backward()
+                dp_opt.step()  # clip per example, sum, add noise, step (also on an empty batch)
+                if len(yb) > 0:
+                    total, batches = total + loss.item(), batches + 1
+    return total / max(batches, 1)
+
+
+class DPSGDTrainer:
+    """Sample-level DP-SGD with opacus; reports the client's cumulative ε as ``"epsilon"``."""
+
+    name = "dp_sgd"
+
+    def train(
+        self, model: nn.Module, data: TaskData, spec: TrainSpec, seed: int, state: ClientState
+    ) -> TrainResult:
+        """Train privately in place; return ``delta = local - global`` and ε over all rounds so far."""
+        if len(data.y) == 0:
+            raise ValueError("client partition is empty: nothing to train on")
+        z = float(getattr(spec, "dp_noise_multiplier", 1.0))
+        clip = float(getattr(spec, "dp_clip", 1.0))
+        dp_delta = float(getattr(spec, "dp_delta", 1e-5))
+        accountant = str(getattr(spec, "dp_accountant", "rdp"))
+        if not z >= 0 or math.isinf(z):
+            raise ValueError(f"dp_noise_multiplier must be finite and >= 0, got {z}")
+        if not clip > 0 or math.isinf(clip):
+            raise ValueError(f"dp_clip must be finite and > 0, got {clip}")
+        start = get_weights(model)
+        loss, segments = private_epochs(model, data, spec, seed, z, clip)
+        history = load_history(state)
+        for seg in segments:
+            history = append_history(state, seg)
+        end = get_weights(model)
+        delta = {k: (end[k] - start[k]).astype(np.float32, copy=False) for k in start}
+        eps = epsilon_of_history(history, dp_delta, accountant)
+        steps = float(sum(t for _, _, t in history))
+        return TrainResult(delta=delta, num_examples=len(data.y),
+                           metrics={"train-loss": loss, "epsilon": eps, "dp-steps": steps})
+
+
+def calibrate_dp_sgd_noise(
+    target_epsilon: float, delta: float, partition_sizes: Sequence[int], batch_size: int, epochs: int,
+    rounds: int, accountant: str = "rdp",
+) -> float:
+    """Noise multiplier with which *every* client stays within ``target_epsilon`` even if it trains
+    in all ``rounds`` rounds (the max over partition sizes of the per-client calibration, with opacus'
+    ``q = 1 / ceil(n/B)`` and ``int(1/q)`` steps per epoch)."""
+    if batch_size < 1 or epochs < 1 or rounds < 1:
+        raise ValueError(f"batch_size, epochs, rounds must be >= 1, got {batch_size}, {epochs}, {rounds}")
+    sizes = sorted({int(n) for n in partition_sizes if int(n) > 0})
+    if not sizes:
+        raise ValueError("partition_sizes must contain at least one non-empty partition")
+    zs = []
+    for n in sizes:
+        q = 1.0 / math.ceil(n / batch_size)
+        steps = rounds * epochs * int(1 / q)
+        zs.append(calibrate_noise_multiplier(target_epsilon, delta, q, steps, accountant))
+    return max(zs)
+
+
+register_trainer("dp_sgd")(DPSGDTrainer)

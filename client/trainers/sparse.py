@@ -1,0 +1,221 @@
+"""``sparse`` trainer: sparse fine-tuning with a fixed density of trainable entries per tensor.
+
+Follows Ansell et al.'s sparse fine-tuning: LT-SFT ("Composable Sparse Fine-Tuning for Cross-Lingual
+Transfer", ACL 2022) picks the entries that moved most, ``top-k |θ_ft − θ_0|``, after a short dense
+phase, and SpIEL ("Scaling Sparse Fine-Tuning to Large Language Models", arXiv 2401.16405, the
+accumulated-gradient variant SpIEL-AG) keeps the index set at a fixed size with periodic
+prune/regrow: drop the ``ζ·k`` active entries with the smallest ``|Δ|`` (reset to their start value)
+and activate the ``ζ·k`` inactive entries with the largest accumulated gradient ``|Σ g|``.
+
+One client round here:
+
+1. ``warmup`` dense steps on all eligible tensors; then per tensor the mask is the
+   ``k = max(1, ceil(density · n))`` entries with the largest ``|Δ|`` (``Δ = θ − θ_global``), and every
+   other entry is reset to the global value.
+2. Masked steps: after each optimizer step, entries outside the mask are reset (projection), so any
+   optimizer works. Every ``regrow_every`` steps, prune/regrow as above with fraction ``ζ``.
+3. The update ``local − global`` has at most ``k`` non-zeros per eligible tensor; ``dense`` modules
+   (the head) are trained densely, ``skip``-matched tensors (the embeddings) and frozen ones not at all
+   (their gradients are not even computed). The ``lora`` codec sends indices + values.
+
+Deviations: SpIEL decays ζ with a cosine schedule and regrows every 20 steps over long runs; one FL
+round is a few dozen steps, so ζ is constant and ``regrow_every`` is a parameter. Error feedback is
+available on the codec path (``encode_delta(error_feedback=True)``) when a lossy codec follows.
+
+Parameters come from the :class:`~stamen.client.task.TrainSpec` (read with defaults until the spec
+carries them): ``sparse_density`` (0.005, in (0, 1]), ``sparse_warmup`` (4 steps, >= 0),
+``sparse_regrow_every`` (10 steps, >= 1), ``sparse_regrow_fraction`` (ζ = 0.2, in [0, 1)),
+``sparse_skip`` (``("embeddings",)``, name substrings), ``sparse_dense`` (``("classifier",)``, prefixes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from stamen.client.models import get_weights
+from stamen.client.state import ClientState
+from stamen.client.task import TaskData, TrainSpec
+from stamen.client.trainers.base import TrainResult, register_trainer
+from stamen.client.trainers.full import make_optimizer
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    """Sparse fine-tuning knobs (see the module docstring for meanings and defaults)."""
+
+    density: float = 0.005
+    warmup: int = 4
+    regrow_every: int = 10
+    regrow_fraction: float = 0.2
+    skip: tuple[str, ...] = ("embeddings",)
+    dense: tuple[str, ...] = ("classifier",)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.density <= 1.0:
+            raise ValueError(f"sparse_density must be in (0, 1], got {self.density}")
+        if self.warmup < 0 or self.regrow_every < 1:
+            raise ValueError(f"sparse_warmup must be >= 0 and sparse_regrow_every >= 1, got "
+                             f"{self.warmup}, {self.regrow_every}")
+        if not 0.0 <= self.regrow_fraction < 1.0:
+            raise ValueError(f"sparse_regrow_fraction must be in [0, 1), got {self.regrow_fraction}")
+
+
+def sparse_config(spec: Any) -> SparseConfig:
+    """Read the ``sparse_*`` fields of a train spec, with defaults."""
+    return SparseConfig(
+        density=float(getattr(spec, "sparse_density", 0.005)), warmup=int(getattr(spec, "sparse_warmup", 4)),
+        regrow_every=int(getattr(spec, "sparse_regrow_every", 10)),
+        regrow_fraction=float(getattr(spec, "sparse_regrow_fraction", 0.2)),
+        skip=tuple(getattr(spec, "sparse_skip", ("embeddings",))),
+        dense=tuple(getattr(spec, "sparse_dense", ("classifier",))),
+    )
+
+
+def kept(n: int, density: float) -> int:
+    """Active entries of an ``n``-element tensor: ``max(1, ceil(density · n))``, at most ``n``."""
+    return min(n, max(1, math.ceil(density * n)))
+
+
+def top_mask(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask (shape of ``score``) of its ``k`` largest entries."""
+    mask = torch.zeros(score.numel(), dtype=torch.bool)
+    mask[torch.topk(score.reshape(-1), k).indices] = True
+    return mask.view_as(score)
+
+
+def prune_regrow(mask: torch.Tensor, delta: torch.Tensor, grad_sum: torch.Tensor, fraction: float
+                 ) -> torch.Tensor:
+    """SpIEL-AG update: drop the ``⌊ζ k⌋`` active entries with smallest ``|Δ|``, grow as many inactive
+    ones with the largest ``|Σ g|`` (never one just dropped). The mask size stays ``k``."""
+    flat = mask.reshape(-1)
+    m = min(int(fraction * int(flat.sum())), int((~flat).sum()))
+    if m == 0:
+        return mask
+    keep_score = delta.abs().reshape(-1).masked_fill(~flat, math.inf)
+    drop = torch.topk(keep_score, m, largest=False).indices
+    grow_score = grad_sum.abs().reshape(-1).masked_fill(flat, -1.0)
+    grow = torch.topk(grow_score, m).indices
+    new = flat.clone()
+    new[drop] = False
+    new[grow] = True
+    return new.view_as(mask)
+
+
+Params = list[nn.Parameter]
+
+
+def _split(model: nn.Module, cfg: SparseConfig) -> tuple[dict[str, nn.Parameter], Params, Params]:
+    """(eligible sparse params by name, dense params, skipped trainable params)."""
+    sparse, dense, skipped = {}, [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if any(name == d or name.startswith(d + ".") for d in cfg.dense):
+            dense.append(p)
+        elif any(s in name for s in cfg.skip):
+            skipped.append(p)
+        else:
+            sparse[name] = p
+    return sparse, dense, skipped
+
+
+class _Masks:
+    """Masks, start values and accumulated gradients of the eligible tensors."""
+
+    def __init__(self, params: dict[str, nn.Parameter], cfg: SparseConfig) -> None:
+        self.params, self.cfg = params, cfg
+        self.start = {n: p.detach().clone() for n, p in params.items()}
+        self.grad_sum = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.mask: dict[str, torch.Tensor] | None = None
+
+    def accumulate(self) -> None:
+        for n, p in self.params.items():
+            if p.grad is not None:
+                self.grad_sum[n] += p.grad
+
+    @torch.no_grad()
+    def select(self) -> None:
+        self.mask = {n: top_mask((p - self.start[n]).abs(), kept(p.numel(), self.cfg.density))
+                     for n, p in self.params.items()}
+        self.project()
+
+    @torch.no_grad()
+    def regrow(self) -> None:
+        assert self.mask is not None
+        for n, p in self.params.items():
+            delta = p - self.start[n]
+            self.mask[n] = prune_regrow(self.mask[n], delta, self.grad_sum[n], self.cfg.regrow_fraction)
+            self.grad_sum[n].zero_()
+        self.project()
+
+    @torch.no_grad()
+    def project(self) -> None:
+        if self.mask is not None:
+            for n, p in self.params.items():
+                p.copy_(torch.where(self.mask[n], p, self.start[n]))
+
+
+def sparse_epochs(model: nn.Module, data: TaskData, spec: TrainSpec, seed: int, cfg: SparseConfig) -> float:
+    """Train in place with the fixed-density schedule; return the mean training loss."""
+    sparse, dense, skipped = _split(model, cfg)
+    masks = _Masks(sparse, cfg)
+    opt = make_optimizer([*sparse.values(), *dense], spec)
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    gen = torch.Generator().manual_seed(seed)
+    total, steps = 0.0, 0
+    for p in skipped:
+        p.requires_grad_(False)  # no gradient computed for skipped tensors (e.g. the embeddings)
+    model.train()
+    try:
+        for _ in range(spec.epochs):
+            order = torch.randperm(len(y), generator=gen)
+            for i in range(0, len(y), spec.batch_size):
+                idx = order[i : i + spec.batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+                loss.backward()
+                masks.accumulate()
+                opt.step()
+                masks.project()
+                total, steps = total + loss.item(), steps + 1
+                if steps == cfg.warmup:
+                    masks.select()
+                elif steps > cfg.warmup and (steps - cfg.warmup) % cfg.regrow_every == 0:
+                    masks.regrow()
+        if masks.mask is None:  # fewer steps than the warm-up: select now
+            masks.select()
+    finally:
+        for p in skipped:
+            p.requires_grad_(True)
+    return total / max(steps, 1)
+
+
+class SparseTrainer:
+    """Fixed-density sparse fine-tuning (LT-SFT selection + SpIEL-AG prune/regrow)."""
+
+    name = "sparse"
+
+    def train(
+        self, model: nn.Module, data: TaskData, spec: TrainSpec, seed: int, state: ClientState
+    ) -> TrainResult:
+        """Train in place; the update has at most ``k`` non-zeros per eligible tensor."""
+        del state
+        if len(data.y) == 0:
+            raise ValueError("client partition is empty: nothing to train on")
+        cfg = sparse_config(spec)
+        start = get_weights(model)
+        loss = sparse_epochs(model, data, spec, seed, cfg)
+        end = get_weights(model)
+        delta = {k: (end[k] - start[k]).astype(np.float32, copy=False) for k in start}
+        nnz = float(sum(int(np.count_nonzero(d)) for d in delta.values()))
+        metrics = {"train-loss": loss, "nonzeros": nnz}
+        return TrainResult(delta=delta, num_examples=len(data.y), metrics=metrics)
+
+
+register_trainer("sparse")(SparseTrainer)

@@ -1,0 +1,128 @@
+"""Host side: make a signed delta update between two model files (ONNX or safetensors).
+
+``delta = target - base`` per tensor (the project's sign convention), encoded with any codec
+pipeline and packed into a signed :class:`~stamen.protocols.Envelope` whose
+
+- ``base_hash`` is ``model_hash(base)`` (the device refuses any other base),
+- ``version`` is the version the device will hold afterwards (must exceed its high-water mark),
+- ``meta["target"]`` is ``model_hash(base + decode(payload))``: exactly the weights the device
+  will compute, so it can check the result bit for bit (for lossy codecs this differs from
+  ``model_hash(target)``), and ``meta["model"]`` is the model id when given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from stamen.protocols import (
+    CodecPipeline,
+    CodecSpec,
+    Envelope,
+    Signer,
+    TensorInfo,
+    model_hash,
+    pack,
+    tensor_table,
+)
+
+from .onnx_backend import read_onnx_source
+from .runtime import MODEL_KEY, TARGET_KEY
+from .torch_backend import read_safetensors_source
+
+__all__ = ["create_delta", "load_weights"]
+
+
+def table_names(table: tuple[TensorInfo, ...]) -> list[str]:
+    """Tensor names in table order."""
+    return [info.name for info in table]
+
+
+def load_weights(path: str | Path) -> dict[str, np.ndarray]:
+    """float32 weights of an ``.onnx`` model (its initializers) or a ``.safetensors`` state_dict.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        For another suffix or an unreadable file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"model file {p} does not exist")
+    if p.suffix == ".onnx":
+        return read_onnx_source(p)[0]
+    if p.suffix == ".safetensors":
+        return read_safetensors_source(p)[0]
+    raise ValueError(f"{p}: model files must end in .onnx or .safetensors")
+
+
+def _delta(base: Mapping[str, np.ndarray], target: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``target - base`` in the canonical (sorted-name) tensor order of edge stores."""
+    diff = sorted(set(base) ^ set(target)) or [n for n in base if np.shape(base[n]) != np.shape(target[n])]
+    if diff:
+        raise ValueError(f"base and target models differ in tensors, e.g. {diff[:3]}")
+    return {n: np.asarray(target[n], np.float32) - np.asarray(base[n], np.float32) for n in sorted(base)}
+
+
+def create_delta(
+    base: Mapping[str, np.ndarray],
+    target: Mapping[str, np.ndarray],
+    codec: str | CodecSpec,
+    signer: Signer,
+    *,
+    version: int,
+    model_id: str | None = None,
+    sender: str = "stamen",
+    seed: int = 0,
+) -> bytes:
+    """Encode and sign ``target - base`` as an update envelope for an edge store.
+
+    Parameters
+    ----------
+    base, target : Mapping[str, numpy.ndarray]
+        float32 weights with identical names and shapes; the update lists them sorted by name,
+        the canonical order of edge stores.
+    codec : str or CodecSpec
+        Codec pipeline, e.g. ``"dense"``, ``"topk(ratio=0.01)"``, ``"int8"``, ``"lowrank(rank=8)"``.
+    signer : Signer
+        Key the device trusts.
+    version : int
+        Version the device holds after applying, >= 1.
+    model_id : str or None
+        Recorded in ``meta["model"]``; the device then refuses the update for any other model.
+    sender : str
+        Sender id recorded in the envelope.
+    seed : int
+        Seed of the codec's randomness (stochastic int8 rounding, randomized SVD).
+
+    Returns
+    -------
+    bytes
+        The packed, signed envelope.
+    """
+    if type(version) is not int or version < 1:
+        raise ValueError(f"version must be an int >= 1, got {version!r}")
+    spec = CodecSpec.parse(codec) if isinstance(codec, str) else codec
+    delta = _delta(base, target)
+    pipeline = CodecPipeline(spec)
+    table = tensor_table(delta)
+    payload = pipeline.encode(delta, np.random.default_rng(seed))
+    decoded = pipeline.decode(payload, table)
+    result = {name: np.asarray(base[name], np.float32) + decoded[name] for name in table_names(table)}
+    meta: dict[str, int | float | str] = {TARGET_KEY: model_hash(result)}
+    if model_id is not None:
+        meta[MODEL_KEY] = model_id
+    envelope = Envelope(
+        codec=pipeline.spec.to_string(),
+        base_hash=model_hash(base),
+        version=version,
+        sender=sender,
+        tensors=table,
+        payload=payload,
+        meta=meta,
+    )
+    return pack(envelope, signer)

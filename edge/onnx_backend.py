@@ -1,0 +1,156 @@
+"""ONNX backend: a skeleton graph plus one external-data weights file per version.
+
+Every float32 initializer of the source model becomes an *external* tensor (``size_threshold=0``:
+biases too, research/edge.md §1.6) stored in ``weights.data`` at a fixed, 4096-byte aligned
+offset computed from the tensor table, so every version shares the same skeleton graph and a
+delta is applied per tensor, by name. Integer initializers (shape constants) stay in the graph.
+
+Inference sessions are created from the version's ``model.onnx`` path, so onnxruntime reads the
+new ``weights.data`` itself; the personal overlay is passed with
+``SessionOptions.add_external_initializers``, which replaces tensors *before* graph optimization.
+``add_initializer`` is never used: with optimizations on, onnxruntime constant-folds
+``Transpose(W)`` from the embedded weights and silently ignores the override (edge.md §1.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import external_data_helper, numpy_helper
+
+from stamen.protocols import TensorInfo, tensor_table
+
+from .archspec import ARCH_KEY
+
+__all__ = ["DATA", "GRAPH", "OnnxBackend", "OnnxSession", "layout", "read_onnx_source"]
+
+GRAPH = "model.onnx"
+DATA = "weights.data"
+SKELETON = "graph.onnx"
+_ALIGN = 4096
+
+
+def layout(table: Sequence[TensorInfo]) -> list[tuple[int, int]]:
+    """``(offset, nbytes)`` of each tensor in ``weights.data``; offsets are multiples of 4096."""
+    out, pos = [], 0
+    for info in table:
+        nbytes = info.size * np.dtype(info.dtype).itemsize
+        out.append((pos, nbytes))
+        pos += -(-nbytes // _ALIGN) * _ALIGN
+    return out
+
+
+def read_onnx_source(path: Path) -> tuple[dict[str, np.ndarray], bytes, str | None]:
+    """Load an ONNX model: its float32 weights, a skeleton graph and the arch metadata.
+
+    Returns
+    -------
+    tuple
+        ``(weights, skeleton_bytes, arch_json)``; weights sorted by name; the skeleton
+        references every float32 initializer in ``weights.data`` (see :func:`layout`).
+
+    Raises
+    ------
+    ValueError
+        If the file is not a loadable ONNX model or has no float32 initializer.
+    """
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError, OSError, ... for a bad file
+        raise ValueError(f"{path}: not a loadable ONNX model: {type(exc).__name__}: {exc}") from None
+    # Canonical order is by name everywhere (safetensors files are sorted too), so tables from
+    # ONNX and safetensors sources of the same model are equal.
+    inits = sorted(
+        (t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT), key=lambda t: t.name
+    )
+    if not inits:
+        raise ValueError(f"{path}: the ONNX graph has no float32 initializers (weights)")
+    weights = {t.name: np.array(numpy_helper.to_array(t), dtype=np.float32) for t in inits}
+    if len(weights) != len(inits):
+        raise ValueError(f"{path}: duplicate initializer names")
+    for tensor, (offset, nbytes) in zip(inits, layout(tensor_table(weights)), strict=True):
+        external_data_helper.set_external_data(tensor, DATA, offset, nbytes)
+        tensor.ClearField("raw_data")
+        tensor.ClearField("float_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+    arch = next((p.value for p in model.metadata_props if p.key == ARCH_KEY), None)
+    return weights, model.SerializeToString(), arch
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-wait on 2 cores
+    return so
+
+
+class OnnxSession:
+    """An onnxruntime session on one version, with the overlay tensors overridden."""
+
+    def __init__(self, graph: Path, overrides: Mapping[str, np.ndarray], threads: int) -> None:
+        so = _session_options(threads)
+        if overrides:
+            names = list(overrides)
+            values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(overrides[n])) for n in names]
+            so.add_external_initializers(names, values)  # copied by ORT before optimization
+        self._sess = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
+        inp = self._sess.get_inputs()[0]
+        self._input, self._rank = inp.name, len(inp.shape)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Outputs of the first graph output for a float32 batch ``x``."""
+        arr = np.ascontiguousarray(x, dtype=np.float32)
+        if self._rank == 2:
+            arr = arr.reshape(len(arr), -1)
+        out: Any = self._sess.run(None, {self._input: arr})[0]
+        return np.asarray(out)
+
+
+class OnnxBackend:
+    """Reads and writes ONNX versions of a store (see module docstring)."""
+
+    kind = "onnx"
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+
+    def install(self, skeleton: bytes) -> None:
+        """Write the shared skeleton graph into a new store."""
+        (self.store / SKELETON).write_bytes(skeleton)
+
+    def read(self, vdir: Path, table: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
+        """Read-only memory-mapped weights of version directory ``vdir``."""
+        data = np.memmap(vdir / DATA, dtype=np.uint8, mode="r")
+        out = {}
+        for info, (offset, nbytes) in zip(table, layout(table), strict=True):
+            if offset + nbytes > data.size:
+                raise ValueError(f"{vdir / DATA} is truncated at tensor {info.name!r}")
+            raw = data[offset : offset + nbytes]
+            out[info.name] = np.frombuffer(raw, dtype=np.dtype(info.dtype)).reshape(info.shape)
+        return out
+
+    def write(self, vdir: Path, weights: Mapping[str, np.ndarray], table: Sequence[TensorInfo]) -> None:
+        """Write the graph and ``weights.data`` into (shadow) directory ``vdir`` (not fsynced)."""
+        (vdir / GRAPH).write_bytes((self.store / SKELETON).read_bytes())
+        with open(vdir / DATA, "wb") as fh:
+            for info, (offset, _) in zip(table, layout(table), strict=True):
+                fh.seek(offset)
+                fh.write(np.ascontiguousarray(weights[info.name], dtype=info.dtype).data)
+
+    def session(
+        self,
+        vdir: Path,
+        table: Sequence[TensorInfo],
+        overrides: Mapping[str, np.ndarray],
+        arch: Mapping[str, Any] | None,
+        threads: int,
+    ) -> OnnxSession:
+        """A new inference session on ``vdir`` (``table`` and ``arch`` are not needed for ONNX)."""
+        del table, arch
+        return OnnxSession(vdir / GRAPH, overrides, threads)

@@ -1,0 +1,54 @@
+"""The personal overlay file: additive per-tensor deltas in safetensors, named by content hash.
+
+The overlay is kept apart from the global weights: the device serves ``global + overlay`` and
+every global update is applied to the global weights only, so personalization survives updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from safetensors.numpy import save
+
+from stamen.protocols import TensorInfo, model_hash
+
+from .fsutil import atomic_write
+from .manifest import Overlay
+from .torch_backend import read_safetensors_source
+
+__all__ = ["read_overlay", "write_overlay"]
+
+_PLAN_KEY = "stamen.plan"
+
+
+def write_overlay(store: Path, deltas: Mapping[str, np.ndarray], plan: str) -> Overlay:
+    """Durably write ``deltas`` to ``store/overlay-<hash16>.safetensors``; return its manifest entry."""
+    arrays = {name: np.ascontiguousarray(arr, dtype=np.float32) for name, arr in deltas.items()}
+    digest = model_hash(arrays)
+    name = f"overlay-{digest[:16]}.safetensors"
+    data = save(arrays, metadata={_PLAN_KEY: plan})
+
+    def write(fh: BinaryIO) -> None:
+        fh.write(data)
+
+    atomic_write(store / name, write)
+    return Overlay(name, digest, plan, tuple(arrays))
+
+
+def read_overlay(path: Path, table: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
+    """Read an overlay; every tensor must be a model tensor with the model's shape.
+
+    Raises
+    ------
+    ValueError
+        If the file is unreadable or names an unknown tensor or a wrong shape.
+    """
+    deltas, _ = read_safetensors_source(path)
+    shapes = {t.name: t.shape for t in table}
+    for name, arr in deltas.items():
+        if shapes.get(name) != arr.shape:
+            raise ValueError(f"overlay {path.name}: tensor {name!r} is not a model tensor of that shape")
+    return deltas

@@ -1,0 +1,312 @@
+"""``EdgeRuntime``: apply signed delta updates to a device's model store, crash-safe, with rollback.
+
+``apply(envelope_bytes)``::
+
+    verify the Ed25519 signature (before parsing anything) -> base hash == current version
+    -> version > every version ever applied -> decode with the store's own tensor table
+    -> validate (finite) -> new = old + delta -> target hash (if the sender gave one)
+    -> write a shadow version directory -> fsync -> atomic rename
+    -> build the new inference session (global weights + personal overlay)
+    -> commit the manifest (atomic rename: the single commit point) -> swap sessions
+
+Every refusal raises a :class:`~stamen.protocols.StamenError` (a ``ValueError``) and leaves the
+store and the serving session untouched. Sessions are double-buffered: the old one keeps serving
+until the new one is built, then the reference is swapped under a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stamen.protocols import (
+    BaseModelMismatch,
+    CodecPipeline,
+    CodecSpec,
+    Envelope,
+    ValidationError,
+    Verifier,
+    model_hash,
+    unpack,
+)
+
+from .errors import StaleVersion, StoreCorrupt
+from .fsutil import publish_dir, remove_tree
+from .manifest import Manifest, VersionEntry, load_manifest, save_manifest
+from .overlay import read_overlay, write_overlay
+from .store import TRUSTED, VERSIONS, clean_store, make_backend, store_lock, version_dir
+
+__all__ = ["TARGET_KEY", "EdgeRuntime", "ModelVersion"]
+
+#: Envelope meta key holding ``model_hash`` of the weights the device must obtain.
+TARGET_KEY = "target"
+#: Envelope meta key holding the model id the update is for (optional).
+MODEL_KEY = "model"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A version of the global model: number, content hash and the previous version's hash."""
+
+    version: int
+    hash: str
+    prev_hash: str | None
+
+
+def _validate_finite(arrays: Mapping[str, np.ndarray], what: str) -> None:
+    for name, arr in arrays.items():
+        if not np.all(np.isfinite(arr)):
+            raise ValidationError(f"{what} tensor {name!r} has non-finite values (NaN or inf)")
+
+
+class EdgeRuntime:
+    """A model store opened for serving and updating. Build with :meth:`open`.
+
+    Parameters
+    ----------
+    store : Path
+        Store directory (created by :func:`stamen.edge.store.create_store`).
+    verify : bool, default True
+        Recompute the current weights' hash (and the overlay's) and refuse a corrupt store.
+    threads : int, default 1
+        onnxruntime intra-op threads (pin explicitly: research/edge.md §8).
+    keep : int, default 3
+        Versions retained for rollback, >= 2.
+    """
+
+    def __init__(self, store: Path, *, verify: bool = True, threads: int = 1, keep: int = 3) -> None:
+        if keep < 2 or threads < 1:
+            raise ValueError(f"keep must be >= 2 and threads >= 1, got keep={keep}, threads={threads}")
+        self.store, self.threads, self.keep = Path(store), threads, keep
+        self._lock = threading.Lock()
+        #: Seconds per phase of the last :meth:`apply`: verify, decode, write, session, commit.
+        self.timings: dict[str, float] = {}
+        self.manifest = load_manifest(self.store)
+        self.verifier = Verifier.from_files(self.store / TRUSTED)
+        if self.manifest.key_id not in self.verifier.key_ids:
+            raise StoreCorrupt(f"trusted key does not match the manifest's key id {self.manifest.key_id!r}")
+        self.backend = make_backend(self.manifest.backend, self.store)
+        with store_lock(self.store):
+            clean_store(self.store, self.manifest)
+        if verify:
+            self._verify()
+        self._session = self._build_session(self.manifest)
+
+    @classmethod
+    def open(cls, store: str | Path, *, verify: bool = True, threads: int = 1, keep: int = 3) -> EdgeRuntime:
+        """Open an existing store (same parameters as the constructor)."""
+        return cls(Path(store), verify=verify, threads=threads, keep=keep)
+
+    # ---------------------------------------------------------------- reading
+    def _vdir(self, manifest: Manifest) -> Path:
+        return version_dir(self.store, manifest.current.version)
+
+    def global_weights(self) -> dict[str, np.ndarray]:
+        """Read-only weights of the current global version (memory-mapped for ONNX)."""
+        return self.backend.read(self._vdir(self.manifest), self.manifest.tensors)
+
+    def overlay(self) -> dict[str, np.ndarray]:
+        """The personal overlay (additive deltas per tensor); empty if none."""
+        o = self.manifest.overlay
+        return {} if o is None else read_overlay(self.store / o.file, self.manifest.tensors)
+
+    def effective_weights(self) -> dict[str, np.ndarray]:
+        """Global weights plus the personal overlay: what the session serves."""
+        weights = dict(self.global_weights())
+        for name, delta in self.overlay().items():
+            weights[name] = weights[name] + delta
+        return weights
+
+    def version(self) -> ModelVersion:
+        """The current global version."""
+        cur = self.manifest.current
+        return ModelVersion(cur.version, cur.hash, cur.prev_hash)
+
+    def _verify(self) -> None:
+        got = model_hash(self.global_weights())
+        if got != self.manifest.current.hash:
+            raise StoreCorrupt(f"weights of version {self.manifest.current.version} fail their hash check")
+        o = self.manifest.overlay
+        if o is not None and model_hash(self.overlay()) != o.hash:
+            raise StoreCorrupt("the personal overlay fails its hash check")
+
+    def _build_session(self, manifest: Manifest, overlay: Mapping[str, np.ndarray] | None = None) -> Any:
+        vdir = self._vdir(manifest)
+        if overlay is None:
+            overlay = (
+                {}
+                if manifest.overlay is None
+                else read_overlay(self.store / manifest.overlay.file, manifest.tensors)
+            )
+        overrides = {}
+        if overlay:
+            base = self.backend.read(vdir, manifest.tensors)
+            overrides = {name: base[name] + delta for name, delta in overlay.items()}
+        return self.backend.session(vdir, manifest.tensors, overrides, manifest.arch, self.threads)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Model outputs for a batch ``x`` (served by whichever session is current)."""
+        session = self._session  # one atomic reference read: a concurrent swap cannot split a call
+        return np.asarray(session.run(np.asarray(x, dtype=np.float32)))
+
+    def status(self) -> dict[str, Any]:
+        """JSON-ready summary: version, hash, history, overlay, key id, backend, size."""
+        m, o = self.manifest, self.manifest.overlay
+        return {
+            "model_id": m.model_id,
+            "backend": m.backend,
+            "version": m.current.version,
+            "hash": m.current.hash,
+            "prev_hash": m.current.prev_hash,
+            "high_water": m.high_water,
+            "key_id": m.key_id,
+            "history": [{"version": h.version, "hash": h.hash} for h in m.history],
+            "overlay": None if o is None else {"plan": o.plan, "tensors": list(o.tensors), "hash": o.hash},
+            "tensors": len(m.tensors),
+            "parameters": int(sum(t.size for t in m.tensors)),
+            "arch": dict(m.arch) if m.arch is not None else None,
+        }
+
+    # ---------------------------------------------------------------- updating
+    def _check(self, env: Envelope) -> None:
+        cur = self.manifest.current
+        if env.base_hash != cur.hash:
+            raise BaseModelMismatch(
+                f"update is based on {env.base_hash[:16]}…, the device holds version {cur.version} "
+                f"({cur.hash[:16]}…)"
+            )
+        if env.version <= self.manifest.high_water:
+            raise StaleVersion(
+                f"update version {env.version} is not newer than {self.manifest.high_water} "
+                "(a replay or a rollback)"
+            )
+        model = env.meta.get(MODEL_KEY)
+        if model is not None and model != self.manifest.model_id:
+            raise BaseModelMismatch(
+                f"update is for model {model!r}, this store holds {self.manifest.model_id!r}"
+            )
+        if env.tensors != self.manifest.tensors:
+            raise ValidationError("update tensor table differs from the model's (names, shapes or dtypes)")
+
+    def _new_weights(self, env: Envelope) -> tuple[dict[str, np.ndarray], str]:
+        # Decode against the store's own table: the header cannot make the decoder allocate more.
+        delta = CodecPipeline(CodecSpec.parse(env.codec)).decode(env.payload, self.manifest.tensors)
+        _validate_finite(delta, "update")
+        base = self.global_weights()
+        with np.errstate(over="ignore"):
+            new = {name: base[name] + delta[name] for name in base}
+        _validate_finite(new, "updated")
+        digest = model_hash(new)
+        target = env.meta.get(TARGET_KEY)
+        if target is not None and target != digest:
+            raise ValidationError(f"updated weights hash {digest[:16]}… differs from the signed target")
+        return new, digest
+
+    def apply(self, data: bytes) -> ModelVersion:
+        """Verify, check, decode and apply one signed update envelope (see module docstring).
+
+        Raises
+        ------
+        SignatureError
+            Unsigned, unknown key, bad signature, tampered or truncated bytes.
+        MalformedUpdate, CodecError
+            Bytes that are not a well-formed envelope or payload.
+        BaseModelMismatch
+            The update was made against another version or model.
+        StaleVersion
+            Replay or rollback: version not above every version applied so far.
+        ValidationError
+            Wrong tensor table, non-finite values, or a result that misses the target hash.
+        """
+        t0 = time.perf_counter()
+        env = unpack(data, self.verifier)  # signature checked over raw bytes before parsing
+        self.timings = {"verify": time.perf_counter() - t0}
+        with store_lock(self.store):
+            self.manifest = load_manifest(self.store)  # another process may have changed it
+            self._check(env)
+            t0 = time.perf_counter()
+            new, digest = self._new_weights(env)
+            self.timings["decode"] = time.perf_counter() - t0
+            cur = self.manifest.current
+            entry = VersionEntry(env.version, digest, cur.hash)
+            history = (*self.manifest.history, entry)
+            manifest = self.manifest.with_history(history[-self.keep :], high_water=env.version)
+            self._commit_version(manifest, new)
+        return self.version()
+
+    def _commit_version(self, manifest: Manifest, weights: Mapping[str, np.ndarray]) -> None:
+        final = self._vdir(manifest)
+        shadow = self.store / VERSIONS / f".shadow-{manifest.current.version}"
+        remove_tree(shadow)
+        remove_tree(final)
+        t0 = time.perf_counter()
+        shadow.mkdir()
+        self.backend.write(shadow, weights, manifest.tensors)
+        publish_dir(shadow, final)
+        self.timings["write"] = time.perf_counter() - t0
+        try:
+            t0 = time.perf_counter()
+            session = self._build_session(manifest)
+            self.timings["session"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save_manifest(self.store, manifest)  # the commit point
+            self.timings["commit"] = time.perf_counter() - t0
+        except BaseException:
+            remove_tree(final)
+            raise
+        self._swap(manifest, session)
+
+    def _swap(self, manifest: Manifest, session: Any) -> None:
+        with self._lock:
+            self.manifest, self._session = manifest, session
+        clean_store(self.store, manifest)  # drops pruned versions and replaced overlays
+
+    def rollback(self) -> ModelVersion:
+        """Serve the previous retained version again; the high-water mark stays.
+
+        Raises
+        ------
+        ValueError
+            If no earlier version is retained.
+        """
+        with store_lock(self.store):
+            self.manifest = load_manifest(self.store)
+            if len(self.manifest.history) < 2:
+                raise ValueError(
+                    f"no earlier version retained to roll back to (at version {self.version().version})"
+                )
+            manifest = self.manifest.with_history(self.manifest.history[:-1])
+            session = self._build_session(manifest)
+            save_manifest(self.store, manifest)
+            self._swap(manifest, session)
+        return self.version()
+
+    def set_overlay(self, deltas: Mapping[str, np.ndarray], plan: str) -> None:
+        """Store ``deltas`` (additive, per tensor) as the personal overlay and serve with it.
+
+        An empty mapping clears the overlay. The overlay survives later global updates: each new
+        version is served as ``global + overlay``.
+
+        Raises
+        ------
+        ValidationError
+            Unknown tensor names, wrong shapes or non-finite values.
+        """
+        table = {t.name: t.shape for t in self.manifest.tensors}
+        for name, arr in deltas.items():
+            if table.get(name) != np.shape(arr):
+                raise ValidationError(f"overlay tensor {name!r} is not a model tensor of that shape")
+        _validate_finite(deltas, "overlay")
+        with store_lock(self.store):
+            self.manifest = load_manifest(self.store)
+            overlay = write_overlay(self.store, deltas, plan) if deltas else None
+            manifest = replace(self.manifest, overlay=overlay)
+            session = self._build_session(manifest)
+            save_manifest(self.store, manifest)
+            self._swap(manifest, session)

@@ -1,0 +1,163 @@
+"""On-disk layout of a model store, store creation, locking and crash cleanup.
+
+::
+
+    DIR/manifest.json                    commit point (stamen.edge.manifest)
+    DIR/trusted.pem                      the trusted Ed25519 public key (PEM)
+    DIR/graph.onnx                       ONNX only: skeleton graph, every weight external
+    DIR/versions/v<version:020d>/        one directory per retained version
+        model.onnx + weights.data        (ONNX backend)
+        weights.safetensors              (torch backend)
+    DIR/overlay-<hash16>.safetensors     the personal overlay (additive deltas), if any
+    DIR/.lock                            advisory lock held by every writer
+
+A version directory is built as ``versions/.shadow-*``, fsynced and renamed into place before the
+manifest that names it is committed; whatever a crash leaves behind that the manifest does not
+name is garbage, removed by :func:`clean_store` under the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stamen.protocols import Verifier, model_hash, tensor_table
+
+from .archspec import parse_arch
+from .fsutil import fsync_dir, publish_dir, remove_tree
+from .manifest import MANIFEST, Manifest, VersionEntry, save_manifest
+from .onnx_backend import OnnxBackend, read_onnx_source
+from .torch_backend import TorchBackend, read_safetensors_source
+
+__all__ = ["Backend", "clean_store", "create_store", "make_backend", "store_lock", "version_dir"]
+
+TRUSTED = "trusted.pem"
+VERSIONS = "versions"
+Backend = OnnxBackend | TorchBackend
+
+
+def version_dir(store: Path, version: int) -> Path:
+    """Directory of ``version`` inside ``store``."""
+    return store / VERSIONS / f"v{version:020d}"
+
+
+def make_backend(kind: str, store: Path) -> Backend:
+    """The backend object for ``kind`` (``onnx`` or ``torch``)."""
+    if kind == "onnx":
+        return OnnxBackend(store)
+    if kind == "torch":
+        return TorchBackend(store)
+    raise ValueError(f"backend must be 'onnx' or 'torch', got {kind!r}")
+
+
+@contextlib.contextmanager
+def store_lock(store: Path) -> Iterator[None]:
+    """Exclusive advisory lock on ``store`` for the duration of a change (blocks until free)."""
+    fd = os.open(store / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def clean_store(store: Path, manifest: Manifest) -> None:
+    """Remove shadows, temp files, unreferenced versions and overlays left by a crash."""
+    keep = {version_dir(store, h.version).name for h in manifest.history}
+    for child in (store / VERSIONS).iterdir():
+        if child.name not in keep:
+            remove_tree(child)
+    overlay = manifest.overlay.file if manifest.overlay is not None else None
+    for child in store.iterdir():
+        stale_overlay = child.name.startswith("overlay-") and child.name != overlay
+        if stale_overlay or ".tmp-" in child.name:
+            child.unlink(missing_ok=True)
+
+
+def _source(path: Path) -> tuple[str, dict[str, np.ndarray], bytes, str | None]:
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    if path.suffix == ".onnx":
+        weights, skeleton, arch = read_onnx_source(path)
+        return "onnx", weights, skeleton, arch
+    if path.suffix == ".safetensors":
+        weights, arch = read_safetensors_source(path)
+        return "torch", weights, b"", arch
+    raise ValueError(f"{path}: model files must end in .onnx or .safetensors")
+
+
+def _check_arch(arch: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> None:
+    """The weights must be exactly the architecture's state_dict (names and shapes)."""
+    from .arch import build_model  # torch only where an arch is given
+
+    state = build_model(arch).state_dict()
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    want = {k: tuple(v.shape) for k, v in state.items()}
+    if got != want:
+        raise ValueError(f"weights do not match the arch spec: {sorted(set(got) ^ set(want))[:4]} differ")
+
+
+def create_store(
+    store: Path, source: Path, trust: Path, *, model_id: str | None = None, arch: str | None = None
+) -> Manifest:
+    """Create a new store at ``store`` from a model file, trusting the public key ``trust``.
+
+    Parameters
+    ----------
+    store : Path
+        Target directory; must not exist or be empty.
+    source : Path
+        ``.onnx`` (ONNX backend) or ``.safetensors`` state_dict (torch backend).
+    trust : Path
+        PEM Ed25519 public key whose signatures the store accepts.
+    model_id : str or None
+        Defaults to the source file's stem.
+    arch : str or None
+        Architecture spec JSON overriding the one in the file's metadata.
+
+    Returns
+    -------
+    Manifest
+        At version 0 with the source's weights.
+    """
+    verifier = Verifier.from_files(trust)
+    backend_kind, weights, skeleton, file_arch = _source(source)
+    arch_text = arch or file_arch
+    arch_obj = parse_arch(arch_text).to_json() if arch_text else None
+    if arch_obj is not None:
+        _check_arch(arch_obj, weights)
+    if store.exists() and any(store.iterdir()):
+        raise ValueError(f"{store} already exists and is not empty")
+    (store / VERSIONS).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(trust, store / TRUSTED)
+    backend = make_backend(backend_kind, store)
+    backend.install(skeleton)
+    table = tensor_table(weights)
+    shadow = store / VERSIONS / ".shadow-init"
+    shadow.mkdir()
+    backend.write(shadow, weights, table)
+    publish_dir(shadow, version_dir(store, 0))
+    manifest = Manifest(
+        model_id=model_id or source.stem,
+        backend=backend_kind,
+        key_id=next(iter(verifier.key_ids)),
+        tensors=table,
+        history=(VersionEntry(0, model_hash(weights), None),),
+        high_water=0,
+        arch=arch_obj,
+    )
+    fsync_dir(store)
+    save_manifest(store, manifest)
+    return manifest
+
+
+def is_store(path: Path) -> bool:
+    """True if ``path`` holds a store manifest."""
+    return (path / MANIFEST).is_file()

@@ -1,0 +1,126 @@
+"""PyTorch backend: one safetensors ``state_dict`` per version; inference with the torch module.
+
+The module is rebuilt from the store's architecture spec (:mod:`stamen.edge.arch`), so a torch
+store needs one (``stamen.arch`` in the safetensors metadata, or given at init).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from stamen.protocols import TensorInfo
+
+from .archspec import ARCH_KEY
+
+__all__ = ["WEIGHTS", "NoSession", "TorchBackend", "TorchSession", "read_safetensors_source"]
+
+WEIGHTS = "weights.safetensors"
+
+
+def read_safetensors_source(path: Path) -> tuple[dict[str, np.ndarray], str | None]:
+    """Load a safetensors state_dict: float32 tensors sorted by name, and the arch metadata.
+
+    Raises
+    ------
+    ValueError
+        If the file is not safetensors or holds a non-float32 tensor.
+    """
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+            weights = {name: np.array(fh.get_tensor(name)) for name in sorted(fh.keys())}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable safetensors file: {exc}") from None
+    bad = [n for n, a in weights.items() if a.dtype != np.float32]
+    if bad or not weights:
+        raise ValueError(f"{path}: every tensor must be float32 (bad: {bad[:3]}) and there must be one")
+    return weights, meta.get(ARCH_KEY)
+
+
+class TorchSession:
+    """The :class:`~stamen.edge.arch.EdgeNet` loaded with one version's effective weights."""
+
+    def __init__(self, arch: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> None:
+        import torch  # only torch stores need torch at serving time
+
+        from .arch import build_model
+
+        self._torch = torch
+        self.model = build_model(dict(arch))
+        state = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in weights.items()}
+        self.model.load_state_dict(state, strict=True)
+        self.model.eval()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Logits for a float32 batch ``x``."""
+        torch = self._torch
+        with torch.no_grad():
+            out: np.ndarray = self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+        return out
+
+
+class NoSession:
+    """Placeholder for a store that cannot serve; ``run`` raises ``ValueError(reason)``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Always raises."""
+        raise ValueError(self.reason)
+
+
+class TorchBackend:
+    """Reads and writes safetensors versions of a store."""
+
+    kind = "torch"
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+
+    def install(self, skeleton: bytes) -> None:
+        """Nothing to install: a torch store has no graph."""
+        del skeleton
+
+    def read(self, vdir: Path, table: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
+        """Weights of version directory ``vdir`` in table order (read-only)."""
+        weights, _ = read_safetensors_source(vdir / WEIGHTS)
+        out = {}
+        for info in table:
+            arr = weights.get(info.name)
+            if arr is None or arr.shape != info.shape:
+                raise ValueError(f"{vdir / WEIGHTS}: tensor {info.name!r} missing or misshapen")
+            arr.flags.writeable = False
+            out[info.name] = arr
+        return out
+
+    def write(self, vdir: Path, weights: Mapping[str, np.ndarray], table: Sequence[TensorInfo]) -> None:
+        """Write ``weights.safetensors`` into (shadow) directory ``vdir`` (not fsynced)."""
+        tensors = {info.name: np.ascontiguousarray(weights[info.name], dtype=np.float32) for info in table}
+        save_file(tensors, str(vdir / WEIGHTS))
+
+    def session(
+        self,
+        vdir: Path,
+        table: Sequence[TensorInfo],
+        overrides: Mapping[str, np.ndarray],
+        arch: Mapping[str, Any] | None,
+        threads: int,
+    ) -> TorchSession | NoSession:
+        """A module on ``vdir``'s weights with ``overrides`` replacing tensors.
+
+        Without an architecture spec the store still takes updates, but cannot serve: the
+        returned :class:`NoSession` refuses to run.
+        """
+        del threads  # torch threads are process-wide; EdgeRuntime sets them once
+        if arch is None:
+            return NoSession("this torch store has no architecture spec ('stamen.arch') to serve with")
+        weights = dict(self.read(vdir, table))
+        weights.update(overrides)
+        return TorchSession(arch, weights)

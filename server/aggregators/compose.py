@@ -1,0 +1,105 @@
+"""Compose pre-aggregators and a rule into one aggregator from flat parameters.
+
+``build_aggregator("krum", pre=("nnm",), params={"assumed_byzantine": 2})`` builds ``nnm`` and
+``krum`` and gives ``assumed_byzantine`` to both: each parameter goes to every stage whose factory
+signature names it (a factory with ``**kwargs`` takes all of them). A parameter no stage accepts is
+a ``ValueError`` naming it. Stages taking a ``seed`` (e.g. ``bucketing``) get one derived from the
+run seed and their position, unless ``seed`` is given explicitly in ``params``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from stamen.server.aggregators import base
+from stamen.server.aggregators.base import Aggregator, create
+from stamen.server.aggregators.pre_base import PreAggregator, create_pre, pre_factory
+
+_NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
+
+
+class ComposedAggregator:
+    """``updates -> pre_1 -> ... -> pre_k -> rule``; an :class:`Aggregator`."""
+
+    def __init__(self, rule: Aggregator, pre: Sequence[PreAggregator], names: Sequence[str]) -> None:
+        self.rule = rule
+        self.pre = tuple(pre)
+        self.names = tuple(names)  # pre-aggregator names then the rule name, for messages
+
+    def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Run the pre-aggregators in order, then the rule."""
+        for stage in self.pre:
+            updates, weights = stage(updates, weights)
+        return self.rule(updates, weights)
+
+    def __repr__(self) -> str:
+        return f"ComposedAggregator({' -> '.join(self.names)})"
+
+
+def accepted_params(factory: Callable[..., Any]) -> set[str] | None:
+    """Keyword names ``factory`` accepts; ``None`` when it takes ``**kwargs`` (anything)."""
+    accepted = set()
+    for p in inspect.signature(factory).parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            accepted.add(p.name)
+    return accepted
+
+
+def stage_seed(seed: int, position: int) -> int:
+    """Independent 32-bit seed for the stage at ``position`` of a run seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, position]).generate_state(1)[0])
+
+
+def _rule_factory(rule: str) -> Callable[..., Aggregator]:
+    create_check = base.available()
+    if rule not in create_check:
+        raise ValueError(f"unknown aggregation rule {rule!r}; available: {', '.join(create_check)}")
+    return base._REGISTRY[rule]  # the registry has no public accessor yet
+
+
+def build_aggregator(
+    rule: str, pre: Sequence[str] = (), params: Mapping[str, Any] = _NO_PARAMS, seed: int = 0
+) -> Aggregator:
+    """One aggregator ``(updates, weights=None) -> (d,)``: the pre-aggregators ``pre`` then ``rule``.
+
+    Parameters
+    ----------
+    rule : str
+        A registered rule (``stamen.server.aggregators.available()``).
+    pre : sequence of str
+        Registered pre-aggregators, applied in order (``available_pre()``); may repeat.
+    params : mapping
+        Flat parameters, each routed to every stage whose factory accepts it.
+    seed : int
+        Run seed; stages with a ``seed`` parameter get ``stage_seed(seed, position)``.
+
+    Raises
+    ------
+    ValueError
+        Unknown rule or pre-aggregator, a parameter no stage accepts, or an invalid value.
+    """
+    factories = [(name, pre_factory(name)) for name in pre] + [(rule, _rule_factory(rule))]
+    used: set[str] = set()
+    kwargs_per_stage = []
+    for position, (_, factory) in enumerate(factories):
+        accepted = accepted_params(factory)
+        kwargs = {k: v for k, v in params.items() if accepted is None or k in accepted}
+        used.update(kwargs)
+        if accepted is not None and "seed" in accepted and "seed" not in params:
+            kwargs["seed"] = stage_seed(seed, position)
+        kwargs_per_stage.append(kwargs)
+    unused = sorted(set(params) - used)
+    if unused:
+        raise ValueError(
+            f"aggregation parameter(s) {', '.join(unused)} not accepted by rule {rule!r}"
+            + (f" or pre-aggregators {', '.join(pre)}" if pre else "")
+        )
+    stages = [create_pre(name, **kw) for name, kw in zip(pre, kwargs_per_stage, strict=False)]
+    return ComposedAggregator(create(rule, **kwargs_per_stage[-1]), stages, [*pre, rule])

@@ -1,0 +1,183 @@
+"""The edge CLI end to end (keys, delta, edge init/apply/status/personalize/predict/rollback) and
+its one-line failures with exit code 2 and an unchanged store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edge_helpers import perturbed, store_bytes
+from safetensors.numpy import save_file
+
+from stamen.cli import main
+from stamen.edge.arch import EdgeNet
+from stamen.edge.export import state_of
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_walkthrough(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model_files: dict[str, Path], tiny_model: EdgeNet
+) -> None:
+    keys, dev = tmp_path / "keys", tmp_path / "device"
+    code, out, _ = _run(capsys, "keys", "generate", "--out", str(keys))
+    assert code == 0 and len(json.loads(out)["key_id"]) == 8
+    assert _run(capsys, "keys", "generate", "--out", str(keys))[0] == 2  # never overwrites a key
+    code, out, _ = _run(
+        capsys,
+        "edge",
+        "init",
+        "--onnx",
+        str(model_files["onnx"]),
+        "--model",
+        str(dev),
+        "--trust",
+        str(keys / "public.pem"),
+    )
+    assert code == 0 and json.loads(out)["version"] == 0
+    new = tmp_path / "new.safetensors"
+    save_file(
+        perturbed(dict(sorted(state_of(tiny_model).items())), 4),
+        str(new),
+        metadata={"stamen.arch": tiny_model.spec.dumps()},
+    )
+    upd = tmp_path / "u1.stamen"
+    code, out, _ = _run(
+        capsys,
+        "delta",
+        "create",
+        "--base",
+        str(model_files["onnx"]),
+        "--target",
+        str(new),
+        "--codec",
+        "lowrank(rank=2)+int8",
+        "--key",
+        str(keys / "private.pem"),
+        "--version",
+        "1",
+        "-o",
+        str(upd),
+    )
+    assert code == 0 and json.loads(out)["bytes"] == upd.stat().st_size
+    code, out, _ = _run(capsys, "edge", "apply", "--model", str(dev), str(upd))
+    assert code == 0 and json.loads(out)["version"] == 1
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 16)).astype(np.float32), rng.integers(1, 3, 40)
+    np.savez(tmp_path / "local.npz", x=x, y=y)
+    code, out, _ = _run(
+        capsys,
+        "edge",
+        "personalize",
+        "--model",
+        str(dev),
+        "--data",
+        str(tmp_path / "local.npz"),
+        "--plan",
+        "last_k=1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+    )
+    assert code == 0 and json.loads(out)["overlay_tensors"] == ["layers.3.bias", "layers.3.weight"]
+    code, out, _ = _run(
+        capsys, "edge", "predict", "--model", str(dev), "--input", str(tmp_path / "local.npz")
+    )
+    pred = json.loads(out)
+    assert code == 0 and len(pred["predictions"]) == 40 and 0 <= pred["accuracy"] <= 1
+    code, out, _ = _run(capsys, "edge", "status", "--model", str(dev))
+    status = json.loads(out)
+    assert status["version"] == 1 and status["overlay"]["plan"] == "last_k=1" and len(status["history"]) == 2
+    code, out, _ = _run(capsys, "edge", "rollback", "--model", str(dev))
+    assert code == 0 and json.loads(out)["version"] == 0
+    files = store_bytes(dev)
+    for argv, reason in [
+        (["edge", "apply", "--model", str(dev), str(upd)], "StaleVersion"),
+        (["edge", "rollback", "--model", str(dev)], "no earlier version"),
+        (["edge", "apply", "--model", str(dev), str(tmp_path / "missing.stamen")], "does not exist"),
+        (
+            [
+                "edge",
+                "personalize",
+                "--model",
+                str(dev),
+                "--data",
+                str(tmp_path / "local.npz"),
+                "--plan",
+                "x",
+            ],
+            "plan",
+        ),
+        (["edge", "status", "--model", str(tmp_path)], "not an edge model store"),
+        (
+            [
+                "delta",
+                "create",
+                "--base",
+                str(new),
+                "--target",
+                str(new),
+                "--codec",
+                "nope",
+                "--key",
+                str(keys / "private.pem"),
+                "-o",
+                str(tmp_path / "x.stamen"),
+            ],
+            "unknown codec stage",
+        ),
+    ]:
+        code, out, err = _run(capsys, *argv)
+        assert code == 2 and err.startswith("stamen: error: ") and err.count("\n") == 1, (argv, err)
+        assert reason in err, (reason, err)
+    assert store_bytes(dev) == files
+
+
+def test_tampered_update_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model_files: dict[str, Path], tiny_model: EdgeNet
+) -> None:
+    keys, dev = tmp_path / "keys", tmp_path / "device"
+    _run(capsys, "keys", "generate", "--out", str(keys))
+    _run(
+        capsys,
+        "edge",
+        "init",
+        "--torch",
+        str(model_files["torch"]),
+        "--model",
+        str(dev),
+        "--trust",
+        str(keys / "public.pem"),
+    )
+    new = tmp_path / "new.safetensors"
+    save_file(perturbed(dict(sorted(state_of(tiny_model).items())), 5), str(new))
+    upd = tmp_path / "u.stamen"
+    _run(
+        capsys,
+        "delta",
+        "create",
+        "--base",
+        str(model_files["torch"]),
+        "--target",
+        str(new),
+        "--key",
+        str(keys / "private.pem"),
+        "--version",
+        "2",
+        "-o",
+        str(upd),
+    )
+    raw = bytearray(upd.read_bytes())
+    raw[-3] ^= 0xFF
+    upd.write_bytes(bytes(raw))
+    files = store_bytes(dev)
+    code, _, err = _run(capsys, "edge", "apply", "--model", str(dev), str(upd))
+    assert code == 2 and "SignatureError" in err and err.count("\n") == 1 and "unchanged" in err
+    assert store_bytes(dev) == files
