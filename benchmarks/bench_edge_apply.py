@@ -24,23 +24,23 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: no BLAS oversubscription (edge.md §8)
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import onnxruntime as ort
+import torch
 
-from stamen.edge import EdgeRuntime, create_delta, create_store  # noqa: E402
-from stamen.edge.arch import build_model  # noqa: E402
-from stamen.edge.export import export_onnx  # noqa: E402
-from stamen.edge.store import version_dir  # noqa: E402
-from stamen.protocols import Signer  # noqa: E402
+from stamen.edge import EdgeRuntime, create_delta, create_store
+from stamen.edge.arch import build_model
+from stamen.edge.export import export_onnx
+from stamen.edge.store import version_dir
+from stamen.protocols import Signer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "edge_apply.json"
 ARCH = {"name": "mlp", "input_shape": [1024], "hidden": [4096, 4096], "classes": 1024}
@@ -106,7 +106,9 @@ def run(repeats: int, workdir: Path) -> dict:
         for rep in range(repeats):
             base = {k: np.array(v) for k, v in rt.global_weights().items()}
             version += 1
-            update = create_delta(base, _target(base, label, rng), codec, signer, version=version, seed=version)
+            update = create_delta(
+                base, _target(base, label, rng), codec, signer, version=version, seed=version
+            )
             del base
             data_file = version_dir(rt.store, rt.version().version) / "weights.data"
             times["copy"].append(_copy_anchor(data_file, workdir / "copy.bin"))
@@ -115,7 +117,7 @@ def run(repeats: int, workdir: Path) -> dict:
             rt.apply(update)
             total = time.perf_counter() - t0
             tm = rt.timings
-            times["apply"].append(tm["verify"] + tm["decode"] + tm["write"])
+            times["apply"].append(tm["verify"] + tm["decode"] + tm["write"] + tm["fsync_rename"])
             times["reload"].append(tm["session"] + tm["commit"])
             times["total"].append(total)
             sizes.append(len(update))
@@ -139,9 +141,10 @@ def run(repeats: int, workdir: Path) -> dict:
 
 def _row(label: str, r: dict) -> str:
     return (
-        f"{label:<12} {r['update_bytes']:>12,d} B  apply {r['apply_ms']:7.1f} ms  reload {r['reload_ms']:6.1f} ms"
-        f"  | copy {r['copy_ms']:6.1f} ms  load {r['load_ms']:6.1f} ms  | apply/copy {r['apply_over_copy']:.2f}"
-        f"  total/(copy+load) {r['total_over_copy_plus_load']:.2f}  phases {r['phases_ms']}"
+        f"{label:<12} {r['update_bytes']:>12,d} B  apply {r['apply_ms']:7.1f} ms"
+        f"  reload {r['reload_ms']:6.1f} ms  | copy {r['copy_ms']:6.1f} ms  load {r['load_ms']:6.1f} ms"
+        f"  | apply/copy {r['apply_over_copy']:.2f}  total/(copy+load) {r['total_over_copy_plus_load']:.2f}"
+        f"  phases {r['phases_ms']}"
     )
 
 
@@ -149,7 +152,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="updates per codec (median reported)")
     parser.add_argument("--quick", action="store_true", help="2 repeats")
-    parser.add_argument("--workdir", type=Path, default=None, help="store location (default: a temp dir on /work)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="store location (default: a temp dir on /work)"
+    )
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
     base_dir = args.workdir or Path(__file__).resolve().parent / "results"

@@ -18,7 +18,7 @@ loop over the *same* functions the ``inprocess`` engine calls: ``sample_clients`
 
 Regenerate::
 
-    .venv/bin/python benchmarks/bench_lora.py            # full run (~20 min of one core)
+    .venv/bin/python benchmarks/bench_lora.py            # default run (~10 min on an idle core)
     .venv/bin/python benchmarks/bench_lora.py --quick    # minutes: fewer rounds and samples
 
 Prints a markdown table and writes ``benchmarks/results/lora.json`` (``lora-quick.json`` with --quick).
@@ -98,8 +98,22 @@ class Run:
 
 RUNS = (
     Run("full", "full", "fedavg", "dense", 1e-4),
-    Run("lora-naive", "lora", "lora_naive", "lora", 1e-3, {"adapter": "lora", "lora_rank": 8, "lora_alpha": 16.0}),
-    Run("lora-exact", "lora", "lora_exact", "lora", 1e-3, {"adapter": "lora", "lora_rank": 8, "lora_alpha": 16.0}),
+    Run(
+        "lora-naive",
+        "lora",
+        "lora_naive",
+        "lora",
+        1e-3,
+        {"adapter": "lora", "lora_rank": 8, "lora_alpha": 16.0},
+    ),
+    Run(
+        "lora-exact",
+        "lora",
+        "lora_exact",
+        "lora",
+        1e-3,
+        {"adapter": "lora", "lora_rank": 8, "lora_alpha": 16.0},
+    ),
     Run("fedsb", "fedsb", "fedavg", "lora", 1e-3, {"adapter": "fedsb", "lora_rank": 48, "lora_alpha": 48.0}),
     Run("sparse", "sparse", "fedavg", "lora", 2e-4),
 )
@@ -115,8 +129,9 @@ def build(run: Run, args: argparse.Namespace, ds: Any) -> tuple[torch.nn.Module,
 def federate(run: Run, args: argparse.Namespace, ds: Any, parts: list[np.ndarray]) -> dict[str, Any]:
     """``args.rounds`` rounds of the run; per-round accuracy, bytes, gap and client timings."""
     model, _ = build(run, args, ds)
-    spec = SparseTrain(trainer=run.trainer, epochs=args.epochs, batch_size=args.batch_size, lr=run.lr,
-                       optimizer="adam")
+    spec = SparseTrain(
+        trainer=run.trainer, epochs=args.epochs, batch_size=args.batch_size, lr=run.lr, optimizer="adam"
+    )
     weights, agg = get_weights(model), create(run.rule)
     states = {pid: ClientState() for pid in range(len(parts))}
     rounds, train_s, steps = [], 0.0, 0
@@ -127,13 +142,21 @@ def federate(run: Run, args: argparse.Namespace, ds: Any, parts: list[np.ndarray
         sizes = []
         for pid in pids:
             seed = client_seed(args.seed, rnd, pid)
-            data = TaskData(ds.x_train[parts[pid]], ds.y_train[parts[pid]], ds.num_classes, ds.x_train.shape[1])
+            data = TaskData(
+                ds.x_train[parts[pid]], ds.y_train[parts[pid]], ds.num_classes, ds.x_train.shape[1]
+            )
             t0 = time.perf_counter()
             result = local_update(model, weights, data, spec, seed, states[pid])
             train_s += time.perf_counter() - t0
             steps += args.epochs * math.ceil(len(data.y) / args.batch_size)
-            payload = encode_delta(result.delta, run.codec, base_hash=base_hash, version=rnd,
-                                   sender=f"client-{pid}", seed=seed ^ 0xC0DEC)
+            payload = encode_delta(
+                result.delta,
+                run.codec,
+                base_hash=base_hash,
+                version=rnd,
+                sender=f"client-{pid}",
+                seed=seed ^ 0xC0DEC,
+            )
             sizes.append(len(payload))
             ra.add_envelope(f"client-{pid}", payload, result.num_examples)
         new = ra.finish(1.0)
@@ -143,15 +166,33 @@ def federate(run: Run, args: argparse.Namespace, ds: Any, parts: list[np.ndarray
         if rnd % args.eval_every == 0 or rnd == args.rounds:
             set_weights(model, weights)
             acc = evaluate_model(model, ds.x_test, ds.y_test, 256)[1]
-        rounds.append({"round": rnd, "accuracy": acc, "bytes_up_per_client": statistics.median(sizes),
-                       "gap": getattr(agg, "last_gap", math.nan)})
-        print(f"  {run.name:10s} round {rnd:2d} acc {acc:.4f} up {statistics.median(sizes):>10,.0f} B "
-              f"gap {rounds[-1]['gap']:.3g}", flush=True)
+        rounds.append(
+            {
+                "round": rnd,
+                "accuracy": acc,
+                "bytes_up_per_client": statistics.median(sizes),
+                "gap": getattr(agg, "last_gap", math.nan),
+            }
+        )
+        print(
+            f"  {run.name:10s} round {rnd:2d} acc {acc:.4f} up {statistics.median(sizes):>10,.0f} B "
+            f"gap {rounds[-1]['gap']:.3g}",
+            flush=True,
+        )
     accs = [r["accuracy"] for r in rounds if not math.isnan(r["accuracy"])]
-    return {"name": run.name, "trainer": run.trainer, "rule": run.rule, "codec": run.codec, "lr": run.lr,
-            "task": run.task, "final_accuracy": accs[-1], "best_accuracy": max(accs), "rounds": rounds,
-            "bytes_up_per_client": statistics.median(r["bytes_up_per_client"] for r in rounds),
-            "step_s": train_s / max(steps, 1)}
+    return {
+        "name": run.name,
+        "trainer": run.trainer,
+        "rule": run.rule,
+        "codec": run.codec,
+        "lr": run.lr,
+        "task": run.task,
+        "final_accuracy": accs[-1],
+        "best_accuracy": max(accs),
+        "rounds": rounds,
+        "bytes_up_per_client": statistics.median(r["bytes_up_per_client"] for r in rounds),
+        "step_s": train_s / max(steps, 1),
+    }
 
 
 def centralized(args: argparse.Namespace, ds: Any) -> dict[str, Any]:
@@ -190,8 +231,20 @@ def probe_all(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     for run in RUNS:
         if run.name == "lora-naive":
             continue  # same client as lora-exact
-        cmd = [sys.executable, __file__, "--probe", run.name, "--threads", str(args.threads),
-               "--model", args.model, "--num-samples", str(args.num_samples), "--seq-len", str(args.seq_len)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--probe",
+            run.name,
+            "--threads",
+            str(args.threads),
+            "--model",
+            args.model,
+            "--num-samples",
+            str(args.num_samples),
+            "--seq-len",
+            str(args.seq_len),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[run.name] = json.loads(res.stdout.strip().splitlines()[-1])
     out["lora-naive"] = out["lora-exact"]
@@ -200,21 +253,49 @@ def probe_all(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 def table(runs: list[dict[str, Any]], central: dict[str, Any], probes: dict[str, dict[str, float]]) -> str:
     """Markdown table of the results, ratios against ``full`` from the same run."""
-    full = next(r for r in runs if r["name"] == "full")
-    lines = ["| trainer / aggregation | final acc | best acc | Δacc vs full (pts) | bytes up / client / round "
-             "| × fewer than full | step s | peak RSS +MB | naive-exact gap (last round) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    if not runs:  # --only central
+        return f"centralized: final {central['final_accuracy']:.4f}, best {central['best_accuracy']:.4f}"
+    full = next((r for r in runs if r["name"] == "full"), runs[0])  # the anchor (full unless --only)
+    lines = [
+        "| trainer / aggregation | final acc | best acc | Δacc vs full (pts) | bytes up / client / round "
+        "| × fewer than full | step s | peak RSS +MB | naive-exact gap (last round) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         gap = r["rounds"][-1]["gap"]
         lines.append(
-            f"| {r['name']} ({r['rule']}, codec {r['codec']}) | {r['final_accuracy']:.4f} | {r['best_accuracy']:.4f} "
-            f"| {100 * (r['final_accuracy'] - full['final_accuracy']):+.1f} | {r['bytes_up_per_client']:,.0f} "
+            f"| {r['name']} ({r['rule']}, codec {r['codec']}) | {r['final_accuracy']:.4f} "
+            f"| {r['best_accuracy']:.4f} | {100 * (r['final_accuracy'] - full['final_accuracy']):+.1f} "
+            f"| {r['bytes_up_per_client']:,.0f} "
             f"| {full['bytes_up_per_client'] / r['bytes_up_per_client']:.1f} | {r['step_s']:.3f} "
             f"| {probes.get(r['name'], {}).get('peak_rss_increase_mb', math.nan):.0f} "
-            f"| {'' if math.isnan(gap) else f'{gap:.3f}'} |")
-    lines.append(f"| centralized full fine-tuning ({central['epochs']} epochs, ceiling) "
-                 f"| {central['final_accuracy']:.4f} | {central['best_accuracy']:.4f} | | | | | | |")
+            f"| {'' if math.isnan(gap) else f'{gap:.3f}'} |"
+        )
+    lines.append(
+        f"| centralized full fine-tuning ({central['epochs']} epochs, ceiling) "
+        f"| {central['final_accuracy']:.4f} | {central['best_accuracy']:.4f} | | | | | | |"
+    )
     return "\n".join(lines)
+
+
+def combine(args: argparse.Namespace, path: Path) -> None:
+    """Merge runs (``--only`` partial files or finished files) into one table and result file."""
+    runs: dict[str, Any] = {}
+    out: dict[str, Any] = {"centralized": None, "probes": {}}
+    for name in args.combine:
+        data = json.loads(Path(name).read_text())
+        for r in data if isinstance(data, list) else data["runs"]:
+            runs[r["name"]] = r
+        if isinstance(data, dict):
+            out["probes"].update(data["probes"])
+            if data["centralized"]["epochs"]:
+                out["centralized"] = data["centralized"]
+            out["config"] = data["config"]
+    order = [r.name for r in RUNS if r.name in runs]
+    out["runs"] = [runs[n] for n in order]
+    print(table(out["runs"], out["centralized"], out["probes"]))
+    path.write_text(json.dumps(out, indent=1, default=float))
+    print(f"wrote {path}")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -222,23 +303,27 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="minutes-long run: fewer rounds and samples")
     p.add_argument("--model", default="minilm", choices=["minilm", "minilm-tiny"])
-    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--num-clients", type=int, default=10)
     p.add_argument("--per-round", type=int, default=5)
-    p.add_argument("--num-samples", type=int, default=3000)
+    p.add_argument("--num-samples", type=int, default=1500)
     p.add_argument("--seq-len", type=int, default=32)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--central-epochs", type=int, default=3)
+    p.add_argument("--central-epochs", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=2)
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the engines use 1)")
-    p.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    p.add_argument("--only", default="", help="comma-separated run names, or 'central' (default: all)")
+    p.add_argument("--tag", default="", help="suffix of the output files (parallel partial runs)")
+    p.add_argument("--skip-central", action="store_true", help="no centralized ceiling run")
+    p.add_argument("--skip-probes", action="store_true", help="no memory/step-time probes")
+    p.add_argument("--combine", nargs="*", default=None, help="merge the runs of these result files")
     p.add_argument("--probe", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.rounds, args.num_samples, args.central_epochs, args.eval_every = 3, 1000, 1, 3
+        args.rounds, args.num_samples, args.central_epochs, args.eval_every = 2, 1000, 1, 2
     return args
 
 
@@ -254,16 +339,31 @@ def main(argv: list[str] | None = None) -> None:
     ds = load_pydocs(args.seed, num_samples=args.num_samples, seq_len=args.seq_len)
     parts = partition(ds.y_train, args.num_clients, "dirichlet", seed=args.seed, alpha=args.alpha)
     wanted = [r for r in RUNS if not args.only or r.name in args.only.split(",")]
-    runs = [federate(r, args, ds, parts) for r in wanted]
-    central = centralized(args, ds)
-    probes = probe_all(args)
-    print(table(runs, central, probes))
-    out = {"config": vars(args), "train_size": len(ds.y_train), "test_size": len(ds.y_test),
-           "client_sizes": [len(p) for p in parts], "runs": runs, "centralized": central, "probes": probes,
-           "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                       "cpus": os.cpu_count()}, "wall_s": time.perf_counter() - t0}
+    path = RESULTS / f"lora{'-quick' if args.quick else ''}{'-' + args.tag if args.tag else ''}.json"
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("lora-quick.json" if args.quick else "lora.json")
+    if args.combine is not None:
+        combine(args, path)
+        return
+    runs = []
+    for r in wanted:
+        runs.append(federate(r, args, ds, parts))
+        path.with_suffix(".partial.json").write_text(json.dumps(runs, indent=1, default=float))
+    central = {"final_accuracy": math.nan, "best_accuracy": math.nan, "epochs": 0}
+    if not args.skip_central:
+        central = centralized(args, ds)
+    probes = {} if args.skip_probes else probe_all(args)
+    print(table(runs, central, probes))
+    out = {
+        "config": vars(args),
+        "train_size": len(ds.y_train),
+        "test_size": len(ds.y_test),
+        "client_sizes": [len(p) for p in parts],
+        "runs": runs,
+        "centralized": central,
+        "probes": probes,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
+        "wall_s": time.perf_counter() - t0,
+    }
     path.write_text(json.dumps(out, indent=1, default=float))
     print(f"wrote {path} in {out['wall_s']:.0f} s")
 

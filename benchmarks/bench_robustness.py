@@ -156,25 +156,34 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     return row
 
 
-def grid(
-    rules: list[str],
-    attacks: list[str],
-    fractions: list[float],
-    partitions: list[str],
-    seeds: list[int],
-    rounds: int,
-) -> list[Cell]:
-    """Clean runs (fraction 0) plus every attack at every fraction."""
-    cells = []
-    for part in partitions:
-        for rule in rules:
-            for seed in seeds:
-                cells.append(Cell(rule, "none", 0.0, part, seed, rounds))
-                cells += [Cell(rule, a, fr, part, seed, rounds) for fr in fractions for a in attacks]
-    return cells
+@dataclass(frozen=True)
+class Grid:
+    """What to run and tabulate."""
+
+    rules: list[str]
+    attacks: list[str]
+    fractions: list[float]
+    partitions: list[str]
+    seed: int
+    rounds: int
+
+    def cell(self, rule: str, attack: str, fraction: float, partition: str) -> Cell:
+        return Cell(rule, attack, fraction, partition, self.seed, self.rounds)
+
+    def cells(self) -> list[Cell]:
+        """Clean runs (fraction 0) plus every attack at every fraction."""
+        out = []
+        for part in self.partitions:
+            for rule in self.rules:
+                out.append(self.cell(rule, "none", 0.0, part))
+                out += [self.cell(rule, a, fr, part) for fr in self.fractions for a in self.attacks]
+        return out
 
 
-def run_all(cells: list[Cell], jobs: int, out: Path, done: dict[str, dict[str, Any]]) -> dict[str, Any]:
+Runs = dict[str, dict[str, Any]]
+
+
+def run_all(cells: list[Cell], jobs: int, out: Path, done: Runs) -> dict[str, Any]:
     """Run the missing cells (in ``jobs`` processes), saving after each one."""
     todo = [c for c in cells if c.key not in done]
     print(f"{len(cells)} cells, {len(todo)} to run, {jobs} process(es)", flush=True)
@@ -191,154 +200,94 @@ def run_all(cells: list[Cell], jobs: int, out: Path, done: dict[str, dict[str, A
     return {"grid_wall_s": time.perf_counter() - t0}
 
 
-def save(out: Path, done: dict[str, dict[str, Any]], meta: dict[str, Any] | None = None) -> None:
+def save(out: Path, done: Runs, meta: dict[str, Any] | None = None) -> None:
     """Write every run so far (atomic rename)."""
-    payload = {
-        "setting": {
-            "base_overrides": list(BASE),
-            "clients": CLIENTS,
-            "partitions": PARTITIONS,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            **(meta or {}),
-        },
-        "runs": sorted(done.values(), key=lambda r: r["key"]),
-    }
+    setting = {"base_overrides": list(BASE), "clients": CLIENTS, "partitions": PARTITIONS}
+    setting |= {"python": platform.python_version(), "cpus": os.cpu_count(), **(meta or {})}
     tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.write_text(json.dumps({"setting": setting, "runs": sorted(done.values(), key=lambda r: r["key"])}))
     tmp.replace(out)
 
 
-def lookup(done: dict[str, dict[str, Any]], cell: Cell) -> str:
-    row = done.get(cell.key)
-    if row is None:
-        return "—"
-    return f"{row['accuracy']:.3f}" if "accuracy" in row else "err"
+def accuracy(done: Runs, cell: Cell) -> float:
+    """Final accuracy of a finished cell, NaN if missing or failed."""
+    return float(done.get(cell.key, {}).get("accuracy", math.nan))
 
 
-def markdown(
-    done: dict[str, dict[str, Any]],
-    rules: list[str],
-    attacks: list[str],
-    fractions: list[float],
-    partitions: list[str],
-    seed: int,
-    rounds: int,
-) -> str:
-    """One table per (partition, fraction): rows = rules, columns = clean + attacks; plus worst cases."""
-    lines = []
-    for part in partitions:
-        for fr in fractions:
-            lines += [
-                f"\n**{part}, {fr:.0%} attackers** (final accuracy, seed {seed}, {rounds} rounds)\n",
-                "| rule | clean | " + " | ".join(attacks) + " | worst |",
-                "|---|" + "---:|" * (len(attacks) + 2),
-            ]
-            for rule in rules:
-                vals = [lookup(done, Cell(rule, a, fr, part, seed, rounds)) for a in attacks]
-                nums = [float(v) for v in vals if v not in ("—", "err")]
-                worst = f"**{min(nums):.3f}**" if nums else "—"
-                clean = lookup(done, Cell(rule, "none", 0.0, part, seed, rounds))
-                lines.append(f"| {rule} | {clean} | " + " | ".join(vals) + f" | {worst} |")
-    return "\n".join(lines) + "\n"
-
-
-def worst_case(
-    done: dict[str, dict[str, Any]],
-    rule: str,
-    part: str,
-    fr: float,
-    attacks: list[str],
-    seed: int,
-    rounds: int,
-) -> float:
-    accs = [
-        done[c.key]["accuracy"]
-        for a in attacks
-        if (c := Cell(rule, a, fr, part, seed, rounds)).key in done and "accuracy" in done[c.key]
-    ]
+def worst_case(done: Runs, g: Grid, rule: str, part: str, fr: float) -> float:
+    """Lowest final accuracy over the attacks at one fraction (NaN if none finished)."""
+    accs = [a for a in (accuracy(done, g.cell(rule, x, fr, part)) for x in g.attacks) if not math.isnan(a)]
     return min(accs) if accs else math.nan
 
 
-def plots(
-    done: dict[str, dict[str, Any]],
-    rules: list[str],
-    attacks: list[str],
-    fractions: list[float],
-    partitions: list[str],
-    seed: int,
-    rounds: int,
-    stem: str,
-) -> None:
-    """Heatmaps (rules x attacks, one per partition and fraction) and worst-case accuracy vs fraction."""
-    import matplotlib
+def markdown(done: Runs, g: Grid) -> str:
+    """One table per (partition, fraction): rows = rules, columns = clean + attacks + worst case."""
 
-    matplotlib.use("Agg")
+    def fmt(v: float) -> str:
+        return "—" if math.isnan(v) else f"{v:.3f}"
+
+    lines = []
+    for part in g.partitions:
+        for fr in g.fractions:
+            lines += [
+                f"\n**{part}, {fr:.0%} attackers** (final accuracy, seed {g.seed}, {g.rounds} rounds)\n",
+                "| rule | clean | " + " | ".join(g.attacks) + " | worst |",
+                "|---|" + "---:|" * (len(g.attacks) + 2),
+            ]
+            for rule in g.rules:
+                vals = [fmt(accuracy(done, g.cell(rule, a, fr, part))) for a in g.attacks]
+                clean = fmt(accuracy(done, g.cell(rule, "none", 0.0, part)))
+                worst = fmt(worst_case(done, g, rule, part, fr))
+                lines.append(f"| {rule} | {clean} | " + " | ".join(vals) + f" | **{worst}** |")
+    return "\n".join(lines) + "\n"
+
+
+def heatmap(done: Runs, g: Grid, path: Path) -> None:
+    """Rules x attacks accuracy heatmaps, one per (partition, fraction)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(
-        len(partitions),
-        len(fractions),
-        squeeze=False,
-        figsize=(4.2 * len(fractions), 0.42 * len(rules) * len(partitions) + 2.5),
-    )
-    for i, part in enumerate(partitions):
-        for j, fr in enumerate(fractions):
-            grid_ = np.array(
-                [
-                    [
-                        float(v)
-                        if (v := lookup(done, Cell(r, a, fr, part, seed, rounds))) not in ("—", "err")
-                        else np.nan
-                        for a in attacks
-                    ]
-                    for r in rules
-                ]
-            )
-            ax = axes[i][j]
-            ax.imshow(grid_, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-            ax.set_xticks(range(len(attacks)), attacks, rotation=60, ha="right", fontsize=7)
-            ax.set_yticks(range(len(rules)), rules if j == 0 else [], fontsize=7)
-            ax.set_title(f"{part}, {fr:.0%} attackers", fontsize=9)
-            for (y, x), v in np.ndenumerate(grid_):
-                if not np.isnan(v):
-                    ax.text(
-                        x,
-                        y,
-                        f"{v:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=5.5,
-                        color="white" if v < 0.5 else "black",
-                    )
-    fig.suptitle(f"mnist1d final test accuracy ({CLIENTS} clients, {rounds} rounds, seed {seed})")
+    shape = (len(g.partitions), len(g.fractions))
+    size = (max(4.2 * shape[1], 6.0), (0.42 * len(g.rules) + 1.6) * shape[0])
+    fig, axes = plt.subplots(*shape, squeeze=False, figsize=size)
+    for (i, j), ax in np.ndenumerate(axes):
+        part, fr = g.partitions[i], g.fractions[j]
+        acc = np.array([[accuracy(done, g.cell(r, a, fr, part)) for a in g.attacks] for r in g.rules])
+        ax.imshow(acc, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(g.attacks)), g.attacks, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(g.rules)), g.rules if j == 0 else [], fontsize=7)
+        ax.set_title(f"{part}, {fr:.0%} attackers", fontsize=9)
+        for (y, x), v in np.ndenumerate(acc):
+            if not np.isnan(v):
+                color = "white" if v < 0.5 else "black"
+                ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=5.5, color=color)
+    title = f"mnist1d final test accuracy ({CLIENTS} clients, {g.rounds} rounds, seed {g.seed})"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{stem}_heatmap.png", dpi=130)
+    fig.savefig(path, dpi=130)
     plt.close(fig)
-    fig, axes = plt.subplots(1, len(partitions), squeeze=False, figsize=(5.5 * len(partitions), 4))
-    xs = [0.0, *fractions]
-    for i, part in enumerate(partitions):
-        ax = axes[0][i]
-        for rule in rules:
-            clean = done.get(Cell(rule, "none", 0.0, part, seed, rounds).key, {}).get("accuracy", math.nan)
-            ys = [clean] + [worst_case(done, rule, part, fr, attacks, seed, rounds) for fr in fractions]
-            ax.plot(xs, ys, marker="o", label=rule)
-        ax.set(
-            title=f"{part}: worst case over attacks",
-            xlabel="attacker fraction",
-            ylabel="accuracy",
-            ylim=(0, 1),
-        )
+
+
+def worst_plot(done: Runs, g: Grid, path: Path) -> None:
+    """Worst-case accuracy over the attacks against the attacker fraction, one line per rule."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(g.partitions), squeeze=False, figsize=(5.5 * len(g.partitions), 4))
+    for ax, part in zip(axes[0], g.partitions, strict=True):
+        for rule in g.rules:
+            ys = [accuracy(done, g.cell(rule, "none", 0.0, part))]
+            ys += [worst_case(done, g, rule, part, fr) for fr in g.fractions]
+            ax.plot([0.0, *g.fractions], ys, marker="o", label=rule)
+        ax.set(title=f"{part}: worst case over attacks", xlabel="attacker fraction", ylabel="accuracy")
+        ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{stem}_worst.png", dpi=130)
+    fig.savefig(path, dpi=130)
     plt.close(fig)
 
 
-def main() -> None:
+def parse() -> tuple[argparse.Namespace, Grid]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="4 rules x 3 attacks at 20 %%, 10 rounds")
     p.add_argument("--rules", default=",".join(RULES))
@@ -351,49 +300,49 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="keep finished runs of the JSON file")
     p.add_argument("--out", default=None, help="JSON path (default results/robustness[_quick].json)")
     a = p.parse_args()
-    rules, attacks = a.rules.split(","), a.attacks.split(",")
-    fractions = [float(x) for x in a.fractions.split(",")]
-    rounds = a.rounds
+    g = Grid(
+        a.rules.split(","),
+        a.attacks.split(","),
+        [float(x) for x in a.fractions.split(",")],
+        a.partitions.split(","),
+        a.seed,
+        a.rounds,
+    )
     if a.quick:
-        rules, attacks, fractions, rounds = (
+        g = Grid(
             ["fedavg", "median", "trimmed_mean", "krum"],
             ["sign_flip", "alie", "label_flip"],
             [0.2],
+            g.partitions,
+            a.seed,
             10,
         )
-    unknown = [r for r in rules if r not in RULES] + [x for x in attacks if x not in ATTACKS]
+    unknown = [x for x in g.rules if x not in RULES] + [x for x in g.attacks if x not in ATTACKS]
+    unknown += [x for x in g.partitions if x not in PARTITIONS]
     if unknown:
-        raise SystemExit(f"unknown rule/attack label(s): {unknown}")
-    partitions = a.partitions.split(",")
+        p.error(f"unknown rule/attack/partition label(s): {unknown}")
+    return a, g
+
+
+def main() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    a, g = parse()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # inherited by the spawned workers
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = Path(a.out) if a.out else RESULTS / ("robustness_quick.json" if a.quick else "robustness.json")
-    done: dict[str, dict[str, Any]] = {}
+    done: Runs = {}
     if a.resume and out.exists():
         done = {r["key"]: r for r in json.loads(out.read_text())["runs"] if "accuracy" in r}
-    cells = grid(rules, attacks, fractions, partitions, [a.seed], rounds)
-    meta = run_all(cells, a.jobs, out, done)
-    save(
-        out,
-        done,
-        {
-            **meta,
-            "rules": rules,
-            "attacks": attacks,
-            "fractions": fractions,
-            "seed": a.seed,
-            "rounds": rounds,
-            "jobs": a.jobs,
-        },
-    )
-    table = markdown(done, rules, attacks, fractions, partitions, a.seed, rounds)
+    meta = run_all(g.cells(), a.jobs, out, done)
+    save(out, done, {**meta, **asdict(g), "jobs": a.jobs})
+    table = markdown(done, g)
     out.with_suffix(".md").write_text(table)
     print(table)
-    plots(done, rules, attacks, fractions, partitions, a.seed, rounds, out.stem)
-    print(
-        f"wrote {out}, {out.with_suffix('.md')}, {out.stem}_heatmap.png, {out.stem}_worst.png "
-        f"({meta['grid_wall_s'] / 60:.1f} min)"
-    )
+    heatmap(done, g, out.with_name(f"{out.stem}_heatmap.png"))
+    worst_plot(done, g, out.with_name(f"{out.stem}_worst.png"))
+    print(f"wrote {out} (+ .md, _heatmap.png, _worst.png) in {meta['grid_wall_s'] / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from torch import nn
 from stamen.client.context_state import load_state, save_state
 from stamen.client.core import client_seed, local_update
 from stamen.client.models import evaluate_model, set_weights
-from stamen.client.mods import DELTA, codec_mod
+from stamen.client.mods import DELTA, codec_mod, local_dp_mod
 from stamen.client.task import TaskSpec, TrainSpec, build_model, client_data
 from stamen.protocols import keys
 from stamen.protocols.flower import arrays_of, config_value
@@ -76,6 +76,6 @@ def _query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
 
 
-app.train(mods=[codec_mod])(_train)
+app.train(mods=[codec_mod, local_dp_mod])(_train)
 app.evaluate()(_evaluate)
 app.query()(_query)

@@ -86,3 +86,19 @@ def encode_delta(
     envelope = Envelope(codec=spec.to_string(), base_hash=base_hash, version=version, sender=sender,
                         tensors=tensor_table(corrected), payload=payload)
     return pack(envelope, signer)
+
+
+def local_privacy(
+    delta: Mapping[str, np.ndarray], spec: TrainSpec, seed: int, state: ClientState
+) -> tuple[Mapping[str, np.ndarray], dict[str, float]]:
+    """Local DP (``spec.local_dp``): clip + Gaussian noise before any codec, ε counted in ``state``.
+
+    Returns the (possibly) privatized update and the metrics to report (empty without local DP).
+    Both the ClientApp's ``local_dp_mod`` and the in-process engine call this.
+    """
+    if not spec.local_dp:
+        return delta, {}
+    from stamen.client.privacy import privatize_update
+
+    rng = np.random.default_rng(seed ^ 0x1D9)
+    return privatize_update(delta, spec.dp_clip, spec.dp_noise_multiplier, spec.dp_delta, rng, state)

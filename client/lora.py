@@ -13,10 +13,11 @@ LoRA-SB / Fed-SB (Ponkshe et al., arXiv 2411.19557; Singhal et al., arXiv 2502.1
 
 The adapters live **in the model** (``state_dict`` names ``<layer>.lora_A.weight``,
 ``<layer>.lora_B.weight``, ``<layer>.lora_R.weight`` for LoRA-SB, and the scalar buffer
-``<layer>.lora_scale = [α/r]``, shape ``(1,)``), so the server's global model holds them, any trainer (``lora``,
-``fedsb``, ``dp_sgd``, ``full``) trains exactly the parameters left trainable, and the frozen
-tensors' deltas are exactly zero (the ``lora`` codec then sends nothing for them). The base weight
-keeps its name ``<layer>.weight``. Factors are ``nn.Linear`` submodules, which opacus supports.
+``<layer>.lora_scale = [α/r]``, shape ``(1,)``), so the server's global model holds them, any
+trainer (``lora``, ``fedsb``, ``dp_sgd``, ``full``) trains exactly the parameters left trainable,
+and the frozen tensors' deltas are exactly zero (the ``lora`` codec then sends nothing for them).
+The base weight keeps its name ``<layer>.weight``. Factors are ``nn.Linear`` submodules, which
+opacus supports.
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ class AdapterConfig:
         if not self.targets:
             raise ValueError("lora.targets must name at least one nn.Linear layer suffix")
         if self.init_samples < 1 or not self.init_lr > 0:
-            raise ValueError(f"lora.init_samples must be >= 1 and lora.init_lr > 0, got "
-                             f"{self.init_samples}, {self.init_lr}")
+            raise ValueError(
+                f"lora.init_samples must be >= 1 and lora.init_lr > 0, got "
+                f"{self.init_samples}, {self.init_lr}"
+            )
 
     @property
     def scale(self) -> float:
@@ -110,8 +113,9 @@ class LoRALinear(nn.Linear):
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
         out_f, in_f = base.weight.shape
         if not 1 <= rank <= min(in_f, out_f):
-            raise ValueError(f"lora.rank must be in [1, {min(in_f, out_f)}] for a {in_f}->{out_f} layer, "
-                             f"got {rank}")
+            raise ValueError(
+                f"lora.rank must be in [1, {min(in_f, out_f)}] for a {in_f}->{out_f} layer, got {rank}"
+            )
         super().__init__(in_f, out_f, bias=base.bias is not None)
         with torch.no_grad():
             self.weight.copy_(base.weight)
@@ -159,8 +163,11 @@ class LoRASBLinear(LoRALinear):
 
 
 def _targets(model: nn.Module, suffixes: Sequence[str]) -> list[str]:
-    names = [n for n, m in model.named_modules()
-             if type(m) is nn.Linear and any(n == s or n.endswith("." + s) for s in suffixes)]
+    names = [
+        n
+        for n, m in model.named_modules()
+        if type(m) is nn.Linear and any(n == s or n.endswith("." + s) for s in suffixes)
+    ]
     if not names:
         raise ValueError(f"lora.targets {tuple(suffixes)} match no nn.Linear layer of the model")
     return names
@@ -226,7 +233,11 @@ def attach_adapters(
 
 
 def approx_first_step(
-    model: nn.Module, names: list[str], sample: tuple[np.ndarray, np.ndarray], cfg: AdapterConfig, seed: int,
+    model: nn.Module,
+    names: list[str],
+    sample: tuple[np.ndarray, np.ndarray],
+    cfg: AdapterConfig,
+    seed: int,
     batch_size: int = 10,
 ) -> dict[str, torch.Tensor]:
     """``-lr · sign(Σ_b ∇_W L_b)`` for each target layer on ``init_samples`` seeded examples."""

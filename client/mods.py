@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import Context, Message
+from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from stamen.client.context_state import load_state, save_state
-from stamen.client.core import client_seed, encode_delta
+from stamen.client.core import client_seed, encode_delta, local_privacy
+from stamen.client.task import TrainSpec
 from stamen.protocols import Signer, keys, model_hash
 from stamen.protocols.flower import arrays_of, config_value, envelope_record
 
@@ -58,3 +59,24 @@ def make_codec_mod(signer: Signer | None = None) -> Mod:
 
 
 codec_mod = make_codec_mod()
+
+
+def local_dp_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Message:
+    """Local DP on the train reply's delta, before the codec mod (``mods=[codec_mod, local_dp_mod]``)."""
+    if msg.metadata.message_type.split(".")[0] != "train":
+        return call_next(msg, ctx)
+    out = call_next(msg, ctx)
+    cfg = msg.content.config_records[keys.CONFIG]
+    spec = TrainSpec.from_json(config_value(cfg, keys.TRAIN, str))
+    if out.has_error() or not spec.local_dp or DELTA not in out.content.array_records:
+        return out
+    metrics = out.content.metric_records[keys.METRICS]
+    pid = config_value(metrics, keys.PARTITION_ID, int)
+    rnd, seed = config_value(cfg, keys.SERVER_ROUND, int), config_value(cfg, keys.SEED, int)
+    state = load_state(ctx)
+    delta, extra = local_privacy(arrays_of(out.content, DELTA), spec, client_seed(seed, rnd, pid), state)
+    save_state(ctx, state)
+    out.content[DELTA] = ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in delta.items()})
+    for key, value in extra.items():
+        metrics[key] = value
+    return out

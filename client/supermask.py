@@ -44,7 +44,7 @@ class _TopKAbs(torch.autograd.Function):
     """Edge-popup ``GetSubnet``: 0/1 mask of the top-``keep`` fraction of ``|scores|``."""
 
     @staticmethod
-    def forward(ctx: Any, magnitudes: torch.Tensor, keep: float) -> torch.Tensor:  # noqa: D102
+    def forward(ctx: Any, magnitudes: torch.Tensor, keep: float) -> torch.Tensor:
         flat = magnitudes.flatten()
         dropped = int((1.0 - keep) * flat.numel())  # the code's j = int((1 - k) * numel)
         order = torch.sort(flat, stable=True).indices
@@ -53,7 +53,7 @@ class _TopKAbs(torch.autograd.Function):
         return mask.view_as(magnitudes)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None  # straight-through
 
 

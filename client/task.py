@@ -64,6 +64,11 @@ class TrainSpec:
     optimizer: str = "sgd"
     momentum: float = 0.0
     weight_decay: float = 0.0
+    # differential privacy on the client (privacy.mode = "local" or "dp_sgd")
+    local_dp: bool = False
+    dp_noise_multiplier: float = 1.0
+    dp_clip: float = 1.0
+    dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -72,6 +77,9 @@ class TrainSpec:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.optimizer not in _OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
+        if self.dp_noise_multiplier < 0 or not self.dp_clip > 0 or not 0 < self.dp_delta < 1:
+            raise ValueError("need dp_noise_multiplier >= 0, dp_clip > 0 and 0 < dp_delta < 1, got "
+                             f"{self.dp_noise_multiplier}, {self.dp_clip}, {self.dp_delta}")
 
     def to_json(self) -> str:
         """Compact canonical JSON (sorted keys)."""

@@ -32,7 +32,7 @@ from stamen.protocols import Verifier, model_hash, tensor_table
 
 from .archspec import parse_arch
 from .fsutil import fsync_dir, publish_dir, remove_tree
-from .manifest import MANIFEST, Manifest, VersionEntry, save_manifest
+from .manifest import Manifest, VersionEntry, save_manifest
 from .onnx_backend import OnnxBackend, read_onnx_source
 from .torch_backend import TorchBackend, read_safetensors_source
 
@@ -156,8 +156,3 @@ def create_store(
     fsync_dir(store)
     save_manifest(store, manifest)
     return manifest
-
-
-def is_store(path: Path) -> bool:
-    """True if ``path`` holds a store manifest."""
-    return (path / MANIFEST).is_file()

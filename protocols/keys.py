@@ -29,6 +29,7 @@ TRAIN_LOSS = "train-loss"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 BYTES_UP = "bytes-up"
+EPSILON = "epsilon"  # client-reported cumulative ε (local DP, DP-SGD)
 
 # --- node_config keys (Flower) ---------------------------------------------------------------
 NODE_PARTITION_ID = "partition-id"

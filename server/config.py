@@ -45,6 +45,7 @@ class ServerConfig:
     attack_params: Mapping[str, Any] = field(default_factory=dict)
     malicious: tuple[int, ...] = ()  # partition ids that attack (simulation only)
     error_feedback: bool = False
+    privacy: Mapping[str, Any] = field(default_factory=lambda: {"mode": "off"})  # the [privacy] section
     timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
@@ -72,16 +73,23 @@ class ServerConfig:
             lr=s.clients.lr, optimizer=s.clients.optimizer, momentum=s.clients.momentum,
             weight_decay=s.clients.weight_decay,
         )
+        train = _client_privacy(s, task, train)
         codec = CodecSpec.from_pipeline(s.codec.pipeline, s.codec.params)
-        return cls(
+        cfg = cls(
             scenario=s.to_dict(), name=s.name, seed=s.seed, rounds=s.rounds,
             per_round=s.clients.per_round, num_clients=s.data.num_clients, task=task, train=train,
             codec=codec, rule=s.aggregation.rule, rule_params=dict(s.aggregation.params),
             pre=tuple(s.aggregation.pre), attack_kind=s.attack.kind, attack_params=dict(s.attack.params),
-            malicious=malicious, error_feedback=s.codec.error_feedback,
+            malicious=malicious, error_feedback=s.codec.error_feedback, privacy=s.to_dict()["privacy"],
             server_lr=s.aggregation.server_lr, max_update_norm=s.aggregation.max_update_norm,
             eval_every=s.eval.every, eval_fraction=s.eval.fraction_clients, timeout_s=timeout_s,
         )
+        if s.privacy.mode == "central":  # refuse a rule without declared sensitivity before round 1
+            from stamen.server.federation import make_aggregator
+            from stamen.server.privacy.central import declared_sensitivity
+
+            declared_sensitivity(make_aggregator(cfg), cfg.per_round, s.privacy.clipping_norm, cfg.rule)
+        return cfg
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> ServerConfig:
@@ -97,8 +105,33 @@ class ServerConfig:
 
 def _refuse_unimplemented(s: Any) -> None:
     """Fail loudly on settings the engines do not run yet, instead of silently ignoring them."""
-    if s.privacy.mode != "off":
-        raise ValueError(f"privacy.mode={s.privacy.mode!r} is not available yet (only 'off')")
+    if s.privacy.mode == "rqm":
+        raise ValueError("privacy.mode='rqm' is not available yet")
+    if s.privacy.mode == "dp_sgd" and s.clients.trainer not in ("full", "dp_sgd"):
+        raise ValueError(f"privacy.mode='dp_sgd' works with clients.trainer='full', got {s.clients.trainer!r}")
+
+
+def _client_privacy(s: Any, task: TaskSpec, train: TrainSpec) -> TrainSpec:
+    """Fill the client-side DP fields of the training spec (local DP, DP-SGD), calibrating the noise
+    multiplier from the target epsilon before round 1 when asked to."""
+    p = s.privacy
+    if p.mode not in ("local", "dp_sgd"):
+        return train
+    z = p.noise_multiplier
+    if p.mode == "local":
+        if p.calibration == "target_epsilon":
+            from stamen.client.privacy import calibrate_local_noise_multiplier
+
+            z = calibrate_local_noise_multiplier(p.target_epsilon, p.delta, s.rounds)
+        return replace(train, local_dp=True, dp_noise_multiplier=z, dp_clip=p.clipping_norm,
+                       dp_delta=p.delta)
+    if p.calibration == "target_epsilon":
+        from stamen.client.task import partition_sizes
+        from stamen.client.trainers.dp_sgd import calibrate_dp_sgd_noise
+
+        z = calibrate_dp_sgd_noise(p.target_epsilon, p.delta, partition_sizes(task), train.batch_size,
+                                   train.epochs, s.rounds)
+    return replace(train, trainer="dp_sgd", dp_noise_multiplier=z, dp_clip=p.clipping_norm, dp_delta=p.delta)
 
 
 def _adversary(s: Any) -> tuple[tuple[int, ...], bool]:

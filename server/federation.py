@@ -17,6 +17,7 @@ from stamen.client.task import build_model, test_data
 from stamen.server.aggregators import Aggregator
 from stamen.server.config import ServerConfig
 from stamen.server.history import ProgressFn, RoundRecord
+from stamen.server.privacy.central import CentralDP
 from stamen.server.rounds import AttackHook
 from stamen.server.strategy import StamenStrategy
 
@@ -37,6 +38,20 @@ def make_aggregator(cfg: ServerConfig) -> Aggregator:
     from stamen.server.aggregators.compose import build_aggregator
 
     return build_aggregator(cfg.rule, cfg.pre, cfg.rule_params, seed=cfg.seed)
+
+
+def make_central_dp(cfg: ServerConfig) -> CentralDP | None:
+    """The run's central-DP mechanism and accountant (noise calibrated before round 1), or None."""
+    p = cfg.privacy
+    if p.get("mode") != "central":
+        return None
+    from stamen.server.privacy.central import CentralDP
+
+    common = dict(clipping_norm=float(p["clipping_norm"]), clients_per_round=cfg.per_round,
+                  num_clients=cfg.num_clients, rounds=cfg.rounds, seed=cfg.seed)
+    if p["calibration"] == "target_epsilon":
+        return CentralDP.from_target(float(p["target_epsilon"]), float(p["delta"]), **common)
+    return CentralDP(float(p["noise_multiplier"]), delta=float(p["delta"]), **common)
 
 
 def make_central_evaluator(cfg: ServerConfig) -> Callable[[dict[str, np.ndarray]], tuple[float, float]]:
@@ -60,7 +75,8 @@ def run_federation(
     torch.set_num_threads(1)
     initial = get_weights(build_model(cfg.task))
     strategy = StamenStrategy(cfg, evaluate=make_central_evaluator(cfg), progress=progress,
-                              aggregator=make_aggregator(cfg), attack_factory=attack_factory)
+                              aggregator=make_aggregator(cfg), attack_factory=attack_factory,
+                              central_dp=make_central_dp(cfg))
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),

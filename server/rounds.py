@@ -15,6 +15,7 @@ import numpy as np
 
 from stamen.protocols import StamenError, TensorInfo, ValidationError, Verifier, decode_update
 from stamen.server.aggregators import Aggregator
+from stamen.server.privacy.central import CentralDP
 
 log = logging.getLogger("stamen.server")
 
@@ -50,6 +51,14 @@ class RoundStats:
     rejected: int = 0
     reasons: list[str] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
+    epsilon: float | None = None  # central DP: cumulative ε after this round
+    client_epsilon: float | None = None  # largest ε any client of this round reported
+
+
+def round_epsilon(stats: RoundStats, worst_client: float | None) -> float | None:
+    """The ε a round reports: central DP's cumulative ε, else the largest client-reported ε so far
+    (local DP, DP-SGD), else None (no DP)."""
+    return stats.epsilon if stats.epsilon is not None else worst_client
 
 
 def flatten(tensors: Mapping[str, np.ndarray], table: tuple[TensorInfo, ...], out: np.ndarray) -> None:
@@ -116,6 +125,7 @@ class RoundAggregator:
         aggregator: Aggregator,
         policy: ValidationPolicy,
         attack: AttackHook | None = None,
+        dp: CentralDP | None = None,
     ) -> None:
         from stamen.protocols import tensor_table
 
@@ -129,6 +139,7 @@ class RoundAggregator:
         self.aggregator = aggregator
         self.policy = policy
         self.attack = attack
+        self.dp = dp
         self.stats = RoundStats()
 
     def add_envelope(self, sender: str, data: bytes, num_examples: int) -> bool:
@@ -182,6 +193,8 @@ class RoundAggregator:
     def finish(self, server_lr: float = 1.0) -> dict[str, np.ndarray] | None:
         """Aggregate the accepted updates: ``w <- base + server_lr * agg(deltas)``; None if none."""
         n = len(self._weights)
+        if self.dp is not None:
+            return self._finish_private(n, server_lr, self.dp)
         if n == 0:
             return None
         stack = self._stack[:n]
@@ -195,6 +208,27 @@ class RoundAggregator:
         agg = self.aggregator(stack, np.asarray(self._weights))
         step = unflatten(np.asarray(agg, dtype=np.float32) * np.float32(server_lr), self.table)
         return {k: self.base[k] + step[k] for k in self.base}
+
+    def _finish_private(self, n: int, server_lr: float, dp: CentralDP) -> dict[str, np.ndarray]:
+        """Central DP (DP-FedAvg): clip every row to C, aggregate, add calibrated Gaussian noise, and
+        step the accountant. The round is released (and counted) even when no update was accepted."""
+        from stamen.server.privacy.central import clip_rows
+
+        stack = self._stack[:n]
+        if self.attack is not None and n:
+            self._apply_attack(stack, self.attack)
+        clip_rows(stack, dp.clipping_norm)
+        dim = self._stack.shape[1]
+        agg = self.aggregator(stack, np.asarray(self._weights)) if n else np.zeros(dim, np.float32)
+        agg = dp.privatize(agg, n, dp.sensitivity(self.aggregator))
+        self.stats.epsilon = dp.step()
+        step = unflatten(np.asarray(agg, dtype=np.float32) * np.float32(server_lr), self.table)
+        return {k: self.base[k] + step[k] for k in self.base}
+
+    def note_client_epsilon(self, epsilon: float) -> None:
+        """Record a client-reported ε (local DP, DP-SGD); the round keeps the largest."""
+        cur = self.stats.client_epsilon
+        self.stats.client_epsilon = epsilon if cur is None else max(cur, epsilon)
 
     def _apply_attack(self, stack: np.ndarray, hook: AttackHook) -> None:
         """Overwrite the malicious senders' rows with the attack computed from the honest rows."""

@@ -25,7 +25,8 @@ from stamen.protocols.flower import ENVELOPE_STYPE, array_record_nbytes, envelop
 from stamen.server.aggregators import Aggregator, create
 from stamen.server.config import ServerConfig
 from stamen.server.history import ProgressFn, RoundRecord
-from stamen.server.rounds import AttackHook, RoundAggregator, ValidationPolicy
+from stamen.server.privacy.central import CentralDP
+from stamen.server.rounds import AttackHook, RoundAggregator, ValidationPolicy, round_epsilon
 from stamen.server.sampling import sample_clients
 
 log = logging.getLogger("stamen.server")
@@ -39,8 +40,11 @@ class StamenStrategy(Strategy):
         self, cfg: ServerConfig, evaluate: EvalFn | None = None, progress: ProgressFn | None = None,
         policy: ValidationPolicy | None = None, aggregator: Aggregator | None = None,
         attack_factory: Callable[[int], AttackHook | None] | None = None,
+        central_dp: CentralDP | None = None,
     ) -> None:
         self.cfg = cfg
+        self.central_dp = central_dp
+        self._worst_eps: float | None = None
         self.aggregator = aggregator or create(cfg.rule, **cfg.rule_params)
         self.attack_factory = attack_factory
         self.policy = policy or ValidationPolicy(max_norm=cfg.max_update_norm)
@@ -71,7 +75,8 @@ class StamenStrategy(Strategy):
         """Decode and validate each reply, then aggregate the accepted ones."""
         state = self._round
         hook = self.attack_factory(server_round) if self.attack_factory else None
-        ra = RoundAggregator(state["base"], state["hash"], state["asked"], self.aggregator, self.policy, hook)
+        ra = RoundAggregator(state["base"], state["hash"], state["asked"], self.aggregator, self.policy,
+                             hook, self.central_dp)
         ordered = sorted(replies, key=_reply_order)
         for reply in ordered:
             self._accept(ra, reply)
@@ -80,6 +85,8 @@ class StamenStrategy(Strategy):
             ra.reject("unknown", "no reply before the timeout")
         state["stats"] = ra.stats
         new = ra.finish(self.cfg.server_lr)
+        if ra.stats.client_epsilon is not None:
+            self._worst_eps = max(self._worst_eps or 0.0, ra.stats.client_epsilon)
         loss = float(np.mean(ra.stats.train_loss)) if ra.stats.train_loss else math.nan
         metrics = MetricRecord({"bytes-up": ra.stats.bytes_up, "accepted": ra.stats.accepted,
                                 "rejected": ra.stats.rejected, "train-loss": loss})
@@ -101,6 +108,9 @@ class StamenStrategy(Strategy):
             ra.reject(sender, f"reply has no MetricRecord with a numeric {keys.NUM_EXAMPLES!r}")
             return
         loss, pid = _number(metrics, keys.TRAIN_LOSS), _number(metrics, keys.PARTITION_ID)
+        eps = _number(metrics, keys.EPSILON)
+        if eps is not None:
+            ra.note_client_epsilon(eps)
         if loss is not None:
             ra.stats.train_loss.append(loss)
         if pid is not None:
@@ -167,7 +177,8 @@ class StamenStrategy(Strategy):
         st = self._round.get("stats")
         rec = RoundRecord(
             round=server_round, accuracy=acc, loss=loss, bytes_up=st.bytes_up if st else 0,
-            bytes_down=int(self._round.get("bytes_down", 0)), epsilon=None,
+            bytes_down=int(self._round.get("bytes_down", 0)),
+            epsilon=round_epsilon(st, self._worst_eps) if st else None,
             rejected=st.rejected if st else 0, wall_s=time.perf_counter() - self._round.get("t0", 0.0),
         )
         self.history.append(rec)

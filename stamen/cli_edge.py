@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,11 @@ __all__ = ["add_commands", "dispatch"]
 
 def add_commands(sub: Any) -> None:
     """Add the ``keys``, ``delta`` and ``edge`` command groups to ``stamen``'s subparsers."""
+    _add_keys_and_delta(sub)
+    _add_edge(sub)
+
+
+def _add_keys_and_delta(sub: Any) -> None:
     keys = sub.add_parser("keys", help="Ed25519 signing keys").add_subparsers(dest="action", required=True)
     gen = keys.add_parser("generate", help="write DIR/private.pem (0600) and DIR/public.pem")
     gen.add_argument("--out", type=Path, required=True, metavar="DIR")
@@ -45,6 +51,8 @@ def add_commands(sub: Any) -> None:
     cr.add_argument("--model-id", default=None, help="bind the update to this model id")
     cr.add_argument("--seed", type=int, default=0, help="seed of stochastic codec stages")
 
+
+def _add_edge(sub: Any) -> None:
     edge = sub.add_parser("edge", help="on-device model store").add_subparsers(dest="action", required=True)
     init = edge.add_parser("init", help="create a model store from an ONNX or safetensors model")
     src = init.add_mutually_exclusive_group(required=True)
@@ -97,8 +105,13 @@ def dispatch(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown command {args.command!r}")
     try:
         return handler(args)
-    except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
-        raise ValueError(f"{exc.strerror}: {exc.filename}") from None
+    except BrokenPipeError:  # output piped into e.g. `head`: not an error of the command
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # permissions, a file where a directory should be, a full disk, ...
+        raise ValueError(f"{exc.strerror or exc}: {exc.filename}") from None
 
 
 def _print_json(obj: Any) -> None:

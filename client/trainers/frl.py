@@ -91,11 +91,12 @@ class FRLTrainer:
         if len(data.y) == 0:
             raise ValueError("client partition is empty: nothing to train on")
         if spec.optimizer != "sgd":
-            raise ValueError(f"frl trainer uses SGD as the official code does; got optimizer={spec.optimizer!r}")
+            raise ValueError(f"frl trainer uses SGD (as the official code); got optimizer={spec.optimizer!r}")
         if not any(is_score_tensor(n) for n in model.state_dict()):
             raise ValueError("frl trainer needs a supermask model (e.g. model.name = 'supermask_mlp')")
         loss = train_scores(model, data, spec, seed)
-        return TrainResult(delta=ranking_update(model), num_examples=len(data.y), metrics={"train-loss": loss})
+        update = ranking_update(model)
+        return TrainResult(delta=update, num_examples=len(data.y), metrics={"train-loss": loss})
 
 
 register_trainer("frl")(FRLTrainer)

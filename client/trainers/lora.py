@@ -25,8 +25,10 @@ def check_adapters(model: nn.Module, kind: type[LoRALinear], trainer: str, adapt
     """Number of ``kind`` layers in ``model``; ``ValueError`` naming the missing setting if none."""
     layers = [m for m in adapter_layers(model).values() if type(m) is kind]
     if not layers:
-        raise ValueError(f"trainer {trainer!r} needs a model with {adapter} adapters: "
-                         f"set [lora] adapter = {adapter!r} in the scenario")
+        raise ValueError(
+            f"trainer {trainer!r} needs a model with {adapter} adapters: "
+            f"set [lora] adapter = {adapter!r} in the scenario"
+        )
     return len(layers)
 
 
@@ -39,8 +41,11 @@ def train_adapted(model: nn.Module, data: TaskData, spec: TrainSpec, seed: int) 
     end = get_weights(model)
     delta = {k: (end[k] - start[k]).astype(np.float32, copy=False) for k in start}
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return TrainResult(delta=delta, num_examples=len(data.y),
-                       metrics={"train-loss": loss, "trainable-params": float(trainable)})
+    return TrainResult(
+        delta=delta,
+        num_examples=len(data.y),
+        metrics={"train-loss": loss, "trainable-params": float(trainable)},
+    )
 
 
 class LoRATrainer:
@@ -54,8 +59,9 @@ class LoRATrainer:
         """Train in place and return the update (``state`` is not used)."""
         del state
         if any(isinstance(m, LoRASBLinear) for m in model.modules()):
-            raise ValueError("trainer 'lora' got a Fed-SB model: use trainer 'fedsb' "
-                             "for [lora] adapter = 'fedsb'")
+            raise ValueError(
+                "trainer 'lora' got a Fed-SB model: use trainer 'fedsb' for [lora] adapter = 'fedsb'"
+            )
         check_adapters(model, LoRALinear, self.name, "lora")
         return train_adapted(model, data, spec, seed)
 

@@ -60,8 +60,10 @@ class SparseConfig:
         if not 0.0 < self.density <= 1.0:
             raise ValueError(f"sparse_density must be in (0, 1], got {self.density}")
         if self.warmup < 0 or self.regrow_every < 1:
-            raise ValueError(f"sparse_warmup must be >= 0 and sparse_regrow_every >= 1, got "
-                             f"{self.warmup}, {self.regrow_every}")
+            raise ValueError(
+                f"sparse_warmup must be >= 0 and sparse_regrow_every >= 1, got "
+                f"{self.warmup}, {self.regrow_every}"
+            )
         if not 0.0 <= self.regrow_fraction < 1.0:
             raise ValueError(f"sparse_regrow_fraction must be in [0, 1), got {self.regrow_fraction}")
 
@@ -69,7 +71,8 @@ class SparseConfig:
 def sparse_config(spec: Any) -> SparseConfig:
     """Read the ``sparse_*`` fields of a train spec, with defaults."""
     return SparseConfig(
-        density=float(getattr(spec, "sparse_density", 0.005)), warmup=int(getattr(spec, "sparse_warmup", 4)),
+        density=float(getattr(spec, "sparse_density", 0.005)),
+        warmup=int(getattr(spec, "sparse_warmup", 4)),
         regrow_every=int(getattr(spec, "sparse_regrow_every", 10)),
         regrow_fraction=float(getattr(spec, "sparse_regrow_fraction", 0.2)),
         skip=tuple(getattr(spec, "sparse_skip", ("embeddings",))),
@@ -89,8 +92,9 @@ def top_mask(score: torch.Tensor, k: int) -> torch.Tensor:
     return mask.view_as(score)
 
 
-def prune_regrow(mask: torch.Tensor, delta: torch.Tensor, grad_sum: torch.Tensor, fraction: float
-                 ) -> torch.Tensor:
+def prune_regrow(
+    mask: torch.Tensor, delta: torch.Tensor, grad_sum: torch.Tensor, fraction: float
+) -> torch.Tensor:
     """SpIEL-AG update: drop the ``⌊ζ k⌋`` active entries with smallest ``|Δ|``, grow as many inactive
     ones with the largest ``|Σ g|`` (never one just dropped). The mask size stays ``k``."""
     flat = mask.reshape(-1)
@@ -141,8 +145,10 @@ class _Masks:
 
     @torch.no_grad()
     def select(self) -> None:
-        self.mask = {n: top_mask((p - self.start[n]).abs(), kept(p.numel(), self.cfg.density))
-                     for n, p in self.params.items()}
+        self.mask = {
+            n: top_mask((p - self.start[n]).abs(), kept(p.numel(), self.cfg.density))
+            for n, p in self.params.items()
+        }
         self.project()
 
     @torch.no_grad()

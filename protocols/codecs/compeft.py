@@ -21,7 +21,7 @@ Wire form, one ``uint8`` array ``b.cp`` per tensor::
 
 or, when smaller, header mode 3: the ``n`` trits packed five per byte (``3**5 = 243 <= 256``;
 digit 0 = zero, 1 = ``+a``, 2 = ``-a``), which wins at high density. Position encodings are chosen
-per tensor (``auto``: fewest bits), so at 10 % density a kept entry costs about 4.6 bits of
+per tensor (``auto``: fewest bits), so at 10 % density a kept entry costs about 4.8 bits of
 Golomb-Rice position plus 1 sign bit (the paper's Golomb position code + sign, §3).
 
 Choice: the issue text summarises the scale as "alpha * std(kept values)"; the official code

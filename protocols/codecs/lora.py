@@ -82,8 +82,9 @@ class LoRADelta(ArrayStage):
             raise MalformedUpdate(f"lora: tensor {key!r} of {n} elements exceeds the limit")
         return dims, n
 
-    def _scatter(self, key: str, idx: np.ndarray, values: np.ndarray, dims: tuple[int, ...], n: int
-                 ) -> np.ndarray:
+    def _scatter(
+        self, key: str, idx: np.ndarray, values: np.ndarray, dims: tuple[int, ...], n: int
+    ) -> np.ndarray:
         if idx.dtype != index_dtype(n) or idx.ndim != 1 or not 0 < idx.size <= n:
             raise MalformedUpdate(f"lora: {key!r} needs 1..{n} {index_dtype(n)} indices")
         if values.dtype != np.float32 or values.shape != idx.shape:

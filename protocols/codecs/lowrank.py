@@ -45,6 +45,7 @@ _SUFFIXES = (".lb", ".la")
 OVERSAMPLE = 10
 _MAX_RANK = 4096
 _MAX_ITERS = 10
+_BLOCK = 1 << 18  # float64 elements per decode block (2 MB: stays in cache)
 
 
 def _orthonormal(y: np.ndarray) -> np.ndarray:
@@ -155,9 +156,13 @@ class LowRank(ArrayStage):
             raise MalformedUpdate(f"lowrank: factors of {key!r} have shapes {b.shape} and {a.shape}")
         if m * n > budget:  # checked before allocating: small factors cannot claim a huge tensor
             raise MalformedUpdate(f"lowrank: tensor {key!r} of {m * n} elements exceeds the limit")
+        b64, a64 = b.astype(np.float64), a.astype(np.float64)  # f32 products are exact in f64
+        out = np.empty((m, n), dtype=np.float32)
+        rows = max(1, _BLOCK // max(n, 1))  # row blocks keep the float64 temporary ~2 MB
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite values: receiver validates
-            product = b.astype(np.float64) @ a.astype(np.float64)  # (m, n); f32 products exact in f64
-        return product.astype(np.float32)
+            for start in range(0, m, rows):
+                out[start : start + rows] = b64[start : start + rows] @ a64  # (rows, n), rounded once
+        return out
 
     def decode(self, arrays: Arrays) -> Arrays:
         """Multiply every ``b.lb``/``b.la`` pair back into a float32 array ``b`` of shape (m, n).

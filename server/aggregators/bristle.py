@@ -31,6 +31,8 @@ from stamen.server.bristle.integrator import IntegrationResult, integrate
 from stamen.server.bristle.peer import center_rows
 from stamen.server.bristle.prioritizer import DEFAULT_CLOSEST, DEFAULT_RANDOM, prioritize
 
+MODES = ("server", "peer")
+
 
 def output_segment(table: Sequence[TensorInfo], name: str = "") -> tuple[int, int, tuple[int, int]]:
     """``(start, stop, (C, F))`` of the output layer: the tensor ``name``, else the last 2-D tensor."""
@@ -62,6 +64,10 @@ class BristleRule:
         Name of the output-layer tensor; ``""`` picks the last 2-D tensor of the model.
     center : bool
         Center each integrated class row (code: always).
+    mode : str
+        ``"server"`` (this rule aggregates) or ``"peer"`` (the engine runs
+        :func:`stamen.server.bristle.peer.run_peer_mode` and only relays; the rule then only
+        carries the validated parameters).
 
     Attributes
     ----------
@@ -71,12 +77,15 @@ class BristleRule:
 
     def __init__(
         self, num_closest: int = DEFAULT_CLOSEST, num_random: int = DEFAULT_RANDOM, seed: int = 0,
-        layer: str = "", center: bool = True,
+        layer: str = "", center: bool = True, mode: str = "server",
     ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"bristle: mode must be one of {MODES}, got {mode!r}")
         if num_closest < 0 or num_random < 0 or num_closest + num_random == 0:
             raise ValueError(f"bristle: num_closest, num_random must be >= 0 and not both 0; got "
                              f"{num_closest}, {num_random}")
         self.num_closest, self.num_random, self.center, self.layer = num_closest, num_random, center, layer
+        self.mode = mode
         self._rng = np.random.default_rng(seed)
         self._features: np.ndarray | None = None
         self._labels: np.ndarray | None = None
@@ -122,7 +131,7 @@ class BristleRule:
 @register("bristle")
 def bristle(
     num_closest: int = DEFAULT_CLOSEST, num_random: int = DEFAULT_RANDOM, seed: int = 0,
-    layer: str = "", center: bool = True,
+    layer: str = "", center: bool = True, mode: str = "server",
 ) -> BristleRule:
-    """Server-mode Bristle (needs ``set_validation`` before the first round)."""
-    return BristleRule(num_closest, num_random, seed, layer, center)
+    """Bristle: server mode (needs ``set_validation`` before the first round) or peer mode."""
+    return BristleRule(num_closest, num_random, seed, layer, center, mode)

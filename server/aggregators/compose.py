@@ -24,7 +24,8 @@ _NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
 
 
 class ComposedAggregator:
-    """``updates -> pre_1 -> ... -> pre_k -> rule``; an :class:`Aggregator`."""
+    """``updates -> pre_1 -> ... -> pre_k -> rule``; an :class:`Aggregator`. Attributes it does not
+    have (a stateful rule's ``center``, FRL's ``bind_round``) are looked up on the rule."""
 
     def __init__(self, rule: Aggregator, pre: Sequence[PreAggregator], names: Sequence[str]) -> None:
         self.rule = rule
@@ -36,6 +37,12 @@ class ComposedAggregator:
         for stage in self.pre:
             updates, weights = stage(updates, weights)
         return self.rule(updates, weights)
+
+    def __getattr__(self, name: str) -> Any:
+        """Expose the rule's extra hooks (e.g. FRL's ``bind_round``) on the composition."""
+        if name in ("rule", "pre", "names"):  # not set yet (e.g. during copy): no recursion
+            raise AttributeError(name)
+        return getattr(self.rule, name)
 
     def __repr__(self) -> str:
         return f"ComposedAggregator({' -> '.join(self.names)})"

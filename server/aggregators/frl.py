@@ -47,27 +47,43 @@ def score_segments(table: Sequence[TensorInfo]) -> list[tuple[str, int, int]]:
     return out
 
 
-def positions(rankings: np.ndarray) -> np.ndarray | None:
-    """Inverse permutations ``P[u, R[u, j]] = j`` of integer-valued rankings ``(U, n)``.
-
-    Returns ``(U, n)`` int64, or ``None`` if a row is not a permutation of ``0..n-1``.
-    Equal to ``argsort(R, axis=1)`` for valid rankings, in O(U n).
-    """
-    u, n = rankings.shape
-    r = np.asarray(rankings)
+def row_positions(ranking: np.ndarray) -> np.ndarray | None:
+    """Inverse permutation ``P[R[j]] = j`` (int64 ``(n,)``) of one ranking, or ``None`` if ``R``
+    is not a permutation of ``0..n-1``. Equal to ``argsort(R)`` for valid rankings, in O(n)."""
+    r = np.asarray(ranking).reshape(-1)
+    n = r.size
     if not np.all(np.isfinite(r)) or np.any(r != np.round(r)) or np.any((r < 0) | (r >= n)):
         return None
-    ri = r.astype(np.int64)
-    pos = np.full((u, n), -1, dtype=np.int64)
-    np.put_along_axis(pos, ri, np.broadcast_to(np.arange(n, dtype=np.int64), (u, n)), axis=1)
-    if np.any(pos < 0):  # a repeated index left a hole
+    pos = np.full(n, -1, dtype=np.int64)
+    pos[r.astype(np.int64)] = np.arange(n, dtype=np.int64)
+    return None if np.any(pos < 0) else pos  # a repeated index leaves a hole
+
+
+def positions(rankings: np.ndarray) -> np.ndarray | None:
+    """:func:`row_positions` of every row of ``(U, n)``; ``None`` if any row is invalid."""
+    rows = [row_positions(row) for row in rankings]
+    if any(p is None for p in rows):
         return None
-    return pos
+    return np.stack(rows).reshape(rankings.shape).astype(np.int64)  # type: ignore[arg-type]
 
 
-def valid_rows(rankings: np.ndarray) -> np.ndarray:
-    """Boolean ``(U,)``: which rows of ``(U, n)`` are permutations of ``0..n-1``."""
-    return np.array([positions(row[None, :]) is not None for row in rankings], dtype=bool)
+def vote_sum(rankings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Borda sum ``V = sum_u P_u`` over the valid rows, O(n) memory; returns ``(V, valid (U,))``."""
+    votes = np.zeros(rankings.shape[1], dtype=np.int64)  # int64: 25 x 2.4M positions exceed 2**24
+    valid = np.zeros(rankings.shape[0], dtype=bool)
+    for u, row in enumerate(rankings):
+        pos = row_positions(row)
+        if pos is not None:
+            votes += pos
+            valid[u] = True
+    return votes, valid
+
+
+def assign_initial(votes: np.ndarray, init_sorted: np.ndarray) -> np.ndarray:
+    """``S[argsort(V)[j]] = init_sorted[j]`` (ties to the lower edge index); float32 ``(n,)``."""
+    scores = np.empty(len(votes), dtype=np.float32)
+    scores[np.argsort(votes, kind="stable")] = init_sorted
+    return scores
 
 
 def frl_vote(rankings: np.ndarray, init_sorted: np.ndarray) -> np.ndarray:
@@ -82,14 +98,10 @@ def frl_vote(rankings: np.ndarray, init_sorted: np.ndarray) -> np.ndarray:
         raise ValueError(f"rankings must be a non-empty (U, n) stack, got {rankings.shape}")
     if init_sorted.shape != (rankings.shape[1],):
         raise ValueError(f"init_sorted must have shape ({rankings.shape[1]},), got {init_sorted.shape}")
-    pos = positions(rankings)
-    if pos is None:
+    votes, valid = vote_sum(rankings)
+    if not valid.all():
         raise ValueError("every ranking must be a permutation of 0..n-1")
-    votes = pos.sum(axis=0, dtype=np.int64)  # (n,)
-    global_rank = np.argsort(votes, kind="stable")  # (n,) edge at each voted rank
-    scores = np.empty(rankings.shape[1], dtype=np.float32)
-    scores[global_rank] = init_sorted
-    return scores
+    return assign_initial(votes, init_sorted)
 
 
 class FRLVote:
@@ -131,10 +143,11 @@ class FRLVote:
         if self._base is None or self.init_sorted is None:
             raise ValueError("frl rule: bind_round(table, base_flat) must be called before aggregating")
         if updates.shape[1] != self._base.shape[0]:
-            raise ValueError(f"updates have {updates.shape[1]} columns, the bound model {self._base.shape[0]}")
-        keep = np.ones(updates.shape[0], dtype=bool)
-        for _, a, b in self._segments:
-            keep &= valid_rows(updates[:, a:b])
+            raise ValueError(f"updates have {updates.shape[1]} columns, the model {self._base.shape[0]}")
+        votes, keep = {}, np.ones(updates.shape[0], dtype=bool)
+        for name, a, b in self._segments:
+            votes[name], valid = vote_sum(updates[:, a:b])
+            keep &= valid
         self.last_dropped = int((~keep).sum())
         out = np.zeros(updates.shape[1], dtype=np.float32)
         if self.last_dropped:
@@ -142,8 +155,11 @@ class FRLVote:
         if not keep.any():
             return out
         for name, a, b in self._segments:
-            new = frl_vote(updates[keep, a:b], self.init_sorted[name])
-            out[a:b] = new - self._base[a:b]
+            for u in np.flatnonzero(~keep):  # a row invalid elsewhere: take back its valid votes here
+                pos = row_positions(updates[u, a:b])
+                if pos is not None:
+                    votes[name] -= pos
+            out[a:b] = assign_initial(votes[name], self.init_sorted[name]) - self._base[a:b]
         return out
 
 

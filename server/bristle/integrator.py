@@ -196,7 +196,8 @@ def _check_inputs(
     if own.ndim != 2 or peers.ndim != 3 or peers.shape[1:] != own.shape:
         raise ValueError(f"own must be (C, F) and peers (p, C, F); got {own.shape} and {peers.shape}")
     if features.ndim != 2 or features.shape[1] != own.shape[1] or len(labels) != len(features):
-        raise ValueError(f"features must be (m, {own.shape[1]}) with m labels; got {features.shape}, {len(labels)}")
+        raise ValueError(f"features must be (m, {own.shape[1]}) with m labels; got {features.shape}, "
+                         f"{len(labels)}")
     if len(labels) == 0:
         raise ValueError("the local test slice is empty: Bristle needs labelled samples per familiar class")
     if int(np.min(labels)) < 0 or int(np.max(labels)) >= own.shape[0]:

@@ -108,22 +108,31 @@ def integrate_node(
     return center_rows(result.layer) if cfg.center else result.layer
 
 
+def node_rng(seed: int, rnd: int, node: int) -> np.random.Generator:
+    """The prioritizer's generator of ``node`` in round ``rnd`` (a node can rebuild it alone)."""
+    return np.random.default_rng([seed, rnd, node, 0xB215])
+
+
 def peer_round(
-    nodes: Sequence[PeerNode], state: PeerState, rnd: int, train: TrainFn, rng: np.random.Generator,
+    nodes: Sequence[PeerNode], state: PeerState, rnd: int, train: TrainFn, seed: int,
     cfg: PeerConfig, forge: ForgeFn | None = None,
 ) -> PeerState:
-    """One round (steps 1-3) over all nodes; returns the next state (inputs are not modified)."""
+    """One round (steps 1-3) over all nodes; returns the next state (inputs are not modified).
+
+    Node ``i`` draws its exploration peers from :func:`node_rng` ``(seed, rnd, i)`` and the forged
+    messages use ``default_rng([seed, rnd, 0xBAD])``, so a distributed run reproduces them.
+    """
     consolidated = [w.copy() for w in state.consolidated]
     for i, node in enumerate(nodes):
         inbox = {j: w for j, w in state.shared.items() if j != i}
         if node.honest and inbox:
-            consolidated[i] = integrate_node(nodes, i, state.trained[i], inbox, rng, cfg)
+            consolidated[i] = integrate_node(nodes, i, state.trained[i], inbox, node_rng(seed, rnd, i), cfg)
     trained = [train(i, rnd, consolidated[i]) for i in range(len(nodes))]
     consolidated = [absorb_training(consolidated[i], trained[i], n.classes) for i, n in enumerate(nodes)]
     shared = {i: w.copy() for i, w in enumerate(consolidated)}
     bad = [i for i, n in enumerate(nodes) if not n.honest]
     if forge is not None and bad:
-        shared.update(_forged(nodes, shared, bad, forge, rng))
+        shared.update(_forged(nodes, shared, bad, forge, np.random.default_rng([seed, rnd, 0xBAD])))
     return PeerState(consolidated=consolidated, trained=trained, shared=shared)
 
 
@@ -151,11 +160,10 @@ def run_peer_mode(
     if rounds < 0 or not nodes:
         raise ValueError(f"need rounds >= 0 and at least one node, got {rounds}, {len(nodes)}")
     cfg = cfg or PeerConfig()
-    rng = np.random.default_rng([seed, 0xB215])
     state = PeerState([init.astype(np.float32)] * len(nodes), [init.astype(np.float32)] * len(nodes))
     history: list[float] = []
     for rnd in range(rounds):
-        state = peer_round(nodes, state, rnd, train, rng, cfg, forge)
+        state = peer_round(nodes, state, rnd, train, seed, cfg, forge)
         honest = [i for i, n in enumerate(nodes) if n.honest]
         accs = [evaluate(i, state.consolidated[i]) for i in honest] if evaluate else [float("nan")]
         history.append(float(np.mean(accs)))

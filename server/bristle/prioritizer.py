@@ -24,7 +24,7 @@ DEFAULT_RANDOM = 5  # NUM_MODELS_EXPLORATION
 
 def distances(own: np.ndarray, peers: np.ndarray) -> np.ndarray:
     """``(p,)`` Euclidean (Frobenius) distances of the peers' layers ``(p, C, F)`` to ``own (C, F)``."""
-    diff = peers.reshape(len(peers), -1).astype(np.float64) - own.reshape(1, -1).astype(np.float64)
+    diff = peers.reshape(len(peers), own.size).astype(np.float64) - own.reshape(1, -1).astype(np.float64)
     return np.sqrt(np.einsum("pd,pd->p", diff, diff))
 
 

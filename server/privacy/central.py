@@ -86,15 +86,17 @@ def declared_sensitivity(aggregator: Any, n: int, clip: float, name: str | None 
     names = getattr(aggregator, "names", None)  # a ComposedAggregator: (pre..., rule)
     plain = getattr(aggregator, "__name__", type(aggregator).__name__)
     label = name or (" -> ".join(names) if names else plain)
-    fn = getattr(aggregator, "l2_sensitivity", None)
+    # Pre-aggregators first: a composition may forward attribute lookups to its rule, and the rule's
+    # sensitivity says nothing about what the pre-aggregation did to the rows.
+    if getattr(aggregator, "pre", ()):
+        raise ValueError(
+            f"aggregation {label} has pre-aggregators, which declare no L2 sensitivity; "
+            "central DP refuses it (use aggregation.rule=mean without aggregation.pre)"
+        )
     inner = getattr(aggregator, "rule", None)
-    if fn is None and callable(inner):  # pre-aggregators -> rule: only a bare rule can be accounted
-        if getattr(aggregator, "pre", ()):
-            raise ValueError(
-                f"aggregation {label} has pre-aggregators, which declare no L2 sensitivity; "
-                "central DP refuses it (use aggregation.rule=mean without aggregation.pre)"
-            )
+    if callable(inner):  # a composition without pre-aggregators: the bare rule decides
         return declared_sensitivity(inner, n, clip, name or (names[-1] if names else None))
+    fn = getattr(aggregator, "l2_sensitivity", None)
     if not callable(fn):
         raise ValueError(
             f"aggregation rule {label} declares no L2 sensitivity; central DP refuses it "

@@ -29,7 +29,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from stamen.protocols import TensorInfo
-from stamen.server.aggregators.frl import positions, score_segments
+from stamen.server.aggregators.frl import score_segments, vote_sum
+from stamen.simulations.attacks.base import register_update_attack
 
 DEFAULT_POOL_SIZE = 25  # FRL args.rand_mal_clients
 
@@ -44,10 +45,9 @@ def reversed_combined_ranking(rankings: np.ndarray) -> np.ndarray:
     """
     if rankings.ndim != 2 or rankings.shape[0] == 0:
         raise ValueError(f"rank_reversal needs a non-empty (m, n) stack of rankings, got {rankings.shape}")
-    pos = positions(rankings)
-    if pos is None:
+    votes, valid = vote_sum(rankings)  # (n,) int64
+    if not valid.all():
         raise ValueError("rank_reversal: every pooled ranking must be a permutation of 0..n-1")
-    votes = pos.sum(axis=0, dtype=np.int64)  # (n,)
     return np.argsort(-votes, kind="stable").astype(np.int64)
 
 
@@ -102,6 +102,7 @@ class RankReversal:
         return np.tile(row, (num_malicious, 1))
 
 
+@register_update_attack("rank_reversal")
 def rank_reversal(pool_size: int = DEFAULT_POOL_SIZE) -> RankReversal:
     """Factory for the attack registry: ``create_update_attack("rank_reversal", pool_size=25)``."""
     return RankReversal(pool_size=pool_size)

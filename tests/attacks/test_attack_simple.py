@@ -33,6 +33,20 @@ def test_without_own_rows_an_honest_row_stands_in() -> None:
     assert all(any(np.array_equal(r, 3 * h) for h in HONEST) for r in many)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 6), st.integers(1, 6), st.integers(1, 20), st.floats(0.01, 100), st.integers(0, 2**32 - 1)
+)
+def test_flip_and_scale_are_linear_in_own_updates(h: int, m: int, d: int, scale: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    honest = rng.standard_normal((h, d)).astype(np.float32)
+    own = rng.standard_normal((m, d)).astype(np.float32)
+    flip = create_update_attack("sign_flip", scale=scale)(honest, m, rng, own=own)
+    boost = create_update_attack("scaling", scale=scale)(honest, m, rng, own=own)
+    np.testing.assert_allclose(flip, -scale * own.astype(np.float64), rtol=1e-6)
+    np.testing.assert_allclose(boost, -flip, rtol=1e-6)
+
+
 def test_own_rows_must_match() -> None:
     with pytest.raises(ValueError, match="own updates have shape"):
         create_update_attack("sign_flip")(

@@ -19,7 +19,7 @@ from stamen.edge.store import version_dir
 from stamen.protocols import Signer, decode_update, model_hash
 
 CHILD = Path(__file__).with_name("crash_child.py")
-KILLS = 30
+KILLS = 24
 TIME_LIMIT_S = 50.0
 
 

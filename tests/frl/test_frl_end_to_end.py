@@ -15,8 +15,9 @@ from stamen.server.aggregators import create
 from stamen.server.rounds import AttackHook, RoundAggregator, ValidationPolicy, flatten
 from stamen.simulations.attacks.rank_reversal import rank_reversal
 
-TASK = TaskSpec(dataset="digits", num_clients=12, partition="dirichlet", alpha=1.0,
+TASK = TaskSpec(dataset="digits", num_clients=24, partition="dirichlet", alpha=1.0,
                 model="supermask_mlp", hidden=(32,), seed=0)
+INITIAL = get_weights(build_model(TASK))
 SPEC = TrainSpec(trainer="frl", epochs=2, batch_size=8, lr=0.4, momentum=0.9, weight_decay=1e-4)
 
 
@@ -35,19 +36,20 @@ def _run(rounds: int, malicious: frozenset[str] = frozenset()) -> tuple[float, f
         base_flat = np.empty(sum(t.size for t in ra.table), np.float32)
         flatten(ra.base, ra.table, base_flat)
         attack.bind_round(ra.table, base_flat)  # the engine change the report asks for
-        for pid in range(rnd % 2, 12, 2):
+        for pid in range(rnd % 4, 24, 4):
             seed = client_seed(0, rnd, pid)
             res = local_update(model, weights, client_data(TASK, pid), SPEC, seed)
             kw = dict(base_hash=h, version=rnd, sender=f"client-{pid}", seed=seed)
-            data = encode_delta(res.delta, "frl_rank", **kw)  # type: ignore[arg-type]
+            data = encode_delta(res.delta, "frl_rank", **kw)
             sizes.append(len(data))
-            dense_sizes.append(len(encode_delta(res.delta, "dense", **kw)))  # type: ignore[arg-type]
+            dense_sizes.append(len(encode_delta(res.delta, "dense", **kw)))
             assert ra.add_envelope(f"client-{pid}", data, res.num_examples)
         new = ra.finish(1.0)
         assert new is not None
         for name, value in new.items():
             if name.endswith("scores"):  # the voted scores are a permutation of the initial ones
-                np.testing.assert_allclose(np.sort(value.reshape(-1)), np.sort(get_weights(build_model(TASK))[name].reshape(-1)), atol=1e-6)
+                initial = np.sort(INITIAL[name].reshape(-1))
+                np.testing.assert_allclose(np.sort(value.reshape(-1)), initial, atol=1e-6)
             else:
                 np.testing.assert_array_equal(value, weights[name])
         weights = new
@@ -56,17 +58,17 @@ def _run(rounds: int, malicious: frozenset[str] = frozenset()) -> tuple[float, f
 
 
 def test_frl_learns_and_rankings_are_smaller_than_float32() -> None:
-    acc0, acc, sizes, dense = _run(8)
+    acc0, acc, sizes, dense = _run(6)
     assert acc > acc0 + 0.3, (acc0, acc)
     # per update: 64x32 scores at 11 bits + 32x10 at 9 bits, frozen weights O(1); the dense
     # codec sends weights and scores as float32: 2 x 4 x 2368 bytes
     packed = (2048 * 11 + 320 * 9) / 8
-    assert all(packed <= s <= packed + 120 for s in sizes)
+    assert all(packed <= s <= packed + 500 for s in sizes)  # + envelope header (~400 B)
     assert all(d >= 8 * 2368 for d in dense)
 
 
 def test_rank_reversal_hook_forges_reversed_rows() -> None:
-    bad = frozenset({"client-0", "client-1", "client-2", "client-3"})
-    _, acc_attacked, _, _ = _run(4, bad)
-    _, acc_clean, _, _ = _run(4)
-    assert acc_attacked < acc_clean  # 4 of 6 voters reversed each round: the vote is hurt
+    bad = frozenset(f"client-{p}" for p in range(12))  # 3 of the 6 voters each round
+    _, acc_attacked, _, _ = _run(3, bad)
+    _, acc_clean, _, _ = _run(3)
+    assert acc_attacked < acc_clean  # half of the voters reversed each round: the vote is hurt

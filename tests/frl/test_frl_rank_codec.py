@@ -38,7 +38,8 @@ def test_pack_by_hand() -> None:
     packed = pack_indices(np.array([4, 0, 3, 1, 2]), 3)
     assert packed.tolist() == [196, 34]
     assert unpack_indices(packed, 5, 3).tolist() == [4, 0, 3, 1, 2]
-    wire = unpack_arrays(_pipe().encode({"s": np.array([4, 0, 3, 1, 2], np.float32)}, np.random.default_rng(0)))
+    ranking = {"s": np.array([4, 0, 3, 1, 2], np.float32)}
+    wire = unpack_arrays(_pipe().encode(ranking, np.random.default_rng(0)))
     assert list(wire) == ["0.p", "0.s"] and wire["0.p"].tolist() == [196, 34] and wire["0.s"].tolist() == [5]
 
 

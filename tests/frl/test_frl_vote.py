@@ -60,7 +60,7 @@ def rankings(draw: st.DrawFn) -> np.ndarray:
 @settings(max_examples=100, deadline=None)
 @given(rankings(), st.integers(0, 2**32 - 1))
 def test_vote_matches_slow_reference_and_permutes_init(r: np.ndarray, seed: int) -> None:
-    init = np.sort(np.random.default_rng(seed).normal(size=r.shape[1]).astype(np.float32))
+    init = np.sort(np.asarray(np.random.default_rng(seed).normal(size=r.shape[1]), dtype=np.float32))
     out = frl_vote(r, init)
     np.testing.assert_array_equal(out, _slow_vote(r, init))
     np.testing.assert_array_equal(np.sort(out), init)  # a permutation of the initial values

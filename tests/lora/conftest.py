@@ -40,6 +40,12 @@ def data() -> TaskData:
 
 
 @pytest.fixture
+def make_data() -> Callable[[int, int], TaskData]:
+    """``make_data(n, seed)``: synthetic token data (see :func:`token_data`)."""
+    return lambda n, seed: token_data(n, seed)
+
+
+@pytest.fixture
 def tiny() -> Callable[..., nn.Module]:
     """``tiny(kind="none", **adapter_fields)``: the tiny transformer, optionally with adapters."""
 
@@ -48,7 +54,7 @@ def tiny() -> Callable[..., nn.Module]:
         if kind == "none":
             return model
         sample = token_data(40, seed=123)
-        cfg = AdapterConfig(kind=kind, **fields)  # type: ignore[arg-type]
+        cfg = AdapterConfig(kind=kind, **fields)
         return attach_adapters(model, cfg, seed=seed, sample=(sample.x, sample.y))
 
     return make

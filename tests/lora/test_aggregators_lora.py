@@ -13,13 +13,17 @@ from stamen.server.aggregators.lora import LoRAAggregator, lora_slots
 from stamen.server.rounds import flatten, unflatten
 
 
-def layer(out: int, inp: int, r: int, scale: float, rng: np.random.Generator, sb: bool = False
-          ) -> dict[str, np.ndarray]:
+def layer(
+    out: int, inp: int, r: int, scale: float, rng: np.random.Generator, sb: bool = False
+) -> dict[str, np.ndarray]:
     """A flattened-model stand-in for one adapted layer plus a head bias, in state_dict naming."""
-    w = {"l.weight": rng.normal(size=(out, inp)).astype(np.float32), "l.bias": np.zeros(out, np.float32),
-         "l.lora_scale": np.array([scale], np.float32),
-         "l.lora_A.weight": rng.normal(size=(r, inp)).astype(np.float32),
-         "l.lora_B.weight": rng.normal(size=(out, r)).astype(np.float32)}
+    w = {
+        "l.weight": rng.normal(size=(out, inp)).astype(np.float32),
+        "l.bias": np.zeros(out, np.float32),
+        "l.lora_scale": np.array([scale], np.float32),
+        "l.lora_A.weight": rng.normal(size=(r, inp)).astype(np.float32),
+        "l.lora_B.weight": rng.normal(size=(out, r)).astype(np.float32),
+    }
     if sb:
         w["l.lora_R.weight"] = rng.normal(size=(r, r)).astype(np.float32)
     w["head.bias"] = np.zeros(2, np.float32)
@@ -37,8 +41,9 @@ def stack(base: dict[str, np.ndarray], clients: list[dict[str, np.ndarray]]) -> 
     return rows, base_flat
 
 
-def run(rule: str, base: dict[str, np.ndarray], clients: list[dict[str, np.ndarray]],
-        weights: np.ndarray | None) -> dict[str, np.ndarray]:
+def run(
+    rule: str, base: dict[str, np.ndarray], clients: list[dict[str, np.ndarray]], weights: np.ndarray | None
+) -> dict[str, np.ndarray]:
     rows, base_flat = stack(base, clients)
     agg = create(rule)
     bind = getattr(agg, "bind_round", None)
@@ -58,10 +63,22 @@ def effective(w: dict[str, np.ndarray]) -> np.ndarray:
 def test_hand_built_gap() -> None:
     """1x1 layer, r = 1, s = 2, W = 0, base factors 0. Client 1: B = A = 1; client 2: B = A = -1.
     Naive: mean B = mean A = 0, so W' + s B'A' = 0. Exact: mean(B A) = 1, so W' = 0 + 2 * 1 = 2."""
-    base = {"l.weight": np.zeros((1, 1), np.float32), "l.lora_scale": np.array([2.0], np.float32),
-            "l.lora_A.weight": np.zeros((1, 1), np.float32), "l.lora_B.weight": np.zeros((1, 1), np.float32)}
-    one = {**base, "l.lora_A.weight": np.ones((1, 1), np.float32), "l.lora_B.weight": np.ones((1, 1), np.float32)}
-    two = {**base, "l.lora_A.weight": -np.ones((1, 1), np.float32), "l.lora_B.weight": -np.ones((1, 1), np.float32)}
+    base = {
+        "l.weight": np.zeros((1, 1), np.float32),
+        "l.lora_scale": np.array([2.0], np.float32),
+        "l.lora_A.weight": np.zeros((1, 1), np.float32),
+        "l.lora_B.weight": np.zeros((1, 1), np.float32),
+    }
+    one = {
+        **base,
+        "l.lora_A.weight": np.ones((1, 1), np.float32),
+        "l.lora_B.weight": np.ones((1, 1), np.float32),
+    }
+    two = {
+        **base,
+        "l.lora_A.weight": -np.ones((1, 1), np.float32),
+        "l.lora_B.weight": -np.ones((1, 1), np.float32),
+    }
     naive, exact = run("lora_naive", base, [one, two], None), run("lora_exact", base, [one, two], None)
     assert effective(naive)[0, 0] == 0.0
     assert exact["l.weight"][0, 0] == 2.0 and exact["l.lora_A.weight"][0, 0] == 0.0
@@ -73,8 +90,17 @@ def test_hand_built_gap() -> None:
 def test_exact_rule_averages_the_client_models(n: int, r: int, seed: int, weighted: bool) -> None:
     rng = np.random.default_rng(seed)
     base = layer(5, 4, r, float(rng.uniform(0.1, 4)), rng)
-    clients = [{**base, **{k: v + rng.normal(size=v.shape).astype(np.float32) for k, v in base.items()
-                           if "lora_A" in k or "lora_B" in k}} for _ in range(n)]
+    clients = [
+        {
+            **base,
+            **{
+                k: v + rng.normal(size=v.shape).astype(np.float32)
+                for k, v in base.items()
+                if "lora_A" in k or "lora_B" in k
+            },
+        }
+        for _ in range(n)
+    ]
     w = rng.uniform(1, 50, size=n) if weighted else None
     p = np.ones(n) / n if w is None else w / w.sum()
     target = sum(pi * effective(c) for pi, c in zip(p, clients, strict=True))
@@ -88,8 +114,10 @@ def test_exact_rule_averages_the_client_models(n: int, r: int, seed: int, weight
 def test_fedsb_average_of_r_equals_average_of_products() -> None:
     rng = np.random.default_rng(3)
     base = layer(6, 5, 3, 1.0, rng, sb=True)
-    clients = [{**base, "l.lora_R.weight": base["l.lora_R.weight"] + rng.normal(size=(3, 3)).astype(np.float32)}
-               for _ in range(4)]
+    clients = [
+        {**base, "l.lora_R.weight": base["l.lora_R.weight"] + rng.normal(size=(3, 3)).astype(np.float32)}
+        for _ in range(4)
+    ]
     w = np.array([1.0, 2.0, 3.0, 4.0])
     mean = run("fedavg", base, clients, w)
     target = sum(wi / w.sum() * effective(c) for wi, c in zip(w, clients, strict=True))
@@ -112,9 +140,14 @@ def test_exact_needs_the_layout_and_names_it() -> None:
 def test_gap_is_measured_and_pinned() -> None:
     rng = np.random.default_rng(11)
     base = layer(8, 6, 2, 2.0, rng)
-    clients = [{**base, "l.lora_A.weight": base["l.lora_A.weight"] + rng.normal(size=(2, 6)).astype(np.float32),
-                "l.lora_B.weight": base["l.lora_B.weight"] + rng.normal(size=(8, 2)).astype(np.float32)}
-               for _ in range(3)]
+    clients = [
+        {
+            **base,
+            "l.lora_A.weight": base["l.lora_A.weight"] + rng.normal(size=(2, 6)).astype(np.float32),
+            "l.lora_B.weight": base["l.lora_B.weight"] + rng.normal(size=(8, 2)).astype(np.float32),
+        }
+        for _ in range(3)
+    ]
     rows, base_flat = stack(base, clients)
     for exact in (False, True):
         agg = LoRAAggregator(exact=exact)

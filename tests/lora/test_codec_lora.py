@@ -62,7 +62,10 @@ def test_roundtrip_is_bit_exact(shape: tuple[int, int], density: float, seed: in
 
 def test_composes_with_lossy_and_byte_stages() -> None:
     rng = np.random.default_rng(1)
-    delta = {"frozen": np.zeros((64, 64), dtype=np.float32), "factor": rng.normal(size=(8, 64)).astype(np.float32)}
+    delta = {
+        "frozen": np.zeros((64, 64), dtype=np.float32),
+        "factor": rng.normal(size=(8, 64)).astype(np.float32),
+    }
     _, out = roundtrip(delta, "lora+int8+zstd")
     np.testing.assert_array_equal(out["frozen"], 0.0)
     assert np.max(np.abs(out["factor"] - delta["factor"])) < 0.05
@@ -80,10 +83,26 @@ PINNED_BYTES = 12_312  # 12,288 bytes of factor + 24 of container and the zero t
 @pytest.mark.parametrize(
     "arrays",
     [
-        {"0.li": np.array([2, 1], dtype=np.uint16), "0.lv": np.ones(2, np.float32), "0.ls": np.array([4], np.uint32)},
-        {"0.li": np.array([9], dtype=np.uint16), "0.lv": np.ones(1, np.float32), "0.ls": np.array([4], np.uint32)},
-        {"0.li": np.array([1], dtype=np.uint32), "0.lv": np.ones(1, np.float32), "0.ls": np.array([4], np.uint32)},
-        {"0.li": np.array([1], dtype=np.uint16), "0.lv": np.ones(2, np.float32), "0.ls": np.array([4], np.uint32)},
+        {
+            "0.li": np.array([2, 1], dtype=np.uint16),
+            "0.lv": np.ones(2, np.float32),
+            "0.ls": np.array([4], np.uint32),
+        },
+        {
+            "0.li": np.array([9], dtype=np.uint16),
+            "0.lv": np.ones(1, np.float32),
+            "0.ls": np.array([4], np.uint32),
+        },
+        {
+            "0.li": np.array([1], dtype=np.uint32),
+            "0.lv": np.ones(1, np.float32),
+            "0.ls": np.array([4], np.uint32),
+        },
+        {
+            "0.li": np.array([1], dtype=np.uint16),
+            "0.lv": np.ones(2, np.float32),
+            "0.ls": np.array([4], np.uint32),
+        },
         {"0.lz": np.array([2**20, 2**20], dtype=np.uint32)},
         {"0.lz": np.array([[4]], dtype=np.uint32)},
     ],

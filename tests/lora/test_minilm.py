@@ -50,7 +50,7 @@ def test_tokenizer_pinned_ids() -> None:
 
 @needs_minilm
 def test_pretrained_matches_sentence_transformers_reference() -> None:
-    """cos = 0.553 was measured with sentence-transformers' own all-MiniLM-L6-v2 (shared/research/edge.md §5)."""
+    """cos = 0.553 was measured with sentence-transformers' all-MiniLM-L6-v2 (shared/research/edge.md §5)."""
     model = create_model("minilm", 32, 2, (), seed=0)
     assert sum(p.numel() for p in model.bert.parameters()) == 22_713_216 - 147_840  # BertModel - pooler
     emb = minilm.sentence_embeddings(model.bert, ["The cat sat on the mat.", "A feline rested on a rug."])

@@ -34,9 +34,12 @@ def test_lora_update_is_factors_and_head_only(tiny: Callable[..., nn.Module], da
     zeros = {k: np.zeros_like(v) for k, v in result.delta.items()}
     header = len(encode_delta(zeros, "lora", base_hash="0" * 64, version=1, sender="c", seed=0))
     trainable = sum(result.delta[k].size for k in changed)
-    assert header + 4 * trainable <= len(sent) < header + 4 * trainable + 256  # the factors, exactly
+    # the factors and the head, exactly: 4 bytes each, +- the per-tensor container entries
+    assert abs(len(sent) - header - 4 * trainable) < 32 * len(changed)
     assert len(sent) < len(dense) / 50  # not a dense model
-    again = local_update(tiny("lora", rank=2, alpha=4.0), start, data, TrainSpec(trainer="lora", **SPEC), seed=1)
+    again = local_update(
+        tiny("lora", rank=2, alpha=4.0), start, data, TrainSpec(trainer="lora", **SPEC), seed=1
+    )
     for k in start:  # reproducible bit for bit
         np.testing.assert_array_equal(again.delta[k], result.delta[k])
 
@@ -44,8 +47,12 @@ def test_lora_update_is_factors_and_head_only(tiny: Callable[..., nn.Module], da
 def test_fedsb_update_is_r_and_head_only(tiny: Callable[..., nn.Module], data: TaskData) -> None:
     model = tiny("fedsb", rank=3, alpha=3.0)
     result = local_update(model, get_weights(model), data, TrainSpec(trainer="fedsb", **SPEC), seed=2)
-    assert nonzero(result.delta) == {k for k in result.delta if ".lora_R." in k or k.startswith("classifier.")}
-    assert all(result.delta[k].shape == (3, 3) for k in result.delta if ".lora_R." in k)  # r² numbers per layer
+    assert nonzero(result.delta) == {
+        k for k in result.delta if ".lora_R." in k or k.startswith("classifier.")
+    }
+    assert all(
+        result.delta[k].shape == (3, 3) for k in result.delta if ".lora_R." in k
+    )  # r² numbers per layer
 
 
 def test_trainers_refuse_the_wrong_model(tiny: Callable[..., nn.Module], data: TaskData) -> None:
@@ -74,8 +81,9 @@ def test_sparse_update_has_fixed_density(tiny: Callable[..., nn.Module], data: T
         else:
             assert 0 < nnz <= kept(d.size, 0.05), name
     payload = encode_delta(result.delta, "lora", base_hash="0" * 64, version=1, sender="c", seed=0)
-    assert len(payload) < 0.15 * len(encode_delta(result.delta, "dense", base_hash="0" * 64, version=1,
-                                                   sender="c", seed=0))
+    assert len(payload) < 0.15 * len(
+        encode_delta(result.delta, "dense", base_hash="0" * 64, version=1, sender="c", seed=0)
+    )
 
 
 def test_top_mask_and_prune_regrow_hand_case() -> None:
@@ -83,7 +91,7 @@ def test_top_mask_and_prune_regrow_hand_case() -> None:
     mask = torch.tensor([True, True, True, False, False, False])
     delta = torch.tensor([0.5, 0.01, 2.0, 0.0, 0.0, 0.0])
     grads = torch.tensor([9.0, 9.0, 9.0, 0.1, 4.0, 1.0])
-    # ζ = 0.4 of k = 3 -> 1 swap: drop entry 1 (smallest |Δ| among active), grow entry 4 (largest |Σg| inactive)
+    # ζ = 0.4 of k = 3 -> 1 swap: drop entry 1 (smallest active |Δ|), grow entry 4 (largest inactive |Σg|)
     assert prune_regrow(mask, delta, grads, 0.4).tolist() == [True, False, True, False, True, False]
     assert kept(10, 0.01) == 1 and kept(1000, 0.005) == 5 and kept(3, 1.0) == 3
 
@@ -103,5 +111,7 @@ def test_dp_sgd_trains_only_the_adapters(tiny: Callable[..., nn.Module], data: T
     model = tiny("fedsb", rank=2, alpha=2.0)
     spec = TrainSpec(trainer="dp_sgd", epochs=1, batch_size=8, lr=0.05)
     result = local_update(model, get_weights(model), data, spec, seed=4)
-    assert nonzero(result.delta) == {k for k in result.delta if ".lora_R." in k or k.startswith("classifier.")}
+    assert nonzero(result.delta) == {
+        k for k in result.delta if ".lora_R." in k or k.startswith("classifier.")
+    }
     assert result.metrics["epsilon"] > 0

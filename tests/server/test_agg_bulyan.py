@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stamen.server.aggregators import create
-from stamen.server.aggregators.bulyan import closest_to_median_mean, recursive_krum
+from stamen.server.aggregators.bulyan import _SortedRows, closest_to_median_mean, recursive_krum
 from stamen.server.aggregators.krum import krum_scores
 
 
@@ -90,3 +90,39 @@ def test_bulyan_pinned_value() -> None:
     np.testing.assert_allclose(
         create("bulyan", assumed_byzantine=2)(updates), [0.019381, -0.193588, -1.552138, -0.635679], atol=1e-6
     )
+
+
+def slow_recursive_krum(d2: np.ndarray, f: int, theta: int) -> list[int]:
+    """The definition: one Krum call per pick on the shrinking distance sub-matrix."""
+    remaining, chosen = list(range(d2.shape[0])), []
+    for _ in range(theta):
+        sub = d2[np.ix_(remaining, remaining)]
+        chosen.append(remaining.pop(int(np.argmin(krum_scores(sub, f)))))
+    return chosen
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(129, 170), st.integers(0, 30), st.integers(0, 2**32 - 1))
+def test_incremental_path_for_large_cohorts_matches_definition(n: int, f: int, seed: int) -> None:
+    f = min(f, (n - 3) // 4)
+    x = np.random.default_rng(seed).standard_normal((n, 8))
+    d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_array_equal(recursive_krum(d2, f, n - 2 * f), slow_recursive_krum(d2, f, n - 2 * f))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(3, 30), st.integers(0, 2**32 - 1), st.data())
+def test_sorted_rows_keep_exact_neighbour_sums(n: int, seed: int, data: st.DataObject) -> None:
+    """After any removals and any neighbour counts, each live row sums its k nearest live others."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 3))
+    d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    rows = _SortedRows(d2, data.draw(st.integers(1, n - 1)))
+    alive = list(range(n))
+    for j in rng.permutation(n)[: n - 2]:
+        alive.remove(int(j))
+        k = data.draw(st.integers(1, len(alive) - 1))
+        rows.remove(int(j), k)
+        for i in alive:
+            ref = sorted(d2[i, a] for a in alive if a != i)[:k]
+            assert rows.score[i] == pytest.approx(sum(ref), rel=1e-9, abs=1e-12)

@@ -78,3 +78,12 @@ def test_composed_pinned_value() -> None:
     x = np.random.default_rng(7).standard_normal((10, 3)).astype(np.float32)
     agg = build_aggregator("multikrum", ["bucketing", "nnm"], {"assumed_byzantine": 1}, seed=11)
     np.testing.assert_allclose(agg(x), [-0.148553, -0.178987, -0.461284], atol=1e-6)
+
+
+def test_rule_hooks_and_state_are_reachable_through_the_composition() -> None:
+    agg = build_aggregator("centered_clipping", ["nnm"], {"tau": 10.0})
+    assert getattr(agg, "center") is None  # noqa: B009  (the rule's state, through __getattr__)
+    agg(np.ones((3, 2), np.float32))
+    np.testing.assert_allclose(getattr(agg, "center"), [1.0, 1.0])  # noqa: B009
+    assert getattr(agg, "bind_round", None) is None
+    np.testing.assert_allclose(agg(np.full((3, 2), 2.0, np.float32)), [2.0, 2.0])

@@ -148,3 +148,16 @@ def test_calibration_and_edge_cases() -> None:
     with pytest.raises(ValueError, match="target_delta"):
         rdp_to_dp(DEFAULT_ORDERS, np.ones(len(DEFAULT_ORDERS)), 0.0)
     assert RqmParams.from_stage({"c": 0.1, "delta": 0.1, "m": 16, "q": 0.5}) == RqmParams(0.1, 0.1, 16, 0.5)
+
+
+def test_the_noise_is_in_the_released_aggregate() -> None:
+    """Mean of n clients' RQM outputs: unbiased, with exactly the variance the output law predicts."""
+    p, n, trials = RqmParams(1.0, 0.5, 8, 0.5), 200, 2000
+    xs = np.random.default_rng(0).uniform(-1, 1, n)
+    law = output_pmf(xs, p)  # (n, m)
+    predicted = float(((law * p.levels() ** 2).sum(axis=1) - xs**2).sum() / n**2)
+    z = quantize(np.tile(xs, trials), p.c, p.delta, p.m, p.q, np.random.default_rng(1))
+    means = p.levels()[z.astype(int)].reshape(trials, n).mean(axis=1)  # (trials,) released aggregates
+    assert abs(means.mean() - xs.mean()) < 5 * math.sqrt(predicted / trials)
+    assert abs(means.var(ddof=1) / predicted - 1) < 5 * math.sqrt(2 / (trials - 1))  # ~16 %
+    assert predicted > 1e-3  # and it is not negligible: the aggregate is really noisy
