@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
@@ -20,7 +21,7 @@ from stamen.client.models import evaluate_model, set_weights
 from stamen.client.mods import DELTA, codec_mod, local_dp_mod
 from stamen.client.task import TaskSpec, TrainSpec, build_model, client_data
 from stamen.protocols import keys
-from stamen.protocols.flower import arrays_of, config_value
+from stamen.protocols.flower import arrays_of, config_value, envelope_from_record
 
 torch.set_num_threads(1)  # one thread per simulated client (determinism, no oversubscription)
 
@@ -46,7 +47,11 @@ def _train(msg: Message, context: Context) -> Message:
     spec = TrainSpec.from_json(config_value(cfg, keys.TRAIN, str))
     pid = partition_id(context)
     rnd, seed = config_value(cfg, keys.SERVER_ROUND, int), config_value(cfg, keys.SEED, int)
-    weights = arrays_of(msg.content, keys.ARRAYS)
+    base_hash: str | None = None
+    if keys.DOWNLINK in msg.content.array_records:  # edge runtime: apply the signed delta first
+        weights, base_hash = _edge_weights(msg, context, task)
+    else:
+        weights = arrays_of(msg.content, keys.ARRAYS)
     state = load_state(context)
     result = local_update(_model(task), weights, client_data(task, pid), spec, client_seed(seed, rnd, pid),
                           state)
@@ -55,7 +60,26 @@ def _train(msg: Message, context: Context) -> Message:
                             **result.metrics})
     delta = ArrayRecord({k: Array(v) for k, v in result.delta.items()})
     content = RecordDict({DELTA: delta, keys.METRICS: metrics})
+    if base_hash is not None:
+        content[keys.BASE] = ConfigRecord({"hash": base_hash})
     return Message(content, reply_to=msg)
+
+
+def _edge_weights(msg: Message, context: Context, task: TaskSpec) -> tuple[dict[str, np.ndarray], str]:
+    """The device applies the server's signed delta in its edge store; returns (weights, hash)."""
+    from pathlib import Path
+
+    from stamen.client.edge_device import apply_downlink, device_store
+
+    cfg = msg.content.config_records[keys.CONFIG]
+    root = context.node_config.get(keys.EDGE_ROOT) or config_value(cfg, keys.EDGE_ROOT, str)
+    data = envelope_from_record(msg.content.array_records[keys.DOWNLINK])
+    if data is None:
+        raise ValueError(f"record {keys.DOWNLINK!r} holds no envelope")
+    trust = Path(config_value(cfg, keys.EDGE_TRUST, str))
+    rt = device_store(Path(str(root)), partition_id(context), task, trust)
+    weights = apply_downlink(rt, data)
+    return weights, rt.version().hash
 
 
 def _evaluate(msg: Message, context: Context) -> Message:

@@ -95,7 +95,7 @@ def set_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
             src = np.asarray(weights[name])
             if tuple(src.shape) != tuple(tensor.shape):
                 raise ValueError(f"shape of {name!r}: expected {tuple(tensor.shape)}, got {src.shape}")
-            tensor.copy_(torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32)))
+            tensor.copy_(torch.tensor(np.asarray(src, dtype=np.float32)))  # copy: src may be read-only or 0-d
 
 
 @torch.no_grad()

@@ -32,10 +32,10 @@ def make_codec_mod(signer: Signer | None = None) -> Mod:
     def codec_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type.split(".")[0] != "train":
             return call_next(msg, ctx)
-        base = arrays_of(msg.content, keys.ARRAYS)
         out = call_next(msg, ctx)
         if out.has_error() or DELTA not in out.content.array_records:
             return out
+        base_hash = _base_hash(msg, out)
         cfg = msg.content.config_records[keys.CONFIG]
         delta = {k: v.astype(np.float32, copy=False) for k, v in arrays_of(out.content, DELTA).items()}
         metrics = out.content.metric_records[keys.METRICS]
@@ -44,7 +44,7 @@ def make_codec_mod(signer: Signer | None = None) -> Mod:
         feedback = bool(cfg.get(keys.ERROR_FEEDBACK, False))
         state = load_state(ctx)
         payload = encode_delta(
-            delta, config_value(cfg, keys.CODEC_SPEC, str), base_hash=model_hash(base), version=rnd,
+            delta, config_value(cfg, keys.CODEC_SPEC, str), base_hash=base_hash, version=rnd,
             sender=f"client-{pid}", seed=client_seed(seed, rnd, pid) ^ 0xC0DEC, signer=signer,
             state=state, error_feedback=feedback,
         )
@@ -59,6 +59,16 @@ def make_codec_mod(signer: Signer | None = None) -> Mod:
 
 
 codec_mod = make_codec_mod()
+
+
+def _base_hash(msg: Message, out: Message) -> str:
+    """Hash of the weights the client trained from: an edge device reports its store's hash (the
+    server replays the device's arithmetic), otherwise it is the hash of the received arrays."""
+    if keys.BASE in out.content.config_records:
+        record = out.content.config_records[keys.BASE]
+        del out.content[keys.BASE]
+        return config_value(record, "hash", str)
+    return model_hash(arrays_of(msg.content, keys.ARRAYS))
 
 
 def local_dp_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Message:

@@ -45,6 +45,8 @@ class ServerConfig:
     attack_params: Mapping[str, Any] = field(default_factory=dict)
     malicious: tuple[int, ...] = ()  # partition ids that attack (simulation only)
     error_feedback: bool = False
+    runtime: str = "memory"  # or "edge": devices hold the model in an edge store (signed delta downlink)
+    downlink: str = "dense"
     privacy: Mapping[str, Any] = field(default_factory=lambda: {"mode": "off"})  # the [privacy] section
     timeout_s: float = 600.0
 
@@ -81,6 +83,7 @@ class ServerConfig:
             codec=codec, rule=s.aggregation.rule, rule_params=dict(s.aggregation.params),
             pre=tuple(s.aggregation.pre), attack_kind=s.attack.kind, attack_params=dict(s.attack.params),
             malicious=malicious, error_feedback=s.codec.error_feedback, privacy=s.to_dict()["privacy"],
+            runtime=s.clients.runtime, downlink=CodecSpec.parse(s.codec.downlink).to_string(),
             server_lr=s.aggregation.server_lr, max_update_norm=s.aggregation.max_update_norm,
             eval_every=s.eval.every, eval_fraction=s.eval.fraction_clients, timeout_s=timeout_s,
         )
@@ -108,7 +111,9 @@ def _refuse_unimplemented(s: Any) -> None:
     if s.privacy.mode == "rqm":
         raise ValueError("privacy.mode='rqm' is not available yet")
     if s.privacy.mode == "dp_sgd" and s.clients.trainer not in ("full", "dp_sgd"):
-        raise ValueError(f"privacy.mode='dp_sgd' works with clients.trainer='full', got {s.clients.trainer!r}")
+        raise ValueError(
+            f"privacy.mode='dp_sgd' works with clients.trainer='full', got {s.clients.trainer!r}"
+        )
 
 
 def _client_privacy(s: Any, task: TaskSpec, train: TrainSpec) -> TrainSpec:

@@ -6,16 +6,19 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
+from stamen.client.edge_device import task_model_id
 from stamen.client.models import evaluate_model, get_weights, set_weights
 from stamen.client.task import build_model, test_data
 from stamen.server.aggregators import Aggregator
 from stamen.server.config import ServerConfig
+from stamen.server.edge_downlink import EdgeSession
 from stamen.server.history import ProgressFn, RoundRecord
 from stamen.server.privacy.central import CentralDP
 from stamen.server.rounds import AttackHook
@@ -74,10 +77,21 @@ def run_federation(
     random.seed(cfg.seed)
     torch.set_num_threads(1)
     initial = get_weights(build_model(cfg.task))
+    edge = EdgeSession(initial, cfg.downlink, task_model_id(cfg.task)) if cfg.runtime == "edge" else None
     strategy = StamenStrategy(cfg, evaluate=make_central_evaluator(cfg), progress=progress,
                               aggregator=make_aggregator(cfg), attack_factory=attack_factory,
-                              central_dp=make_central_dp(cfg))
-    result = strategy.start(
+                              central_dp=make_central_dp(cfg), edge=edge)
+    try:
+        result = _start(strategy, grid, cfg, initial)
+    finally:
+        if edge is not None:
+            edge.close()
+    final = {k: a.numpy() for k, a in result.arrays.items()} if result.arrays else initial
+    return FederationResult(rounds=list(strategy.history), weights=final)
+
+
+def _start(strategy: StamenStrategy, grid: Grid, cfg: ServerConfig, initial: dict[str, np.ndarray]) -> Any:
+    return strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
         num_rounds=cfg.rounds,
@@ -86,5 +100,3 @@ def run_federation(
         evaluate_config=ConfigRecord({}),
         evaluate_fn=strategy.evaluate_global,
     )
-    final = {k: a.numpy() for k, a in result.arrays.items()} if result.arrays else initial
-    return FederationResult(rounds=list(strategy.history), weights=final)

@@ -141,6 +141,12 @@ class RoundAggregator:
         self.attack = attack
         self.dp = dp
         self.stats = RoundStats()
+        self._expected_base: dict[str, str] = {}
+
+    def expect_base(self, sender: str, base_hash: str) -> None:
+        """``sender`` trained from a different base than ``self.base`` (an edge device's own
+        weights after its delta downlink); check its envelope against that hash instead."""
+        self._expected_base[sender] = base_hash
 
     def add_envelope(self, sender: str, data: bytes, num_examples: int) -> bool:
         """Decode, validate and stack one packed envelope; reject (and return False) on any error."""
@@ -149,7 +155,7 @@ class RoundAggregator:
             _, delta = decode_update(
                 data,
                 verifier=self.policy.verifier,
-                expected_base=self.base_hash,
+                expected_base=self._expected_base.get(sender, self.base_hash),
                 expected_tensors=self.table,
             )
         except StamenError as exc:

@@ -20,10 +20,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from stamen.client.core import client_seed
 from stamen.protocols import keys, model_hash
-from stamen.protocols.flower import ENVELOPE_STYPE, array_record_nbytes, envelope_from_record
+from stamen.protocols.flower import ENVELOPE_STYPE, array_record_nbytes, envelope_from_record, envelope_record
 from stamen.server.aggregators import Aggregator, create
 from stamen.server.config import ServerConfig
+from stamen.server.edge_downlink import EdgeSession
 from stamen.server.history import ProgressFn, RoundRecord
 from stamen.server.privacy.central import CentralDP
 from stamen.server.rounds import AttackHook, RoundAggregator, ValidationPolicy, round_epsilon
@@ -40,9 +42,10 @@ class StamenStrategy(Strategy):
         self, cfg: ServerConfig, evaluate: EvalFn | None = None, progress: ProgressFn | None = None,
         policy: ValidationPolicy | None = None, aggregator: Aggregator | None = None,
         attack_factory: Callable[[int], AttackHook | None] | None = None,
-        central_dp: CentralDP | None = None,
+        central_dp: CentralDP | None = None, edge: EdgeSession | None = None,
     ) -> None:
         self.cfg = cfg
+        self.edge = edge
         self.central_dp = central_dp
         self._worst_eps: float | None = None
         self.aggregator = aggregator or create(cfg.rule, **cfg.rule_params)
@@ -63,10 +66,33 @@ class StamenStrategy(Strategy):
         base = {k: a.numpy() for k, a in arrays.items()}
         nodes = self._select_nodes(server_round, grid)
         cfg = self._train_config(server_round, config)
+        self._round = {"t0": t0, "base": base, "hash": model_hash(base), "asked": len(nodes),
+                       "expected": {}}
+        if self.edge is not None:
+            return self._edge_messages(server_round, base, cfg, grid, nodes)
         content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: cfg})
-        msgs = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
-        self._round = {"t0": t0, "base": base, "hash": model_hash(base), "asked": len(msgs),
-                       "bytes_down": array_record_nbytes(arrays) * len(msgs)}
+        self._round["bytes_down"] = array_record_nbytes(arrays) * len(nodes)
+        return [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
+
+    def _edge_messages(
+        self, server_round: int, base: dict[str, np.ndarray], cfg: ConfigRecord, grid: Grid, nodes: list[int]
+    ) -> list[Message]:
+        """Edge devices get a signed delta against the version they hold, not the full weights."""
+        assert self.edge is not None
+        pid_of = {node: pid for pid, node in self._partition_map(grid, nodes).items()}
+        cfg[keys.EDGE_ROOT], cfg[keys.EDGE_TRUST] = str(self.edge.root), str(self.edge.trust)
+        msgs, total = [], 0
+        for node in nodes:
+            if node not in pid_of:
+                raise RuntimeError(f"node {node} did not report a partition id; edge mode needs it")
+            pid = pid_of[node]
+            data, expected = self.edge.downlink.make_update(
+                pid, base, server_round, seed=client_seed(self.cfg.seed, server_round, pid))
+            self._round["expected"][f"client-{pid}"] = expected
+            total += len(data)
+            content = RecordDict({keys.DOWNLINK: envelope_record(data), keys.CONFIG: cfg})
+            msgs.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
+        self._round["bytes_down"] = total
         return msgs
 
     def aggregate_train(
@@ -77,6 +103,8 @@ class StamenStrategy(Strategy):
         hook = self.attack_factory(server_round) if self.attack_factory else None
         ra = RoundAggregator(state["base"], state["hash"], state["asked"], self.aggregator, self.policy,
                              hook, self.central_dp)
+        for sender, expected in state["expected"].items():
+            ra.expect_base(sender, expected)
         ordered = sorted(replies, key=_reply_order)
         for reply in ordered:
             self._accept(ra, reply)
@@ -203,7 +231,7 @@ class StamenStrategy(Strategy):
 
     def _select_nodes(self, server_round: int, grid: Grid) -> list[int]:
         nodes = wait_for_nodes(grid, self.cfg.num_clients, self.cfg.per_round, self.cfg.timeout_s)
-        if self.cfg.per_round >= len(nodes):
+        if self.cfg.per_round >= len(nodes) and self.edge is None:
             return nodes
         mapping = self._partition_map(grid, nodes)
         pids = sample_clients(self.cfg.seed, server_round, self.cfg.num_clients, self.cfg.per_round)

@@ -76,6 +76,9 @@ class ClientsConfig(_Config):
     optimizer: str = _f("sgd", choices=OPTIMIZERS)
     momentum: float = _f(0.0, ge=0.0, lt=1.0)
     weight_decay: float = _f(0.0, ge=0.0)
+    # "memory": the client trains from the weights in the message; "edge": the client's model lives
+    # in an edge model store and the server sends signed deltas against the device's version
+    runtime: str = _f("memory", choices=("memory", "edge"))
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class CodecConfig(_Config):
     SECTION: ClassVar[str] = "codec"
     EXTRAS: ClassVar[str | None] = "params"
     pipeline: tuple[str, ...] = _f(("dense",), nonempty=True)
+    downlink: str = _f("dense", nonempty=True)  # codec spec of server->device deltas (runtime = "edge")
     params: Mapping[str, Mapping[str, Scalar]] = _f(factory=dict)
     error_feedback: bool = False
 

@@ -75,6 +75,8 @@ class BristleRule:
         Diagnostics of the last aggregation (weights per client and class, certainties).
     """
 
+    required_server_lr = 1.0  # the rule returns new - G
+
     def __init__(
         self, num_closest: int = DEFAULT_CLOSEST, num_random: int = DEFAULT_RANDOM, seed: int = 0,
         layer: str = "", center: bool = True, mode: str = "server",

@@ -12,17 +12,21 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from stamen.client.core import client_seed, encode_delta, local_privacy, local_update
+from stamen.client.edge_device import apply_downlink, device_store, task_model_id
 from stamen.client.models import get_weights
 from stamen.client.state import ClientState
 from stamen.client.task import build_model, client_data
 from stamen.protocols import model_hash
 from stamen.protocols.flower import weights_nbytes
+from stamen.server.aggregators import Aggregator
 from stamen.server.config import ServerConfig
+from stamen.server.edge_downlink import EdgeSession
 from stamen.server.federation import (
     FederationResult,
     make_aggregator,
@@ -30,11 +34,27 @@ from stamen.server.federation import (
     make_central_evaluator,
 )
 from stamen.server.history import ProgressFn, RoundRecord
+from stamen.server.privacy.central import CentralDP
 from stamen.server.rounds import RoundAggregator, ValidationPolicy, round_epsilon
 from stamen.server.sampling import sample_clients
-from stamen.simulations.adversary import attack_factory
+from stamen.simulations.adversary import AttackFactory, attack_factory
 
 ClientProgressFn = Callable[[int, int], None]  # (clients done, clients in round)
+
+
+@dataclass
+class _Run:
+    """What lives for the whole run (built once, reused every round)."""
+
+    cfg: ServerConfig
+    model: torch.nn.Module
+    aggregator: Aggregator
+    policy: ValidationPolicy
+    attacks: AttackFactory | None
+    central_dp: CentralDP | None
+    edge: EdgeSession | None
+    states: dict[int, ClientState] = field(default_factory=dict)  # per-client memory across rounds
+    worst_eps: float | None = None  # client-level DP: the largest ε any client has reported
 
 
 def run_inprocess(
@@ -46,40 +66,69 @@ def run_inprocess(
     torch.set_num_threads(1)  # same numerics as one-thread Flower clients
     model = build_model(cfg.task)
     weights = get_weights(model)
-    aggregator = make_aggregator(cfg)
-    attacks = attack_factory(cfg)
-    policy = ValidationPolicy(max_norm=cfg.max_update_norm)
+    edge = EdgeSession(weights, cfg.downlink, task_model_id(cfg.task)) if cfg.runtime == "edge" else None
+    run = _Run(cfg, model, make_aggregator(cfg), ValidationPolicy(max_norm=cfg.max_update_norm),
+               attack_factory(cfg), make_central_dp(cfg), edge)
     evaluate = make_central_evaluator(cfg)
-    states: dict[int, ClientState] = {}  # per-client memory across rounds
-    central_dp = make_central_dp(cfg)
-    worst_eps: float | None = None  # client-level DP: the largest ε any client has reported
     history: list[RoundRecord] = []
-    for rnd in range(1, cfg.rounds + 1):
-        t0 = time.perf_counter()
-        pids = sample_clients(cfg.seed, rnd, cfg.num_clients, cfg.per_round)
-        base_hash = model_hash(weights)
-        hook = attacks(rnd) if attacks else None
-        ra = RoundAggregator(weights, base_hash, len(pids), aggregator, policy, hook, central_dp)
-        for i, pid in enumerate(pids):
-            state = states.setdefault(pid, ClientState())
-            _client_round(cfg, model, weights, base_hash, rnd, pid, ra, state)
-            if client_progress is not None:
-                client_progress(i + 1, len(pids))
-        new = ra.finish(cfg.server_lr)
-        worst_eps = _max(worst_eps, ra.stats.client_epsilon)
-        weights = new if new is not None else weights
-        loss, acc = math.nan, math.nan
-        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-            loss, acc = evaluate(weights)
-        rec = RoundRecord(
-            round=rnd, accuracy=acc, loss=loss, bytes_up=ra.stats.bytes_up,
-            bytes_down=weights_nbytes(ra.base) * len(pids), epsilon=round_epsilon(ra.stats, worst_eps),
-            rejected=ra.stats.rejected, wall_s=time.perf_counter() - t0,
-        )
-        history.append(rec)
-        if progress is not None:
-            progress(rec)
+    try:
+        for rnd in range(1, cfg.rounds + 1):
+            t0 = time.perf_counter()
+            weights, ra, bytes_down = _round(run, weights, rnd, client_progress)
+            loss, acc = math.nan, math.nan
+            if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+                loss, acc = evaluate(weights)
+            rec = RoundRecord(
+                round=rnd, accuracy=acc, loss=loss, bytes_up=ra.stats.bytes_up, bytes_down=bytes_down,
+                epsilon=round_epsilon(ra.stats, run.worst_eps), rejected=ra.stats.rejected,
+                wall_s=time.perf_counter() - t0,
+            )
+            history.append(rec)
+            if progress is not None:
+                progress(rec)
+    finally:
+        if edge is not None:
+            edge.close()
     return FederationResult(rounds=history, weights=weights)
+
+
+def _round(
+    run: _Run, weights: dict[str, np.ndarray], rnd: int, client_progress: ClientProgressFn | None
+) -> tuple[dict[str, np.ndarray], RoundAggregator, int]:
+    """One round: every sampled client, then aggregation. Returns (new weights, stats, bytes down)."""
+    cfg = run.cfg
+    pids = sample_clients(cfg.seed, rnd, cfg.num_clients, cfg.per_round)
+    base_hash = model_hash(weights)
+    hook = run.attacks(rnd) if run.attacks else None
+    ra = RoundAggregator(weights, base_hash, len(pids), run.aggregator, run.policy, hook, run.central_dp)
+    bytes_down = 0 if run.edge else weights_nbytes(weights) * len(pids)
+    for i, pid in enumerate(pids):
+        start, start_hash = weights, base_hash
+        if run.edge is not None:  # the device applies a signed delta and trains from what it holds
+            start, start_hash, nbytes = _edge_downlink(run.edge, cfg, weights, rnd, pid, ra)
+            bytes_down += nbytes
+        state = run.states.setdefault(pid, ClientState())
+        _client_round(cfg, run.model, start, start_hash, rnd, pid, ra, state)
+        if client_progress is not None:
+            client_progress(i + 1, len(pids))
+    new = ra.finish(cfg.server_lr)
+    run.worst_eps = _max(run.worst_eps, ra.stats.client_epsilon)
+    return (new if new is not None else weights), ra, bytes_down
+
+
+def _edge_downlink(
+    edge: EdgeSession, cfg: ServerConfig, weights: dict[str, np.ndarray], rnd: int, pid: int,
+    ra: RoundAggregator,
+) -> tuple[dict[str, np.ndarray], str, int]:
+    """Server makes the device's signed delta; the device applies it in its store."""
+    envelope, expected = edge.downlink.make_update(pid, weights, rnd, seed=client_seed(cfg.seed, rnd, pid))
+    rt = device_store(edge.root, pid, cfg.task, edge.trust)
+    held = apply_downlink(rt, envelope)
+    device_hash = rt.version().hash
+    if device_hash != expected:
+        raise RuntimeError(f"device {pid} holds {device_hash[:12]}, the server expected {expected[:12]}")
+    ra.expect_base(f"client-{pid}", device_hash)
+    return held, device_hash, len(envelope)
 
 
 def _client_round(

@@ -57,3 +57,26 @@ def test_flower_engine_partial_participation_samples_like_inprocess() -> None:
     real = run_engine("flower", cfg)
     assert [r.bytes_up for r in real.rounds] == [r.bytes_up for r in fast.rounds]
     assert abs(real.rounds[-1].accuracy - fast.rounds[-1].accuracy) <= 0.01
+
+
+def test_edge_runtime_mode_inprocess() -> None:
+    """Devices hold the model in edge stores; the server ships signed deltas, not weights."""
+    plain = run_engine("inprocess", _cfg("rounds=2"))
+    edge = run_engine("inprocess", _cfg("rounds=2", "clients.runtime=edge"))
+    assert [r.bytes_up for r in edge.rounds] == [r.bytes_up for r in plain.rounds]
+    assert abs(edge.rounds[-1].accuracy - plain.rounds[-1].accuracy) <= 0.01
+    lossy = run_engine("inprocess", _cfg("rounds=2", "clients.runtime=edge", "codec.downlink=int8",
+                                         "data.num_clients=6", "clients.per_round=3"))
+    assert all(r.rejected == 0 for r in lossy.rounds)  # device hashes tracked exactly by the server
+    assert lossy.rounds[0].bytes_down < plain.rounds[0].bytes_down / 2
+
+
+@pytest.mark.slow
+def test_flower_engine_edge_runtime_matches_inprocess() -> None:
+    cfg = _cfg("rounds=2", "clients.runtime=edge", "codec.downlink=int8")
+    fast = run_engine("inprocess", cfg)
+    real = run_engine("flower", cfg)
+    assert [r.bytes_up for r in real.rounds] == [r.bytes_up for r in fast.rounds]
+    assert [r.bytes_down for r in real.rounds] == [r.bytes_down for r in fast.rounds]
+    assert sum(r.rejected for r in real.rounds) == 0
+    assert abs(real.rounds[-1].accuracy - fast.rounds[-1].accuracy) <= 0.01

@@ -1,0 +1,95 @@
+"""Server side of the edge client mode: signed *delta* downlinks against each device's version.
+
+In ``clients.runtime = "edge"`` the device's model lives in a :class:`stamen.edge.EdgeRuntime`
+store. Instead of the full weights, the server sends every sampled device a signed envelope with
+``global - held`` (encoded with ``codec.downlink``), where ``held`` is exactly what that device holds:
+the server replays the device's arithmetic (``held + decoded``) so it knows the device's next hash
+and can check the base hash of the device's reply. Devices holding the same weights share one copy
+(keyed by hash), so memory grows with the number of distinct versions in the field, not devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from stamen.protocols import CodecPipeline, CodecSpec, Signer, model_hash, unpack
+
+Weights = dict[str, np.ndarray]
+
+
+class DeviceDownlink:
+    """What each device holds, and the signed delta that brings it to the current global model.
+
+    Parameters
+    ----------
+    initial : mapping of str to ndarray
+        The model every device was provisioned with (version 0).
+    signer : Signer
+        The key the devices trust.
+    codec : str
+        Downlink codec spec (``"dense"`` by default; lossy codecs are allowed: the tracker follows
+        what the device really computes).
+    model_id : str
+        Recorded in the envelope; a device refuses updates for another model.
+    """
+
+    def __init__(self, initial: Mapping[str, np.ndarray], signer: Signer, codec: str, model_id: str) -> None:
+        self.signer, self.model_id = signer, model_id
+        self.codec = CodecSpec.parse(codec)
+        first = {k: np.asarray(initial[k], np.float32) for k in sorted(initial)}
+        self._initial_hash = model_hash(first)
+        self._weights: dict[str, Weights] = {self._initial_hash: first}
+        self._held: dict[int, str] = {}
+
+    def held_hash(self, device: int) -> str:
+        """Hash of the weights ``device`` holds (the provisioned model until its first update)."""
+        return self._held.get(device, self._initial_hash)
+
+    def make_update(
+        self, device: int, target: Mapping[str, np.ndarray], version: int, seed: int
+    ) -> tuple[bytes, str]:
+        """Signed envelope taking ``device`` from what it holds to ``target``; and its hash after.
+
+        ``version`` must grow for each device (the server round does).
+        """
+        from stamen.edge import create_delta
+
+        base = self._weights[self.held_hash(device)]
+        data = create_delta(base, target, self.codec, self.signer, version=version,
+                            model_id=self.model_id, sender="server", seed=seed)
+        env = unpack(data)
+        decoded = CodecPipeline(self.codec).decode(env.payload, env.tensors)
+        after = {k: base[k] + decoded[k] for k in base}
+        digest = model_hash(after)
+        self._weights.setdefault(digest, after)
+        self._held[device] = digest
+        self._prune()
+        return data, digest
+
+    def _prune(self) -> None:
+        live = set(self._held.values()) | {self._initial_hash}
+        for digest in [d for d in self._weights if d not in live]:
+            del self._weights[digest]
+
+
+class EdgeSession:
+    """Per-run resources of the edge client mode: a signing key the simulated devices trust, the
+    directory holding their stores, and the downlink tracker. Remove it with :meth:`close`."""
+
+    def __init__(self, initial: Mapping[str, np.ndarray], codec: str, model_id: str) -> None:
+        import tempfile
+        from pathlib import Path
+
+        self.root = Path(tempfile.mkdtemp(prefix="stamen-edge-"))
+        signer = Signer.generate()
+        self.trust = self.root / "server.pub"
+        signer.save(self.root / "server.key", self.trust)
+        self.downlink = DeviceDownlink(initial, signer, codec, model_id)
+
+    def close(self) -> None:
+        """Delete the devices' stores and the run key."""
+        import shutil
+
+        shutil.rmtree(self.root, ignore_errors=True)
