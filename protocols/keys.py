@@ -29,11 +29,11 @@ TRAIN_LOSS = "train-loss"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 BYTES_UP = "bytes-up"
-EPSILON = "epsilon"
-DOWNLINK = "downlink"  # ArrayRecord with a signed delta envelope for an edge device (runtime = "edge")
+EPSILON = "epsilon"  # client-reported cumulative ε (local DP, DP-SGD)
+DOWNLINK = "downlink"  # ArrayRecord: a signed delta envelope for an edge device (runtime = "edge")
 EDGE_ROOT = "edge-root"  # str: directory of the simulated devices' stores (node_config may override)
 EDGE_TRUST = "edge-trust"  # str: path of the public key the devices trust
-DOWNLINK = "downlink"  # ArrayRecord: a signed delta envelope for an edge device (runtime = "edge")
+BASE = "stamen.base"  # ConfigRecord in a train reply: {"hash": the model hash the client trained from}
 
 # --- node_config keys (Flower) ---------------------------------------------------------------
 NODE_PARTITION_ID = "partition-id"
