@@ -36,6 +36,16 @@ class TaskSpec:
     model: str = "mlp"
     hidden: tuple[int, ...] = (64,)
     # simulated data-poisoning attack: which partitions are malicious and what they do to their data
+    seq_len: int = 32  # text data sets: tokens per sample
+    # parameter-efficient fine-tuning: adapters attached to the model ("none", "lora", "fedsb")
+    adapter: str = "none"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("query", "value")
+    lora_train_modules: tuple[str, ...] = ("classifier",)
+    fedsb_init_samples: int = 170
+    fedsb_init_lr: float = 5e-4
     data_attack: str = "none"
     data_attack_params: tuple[tuple[str, Any], ...] = ()
     malicious: tuple[int, ...] = ()
@@ -48,7 +58,7 @@ class TaskSpec:
     def from_json(cls, text: str) -> TaskSpec:
         """Inverse of :meth:`to_json`; unknown keys raise ``ValueError``."""
         raw = _checked_fields(cls, json.loads(text))
-        if "data_attack_params" in raw:
+        if "data_attack_params" in raw:  # pairs come back from JSON as lists
             raw["data_attack_params"] = tuple(tuple(p) for p in raw["data_attack_params"])
         return cls(**raw)
 
@@ -64,6 +74,13 @@ class TrainSpec:
     optimizer: str = "sgd"
     momentum: float = 0.0
     weight_decay: float = 0.0
+    # sparse fine-tuning (trainer "sparse")
+    sparse_density: float = 0.005
+    sparse_warmup: int = 4
+    sparse_regrow_every: int = 10
+    sparse_regrow_fraction: float = 0.2
+    sparse_skip: tuple[str, ...] = ("embeddings",)
+    sparse_dense: tuple[str, ...] = ("classifier",)
     # differential privacy on the client (privacy.mode = "local" or "dp_sgd")
     local_dp: bool = False
     dp_noise_multiplier: float = 1.0
@@ -116,7 +133,8 @@ def _dataset(task: TaskSpec) -> Any:
     from stamen.simulations.data import load_dataset
 
     return load_dataset(
-        task.dataset, seed=task.seed, test_fraction=task.test_fraction, num_samples=task.num_samples
+        task.dataset, seed=task.seed, test_fraction=task.test_fraction, num_samples=task.num_samples,
+        seq_len=task.seq_len,
     )
 
 
@@ -172,4 +190,9 @@ def partition_sizes(task: TaskSpec) -> list[int]:
 def build_model(task: TaskSpec) -> nn.Module:
     """The task's model with its deterministic initial weights (seeded by ``task.seed``)."""
     ds = _dataset(task)
-    return create_model(task.model, ds.input_dim, ds.num_classes, task.hidden, seed=task.seed)
+    model = create_model(task.model, ds.input_dim, ds.num_classes, task.hidden, seed=task.seed)
+    if task.adapter == "none":
+        return model
+    from stamen.client.lora import adapter_config, attach_adapters
+
+    return attach_adapters(model, adapter_config(task), seed=task.seed, sample=(ds.x_train, ds.y_train))

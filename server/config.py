@@ -66,6 +66,10 @@ class ServerConfig:
             dataset=s.data.dataset, num_samples=s.data.num_samples, test_fraction=s.data.test_fraction,
             partition=s.data.partition, alpha=s.data.alpha, shards_per_client=s.data.shards_per_client,
             num_clients=s.data.num_clients, seed=s.seed, model=s.model.name, hidden=tuple(s.model.hidden),
+            seq_len=s.data.seq_len, adapter=s.lora.adapter, lora_rank=s.lora.rank, lora_alpha=s.lora.alpha,
+            lora_dropout=s.lora.dropout, lora_targets=tuple(s.lora.targets),
+            lora_train_modules=tuple(s.lora.train_modules), fedsb_init_samples=s.lora.init_samples,
+            fedsb_init_lr=s.lora.init_lr,
         )
         if data_attack:
             task = replace(task, data_attack=s.attack.kind, malicious=malicious,
@@ -73,7 +77,10 @@ class ServerConfig:
         train = TrainSpec(
             trainer=s.clients.trainer, epochs=s.clients.local_epochs, batch_size=s.clients.batch_size,
             lr=s.clients.lr, optimizer=s.clients.optimizer, momentum=s.clients.momentum,
-            weight_decay=s.clients.weight_decay,
+            weight_decay=s.clients.weight_decay, sparse_density=s.sparse.density,
+            sparse_warmup=s.sparse.warmup, sparse_regrow_every=s.sparse.regrow_every,
+            sparse_regrow_fraction=s.sparse.regrow_fraction, sparse_skip=tuple(s.sparse.skip),
+            sparse_dense=tuple(s.sparse.dense),
         )
         train = _client_privacy(s, task, train)
         codec = CodecSpec.from_pipeline(s.codec.pipeline, s.codec.params)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-DATASETS: tuple[str, ...] = ("digits", "mnist1d")
+DATASETS: tuple[str, ...] = ("digits", "mnist1d", "pydocs")
 """Allowed data set names (and values of ``DataConfig.dataset``)."""
 
 _CACHE_FORMAT = 1  # bump when the cached file layout changes
@@ -70,14 +70,14 @@ class Dataset:
 
 
 def load_dataset(
-    name: str, *, seed: int = 0, test_fraction: float = 0.2, num_samples: int = 5000
+    name: str, *, seed: int = 0, test_fraction: float = 0.2, num_samples: int = 5000, seq_len: int = 32
 ) -> Dataset:
     """Load a data set by name, deterministically from ``seed``.
 
     Parameters
     ----------
     name : str
-        ``"digits"`` or ``"mnist1d"``.
+        ``"digits"``, ``"mnist1d"`` or ``"pydocs"`` (text; ``seq_len`` tokens per sample).
     seed : int, default 0
         ``0 <= seed < 2**32``. For ``digits`` it picks the stratified test split; for ``mnist1d`` it
         is the generator seed.
@@ -107,6 +107,10 @@ def load_dataset(
         if num_samples < 10:
             raise ValueError(f"num_samples must be >= 10 for mnist1d, got {num_samples}")
         return _load_mnist1d(int(num_samples), seed)
+    if name == "pydocs":  # text: int64 token ids (n, seq_len); see stamen.simulations.text_data
+        from stamen.simulations.text_data import load_pydocs
+
+        return load_pydocs(seed, num_samples=num_samples, test_fraction=test_fraction, seq_len=seq_len)
     raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
 
 
@@ -124,6 +128,9 @@ def clear_memory_cache() -> None:
     """Forget the in-process cache (the disk cache stays)."""
     _load_digits.cache_clear()
     _load_mnist1d.cache_clear()
+    from stamen.simulations.text_data import load_pydocs
+
+    load_pydocs.cache_clear()
 
 
 def _frozen(name: str, arrays: dict[str, np.ndarray], num_classes: int) -> Dataset:

@@ -61,6 +61,7 @@ class DataConfig(_Config):
     shards_per_client: int = _f(2, ge=1)
     test_fraction: float = _f(0.2, gt=0.0, lt=1.0)
     num_samples: int = _f(5000, ge=10)
+    seq_len: int = _f(32, ge=8, le=512)  # text data sets (pydocs): tokens per sample
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,37 @@ class PrivacyConfig(_Config):
 
 
 @dataclass(frozen=True)
+class LoRAConfig(_Config):
+    """``[lora]``: adapters attached to the model (``adapter = "lora"`` or ``"fedsb"``; see
+    :mod:`stamen.client.lora`), their rank, scale ``alpha``, dropout, target layers (name substrings),
+    modules trained in full (the head), and Fed-SB's initialization (samples, step size)."""
+
+    SECTION: ClassVar[str] = "lora"
+    adapter: str = _f("none", choices=("none", "lora", "fedsb"))
+    rank: int = _f(8, ge=1)
+    alpha: float = _f(16.0, gt=0.0)
+    dropout: float = _f(0.0, ge=0.0, lt=1.0)
+    targets: tuple[str, ...] = ("query", "value")
+    train_modules: tuple[str, ...] = ("classifier",)
+    init_samples: int = _f(170, ge=1)
+    init_lr: float = _f(5e-4, gt=0.0)
+
+
+@dataclass(frozen=True)
+class SparseConfig(_Config):
+    """``[sparse]``: sparse fine-tuning (trainer ``sparse``): trainable density per layer, dense
+    warm-up steps, prune/regrow period and fraction, layers skipped and layers trained densely."""
+
+    SECTION: ClassVar[str] = "sparse"
+    density: float = _f(0.005, gt=0.0, le=1.0)
+    warmup: int = _f(4, ge=0)
+    regrow_every: int = _f(10, ge=1)
+    regrow_fraction: float = _f(0.2, ge=0.0, lt=1.0)
+    skip: tuple[str, ...] = ("embeddings",)
+    dense: tuple[str, ...] = ("classifier",)
+
+
+@dataclass(frozen=True)
 class EvalConfig(_Config):
     """``[eval]``: centralized evaluation every ``every`` rounds; share of clients in ``[0, 1]``
     asked for federated evaluation."""
@@ -187,8 +219,15 @@ class Scenario(_Config):
     attack: AttackConfig = field(default_factory=AttackConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    sparse: SparseConfig = field(default_factory=SparseConfig)
 
     def _check(self) -> None:
+        needs = {"lora": "lora", "fedsb": "fedsb"}.get(self.clients.trainer)
+        if needs is not None and self.lora.adapter != needs:
+            raise ValueError(f"clients.trainer={self.clients.trainer!r} needs lora.adapter={needs!r}")
+        if self.aggregation.rule.startswith("lora_") and self.lora.adapter != "lora":
+            raise ValueError(f"aggregation.rule={self.aggregation.rule!r} needs lora.adapter='lora'")
         if self.clients.per_round > self.data.num_clients:
             raise ValueError(
                 f"clients.per_round={self.clients.per_round} exceeds "

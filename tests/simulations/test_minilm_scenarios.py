@@ -1,0 +1,35 @@
+"""The built-in MiniLM scenarios run on both engines (tiny transformer variant, so CI stays quick)."""
+
+from __future__ import annotations
+
+import pytest
+
+from stamen.server.config import ServerConfig
+from stamen.simulations.engines import run_engine
+from stamen.simulations.scenario import load_scenario
+
+TINY = ["model.name=minilm-tiny", "rounds=2", "data.num_samples=400", "data.num_clients=4",
+        "clients.per_round=2"]
+
+
+def _cfg(name: str, *extra: str) -> ServerConfig:
+    return ServerConfig.from_scenario(load_scenario(name, [*TINY, *extra]))
+
+
+@pytest.mark.parametrize(("name", "extra"), [("minilm-lora", ()), ("minilm-fedsb", ("lora.rank=16",)),
+                                             ("minilm-sparse", ())])
+def test_minilm_scenarios_inprocess(name: str, extra: tuple[str, ...]) -> None:
+    res = run_engine("inprocess", _cfg(name, *extra))
+    assert len(res.rounds) == 2 and all(r.rejected == 0 for r in res.rounds)
+    full = run_engine("inprocess", _cfg(name, *extra, "clients.trainer=full", "lora.adapter=none",
+                                        "aggregation.rule=fedavg", "codec.pipeline=dense"))
+    # parameter-efficient updates are far smaller than the dense full update
+    assert res.rounds[0].bytes_up * 5 < full.rounds[0].bytes_up
+
+
+@pytest.mark.slow
+def test_minilm_lora_flower_matches_inprocess() -> None:
+    cfg = _cfg("minilm-lora")
+    fast, real = run_engine("inprocess", cfg), run_engine("flower", cfg)
+    assert [r.bytes_up for r in real.rounds] == [r.bytes_up for r in fast.rounds]
+    assert abs(real.rounds[-1].accuracy - fast.rounds[-1].accuracy) <= 0.01
