@@ -18,6 +18,8 @@ Regenerate::
 
     .venv/bin/python benchmarks/bench_compression.py            # ~10 min on 2 busy cores
     .venv/bin/python benchmarks/bench_compression.py --quick    # ~2 min: fewer rounds and rows
+    .venv/bin/python benchmarks/bench_compression.py --rows 0,3,4,6 --seeds 0,1,2 \
+        --out benchmarks/results/compression_seeds.json         # key rows over 3 seeds, ~12 min
 
 Prints markdown tables and writes ``benchmarks/results/compression.json``.
 """
@@ -67,13 +69,14 @@ TRAIN_ROWS: list[tuple[str, list[str]]] = [
     ("dense (fp32)", ["codec.pipeline=dense"]),
     ("fedzip 20 %, 3 clusters (paper)", ["codec.pipeline=fedzip"]),
     ("fedzip 20 % + EF", ["codec.pipeline=fedzip", "codec.error_feedback=true"]),
+    ("fedzip 3 % + EF", ["codec.pipeline=fedzip", "codec.fedzip.density=0.03", "codec.error_feedback=true"]),
     ("fedzip 2 % + EF", ["codec.pipeline=fedzip", "codec.fedzip.density=0.02", "codec.error_feedback=true"]),
     ("fedzip 1 % + EF", ["codec.pipeline=fedzip", "codec.fedzip.density=0.01", "codec.error_feedback=true"]),
     ("compeft 2 %, α=2 + EF", ["codec.pipeline=compeft", "codec.compeft.density=0.02",
                                "codec.compeft.alpha=2.0", "codec.error_feedback=true"]),
     ("dare p=0.9 + int8", ["codec.pipeline=dare,int8"]),
 ]
-QUICK_ROWS = [0, 1, 4]
+QUICK_ROWS = [0, 1, 5]
 SWEEP = (0.2, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005)
 DATASETS = {
     "mnist1d": ["data.dataset=mnist1d", "data.num_samples=10000", "clients.lr=0.05", "clients.momentum=0.9"],

@@ -120,4 +120,6 @@ def evaluate_model(
     return loss_sum / n, correct / n
 
 
+from stamen.client import bristle_model as _bristle_model  # noqa: E402,F401  (registers bristle_transfer)
 from stamen.client import minilm as _minilm  # noqa: E402,F401  (registers minilm, minilm-tiny)
+from stamen.client import supermask as _supermask  # noqa: E402,F401  (registers supermask_mlp)

@@ -45,6 +45,7 @@ class ServerConfig:
     attack_params: Mapping[str, Any] = field(default_factory=dict)
     malicious: tuple[int, ...] = ()  # partition ids that attack (simulation only)
     error_feedback: bool = False
+    lr_decay: float = 1.0  # round r trains with train.lr * lr_decay**(r - 1)
     runtime: str = "memory"  # or "edge": devices hold the model in an edge store (signed delta downlink)
     downlink: str = "dense"
     privacy: Mapping[str, Any] = field(default_factory=lambda: {"mode": "off"})  # the [privacy] section
@@ -90,7 +91,8 @@ class ServerConfig:
             codec=codec, rule=s.aggregation.rule, rule_params=dict(s.aggregation.params),
             pre=tuple(s.aggregation.pre), attack_kind=s.attack.kind, attack_params=dict(s.attack.params),
             malicious=malicious, error_feedback=s.codec.error_feedback, privacy=s.to_dict()["privacy"],
-            runtime=s.clients.runtime, downlink=CodecSpec.parse(s.codec.downlink).to_string(),
+            runtime=s.clients.runtime, lr_decay=s.clients.lr_decay,
+            downlink=CodecSpec.parse(s.codec.downlink).to_string(),
             server_lr=s.aggregation.server_lr, max_update_norm=s.aggregation.max_update_norm,
             eval_every=s.eval.every, eval_fraction=s.eval.fraction_clients, timeout_s=timeout_s,
         )
@@ -100,6 +102,12 @@ class ServerConfig:
 
             declared_sensitivity(make_aggregator(cfg), cfg.per_round, s.privacy.clipping_norm, cfg.rule)
         return cfg
+
+    def train_for_round(self, server_round: int) -> TrainSpec:
+        """The training spec of ``server_round`` (learning-rate decay applied)."""
+        if self.lr_decay == 1.0:
+            return self.train
+        return replace(self.train, lr=self.train.lr * self.lr_decay ** (server_round - 1))
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> ServerConfig:

@@ -40,7 +40,21 @@ def make_aggregator(cfg: ServerConfig) -> Aggregator:
     some rules keep state across rounds)."""
     from stamen.server.aggregators.compose import build_aggregator
 
-    return build_aggregator(cfg.rule, cfg.pre, cfg.rule_params, seed=cfg.seed)
+    agg = build_aggregator(cfg.rule, cfg.pre, cfg.rule_params, seed=cfg.seed)
+    rule = getattr(agg, "rule", agg)
+    need = getattr(rule, "required_server_lr", None)
+    if need is not None and cfg.server_lr != need:
+        raise ValueError(
+            f"aggregation.rule={cfg.rule!r} needs aggregation.server_lr={need}, got {cfg.server_lr}"
+        )
+    if getattr(rule, "mode", "server") == "peer":
+        raise ValueError("aggregation.mode='peer' (Bristle's decentralized mode) is not wired into the "
+                         "engines yet; use the default server mode")
+    if hasattr(rule, "set_validation"):  # Bristle's server mode: a server-held validation slice
+        from stamen.client.bristle_model import validation_slice
+
+        rule.set_validation(*validation_slice(cfg.seed))
+    return agg
 
 
 def make_central_dp(cfg: ServerConfig) -> CentralDP | None:

@@ -204,16 +204,23 @@ class RoundAggregator:
         if n == 0:
             return None
         stack = self._stack[:n]
+        self._bind(self.attack.attack if self.attack is not None else None)
         if self.attack is not None:
             self._apply_attack(stack, self.attack)
-        bind = getattr(self.aggregator, "bind_round", None)
-        if bind is not None:  # rules that need the layout/base (e.g. FRL's per-layer vote)
-            base_flat = np.empty(stack.shape[1], dtype=np.float32)
-            flatten(self.base, self.table, base_flat)
-            bind(self.table, base_flat)
+        self._bind(self.aggregator)
         agg = self.aggregator(stack, np.asarray(self._weights))
         step = unflatten(np.asarray(agg, dtype=np.float32) * np.float32(server_lr), self.table)
         return {k: self.base[k] + step[k] for k in self.base}
+
+    def _bind(self, component: object) -> None:
+        """Give rules/attacks that need the model layout and base (FRL's per-layer vote, rank
+        reversal, LoRA's exact rule) the round's tensor table and flattened base weights."""
+        bind = getattr(component, "bind_round", None)
+        if bind is None:
+            return
+        base_flat = np.empty(self._stack.shape[1], dtype=np.float32)
+        flatten(self.base, self.table, base_flat)
+        bind(self.table, base_flat)
 
     def _finish_private(self, n: int, server_lr: float, dp: CentralDP) -> dict[str, np.ndarray]:
         """Central DP (DP-FedAvg): clip every row to C, aggregate, add calibrated Gaussian noise, and

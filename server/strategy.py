@@ -226,7 +226,7 @@ class StamenStrategy(Strategy):
         cfg[keys.CODEC_SPEC] = self.cfg.codec.to_string()
         cfg[keys.ERROR_FEEDBACK] = self.cfg.error_feedback
         cfg[keys.TASK] = self.cfg.task.to_json()
-        cfg[keys.TRAIN] = self.cfg.train.to_json()
+        cfg[keys.TRAIN] = self.cfg.train_for_round(server_round).to_json()
         return cfg
 
     def _select_nodes(self, server_round: int, grid: Grid) -> list[int]:

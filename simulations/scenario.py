@@ -73,6 +73,7 @@ class ClientsConfig(_Config):
     local_epochs: int = _f(1, ge=1)
     batch_size: int = _f(32, ge=1)
     lr: float = _f(0.05, gt=0.0)
+    lr_decay: float = _f(1.0, gt=0.0, le=1.0)  # round r trains with lr * lr_decay**(r-1) (FRL: 0.999)
     trainer: str = _f("full", nonempty=True)
     optimizer: str = _f("sgd", choices=OPTIMIZERS)
     momentum: float = _f(0.0, ge=0.0, lt=1.0)

@@ -9,6 +9,7 @@ from stamen.simulations.attacks import fang as _fang  # noqa: F401  (registers f
 from stamen.simulations.attacks import ipm as _ipm  # noqa: F401  (registers ipm)
 from stamen.simulations.attacks import label_flip as _label_flip  # noqa: F401  (registers label_flip)
 from stamen.simulations.attacks import minmax as _minmax  # noqa: F401  (registers min_max, min_sum)
+from stamen.simulations.attacks import rank_reversal as _rank_reversal  # noqa: F401  (rank_reversal)
 from stamen.simulations.attacks import simple as _simple  # noqa: F401  (sign_flip, scaling, gaussian)
 from stamen.simulations.attacks.base import (
     DataAttack,

@@ -137,8 +137,9 @@ def _client_round(
 ) -> None:
     """One client: train, encode to a real envelope, hand the bytes to the server-side decoder."""
     seed = client_seed(cfg.seed, rnd, pid)
-    result = local_update(model, weights, client_data(cfg.task, pid), cfg.train, seed, state)
-    delta, dp_metrics = local_privacy(result.delta, cfg.train, seed, state)
+    spec = cfg.train_for_round(rnd)
+    result = local_update(model, weights, client_data(cfg.task, pid), spec, seed, state)
+    delta, dp_metrics = local_privacy(result.delta, spec, seed, state)
     metrics = {**result.metrics, **dp_metrics}
     if "epsilon" in metrics:
         ra.note_client_epsilon(metrics["epsilon"])
