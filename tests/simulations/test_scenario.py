@@ -27,7 +27,8 @@ def test_defaults_match_the_documented_api() -> None:
     s = Scenario()
     assert (s.name, s.seed, s.rounds) == ("custom", 0, 10)
     assert s.data == DataConfig("digits", "iid", 0.5, 10, 2, 0.2, 5000)
-    assert s.clients == ClientsConfig(10, 1, 32, 0.05, "full", "sgd", 0.0, 0.0)
+    assert s.clients == ClientsConfig(per_round=10, local_epochs=1, batch_size=32, lr=0.05, trainer="full",
+                                      optimizer="sgd", momentum=0.0, weight_decay=0.0)
     assert s.model.hidden == (64,)
     assert s.codec.pipeline == ("dense",) and dict(s.codec.params) == {}
     assert s.aggregation.max_update_norm == 0.0 and isinstance(s.aggregation.max_update_norm, float)
