@@ -57,11 +57,13 @@ __all__ = [
     "coordinate_rdp",
     "critical_inputs",
     "epsilon",
+    "log_output_pmf",
     "output_pmf",
     "output_pmf_enumerated",
     "rdp_curve",
     "rdp_to_dp",
     "renyi_divergence",
+    "renyi_divergence_log",
 ]
 
 #: Rényi orders: opacus' defaults plus larger ones (the conversion takes the best).
@@ -123,19 +125,47 @@ def _grid_index(x: float, grid: np.ndarray) -> int:
     return min(max(index, 0), grid.size - 2)
 
 
-def _pmf_one(x: float, p: RqmParams, grid: np.ndarray) -> np.ndarray:
-    """(m,) exact output law of one clipped input ``x`` (closed form over neighbour pairs)."""
-    m, q, low = p.m, p.q, _grid_index(x, grid)
+def _logsumexp(v: np.ndarray, axis: int) -> np.ndarray:
+    """``log(sum(exp(v)))`` along ``axis``; ``-inf`` where every term is ``-inf``."""
+    top = v.max(axis=axis, keepdims=True)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(safe + np.log(np.exp(v - safe).sum(axis=axis, keepdims=True)), axis=axis)
+
+
+def _log_powers(k: np.ndarray, log_base: float) -> np.ndarray:
+    """``k * log_base`` with ``0 * (-inf) = 0`` (a power 0 of a zero probability is 1)."""
+    with np.errstate(invalid="ignore"):  # 0 * -inf, replaced below
+        return np.where(k == 0, 0.0, k * log_base)
+
+
+def _log_pmf_one(x: float, p: RqmParams, grid: np.ndarray) -> np.ndarray:
+    """(m,) exact ``log P(z = j)`` of one clipped input, summed in log space over neighbour pairs.
+
+    Log space keeps tiny ``q`` (or ``1 - q``) from underflowing to a false zero probability, which
+    would turn a finite divergence into an infinite one.
+    """
+    m, low = p.m, _grid_index(x, grid)
+    log_q = math.log(p.q) if p.q > 0 else -math.inf
+    log_1q = math.log1p(-p.q) if p.q < 1 else -math.inf
     a = np.arange(low + 1)  # lower neighbour candidates 0..l
     b = np.arange(low + 1, m)  # upper neighbour candidates l+1..m-1
-    pa = np.where(a == 0, (1 - q) ** low, q * (1 - q) ** (low - a))  # (l+1,)
-    pb = np.where(b == m - 1, (1 - q) ** (m - 2 - low), q * (1 - q) ** (b - low - 1))  # (m-1-l,)
+    log_pa = np.where(a == 0, _log_powers(np.array(low), log_1q), log_q + _log_powers(low - a, log_1q))
+    log_pb = np.where(b == m - 1, _log_powers(np.array(m - 2 - low), log_1q),
+                      log_q + _log_powers(b - low - 1, log_1q))
     gap = grid[b][None, :] - grid[a][:, None]  # (l+1, m-1-l), > 0
-    joint = pa[:, None] * pb[None, :]
-    pmf = np.zeros(m)
-    pmf[: low + 1] = (joint * (grid[b][None, :] - x) / gap).sum(axis=1)
-    pmf[low + 1 :] = (joint * (x - grid[a][:, None]) / gap).sum(axis=0)
-    return pmf
+    log_joint = log_pa[:, None] + log_pb[None, :]
+    with np.errstate(divide="ignore"):
+        down = log_joint + np.log((grid[b][None, :] - x) / gap)  # z = a
+        up = log_joint + np.log((x - grid[a][:, None]) / gap)  # z = b
+    return np.concatenate([_logsumexp(down, axis=1), _logsumexp(up, axis=0)])
+
+
+def log_output_pmf(x: float | Sequence[float] | np.ndarray, params: RqmParams) -> np.ndarray:
+    """Exact ``log P(z = j)`` of RQM for each input (clipped to ``[-c, c]``): (len(x), m)."""
+    grid = params.levels()
+    xs = np.clip(np.atleast_1d(np.asarray(x, np.float64)), -params.c, params.c)
+    return np.stack([_log_pmf_one(float(v), params, grid) for v in xs])
 
 
 def output_pmf(x: float | Sequence[float] | np.ndarray, params: RqmParams) -> np.ndarray:
@@ -146,9 +176,7 @@ def output_pmf(x: float | Sequence[float] | np.ndarray, params: RqmParams) -> np
     numpy.ndarray
         (len(x), m) float64 rows summing to 1.
     """
-    grid = params.levels()
-    xs = np.clip(np.atleast_1d(np.asarray(x, np.float64)), -params.c, params.c)
-    return np.stack([_pmf_one(float(v), params, grid) for v in xs])
+    return np.exp(log_output_pmf(x, params))
 
 
 def output_pmf_enumerated(x: float, params: RqmParams) -> np.ndarray:
@@ -194,11 +222,17 @@ def _log_moments(log_p: np.ndarray, log_q: np.ndarray, alpha: float) -> np.ndarr
 
 def renyi_divergence(p: np.ndarray, q: np.ndarray, alpha: float) -> float:
     """``D_α(P || Q)`` in nats for discrete laws ``p``, ``q`` (``α > 1``; ``inf`` if unbounded)."""
+    with np.errstate(divide="ignore"):
+        log_p, log_q = np.log(np.asarray(p, np.float64)), np.log(np.asarray(q, np.float64))
+    return renyi_divergence_log(log_p, log_q, alpha)
+
+
+def renyi_divergence_log(log_p: np.ndarray, log_q: np.ndarray, alpha: float) -> float:
+    """``D_α(P || Q)`` from log-probabilities (exact where tiny probabilities would underflow)."""
     if not alpha > 1:
         raise ValueError(f"Rényi order alpha must be > 1, got {alpha!r}")
-    with np.errstate(divide="ignore"):
-        lp, lq = np.log(np.asarray(p, np.float64))[None], np.log(np.asarray(q, np.float64))[None]
-    return float(max(_log_moments(lp, lq, alpha)[0, 0], 0.0) / (alpha - 1))
+    moment = _log_moments(np.asarray(log_p, np.float64)[None], np.asarray(log_q, np.float64)[None], alpha)
+    return float(max(moment[0, 0], 0.0) / (alpha - 1))
 
 
 def coordinate_rdp(alpha: float, params: RqmParams) -> tuple[float, float, float]:
@@ -206,8 +240,7 @@ def coordinate_rdp(alpha: float, params: RqmParams) -> tuple[float, float, float
     if not alpha > 1:
         raise ValueError(f"Rényi order alpha must be > 1, got {alpha!r}")
     xs = critical_inputs(params)
-    with np.errstate(divide="ignore"):
-        log_pmf = np.log(output_pmf(xs, params))  # (|S|, m)
+    log_pmf = log_output_pmf(xs, params)  # (|S|, m)
     rows = max(1, _CHUNK_ELEMENTS // (xs.size * params.m))
     best, pair = -np.inf, (float(xs[0]), float(xs[0]))
     for start in range(0, xs.size, rows):
