@@ -84,7 +84,7 @@ class ServerConfig:
             sparse_dense=tuple(s.sparse.dense),
         )
         train = _client_privacy(s, task, train)
-        codec = CodecSpec.from_pipeline(s.codec.pipeline, s.codec.params)
+        codec = CodecSpec.from_pipeline(s.codec.pipeline, _rqm_params(s, task))
         cfg = cls(
             scenario=s.to_dict(), name=s.name, seed=s.seed, rounds=s.rounds,
             per_round=s.clients.per_round, num_clients=s.data.num_clients, task=task, train=train,
@@ -123,12 +123,32 @@ class ServerConfig:
 
 def _refuse_unimplemented(s: Any) -> None:
     """Fail loudly on settings the engines do not run yet, instead of silently ignoring them."""
-    if s.privacy.mode == "rqm":
-        raise ValueError("privacy.mode='rqm' is not available yet")
+    if s.privacy.mode == "rqm" and (not s.codec.pipeline or s.codec.pipeline[0] != "rqm"):
+        raise ValueError("privacy.mode='rqm' needs codec.pipeline to start with 'rqm' (earlier stages "
+                         "would send un-privatized data, e.g. topk indices)")
     if s.privacy.mode == "dp_sgd" and s.clients.trainer not in ("full", "dp_sgd"):
         raise ValueError(
             f"privacy.mode='dp_sgd' works with clients.trainer='full', got {s.clients.trainer!r}"
         )
+
+
+def _rqm_params(s: Any, task: TaskSpec) -> Any:
+    """Codec params; with ``privacy.mode = "rqm"`` and a target ε, RQM's extension Δ is calibrated
+    so that a client taking part in every round stays within the target (exact RDP accountant)."""
+    p = s.privacy
+    if p.mode != "rqm" or p.calibration != "target_epsilon":
+        return s.codec.params
+    from stamen.client.task import build_model
+    from stamen.server.privacy.rqm_rdp import RqmParams, calibrate_delta
+
+    stage = dict(CodecSpec.from_pipeline(["rqm"], s.codec.params).stages[0].params)
+    rqm = RqmParams.from_stage(stage)
+    dims = sum(int(t.numel()) for t in build_model(task).state_dict().values())
+    delta = calibrate_delta(p.target_epsilon, c=rqm.c, m=rqm.m, q=rqm.q, coordinates=dims,
+                            rounds=s.rounds, target_delta=p.delta)
+    params = {k: dict(v) for k, v in s.codec.params.items()}
+    params.setdefault("rqm", {})["delta"] = delta
+    return params
 
 
 def _client_privacy(s: Any, task: TaskSpec, train: TrainSpec) -> TrainSpec:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,28 @@ def make_central_dp(cfg: ServerConfig) -> CentralDP | None:
     return CentralDP(float(p["noise_multiplier"]), delta=float(p["delta"]), **common)
 
 
+def make_rqm_accountant(cfg: ServerConfig) -> Callable[[Sequence[str]], float] | None:
+    """``senders of a round -> worst client's cumulative ε`` for ``privacy.mode = "rqm"``, or None.
+
+    Exact RQM Rényi DP composed over the model's coordinates and the rounds each client took part in
+    (no amplification by client sampling: the server sees every client's message).
+    """
+    if cfg.privacy.get("mode") != "rqm":
+        return None
+    from stamen.server.privacy.rqm_rdp import RqmAccountant, RqmParams
+
+    params = RqmParams.from_stage(dict(cfg.codec.stages[0].params))
+    dims = sum(int(t.numel()) for t in build_model(cfg.task).state_dict().values())
+    accountant = RqmAccountant(params, dims)
+    target_delta = float(cfg.privacy["delta"])
+
+    def step(senders: Sequence[str]) -> float:
+        accountant.step(list(senders))
+        return float(accountant.epsilon(target_delta))
+
+    return step
+
+
 def make_central_evaluator(cfg: ServerConfig) -> Callable[[dict[str, np.ndarray]], tuple[float, float]]:
     """``weights -> (loss, accuracy)`` on the task's held-out test split."""
     model = build_model(cfg.task)
@@ -94,7 +116,8 @@ def run_federation(
     edge = EdgeSession(initial, cfg.downlink, task_model_id(cfg.task)) if cfg.runtime == "edge" else None
     strategy = StamenStrategy(cfg, evaluate=make_central_evaluator(cfg), progress=progress,
                               aggregator=make_aggregator(cfg), attack_factory=attack_factory,
-                              central_dp=make_central_dp(cfg), edge=edge)
+                              central_dp=make_central_dp(cfg), edge=edge,
+                              client_accountant=make_rqm_accountant(cfg))
     try:
         result = _start(strategy, grid, cfg, initial)
     finally:

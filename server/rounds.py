@@ -8,7 +8,7 @@ logged and counted; the round goes on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,7 +51,8 @@ class RoundStats:
     rejected: int = 0
     reasons: list[str] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
-    epsilon: float | None = None  # central DP: cumulative ε after this round
+    epsilon: float | None = None  # central DP / RQM: cumulative ε after this round
+    seen: list[str] = field(default_factory=list)  # every sender whose update arrived (accepted or not)
     client_epsilon: float | None = None  # largest ε any client of this round reported
 
 
@@ -126,6 +127,7 @@ class RoundAggregator:
         policy: ValidationPolicy,
         attack: AttackHook | None = None,
         dp: CentralDP | None = None,
+        accountant: Callable[[Sequence[str]], float] | None = None,
     ) -> None:
         from stamen.protocols import tensor_table
 
@@ -140,6 +142,7 @@ class RoundAggregator:
         self.policy = policy
         self.attack = attack
         self.dp = dp
+        self.accountant = accountant  # client-level mechanism accounted by the server (RQM)
         self.stats = RoundStats()
         self._expected_base: dict[str, str] = {}
 
@@ -151,6 +154,7 @@ class RoundAggregator:
     def add_envelope(self, sender: str, data: bytes, num_examples: int) -> bool:
         """Decode, validate and stack one packed envelope; reject (and return False) on any error."""
         self.stats.bytes_up += len(data)
+        self.stats.seen.append(sender)
         try:
             _, delta = decode_update(
                 data,
@@ -199,6 +203,8 @@ class RoundAggregator:
     def finish(self, server_lr: float = 1.0) -> dict[str, np.ndarray] | None:
         """Aggregate the accepted updates: ``w <- base + server_lr * agg(deltas)``; None if none."""
         n = len(self._weights)
+        if self.accountant is not None:  # every message that arrived was released by its client
+            self.stats.epsilon = self.accountant(self.stats.seen)
         if self.dp is not None:
             return self._finish_private(n, server_lr, self.dp)
         if n == 0:

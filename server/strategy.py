@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,9 @@ class StamenStrategy(Strategy):
         policy: ValidationPolicy | None = None, aggregator: Aggregator | None = None,
         attack_factory: Callable[[int], AttackHook | None] | None = None,
         central_dp: CentralDP | None = None, edge: EdgeSession | None = None,
+        client_accountant: Callable[[Sequence[str]], float] | None = None,
     ) -> None:
+        self.client_accountant = client_accountant
         self.cfg = cfg
         self.edge = edge
         self.central_dp = central_dp
@@ -102,7 +104,7 @@ class StamenStrategy(Strategy):
         state = self._round
         hook = self.attack_factory(server_round) if self.attack_factory else None
         ra = RoundAggregator(state["base"], state["hash"], state["asked"], self.aggregator, self.policy,
-                             hook, self.central_dp)
+                             hook, self.central_dp, self.client_accountant)
         for sender, expected in state["expected"].items():
             ra.expect_base(sender, expected)
         ordered = sorted(replies, key=_reply_order)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +32,7 @@ from stamen.server.federation import (
     make_aggregator,
     make_central_dp,
     make_central_evaluator,
+    make_rqm_accountant,
 )
 from stamen.server.history import ProgressFn, RoundRecord
 from stamen.server.privacy.central import CentralDP
@@ -53,6 +54,7 @@ class _Run:
     attacks: AttackFactory | None
     central_dp: CentralDP | None
     edge: EdgeSession | None
+    client_accountant: Callable[[Sequence[str]], float] | None
     states: dict[int, ClientState] = field(default_factory=dict)  # per-client memory across rounds
     worst_eps: float | None = None  # client-level DP: the largest ε any client has reported
 
@@ -68,7 +70,7 @@ def run_inprocess(
     weights = get_weights(model)
     edge = EdgeSession(weights, cfg.downlink, task_model_id(cfg.task)) if cfg.runtime == "edge" else None
     run = _Run(cfg, model, make_aggregator(cfg), ValidationPolicy(max_norm=cfg.max_update_norm),
-               attack_factory(cfg), make_central_dp(cfg), edge)
+               attack_factory(cfg), make_central_dp(cfg), edge, make_rqm_accountant(cfg))
     evaluate = make_central_evaluator(cfg)
     history: list[RoundRecord] = []
     try:
@@ -100,7 +102,8 @@ def _round(
     pids = sample_clients(cfg.seed, rnd, cfg.num_clients, cfg.per_round)
     base_hash = model_hash(weights)
     hook = run.attacks(rnd) if run.attacks else None
-    ra = RoundAggregator(weights, base_hash, len(pids), run.aggregator, run.policy, hook, run.central_dp)
+    ra = RoundAggregator(weights, base_hash, len(pids), run.aggregator, run.policy, hook, run.central_dp,
+                         run.client_accountant)
     bytes_down = 0 if run.edge else weights_nbytes(weights) * len(pids)
     for i, pid in enumerate(pids):
         start, start_hash = weights, base_hash
