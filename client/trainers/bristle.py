@@ -17,11 +17,10 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from stamen.client.models import get_weights
 from stamen.client.state import ClientState
 from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.base import TrainResult, register_trainer
-from stamen.client.trainers.full import run_epochs
+from stamen.client.trainers.full import run_epochs, train_delta
 
 
 def own_class_rows(delta: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -41,15 +40,10 @@ class BristleTrainer:
     ) -> TrainResult:
         """Train in place; return ``local - global`` restricted to the client's classes."""
         del state
-        if len(data.y) == 0:
-            raise ValueError("client partition is empty: nothing to train on")
-        start = get_weights(model)
-        loss = run_epochs(model, data, spec, seed)
-        end = get_weights(model)
+        raw, loss = train_delta(model, data, lambda: run_epochs(model, data, spec, seed))
         classes = np.unique(data.y)
         delta = {}
-        for name, before in start.items():
-            d = (end[name] - before).astype(np.float32, copy=False)
+        for name, d in raw.items():
             if d.ndim == 2 and d.shape[0] == data.num_classes:  # an output layer: (C, F)
                 d = own_class_rows(d, classes)
             delta[name] = d

@@ -6,6 +6,8 @@ McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentra
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -49,6 +51,19 @@ def run_epochs(model: nn.Module, data: TaskData, spec: TrainSpec, seed: int) -> 
     return total / max(steps, 1)
 
 
+def train_delta(
+    model: nn.Module, data: TaskData, epochs: Callable[[], float]
+) -> tuple[dict[str, np.ndarray], float]:
+    """Run ``epochs()`` (which trains ``model`` in place and returns the mean loss) and return
+    ``(delta = local - global, loss)``; an empty partition is a clear error. Shared by trainers."""
+    if len(data.y) == 0:
+        raise ValueError("client partition is empty: nothing to train on")
+    start = get_weights(model)
+    loss = epochs()
+    end = get_weights(model)
+    return {k: (end[k] - start[k]).astype(np.float32, copy=False) for k in start}, loss
+
+
 class FullTrainer:
     """Train every parameter locally; the update is ``local - global`` for all tensors."""
 
@@ -59,12 +74,7 @@ class FullTrainer:
     ) -> TrainResult:
         """Train in place and return ``delta = local - global`` (``state`` is not used)."""
         del state
-        if len(data.y) == 0:
-            raise ValueError("client partition is empty: nothing to train on")
-        start = get_weights(model)
-        loss = run_epochs(model, data, spec, seed)
-        end = get_weights(model)
-        delta = {k: (end[k] - start[k]).astype(np.float32, copy=False) for k in start}
+        delta, loss = train_delta(model, data, lambda: run_epochs(model, data, spec, seed))
         return TrainResult(delta=delta, num_examples=len(data.y), metrics={"train-loss": loss})
 
 

@@ -10,15 +10,13 @@ the factor and head deltas (``r · (in + out)`` numbers per adapted layer instea
 
 from __future__ import annotations
 
-import numpy as np
 from torch import nn
 
 from stamen.client.lora import LoRALinear, LoRASBLinear, adapter_layers
-from stamen.client.models import get_weights
 from stamen.client.state import ClientState
 from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.base import TrainResult, register_trainer
-from stamen.client.trainers.full import run_epochs
+from stamen.client.trainers.full import run_epochs, train_delta
 
 
 def check_adapters(model: nn.Module, kind: type[LoRALinear], trainer: str, adapter: str) -> int:
@@ -34,12 +32,7 @@ def check_adapters(model: nn.Module, kind: type[LoRALinear], trainer: str, adapt
 
 def train_adapted(model: nn.Module, data: TaskData, spec: TrainSpec, seed: int) -> TrainResult:
     """Train the model's trainable parameters in place; ``delta = local - global`` for all tensors."""
-    if len(data.y) == 0:
-        raise ValueError("client partition is empty: nothing to train on")
-    start = get_weights(model)
-    loss = run_epochs(model, data, spec, seed)
-    end = get_weights(model)
-    delta = {k: (end[k] - start[k]).astype(np.float32, copy=False) for k in start}
+    delta, loss = train_delta(model, data, lambda: run_epochs(model, data, spec, seed))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return TrainResult(
         delta=delta,

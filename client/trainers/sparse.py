@@ -38,11 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from stamen.client.models import get_weights
 from stamen.client.state import ClientState
 from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.base import TrainResult, register_trainer
-from stamen.client.trainers.full import make_optimizer
+from stamen.client.trainers.full import make_optimizer, train_delta
 
 
 @dataclass(frozen=True)
@@ -212,13 +211,8 @@ class SparseTrainer:
     ) -> TrainResult:
         """Train in place; the update has at most ``k`` non-zeros per eligible tensor."""
         del state
-        if len(data.y) == 0:
-            raise ValueError("client partition is empty: nothing to train on")
         cfg = sparse_config(spec)
-        start = get_weights(model)
-        loss = sparse_epochs(model, data, spec, seed, cfg)
-        end = get_weights(model)
-        delta = {k: (end[k] - start[k]).astype(np.float32, copy=False) for k in start}
+        delta, loss = train_delta(model, data, lambda: sparse_epochs(model, data, spec, seed, cfg))
         nnz = float(sum(int(np.count_nonzero(d)) for d in delta.values()))
         metrics = {"train-loss": loss, "nonzeros": nnz}
         return TrainResult(delta=delta, num_examples=len(data.y), metrics=metrics)
