@@ -9,10 +9,14 @@ groups would be ambiguous is refused at encode time instead of being decoded wro
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, MutableMapping
+from collections.abc import Callable, Collection, Iterable, MutableMapping
 from typing import TypeVar
 
+import numpy as np
+
 from ..errors import CodecError
+
+Arrays = dict[str, np.ndarray]
 
 __all__ = ["check_groups", "find_groups", "put_new"]
 
@@ -61,3 +65,24 @@ def put_new(out: MutableMapping[str, _T], key: str, value: _T, stage: str) -> No
     if key in out:
         raise CodecError(f"{stage}: derived key {key!r} collides with another array key")
     out[key] = value
+
+
+def decode_blob_groups(
+    arrays: Arrays,
+    suffix: str,
+    decode_one: Callable[[str, np.ndarray, int], np.ndarray],
+    max_elements: int,
+    stage: str,
+) -> Arrays:
+    """Decode every ``<base><suffix>`` blob with ``decode_one(base, blob, budget)``; other arrays
+    pass through. ``budget`` (elements still allowed) shrinks with each decoded tensor, so a hostile
+    payload cannot make the decoders allocate more than ``max_elements`` in total."""
+    groups = find_groups(arrays, (suffix,))
+    consumed = {base + suffix for base in groups}
+    out: Arrays = {k: a for k, a in arrays.items() if k not in consumed}
+    budget = max_elements
+    for base in groups:
+        dense = decode_one(base, arrays[base + suffix], budget)
+        budget -= dense.size
+        put_new(out, base, dense, stage)
+    return out

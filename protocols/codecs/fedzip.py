@@ -46,7 +46,7 @@ import numpy as np
 
 from ..errors import CodecError, MalformedUpdate
 from . import huffman
-from ._keys import check_groups, find_groups, put_new
+from ._keys import check_groups, decode_blob_groups, put_new
 from .base import Arrays, ArrayStage, Scalar, register
 from .bitpack import ByteReader, ByteWriter, check_end, pack_bits, unpack_bits
 from .positions import MODES, decode_positions, encode_positions
@@ -213,12 +213,4 @@ class FedZip(ArrayStage):
             For a truncated or oversized blob, a bad header, invalid Huffman lengths,
             out-of-range positions, non-finite centroids, or tensors larger than ``max_elements``.
         """
-        groups = find_groups(arrays, (_SUFFIX,))
-        consumed = {base + _SUFFIX for base in groups}
-        out: Arrays = {k: a for k, a in arrays.items() if k not in consumed}
-        budget = self.max_elements
-        for base in groups:
-            dense = self._decode_one(base, arrays[base + _SUFFIX], budget)
-            budget -= dense.size
-            put_new(out, base, dense, self.name)
-        return out
+        return decode_blob_groups(arrays, _SUFFIX, self._decode_one, self.max_elements, self.name)

@@ -34,7 +34,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import CodecError, MalformedUpdate
-from ._keys import check_groups, find_groups, put_new
+from ._keys import check_groups, decode_blob_groups, put_new
 from .base import Arrays, ArrayStage, Scalar, register
 from .bitpack import ByteReader, ByteWriter, bits_to_fixed, check_end, fixed_to_bits, pack_bits, unpack_bits
 
@@ -178,12 +178,4 @@ class Rqm(ArrayStage):
             For a truncated blob, wrong length or padding, an index >= m, or tensors larger
             than ``max_elements``.
         """
-        groups = find_groups(arrays, (_SUFFIX,))
-        consumed = {base + _SUFFIX for base in groups}
-        out: Arrays = {k: a for k, a in arrays.items() if k not in consumed}
-        budget = self.max_elements
-        for base in groups:
-            dense = self._decode_one(base, arrays[base + _SUFFIX], budget)
-            budget -= dense.size
-            put_new(out, base, dense, self.name)
-        return out
+        return decode_blob_groups(arrays, _SUFFIX, self._decode_one, self.max_elements, self.name)
