@@ -61,30 +61,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True)
-class AdapterTask(TaskSpec):
-    """TaskSpec plus the ``[lora]`` fields proposed for the scenario (read by ``adapter_config``)."""
-
-    adapter: str = "none"
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = ("query", "value")
-    lora_train_modules: tuple[str, ...] = ("classifier",)
-    fedsb_init_samples: int = 170
-    fedsb_init_lr: float = 5e-4
-
-
-@dataclass(frozen=True)
-class SparseTrain(TrainSpec):
-    """TrainSpec plus the ``sparse_*`` fields proposed for ``[clients]``."""
-
-    sparse_density: float = 0.003
-    sparse_warmup: int = 4
-    sparse_regrow_every: int = 10
-    sparse_regrow_fraction: float = 0.2
-
-
-@dataclass(frozen=True)
 class Run:
     """One federated configuration."""
 
@@ -119,46 +95,64 @@ RUNS = (
 )
 
 
-def build(run: Run, args: argparse.Namespace, ds: Any) -> tuple[torch.nn.Module, AdapterTask]:
+def build(run: Run, args: argparse.Namespace, ds: Any) -> tuple[torch.nn.Module, TaskSpec]:
     """The run's model: pretrained MiniLM + head, adapters attached as ``build_model`` would."""
-    task = AdapterTask(dataset="pydocs", model=args.model, seed=args.seed, **run.task)
+    task = TaskSpec(dataset="pydocs", model=args.model, seed=args.seed, **run.task)
     model = create_model(args.model, ds.x_train.shape[1], ds.num_classes, (), seed=args.seed)
     return attach_adapters(model, adapter_config(task), seed=args.seed, sample=(ds.x_train, ds.y_train)), task
+
+
+@dataclass
+class _Timing:
+    """Local-training time and optimizer steps over a run (for the per-step time)."""
+
+    seconds: float = 0.0
+    steps: int = 0
+
+
+def _client(
+    run: Run, args: argparse.Namespace, ctx: tuple[torch.nn.Module, TrainSpec, Any, np.ndarray],
+    weights: dict[str, np.ndarray], rnd: int, pid: int, state: ClientState, ra: RoundAggregator,
+    timing: _Timing,
+) -> int:
+    """One client: train (timed), encode a real envelope, hand it to the round; returns its bytes."""
+    model, spec, ds, idx = ctx
+    seed = client_seed(args.seed, rnd, pid)
+    data = TaskData(ds.x_train[idx], ds.y_train[idx], ds.num_classes, ds.x_train.shape[1])
+    t0 = time.perf_counter()
+    result = local_update(model, weights, data, spec, seed, state)
+    timing.seconds += time.perf_counter() - t0
+    timing.steps += args.epochs * math.ceil(len(data.y) / args.batch_size)
+    payload = encode_delta(result.delta, run.codec, base_hash=ra.base_hash, version=rnd,
+                           sender=f"client-{pid}", seed=seed ^ 0xC0DEC)
+    ra.add_envelope(f"client-{pid}", payload, result.num_examples)
+    return len(payload)
+
+
+def _summary(run: Run, rounds: list[dict[str, Any]], timing: _Timing) -> dict[str, Any]:
+    accs = [r["accuracy"] for r in rounds if not math.isnan(r["accuracy"])]
+    return {
+        "name": run.name, "trainer": run.trainer, "rule": run.rule, "codec": run.codec, "lr": run.lr,
+        "task": run.task, "final_accuracy": accs[-1], "best_accuracy": max(accs), "rounds": rounds,
+        "bytes_up_per_client": statistics.median(r["bytes_up_per_client"] for r in rounds),
+        "step_s": timing.seconds / max(timing.steps, 1),
+    }
 
 
 def federate(run: Run, args: argparse.Namespace, ds: Any, parts: list[np.ndarray]) -> dict[str, Any]:
     """``args.rounds`` rounds of the run; per-round accuracy, bytes, gap and client timings."""
     model, _ = build(run, args, ds)
-    spec = SparseTrain(
-        trainer=run.trainer, epochs=args.epochs, batch_size=args.batch_size, lr=run.lr, optimizer="adam"
-    )
+    spec = TrainSpec(trainer=run.trainer, epochs=args.epochs, batch_size=args.batch_size, lr=run.lr,
+                     optimizer="adam", sparse_density=0.003)
     weights, agg = get_weights(model), create(run.rule)
     states = {pid: ClientState() for pid in range(len(parts))}
-    rounds, train_s, steps = [], 0.0, 0
+    rounds: list[dict[str, Any]] = []
+    timing = _Timing()
     for rnd in range(1, args.rounds + 1):
         pids = sample_clients(args.seed, rnd, len(parts), args.per_round)
-        base_hash = model_hash(weights)
-        ra = RoundAggregator(weights, base_hash, len(pids), agg, ValidationPolicy())
-        sizes = []
-        for pid in pids:
-            seed = client_seed(args.seed, rnd, pid)
-            data = TaskData(
-                ds.x_train[parts[pid]], ds.y_train[parts[pid]], ds.num_classes, ds.x_train.shape[1]
-            )
-            t0 = time.perf_counter()
-            result = local_update(model, weights, data, spec, seed, states[pid])
-            train_s += time.perf_counter() - t0
-            steps += args.epochs * math.ceil(len(data.y) / args.batch_size)
-            payload = encode_delta(
-                result.delta,
-                run.codec,
-                base_hash=base_hash,
-                version=rnd,
-                sender=f"client-{pid}",
-                seed=seed ^ 0xC0DEC,
-            )
-            sizes.append(len(payload))
-            ra.add_envelope(f"client-{pid}", payload, result.num_examples)
+        ra = RoundAggregator(weights, model_hash(weights), len(pids), agg, ValidationPolicy())
+        sizes = [_client(run, args, (model, spec, ds, parts[pid]), weights, rnd, pid, states[pid], ra,
+                         timing) for pid in pids]
         new = ra.finish(1.0)
         assert new is not None and ra.stats.rejected == 0, ra.stats.reasons
         weights = new
@@ -166,33 +160,12 @@ def federate(run: Run, args: argparse.Namespace, ds: Any, parts: list[np.ndarray
         if rnd % args.eval_every == 0 or rnd == args.rounds:
             set_weights(model, weights)
             acc = evaluate_model(model, ds.x_test, ds.y_test, 256)[1]
-        rounds.append(
-            {
-                "round": rnd,
-                "accuracy": acc,
-                "bytes_up_per_client": statistics.median(sizes),
-                "gap": getattr(agg, "last_gap", math.nan),
-            }
-        )
-        print(
-            f"  {run.name:10s} round {rnd:2d} acc {acc:.4f} up {statistics.median(sizes):>10,.0f} B "
-            f"gap {rounds[-1]['gap']:.3g}",
-            flush=True,
-        )
-    accs = [r["accuracy"] for r in rounds if not math.isnan(r["accuracy"])]
-    return {
-        "name": run.name,
-        "trainer": run.trainer,
-        "rule": run.rule,
-        "codec": run.codec,
-        "lr": run.lr,
-        "task": run.task,
-        "final_accuracy": accs[-1],
-        "best_accuracy": max(accs),
-        "rounds": rounds,
-        "bytes_up_per_client": statistics.median(r["bytes_up_per_client"] for r in rounds),
-        "step_s": train_s / max(steps, 1),
-    }
+        gap = getattr(agg, "last_gap", math.nan)
+        rounds.append({"round": rnd, "accuracy": acc, "bytes_up_per_client": statistics.median(sizes),
+                       "gap": gap})
+        print(f"  {run.name:10s} round {rnd:2d} acc {acc:.4f} up {statistics.median(sizes):>10,.0f} B "
+              f"gap {gap:.3g}", flush=True)
+    return _summary(run, rounds, timing)
 
 
 def centralized(args: argparse.Namespace, ds: Any) -> dict[str, Any]:
@@ -216,7 +189,8 @@ def probe(name: str, args: argparse.Namespace) -> dict[str, float]:
     weights = get_weights(model)
     n = args.batch_size * 8
     data = TaskData(ds.x_train[:n], ds.y_train[:n], ds.num_classes, ds.x_train.shape[1])
-    spec = SparseTrain(trainer=run.trainer, epochs=1, batch_size=args.batch_size, lr=run.lr, optimizer="adam")
+    spec = TrainSpec(trainer=run.trainer, epochs=1, batch_size=args.batch_size, lr=run.lr, optimizer="adam",
+                     sparse_density=0.003)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     local_update(model, weights, data, spec, 1, ClientState())

@@ -79,7 +79,25 @@ def create_delta(
     sender: str = "stamen",
     seed: int = 0,
 ) -> bytes:
-    """Encode and sign ``target - base`` as an update envelope for an edge store.
+    """Encode and sign ``target - base`` as an update envelope for an edge store (see
+    :func:`create_delta_with_result` for the parameters)."""
+    data, _ = create_delta_with_result(base, target, codec, signer, version=version, model_id=model_id,
+                                       sender=sender, seed=seed)
+    return data
+
+
+def create_delta_with_result(
+    base: Mapping[str, np.ndarray],
+    target: Mapping[str, np.ndarray],
+    codec: str | CodecSpec,
+    signer: Signer,
+    *,
+    version: int,
+    model_id: str | None = None,
+    sender: str = "stamen",
+    seed: int = 0,
+) -> tuple[bytes, dict[str, np.ndarray]]:
+    """Encode and sign ``target - base``; also return the weights the device will hold after it.
 
     Parameters
     ----------
@@ -101,8 +119,9 @@ def create_delta(
 
     Returns
     -------
-    bytes
-        The packed, signed envelope.
+    bytes, dict
+        The packed, signed envelope, and ``base + decoded`` (what the device computes; lossy codecs
+        make it differ from ``target``), whose hash the envelope records as the target.
     """
     if type(version) is not int or version < 1:
         raise ValueError(f"version must be an int >= 1, got {version!r}")
@@ -125,4 +144,4 @@ def create_delta(
         payload=payload,
         meta=meta,
     )
-    return pack(envelope, signer)
+    return pack(envelope, signer), result

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from stamen.protocols import CodecPipeline, CodecSpec, Signer, model_hash, unpack
+from stamen.protocols import CodecSpec, Signer, model_hash
 
 Weights = dict[str, np.ndarray]
 
@@ -54,14 +54,11 @@ class DeviceDownlink:
 
         ``version`` must grow for each device (the server round does).
         """
-        from stamen.edge import create_delta
+        from stamen.edge.delta import create_delta_with_result
 
         base = self._weights[self.held_hash(device)]
-        data = create_delta(base, target, self.codec, self.signer, version=version,
-                            model_id=self.model_id, sender="server", seed=seed)
-        env = unpack(data)
-        decoded = CodecPipeline(self.codec).decode(env.payload, env.tensors)
-        after = {k: base[k] + decoded[k] for k in base}
+        data, after = create_delta_with_result(base, target, self.codec, self.signer, version=version,
+                                               model_id=self.model_id, sender="server", seed=seed)
         digest = model_hash(after)
         self._weights.setdefault(digest, after)
         self._held[device] = digest
