@@ -80,3 +80,15 @@ def test_flower_engine_edge_runtime_matches_inprocess() -> None:
     assert [r.bytes_down for r in real.rounds] == [r.bytes_down for r in fast.rounds]
     assert sum(r.rejected for r in real.rounds) == 0
     assert abs(real.rounds[-1].accuracy - fast.rounds[-1].accuracy) <= 0.01
+
+
+@pytest.mark.slow
+def test_flower_engine_matches_inprocess_under_attack() -> None:
+    """Update attack + pre-aggregator + robust rule, and a data attack: same results on both engines."""
+    for extra in (("attack.kind=alie", "aggregation.pre=nnm", "aggregation.rule=multikrum",
+                   "aggregation.assumed_byzantine=1"),
+                  ("attack.kind=label_flip", "aggregation.rule=median")):
+        cfg = _cfg("rounds=2", "data.num_clients=6", "clients.per_round=6", "attack.fraction=0.34", *extra)
+        fast, real = run_engine("inprocess", cfg), run_engine("flower", cfg)
+        assert [r.bytes_up for r in real.rounds] == [r.bytes_up for r in fast.rounds]
+        assert abs(real.rounds[-1].accuracy - fast.rounds[-1].accuracy) <= 0.01
