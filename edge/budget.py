@@ -42,6 +42,7 @@ class _Unit:
     channels: tuple[int, ...]
     score: float
     cost: int
+    names: tuple[str, ...] = ()  # parameters of the unit (generic models, :mod:`.modbudget`)
 
 
 def unit_scores(
@@ -81,11 +82,11 @@ def _channel_units(
 
 
 def _fill(
-    depth: int, infos: list[LayerInfo], pools: list[list[_Unit]], bias_units: list[_Unit], budget: int
+    depth: int, n: int, pools: list[list[_Unit]], bias_units: list[_Unit], budget: int
 ) -> tuple[float, list[_Unit]]:
-    """Greedy by score per byte over the layers ``>= depth``; channel groups in order."""
+    """Greedy by score per byte over the ``n`` layers' units at ``>= depth``; channel groups in order."""
     free = [u for u in bias_units if u.layer >= depth]
-    queues = [list(pools[i]) for i in range(depth, len(infos))]
+    queues = [list(pools[i]) for i in range(depth, n)]
     chosen: list[_Unit] = []
     left, total = budget, 0.0
     while True:
@@ -156,7 +157,7 @@ def plan_for_budget(
         )  # masks from depth up + loss
         if fixed >= budget:
             continue
-        score, chosen = _fill(depth, infos, pools, bias_units, budget - fixed)
+        score, chosen = _fill(depth, n, pools, bias_units, budget - fixed)
         if chosen and score > best[0]:
             best = (score, depth, chosen)
     if not best[2]:

@@ -27,6 +27,9 @@ from torch import nn
 
 from .arch import EdgeNet, build_model
 from .budget import plan_for_budget
+from .modbudget import module_plan_for_budget
+from .modplans import ModulePlan, resolve_module_plan
+from .modtrain import lean_training
 from .plans import PlanSpec, SparsePlan, parse_plan, resolve_fixed
 from .runtime import EdgeRuntime
 from .sparse_autograd import LayerConf, sparse_layer
@@ -37,6 +40,7 @@ __all__ = [
     "StepStats",
     "load_npz",
     "personalize",
+    "probe_batch",
     "resolve_plan",
     "train_plan",
 ]
@@ -95,7 +99,7 @@ class StepStats:
 class PersonalizeResult:
     """The resolved plan, the overlay (``trained - global``), step statistics and epoch losses."""
 
-    plan: SparsePlan
+    plan: SparsePlan | ModulePlan
     overlay: dict[str, np.ndarray]
     stats: StepStats
     losses: list[float] = field(default_factory=list)
@@ -175,13 +179,42 @@ def _trainer(model: EdgeNet, plan: SparsePlan) -> tuple[nn.Module, list[nn.Param
     return sparse, sparse.trainable(), sparse.sync
 
 
+def _as_input(x: np.ndarray) -> torch.Tensor:
+    """Integer inputs (token ids) stay int64; everything else becomes float32."""
+    if np.asarray(x).dtype.kind in "iu":
+        return torch.from_numpy(np.ascontiguousarray(x, np.int64))
+    return torch.from_numpy(np.ascontiguousarray(x, np.float32))
+
+
 def train_plan(
-    model: EdgeNet, x: np.ndarray, y: np.ndarray, plan: SparsePlan, config: PersonalizeConfig
+    model: nn.Module, x: np.ndarray, y: np.ndarray, plan: SparsePlan | ModulePlan, config: PersonalizeConfig
 ) -> tuple[StepStats, list[float]]:
-    """Train ``model`` in place under ``plan`` with SGD; return step statistics and epoch losses."""
+    """Train ``model`` in place under ``plan`` with SGD; return step statistics and epoch losses.
+
+    ``plan`` is a :class:`SparsePlan` for an :class:`EdgeNet`, a :class:`ModulePlan` for any other
+    model. Dropout is off (``model.eval()``): the step is deterministic and keeps no dropout masks.
+    """
+    model.eval()
+    if isinstance(plan, ModulePlan):
+        with lean_training(model, plan) as (params, sync):
+            return _train_loop(model, model, params, sync, x, y, config)
+    if not isinstance(model, EdgeNet):
+        raise TypeError(f"a layer plan ({plan.text}) needs an EdgeNet, got {type(model).__name__}")
     net, params, sync = _trainer(model, plan)
+    return _train_loop(model, net, params, sync, x, y, config)
+
+
+def _train_loop(
+    model: nn.Module,
+    net: nn.Module,
+    params: list[nn.Parameter],
+    sync: Callable[[], None],
+    x: np.ndarray,
+    y: np.ndarray,
+    config: PersonalizeConfig,
+) -> tuple[StepStats, list[float]]:
     opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
-    xt, yt = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
+    xt, yt = _as_input(x), torch.from_numpy(np.asarray(y, np.int64))
     gen = torch.Generator().manual_seed(config.seed)
     resident = {p.untyped_storage().data_ptr() for p in [*model.parameters(), *params]}
     if isinstance(net, _SparseNet):
@@ -214,16 +247,29 @@ def train_plan(
     return StepStats(max(saved, 0), grads, opt_bytes, 1000 * statistics.median(times)), losses
 
 
+def probe_batch(x: np.ndarray, y: np.ndarray, config: PersonalizeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seeded probe batch (``config.probe`` samples) that scores units for ``budget=`` plans."""
+    idx = np.random.default_rng(config.seed).permutation(len(y))[: config.probe]
+    return _as_input(x[idx]), torch.from_numpy(np.asarray(y[idx], np.int64))
+
+
 def resolve_plan(
-    spec: PlanSpec, model: EdgeNet, x: np.ndarray, y: np.ndarray, config: PersonalizeConfig
-) -> SparsePlan:
-    """Resolve a plan for ``model``; ``budget=`` plans score units on a seeded probe batch."""
+    spec: PlanSpec, model: nn.Module, x: np.ndarray, y: np.ndarray, config: PersonalizeConfig
+) -> SparsePlan | ModulePlan:
+    """Resolve a plan for ``model``; ``budget=`` plans score units on a seeded probe batch.
+
+    An :class:`EdgeNet` gets a layer-exact :class:`SparsePlan`; any other model a
+    :class:`ModulePlan` (:mod:`stamen.edge.modplans`).
+    """
+    opt_copies = 1 if config.momentum > 0 else 0
+    if not isinstance(model, EdgeNet):
+        if spec.kind != "budget":
+            return resolve_module_plan(spec, model)
+        xp, yp = probe_batch(x, y, config)
+        return module_plan_for_budget(model, xp, yp, int(spec.value), config.batch_size, opt_copies)
     if spec.kind != "budget":
         return resolve_fixed(spec, model)
-    rng = np.random.default_rng(config.seed)
-    idx = rng.permutation(len(y))[: config.probe]
-    xp, yp = torch.from_numpy(np.asarray(x[idx], np.float32)), torch.from_numpy(np.asarray(y[idx], np.int64))
-    opt_copies = 1 if config.momentum > 0 else 0
+    xp, yp = probe_batch(x, y, config)
     return plan_for_budget(model, xp, yp, int(spec.value), config.batch_size, opt_copies)
 
 
@@ -301,9 +347,11 @@ def personalize(
     return PersonalizeResult(resolved, overlay, stats, losses)
 
 
-def _touched(plan: SparsePlan, model: EdgeNet) -> list[str]:
+def _touched(plan: SparsePlan | ModulePlan, model: EdgeNet) -> list[str]:
     if plan.full:
         return list(model.state_dict())
+    if isinstance(plan, ModulePlan):
+        return [*plan.params, *(w for w, _ in plan.channels)]
     names = []
     for i, lp in enumerate(plan.layers):
         names += [f"layers.{i}.weight"] if lp.channels else []

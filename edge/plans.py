@@ -1,5 +1,8 @@
 """Sparse-backprop plans: what trains, and the memory it costs (TinyEngine's memory model).
 
+This module plans the EdgeNet MLP/CNN family layer by layer; any other torch model (MiniLM,
+transformers) is planned by :mod:`stamen.edge.modplans` / :mod:`stamen.edge.modbudget`.
+
 Plan texts (``stamen edge personalize --plan``):
 
 - ``full``: every parameter, stock autograd (the anchor);

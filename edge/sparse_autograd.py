@@ -5,7 +5,8 @@ its float output, so bias-only training keeps about as many activations as full 
 (research/edge.md §3.1). TinyEngine and PockEngine prune these saves at compile time (Lin et al.,
 "On-Device Training Under 256KB Memory", NeurIPS 2022, §3.3 sparse layer/tensor update; Zhu et
 al., "PockEngine", MICRO 2023, §3 backward-graph pruning). :class:`SparseLayer` does the same for
-one ``conv3×3``/``linear`` (+ ReLU) layer, as one fused ``autograd.Function``:
+one ``conv3×3``/``linear`` (+ ReLU) layer, as one fused ``autograd.Function``. A ``linear`` input
+may have leading dimensions (``(B, L, C_in)`` in a transformer); its channels are the last axis:
 
 - always saved: the ReLU mask ``y > 0`` bit-packed, 8 elements per byte (TinyEngine's binary
   mask), and the frozen weight itself, which is resident anyway (a reference, no copy);
@@ -58,7 +59,7 @@ class LayerConf:
     relu: bool = True
 
 
-def _forward_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, conf: LayerConf) -> torch.Tensor:
+def _forward_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, conf: LayerConf) -> torch.Tensor:
     if conf.kind == "conv":
         return F.conv2d(x, w, b, stride=conf.stride, padding=1)
     return F.linear(x, w, b)
@@ -67,7 +68,8 @@ def _forward_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, conf: LayerCo
 class SparseLayer(torch.autograd.Function):
     """``y = relu?(op(x, W, b))`` with trainable ``b`` and/or ``W[:, S]`` (see module docstring).
 
-    Inputs: ``x``; ``weight`` (frozen, already holding the current ``W[:, S]`` values); ``bias``;
+    Inputs: ``x``; ``weight`` (frozen, already holding the current ``W[:, S]`` values); ``bias``
+    (or None);
     ``w_sel`` (the trainable slice ``W[:, S]`` or None); ``sel`` (LongTensor ``S`` or None);
     ``conf`` (:class:`LayerConf`).
     """
@@ -77,7 +79,7 @@ class SparseLayer(torch.autograd.Function):
         ctx: Any,
         x: torch.Tensor,
         weight: torch.Tensor,
-        bias: torch.Tensor,
+        bias: torch.Tensor | None,
         w_sel: torch.Tensor | None,
         sel: torch.Tensor | None,
         conf: LayerConf,
@@ -89,7 +91,8 @@ class SparseLayer(torch.autograd.Function):
             y = y.relu_()
         x_sel = None
         if w_sel is not None and sel is not None:
-            x_sel = x if sel.numel() == x.shape[1] else x.index_select(1, sel)  # (B, |S|, ...)
+            axis = 1 if conf.kind == "conv" else -1  # channel axis
+            x_sel = x if sel.numel() == x.shape[axis] else x.index_select(axis, sel)  # |S| channels
         ctx.save_for_backward(weight, mask, x_sel, sel)
         ctx.conf, ctx.x_shape, ctx.y_shape = conf, tuple(x.shape), tuple(y.shape)
         return y
@@ -104,18 +107,22 @@ class SparseLayer(torch.autograd.Function):
         conv = conf.kind == "conv"
         if need_x:
             gx = conv2d_input(ctx.x_shape, weight, g, stride=conf.stride, padding=1) if conv else g @ weight
+        g2 = g if conv else g.reshape(-1, g.shape[-1])  # linear: (tokens, out)
         if need_b:
-            gb = g.sum(dim=(0, 2, 3)) if conv else g.sum(dim=0)
+            gb = g.sum(dim=(0, 2, 3)) if conv else g2.sum(dim=0)
         if need_w and x_sel is not None:
             shape = (weight.shape[0], sel.numel(), *weight.shape[2:])
-            gw = conv2d_weight(x_sel, shape, g, stride=conf.stride, padding=1) if conv else g.t() @ x_sel
+            if conv:
+                gw = conv2d_weight(x_sel, shape, g, stride=conf.stride, padding=1)
+            else:
+                gw = g2.t() @ x_sel.reshape(-1, x_sel.shape[-1])
         return gx, None, gb, gw, None, None
 
 
 def sparse_layer(
     x: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor,
+    bias: torch.Tensor | None,
     w_sel: torch.Tensor | None,
     sel: torch.Tensor | None,
     conf: LayerConf,
