@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,7 +33,15 @@ from .onnx_backend import read_onnx_source
 from .runtime import MODEL_KEY, TARGET_KEY
 from .torch_backend import read_safetensors_source
 
-__all__ = ["create_delta", "load_weights"]
+__all__ = ["SignedDelta", "create_delta", "create_delta_with_result", "load_weights"]
+
+
+class SignedDelta(NamedTuple):
+    """A signed update and what the device holds after applying it."""
+
+    data: bytes  #: the packed, signed envelope
+    weights: dict[str, np.ndarray]  #: ``base + decoded`` (lossy codecs make it differ from the target)
+    digest: str  #: ``model_hash(weights)``, recorded in the envelope as the target
 
 
 def table_names(table: tuple[TensorInfo, ...]) -> list[str]:
@@ -81,9 +90,10 @@ def create_delta(
 ) -> bytes:
     """Encode and sign ``target - base`` as an update envelope for an edge store (see
     :func:`create_delta_with_result` for the parameters)."""
-    data, _ = create_delta_with_result(base, target, codec, signer, version=version, model_id=model_id,
-                                       sender=sender, seed=seed)
-    return data
+    signed = create_delta_with_result(
+        base, target, codec, signer, version=version, model_id=model_id, sender=sender, seed=seed
+    )
+    return signed.data
 
 
 def create_delta_with_result(
@@ -96,8 +106,10 @@ def create_delta_with_result(
     model_id: str | None = None,
     sender: str = "stamen",
     seed: int = 0,
-) -> tuple[bytes, dict[str, np.ndarray]]:
-    """Encode and sign ``target - base``; also return the weights the device will hold after it.
+    base_hash: str | None = None,
+) -> SignedDelta:
+    """Encode and sign ``target - base``; also return the weights the device will hold after it
+    and their hash (callers need not hash 100 MB again).
 
     Parameters
     ----------
@@ -116,12 +128,14 @@ def create_delta_with_result(
         Sender id recorded in the envelope.
     seed : int
         Seed of the codec's randomness (stochastic int8 rounding, randomized SVD).
+    base_hash : str or None
+        ``model_hash(base)`` when the caller already knows it (skips hashing ``base`` again).
 
     Returns
     -------
-    bytes, dict
-        The packed, signed envelope, and ``base + decoded`` (what the device computes; lossy codecs
-        make it differ from ``target``), whose hash the envelope records as the target.
+    SignedDelta
+        The packed, signed envelope, ``base + decoded`` (what the device computes; lossy codecs
+        make it differ from ``target``), and its ``model_hash``, recorded as the target.
     """
     if type(version) is not int or version < 1:
         raise ValueError(f"version must be an int >= 1, got {version!r}")
@@ -132,16 +146,17 @@ def create_delta_with_result(
     payload = pipeline.encode(delta, np.random.default_rng(seed))
     decoded = pipeline.decode(payload, table)
     result = {name: np.asarray(base[name], np.float32) + decoded[name] for name in table_names(table)}
-    meta: dict[str, int | float | str] = {TARGET_KEY: model_hash(result)}
+    digest = model_hash(result)
+    meta: dict[str, int | float | str] = {TARGET_KEY: digest}
     if model_id is not None:
         meta[MODEL_KEY] = model_id
     envelope = Envelope(
         codec=pipeline.spec.to_string(),
-        base_hash=model_hash(base),
+        base_hash=model_hash(base) if base_hash is None else base_hash,
         version=version,
         sender=sender,
         tensors=table,
         payload=payload,
         meta=meta,
     )
-    return pack(envelope, signer), result
+    return SignedDelta(pack(envelope, signer), result, digest)

@@ -14,6 +14,11 @@ new ``weights.data`` itself; the personal overlay is passed with
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import mmap
+import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,12 +32,28 @@ from stamen.protocols import TensorInfo, tensor_table
 
 from .archspec import ARCH_KEY
 
-__all__ = ["DATA", "GRAPH", "OnnxBackend", "OnnxSession", "layout", "read_onnx_source"]
+__all__ = ["DATA", "GRAPH", "MappedWeights", "OnnxBackend", "OnnxSession", "layout", "read_onnx_source"]
 
 GRAPH = "model.onnx"
 DATA = "weights.data"
 SKELETON = "graph.onnx"
 _ALIGN = 4096
+_MADV_POPULATE_WRITE = 23  # Linux >= 5.14 (<linux/mman.h>); Python 3.11's mmap lacks the constant
+_PAGE = mmap.PAGESIZE
+
+
+def _populate_write(address: int, length: int) -> bool:
+    """Pre-fault ``length`` bytes of a writable shared mapping; False if the OS cannot."""
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        rc = libc.madvise(
+            ctypes.c_void_p(address), ctypes.c_size_t(length), ctypes.c_int(_MADV_POPULATE_WRITE)
+        )
+    except (OSError, AttributeError):
+        return False
+    return bool(rc == 0)
 
 
 def layout(table: Sequence[TensorInfo]) -> list[tuple[int, int]]:
@@ -112,6 +133,65 @@ class OnnxSession:
         return np.asarray(out)
 
 
+class MappedWeights:
+    """A new ``weights.data``, memory-mapped for writing: one writable view per tensor.
+
+    Writing through the views puts the bytes straight into the page cache (no intermediate
+    buffer, no ``write`` copy). The file has exactly the size and layout :meth:`OnnxBackend.write`
+    produces. Call :meth:`sync` (fsync) before publishing and :meth:`close` when done.
+    """
+
+    def __init__(self, path: Path, table: Sequence[TensorInfo]) -> None:
+        spans = layout(table)
+        total = max((offset + nbytes for offset, nbytes in spans), default=0)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._map: mmap.mmap | None = None
+        try:
+            os.ftruncate(self._fd, total)
+            self._map = mmap.mmap(self._fd, total) if total else None
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self.views: dict[str, np.ndarray] = {}
+        for info, (offset, _) in zip(table, spans, strict=True):
+            dtype = np.dtype(info.dtype)
+            if not info.size or self._map is None:
+                self.views[info.name] = np.empty(info.shape, dtype)  # nothing to write
+                continue
+            arr = np.frombuffer(self._map, dtype, count=info.size, offset=offset)
+            self.views[info.name] = arr.reshape(info.shape)
+
+    def prefault(self) -> None:
+        """Allocate the file's pages now, so that writes through the views take no page faults.
+
+        ``madvise(MADV_POPULATE_WRITE)`` (Linux >= 5.14) through ctypes, which releases the GIL
+        (``mmap.madvise`` does not); elsewhere one byte per page is written instead.
+        """
+        if self._map is None:
+            return
+        whole = np.frombuffer(self._map, np.uint8)
+        try:
+            if not _populate_write(whole.ctypes.data, whole.size):
+                whole[::_PAGE] = 0  # numpy's copy loop runs without the GIL
+        finally:
+            del whole
+
+    def sync(self) -> None:
+        """fsync the file: every byte written through the views is durable afterwards."""
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Drop the views and unmap (a view still held elsewhere keeps its pages mapped)."""
+        self.views = {}
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # a live view keeps it mapped until collected
+                self._map.close()
+            self._map = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class OnnxBackend:
     """Reads and writes ONNX versions of a store (see module docstring)."""
 
@@ -142,6 +222,11 @@ class OnnxBackend:
             for info, (offset, _) in zip(table, layout(table), strict=True):
                 fh.seek(offset)
                 fh.write(np.ascontiguousarray(weights[info.name], dtype=info.dtype).data)
+
+    def open_shadow(self, vdir: Path, table: Sequence[TensorInfo]) -> MappedWeights:
+        """Copy the graph into (shadow) directory ``vdir`` and map a new ``weights.data``."""
+        (vdir / GRAPH).write_bytes((self.store / SKELETON).read_bytes())
+        return MappedWeights(vdir / DATA, table)
 
     def session(
         self,

@@ -4,10 +4,14 @@
 
     verify the Ed25519 signature (before parsing anything) -> base hash == current version
     -> version > every version ever applied -> decode with the store's own tensor table
-    -> new = old + delta -> validate (finite) -> write a shadow version directory while hashing it
-    -> target hash (if the sender gave one) -> fsync -> atomic rename
+    -> new = old + delta, computed straight into a shadow version (ONNX: the mapped weights file),
+       validated (finite) and hashed in the same pass (edge/fused.py) -> fsync
+    -> target hash (if the sender gave one) -> atomic rename
     -> build the new inference session (global weights + personal overlay)
     -> commit the manifest (atomic rename: the single commit point) -> swap sessions
+
+The payload is never copied: the envelope's payload is a view into the input bytes and dense
+tensors are decoded as views into it.
 
 Every refusal raises a :class:`~stamen.protocols.StamenError` (a ``ValueError``) and leaves the
 store and the serving session untouched. Sessions are double-buffered: the old one keeps serving
@@ -38,8 +42,10 @@ from stamen.protocols import (
 
 from .errors import StaleVersion, StoreCorrupt
 from .fsutil import publish_dir, remove_tree
+from .fused import start_apply
 from .manifest import Manifest, VersionEntry, load_manifest, save_manifest
 from .overlay import read_overlay, write_overlay
+from .shadow import ShadowPrep, ShadowWeights
 from .store import TRUSTED, VERSIONS, clean_store, make_backend, store_lock, version_dir
 
 __all__ = ["TARGET_KEY", "EdgeRuntime", "ModelVersion"]
@@ -48,6 +54,8 @@ __all__ = ["TARGET_KEY", "EdgeRuntime", "ModelVersion"]
 TARGET_KEY = "target"
 #: Envelope meta key holding the model id the update is for (optional).
 MODEL_KEY = "model"
+#: Name of the shadow version directory an apply builds (one apply at a time: the store lock).
+SHADOW = ".shadow-apply"
 
 
 @dataclass(frozen=True)
@@ -87,8 +95,9 @@ class EdgeRuntime:
             raise ValueError(f"keep must be >= 2 and threads >= 1, got keep={keep}, threads={threads}")
         self.store, self.threads, self.keep = Path(store), threads, keep
         self._lock = threading.Lock()
-        #: Seconds per phase of the last :meth:`apply`: verify, decode, write (+ hash), fsync_rename,
-        #: session, commit.
+        #: Seconds per phase of the last :meth:`apply`: verify, decode, prepare_wait (shadow file
+        #: not yet ready), add (compute + write into the shadow, validate), fsync, hash_wait (hash
+        #: not overlapped by the fsync), rename, session, commit.
         self.timings: dict[str, float] = {}
         self.manifest = load_manifest(self.store)
         self.verifier = Verifier.from_files(self.store / TRUSTED)
@@ -197,17 +206,10 @@ class EdgeRuntime:
         if env.tensors != self.manifest.tensors:
             raise ValidationError("update tensor table differs from the model's (names, shapes or dtypes)")
 
-    def _new_weights(self, env: Envelope) -> dict[str, np.ndarray]:
-        # Decode against the store's own table: the header cannot make the decoder allocate more.
-        delta = CodecPipeline(CodecSpec.parse(env.codec)).decode(env.payload, self.manifest.tensors)
-        base = self.global_weights()
-        with np.errstate(over="ignore", invalid="ignore"):
-            for name, d in delta.items():  # new = base + delta, in the decoded buffer (no new allocation)
-                if not d.flags.writeable:
-                    d = delta[name] = d.copy()
-                np.add(base[name], d, out=d)
-        _validate_finite(delta, "updated")  # NaN/inf in the delta, or an overflow, shows up here
-        return delta
+    def _lap(self, phase: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.timings[phase] = now - t0
+        return now
 
     def apply(self, data: bytes) -> ModelVersion:
         """Verify, check, decode and apply one signed update envelope (see module docstring).
@@ -225,55 +227,70 @@ class EdgeRuntime:
         ValidationError
             Wrong tensor table, non-finite values, or a result that misses the target hash.
         """
-        t0 = time.perf_counter()
-        env = unpack(data, self.verifier)  # signature checked over raw bytes before parsing
-        self.timings = {"verify": time.perf_counter() - t0}
+        self.timings = {}
         with store_lock(self.store):
             self.manifest = load_manifest(self.store)  # another process may have changed it
-            self._check(env)
-            t0 = time.perf_counter()
-            new = self._new_weights(env)
-            self.timings["decode"] = time.perf_counter() - t0
-            shadow, digest = self._write_shadow(env.version, new)
-            target = env.meta.get(TARGET_KEY)
-            if target is not None and target != digest:
-                remove_tree(shadow)
-                raise ValidationError(f"updated weights hash {digest[:16]}… differs from the signed target")
-            entry = VersionEntry(env.version, digest, self.manifest.current.hash)
+            prep = ShadowPrep(self.backend, self.store / VERSIONS / SHADOW, self.manifest.tensors)
+            try:
+                shadow, version, digest = self._apply_locked(data, prep)
+            except BaseException:
+                prep.discard()
+                raise
+            entry = VersionEntry(version, digest, self.manifest.current.hash)
             history = (*self.manifest.history, entry)
-            manifest = self.manifest.with_history(history[-self.keep :], high_water=env.version)
+            manifest = self.manifest.with_history(history[-self.keep :], high_water=version)
             self._commit_version(manifest, shadow)
         return self.version()
 
-    def _write_shadow(self, version: int, weights: Mapping[str, np.ndarray]) -> tuple[Path, str]:
-        """Write ``weights`` to a shadow directory while hashing them in a second thread."""
+    def _apply_locked(self, data: bytes, prep: ShadowPrep) -> tuple[Path, int, str]:
+        """Verify, check, decode and write the shadow version; return it, its version and hash."""
         t0 = time.perf_counter()
-        shadow = self.store / VERSIONS / f".shadow-{version}"
-        remove_tree(shadow)
-        shadow.mkdir()
-        digest: list[str] = []
-        hasher = threading.Thread(target=lambda: digest.append(model_hash(weights)))
-        hasher.start()  # sha256 and file writes release the GIL: the two overlap on 2 cores
+        # The signature is checked before parsing; once it holds, the shadow file is prepared
+        # on the other core while the payload digest is computed.
+        env = unpack(data, self.verifier, zero_copy=True, on_authenticated=prep.start)
+        t0 = self._lap("verify", t0)
+        self._check(env)
+        # Decode against the store's own table: the header cannot make the decoder allocate
+        # more. Read-only views suffice: the sum is computed into the shadow version.
+        pipeline = CodecPipeline(CodecSpec.parse(env.codec))
+        delta = pipeline.decode(env.payload, self.manifest.tensors, writable=False)
+        t0 = self._lap("decode", t0)
+        out = prep.get()
+        self._lap("prepare_wait", t0)
+        digest = self._write_shadow(out, delta)
+        target = env.meta.get(TARGET_KEY)
+        if target is not None and target != digest:
+            raise ValidationError(f"updated weights hash {digest[:16]}… differs from the signed target")
+        return prep.shadow, env.version, digest
+
+    def _write_shadow(self, out: ShadowWeights, delta: Mapping[str, np.ndarray]) -> str:
+        """Compute ``current + delta`` into ``out``, make it durable; return its model hash."""
+        table = self.manifest.tensors
+        t0 = time.perf_counter()
+        worker = start_apply(self.global_weights(), delta, out.views, table)
         try:
-            self.backend.write(shadow, weights, self.manifest.tensors)
+            t0 = self._lap("add", t0)
+            out.sync()  # the hash thread keeps running during the fsync
+            t0 = self._lap("fsync", t0)
+            digest = worker.result()
+            self._lap("hash_wait", t0)
         finally:
-            hasher.join()
-        self.timings["write"] = time.perf_counter() - t0
-        return shadow, digest[0]
+            worker.stop()
+            out.close()
+        return digest
 
     def _commit_version(self, manifest: Manifest, shadow: Path) -> None:
         final = self._vdir(manifest)
         remove_tree(final)  # a leftover of a crash before an earlier commit (never a live version)
         t0 = time.perf_counter()
-        publish_dir(shadow, final)  # fsync the files, rename, fsync the directory
-        self.timings["fsync_rename"] = time.perf_counter() - t0
+        publish_dir(shadow, final)  # fsync the files (weights.data already is), rename, fsync dir
+        self._lap("rename", t0)
         try:
             t0 = time.perf_counter()
             session = self._build_session(manifest)
-            self.timings["session"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            t0 = self._lap("session", t0)
             save_manifest(self.store, manifest)  # the commit point
-            self.timings["commit"] = time.perf_counter() - t0
+            self._lap("commit", t0)
         except BaseException:
             remove_tree(final)
             raise

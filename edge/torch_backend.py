@@ -6,6 +6,7 @@ store needs one (``stamen.arch`` in the safetensors metadata, or given at init).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from stamen.protocols import TensorInfo
 
 from .archspec import ARCH_KEY
 
-__all__ = ["WEIGHTS", "NoSession", "TorchBackend", "TorchSession", "read_safetensors_source"]
+__all__ = ["WEIGHTS", "NoSession", "ShadowState", "TorchBackend", "TorchSession", "read_safetensors_source"]
 
 WEIGHTS = "weights.safetensors"
 
@@ -76,6 +77,30 @@ class NoSession:
         raise ValueError(self.reason)
 
 
+class ShadowState:
+    """A new version's state_dict being built in memory; :meth:`sync` writes and fsyncs it."""
+
+    def __init__(self, path: Path, table: Sequence[TensorInfo]) -> None:
+        self.path = path
+        self.views = {info.name: np.empty(info.shape, np.float32) for info in table}
+
+    def prefault(self) -> None:
+        """Nothing to prepare for in-memory arrays."""
+
+    def sync(self) -> None:
+        """Write ``weights.safetensors`` and fsync it."""
+        save_file(self.views, str(self.path))
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Release the arrays."""
+        self.views = {}
+
+
 class TorchBackend:
     """Reads and writes safetensors versions of a store."""
 
@@ -104,6 +129,10 @@ class TorchBackend:
         """Write ``weights.safetensors`` into (shadow) directory ``vdir`` (not fsynced)."""
         tensors = {info.name: np.ascontiguousarray(weights[info.name], dtype=np.float32) for info in table}
         save_file(tensors, str(vdir / WEIGHTS))
+
+    def open_shadow(self, vdir: Path, table: Sequence[TensorInfo]) -> ShadowState:
+        """Arrays to compute a new version into; written to ``vdir`` on ``sync``."""
+        return ShadowState(vdir / WEIGHTS, table)
 
     def session(
         self,

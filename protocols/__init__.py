@@ -18,7 +18,7 @@ from .errors import (
     ValidationError,
 )
 from .signing import Signer, Verifier
-from .tensors import TensorInfo, model_hash, tensor_table
+from .tensors import ModelHasher, TensorInfo, model_hash, tensor_table
 from .update import decode_update, encode_update
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "CodecSpec",
     "Envelope",
     "MalformedUpdate",
+    "ModelHasher",
     "SignatureError",
     "Signer",
     "StageSpec",

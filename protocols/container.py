@@ -105,7 +105,7 @@ def pack_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
 class _Reader:
     """Bounds-checked cursor over the input bytes."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self.data = memoryview(data)
         self.pos = 0
 
@@ -161,13 +161,13 @@ def _read_array(reader: _Reader) -> tuple[str, np.ndarray]:
     return key, np.frombuffer(raw, dtype=dtype).reshape(dims)
 
 
-def unpack_arrays(data: bytes) -> dict[str, np.ndarray]:
+def unpack_arrays(data: bytes | memoryview) -> dict[str, np.ndarray]:
     """Parse a container produced by :func:`pack_arrays`.
 
     Parameters
     ----------
-    data : bytes
-        The container bytes.
+    data : bytes or memoryview
+        The container bytes (not copied: the arrays are views into them).
 
     Returns
     -------

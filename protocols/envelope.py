@@ -28,7 +28,7 @@ import hashlib
 import hmac
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import _header
@@ -63,8 +63,8 @@ class Envelope:
         Sender id, <= 128 characters.
     tensors : tuple[TensorInfo, ...]
         Tensor table; the payload refers to tensors by their index here.
-    payload : bytes
-        Codec output.
+    payload : bytes or memoryview
+        Codec output (a read-only view into the input when unpacked with ``zero_copy=True``).
     meta : Mapping[str, int | float | str]
         Small extras (<= 4 KiB packed), e.g. ``num_examples``.
     schema : int
@@ -78,7 +78,7 @@ class Envelope:
     version: int
     sender: str
     tensors: tuple[TensorInfo, ...]
-    payload: bytes
+    payload: bytes | memoryview
     meta: Mapping[str, int | float | str] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
     key_id: str | None = None
@@ -194,7 +194,13 @@ def _as_bytes(data: object) -> bytes:
     raise MalformedUpdate(f"envelope must be bytes, got {type(data).__name__}")
 
 
-def unpack(data: bytes, verifier: Verifier | None = None) -> Envelope:
+def unpack(
+    data: bytes,
+    verifier: Verifier | None = None,
+    *,
+    zero_copy: bool = False,
+    on_authenticated: Callable[[], None] | None = None,
+) -> Envelope:
     """Parse (and, with ``verifier``, authenticate) an envelope.
 
     Parameters
@@ -204,6 +210,14 @@ def unpack(data: bytes, verifier: Verifier | None = None) -> Envelope:
     verifier : Verifier or None
         When given, the envelope must be signed by one of its keys. The signature is checked
         over the raw bytes before the header is parsed; then the payload digest is checked.
+    zero_copy : bool, default False
+        Return the payload as a read-only ``memoryview`` into ``data`` instead of a copy (for
+        large updates: a 100 MB dense payload is then never duplicated).
+    on_authenticated : callable or None
+        With a verifier: called once the header's signature has verified, before the payload
+        digest is checked (SHA-256 of the whole payload). Lets a receiver start work that does
+        not read the payload (e.g. preparing the output file) while the digest is computed;
+        never called for input that fails the signature check.
 
     Returns
     -------
@@ -223,16 +237,20 @@ def unpack(data: bytes, verifier: Verifier | None = None) -> Envelope:
         raise MalformedUpdate("not a stamen envelope (bad magic)")
     frame = _verify(data, verifier) if verifier is not None else _frame(data)
     fields = _header.validate(_header.loads(data[_FIXED.size : frame.header_end]), frame.signed)
-    payload = data[frame.payload_start :]
+    payload: bytes | memoryview = memoryview(data)[frame.payload_start :]
     tamper = SignatureError if verifier is not None else MalformedUpdate
     if len(payload) != fields["len"]:
         raise tamper(f"payload is {len(payload)} bytes, header says {fields['len']}")
     key_id = signature = None
+    if verifier is not None and on_authenticated is not None:
+        on_authenticated()
     if frame.signed:
         if not hmac.compare_digest(hashlib.sha256(payload).hexdigest(), fields["sha"]):
             raise tamper("payload digest does not match the header")
         key_id = _key_id(data[frame.header_end : frame.header_end + KEY_ID_LENGTH])
         signature = data[frame.header_end + KEY_ID_LENGTH : frame.payload_start]
+    if not zero_copy:
+        payload = bytes(payload)
     return Envelope(
         codec=fields["codec"],
         base_hash=fields["base"],

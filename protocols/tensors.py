@@ -8,13 +8,14 @@ applies to; server, client and edge device must compute it identically.
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TensorInfo", "model_hash", "tensor_table"]
+__all__ = ["ModelHasher", "TensorInfo", "model_hash", "tensor_table"]
 
 _HASH_DOMAIN = b"stamen-model-hash/1\x00"
 
@@ -66,6 +67,76 @@ def tensor_table(weights: Mapping[str, np.ndarray]) -> tuple[TensorInfo, ...]:
     return tuple(table)
 
 
+class ModelHasher:
+    """Incremental :func:`model_hash`: feed tensors one by one, their bytes in pieces.
+
+    Lets a writer hash weights while it produces them (e.g. chunk by chunk into a file) without
+    a second pass over memory. Tensors must come in strictly increasing name order and each must
+    receive exactly its announced number of bytes; the result equals ``model_hash`` of the same
+    tensors (a test pins this).
+
+    Parameters
+    ----------
+    count : int
+        Number of tensors that will be fed.
+    """
+
+    def __init__(self, count: int) -> None:
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        self._digest = hashlib.sha256(_HASH_DOMAIN)
+        self._digest.update(struct.pack("<Q", count))
+        self._left, self._pending = count, 0
+        self._last: str | None = None
+
+    def begin(self, name: str, dtype: str, shape: tuple[int, ...]) -> None:
+        """Start the next tensor: its name, numpy dtype name and shape.
+
+        Raises
+        ------
+        ValueError
+            If the previous tensor is incomplete, all tensors were fed, or names are not increasing.
+        """
+        if self._pending or not self._left:
+            raise ValueError("model hash: previous tensor incomplete or too many tensors")
+        if self._last is not None and name <= self._last:
+            raise ValueError(f"model hash: tensor {name!r} is not after {self._last!r} in sorted order")
+        self._last, self._left = name, self._left - 1
+        dt = np.dtype(dtype)
+        name_bytes, dtype_bytes = name.encode("utf-8"), dt.name.encode("ascii")
+        self._digest.update(struct.pack("<I", len(name_bytes)) + name_bytes)
+        self._digest.update(struct.pack("<B", len(dtype_bytes)) + dtype_bytes)
+        self._digest.update(struct.pack(f"<I{len(shape)}Q", len(shape), *shape))
+        self._pending = math.prod(shape) * dt.itemsize
+        self._digest.update(struct.pack("<Q", self._pending))
+
+    def update(self, data: memoryview | bytes) -> None:
+        """Hash the next piece of the current tensor's little-endian C-order bytes.
+
+        Raises
+        ------
+        ValueError
+            If the pieces exceed the tensor's size.
+        """
+        n = memoryview(data).nbytes
+        if n > self._pending:
+            raise ValueError(f"model hash: {n} bytes fed, only {self._pending} left in the tensor")
+        self._pending -= n
+        self._digest.update(data)
+
+    def hexdigest(self) -> str:
+        """The digest (64 lowercase hex characters) once every tensor was fed completely.
+
+        Raises
+        ------
+        ValueError
+            If a tensor or some bytes are missing.
+        """
+        if self._pending or self._left:
+            raise ValueError(f"model hash: {self._left} tensors and {self._pending} bytes missing")
+        return self._digest.hexdigest()
+
+
 def model_hash(weights: Mapping[str, np.ndarray]) -> str:
     """Canonical SHA-256 of a set of named weights.
 
@@ -84,16 +155,10 @@ def model_hash(weights: Mapping[str, np.ndarray]) -> str:
     str
         64 lowercase hex characters.
     """
-    digest = hashlib.sha256(_HASH_DOMAIN)
-    digest.update(struct.pack("<Q", len(weights)))
+    hasher = ModelHasher(len(weights))
     for name in sorted(weights):
         arr = np.asarray(weights[name])
-        name_bytes = name.encode("utf-8")
-        dtype_bytes = arr.dtype.name.encode("ascii")
-        digest.update(struct.pack("<I", len(name_bytes)) + name_bytes)
-        digest.update(struct.pack("<B", len(dtype_bytes)) + dtype_bytes)
-        digest.update(struct.pack(f"<I{arr.ndim}Q", arr.ndim, *arr.shape))
+        hasher.begin(name, arr.dtype.name, tuple(int(d) for d in arr.shape))
         little = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-        digest.update(struct.pack("<Q", little.nbytes))
-        digest.update(little.reshape(-1).view(np.uint8).data)  # zero-copy byte view
-    return digest.hexdigest()
+        hasher.update(little.reshape(-1).view(np.uint8).data)  # zero-copy byte view
+    return hasher.hexdigest()

@@ -56,10 +56,18 @@ class DeviceDownlink:
         """
         from stamen.edge.delta import create_delta_with_result
 
-        base = self._weights[self.held_hash(device)]
-        data, after = create_delta_with_result(base, target, self.codec, self.signer, version=version,
-                                               model_id=self.model_id, sender="server", seed=seed)
-        digest = model_hash(after)
+        held = self.held_hash(device)
+        data, after, digest = create_delta_with_result(
+            self._weights[held],
+            target,
+            self.codec,
+            self.signer,
+            version=version,
+            model_id=self.model_id,
+            sender="server",
+            seed=seed,
+            base_hash=held,
+        )
         self._weights.setdefault(digest, after)
         self._held[device] = digest
         self._prune()

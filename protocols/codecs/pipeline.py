@@ -107,20 +107,27 @@ class CodecPipeline:
         data = pack_arrays(arrays)
         return self._byte_stage.encode(data) if self._byte_stage is not None else data
 
-    def decode(self, payload: bytes, tensors: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
+    def decode(
+        self, payload: bytes | memoryview, tensors: Sequence[TensorInfo], *, writable: bool = True
+    ) -> dict[str, np.ndarray]:
         """Decode payload bytes into float32 tensors named and shaped by ``tensors``.
 
         Parameters
         ----------
-        payload : bytes
-            Output of :meth:`encode` (untrusted).
+        payload : bytes or memoryview
+            Output of :meth:`encode` (untrusted). A read-only contiguous memoryview is used in
+            place (zero copy); anything mutable is copied first.
         tensors : Sequence[TensorInfo]
             The tensor table the payload refers to, in encode order.
+        writable : bool, default True
+            False skips the final copy: tensors may then be read-only views into ``payload``
+            (e.g. every ``dense`` tensor), for callers that only read them.
 
         Returns
         -------
         dict[str, numpy.ndarray]
-            Writable float32 arrays in table order.
+            float32 arrays in table order, writable and not sharing memory unless ``writable``
+            is False.
 
         Raises
         ------
@@ -131,14 +138,14 @@ class CodecPipeline:
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise MalformedUpdate(f"payload must be bytes, got {type(payload).__name__}")
         total = sum(info.size for info in table)
-        data = bytes(payload)
+        data = _immutable(payload)
         if self._byte_stage is not None:
             limit = _BYTES_PER_ELEMENT * total + _BYTES_PER_TENSOR * (len(table) + 1)
-            data = self._byte_stage.decode(data, limit)
+            data = self._byte_stage.decode(bytes(data), limit)
         arrays = unpack_arrays(data)
         for cls, stage in reversed(self._array_stages):
             arrays = _decode_stage(cls(dict(stage.params), max_elements=total), arrays)
-        return _named(arrays, table)
+        return _named(arrays, table, copy=writable)
 
     def roundtrip(
         self, delta: Mapping[str, np.ndarray], rng: np.random.Generator
@@ -149,6 +156,13 @@ class CodecPipeline:
         """
         payload = self.encode(delta, rng)
         return payload, self.decode(payload, tensor_table(delta))
+
+
+def _immutable(payload: bytes | bytearray | memoryview) -> bytes | memoryview:
+    """``payload`` itself if nobody can change it under the decoder's views, else a copy."""
+    if isinstance(payload, memoryview) and payload.readonly and payload.c_contiguous:
+        return payload.cast("B")
+    return payload if isinstance(payload, bytes) else bytes(payload)
 
 
 def _indexed(delta: Mapping[str, np.ndarray]) -> Arrays:
@@ -183,8 +197,11 @@ def _decode_stage(stage: ArrayStage, arrays: Arrays) -> Arrays:
         raise MalformedUpdate(f"{stage.name}: cannot decode payload: {exc}") from exc
 
 
-def _named(arrays: Arrays, table: tuple[TensorInfo, ...]) -> dict[str, np.ndarray]:
-    """Map index keys back to names; every tensor present, floating, with the right size."""
+def _named(arrays: Arrays, table: tuple[TensorInfo, ...], *, copy: bool) -> dict[str, np.ndarray]:
+    """Map index keys back to names; every tensor present, floating, with the right size.
+
+    ``copy`` gives every tensor its own writable float32 buffer; without it, float32 arrays
+    are returned as they are (possibly read-only views into the payload)."""
     expected = [str(i) for i in range(len(table))]
     if set(arrays) != set(expected):
         missing = sorted(set(expected) - set(arrays))[:_MAX_LISTED]
@@ -199,5 +216,5 @@ def _named(arrays: Arrays, table: tuple[TensorInfo, ...]) -> dict[str, np.ndarra
             raise MalformedUpdate(
                 f"tensor {info.name!r}: decoded {arr.dtype} with {arr.size} elements, table says {info.size}"
             )
-        out[info.name] = arr.astype(np.float32).reshape(info.shape)
+        out[info.name] = arr.astype(np.float32, copy=copy).reshape(info.shape)
     return out

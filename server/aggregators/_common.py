@@ -98,9 +98,7 @@ def pairwise_sq_distances(x: np.ndarray) -> np.ndarray:
     return sq_distances(centered_gram(x))
 
 
-def sorted_column_blocks(
-    x: np.ndarray, rows: np.ndarray | None = None
-) -> Iterator[tuple[slice, np.ndarray]]:
+def sorted_column_blocks(x: np.ndarray, rows: np.ndarray | None = None) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(columns, block)``, ``block`` of shape ``(B, n)``: each coordinate's values sorted.
 
     ``rows`` restricts the stack to those row indices without copying the whole ``(n, d)`` stack.

@@ -28,21 +28,27 @@ _REGISTRY: dict[str, AggregatorFactory] = {}
 def register(name: str) -> Callable[[AggregatorFactory], AggregatorFactory]:
     """Register an aggregator factory ``(**params) -> Aggregator`` under ``name``."""
 
-    def deco(factory: AggregatorFactory) -> AggregatorFactory:
+    def deco(make: AggregatorFactory) -> AggregatorFactory:
         if name in _REGISTRY:
             raise ValueError(f"aggregator {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
+        _REGISTRY[name] = make
+        return make
 
     return deco
 
 
-def create(name: str, **params: Any) -> Aggregator:
-    """Build the aggregator ``name`` with ``params``; unknown names or params raise ``ValueError``."""
+def rule_factory(name: str) -> AggregatorFactory:
+    """The registered factory of rule ``name`` (``ValueError`` naming the rules for an unknown one)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown aggregation rule {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def create(name: str, **params: Any) -> Aggregator:
+    """Build the aggregator ``name`` with ``params``; unknown names or params raise ``ValueError``."""
+    make = rule_factory(name)
     try:
-        return _REGISTRY[name](**params)
+        return make(**params)
     except TypeError as exc:  # unexpected keyword -> a clear, typed error naming the rule
         raise ValueError(f"invalid parameters for aggregation rule {name!r}: {exc}") from exc
 

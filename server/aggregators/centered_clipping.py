@@ -53,8 +53,10 @@ class CenteredClipping:
         d = x.shape[1]
         center = np.zeros(d, dtype=np.float32) if self.center is None else self.center
         if center.shape != (d,):
-            raise ValueError(f"centered_clipping: update size {d} differs from the previous round's "
-                             f"{center.shape[0]}; build one aggregator per run")
+            raise ValueError(
+                f"centered_clipping: update size {d} differs from the previous round's "
+                f"{center.shape[0]}; build one aggregator per run"
+            )
         coef = clipping_coefficients(centered_gram(x, center[None, :]), self.tau, self.iters)
         out = coef[:-1].astype(np.float32) @ x + np.float32(coef[-1]) * center
         self.center = np.asarray(out, dtype=np.float32)
@@ -74,5 +76,6 @@ def centered_clipping(tau: float = 10.0, iters: int = 1) -> Aggregator:
     iters : int, default 1
         Clipping iterations ``L >= 1`` per round (the authors' default ``n_iter=1``).
     """
-    return CenteredClipping(check_positive("centered_clipping: tau", tau),
-                            check_count("centered_clipping: iters", iters, 1))
+    return CenteredClipping(
+        check_positive("centered_clipping: tau", tau), check_count("centered_clipping: iters", iters, 1)
+    )

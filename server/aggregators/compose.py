@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from stamen.server.aggregators import base
-from stamen.server.aggregators.base import Aggregator, create
+from stamen.server.aggregators.base import Aggregator, create, rule_factory
 from stamen.server.aggregators.pre_base import PreAggregator, create_pre, pre_factory
 
 _NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
@@ -64,13 +63,6 @@ def stage_seed(seed: int, position: int) -> int:
     return int(np.random.SeedSequence([seed, position]).generate_state(1)[0])
 
 
-def _rule_factory(rule: str) -> Callable[..., Aggregator]:
-    create_check = base.available()
-    if rule not in create_check:
-        raise ValueError(f"unknown aggregation rule {rule!r}; available: {', '.join(create_check)}")
-    return base._REGISTRY[rule]  # the registry has no public accessor yet
-
-
 def build_aggregator(
     rule: str, pre: Sequence[str] = (), params: Mapping[str, Any] = _NO_PARAMS, seed: int = 0
 ) -> Aggregator:
@@ -92,7 +84,7 @@ def build_aggregator(
     ValueError
         Unknown rule or pre-aggregator, a parameter no stage accepts, or an invalid value.
     """
-    factories = [(name, pre_factory(name)) for name in pre] + [(rule, _rule_factory(rule))]
+    factories = [(name, pre_factory(name)) for name in pre] + [(rule, rule_factory(rule))]
     used: set[str] = set()
     kwargs_per_stage = []
     for position, (_, factory) in enumerate(factories):

@@ -43,9 +43,7 @@ def nnm(assumed_byzantine: int = 0) -> PreAggregator:
     """
     f = check_count("nnm: assumed_byzantine", assumed_byzantine)
 
-    def pre(
-        updates: np.ndarray, weights: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+    def pre(updates: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         check_stack(updates, weights)
         x = as_stack(updates)
         n = x.shape[0]

@@ -66,8 +66,14 @@ def test_pinned_payloads_and_params() -> None:
     assert sha(payload) == "6820936ed4db4d49de8318150a4ef226d1e8ddc418bd45b000620bd546f5728d"
     kept = int(np.count_nonzero(out["layer.weight"])) + int(np.count_nonzero(out["layer.bias"]))
     assert len(payload) == 1 + 2 * (8 + 9) + 2 * 8 + 4 * kept  # .dm: n + seed; .dv: survivors
-    for bad in ("dare(p=1.0)", "dare(p=-0.1)", "dare(rescale=half)", "dare(p=0.9,rescale=darex,q=0.05)",
-                "dare(p=0.9,q=0.5)", "dare(p=0.9,rescale=darex,q=1.5)"):
+    for bad in (
+        "dare(p=1.0)",
+        "dare(p=-0.1)",
+        "dare(rescale=half)",
+        "dare(p=0.9,rescale=darex,q=0.05)",
+        "dare(p=0.9,q=0.5)",
+        "dare(p=0.9,rescale=darex,q=1.5)",
+    ):
         with pytest.raises(CodecError):
             pipeline(bad)
     _, out = roundtrip("dare(p=0.0)", pinned_input())

@@ -26,9 +26,7 @@ def test_tiny_by_hand() -> None:
     # canonical codes 10, 11, 0; ids [2, 2, 0, 1] -> 0 0 10 11. Gaps [1, 1, 1, 1] at width 1
     # (4 bits) beat 12 absolute bits and 8 Rice bits: header 0x41, stream 1111 001011 (+ 6 pad).
     wire = container_of("fedzip(density=0.5)", {"x": X})
-    expected = (
-        bytes([8, 0x41]) + np.array([-3, 1, 4.5], "<f4").tobytes() + bytes([0x22, 0x10, 0xF2, 0xC0])
-    )
+    expected = bytes([8, 0x41]) + np.array([-3, 1, 4.5], "<f4").tobytes() + bytes([0x22, 0x10, 0xF2, 0xC0])
     assert list(wire) == ["0.fz"] and wire["0.fz"].tobytes() == expected
     payload, out = roundtrip("fedzip(density=0.5)", {"x": X})
     assert out["x"].tolist() == [0, 4.5, 0, 4.5, 0, -3, 0, 1]

@@ -121,7 +121,7 @@ def test_positions_by_hand() -> None:
     header, stream = encode_positions(idx, n, "entropy")
     assert header == 0x80 and "".join(map(str, stream)) == "01" + "001" + "1" + "0001"
     header, stream = encode_positions(idx, n, "auto")
-    assert header == 0x42 and "".join(map(str, stream)) == "01" "10" "00" "11"
+    assert header == 0x42 and "".join(map(str, stream)) == "01100011"
     out, end = decode_positions(stream, 0, 4, n, header, "t")
     assert out.tolist() == [1, 4, 5, 9] and end == 8
 
@@ -143,9 +143,9 @@ def test_positions_roundtrip_every_mode_and_auto_is_smallest(n: int, data: st.Da
 @pytest.mark.parametrize(
     ("stream", "count", "n", "header", "match"),
     [
-        ("1001" "0011", 2, 16, 0x00, "strictly"),  # absolute: 9 then 3
-        ("1111" "0000", 2, 10, 0x00, "strictly"),  # absolute: 15 >= n
-        ("11" "11", 2, 5, 0x42, "beyond"),  # gaps 3, 3 -> positions 3, 7 >= 5
+        ("10010011", 2, 16, 0x00, "strictly"),  # absolute: 9 then 3
+        ("11110000", 2, 10, 0x00, "strictly"),  # absolute: 15 >= n
+        ("1111", 2, 5, 0x42, "beyond"),  # gaps 3, 3 -> positions 3, 7 >= 5
         ("0000000001", 1, 8, 0x80, "out of range"),  # rice b=0: quotient 9 > 8
         ("000", 1, 8, 0x80, "truncated"),  # no unary terminator
         ("1", 1, 8, 0xC0, "header"),  # mode 3 does not exist

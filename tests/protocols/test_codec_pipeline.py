@@ -59,6 +59,27 @@ def test_roundtrip_matches_decode_and_hides_names(text: str) -> None:
     assert payload == p.encode(delta, np.random.default_rng(3))  # reproducible bit for bit
 
 
+@pytest.mark.parametrize("text", ["dense", "int8", "dense+zstd"])
+def test_read_only_decode_skips_copies_but_not_values(text: str) -> None:
+    """writable=False (the edge runtime's path) gives the same values; for dense the tensors are
+    then views into the payload itself (zero copy), the default gives independent copies."""
+    delta = pinned_input()
+    p, table = pipeline(text), tensor_table(delta)
+    payload = p.encode(delta, np.random.default_rng(0))
+    view = memoryview(payload)
+    fast, safe = p.decode(view, table, writable=False), p.decode(view, table)
+    for name in delta:
+        np.testing.assert_array_equal(fast[name], safe[name])
+        assert safe[name].flags.writeable and not np.shares_memory(safe[name], fast[name])
+        in_payload = np.shares_memory(fast[name], np.frombuffer(payload, np.uint8))
+        assert in_payload == (text == "dense")  # zstd output and int8 products are new buffers
+    mutable = bytearray(payload)  # a mutable buffer is copied first: later writes cannot leak in
+    got = p.decode(memoryview(mutable), table, writable=False)
+    mutable[-4:] = b"\xff\xff\xff\xff"
+    for name in delta:
+        np.testing.assert_array_equal(got[name], safe[name])
+
+
 def test_empty_update_and_empty_tensor() -> None:
     p = pipeline("topk+int8+zstd")
     _, out = p.roundtrip({}, np.random.default_rng(0))

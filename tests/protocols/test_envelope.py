@@ -101,6 +101,27 @@ def test_every_tampered_byte_of_a_signed_envelope_is_caught(signer: Signer) -> N
         unpack(data[:-1], verifier)
 
 
+def test_zero_copy_payload_and_authenticated_hook(signer: Signer, other_signer: Signer) -> None:
+    """zero_copy returns a read-only view into the input; the hook runs only after the signature
+    verified and before a tampered payload is refused."""
+    data = pack(ENV, signer)
+    verifier = Verifier([signer.public_key_bytes()])
+    calls: list[int] = []
+    env = unpack(data, verifier, zero_copy=True, on_authenticated=lambda: calls.append(1))
+    assert calls == [1]
+    assert isinstance(env.payload, memoryview) and env.payload.readonly
+    assert env.payload.obj is data and bytes(env.payload) == ENV.payload
+    assert isinstance(unpack(data, verifier).payload, bytes)  # default: an independent copy
+    for forged in (pack(ENV, other_signer), pack(ENV), data[:-41] + bytes([data[-41] ^ 1]) + data[-40:]):
+        with pytest.raises(SignatureError):
+            unpack(forged, verifier, on_authenticated=lambda: calls.append(2))
+    assert calls == [1]  # neither a foreign key, an unsigned nor a tampered-header envelope
+    tampered_payload = data[:-1] + bytes([data[-1] ^ 1])
+    with pytest.raises(SignatureError, match="digest"):
+        unpack(tampered_payload, verifier, on_authenticated=lambda: calls.append(3))
+    assert calls == [1, 3]  # signature held; the payload digest then refused it
+
+
 def test_every_truncation_is_rejected(signer: Signer) -> None:
     for data in (pack(ENV), pack(ENV, signer)):
         for cut in range(len(data)):

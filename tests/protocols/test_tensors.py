@@ -6,10 +6,11 @@ import hashlib
 import struct
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stamen.protocols import TensorInfo, model_hash, tensor_table
+from stamen.protocols import ModelHasher, TensorInfo, model_hash, tensor_table
 
 FIXED = {
     "b": np.arange(3, dtype=np.float32),
@@ -76,3 +77,43 @@ def test_model_hash_matches_reference(raw: dict[str, list[float]]) -> None:
     weights = {k: np.array(v, dtype=np.float32) for k, v in raw.items()}
     assert model_hash(weights) == _reference_hash(weights)
     assert len(model_hash(weights)) == 64
+
+
+# ---------------------------------------------------------------- ModelHasher (streaming)
+@settings(max_examples=40, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=6),
+        st.tuples(st.lists(st.integers(0, 5), max_size=3), st.sampled_from(["float32", "float64", "int8"])),
+        min_size=0,
+        max_size=4,
+    ),
+    st.integers(1, 7),
+)
+def test_streaming_hasher_equals_model_hash(spec: dict, piece: int) -> None:
+    """Fed in arbitrary piece sizes, the streaming hasher gives exactly model_hash."""
+    rng = np.random.default_rng(0)
+    weights = {n: (rng.normal(size=tuple(s)) * 50).astype(dt) for n, (s, dt) in spec.items()}
+    hasher = ModelHasher(len(weights))
+    for name in sorted(weights):
+        arr = weights[name]
+        hasher.begin(name, arr.dtype.name, arr.shape)
+        raw = arr.tobytes()
+        for start in range(0, len(raw), piece):
+            hasher.update(raw[start : start + piece])
+    assert hasher.hexdigest() == model_hash(weights) == _reference_hash(weights)
+
+
+def test_streaming_hasher_refuses_misuse() -> None:
+    hasher = ModelHasher(2)
+    hasher.begin("b", "float32", (2,))
+    with pytest.raises(ValueError, match="bytes fed"):
+        hasher.update(b"\x00" * 9)  # 9 > 8 bytes of the tensor
+    hasher.update(b"\x00" * 8)
+    with pytest.raises(ValueError, match="sorted order"):
+        hasher.begin("a", "float32", (1,))  # names must increase
+    with pytest.raises(ValueError, match="missing"):
+        hasher.hexdigest()  # one tensor never fed
+    hasher.begin("c", "float32", (1,))
+    with pytest.raises(ValueError, match="incomplete"):
+        hasher.begin("d", "float32", (1,))  # "c" has no bytes yet

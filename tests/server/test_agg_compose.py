@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stamen.server.aggregators import available, available_pre, build_aggregator, create, create_pre
+from stamen.server.aggregators import (
+    available,
+    available_pre,
+    build_aggregator,
+    create,
+    create_pre,
+    rule_factory,
+)
+from stamen.server.aggregators.krum import krum
 
 
 def test_registries_list_the_robust_family() -> None:
@@ -15,6 +23,12 @@ def test_registries_list_the_robust_family() -> None:
         available()
     )
     assert {"nnm", "bucketing"} <= set(available_pre())
+
+
+def test_rule_factory_is_the_registered_one() -> None:
+    assert rule_factory("krum") is krum
+    with pytest.raises(ValueError, match=r"unknown aggregation rule 'nope'; available: .*krum"):
+        rule_factory("nope")
 
 
 def test_shared_param_feeds_pre_and_rule_hand_computed() -> None:
