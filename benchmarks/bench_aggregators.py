@@ -51,7 +51,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from stamen.server.aggregators import build_aggregator, create  # noqa: E402
+from stamen.server.aggregators import build_aggregator, create, create_pre  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -83,8 +83,9 @@ def flower_functions(f: int, beta: float, m: int) -> dict[str, Callable[[list[An
     }
 
 
-def our_rules(f: int, beta: float) -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
-    """Our aggregators with the same parameters (plus the rules Flower does not have)."""
+def our_rules(f: int, beta: float) -> dict[str, Callable[[np.ndarray, np.ndarray], Any]]:
+    """Our aggregators with the same parameters (plus the rules Flower does not have); the two
+    pre-aggregators are also timed alone (their ``(stack, weights)`` output, no rule after them)."""
     return {
         "fedavg": create("fedavg"),
         "median": create("median"),
@@ -96,6 +97,8 @@ def our_rules(f: int, beta: float) -> dict[str, Callable[[np.ndarray, np.ndarray
         "centered_clipping": create("centered_clipping", tau=10.0),
         "nnm+trimmed_mean": build_aggregator("trimmed_mean", ["nnm"], {"beta": beta, "assumed_byzantine": f}),
         "bucketing+median": build_aggregator("median", ["bucketing"], {"bucket_size": 2}),
+        "nnm (stage alone)": create_pre("nnm", assumed_byzantine=f),
+        "bucketing (stage)": create_pre("bucketing", bucket_size=2),
     }
 
 

@@ -70,14 +70,15 @@ def centered_gram(x: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
     n, d = x.shape
     more = np.zeros((0, d), np.float32) if extra is None else np.asarray(extra, np.float32)
     k = more.shape[0]
-    mean = np.full(n, 1.0 / n, dtype=np.float32) @ x  # (d,)
+    share = np.full(n, 1.0 / n, dtype=np.float32)
     gram = np.zeros((n + k, n + k), dtype=np.float64)
     for start in range(0, d, GRAM_BLOCK):  # blocks of columns, not single coordinates
         cols = slice(start, start + GRAM_BLOCK)
-        block = x[:, cols] - mean[cols]  # (n, B)
+        mean = share @ x[:, cols]  # (B,): the block's own columns, read once while in cache
+        block = x[:, cols] - mean  # (n, B)
         gram[:n, :n] += block @ block.T
         if k:  # no concatenation: the (n, d) stack is never copied
-            other = more[:, cols] - mean[cols]  # (k, B)
+            other = more[:, cols] - mean  # (k, B)
             cross = block @ other.T  # (n, k)
             gram[:n, n:] += cross
             gram[n:, :n] += cross.T
@@ -99,14 +100,21 @@ def pairwise_sq_distances(x: np.ndarray) -> np.ndarray:
 
 
 def sorted_column_blocks(x: np.ndarray, rows: np.ndarray | None = None) -> Iterator[tuple[slice, np.ndarray]]:
-    """Yield ``(columns, block)``, ``block`` of shape ``(B, n)``: each coordinate's values sorted.
+    """Yield ``(columns, block)``, ``block`` of shape ``(B, k)``: each coordinate's values sorted.
 
-    ``rows`` restricts the stack to those row indices without copying the whole ``(n, d)`` stack.
+    ``rows`` (distinct indices, ``k = len(rows)``) restricts the stack to those rows without a
+    fancy-index gather: the whole column block is transposed, the other rows are overwritten with
+    NaN, which numpy sorts last, and the first ``k`` sorted values are yielded (a view). These equal
+    the sorted values of ``rows`` alone, NaNs of ``rows`` included (the gather cost more than the
+    sort of the extra values, which pad into the same SIMD network).
     """
-    d = x.shape[1]
+    n, d = x.shape
+    excluded = None if rows is None else np.setdiff1d(np.arange(n), rows)
+    k = n if excluded is None else n - excluded.size
     for start in range(0, d, SORT_BLOCK):
         cols = slice(start, min(start + SORT_BLOCK, d))
-        part = x[:, cols] if rows is None else x[rows, cols]
-        block = np.ascontiguousarray(part.T)  # (B, n): one coordinate per row
+        block = np.ascontiguousarray(x[:, cols].T)  # (B, n): one coordinate per row
+        if excluded is not None and excluded.size:
+            block[:, excluded] = np.nan
         block.sort(axis=1)
-        yield cols, block
+        yield cols, block[:, :k]

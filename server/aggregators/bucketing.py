@@ -23,15 +23,21 @@ from stamen.server.aggregators.base import check_stack
 from stamen.server.aggregators.pre_base import PreAggregator, register_pre
 
 
-def bucket_matrix(perm: np.ndarray, size: int) -> np.ndarray:
-    """``(ceil(n/s), n)`` float32 matrix: row ``b`` averages the updates ``perm[b*s:(b+1)*s]``."""
+def bucket_means(x: np.ndarray, perm: np.ndarray, size: int) -> np.ndarray:
+    """``(ceil(n/s), d)`` float32: row ``b`` is the plain mean of the rows ``perm[b*s:(b+1)*s]``.
+
+    Each bucket's rows are added one by one into its output row and divided by the bucket's
+    size: one read of every update, no permuted copy of the stack and no ``(m, n) @ (n, d)`` product.
+    """
     n = perm.shape[0]
-    buckets = -(-n // size)
-    member = np.arange(n) // size  # bucket of each permuted position
-    counts = np.bincount(member, minlength=buckets).astype(np.float32)
-    mat = np.zeros((buckets, n), dtype=np.float32)
-    mat[member, perm] = 1.0 / counts[member]
-    return mat
+    out = np.empty((-(-n // size), x.shape[1]), dtype=np.float32)
+    for b, row in enumerate(out):
+        members = perm[b * size : (b + 1) * size]
+        row[...] = x[members[0]]
+        for j in members[1:]:
+            row += x[j]
+        row /= np.float32(members.shape[0])
+    return out
 
 
 class Bucketing:
@@ -47,11 +53,11 @@ class Bucketing:
         """Bucket means of a fresh random permutation."""
         w = check_stack(updates, weights)
         x = as_stack(updates)
-        mat = bucket_matrix(self.rng.permutation(x.shape[0]), self.bucket_size)
-        means = np.asarray(mat @ x, dtype=np.float32)  # (m, d)
+        perm = self.rng.permutation(x.shape[0])
+        means = bucket_means(x, perm, self.bucket_size)  # (m, d)
         if w is None:
             return means, None
-        return means, (mat > 0).astype(np.float64) @ w
+        return means, np.add.reduceat(w[perm], np.arange(0, perm.shape[0], self.bucket_size))
 
 
 @register_pre("bucketing")

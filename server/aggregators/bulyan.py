@@ -13,7 +13,7 @@ El Mhamdi et al., "The Hidden Vulnerability of Distributed Learning in Byzantium
 In one dimension the ``beta`` values closest to the median are a contiguous window of the sorted
 values; the window with the smallest largest distance is taken (ties: the lower window). This
 replaces the ``argpartition`` of ``|S - med|`` along the client axis by one SIMD sort per block
-(see ``_common``) and one masked dot product per coordinate.
+(see ``_common``), a running minimum over the ``2f + 1`` window costs and outward running sums.
 """
 
 from __future__ import annotations
@@ -111,26 +111,61 @@ def recursive_krum(d2: np.ndarray, f: int, theta: int) -> np.ndarray:
     return np.asarray(chosen, dtype=np.int64)
 
 
+def window_starts(v: np.ndarray, beta: int) -> np.ndarray:
+    """Per column of the sorted ``(theta, B)`` block: start of the ``beta``-window closest to the
+    median (smallest largest distance to it; ties: the lowest start, as ``argmin``); ``(B,)``.
+
+    The costs of the ``theta - beta + 1`` windows are turned into running minima row by row; the
+    first start reaching the overall minimum is the number of running minima still above it. Rows
+    of ``B`` contiguous values keep every step one long vector operation.
+    """
+    theta = v.shape[0]
+    lo, hi = (theta - 1) // 2, theta // 2
+    windows = theta - beta + 1
+    med = 0.5 * (v[lo].astype(np.float64) + v[hi])  # (B,)
+    cost = np.maximum(med - v[:windows], v[beta - 1 :] - med)  # (windows, B): lowest / highest value
+    for s in range(1, windows):
+        np.minimum(cost[s - 1], cost[s], out=cost[s])
+    return (cost > cost[-1]).sum(axis=0, dtype=np.intp)
+
+
+def window_means(v: np.ndarray, start: np.ndarray, beta: int) -> np.ndarray:
+    """Per column of the sorted ``(theta, B)`` block: mean of rows ``start .. start + beta - 1``.
+
+    Every window holds the shared middle ``[e, beta)``, ``e = theta - beta`` (the last start), plus
+    ``[s, e)`` below it and ``[beta, beta + s)`` above. Those two parts are running sums growing
+    outwards from the middle, so a value outside the chosen window never enters its sum (no
+    cancellation against a huge outlier). When ``beta < e`` the windows share no middle and the
+    window is summed under a mask instead.
+    """
+    theta, width = v.shape
+    edge = theta - beta
+    if beta < edge:
+        position = np.arange(theta)[:, None]
+        inside = (position >= start) & (position < start + beta)
+        return np.asarray(np.where(inside, v, np.float32(0.0)).sum(axis=0) / np.float32(beta))
+    low = np.zeros((edge + 1, width), dtype=np.float32)  # low[s] = v[s:edge].sum(0)
+    high = np.zeros((edge + 1, width), dtype=np.float32)  # high[s] = v[beta:beta + s].sum(0)
+    for s in range(edge - 1, -1, -1):
+        np.add(low[s + 1], v[s], out=low[s])
+    for s in range(1, edge + 1):
+        np.add(high[s - 1], v[beta + s - 1], out=high[s])
+    middle = np.ones(beta - edge, dtype=np.float32) @ v[edge:beta]
+    cols = np.arange(width)
+    return np.asarray((middle + low[start, cols] + high[start, cols]) / np.float32(beta))
+
+
 def closest_to_median_mean(x: np.ndarray, selected: np.ndarray, beta: int) -> np.ndarray:
     """Per coordinate of the rows ``selected`` of ``x``: mean of the ``beta`` values closest to their
     median; ``(d,)`` float32.
 
-    The chosen window is summed directly (masked dot product), not as a difference of prefix sums:
-    a huge outlier outside the window must not leak in through cancellation.
+    Each sorted column block is transposed back to ``(theta, B)`` (one rank per row) so that the
+    window search and sums are long contiguous vector operations.
     """
-    theta = selected.shape[0]
-    lo, hi = (theta - 1) // 2, theta // 2
-    windows = theta - beta + 1  # candidate start positions of the beta-window (2f + 1)
-    position = np.arange(theta)
-    coef = np.full(theta, 1.0 / beta, dtype=np.float32)
     out = np.empty(x.shape[1], dtype=np.float32)
-    for cols, v in sorted_column_blocks(x, selected):  # v (B, theta), each row sorted
-        med = 0.5 * (v[:, lo].astype(np.float64) + v[:, hi])  # (B,)
-        left = med[:, None] - v[:, :windows]  # distance of each window's lowest value
-        right = v[:, beta - 1 :] - med[:, None]  # ... and of its highest
-        start = np.argmin(np.maximum(left, right), axis=1)[:, None]  # (B, 1), lowest window on ties
-        inside = (position >= start) & (position < start + beta)  # (B, theta)
-        out[cols] = np.where(inside, v, np.float32(0.0)) @ coef
+    for cols, block in sorted_column_blocks(x, selected):  # block (B, theta), each row sorted
+        v = np.ascontiguousarray(block.T)  # (theta, B)
+        out[cols] = window_means(v, window_starts(v, beta), beta)
     return out
 
 

@@ -8,7 +8,7 @@ replaced by the average of its ``n - f`` nearest neighbours (Euclidean), itself 
 
 Then any rule runs on ``y``. Needs ``2f < n``. Distance ties go to the lowest index; the row itself
 always counts as its own nearest neighbour. Weights pass through unchanged (row ``i`` stays client
-``i``). The mixing is one ``(n, n) @ (n, d)`` product.
+``i``). The mixing is one ``(u, n) @ (n, d)`` product over the ``u <= n`` distinct neighbourhoods.
 """
 
 from __future__ import annotations
@@ -32,6 +32,21 @@ def mixing_matrix(d2: np.ndarray, f: int) -> np.ndarray:
     return mix
 
 
+def mix_rows(mix: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``mix @ x`` as float32 ``(n, d)``, one product per *distinct* row of ``mix``.
+
+    Rows whose neighbourhoods coincide (typically every honest row, when the attackers are the
+    ``f`` farthest from all of them) have equal mixing rows; only the distinct ones enter the
+    ``(u, n) @ (n, d)`` GEMM (``u`` distinct rows), then each output row is copied from its class.
+    All rows distinct: the plain ``(n, n) @ (n, d)`` product, same cost as before.
+    """
+    distinct, inverse = np.unique(mix, axis=0, return_inverse=True)
+    if distinct.shape[0] == mix.shape[0]:
+        return np.asarray(mix @ x, dtype=np.float32)
+    mixed = np.asarray(distinct @ x, dtype=np.float32)  # (u, d)
+    return mixed[inverse.reshape(-1)]
+
+
 @register_pre("nnm")
 def nnm(assumed_byzantine: int = 0) -> PreAggregator:
     """Nearest-neighbour mixing.
@@ -49,7 +64,6 @@ def nnm(assumed_byzantine: int = 0) -> PreAggregator:
         n = x.shape[0]
         if not 2 * f < n:
             raise ValueError(f"nnm needs 2*assumed_byzantine < n; got assumed_byzantine={f}, n={n} updates")
-        mixed = mixing_matrix(pairwise_sq_distances(x), f) @ x  # (n, d)
-        return np.asarray(mixed, dtype=np.float32), weights
+        return mix_rows(mixing_matrix(pairwise_sq_distances(x), f), x), weights
 
     return pre

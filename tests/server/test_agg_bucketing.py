@@ -8,12 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stamen.server.aggregators import create_pre
-from stamen.server.aggregators.bucketing import bucket_matrix
+from stamen.server.aggregators.bucketing import bucket_means
 
 
-def test_bucket_matrix_hand_computed() -> None:
-    # permutation (2, 0, 1), s = 2: buckets {2, 0} and {1}
-    np.testing.assert_allclose(bucket_matrix(np.array([2, 0, 1]), 2), [[0.5, 0.0, 0.5], [0.0, 1.0, 0.0]])
+def test_bucket_means_hand_computed() -> None:
+    # permutation (2, 0, 1), s = 2: buckets {2, 0} -> (1 + 5) / 2 = 3 and {1} -> 3 alone; second column
+    x = np.array([[1.0, -2.0], [3.0, 7.0], [5.0, 4.0]], dtype=np.float32)
+    np.testing.assert_array_equal(bucket_means(x, np.array([2, 0, 1]), 2), [[3.0, 1.0], [3.0, 7.0]])
+    # s = 3 over n = 3: one bucket, the plain mean; x untouched
+    np.testing.assert_allclose(bucket_means(x, np.array([1, 2, 0]), 3), [[3.0, 3.0]], rtol=1e-7)
+    np.testing.assert_array_equal(x, [[1.0, -2.0], [3.0, 7.0], [5.0, 4.0]])
 
 
 def test_bucketing_follows_its_seeded_permutation() -> None:

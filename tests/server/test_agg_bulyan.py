@@ -8,7 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stamen.server.aggregators import create
-from stamen.server.aggregators.bulyan import _SortedRows, closest_to_median_mean, recursive_krum
+from stamen.server.aggregators.bulyan import (
+    _SortedRows,
+    closest_to_median_mean,
+    recursive_krum,
+    window_means,
+    window_starts,
+)
 from stamen.server.aggregators.krum import krum_scores
 
 
@@ -53,6 +59,37 @@ def test_coordinate_phase_matches_slow_reference(f: int, theta0: int, d: int, se
     out = closest_to_median_mean(x, np.arange(theta), theta - 2 * f)
     for j in range(d):
         assert min(abs(out[j] - m) for m in slow_closest(x[:, j], theta - 2 * f)) <= 1e-5 * (1 + abs(out[j]))
+
+
+def test_window_sum_never_sees_an_outlier_outside_it() -> None:
+    """theta = 5, beta = 3: median 2, window {1, 2, 3}. A prefix-sum difference would return
+    (3e38 + ... - 3e38) garbage; the outward sums give exactly 2 (and 2.25 on the masked path)."""
+    col = np.array([[-3e38], [1.0], [2.0], [3.0], [3e38]], dtype=np.float32)
+    np.testing.assert_array_equal(closest_to_median_mean(col, np.arange(5), 3), [2.0])
+    # theta = 7, beta = 2 < theta - beta: masked path; median 2, windows {1, 2} (cost 1),
+    # {2, 2.5} (0.5), {2.5, 4} (2) -> 2.25
+    col7 = np.array([[-3e38], [-3e38], [1.0], [2.0], [2.5], [4.0], [3e38]], dtype=np.float32)
+    np.testing.assert_array_equal(closest_to_median_mean(col7, np.arange(7), 2), [2.25])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 50), st.integers(0, 2**32 - 1), st.booleans())
+def test_window_starts_and_means_match_argmin_reference(
+    beta: int, extra: int, width: int, seed: int, ties: bool
+) -> None:
+    """Lowest-index argmin of the window costs, and the plain mean of that window, column by column."""
+    theta = beta + extra
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(-3, 4, (theta, width)) if ties else rng.standard_normal((theta, width))
+    v = np.sort(raw.astype(np.float32), axis=0)
+    start = window_starts(v, beta)
+    means = window_means(v, start, beta)
+    for j in range(width):
+        col = v[:, j].astype(np.float64)
+        med = 0.5 * (col[(theta - 1) // 2] + col[theta // 2])
+        costs = [max(med - col[s], col[s + beta - 1] - med) for s in range(theta - beta + 1)]
+        assert start[j] == int(np.argmin(costs))
+        assert means[j] == pytest.approx(col[start[j] : start[j] + beta].mean(), rel=1e-6, abs=1e-6)
 
 
 @settings(max_examples=30, deadline=None)

@@ -51,6 +51,16 @@ def test_sorted_blocks_cover_every_column_once() -> None:
     assert np.all(seen == 1)
 
 
+def test_sorted_blocks_of_some_rows_keep_their_own_nans() -> None:
+    """Excluded rows become NaN sentinels; the yielded prefix is exactly the selected rows sorted,
+    a NaN of a selected row included (numpy sorts NaN last either way)."""
+    x = np.array([[3.0, 1.0], [np.nan, 2.0], [-1.0, 9.0], [5.0, -4.0]], dtype=np.float32)
+    blocks = list(sorted_column_blocks(x, np.array([1, 3])))
+    assert len(blocks) == 1
+    np.testing.assert_array_equal(blocks[0][1], [[5.0, np.nan], [-4.0, 2.0]])
+    np.testing.assert_array_equal(x[1], [np.nan, 2.0])  # input untouched
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "2", None])
 def test_check_count_rejects(bad: object) -> None:
     with pytest.raises(ValueError, match="assumed_byzantine"):

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stamen.server.aggregators import create_pre
+from stamen.server.aggregators.nnm import mix_rows
 
 
 def test_nnm_hand_computed() -> None:
@@ -50,3 +51,22 @@ def test_nnm_pinned_value() -> None:
     np.testing.assert_allclose(
         mixed[[0, 4]], [[-0.186367, 0.709601, -0.136486], [-0.261316, -0.362131, -0.431679]], atol=1e-6
     )
+
+
+def test_mix_rows_hand_computed_with_shared_neighbourhoods() -> None:
+    # rows 0 and 2 share a mixing row: one distinct product, copied to both
+    mix = np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.5, 0.5, 0.0]], dtype=np.float32)
+    x = np.array([[2.0, 0.0], [4.0, 2.0], [8.0, 6.0]], dtype=np.float32)
+    np.testing.assert_array_equal(mix_rows(mix, x), [[3.0, 1.0], [6.0, 4.0], [3.0, 1.0]])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 8), st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_mix_rows_equals_the_full_product(n: int, kinds: int, d: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    pool = rng.random((kinds, n)).astype(np.float32)
+    mix = pool[rng.integers(0, kinds, n)]  # repeated rows, in any order
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    out = mix_rows(mix, x)
+    assert out.dtype == np.float32 and out.shape == (n, d)
+    np.testing.assert_allclose(out, mix.astype(np.float64) @ x, rtol=1e-5, atol=1e-5)
