@@ -50,7 +50,8 @@ from stamen.simulations.text_data import load_pydocs
 RESULTS = Path(__file__).resolve().parent / "results" / "edge_personalize_minilm.json"
 PLANS = ["full", "bias", "last_k=1", "last_k=2", "channels=0.25", "budget=FULL/8", "budget=FULL/20"]
 SEQ, BATCH, CLIENTS = 64, 16, 8
-LRS = (0.01, 0.03, 0.1)
+LRS = (0.001, 0.003, 0.01, 0.03, 0.1)  # full fine-tuning of 22M weights needs the small end
+QUICK_LR = 0.03
 
 
 def _model(head: dict[str, torch.Tensor]) -> TextClassifier:
@@ -136,7 +137,7 @@ def run(n_targets: int, samples: int, epochs: int, tune: bool) -> dict:
     assert isinstance(base, TextClassifier)
     emb = _embed(base.eval().bert, x)
     print(f"embedded {len(y)} texts in {time.perf_counter() - t0:.0f} s", flush=True)
-    cfg = PersonalizeConfig(epochs=epochs, batch_size=BATCH, lr=LRS[1], probe=64)
+    cfg = PersonalizeConfig(epochs=epochs, batch_size=BATCH, lr=QUICK_LR, probe=64)  # tuned unless --quick
     per_plan: dict[str, dict[str, list]] = {
         p: {k: [] for k in ("acc", "mem", "ms", "lr", "params")} for p in PLANS
     }

@@ -11,10 +11,24 @@ Setting (CPU-feasible; every client participates every round, so a round has exa
 The defenses assume ``f = max(actual attackers, 10 % of the cohort)`` (so the clean column shows the
 price of a nominal 10 % assumption), clamped to what the rule tolerates (Bulyan ``4f + 3 <= n``).
 
+FRL and Bristle need their own model, trainer and codec (``Defense.overrides``, the settings of the
+built-in ``frl`` / ``bristle`` scenarios on the same data, clients and rounds): FRL a supermask MLP
+40-128-10 trained by rank learning (lr 0.4 x 0.999^round, batch 8, ``frl_rank`` codec); Bristle
+(server mode) the frozen mnist1d-letters feature extractor with a trainable output layer (Adam lr
+1e-3, L2 5e-3, batch 5, one epoch). Not every attack applies (:func:`applies`, cells "n/a"):
+``rank_reversal`` forges rankings and only FRL votes on rankings; the float update attacks forge
+non-permutation rows that FRL's vote drops (the ``frl_rank`` codec cannot even encode them), i.e.
+the attackers would just abstain, so FRL faces ``rank_reversal`` and ``label_flip`` only.
+
 Regenerate::
 
-    .venv/bin/python benchmarks/bench_robustness.py            # full grid (~560 runs), --jobs 2
+    .venv/bin/python benchmarks/bench_robustness.py            # full grid (634 runs), --jobs 2
     .venv/bin/python benchmarks/bench_robustness.py --quick    # 4 rules x 3 attacks at 20 %, 10 rounds
+    # more seeds at 20 % for the main rules (the seed-spread table):
+    .venv/bin/python benchmarks/bench_robustness.py --resume --fractions 0.2 --seeds 0,1,2 \
+        --partitions dirichlet0.5 --rules fedavg,median,trimmed_mean,krum,frl,bristle
+
+The tables and plots always cover the whole grid at seed 0 (plus every seed found at 20 %).
 
 Writes ``benchmarks/results/robustness.json`` (every run, resumable with ``--resume``),
 ``robustness.md`` (tables) and ``robustness_heatmap.png`` / ``robustness_worst.png``.
@@ -23,10 +37,12 @@ Writes ``benchmarks/results/robustness.json`` (every run, resumable with ``--res
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -49,6 +65,10 @@ class Defense:
     overrides: tuple[str, ...] = ()  # e.g. a trainer/model a rule needs (FRL, Bristle)
 
 
+FRL = ("model.name=supermask_mlp", "clients.trainer=frl", "codec.pipeline=frl_rank", "clients.lr=0.4",
+       "clients.lr_decay=0.999", "clients.batch_size=8", "clients.weight_decay=0.0001")
+BRISTLE = ("model.name=bristle_transfer", "clients.trainer=bristle", "clients.optimizer=adam",
+           "clients.lr=0.001", "clients.weight_decay=0.005", "clients.batch_size=5", "clients.local_epochs=1")
 # label -> (assumed f, cohort size n) -> Defense.  Adding a rule is one line here.
 RULES: dict[str, Callable[[int, int], Defense]] = {
     "fedavg": lambda f, n: Defense("fedavg"),
@@ -62,6 +82,8 @@ RULES: dict[str, Callable[[int, int], Defense]] = {
     "nnm+trimmed_mean": lambda f, n: Defense(
         "trimmed_mean", ("nnm",), {"beta": f / n, "assumed_byzantine": f}
     ),
+    "frl": lambda f, n: Defense("frl", overrides=FRL),
+    "bristle": lambda f, n: Defense("bristle", overrides=BRISTLE),
 }
 # label -> (attack kind, attack params).  Adding an attack is one line here.
 ATTACKS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -75,23 +97,24 @@ ATTACKS: dict[str, tuple[str, dict[str, Any]]] = {
     "fang_krum": ("fang_krum", {}),
     "fang_trmean": ("fang_trmean", {}),
     "label_flip": ("label_flip", {}),
+    "rank_reversal": ("rank_reversal", {}),
 }
+RANKING_RULES, RANKING_ATTACKS, DATA_ATTACKS = {"frl"}, {"rank_reversal"}, {"label_flip"}
+
+
+def applies(rule: str, attack: str) -> bool:
+    """Whether a cell is run: ranking attacks only against ranking rules, which in turn face only
+    ranking and data attacks (see the module docstring); the clean run always."""
+    if attack == "none" or attack in DATA_ATTACKS:
+        return True
+    return (rule in RANKING_RULES) == (attack in RANKING_ATTACKS)
 PARTITIONS: dict[str, tuple[str, ...]] = {
     "dirichlet0.5": ("data.partition=dirichlet", "data.alpha=0.5"),
     "iid": ("data.partition=iid",),
 }
-BASE = (
-    "data.dataset=mnist1d",
-    "data.num_samples=5000",
-    f"data.num_clients={CLIENTS}",
-    f"clients.per_round={CLIENTS}",
-    "clients.local_epochs=2",
-    "clients.batch_size=32",
-    "clients.lr=0.1",
-    "clients.momentum=0.9",
-    "model.hidden=128",
-    "codec.pipeline=dense",
-)
+BASE = ("data.dataset=mnist1d", "data.num_samples=5000", f"data.num_clients={CLIENTS}",
+        f"clients.per_round={CLIENTS}", "clients.local_epochs=2", "clients.batch_size=32", "clients.lr=0.1",
+        "clients.momentum=0.9", "model.hidden=128", "codec.pipeline=dense")
 
 
 @dataclass(frozen=True)
@@ -118,15 +141,8 @@ def assumed_f(fraction: float) -> int:
 def overrides(cell: Cell) -> list[str]:
     """The ``--set`` overrides of one cell."""
     d = RULES[cell.rule](assumed_f(cell.fraction), CLIENTS)
-    out = [
-        *BASE,
-        *PARTITIONS[cell.partition],
-        f"rounds={cell.rounds}",
-        f"eval.every={cell.rounds}",
-        f"seed={cell.seed}",
-        f"aggregation.rule={d.rule}",
-        *d.overrides,
-    ]
+    out = [*BASE, *PARTITIONS[cell.partition], f"rounds={cell.rounds}", f"eval.every={cell.rounds}",
+           f"seed={cell.seed}", f"aggregation.rule={d.rule}", *d.overrides]
     if d.pre:
         out.append(f"aggregation.pre={','.join(d.pre)}")
     out += [f"aggregation.{k}={v}" for k, v in d.params.items()]
@@ -164,19 +180,24 @@ class Grid:
     attacks: list[str]
     fractions: list[float]
     partitions: list[str]
-    seed: int
+    seeds: list[int]
     rounds: int
 
-    def cell(self, rule: str, attack: str, fraction: float, partition: str) -> Cell:
-        return Cell(rule, attack, fraction, partition, self.seed, self.rounds)
+    @property
+    def seed(self) -> int:
+        """The seed of the main tables and plots (the first one)."""
+        return self.seeds[0]
+
+    def cell(self, rule: str, attack: str, fraction: float, partition: str, seed: int | None = None) -> Cell:
+        return Cell(rule, attack, fraction, partition, self.seed if seed is None else seed, self.rounds)
 
     def cells(self) -> list[Cell]:
-        """Clean runs (fraction 0) plus every attack at every fraction."""
+        """Clean runs (fraction 0) plus every applicable attack at every fraction, for every seed."""
         out = []
-        for part in self.partitions:
-            for rule in self.rules:
-                out.append(self.cell(rule, "none", 0.0, part))
-                out += [self.cell(rule, a, fr, part) for fr in self.fractions for a in self.attacks]
+        for seed, part, rule in itertools.product(self.seeds, self.partitions, self.rules):
+            out.append(self.cell(rule, "none", 0.0, part, seed))
+            out += [self.cell(rule, a, fr, part, seed) for fr in self.fractions for a in self.attacks
+                    if applies(rule, a)]
         return out
 
 
@@ -214,17 +235,20 @@ def accuracy(done: Runs, cell: Cell) -> float:
     return float(done.get(cell.key, {}).get("accuracy", math.nan))
 
 
-def worst_case(done: Runs, g: Grid, rule: str, part: str, fr: float) -> float:
-    """Lowest final accuracy over the attacks at one fraction (NaN if none finished)."""
-    accs = [a for a in (accuracy(done, g.cell(rule, x, fr, part)) for x in g.attacks) if not math.isnan(a)]
+def worst_case(done: Runs, g: Grid, rule: str, part: str, fr: float, seed: int | None = None) -> float:
+    """Lowest final accuracy over the applicable attacks at one fraction (NaN if none finished)."""
+    cells = (g.cell(rule, x, fr, part, seed) for x in g.attacks if applies(rule, x))
+    accs = [a for a in (accuracy(done, c) for c in cells) if not math.isnan(a)]
     return min(accs) if accs else math.nan
+
+
+def fmt(v: float, applicable: bool = True) -> str:
+    """A table cell: 3 decimals, "—" if not run (yet), "n/a" if the attack does not apply."""
+    return "n/a" if not applicable else "—" if math.isnan(v) else f"{v:.3f}"
 
 
 def markdown(done: Runs, g: Grid) -> str:
     """One table per (partition, fraction): rows = rules, columns = clean + attacks + worst case."""
-
-    def fmt(v: float) -> str:
-        return "—" if math.isnan(v) else f"{v:.3f}"
 
     lines = []
     for part in g.partitions:
@@ -235,10 +259,44 @@ def markdown(done: Runs, g: Grid) -> str:
                 "|---|" + "---:|" * (len(g.attacks) + 2),
             ]
             for rule in g.rules:
-                vals = [fmt(accuracy(done, g.cell(rule, a, fr, part))) for a in g.attacks]
+                vals = [fmt(accuracy(done, g.cell(rule, a, fr, part)), applies(rule, a)) for a in g.attacks]
                 clean = fmt(accuracy(done, g.cell(rule, "none", 0.0, part)))
                 worst = fmt(worst_case(done, g, rule, part, fr))
                 lines.append(f"| {rule} | {clean} | " + " | ".join(vals) + f" | **{worst}** |")
+    return "\n".join(lines) + "\n"
+
+
+def seeds_found(done: Runs, fr: float, rounds: int) -> list[int]:
+    """Every seed with at least one finished run at attacker fraction ``fr``."""
+    return sorted({int(r["seed"]) for r in done.values() if r["fraction"] == fr and r["rounds"] == rounds})
+
+
+def spread(vals: list[float]) -> str:
+    """``median (min–max)`` of the finite values, "—" if none."""
+    v = sorted(x for x in vals if not math.isnan(x))
+    return "—" if not v else f"{statistics.median(v):.3f} ({v[0]:.3f}–{v[-1]:.3f})"
+
+
+def seed_table(done: Runs, g: Grid, fr: float) -> str:
+    """Median (min–max) over the seeds at fraction ``fr``; rows = rules run with >= 2 seeds there."""
+    seeds = seeds_found(done, fr, g.rounds)
+    lines = []
+    for part in g.partitions:
+        rows = []
+        for rule in g.rules:
+            have = [s for s in seeds if not math.isnan(accuracy(done, g.cell(rule, "none", 0.0, part, s)))
+                    and any(g.cell(rule, a, fr, part, s).key in done for a in g.attacks)]
+            if len(have) < 2:
+                continue
+            cols = [spread([accuracy(done, g.cell(rule, "none", 0.0, part, s)) for s in have])]
+            cols += [spread([accuracy(done, g.cell(rule, a, fr, part, s)) for s in have])
+                     if applies(rule, a) else "n/a" for a in g.attacks]
+            worst = spread([worst_case(done, g, rule, part, fr, s) for s in have])
+            rows.append(f"| {rule} | {len(have)} | " + " | ".join(cols) + f" | **{worst}** |")
+        if rows:
+            lines += [f"\n**{part}, {fr:.0%} attackers, median (min–max) over seeds {seeds}**\n",
+                      "| rule | seeds | clean | " + " | ".join(g.attacks) + " | worst |",
+                      "|---|---:|" + "---:|" * (len(g.attacks) + 2), *rows]
     return "\n".join(lines) + "\n"
 
 
@@ -258,9 +316,9 @@ def heatmap(done: Runs, g: Grid, path: Path) -> None:
         ax.set_yticks(range(len(g.rules)), g.rules if j == 0 else [], fontsize=7)
         ax.set_title(f"{part}, {fr:.0%} attackers", fontsize=9)
         for (y, x), v in np.ndenumerate(acc):
-            if not np.isnan(v):
-                color = "white" if v < 0.5 else "black"
-                ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=5.5, color=color)
+            label = "n/a" if not applies(g.rules[y], g.attacks[x]) else "" if np.isnan(v) else f"{v:.2f}"
+            color = "white" if not np.isnan(v) and v < 0.5 else "black"
+            ax.text(x, y, label, ha="center", va="center", fontsize=5.5, color=color)
     title = f"mnist1d final test accuracy ({CLIENTS} clients, {g.rounds} rounds, seed {g.seed})"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -294,29 +352,17 @@ def parse() -> tuple[argparse.Namespace, Grid]:
     p.add_argument("--attacks", default=",".join(ATTACKS))
     p.add_argument("--fractions", default="0.1,0.2,0.3")
     p.add_argument("--partitions", default=",".join(PARTITIONS))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="comma-separated; the tables' main seed is the first")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     p.add_argument("--resume", action="store_true", help="keep finished runs of the JSON file")
     p.add_argument("--out", default=None, help="JSON path (default results/robustness[_quick].json)")
     a = p.parse_args()
-    g = Grid(
-        a.rules.split(","),
-        a.attacks.split(","),
-        [float(x) for x in a.fractions.split(",")],
-        a.partitions.split(","),
-        a.seed,
-        a.rounds,
-    )
+    g = Grid(a.rules.split(","), a.attacks.split(","), [float(x) for x in a.fractions.split(",")],
+             a.partitions.split(","), [int(x) for x in a.seeds.split(",")], a.rounds)
     if a.quick:
-        g = Grid(
-            ["fedavg", "median", "trimmed_mean", "krum"],
-            ["sign_flip", "alie", "label_flip"],
-            [0.2],
-            g.partitions,
-            a.seed,
-            10,
-        )
+        quick = (["fedavg", "median", "trimmed_mean", "krum"], ["sign_flip", "alie", "label_flip"], [0.2])
+        g = Grid(*quick, g.partitions, g.seeds, 10)
     unknown = [x for x in g.rules if x not in RULES] + [x for x in g.attacks if x not in ATTACKS]
     unknown += [x for x in g.partitions if x not in PARTITIONS]
     if unknown:
@@ -337,11 +383,13 @@ def main() -> None:
         done = {r["key"]: r for r in json.loads(out.read_text())["runs"] if "accuracy" in r}
     meta = run_all(g.cells(), a.jobs, out, done)
     save(out, done, {**meta, **asdict(g), "jobs": a.jobs})
-    table = markdown(done, g)
+    full = Grid(list(RULES), list(ATTACKS), [0.1, 0.2, 0.3], list(PARTITIONS), [0], a.rounds)
+    report = g if a.quick else full  # the whole table, whatever subset this invocation ran
+    table = markdown(done, report) + seed_table(done, report, 0.2)
     out.with_suffix(".md").write_text(table)
     print(table)
-    heatmap(done, g, out.with_name(f"{out.stem}_heatmap.png"))
-    worst_plot(done, g, out.with_name(f"{out.stem}_worst.png"))
+    heatmap(done, report, out.with_name(f"{out.stem}_heatmap.png"))
+    worst_plot(done, report, out.with_name(f"{out.stem}_worst.png"))
     print(f"wrote {out} (+ .md, _heatmap.png, _worst.png) in {meta['grid_wall_s'] / 60:.1f} min")
 
 

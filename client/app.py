@@ -8,6 +8,7 @@ app serves simulations and deployments. The partition comes from ``context.node_
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,10 +19,14 @@ from torch import nn
 from stamen.client.context_state import load_state, save_state
 from stamen.client.core import client_seed, local_update
 from stamen.client.models import evaluate_model, set_weights
-from stamen.client.mods import DELTA, codec_mod, local_dp_mod
+from stamen.client.mods import DELTA, codec_mod, local_dp_mod, trained_record
 from stamen.client.task import TaskSpec, TrainSpec, build_model, client_data
 from stamen.protocols import keys
 from stamen.protocols.flower import arrays_of, config_value, envelope_from_record
+
+if TYPE_CHECKING:
+    from stamen.client.bristle_peer import PeerReply
+    from stamen.client.state import ClientState
 
 torch.set_num_threads(1)  # one thread per simulated client (determinism, no oversubscription)
 
@@ -53,16 +58,36 @@ def _train(msg: Message, context: Context) -> Message:
     else:
         weights = arrays_of(msg.content, keys.ARRAYS)
     state = load_state(context)
-    result = local_update(_model(task), weights, client_data(task, pid), spec, client_seed(seed, rnd, pid),
-                          state)
+    extra: dict[str, list[int]] = {}
+    if keys.PEER_CONFIG in msg.content.config_records:  # Bristle peer mode: the server only relays
+        reply = _peer_update(msg, task, spec, weights, state, (seed, rnd, pid))
+        result, extra = reply.result, {keys.PEER_CLASSES: list(reply.classes)}
+    else:
+        result = local_update(_model(task), weights, client_data(task, pid), spec,
+                              client_seed(seed, rnd, pid), state)
     save_state(context, state)
     metrics = MetricRecord({keys.NUM_EXAMPLES: result.num_examples, keys.PARTITION_ID: pid,
-                            **result.metrics})
+                            **result.metrics, **extra})
     delta = ArrayRecord({k: Array(v) for k, v in result.delta.items()})
-    content = RecordDict({DELTA: delta, keys.METRICS: metrics})
+    content = RecordDict({DELTA: delta, keys.METRICS: metrics, **trained_record(result.trained)})
     if base_hash is not None:
         content[keys.BASE] = ConfigRecord({"hash": base_hash})
     return Message(content, reply_to=msg)
+
+
+def _peer_update(
+    msg: Message, task: TaskSpec, spec: TrainSpec, weights: dict[str, np.ndarray], state: ClientState,
+    who: tuple[int, int, int],
+) -> PeerReply:
+    """Bristle peer mode: integrate the relayed inbox, train, return the layer to share."""
+    from stamen.client.bristle_peer import PeerRound, peer_update
+    from stamen.server.bristle.relay import Relayed
+
+    inbox = msg.content.array_records.get(keys.PEER_INBOX, ArrayRecord())
+    relayed, cfg = Relayed.from_records(inbox, msg.content.config_records[keys.PEER_CONFIG])
+    seed, rnd, pid = who
+    return peer_update(_model(task), weights, client_data(task, pid), spec, state, relayed,
+                       PeerRound(seed, rnd, pid, cfg))
 
 
 def _edge_weights(msg: Message, context: Context, task: TaskSpec) -> tuple[dict[str, np.ndarray], str]:

@@ -8,7 +8,7 @@ same code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import torch
@@ -83,16 +83,28 @@ def encode_delta(
     corrected = apply_error_feedback(delta, state)
     payload, decoded = CodecPipeline(spec).roundtrip(corrected, rng)
     update_residual(state, corrected, decoded)
-    envelope = Envelope(codec=spec.to_string(), base_hash=base_hash, version=version, sender=sender,
-                        tensors=tensor_table(corrected), payload=payload)
+    envelope = Envelope(
+        codec=spec.to_string(),
+        base_hash=base_hash,
+        version=version,
+        sender=sender,
+        tensors=tensor_table(corrected),
+        payload=payload,
+    )
     return pack(envelope, signer)
 
 
 def local_privacy(
-    delta: Mapping[str, np.ndarray], spec: TrainSpec, seed: int, state: ClientState
+    delta: Mapping[str, np.ndarray],
+    spec: TrainSpec,
+    seed: int,
+    state: ClientState,
+    trained: Collection[str] | None = None,
 ) -> tuple[Mapping[str, np.ndarray], dict[str, float]]:
     """Local DP (``spec.local_dp``): clip + Gaussian noise before any codec, ε counted in ``state``.
 
+    Only the ``trained`` tensors (``TrainResult.trained``; all if ``None``) are clipped and noised;
+    the others are exactly zero by construction and stay so (a LoRA update stays adapter-only).
     Returns the (possibly) privatized update and the metrics to report (empty without local DP).
     Both the ClientApp's ``local_dp_mod`` and the in-process engine call this.
     """
@@ -101,4 +113,6 @@ def local_privacy(
     from stamen.client.privacy import privatize_update
 
     rng = np.random.default_rng(seed ^ 0x1D9)
-    return privatize_update(delta, spec.dp_clip, spec.dp_noise_multiplier, spec.dp_delta, rng, state)
+    return privatize_update(
+        delta, spec.dp_clip, spec.dp_noise_multiplier, spec.dp_delta, rng, state, noised=trained
+    )

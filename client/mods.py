@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from stamen.client.context_state import load_state, save_state
@@ -22,6 +22,7 @@ from stamen.protocols import Signer, keys, model_hash
 from stamen.protocols.flower import arrays_of, config_value, envelope_record
 
 DELTA = "delta"  # handler -> mod record name; never leaves the client
+TRAINED = "trained"  # handler -> mod ConfigRecord {"names": [...]}: TrainResult.trained; never leaves
 
 Mod = Callable[[Message, Context, ClientAppCallable], Message]
 
@@ -44,13 +45,21 @@ def make_codec_mod(signer: Signer | None = None) -> Mod:
         feedback = bool(cfg.get(keys.ERROR_FEEDBACK, False))
         state = load_state(ctx)
         payload = encode_delta(
-            delta, config_value(cfg, keys.CODEC_SPEC, str), base_hash=base_hash, version=rnd,
-            sender=f"client-{pid}", seed=client_seed(seed, rnd, pid) ^ 0xC0DEC, signer=signer,
-            state=state, error_feedback=feedback,
+            delta,
+            config_value(cfg, keys.CODEC_SPEC, str),
+            base_hash=base_hash,
+            version=rnd,
+            sender=f"client-{pid}",
+            seed=client_seed(seed, rnd, pid) ^ 0xC0DEC,
+            signer=signer,
+            state=state,
+            error_feedback=feedback,
         )
         if feedback:
             save_state(ctx, state)
         del out.content[DELTA]
+        if TRAINED in out.content.config_records:
+            del out.content[TRAINED]
         out.content[keys.UPDATE] = envelope_record(payload)
         metrics[keys.BYTES_UP] = len(payload)
         return out
@@ -84,9 +93,26 @@ def local_dp_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Me
     pid = config_value(metrics, keys.PARTITION_ID, int)
     rnd, seed = config_value(cfg, keys.SERVER_ROUND, int), config_value(cfg, keys.SEED, int)
     state = load_state(ctx)
-    delta, extra = local_privacy(arrays_of(out.content, DELTA), spec, client_seed(seed, rnd, pid), state)
+    delta, extra = local_privacy(
+        arrays_of(out.content, DELTA), spec, client_seed(seed, rnd, pid), state, trained_names(out)
+    )
     save_state(ctx, state)
     out.content[DELTA] = ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in delta.items()})
     for key, value in extra.items():
         metrics[key] = value
     return out
+
+
+def trained_names(out: Message) -> list[str] | None:
+    """The handler's ``TrainResult.trained`` from the reply's ``TRAINED`` record (``None`` if absent)."""
+    if TRAINED not in out.content.config_records:
+        return None
+    names = out.content.config_records[TRAINED]["names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"record {TRAINED!r} must hold a list of tensor names")
+    return [str(n) for n in names]
+
+
+def trained_record(trained: tuple[str, ...] | None) -> dict[str, ConfigRecord]:
+    """``{TRAINED: ConfigRecord}`` for a train reply (empty when the trainer did not declare a set)."""
+    return {} if trained is None else {TRAINED: ConfigRecord({"names": list(trained)})}

@@ -76,7 +76,7 @@ class TrainSpec:
     weight_decay: float = 0.0
     # sparse fine-tuning (trainer "sparse")
     sparse_density: float = 0.005
-    sparse_warmup: int = 4
+    sparse_warmup: int = 4  # batches whose accumulated gradient selects the mask
     sparse_regrow_every: int = 10
     sparse_regrow_fraction: float = 0.2
     sparse_skip: tuple[str, ...] = ("embeddings",)

@@ -35,6 +35,11 @@ EDGE_ROOT = "edge-root"  # str: directory of the simulated devices' stores (node
 EDGE_TRUST = "edge-trust"  # str: path of the public key the devices trust
 BASE = "stamen.base"  # ConfigRecord in a train reply: {"hash": the model hash the client trained from}
 
+# --- Bristle peer mode (aggregation.mode = "peer"; the server only relays) ---------------------
+PEER_INBOX = "bristle.inbox"  # ArrayRecord: "<partition id>" -> the (C, F) layer that peer shared last round
+PEER_CONFIG = "bristle.peer"  # ConfigRecord: prioritizer settings + "classes.<id>": each sender's classes
+PEER_CLASSES = "bristle-classes"  # MetricRecord list[int] in a train reply: the node's declared classes
+
 # --- node_config keys (Flower) ---------------------------------------------------------------
 NODE_PARTITION_ID = "partition-id"
 NODE_NUM_PARTITIONS = "num-partitions"

@@ -32,7 +32,8 @@ def main(grid: Grid, context: Context) -> None:
     if out:
         from stamen.simulations.results import write_results
 
-        write_results(Path(out), cfg.scenario, result.rounds, extra={"engine": "flower-deployment"})
+        extra = {"engine": "flower-deployment", **result.extra}
+        write_results(Path(out), cfg.scenario, result.rounds, extra=extra)
         log.info("results written to %s", out)
 
 

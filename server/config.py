@@ -44,6 +44,7 @@ class ServerConfig:
     attack_kind: str = "none"
     attack_params: Mapping[str, Any] = field(default_factory=dict)
     malicious: tuple[int, ...] = ()  # partition ids that attack (simulation only)
+    malicious_minority: bool = True  # redraw cohorts until the malicious are < half (FRL's sampler)
     error_feedback: bool = False
     lr_decay: float = 1.0  # round r trains with train.lr * lr_decay**(r - 1)
     runtime: str = "memory"  # or "edge": devices hold the model in an edge store (signed delta downlink)
@@ -56,6 +57,13 @@ class ServerConfig:
             raise ValueError(f"per_round must be in [1, {self.num_clients}], got {self.per_round}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout-s must be > 0, got {self.timeout_s}")
+        from stamen.server.sampling import minority_feasible
+
+        if self.malicious_minority and not minority_feasible(self.num_clients, self.per_round,
+                                                             len(self.malicious)):
+            raise ValueError(f"attack.malicious_minority: no cohort of {self.per_round} clients has fewer "
+                             f"than half of the {len(self.malicious)} attackers; lower attack.fraction, "
+                             "or set attack.malicious_minority=false")
 
     @classmethod
     def from_scenario(cls, scenario: Any, timeout_s: float = 600.0) -> ServerConfig:
@@ -90,7 +98,8 @@ class ServerConfig:
             per_round=s.clients.per_round, num_clients=s.data.num_clients, task=task, train=train,
             codec=codec, rule=s.aggregation.rule, rule_params=dict(s.aggregation.params),
             pre=tuple(s.aggregation.pre), attack_kind=s.attack.kind, attack_params=dict(s.attack.params),
-            malicious=malicious, error_feedback=s.codec.error_feedback, privacy=s.to_dict()["privacy"],
+            malicious=malicious, malicious_minority=s.attack.malicious_minority,
+            error_feedback=s.codec.error_feedback, privacy=s.to_dict()["privacy"],
             runtime=s.clients.runtime, lr_decay=s.clients.lr_decay,
             downlink=CodecSpec.parse(s.codec.downlink).to_string(),
             server_lr=s.aggregation.server_lr, max_update_norm=s.aggregation.max_update_norm,
@@ -102,6 +111,13 @@ class ServerConfig:
 
             declared_sensitivity(make_aggregator(cfg), cfg.per_round, s.privacy.clipping_norm, cfg.rule)
         return cfg
+
+    def cohort(self, server_round: int) -> list[int]:
+        """The partition ids sampled for ``server_round`` (same on both engines)."""
+        from stamen.server.sampling import sample_clients
+
+        bad = self.malicious if self.malicious_minority else ()
+        return sample_clients(self.seed, server_round, self.num_clients, self.per_round, bad)
 
     def train_for_round(self, server_round: int) -> TrainSpec:
         """The training spec of ``server_round`` (learning-rate decay applied)."""
@@ -126,9 +142,11 @@ def _refuse_unimplemented(s: Any) -> None:
     if s.privacy.mode == "rqm" and (not s.codec.pipeline or s.codec.pipeline[0] != "rqm"):
         raise ValueError("privacy.mode='rqm' needs codec.pipeline to start with 'rqm' (earlier stages "
                          "would send un-privatized data, e.g. topk indices)")
-    if s.privacy.mode == "dp_sgd" and s.clients.trainer not in ("full", "dp_sgd"):
+    # DP-SGD trains exactly the parameters left trainable: all (full) or the adapters (lora, fedsb)
+    if s.privacy.mode == "dp_sgd" and s.clients.trainer not in ("full", "dp_sgd", "lora", "fedsb"):
         raise ValueError(
-            f"privacy.mode='dp_sgd' works with clients.trainer='full', got {s.clients.trainer!r}"
+            "privacy.mode='dp_sgd' works with clients.trainer 'full', 'lora' or 'fedsb', got "
+            f"{s.clients.trainer!r}"
         )
 
 

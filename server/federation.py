@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,8 @@ from stamen.client.edge_device import task_model_id
 from stamen.client.models import evaluate_model, get_weights, set_weights
 from stamen.client.task import build_model, test_data
 from stamen.server.aggregators import Aggregator
+from stamen.server.bristle.peer_strategy import PeerStrategy
+from stamen.server.bristle.relay import EVALUATION, is_peer_mode
 from stamen.server.config import ServerConfig
 from stamen.server.edge_downlink import EdgeSession
 from stamen.server.history import ProgressFn, RoundRecord
@@ -33,6 +35,7 @@ class FederationResult:
 
     rounds: list[RoundRecord]
     weights: dict[str, np.ndarray]
+    extra: dict[str, Any] = field(default_factory=dict)  # written to results.json (e.g. "evaluation")
 
 
 def make_aggregator(cfg: ServerConfig) -> Aggregator:
@@ -47,10 +50,11 @@ def make_aggregator(cfg: ServerConfig) -> Aggregator:
         raise ValueError(
             f"aggregation.rule={cfg.rule!r} needs aggregation.server_lr={need}, got {cfg.server_lr}"
         )
-    if getattr(rule, "mode", "server") == "peer":
-        raise ValueError("aggregation.mode='peer' (Bristle's decentralized mode) is not wired into the "
-                         "engines yet; use the default server mode")
-    if hasattr(rule, "set_validation"):  # Bristle's server mode: a server-held validation slice
+    if getattr(rule, "mode", "server") == "peer":  # Bristle's peer mode: the server only relays
+        from stamen.server.bristle.relay import check_peer_mode
+
+        check_peer_mode(cfg)
+    elif hasattr(rule, "set_validation"):  # Bristle's server mode: a server-held validation slice
         from stamen.client.bristle_model import validation_slice
 
         rule.set_validation(*validation_slice(cfg.seed))
@@ -114,17 +118,26 @@ def run_federation(
     torch.set_num_threads(1)
     initial = get_weights(build_model(cfg.task))
     edge = EdgeSession(initial, cfg.downlink, task_model_id(cfg.task)) if cfg.runtime == "edge" else None
-    strategy = StamenStrategy(cfg, evaluate=make_central_evaluator(cfg), progress=progress,
-                              aggregator=make_aggregator(cfg), attack_factory=attack_factory,
-                              central_dp=make_central_dp(cfg), edge=edge,
-                              client_accountant=make_rqm_accountant(cfg))
+    aggregator, evaluate = make_aggregator(cfg), make_central_evaluator(cfg)
+    strategy: StamenStrategy
+    if is_peer_mode(aggregator):
+        from stamen.client.bristle_peer import output_layer_name
+
+        layer = output_layer_name(initial)
+        strategy = PeerStrategy(cfg, layer, initial[layer].shape[0], evaluate, progress, aggregator,
+                                attack_factory)
+    else:
+        strategy = StamenStrategy(cfg, evaluate=evaluate, progress=progress, aggregator=aggregator,
+                                  attack_factory=attack_factory, central_dp=make_central_dp(cfg), edge=edge,
+                                  client_accountant=make_rqm_accountant(cfg))
     try:
         result = _start(strategy, grid, cfg, initial)
     finally:
         if edge is not None:
             edge.close()
     final = {k: a.numpy() for k, a in result.arrays.items()} if result.arrays else initial
-    return FederationResult(rounds=list(strategy.history), weights=final)
+    extra = {"evaluation": EVALUATION} if isinstance(strategy, PeerStrategy) else {}
+    return FederationResult(rounds=list(strategy.history), weights=final, extra=extra)
 
 
 def _start(strategy: StamenStrategy, grid: Grid, cfg: ServerConfig, initial: dict[str, np.ndarray]) -> Any:

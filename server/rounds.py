@@ -18,6 +18,7 @@ from stamen.server.aggregators import Aggregator
 from stamen.server.privacy.central import CentralDP
 
 log = logging.getLogger("stamen.server")
+PoolFn = Callable[[Mapping[str, np.ndarray]], Sequence[Mapping[str, np.ndarray]]]  # base -> updates
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,17 @@ class ValidationPolicy:
 @dataclass(frozen=True)
 class AttackHook:
     """Simulated omniscient update attack: rows of ``malicious`` senders are replaced by
-    ``attack(honest_rows, num_malicious, rng)`` just before (pre-)aggregation."""
+    ``attack(honest_rows, num_malicious, rng)`` just before (pre-)aggregation.
+
+    ``pool`` (optional) trains the attackers' own updates from the round's base weights (e.g. FRL
+    rank reversal pools rankings of malicious partitions that need not be in this round); an attack
+    with ``uses_own_updates`` then gets those rows as ``own`` instead of the round's malicious rows.
+    """
 
     attack: Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
     malicious: frozenset[str]
     rng: np.random.Generator
+    pool: PoolFn | None = None
 
 
 @dataclass
@@ -218,6 +225,17 @@ class RoundAggregator:
         step = unflatten(np.asarray(agg, dtype=np.float32) * np.float32(server_lr), self.table)
         return {k: self.base[k] + step[k] for k in self.base}
 
+    def released(self) -> dict[str, dict[str, np.ndarray]]:
+        """Relay instead of aggregate (Bristle's peer mode): every accepted sender's weights
+        ``base + delta``, after the attack hook replaced the malicious senders' rows."""
+        n = len(self._weights)
+        stack = self._stack[:n]
+        if self.attack is not None and n:
+            self._bind(self.attack.attack)
+            self._apply_attack(stack, self.attack)
+        return {s: {k: self.base[k] + v for k, v in unflatten(stack[i], self.table).items()}
+                for i, s in enumerate(self._senders)}
+
     def _bind(self, component: object) -> None:
         """Give rules/attacks that need the model layout and base (FRL's per-layer vote, rank
         reversal, LoRA's exact rule) the round's tensor table and flattened base weights."""
@@ -259,9 +277,18 @@ class RoundAggregator:
             log.warning("every accepted update is malicious; the attack has no honest updates to use")
             return
         if getattr(hook.attack, "uses_own_updates", False):  # e.g. FRL rank reversal
-            forged = hook.attack(stack[good].copy(), len(bad), hook.rng, own=stack[bad].copy())  # type: ignore[call-arg]
+            own = self._pooled(hook.pool) if hook.pool is not None else stack[bad].copy()
+            forged = hook.attack(stack[good].copy(), len(bad), hook.rng, own=own)  # type: ignore[call-arg]
         else:
             forged = hook.attack(stack[good].copy(), len(bad), hook.rng)
         if forged.shape != (len(bad), stack.shape[1]):
             raise ValueError(f"attack returned shape {forged.shape}, expected {(len(bad), stack.shape[1])}")
         stack[bad] = forged
+
+    def _pooled(self, pool: PoolFn) -> np.ndarray:
+        """The attackers' pooled updates, trained from this round's base, as an ``(m, d)`` stack."""
+        deltas = pool(self.base)
+        own = np.empty((len(deltas), self._stack.shape[1]), dtype=np.float32)
+        for row, delta in zip(own, deltas, strict=True):
+            flatten(delta, self.table, row)
+        return own

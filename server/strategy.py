@@ -29,7 +29,6 @@ from stamen.server.edge_downlink import EdgeSession
 from stamen.server.history import ProgressFn, RoundRecord
 from stamen.server.privacy.central import CentralDP
 from stamen.server.rounds import AttackHook, RoundAggregator, ValidationPolicy, round_epsilon
-from stamen.server.sampling import sample_clients
 
 log = logging.getLogger("stamen.server")
 EvalFn = Callable[[dict[str, np.ndarray]], tuple[float, float]]
@@ -101,6 +100,18 @@ class StamenStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Decode and validate each reply, then aggregate the accepted ones."""
+        ra = self._collect(server_round, replies)
+        new = ra.finish(self.cfg.server_lr)
+        if ra.stats.client_epsilon is not None:
+            self._worst_eps = max(self._worst_eps or 0.0, ra.stats.client_epsilon)
+        metrics = train_metrics(ra)
+        if new is None:
+            log.warning("round %d: no update accepted; the model is unchanged", server_round)
+            return None, metrics
+        return ArrayRecord({k: _array(v) for k, v in new.items()}), metrics
+
+    def _collect(self, server_round: int, replies: Iterable[Message]) -> RoundAggregator:
+        """Decode and validate the round's replies (in partition order) into a RoundAggregator."""
         state = self._round
         hook = self.attack_factory(server_round) if self.attack_factory else None
         ra = RoundAggregator(state["base"], state["hash"], state["asked"], self.aggregator, self.policy,
@@ -114,16 +125,7 @@ class StamenStrategy(Strategy):
         for _ in range(max(missing, 0)):
             ra.reject("unknown", "no reply before the timeout")
         state["stats"] = ra.stats
-        new = ra.finish(self.cfg.server_lr)
-        if ra.stats.client_epsilon is not None:
-            self._worst_eps = max(self._worst_eps or 0.0, ra.stats.client_epsilon)
-        loss = float(np.mean(ra.stats.train_loss)) if ra.stats.train_loss else math.nan
-        metrics = MetricRecord({"bytes-up": ra.stats.bytes_up, "accepted": ra.stats.accepted,
-                                "rejected": ra.stats.rejected, "train-loss": loss})
-        if new is None:
-            log.warning("round %d: no update accepted; the model is unchanged", server_round)
-            return None, metrics
-        return ArrayRecord({k: _array(v) for k, v in new.items()}), metrics
+        return ra
 
     def _accept(self, ra: RoundAggregator, reply: Message) -> None:
         if reply.has_error():
@@ -236,7 +238,7 @@ class StamenStrategy(Strategy):
         if self.cfg.per_round >= len(nodes) and self.edge is None:
             return nodes
         mapping = self._partition_map(grid, nodes)
-        pids = sample_clients(self.cfg.seed, server_round, self.cfg.num_clients, self.cfg.per_round)
+        pids = self.cfg.cohort(server_round)
         chosen = [mapping[p] for p in pids if p in mapping]
         spare = [n for n in nodes if n not in set(chosen)]
         return sorted(chosen + spare[: self.cfg.per_round - len(chosen)])
@@ -272,6 +274,13 @@ def wait_for_nodes(grid: Grid, wanted: int, minimum: int, timeout_s: float) -> l
     if len(nodes) < wanted:
         log.warning("proceeding with %d of %d expected nodes", len(nodes), wanted)
     return nodes
+
+
+def train_metrics(ra: RoundAggregator) -> MetricRecord:
+    """The round's training metrics Flower records (bytes up, accepted, rejected, mean train loss)."""
+    loss = float(np.mean(ra.stats.train_loss)) if ra.stats.train_loss else math.nan
+    return MetricRecord({"bytes-up": ra.stats.bytes_up, "accepted": ra.stats.accepted,
+                         "rejected": ra.stats.rejected, "train-loss": loss})
 
 
 def _number(record: MetricRecord | None, key: str) -> float | None:

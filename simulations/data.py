@@ -151,9 +151,7 @@ def _load_digits(seed: int, test_fraction: float) -> Dataset:
     bunch = load_digits()
     x = bunch.data / 16.0  # (1797, 64) in [0, 1]
     y = bunch.target
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_fraction, stratify=y, random_state=seed
-    )
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, stratify=y, random_state=seed)
     arrays = {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
     return _frozen("digits", arrays, 10)
 
@@ -173,10 +171,10 @@ def _mnist1d_cache_file(num_samples: int, seed: int) -> Path:
 @functools.lru_cache(maxsize=8)
 def _load_mnist1d(num_samples: int, seed: int) -> Dataset:
     path = _mnist1d_cache_file(num_samples, seed)
-    arrays = _read_npz(path)
+    arrays = read_npz(path)
     if arrays is None:
         arrays = _generate_mnist1d(num_samples, seed)
-        _write_npz(path, arrays)
+        write_npz(path, arrays)
     return _frozen("mnist1d", arrays, 10)
 
 
@@ -212,8 +210,10 @@ def _generate_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
-    """Cached arrays, or ``None`` when the file is missing or unreadable (then we regenerate)."""
+def read_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """Cached train/test arrays (``x_train``, ``y_train``, ``x_test``, ``y_test``) of a data-set cache
+    file, or ``None`` when it is missing or unreadable (then the caller regenerates). Shared by
+    :mod:`stamen.simulations.text_data`."""
     if not path.is_file():
         return None
     try:
@@ -224,7 +224,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write atomically (temp file + ``os.replace``); a read-only cache only costs a warning."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -129,12 +129,14 @@ class AggregationConfig(_Config):
 @dataclass(frozen=True)
 class AttackConfig(_Config):
     """``[attack]``: the attack actually run, the share of attacking clients in ``[0, 1)``, and its
-    parameters (every other key, checked by the attack registry)."""
+    parameters (every other key, checked by the attack registry). ``malicious_minority`` redraws a
+    round's cohort until fewer than half of it are attackers (FRL's official sampler)."""
 
     SECTION: ClassVar[str] = "attack"
     EXTRAS: ClassVar[str | None] = "params"
     kind: str = _f("none", nonempty=True)
     fraction: float = _f(0.0, ge=0.0, lt=1.0)
+    malicious_minority: bool = True
     params: Mapping[str, Scalar] = _f(factory=dict)
 
     def _check(self) -> None:
@@ -184,7 +186,7 @@ class SparseConfig(_Config):
 
     SECTION: ClassVar[str] = "sparse"
     density: float = _f(0.005, gt=0.0, le=1.0)
-    warmup: int = _f(4, ge=0)
+    warmup: int = _f(4, ge=1)
     regrow_every: int = _f(10, ge=1)
     regrow_fraction: float = _f(0.2, ge=0.0, lt=1.0)
     skip: tuple[str, ...] = ("embeddings",)

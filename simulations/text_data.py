@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stamen.simulations.data import Dataset, _read_npz, _write_npz, cache_dir
+from stamen.simulations.data import Dataset, cache_dir, read_npz, write_npz
 
 #: label -> top-level packages whose docstrings carry it (order = label index)
 SOURCES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -241,10 +241,10 @@ def load_pydocs(
     if not 8 <= seq_len <= 512:
         raise ValueError(f"seq_len must be in [8, 512], got {seq_len}")
     path = _cache_file(seed, num_samples, test_fraction, seq_len)
-    arrays = _read_npz(path)
+    arrays = read_npz(path)
     if arrays is None:
         arrays = build_arrays(seed, num_samples, float(test_fraction), seq_len)
-        _write_npz(path, arrays)
+        write_npz(path, arrays)
     for key in ("x_train", "y_train", "x_test", "y_test"):
         arrays[key] = np.ascontiguousarray(arrays[key], dtype=np.int64)
         arrays[key].setflags(write=False)

@@ -84,7 +84,8 @@ def _simulate(args: argparse.Namespace) -> int:
         kwargs: dict[str, Any] = {"client_progress": prog.client} if args.engine == "inprocess" else {}
         result = run_engine(args.engine, cfg, prog.round, **kwargs)
     wall = time.perf_counter() - start
-    paths = write_results(out, scenario.to_dict(), result.rounds, extra={"engine": args.engine})
+    extra = {"engine": args.engine, **result.extra}
+    paths = write_results(out, scenario.to_dict(), result.rounds, extra=extra)
     _print_summary(scenario.name, args.engine, result.rounds, wall, paths)
     return 0
 

@@ -30,11 +30,17 @@ class TrainResult:
         Training samples used (FedAvg weight).
     metrics : dict[str, float]
         E.g. ``{"train-loss": ...}``.
+    trained : tuple of str or None
+        Names of the tensors the trainer may have changed, fixed by the model's structure and the
+        trainer's configuration, never by the data; every other tensor of ``delta`` is exactly zero.
+        Local DP clips and noises only these (what a sparse codec then sends). ``None``: any tensor
+        may be non-zero (all are noised).
     """
 
     delta: dict[str, np.ndarray]
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    trained: tuple[str, ...] | None = None
 
 
 class LocalTrainer(Protocol):

@@ -24,16 +24,15 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from stamen.client.models import get_weights
+from stamen.client.lora import trainable_names
 from stamen.client.state import ClientState
 from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.base import TrainResult, register_trainer
-from stamen.client.trainers.full import make_optimizer
+from stamen.client.trainers.full import make_optimizer, train_delta
 from stamen.server.privacy.accounting import Segment, calibrate_noise_multiplier, epsilon_of_history
 
 SEGMENTS_KEY = "dp/segments"
@@ -80,8 +79,12 @@ def private_epochs(
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")  # seeded generators on purpose
         engine = PrivacyEngine(accountant="rdp")
         gsm, dp_opt, dp_loader = engine.make_private(
-            module=model, optimizer=opt, data_loader=loader, noise_multiplier=noise_multiplier,
-            max_grad_norm=clip, poisson_sampling=True,
+            module=model,
+            optimizer=opt,
+            data_loader=loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=clip,
+            poisson_sampling=True,
             noise_generator=torch.Generator().manual_seed(seed ^ 0x5EED),
         )
     try:
@@ -119,8 +122,6 @@ class DPSGDTrainer:
         self, model: nn.Module, data: TaskData, spec: TrainSpec, seed: int, state: ClientState
     ) -> TrainResult:
         """Train privately in place; return ``delta = local - global`` and ε over all rounds so far."""
-        if len(data.y) == 0:
-            raise ValueError("client partition is empty: nothing to train on")
         z = float(getattr(spec, "dp_noise_multiplier", 1.0))
         clip = float(getattr(spec, "dp_clip", 1.0))
         dp_delta = float(getattr(spec, "dp_delta", 1e-5))
@@ -129,22 +130,36 @@ class DPSGDTrainer:
             raise ValueError(f"dp_noise_multiplier must be finite and >= 0, got {z}")
         if not clip > 0 or math.isinf(clip):
             raise ValueError(f"dp_clip must be finite and > 0, got {clip}")
-        start = get_weights(model)
-        loss, segments = private_epochs(model, data, spec, seed, z, clip)
+        trained = tuple(trainable_names(model))
+        segments: list[Segment] = []
+
+        def epochs() -> float:
+            loss, segs = private_epochs(model, data, spec, seed, z, clip)
+            segments.extend(segs)
+            return loss
+
+        delta, loss = train_delta(model, data, epochs, trained)  # also refuses an empty partition
         history = load_history(state)
         for seg in segments:
             history = append_history(state, seg)
-        end = get_weights(model)
-        delta = {k: (end[k] - start[k]).astype(np.float32, copy=False) for k in start}
         eps = epsilon_of_history(history, dp_delta, accountant)
         steps = float(sum(t for _, _, t in history))
-        return TrainResult(delta=delta, num_examples=len(data.y),
-                           metrics={"train-loss": loss, "epsilon": eps, "dp-steps": steps})
+        return TrainResult(
+            delta=delta,
+            num_examples=len(data.y),
+            metrics={"train-loss": loss, "epsilon": eps, "dp-steps": steps},
+            trained=trained,
+        )
 
 
 def calibrate_dp_sgd_noise(
-    target_epsilon: float, delta: float, partition_sizes: Sequence[int], batch_size: int, epochs: int,
-    rounds: int, accountant: str = "rdp",
+    target_epsilon: float,
+    delta: float,
+    partition_sizes: Sequence[int],
+    batch_size: int,
+    epochs: int,
+    rounds: int,
+    accountant: str = "rdp",
 ) -> float:
     """Noise multiplier with which *every* client stays within ``target_epsilon`` even if it trains
     in all ``rounds`` rounds (the max over partition sizes of the per-client calibration, with opacus'

@@ -6,12 +6,13 @@ McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentra
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import numpy as np
 import torch
 from torch import nn
 
+from stamen.client.lora import trainable_names
 from stamen.client.models import get_weights
 from stamen.client.state import ClientState
 from stamen.client.task import TaskData, TrainSpec
@@ -52,16 +53,42 @@ def run_epochs(model: nn.Module, data: TaskData, spec: TrainSpec, seed: int) -> 
 
 
 def train_delta(
-    model: nn.Module, data: TaskData, epochs: Callable[[], float]
+    model: nn.Module,
+    data: TaskData,
+    epochs: Callable[[], float],
+    trained: Collection[str] | None = None,
 ) -> tuple[dict[str, np.ndarray], float]:
     """Run ``epochs()`` (which trains ``model`` in place and returns the mean loss) and return
-    ``(delta = local - global, loss)``; an empty partition is a clear error. Shared by trainers."""
+    ``(delta = local - global, loss)``; an empty partition is a clear error. Shared by trainers.
+
+    With ``trained`` (the parameters the trainer can move) only those and the buffers are
+    snapshotted; every other delta is an untouched ``np.zeros`` (exact: a parameter without
+    gradient does not change). For LoRA on MiniLM this saves two copies of the frozen 86 MB model.
+    """
     if len(data.y) == 0:
         raise ValueError("client partition is empty: nothing to train on")
-    start = get_weights(model)
+    keep = None if trained is None else {*trained, *(n for n, _ in model.named_buffers())}
+    start = _snapshot(model, keep)
     loss = epochs()
-    end = get_weights(model)
-    return {k: (end[k] - start[k]).astype(np.float32, copy=False) for k in start}, loss
+    end = _snapshot(model, keep)
+    delta = {
+        k: (end[k] - start[k]).astype(np.float32, copy=False)
+        if k in start
+        else np.zeros(tuple(v.shape), dtype=np.float32)
+        for k, v in model.state_dict().items()
+    }
+    return delta, loss
+
+
+def _snapshot(model: nn.Module, names: set[str] | None) -> dict[str, np.ndarray]:
+    """float32 copies of the ``state_dict`` entries in ``names`` (all if ``None``)."""
+    if names is None:
+        return get_weights(model)
+    return {
+        k: v.detach().cpu().numpy().astype(np.float32, copy=True)
+        for k, v in model.state_dict().items()
+        if k in names
+    }
 
 
 class FullTrainer:
@@ -74,8 +101,11 @@ class FullTrainer:
     ) -> TrainResult:
         """Train in place and return ``delta = local - global`` (``state`` is not used)."""
         del state
-        delta, loss = train_delta(model, data, lambda: run_epochs(model, data, spec, seed))
-        return TrainResult(delta=delta, num_examples=len(data.y), metrics={"train-loss": loss})
+        trained = tuple(trainable_names(model))
+        delta, loss = train_delta(model, data, lambda: run_epochs(model, data, spec, seed), trained)
+        return TrainResult(
+            delta=delta, num_examples=len(data.y), metrics={"train-loss": loss}, trained=trained
+        )
 
 
 register_trainer("full")(FullTrainer)

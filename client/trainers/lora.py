@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from stamen.client.lora import LoRALinear, LoRASBLinear, adapter_layers
+from stamen.client.lora import LoRALinear, LoRASBLinear, adapter_layers, trainable_names
 from stamen.client.state import ClientState
 from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.base import TrainResult, register_trainer
@@ -31,13 +31,16 @@ def check_adapters(model: nn.Module, kind: type[LoRALinear], trainer: str, adapt
 
 
 def train_adapted(model: nn.Module, data: TaskData, spec: TrainSpec, seed: int) -> TrainResult:
-    """Train the model's trainable parameters in place; ``delta = local - global`` for all tensors."""
-    delta, loss = train_delta(model, data, lambda: run_epochs(model, data, spec, seed))
+    """Train the model's trainable parameters in place; ``delta = local - global`` for all tensors,
+    exactly zero outside ``trained`` (the factors and the head)."""
+    trained = tuple(trainable_names(model))
+    delta, loss = train_delta(model, data, lambda: run_epochs(model, data, spec, seed), trained)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return TrainResult(
         delta=delta,
         num_examples=len(data.y),
         metrics={"train-loss": loss, "trainable-params": float(trainable)},
+        trained=trained,
     )
 
 

@@ -65,9 +65,10 @@ class BristleRule:
     center : bool
         Center each integrated class row (code: always).
     mode : str
-        ``"server"`` (this rule aggregates) or ``"peer"`` (the engine runs
-        :func:`stamen.server.bristle.peer.run_peer_mode` and only relays; the rule then only
-        carries the validated parameters).
+        ``"server"`` (this rule aggregates) or ``"peer"`` (the engines only relay, see
+        :mod:`stamen.server.bristle.relay`, and every node runs
+        :func:`stamen.server.bristle.peer.node_round`; the rule then only carries the validated
+        parameters).
 
     Attributes
     ----------

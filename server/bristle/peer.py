@@ -18,13 +18,17 @@ One round (one "iteration", communication pattern "all", latency 0):
 Class counts (PSI-CA): the code's simulator hard-codes 3 for every peer (PSI-CA disabled); we use
 what the paper describes, the intersection ``|classes_i & classes_j|`` for honest peers, and
 ``|familiar_i|`` for malicious peers (the code's comment: attackers claim the node's classes).
-Everything here is numpy and pure given the callbacks; the engines drive it.
+Everything here is numpy and pure given the callbacks. :func:`run_peer_mode` is the reference that
+drives all nodes in one loop; the engines run the same per-node step :func:`node_round` on each
+client (:mod:`stamen.client.bristle_peer`) with the server as a relay
+(:mod:`stamen.server.bristle.relay`). Rounds are numbered from 1, as the engines' server rounds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -88,24 +92,69 @@ def absorb_training(consolidated: np.ndarray, trained: np.ndarray, classes: Sequ
     return out
 
 
+def overlap_count(familiar: Iterable[int], declared: Iterable[int]) -> int:
+    """PSI-CA cardinality ``|familiar & declared|`` (what a node learns about a peer's classes)."""
+    return len({int(c) for c in familiar} & {int(c) for c in declared})
+
+
 def class_count(node: PeerNode, peer: PeerNode) -> int:
     """PSI-CA cardinality a node sees for ``peer`` (malicious peers claim all of the node's classes)."""
-    familiar = set(int(c) for c in np.unique(node.test_labels))
-    return len(familiar) if not peer.honest else len(familiar & set(peer.classes))
+    familiar = np.unique(node.test_labels)
+    return len(familiar) if not peer.honest else overlap_count(familiar, peer.classes)
 
 
-def integrate_node(
-    nodes: Sequence[PeerNode], i: int, own: np.ndarray, inbox: Mapping[int, np.ndarray],
-    rng: np.random.Generator, cfg: PeerConfig,
+@dataclass(frozen=True)
+class Inbox:
+    """What a node received in one round: the peers' layers ``(p, C, F)`` in ascending sender order,
+    the senders' ids and, per sender, the PSI-CA class count."""
+
+    senders: tuple[int, ...]
+    layers: np.ndarray
+    counts: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.layers.ndim != 3 or not len(self.senders) == len(self.counts) == len(self.layers):
+            raise ValueError(f"inbox needs (p, C, F) layers with p senders and p counts; got "
+                             f"{self.layers.shape}, {len(self.senders)}, {len(self.counts)}")
+
+
+def empty_inbox(shape: tuple[int, int]) -> Inbox:
+    """An inbox with no layer (round 1, or a node that never integrates)."""
+    return Inbox((), np.zeros((0, *shape), np.float32), ())
+
+
+def node_inbox(nodes: Sequence[PeerNode], i: int, shared: Mapping[int, np.ndarray]) -> Inbox:
+    """Node ``i``'s inbox: every other node's shared layer, senders ascending."""
+    senders = tuple(sorted(j for j in shared if j != i))
+    if not senders:
+        return empty_inbox(next(iter(shared.values())).shape if shared else (0, 0))
+    layers = np.stack([shared[j] for j in senders]).astype(np.float32)
+    return Inbox(senders, layers, tuple(class_count(nodes[i], nodes[j]) for j in senders))
+
+
+def integrate_inbox(
+    node: PeerNode, own: np.ndarray, inbox: Inbox, rng: np.random.Generator, cfg: PeerConfig
 ) -> np.ndarray:
-    """Step 1 for node ``i``: prioritize + integrate its inbox, then center. Returns the new ``cw``."""
-    senders = sorted(j for j in inbox if j != i)
-    peers = np.stack([inbox[j] for j in senders]).astype(np.float32)  # (p, C, F)
-    chosen = prioritize(own, peers, rng, cfg.num_closest, cfg.num_random)
-    counts = [class_count(nodes[i], nodes[senders[k]]) for k in chosen]
-    node = nodes[i]
-    result = integrate(own, peers[chosen], node.test_features, node.test_labels, counts)
+    """Step 1 for one node: prioritize + integrate a non-empty inbox with ``own`` (its last trained
+    layer) on its test slice, then center. Returns the new ``cw``."""
+    chosen = prioritize(own, inbox.layers, rng, cfg.num_closest, cfg.num_random)
+    counts = [inbox.counts[k] for k in chosen]
+    result = integrate(own, inbox.layers[chosen], node.test_features, node.test_labels, counts)
     return center_rows(result.layer) if cfg.center else result.layer
+
+
+def node_round(
+    node: PeerNode, consolidated: np.ndarray, trained: np.ndarray, inbox: Inbox,
+    rng: np.random.Generator, cfg: PeerConfig, train: Callable[[np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 1-2 for one node: integrate (if the inbox is not empty), train from ``cw``, absorb the
+    trained rows of its own classes. Returns ``(cw, tw)``; ``cw`` is what the node shares.
+
+    The engines' clients and :func:`peer_round` both call this, so they run the same node logic.
+    """
+    cw = integrate_inbox(node, trained, inbox, rng, cfg) if len(inbox.senders) else consolidated
+    tw = np.asarray(train(cw), dtype=np.float32)
+    return absorb_training(cw, tw, node.classes), tw
 
 
 def node_rng(seed: int, rnd: int, node: int) -> np.random.Generator:
@@ -120,15 +169,17 @@ def peer_round(
     """One round (steps 1-3) over all nodes; returns the next state (inputs are not modified).
 
     Node ``i`` draws its exploration peers from :func:`node_rng` ``(seed, rnd, i)`` and the forged
-    messages use ``default_rng([seed, rnd, 0xBAD])``, so a distributed run reproduces them.
+    messages use ``default_rng([seed, rnd, 0xBAD])`` (the engines' attack hook), so a distributed run
+    reproduces them. Malicious nodes get an empty inbox (they never integrate).
     """
-    consolidated = [w.copy() for w in state.consolidated]
+    consolidated, trained = [], []
     for i, node in enumerate(nodes):
-        inbox = {j: w for j, w in state.shared.items() if j != i}
-        if node.honest and inbox:
-            consolidated[i] = integrate_node(nodes, i, state.trained[i], inbox, node_rng(seed, rnd, i), cfg)
-    trained = [train(i, rnd, consolidated[i]) for i in range(len(nodes))]
-    consolidated = [absorb_training(consolidated[i], trained[i], n.classes) for i, n in enumerate(nodes)]
+        shape = state.consolidated[i].shape
+        inbox = node_inbox(nodes, i, state.shared) if node.honest else empty_inbox(shape)
+        cw, tw = node_round(node, state.consolidated[i], state.trained[i], inbox, node_rng(seed, rnd, i),
+                            cfg, partial(train, i, rnd))
+        consolidated.append(cw)
+        trained.append(tw)
     shared = {i: w.copy() for i, w in enumerate(consolidated)}
     bad = [i for i, n in enumerate(nodes) if not n.honest]
     if forge is not None and bad:
@@ -152,7 +203,7 @@ def run_peer_mode(
     nodes: Sequence[PeerNode], init: np.ndarray, rounds: int, train: TrainFn, seed: int,
     cfg: PeerConfig | None = None, forge: ForgeFn | None = None, evaluate: EvalFn | None = None,
 ) -> tuple[PeerState, list[float]]:
-    """Run ``rounds`` peer-mode rounds from the layer ``init`` (code: zeros) for every node.
+    """Run rounds ``1 .. rounds`` of peer mode from the layer ``init`` (code: zeros) for every node.
 
     Returns the final state and, per round, the mean ``evaluate`` accuracy over honest nodes
     (``nan`` without ``evaluate``).
@@ -162,7 +213,7 @@ def run_peer_mode(
     cfg = cfg or PeerConfig()
     state = PeerState([init.astype(np.float32)] * len(nodes), [init.astype(np.float32)] * len(nodes))
     history: list[float] = []
-    for rnd in range(rounds):
+    for rnd in range(1, rounds + 1):  # 1-based, as the engines' server rounds
         state = peer_round(nodes, state, rnd, train, seed, cfg, forge)
         honest = [i for i, n in enumerate(nodes) if n.honest]
         accs = [evaluate(i, state.consolidated[i]) for i in honest] if evaluate else [float("nan")]

@@ -6,7 +6,10 @@ Two kinds of simulated attackers:
   this round's honest decoded updates ``(h, d)`` and returns the ``(num_malicious, d)`` float32 rows
   the malicious clients submit instead of their own. An attack may declare
   ``uses_own_updates = True`` and then also receives ``own=`` the malicious clients' normally
-  trained rows (the engines pass them; e.g. sign flipping of one's own update).
+  trained rows (the engines pass them; e.g. sign flipping of one's own update). One that also has a
+  ``pool_size`` gets, instead, the updates of that many malicious partitions (drawn from all
+  attackers) trained from the round's global model by the adversary (FRL's ``rank_reversal``; see
+  :mod:`stamen.simulations.adversary`).
 * **data attacks** (client-side): ``attack(x, y, num_classes, rng) -> (x', y')`` poisons a malicious
   client's training partition before it trains.
 

@@ -12,11 +12,15 @@ Learning") of SPIN-UMass/FRL @ 4cf2550. What the code does, per round with malic
 3. ``R_mal = argsort(V, descending)``: the combined ranking reversed;
 4. every malicious client sampled this round submits ``R_mal``.
 
-Here the pool is the rows the engine passes as ``own`` (the malicious clients' own benignly
-trained rankings, ``uses_own_updates = True``). With only the round's malicious clients that is an
-approximation of step 1; to be faithful the engine trains ``pool_size`` randomly chosen malicious
-partitions with the ``frl`` trainer and passes those rows as ``own``. Descending-sort ties go to
-the lower edge index (``torch.sort(descending=True)`` is not guaranteed stable).
+The attack pools whatever rows ``own`` holds. Both engines pass, through
+:func:`stamen.simulations.adversary.attack_factory`, the updates of ``min(#attackers, pool_size)``
+malicious partitions drawn per round from all attackers and trained from the round's global model
+by the run's ``frl`` trainer (step 1 exactly; the omniscient adversary loads those partitions on
+the server). Called directly without that pool, ``own`` is whatever the caller gives (e.g. only the
+round's malicious rows, an approximation of step 1). Note the code pools the *rankings* of
+separately trained clients, not their data (one model trained on the union would differ).
+Descending-sort ties go to the lower edge index (``torch.sort(descending=True)`` is not
+guaranteed stable).
 
 The attack needs the model layout (which columns are score tensors): the engine calls
 ``bind_round(table, base_flat)`` on it like on the ``frl`` rule. Non-score columns are 0.
@@ -58,8 +62,8 @@ class RankReversal:
     ----------
     pool_size : int, default 25
         How many malicious clients' rankings the code pools (``rand_mal_clients``), >= 1. The
-        attack itself pools whatever ``own`` holds; engines read this to decide how many
-        malicious partitions to train (see module docstring).
+        attack itself pools whatever ``own`` holds; the engines' adversary reads this to decide
+        how many malicious partitions to train (see module docstring).
     """
 
     uses_own_updates = True

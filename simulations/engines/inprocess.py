@@ -25,6 +25,7 @@ from stamen.client.task import build_model, client_data
 from stamen.protocols import model_hash
 from stamen.protocols.flower import weights_nbytes
 from stamen.server.aggregators import Aggregator
+from stamen.server.bristle.relay import EVALUATION
 from stamen.server.config import ServerConfig
 from stamen.server.edge_downlink import EdgeSession
 from stamen.server.federation import (
@@ -37,8 +38,8 @@ from stamen.server.federation import (
 from stamen.server.history import ProgressFn, RoundRecord
 from stamen.server.privacy.central import CentralDP
 from stamen.server.rounds import RoundAggregator, ValidationPolicy, round_epsilon
-from stamen.server.sampling import sample_clients
 from stamen.simulations.adversary import AttackFactory, attack_factory
+from stamen.simulations.engines.inprocess_peer import evaluate_peers, peer_relay, peer_round
 
 ClientProgressFn = Callable[[int, int], None]  # (clients done, clients in round)
 
@@ -72,14 +73,18 @@ def run_inprocess(
     run = _Run(cfg, model, make_aggregator(cfg), ValidationPolicy(max_norm=cfg.max_update_norm),
                attack_factory(cfg), make_central_dp(cfg), edge, make_rqm_accountant(cfg))
     evaluate = make_central_evaluator(cfg)
+    relay = peer_relay(run.aggregator, cfg, weights)  # Bristle peer mode: the server only relays
     history: list[RoundRecord] = []
     try:
         for rnd in range(1, cfg.rounds + 1):
             t0 = time.perf_counter()
-            weights, ra, bytes_down = _round(run, weights, rnd, client_progress)
+            if relay is None:
+                weights, ra, bytes_down = _round(run, weights, rnd, client_progress)
+            else:  # no global model: the weights stay the initial ones
+                ra, bytes_down = peer_round(run, relay, weights, rnd, client_progress)
             loss, acc = math.nan, math.nan
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-                loss, acc = evaluate(weights)
+                loss, acc = evaluate(weights) if relay is None else evaluate_peers(relay, evaluate, weights)
             rec = RoundRecord(
                 round=rnd, accuracy=acc, loss=loss, bytes_up=ra.stats.bytes_up, bytes_down=bytes_down,
                 epsilon=round_epsilon(ra.stats, run.worst_eps), rejected=ra.stats.rejected,
@@ -91,7 +96,8 @@ def run_inprocess(
     finally:
         if edge is not None:
             edge.close()
-    return FederationResult(rounds=history, weights=weights)
+    extra = {"evaluation": EVALUATION} if relay is not None else {}
+    return FederationResult(rounds=history, weights=weights, extra=extra)
 
 
 def _round(
@@ -99,7 +105,7 @@ def _round(
 ) -> tuple[dict[str, np.ndarray], RoundAggregator, int]:
     """One round: every sampled client, then aggregation. Returns (new weights, stats, bytes down)."""
     cfg = run.cfg
-    pids = sample_clients(cfg.seed, rnd, cfg.num_clients, cfg.per_round)
+    pids = cfg.cohort(rnd)
     base_hash = model_hash(weights)
     hook = run.attacks(rnd) if run.attacks else None
     ra = RoundAggregator(weights, base_hash, len(pids), run.aggregator, run.policy, hook, run.central_dp,
@@ -142,7 +148,7 @@ def _client_round(
     seed = client_seed(cfg.seed, rnd, pid)
     spec = cfg.train_for_round(rnd)
     result = local_update(model, weights, client_data(cfg.task, pid), spec, seed, state)
-    delta, dp_metrics = local_privacy(result.delta, spec, seed, state)
+    delta, dp_metrics = local_privacy(result.delta, spec, seed, state, result.trained)
     metrics = {**result.metrics, **dp_metrics}
     if "epsilon" in metrics:
         ra.note_client_epsilon(metrics["epsilon"])

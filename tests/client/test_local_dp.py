@@ -79,6 +79,7 @@ def test_bad_parameters() -> None:
 
 # --- per-client ε ---
 
+
 def test_local_epsilon_hand_computed_closed_form() -> None:
     """z = 4 on a 2C-sensitive update is a Gaussian mechanism with multiplier 2; over T = 10 rounds
     its RDP is α·10/(2·2²) and Balle et al.'s conversion gives ε."""
@@ -121,3 +122,47 @@ def test_privatize_update_counts_rounds_and_reports_growing_epsilon() -> None:
         assert eps[-1] == pytest.approx(local_epsilon(5.0, r, DELTA))
         assert out["w"].shape == (8,)
     assert eps[0] < eps[1] < eps[2]
+
+
+# --- only the trained tensors are privatized ---
+
+
+def test_only_declared_tensors_are_clipped_hand_computed() -> None:
+    """The norm and the clip are over the declared tensors; the frozen one stays exactly zero."""
+    delta = {
+        "frozen": np.zeros((2, 2), np.float32),
+        "a": np.array([3.0], np.float32),
+        "b": np.array([4.0], np.float32),
+    }
+    out, norm = clip_and_noise(delta, 1.0, 0.0, np.random.default_rng(0), noised=("a", "b"))
+    assert norm == pytest.approx(5.0)
+    np.testing.assert_allclose([out["a"][0], out["b"][0]], [0.6, 0.8], rtol=1e-6)
+    assert not np.any(out["frozen"]) and list(out) == ["frozen", "a", "b"]
+
+
+def test_noise_only_on_declared_tensors_with_std_z_times_c() -> None:
+    """std of the noised tensor within 1 % of z·C (2e5 draws); the undeclared tensor gets none."""
+    z, clip = 1.3, 0.5
+    delta = {"frozen": np.zeros(50_000, np.float32), "lora_A": np.zeros((400, 500), np.float32)}
+    out, _ = clip_and_noise(delta, clip, z, np.random.default_rng(2), noised=["lora_A"])
+    assert np.std(out["lora_A"]) == pytest.approx(z * clip, rel=0.01)
+    assert not np.any(out["frozen"])
+
+
+def test_undeclared_nonzero_tensor_is_refused_not_leaked() -> None:
+    delta = {"w": np.array([0.0, 1e-30], np.float32), "a": np.ones(2, np.float32)}
+    with pytest.raises(ValueError, match=r"not declared trained.*\bw\b|\['w'\]"):
+        clip_and_noise(delta, 1.0, 1.0, np.random.default_rng(0), noised=["a"])
+    with pytest.raises(ValueError, match="not in the update"):
+        clip_and_noise(delta, 1.0, 1.0, np.random.default_rng(0), noised=["a", "w", "missing"])
+
+
+def test_privatize_update_passes_the_trained_set_and_keeps_epsilon() -> None:
+    """Restricting the noise does not change the accounting: same ε as noising everything."""
+    delta = {"frozen": np.zeros(4, np.float32), "a": np.full(4, 2.0, np.float32)}
+    out, metrics = privatize_update(
+        delta, 1.0, 3.0, DELTA, np.random.default_rng(0), ClientState(), noised=["a"]
+    )
+    assert not np.any(out["frozen"]) and np.all(out["a"] != 0)
+    assert metrics["update-norm"] == pytest.approx(4.0)
+    assert metrics["epsilon"] == pytest.approx(local_epsilon(3.0, 1, DELTA))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -14,7 +15,7 @@ from torch import nn
 from stamen.client.core import encode_delta, local_update
 from stamen.client.models import get_weights
 from stamen.client.task import TaskData, TrainSpec
-from stamen.client.trainers.sparse import kept, prune_regrow, top_mask
+from stamen.client.trainers.sparse import _batches, kept, prune_regrow, top_mask
 
 SPEC = dict(epochs=2, batch_size=8, lr=5e-3, optimizer="adam")
 
@@ -106,12 +107,68 @@ def test_prune_regrow_keeps_the_mask_size(n: int, frac: float, seed: int) -> Non
     assert int(new.sum()) == k
 
 
-def test_dp_sgd_trains_only_the_adapters(tiny: Callable[..., nn.Module], data: TaskData) -> None:
-    """DP composes: opacus on a Fed-SB model noises and updates only R and the head."""
-    model = tiny("fedsb", rank=2, alpha=2.0)
-    spec = TrainSpec(trainer="dp_sgd", epochs=1, batch_size=8, lr=0.05)
+@pytest.mark.parametrize(("kind", "markers"), [("fedsb", (".lora_R.",)), ("lora", (".lora_A.", ".lora_B."))])
+def test_dp_sgd_trains_only_the_adapters(
+    tiny: Callable[..., nn.Module], data: TaskData, kind: str, markers: tuple[str, ...]
+) -> None:
+    """DP composes: opacus on a Fed-SB (LoRA) model noises and updates only R (A, B) and the head."""
+    model = tiny(kind, rank=2, alpha=2.0)
+    spec = TrainSpec(trainer="dp_sgd", epochs=2, batch_size=8, lr=0.05)
     result = local_update(model, get_weights(model), data, spec, seed=4)
-    assert nonzero(result.delta) == {
-        k for k in result.delta if ".lora_R." in k or k.startswith("classifier.")
-    }
+    expected = {k for k in result.delta if any(m in k for m in markers) or k.startswith("classifier.")}
+    assert nonzero(result.delta) == expected == set(result.trained or ())
     assert result.metrics["epsilon"] > 0
+
+
+@pytest.mark.parametrize(("kind", "trainer"), [("lora", "lora"), ("fedsb", "fedsb"), ("none", "sparse")])
+def test_delta_from_trained_snapshot_equals_the_full_difference(
+    tiny: Callable[..., nn.Module], data: TaskData, kind: str, trainer: str
+) -> None:
+    """Snapshotting only ``trained`` (+ buffers) gives exactly ``local - global`` for every tensor."""
+    model = tiny(kind, rank=2, alpha=4.0) if kind != "none" else tiny()
+    start = get_weights(model)
+    spec = TrainSpec(trainer=trainer, sparse_density=0.05, sparse_warmup=1, **SPEC)
+    result = local_update(model, start, data, spec, seed=8)
+    end = get_weights(model)
+    assert list(result.delta) == list(start)
+    for k in start:
+        np.testing.assert_array_equal(result.delta[k], end[k] - start[k], err_msg=k)
+    assert set(result.trained or ()) < set(start)  # frozen tensors exist and were skipped
+
+
+def test_sparse_mask_is_the_top_k_of_the_accumulated_warmup_gradient(
+    tiny: Callable[..., nn.Module], data: TaskData
+) -> None:
+    """SpIEL's first selection: per tensor the k entries of largest |Σ g| over the warm-up batches.
+    With SGD and no regrow, the update's support must lie inside that mask (and fill most of it)."""
+    model, seed = tiny(), 11
+    spec = TrainSpec(
+        trainer="sparse",
+        epochs=1,
+        batch_size=8,
+        lr=1e-2,
+        optimizer="sgd",
+        sparse_density=0.05,
+        sparse_warmup=3,
+        sparse_regrow_fraction=0.0,
+    )
+    ref = copy.deepcopy(model)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # local_update seeds the default generator the same way (dropout)
+        ref.train()
+        for p in ref.bert.embeddings.parameters():
+            p.requires_grad_(False)
+        for xb, yb in _batches(data, spec, seed)[:3]:
+            nn.functional.cross_entropy(ref(xb), yb).backward()  # grads accumulate in .grad
+    result = local_update(model, get_weights(model), data, spec, seed=seed)
+    grads = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+    checked = 0
+    for name, g in grads.items():
+        if name.startswith("classifier."):
+            continue
+        expected = top_mask(g.abs(), kept(g.numel(), 0.05)).numpy()
+        support = result.delta[name] != 0
+        assert not np.any(support & ~expected), name
+        assert support.sum() >= 0.8 * expected.sum(), name
+        checked += 1
+    assert checked > 10

@@ -8,23 +8,49 @@ from stamen.server.config import ServerConfig
 from stamen.simulations.engines import run_engine
 from stamen.simulations.scenario import load_scenario
 
-TINY = ["model.name=minilm-tiny", "rounds=2", "data.num_samples=400", "data.num_clients=4",
-        "clients.per_round=2"]
+TINY = [
+    "model.name=minilm-tiny",
+    "rounds=2",
+    "data.num_samples=400",
+    "data.num_clients=4",
+    "clients.per_round=2",
+]
 
 
 def _cfg(name: str, *extra: str) -> ServerConfig:
     return ServerConfig.from_scenario(load_scenario(name, [*TINY, *extra]))
 
 
-@pytest.mark.parametrize(("name", "extra"), [("minilm-lora", ()), ("minilm-fedsb", ("lora.rank=16",)),
-                                             ("minilm-sparse", ())])
+@pytest.mark.parametrize(
+    ("name", "extra"), [("minilm-lora", ()), ("minilm-fedsb", ("lora.rank=16",)), ("minilm-sparse", ())]
+)
 def test_minilm_scenarios_inprocess(name: str, extra: tuple[str, ...]) -> None:
     res = run_engine("inprocess", _cfg(name, *extra))
     assert len(res.rounds) == 2 and all(r.rejected == 0 for r in res.rounds)
-    full = run_engine("inprocess", _cfg(name, *extra, "clients.trainer=full", "lora.adapter=none",
-                                        "aggregation.rule=fedavg", "codec.pipeline=dense"))
+    full = run_engine(
+        "inprocess",
+        _cfg(
+            name,
+            *extra,
+            "clients.trainer=full",
+            "lora.adapter=none",
+            "aggregation.rule=fedavg",
+            "codec.pipeline=dense",
+        ),
+    )
     # parameter-efficient updates are far smaller than the dense full update
     assert res.rounds[0].bytes_up * 5 < full.rounds[0].bytes_up
+
+
+@pytest.mark.parametrize("name", ["minilm-lora", "minilm-fedsb"])
+@pytest.mark.parametrize("mode", ["local", "dp_sgd"])
+def test_client_dp_modes_compose_with_adapters(name: str, mode: str) -> None:
+    """Local DP and DP-SGD run with LoRA / Fed-SB, report ε, and keep the update adapter-sized."""
+    rank = ("lora.rank=16",) if name == "minilm-fedsb" else ()  # the tiny model is 32 wide
+    plain = run_engine("inprocess", _cfg(name, *rank))
+    res = run_engine("inprocess", _cfg(name, *rank, f"privacy.mode={mode}", "privacy.target_epsilon=8"))
+    assert all(r.epsilon is not None and 0 < r.epsilon <= 8 * 1.01 for r in res.rounds)
+    assert res.rounds[0].bytes_up == plain.rounds[0].bytes_up  # noise only where the update was
 
 
 @pytest.mark.slow
