@@ -215,7 +215,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=2, help="target clients, largest first (default 2)")
     parser.add_argument("--samples", type=int, default=2000, help="pydocs texts in total (default 2000)")
-    parser.add_argument("--epochs", type=int, default=4, help="local epochs (default 4)")
+    parser.add_argument("--epochs", type=int, default=2, help="local epochs (default 2)")
     parser.add_argument("--quick", action="store_true", help="1 client, 1000 texts, 2 epochs, fixed lr 0.03")
     args = parser.parse_args()
     if args.quick:

@@ -14,9 +14,10 @@
    each, 3 nodes flip all labels ``y -> (y - 1) mod 10`` as ``label_flip_all`` in the code): peer
    mode and server mode, against FedAvg of the same transfer model (the floor).
 
-Both engines are driven here through the same pure client/server functions they use
-(``local_update``, ``encode_delta``, ``RoundAggregator``), because the engines do not yet forward
-``bind_round`` (see the report). Regenerate::
+This script drives the same pure client/server functions the engines use (``local_update``,
+``encode_delta``, ``RoundAggregator``, ``run_peer_mode``) in its own loop; the engine path (both
+engines, 3 seeds) is measured by ``benchmarks/bench_frl_engine.py`` and Bristle's peer mode through
+the engines by ``benchmarks/bench_bristle_peer.py``. Regenerate::
 
     .venv/bin/python benchmarks/bench_frl.py            # ~10 min on 2 cores
     .venv/bin/python benchmarks/bench_frl.py --quick    # ~1 min
