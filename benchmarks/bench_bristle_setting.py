@@ -63,8 +63,13 @@ def run_one(job: tuple[str, str, int, int]) -> dict[str, Any]:
 
     rule, attack, seed, rounds = job
     overrides = [*RULES[rule], *ATTACKS[attack], f"seed={seed}", f"rounds={rounds}", f"eval.every={rounds}"]
-    row: dict[str, Any] = {"rule": rule, "attack": attack, "seed": seed, "rounds": rounds,
-                           "overrides": overrides}
+    row: dict[str, Any] = {
+        "rule": rule,
+        "attack": attack,
+        "seed": seed,
+        "rounds": rounds,
+        "overrides": overrides,
+    }
     t0 = time.perf_counter()
     try:
         result = run_engine("inprocess", ServerConfig.from_scenario(load_scenario("bristle", overrides)))
@@ -84,16 +89,21 @@ def summary(runs: list[dict[str, Any]], rule: str, attack: str) -> tuple[float, 
 
 def table(runs: list[dict[str, Any]], seeds: list[int]) -> str:
     """Markdown: rules x attacks, median (min–max) over the seeds, and Bristle's ratio row."""
-    lines = [f"final test accuracy, median (min–max) over seeds {seeds}",
-             "| rule | " + " | ".join(ATTACKS) + " |", "|---|" + "---:|" * len(ATTACKS)]
+    lines = [
+        f"final test accuracy, median (min–max) over seeds {seeds}",
+        "| rule | " + " | ".join(ATTACKS) + " |",
+        "|---|" + "---:|" * len(ATTACKS),
+    ]
     for rule in RULES:
         cells = [summary(runs, rule, a) for a in ATTACKS]
         text = " | ".join(f"{m:.3f} ({lo:.2f}–{hi:.2f})" for m, lo, hi in cells)
         lines.append(f"| {rule} | {text} |")
     ratios = [summary(runs, "bristle", a)[0] / max(summary(runs, r, a)[0] for r in ROBUST) for a in ATTACKS]
     lines.append("| bristle / best robust baseline | " + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
-    lines.append(f"\nanchor (paper, MNIST): Bristle {PAPER_ACCURACY:.0%} under attack, "
-                 f"{PAPER_RATIO}x the most Byzantine-resilient baselines with non-iid classes")
+    lines.append(
+        f"\nanchor (paper, MNIST): Bristle {PAPER_ACCURACY:.0%} under attack, "
+        f"{PAPER_RATIO}x the most Byzantine-resilient baselines with non-iid classes"
+    )
     return "\n".join(lines)
 
 
@@ -113,8 +123,11 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
         err = [[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]]
         ax.bar(xs, med, width, yerr=err, capsize=2, label=rule)
     ax.set_xticks(range(len(ATTACKS)), list(ATTACKS))
-    ax.set(ylabel="final test accuracy", ylim=(0, 1),
-           title="Bristle setting: mnist1d, 10 nodes x 4 shards, 3 attackers (median, min–max over seeds)")
+    ax.set(
+        ylabel="final test accuracy",
+        ylim=(0, 1),
+        title="Bristle setting: mnist1d, 10 nodes x 4 shards, 3 attackers (median, min–max over seeds)",
+    )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7, ncol=len(RULES), loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
@@ -138,14 +151,24 @@ def main() -> None:
         for i, row in enumerate(pool.map(run_one, jobs), 1):
             runs.append(row)
             acc = f"{row['accuracy']:.3f}" if "accuracy" in row else row["error"][:80]
-            print(f"[{i}/{len(jobs)}] {row['rule']} {row['attack']} seed {row['seed']}: {acc} "
-                  f"({row['wall_s']:.0f} s)", flush=True)
+            print(
+                f"[{i}/{len(jobs)}] {row['rule']} {row['attack']} seed {row['seed']}: {acc} "
+                f"({row['wall_s']:.0f} s)",
+                flush=True,
+            )
     text = table(runs, seeds)
     print("\n" + text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "bristle_setting_quick" if a.quick else "bristle_setting"
-    meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "jobs": a.jobs,
-            "wall_s": time.perf_counter() - t0, "seeds": seeds, "rounds": rounds, "table": text}
+    meta = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "jobs": a.jobs,
+        "wall_s": time.perf_counter() - t0,
+        "seeds": seeds,
+        "rounds": rounds,
+        "table": text,
+    }
     (RESULTS / f"{stem}.json").write_text(json.dumps({"setting": meta, "runs": runs}, indent=1))
     plot(runs, RESULTS / f"{stem}.png")
     print(f"wrote {RESULTS / stem}.json and .png in {meta['wall_s'] / 60:.1f} min")

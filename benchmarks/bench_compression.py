@@ -72,8 +72,15 @@ TRAIN_ROWS: list[tuple[str, list[str]]] = [
     ("fedzip 3 % + EF", ["codec.pipeline=fedzip", "codec.fedzip.density=0.03", "codec.error_feedback=true"]),
     ("fedzip 2 % + EF", ["codec.pipeline=fedzip", "codec.fedzip.density=0.02", "codec.error_feedback=true"]),
     ("fedzip 1 % + EF", ["codec.pipeline=fedzip", "codec.fedzip.density=0.01", "codec.error_feedback=true"]),
-    ("compeft 2 %, α=2 + EF", ["codec.pipeline=compeft", "codec.compeft.density=0.02",
-                               "codec.compeft.alpha=2.0", "codec.error_feedback=true"]),
+    (
+        "compeft 2 %, α=2 + EF",
+        [
+            "codec.pipeline=compeft",
+            "codec.compeft.density=0.02",
+            "codec.compeft.alpha=2.0",
+            "codec.error_feedback=true",
+        ],
+    ),
     ("dare p=0.9 + int8", ["codec.pipeline=dare,int8"]),
 ]
 QUICK_ROWS = [0, 1, 5]
@@ -82,8 +89,14 @@ DATASETS = {
     "mnist1d": ["data.dataset=mnist1d", "data.num_samples=10000", "clients.lr=0.05", "clients.momentum=0.9"],
     "digits": ["data.dataset=digits", "clients.lr=0.05", "clients.momentum=0.9"],
 }
-COMMON = ["data.num_clients=10", "clients.per_round=10", "model.hidden=256,256", "clients.batch_size=32",
-          "clients.local_epochs=1", "eval.every=1"]
+COMMON = [
+    "data.num_clients=10",
+    "clients.per_round=10",
+    "model.hidden=256,256",
+    "clients.batch_size=32",
+    "clients.local_epochs=1",
+    "eval.every=1",
+]
 
 
 def bench_update_codec(text: str, delta: dict[str, np.ndarray], repeats: int) -> dict[str, Any]:
@@ -127,8 +140,9 @@ def update_table(rows: list[dict[str, Any]], anchor: dict[str, float], dense: in
 
 def train_once(dataset: str, overrides: list[str], rounds: int, seed: int) -> dict[str, Any]:
     """One in-process federated run; returns bytes per client-round and the accuracy curve."""
-    scenario = load_scenario("smoke", [*COMMON, *DATASETS[dataset], f"rounds={rounds}", f"seed={seed}",
-                                       *overrides])
+    scenario = load_scenario(
+        "smoke", [*COMMON, *DATASETS[dataset], f"rounds={rounds}", f"seed={seed}", *overrides]
+    )
     cfg = ServerConfig.from_scenario(scenario)
     start = time.perf_counter()
     result = run_engine("inprocess", cfg)
@@ -173,11 +187,18 @@ def train_row(
     """One table row: the same configuration over ``seeds``, accuracies averaged."""
     runs = [train_once(dataset, overrides, rounds, seed) for seed in seeds]
     for seed, run in zip(seeds, runs, strict=True):
-        print(f"  {dataset:8s} {label:34s} seed {seed} acc {run['final_accuracy']:.4f} "
-              f"bytes {run['bytes_per_client_round']:,.0f} ({run['wall_s']:.0f} s)", flush=True)
+        print(
+            f"  {dataset:8s} {label:34s} seed {seed} acc {run['final_accuracy']:.4f} "
+            f"bytes {run['bytes_per_client_round']:,.0f} ({run['wall_s']:.0f} s)",
+            flush=True,
+        )
     return {
-        "dataset": dataset, "label": label, "rounds": rounds, "seeds": seeds,
-        "codec": runs[0]["codec"], "error_feedback": runs[0]["error_feedback"],
+        "dataset": dataset,
+        "label": label,
+        "rounds": rounds,
+        "seeds": seeds,
+        "codec": runs[0]["codec"],
+        "error_feedback": runs[0]["error_feedback"],
         "bytes_per_client_round": float(np.mean([r["bytes_per_client_round"] for r in runs])),
         "final_accuracy": float(np.mean([r["final_accuracy"] for r in runs])),
         "last5_accuracy": float(np.mean([r["last5_accuracy"] for r in runs])),
@@ -204,18 +225,30 @@ def density_sweep(delta: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         spec = CodecSpec.parse(f"fedzip(density={density!r})")
         payload = CodecPipeline(spec).encode(delta, np.random.default_rng(0))
         env = len(encode_update(model, spec, rng=np.random.default_rng(0), **kwargs))
-        rows.append({"density": density, "payload_bytes_1m": len(payload), "ratio_1m": 4e6 / len(payload),
-                     "envelope_bytes_mnist1d_model": env, "ratio_mnist1d_model": dense_env / env})
+        rows.append(
+            {
+                "density": density,
+                "payload_bytes_1m": len(payload),
+                "ratio_1m": 4e6 / len(payload),
+                "envelope_bytes_mnist1d_model": env,
+                "ratio_mnist1d_model": dense_env / env,
+            }
+        )
     return rows
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> str:
     """Markdown for the density sweep."""
-    lines = ["| density | 1M update: payload bytes | × vs fp32 | mnist1d MLP: envelope bytes "
-             "| × vs dense envelope |", "|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| density | 1M update: payload bytes | × vs fp32 | mnist1d MLP: envelope bytes "
+        "| × vs dense envelope |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['density']:g} | {r['payload_bytes_1m']:,} | {r['ratio_1m']:.0f} "
-                     f"| {r['envelope_bytes_mnist1d_model']:,} | {r['ratio_mnist1d_model']:.0f} |")
+        lines.append(
+            f"| {r['density']:g} | {r['payload_bytes_1m']:,} | {r['ratio_1m']:.0f} "
+            f"| {r['envelope_bytes_mnist1d_model']:,} | {r['ratio_mnist1d_model']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -230,8 +263,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     repeats = 3 if args.quick else args.repeats
-    rounds = {"mnist1d": 30 if args.quick else args.rounds_mnist1d,
-              "digits": 15 if args.quick else args.rounds_digits}
+    rounds = {
+        "mnist1d": 30 if args.quick else args.rounds_mnist1d,
+        "digits": 15 if args.quick else args.rounds_digits,
+    }
     seeds = [int(s) for s in args.seeds.split(",")]
     picks = [int(i) for i in args.rows.split(",")] if args.rows else (QUICK_ROWS if args.quick else None)
     delta = make_update(1_000_000, 0)
@@ -245,10 +280,21 @@ def main() -> None:
     train_rows = [train_row(d, label, ov, rounds[d], seeds) for d in DATASETS for label, ov in chosen]
     print("\n" + train_table(train_rows))
     result = {
-        "config": {"update_size": 1_000_000, "repeats": repeats, "seeds": seeds, "rounds": rounds,
-                   "common_overrides": COMMON, "dataset_overrides": DATASETS, "quick": args.quick},
-        "environment": {"python": platform.python_version(), "numpy": np.__version__,
-                        "zstandard": zstandard.__version__, "cpus": os.cpu_count()},
+        "config": {
+            "update_size": 1_000_000,
+            "repeats": repeats,
+            "seeds": seeds,
+            "rounds": rounds,
+            "common_overrides": COMMON,
+            "dataset_overrides": DATASETS,
+            "quick": args.quick,
+        },
+        "environment": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "zstandard": zstandard.__version__,
+            "cpus": os.cpu_count(),
+        },
         "anchor_zstd3_raw_fp32": anchor,
         "update_codecs": update_rows,
         "fedzip_density_sweep": sweep,

@@ -34,9 +34,16 @@ def scenario_config(clients: int, per_round: int, rounds: int) -> ServerConfig:
     """mnist1d (50 samples per client, 80 % train), Dirichlet(0.5) partitions, MLP 40-64-10,
     2 local epochs of batch 16 (FedAvg-style E/B), dense codec."""
     overrides = [
-        "data.dataset=mnist1d", f"data.num_samples={max(50 * clients, 4000)}", "data.partition=dirichlet",
-        "data.alpha=0.5", f"data.num_clients={clients}", f"clients.per_round={per_round}",
-        f"rounds={rounds}", "clients.local_epochs=2", "clients.batch_size=16", "model.hidden=64",
+        "data.dataset=mnist1d",
+        f"data.num_samples={max(50 * clients, 4000)}",
+        "data.partition=dirichlet",
+        "data.alpha=0.5",
+        f"data.num_clients={clients}",
+        f"clients.per_round={per_round}",
+        f"rounds={rounds}",
+        "clients.local_epochs=2",
+        "clients.batch_size=16",
+        "model.hidden=64",
         f"eval.every={rounds}",
     ]
     return ServerConfig.from_scenario(load_scenario("smoke", overrides))
@@ -82,9 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     flower_wall, flower_rounds = timed("flower", cfg)
     in_wall = statistics.median(w for w, _ in inproc)
     result = {
-        "scenario": {"clients": args.clients, "per_round": args.per_round, "rounds": args.rounds,
-                     "dataset": "mnist1d", "model": "mlp 40-64-10",
-                     "local_epochs": 2, "batch_size": 16},
+        "scenario": {
+            "clients": args.clients,
+            "per_round": args.per_round,
+            "rounds": args.rounds,
+            "dataset": "mnist1d",
+            "model": "mlp 40-64-10",
+            "local_epochs": 2,
+            "batch_size": 16,
+        },
         "client_updates": updates,
         "clients_per_s_inprocess": updates / in_wall,
         "clients_per_s_flower": updates / flower_wall,
@@ -92,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         "clients_per_s_flower_rounds_only": updates / flower_rounds,
         "ratio_rounds_only": flower_rounds / statistics.median(r for _, r in inproc),
         "overhead": in_wall / pure,
-        "inprocess_wall_s": in_wall, "flower_wall_s": flower_wall, "pure_training_s": pure,
+        "inprocess_wall_s": in_wall,
+        "flower_wall_s": flower_wall,
+        "pure_training_s": pure,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
@@ -101,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     rate = result["clients_per_s_inprocess"]
     print(f"| inprocess (median of {args.repeats}) | {rate:.1f} | {in_wall:.2f} |")
     print(f"| flower (anchor, same run) | {result['clients_per_s_flower']:.1f} | {flower_wall:.2f} |")
-    print(f"ratio inprocess/flower = {result['ratio']:.1f}x (goal >= 20x); "
-          f"rounds only (no Ray start-up) = {result['ratio_rounds_only']:.1f}x")
+    print(
+        f"ratio inprocess/flower = {result['ratio']:.1f}x (goal >= 20x); "
+        f"rounds only (no Ray start-up) = {result['ratio_rounds_only']:.1f}x"
+    )
     print(f"inprocess overhead vs pure local training = {result['overhead']:.2f}x (goal <= 1.5x)")
     return 0
 

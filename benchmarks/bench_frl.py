@@ -86,19 +86,32 @@ def bytes_row(label: str, shapes: Mapping[str, tuple[int, ...]], repeats: int) -
     fedavg = {f"{n}.weight": rng.normal(0, 0.01, s).astype(np.float32) for n, s in shapes.items()}
     ffrl, ffed = tensor_table(frl), tensor_table(fedavg)
     kw: dict[str, Any] = dict(base_hash="0" * 64, version=1, sender="client-0", seed=0)
-    size = {name: len(encode_delta(d, codec, **kw))
-            for name, d, codec in (("frl_rank", frl, "frl_rank"), ("frl_dense", frl, "dense"),
-                                   ("fedavg_dense", fedavg, "dense"))}
+    size = {
+        name: len(encode_delta(d, codec, **kw))
+        for name, d, codec in (
+            ("frl_rank", frl, "frl_rank"),
+            ("frl_dense", frl, "dense"),
+            ("fedavg_dense", fedavg, "dense"),
+        )
+    }
     pipe, dense = CodecPipeline(CodecSpec.parse("frl_rank")), CodecPipeline(CodecSpec.parse("dense"))
     payload, dpayload = pipe.encode(frl, rng), dense.encode(fedavg, rng)
     edges = sum(int(np.prod(s)) for s in shapes.values())
-    return {"model": label, "edges": edges, "bytes": size,
-            "ideal_bits": sum(n * (n - 1).bit_length() for n in (int(np.prod(s)) for s in shapes.values())),
-            "ratio_frl_rank_vs_fedavg": size["frl_rank"] / size["fedavg_dense"],
-            "encode_s": {"frl_rank": median_s(lambda: pipe.encode(frl, rng), repeats),
-                         "fedavg_dense": median_s(lambda: dense.encode(fedavg, rng), repeats)},
-            "decode_s": {"frl_rank": median_s(lambda: pipe.decode(payload, ffrl), repeats),
-                         "fedavg_dense": median_s(lambda: dense.decode(dpayload, ffed), repeats)}}
+    return {
+        "model": label,
+        "edges": edges,
+        "bytes": size,
+        "ideal_bits": sum(n * (n - 1).bit_length() for n in (int(np.prod(s)) for s in shapes.values())),
+        "ratio_frl_rank_vs_fedavg": size["frl_rank"] / size["fedavg_dense"],
+        "encode_s": {
+            "frl_rank": median_s(lambda: pipe.encode(frl, rng), repeats),
+            "fedavg_dense": median_s(lambda: dense.encode(fedavg, rng), repeats),
+        },
+        "decode_s": {
+            "frl_rank": median_s(lambda: pipe.decode(payload, ffrl), repeats),
+            "fedavg_dense": median_s(lambda: dense.decode(dpayload, ffed), repeats),
+        },
+    }
 
 
 def mlp_shapes() -> dict[str, tuple[int, ...]]:
@@ -109,8 +122,15 @@ def mlp_shapes() -> dict[str, tuple[int, ...]]:
 
 
 # ---- FRL accuracy --------------------------------------------------------------------------------
-FRL_TASK = TaskSpec(dataset="digits", partition="dirichlet", alpha=1.0, num_clients=50,
-                    model="supermask_mlp", hidden=(128, 128), seed=0)
+FRL_TASK = TaskSpec(
+    dataset="digits",
+    partition="dirichlet",
+    alpha=1.0,
+    num_clients=50,
+    model="supermask_mlp",
+    hidden=(128, 128),
+    seed=0,
+)
 FRL_SPEC = TrainSpec(trainer="frl", epochs=2, batch_size=8, lr=0.4, momentum=0.9, weight_decay=1e-4)
 
 
@@ -126,8 +146,11 @@ def frl_run(rounds: int, seed: int, n_bad: int, fedavg: bool = False) -> dict[st
         pids = sample_clients(seed, rnd, task.num_clients, 25)
         h = model_hash(weights)
         ra = RoundAggregator(weights, h, len(pids), rule, ValidationPolicy())
-        forged = _reversed_pool(model, weights, task, sp, seed, rnd, n_bad) if n_bad and any(
-            p < n_bad for p in pids) else None
+        forged = (
+            _reversed_pool(model, weights, task, sp, seed, rnd, n_bad)
+            if n_bad and any(p < n_bad for p in pids)
+            else None
+        )
         for pid in pids:
             s, local = client_seed(seed, rnd, pid), client_data(task, pid)
             if forged is not None and pid < n_bad:  # malicious: submit the reversed pooled ranking
@@ -135,23 +158,42 @@ def frl_run(rounds: int, seed: int, n_bad: int, fedavg: bool = False) -> dict[st
             else:
                 res = local_update(model, weights, local, sp, s)
                 delta, num = res.delta, res.num_examples
-            data = encode_delta(delta, "dense" if fedavg else "frl_rank", base_hash=h, version=rnd,
-                                sender=f"client-{pid}", seed=s)
+            data = encode_delta(
+                delta,
+                "dense" if fedavg else "frl_rank",
+                base_hash=h,
+                version=rnd,
+                sender=f"client-{pid}",
+                seed=s,
+            )
             ra.add_envelope(f"client-{pid}", data, num)
         weights = ra.finish(1.0) or weights
         ups.append(ra.stats.bytes_up)
         set_weights(model, weights)
         accs.append(evaluate_model(model, test.x, test.y)[1])
-    return {"final": accs[-1], "best": max(accs), "bytes_up_per_round": float(np.mean(ups)),
-            "wall_s": time.perf_counter() - t0}
+    return {
+        "final": accs[-1],
+        "best": max(accs),
+        "bytes_up_per_round": float(np.mean(ups)),
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
-def _reversed_pool(model: torch.nn.Module, weights: dict[str, np.ndarray], task: TaskSpec, spec: TrainSpec,
-                   seed: int, rnd: int, n_bad: int) -> dict[str, np.ndarray]:
+def _reversed_pool(
+    model: torch.nn.Module,
+    weights: dict[str, np.ndarray],
+    task: TaskSpec,
+    spec: TrainSpec,
+    seed: int,
+    rnd: int,
+    n_bad: int,
+) -> dict[str, np.ndarray]:
     """The code's attacker: train min(n_bad, 25) malicious partitions benignly, reverse the pool."""
     pool = np.random.default_rng([seed, rnd, 0xBAD]).choice(n_bad, min(n_bad, 25), replace=False)
-    deltas = [local_update(model, weights, client_data(task, int(p)), spec, client_seed(seed, rnd, int(p)))
-              .delta for p in pool]
+    deltas = [
+        local_update(model, weights, client_data(task, int(p)), spec, client_seed(seed, rnd, int(p))).delta
+        for p in pool
+    ]
     out = {}
     for k, v in deltas[0].items():
         out[k] = np.zeros_like(v)
@@ -162,8 +204,15 @@ def _reversed_pool(model: torch.nn.Module, weights: dict[str, np.ndarray], task:
 
 
 # ---- Bristle accuracy ----------------------------------------------------------------------------
-BR_TASK = TaskSpec(dataset="mnist1d", num_samples=5000, partition="shards", shards_per_client=4,
-                   num_clients=10, model="bristle_transfer", seed=0)
+BR_TASK = TaskSpec(
+    dataset="mnist1d",
+    num_samples=5000,
+    partition="shards",
+    shards_per_client=4,
+    num_clients=10,
+    model="bristle_transfer",
+    seed=0,
+)
 BR_SPEC = TrainSpec(trainer="bristle", epochs=1, batch_size=5, lr=1e-3, optimizer="adam", weight_decay=5e-3)
 BAD = (7, 8, 9)  # the code makes the last nodes the attackers
 
@@ -196,13 +245,20 @@ def bristle_run(mode: str, rounds: int, attacked: bool) -> dict[str, Any]:
         return float(np.mean(predictions(layer, test_feats) == test.y))
 
     if mode == "peer":
+
         def train(i: int, rnd: int, layer: np.ndarray) -> np.ndarray:
             start = {"head.weight": layer}
             local_update(model, start, _node_data(i, attacked), BR_SPEC, client_seed(0, rnd, i))
             return get_weights(model)["head.weight"]
 
-        _, hist = run_peer_mode(nodes, np.zeros((10, bm.FEATURES), np.float32), rounds, train, seed=0,
-                                evaluate=lambda i, w: acc(w))
+        _, hist = run_peer_mode(
+            nodes,
+            np.zeros((10, bm.FEATURES), np.float32),
+            rounds,
+            train,
+            seed=0,
+            evaluate=lambda i, w: acc(w),
+        )
         return {"final": hist[-1], "best": max(hist), "wall_s": time.perf_counter() - t0}
     rule: Any = create("fedavg")
     if mode == "server":
@@ -215,8 +271,11 @@ def bristle_run(mode: str, rounds: int, attacked: bool) -> dict[str, Any]:
         ra = RoundAggregator(weights, h, 10, rule, ValidationPolicy())
         for pid in range(10):
             res = local_update(model, weights, _node_data(pid, attacked), spec, client_seed(0, rnd, pid))
-            ra.add_envelope(f"client-{pid}", encode_delta(res.delta, "dense", base_hash=h, version=rnd,
-                                                          sender=f"client-{pid}", seed=rnd), res.num_examples)
+            ra.add_envelope(
+                f"client-{pid}",
+                encode_delta(res.delta, "dense", base_hash=h, version=rnd, sender=f"client-{pid}", seed=rnd),
+                res.num_examples,
+            )
         weights = ra.finish(1.0) or weights
         hist.append(acc(weights["head.weight"]))
     return {"final": hist[-1], "best": max(hist), "wall_s": time.perf_counter() - t0}
@@ -231,24 +290,42 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     frl_rounds, br_rounds = (8, 4) if args.quick else (args.frl_rounds, args.bristle_rounds)
-    out: dict[str, Any] = {"machine": platform.platform(), "quick": args.quick, "bytes": [
-        bytes_row("LeNet (paper, MNIST)", LENET, 1 if args.quick else args.repeats),
-        bytes_row("supermask MLP 64-128-128-10 (digits)", mlp_shapes(), args.repeats)]}
+    out: dict[str, Any] = {
+        "machine": platform.platform(),
+        "quick": args.quick,
+        "bytes": [
+            bytes_row("LeNet (paper, MNIST)", LENET, 1 if args.quick else args.repeats),
+            bytes_row("supermask MLP 64-128-128-10 (digits)", mlp_shapes(), args.repeats),
+        ],
+    }
     print("| model | edges | FRL frl_rank B | FRL dense B | FedAvg fp32 B | ratio frl_rank/FedAvg |")
     print("|---|---|---|---|---|---|")
     for r in out["bytes"]:
         b = r["bytes"]
-        print(f"| {r['model']} | {r['edges']:,} | {b['frl_rank']:,} | {b['frl_dense']:,} | "
-              f"{b['fedavg_dense']:,} | {r['ratio_frl_rank_vs_fedavg']:.3f} |")
-    out["frl_accuracy"] = {"rounds": frl_rounds, "seed": 0, "runs": {
-        "frl_clean": frl_run(frl_rounds, 0, 0), "frl_rank_reversal_20pct": frl_run(frl_rounds, 0, 10),
-        "fedavg_mlp_clean": frl_run(frl_rounds, 0, 0, fedavg=True)}}
+        print(
+            f"| {r['model']} | {r['edges']:,} | {b['frl_rank']:,} | {b['frl_dense']:,} | "
+            f"{b['fedavg_dense']:,} | {r['ratio_frl_rank_vs_fedavg']:.3f} |"
+        )
+    out["frl_accuracy"] = {
+        "rounds": frl_rounds,
+        "seed": 0,
+        "runs": {
+            "frl_clean": frl_run(frl_rounds, 0, 0),
+            "frl_rank_reversal_20pct": frl_run(frl_rounds, 0, 10),
+            "fedavg_mlp_clean": frl_run(frl_rounds, 0, 0, fedavg=True),
+        },
+    }
     print(f"\nFRL on digits, {frl_rounds} rounds, seed 0 (final / best accuracy):")
     for k, v in out["frl_accuracy"]["runs"].items():
         print(f"  {k:28s} {v['final']:.4f} / {v['best']:.4f}  bytes up/round {v['bytes_up_per_round']:,.0f}")
-    out["bristle_accuracy"] = {"rounds": br_rounds, "runs": {
-        f"{mode}_{'label_flip_3of10' if att else 'clean'}": bristle_run(mode, br_rounds, att)
-        for mode in ("peer", "server", "fedavg") for att in (False, True)}}
+    out["bristle_accuracy"] = {
+        "rounds": br_rounds,
+        "runs": {
+            f"{mode}_{'label_flip_3of10' if att else 'clean'}": bristle_run(mode, br_rounds, att)
+            for mode in ("peer", "server", "fedavg")
+            for att in (False, True)
+        },
+    }
     print(f"\nBristle setting (mnist1d, 10 nodes, 4 shards each), {br_rounds} rounds (final / best):")
     for k, v in out["bristle_accuracy"]["runs"].items():
         print(f"  {k:28s} {v['final']:.4f} / {v['best']:.4f}")

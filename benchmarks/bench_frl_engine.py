@@ -50,8 +50,11 @@ def run_one(job: tuple[str, int, int]) -> dict[str, Any]:
     try:
         result = run_engine("inprocess", ServerConfig.from_scenario(load_scenario("frl", overrides)))
         accs = [r.accuracy for r in result.rounds]
-        row |= {"final": float(accs[-1]), "best": float(max(accs)),
-                "rejected": sum(r.rejected for r in result.rounds)}
+        row |= {
+            "final": float(accs[-1]),
+            "best": float(max(accs)),
+            "rejected": sum(r.rejected for r in result.rounds),
+        }
     except Exception as exc:  # one bad run must not stop the others
         row["error"] = f"{type(exc).__name__}: {exc}"
     row["wall_s"] = time.perf_counter() - t0
@@ -62,8 +65,11 @@ def loss_points(runs: list[dict[str, Any]], key: str) -> list[float]:
     """Per seed: (clean - attacked) accuracy in points, for the seeds with both runs finished."""
     by = {(r["attack"], r["seed"]): r[key] for r in runs if key in r}
     seeds = sorted({s for (_, s) in by})
-    return [100 * (by[("clean", s)] - by[("rank_reversal_20pct", s)]) for s in seeds
-            if ("clean", s) in by and ("rank_reversal_20pct", s) in by]
+    return [
+        100 * (by[("clean", s)] - by[("rank_reversal_20pct", s)])
+        for s in seeds
+        if ("clean", s) in by and ("rank_reversal_20pct", s) in by
+    ]
 
 
 def report(runs: list[dict[str, Any]]) -> str:
@@ -75,8 +81,10 @@ def report(runs: list[dict[str, Any]]) -> str:
     for key in ("final", "best"):
         pts = loss_points(runs, key)
         if pts:
-            lines.append(f"\nloss at 20 % rank reversal ({key}): median {statistics.median(pts):.1f} points "
-                         f"(per seed {', '.join(f'{p:.1f}' for p in pts)}); paper: <= {PAPER_MAX_LOSS:g}")
+            lines.append(
+                f"\nloss at 20 % rank reversal ({key}): median {statistics.median(pts):.1f} points "
+                f"(per seed {', '.join(f'{p:.1f}' for p in pts)}); paper: <= {PAPER_MAX_LOSS:g}"
+            )
     return "\n".join(lines)
 
 
@@ -96,12 +104,21 @@ def main() -> None:
         for i, row in enumerate(pool.map(run_one, jobs), 1):
             runs.append(row)
             acc = f"{row['final']:.4f} / {row['best']:.4f}" if "final" in row else row["error"][:80]
-            print(f"[{i}/{len(jobs)}] {row['attack']} seed {row['seed']}: {acc} ({row['wall_s']:.0f} s)",
-                  flush=True)
+            print(
+                f"[{i}/{len(jobs)}] {row['attack']} seed {row['seed']}: {acc} ({row['wall_s']:.0f} s)",
+                flush=True,
+            )
     text = report(runs)
     print("\n" + text)
-    meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "jobs": a.jobs,
-            "wall_s": time.perf_counter() - t0, "seeds": seeds, "rounds": rounds, "table": text}
+    meta = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "jobs": a.jobs,
+        "wall_s": time.perf_counter() - t0,
+        "seeds": seeds,
+        "rounds": rounds,
+        "table": text,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / ("frl_engine_quick.json" if a.quick else "frl_engine.json")
     path.write_text(json.dumps({"setting": meta, "runs": runs}, indent=1))

@@ -48,8 +48,14 @@ EPSILONS = (1.0, 2.0, 4.0, 8.0)
 DELTA = 1e-5
 # One federation for every mode: 50 IID clients, 25 per round (q = 0.5), 30 rounds, mean rule.
 COMMON = [
-    "data.partition=iid", "data.num_clients=50", "clients.per_round=25", "rounds=30",
-    "clients.local_epochs=1", "clients.batch_size=16", "clients.lr=0.3", "aggregation.rule=mean",
+    "data.partition=iid",
+    "data.num_clients=50",
+    "clients.per_round=25",
+    "rounds=30",
+    "clients.local_epochs=1",
+    "clients.batch_size=16",
+    "clients.lr=0.3",
+    "aggregation.rule=mean",
     "eval.every=1",
 ]
 # Update clip C for central/local: about the median L2 norm of a round-1 non-private update in a pilot
@@ -99,9 +105,12 @@ def run_one(dataset: str, mode: str, eps: float | None, seed: int, quick: bool) 
     evaluated = [r for r in rounds if not math.isnan(r.accuracy)]
     dim = sum(v.size for v in get_weights(build_model(cfg.task)).values())
     row.update(
-        status="ok", wall_s=time.perf_counter() - start, rounds=len(rounds),
+        status="ok",
+        wall_s=time.perf_counter() - start,
+        rounds=len(rounds),
         accuracy=evaluated[-1].accuracy if evaluated else math.nan,
-        epsilon=rounds[-1].epsilon if rounds else None, params=dim,
+        epsilon=rounds[-1].epsilon if rounds else None,
+        params=dim,
         bits_per_coordinate=8.0 * statistics.mean(r.bytes_up for r in rounds) / (cfg.per_round * dim),
     )
     return row
@@ -112,28 +121,41 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str, float | None], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["mode"], r["target_epsilon"]), []).append(r)
-    anchor = {k[0]: statistics.median(x["accuracy"] for x in g) for k, g in groups.items()
-              if k[1] == "off" and all(x["status"] == "ok" for x in g)}
+    anchor = {
+        k[0]: statistics.median(x["accuracy"] for x in g)
+        for k, g in groups.items()
+        if k[1] == "off" and all(x["status"] == "ok" for x in g)
+    }
     out = []
     for (ds, mode, eps), g in groups.items():
         ok = [x for x in g if x["status"] == "ok"]
-        s: dict[str, Any] = {"dataset": ds, "mode": mode, "target_epsilon": eps, "seeds": len(g),
-                             "status": "ok" if len(ok) == len(g) else g[0]["status"]}
+        s: dict[str, Any] = {
+            "dataset": ds,
+            "mode": mode,
+            "target_epsilon": eps,
+            "seeds": len(g),
+            "status": "ok" if len(ok) == len(g) else g[0]["status"],
+        }
         if ok:
             acc = statistics.median(x["accuracy"] for x in ok)
             eps_rep = [x["epsilon"] for x in ok if x["epsilon"] is not None]
-            s.update(accuracy=acc, accuracy_vs_off=acc / anchor[ds] if anchor.get(ds) else math.nan,
-                     epsilon=max(eps_rep) if eps_rep else None,
-                     bits_per_coordinate=statistics.median(x["bits_per_coordinate"] for x in ok),
-                     wall_s=statistics.median(x["wall_s"] for x in ok))
+            s.update(
+                accuracy=acc,
+                accuracy_vs_off=acc / anchor[ds] if anchor.get(ds) else math.nan,
+                epsilon=max(eps_rep) if eps_rep else None,
+                bits_per_coordinate=statistics.median(x["bits_per_coordinate"] for x in ok),
+                wall_s=statistics.median(x["wall_s"] for x in ok),
+            )
         out.append(s)
     return out
 
 
 def markdown(summary: list[dict[str, Any]]) -> str:
     """The summary as a markdown table."""
-    lines = ["| dataset | mode | target ε | reported ε | final accuracy | / non-private | bits/coord "
-             "| wall s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| dataset | mode | target ε | reported ε | final accuracy | / non-private | bits/coord | wall s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for s in summary:
         target = "—" if s["target_epsilon"] is None else f"{s['target_epsilon']:g}"
         if s["status"] != "ok":
@@ -185,14 +207,30 @@ def main() -> None:
         for seed in range(args.seeds):
             rows.append(run_one(ds, mode, eps, seed, args.quick))
             r = rows[-1]
-            print(f"  {ds:8s} {mode:8s} ε={eps} seed={seed}: {r['status']} "
-                  f"acc={r.get('accuracy', float('nan')):.3f} eps={r.get('epsilon')}", flush=True)
+            print(
+                f"  {ds:8s} {mode:8s} ε={eps} seed={seed}: {r['status']} "
+                f"acc={r.get('accuracy', float('nan')):.3f} eps={r.get('epsilon')}",
+                flush=True,
+            )
     summary = summarize(rows)
     print(markdown(summary))
-    env = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-           "machine": platform.machine(), "cpus": os.cpu_count()}
-    config = {"common": COMMON, "datasets": DATASETS, "modes": MODE_OVERRIDES, "delta": DELTA,
-              "seeds": args.seeds, "quick": args.quick, "engine": "inprocess", "base_scenario": "smoke"}
+    env = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+    config = {
+        "common": COMMON,
+        "datasets": DATASETS,
+        "modes": MODE_OVERRIDES,
+        "delta": DELTA,
+        "seeds": args.seeds,
+        "quick": args.quick,
+        "engine": "inprocess",
+        "base_scenario": "smoke",
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"config": config, "environment": env, "summary": summary, "runs": rows}
     args.out.write_text(json.dumps(_no_nan(doc), indent=2, default=str) + "\n")

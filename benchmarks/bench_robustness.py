@@ -65,10 +65,24 @@ class Defense:
     overrides: tuple[str, ...] = ()  # e.g. a trainer/model a rule needs (FRL, Bristle)
 
 
-FRL = ("model.name=supermask_mlp", "clients.trainer=frl", "codec.pipeline=frl_rank", "clients.lr=0.4",
-       "clients.lr_decay=0.999", "clients.batch_size=8", "clients.weight_decay=0.0001")
-BRISTLE = ("model.name=bristle_transfer", "clients.trainer=bristle", "clients.optimizer=adam",
-           "clients.lr=0.001", "clients.weight_decay=0.005", "clients.batch_size=5", "clients.local_epochs=1")
+FRL = (
+    "model.name=supermask_mlp",
+    "clients.trainer=frl",
+    "codec.pipeline=frl_rank",
+    "clients.lr=0.4",
+    "clients.lr_decay=0.999",
+    "clients.batch_size=8",
+    "clients.weight_decay=0.0001",
+)
+BRISTLE = (
+    "model.name=bristle_transfer",
+    "clients.trainer=bristle",
+    "clients.optimizer=adam",
+    "clients.lr=0.001",
+    "clients.weight_decay=0.005",
+    "clients.batch_size=5",
+    "clients.local_epochs=1",
+)
 # label -> (assumed f, cohort size n) -> Defense.  Adding a rule is one line here.
 RULES: dict[str, Callable[[int, int], Defense]] = {
     "fedavg": lambda f, n: Defense("fedavg"),
@@ -108,13 +122,24 @@ def applies(rule: str, attack: str) -> bool:
     if attack == "none" or attack in DATA_ATTACKS:
         return True
     return (rule in RANKING_RULES) == (attack in RANKING_ATTACKS)
+
+
 PARTITIONS: dict[str, tuple[str, ...]] = {
     "dirichlet0.5": ("data.partition=dirichlet", "data.alpha=0.5"),
     "iid": ("data.partition=iid",),
 }
-BASE = ("data.dataset=mnist1d", "data.num_samples=5000", f"data.num_clients={CLIENTS}",
-        f"clients.per_round={CLIENTS}", "clients.local_epochs=2", "clients.batch_size=32", "clients.lr=0.1",
-        "clients.momentum=0.9", "model.hidden=128", "codec.pipeline=dense")
+BASE = (
+    "data.dataset=mnist1d",
+    "data.num_samples=5000",
+    f"data.num_clients={CLIENTS}",
+    f"clients.per_round={CLIENTS}",
+    "clients.local_epochs=2",
+    "clients.batch_size=32",
+    "clients.lr=0.1",
+    "clients.momentum=0.9",
+    "model.hidden=128",
+    "codec.pipeline=dense",
+)
 
 
 @dataclass(frozen=True)
@@ -141,8 +166,15 @@ def assumed_f(fraction: float) -> int:
 def overrides(cell: Cell) -> list[str]:
     """The ``--set`` overrides of one cell."""
     d = RULES[cell.rule](assumed_f(cell.fraction), CLIENTS)
-    out = [*BASE, *PARTITIONS[cell.partition], f"rounds={cell.rounds}", f"eval.every={cell.rounds}",
-           f"seed={cell.seed}", f"aggregation.rule={d.rule}", *d.overrides]
+    out = [
+        *BASE,
+        *PARTITIONS[cell.partition],
+        f"rounds={cell.rounds}",
+        f"eval.every={cell.rounds}",
+        f"seed={cell.seed}",
+        f"aggregation.rule={d.rule}",
+        *d.overrides,
+    ]
     if d.pre:
         out.append(f"aggregation.pre={','.join(d.pre)}")
     out += [f"aggregation.{k}={v}" for k, v in d.params.items()]
@@ -196,8 +228,12 @@ class Grid:
         out = []
         for seed, part, rule in itertools.product(self.seeds, self.partitions, self.rules):
             out.append(self.cell(rule, "none", 0.0, part, seed))
-            out += [self.cell(rule, a, fr, part, seed) for fr in self.fractions for a in self.attacks
-                    if applies(rule, a)]
+            out += [
+                self.cell(rule, a, fr, part, seed)
+                for fr in self.fractions
+                for a in self.attacks
+                if applies(rule, a)
+            ]
         return out
 
 
@@ -284,19 +320,30 @@ def seed_table(done: Runs, g: Grid, fr: float) -> str:
     for part in g.partitions:
         rows = []
         for rule in g.rules:
-            have = [s for s in seeds if not math.isnan(accuracy(done, g.cell(rule, "none", 0.0, part, s)))
-                    and any(g.cell(rule, a, fr, part, s).key in done for a in g.attacks)]
+            have = [
+                s
+                for s in seeds
+                if not math.isnan(accuracy(done, g.cell(rule, "none", 0.0, part, s)))
+                and any(g.cell(rule, a, fr, part, s).key in done for a in g.attacks)
+            ]
             if len(have) < 2:
                 continue
             cols = [spread([accuracy(done, g.cell(rule, "none", 0.0, part, s)) for s in have])]
-            cols += [spread([accuracy(done, g.cell(rule, a, fr, part, s)) for s in have])
-                     if applies(rule, a) else "n/a" for a in g.attacks]
+            cols += [
+                spread([accuracy(done, g.cell(rule, a, fr, part, s)) for s in have])
+                if applies(rule, a)
+                else "n/a"
+                for a in g.attacks
+            ]
             worst = spread([worst_case(done, g, rule, part, fr, s) for s in have])
             rows.append(f"| {rule} | {len(have)} | " + " | ".join(cols) + f" | **{worst}** |")
         if rows:
-            lines += [f"\n**{part}, {fr:.0%} attackers, median (min–max) over seeds {seeds}**\n",
-                      "| rule | seeds | clean | " + " | ".join(g.attacks) + " | worst |",
-                      "|---|---:|" + "---:|" * (len(g.attacks) + 2), *rows]
+            lines += [
+                f"\n**{part}, {fr:.0%} attackers, median (min–max) over seeds {seeds}**\n",
+                "| rule | seeds | clean | " + " | ".join(g.attacks) + " | worst |",
+                "|---|---:|" + "---:|" * (len(g.attacks) + 2),
+                *rows,
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -358,8 +405,14 @@ def parse() -> tuple[argparse.Namespace, Grid]:
     p.add_argument("--resume", action="store_true", help="keep finished runs of the JSON file")
     p.add_argument("--out", default=None, help="JSON path (default results/robustness[_quick].json)")
     a = p.parse_args()
-    g = Grid(a.rules.split(","), a.attacks.split(","), [float(x) for x in a.fractions.split(",")],
-             a.partitions.split(","), [int(x) for x in a.seeds.split(",")], a.rounds)
+    g = Grid(
+        a.rules.split(","),
+        a.attacks.split(","),
+        [float(x) for x in a.fractions.split(",")],
+        a.partitions.split(","),
+        [int(x) for x in a.seeds.split(",")],
+        a.rounds,
+    )
     if a.quick:
         quick = (["fedavg", "median", "trimmed_mean", "krum"], ["sign_flip", "alie", "label_flip"], [0.2])
         g = Grid(*quick, g.partitions, g.seeds, 10)

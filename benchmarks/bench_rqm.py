@@ -56,8 +56,9 @@ from stamen.protocols.codecs.rqm import quantize
 from stamen.server.privacy.rqm_rdp import RqmParams, output_pmf, rdp_curve, rdp_to_dp
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rqm.json"
-ORDERS: tuple[float, ...] = tuple(float(a) for a in np.unique(np.concatenate([
-    1 + np.geomspace(0.02, 4, 24), np.geomspace(5, 512, 30)])))
+ORDERS: tuple[float, ...] = tuple(
+    float(a) for a in np.unique(np.concatenate([1 + np.geomspace(0.02, 4, 24), np.geomspace(5, 512, 30)]))
+)
 Q_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 EXT_GRID = tuple(float(v) for v in np.geomspace(1e-4, 2000.0, 64))  # delta / c
 R_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # r = c + k sigma
@@ -96,7 +97,8 @@ def rqm_mse(p: RqmParams, xs: np.ndarray) -> float:
 def rqm_best(m: int, eps: float, dims: int, delta: float, xs: np.ndarray) -> dict[str, Any]:
     """Lowest-MSE RQM with ``m`` levels and ``ε <= eps``: q on a grid, delta by grid + bisection."""
     best: dict[str, Any] = {"mse": math.inf}
-    for q in (Q_GRID if m > 2 else (0.0,)):
+    for q in Q_GRID if m > 2 else (0.0,):
+
         def ok(ext: float, q: float = q) -> bool:
             return dp_eps(rqm_curve(m, q, ext), dims, delta) <= eps
 
@@ -131,6 +133,7 @@ def bernoulli_rdp(p: float, p2: float) -> np.ndarray:
 
 def pbm_best(trials_m: int, eps: float, dims: int, delta: float, xs: np.ndarray) -> dict[str, Any]:
     """PBM with ``M`` trials: the largest ``θ <= 1/4`` meeting the target, and its exact MSE."""
+
     def ok(theta: float) -> bool:
         return dp_eps(trials_m * bernoulli_rdp(0.5 + theta, 0.5 - theta), dims, delta) <= eps
 
@@ -189,7 +192,10 @@ def run_cell(
         rqm["mse_monte_carlo"] = rqm_monte_carlo(rqm, 2**bits, xs, mc, seed=bits)
     sigma = gaussian_sigma(eps, dims, delta)
     return {
-        "bits": bits, "epsilon": eps, "dims": dims, "data": name,
+        "bits": bits,
+        "epsilon": eps,
+        "dims": dims,
+        "data": name,
         "rqm": rqm,
         "pbm": pbm_best(2**bits - 1, eps, dims, delta, xs),
         "gauss_sq": gauss_sq_best(2**bits, eps, dims, delta, xs),
@@ -209,8 +215,11 @@ def markdown(rows: list[dict[str, Any]], dims: int, data: str) -> str:
     ]
     for row in (r for r in rows if r["dims"] == dims and r["data"] == data):
         a, rq, pb, gs = row["anchor_gaussian_mse"], row["rqm"], row["pbm"], row["gauss_sq"]
-        rq_text = (f"{rq['mse']:.3g} ({rq['mse'] / a:.2f}×; q={rq['q']}, Δ/c={rq['delta_over_c']:.3g})"
-                   if math.isfinite(rq["mse"]) else "infeasible")
+        rq_text = (
+            f"{rq['mse']:.3g} ({rq['mse'] / a:.2f}×; q={rq['q']}, Δ/c={rq['delta_over_c']:.3g})"
+            if math.isfinite(rq["mse"])
+            else "infeasible"
+        )
         lines.append(
             f"| {row['bits']} | {row['epsilon']:g} | {rq_text} | {rq.get('mse_monte_carlo', math.nan):.3g} "
             f"| {pb['mse']:.3g} ({pb['mse'] / a:.2f}×; θ={pb['theta']:.3g}) "
@@ -231,8 +240,10 @@ def main() -> None:
     bits_list, dims_list = ((1, 2, 3), (1,)) if args.quick else ((1, 2, 3, 4), (1, 100))
     eps_list, mc = (1.0, 2.0, 4.0, 8.0), (500 if args.quick else 4000)
     rng = np.random.default_rng(args.seed)  # c = 1
-    datasets = {"centered": rng.uniform(-1.0, 1.0, args.clients),
-                "offset": rng.uniform(0.0, 1.0, args.clients)}
+    datasets = {
+        "centered": rng.uniform(-1.0, 1.0, args.clients),
+        "offset": rng.uniform(0.0, 1.0, args.clients),
+    }
     start, rows = time.perf_counter(), []
     for dims in dims_list:
         for item in datasets.items():
@@ -243,10 +254,17 @@ def main() -> None:
         for name in datasets:
             print(markdown(rows, dims, name) + "\n")
     result = {
-        "config": {"clients": args.clients, "delta": args.delta, "c": 1.0, "seed": args.seed,
-                   "data": {"centered": "x ~ U[-c, c]", "offset": "x ~ U[0, c]"},
-                   "orders": list(ORDERS), "q_grid": list(Q_GRID),
-                   "quick": args.quick, "monte_carlo_trials": mc},
+        "config": {
+            "clients": args.clients,
+            "delta": args.delta,
+            "c": 1.0,
+            "seed": args.seed,
+            "data": {"centered": "x ~ U[-c, c]", "offset": "x ~ U[0, c]"},
+            "orders": list(ORDERS),
+            "q_grid": list(Q_GRID),
+            "quick": args.quick,
+            "monte_carlo_trials": mc,
+        },
         "environment": {"python": platform.python_version(), "numpy": np.__version__},
         "wall_s": time.perf_counter() - start,
         "rows": rows,

@@ -30,8 +30,12 @@ def plot_compression(data: dict[str, Any], out: Path) -> None:
         for t in (t for t in data["training"] if t["dataset"] == name):
             ax.scatter(t["bytes_per_client_round"], t["final_accuracy"])
             ax.annotate(t["label"], (t["bytes_per_client_round"], t["final_accuracy"]), fontsize=7)
-        ax.set(xscale="log", xlabel="bytes up per client per round", ylabel="final test accuracy",
-               title=f"{name}: accuracy vs bytes")
+        ax.set(
+            xscale="log",
+            xlabel="bytes up per client per round",
+            ylabel="final test accuracy",
+            title=f"{name}: accuracy vs bytes",
+        )
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -50,8 +54,12 @@ def plot_privacy(data: dict[str, Any], out: Path) -> None:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mode)
         for r in (r for r in mine if r["mode"] == "off"):
             ax.axhline(r["accuracy"], linestyle="--", color="gray", label="no privacy")
-        ax.set(xscale="log", xlabel="target ε (δ = 1e-5)", ylabel="final test accuracy",
-               title=f"{name}: accuracy vs ε")
+        ax.set(
+            xscale="log",
+            xlabel="target ε (δ = 1e-5)",
+            ylabel="final test accuracy",
+            title=f"{name}: accuracy vs ε",
+        )
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()

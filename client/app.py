@@ -41,8 +41,10 @@ def _model(task: TaskSpec) -> nn.Module:
 def partition_id(context: Context) -> int:
     """The node's partition id, with a clear error when a deployment forgot ``--node-config``."""
     if keys.NODE_PARTITION_ID not in context.node_config:
-        raise ValueError("node_config has no 'partition-id': start the SuperNode with "
-                         "--node-config 'partition-id=N num-partitions=M'")
+        raise ValueError(
+            "node_config has no 'partition-id': start the SuperNode with "
+            "--node-config 'partition-id=N num-partitions=M'"
+        )
     return config_value(context.node_config, keys.NODE_PARTITION_ID, int)
 
 
@@ -63,11 +65,13 @@ def _train(msg: Message, context: Context) -> Message:
         reply = _peer_update(msg, task, spec, weights, state, (seed, rnd, pid))
         result, extra = reply.result, {keys.PEER_CLASSES: list(reply.classes)}
     else:
-        result = local_update(_model(task), weights, client_data(task, pid), spec,
-                              client_seed(seed, rnd, pid), state)
+        result = local_update(
+            _model(task), weights, client_data(task, pid), spec, client_seed(seed, rnd, pid), state
+        )
     save_state(context, state)
-    metrics = MetricRecord({keys.NUM_EXAMPLES: result.num_examples, keys.PARTITION_ID: pid,
-                            **result.metrics, **extra})
+    metrics = MetricRecord(
+        {keys.NUM_EXAMPLES: result.num_examples, keys.PARTITION_ID: pid, **result.metrics, **extra}
+    )
     delta = ArrayRecord({k: Array(v) for k, v in result.delta.items()})
     content = RecordDict({DELTA: delta, keys.METRICS: metrics, **trained_record(result.trained)})
     if base_hash is not None:
@@ -76,7 +80,11 @@ def _train(msg: Message, context: Context) -> Message:
 
 
 def _peer_update(
-    msg: Message, task: TaskSpec, spec: TrainSpec, weights: dict[str, np.ndarray], state: ClientState,
+    msg: Message,
+    task: TaskSpec,
+    spec: TrainSpec,
+    weights: dict[str, np.ndarray],
+    state: ClientState,
     who: tuple[int, int, int],
 ) -> PeerReply:
     """Bristle peer mode: integrate the relayed inbox, train, return the layer to share."""
@@ -86,8 +94,9 @@ def _peer_update(
     inbox = msg.content.array_records.get(keys.PEER_INBOX, ArrayRecord())
     relayed, cfg = Relayed.from_records(inbox, msg.content.config_records[keys.PEER_CONFIG])
     seed, rnd, pid = who
-    return peer_update(_model(task), weights, client_data(task, pid), spec, state, relayed,
-                       PeerRound(seed, rnd, pid, cfg))
+    return peer_update(
+        _model(task), weights, client_data(task, pid), spec, state, relayed, PeerRound(seed, rnd, pid, cfg)
+    )
 
 
 def _edge_weights(msg: Message, context: Context, task: TaskSpec) -> tuple[dict[str, np.ndarray], str]:
@@ -115,8 +124,14 @@ def _evaluate(msg: Message, context: Context) -> Message:
     set_weights(model, arrays_of(msg.content, keys.ARRAYS))
     data = client_data(task, pid)
     loss, acc = evaluate_model(model, data.x, data.y)
-    metrics = MetricRecord({keys.NUM_EXAMPLES: len(data.y), keys.PARTITION_ID: pid,
-                            keys.EVAL_LOSS: loss, keys.EVAL_ACCURACY: acc})
+    metrics = MetricRecord(
+        {
+            keys.NUM_EXAMPLES: len(data.y),
+            keys.PARTITION_ID: pid,
+            keys.EVAL_LOSS: loss,
+            keys.EVAL_ACCURACY: acc,
+        }
+    )
     return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
 
 

@@ -86,8 +86,12 @@ def make_extractor() -> nn.Sequential:
     """The 1-D analogue of the code's MNIST feature layers; ``(batch, 40) -> (batch, 350)``."""
     return nn.Sequential(
         nn.Unflatten(1, (1, INPUT_DIM)),
-        nn.Conv1d(1, 10, 5), nn.LeakyReLU(), nn.MaxPool1d(2),
-        nn.Conv1d(10, 50, 5), nn.LeakyReLU(), nn.MaxPool1d(2),
+        nn.Conv1d(1, 10, 5),
+        nn.LeakyReLU(),
+        nn.MaxPool1d(2),
+        nn.Conv1d(10, 50, 5),
+        nn.LeakyReLU(),
+        nn.MaxPool1d(2),
         nn.Flatten(),
     )
 
@@ -215,6 +219,7 @@ def validation_slice(
         raise ValueError(f"validation_slice needs per_class >= 1 and classes, got {per_class}, {classes}")
     data = load_dataset("mnist1d", seed=(seed + VALIDATION_SEED_OFFSET) % 2**32, num_samples=2000)
     rng = np.random.default_rng([seed, node, 0x7E57])
-    idx = np.concatenate([rng.choice(np.flatnonzero(data.y_test == c), per_class, replace=False)
-                          for c in classes])
+    idx = np.concatenate(
+        [rng.choice(np.flatnonzero(data.y_test == c), per_class, replace=False) for c in classes]
+    )
     return extract_features(data.x_test[idx]), np.asarray(data.y_test[idx], dtype=np.int64)

@@ -95,8 +95,10 @@ class TrainSpec:
         if self.optimizer not in _OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
         if self.dp_noise_multiplier < 0 or not self.dp_clip > 0 or not 0 < self.dp_delta < 1:
-            raise ValueError("need dp_noise_multiplier >= 0, dp_clip > 0 and 0 < dp_delta < 1, got "
-                             f"{self.dp_noise_multiplier}, {self.dp_clip}, {self.dp_delta}")
+            raise ValueError(
+                "need dp_noise_multiplier >= 0, dp_clip > 0 and 0 < dp_delta < 1, got "
+                f"{self.dp_noise_multiplier}, {self.dp_clip}, {self.dp_delta}"
+            )
 
     def to_json(self) -> str:
         """Compact canonical JSON (sorted keys)."""
@@ -133,7 +135,10 @@ def _dataset(task: TaskSpec) -> Any:
     from stamen.simulations.data import load_dataset
 
     return load_dataset(
-        task.dataset, seed=task.seed, test_fraction=task.test_fraction, num_samples=task.num_samples,
+        task.dataset,
+        seed=task.seed,
+        test_fraction=task.test_fraction,
+        num_samples=task.num_samples,
         seq_len=task.seq_len,
     )
 

@@ -59,11 +59,14 @@ class ServerConfig:
             raise ValueError(f"timeout-s must be > 0, got {self.timeout_s}")
         from stamen.server.sampling import minority_feasible
 
-        if self.malicious_minority and not minority_feasible(self.num_clients, self.per_round,
-                                                             len(self.malicious)):
-            raise ValueError(f"attack.malicious_minority: no cohort of {self.per_round} clients has fewer "
-                             f"than half of the {len(self.malicious)} attackers; lower attack.fraction, "
-                             "or set attack.malicious_minority=false")
+        if self.malicious_minority and not minority_feasible(
+            self.num_clients, self.per_round, len(self.malicious)
+        ):
+            raise ValueError(
+                f"attack.malicious_minority: no cohort of {self.per_round} clients has fewer "
+                f"than half of the {len(self.malicious)} attackers; lower attack.fraction, "
+                "or set attack.malicious_minority=false"
+            )
 
     @classmethod
     def from_scenario(cls, scenario: Any, timeout_s: float = 600.0) -> ServerConfig:
@@ -72,38 +75,77 @@ class ServerConfig:
         _refuse_unimplemented(s)
         malicious, data_attack = _adversary(s)
         task = TaskSpec(
-            dataset=s.data.dataset, num_samples=s.data.num_samples, test_fraction=s.data.test_fraction,
-            partition=s.data.partition, alpha=s.data.alpha, shards_per_client=s.data.shards_per_client,
-            num_clients=s.data.num_clients, seed=s.seed, model=s.model.name, hidden=tuple(s.model.hidden),
-            seq_len=s.data.seq_len, adapter=s.lora.adapter, lora_rank=s.lora.rank, lora_alpha=s.lora.alpha,
-            lora_dropout=s.lora.dropout, lora_targets=tuple(s.lora.targets),
-            lora_train_modules=tuple(s.lora.train_modules), fedsb_init_samples=s.lora.init_samples,
+            dataset=s.data.dataset,
+            num_samples=s.data.num_samples,
+            test_fraction=s.data.test_fraction,
+            partition=s.data.partition,
+            alpha=s.data.alpha,
+            shards_per_client=s.data.shards_per_client,
+            num_clients=s.data.num_clients,
+            seed=s.seed,
+            model=s.model.name,
+            hidden=tuple(s.model.hidden),
+            seq_len=s.data.seq_len,
+            adapter=s.lora.adapter,
+            lora_rank=s.lora.rank,
+            lora_alpha=s.lora.alpha,
+            lora_dropout=s.lora.dropout,
+            lora_targets=tuple(s.lora.targets),
+            lora_train_modules=tuple(s.lora.train_modules),
+            fedsb_init_samples=s.lora.init_samples,
             fedsb_init_lr=s.lora.init_lr,
         )
         if data_attack:
-            task = replace(task, data_attack=s.attack.kind, malicious=malicious,
-                           data_attack_params=tuple(sorted(s.attack.params.items())))
+            task = replace(
+                task,
+                data_attack=s.attack.kind,
+                malicious=malicious,
+                data_attack_params=tuple(sorted(s.attack.params.items())),
+            )
         train = TrainSpec(
-            trainer=s.clients.trainer, epochs=s.clients.local_epochs, batch_size=s.clients.batch_size,
-            lr=s.clients.lr, optimizer=s.clients.optimizer, momentum=s.clients.momentum,
-            weight_decay=s.clients.weight_decay, sparse_density=s.sparse.density,
-            sparse_warmup=s.sparse.warmup, sparse_regrow_every=s.sparse.regrow_every,
-            sparse_regrow_fraction=s.sparse.regrow_fraction, sparse_skip=tuple(s.sparse.skip),
+            trainer=s.clients.trainer,
+            epochs=s.clients.local_epochs,
+            batch_size=s.clients.batch_size,
+            lr=s.clients.lr,
+            optimizer=s.clients.optimizer,
+            momentum=s.clients.momentum,
+            weight_decay=s.clients.weight_decay,
+            sparse_density=s.sparse.density,
+            sparse_warmup=s.sparse.warmup,
+            sparse_regrow_every=s.sparse.regrow_every,
+            sparse_regrow_fraction=s.sparse.regrow_fraction,
+            sparse_skip=tuple(s.sparse.skip),
             sparse_dense=tuple(s.sparse.dense),
         )
         train = _client_privacy(s, task, train)
         codec = CodecSpec.from_pipeline(s.codec.pipeline, _rqm_params(s, task))
         cfg = cls(
-            scenario=s.to_dict(), name=s.name, seed=s.seed, rounds=s.rounds,
-            per_round=s.clients.per_round, num_clients=s.data.num_clients, task=task, train=train,
-            codec=codec, rule=s.aggregation.rule, rule_params=dict(s.aggregation.params),
-            pre=tuple(s.aggregation.pre), attack_kind=s.attack.kind, attack_params=dict(s.attack.params),
-            malicious=malicious, malicious_minority=s.attack.malicious_minority,
-            error_feedback=s.codec.error_feedback, privacy=s.to_dict()["privacy"],
-            runtime=s.clients.runtime, lr_decay=s.clients.lr_decay,
+            scenario=s.to_dict(),
+            name=s.name,
+            seed=s.seed,
+            rounds=s.rounds,
+            per_round=s.clients.per_round,
+            num_clients=s.data.num_clients,
+            task=task,
+            train=train,
+            codec=codec,
+            rule=s.aggregation.rule,
+            rule_params=dict(s.aggregation.params),
+            pre=tuple(s.aggregation.pre),
+            attack_kind=s.attack.kind,
+            attack_params=dict(s.attack.params),
+            malicious=malicious,
+            malicious_minority=s.attack.malicious_minority,
+            error_feedback=s.codec.error_feedback,
+            privacy=s.to_dict()["privacy"],
+            runtime=s.clients.runtime,
+            lr_decay=s.clients.lr_decay,
             downlink=CodecSpec.parse(s.codec.downlink).to_string(),
-            server_lr=s.aggregation.server_lr, max_update_norm=s.aggregation.max_update_norm,
-            eval_every=s.eval.every, eval_fraction=s.eval.fraction_clients, timeout_s=timeout_s,
+            server_lr=s.aggregation.server_lr,
+            max_update_norm=s.aggregation.max_update_norm,
+            eval_every=s.eval.every,
+            eval_fraction=s.eval.fraction_clients,
+            timeout_s=timeout_s,
         )
         if s.privacy.mode == "central":  # refuse a rule without declared sensitivity before round 1
             from stamen.server.federation import make_aggregator
@@ -140,8 +182,10 @@ class ServerConfig:
 def _refuse_unimplemented(s: Any) -> None:
     """Fail loudly on settings the engines do not run yet, instead of silently ignoring them."""
     if s.privacy.mode == "rqm" and (not s.codec.pipeline or s.codec.pipeline[0] != "rqm"):
-        raise ValueError("privacy.mode='rqm' needs codec.pipeline to start with 'rqm' (earlier stages "
-                         "would send un-privatized data, e.g. topk indices)")
+        raise ValueError(
+            "privacy.mode='rqm' needs codec.pipeline to start with 'rqm' (earlier stages "
+            "would send un-privatized data, e.g. topk indices)"
+        )
     # DP-SGD trains exactly the parameters left trainable: all (full) or the adapters (lora, fedsb)
     if s.privacy.mode == "dp_sgd" and s.clients.trainer not in ("full", "dp_sgd", "lora", "fedsb"):
         raise ValueError(
@@ -162,8 +206,9 @@ def _rqm_params(s: Any, task: TaskSpec) -> Any:
     stage = dict(CodecSpec.from_pipeline(["rqm"], s.codec.params).stages[0].params)
     rqm = RqmParams.from_stage(stage)
     dims = sum(int(t.numel()) for t in build_model(task).state_dict().values())
-    delta = calibrate_delta(p.target_epsilon, c=rqm.c, m=rqm.m, q=rqm.q, coordinates=dims,
-                            rounds=s.rounds, target_delta=p.delta)
+    delta = calibrate_delta(
+        p.target_epsilon, c=rqm.c, m=rqm.m, q=rqm.q, coordinates=dims, rounds=s.rounds, target_delta=p.delta
+    )
     params = {k: dict(v) for k, v in s.codec.params.items()}
     params.setdefault("rqm", {})["delta"] = delta
     return params
@@ -181,14 +226,14 @@ def _client_privacy(s: Any, task: TaskSpec, train: TrainSpec) -> TrainSpec:
             from stamen.client.privacy import calibrate_local_noise_multiplier
 
             z = calibrate_local_noise_multiplier(p.target_epsilon, p.delta, s.rounds)
-        return replace(train, local_dp=True, dp_noise_multiplier=z, dp_clip=p.clipping_norm,
-                       dp_delta=p.delta)
+        return replace(train, local_dp=True, dp_noise_multiplier=z, dp_clip=p.clipping_norm, dp_delta=p.delta)
     if p.calibration == "target_epsilon":
         from stamen.client.task import partition_sizes
         from stamen.client.trainers.dp_sgd import calibrate_dp_sgd_noise
 
-        z = calibrate_dp_sgd_noise(p.target_epsilon, p.delta, partition_sizes(task), train.batch_size,
-                                   train.epochs, s.rounds)
+        z = calibrate_dp_sgd_noise(
+            p.target_epsilon, p.delta, partition_sizes(task), train.batch_size, train.epochs, s.rounds
+        )
     return replace(train, trainer="dp_sgd", dp_noise_multiplier=z, dp_clip=p.clipping_norm, dp_delta=p.delta)
 
 

@@ -68,8 +68,13 @@ def make_central_dp(cfg: ServerConfig) -> CentralDP | None:
         return None
     from stamen.server.privacy.central import CentralDP
 
-    common = dict(clipping_norm=float(p["clipping_norm"]), clients_per_round=cfg.per_round,
-                  num_clients=cfg.num_clients, rounds=cfg.rounds, seed=cfg.seed)
+    common = dict(
+        clipping_norm=float(p["clipping_norm"]),
+        clients_per_round=cfg.per_round,
+        num_clients=cfg.num_clients,
+        rounds=cfg.rounds,
+        seed=cfg.seed,
+    )
     if p["calibration"] == "target_epsilon":
         return CentralDP.from_target(float(p["target_epsilon"]), float(p["delta"]), **common)
     return CentralDP(float(p["noise_multiplier"]), delta=float(p["delta"]), **common)
@@ -110,7 +115,9 @@ def make_central_evaluator(cfg: ServerConfig) -> Callable[[dict[str, np.ndarray]
 
 
 def run_federation(
-    grid: Grid, cfg: ServerConfig, progress: ProgressFn | None = None,
+    grid: Grid,
+    cfg: ServerConfig,
+    progress: ProgressFn | None = None,
     attack_factory: Callable[[int], AttackHook | None] | None = None,
 ) -> FederationResult:
     """Run ``cfg.rounds`` synchronous rounds with :class:`StamenStrategy` via ``Strategy.start``."""
@@ -124,12 +131,20 @@ def run_federation(
         from stamen.client.bristle_peer import output_layer_name
 
         layer = output_layer_name(initial)
-        strategy = PeerStrategy(cfg, layer, initial[layer].shape[0], evaluate, progress, aggregator,
-                                attack_factory)
+        strategy = PeerStrategy(
+            cfg, layer, initial[layer].shape[0], evaluate, progress, aggregator, attack_factory
+        )
     else:
-        strategy = StamenStrategy(cfg, evaluate=evaluate, progress=progress, aggregator=aggregator,
-                                  attack_factory=attack_factory, central_dp=make_central_dp(cfg), edge=edge,
-                                  client_accountant=make_rqm_accountant(cfg))
+        strategy = StamenStrategy(
+            cfg,
+            evaluate=evaluate,
+            progress=progress,
+            aggregator=aggregator,
+            attack_factory=attack_factory,
+            central_dp=make_central_dp(cfg),
+            edge=edge,
+            client_accountant=make_rqm_accountant(cfg),
+        )
     try:
         result = _start(strategy, grid, cfg, initial)
     finally:

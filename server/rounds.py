@@ -233,8 +233,10 @@ class RoundAggregator:
         if self.attack is not None and n:
             self._bind(self.attack.attack)
             self._apply_attack(stack, self.attack)
-        return {s: {k: self.base[k] + v for k, v in unflatten(stack[i], self.table).items()}
-                for i, s in enumerate(self._senders)}
+        return {
+            s: {k: self.base[k] + v for k, v in unflatten(stack[i], self.table).items()}
+            for i, s in enumerate(self._senders)
+        }
 
     def _bind(self, component: object) -> None:
         """Give rules/attacks that need the model layout and base (FRL's per-layer vote, rank

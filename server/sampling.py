@@ -36,8 +36,10 @@ def sample_clients(
         raise ValueError(f"k must be in [1, {num_clients}], got {k}")
     bad = frozenset(minority_of)
     if bad and not minority_feasible(num_clients, k, len(bad)):
-        raise ValueError(f"no cohort of {k} out of {num_clients} clients has fewer than {k / 2:g} of the "
-                         f"{len(bad)} malicious ones; set attack.malicious_minority=false to allow it")
+        raise ValueError(
+            f"no cohort of {k} out of {num_clients} clients has fewer than {k / 2:g} of the "
+            f"{len(bad)} malicious ones; set attack.malicious_minority=false to allow it"
+        )
     if k == num_clients:
         return list(range(num_clients))
     rng = np.random.default_rng([seed, server_round, 0x5EED])

@@ -38,10 +38,15 @@ class StamenStrategy(Strategy):
     """Synchronous rounds: sample, send model + specs, decode, validate, aggregate, evaluate."""
 
     def __init__(
-        self, cfg: ServerConfig, evaluate: EvalFn | None = None, progress: ProgressFn | None = None,
-        policy: ValidationPolicy | None = None, aggregator: Aggregator | None = None,
+        self,
+        cfg: ServerConfig,
+        evaluate: EvalFn | None = None,
+        progress: ProgressFn | None = None,
+        policy: ValidationPolicy | None = None,
+        aggregator: Aggregator | None = None,
         attack_factory: Callable[[int], AttackHook | None] | None = None,
-        central_dp: CentralDP | None = None, edge: EdgeSession | None = None,
+        central_dp: CentralDP | None = None,
+        edge: EdgeSession | None = None,
         client_accountant: Callable[[Sequence[str]], float] | None = None,
     ) -> None:
         self.client_accountant = client_accountant
@@ -67,8 +72,7 @@ class StamenStrategy(Strategy):
         base = {k: a.numpy() for k, a in arrays.items()}
         nodes = self._select_nodes(server_round, grid)
         cfg = self._train_config(server_round, config)
-        self._round = {"t0": t0, "base": base, "hash": model_hash(base), "asked": len(nodes),
-                       "expected": {}}
+        self._round = {"t0": t0, "base": base, "hash": model_hash(base), "asked": len(nodes), "expected": {}}
         if self.edge is not None:
             return self._edge_messages(server_round, base, cfg, grid, nodes)
         content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: cfg})
@@ -88,7 +92,8 @@ class StamenStrategy(Strategy):
                 raise RuntimeError(f"node {node} did not report a partition id; edge mode needs it")
             pid = pid_of[node]
             data, expected = self.edge.downlink.make_update(
-                pid, base, server_round, seed=client_seed(self.cfg.seed, server_round, pid))
+                pid, base, server_round, seed=client_seed(self.cfg.seed, server_round, pid)
+            )
             self._round["expected"][f"client-{pid}"] = expected
             total += len(data)
             content = RecordDict({keys.DOWNLINK: envelope_record(data), keys.CONFIG: cfg})
@@ -114,8 +119,16 @@ class StamenStrategy(Strategy):
         """Decode and validate the round's replies (in partition order) into a RoundAggregator."""
         state = self._round
         hook = self.attack_factory(server_round) if self.attack_factory else None
-        ra = RoundAggregator(state["base"], state["hash"], state["asked"], self.aggregator, self.policy,
-                             hook, self.central_dp, self.client_accountant)
+        ra = RoundAggregator(
+            state["base"],
+            state["hash"],
+            state["asked"],
+            self.aggregator,
+            self.policy,
+            hook,
+            self.central_dp,
+            self.client_accountant,
+        )
         for sender, expected in state["expected"].items():
             ra.expect_base(sender, expected)
         ordered = sorted(replies, key=_reply_order)
@@ -208,10 +221,14 @@ class StamenStrategy(Strategy):
     def _close_round(self, server_round: int, acc: float, loss: float) -> None:
         st = self._round.get("stats")
         rec = RoundRecord(
-            round=server_round, accuracy=acc, loss=loss, bytes_up=st.bytes_up if st else 0,
+            round=server_round,
+            accuracy=acc,
+            loss=loss,
+            bytes_up=st.bytes_up if st else 0,
             bytes_down=int(self._round.get("bytes_down", 0)),
             epsilon=round_epsilon(st, self._worst_eps) if st else None,
-            rejected=st.rejected if st else 0, wall_s=time.perf_counter() - self._round.get("t0", 0.0),
+            rejected=st.rejected if st else 0,
+            wall_s=time.perf_counter() - self._round.get("t0", 0.0),
         )
         self.history.append(rec)
         if self.progress is not None:
@@ -219,8 +236,13 @@ class StamenStrategy(Strategy):
 
     def summary(self) -> None:
         """Log the configuration."""
-        log.info("StamenStrategy: rule=%s codec=%s per_round=%d/%d", self.cfg.rule,
-                 self.cfg.codec.to_string(), self.cfg.per_round, self.cfg.num_clients)
+        log.info(
+            "StamenStrategy: rule=%s codec=%s per_round=%d/%d",
+            self.cfg.rule,
+            self.cfg.codec.to_string(),
+            self.cfg.per_round,
+            self.cfg.num_clients,
+        )
 
     # ---- helpers -------------------------------------------------------------------------------
     def _train_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
@@ -246,8 +268,12 @@ class StamenStrategy(Strategy):
     def _partition_map(self, grid: Grid, nodes: list[int]) -> dict[int, int]:
         """Ask every node once for its partition id, so sampling matches the in-process engine."""
         if self._node_of_partition is None:
-            msgs = [Message(RecordDict({keys.CONFIG: ConfigRecord({})}), dst_node_id=n,
-                            message_type=MessageType.QUERY) for n in nodes]
+            msgs = [
+                Message(
+                    RecordDict({keys.CONFIG: ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY
+                )
+                for n in nodes
+            ]
             mapping: dict[int, int] = {}
             for r in grid.send_and_receive(msgs, timeout=self.cfg.timeout_s):
                 m = None if r.has_error() else r.content.metric_records.get(keys.METRICS)
@@ -279,8 +305,14 @@ def wait_for_nodes(grid: Grid, wanted: int, minimum: int, timeout_s: float) -> l
 def train_metrics(ra: RoundAggregator) -> MetricRecord:
     """The round's training metrics Flower records (bytes up, accepted, rejected, mean train loss)."""
     loss = float(np.mean(ra.stats.train_loss)) if ra.stats.train_loss else math.nan
-    return MetricRecord({"bytes-up": ra.stats.bytes_up, "accepted": ra.stats.accepted,
-                         "rejected": ra.stats.rejected, "train-loss": loss})
+    return MetricRecord(
+        {
+            "bytes-up": ra.stats.bytes_up,
+            "accepted": ra.stats.accepted,
+            "rejected": ra.stats.rejected,
+            "train-loss": loss,
+        }
+    )
 
 
 def _number(record: MetricRecord | None, key: str) -> float | None:

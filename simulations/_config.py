@@ -19,14 +19,14 @@ from typing import Any, ClassVar
 Scalar = int | float | str | bool
 _HINTS: dict[type, dict[str, Any]] = {}
 _BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
-    "gt": (operator.gt, ">"), "ge": (operator.ge, ">="), "lt": (operator.lt, "<"),
+    "gt": (operator.gt, ">"),
+    "ge": (operator.ge, ">="),
+    "lt": (operator.lt, "<"),
     "le": (operator.le, "<="),
 }
 
 
-def _f(
-    default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **rules: Any
-) -> Any:
+def _f(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **rules: Any) -> Any:
     """A dataclass field with validation rules: gt/ge/lt/le bounds and ``choices`` (applied to
     every item of a tuple) and ``nonempty`` (strings and tuples)."""
     return field(default=default, default_factory=factory, metadata=rules)
@@ -51,8 +51,6 @@ class _Config:
 
     def _check(self) -> None:
         """Cross-field rules; sections override this."""
-
-
 
 
 def _hints(cls: type) -> dict[str, Any]:

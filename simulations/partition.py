@@ -84,9 +84,7 @@ def partition(
     return [np.sort(p).astype(np.int64) for p in parts]
 
 
-def partition_table(
-    parts: list[np.ndarray], labels: np.ndarray, num_classes: int
-) -> np.ndarray:
+def partition_table(parts: list[np.ndarray], labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Count the samples of each class held by each client.
 
     Parameters
@@ -138,9 +136,7 @@ def _check_args(
                 f"min_size must be in [0, {n // num_clients}] for {num_clients} clients and "
                 f"{n} samples, got {min_size}"
             )
-    if scheme == "shards" and (
-        shards_per_client < 1 or shards_per_client * num_clients > n
-    ):
+    if scheme == "shards" and (shards_per_client < 1 or shards_per_client * num_clients > n):
         raise ValueError(
             f"shards_per_client must be in [1, {n // num_clients}] for {num_clients} clients and "
             f"{n} samples, got {shards_per_client}"

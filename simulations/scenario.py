@@ -44,6 +44,7 @@ PRIVACY_MODES: tuple[str, ...] = ("off", "central", "local", "dp_sgd", "rqm")
 CALIBRATIONS: tuple[str, ...] = ("target_epsilon", "fixed")
 _SCENARIO_PACKAGE = __name__.rpartition(".")[0] + ".scenarios"
 
+
 @dataclass(frozen=True)
 class DataConfig(_Config):
     """``[data]``: which data set and how it is split across clients.
@@ -233,8 +234,7 @@ class Scenario(_Config):
             raise ValueError(f"aggregation.rule={self.aggregation.rule!r} needs lora.adapter='lora'")
         if self.clients.per_round > self.data.num_clients:
             raise ValueError(
-                f"clients.per_round={self.clients.per_round} exceeds "
-                f"data.num_clients={self.data.num_clients}"
+                f"clients.per_round={self.clients.per_round} exceeds data.num_clients={self.data.num_clients}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -325,4 +325,3 @@ def _read_source(name_or_path: str) -> tuple[str, str, str]:
         names = ", ".join(n for n, _ in builtin_scenarios())
         raise ValueError(f"unknown scenario {name_or_path!r}; built-in: {names} (or a .toml path)")
     return res.read_text(encoding="utf-8"), name_or_path, f"'{name_or_path}'"
-

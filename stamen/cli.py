@@ -1,7 +1,7 @@
 """The ``stamen`` command line.
 
-    stamen simulate SCENARIO [--engine inprocess|flower] [--set section.key=value ...] [--out DIR]
-    stamen scenarios
+stamen simulate SCENARIO [--engine inprocess|flower] [--set section.key=value ...] [--out DIR]
+stamen scenarios
 """
 
 from __future__ import annotations
@@ -24,8 +24,14 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="run a scenario end to end on one machine")
     sim.add_argument("scenario", help="built-in scenario name (see `stamen scenarios`) or a TOML path")
     sim.add_argument("--engine", choices=("inprocess", "flower"), default="inprocess")
-    sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a scenario key, e.g. --set clients.lr=0.1 (repeatable)")
+    sim.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario key, e.g. --set clients.lr=0.1 (repeatable)",
+    )
     sim.add_argument("--out", type=Path, default=None, help="output directory (default runs/<name>)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("scenarios", help="list the built-in scenarios")
@@ -101,8 +107,14 @@ class _Progress:
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               TimeElapsedColumn(), TextColumn("{task.fields[info]}"), transient=False)
+            self._p = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+                transient=False,
+            )
             self._p.start()
             self._rounds_task = self._p.add_task("rounds", total=self.rounds, info="")
         return self

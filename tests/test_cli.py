@@ -21,8 +21,16 @@ def test_simulate_writes_results(tmp_path: Path) -> None:
     assert main(["simulate", "smoke", "--quiet", "--out", str(out), "--set", "rounds=2"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert [r["round"] for r in res["rounds"]] == [1, 2]
-    assert set(res["rounds"][0]) >= {"round", "accuracy", "loss", "bytes_up", "bytes_down",
-                                     "epsilon", "rejected", "wall_s"}
+    assert set(res["rounds"][0]) >= {
+        "round",
+        "accuracy",
+        "loss",
+        "bytes_up",
+        "bytes_down",
+        "epsilon",
+        "rejected",
+        "wall_s",
+    }
     assert res["final"]["bytes_up_total"] == sum(r["bytes_up"] for r in res["rounds"])
     assert res["scenario"]["rounds"] == 2
     assert (out / "results.csv").read_text().count("\n") >= 3

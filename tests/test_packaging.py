@@ -39,8 +39,9 @@ def test_every_package_folder_is_declared_in_pyproject() -> None:
 
 def test_editable_install_imports() -> None:
     mods = ",".join(sorted(_packages_on_disk()))
-    out = subprocess.run([sys.executable, "-c", CHECK, mods], capture_output=True, text=True,
-                         cwd="/", timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK, mods], capture_output=True, text=True, cwd="/", timeout=120
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -48,16 +49,35 @@ def test_editable_install_imports() -> None:
 def test_normal_wheel_install_imports(tmp_path: Path) -> None:
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-         str(wheel_dir), str(ROOT)], capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr
     wheel = next(wheel_dir.glob("stamen-*.whl"))
-    inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
-                           str(target), str(wheel)], capture_output=True, text=True, timeout=300)
+    inst = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert inst.returncode == 0, inst.stderr
     env = {**os.environ, "PYTHONPATH": str(target)}
     mods = ",".join(sorted(_packages_on_disk()))
-    out = subprocess.run([sys.executable, "-c", CHECK, mods], capture_output=True, text=True,
-                         cwd="/", env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK, mods], capture_output=True, text=True, cwd="/", env=env, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith(str(target)), out.stdout  # the wheel, not the checkout

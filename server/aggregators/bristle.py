@@ -79,14 +79,21 @@ class BristleRule:
     required_server_lr = 1.0  # the rule returns new - G
 
     def __init__(
-        self, num_closest: int = DEFAULT_CLOSEST, num_random: int = DEFAULT_RANDOM, seed: int = 0,
-        layer: str = "", center: bool = True, mode: str = "server",
+        self,
+        num_closest: int = DEFAULT_CLOSEST,
+        num_random: int = DEFAULT_RANDOM,
+        seed: int = 0,
+        layer: str = "",
+        center: bool = True,
+        mode: str = "server",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"bristle: mode must be one of {MODES}, got {mode!r}")
         if num_closest < 0 or num_random < 0 or num_closest + num_random == 0:
-            raise ValueError(f"bristle: num_closest, num_random must be >= 0 and not both 0; got "
-                             f"{num_closest}, {num_random}")
+            raise ValueError(
+                f"bristle: num_closest, num_random must be >= 0 and not both 0; got "
+                f"{num_closest}, {num_random}"
+            )
         self.num_closest, self.num_random, self.center, self.layer = num_closest, num_random, center, layer
         self.mode = mode
         self._rng = np.random.default_rng(seed)
@@ -100,8 +107,10 @@ class BristleRule:
         """The server's labelled validation slice as frozen features ``(m, F)`` and labels ``(m,)``."""
         feats, labs = np.asarray(features, dtype=np.float32), np.asarray(labels, dtype=np.int64)
         if feats.ndim != 2 or labs.shape != (feats.shape[0],) or feats.shape[0] == 0:
-            raise ValueError(f"bristle: validation must be (m, F) features and (m,) labels, m >= 1; "
-                             f"got {feats.shape}, {labs.shape}")
+            raise ValueError(
+                f"bristle: validation must be (m, F) features and (m,) labels, m >= 1; "
+                f"got {feats.shape}, {labs.shape}"
+            )
         self._features, self._labels = feats, labs
 
     def bind_round(self, table: tuple[TensorInfo, ...], base_flat: np.ndarray) -> None:
@@ -133,8 +142,12 @@ class BristleRule:
 
 @register("bristle")
 def bristle(
-    num_closest: int = DEFAULT_CLOSEST, num_random: int = DEFAULT_RANDOM, seed: int = 0,
-    layer: str = "", center: bool = True, mode: str = "server",
+    num_closest: int = DEFAULT_CLOSEST,
+    num_random: int = DEFAULT_RANDOM,
+    seed: int = 0,
+    layer: str = "",
+    center: bool = True,
+    mode: str = "server",
 ) -> BristleRule:
     """Bristle: server mode (needs ``set_validation`` before the first round) or peer mode."""
     return BristleRule(num_closest, num_random, seed, layer, center, mode)

@@ -185,19 +185,30 @@ def integrate(
     if foreign and len(peers):
         extra = np.einsum("p,pcf->cf", fw, peers64[:, foreign])
         layer[foreign] = (layer[foreign] + extra) / (1.0 + fw.sum())
-    return IntegrationResult(layer.astype(np.float32), familiar, own_f1, peer_f1, cw, fw,
-                             np.array([p[2] for p in parts], dtype=np.float64))
+    return IntegrationResult(
+        layer.astype(np.float32),
+        familiar,
+        own_f1,
+        peer_f1,
+        cw,
+        fw,
+        np.array([p[2] for p in parts], dtype=np.float64),
+    )
 
 
 def _check_inputs(
-    own: np.ndarray, peers: np.ndarray, features: np.ndarray, labels: np.ndarray,
+    own: np.ndarray,
+    peers: np.ndarray,
+    features: np.ndarray,
+    labels: np.ndarray,
     class_counts: Sequence[int | None] | None,
 ) -> None:
     if own.ndim != 2 or peers.ndim != 3 or peers.shape[1:] != own.shape:
         raise ValueError(f"own must be (C, F) and peers (p, C, F); got {own.shape} and {peers.shape}")
     if features.ndim != 2 or features.shape[1] != own.shape[1] or len(labels) != len(features):
-        raise ValueError(f"features must be (m, {own.shape[1]}) with m labels; got {features.shape}, "
-                         f"{len(labels)}")
+        raise ValueError(
+            f"features must be (m, {own.shape[1]}) with m labels; got {features.shape}, {len(labels)}"
+        )
     if len(labels) == 0:
         raise ValueError("the local test slice is empty: Bristle needs labelled samples per familiar class")
     if int(np.min(labels)) < 0 or int(np.max(labels)) >= own.shape[0]:

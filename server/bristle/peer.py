@@ -114,8 +114,10 @@ class Inbox:
 
     def __post_init__(self) -> None:
         if self.layers.ndim != 3 or not len(self.senders) == len(self.counts) == len(self.layers):
-            raise ValueError(f"inbox needs (p, C, F) layers with p senders and p counts; got "
-                             f"{self.layers.shape}, {len(self.senders)}, {len(self.counts)}")
+            raise ValueError(
+                f"inbox needs (p, C, F) layers with p senders and p counts; got "
+                f"{self.layers.shape}, {len(self.senders)}, {len(self.counts)}"
+            )
 
 
 def empty_inbox(shape: tuple[int, int]) -> Inbox:
@@ -144,8 +146,13 @@ def integrate_inbox(
 
 
 def node_round(
-    node: PeerNode, consolidated: np.ndarray, trained: np.ndarray, inbox: Inbox,
-    rng: np.random.Generator, cfg: PeerConfig, train: Callable[[np.ndarray], np.ndarray],
+    node: PeerNode,
+    consolidated: np.ndarray,
+    trained: np.ndarray,
+    inbox: Inbox,
+    rng: np.random.Generator,
+    cfg: PeerConfig,
+    train: Callable[[np.ndarray], np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Steps 1-2 for one node: integrate (if the inbox is not empty), train from ``cw``, absorb the
     trained rows of its own classes. Returns ``(cw, tw)``; ``cw`` is what the node shares.
@@ -163,8 +170,13 @@ def node_rng(seed: int, rnd: int, node: int) -> np.random.Generator:
 
 
 def peer_round(
-    nodes: Sequence[PeerNode], state: PeerState, rnd: int, train: TrainFn, seed: int,
-    cfg: PeerConfig, forge: ForgeFn | None = None,
+    nodes: Sequence[PeerNode],
+    state: PeerState,
+    rnd: int,
+    train: TrainFn,
+    seed: int,
+    cfg: PeerConfig,
+    forge: ForgeFn | None = None,
 ) -> PeerState:
     """One round (steps 1-3) over all nodes; returns the next state (inputs are not modified).
 
@@ -176,8 +188,15 @@ def peer_round(
     for i, node in enumerate(nodes):
         shape = state.consolidated[i].shape
         inbox = node_inbox(nodes, i, state.shared) if node.honest else empty_inbox(shape)
-        cw, tw = node_round(node, state.consolidated[i], state.trained[i], inbox, node_rng(seed, rnd, i),
-                            cfg, partial(train, i, rnd))
+        cw, tw = node_round(
+            node,
+            state.consolidated[i],
+            state.trained[i],
+            inbox,
+            node_rng(seed, rnd, i),
+            cfg,
+            partial(train, i, rnd),
+        )
         consolidated.append(cw)
         trained.append(tw)
     shared = {i: w.copy() for i, w in enumerate(consolidated)}
@@ -188,7 +207,10 @@ def peer_round(
 
 
 def _forged(
-    nodes: Sequence[PeerNode], shared: Mapping[int, np.ndarray], bad: list[int], forge: ForgeFn,
+    nodes: Sequence[PeerNode],
+    shared: Mapping[int, np.ndarray],
+    bad: list[int],
+    forge: ForgeFn,
     rng: np.random.Generator,
 ) -> dict[int, np.ndarray]:
     shape = shared[bad[0]].shape
@@ -200,8 +222,14 @@ def _forged(
 
 
 def run_peer_mode(
-    nodes: Sequence[PeerNode], init: np.ndarray, rounds: int, train: TrainFn, seed: int,
-    cfg: PeerConfig | None = None, forge: ForgeFn | None = None, evaluate: EvalFn | None = None,
+    nodes: Sequence[PeerNode],
+    init: np.ndarray,
+    rounds: int,
+    train: TrainFn,
+    seed: int,
+    cfg: PeerConfig | None = None,
+    forge: ForgeFn | None = None,
+    evaluate: EvalFn | None = None,
 ) -> tuple[PeerState, list[float]]:
     """Run rounds ``1 .. rounds`` of peer mode from the layer ``init`` (code: zeros) for every node.
 

@@ -35,7 +35,15 @@ ACCOUNTANTS = ("rdp", "prv")
 RDP_ORDERS: tuple[float, ...] = (
     *(1 + x / 10.0 for x in range(1, 100)),
     *range(12, 64),
-    64, 80, 96, 128, 160, 192, 256, 384, 512,
+    64,
+    80,
+    96,
+    128,
+    160,
+    192,
+    256,
+    384,
+    512,
 )
 MAX_NOISE_MULTIPLIER = 1e6
 

@@ -139,8 +139,15 @@ class CentralDP:
     TAG = 0xD9
 
     def __init__(
-        self, noise_multiplier: float, clipping_norm: float, clients_per_round: int, num_clients: int,
-        rounds: int, delta: float = 1e-5, seed: int = 0, accountant: str = "rdp",
+        self,
+        noise_multiplier: float,
+        clipping_norm: float,
+        clients_per_round: int,
+        num_clients: int,
+        rounds: int,
+        delta: float = 1e-5,
+        seed: int = 0,
+        accountant: str = "rdp",
     ) -> None:
         if not 1 <= clients_per_round <= num_clients:
             raise ValueError(f"clients_per_round must be in [1, {num_clients}], got {clients_per_round}")
@@ -158,8 +165,15 @@ class CentralDP:
 
     @classmethod
     def from_target(
-        cls, target_epsilon: float, delta: float, clipping_norm: float, clients_per_round: int,
-        num_clients: int, rounds: int, seed: int = 0, accountant: str = "rdp",
+        cls,
+        target_epsilon: float,
+        delta: float,
+        clipping_norm: float,
+        clients_per_round: int,
+        num_clients: int,
+        rounds: int,
+        seed: int = 0,
+        accountant: str = "rdp",
     ) -> CentralDP:
         """Calibrate ``z`` before round 1 so that ε after ``rounds`` rounds is <= ``target_epsilon``."""
         if not 1 <= clients_per_round <= num_clients:

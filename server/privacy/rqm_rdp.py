@@ -70,7 +70,13 @@ __all__ = [
 DEFAULT_ORDERS: tuple[float, ...] = (
     *(1 + x / 10.0 for x in range(1, 100)),
     *range(12, 64),
-    64, 80, 96, 128, 192, 256, 512,
+    64,
+    80,
+    96,
+    128,
+    192,
+    256,
+    512,
 )
 _MAX_ENUMERATED_LEVELS = 18
 _CHUNK_ELEMENTS = 1 << 22
@@ -151,8 +157,9 @@ def _log_pmf_one(x: float, p: RqmParams, grid: np.ndarray) -> np.ndarray:
     a = np.arange(low + 1)  # lower neighbour candidates 0..l
     b = np.arange(low + 1, m)  # upper neighbour candidates l+1..m-1
     log_pa = np.where(a == 0, _log_powers(np.array(low), log_1q), log_q + _log_powers(low - a, log_1q))
-    log_pb = np.where(b == m - 1, _log_powers(np.array(m - 2 - low), log_1q),
-                      log_q + _log_powers(b - low - 1, log_1q))
+    log_pb = np.where(
+        b == m - 1, _log_powers(np.array(m - 2 - low), log_1q), log_q + _log_powers(b - low - 1, log_1q)
+    )
     gap = grid[b][None, :] - grid[a][:, None]  # (l+1, m-1-l), > 0
     log_joint = log_pa[:, None] + log_pb[None, :]
     with np.errstate(divide="ignore"):
@@ -291,17 +298,31 @@ def epsilon(
 
 
 def calibrate_delta(
-    target_epsilon: float, *, c: float, m: int, q: float, coordinates: int, rounds: int,
-    target_delta: float, orders: Sequence[float] = DEFAULT_ORDERS, rel_tol: float = 1e-3,
+    target_epsilon: float,
+    *,
+    c: float,
+    m: int,
+    q: float,
+    coordinates: int,
+    rounds: int,
+    target_delta: float,
+    orders: Sequence[float] = DEFAULT_ORDERS,
+    rel_tol: float = 1e-3,
 ) -> float:
     """Smallest extension ``delta`` (to ``rel_tol``) whose ε is at most ``target_epsilon``.
 
     ε decreases as ``delta / c`` grows (checked by the tests), so this bisects ``log(delta)`` on
     ``[1e-4 c, 1e8 c]``. Raises ``ValueError`` if even ``1e8 c`` does not reach the target.
     """
+
     def eps_at(d: float) -> float:
-        return epsilon(RqmParams(c, d, m, q), coordinates=coordinates, rounds=rounds,
-                       target_delta=target_delta, orders=orders)
+        return epsilon(
+            RqmParams(c, d, m, q),
+            coordinates=coordinates,
+            rounds=rounds,
+            target_delta=target_delta,
+            orders=orders,
+        )
 
     lo, hi = 1e-4 * c, 1e8 * c
     if eps_at(hi) > target_epsilon:

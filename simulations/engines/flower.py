@@ -54,14 +54,22 @@ def run_flower(cfg: ServerConfig, progress: ProgressFn | None = None, num_cpus: 
 
     backend: Any = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": num_cpus, "logging_level": "ERROR", "log_to_driver": False,
-                      "include_dashboard": False},
+        "init_args": {
+            "num_cpus": num_cpus,
+            "logging_level": "ERROR",
+            "log_to_driver": False,
+            "include_dashboard": False,
+        },
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _quiet_flower()
-        run_simulation(server_app=server_app, client_app=client_app,
-                       num_supernodes=cfg.num_clients, backend_config=backend)
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=cfg.num_clients,
+            backend_config=backend,
+        )
     if "result" not in out:
         raise RuntimeError("the Flower simulation ended without a result (see the Flower log above)")
     result: FederationResult = out["result"]

@@ -70,8 +70,16 @@ def run_inprocess(
     model = build_model(cfg.task)
     weights = get_weights(model)
     edge = EdgeSession(weights, cfg.downlink, task_model_id(cfg.task)) if cfg.runtime == "edge" else None
-    run = _Run(cfg, model, make_aggregator(cfg), ValidationPolicy(max_norm=cfg.max_update_norm),
-               attack_factory(cfg), make_central_dp(cfg), edge, make_rqm_accountant(cfg))
+    run = _Run(
+        cfg,
+        model,
+        make_aggregator(cfg),
+        ValidationPolicy(max_norm=cfg.max_update_norm),
+        attack_factory(cfg),
+        make_central_dp(cfg),
+        edge,
+        make_rqm_accountant(cfg),
+    )
     evaluate = make_central_evaluator(cfg)
     relay = peer_relay(run.aggregator, cfg, weights)  # Bristle peer mode: the server only relays
     history: list[RoundRecord] = []
@@ -86,8 +94,13 @@ def run_inprocess(
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
                 loss, acc = evaluate(weights) if relay is None else evaluate_peers(relay, evaluate, weights)
             rec = RoundRecord(
-                round=rnd, accuracy=acc, loss=loss, bytes_up=ra.stats.bytes_up, bytes_down=bytes_down,
-                epsilon=round_epsilon(ra.stats, run.worst_eps), rejected=ra.stats.rejected,
+                round=rnd,
+                accuracy=acc,
+                loss=loss,
+                bytes_up=ra.stats.bytes_up,
+                bytes_down=bytes_down,
+                epsilon=round_epsilon(ra.stats, run.worst_eps),
+                rejected=ra.stats.rejected,
                 wall_s=time.perf_counter() - t0,
             )
             history.append(rec)
@@ -108,8 +121,9 @@ def _round(
     pids = cfg.cohort(rnd)
     base_hash = model_hash(weights)
     hook = run.attacks(rnd) if run.attacks else None
-    ra = RoundAggregator(weights, base_hash, len(pids), run.aggregator, run.policy, hook, run.central_dp,
-                         run.client_accountant)
+    ra = RoundAggregator(
+        weights, base_hash, len(pids), run.aggregator, run.policy, hook, run.central_dp, run.client_accountant
+    )
     bytes_down = 0 if run.edge else weights_nbytes(weights) * len(pids)
     for i, pid in enumerate(pids):
         start, start_hash = weights, base_hash
@@ -126,7 +140,11 @@ def _round(
 
 
 def _edge_downlink(
-    edge: EdgeSession, cfg: ServerConfig, weights: dict[str, np.ndarray], rnd: int, pid: int,
+    edge: EdgeSession,
+    cfg: ServerConfig,
+    weights: dict[str, np.ndarray],
+    rnd: int,
+    pid: int,
     ra: RoundAggregator,
 ) -> tuple[dict[str, np.ndarray], str, int]:
     """Server makes the device's signed delta; the device applies it in its store."""
@@ -141,8 +159,14 @@ def _edge_downlink(
 
 
 def _client_round(
-    cfg: ServerConfig, model: torch.nn.Module, weights: dict[str, np.ndarray], base_hash: str,
-    rnd: int, pid: int, ra: RoundAggregator, state: ClientState,
+    cfg: ServerConfig,
+    model: torch.nn.Module,
+    weights: dict[str, np.ndarray],
+    base_hash: str,
+    rnd: int,
+    pid: int,
+    ra: RoundAggregator,
+    state: ClientState,
 ) -> None:
     """One client: train, encode to a real envelope, hand the bytes to the server-side decoder."""
     seed = client_seed(cfg.seed, rnd, pid)
@@ -153,8 +177,14 @@ def _client_round(
     if "epsilon" in metrics:
         ra.note_client_epsilon(metrics["epsilon"])
     payload = encode_delta(
-        delta, cfg.codec.to_string(), base_hash=base_hash, version=rnd,
-        sender=f"client-{pid}", seed=seed ^ 0xC0DEC, state=state, error_feedback=cfg.error_feedback,
+        delta,
+        cfg.codec.to_string(),
+        base_hash=base_hash,
+        version=rnd,
+        sender=f"client-{pid}",
+        seed=seed ^ 0xC0DEC,
+        state=state,
+        error_feedback=cfg.error_feedback,
     )
     if "train-loss" in metrics:
         ra.stats.train_loss.append(metrics["train-loss"])

@@ -44,9 +44,11 @@ def test_cell_overrides_build_the_intended_run(rule: str) -> None:
     cell = B.Cell(rule, attack, 0.2, "iid", 3, 20)
     cfg = ServerConfig.from_scenario(load_scenario("smoke", B.overrides(cell)))
     assert cfg.rule == rule and cfg.seed == 3 and len(cfg.malicious) == 4 and cfg.attack_kind == attack
-    expect = {"frl": ("frl", "supermask_mlp", "frl_rank"),
-              "bristle": ("bristle", "bristle_transfer", "dense"),
-              "trimmed_mean": ("full", "mlp", "dense")}[rule]
+    expect = {
+        "frl": ("frl", "supermask_mlp", "frl_rank"),
+        "bristle": ("bristle", "bristle_transfer", "dense"),
+        "trimmed_mean": ("full", "mlp", "dense"),
+    }[rule]
     assert (cfg.train.trainer, cfg.task.model, cfg.codec.to_string()) == expect
     if rule == "trimmed_mean":
         assert cfg.rule_params == {"beta": 0.2}  # assumed f = 4 of 20

@@ -18,8 +18,15 @@ from stamen.client.core import local_update
 from stamen.client.models import create_model, get_weights
 from stamen.client.task import TaskSpec, TrainSpec, build_model, client_data
 
-TASK = TaskSpec(dataset="mnist1d", num_samples=1000, partition="shards", shards_per_client=2,
-                num_clients=10, model="bristle_transfer", seed=0)
+TASK = TaskSpec(
+    dataset="mnist1d",
+    num_samples=1000,
+    partition="shards",
+    shards_per_client=2,
+    num_clients=10,
+    model="bristle_transfer",
+    seed=0,
+)
 SPEC = TrainSpec(trainer="bristle", epochs=1, batch_size=5, lr=1e-3, optimizer="adam", weight_decay=5e-3)
 
 

@@ -42,8 +42,14 @@ def test_rule_through_round_aggregator_matches_integrator() -> None:
     deltas = [GOOD.copy(), GOOD.copy(), -GOOD]
     deltas[1][2] = 0.0  # this client holds classes 0 and 1 only -> class count 2
     for i, d in enumerate(deltas):
-        env = encode_update({"frozen": np.zeros(5, np.float32), "head.weight": d}, CodecSpec.parse("dense"),
-                            base_hash=h, version=1, sender=f"c{i}", rng=np.random.default_rng(0))
+        env = encode_update(
+            {"frozen": np.zeros(5, np.float32), "head.weight": d},
+            CodecSpec.parse("dense"),
+            base_hash=h,
+            version=1,
+            sender=f"c{i}",
+            rng=np.random.default_rng(0),
+        )
         assert ra.add_envelope(f"c{i}", env, 10)
     new = ra.finish(1.0)
     assert new is not None

@@ -51,11 +51,13 @@ def test_integrate_hand_computed() -> None:
     np.testing.assert_allclose(res.class_weights, [[w0, w1, 0.0], [0.0, 0.0, 0.0]], rtol=1e-12)
     np.testing.assert_allclose(res.foreign_weights, [wa, 0.0], rtol=1e-12)
     np.testing.assert_allclose(res.certainty, [1.0, 0.0])
-    expected = np.stack([
-        (OWN[0] + w0 * PEER_A[0]) / (1 + w0),
-        (OWN[1] + w1 * PEER_A[1]) / (1 + w1),
-        (OWN[2] + wa * PEER_A[2] + 0.0 * PEER_B[2]) / (1 + wa),
-    ])
+    expected = np.stack(
+        [
+            (OWN[0] + w0 * PEER_A[0]) / (1 + w0),
+            (OWN[1] + w1 * PEER_A[1]) / (1 + w1),
+            (OWN[2] + wa * PEER_A[2] + 0.0 * PEER_B[2]) / (1 + wa),
+        ]
+    )
     np.testing.assert_allclose(res.layer, expected, rtol=1e-6)
 
 
@@ -129,8 +131,13 @@ def cases(draw: st.DrawFn):
     familiar = rng.choice(c, size=draw(st.integers(1, c)), replace=False)
     labels = rng.choice(familiar, size=m)
     counts = [draw(st.one_of(st.none(), st.integers(0, c))) for _ in range(p)]
-    return (rng.normal(size=(c, f)).astype(np.float32), rng.normal(size=(p, c, f)).astype(np.float32),
-            rng.normal(size=(m, f)).astype(np.float32), labels, counts)
+    return (
+        rng.normal(size=(c, f)).astype(np.float32),
+        rng.normal(size=(p, c, f)).astype(np.float32),
+        rng.normal(size=(m, f)).astype(np.float32),
+        labels,
+        counts,
+    )
 
 
 @settings(max_examples=120, deadline=None)
@@ -143,8 +150,12 @@ def test_matches_loop_port_of_the_kotlin_code(case) -> None:
     assert np.all((res.class_weights >= 0) & (res.class_weights <= 6))
     assert np.all((res.foreign_weights >= 0) & (res.foreign_weights <= 6))
     order = np.arange(len(peers))[::-1]  # peer order does not matter
-    np.testing.assert_allclose(integrate(own, peers[order], feats, labels, [counts[i] for i in order]).layer,
-                               res.layer, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        integrate(own, peers[order], feats, labels, [counts[i] for i in order]).layer,
+        res.layer,
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 @settings(max_examples=40, deadline=None)

@@ -72,8 +72,12 @@ def test_honest_nodes_learn_their_foreign_classes() -> None:
 
     state, hist = run_peer_mode(nodes, np.zeros((C, F), np.float32), 8, train, seed=0, evaluate=evaluate)
     assert hist[-1] > 0.9
-    alone = np.mean([evaluate(i, absorb_training(np.zeros((C, F)), train(i, 0, np.zeros((C, F))), n.classes))
-                     for i, n in enumerate(nodes)])
+    alone = np.mean(
+        [
+            evaluate(i, absorb_training(np.zeros((C, F)), train(i, 0, np.zeros((C, F))), n.classes))
+            for i, n in enumerate(nodes)
+        ]
+    )
     assert alone < 0.7  # alone, a node has trained only 2 of the 4 class rows
     for i, node in enumerate(nodes):  # each node now predicts classes it never trained on
         foreign = [c for c in range(C) if c not in node.classes]
@@ -109,8 +113,9 @@ def test_attackers_do_not_integrate_and_forging_replaces_their_messages() -> Non
 
 def test_pinned_two_rounds() -> None:
     nodes, data = _setup([True] * 4)
-    state, _ = run_peer_mode(nodes, np.zeros((C, F), np.float32), 2,
-                             lambda i, r, w: _softmax_steps(w, *data[i]), seed=1)
+    state, _ = run_peer_mode(
+        nodes, np.zeros((C, F), np.float32), 2, lambda i, r, w: _softmax_steps(w, *data[i]), seed=1
+    )
     assert float(np.abs(np.stack(state.consolidated)).sum()) == pytest.approx(PINNED, rel=1e-5)
 
 

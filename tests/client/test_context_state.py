@@ -16,8 +16,9 @@ def _context() -> Context:
 def test_empty_then_roundtrip() -> None:
     ctx = _context()
     assert load_state(ctx) == ClientState()
-    state = ClientState(arrays={"ef/w": np.arange(6, dtype=np.float32).reshape(2, 3)},
-                        scalars={"dp/steps": 12.0})
+    state = ClientState(
+        arrays={"ef/w": np.arange(6, dtype=np.float32).reshape(2, 3)}, scalars={"dp/steps": 12.0}
+    )
     save_state(ctx, state)
     back = load_state(ctx)
     np.testing.assert_array_equal(back.arrays["ef/w"], state.arrays["ef/w"])

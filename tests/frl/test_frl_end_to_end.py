@@ -15,8 +15,15 @@ from stamen.server.aggregators import create
 from stamen.server.rounds import AttackHook, RoundAggregator, ValidationPolicy, flatten
 from stamen.simulations.attacks.rank_reversal import rank_reversal
 
-TASK = TaskSpec(dataset="digits", num_clients=24, partition="dirichlet", alpha=1.0,
-                model="supermask_mlp", hidden=(32,), seed=0)
+TASK = TaskSpec(
+    dataset="digits",
+    num_clients=24,
+    partition="dirichlet",
+    alpha=1.0,
+    model="supermask_mlp",
+    hidden=(32,),
+    seed=0,
+)
 INITIAL = get_weights(build_model(TASK))
 SPEC = TrainSpec(trainer="frl", epochs=2, batch_size=8, lr=0.4, momentum=0.9, weight_decay=1e-4)
 

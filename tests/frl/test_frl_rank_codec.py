@@ -88,8 +88,10 @@ def test_large_ranking_is_much_smaller_than_float32() -> None:
 
 
 def test_pinned_digest() -> None:
-    delta = {"a.weight": np.zeros((3, 4), np.float32),
-             "a.scores": np.array([[5, 2, 7], [0, 1, 3], [6, 4, 8]], np.float32)}
+    delta = {
+        "a.weight": np.zeros((3, 4), np.float32),
+        "a.scores": np.array([[5, 2, 7], [0, 1, 3], [6, 4, 8]], np.float32),
+    }
     payload, _ = _roundtrip(delta)
     assert hashlib.sha256(payload).hexdigest() == PINNED
 
@@ -97,8 +99,15 @@ def test_pinned_digest() -> None:
 PINNED = "127633fc85cff00525a20e7315e475ddd3179b110c96ae71dc086ea687cab7bb"
 
 
-@pytest.mark.parametrize("bad", [np.array([0, 0, 1], np.float32), np.array([0, 1, 2.5], np.float32),
-                                 np.array([0, 1, 3], np.float32), np.array([1, np.nan, 0], np.float32)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.array([0, 0, 1], np.float32),
+        np.array([0, 1, 2.5], np.float32),
+        np.array([0, 1, 3], np.float32),
+        np.array([1, np.nan, 0], np.float32),
+    ],
+)
 def test_encode_refuses_what_is_not_a_ranking(bad: np.ndarray) -> None:
     with pytest.raises(CodecError, match="frl_rank"):
         _pipe().encode({"s": bad}, np.random.default_rng(0))

@@ -87,8 +87,11 @@ def test_vote_pinned_value() -> None:
 
 PINNED_ORDER = [9, 5, 7, 1, 0, 6, 2, 3, 4, 8]
 
-TABLE = (TensorInfo("l.weight", (2, 2), "float32"), TensorInfo("l.scores", (2, 2), "float32"),
-         TensorInfo("o.scores", (3,), "float32"))
+TABLE = (
+    TensorInfo("l.weight", (2, 2), "float32"),
+    TensorInfo("l.scores", (2, 2), "float32"),
+    TensorInfo("o.scores", (3,), "float32"),
+)
 
 
 def _base() -> np.ndarray:

@@ -22,8 +22,14 @@ from stamen.simulations.attacks.rank_reversal import reversed_combined_ranking
 from stamen.simulations.engines import run_engine
 from stamen.simulations.scenario import load_scenario
 
-SMALL = ("data.num_clients=10", "clients.per_round=5", "model.hidden=16", "clients.local_epochs=1",
-         "attack.kind=rank_reversal", "attack.fraction=0.2")
+SMALL = (
+    "data.num_clients=10",
+    "clients.per_round=5",
+    "model.hidden=16",
+    "clients.local_epochs=1",
+    "attack.kind=rank_reversal",
+    "attack.fraction=0.2",
+)
 SCORES = "net.0.scores"  # first score tensor of the supermask MLP
 
 
@@ -47,8 +53,13 @@ class _Recorder:
 
 def _ranking_of(cfg: ServerConfig, weights: dict[str, np.ndarray], rnd: int, pid: int) -> np.ndarray:
     """What partition ``pid`` would send in round ``rnd``: its scores ranking (first score tensor)."""
-    delta = local_update(build_model(cfg.task), weights, client_data(cfg.task, pid), cfg.train_for_round(rnd),
-                         client_seed(cfg.seed, rnd, pid)).delta
+    delta = local_update(
+        build_model(cfg.task),
+        weights,
+        client_data(cfg.task, pid),
+        cfg.train_for_round(rnd),
+        client_seed(cfg.seed, rnd, pid),
+    ).delta
     return np.asarray(delta[SCORES]).reshape(-1)
 
 
@@ -63,8 +74,13 @@ def test_forged_rows_reverse_the_pool_of_all_attackers_not_only_this_rounds() ->
     ra = RoundAggregator(weights, h, len(pids), rec, ValidationPolicy(), hook)
     model = build_model(cfg.task)
     for pid in pids:
-        res = local_update(model, weights, client_data(cfg.task, pid), cfg.train_for_round(rnd),
-                           client_seed(cfg.seed, rnd, pid))
+        res = local_update(
+            model,
+            weights,
+            client_data(cfg.task, pid),
+            cfg.train_for_round(rnd),
+            client_seed(cfg.seed, rnd, pid),
+        )
         data = encode_delta(res.delta, "frl_rank", base_hash=h, version=rnd, sender=f"client-{pid}", seed=1)
         assert ra.add_envelope(f"client-{pid}", data, res.num_examples)
     assert ra.finish(1.0) is not None
@@ -98,8 +114,12 @@ def test_pool_members_by_hand_and_errors() -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.integers(0, 999), min_size=1, max_size=40, unique=True), st.integers(1, 30),
-       st.integers(0, 2**32 - 1), st.integers(1, 500))
+@given(
+    st.lists(st.integers(0, 999), min_size=1, max_size=40, unique=True),
+    st.integers(1, 30),
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 500),
+)
 def test_pool_members_are_distinct_attackers(bad: list[int], size: int, seed: int, rnd: int) -> None:
     got = pool_members(bad, size, seed, rnd)
     assert len(got) == min(len(bad), size) and len(set(got)) == len(got) and set(got) <= set(bad)
@@ -128,17 +148,28 @@ def test_infeasible_minority_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="malicious"):
         sample_clients(0, 1, 10, 10, [0, 1, 2, 3, 4])  # full participation, 5 of 10 malicious
     with pytest.raises(ValueError, match="malicious_minority"):
-        _cfg("data.num_clients=10", "clients.per_round=10", "attack.kind=rank_reversal",
-             "attack.fraction=0.5")
-    cfg = _cfg("data.num_clients=10", "clients.per_round=10", "attack.kind=rank_reversal",
-               "attack.fraction=0.5", "attack.malicious_minority=false")
+        _cfg(
+            "data.num_clients=10", "clients.per_round=10", "attack.kind=rank_reversal", "attack.fraction=0.5"
+        )
+    cfg = _cfg(
+        "data.num_clients=10",
+        "clients.per_round=10",
+        "attack.kind=rank_reversal",
+        "attack.fraction=0.5",
+        "attack.malicious_minority=false",
+    )
     assert cfg.cohort(1) == list(range(10))
 
 
 @pytest.mark.slow
 def test_frl_rank_reversal_flower_matches_inprocess() -> None:
-    cfg = _cfg("rounds=2", "data.num_clients=6", "clients.per_round=3", "attack.kind=rank_reversal",
-               "attack.fraction=0.34")
+    cfg = _cfg(
+        "rounds=2",
+        "data.num_clients=6",
+        "clients.per_round=3",
+        "attack.kind=rank_reversal",
+        "attack.fraction=0.34",
+    )
     fast, real = run_engine("inprocess", cfg), run_engine("flower", cfg)
     assert [r.bytes_up for r in real.rounds] == [r.bytes_up for r in fast.rounds]
     assert abs(real.rounds[-1].accuracy - fast.rounds[-1].accuracy) <= 0.01

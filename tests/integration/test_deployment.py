@@ -43,16 +43,22 @@ def _wait_port(port: int, timeout: float) -> None:
 @pytest.fixture
 def flower_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = dict(os.environ)
-    env.update(FLWR_HOME=str(tmp_path / "flwr-home"), FLWR_TELEMETRY_ENABLED="0",
-               FLWR_DISABLE_UPDATE_CHECK="1", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-               RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env.update(
+        FLWR_HOME=str(tmp_path / "flwr-home"),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONUNBUFFERED="1",
+    )
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     yield env
 
 
 def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -67,9 +73,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait(timeout=5)
 
 
-def test_flwr_run_against_superlink_and_two_supernodes(
-    tmp_path: Path, flower_env: dict[str, str]
-) -> None:
+def test_flwr_run_against_superlink_and_two_supernodes(tmp_path: Path, flower_env: dict[str, str]) -> None:
     if shutil.which("flower-superlink", path=flower_env["PATH"]) is None:
         pytest.fail("flower-superlink is not installed in this environment")
     link = _free_port()
@@ -82,20 +86,52 @@ def test_flwr_run_against_superlink_and_two_supernodes(
     procs: list[subprocess.Popen[bytes]] = []
     out = tmp_path / "out"
     try:
-        procs.append(_start([str(BIN / "flower-superlink"), "--insecure",
-                             "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
-                             "--port", str(link), "--database", str(tmp_path / "state.db")],
-                            flower_env, tmp_path / "superlink.log"))
+        procs.append(
+            _start(
+                [
+                    str(BIN / "flower-superlink"),
+                    "--insecure",
+                    "--disable-runtime-dependency-installation",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(link),
+                    "--database",
+                    str(tmp_path / "state.db"),
+                ],
+                flower_env,
+                tmp_path / "superlink.log",
+            )
+        )
         _wait_port(link, 60)
         for pid in (0, 1):
-            procs.append(_start([str(BIN / "flower-supernode"), "--insecure", "--superlink",
-                                 f"127.0.0.1:{link}", "--node-config",
-                                 f"partition-id={pid} num-partitions=2", "--port", str(_free_port())],
-                                flower_env, tmp_path / f"supernode{pid}.log"))
-        config = (f'scenario="smoke" out-dir="{out}" timeout-s=240 '
-                  'overrides="data.num_clients=2 clients.per_round=2 rounds=2"')
-        run = subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "deploy", "--stream", "-c", config],
-                             env=flower_env, capture_output=True, text=True, timeout=420)
+            procs.append(
+                _start(
+                    [
+                        str(BIN / "flower-supernode"),
+                        "--insecure",
+                        "--superlink",
+                        f"127.0.0.1:{link}",
+                        "--node-config",
+                        f"partition-id={pid} num-partitions=2",
+                        "--port",
+                        str(_free_port()),
+                    ],
+                    flower_env,
+                    tmp_path / f"supernode{pid}.log",
+                )
+            )
+        config = (
+            f'scenario="smoke" out-dir="{out}" timeout-s=240 '
+            'overrides="data.num_clients=2 clients.per_round=2 rounds=2"'
+        )
+        run = subprocess.run(
+            [str(BIN / "flwr"), "run", str(ROOT), "deploy", "--stream", "-c", config],
+            env=flower_env,
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
         logs = run.stdout[-3000:] + run.stderr[-3000:]
         assert run.returncode == 0, logs
         deadline = time.monotonic() + 60  # --stream may return just before the files land

@@ -26,8 +26,9 @@ def test_mean_ignores_weights() -> None:
 
 @settings(max_examples=50, deadline=None)
 @given(
-    arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 8)),
-           elements=st.floats(-100, 100, width=32)),
+    arrays(
+        np.float32, st.tuples(st.integers(1, 6), st.integers(1, 8)), elements=st.floats(-100, 100, width=32)
+    ),
     st.data(),
 )
 def test_fedavg_matches_slow_reference(updates: np.ndarray, data: st.DataObject) -> None:

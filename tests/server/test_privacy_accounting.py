@@ -41,6 +41,7 @@ def exact_gaussian_epsilon(z: float, steps: int, delta: float) -> float:
 
 # --- pinned values (opacus 1.6 RDP / PRV; a change in the accountant or the orders shows up here) ---
 
+
 @pytest.mark.parametrize(
     ("z", "q", "steps", "rdp", "prv"),
     [
@@ -55,6 +56,7 @@ def test_pinned_epsilon(z: float, q: float, steps: int, rdp: float, prv: float) 
 
 
 # --- hand-computed / reference cases ---
+
 
 @pytest.mark.parametrize(("z", "steps"), [(2.0, 10), (0.8, 3), (5.0, 50)])
 def test_no_sampling_equals_closed_form_rdp(z: float, steps: int) -> None:
@@ -80,10 +82,9 @@ def test_trivial_cases() -> None:
 
 # --- properties ---
 
+
 @settings(max_examples=15, deadline=None)
-@given(
-    z=st.floats(0.5, 5.0), q=st.floats(0.01, 1.0), steps=st.integers(1, 200), extra=st.integers(1, 50)
-)
+@given(z=st.floats(0.5, 5.0), q=st.floats(0.01, 1.0), steps=st.integers(1, 200), extra=st.integers(1, 50))
 def test_epsilon_monotone_in_steps_and_noise(z: float, q: float, steps: int, extra: int) -> None:
     base = epsilon_after(z, q, steps, DELTA)
     assert math.isfinite(base) and base > 0
@@ -92,6 +93,7 @@ def test_epsilon_monotone_in_steps_and_noise(z: float, q: float, steps: int, ext
 
 
 # --- calibration ---
+
 
 @pytest.mark.filterwarnings("ignore:Optimal order")  # opacus' own search, on its shorter order grid
 @pytest.mark.parametrize(

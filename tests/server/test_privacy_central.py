@@ -19,6 +19,7 @@ DELTA = 1e-5
 
 # --- clip_rows ---
 
+
 def test_clip_rows_hand_computed() -> None:
     stack = np.array([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0], [0.0, -2.0]], dtype=np.float32)
     norms = clip_rows(stack, 1.0)
@@ -28,8 +29,9 @@ def test_clip_rows_hand_computed() -> None:
 
 @settings(max_examples=50, deadline=None)
 @given(
-    stack=arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 40)),
-                 elements=st.floats(-1e3, 1e3, width=32)),
+    stack=arrays(
+        np.float32, st.tuples(st.integers(1, 6), st.integers(1, 40)), elements=st.floats(-1e3, 1e3, width=32)
+    ),
     clip=st.floats(1e-3, 1e3),
 )
 def test_clip_rows_bounds_norm_and_keeps_direction(stack: np.ndarray, clip: float) -> None:
@@ -53,6 +55,7 @@ def test_clip_rows_rejects_bad_input() -> None:
 
 
 # --- declared sensitivity ---
+
 
 def test_mean_declares_c_over_n() -> None:
     assert declared_sensitivity(create("mean"), 10, 2.0) == pytest.approx(0.2)
@@ -95,6 +98,7 @@ def test_central_dp_refuses_fedavg() -> None:
 
 
 # --- the noise is really there ---
+
 
 def test_released_noise_has_the_calibrated_std() -> None:
     """Std of the released aggregate's noise within 1 % of z·C/m (n = 2e5 draws: the standard error
@@ -151,6 +155,7 @@ def test_noise_is_reproducible_per_seed_and_round() -> None:
 
 
 # --- accountant per round ---
+
 
 def test_pinned_epsilon_per_round() -> None:
     dp = CentralDP(1.0, 1.0, 10, 100, 5, seed=0)

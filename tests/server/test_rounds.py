@@ -15,8 +15,9 @@ DENSE = CodecSpec.from_pipeline(["dense"])
 
 
 def _env(delta: dict[str, np.ndarray], base_hash: str = HASH, signer: Signer | None = None) -> bytes:
-    return encode_update(delta, DENSE, base_hash=base_hash, version=1, sender="t",
-                         rng=np.random.default_rng(0), signer=signer)
+    return encode_update(
+        delta, DENSE, base_hash=base_hash, version=1, sender="t", rng=np.random.default_rng(0), signer=signer
+    )
 
 
 def _delta(v: float) -> dict[str, np.ndarray]:

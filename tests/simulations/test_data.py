@@ -123,9 +123,7 @@ def _np_global_state() -> tuple[Any, ...]:
     return inner["key"].tolist(), inner["pos"], state["has_gauss"], state["gauss"]
 
 
-def test_mnist1d_never_touches_the_network_or_cwd(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_mnist1d_never_touches_the_network_or_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mnist1d.data
     import requests
 

@@ -65,8 +65,16 @@ def test_edge_runtime_mode_inprocess() -> None:
     edge = run_engine("inprocess", _cfg("rounds=2", "clients.runtime=edge"))
     assert [r.bytes_up for r in edge.rounds] == [r.bytes_up for r in plain.rounds]
     assert abs(edge.rounds[-1].accuracy - plain.rounds[-1].accuracy) <= 0.01
-    lossy = run_engine("inprocess", _cfg("rounds=2", "clients.runtime=edge", "codec.downlink=int8",
-                                         "data.num_clients=6", "clients.per_round=3"))
+    lossy = run_engine(
+        "inprocess",
+        _cfg(
+            "rounds=2",
+            "clients.runtime=edge",
+            "codec.downlink=int8",
+            "data.num_clients=6",
+            "clients.per_round=3",
+        ),
+    )
     assert all(r.rejected == 0 for r in lossy.rounds)  # device hashes tracked exactly by the server
     assert lossy.rounds[0].bytes_down < plain.rounds[0].bytes_down / 2
 
@@ -85,9 +93,15 @@ def test_flower_engine_edge_runtime_matches_inprocess() -> None:
 @pytest.mark.slow
 def test_flower_engine_matches_inprocess_under_attack() -> None:
     """Update attack + pre-aggregator + robust rule, and a data attack: same results on both engines."""
-    for extra in (("attack.kind=alie", "aggregation.pre=nnm", "aggregation.rule=multikrum",
-                   "aggregation.assumed_byzantine=1"),
-                  ("attack.kind=label_flip", "aggregation.rule=median")):
+    for extra in (
+        (
+            "attack.kind=alie",
+            "aggregation.pre=nnm",
+            "aggregation.rule=multikrum",
+            "aggregation.assumed_byzantine=1",
+        ),
+        ("attack.kind=label_flip", "aggregation.rule=median"),
+    ):
         cfg = _cfg("rounds=2", "data.num_clients=6", "clients.per_round=6", "attack.fraction=0.34", *extra)
         fast, real = run_engine("inprocess", cfg), run_engine("flower", cfg)
         assert [r.bytes_up for r in real.rounds] == [r.bytes_up for r in fast.rounds]

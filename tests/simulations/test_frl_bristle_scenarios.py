@@ -45,8 +45,11 @@ def test_bristle_peer_mode_flower_matches_inprocess() -> None:
     """Peer mode (the server relays inboxes, clients keep cw/tw in context.state) under the scenario's
     label flip, under an update attack, and with 5 of 10 nodes per round: both engines give the same
     per-round results."""
-    for extra in ((), ("attack.kind=sign_flip", "aggregation.num_closest=3", "aggregation.num_random=2"),
-                  ("clients.per_round=5",)):  # partial participation: inboxes hold last round's senders
+    for extra in (
+        (),
+        ("attack.kind=sign_flip", "aggregation.num_closest=3", "aggregation.num_random=2"),
+        ("clients.per_round=5",),
+    ):  # partial participation: inboxes hold last round's senders
         cfg = _cfg("bristle", "rounds=3", "aggregation.mode=peer", *extra)
         fast, real = run_engine("inprocess", cfg), run_engine("flower", cfg)
         assert [r.bytes_up for r in real.rounds] == [r.bytes_up for r in fast.rounds]

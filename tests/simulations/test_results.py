@@ -51,8 +51,12 @@ def test_summarize_by_hand() -> None:
 
 def test_summarize_without_rounds_or_evaluation() -> None:
     assert summarize([])["final"] == {
-        "accuracy": None, "loss": None, "bytes_up_total": 0, "bytes_down_total": 0,
-        "epsilon": None, "wall_s": 0.0,
+        "accuracy": None,
+        "loss": None,
+        "bytes_up_total": 0,
+        "bytes_down_total": 0,
+        "epsilon": None,
+        "wall_s": 0.0,
     }
     assert summarize(ROUNDS[:1])["final"]["accuracy"] is None
 
@@ -61,8 +65,7 @@ def test_write_results_files(tmp_path: Path) -> None:
     scenario = load_scenario("smoke").to_dict()
     out = tmp_path / "runs" / "smoke"  # created with parents
     paths = write_results(out, scenario, ROUNDS, extra={"engine": "inprocess"})
-    assert paths == {"json": out / "results.json", "csv": out / "results.csv",
-                     "plot": out / "plot.png"}
+    assert paths == {"json": out / "results.json", "csv": out / "results.csv", "plot": out / "plot.png"}
     assert sorted(p.name for p in out.iterdir()) == ["plot.png", "results.csv", "results.json"]
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = _strict_json(paths["json"].read_text())
@@ -70,8 +73,16 @@ def test_write_results_files(tmp_path: Path) -> None:
     assert list(doc) == ["scenario", "rounds", "final", "engine"]
     assert doc["scenario"] == scenario and doc["engine"] == "inprocess"
     assert doc["final"] == summarize(ROUNDS)["final"]
-    assert doc["rounds"][0] == {"round": 1, "accuracy": None, "loss": None, "bytes_up": 1000,
-                                "bytes_down": 4000, "epsilon": None, "rejected": 0, "wall_s": 0.5}
+    assert doc["rounds"][0] == {
+        "round": 1,
+        "accuracy": None,
+        "loss": None,
+        "bytes_up": 1000,
+        "bytes_down": 4000,
+        "epsilon": None,
+        "rejected": 0,
+        "wall_s": 0.5,
+    }
     assert [list(r) for r in doc["rounds"]] == [list(ROUND_KEYS)] * 4
     assert load_results(out) == doc == load_results(paths["json"])
 
@@ -109,8 +120,7 @@ def test_other_record_types_and_numpy_numbers_are_normalized(tmp_path: Path) -> 
 
     rec = EngineRecord(1, np.float64(0.5), np.float32(0.25), np.int64(7), 8, None, 0, 0.125)
     paths = write_results(tmp_path, {"name": "t"}, [rec])
-    assert list(csv.reader(paths["csv"].open()))[1] == ["1", "0.5", "0.25", "7", "8", "", "0",
-                                                        "0.125"]
+    assert list(csv.reader(paths["csv"].open()))[1] == ["1", "0.5", "0.25", "7", "8", "", "0", "0.125"]
     assert load_results(tmp_path)["rounds"][0]["bytes_up"] == 7
 
 

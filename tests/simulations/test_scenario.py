@@ -27,8 +27,16 @@ def test_defaults_match_the_documented_api() -> None:
     s = Scenario()
     assert (s.name, s.seed, s.rounds) == ("custom", 0, 10)
     assert s.data == DataConfig("digits", "iid", 0.5, 10, 2, 0.2, 5000)
-    assert s.clients == ClientsConfig(per_round=10, local_epochs=1, batch_size=32, lr=0.05, trainer="full",
-                                      optimizer="sgd", momentum=0.0, weight_decay=0.0)
+    assert s.clients == ClientsConfig(
+        per_round=10,
+        local_epochs=1,
+        batch_size=32,
+        lr=0.05,
+        trainer="full",
+        optimizer="sgd",
+        momentum=0.0,
+        weight_decay=0.0,
+    )
     assert s.model.hidden == (64,)
     assert s.codec.pipeline == ("dense",) and dict(s.codec.params) == {}
     assert s.aggregation.max_update_norm == 0.0 and isinstance(s.aggregation.max_update_norm, float)
@@ -57,9 +65,16 @@ def test_builtin_settings() -> None:
 def test_round_trip_through_json() -> None:
     s = load_scenario(
         "demo",
-        ["codec.pipeline=topk,int8", "codec.topk.ratio=0.01", "aggregation.rule=krum",
-         "aggregation.f=2", "attack.kind=signflip", "attack.fraction=0.2", "attack.scale=-3.5",
-         "model.hidden=128,64"],
+        [
+            "codec.pipeline=topk,int8",
+            "codec.topk.ratio=0.01",
+            "aggregation.rule=krum",
+            "aggregation.f=2",
+            "attack.kind=signflip",
+            "attack.fraction=0.2",
+            "attack.scale=-3.5",
+            "model.hidden=128,64",
+        ],
     )
     d = s.to_dict()
     assert json.loads(json.dumps(d)) == d  # JSON-able
@@ -79,10 +94,20 @@ def test_sections_are_frozen_and_params_read_only() -> None:
 def test_overrides_of_each_type() -> None:
     s = load_scenario(
         "smoke",
-        ["rounds=5", "clients.lr=1", "clients.batch_size=8", "codec.error_feedback=true",
-         "data.dataset=mnist1d", "model.hidden=16, 8", "codec.pipeline=topk,int8",
-         "codec.topk.ratio=0.01", "codec.int8.stochastic=false", "codec.topk.mode=abs",
-         "codec.topk.k=7", "description=a b"],
+        [
+            "rounds=5",
+            "clients.lr=1",
+            "clients.batch_size=8",
+            "codec.error_feedback=true",
+            "data.dataset=mnist1d",
+            "model.hidden=16, 8",
+            "codec.pipeline=topk,int8",
+            "codec.topk.ratio=0.01",
+            "codec.int8.stochastic=false",
+            "codec.topk.mode=abs",
+            "codec.topk.k=7",
+            "description=a b",
+        ],
     )
     assert s.rounds == 5 and s.clients.batch_size == 8 and s.description == "a b"
     assert s.clients.lr == 1.0 and isinstance(s.clients.lr, float)  # int literal for a float
@@ -103,7 +128,7 @@ def test_apply_overrides_copies_and_creates_tables() -> None:
 
 def test_load_from_a_path_and_overrides_win(tmp_path: Path) -> None:
     path = tmp_path / "mine.toml"
-    path.write_text('rounds = 2\n[clients]\nlr = 0.5\nper_round = 2\n[data]\nnum_clients = 3\n')
+    path.write_text("rounds = 2\n[clients]\nlr = 0.5\nper_round = 2\n[data]\nnum_clients = 3\n")
     s = load_scenario(str(path), ["clients.lr=0.25"])
     assert (s.name, s.rounds, s.clients.lr, s.data.num_clients) == ("mine", 2, 0.25, 3)
 
