@@ -1,7 +1,7 @@
 """Fused apply: ``new = base + delta`` computed straight into its destination, validated and
 hashed in the same pass over memory.
 
-The destination is whatever the backend hands out: views into the memory-mapped ``weights.data``
+The destination is whatever the backend hands out: views into the buffer of the new ``weights.data``
 of a shadow version (ONNX), or fresh arrays (torch). Each tensor is processed in chunks of
 :data:`CHUNK` elements, in sorted name order (the order of :func:`~stamen.protocols.model_hash`):
 add into the destination, refuse NaN/inf while the chunk is still in cache, then hand the chunk
@@ -129,7 +129,7 @@ def start_apply(
         Current weights and the decoded delta (read only; may be memory-mapped or views into
         the update's payload).
     out : Mapping[str, numpy.ndarray]
-        Writable C-contiguous destinations of the table's dtypes (e.g. views into a mapped file).
+        Writable C-contiguous destinations of the table's dtypes (e.g. views into the shadow's buffer).
     table : Sequence[TensorInfo]
         The model's tensor table.
 

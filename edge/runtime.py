@@ -4,7 +4,7 @@
 
     verify the Ed25519 signature (before parsing anything) -> base hash == current version
     -> version > every version ever applied -> decode with the store's own tensor table
-    -> new = old + delta, computed straight into a shadow version (ONNX: the mapped weights file),
+    -> new = old + delta, computed straight into a shadow version (ONNX: one buffer written with pwrite),
        validated (finite) and hashed in the same pass (edge/fused.py) -> fsync
     -> target hash (if the sender gave one) -> atomic rename
     -> build the new inference session (global weights + personal overlay)

@@ -1,6 +1,6 @@
 """A shadow version directory prepared in a background thread while the update is verified.
 
-Writing 100 MB into a new file costs about as much in page allocation (one fault per page) as
+Writing 100 MB into a new buffer costs about as much in page allocation (one fault per page) as
 in copying. :class:`ShadowPrep` creates the shadow directory, the backend's output file and
 pre-faults its pages on a second core while the main thread checks the payload digest of an
 envelope whose signature already verified (``unpack(on_authenticated=...)``), so forged input

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stamen.edge.fused import CHUNK, start_apply
-from stamen.edge.onnx_backend import SKELETON, MappedWeights, OnnxBackend
+from stamen.edge.onnx_backend import SKELETON, BufferedWeights, OnnxBackend
 from stamen.protocols import ValidationError, model_hash, tensor_table
 
 
@@ -74,7 +74,7 @@ def test_mapped_weights_file_equals_the_plain_writer(tmp_path: Path) -> None:
     backend.write(tmp_path / "plain", weights, table)
     (tmp_path / "mapped").mkdir()
     mapped = backend.open_shadow(tmp_path / "mapped", table)
-    assert isinstance(mapped, MappedWeights)
+    assert isinstance(mapped, BufferedWeights)
     mapped.prefault()
     for name, arr in weights.items():
         mapped.views[name][...] = arr
