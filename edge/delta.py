@@ -96,6 +96,18 @@ def create_delta(
     return signed.data
 
 
+def _encode_round_trip(
+    base: Mapping[str, np.ndarray], target: Mapping[str, np.ndarray], pipeline: CodecPipeline, seed: int
+) -> tuple[tuple[TensorInfo, ...], bytes, dict[str, np.ndarray]]:
+    """Encode ``target - base``; return (tensor table, payload, ``base + decoded``: what the device gets)."""
+    delta = _delta(base, target)
+    table = tensor_table(delta)
+    payload = pipeline.encode(delta, np.random.default_rng(seed))
+    decoded = pipeline.decode(payload, table)
+    result = {name: np.asarray(base[name], np.float32) + decoded[name] for name in table_names(table)}
+    return table, payload, result
+
+
 def create_delta_with_result(
     base: Mapping[str, np.ndarray],
     target: Mapping[str, np.ndarray],
@@ -139,13 +151,8 @@ def create_delta_with_result(
     """
     if type(version) is not int or version < 1:
         raise ValueError(f"version must be an int >= 1, got {version!r}")
-    spec = CodecSpec.parse(codec) if isinstance(codec, str) else codec
-    delta = _delta(base, target)
-    pipeline = CodecPipeline(spec)
-    table = tensor_table(delta)
-    payload = pipeline.encode(delta, np.random.default_rng(seed))
-    decoded = pipeline.decode(payload, table)
-    result = {name: np.asarray(base[name], np.float32) + decoded[name] for name in table_names(table)}
+    pipeline = CodecPipeline(CodecSpec.parse(codec) if isinstance(codec, str) else codec)
+    table, payload, result = _encode_round_trip(base, target, pipeline, seed)
     digest = model_hash(result)
     meta: dict[str, int | float | str] = {TARGET_KEY: digest}
     if model_id is not None:

@@ -194,6 +194,16 @@ def _as_bytes(data: object) -> bytes:
     raise MalformedUpdate(f"envelope must be bytes, got {type(data).__name__}")
 
 
+def _check_digest(
+    data: bytes, frame: _Frame, payload: bytes | memoryview, sha: str, tamper: type[Exception]
+) -> tuple[str, bytes]:
+    """A signed envelope's payload digest against its header; returns ``(key_id, signature)``."""
+    if not hmac.compare_digest(hashlib.sha256(payload).hexdigest(), sha):
+        raise tamper("payload digest does not match the header")
+    key_id = _key_id(data[frame.header_end : frame.header_end + KEY_ID_LENGTH])
+    return key_id, data[frame.header_end + KEY_ID_LENGTH : frame.payload_start]
+
+
 def unpack(
     data: bytes,
     verifier: Verifier | None = None,
@@ -241,14 +251,11 @@ def unpack(
     tamper = SignatureError if verifier is not None else MalformedUpdate
     if len(payload) != fields["len"]:
         raise tamper(f"payload is {len(payload)} bytes, header says {fields['len']}")
-    key_id = signature = None
     if verifier is not None and on_authenticated is not None:
         on_authenticated()
-    if frame.signed:
-        if not hmac.compare_digest(hashlib.sha256(payload).hexdigest(), fields["sha"]):
-            raise tamper("payload digest does not match the header")
-        key_id = _key_id(data[frame.header_end : frame.header_end + KEY_ID_LENGTH])
-        signature = data[frame.header_end + KEY_ID_LENGTH : frame.payload_start]
+    key_id, signature = (
+        _check_digest(data, frame, payload, fields["sha"], tamper) if frame.signed else (None, None)
+    )
     if not zero_copy:
         payload = bytes(payload)
     return Envelope(

@@ -74,50 +74,8 @@ class ServerConfig:
         s = scenario
         _refuse_unimplemented(s)
         malicious, data_attack = _adversary(s)
-        task = TaskSpec(
-            dataset=s.data.dataset,
-            num_samples=s.data.num_samples,
-            test_fraction=s.data.test_fraction,
-            partition=s.data.partition,
-            alpha=s.data.alpha,
-            shards_per_client=s.data.shards_per_client,
-            num_clients=s.data.num_clients,
-            seed=s.seed,
-            model=s.model.name,
-            hidden=tuple(s.model.hidden),
-            seq_len=s.data.seq_len,
-            adapter=s.lora.adapter,
-            lora_rank=s.lora.rank,
-            lora_alpha=s.lora.alpha,
-            lora_dropout=s.lora.dropout,
-            lora_targets=tuple(s.lora.targets),
-            lora_train_modules=tuple(s.lora.train_modules),
-            fedsb_init_samples=s.lora.init_samples,
-            fedsb_init_lr=s.lora.init_lr,
-        )
-        if data_attack:
-            task = replace(
-                task,
-                data_attack=s.attack.kind,
-                malicious=malicious,
-                data_attack_params=tuple(sorted(s.attack.params.items())),
-            )
-        train = TrainSpec(
-            trainer=s.clients.trainer,
-            epochs=s.clients.local_epochs,
-            batch_size=s.clients.batch_size,
-            lr=s.clients.lr,
-            optimizer=s.clients.optimizer,
-            momentum=s.clients.momentum,
-            weight_decay=s.clients.weight_decay,
-            sparse_density=s.sparse.density,
-            sparse_warmup=s.sparse.warmup,
-            sparse_regrow_every=s.sparse.regrow_every,
-            sparse_regrow_fraction=s.sparse.regrow_fraction,
-            sparse_skip=tuple(s.sparse.skip),
-            sparse_dense=tuple(s.sparse.dense),
-        )
-        train = _client_privacy(s, task, train)
+        task = _task_spec(s, malicious, data_attack)
+        train = _client_privacy(s, task, _train_spec(s))
         codec = CodecSpec.from_pipeline(s.codec.pipeline, _rqm_params(s, task))
         cfg = cls(
             scenario=s.to_dict(),
@@ -148,10 +106,7 @@ class ServerConfig:
             timeout_s=timeout_s,
         )
         if s.privacy.mode == "central":  # refuse a rule without declared sensitivity before round 1
-            from stamen.server.federation import make_aggregator
-            from stamen.server.privacy.central import declared_sensitivity
-
-            declared_sensitivity(make_aggregator(cfg), cfg.per_round, s.privacy.clipping_norm, cfg.rule)
+            _check_central_sensitivity(cfg, s.privacy.clipping_norm)
         return cfg
 
     def cohort(self, server_round: int) -> list[int]:
@@ -177,6 +132,66 @@ class ServerConfig:
         overrides += [f"{k}={_as_override(v)}" for k, v in run_config.items() if k not in APP_KEYS]
         scenario = load_scenario(name, overrides)
         return cls.from_scenario(scenario, timeout_s=float(run_config.get("timeout-s", 600.0)))
+
+
+def _task_spec(s: Any, malicious: tuple[int, ...], data_attack: bool) -> TaskSpec:
+    """What every client needs to rebuild the task: data, partition, model, adapters, data attack."""
+    task = TaskSpec(
+        dataset=s.data.dataset,
+        num_samples=s.data.num_samples,
+        test_fraction=s.data.test_fraction,
+        partition=s.data.partition,
+        alpha=s.data.alpha,
+        shards_per_client=s.data.shards_per_client,
+        num_clients=s.data.num_clients,
+        seed=s.seed,
+        model=s.model.name,
+        hidden=tuple(s.model.hidden),
+        seq_len=s.data.seq_len,
+        adapter=s.lora.adapter,
+        lora_rank=s.lora.rank,
+        lora_alpha=s.lora.alpha,
+        lora_dropout=s.lora.dropout,
+        lora_targets=tuple(s.lora.targets),
+        lora_train_modules=tuple(s.lora.train_modules),
+        fedsb_init_samples=s.lora.init_samples,
+        fedsb_init_lr=s.lora.init_lr,
+    )
+    if data_attack:
+        task = replace(
+            task,
+            data_attack=s.attack.kind,
+            malicious=malicious,
+            data_attack_params=tuple(sorted(s.attack.params.items())),
+        )
+    return task
+
+
+def _train_spec(s: Any) -> TrainSpec:
+    """Local-training settings of the scenario (privacy added by :func:`_client_privacy`)."""
+    return TrainSpec(
+        trainer=s.clients.trainer,
+        epochs=s.clients.local_epochs,
+        batch_size=s.clients.batch_size,
+        lr=s.clients.lr,
+        optimizer=s.clients.optimizer,
+        momentum=s.clients.momentum,
+        weight_decay=s.clients.weight_decay,
+        sparse_density=s.sparse.density,
+        sparse_warmup=s.sparse.warmup,
+        sparse_regrow_every=s.sparse.regrow_every,
+        sparse_regrow_fraction=s.sparse.regrow_fraction,
+        sparse_skip=tuple(s.sparse.skip),
+        sparse_dense=tuple(s.sparse.dense),
+    )
+
+
+def _check_central_sensitivity(cfg: ServerConfig, clipping_norm: float) -> None:
+    """Central DP: refuse a rule whose sensitivity is not declared, before round 1."""
+    from stamen.server.federation import make_aggregator
+    from stamen.server.privacy.central import declared_sensitivity
+
+    declared_sensitivity(make_aggregator(cfg), cfg.per_round, clipping_norm, cfg.rule)
 
 
 def _refuse_unimplemented(s: Any) -> None:
