@@ -66,12 +66,15 @@ def engine_run(engine: str, rounds: int, extra: tuple[str, ...]) -> dict[str, An
 
 def reference_run(rounds: int, extra: tuple[str, ...]) -> dict[str, Any]:
     """The pure ``run_peer_mode`` on the scenario's nodes, attackers and seeds."""
-    from stamen.client.bristle_model import FEATURES, validation_slice
-    from stamen.client.core import client_seed, local_update
-    from stamen.client.models import get_weights
-    from stamen.client.task import build_model, client_data
-    from stamen.server.bristle.peer import PeerNode, run_peer_mode
+    from stamen.client.core import local_update
     from stamen.server.federation import make_central_evaluator
+    from stamen.simulations.bristle_data import validation_slice
+    from stamen.simulations.provider import client_data
+    from stamen.task.bristle.peer import PeerNode, run_peer_mode
+    from stamen.task.models import build_model
+    from stamen.task.models.bristle_transfer import FEATURES
+    from stamen.task.seeds import client_seed
+    from stamen.task.weights import get_weights
 
     cfg, t0 = _cfg(rounds, extra), time.perf_counter()
     model, evaluate = build_model(cfg.task), make_central_evaluator(cfg)

@@ -41,12 +41,12 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_codecs import bench_anchor, make_update, median_seconds, rel_l2
 
-from stamen.client.models import get_weights
-from stamen.client.task import build_model
 from stamen.protocols import CodecPipeline, CodecSpec, encode_update, tensor_table
 from stamen.server.config import ServerConfig
 from stamen.simulations.engines import run_engine
 from stamen.simulations.scenario import load_scenario
+from stamen.task.models import build_model
+from stamen.task.weights import get_weights
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compression.json"
 UPDATE_CODECS = [

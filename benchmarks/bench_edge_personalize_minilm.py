@@ -40,12 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stamen.client.minilm import TextClassifier
-from stamen.client.models import create_model
 from stamen.edge.personalization import PersonalizeConfig, resolve_plan, train_plan
 from stamen.edge.plans import PlanSpec, parse_plan
 from stamen.simulations.partition import partition
 from stamen.simulations.text_data import load_pydocs
+from stamen.task.models import create_model
+from stamen.task.models.minilm import TextClassifier
 
 RESULTS = Path(__file__).resolve().parent / "results" / "edge_personalize_minilm.json"
 PLANS = ["full", "bias", "last_k=1", "last_k=2", "channels=0.25", "budget=FULL/8", "budget=FULL/20"]

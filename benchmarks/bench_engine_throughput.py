@@ -19,13 +19,15 @@ import sys
 import time
 from pathlib import Path
 
-from stamen.client.core import client_seed, local_update
-from stamen.client.models import get_weights
-from stamen.client.task import build_model, client_data
+from stamen.client.core import local_update
 from stamen.server.config import ServerConfig
 from stamen.server.sampling import sample_clients
 from stamen.simulations.engines import run_engine
+from stamen.simulations.provider import client_data
 from stamen.simulations.scenario import load_scenario
+from stamen.task.models import build_model
+from stamen.task.seeds import client_seed
+from stamen.task.weights import get_weights
 
 OUT = Path(__file__).resolve().parent / "results" / "engine_throughput.json"
 

@@ -40,20 +40,23 @@ from typing import Any
 import numpy as np
 import torch
 
-import stamen.client.bristle_model as bm
-import stamen.client.supermask  # noqa: F401  (registers supermask_mlp)
-from stamen.client.core import client_seed, encode_delta, local_update
-from stamen.client.models import create_model, evaluate_model, get_weights, set_weights
-from stamen.client.task import TaskData, TaskSpec, TrainSpec, build_model, client_data
-from stamen.client.task import test_data as held_out
+import stamen.task.models.bristle_transfer as bm
+from stamen.client.core import encode_delta, local_update
 from stamen.protocols import CodecPipeline, CodecSpec, model_hash, tensor_table
 from stamen.server.aggregators import create
 from stamen.server.aggregators.bristle import BristleRule
-from stamen.server.bristle.integrator import predictions
-from stamen.server.bristle.peer import PeerNode, run_peer_mode
 from stamen.server.rounds import RoundAggregator, ValidationPolicy
 from stamen.server.sampling import sample_clients
 from stamen.simulations.attacks.rank_reversal import reversed_combined_ranking
+from stamen.simulations.provider import client_data
+from stamen.simulations.provider import test_data as held_out
+from stamen.task.bristle.integrator import predictions
+from stamen.task.bristle.peer import PeerNode, run_peer_mode
+from stamen.task.data import TaskData
+from stamen.task.models import build_model, create_model
+from stamen.task.seeds import client_seed
+from stamen.task.spec import TaskSpec, TrainSpec
+from stamen.task.weights import evaluate_model, get_weights, set_weights
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LENET = {"c1": (32, 1, 3, 3), "c2": (64, 32, 3, 3), "f1": (128, 12544, 1, 1), "f2": (10, 128, 1, 1)}

@@ -40,12 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from stamen.client import minilm as _minilm  # noqa: F401  (registers minilm, minilm-tiny)
-from stamen.client.core import client_seed, encode_delta, local_update
-from stamen.client.lora import adapter_config, attach_adapters
-from stamen.client.models import create_model, evaluate_model, get_weights, set_weights
+from stamen.client.core import encode_delta, local_update
 from stamen.client.state import ClientState
-from stamen.client.task import TaskData, TaskSpec, TrainSpec
 from stamen.client.trainers.full import run_epochs
 from stamen.protocols import model_hash
 from stamen.server.aggregators import create
@@ -53,6 +49,13 @@ from stamen.server.rounds import RoundAggregator, ValidationPolicy
 from stamen.server.sampling import sample_clients
 from stamen.simulations.partition import partition
 from stamen.simulations.text_data import load_pydocs
+from stamen.task.data import TaskData
+from stamen.task.models import create_model
+from stamen.task.models import minilm as _minilm  # noqa: F401  (registers minilm, minilm-tiny)
+from stamen.task.models.lora import adapter_config, attach_adapters
+from stamen.task.seeds import client_seed
+from stamen.task.spec import TaskSpec, TrainSpec
+from stamen.task.weights import evaluate_model, get_weights, set_weights
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

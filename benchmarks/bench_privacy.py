@@ -36,11 +36,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from stamen.client.models import get_weights
-from stamen.client.task import build_model
 from stamen.server.config import ServerConfig
 from stamen.simulations.engines import run_engine
 from stamen.simulations.scenario import load_scenario
+from stamen.task.models import build_model
+from stamen.task.weights import get_weights
 
 RESULTS = Path(__file__).resolve().parent / "results" / "privacy.json"
 MODES = ("central", "local", "dp_sgd", "rqm")

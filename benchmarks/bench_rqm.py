@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
+from stamen.privacy.rqm_rdp import RqmParams, output_pmf, rdp_curve, rdp_to_dp
 from stamen.protocols.codecs.rqm import quantize
-from stamen.server.privacy.rqm_rdp import RqmParams, output_pmf, rdp_curve, rdp_to_dp
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rqm.json"
 ORDERS: tuple[float, ...] = tuple(

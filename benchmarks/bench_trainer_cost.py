@@ -43,11 +43,12 @@ from bench_lora import RUNS, build  # same directory: the benchmark's model conf
 from torch import nn
 
 from stamen.client.core import local_update
-from stamen.client.models import get_weights
 from stamen.client.state import ClientState
-from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.sparse import _split, sparse_config
 from stamen.simulations.text_data import load_pydocs
+from stamen.task.data import TaskData
+from stamen.task.spec import TrainSpec
+from stamen.task.weights import get_weights
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAINERS = ("full", "lora-exact", "fedsb", "sparse")

@@ -1,14 +1,17 @@
-"""``stamen.client.app:app`` — the ClientApp (train, evaluate, query handlers).
+"""``stamen.client.app:app`` — the ClientApp a real federation runs (train, evaluate, query).
 
-Everything a client needs arrives with each message (task, training spec, codec spec), so the same
-app serves simulations and deployments. The partition comes from ``context.node_config``
-(``partition-id``, ``num-partitions``); in deployment pass them with ``--node-config``.
+Everything about the round arrives with each message (task, training spec, codec); everything about
+the node stays on the node: its data source, its edge store and its signing key come from its node
+config (``--node-config 'data-source=... edge-store=... signing-key=...'``), never from a message.
+A simulation builds the same app around its own resolver (:func:`make_client_app`), which hands
+each virtual client its partition.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,129 +20,105 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from stamen.client.context_state import load_state, save_state
-from stamen.client.core import client_seed, local_update
-from stamen.client.models import evaluate_model, set_weights
-from stamen.client.mods import DELTA, codec_mod, local_dp_mod, trained_record
-from stamen.client.task import TaskSpec, TrainSpec, build_model, client_data
-from stamen.protocols import keys
-from stamen.protocols.flower import arrays_of, config_value, envelope_from_record
+from stamen.client.mods import DELTA, make_codec_mod, make_local_dp_mod, trained_record
+from stamen.client.node import Node, Received, train
+from stamen.edge import EdgeRuntime
+from stamen.protocols import Signer, keys
+from stamen.protocols.flower import arrays_of, envelope_from_record
+from stamen.task.bristle.relayed import Relayed
+from stamen.task.datasource import data_source_spec, load_data_source
+from stamen.task.models import model_structure
+from stamen.task.spec import RoundInstructions, TaskSpec
+from stamen.task.weights import evaluate_model, set_weights
 
-if TYPE_CHECKING:
-    from stamen.client.bristle_peer import PeerReply
-    from stamen.client.state import ClientState
+torch.set_num_threads(1)  # one thread per client process (determinism, no oversubscription)
 
-torch.set_num_threads(1)  # one thread per simulated client (determinism, no oversubscription)
-
-app = ClientApp()
+Resolve = Callable[[Context], Node]
+EDGE_STORE, SIGNING_KEY = "edge-store", "signing-key"  # node_config keys of a device
 
 
 @lru_cache(maxsize=2)
 def _model(task: TaskSpec) -> nn.Module:
-    return build_model(task)
+    return model_structure(task)
 
 
-def partition_id(context: Context) -> int:
-    """The node's partition id, with a clear error when a deployment forgot ``--node-config``."""
-    if keys.NODE_PARTITION_ID not in context.node_config:
-        raise ValueError(
-            "node_config has no 'partition-id': start the SuperNode with "
-            "--node-config 'partition-id=N num-partitions=M'"
+def received(msg: Message) -> Received:
+    """Decode a train message: the round's instructions, then full weights, a signed delta, or a
+    Bristle inbox."""
+    content = msg.content
+    instr = RoundInstructions.from_config(content.config_records[keys.CONFIG])
+    downlink = None
+    if keys.DOWNLINK in content.array_records:
+        downlink = envelope_from_record(content.array_records[keys.DOWNLINK])
+        if downlink is None:
+            raise ValueError(f"record {keys.DOWNLINK!r} holds no envelope")
+    weights = arrays_of(content, keys.ARRAYS) if keys.ARRAYS in content.array_records else None
+    if keys.PEER_CONFIG not in content.config_records:
+        return Received(instr, weights, downlink)
+    inbox = content.array_records.get(keys.PEER_INBOX, ArrayRecord())
+    relayed, peer = Relayed.from_plain(
+        {k: a.numpy() for k, a in inbox.items()}, content.config_records[keys.PEER_CONFIG]
+    )
+    return Received(instr, weights, downlink, relayed, peer)
+
+
+def make_client_app(resolve: Resolve) -> ClientApp:
+    """A ClientApp whose nodes are found by ``resolve(context)``."""
+    app = ClientApp()
+
+    def _train(msg: Message, context: Context) -> Message:
+        node, rec = resolve(context), received(msg)
+        state = load_state(context)
+        done = train(node, rec, _model(rec.instructions.task), state)
+        save_state(context, state)
+        res = done.result
+        metrics = MetricRecord({keys.NUM_EXAMPLES: res.num_examples, **res.metrics, **done.metrics})
+        content = RecordDict(
+            {
+                DELTA: ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in res.delta.items()}),
+                keys.METRICS: metrics,
+                keys.BASE: ConfigRecord({"hash": done.base_hash}),
+                **trained_record(res.trained),
+            }
         )
-    return config_value(context.node_config, keys.NODE_PARTITION_ID, int)
+        return Message(content, reply_to=msg)
+
+    def _evaluate(msg: Message, context: Context) -> Message:
+        node = resolve(context)
+        instr = RoundInstructions.from_config(msg.content.config_records[keys.CONFIG])
+        model = _model(instr.task)
+        set_weights(model, arrays_of(msg.content, keys.ARRAYS))
+        data = node.data.train()
+        loss, acc = evaluate_model(model, data.x, data.y)
+        metrics = {keys.NUM_EXAMPLES: len(data.y), keys.EVAL_LOSS: loss, keys.EVAL_ACCURACY: acc}
+        return Message(RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+    def _query(msg: Message, context: Context) -> Message:
+        config = ConfigRecord({keys.SENDER: resolve(context).sender})
+        return Message(RecordDict({keys.CONFIG: config}), reply_to=msg)
+
+    app.train(mods=[make_codec_mod(resolve), make_local_dp_mod(resolve)])(_train)
+    app.evaluate()(_evaluate)
+    app.query()(_query)
+    return app
 
 
-def _train(msg: Message, context: Context) -> Message:
-    cfg = msg.content.config_records[keys.CONFIG]
-    task = TaskSpec.from_json(config_value(cfg, keys.TASK, str))
-    spec = TrainSpec.from_json(config_value(cfg, keys.TRAIN, str))
-    pid = partition_id(context)
-    rnd, seed = config_value(cfg, keys.SERVER_ROUND, int), config_value(cfg, keys.SEED, int)
-    base_hash: str | None = None
-    if keys.DOWNLINK in msg.content.array_records:  # edge runtime: apply the signed delta first
-        weights, base_hash = _edge_weights(msg, context, task)
-    else:
-        weights = arrays_of(msg.content, keys.ARRAYS)
-    state = load_state(context)
-    extra: dict[str, list[int]] = {}
-    if keys.PEER_CONFIG in msg.content.config_records:  # Bristle peer mode: the server only relays
-        reply = _peer_update(msg, task, spec, weights, state, (seed, rnd, pid))
-        result, extra = reply.result, {keys.PEER_CLASSES: list(reply.classes)}
-    else:
-        result = local_update(
-            _model(task), weights, client_data(task, pid), spec, client_seed(seed, rnd, pid), state
-        )
-    save_state(context, state)
-    metrics = MetricRecord(
-        {keys.NUM_EXAMPLES: result.num_examples, keys.PARTITION_ID: pid, **result.metrics, **extra}
-    )
-    delta = ArrayRecord({k: Array(v) for k, v in result.delta.items()})
-    content = RecordDict({DELTA: delta, keys.METRICS: metrics, **trained_record(result.trained)})
-    if base_hash is not None:
-        content[keys.BASE] = ConfigRecord({"hash": base_hash})
-    return Message(content, reply_to=msg)
+def configured_node(context: Context) -> Node:
+    """A deployed node: data, edge store and signing key from its node config (cached per node)."""
+    node_cfg = tuple(sorted((str(k), str(v)) for k, v in context.node_config.items()))
+    run_cfg = tuple(sorted((str(k), str(v)) for k, v in context.run_config.items()))
+    return _configured(int(context.node_id), node_cfg, run_cfg)
 
 
-def _peer_update(
-    msg: Message,
-    task: TaskSpec,
-    spec: TrainSpec,
-    weights: dict[str, np.ndarray],
-    state: ClientState,
-    who: tuple[int, int, int],
-) -> PeerReply:
-    """Bristle peer mode: integrate the relayed inbox, train, return the layer to share."""
-    from stamen.client.bristle_peer import PeerRound, peer_update
-    from stamen.server.bristle.relay import Relayed
-
-    inbox = msg.content.array_records.get(keys.PEER_INBOX, ArrayRecord())
-    relayed, cfg = Relayed.from_records(inbox, msg.content.config_records[keys.PEER_CONFIG])
-    seed, rnd, pid = who
-    return peer_update(
-        _model(task), weights, client_data(task, pid), spec, state, relayed, PeerRound(seed, rnd, pid, cfg)
-    )
+@lru_cache(maxsize=8)
+def _configured(
+    node_id: int, node_cfg: tuple[tuple[str, str], ...], run_cfg: tuple[tuple[str, str], ...]
+) -> Node:
+    node_config, run_config = dict(node_cfg), dict(run_cfg)
+    data = load_data_source(data_source_spec(node_config, run_config), node_config, run_config)
+    store = EdgeRuntime.open(Path(node_config[EDGE_STORE])) if EDGE_STORE in node_config else None
+    signer = Signer.from_file(node_config[SIGNING_KEY]) if SIGNING_KEY in node_config else None
+    return Node(data, f"node-{node_id}", node_id, store, signer)
 
 
-def _edge_weights(msg: Message, context: Context, task: TaskSpec) -> tuple[dict[str, np.ndarray], str]:
-    """The device applies the server's signed delta in its edge store; returns (weights, hash)."""
-    from pathlib import Path
-
-    from stamen.client.edge_device import apply_downlink, device_store
-
-    cfg = msg.content.config_records[keys.CONFIG]
-    root = context.node_config.get(keys.EDGE_ROOT) or config_value(cfg, keys.EDGE_ROOT, str)
-    data = envelope_from_record(msg.content.array_records[keys.DOWNLINK])
-    if data is None:
-        raise ValueError(f"record {keys.DOWNLINK!r} holds no envelope")
-    trust = Path(config_value(cfg, keys.EDGE_TRUST, str))
-    rt = device_store(Path(str(root)), partition_id(context), task, trust)
-    weights = apply_downlink(rt, data)
-    return weights, rt.version().hash
-
-
-def _evaluate(msg: Message, context: Context) -> Message:
-    cfg = msg.content.config_records[keys.CONFIG]
-    task = TaskSpec.from_json(config_value(cfg, keys.TASK, str))
-    pid = partition_id(context)
-    model = _model(task)
-    set_weights(model, arrays_of(msg.content, keys.ARRAYS))
-    data = client_data(task, pid)
-    loss, acc = evaluate_model(model, data.x, data.y)
-    metrics = MetricRecord(
-        {
-            keys.NUM_EXAMPLES: len(data.y),
-            keys.PARTITION_ID: pid,
-            keys.EVAL_LOSS: loss,
-            keys.EVAL_ACCURACY: acc,
-        }
-    )
-    return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
-
-
-def _query(msg: Message, context: Context) -> Message:
-    metrics = MetricRecord({keys.PARTITION_ID: partition_id(context)})
-    return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
-
-
-app.train(mods=[codec_mod, local_dp_mod])(_train)
-app.evaluate()(_evaluate)
-app.query()(_query)
+app = make_client_app(configured_node)

@@ -3,14 +3,15 @@
 The node keeps its consolidated layer ``cw`` and its last trained layer ``tw`` across rounds in its
 :class:`~stamen.client.state.ClientState` (``context.state`` under Flower; the in-process engine's
 per-client state), starting from the run's initial layer (zeros for ``bristle_transfer``). Each
-round runs :func:`stamen.server.bristle.peer.node_round`, the same function the pure reference
-:func:`~stamen.server.bristle.peer.run_peer_mode` runs for every node, with
+round runs :func:`stamen.task.bristle.peer.node_round`, the same function the pure reference
+:func:`~stamen.task.bristle.peer.run_peer_mode` runs for every node, with
 
-- the inbox the relay sent (:class:`~stamen.server.bristle.relay.Relayed`), PSI-CA counts computed
+- the inbox the relay sent (:class:`~stamen.task.bristle.relayed.Relayed`), PSI-CA counts computed
   here against the node's familiar classes;
-- the local test slice of the code (10 samples of each of the node's classes,
-  :func:`~stamen.client.bristle_model.validation_slice` with ``node = partition id``);
-- the prioritizer's generator :func:`~stamen.server.bristle.peer.node_rng` ``(seed, round, pid)``;
+- the node's local test slice (its data source's ``test()``; the code's 10 samples of each of the
+  node's classes, which a simulation draws with :func:`~stamen.simulations.bristle_data.validation_inputs`),
+  as frozen features of the pre-trained extractor;
+- the prioritizer's generator :func:`~stamen.task.bristle.peer.node_rng` ``(seed, round, pid)``;
 - training = :func:`~stamen.client.core.local_update` from ``cw`` with the round's seed.
 
 The node declares as its classes the labels of the data it trains on (a label-flipping attacker's
@@ -21,18 +22,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from torch import nn
 
-from stamen.client.core import client_seed, local_update
-from stamen.client.models import get_weights
+from stamen.client.core import local_update
 from stamen.client.state import ClientState
-from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.base import TrainResult
-from stamen.server.bristle.peer import PeerConfig, PeerNode, node_rng, node_round
-from stamen.server.bristle.relay import Relayed
+from stamen.task.bristle.peer import PeerConfig, PeerNode, node_rng, node_round
+from stamen.task.bristle.relayed import Relayed
+from stamen.task.data import DataSource
+from stamen.task.models.bristle_transfer import extract_features
+from stamen.task.seeds import client_seed
+from stamen.task.spec import TrainSpec
+from stamen.task.weights import get_weights
 
 CW, TW = "bristle/cw", "bristle/tw"  # ClientState arrays: consolidated and last trained layer
 
@@ -55,12 +58,12 @@ class PeerReply:
     classes: tuple[int, ...]
 
 
-@lru_cache(maxsize=64)
-def local_test_slice(seed: int, classes: tuple[int, ...], pid: int) -> tuple[np.ndarray, np.ndarray]:
-    """The node's local test slice as frozen features and labels (cached per process)."""
-    from stamen.client.bristle_model import validation_slice
-
-    return validation_slice(seed, classes, node=pid)
+def local_test_features(data: DataSource) -> tuple[np.ndarray, np.ndarray]:
+    """The node's local test slice as frozen features ``(m, F)`` and labels ``(m,)``."""
+    test = data.test()
+    if test is None or len(test.y) == 0:
+        raise ValueError("Bristle peer mode needs a local test slice: the node's data source has none")
+    return extract_features(test.x), np.asarray(test.y, dtype=np.int64)
 
 
 def output_layer_name(base: Mapping[str, np.ndarray]) -> str:
@@ -76,19 +79,20 @@ def output_layer_name(base: Mapping[str, np.ndarray]) -> str:
 def peer_update(
     model: nn.Module,
     base: Mapping[str, np.ndarray],
-    data: TaskData,
+    data: DataSource,
     spec: TrainSpec,
     state: ClientState,
     relayed: Relayed,
     where: PeerRound,
 ) -> PeerReply:
     """One node round of peer mode; updates ``state`` and returns what to send."""
+    train_data = data.train()
     name = output_layer_name(base)
     init = np.asarray(base[name], np.float32)
     cw, tw = state.arrays.get(CW, init), state.arrays.get(TW, init)
-    classes = tuple(int(c) for c in np.unique(data.y))
+    classes = tuple(int(c) for c in np.unique(train_data.y))
     if relayed.layers:
-        feats, labels = local_test_slice(where.seed, classes, where.pid)
+        feats, labels = local_test_features(data)
     else:  # nothing to integrate: the slice is not needed
         feats, labels = np.zeros((0, init.shape[1]), np.float32), np.zeros(0, np.int64)
     node = PeerNode(classes, feats, labels)
@@ -97,7 +101,7 @@ def peer_update(
 
     def train(start: np.ndarray) -> np.ndarray:
         seed = client_seed(where.seed, where.rnd, where.pid)
-        trained.append(local_update(model, {name: start}, data, spec, seed, state))
+        trained.append(local_update(model, {name: start}, train_data, spec, seed, state))
         return get_weights(model)[name]
 
     cw, tw = node_round(node, cw, tw, inbox, node_rng(where.seed, where.rnd, where.pid), where.cfg, train)

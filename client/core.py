@@ -14,17 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from stamen.client.models import set_weights
 from stamen.client.state import ClientState
-from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers import TrainResult, create_trainer
 from stamen.protocols import CodecPipeline, CodecSpec, Envelope, Signer, encode_update, pack, tensor_table
-
-
-def client_seed(seed: int, server_round: int, partition_id: int) -> int:
-    """Deterministic 63-bit seed for one client in one round (independent streams per triple)."""
-    state = np.random.SeedSequence([seed, server_round, partition_id]).generate_state(2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
+from stamen.task.data import TaskData
+from stamen.task.spec import TrainSpec
+from stamen.task.weights import set_weights
 
 
 def local_update(

@@ -14,39 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-from stamen.protocols import (
-    CodecPipeline,
-    CodecSpec,
-    Envelope,
-    Signer,
-    TensorInfo,
-    model_hash,
-    pack,
-    tensor_table,
-)
+from stamen.protocols import CodecSpec, Signer
+from stamen.protocols.delta import SignedDelta, create_delta_with_result
 
 from .onnx_backend import read_onnx_source
-from .runtime import MODEL_KEY, TARGET_KEY
 from .torch_backend import read_safetensors_source
 
 __all__ = ["SignedDelta", "create_delta", "create_delta_with_result", "load_weights"]
-
-
-class SignedDelta(NamedTuple):
-    """A signed update and what the device holds after applying it."""
-
-    data: bytes  #: the packed, signed envelope
-    weights: dict[str, np.ndarray]  #: ``base + decoded`` (lossy codecs make it differ from the target)
-    digest: str  #: ``model_hash(weights)``, recorded in the envelope as the target
-
-
-def table_names(table: tuple[TensorInfo, ...]) -> list[str]:
-    """Tensor names in table order."""
-    return [info.name for info in table]
 
 
 def load_weights(path: str | Path) -> dict[str, np.ndarray]:
@@ -69,14 +46,6 @@ def load_weights(path: str | Path) -> dict[str, np.ndarray]:
     raise ValueError(f"{p}: model files must end in .onnx or .safetensors")
 
 
-def _delta(base: Mapping[str, np.ndarray], target: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``target - base`` in the canonical (sorted-name) tensor order of edge stores."""
-    diff = sorted(set(base) ^ set(target)) or [n for n in base if np.shape(base[n]) != np.shape(target[n])]
-    if diff:
-        raise ValueError(f"base and target models differ in tensors, e.g. {diff[:3]}")
-    return {n: np.asarray(target[n], np.float32) - np.asarray(base[n], np.float32) for n in sorted(base)}
-
-
 def create_delta(
     base: Mapping[str, np.ndarray],
     target: Mapping[str, np.ndarray],
@@ -94,76 +63,3 @@ def create_delta(
         base, target, codec, signer, version=version, model_id=model_id, sender=sender, seed=seed
     )
     return signed.data
-
-
-def _encode_round_trip(
-    base: Mapping[str, np.ndarray], target: Mapping[str, np.ndarray], pipeline: CodecPipeline, seed: int
-) -> tuple[tuple[TensorInfo, ...], bytes, dict[str, np.ndarray]]:
-    """Encode ``target - base``; return (tensor table, payload, ``base + decoded``: what the device gets)."""
-    delta = _delta(base, target)
-    table = tensor_table(delta)
-    payload = pipeline.encode(delta, np.random.default_rng(seed))
-    decoded = pipeline.decode(payload, table)
-    result = {name: np.asarray(base[name], np.float32) + decoded[name] for name in table_names(table)}
-    return table, payload, result
-
-
-def create_delta_with_result(
-    base: Mapping[str, np.ndarray],
-    target: Mapping[str, np.ndarray],
-    codec: str | CodecSpec,
-    signer: Signer,
-    *,
-    version: int,
-    model_id: str | None = None,
-    sender: str = "stamen",
-    seed: int = 0,
-    base_hash: str | None = None,
-) -> SignedDelta:
-    """Encode and sign ``target - base``; also return the weights the device will hold after it
-    and their hash (callers need not hash 100 MB again).
-
-    Parameters
-    ----------
-    base, target : Mapping[str, numpy.ndarray]
-        float32 weights with identical names and shapes; the update lists them sorted by name,
-        the canonical order of edge stores.
-    codec : str or CodecSpec
-        Codec pipeline, e.g. ``"dense"``, ``"topk(ratio=0.01)"``, ``"int8"``, ``"lowrank(rank=8)"``.
-    signer : Signer
-        Key the device trusts.
-    version : int
-        Version the device holds after applying, >= 1.
-    model_id : str or None
-        Recorded in ``meta["model"]``; the device then refuses the update for any other model.
-    sender : str
-        Sender id recorded in the envelope.
-    seed : int
-        Seed of the codec's randomness (stochastic int8 rounding, randomized SVD).
-    base_hash : str or None
-        ``model_hash(base)`` when the caller already knows it (skips hashing ``base`` again).
-
-    Returns
-    -------
-    SignedDelta
-        The packed, signed envelope, ``base + decoded`` (what the device computes; lossy codecs
-        make it differ from ``target``), and its ``model_hash``, recorded as the target.
-    """
-    if type(version) is not int or version < 1:
-        raise ValueError(f"version must be an int >= 1, got {version!r}")
-    pipeline = CodecPipeline(CodecSpec.parse(codec) if isinstance(codec, str) else codec)
-    table, payload, result = _encode_round_trip(base, target, pipeline, seed)
-    digest = model_hash(result)
-    meta: dict[str, int | float | str] = {TARGET_KEY: digest}
-    if model_id is not None:
-        meta[MODEL_KEY] = model_id
-    envelope = Envelope(
-        codec=pipeline.spec.to_string(),
-        base_hash=model_hash(base) if base_hash is None else base_hash,
-        version=version,
-        sender=sender,
-        tensors=table,
-        payload=payload,
-        meta=meta,
-    )
-    return SignedDelta(pack(envelope, signer), result, digest)

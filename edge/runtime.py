@@ -36,6 +36,7 @@ from stamen.protocols import (
     Envelope,
     ValidationError,
     Verifier,
+    keys,
     model_hash,
     unpack,
 )
@@ -51,9 +52,9 @@ from .store import TRUSTED, VERSIONS, clean_store, make_backend, store_lock, ver
 __all__ = ["TARGET_KEY", "EdgeRuntime", "ModelVersion"]
 
 #: Envelope meta key holding ``model_hash`` of the weights the device must obtain.
-TARGET_KEY = "target"
+TARGET_KEY = keys.META_TARGET
 #: Envelope meta key holding the model id the update is for (optional).
-MODEL_KEY = "model"
+MODEL_KEY = keys.META_MODEL
 #: Name of the shadow version directory an apply builds (one apply at a time: the store lock).
 SHADOW = ".shadow-apply"
 

@@ -17,22 +17,21 @@ ENVELOPE_STYPE = "stamen.envelope/1"  # Array.stype marking a packed Envelope
 SERVER_ROUND = "server-round"  # injected by Flower's convention as well
 CODEC_SPEC = "codec-spec"
 MODEL_HASH = "model-hash"
-TASK = "task"  # JSON string: dataset, partition, model, seeds (see stamen.client.task)
-TRAIN = "train"  # JSON string: trainer name + hyper-parameters
+MODEL_VERSION = "model-version"  # int: the version the client trains from (its envelope must name it)
+TASK = "task"  # prefix of the flat TaskSpec entries ("task.model", "task.lora.rank"; stamen.task.spec)
+TRAIN = "train"  # prefix of the flat TrainSpec entries ("train.lr", "train.sparse.density")
 SEED = "seed"
 ERROR_FEEDBACK = "error-feedback"  # bool: client keeps the compression residual across rounds
 
 # --- MetricRecord keys (client -> server) ----------------------------------------------------
 NUM_EXAMPLES = "num-examples"  # Flower's default weighting key
-PARTITION_ID = "partition-id"
+SENDER = "sender"  # ConfigRecord in a query reply: the client key the node names in its envelopes
 TRAIN_LOSS = "train-loss"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 BYTES_UP = "bytes-up"
 EPSILON = "epsilon"  # client-reported cumulative ε (local DP, DP-SGD)
 DOWNLINK = "downlink"  # ArrayRecord: a signed delta envelope for an edge device (runtime = "edge")
-EDGE_ROOT = "edge-root"  # str: directory of the simulated devices' stores (node_config may override)
-EDGE_TRUST = "edge-trust"  # str: path of the public key the devices trust
 BASE = "stamen.base"  # ConfigRecord in a train reply: {"hash": the model hash the client trained from}
 
 # --- Bristle peer mode (aggregation.mode = "peer"; the server only relays) ---------------------
@@ -40,6 +39,10 @@ PEER_INBOX = "bristle.inbox"  # ArrayRecord: "<partition id>" -> the (C, F) laye
 PEER_CONFIG = "bristle.peer"  # ConfigRecord: prioritizer settings + "classes.<id>": each sender's classes
 PEER_CLASSES = "bristle-classes"  # MetricRecord list[int] in a train reply: the node's declared classes
 
+# --- Envelope meta keys (signed edge deltas; stamen.protocols.delta) ------------------------------
+META_TARGET = "target"  # model_hash of what the device holds after applying the delta
+META_MODEL = "model"  # model id; a device refuses a delta for another model
+
 # --- node_config keys (Flower) ---------------------------------------------------------------
-NODE_PARTITION_ID = "partition-id"
+NODE_SENDER = "sender"  # ConfigRecord in a query reply: the client key the node names in its envelopes
 NODE_NUM_PARTITIONS = "num-partitions"

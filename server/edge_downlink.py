@@ -10,11 +10,14 @@ and can check the base hash of the device's reply. Devices holding the same weig
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from stamen.protocols import CodecSpec, Signer, model_hash
+from stamen.protocols.delta import create_delta_with_result
+from stamen.server.driver.types import TrainTask
+from stamen.task.seeds import client_seed
 
 Weights = dict[str, np.ndarray]
 
@@ -41,21 +44,19 @@ class DeviceDownlink:
         first = {k: np.asarray(initial[k], np.float32) for k in sorted(initial)}
         self._initial_hash = model_hash(first)
         self._weights: dict[str, Weights] = {self._initial_hash: first}
-        self._held: dict[int, str] = {}
+        self._held: dict[str, str] = {}
 
-    def held_hash(self, device: int) -> str:
+    def held_hash(self, device: str) -> str:
         """Hash of the weights ``device`` holds (the provisioned model until its first update)."""
         return self._held.get(device, self._initial_hash)
 
     def make_update(
-        self, device: int, target: Mapping[str, np.ndarray], version: int, seed: int
+        self, device: str, target: Mapping[str, np.ndarray], version: int, seed: int
     ) -> tuple[bytes, str]:
         """Signed envelope taking ``device`` from what it holds to ``target``; and its hash after.
 
         ``version`` must grow for each device (the server round does).
         """
-        from stamen.edge.delta import create_delta_with_result
-
         held = self.held_hash(device)
         data, after, digest = create_delta_with_result(
             self._weights[held],
@@ -79,22 +80,34 @@ class DeviceDownlink:
             del self._weights[digest]
 
 
-class EdgeSession:
-    """Per-run resources of the edge client mode: a signing key the simulated devices trust, the
-    directory holding their stores, and the downlink tracker. Remove it with :meth:`close`."""
+def client_index(client: str) -> int:
+    """The number in a client key (``"client-3"`` -> 3, ``"node-77"`` -> 77): the per-client seed stream."""
+    tail = client.rpartition("-")[2]
+    if not tail.isdigit():
+        raise ValueError(f"client key {client!r} does not end in a number")
+    return int(tail)
 
-    def __init__(self, initial: Mapping[str, np.ndarray], codec: str, model_id: str) -> None:
-        import tempfile
-        from pathlib import Path
 
-        self.root = Path(tempfile.mkdtemp(prefix="stamen-edge-"))
-        signer = Signer.generate()
-        self.trust = self.root / "server.pub"
-        signer.save(self.root / "server.key", self.trust)
-        self.downlink = DeviceDownlink(initial, signer, codec, model_id)
+class EdgeDownlink:
+    """The driver's downlink to edge devices: each gets a signed delta from what it holds.
 
-    def close(self) -> None:
-        """Delete the devices' stores and the run key."""
-        import shutil
+    Parameters
+    ----------
+    tracker : DeviceDownlink
+        What each device holds, and the signing key.
+    seed : int
+        Run seed; a device's delta for round ``r`` is seeded by ``client_seed(seed, r, index)``.
+    """
 
-        shutil.rmtree(self.root, ignore_errors=True)
+    def __init__(self, tracker: DeviceDownlink, seed: int) -> None:
+        self.tracker, self.seed = tracker, seed
+
+    def payload(self, client: str, rnd: int, weights: Weights) -> tuple[Weights | None, bytes | None, str]:
+        """``(None, signed delta, hash the device holds after applying it)``."""
+        seed = client_seed(self.seed, rnd, client_index(client))
+        data, expected = self.tracker.make_update(client, weights, rnd, seed=seed)
+        return None, data, expected
+
+    def nbytes(self, tasks: Sequence[TrainTask]) -> int:
+        """The deltas' sizes."""
+        return sum(len(t.downlink or b"") for t in tasks)

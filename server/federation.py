@@ -1,167 +1,132 @@
-"""Run a whole federation on a Flower ``Grid``: model init, strategy, centralized evaluation."""
+"""Assemble a run's round driver from the server config: the one place the parts are wired.
+
+Used by the deployed ServerApp and by every simulation engine; a simulation passes its extras
+(adversary hooks, the clients' true data sizes, Bristle's validation slice), a deployment does not.
+"""
 
 from __future__ import annotations
 
-import logging
-import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 
 import numpy as np
-import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
-from flwr.serverapp import Grid
 
-from stamen.client.edge_device import task_model_id
-from stamen.client.models import evaluate_model, get_weights, set_weights
-from stamen.client.task import build_model, test_data
-from stamen.server.aggregators import Aggregator
-from stamen.server.bristle.peer_strategy import PeerStrategy
-from stamen.server.bristle.relay import EVALUATION, is_peer_mode
+from stamen.protocols import Verifier, keys
+from stamen.server.aggregators import ComposedAggregator, Rule
+from stamen.server.aggregators.bristle import BristleRule
+from stamen.server.bristle.relay import PeerMode, PeerRelay, peer_config
 from stamen.server.config import ServerConfig
-from stamen.server.edge_downlink import EdgeSession
-from stamen.server.history import ProgressFn, RoundRecord
-from stamen.server.privacy.central import CentralDP
-from stamen.server.rounds import AttackHook
-from stamen.server.strategy import StamenStrategy
-
-log = logging.getLogger("stamen.server")
+from stamen.server.driver.collect import CollectPolicy
+from stamen.server.driver.downlink import FullDownlink
+from stamen.server.driver.driver import (
+    AggregateMode,
+    Downlink,
+    DriverSettings,
+    EvalFn,
+    Mode,
+    RoundDriver,
+    RoundHooks,
+)
+from stamen.server.driver.types import Transport, Weights
+from stamen.server.rqm import rqm_accountant
+from stamen.server.rules import build_rule
+from stamen.task.data import TaskData
+from stamen.task.models import model_structure
+from stamen.task.weights import evaluate_model, set_weights
 
 
 @dataclass
-class FederationResult:
-    """Per-round records and the final global weights."""
+class RunExtras:
+    """What only some runs have.
 
-    rounds: list[RoundRecord]
-    weights: dict[str, np.ndarray]
-    extra: dict[str, Any] = field(default_factory=dict)  # written to results.json (e.g. "evaluation")
-
-
-def make_aggregator(cfg: ServerConfig) -> Aggregator:
-    """The run's aggregator: pre-aggregators then the rule, params routed by name (built once, since
-    some rules keep state across rounds)."""
-    from stamen.server.aggregators.compose import build_aggregator
-
-    agg = build_aggregator(cfg.rule, cfg.pre, cfg.rule_params, seed=cfg.seed)
-    rule = getattr(agg, "rule", agg)
-    need = getattr(rule, "required_server_lr", None)
-    if need is not None and cfg.server_lr != need:
-        raise ValueError(
-            f"aggregation.rule={cfg.rule!r} needs aggregation.server_lr={need}, got {cfg.server_lr}"
-        )
-    if getattr(rule, "mode", "server") == "peer":  # Bristle's peer mode: the server only relays
-        from stamen.server.bristle.relay import check_peer_mode
-
-        check_peer_mode(cfg)
-    elif hasattr(rule, "set_validation"):  # Bristle's server mode: a server-held validation slice
-        from stamen.client.bristle_model import validation_slice
-
-        rule.set_validation(*validation_slice(cfg.seed))
-    return agg
-
-
-def make_central_dp(cfg: ServerConfig) -> CentralDP | None:
-    """The run's central-DP mechanism and accountant (noise calibrated before round 1), or None."""
-    p = cfg.privacy
-    if p.get("mode") != "central":
-        return None
-    from stamen.server.privacy.central import CentralDP
-
-    common = dict(
-        clipping_norm=float(p["clipping_norm"]),
-        clients_per_round=cfg.per_round,
-        num_clients=cfg.num_clients,
-        rounds=cfg.rounds,
-        seed=cfg.seed,
-    )
-    if p["calibration"] == "target_epsilon":
-        return CentralDP.from_target(float(p["target_epsilon"]), float(p["delta"]), **common)
-    return CentralDP(float(p["noise_multiplier"]), delta=float(p["delta"]), **common)
-
-
-def make_rqm_accountant(cfg: ServerConfig) -> Callable[[Sequence[str]], float] | None:
-    """``senders of a round -> worst client's cumulative ε`` for ``privacy.mode = "rqm"``, or None.
-
-    Exact RQM Rényi DP composed over the model's coordinates and the rounds each client took part in
-    (no amplification by client sampling: the server sees every client's message).
+    Attributes
+    ----------
+    hooks : RoundHooks or None
+        A simulation's sampler and update attack.
+    declared : mapping or None
+        Each client's true example count (a simulation's partition sizes): FedAvg's cap.
+    malicious : collection of int
+        Simulated attackers' partition ids (Bristle's relay: they claim every class).
+    validation : (features, labels) or None
+        Bristle's server-mode validation slice.
+    downlink : Downlink or None
+        Signed deltas to edge devices instead of full weights.
+    verifier : Verifier or None
+        Trusted client keys: every update must be signed by one.
     """
-    if cfg.privacy.get("mode") != "rqm":
-        return None
-    from stamen.server.privacy.rqm_rdp import RqmAccountant, RqmParams
 
-    params = RqmParams.from_stage(dict(cfg.codec.stages[0].params))
-    dims = sum(int(t.numel()) for t in build_model(cfg.task).state_dict().values())
-    accountant = RqmAccountant(params, dims)
-    target_delta = float(cfg.privacy["delta"])
-
-    def step(senders: Sequence[str]) -> float:
-        accountant.step(list(senders))
-        return float(accountant.epsilon(target_delta))
-
-    return step
+    hooks: RoundHooks | None = None
+    declared: Mapping[str, int] | None = None
+    malicious: Collection[int] = ()
+    validation: tuple[np.ndarray, np.ndarray] | None = None
+    downlink: Downlink | None = None
+    verifier: Verifier | None = None
 
 
-def make_central_evaluator(cfg: ServerConfig) -> Callable[[dict[str, np.ndarray]], tuple[float, float]]:
-    """``weights -> (loss, accuracy)`` on the task's held-out test split."""
-    model = build_model(cfg.task)
-    data = test_data(cfg.task)
+def central_evaluator(cfg: ServerConfig, test: TaskData) -> EvalFn:
+    """``weights -> (loss, accuracy)`` on a held-out set (one model, reused)."""
+    model = model_structure(cfg.task)
 
-    def evaluate(weights: dict[str, np.ndarray]) -> tuple[float, float]:
+    def evaluate(weights: Weights) -> tuple[float, float]:
         set_weights(model, weights)
-        return evaluate_model(model, data.x, data.y)
+        return evaluate_model(model, test.x, test.y)
 
     return evaluate
 
 
-def run_federation(
-    grid: Grid,
+def collect_policy(cfg: ServerConfig, rule: Rule, extras: RunExtras) -> CollectPolicy:
+    """What a reply must satisfy in this run."""
+    a = cfg.settings.aggregation
+    return CollectPolicy(
+        max_norm=a.max_update_norm,
+        norm_ratio=a.norm_ratio,
+        max_examples=a.max_examples,
+        declared=extras.declared,
+        verifier=extras.verifier,
+        allow_plain=cfg.codec.is_dense(),
+        require=(keys.PEER_CLASSES,) if rule.traits.relay_only else (),
+    )
+
+
+def round_mode(cfg: ServerConfig, rule: Rule, initial: Weights, extras: RunExtras) -> Mode:
+    """Aggregate (with Bristle's server-mode validation set when the rule needs it), or relay."""
+    bristle = (
+        rule.rule if isinstance(rule, ComposedAggregator) and isinstance(rule.rule, BristleRule) else None
+    )
+    if rule.traits.relay_only:
+        (layer,) = initial  # peer mode exchanges the single output layer
+        relay = PeerRelay(initial[layer].shape[0], extras.malicious)
+        return PeerMode(relay, layer, peer_config(rule), extras.hooks)
+    if bristle is not None:
+        if extras.validation is None:
+            raise ValueError("aggregation.rule='bristle' (server mode) needs a server-held validation set")
+        bristle.set_validation(*extras.validation)
+    return AggregateMode(rule, cfg.settings.aggregation.server_lr, extras.hooks)
+
+
+def assemble(
     cfg: ServerConfig,
-    progress: ProgressFn | None = None,
-    attack_factory: Callable[[int], AttackHook | None] | None = None,
-) -> FederationResult:
-    """Run ``cfg.rounds`` synchronous rounds with :class:`StamenStrategy` via ``Strategy.start``."""
-    random.seed(cfg.seed)
-    torch.set_num_threads(1)
-    initial = get_weights(build_model(cfg.task))
-    edge = EdgeSession(initial, cfg.downlink, task_model_id(cfg.task)) if cfg.runtime == "edge" else None
-    aggregator, evaluate = make_aggregator(cfg), make_central_evaluator(cfg)
-    strategy: StamenStrategy
-    if is_peer_mode(aggregator):
-        from stamen.client.bristle_peer import output_layer_name
-
-        layer = output_layer_name(initial)
-        strategy = PeerStrategy(
-            cfg, layer, initial[layer].shape[0], evaluate, progress, aggregator, attack_factory
-        )
-    else:
-        strategy = StamenStrategy(
-            cfg,
-            evaluate=evaluate,
-            progress=progress,
-            aggregator=aggregator,
-            attack_factory=attack_factory,
-            central_dp=make_central_dp(cfg),
-            edge=edge,
-            client_accountant=make_rqm_accountant(cfg),
-        )
-    try:
-        result = _start(strategy, grid, cfg, initial)
-    finally:
-        if edge is not None:
-            edge.close()
-    final = {k: a.numpy() for k, a in result.arrays.items()} if result.arrays else initial
-    extra = {"evaluation": EVALUATION} if isinstance(strategy, PeerStrategy) else {}
-    return FederationResult(rounds=list(strategy.history), weights=final, extra=extra)
-
-
-def _start(strategy: StamenStrategy, grid: Grid, cfg: ServerConfig, initial: dict[str, np.ndarray]) -> Any:
-    return strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
-        num_rounds=cfg.rounds,
-        timeout=cfg.timeout_s,
-        train_config=ConfigRecord({}),
-        evaluate_config=ConfigRecord({}),
-        evaluate_fn=strategy.evaluate_global,
+    transport: Transport,
+    initial: Weights,
+    evaluate: EvalFn | None = None,
+    extras: RunExtras | None = None,
+) -> RoundDriver:
+    """The run's :class:`~stamen.server.driver.RoundDriver` (rule built once: some keep state)."""
+    extras = extras or RunExtras()
+    rule = build_rule(cfg.settings)
+    accountant: Callable[..., float] | None = None
+    if cfg.privacy.mode == "rqm":
+        accountant = rqm_accountant(cfg.codec, cfg.task, cfg.privacy.delta)
+    settings = DriverSettings(cfg.rounds, cfg.per_round, cfg.seed, cfg.timeout_s, cfg.settings.eval.every)
+    return RoundDriver(
+        settings,
+        transport,
+        cfg.instructions,
+        round_mode(cfg, rule, initial, extras),
+        extras.downlink or FullDownlink(),
+        collect_policy(cfg, rule, extras),
+        rule,
+        evaluate,
+        extras.hooks,
+        accountant,
     )

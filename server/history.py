@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -67,3 +67,17 @@ def last_evaluated(rounds: Sequence[RoundRecord]) -> RoundRecord | None:
         if not math.isnan(rec.accuracy):
             return rec
     return None
+
+
+@dataclass
+class FederationResult:
+    """Per-round records and the final global weights of a run.
+
+    ``extra`` is written to results.json (e.g. ``"evaluation"`` in peer mode); ``stopped`` says why a
+    run ended before its last round (``"interrupted"``, ``"privacy budget exhausted"``), else None.
+    """
+
+    rounds: list[RoundRecord]
+    weights: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+    stopped: str | None = None

@@ -43,7 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stamen.simulations.data import Dataset, cache_dir, read_npz, write_npz
+from stamen.simulations.data import Dataset, read_npz, write_npz
+from stamen.task.cache import cache_dir
 
 #: label -> top-level packages whose docstrings carry it (order = label index)
 SOURCES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -190,7 +191,7 @@ def cached_corpus() -> list[list[str]]:
 
 def build_arrays(seed: int, num_samples: int, test_fraction: float, seq_len: int) -> dict[str, np.ndarray]:
     """Tokenized train/test arrays (steps 1-5); the corpus comes from :func:`cached_corpus`."""
-    from stamen.client.minilm import tokenize
+    from stamen.task.models.minilm import tokenize
 
     corpus = cached_corpus()
     per_label = num_samples // len(corpus)

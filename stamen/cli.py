@@ -76,21 +76,24 @@ def _scenarios() -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from stamen.server.config import ServerConfig
     from stamen.simulations.engines import run_engine
+    from stamen.simulations.plan import SimulationPlan
     from stamen.simulations.results import write_results
     from stamen.simulations.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.overrides)
-    cfg = ServerConfig.from_scenario(scenario)
+    plan = SimulationPlan.from_scenario(scenario)
+    cfg = plan.cfg
     out = args.out or Path("runs") / scenario.name
     os.environ.setdefault("FLWR_HOME", str(Path.cwd() / ".flwr-home"))
     start = time.perf_counter()
     with _Progress(cfg.rounds, cfg.per_round, enabled=not args.quiet) as prog:
         kwargs: dict[str, Any] = {"client_progress": prog.client} if args.engine == "inprocess" else {}
-        result = run_engine(args.engine, cfg, prog.round, **kwargs)
+        result = run_engine(args.engine, plan, prog.round, **kwargs)
     wall = time.perf_counter() - start
     extra = {"engine": args.engine, **result.extra}
+    if result.stopped:
+        extra["stopped"] = result.stopped
     paths = write_results(out, scenario.to_dict(), result.rounds, extra=extra)
     _print_summary(scenario.name, args.engine, result.rounds, wall, paths)
     return 0

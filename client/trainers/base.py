@@ -15,7 +15,8 @@ import numpy as np
 from torch import nn
 
 from stamen.client.state import ClientState
-from stamen.client.task import TaskData, TrainSpec
+from stamen.task.data import TaskData
+from stamen.task.spec import TrainSpec
 
 
 @dataclass(frozen=True)

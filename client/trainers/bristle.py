@@ -18,9 +18,10 @@ import numpy as np
 from torch import nn
 
 from stamen.client.state import ClientState
-from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.base import TrainResult, register_trainer
 from stamen.client.trainers.full import run_epochs, train_delta
+from stamen.task.data import TaskData
+from stamen.task.spec import TrainSpec
 
 
 def own_class_rows(delta: np.ndarray, classes: np.ndarray) -> np.ndarray:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from stamen.client.lora import LoRASBLinear
 from stamen.client.state import ClientState
-from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.base import TrainResult, register_trainer
 from stamen.client.trainers.lora import check_adapters, train_adapted
+from stamen.task.data import TaskData
+from stamen.task.models.lora import LoRASBLinear
+from stamen.task.spec import TrainSpec
 
 
 class FedSBTrainer:

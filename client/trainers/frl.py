@@ -28,9 +28,10 @@ import torch
 from torch import nn
 
 from stamen.client.state import ClientState
-from stamen.client.supermask import edge_ranking, is_score_tensor
-from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.base import TrainResult, register_trainer
+from stamen.task.data import TaskData
+from stamen.task.models.supermask import edge_ranking, is_score_tensor
+from stamen.task.spec import TrainSpec
 
 MAX_EDGES = 2**24  # largest layer whose indices float32 represents exactly
 

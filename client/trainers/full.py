@@ -12,11 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from stamen.client.lora import trainable_names
-from stamen.client.models import get_weights
 from stamen.client.state import ClientState
-from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.base import TrainResult, register_trainer
+from stamen.task.data import TaskData
+from stamen.task.models.lora import trainable_names
+from stamen.task.spec import TrainSpec
+from stamen.task.weights import get_weights
 
 
 def make_optimizer(params: list[nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from stamen.client.lora import LoRALinear, LoRASBLinear, adapter_layers, trainable_names
 from stamen.client.state import ClientState
-from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.base import TrainResult, register_trainer
 from stamen.client.trainers.full import run_epochs, train_delta
+from stamen.task.data import TaskData
+from stamen.task.models.lora import LoRALinear, LoRASBLinear, adapter_layers, trainable_names
+from stamen.task.spec import TrainSpec
 
 
 def check_adapters(model: nn.Module, kind: type[LoRALinear], trainer: str, adapter: str) -> int:

@@ -50,9 +50,10 @@ import torch
 from torch import nn
 
 from stamen.client.state import ClientState
-from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.base import TrainResult, register_trainer
 from stamen.client.trainers.full import make_optimizer, train_delta
+from stamen.task.data import TaskData
+from stamen.task.spec import TrainSpec
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,19 @@ from stamen.server.aggregators import mean as _mean  # noqa: F401  (registers fe
 from stamen.server.aggregators import median as _median  # noqa: F401  (registers median)
 from stamen.server.aggregators import nnm as _nnm  # noqa: F401  (registers nnm)
 from stamen.server.aggregators import trimmed_mean as _trimmed_mean  # noqa: F401  (registers trimmed_mean)
-from stamen.server.aggregators.base import Aggregator, available, check_stack, create, register, rule_factory
+from stamen.server.aggregators.base import (
+    Aggregator,
+    FunctionRule,
+    RoundContext,
+    Rule,
+    RuleTraits,
+    as_rule,
+    available,
+    check_stack,
+    create,
+    register,
+    rule_factory,
+)
 from stamen.server.aggregators.compose import ComposedAggregator, build_aggregator
 from stamen.server.aggregators.pre_base import (
     PreAggregator,
@@ -28,7 +40,12 @@ from stamen.server.aggregators.pre_base import (
 __all__ = [
     "Aggregator",
     "ComposedAggregator",
+    "FunctionRule",
     "PreAggregator",
+    "RoundContext",
+    "Rule",
+    "RuleTraits",
+    "as_rule",
     "available",
     "available_pre",
     "build_aggregator",

@@ -26,10 +26,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from stamen.protocols import TensorInfo
-from stamen.server.aggregators.base import check_stack, register
-from stamen.server.bristle.integrator import IntegrationResult, integrate
-from stamen.server.bristle.peer import center_rows
-from stamen.server.bristle.prioritizer import DEFAULT_CLOSEST, DEFAULT_RANDOM, prioritize
+from stamen.server.aggregators.base import RoundContext, Rule, RuleTraits, check_stack, register
+from stamen.task.bristle.integrator import IntegrationResult, integrate
+from stamen.task.bristle.peer import center_rows
+from stamen.task.bristle.prioritizer import DEFAULT_CLOSEST, DEFAULT_RANDOM, prioritize
 
 MODES = ("server", "peer")
 
@@ -51,8 +51,8 @@ def changed_rows(deltas: np.ndarray) -> np.ndarray:
     return np.count_nonzero(np.any(deltas != 0, axis=2), axis=1)
 
 
-class BristleRule:
-    """Server-mode Bristle: ``(stack (n, d), weights) -> (d,)`` after ``bind_round`` and validation.
+class BristleRule(Rule):
+    """Server-mode Bristle: ``(stack (n, d), weights) -> (d,)`` after ``begin_round`` and validation.
 
     Parameters
     ----------
@@ -76,8 +76,6 @@ class BristleRule:
         Diagnostics of the last aggregation (weights per client and class, certainties).
     """
 
-    required_server_lr = 1.0  # the rule returns new - G
-
     def __init__(
         self,
         num_closest: int = DEFAULT_CLOSEST,
@@ -96,6 +94,8 @@ class BristleRule:
             )
         self.num_closest, self.num_random, self.center, self.layer = num_closest, num_random, center, layer
         self.mode = mode
+        # the rule returns new - G (server lr 1); in peer mode the server only relays
+        self.traits = RuleTraits(required_server_lr=1.0, relay_only=mode == "peer")
         self._rng = np.random.default_rng(seed)
         self._features: np.ndarray | None = None
         self._labels: np.ndarray | None = None
@@ -113,16 +113,16 @@ class BristleRule:
             )
         self._features, self._labels = feats, labs
 
-    def bind_round(self, table: tuple[TensorInfo, ...], base_flat: np.ndarray) -> None:
+    def begin_round(self, ctx: RoundContext) -> None:
         """Locate the output layer and remember the global weights of this round."""
-        self._segment = output_segment(table, self.layer)
-        self._base = np.asarray(base_flat, dtype=np.float32)
+        self._segment = output_segment(ctx.table, self.layer)
+        self._base = np.asarray(ctx.base, dtype=np.float32)
 
     def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Integrate the clients' output layers into the global one; ``new - G`` on that segment."""
         check_stack(updates, weights)
         if self._segment is None or self._base is None:
-            raise ValueError("bristle: bind_round(table, base_flat) must be called before aggregating")
+            raise ValueError("bristle: begin_round(ctx) must be called before aggregating")
         if self._features is None or self._labels is None:
             raise ValueError("bristle: set_validation(features, labels) must be called before aggregating")
         a, b, shape = self._segment

@@ -11,37 +11,41 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-from stamen.server.aggregators.base import Aggregator, create, rule_factory
+from stamen.server.aggregators.base import RoundContext, Rule, create, rule_factory
 from stamen.server.aggregators.pre_base import PreAggregator, create_pre, pre_factory
 
 _NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
 
 
-class ComposedAggregator:
-    """``updates -> pre_1 -> ... -> pre_k -> rule``; an :class:`Aggregator`. Attributes it does not
-    have (a stateful rule's ``center``, FRL's ``bind_round``) are looked up on the rule."""
+class ComposedAggregator(Rule):
+    """``updates -> pre_1 -> ... -> pre_k -> rule``; a :class:`Rule`. It declares the rule's traits,
+    except that pre-aggregation voids any L2 sensitivity (central DP refuses it)."""
 
-    def __init__(self, rule: Aggregator, pre: Sequence[PreAggregator], names: Sequence[str]) -> None:
+    def __init__(self, rule: Rule, pre: Sequence[PreAggregator], names: Sequence[str]) -> None:
         self.rule = rule
         self.pre = tuple(pre)
         self.names = tuple(names)  # pre-aggregator names then the rule name, for messages
+        self.traits = replace(rule.traits, l2_sensitivity=None) if self.pre else rule.traits
+
+    def begin_round(self, ctx: RoundContext) -> None:
+        """Hand the round's context to the rule."""
+        self.rule.begin_round(ctx)
+
+    def epsilon(self) -> float | None:
+        """The rule's privacy spent (None for every registered rule)."""
+        return self.rule.epsilon()
 
     def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Run the pre-aggregators in order, then the rule."""
         for stage in self.pre:
             updates, weights = stage(updates, weights)
         return self.rule(updates, weights)
-
-    def __getattr__(self, name: str) -> Any:
-        """Expose the rule's extra hooks (e.g. FRL's ``bind_round``) on the composition."""
-        if name in ("rule", "pre", "names"):  # not set yet (e.g. during copy): no recursion
-            raise AttributeError(name)
-        return getattr(self.rule, name)
 
     def __repr__(self) -> str:
         return f"ComposedAggregator({' -> '.join(self.names)})"
@@ -65,7 +69,7 @@ def stage_seed(seed: int, position: int) -> int:
 
 def build_aggregator(
     rule: str, pre: Sequence[str] = (), params: Mapping[str, Any] = _NO_PARAMS, seed: int = 0
-) -> Aggregator:
+) -> ComposedAggregator:
     """One aggregator ``(updates, weights=None) -> (d,)``: the pre-aggregators ``pre`` then ``rule``.
 
     Parameters

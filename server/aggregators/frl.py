@@ -12,8 +12,8 @@ Per score tensor ``l`` with ``n`` edges and clients ``u = 1..U``:
 4. ``S[R_g[j]] = init_sorted[j]``: the new scores are the **initial** sorted score values
    reassigned in the voted order, so they are always a permutation of the initial values.
 
-Engine contract: :class:`~stamen.server.rounds.RoundAggregator` calls ``bind_round(table,
-base_flat)`` before every aggregation; the first bind (the initial model) records
+Engine contract: the round driver (:class:`~stamen.server.driver.RoundDriver`) calls
+``begin_round(ctx)`` before every aggregation; the first call (the initial model) records
 ``init_sorted``. The rule returns ``new_scores - base_scores`` on score segments and 0 elsewhere,
 so the engine's ``base + server_lr * output`` gives the voted scores **only with server_lr = 1**
 (exact up to one float32 rounding of ``base + (new - base)``; the next vote starts again from the
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from stamen.protocols import TensorInfo
-from stamen.server.aggregators.base import check_stack, register
+from stamen.server.aggregators.base import RoundContext, Rule, RuleTraits, check_stack, register
 
 log = logging.getLogger("stamen.server")
 
@@ -104,18 +104,18 @@ def frl_vote(rankings: np.ndarray, init_sorted: np.ndarray) -> np.ndarray:
     return assign_initial(votes, init_sorted)
 
 
-class FRLVote:
-    """The ``frl`` rule: ``(stack (n, d), weights) -> (d,)`` after ``bind_round``.
+class FRLVote(Rule):
+    """The ``frl`` rule: ``(stack (n, d), weights) -> (d,)`` after ``begin_round``.
 
     Attributes
     ----------
     init_sorted : dict[str, ndarray] | None
-        Ascending initial score values per score tensor, set by the first ``bind_round``.
+        Ascending initial score values per score tensor, set by the first ``begin_round``.
     last_dropped : int
         Rows excluded from the last vote because they were not permutations.
     """
 
-    required_server_lr = REQUIRED_SERVER_LR
+    traits = RuleTraits(required_server_lr=REQUIRED_SERVER_LR)
 
     def __init__(self) -> None:
         self.init_sorted: dict[str, np.ndarray] | None = None
@@ -123,8 +123,9 @@ class FRLVote:
         self._base: np.ndarray | None = None
         self.last_dropped = 0
 
-    def bind_round(self, table: tuple[TensorInfo, ...], base_flat: np.ndarray) -> None:
+    def begin_round(self, ctx: RoundContext) -> None:
         """Record the layout and base; the first call also records the initial sorted scores."""
+        table, base_flat = ctx.table, ctx.base
         segments = score_segments(table)
         if not segments:
             raise ValueError("frl rule needs a supermask model: no '*.scores' tensor in the model")
@@ -141,7 +142,7 @@ class FRLVote:
         """Vote per score tensor; ``new - base`` on scores, 0 elsewhere (``weights`` ignored)."""
         check_stack(updates, weights)
         if self._base is None or self.init_sorted is None:
-            raise ValueError("frl rule: bind_round(table, base_flat) must be called before aggregating")
+            raise ValueError("frl rule: begin_round(ctx) must be called before aggregating")
         if updates.shape[1] != self._base.shape[0]:
             raise ValueError(f"updates have {updates.shape[1]} columns, the model {self._base.shape[0]}")
         votes, keep = {}, np.ones(updates.shape[0], dtype=bool)

@@ -23,7 +23,7 @@ here: the global model, base included, is what the server sends every round.
 
 Both rules work on deltas (``B_i − B̄ = ΔB_i − ΔB̄``), so the round's base cancels; they need the
 tensor layout and ``s`` (the ``<layer>.lora_scale`` buffer of the base model), which
-:class:`~stamen.server.rounds.RoundAggregator` provides through ``bind_round(table, base_flat)``.
+the round driver provides through :meth:`~stamen.server.aggregators.base.Rule.begin_round`.
 Layers with a ``lora_R`` (Fed-SB) are linear in the trained ``R`` and need no residual. Exactness
 holds for ``server_lr = 1`` (the step is scaled by the server learning rate like any other).
 """
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stamen.protocols import TensorInfo
-from stamen.server.aggregators.base import Aggregator, check_stack, register
+from stamen.server.aggregators.base import Aggregator, RoundContext, Rule, check_stack, register
 from stamen.server.aggregators.mean import weighted_mean
 
 A_SUFFIX, B_SUFFIX, R_SUFFIX = ".lora_A.weight", ".lora_B.weight", ".lora_R.weight"
@@ -99,7 +99,7 @@ def residual(updates: np.ndarray, w: np.ndarray, slot: LoRASlot) -> np.ndarray:
     return slot.scale * np.einsum("i,ior,irk->ok", w, db, da, optimize=True)
 
 
-class LoRAAggregator:
+class LoRAAggregator(Rule):
     """Weighted factor means; with ``exact`` the FedEx-LoRA residual is folded into ``W``.
 
     Parameters
@@ -117,10 +117,10 @@ class LoRAAggregator:
         self.base_flat = np.zeros(0, dtype=np.float32)
         self.last_gap: float = float("nan")
 
-    def bind_round(self, table: Sequence[TensorInfo], base_flat: np.ndarray) -> None:
+    def begin_round(self, ctx: RoundContext) -> None:
         """Learn the layout and the scales ``s`` of this round's model."""
-        self.slots = lora_slots(table, base_flat)
-        self.base_flat = np.asarray(base_flat, dtype=np.float32)
+        self.slots = lora_slots(ctx.table, ctx.base)
+        self.base_flat = np.asarray(ctx.base, dtype=np.float32)
 
     def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """``(n, d) -> (d,)``: the mean, with ``W``'s slot corrected by the residual.
@@ -130,7 +130,7 @@ class LoRAAggregator:
         """
         if self.slots is None:
             if self.exact:
-                raise ValueError("lora_exact needs the model layout: call bind_round(table, base_flat) first")
+                raise ValueError("lora_exact needs the model layout: call begin_round(ctx) first")
             return weighted_mean(updates, weights if self.weighted else None)
         w = check_stack(updates, weights if self.weighted else None)
         w = np.full(updates.shape[0], 1.0) if w is None else w

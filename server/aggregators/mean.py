@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stamen.server.aggregators.base import Aggregator, check_stack, register
+from stamen.server.aggregators.base import Aggregator, FunctionRule, Rule, RuleTraits, check_stack, register
 
 
 def weighted_mean(updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -44,13 +44,13 @@ def mean_l2_sensitivity(n: int, clip: float) -> float:
     return float(clip) / n
 
 
+def unweighted_mean(updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Mean of the rows; ignores the weights."""
+    del weights
+    return weighted_mean(updates, None)
+
+
 @register("mean")
-def mean() -> Aggregator:
-    """Unweighted mean; ignores the weights. Declares ``l2_sensitivity`` (see above)."""
-
-    def agg(updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        del weights
-        return weighted_mean(updates, None)
-
-    agg.l2_sensitivity = mean_l2_sensitivity  # type: ignore[attr-defined]
-    return agg
+def mean() -> Rule:
+    """Unweighted mean. Declares its L2 sensitivity (see :func:`mean_l2_sensitivity`)."""
+    return FunctionRule(unweighted_mean, RuleTraits(l2_sensitivity=mean_l2_sensitivity))

@@ -6,10 +6,10 @@ Round ``r`` (both engines, and the Flower ServerApp in a deployment):
    shared in round ``r - 1`` (after the simulated update attack replaced the malicious ones) and,
    per sender, the class set that sender declared; round 1's inbox is empty;
 2. the node (:mod:`stamen.client.bristle_peer`) turns each declared set into the PSI-CA count
-   ``|familiar & declared|``, runs :func:`~stamen.server.bristle.peer.node_round` (prioritize +
+   ``|familiar & declared|``, runs :func:`~stamen.task.bristle.peer.node_round` (prioritize +
    integrate with its local test slice, train, ``updateCW``) and replies with the layer it shares
    (as a delta against the run's initial layer, through the usual codec envelope) and its classes;
-3. the server decodes and validates the replies (:class:`~stamen.server.rounds.RoundAggregator`),
+3. the server decodes and validates the replies (the round driver's collector),
    lets the attack hook replace the malicious senders' layers, and keeps the result as the next
    round's inboxes. Nothing is aggregated.
 
@@ -19,7 +19,7 @@ Simplifications (simulation only), all documented in the README:
   nodes, so a node learns only ``|classes_i & classes_j|``. Here the relay forwards each sender's
   declared class set and the receiving node computes the cardinality itself; malicious senders'
   sets are replaced by *all* classes (they claim the receiver's classes, as in
-  :func:`~stamen.server.bristle.peer.class_count`).
+  :func:`~stamen.task.bristle.peer.class_count`).
 - **Malicious nodes never integrate**: the relay sends them an empty inbox.
 - **Evaluation**: the mean, over the honest nodes that replied this round, of the test accuracy
   (and loss) of their consolidated layer on the task's held-out test split (all classes), exactly
@@ -30,97 +30,41 @@ Simplifications (simulation only), all documented in the README:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
 from stamen.protocols import keys
-from stamen.server.bristle.peer import Inbox, PeerConfig, empty_inbox, overlap_count
-
-if TYPE_CHECKING:
-    from stamen.server.config import ServerConfig
+from stamen.protocols.flower import weights_nbytes
+from stamen.server.aggregators import ComposedAggregator, Rule
+from stamen.server.aggregators.base import RoundContext
+from stamen.server.aggregators.bristle import BristleRule
+from stamen.server.driver.collect import CollectedUpdates
+from stamen.server.driver.driver import EvalFn, RoundHooks
+from stamen.server.driver.types import TrainTask, Weights
+from stamen.task.bristle.peer import PeerConfig
+from stamen.task.bristle.relayed import Relayed
 
 EVALUATION = (
     "peer mode: mean over the honest nodes that trained this round of their consolidated "
     "layer's accuracy/loss on the held-out test split; no global model exists"
 )
-PEER_MODELS = ("bristle_transfer",)  # the local test slice is drawn by client.bristle_model
 
 
-def is_peer_mode(aggregator: object) -> bool:
-    """Whether the run's rule asks for Bristle's peer mode (``aggregation.mode = "peer"``)."""
-    return getattr(getattr(aggregator, "rule", aggregator), "mode", "server") == "peer"
-
-
-def peer_config(aggregator: object) -> PeerConfig:
+def peer_config(rule: Rule) -> PeerConfig:
     """The prioritizer/centering settings carried by the ``bristle`` rule's parameters."""
-    from stamen.server.aggregators.bristle import BristleRule
-
-    rule = getattr(aggregator, "rule", aggregator)
-    if not isinstance(rule, BristleRule):
-        raise ValueError(f"peer mode needs aggregation.rule='bristle', got {type(rule).__name__}")
-    return PeerConfig(
-        num_closest=int(rule.num_closest), num_random=int(rule.num_random), center=bool(rule.center)
-    )
+    if not isinstance(rule, ComposedAggregator) or not isinstance(rule.rule, BristleRule):
+        raise ValueError(f"peer mode needs aggregation.rule='bristle', got {rule!r}")
+    r = rule.rule
+    return PeerConfig(num_closest=int(r.num_closest), num_random=int(r.num_random), center=bool(r.center))
 
 
-def check_peer_mode(cfg: ServerConfig) -> None:
-    """Refuse settings peer mode does not support, naming them (``ValueError``)."""
-    problems = []
-    if cfg.pre:
-        problems.append(f"aggregation.pre={list(cfg.pre)} (nothing is aggregated)")
-    if cfg.privacy.get("mode", "off") != "off":
-        problems.append(f"privacy.mode={cfg.privacy.get('mode')!r}")
-    if cfg.runtime != "memory":
-        problems.append(f"clients.runtime={cfg.runtime!r}")
-    if cfg.task.model not in PEER_MODELS:
-        problems.append(f"model.name={cfg.task.model!r} (needs one of {PEER_MODELS})")
-    if problems:
-        raise ValueError("aggregation.mode='peer' does not support " + ", ".join(problems))
-
-
-@dataclass(frozen=True)
-class Relayed:
-    """What the relay sends one node: other nodes' layers ``(C, F)`` and their declared classes."""
-
-    layers: Mapping[int, np.ndarray]
-    classes: Mapping[int, tuple[int, ...]]
-
-    def inbox(self, familiar: Collection[int], shape: tuple[int, int]) -> Inbox:
-        """The node's :class:`Inbox`: senders ascending, PSI-CA counts against ``familiar``."""
-        senders = tuple(sorted(self.layers))
-        if not senders:
-            return empty_inbox(shape)
-        layers = np.stack([self.layers[j] for j in senders]).astype(np.float32)
-        return Inbox(senders, layers, tuple(overlap_count(familiar, self.classes[j]) for j in senders))
-
-    def to_records(self, cfg: PeerConfig) -> tuple[Any, Any]:
-        """``(ArrayRecord of the layers, ConfigRecord of settings and classes)`` for the message."""
-        from flwr.app import Array, ArrayRecord, ConfigRecord
-
-        arrays = ArrayRecord(
-            {str(j): Array(np.ascontiguousarray(w, np.float32)) for j, w in self.layers.items()}
-        )
-        conf: dict[str, Any] = {
-            "num-closest": cfg.num_closest,
-            "num-random": cfg.num_random,
-            "center": cfg.center,
-        }
-        conf.update({f"classes.{j}": [int(c) for c in cs] for j, cs in self.classes.items()})
-        return arrays, ConfigRecord(conf)
-
-    @classmethod
-    def from_records(cls, arrays: Mapping[str, Any], conf: Mapping[str, Any]) -> tuple[Relayed, PeerConfig]:
-        """Inverse of :meth:`to_records`; ``ValueError`` when a sender's classes are missing."""
-        layers = {int(k): np.asarray(a.numpy(), np.float32) for k, a in arrays.items()}
-        missing = [j for j in layers if f"classes.{j}" not in conf]
-        if missing:
-            raise ValueError(f"{keys.PEER_CONFIG}: no declared classes for senders {missing}")
-        classes = {j: tuple(int(c) for c in conf[f"classes.{j}"]) for j in layers}
-        cfg = PeerConfig(int(conf["num-closest"]), int(conf["num-random"]), bool(conf["center"]))
-        return cls(layers, classes), cfg
+def sender_pid(sender: str) -> int:
+    """Partition id of a ``client-<id>`` sender (peer mode relays by partition id)."""
+    prefix, _, rest = sender.partition("-")
+    if prefix != "client" or not rest.isdigit():
+        raise ValueError(f"peer mode needs partition ids; got sender {sender!r}")
+    return int(rest)
 
 
 class PeerRelay:
@@ -167,3 +111,47 @@ class PeerRelay:
         if not results:
             return float("nan"), float("nan")
         return float(np.mean([r[0] for r in results])), float(np.mean([r[1] for r in results]))
+
+
+class PeerMode:
+    """The driver's round close in peer mode: relay the (attacked) layers, aggregate nothing.
+
+    Each task carries the node's inbox (``extra["relayed"]``) and the prioritizer settings
+    (``extra["peer"]``); every reply must declare its classes (``bristle-classes``).
+    """
+
+    def __init__(
+        self, relay: PeerRelay, layer: str, cfg: PeerConfig, hooks: RoundHooks | None = None
+    ) -> None:
+        self.relay, self.layer, self.cfg, self.hooks = relay, layer, cfg, hooks
+
+    def extra(self, client: str) -> dict[str, object]:
+        """The node's inbox and the prioritizer settings."""
+        return {"relayed": self.relay.outgoing(sender_pid(client)), "peer": self.cfg}
+
+    def close(self, rnd: int, updates: CollectedUpdates) -> Weights | None:
+        """Attack hook, then the layers become the next round's inboxes; the model is unchanged."""
+        if self.hooks is not None and updates.stack.shape[0]:
+            ctx = RoundContext(rnd, updates.table, updates.base_flat())
+            self.hooks.tamper(rnd, updates, ctx)
+        layers = {sender_pid(s): w[self.layer] for s, w in updates.released().items()}
+        declared = {
+            sender_pid(s): tuple(int(c) for c in extras.get(keys.PEER_CLASSES, ()))
+            for s, extras in updates.extras.items()
+        }
+        self.relay.receive(layers, {p: declared[p] for p in layers if p in declared})
+        return None
+
+    def evaluate(self, weights: Weights, fn: EvalFn) -> tuple[float, float]:
+        """Mean ``(loss, accuracy)`` of the honest nodes' layers, each plugged into the model."""
+        del weights
+        return self.relay.evaluate(lambda layer: fn({self.layer: layer}))
+
+    def extra_nbytes(self, tasks: Sequence[TrainTask]) -> int:
+        """The inbox layers, as Flower serializes them."""
+        total = 0
+        for task in tasks:
+            relayed = task.extra["relayed"]
+            assert isinstance(relayed, Relayed)
+            total += weights_nbytes({str(j): w for j, w in relayed.layers.items()})
+        return total

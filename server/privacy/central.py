@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
-from stamen.server.privacy.accounting import calibrate_noise_multiplier, epsilon_after
+from stamen.privacy.accounting import calibrate_noise_multiplier, epsilon_after
+from stamen.server.aggregators.base import RoundContext, Rule, RuleTraits
 
 SensitivityFn = Callable[[int, float], float]
 
@@ -69,13 +69,12 @@ def clip_rows(stack: np.ndarray, clip: float) -> np.ndarray:
     return norms
 
 
-def declared_sensitivity(aggregator: Any, n: int, clip: float, name: str | None = None) -> float:
-    """The L2 sensitivity that ``aggregator`` declares for a cohort of ``n`` rows clipped to ``clip``.
+def declared_sensitivity(rule: Rule, n: int, clip: float, name: str) -> float:
+    """The L2 sensitivity ``rule`` declares (:class:`~stamen.server.aggregators.RuleTraits`) for a
+    cohort of ``n`` rows clipped to ``clip``.
 
-    Reads the attribute ``l2_sensitivity: (n, clip) -> float`` of the aggregator callable (of its
-    ``rule`` for a composed aggregator without pre-aggregators). Rules without it, and any
-    pre-aggregation, are refused: calibrating noise to a guessed sensitivity would silently void the
-    guarantee.
+    A rule without a declared sensitivity — any rule behind a pre-aggregator included — is refused:
+    calibrating noise to a guessed sensitivity would silently void the guarantee.
 
     Raises
     ------
@@ -83,24 +82,11 @@ def declared_sensitivity(aggregator: Any, n: int, clip: float, name: str | None 
         If the rule declares no sensitivity, ``n < 1``, ``clip <= 0``, or the declared value is not
         finite and positive.
     """
-    names = getattr(aggregator, "names", None)  # a ComposedAggregator: (pre..., rule)
-    plain = getattr(aggregator, "__name__", type(aggregator).__name__)
-    label = name or (" -> ".join(names) if names else plain)
-    # Pre-aggregators first: a composition may forward attribute lookups to its rule, and the rule's
-    # sensitivity says nothing about what the pre-aggregation did to the rows.
-    if getattr(aggregator, "pre", ()):
+    fn = rule.traits.l2_sensitivity
+    if fn is None:
         raise ValueError(
-            f"aggregation {label} has pre-aggregators, which declare no L2 sensitivity; "
-            "central DP refuses it (use aggregation.rule=mean without aggregation.pre)"
-        )
-    inner = getattr(aggregator, "rule", None)
-    if callable(inner):  # a composition without pre-aggregators: the bare rule decides
-        return declared_sensitivity(inner, n, clip, name or (names[-1] if names else None))
-    fn = getattr(aggregator, "l2_sensitivity", None)
-    if not callable(fn):
-        raise ValueError(
-            f"aggregation rule {label} declares no L2 sensitivity; central DP refuses it "
-            "(use aggregation.rule=mean: uniform weights, sensitivity C/m)"
+            f"aggregation {name} declares no L2 sensitivity (pre-aggregators never do); central DP "
+            "refuses it (use aggregation.rule=mean without aggregation.pre: uniform weights, sensitivity C/m)"
         )
     if n < 1:
         raise ValueError(f"n (cohort size) must be >= 1, got {n}")
@@ -108,7 +94,7 @@ def declared_sensitivity(aggregator: Any, n: int, clip: float, name: str | None 
         raise ValueError(f"clip must be finite and > 0, got {clip}")
     s = float(fn(n, clip))
     if not (s > 0 and math.isfinite(s)):
-        raise ValueError(f"aggregation rule {label} declared an invalid L2 sensitivity {s}")
+        raise ValueError(f"aggregation rule {name} declared an invalid L2 sensitivity {s}")
     return s
 
 
@@ -133,7 +119,7 @@ class CentralDP:
         Noise seed; round ``r`` draws from ``SeedSequence([seed, TAG, r])`` (reproducible, and the
         same on both engines whatever else they draw).
     accountant : {"rdp", "prv"}
-        See :mod:`stamen.server.privacy.accounting`.
+        See :mod:`stamen.privacy.accounting`.
     """
 
     TAG = 0xD9
@@ -188,9 +174,15 @@ class CentralDP:
         """``q = m / N``, the per-round client sampling rate given to the accountant."""
         return self.clients_per_round / self.num_clients
 
-    def sensitivity(self, aggregator: Any, name: str | None = None) -> float:
+    def sensitivity(self, rule: Rule, name: str) -> float:
         """The rule's declared sensitivity for the nominal cohort ``m``; refuses undeclared rules."""
-        return declared_sensitivity(aggregator, self.clients_per_round, self.clipping_norm, name)
+        return declared_sensitivity(rule, self.clients_per_round, self.clipping_norm, name)
+
+    def epsilon_after_next(self) -> float:
+        """The cumulative ε the next release would reach (for the budget guard)."""
+        return epsilon_after(
+            self.noise_multiplier, self.sample_rate, self.rounds_done + 1, self.delta, self.accountant
+        )
 
     def privatize(self, aggregate: np.ndarray, n_accepted: int, sensitivity: float) -> np.ndarray:
         """Release ``f̃_f + N(0, (z·S)² I)`` for the round about to be counted by :meth:`step`.
@@ -228,3 +220,56 @@ class CentralDP:
             self.noise_multiplier, self.sample_rate, self.rounds_done, self.delta, self.accountant
         )
         return self.epsilon
+
+
+class BudgetExhausted(RuntimeError):
+    """A release would spend more than the run's privacy budget; the run stops before it."""
+
+
+class CentralDPRule(Rule):
+    """Central DP as a wrapper around any rule that declares its L2 sensitivity.
+
+    Per round: clip every row to ``C`` (in place), aggregate with the inner rule (zeros when no update
+    was accepted: the round is still released and counted), add ``N(0, (z·S)² I)``, step the
+    accountant. With a ``budget`` (the target ε the noise was calibrated for), a round whose release
+    would pass it is refused with :class:`BudgetExhausted` before anything is released — as Flower's
+    DP wrappers stop at the budget.
+
+    Parameters
+    ----------
+    inner : Rule
+        The aggregation rule (e.g. ``mean``); refused here if it declares no sensitivity.
+    dp : CentralDP
+        Mechanism and accountant.
+    name : str
+        The rule's name for messages.
+    budget : float or None
+        Target ε; None = no guard (a fixed noise multiplier).
+    """
+
+    def __init__(self, inner: Rule, dp: CentralDP, name: str, budget: float | None = None) -> None:
+        self.inner, self.dp, self.budget = inner, dp, budget
+        self.sens = dp.sensitivity(inner, name)
+        self.traits = RuleTraits(required_server_lr=inner.traits.required_server_lr, releases_empty=True)
+
+    def begin_round(self, ctx: RoundContext) -> None:
+        """Hand the round's context to the inner rule."""
+        self.inner.begin_round(ctx)
+
+    def epsilon(self) -> float | None:
+        """Cumulative ε of the rounds released so far (None before the first)."""
+        return self.dp.epsilon if self.dp.rounds_done else None
+
+    def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Clip, aggregate, noise and count one round; ``updates`` may have zero rows."""
+        if self.budget is not None and self.dp.epsilon_after_next() > self.budget * (1 + 1e-9):
+            raise BudgetExhausted(
+                f"central DP: round {self.dp.rounds_done + 1} would spend ε="
+                f"{self.dp.epsilon_after_next():.4g} > the budget {self.budget:g}; the run stops here"
+            )
+        n = updates.shape[0]
+        clip_rows(updates, self.dp.clipping_norm)
+        agg = self.inner(updates, weights) if n else np.zeros(updates.shape[1], np.float32)
+        out = self.dp.privatize(agg, n, self.sens)
+        self.dp.step()
+        return out

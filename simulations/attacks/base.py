@@ -4,10 +4,9 @@ Two kinds of simulated attackers:
 
 * **update attacks** (omniscient, server-side simulation): ``attack(honest, num_malicious, rng)`` gets
   this round's honest decoded updates ``(h, d)`` and returns the ``(num_malicious, d)`` float32 rows
-  the malicious clients submit instead of their own. An attack may declare
-  ``uses_own_updates = True`` and then also receives ``own=`` the malicious clients' normally
-  trained rows (the engines pass them; e.g. sign flipping of one's own update). One that also has a
-  ``pool_size`` gets, instead, the updates of that many malicious partitions (drawn from all
+  the malicious clients submit instead of their own. An :class:`OwnUpdateAttack` also receives
+  ``own=`` the malicious clients' normally trained rows (e.g. sign flipping of one's own update); one
+  with a ``pool_size`` gets, instead, the updates of that many malicious partitions (drawn from all
   attackers) trained from the round's global model by the adversary (FRL's ``rank_reversal``; see
   :mod:`stamen.simulations.adversary`).
 * **data attacks** (client-side): ``attack(x, y, num_classes, rng) -> (x', y')`` poisons a malicious
@@ -24,6 +23,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from stamen.server.aggregators.base import RoundContext
+
 
 class UpdateAttack(Protocol):
     """``(honest (h, d), num_malicious, rng) -> (num_malicious, d) float32``."""
@@ -31,6 +32,27 @@ class UpdateAttack(Protocol):
     def __call__(self, honest: np.ndarray, num_malicious: int, rng: np.random.Generator) -> np.ndarray:
         """Forge the malicious rows of one round."""
         ...
+
+
+class OwnUpdateAttack:
+    """An update attack that also receives the attackers' own rows (``own=``, ``(m, d)``).
+
+    ``pool_size > 0`` asks the adversary for the updates of that many malicious partitions (drawn
+    per round from all attackers, trained from the round's model) instead of the round's own rows;
+    :meth:`begin_round` receives the model layout (e.g. which columns are FRL score tensors).
+    """
+
+    pool_size: int = 0
+
+    def begin_round(self, ctx: RoundContext) -> None:
+        """Called before the attack forges a round's rows; a no-op unless overridden."""
+        del ctx
+
+    def __call__(
+        self, honest: np.ndarray, num_malicious: int, rng: np.random.Generator, own: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Forge the malicious rows of one round."""
+        raise NotImplementedError
 
 
 class DataAttack(Protocol):

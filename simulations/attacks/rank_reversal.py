@@ -23,18 +23,16 @@ Descending-sort ties go to the lower edge index (``torch.sort(descending=True)``
 guaranteed stable).
 
 The attack needs the model layout (which columns are score tensors): the engine calls
-``bind_round(table, base_flat)`` on it like on the ``frl`` rule. Non-score columns are 0.
+``begin_round(ctx)`` on it like on the ``frl`` rule. Non-score columns are 0.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-from stamen.protocols import TensorInfo
+from stamen.server.aggregators.base import RoundContext
 from stamen.server.aggregators.frl import score_segments, vote_sum
-from stamen.simulations.attacks.base import register_update_attack
+from stamen.simulations.attacks.base import OwnUpdateAttack, register_update_attack
 
 DEFAULT_POOL_SIZE = 25  # FRL args.rand_mal_clients
 
@@ -55,7 +53,7 @@ def reversed_combined_ranking(rankings: np.ndarray) -> np.ndarray:
     return np.argsort(-votes, kind="stable").astype(np.int64)
 
 
-class RankReversal:
+class RankReversal(OwnUpdateAttack):
     """``UpdateAttack`` forging every malicious row as the reversed pooled ranking.
 
     Parameters
@@ -66,8 +64,6 @@ class RankReversal:
         how many malicious partitions to train (see module docstring).
     """
 
-    uses_own_updates = True
-
     def __init__(self, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         if pool_size < 1:
             raise ValueError(f"rank_reversal: pool_size must be >= 1, got {pool_size}")
@@ -75,8 +71,9 @@ class RankReversal:
         self._segments: list[tuple[str, int, int]] | None = None
         self._dim = 0
 
-    def bind_round(self, table: Sequence[TensorInfo], base_flat: np.ndarray) -> None:
+    def begin_round(self, ctx: RoundContext) -> None:
         """Record which columns of a row are score tensors."""
+        table, base_flat = ctx.table, ctx.base
         segments = score_segments(table)
         if not segments:
             raise ValueError("rank_reversal needs a supermask model: no '*.scores' tensor")
@@ -93,7 +90,7 @@ class RankReversal:
         """``(num_malicious, d)`` rows, each the reversed pooled ranking of ``own`` (rng unused)."""
         del rng  # deterministic given the pooled rankings
         if self._segments is None:
-            raise ValueError("rank_reversal: the engine must call bind_round(table, base_flat) first")
+            raise ValueError("rank_reversal: the engine must call begin_round(ctx) first")
         if own is None or own.ndim != 2 or own.shape[0] == 0:
             raise ValueError("rank_reversal pools the malicious clients' own rankings: pass own=(m, d)")
         if own.shape[1] != self._dim or honest.shape[1] != self._dim:

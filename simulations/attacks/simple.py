@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from stamen.simulations.attacks.base import (
+    OwnUpdateAttack,
     UpdateAttack,
     as_number,
     check_honest,
@@ -41,10 +42,8 @@ def own_or_drawn(
     return honest[pick]
 
 
-class ScaledOwnUpdate:
+class ScaledOwnUpdate(OwnUpdateAttack):
     """``factor * own update`` for every malicious client (negative factor: sign flipping)."""
-
-    uses_own_updates = True
 
     def __init__(self, factor: float) -> None:
         self.factor = factor

@@ -1,24 +1,26 @@
-"""Simulation engines: ``inprocess`` (fast, single process) and ``flower`` (Flower + Ray)."""
+"""Simulation engines: ``inprocess`` (fast, single process) and ``flower`` (Flower + Ray).
+
+Both drive the same :class:`~stamen.server.driver.RoundDriver`; they differ only in transport.
+"""
 
 from __future__ import annotations
 
-from stamen.server.config import ServerConfig
-from stamen.server.federation import FederationResult
-from stamen.server.history import ProgressFn
+from stamen.server.history import FederationResult, ProgressFn
+from stamen.simulations.plan import SimulationPlan
 
 ENGINES = ("inprocess", "flower")
 
 
 def run_engine(
-    name: str, cfg: ServerConfig, progress: ProgressFn | None = None, **kwargs: object
+    name: str, plan: SimulationPlan, progress: ProgressFn | None = None, **kwargs: object
 ) -> FederationResult:
-    """Run ``cfg`` on the engine ``name`` (one of :data:`ENGINES`)."""
+    """Run ``plan`` on the engine ``name`` (one of :data:`ENGINES`)."""
     if name == "inprocess":
         from stamen.simulations.engines.inprocess import run_inprocess
 
-        return run_inprocess(cfg, progress, **kwargs)
+        return run_inprocess(plan, progress, **kwargs)  # type: ignore[arg-type]
     if name == "flower":
         from stamen.simulations.engines.flower import run_flower
 
-        return run_flower(cfg, progress, **kwargs)
+        return run_flower(plan, progress, **kwargs)  # type: ignore[arg-type]
     raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")

@@ -1,9 +1,12 @@
-"""``flower`` engine: the real ServerApp logic and the real ClientApp through Flower's simulation
-engine (``flwr.simulation.run_simulation``, Ray backend), one virtual SuperNode per client.
+"""``flower`` engine: the round driver over a real Flower ``Grid`` and the real ClientApp, through
+Flower's simulation engine (``flwr.simulation.run_simulation``, Ray backend), one virtual SuperNode
+per client.
 
-The ServerApp is built here around the same :func:`~stamen.server.federation.run_federation` that
-``stamen.server.app:app`` runs, with the config passed by closure (``run_simulation`` gives an empty
-run config); the ClientApp is ``stamen.client.app:app`` itself.
+The ServerApp is built here around the same :meth:`~stamen.simulations.plan.SimulationPlan.driver`
+the in-process engine runs, with a :class:`~stamen.server.driver.flower_transport.GridTransport`
+(``run_simulation`` gives an empty run config, so the plan travels by closure); the ClientApp is
+:func:`stamen.client.app.make_client_app` around the simulation's nodes, which hand each virtual
+SuperNode its partition.
 """
 
 from __future__ import annotations
@@ -13,9 +16,8 @@ import os
 import warnings
 from typing import Any
 
-from stamen.server.config import ServerConfig
-from stamen.server.federation import FederationResult
-from stamen.server.history import ProgressFn
+from stamen.server.history import FederationResult, ProgressFn
+from stamen.simulations.plan import SimulationPlan
 
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -34,23 +36,27 @@ def flower_environment(home: str | None = None) -> None:
     os.environ.setdefault("FLWR_HOME", home or os.path.join(os.getcwd(), ".flwr-home"))
 
 
-def run_flower(cfg: ServerConfig, progress: ProgressFn | None = None, num_cpus: int = 2) -> FederationResult:
-    """Run the federation through ``run_simulation`` and return the server's records."""
+def run_flower(
+    plan: SimulationPlan, progress: ProgressFn | None = None, num_cpus: int = 2
+) -> FederationResult:
+    """Run the planned federation through ``run_simulation`` and return the server's records."""
     flower_environment()
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    from stamen.client.app import app as client_app
-    from stamen.server.federation import run_federation
-    from stamen.simulations.adversary import attack_factory
+    from stamen.client.app import make_client_app
+    from stamen.server.driver.flower_transport import GridTransport
 
+    cfg, devices = plan.cfg, plan.devices()
+    nodes = plan.nodes(devices)
     out: dict[str, Any] = {}
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        out["result"] = run_federation(grid, cfg, progress=progress, attack_factory=attack_factory(cfg))
+        transport = GridTransport(grid, cfg.num_clients, cfg.per_round, cfg.timeout_s, query_names=True)
+        out["result"] = plan.driver(transport, devices).run(plan.initial, progress)
 
     backend: Any = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -61,18 +67,23 @@ def run_flower(cfg: ServerConfig, progress: ProgressFn | None = None, num_cpus: 
             "include_dashboard": False,
         },
     }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _quiet_flower()
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=cfg.num_clients,
-            backend_config=backend,
-        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _quiet_flower()
+            run_simulation(
+                server_app=server_app,
+                client_app=make_client_app(nodes.resolve),
+                num_supernodes=cfg.num_clients,
+                backend_config=backend,
+            )
+    finally:
+        if devices is not None:
+            devices.close()
     if "result" not in out:
         raise RuntimeError("the Flower simulation ended without a result (see the Flower log above)")
     result: FederationResult = out["result"]
+    result.extra.update(plan.result_extra())
     return result
 
 

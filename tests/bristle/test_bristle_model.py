@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from stamen.client.bristle_model import (
+from stamen.client.core import local_update
+from stamen.simulations.provider import client_data
+from stamen.task.models import build_model, create_model
+from stamen.task.models.bristle_transfer import (
     FEATURES,
     extract_features,
     letter_templates,
     pretrain,
     pretrained_extractor,
 )
-from stamen.client.core import local_update
-from stamen.client.models import create_model, get_weights
-from stamen.client.task import TaskSpec, TrainSpec, build_model, client_data
+from stamen.task.spec import TaskSpec, TrainSpec
+from stamen.task.weights import get_weights
 
 TASK = TaskSpec(
     dataset="mnist1d",
@@ -88,7 +90,7 @@ def test_pretraining_is_deterministic_and_transfers() -> None:
 
 
 def test_validation_slice_per_class_and_node() -> None:
-    from stamen.client.bristle_model import validation_slice
+    from stamen.simulations.bristle_data import validation_slice
 
     feats, labels = validation_slice(0)
     assert feats.shape == (100, FEATURES) and np.bincount(labels).tolist() == [10] * 10

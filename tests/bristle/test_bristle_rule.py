@@ -8,9 +8,9 @@ import pytest
 from stamen.protocols import CodecSpec, TensorInfo, encode_update, model_hash
 from stamen.server.aggregators import create
 from stamen.server.aggregators.bristle import BristleRule, changed_rows, output_segment
-from stamen.server.bristle.integrator import integrate
-from stamen.server.bristle.peer import center_rows
 from stamen.server.rounds import RoundAggregator, ValidationPolicy
+from stamen.task.bristle.integrator import integrate
+from stamen.task.bristle.peer import center_rows
 
 C, F = 3, 4
 RNG = np.random.default_rng(0)

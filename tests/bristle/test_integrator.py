@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stamen.server.bristle.integrator import (
+from stamen.task.bristle.integrator import (
     certainty,
     class_scores,
     f1_per_class,

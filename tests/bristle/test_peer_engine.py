@@ -11,16 +11,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stamen.client.bristle_model import validation_slice
-from stamen.client.core import client_seed, local_update
-from stamen.client.models import get_weights
-from stamen.client.task import build_model, client_data
-from stamen.server.bristle.peer import PeerConfig, PeerNode, run_peer_mode
+from stamen.client.core import local_update
 from stamen.server.config import ServerConfig
 from stamen.server.federation import make_central_evaluator
 from stamen.simulations.attacks import attack_type, create_update_attack
+from stamen.simulations.bristle_data import validation_slice
 from stamen.simulations.engines import run_engine
+from stamen.simulations.provider import client_data
 from stamen.simulations.scenario import load_scenario
+from stamen.task.bristle.peer import PeerConfig, PeerNode, run_peer_mode
+from stamen.task.models import build_model
+from stamen.task.seeds import client_seed
+from stamen.task.weights import get_weights
 
 
 def _cfg(*overrides: str) -> ServerConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stamen.server.bristle.peer import (
+from stamen.task.bristle.peer import (
     PeerConfig,
     PeerNode,
     PeerState,

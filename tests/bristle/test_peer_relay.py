@@ -6,17 +6,18 @@ import numpy as np
 import pytest
 
 from stamen.client.bristle_peer import CW, TW, PeerRound, output_layer_name, peer_update
-from stamen.client.models import get_weights
 from stamen.client.state import ClientState
-from stamen.client.task import TaskData, TrainSpec
 from stamen.protocols import CodecSpec, encode_update, model_hash
 from stamen.server.aggregators import create
-from stamen.server.bristle.peer import PeerConfig, absorb_training, overlap_count
 from stamen.server.bristle.peer_strategy import sender_pid
 from stamen.server.bristle.relay import PeerRelay, Relayed
 from stamen.server.config import ServerConfig
 from stamen.server.rounds import AttackHook, RoundAggregator, ValidationPolicy
 from stamen.simulations.scenario import load_scenario
+from stamen.task.bristle.peer import PeerConfig, absorb_training, overlap_count
+from stamen.task.data import TaskData
+from stamen.task.spec import TrainSpec
+from stamen.task.weights import get_weights
 
 C, F = 3, 2
 
@@ -111,9 +112,9 @@ def test_client_step_round_one_then_integrates(monkeypatch: pytest.MonkeyPatch) 
     import torch
 
     import stamen.client.bristle_peer as bp
-    from stamen.client.models import set_weights
     from stamen.client.trainers.base import TrainResult
-    from stamen.server.bristle.peer import Inbox, PeerNode, integrate_inbox, node_rng
+    from stamen.task.bristle.peer import Inbox, PeerNode, integrate_inbox, node_rng
+    from stamen.task.weights import set_weights
 
     def plus_one(m, start, d, spec, seed, state):  # type: ignore[no-untyped-def]
         set_weights(m, {"weight": start["weight"] + 1.0})

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stamen.server.bristle.prioritizer import distances, prioritize
+from stamen.task.bristle.prioritizer import distances, prioritize
 
 OWN = np.zeros((1, 2), np.float32)
 PEERS = np.array([[[3, 4]], [[1, 0]], [[0, 2]], [[6, 8]], [[0, 0.5]]], np.float32)  # distance 5, 1, 2, 10, .5

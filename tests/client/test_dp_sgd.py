@@ -12,12 +12,16 @@ import pytest
 import torch
 
 from stamen.client.core import local_update
-from stamen.client.models import create_model, get_weights
 from stamen.client.state import ClientState
-from stamen.client.task import TaskData, TaskSpec, TrainSpec, client_data
 from stamen.client.trainers import available_trainers
-from stamen.client.trainers.dp_sgd import calibrate_dp_sgd_noise, load_history
-from stamen.server.privacy.accounting import epsilon_after, epsilon_of_history
+from stamen.client.trainers.dp_sgd import load_history
+from stamen.privacy.accounting import epsilon_after, epsilon_of_history
+from stamen.privacy.calibration import calibrate_dp_sgd_noise
+from stamen.simulations.provider import client_data
+from stamen.task.data import TaskData
+from stamen.task.models import create_model
+from stamen.task.spec import TaskSpec, TrainSpec
+from stamen.task.weights import get_weights
 
 TASK = TaskSpec(num_clients=4)  # digits, ~360 training examples per client
 
@@ -68,7 +72,7 @@ def test_trains_and_reports_finite_increasing_epsilon(data: TaskData, model_name
 
 
 def test_learns_something_at_moderate_noise(data: TaskData) -> None:
-    from stamen.client.models import evaluate_model
+    from stamen.task.weights import evaluate_model
 
     model = _model()
     before = evaluate_model(model, data.x, data.y)[1]

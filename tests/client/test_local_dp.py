@@ -8,15 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from stamen.client.privacy import (
-    ROUNDS_KEY,
-    calibrate_local_noise_multiplier,
-    clip_and_noise,
-    local_epsilon,
-    privatize_update,
-)
+from stamen.client.privacy import ROUNDS_KEY, clip_and_noise, local_epsilon, privatize_update
 from stamen.client.state import ClientState
-from stamen.server.privacy.accounting import RDP_ORDERS, epsilon_after
+from stamen.privacy.accounting import RDP_ORDERS, epsilon_after
+from stamen.privacy.calibration import calibrate_local_noise_multiplier
 
 DELTA = 1e-5
 

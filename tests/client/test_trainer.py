@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stamen.client.core import client_seed, local_update
-from stamen.client.models import get_weights, set_weights
-from stamen.client.task import TaskSpec, TrainSpec, build_model, client_data
+from stamen.client.core import local_update
 from stamen.client.trainers import available_trainers, create_trainer
 from stamen.protocols import model_hash
 from stamen.server.aggregators import create
 from stamen.server.rounds import RoundAggregator, ValidationPolicy
+from stamen.simulations.provider import client_data
+from stamen.task.models import build_model
+from stamen.task.seeds import client_seed
+from stamen.task.spec import TaskSpec, TrainSpec
+from stamen.task.weights import get_weights, set_weights
 
 TASK = TaskSpec(dataset="digits", num_clients=4, hidden=(16,), seed=1)
 SPEC = TrainSpec(epochs=1, batch_size=16, lr=0.1)

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stamen.client.models import create_model
 from stamen.edge.modbudget import measure_plan_bytes
 from stamen.edge.modplans import ModulePlan, model_layers, resolve_module_plan
 from stamen.edge.personalization import PersonalizeConfig, resolve_plan, train_plan
 from stamen.edge.plans import PlanSpec, parse_plan
 from stamen.edge.sparse_autograd import LayerConf, sparse_layer
+from stamen.task.models import create_model
 
 SEQ = 12
 BLOCK = "bert.encoder.layer"

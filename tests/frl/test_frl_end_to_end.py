@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 
-import stamen.client.supermask  # noqa: F401  (registers supermask_mlp)
-from stamen.client.core import client_seed, encode_delta, local_update
-from stamen.client.models import evaluate_model, get_weights, set_weights
-from stamen.client.task import TaskSpec, TrainSpec, build_model, client_data
-from stamen.client.task import test_data as held_out
+from stamen.client.core import encode_delta, local_update
 from stamen.protocols import model_hash
 from stamen.server.aggregators import create
 from stamen.server.rounds import AttackHook, RoundAggregator, ValidationPolicy, flatten
 from stamen.simulations.attacks.rank_reversal import rank_reversal
+from stamen.simulations.provider import client_data
+from stamen.simulations.provider import test_data as held_out
+from stamen.task.models import build_model
+from stamen.task.seeds import client_seed
+from stamen.task.spec import TaskSpec, TrainSpec
+from stamen.task.weights import evaluate_model, get_weights, set_weights
 
 TASK = TaskSpec(
     dataset="digits",

@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-import stamen.client.supermask  # noqa: F401  (registers supermask_mlp)
 from stamen.client.core import local_update
-from stamen.client.models import create_model, get_weights
 from stamen.client.state import ClientState
-from stamen.client.task import TaskData, TaskSpec, TrainSpec, build_model, client_data
 from stamen.client.trainers import create_trainer
 from stamen.client.trainers.frl import cosine_epoch_lr, ranking_update
+from stamen.simulations.provider import client_data
+from stamen.task.data import TaskData
+from stamen.task.models import build_model, create_model
+from stamen.task.spec import TaskSpec, TrainSpec
+from stamen.task.weights import get_weights
 
 TASK = TaskSpec(dataset="digits", num_clients=20, model="supermask_mlp", hidden=(16,), seed=3)
 SPEC = TrainSpec(trainer="frl", epochs=2, batch_size=8, lr=0.4, momentum=0.9, weight_decay=1e-4)

@@ -9,9 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stamen.client.core import client_seed, encode_delta, local_update
-from stamen.client.models import get_weights
-from stamen.client.task import build_model, client_data
+from stamen.client.core import encode_delta, local_update
 from stamen.protocols import model_hash
 from stamen.server.aggregators import create
 from stamen.server.aggregators.frl import score_segments
@@ -20,7 +18,11 @@ from stamen.server.rounds import RoundAggregator, ValidationPolicy
 from stamen.simulations.adversary import attack_factory, pool_members
 from stamen.simulations.attacks.rank_reversal import reversed_combined_ranking
 from stamen.simulations.engines import run_engine
+from stamen.simulations.provider import client_data
 from stamen.simulations.scenario import load_scenario
+from stamen.task.models import build_model
+from stamen.task.seeds import client_seed
+from stamen.task.weights import get_weights
 
 SMALL = (
     "data.num_clients=10",

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from stamen.client.models import create_model
-from stamen.client.supermask import MaskedLinear, edge_ranking, is_score_tensor, kept_edges
+from stamen.task.models import create_model
+from stamen.task.models.supermask import MaskedLinear, edge_ranking, is_score_tensor, kept_edges
 
 
 def _layer(scores: list[list[float]], keep: float = 0.5) -> MaskedLinear:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from stamen.client import minilm as _minilm  # noqa: F401  (registers minilm, minilm-tiny)
-from stamen.client.lora import AdapterConfig, attach_adapters
-from stamen.client.models import create_model
-from stamen.client.task import TaskData
+from stamen.task.data import TaskData
+from stamen.task.models import create_model
+from stamen.task.models import minilm as _minilm  # noqa: F401  (registers minilm, minilm-tiny)
+from stamen.task.models.lora import AdapterConfig, attach_adapters
 
 SEQ, CLASSES = 12, 3
 

@@ -9,12 +9,13 @@ import pytest
 from torch import nn
 
 from stamen.client.core import encode_delta, local_update
-from stamen.client.lora import merge_adapters
-from stamen.client.models import get_weights, set_weights
-from stamen.client.task import TaskData, TrainSpec
 from stamen.protocols import model_hash
 from stamen.server.aggregators import create
 from stamen.server.rounds import RoundAggregator, ValidationPolicy
+from stamen.task.data import TaskData
+from stamen.task.models.lora import merge_adapters
+from stamen.task.spec import TrainSpec
+from stamen.task.weights import get_weights, set_weights
 
 
 def merged_weights(model: nn.Module, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -17,11 +17,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from torch import nn
 
 from stamen.client.core import encode_delta, local_privacy, local_update
-from stamen.client.models import get_weights
 from stamen.client.mods import DELTA, TRAINED, codec_mod, local_dp_mod, trained_record
 from stamen.client.state import ClientState
-from stamen.client.task import TaskData, TrainSpec
 from stamen.protocols import keys
+from stamen.task.data import TaskData
+from stamen.task.spec import TrainSpec
+from stamen.task.weights import get_weights
 
 SPEC = dict(epochs=2, batch_size=8, lr=5e-3, optimizer="adam")
 
@@ -110,7 +111,7 @@ def test_fedsb_noise_enters_delta_w_linearly_and_unamplified(tiny: Callable[...,
     """Why Fed-SB suits DP: noise N on R moves ΔW by exactly (α/r)·B N A, whose Frobenius norm is
     (α/r)·||N|| (A's rows and B's columns are orthonormal from the SVD init). Noise on both LoRA
     factors adds the product term N_B N_A: the change is not linear in the noise."""
-    from stamen.client.lora import LoRALinear, adapter_layers
+    from stamen.task.models.lora import LoRALinear, adapter_layers
 
     gen = np.random.default_rng(0)
     sb = next(iter(adapter_layers(tiny("fedsb", rank=4, alpha=4.0)).values()))

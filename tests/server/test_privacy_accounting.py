@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import optimize, stats
 
-from stamen.server.privacy.accounting import (
+from stamen.privacy.accounting import (
     RDP_ORDERS,
     calibrate_noise_multiplier,
     epsilon_after,

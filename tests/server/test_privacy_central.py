@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import stats
 
+from stamen.privacy.accounting import epsilon_after
 from stamen.server.aggregators import create
-from stamen.server.privacy.accounting import epsilon_after
 from stamen.server.privacy.central import CentralDP, clip_rows, declared_sensitivity
 
 DELTA = 1e-5

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stamen.protocols.codecs.rqm import quantize
-from stamen.server.privacy.rqm_rdp import (
+from stamen.privacy.rqm_rdp import (
     DEFAULT_ORDERS,
     RqmAccountant,
     RqmParams,
@@ -29,6 +28,7 @@ from stamen.server.privacy.rqm_rdp import (
     renyi_divergence,
     renyi_divergence_log,
 )
+from stamen.protocols.codecs.rqm import quantize
 
 
 def test_two_levels_by_hand() -> None:

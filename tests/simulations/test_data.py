@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from stamen.simulations import data
-from stamen.simulations.data import cache_dir, clear_memory_cache, load_dataset
+from stamen.simulations.data import clear_memory_cache, load_dataset
+from stamen.task.cache import cache_dir
 
 SMALL = 200  # mnist1d samples: 160 train + 40 test, generated in a few milliseconds
 

@@ -242,3 +242,39 @@ def _parse_scalar(text: str, tp: type) -> Scalar | None:
         return int(text) if tp is int else float(text)
     except ValueError:
         return None
+
+
+def to_flat(obj: _Config, prefix: str) -> dict[str, Any]:
+    """``obj`` as one flat mapping of dotted keys (``"train.sparse.density"``) to scalars or lists of
+    scalars: what a Flower ``ConfigRecord`` holds. Open-ended parameter tables are not flattenable
+    (a :class:`ValueError` names them); the wire specs have none. Inverse: :func:`from_flat`."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list) and any(isinstance(v, Mapping) for v in node):
+            raise ValueError(f"{path}: a list of tables cannot be flattened")
+        else:
+            out[path] = node
+
+    if obj.EXTRAS is not None:
+        raise ValueError(f"{type(obj).__name__} has open-ended parameters and cannot be flattened")
+    walk(_to_plain(obj), prefix)
+    return out
+
+
+def from_flat(cls: type[_Config], flat: Mapping[str, Any], prefix: str) -> Any:
+    """Rebuild ``cls`` from the keys of ``flat`` under ``prefix.`` (other keys are ignored); strict:
+    unknown keys under the prefix fail, values are type- and range-checked like the TOML."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        if not key.startswith(prefix + "."):
+            continue
+        node = tree
+        *parents, leaf = key[len(prefix) + 1 :].split(".")
+        for seg in parents:
+            node = node.setdefault(seg, {})
+        node[leaf] = list(value) if isinstance(value, list | tuple) else value
+    return _build(cls, tree, prefix + ".")

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stamen.client.models import register_model
+from stamen.task.models.registry import register_model
 
 SCORES_SUFFIX = "scores"
 DEFAULT_KEEP = 0.5  # FRL args.sparsity: fraction of edges KEPT per layer

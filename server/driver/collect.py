@@ -1,0 +1,322 @@
+"""Collect one round's replies: verify, decode, validate and stack them; reject, count and go on.
+
+Per reply (:meth:`UpdateCollector.add`, which never raises): the client must have been asked this
+round and reply once; its reported numbers must be finite (``num-examples > 0``, ``epsilon >= 0``); an
+envelope is verified before parsing (when a verifier is set), must name the base the server expects
+and the version it sent, and must be signed by — and name — the client it came from; a plain Flower
+reply (full weights) is accepted only without a verifier and with a dense codec. The decoded delta
+must match the model's tensor table, be float32, finite and within the norm bound. Anything else is
+a counted rejection with its reason; the round goes on.
+
+Per round (:meth:`UpdateCollector.finish`): clients that did not reply count as rejected; with no
+absolute norm bound, a row whose L2 norm exceeds ``norm_ratio`` times the round's median norm is
+rejected (a single 1e30 update cannot move the model); reported example counts are capped (FedAvg
+trusts them only up to the client's declared partition size, or a fixed maximum, or
+``examples_ratio`` times the round's median).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stamen.protocols import (
+    StamenError,
+    TensorInfo,
+    ValidationError,
+    Verifier,
+    decode_update,
+    keys,
+    tensor_table,
+)
+from stamen.server.driver.types import Reply, TrainTask, Weights
+
+log = logging.getLogger("stamen.server")
+
+
+@dataclass(frozen=True)
+class CollectPolicy:
+    """What a reply must satisfy.
+
+    Attributes
+    ----------
+    max_norm : float
+        Absolute L2 bound on a decoded update (``aggregation.max_update_norm``); 0 = use the
+        adaptive bound below.
+    norm_ratio : float
+        Adaptive bound: reject a row whose norm exceeds ``norm_ratio`` times the round's median norm
+        (needs >= 3 rows; 0 disables). Default 100.
+    max_examples : int
+        Cap on a reported ``num-examples``; 0 = ``examples_ratio`` times the round's median.
+    examples_ratio : float
+        Adaptive cap (used when neither ``declared`` nor ``max_examples`` applies). Default 10.
+    declared : mapping or None
+        Each client's true example count when the server knows it (a simulation's partition sizes):
+        the cap for that client.
+    verifier : Verifier or None
+        When set, every update must be an envelope signed by a trusted key.
+    allow_plain : bool
+        Accept plain Flower replies (full weights) — only meaningful with a dense codec.
+    require : tuple of str
+        Metric keys every reply must carry (Bristle's peer mode: the declared classes).
+    """
+
+    max_norm: float = 0.0
+    norm_ratio: float = 100.0
+    max_examples: int = 0
+    examples_ratio: float = 10.0
+    declared: Mapping[str, int] | None = None
+    verifier: Verifier | None = None
+    allow_plain: bool = True
+    require: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("max_norm", "norm_ratio", "max_examples", "examples_ratio"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+
+
+@dataclass
+class RoundStats:
+    """Per-round bookkeeping; bytes are ``len()`` of what was really received."""
+
+    bytes_up: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    reasons: list[str] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)  # every client whose update arrived (accepted or not)
+    client_epsilon: float | None = None  # largest valid ε a client of this round reported
+
+
+@dataclass
+class CollectedUpdates:
+    """The round's accepted updates: a ``(n, d)`` float32 stack (rows in cohort order), their FedAvg
+    weights ``(n,)``, senders and per-sender extras, plus the model layout and base."""
+
+    base: Weights
+    table: tuple[TensorInfo, ...]
+    stack: np.ndarray  # (n, d) view of the preallocated buffer
+    weights: np.ndarray  # (n,) float64
+    senders: list[str]
+    extras: dict[str, dict[str, Any]]
+    stats: RoundStats
+
+    def base_flat(self) -> np.ndarray:
+        """The base weights as one ``(d,)`` float32 vector in table order."""
+        out = np.empty(self.stack.shape[1], dtype=np.float32)
+        flatten(self.base, self.table, out)
+        return out
+
+    def released(self) -> dict[str, Weights]:
+        """Every accepted sender's weights ``base + delta`` (Bristle's peer mode relays them)."""
+        return {
+            s: {k: self.base[k] + v for k, v in unflatten(self.stack[i], self.table).items()}
+            for i, s in enumerate(self.senders)
+        }
+
+
+def flatten(tensors: Mapping[str, np.ndarray], table: tuple[TensorInfo, ...], out: np.ndarray) -> None:
+    """Write ``tensors`` into the preallocated ``(d,)`` row ``out`` in table order."""
+    offset = 0
+    for info in table:
+        n = info.size
+        out[offset : offset + n] = np.asarray(tensors[info.name], dtype=np.float32).reshape(-1)
+        offset += n
+
+
+def unflatten(flat: np.ndarray, table: tuple[TensorInfo, ...]) -> dict[str, np.ndarray]:
+    """Split a ``(d,)`` vector back into named tensors (copies)."""
+    out, offset = {}, 0
+    for info in table:
+        out[info.name] = flat[offset : offset + info.size].reshape(info.shape).astype(np.float32)
+        offset += info.size
+    return out
+
+
+def validate_delta(delta: Mapping[str, np.ndarray], table: tuple[TensorInfo, ...], max_norm: float) -> float:
+    """Check ``delta`` against ``table`` (names, shapes, float32, finite, ``max_norm`` if > 0); return
+    its L2 norm. Raises :class:`ValidationError`."""
+    names = [t.name for t in table]
+    if list(delta) != names and set(delta) != set(names):
+        raise ValidationError(f"tensor names differ from the model: got {sorted(delta)[:5]}...")
+    sq = 0.0
+    for info in table:
+        arr = delta[info.name]
+        if tuple(arr.shape) != info.shape:
+            raise ValidationError(f"{info.name}: shape {arr.shape} != {info.shape}")
+        if arr.dtype != np.float32:
+            raise ValidationError(f"{info.name}: dtype {arr.dtype} != float32")
+        if not np.all(np.isfinite(arr)):
+            raise ValidationError(f"{info.name}: non-finite values")
+        flat = arr.ravel()
+        sq += float(np.dot(flat, flat))
+    norm = math.sqrt(sq)
+    if not math.isfinite(norm):
+        raise ValidationError("update L2 norm overflows float32")
+    if max_norm > 0 and norm > max_norm:
+        raise ValidationError(f"update L2 norm {norm:.4g} exceeds bound {max_norm}")
+    return norm
+
+
+def reported_number(metrics: Mapping[str, Any], key: str) -> float | None:
+    """A reported scalar as float; None when absent; ``ValidationError`` when not a finite number."""
+    if key not in metrics:
+        return None
+    value = metrics[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(f"reported {key!r} is not a number: {value!r}")
+    if not math.isfinite(float(value)):
+        raise ValidationError(f"reported {key!r} is not finite: {value!r}")
+    return float(value)
+
+
+class UpdateCollector:
+    """Collects one round's replies into a preallocated ``(len(tasks), d)`` stack.
+
+    Parameters
+    ----------
+    base : mapping of str to ndarray
+        Global weights of the round (what the deltas apply to); defines the tensor table.
+    tasks : sequence of TrainTask
+        What was sent, in cohort order (rows keep this order, whatever order replies came in).
+    policy : CollectPolicy
+        Norm and example-count bounds, signature verifier, plain replies.
+    """
+
+    def __init__(
+        self, base: Mapping[str, np.ndarray], tasks: Sequence[TrainTask], policy: CollectPolicy
+    ) -> None:
+        self.base = {k: np.asarray(v, dtype=np.float32) for k, v in base.items()}
+        self.table = tensor_table(self.base)
+        self.policy = policy
+        self.tasks = {t.client: t for t in tasks}
+        self.order = {t.client: i for i, t in enumerate(tasks)}
+        dim = sum(t.size for t in self.table)
+        self._stack = np.empty((max(len(tasks), 1), dim), dtype=np.float32)  # (n, d)
+        self._rows: dict[str, tuple[int, float, float]] = {}  # client -> (row, examples, norm)
+        self._extras: dict[str, dict[str, Any]] = {}
+        self._replied: set[str] = set()
+        self.stats = RoundStats()
+
+    def add(self, reply: Reply) -> bool:
+        """Verify, decode, validate and stack one reply; a bad one is rejected and counted (never
+        raises)."""
+        client = reply.client
+        if client not in self.tasks:
+            return self.reject(client, "not asked this round")
+        if client in self._replied:
+            return self.reject(client, "second reply in one round")
+        self._replied.add(client)
+        self.stats.bytes_up += reply.nbytes
+        if reply.error is not None:
+            return self.reject(client, f"client error: {reply.error}")
+        self.stats.seen.append(client)  # it released a message (the RQM accountant counts it)
+        try:
+            examples, norm = self._accept(client, reply)
+        except StamenError as exc:
+            return self.reject(client, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # any per-reply failure is the client's, never the run's
+            log.exception("unexpected failure decoding the reply of %s", client)
+            return self.reject(client, f"unreadable reply ({type(exc).__name__}: {exc})")
+        self._rows[client] = (len(self._rows), examples, norm)
+        self.stats.accepted += 1
+        return True
+
+    def _accept(self, client: str, reply: Reply) -> tuple[float, float]:
+        for key in self.policy.require:
+            if key not in reply.metrics:
+                raise ValidationError(f"reply lacks {key!r}")
+        examples = reported_number(reply.metrics, keys.NUM_EXAMPLES)
+        if examples is None or examples <= 0:
+            raise ValidationError(f"reply needs a numeric {keys.NUM_EXAMPLES!r} > 0, got {examples}")
+        eps = reported_number(reply.metrics, keys.EPSILON)
+        if eps is not None and eps < 0:
+            raise ValidationError(f"reported epsilon must be >= 0, got {eps}")
+        loss = reported_number(reply.metrics, keys.TRAIN_LOSS)
+        delta = self._delta(client, reply)
+        norm = validate_delta(delta, self.table, self.policy.max_norm)
+        flatten(delta, self.table, self._stack[len(self._rows)])
+        if eps is not None:
+            cur = self.stats.client_epsilon
+            self.stats.client_epsilon = eps if cur is None else max(cur, eps)
+        if loss is not None:
+            self.stats.train_loss.append(loss)
+        self._extras[client] = {k: v for k, v in reply.metrics.items() if isinstance(v, list)}
+        return examples, norm
+
+    def _delta(self, client: str, reply: Reply) -> Mapping[str, np.ndarray]:
+        task = self.tasks[client]
+        if reply.envelope is not None:
+            envelope, delta = decode_update(
+                reply.envelope,
+                verifier=self.policy.verifier,
+                expected_base=task.expected_base,
+                expected_tensors=self.table,
+            )
+            if envelope.sender != client:
+                raise ValidationError(f"envelope names sender {envelope.sender!r}, it came from {client!r}")
+            if envelope.version != task.instructions.version:
+                raise ValidationError(
+                    f"envelope names model version {envelope.version}, the server sent {task.instructions.version}"
+                )
+            return delta
+        if reply.weights is None:
+            raise ValidationError(f"reply has neither {keys.UPDATE!r} nor {keys.ARRAYS!r}")
+        if self.policy.verifier is not None or not self.policy.allow_plain:
+            raise ValidationError("plain (unsigned, unencoded) replies are not accepted by this server")
+        try:
+            return {k: np.asarray(reply.weights[k], dtype=np.float32) - self.base[k] for k in self.base}
+        except (KeyError, ValueError) as exc:
+            raise ValidationError(f"plain reply does not match the model: {exc}") from exc
+
+    def reject(self, client: str, reason: str) -> bool:
+        """Count and log a rejected update; the round goes on."""
+        self.stats.rejected += 1
+        self.stats.reasons.append(f"{client}: {reason}")
+        log.warning("rejected update from %s: %s", client, reason)
+        return False
+
+    def finish(self) -> CollectedUpdates:
+        """Count missing replies, apply the round-level bounds, and return the accepted updates in
+        cohort order."""
+        for client in self.tasks:
+            if client not in self._replied:
+                self.reject(client, "no reply before the timeout")
+        self._drop_outliers()
+        clients = sorted(self._rows, key=self.order.__getitem__)
+        rows = [self._rows[c][0] for c in clients]
+        n = len(rows)
+        if rows != list(range(n)):  # compact into cohort order
+            self._stack[:n] = self._stack[rows]
+        weights = np.asarray(self._capped([self._rows[c][1] for c in clients], clients), dtype=np.float64)
+        extras = {c: self._extras.get(c, {}) for c in clients}
+        return CollectedUpdates(self.base, self.table, self._stack[:n], weights, clients, extras, self.stats)
+
+    def _drop_outliers(self) -> None:
+        ratio = self.policy.norm_ratio
+        if self.policy.max_norm > 0 or ratio <= 0 or len(self._rows) < 3:
+            return
+        median = float(np.median([norm for _, _, norm in self._rows.values()]))
+        for client, (_, _, norm) in list(self._rows.items()):
+            if median > 0 and norm > ratio * median:
+                del self._rows[client]
+                self.stats.accepted -= 1
+                self.reject(
+                    client, f"update L2 norm {norm:.4g} exceeds {ratio:g} x the round's median {median:.4g}"
+                )
+
+    def _capped(self, counts: list[float], clients: list[str]) -> list[float]:
+        p = self.policy
+        if p.declared is not None:
+            return [min(n, float(p.declared.get(c, n))) for n, c in zip(counts, clients, strict=True)]
+        cap = float(p.max_examples)
+        if cap <= 0 and p.examples_ratio > 0 and counts:
+            cap = p.examples_ratio * float(np.median(counts))
+        return [min(n, cap) for n in counts] if cap > 0 else counts

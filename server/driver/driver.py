@@ -1,0 +1,255 @@
+"""The round driver: one synchronous round, end to end, whatever the transport.
+
+``sample -> configure (downlink per client) -> transport.train -> collect + validate ->
+[simulation hook: update attack] -> rule (central DP is a wrapper rule) -> server step -> account ->
+evaluate -> RoundRecord``. Bristle's peer mode is the same round with a relay instead of the server
+step (:class:`~stamen.server.bristle.relay.PeerMode`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from stamen.server.aggregators.base import RoundContext, Rule
+from stamen.server.driver.collect import CollectedUpdates, CollectPolicy, UpdateCollector, unflatten
+from stamen.server.driver.types import Reply, TrainTask, Transport, Weights
+from stamen.server.history import FederationResult, ProgressFn, RoundRecord
+from stamen.server.privacy.central import BudgetExhausted
+from stamen.server.sampling import sample_clients
+from stamen.task.spec import RoundInstructions
+
+log = logging.getLogger("stamen.server")
+EvalFn = Callable[[Weights], tuple[float, float]]
+Accountant = Callable[[Sequence[str]], float]  # senders of a round -> cumulative ε (RQM)
+
+
+class RoundHooks(Protocol):
+    """The simulation's injection points (a deployed server has none)."""
+
+    def sample(self, rnd: int, clients: list[str], k: int) -> list[str] | None:
+        """This round's cohort, or None for the driver's uniform draw."""
+        ...
+
+    def tamper(self, rnd: int, updates: CollectedUpdates, ctx: RoundContext) -> None:
+        """Replace the malicious senders' rows in place (a simulated update attack)."""
+        ...
+
+
+class Downlink(Protocol):
+    """What each sampled client receives: full weights, or a signed delta for an edge device."""
+
+    def payload(self, client: str, rnd: int, weights: Weights) -> tuple[Weights | None, bytes | None, str]:
+        """``(weights or None, signed delta or None, hash the client will train from)``."""
+        ...
+
+    def nbytes(self, tasks: Sequence[TrainTask]) -> int:
+        """Bytes the downlink of ``tasks`` puts on the wire."""
+        ...
+
+
+class Mode(Protocol):
+    """How a round closes: aggregate into a new global model, or (peer mode) relay."""
+
+    def extra(self, client: str) -> dict[str, object]:
+        """Mode-specific payload for ``client``'s task."""
+        ...
+
+    def close(self, rnd: int, updates: CollectedUpdates) -> Weights | None:
+        """The new global weights, or None to keep the current ones."""
+        ...
+
+    def evaluate(self, weights: Weights, fn: EvalFn) -> tuple[float, float]:
+        """``(loss, accuracy)`` of the round's outcome."""
+        ...
+
+    def extra_nbytes(self, tasks: Sequence[TrainTask]) -> int:
+        """Bytes the mode's extra payload puts on the wire."""
+        ...
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    """The numbers the loop itself needs (from :class:`~stamen.server.config.ServerConfig`)."""
+
+    rounds: int
+    per_round: int
+    seed: int
+    timeout_s: float
+    eval_every: int
+
+
+class AggregateMode:
+    """The usual round close: ``w <- base + server_lr * rule(stack, weights)``.
+
+    A round with no accepted update keeps the model, unless the rule releases empty rounds (central
+    DP: the noise is still released and counted).
+    """
+
+    def __init__(self, rule: Rule, server_lr: float, hooks: RoundHooks | None = None) -> None:
+        self.rule, self.server_lr, self.hooks = rule, server_lr, hooks
+
+    def extra(self, client: str) -> dict[str, object]:
+        """No extra payload."""
+        del client
+        return {}
+
+    def close(self, rnd: int, updates: CollectedUpdates) -> Weights | None:
+        """Attack hook (simulation), then the rule and the server step."""
+        n = updates.stack.shape[0]
+        if n == 0 and not self.rule.traits.releases_empty:
+            return None
+        ctx = RoundContext(rnd, updates.table, updates.base_flat())
+        if self.hooks is not None and n:
+            self.hooks.tamper(rnd, updates, ctx)
+        self.rule.begin_round(ctx)
+        agg = self.rule(updates.stack, updates.weights if n else None)
+        step = unflatten(np.asarray(agg, dtype=np.float32) * np.float32(self.server_lr), updates.table)
+        return {k: updates.base[k] + step[k] for k in updates.base}
+
+    def evaluate(self, weights: Weights, fn: EvalFn) -> tuple[float, float]:
+        """The global model's ``(loss, accuracy)``."""
+        return fn(weights)
+
+    def extra_nbytes(self, tasks: Sequence[TrainTask]) -> int:
+        """No extra payload."""
+        del tasks
+        return 0
+
+
+class RoundDriver:
+    """Runs synchronous rounds over any :class:`~stamen.server.driver.types.Transport`.
+
+    Parameters
+    ----------
+    settings : DriverSettings
+        Rounds, cohort size, seed, reply timeout, evaluation period.
+    transport : Transport
+        How tasks reach clients (in-process calls, a Flower Grid).
+    instructions : callable
+        ``(round, version) -> RoundInstructions`` (task, training spec of the round, codec).
+    mode : Mode
+        :class:`AggregateMode` or Bristle's peer relay.
+    downlink : Downlink
+        Full weights, or signed deltas to edge devices.
+    policy : CollectPolicy
+        What a reply must satisfy.
+    rule : Rule
+        The aggregation rule (its ``epsilon()`` is central DP's spend).
+    evaluate : callable or None
+        ``weights -> (loss, accuracy)`` on a held-out set, or None.
+    hooks : RoundHooks or None
+        The simulation's sampler and attack; None in a deployment.
+    accountant : callable or None
+        ``senders -> ε`` for a client mechanism the server accounts (RQM).
+    """
+
+    def __init__(
+        self,
+        settings: DriverSettings,
+        transport: Transport,
+        instructions: Callable[[int, int], RoundInstructions],
+        mode: Mode,
+        downlink: Downlink,
+        policy: CollectPolicy,
+        rule: Rule,
+        evaluate: EvalFn | None = None,
+        hooks: RoundHooks | None = None,
+        accountant: Accountant | None = None,
+    ) -> None:
+        self.settings, self.transport, self.instructions = settings, transport, instructions
+        self.mode, self.downlink, self.policy, self.rule = mode, downlink, policy, rule
+        self.evaluate_fn, self.hooks, self.accountant = evaluate, hooks, accountant
+        self.worst_client_eps: float | None = None
+        self.last: CollectedUpdates | None = None
+
+    def run(self, initial: Weights, progress: ProgressFn | None = None, start: int = 1) -> FederationResult:
+        """Rounds ``start .. settings.rounds``; Ctrl-C or an exhausted privacy budget end the run
+        after the last finished round (``FederationResult.stopped`` says why)."""
+        weights, history, stopped = initial, [], None
+        try:
+            for rnd in range(start, self.settings.rounds + 1):
+                weights, record = self.round(rnd, weights)
+                history.append(record)
+                if progress is not None:
+                    progress(record)
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+            log.warning("interrupted: keeping the %d finished round(s)", len(history))
+        except BudgetExhausted as exc:
+            stopped = "privacy budget exhausted"
+            log.warning("%s", exc)
+        return FederationResult(rounds=history, weights=weights, stopped=stopped)
+
+    def round(self, rnd: int, weights: Weights) -> tuple[Weights, RoundRecord]:
+        """One round from ``weights``; returns the new weights and the round's record."""
+        t0 = time.perf_counter()
+        tasks = self.configure(rnd, weights)
+        replies = self.transport.train(tasks, self.settings.timeout_s)
+        updates = self.collect(weights, tasks, replies)
+        new = self.mode.close(rnd, updates)
+        if new is None:
+            log.warning("round %d: no update accepted; the model is unchanged", rnd)
+        weights = weights if new is None else new
+        down = self.downlink.nbytes(tasks) + self.mode.extra_nbytes(tasks)
+        return weights, self.record(rnd, weights, updates, down, t0)
+
+    def configure(self, rnd: int, weights: Weights) -> list[TrainTask]:
+        """Sample the cohort and build each client's task."""
+        clients = self.transport.clients()
+        k = min(self.settings.per_round, len(clients))
+        if k < self.settings.per_round:
+            log.warning(
+                "round %d: %d clients available, %d asked for", rnd, len(clients), self.settings.per_round
+            )
+        cohort = self.hooks.sample(rnd, clients, k) if self.hooks is not None else None
+        if cohort is None:
+            cohort = [clients[i] for i in sample_clients(self.settings.seed, rnd, len(clients), k)]
+        instr = self.instructions(rnd, rnd)
+        tasks = []
+        for client in cohort:
+            arrays, delta, base = self.downlink.payload(client, rnd, weights)
+            tasks.append(TrainTask(client, instr, arrays, delta, base, self.mode.extra(client)))
+        return tasks
+
+    def collect(
+        self, weights: Weights, tasks: Sequence[TrainTask], replies: Sequence[Reply]
+    ) -> CollectedUpdates:
+        """Verify, decode and validate the replies (in cohort order) into the round's stack."""
+        collector = UpdateCollector(weights, tasks, self.policy)
+        order = {t.client: i for i, t in enumerate(tasks)}
+        for reply in sorted(replies, key=lambda r: (order.get(r.client, len(order)), r.client)):
+            collector.add(reply)
+        self.last = collector.finish()
+        return self.last
+
+    def record(
+        self, rnd: int, weights: Weights, updates: CollectedUpdates, bytes_down: int, t0: float
+    ) -> RoundRecord:
+        """Account, evaluate and build the round's record."""
+        stats = updates.stats
+        eps = self.rule.epsilon()
+        if self.accountant is not None:  # every message that arrived was released by its client
+            eps = self.accountant(stats.seen)
+        if stats.client_epsilon is not None:
+            self.worst_client_eps = max(self.worst_client_eps or 0.0, stats.client_epsilon)
+        loss, acc = math.nan, math.nan
+        due = rnd % self.settings.eval_every == 0 or rnd == self.settings.rounds
+        if due and self.evaluate_fn is not None:
+            loss, acc = self.mode.evaluate(weights, self.evaluate_fn)
+        return RoundRecord(
+            round=rnd,
+            accuracy=acc,
+            loss=loss,
+            bytes_up=stats.bytes_up,
+            bytes_down=bytes_down,
+            epsilon=eps if eps is not None else self.worst_client_eps,
+            rejected=stats.rejected,
+            wall_s=time.perf_counter() - t0,
+        )

@@ -1,0 +1,161 @@
+"""The driver's transport over Flower's ``Grid``: train tasks become Messages, replies come back.
+
+The client key of a reply is the node it came from (``"node-<id>"``: the SuperNode the SuperLink
+authenticated), never a number the client reports. A simulation, whose virtual SuperNodes stand for
+partitions, maps nodes to ``"client-<partition id>"`` once per run with a query, so that sampling and
+seeds match the in-process engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from stamen.protocols import keys
+from stamen.protocols.flower import array_record_nbytes, envelope_from_record, envelope_record
+from stamen.server.driver.types import Reply, TrainTask, Weights
+from stamen.server.edge_downlink import client_index
+from stamen.task.bristle.peer import PeerConfig
+from stamen.task.bristle.relayed import Relayed
+
+log = logging.getLogger("stamen.server")
+
+
+def wait_for_nodes(grid: Grid, wanted: int, minimum: int, timeout_s: float) -> list[int]:
+    """Wait (bounded) until ``wanted`` nodes are connected; settle for ``minimum`` at the deadline.
+
+    Raises ``RuntimeError`` when fewer than ``minimum`` nodes connected within ``timeout_s``.
+    """
+    deadline, next_log = time.monotonic() + timeout_s, time.monotonic() + 5.0
+    while len(nodes := sorted(grid.get_node_ids())) < wanted and time.monotonic() < deadline:
+        if time.monotonic() >= next_log:
+            log.info("waiting for nodes: %d of %d connected", len(nodes), wanted)
+            next_log += 5.0
+        time.sleep(0.1)
+    if len(nodes) < minimum:
+        raise RuntimeError(f"only {len(nodes)} nodes connected within {timeout_s} s; need {minimum}")
+    if len(nodes) < wanted:
+        log.warning("proceeding with %d of %d expected nodes", len(nodes), wanted)
+    return nodes
+
+
+class GridTransport:
+    """Send train tasks through ``grid`` and turn the replies into :class:`Reply` objects.
+
+    Parameters
+    ----------
+    grid : Grid
+        The run's grid (simulation or deployment).
+    wanted, minimum : int
+        Nodes to wait for before round 1, and the fewest to proceed with.
+    wait_s : float
+        How long to wait for them.
+    query_names : bool
+        Ask every node once for the client key it names in its envelopes (simulation); otherwise a
+        node is ``"node-<node id>"``.
+    """
+
+    def __init__(
+        self, grid: Grid, wanted: int, minimum: int, wait_s: float, query_names: bool = False
+    ) -> None:
+        self.grid, self.wanted, self.minimum, self.wait_s = grid, wanted, minimum, wait_s
+        self.query_names = query_names
+        self._node_of: dict[str, int] = {}
+        self._key_of: dict[int, str] = {}
+
+    def clients(self) -> list[str]:
+        """Connected clients, ordered by the number in their key."""
+        nodes = (
+            wait_for_nodes(self.grid, self.wanted, self.minimum, self.wait_s) if not self._key_of else None
+        )
+        if nodes is None:
+            nodes = sorted(self.grid.get_node_ids())
+        unknown = [n for n in nodes if n not in self._key_of]
+        if unknown:
+            self._learn(unknown)
+        return sorted((self._key_of[n] for n in nodes if n in self._key_of), key=client_index)
+
+    def _learn(self, nodes: list[int]) -> None:
+        if not self.query_names:
+            self._remember({n: f"node-{n}" for n in nodes})
+            return
+        msgs = [
+            Message(
+                RecordDict({keys.CONFIG: ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY
+            )
+            for n in nodes
+        ]
+        names: dict[int, str] = {}
+        for r in self.grid.send_and_receive(msgs, timeout=self.wait_s):
+            conf = None if r.has_error() else r.content.config_records.get(keys.CONFIG)
+            if conf is not None and isinstance(conf.get(keys.SENDER), str):
+                names[r.metadata.src_node_id] = str(conf[keys.SENDER])
+        self._remember(names)
+
+    def _remember(self, names: dict[int, str]) -> None:
+        for node, key in names.items():
+            self._node_of[key], self._key_of[node] = node, key
+
+    def train(self, tasks: Sequence[TrainTask], timeout: float) -> list[Reply]:
+        """One Message per task; the replies that arrived within ``timeout`` seconds."""
+        arrays = _arrays(tasks)
+        msgs = [
+            Message(_content(t, arrays), dst_node_id=self._node_of[t.client], message_type=MessageType.TRAIN)
+            for t in tasks
+        ]
+        return [self._reply(m) for m in self.grid.send_and_receive(msgs, timeout=timeout)]
+
+    def _reply(self, msg: Message) -> Reply:
+        node = msg.metadata.src_node_id
+        client = self._key_of.get(node, f"node-{node}")
+        if msg.has_error():
+            return Reply(client, error=str(msg.error.reason))
+        return reply_of(client, msg.content)
+
+
+def _arrays(tasks: Sequence[TrainTask]) -> ArrayRecord | None:
+    """The round's model as one ArrayRecord shared by every message (``None`` for edge downlinks)."""
+    weights = next((t.weights for t in tasks if t.weights is not None), None)
+    if weights is None:
+        return None
+    return ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float32)) for k, v in weights.items()})
+
+
+def _content(task: TrainTask, arrays: ArrayRecord | None) -> RecordDict:
+    records: dict[str, Any] = {keys.CONFIG: ConfigRecord(task.instructions.to_config())}
+    if task.downlink is not None:
+        records[keys.DOWNLINK] = envelope_record(task.downlink)
+    elif arrays is not None:
+        records[keys.ARRAYS] = arrays
+    relayed, peer = task.extra.get("relayed"), task.extra.get("peer")
+    if isinstance(relayed, Relayed) and isinstance(peer, PeerConfig):
+        inbox, conf = relayed.to_plain(peer)
+        records[keys.PEER_INBOX] = ArrayRecord({k: Array(v) for k, v in inbox.items()})
+        records[keys.PEER_CONFIG] = ConfigRecord(conf)
+    return RecordDict(records)
+
+
+def reply_of(client: str, content: RecordDict) -> Reply:
+    """A train reply's envelope (or plain arrays) and reported metrics."""
+    records = content.metric_records
+    metrics_rec = records.get(keys.METRICS) or next(iter(records.values()), None)
+    metrics: dict[str, Any] = dict(metrics_rec.items()) if metrics_rec is not None else {}
+    if keys.UPDATE in content.array_records:
+        data = envelope_from_record(content.array_records[keys.UPDATE])
+        if data is None:
+            return Reply(client, metrics=metrics, error=f"record {keys.UPDATE!r} holds no envelope")
+        return Reply(client, envelope=data, metrics=metrics, nbytes=len(data))
+    if keys.ARRAYS in content.array_records:
+        rec = content.array_records[keys.ARRAYS]
+        try:
+            weights: Weights = {k: a.numpy() for k, a in rec.items()}
+        except Exception as exc:  # a stock client's arrays that do not deserialize
+            return Reply(client, metrics=metrics, error=f"plain reply arrays unreadable: {exc}")
+        return Reply(client, weights=weights, metrics=metrics, nbytes=array_record_nbytes(rec))
+    return Reply(client, metrics=metrics)

@@ -1,0 +1,75 @@
+"""What the driver sends one client, what comes back, and how it travels.
+
+A client is named by a *client key*: ``"client-<partition id>"`` for a simulated client,
+``"node-<node id>"`` for a deployed SuperNode. The key comes from the transport (the authenticated
+node behind the reply), never from anything the client reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from stamen.task.spec import RoundInstructions
+
+Weights = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """One client's work for one round.
+
+    Attributes
+    ----------
+    client : str
+        The client key the reply must come from.
+    instructions : RoundInstructions
+        The round's task, training spec and codec (the same for the whole round).
+    weights : dict or None
+        The full global model (``clients.runtime = "memory"``), or None.
+    downlink : bytes or None
+        A signed delta envelope against the version the device holds (``"edge"``), or None.
+    expected_base : str
+        ``model_hash`` of what the client will train from; its envelope must name it.
+    extra : mapping
+        Mode-specific payload (Bristle peer mode: the relayed inbox).
+    """
+
+    client: str
+    instructions: RoundInstructions
+    weights: Weights | None
+    downlink: bytes | None
+    expected_base: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Reply:
+    """One client's answer, as the transport received it.
+
+    Exactly one of ``envelope`` (a packed stamen Envelope), ``weights`` (a plain Flower client's full
+    local weights) or ``error`` is set. ``metrics`` holds the client's reported numbers (untrusted).
+    ``nbytes`` is what really arrived.
+    """
+
+    client: str
+    envelope: bytes | None = None
+    weights: Weights | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    nbytes: int = 0
+
+
+class Transport(Protocol):
+    """How train tasks reach clients and replies come back."""
+
+    def clients(self) -> list[str]:
+        """The available clients' keys, in a canonical order (sampling indexes into it)."""
+        ...
+
+    def train(self, tasks: Sequence[TrainTask], timeout: float) -> list[Reply]:
+        """Run ``tasks`` and return the replies that arrived within ``timeout`` seconds."""
+        ...

@@ -1,0 +1,55 @@
+"""Server side of RQM (``privacy.mode = "rqm"``): calibrate Δ before round 1, account every round.
+
+RQM is a client mechanism (the ``rqm`` codec stage randomizes each coordinate); the server accounts it
+exactly (:mod:`stamen.privacy.rqm_rdp`), composed over the model's coordinates and the rounds each
+client took part in (no amplification by client sampling: the server sees every client's message).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from stamen.privacy.rqm_rdp import RqmAccountant, RqmParams, calibrate_delta
+from stamen.protocols import CodecSpec
+from stamen.task.models import model_structure
+from stamen.task.settings import Settings
+from stamen.task.spec import TaskSpec
+
+
+def model_dims(task: TaskSpec) -> int:
+    """Number of model coordinates (every tensor of the ``state_dict``)."""
+    return sum(int(t.numel()) for t in model_structure(task).state_dict().values())
+
+
+def rqm_codec_params(s: Settings, task: TaskSpec) -> Any:
+    """The codec params; with ``privacy.mode = "rqm"`` and a target ε, RQM's extension Δ is
+    calibrated so that a client taking part in every round stays within the target."""
+    p = s.privacy
+    if p.mode != "rqm" or p.calibration != "target_epsilon":
+        return s.codec.params
+    stage = dict(CodecSpec.from_pipeline(["rqm"], s.codec.params).stages[0].params)
+    rqm = RqmParams.from_stage(stage)
+    delta = calibrate_delta(
+        p.target_epsilon,
+        c=rqm.c,
+        m=rqm.m,
+        q=rqm.q,
+        coordinates=model_dims(task),
+        rounds=s.rounds,
+        target_delta=p.delta,
+    )
+    params = {k: dict(v) for k, v in s.codec.params.items()}
+    params.setdefault("rqm", {})["delta"] = delta
+    return params
+
+
+def rqm_accountant(codec: CodecSpec, task: TaskSpec, target_delta: float) -> Callable[[Sequence[str]], float]:
+    """``senders of a round -> worst client's cumulative ε`` (at ``target_delta``)."""
+    accountant = RqmAccountant(RqmParams.from_stage(dict(codec.stages[0].params)), model_dims(task))
+
+    def step(senders: Sequence[str]) -> float:
+        accountant.step(list(senders))
+        return float(accountant.epsilon(target_delta))
+
+    return step

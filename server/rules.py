@@ -1,0 +1,37 @@
+"""The run's aggregation rule: pre-aggregators, the rule, and central DP as a wrapper around it."""
+
+from __future__ import annotations
+
+from stamen.server.aggregators import Rule, build_aggregator
+from stamen.server.privacy.central import CentralDP, CentralDPRule
+from stamen.task.settings import Settings
+
+
+def rule_name(s: Settings) -> str:
+    """``"pre -> ... -> rule"`` for messages."""
+    return " -> ".join([*s.aggregation.pre, s.aggregation.rule])
+
+
+def build_rule(s: Settings) -> Rule:
+    """The run's rule (built once: some rules keep state across rounds), wrapped in central DP for
+    ``privacy.mode = "central"`` (which refuses a rule without a declared sensitivity)."""
+    agg = build_aggregator(s.aggregation.rule, s.aggregation.pre, s.aggregation.params, seed=s.seed)
+    if s.privacy.mode != "central":
+        return agg
+    budget = s.privacy.target_epsilon if s.privacy.calibration == "target_epsilon" else None
+    return CentralDPRule(agg, make_central_dp(s), rule_name(s), budget)
+
+
+def make_central_dp(s: Settings) -> CentralDP:
+    """Central DP's mechanism and accountant, noise calibrated before round 1."""
+    p = s.privacy
+    common = dict(
+        clipping_norm=p.clipping_norm,
+        clients_per_round=s.clients.per_round,
+        num_clients=s.data.num_clients,
+        rounds=s.rounds,
+        seed=s.seed,
+    )
+    if p.calibration == "target_epsilon":
+        return CentralDP.from_target(p.target_epsilon, p.delta, **common)
+    return CentralDP(p.noise_multiplier, delta=p.delta, **common)

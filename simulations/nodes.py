@@ -1,0 +1,63 @@
+"""The simulation's virtual clients as :class:`~stamen.client.node.Node` objects: each gets its
+partition (poisoned for a malicious client under a data attack), its local test slice in Bristle's
+peer mode, and its edge store in the edge runtime. The ClientApp of the Flower engine resolves its
+node from ``context.node_config["partition-id"]`` with :meth:`SimulatedNodes.resolve`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Context
+
+from stamen.client.node import Node
+from stamen.protocols import keys
+from stamen.simulations.bristle_data import validation_inputs
+from stamen.simulations.devices import DeviceFleet
+from stamen.simulations.provider import DataSpec, client_data
+from stamen.task.data import TaskData
+
+
+@dataclass(frozen=True)
+class PartitionSource:
+    """Virtual client ``pid``'s :class:`~stamen.task.data.DataSource` (loaded on first use)."""
+
+    spec: DataSpec
+    pid: int
+    peer_slice: bool = False  # Bristle's peer mode: the node's 10 test samples per familiar class
+
+    def train(self) -> TaskData:
+        """The client's partition."""
+        return client_data(self.spec, self.pid)
+
+    def test(self) -> TaskData | None:
+        """Bristle's local test slice (peer mode), else None."""
+        if not self.peer_slice:
+            return None
+        train = self.train()
+        classes = tuple(int(c) for c in np.unique(train.y))
+        x, y = validation_inputs(self.spec.seed, classes, node=self.pid)
+        return TaskData(x, y, train.num_classes, int(x.shape[1]))
+
+
+@dataclass
+class SimulatedNodes:
+    """Every virtual client of a run (what each would hold on its own device)."""
+
+    data: DataSpec
+    peer: bool = False
+    devices: DeviceFleet | None = None
+    _cache: dict[int, Node] = field(default_factory=dict, repr=False, compare=False)
+
+    def node(self, pid: int) -> Node:
+        """Virtual client ``pid`` (built once per process)."""
+        if pid not in self._cache:
+            store = self.devices.store(pid) if self.devices is not None else None
+            self._cache[pid] = Node(PartitionSource(self.data, pid, self.peer), f"client-{pid}", pid, store)
+        return self._cache[pid]
+
+    def resolve(self, context: Context) -> Node:
+        """The node behind a Flower context (its ``partition-id``)."""
+        if keys.NODE_PARTITION_ID not in context.node_config:
+            raise ValueError("a simulated node needs 'partition-id' in its node config")
+        return self.node(int(context.node_config[keys.NODE_PARTITION_ID]))

@@ -1,0 +1,111 @@
+"""A simulation, planned once from its scenario: the server config (as a deployment would read it),
+plus everything only a simulation has — the virtual clients' data, the adversary, Bristle's
+validation slice, simulated edge devices — which the engines inject around the same round driver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from stamen.server.bristle.relay import EVALUATION
+from stamen.server.config import ServerConfig
+from stamen.server.driver import RoundDriver, Transport
+from stamen.server.driver.driver import EvalFn
+from stamen.server.federation import RunExtras, assemble, central_evaluator
+from stamen.server.rules import build_rule
+from stamen.server.sampling import minority_feasible
+from stamen.simulations.adversary import PoolTrainer, build_adversary
+from stamen.simulations.attacks import attack_type, malicious_clients
+from stamen.simulations.bristle_data import validation_slice
+from stamen.simulations.devices import SimulatedDevices
+from stamen.simulations.nodes import SimulatedNodes
+from stamen.simulations.provider import DataSpec, initial_model, partition_sizes, test_data
+from stamen.simulations.scenario import Scenario
+from stamen.task.weights import Weights, get_weights
+
+
+@dataclass
+class SimulationPlan:
+    """Everything an engine needs to run a scenario."""
+
+    scenario: Scenario
+    cfg: ServerConfig
+    data: DataSpec
+    malicious: tuple[int, ...]
+    initial: Weights
+    peer: bool
+
+    @classmethod
+    def from_scenario(cls, s: Scenario, timeout_s: float = 600.0) -> SimulationPlan:
+        """Plan ``s``; refuses what cannot run (``ValueError``, one line) before round 1."""
+        malicious, data_attack = adversary_of(s)
+        data = DataSpec.from_scenario(s, malicious, data_attack)
+        cfg = ServerConfig.from_settings(s, timeout_s, partition_sizes=partition_sizes(data))
+        check_attack(s, malicious)
+        peer = build_rule(s).traits.relay_only
+        initial = get_weights(initial_model(cfg.task, data))
+        return cls(s, cfg, data, malicious, initial, peer)
+
+    def evaluator(self) -> EvalFn:
+        """Centralized evaluation on the held-out test split."""
+        return central_evaluator(self.cfg, test_data(self.data))
+
+    def devices(self) -> SimulatedDevices | None:
+        """Simulated edge devices for ``clients.runtime = "edge"`` (close them after the run)."""
+        if self.cfg.settings.clients.runtime != "edge":
+            return None
+        return SimulatedDevices(
+            self.initial, self.cfg.settings.codec.downlink, self.cfg.task.model_id, self.cfg.seed
+        )
+
+    def nodes(self, devices: SimulatedDevices | None) -> SimulatedNodes:
+        """The virtual clients."""
+        return SimulatedNodes(self.data, self.peer, devices.fleet if devices is not None else None)
+
+    def extras(self, devices: SimulatedDevices | None) -> RunExtras:
+        """The simulation's injections into the round driver."""
+        s, cfg = self.scenario, self.cfg
+        pool = PoolTrainer(cfg.task, self.data, cfg.seed, cfg.train_for_round)
+        sizes = partition_sizes(self.data)
+        validation = validation_slice(cfg.seed) if s.aggregation.rule == "bristle" and not self.peer else None
+        return RunExtras(
+            hooks=build_adversary(s, self.malicious, pool),
+            declared={f"client-{pid}": n for pid, n in enumerate(sizes)},
+            malicious=self.malicious,
+            validation=validation,
+            downlink=devices.downlink if devices is not None else None,
+        )
+
+    def driver(self, transport: Transport, devices: SimulatedDevices | None) -> RoundDriver:
+        """The round driver of this simulation over ``transport``."""
+        return assemble(self.cfg, transport, self.initial, self.evaluator(), self.extras(devices))
+
+    def result_extra(self) -> dict[str, Any]:
+        """What results.json records besides the rounds."""
+        return {"evaluation": EVALUATION} if self.peer else {}
+
+
+def adversary_of(s: Scenario) -> tuple[tuple[int, ...], bool]:
+    """(malicious partition ids, whether the attack poisons data) of the scenario's attack."""
+    if s.attack.kind == "none":
+        return (), False
+    kind = attack_type(s.attack.kind)  # ValueError for an unknown kind
+    ids = tuple(malicious_clients(s.data.num_clients, s.attack.fraction, s.seed))
+    return ids, kind == "data"
+
+
+def check_attack(s: Scenario, malicious: tuple[int, ...]) -> None:
+    """Refuse attack settings that cannot run, before round 1."""
+    if s.attack.kind == "rank_reversal" and s.model.name != "supermask_mlp":
+        raise ValueError(
+            f"attack.kind='rank_reversal' forges FRL rankings: it needs model.name='supermask_mlp', got {s.model.name!r}"
+        )
+    if s.attack.malicious_minority and not minority_feasible(
+        s.data.num_clients, s.clients.per_round, len(malicious)
+    ):
+        raise ValueError(
+            f"attack.malicious_minority: no cohort of {s.clients.per_round} clients has fewer "
+            f"than half of the {len(malicious)} attackers; lower attack.fraction, "
+            "or set attack.malicious_minority=false"
+        )

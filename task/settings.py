@@ -1,0 +1,365 @@
+"""The typed run settings every node of a federation agrees on, read once from TOML or ``--set``.
+
+Top-level keys (``name``, ``description``, ``seed``, ``rounds``) plus one table per section, checked
+generically by :mod:`stamen.task.settings_base` (unknown keys fail, values are type- and
+range-checked, every error is a ``ValueError`` naming the key). Open-ended parameters are kept for
+their registries to validate: ``[codec.<stage>]`` tables and any other key of ``[aggregation]``.
+``--set`` overrides use dotted keys of the same tree (``clients.lr=0.1``, ``model.hidden=128,64``,
+``codec.topk.ratio=0.01``, ``aggregation.f=2``).
+
+:class:`Settings` is what a deployed server runs; the simulation's
+:class:`~stamen.simulations.scenario.Scenario` adds the simulation-only ``[attack]`` section. The
+same section classes travel to clients (:class:`~stamen.task.spec.TaskSpec` holds ``[lora]``,
+:class:`~stamen.task.spec.TrainSpec` holds ``[sparse]``): one class per setting, end to end.
+"""
+
+from __future__ import annotations
+
+import sys
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (tomli ships with flwr)
+    import tomli as tomllib
+
+from stamen.task.settings_base import (
+    Scalar,
+    _build,
+    _Config,
+    _copy_tree,
+    _f,
+    _leaf_type,
+    _parse_text,
+    _to_plain,
+)
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+PRIVACY_MODES: tuple[str, ...] = ("off", "central", "local", "dp_sgd", "rqm")
+CALIBRATIONS: tuple[str, ...] = ("target_epsilon", "fixed")
+PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shards")
+ADAPTERS: tuple[str, ...] = ("none", "lora", "fedsb")
+# (input_dim, num_classes) of the built-in data sets; ``None`` = the sequence length (text)
+DATASET_SHAPES: Mapping[str, tuple[int | None, int]] = {
+    "digits": (64, 10),
+    "mnist1d": (40, 10),
+    "pydocs": (None, 10),
+}
+SCENARIO_PACKAGE = __name__.rpartition(".")[0] + ".scenarios"
+
+
+@dataclass(frozen=True)
+class DataConfig(_Config):
+    """``[data]``: which data set and how it is split across clients.
+
+    ``alpha`` is the Dirichlet concentration (``partition = "dirichlet"``), ``shards_per_client``
+    the shard count (``"shards"``), ``test_fraction`` the held-out share of ``digits``, and
+    ``num_samples`` the number of samples ``mnist1d`` generates (train + test, its own 80/20 split).
+    """
+
+    SECTION: ClassVar[str] = "data"
+    dataset: str = _f("digits", choices=tuple(DATASET_SHAPES))
+    partition: str = _f("iid", choices=PARTITION_SCHEMES)
+    alpha: float = _f(0.5, gt=0.0)
+    num_clients: int = _f(10, ge=1)
+    shards_per_client: int = _f(2, ge=1)
+    test_fraction: float = _f(0.2, gt=0.0, lt=1.0)
+    num_samples: int = _f(5000, ge=10)
+    seq_len: int = _f(32, ge=8, le=512)  # text data sets (pydocs): tokens per sample
+
+
+@dataclass(frozen=True)
+class ClientsConfig(_Config):
+    """``[clients]``: participation per round and local training (``lr`` is the local step size)."""
+
+    SECTION: ClassVar[str] = "clients"
+    per_round: int = _f(10, ge=1)
+    local_epochs: int = _f(1, ge=1)
+    batch_size: int = _f(32, ge=1)
+    lr: float = _f(0.05, gt=0.0)
+    lr_decay: float = _f(1.0, gt=0.0, le=1.0)  # round r trains with lr * lr_decay**(r-1) (FRL: 0.999)
+    trainer: str = _f("full", nonempty=True)
+    optimizer: str = _f("sgd", choices=OPTIMIZERS)
+    momentum: float = _f(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = _f(0.0, ge=0.0)
+    # "memory": the client trains from the weights in the message; "edge": the client's model lives
+    # in an edge model store and the server sends signed deltas against the device's version
+    runtime: str = _f("memory", choices=("memory", "edge"))
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Config):
+    """``[model]``: architecture name and hidden layer widths (``()`` = no hidden layer)."""
+
+    SECTION: ClassVar[str] = "model"
+    name: str = _f("mlp", nonempty=True)
+    hidden: tuple[int, ...] = _f((64,), ge=1)
+    # 0 = the data set's own (see DATASET_SHAPES); set both for a deployment's own data
+    input_dim: int = _f(0, ge=0)
+    num_classes: int = _f(0, ge=0)
+
+
+@dataclass(frozen=True)
+class CodecConfig(_Config):
+    """``[codec]``: update compression pipeline (encoded in order, decoded in reverse).
+
+    ``params`` maps a stage to its ``[codec.<stage>]`` table (``{"topk": {"ratio": 0.01}}``); the
+    codec registry validates it.
+    """
+
+    SECTION: ClassVar[str] = "codec"
+    EXTRAS: ClassVar[str | None] = "params"
+    pipeline: tuple[str, ...] = _f(("dense",), nonempty=True)
+    downlink: str = _f("dense", nonempty=True)  # codec spec of server->device deltas (runtime = "edge")
+    params: Mapping[str, Mapping[str, Scalar]] = _f(factory=dict)
+    error_feedback: bool = False
+
+    def _check(self) -> None:
+        if any(not stage for stage in self.pipeline):
+            raise ValueError(f"codec.pipeline has an empty stage name: {list(self.pipeline)}")
+
+
+@dataclass(frozen=True)
+class AggregationConfig(_Config):
+    """``[aggregation]``: server rule, pre-aggregators, its parameters (every other key, checked by the
+    aggregator registry), server learning rate, and what the server trusts of a reply: an absolute
+    update-norm bound or an adaptive one (``norm_ratio`` x the round's median norm), and a cap on the
+    example counts FedAvg weights by."""
+
+    SECTION: ClassVar[str] = "aggregation"
+    EXTRAS: ClassVar[str | None] = "params"
+    rule: str = _f("fedavg", nonempty=True)
+    pre: tuple[str, ...] = ()  # pre-aggregators applied in order before the rule, e.g. ("nnm",)
+    params: Mapping[str, Scalar] = _f(factory=dict)
+    server_lr: float = _f(1.0, gt=0.0)
+    # the server rejects an update whose L2 norm exceeds max_update_norm (> 0), or, when it is 0,
+    # norm_ratio times the round's median update norm (0 disables that adaptive bound too)
+    max_update_norm: float = _f(0.0, ge=0.0)
+    norm_ratio: float = _f(25.0, ge=0.0)
+    # FedAvg trusts a reported example count only up to max_examples (0: 10 x the round's median;
+    # simulations cap each client at its true partition size)
+    max_examples: int = _f(0, ge=0)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig(_Config):
+    """``[privacy]``: differential privacy mode, how the noise is calibrated, and its parameters.
+
+    ``calibration = "target_epsilon"`` finds the noise multiplier that spends ``target_epsilon`` at
+    ``delta`` over the run; ``"fixed"`` uses ``noise_multiplier`` as given. ``clipping_norm`` is the
+    L2 bound ``C`` on each update (central, local) or per-example gradient (dp_sgd).
+    """
+
+    SECTION: ClassVar[str] = "privacy"
+    mode: str = _f("off", choices=PRIVACY_MODES)
+    calibration: str = _f("target_epsilon", choices=CALIBRATIONS)
+    target_epsilon: float = _f(8.0, gt=0.0)
+    delta: float = _f(1e-5, gt=0.0, lt=1.0)
+    noise_multiplier: float = _f(1.0, ge=0.0)
+    clipping_norm: float = _f(1.0, gt=0.0)
+
+
+@dataclass(frozen=True)
+class LoRAConfig(_Config):
+    """``[lora]``: adapters attached to the model (``adapter = "lora"`` or ``"fedsb"``; see
+    :mod:`stamen.client.lora`), their rank, scale ``alpha``, dropout, target layers (name substrings),
+    modules trained in full (the head), and Fed-SB's initialization (samples, step size)."""
+
+    SECTION: ClassVar[str] = "lora"
+    adapter: str = _f("none", choices=ADAPTERS)
+    rank: int = _f(8, ge=1)
+    alpha: float = _f(16.0, gt=0.0)
+    dropout: float = _f(0.0, ge=0.0, lt=1.0)
+    targets: tuple[str, ...] = ("query", "value")
+    train_modules: tuple[str, ...] = ("classifier",)
+    init_samples: int = _f(170, ge=1)
+    init_lr: float = _f(5e-4, gt=0.0)
+
+    def _check(self) -> None:
+        if self.adapter != "none" and not self.targets:
+            raise ValueError("lora.targets must name at least one nn.Linear layer suffix")
+
+    @property
+    def scale(self) -> float:
+        """``α / r``, the factor of the adapter branch."""
+        return self.alpha / self.rank
+
+
+@dataclass(frozen=True)
+class SparseConfig(_Config):
+    """``[sparse]``: sparse fine-tuning (trainer ``sparse``): trainable density per layer, dense
+    warm-up steps, prune/regrow period and fraction, layers skipped and layers trained densely."""
+
+    SECTION: ClassVar[str] = "sparse"
+    density: float = _f(0.005, gt=0.0, le=1.0)
+    warmup: int = _f(4, ge=1)
+    regrow_every: int = _f(10, ge=1)
+    regrow_fraction: float = _f(0.2, ge=0.0, lt=1.0)
+    skip: tuple[str, ...] = ("embeddings",)
+    dense: tuple[str, ...] = ("classifier",)
+
+
+@dataclass(frozen=True)
+class EvalConfig(_Config):
+    """``[eval]``: centralized evaluation every ``every`` rounds; share of clients in ``[0, 1]``
+    asked for federated evaluation."""
+
+    SECTION: ClassVar[str] = "eval"
+    every: int = _f(1, ge=1)
+    fraction_clients: float = _f(0.0, ge=0.0, le=1.0)
+
+
+@dataclass(frozen=True)
+class Settings(_Config):
+    """A whole run: top-level settings plus one config per section.
+
+    ``seed`` (``0 <= seed < 2**32``) drives every random choice of the run.
+    """
+
+    name: str = _f("custom", nonempty=True)
+    description: str = ""
+    seed: int = _f(0, ge=0, lt=2**32)
+    rounds: int = _f(10, ge=1)
+    data: DataConfig = field(default_factory=DataConfig)
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    sparse: SparseConfig = field(default_factory=SparseConfig)
+
+    def _check(self) -> None:
+        needs = {"lora": "lora", "fedsb": "fedsb"}.get(self.clients.trainer)
+        if needs is not None and self.lora.adapter != needs:
+            raise ValueError(f"clients.trainer={self.clients.trainer!r} needs lora.adapter={needs!r}")
+        if self.aggregation.rule.startswith("lora_") and self.lora.adapter != "lora":
+            raise ValueError(f"aggregation.rule={self.aggregation.rule!r} needs lora.adapter='lora'")
+        if self.clients.per_round > self.data.num_clients:
+            raise ValueError(
+                f"clients.per_round={self.clients.per_round} exceeds data.num_clients={self.data.num_clients}"
+            )
+        if (self.model.input_dim == 0) != (self.model.num_classes == 0):
+            raise ValueError("model.input_dim and model.num_classes are set together (0 = the data set's)")
+
+    def model_shape(self) -> tuple[int, int]:
+        """``(input_dim, num_classes)``: ``[model]``'s if set, else the built-in data set's."""
+        if self.model.input_dim:
+            return self.model.input_dim, self.model.num_classes
+        dim, classes = DATASET_SHAPES[self.data.dataset]
+        return (self.data.seq_len if dim is None else dim), classes
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a JSON/TOML-able tree (tuples as lists, open-ended params inlined)."""
+        return typing.cast(dict[str, Any], _to_plain(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Any:
+        """Build from a tree shaped like the TOML (the inverse of :meth:`to_dict`); strict."""
+        return _build(cls, d, "")
+
+
+def apply_overrides(
+    base: Mapping[str, Any], overrides: Sequence[str], root: type[_Config] = Settings
+) -> dict[str, Any]:
+    """Return a copy of the scenario tree ``base`` with ``key=value`` overrides applied.
+
+    Parameters
+    ----------
+    base : Mapping
+        A scenario tree (as read from TOML or given by :meth:`Scenario.to_dict`); not modified.
+    overrides : Sequence of str
+        Items like ``"clients.lr=0.1"``, ``"codec.pipeline=topk,int8"``, ``"rounds=5"``.
+    root : type
+        The tree's root class (:class:`Settings`, or a subclass such as the simulation's Scenario).
+
+    Raises
+    ------
+    ValueError
+        For a malformed item, an unknown key, or a value that does not parse as the key's type.
+    """
+    out: dict[str, Any] = _copy_tree(base)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        path = key.split(".")
+        value = _parse_text(text.strip(), _leaf_type(root, path), key)
+        node = out
+        for depth, seg in enumerate(path[:-1]):
+            child = node.setdefault(seg, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"'{'.'.join(path[: depth + 1])}' is not a table in the scenario")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+SIMULATION_ONLY = ("attack",)  # sections a deployed server refuses (the simulation's Scenario has them)
+
+
+def load_settings(name_or_path: str, overrides: Sequence[str] = (), root: type[_Config] = Settings) -> Any:
+    """Load a built-in run by name (``"demo"``) or a ``.toml`` file, apply overrides, build ``root``.
+
+    A file without a ``name`` key is named after its stem. With ``root = Settings`` (a deployed
+    server) a simulation-only section such as ``[attack]`` is refused with one line naming it.
+
+    Raises
+    ------
+    ValueError
+        For an unknown built-in name, a missing or malformed file, or an invalid setting.
+    """
+    text, stem, origin = _read_source(name_or_path)
+    try:
+        tree = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{origin}: invalid TOML: {exc}") from exc
+    tree.setdefault("name", stem)
+    try:
+        tree = apply_overrides(tree, overrides, root)
+        if root is Settings:
+            _refuse_simulation_only(tree)
+        return _build(root, tree, "")
+    except ValueError as exc:
+        raise ValueError(f"scenario {origin}: {exc}") from exc
+
+
+def _refuse_simulation_only(tree: Mapping[str, Any]) -> None:
+    for section in SIMULATION_ONLY:
+        if section in tree:
+            raise ValueError(
+                f"[{section}] is simulation-only (a deployed server never builds an adversary); "
+                "run it with `stamen simulate`"
+            )
+
+
+def builtin_scenarios() -> list[tuple[str, str]]:
+    """``(name, first line of description)`` of every built-in scenario, sorted by name."""
+    out = []
+    for res in resources.files(SCENARIO_PACKAGE).iterdir():
+        if res.name.endswith(".toml"):
+            tree = tomllib.loads(res.read_text(encoding="utf-8"))
+            lines = str(tree.get("description", "")).strip().splitlines()
+            out.append((res.name.removesuffix(".toml"), lines[0] if lines else ""))
+    return sorted(out)
+
+
+def _read_source(name_or_path: str) -> tuple[str, str, str]:
+    """(TOML text, default name, description of the origin for messages)."""
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or "/" in name_or_path or path.is_file():
+        if not path.is_file():
+            raise ValueError(f"scenario file {name_or_path!r} not found")
+        return path.read_text(encoding="utf-8"), path.stem, str(path)
+    res = resources.files(SCENARIO_PACKAGE) / f"{name_or_path}.toml"
+    if not res.is_file():
+        names = ", ".join(n for n, _ in builtin_scenarios())
+        raise ValueError(f"unknown scenario {name_or_path!r}; built-in: {names} (or a .toml path)")
+    return res.read_text(encoding="utf-8"), name_or_path, f"'{name_or_path}'"
