@@ -44,5 +44,5 @@ META_TARGET = "target"  # model_hash of what the device holds after applying the
 META_MODEL = "model"  # model id; a device refuses a delta for another model
 
 # --- node_config keys (Flower) ---------------------------------------------------------------
-NODE_SENDER = "sender"  # ConfigRecord in a query reply: the client key the node names in its envelopes
+NODE_PARTITION_ID = "partition-id"
 NODE_NUM_PARTITIONS = "num-partitions"

@@ -138,11 +138,8 @@ class Adversary:
         rng = np.random.default_rng([self.seed, rnd, 0xBAD])
         if isinstance(self.attack, OwnUpdateAttack):  # e.g. sign flipping, FRL rank reversal
             self.attack.begin_round(ctx)
-            own = (
-                self._pooled(rnd, updates, self.attack.pool_size)
-                if self.attack.pool_size
-                else stack[bad].copy()
-            )
+            pooled = self.pool is not None and self.attack.pool_size > 0
+            own = self._pooled(rnd, updates, self.attack.pool_size) if pooled else stack[bad].copy()
             forged = self.attack(stack[good].copy(), len(bad), rng, own=own)
         else:
             forged = self.attack(stack[good].copy(), len(bad), rng)
@@ -152,10 +149,7 @@ class Adversary:
 
     def _pooled(self, rnd: int, updates: CollectedUpdates, size: int) -> np.ndarray:
         """The attackers' pooled updates, trained from this round's base, as an ``(m, d)`` stack."""
-        if self.pool is None:
-            raise ValueError(
-                "this attack pools the attackers' own training: the adversary needs a pool trainer"
-            )
+        assert self.pool is not None
         members = pool_members(self.malicious, size, self.seed, rnd)
         deltas = self.pool(members, rnd, updates.base)
         own = np.empty((len(deltas), updates.stack.shape[1]), dtype=np.float32)

@@ -14,7 +14,7 @@ from stamen.server.driver import RoundDriver, Transport
 from stamen.server.driver.driver import EvalFn
 from stamen.server.federation import RunExtras, assemble, central_evaluator
 from stamen.server.rules import build_rule
-from stamen.server.sampling import minority_feasible
+from stamen.server.sampling import minority_feasible, sample_clients
 from stamen.simulations.adversary import PoolTrainer, build_adversary
 from stamen.simulations.attacks import attack_type, malicious_clients
 from stamen.simulations.bristle_data import validation_slice
@@ -80,6 +80,15 @@ class SimulationPlan:
     def driver(self, transport: Transport, devices: SimulatedDevices | None) -> RoundDriver:
         """The round driver of this simulation over ``transport``."""
         return assemble(self.cfg, transport, self.initial, self.evaluator(), self.extras(devices))
+
+    def cohort(self, rnd: int) -> list[int]:
+        """The partition ids the driver samples in round ``rnd`` (the adversary's sampler or uniform)."""
+        clients = [f"client-{i}" for i in range(self.cfg.num_clients)]
+        hooks = self.extras(None).hooks
+        chosen = hooks.sample(rnd, clients, self.cfg.per_round) if hooks is not None else None
+        if chosen is None:
+            return sample_clients(self.cfg.seed, rnd, self.cfg.num_clients, self.cfg.per_round)
+        return [int(c.rpartition("-")[2]) for c in chosen]
 
     def result_extra(self) -> dict[str, Any]:
         """What results.json records besides the rounds."""

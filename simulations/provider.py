@@ -20,6 +20,7 @@ from stamen.simulations.data import Dataset, load_dataset
 from stamen.simulations.partition import partition
 from stamen.task.data import ArraySource, TaskData
 from stamen.task.models import build_model
+from stamen.task.settings import LoRAConfig
 from stamen.task.spec import TaskSpec
 
 
@@ -136,3 +137,11 @@ def initial_model(task: TaskSpec, spec: DataSpec) -> nn.Module:
     shortcut: a deployed server would need its own sample)."""
     ds = dataset(spec)
     return build_model(task, sample=(ds.x_train, ds.y_train) if task.lora.adapter == "fedsb" else None)
+
+
+def task_for(
+    spec: DataSpec, model: str = "mlp", hidden: tuple[int, ...] = (64,), lora: LoRAConfig | None = None
+) -> TaskSpec:
+    """The :class:`~stamen.task.spec.TaskSpec` of ``model`` on ``spec``'s data set (its shape)."""
+    ds = dataset(spec)
+    return TaskSpec(model, ds.input_dim, ds.num_classes, tuple(hidden), spec.seed, lora or LoRAConfig())

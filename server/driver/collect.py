@@ -156,7 +156,8 @@ def validate_delta(delta: Mapping[str, np.ndarray], table: tuple[TensorInfo, ...
         if not np.all(np.isfinite(arr)):
             raise ValidationError(f"{info.name}: non-finite values")
         flat = arr.ravel()
-        sq += float(np.dot(flat, flat))
+        with np.errstate(over="ignore"):  # an overflowing norm is refused below
+            sq += float(np.dot(flat, flat))
     norm = math.sqrt(sq)
     if not math.isfinite(norm):
         raise ValidationError("update L2 norm overflows float32")

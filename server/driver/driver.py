@@ -204,6 +204,8 @@ class RoundDriver:
         """Sample the cohort and build each client's task."""
         clients = self.transport.clients()
         k = min(self.settings.per_round, len(clients))
+        if k == 0:
+            raise RuntimeError(f"round {rnd}: no client is available")
         if k < self.settings.per_round:
             log.warning(
                 "round %d: %d clients available, %d asked for", rnd, len(clients), self.settings.per_round

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stamen.client.core import local_update
-from stamen.simulations.provider import client_data
+from stamen.simulations.provider import DataSpec, client_data, task_for
 from stamen.task.models import build_model, create_model
 from stamen.task.models.bristle_transfer import (
     FEATURES,
@@ -17,18 +17,13 @@ from stamen.task.models.bristle_transfer import (
     pretrain,
     pretrained_extractor,
 )
-from stamen.task.spec import TaskSpec, TrainSpec
+from stamen.task.spec import TrainSpec
 from stamen.task.weights import get_weights
 
-TASK = TaskSpec(
-    dataset="mnist1d",
-    num_samples=1000,
-    partition="shards",
-    shards_per_client=2,
-    num_clients=10,
-    model="bristle_transfer",
-    seed=0,
+DATA = DataSpec(
+    dataset="mnist1d", num_samples=1000, partition="shards", shards_per_client=2, num_clients=10, seed=0
 )
+TASK = task_for(DATA, model="bristle_transfer")
 SPEC = TrainSpec(trainer="bristle", epochs=1, batch_size=5, lr=1e-3, optimizer="adam", weight_decay=5e-3)
 
 
@@ -69,7 +64,7 @@ PINNED = 64.95679473876953
 
 def test_trainer_sends_only_rows_of_own_classes() -> None:
     model = build_model(TASK)
-    data = client_data(TASK, 0)
+    data = client_data(DATA, 0)
     res = local_update(model, get_weights(model), data, SPEC, seed=1)
     d = res.delta["head.weight"]
     present = set(np.unique(data.y).tolist())

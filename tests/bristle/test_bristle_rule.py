@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stamen.protocols import CodecSpec, TensorInfo, encode_update, model_hash
+from stamen.protocols import CodecSpec, TensorInfo, encode_update, keys, model_hash
 from stamen.server.aggregators import create
+from stamen.server.aggregators.base import RoundContext
 from stamen.server.aggregators.bristle import BristleRule, changed_rows, output_segment
-from stamen.server.rounds import RoundAggregator, ValidationPolicy
+from stamen.server.driver.collect import CollectPolicy
+from stamen.server.driver.offline import aggregate_replies
+from stamen.server.driver.types import Reply
 from stamen.task.bristle.integrator import integrate
 from stamen.task.bristle.peer import center_rows
 
@@ -38,7 +41,7 @@ def test_rule_through_round_aggregator_matches_integrator() -> None:
     assert isinstance(rule, BristleRule)
     rule.set_validation(FEATS, LABELS)
     h = model_hash(base)
-    ra = RoundAggregator(base, h, 3, rule, ValidationPolicy())
+    replies = []
     deltas = [GOOD.copy(), GOOD.copy(), -GOOD]
     deltas[1][2] = 0.0  # this client holds classes 0 and 1 only -> class count 2
     for i, d in enumerate(deltas):
@@ -50,8 +53,9 @@ def test_rule_through_round_aggregator_matches_integrator() -> None:
             sender=f"c{i}",
             rng=np.random.default_rng(0),
         )
-        assert ra.add_envelope(f"c{i}", env, 10)
-    new = ra.finish(1.0)
+        replies.append(Reply(f"c{i}", envelope=env, metrics={keys.NUM_EXAMPLES: 10}))
+    new, stats = aggregate_replies(base, replies, rule, policy=CollectPolicy(norm_ratio=0))
+    assert stats.accepted == 3
     assert new is not None
     np.testing.assert_array_equal(new["frozen"], 1.0)
     expected = integrate(np.zeros((C, F), np.float32), np.stack(deltas), FEATS, LABELS, [3, 2, 3])
@@ -65,7 +69,7 @@ def test_rule_pinned_value() -> None:
     rule = BristleRule(num_closest=2, num_random=1, seed=3)
     rule.set_validation(FEATS, LABELS)
     table = (TensorInfo("head.weight", (C, F), "float32"),)
-    rule.bind_round(table, rng.normal(size=C * F).astype(np.float32))
+    rule.begin_round(RoundContext(1, table, rng.normal(size=C * F).astype(np.float32)))
     out = rule(rng.normal(size=(5, C * F)).astype(np.float32))
     assert float(np.abs(out).sum()) == pytest.approx(PINNED, rel=1e-6)
 
@@ -75,9 +79,11 @@ PINNED = 3.4688503742218018
 
 def test_rule_needs_bind_and_validation() -> None:
     rule = BristleRule()
-    with pytest.raises(ValueError, match="bind_round"):
+    with pytest.raises(ValueError, match="begin_round"):
         rule(np.zeros((1, C * F), np.float32))
-    rule.bind_round((TensorInfo("head.weight", (C, F), "float32"),), np.zeros(C * F, np.float32))
+    rule.begin_round(
+        RoundContext(1, (TensorInfo("head.weight", (C, F), "float32"),), np.zeros(C * F, np.float32))
+    )
     with pytest.raises(ValueError, match="set_validation"):
         rule(np.zeros((1, C * F), np.float32))
     with pytest.raises(ValueError, match="validation"):

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 
 from stamen.client.core import local_update
-from stamen.server.config import ServerConfig
-from stamen.server.federation import make_central_evaluator
 from stamen.simulations.attacks import attack_type, create_update_attack
 from stamen.simulations.bristle_data import validation_slice
 from stamen.simulations.engines import run_engine
+from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.provider import client_data
 from stamen.simulations.scenario import load_scenario
 from stamen.task.bristle.peer import PeerConfig, PeerNode, run_peer_mode
@@ -25,26 +24,29 @@ from stamen.task.seeds import client_seed
 from stamen.task.weights import get_weights
 
 
-def _cfg(*overrides: str) -> ServerConfig:
-    return ServerConfig.from_scenario(load_scenario("bristle", ["aggregation.mode=peer", *overrides]))
+def _cfg(*overrides: str) -> SimulationPlan:
+    return SimulationPlan.from_scenario(load_scenario("bristle", ["aggregation.mode=peer", *overrides]))
 
 
-def _reference(cfg: ServerConfig) -> list[float]:
-    model, evaluate = build_model(cfg.task), make_central_evaluator(cfg)
+def _reference(plan: SimulationPlan) -> list[float]:
+    cfg, s = plan.cfg, plan.scenario
+    model, evaluate = build_model(cfg.task), plan.evaluator()
     nodes = []
     for pid in range(cfg.num_clients):
-        classes = tuple(int(c) for c in np.unique(client_data(cfg.task, pid).y))
+        classes = tuple(int(c) for c in np.unique(client_data(plan.data, pid).y))
         feats, labels = validation_slice(cfg.seed, classes, node=pid)
-        nodes.append(PeerNode(classes, feats, labels, honest=pid not in cfg.malicious))
+        nodes.append(PeerNode(classes, feats, labels, honest=pid not in plan.malicious))
 
     def train(i: int, rnd: int, layer: np.ndarray) -> np.ndarray:
         spec, seed = cfg.train_for_round(rnd), client_seed(cfg.seed, rnd, i)
-        local_update(model, {"head.weight": layer}, client_data(cfg.task, i), spec, seed)
+        local_update(model, {"head.weight": layer}, client_data(plan.data, i), spec, seed)
         return get_weights(model)["head.weight"]
 
-    update_attack = cfg.attack_kind != "none" and attack_type(cfg.attack_kind) == "update"
-    forge = create_update_attack(cfg.attack_kind, **dict(cfg.attack_params)) if update_attack else None
-    peer = PeerConfig(**{k: int(v) for k, v in cfg.rule_params.items() if k in ("num_closest", "num_random")})
+    kind = s.attack.kind
+    update_attack = kind != "none" and attack_type(kind) == "update"
+    forge = create_update_attack(kind, **dict(s.attack.params)) if update_attack else None
+    params = s.aggregation.params
+    peer = PeerConfig(**{k: int(v) for k, v in params.items() if k in ("num_closest", "num_random")})
     _, hist = run_peer_mode(
         nodes, np.zeros((10, 350), np.float32), cfg.rounds, train, cfg.seed, peer, forge,
         evaluate=lambda i, w: evaluate({"head.weight": w})[1],

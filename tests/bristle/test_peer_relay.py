@@ -7,15 +7,16 @@ import pytest
 
 from stamen.client.bristle_peer import CW, TW, PeerRound, output_layer_name, peer_update
 from stamen.client.state import ClientState
-from stamen.protocols import CodecSpec, encode_update, model_hash
-from stamen.server.aggregators import create
-from stamen.server.bristle.peer_strategy import sender_pid
-from stamen.server.bristle.relay import PeerRelay, Relayed
-from stamen.server.config import ServerConfig
-from stamen.server.rounds import AttackHook, RoundAggregator, ValidationPolicy
+from stamen.protocols import CodecSpec, encode_update, keys, model_hash
+from stamen.server.bristle.relay import PeerMode, PeerRelay, sender_pid
+from stamen.server.driver.offline import collect_replies
+from stamen.server.driver.types import Reply
+from stamen.simulations.adversary import Adversary
+from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.scenario import load_scenario
 from stamen.task.bristle.peer import PeerConfig, absorb_training, overlap_count
-from stamen.task.data import TaskData
+from stamen.task.bristle.relayed import Relayed
+from stamen.task.data import ArraySource, TaskData
 from stamen.task.spec import TrainSpec
 from stamen.task.weights import get_weights
 
@@ -53,55 +54,56 @@ def test_relay_evaluates_honest_layers_only() -> None:
 
 def test_relayed_records_round_trip() -> None:
     relayed = Relayed({3: _layer(1.5), 7: _layer(-2)}, {3: (0, 2), 7: (1,)})
-    arrays, conf = relayed.to_records(PeerConfig(num_closest=4, num_random=1, center=False))
-    back, cfg = Relayed.from_records(arrays, conf)
+    arrays, conf = relayed.to_plain(PeerConfig(num_closest=4, num_random=1, center=False))
+    back, cfg = Relayed.from_plain(arrays, conf)
     assert cfg == PeerConfig(4, 1, False)
     assert back.classes == relayed.classes and all(
         np.array_equal(back.layers[j], relayed.layers[j]) for j in (3, 7)
     )
     del conf["classes.7"]
     with pytest.raises(ValueError, match=r"senders \[7\]"):
-        Relayed.from_records(arrays, conf)
+        Relayed.from_plain(arrays, conf)
 
 
 def test_released_applies_the_attack_and_does_not_aggregate() -> None:
     base = {"head.weight": _layer(1.0)}
     h, spec = model_hash(base), CodecSpec.parse("dense")
-    hook = AttackHook(
-        attack=lambda honest, k, rng: np.tile(-honest.mean(0), (k, 1)),
-        malicious=frozenset({"client-1"}),
-        rng=np.random.default_rng(0),
-    )
-    ra = RoundAggregator(base, h, 3, create("mean"), ValidationPolicy(), hook)
+
+    def flip(honest: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        return np.tile(-honest.mean(0), (k, 1))
+
+    replies = []
     for pid, v in ((0, 2.0), (1, 50.0), (2, 4.0)):
+        sender = f"client-{pid}"
         data = encode_update(
             {"head.weight": _layer(v)},
             spec,
             base_hash=h,
             version=1,
-            sender=f"client-{pid}",
+            sender=sender,
             rng=np.random.default_rng(0),
         )
-        ra.add_envelope(f"client-{pid}", data, 1)
-    out = ra.released()
-    assert list(out) == ["client-0", "client-1", "client-2"]
-    np.testing.assert_array_equal(out["client-0"]["head.weight"], _layer(3.0))  # base + delta
-    np.testing.assert_array_equal(out["client-1"]["head.weight"], _layer(-2.0))  # base - mean(2, 4)
-    assert [sender_pid(s) for s in out] == [0, 1, 2]
+        replies.append(Reply(sender, envelope=data, metrics={keys.NUM_EXAMPLES: 1, keys.PEER_CLASSES: [pid]}))
+    updates = collect_replies(base, replies)
+    relay = PeerRelay(C, malicious=[1])
+    mode = PeerMode(relay, "head.weight", PeerConfig(), Adversary(0, [1], flip, minority=False))
+    assert mode.close(1, updates) is None  # nothing is aggregated
+    out = relay.shared
+    np.testing.assert_array_equal(out[0], _layer(3.0))  # base + delta
+    np.testing.assert_array_equal(out[1], _layer(-2.0))  # base - mean(2, 4)
+    assert relay.declared == {0: (0,), 1: (1,), 2: (2,)}
     with pytest.raises(ValueError, match="partition ids"):
         sender_pid("node-4")
 
 
 def test_peer_mode_refuses_what_it_cannot_run() -> None:
-    def cfg(*o: str) -> ServerConfig:
-        return ServerConfig.from_scenario(load_scenario("bristle", ["aggregation.mode=peer", *o]))
-
-    from stamen.server.federation import make_aggregator
+    def plan(*o: str) -> SimulationPlan:
+        return SimulationPlan.from_scenario(load_scenario("bristle", ["aggregation.mode=peer", *o]))
 
     with pytest.raises(ValueError, match=r"aggregation\.pre"):
-        make_aggregator(cfg("aggregation.pre=bucketing"))
-    with pytest.raises(ValueError, match=r"model\.name='mlp'"):
-        make_aggregator(cfg("model.name=mlp"))
+        plan("aggregation.pre=bucketing")
+    with pytest.raises(ValueError, match=r"model\.name"):
+        plan("model.name=mlp")
     with pytest.raises(ValueError, match="one \\(C, F\\) output layer"):
         output_layer_name({"a": np.zeros((2, 2)), "b": np.zeros(2)})
 
@@ -122,9 +124,9 @@ def test_client_step_round_one_then_integrates(monkeypatch: pytest.MonkeyPatch) 
 
     feats, labels = np.eye(F, dtype=np.float32)[[0, 1, 0, 1]] * 2, np.array([0, 2, 0, 2])
     monkeypatch.setattr(bp, "local_update", plus_one)
-    monkeypatch.setattr(bp, "local_test_slice", lambda seed, classes, pid: (feats, labels))
+    monkeypatch.setattr(bp, "local_test_features", lambda source: (feats, labels))
     model = torch.nn.Linear(F, C, bias=False)
-    data = TaskData(np.zeros((4, F), np.float32), np.array([0, 0, 2, 2]), C, F)
+    data = ArraySource(TaskData(np.zeros((4, F), np.float32), np.array([0, 0, 2, 2]), C, F))
     state, zero = ClientState(), np.zeros((C, F), np.float32)
     reply = peer_update(
         model, {"weight": zero}, data, TrainSpec(), state, Relayed({}, {}), PeerRound(0, 1, 4, PeerConfig())

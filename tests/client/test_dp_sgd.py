@@ -16,14 +16,15 @@ from stamen.client.state import ClientState
 from stamen.client.trainers import available_trainers
 from stamen.client.trainers.dp_sgd import load_history
 from stamen.privacy.accounting import epsilon_after, epsilon_of_history
-from stamen.privacy.calibration import calibrate_dp_sgd_noise
-from stamen.simulations.provider import client_data
+from stamen.privacy.dp_sgd import calibrate_dp_sgd_noise
+from stamen.simulations.provider import DataSpec, client_data, task_for
 from stamen.task.data import TaskData
 from stamen.task.models import create_model
-from stamen.task.spec import TaskSpec, TrainSpec
+from stamen.task.spec import TrainSpec
 from stamen.task.weights import get_weights
 
-TASK = TaskSpec(num_clients=4)  # digits, ~360 training examples per client
+DATA = DataSpec(num_clients=4)
+TASK = task_for(DATA)
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def _norm(delta: dict[str, np.ndarray]) -> float:
 
 @pytest.fixture(scope="module")
 def data() -> TaskData:
-    return client_data(TASK, 0)
+    return client_data(DATA, 0)
 
 
 def _model(name: str = "mlp") -> torch.nn.Module:

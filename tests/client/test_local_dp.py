@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from stamen.client.privacy import ROUNDS_KEY, clip_and_noise, local_epsilon, privatize_update
+from stamen.client.privacy import ROUNDS_KEY, clip_and_noise, privatize_update
 from stamen.client.state import ClientState
 from stamen.privacy.accounting import RDP_ORDERS, epsilon_after
-from stamen.privacy.calibration import calibrate_local_noise_multiplier
+from stamen.privacy.local import calibrate_local_noise_multiplier, local_epsilon
 
 DELTA = 1e-5
 

@@ -11,13 +11,14 @@ from stamen.client.core import local_update
 from stamen.client.state import ClientState
 from stamen.client.trainers import create_trainer
 from stamen.client.trainers.frl import cosine_epoch_lr, ranking_update
-from stamen.simulations.provider import client_data
+from stamen.simulations.provider import DataSpec, client_data, task_for
 from stamen.task.data import TaskData
 from stamen.task.models import build_model, create_model
-from stamen.task.spec import TaskSpec, TrainSpec
+from stamen.task.spec import TrainSpec
 from stamen.task.weights import get_weights
 
-TASK = TaskSpec(dataset="digits", num_clients=20, model="supermask_mlp", hidden=(16,), seed=3)
+DATA = DataSpec(dataset="digits", num_clients=20, seed=3)
+TASK = task_for(DATA, model="supermask_mlp", hidden=(16,))
 SPEC = TrainSpec(trainer="frl", epochs=2, batch_size=8, lr=0.4, momentum=0.9, weight_decay=1e-4)
 
 
@@ -30,7 +31,7 @@ def test_cosine_schedule_by_hand() -> None:
 def test_update_is_rankings_for_scores_and_zeros_elsewhere() -> None:
     model = build_model(TASK)
     start = get_weights(model)
-    res = local_update(model, start, client_data(TASK, 0), SPEC, seed=1)
+    res = local_update(model, start, client_data(DATA, 0), SPEC, seed=1)
     end = get_weights(model)
     assert list(res.delta) == list(start)
     for name, d in res.delta.items():
@@ -47,9 +48,9 @@ def test_update_is_rankings_for_scores_and_zeros_elsewhere() -> None:
 def test_training_is_reproducible() -> None:
     model = build_model(TASK)
     w = get_weights(model)
-    a = local_update(model, w, client_data(TASK, 1), SPEC, seed=5).delta
-    b = local_update(model, w, client_data(TASK, 1), SPEC, seed=5).delta
-    c = local_update(model, w, client_data(TASK, 1), SPEC, seed=6).delta
+    a = local_update(model, w, client_data(DATA, 1), SPEC, seed=5).delta
+    b = local_update(model, w, client_data(DATA, 1), SPEC, seed=5).delta
+    c = local_update(model, w, client_data(DATA, 1), SPEC, seed=6).delta
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not all(np.array_equal(a[k], c[k]) for k in a)
 
@@ -65,7 +66,7 @@ def test_ranking_update_pinned_small_model() -> None:
 
 def test_refusals() -> None:
     trainer = create_trainer("frl")
-    data = client_data(TASK, 0)
+    data = client_data(DATA, 0)
     mlp = create_model("mlp", data.input_dim, 10, (4,), seed=0)
     with pytest.raises(ValueError, match="supermask"):
         trainer.train(mlp, data, SPEC, 0, ClientState())

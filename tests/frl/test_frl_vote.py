@@ -1,5 +1,5 @@
 """Test trio for FRL's vote (rankings -> positions -> Borda sum -> initial values reassigned),
-plus the ``frl`` rule's engine contract (bind_round, new - base, dropped rows)."""
+plus the ``frl`` rule's engine contract (begin_round, new - base, dropped rows)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from stamen.protocols import TensorInfo
 from stamen.server.aggregators import create
+from stamen.server.aggregators.base import RoundContext
 from stamen.server.aggregators.frl import FRLVote, frl_vote, positions, score_segments
 
 INIT = np.array([-2.0, -1.0, 0.5, 3.0], np.float32)
@@ -100,10 +101,10 @@ def _base() -> np.ndarray:
 
 def test_rule_returns_new_minus_base_on_scores_only() -> None:
     rule = create("frl")
-    assert isinstance(rule, FRLVote) and rule.required_server_lr == 1.0
+    assert isinstance(rule, FRLVote) and rule.traits.required_server_lr == 1.0
     assert score_segments(TABLE) == [("l.scores", 4, 8), ("o.scores", 8, 11)]
     base = _base()
-    rule.bind_round(TABLE, base)
+    rule.begin_round(RoundContext(1, TABLE, base))
     rows = np.zeros((3, 11), np.float32)
     rows[:, 4:8] = [[0, 1, 2, 3], [1, 0, 3, 2], [3, 2, 1, 0]]
     rows[:, 8:11] = [[2, 1, 0], [2, 0, 1], [0, 1, 2]]
@@ -117,12 +118,12 @@ def test_rule_returns_new_minus_base_on_scores_only() -> None:
 
 def test_rule_keeps_the_initial_values_across_rounds_and_drops_bad_rows() -> None:
     rule = FRLVote()
-    rule.bind_round(TABLE, _base())
+    rule.begin_round(RoundContext(1, TABLE, _base()))
     assert rule.init_sorted is not None
     np.testing.assert_array_equal(rule.init_sorted["l.scores"], [-2.0, -1.0, 0.5, 3.0])
     shifted = _base()
     shifted[4:8] = [10.0, 20.0, 30.0, 40.0]  # whatever the current scores, values come from round 1
-    rule.bind_round(TABLE, shifted)
+    rule.begin_round(RoundContext(1, TABLE, shifted))
     rows = np.zeros((2, 11), np.float32)
     rows[0, 4:8], rows[0, 8:11] = [3, 2, 1, 0], [0, 1, 2]
     rows[1, 4:8], rows[1, 8:11] = [0, 0, 0, 1], [0, 1, 2]  # not a ranking: dropped
@@ -134,7 +135,7 @@ def test_rule_keeps_the_initial_values_across_rounds_and_drops_bad_rows() -> Non
 
 
 def test_rule_needs_bind_and_scores() -> None:
-    with pytest.raises(ValueError, match="bind_round"):
+    with pytest.raises(ValueError, match="begin_round"):
         FRLVote()(np.zeros((1, 11), np.float32))
     with pytest.raises(ValueError, match="supermask"):
-        FRLVote().bind_round((TensorInfo("w", (2,), "float32"),), np.zeros(2, np.float32))
+        FRLVote().begin_round(RoundContext(1, (TensorInfo("w", (2,), "float32"),), np.zeros(2, np.float32)))

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stamen.protocols import TensorInfo
+from stamen.server.aggregators.base import RoundContext
 from stamen.simulations.attacks.rank_reversal import RankReversal, rank_reversal, reversed_combined_ranking
 
 TABLE = (TensorInfo("l.weight", (2,), "float32"), TensorInfo("l.scores", (4,), "float32"))
@@ -23,7 +24,7 @@ def test_reversed_combined_ranking_by_hand() -> None:
 def test_attack_rows_by_hand() -> None:
     attack = rank_reversal()
     assert attack.uses_own_updates and attack.pool_size == 25
-    attack.bind_round(TABLE, np.zeros(6, np.float32))
+    attack.begin_round(RoundContext(1, TABLE, np.zeros(6, np.float32)))
     own = np.zeros((2, 6), np.float32)
     own[:, 2:] = [[0, 1, 2, 3], [1, 0, 2, 3]]
     honest = np.zeros((3, 6), np.float32)
@@ -50,9 +51,9 @@ PINNED = [1, 5, 4, 6, 2, 0, 3, 7]
 
 def test_misuse_is_a_clear_error() -> None:
     attack = RankReversal()
-    with pytest.raises(ValueError, match="bind_round"):
+    with pytest.raises(ValueError, match="begin_round"):
         attack(np.zeros((1, 6), np.float32), 1, np.random.default_rng(0), own=np.zeros((1, 6), np.float32))
-    attack.bind_round(TABLE, np.zeros(6, np.float32))
+    attack.begin_round(RoundContext(1, TABLE, np.zeros(6, np.float32)))
     with pytest.raises(ValueError, match="own"):
         attack(np.zeros((1, 6), np.float32), 1, np.random.default_rng(0))
     with pytest.raises(ValueError, match="pool_size"):

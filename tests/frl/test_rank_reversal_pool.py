@@ -9,20 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stamen.client.core import encode_delta, local_update
-from stamen.protocols import model_hash
-from stamen.server.aggregators import create
+from stamen.client.core import local_update
 from stamen.server.aggregators.frl import score_segments
-from stamen.server.config import ServerConfig
-from stamen.server.rounds import RoundAggregator, ValidationPolicy
-from stamen.simulations.adversary import attack_factory, pool_members
+from stamen.simulations.adversary import Adversary, pool_members
 from stamen.simulations.attacks.rank_reversal import reversed_combined_ranking
 from stamen.simulations.engines import run_engine
+from stamen.simulations.engines.inprocess import InProcessTransport
+from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.provider import client_data
 from stamen.simulations.scenario import load_scenario
-from stamen.task.models import build_model
+from stamen.task.models import build_model, model_structure
 from stamen.task.seeds import client_seed
-from stamen.task.weights import get_weights
 
 SMALL = (
     "data.num_clients=10",
@@ -35,30 +32,17 @@ SMALL = (
 SCORES = "net.0.scores"  # first score tensor of the supermask MLP
 
 
-def _cfg(*overrides: str) -> ServerConfig:
-    return ServerConfig.from_scenario(load_scenario("frl", list(overrides)))
+def _plan(*overrides: str) -> SimulationPlan:
+    return SimulationPlan.from_scenario(load_scenario("frl", list(overrides)))
 
 
-class _Recorder:
-    """The ``frl`` rule, keeping the last stack it voted on."""
-
-    def __init__(self) -> None:
-        self.rule, self.stack = create("frl"), np.empty(0)
-
-    def bind_round(self, table: object, base_flat: np.ndarray) -> None:
-        self.rule.bind_round(table, base_flat)  # type: ignore[attr-defined]
-
-    def __call__(self, stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        self.stack = stack.copy()
-        return np.asarray(self.rule(stack, weights))
-
-
-def _ranking_of(cfg: ServerConfig, weights: dict[str, np.ndarray], rnd: int, pid: int) -> np.ndarray:
+def _ranking_of(plan: SimulationPlan, weights: dict[str, np.ndarray], rnd: int, pid: int) -> np.ndarray:
     """What partition ``pid`` would send in round ``rnd``: its scores ranking (first score tensor)."""
+    cfg = plan.cfg
     delta = local_update(
         build_model(cfg.task),
         weights,
-        client_data(cfg.task, pid),
+        client_data(plan.data, pid),
         cfg.train_for_round(rnd),
         client_seed(cfg.seed, rnd, pid),
     ).delta
@@ -66,44 +50,31 @@ def _ranking_of(cfg: ServerConfig, weights: dict[str, np.ndarray], rnd: int, pid
 
 
 def test_forged_rows_reverse_the_pool_of_all_attackers_not_only_this_rounds() -> None:
-    cfg = _cfg("rounds=1", *SMALL)
-    assert len(cfg.malicious) == 2
-    rnd = next(r for r in range(1, 50) if len(set(cfg.cohort(r)) & set(cfg.malicious)) == 1)
-    pids = cfg.cohort(rnd)
-    weights = get_weights(build_model(cfg.task))
-    rec, h = _Recorder(), model_hash(weights)
-    hook = attack_factory(cfg)(rnd)  # type: ignore[misc]
-    ra = RoundAggregator(weights, h, len(pids), rec, ValidationPolicy(), hook)
-    model = build_model(cfg.task)
-    for pid in pids:
-        res = local_update(
-            model,
-            weights,
-            client_data(cfg.task, pid),
-            cfg.train_for_round(rnd),
-            client_seed(cfg.seed, rnd, pid),
-        )
-        data = encode_delta(res.delta, "frl_rank", base_hash=h, version=rnd, sender=f"client-{pid}", seed=1)
-        assert ra.add_envelope(f"client-{pid}", data, res.num_examples)
-    assert ra.finish(1.0) is not None
-    name, start, stop = score_segments(ra.table)[0]
+    plan = _plan("rounds=1", *SMALL)
+    assert len(plan.malicious) == 2
+    rnd = next(r for r in range(1, 50) if len(set(plan.cohort(r)) & set(plan.malicious)) == 1)
+    pids = plan.cohort(rnd)
+    transport = InProcessTransport(plan.nodes(None), plan.cfg.num_clients, model_structure(plan.cfg.task))
+    driver = plan.driver(transport, None)
+    driver.round(rnd, plan.initial)
+    done = driver.last
+    assert done is not None and done.senders == [f"client-{p}" for p in pids]
+    name, start, stop = score_segments(done.table)[0]
     assert name == SCORES
-    seg = slice(start, stop)
-    bad_row = rec.stack[pids.index(next(p for p in pids if p in cfg.malicious)), seg]
-    pooled = np.stack([_ranking_of(cfg, weights, rnd, p) for p in cfg.malicious])
+    bad_row = done.stack[pids.index(next(p for p in pids if p in plan.malicious)), start:stop]
+    pooled = np.stack([_ranking_of(plan, plan.initial, rnd, p) for p in plan.malicious])
     np.testing.assert_array_equal(bad_row, reversed_combined_ranking(pooled))
-    sampled_only = pooled[[cfg.malicious.index(p) for p in pids if p in cfg.malicious]]
+    sampled_only = pooled[[plan.malicious.index(p) for p in pids if p in plan.malicious]]
     assert not np.array_equal(bad_row, reversed_combined_ranking(sampled_only))  # the old approximation
 
 
 def test_pool_trains_the_drawn_partitions_from_the_rounds_base() -> None:
-    cfg = _cfg("rounds=1", *SMALL, "attack.pool_size=1")
-    weights = get_weights(build_model(cfg.task))
-    hook = attack_factory(cfg)(3)  # type: ignore[misc]
-    assert hook.pool is not None
-    (delta,) = hook.pool(weights)
-    (pid,) = pool_members(cfg.malicious, 1, cfg.seed, 3)
-    np.testing.assert_array_equal(delta[SCORES].reshape(-1), _ranking_of(cfg, weights, 3, pid))
+    plan = _plan("rounds=1", *SMALL, "attack.pool_size=1")
+    adversary = plan.extras(None).hooks
+    assert isinstance(adversary, Adversary) and adversary.pool is not None
+    (pid,) = pool_members(plan.malicious, 1, plan.cfg.seed, 3)
+    (delta,) = adversary.pool([pid], 3, plan.initial)
+    np.testing.assert_array_equal(delta[SCORES].reshape(-1), _ranking_of(plan, plan.initial, 3, pid))
 
 
 def test_pool_members_by_hand_and_errors() -> None:
@@ -150,28 +121,28 @@ def test_infeasible_minority_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="malicious"):
         sample_clients(0, 1, 10, 10, [0, 1, 2, 3, 4])  # full participation, 5 of 10 malicious
     with pytest.raises(ValueError, match="malicious_minority"):
-        _cfg(
+        _plan(
             "data.num_clients=10", "clients.per_round=10", "attack.kind=rank_reversal", "attack.fraction=0.5"
         )
-    cfg = _cfg(
+    plan = _plan(
         "data.num_clients=10",
         "clients.per_round=10",
         "attack.kind=rank_reversal",
         "attack.fraction=0.5",
         "attack.malicious_minority=false",
     )
-    assert cfg.cohort(1) == list(range(10))
+    assert plan.cohort(1) == list(range(10))
 
 
 @pytest.mark.slow
 def test_frl_rank_reversal_flower_matches_inprocess() -> None:
-    cfg = _cfg(
+    plan = _plan(
         "rounds=2",
         "data.num_clients=6",
         "clients.per_round=3",
         "attack.kind=rank_reversal",
         "attack.fraction=0.34",
     )
-    fast, real = run_engine("inprocess", cfg), run_engine("flower", cfg)
+    fast, real = run_engine("inprocess", plan), run_engine("flower", plan)
     assert [r.bytes_up for r in real.rounds] == [r.bytes_up for r in fast.rounds]
     assert abs(real.rounds[-1].accuracy - fast.rounds[-1].accuracy) <= 0.01

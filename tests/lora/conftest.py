@@ -12,7 +12,8 @@ from torch import nn
 from stamen.task.data import TaskData
 from stamen.task.models import create_model
 from stamen.task.models import minilm as _minilm  # noqa: F401  (registers minilm, minilm-tiny)
-from stamen.task.models.lora import AdapterConfig, attach_adapters
+from stamen.task.models.lora import attach_adapters
+from stamen.task.settings import AdapterConfig
 
 SEQ, CLASSES = 12, 3
 

@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from stamen.protocols import tensor_table
 from stamen.server.aggregators import create
+from stamen.server.aggregators.base import RoundContext
 from stamen.server.aggregators.lora import LoRAAggregator, lora_slots
-from stamen.server.rounds import flatten, unflatten
+from stamen.server.driver.collect import flatten, unflatten
 
 
 def layer(
@@ -46,9 +47,7 @@ def run(
 ) -> dict[str, np.ndarray]:
     rows, base_flat = stack(base, clients)
     agg = create(rule)
-    bind = getattr(agg, "bind_round", None)
-    if bind is not None:  # as RoundAggregator.finish does
-        bind(tensor_table(base), base_flat)
+    agg.begin_round(RoundContext(1, tensor_table(base), base_flat))  # as the round driver does
     step = unflatten(agg(rows, weights), tensor_table(base))
     return {k: base[k] + step[k] for k in base}
 
@@ -129,7 +128,7 @@ def test_fedsb_average_of_r_equals_average_of_products() -> None:
 
 
 def test_exact_needs_the_layout_and_names_it() -> None:
-    with pytest.raises(ValueError, match="bind_round"):
+    with pytest.raises(ValueError, match="begin_round"):
         create("lora_exact")(np.zeros((2, 3), np.float32))
     np.testing.assert_array_equal(create("lora_naive")(np.ones((2, 3), np.float32)), np.ones(3))
     bad = {"l.weight": np.zeros((2, 3), np.float32), "l.lora_A.weight": np.zeros((1, 3), np.float32)}
@@ -151,11 +150,11 @@ def test_gap_is_measured_and_pinned() -> None:
     rows, base_flat = stack(base, clients)
     for exact in (False, True):
         agg = LoRAAggregator(exact=exact)
-        agg.bind_round(tensor_table(base), base_flat)
+        agg.begin_round(RoundContext(1, tensor_table(base), base_flat))
         agg(rows, None)
         assert agg.last_gap == pytest.approx(PINNED_GAP, rel=1e-5)
     same = np.repeat(rows[:1], 3, axis=0)  # identical clients: no gap
-    agg.bind_round(tensor_table(base), base_flat)
+    agg.begin_round(RoundContext(1, tensor_table(base), base_flat))
     agg(same, None)
     assert agg.last_gap == pytest.approx(0.0, abs=1e-7)
 

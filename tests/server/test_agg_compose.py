@@ -94,10 +94,14 @@ def test_composed_pinned_value() -> None:
     np.testing.assert_allclose(agg(x), [-0.148553, -0.178987, -0.461284], atol=1e-6)
 
 
-def test_rule_hooks_and_state_are_reachable_through_the_composition() -> None:
+def test_rule_state_and_traits_through_the_composition() -> None:
     agg = build_aggregator("centered_clipping", ["nnm"], {"tau": 10.0})
-    assert getattr(agg, "center") is None  # noqa: B009  (the rule's state, through __getattr__)
+    rule = agg.rule
+    assert getattr(rule, "fn", rule).center is None  # type: ignore[attr-defined]  (the rule's own state)
     agg(np.ones((3, 2), np.float32))
-    np.testing.assert_allclose(getattr(agg, "center"), [1.0, 1.0])  # noqa: B009
-    assert getattr(agg, "bind_round", None) is None
+    np.testing.assert_allclose(getattr(rule, "fn", rule).center, [1.0, 1.0])  # type: ignore[attr-defined]
+    assert agg.traits.required_server_lr is None and agg.traits.l2_sensitivity is None
+    assert build_aggregator("mean").traits.l2_sensitivity is not None
+    assert build_aggregator("mean", ["nnm"]).traits.l2_sensitivity is None  # pre-aggregation voids it
+    assert build_aggregator("frl").traits.required_server_lr == 1.0
     np.testing.assert_allclose(agg(np.full((3, 2), 2.0, np.float32)), [2.0, 2.0])

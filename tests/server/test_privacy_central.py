@@ -11,8 +11,14 @@ from hypothesis.extra.numpy import arrays
 from scipy import stats
 
 from stamen.privacy.accounting import epsilon_after
-from stamen.server.aggregators import create
-from stamen.server.privacy.central import CentralDP, clip_rows, declared_sensitivity
+from stamen.server.aggregators import FunctionRule, RuleTraits, create
+from stamen.server.privacy.central import (
+    BudgetExhausted,
+    CentralDP,
+    CentralDPRule,
+    clip_rows,
+    declared_sensitivity,
+)
 
 DELTA = 1e-5
 
@@ -58,13 +64,13 @@ def test_clip_rows_rejects_bad_input() -> None:
 
 
 def test_mean_declares_c_over_n() -> None:
-    assert declared_sensitivity(create("mean"), 10, 2.0) == pytest.approx(0.2)
+    assert declared_sensitivity(create("mean"), 10, 2.0, "mean") == pytest.approx(0.2)
 
 
 def test_fedavg_is_refused_with_a_clear_error() -> None:
-    msg = "aggregation rule fedavg declares no L2 sensitivity; central DP refuses"
+    msg = "aggregation fedavg declares no L2 sensitivity"
     with pytest.raises(ValueError, match=msg):
-        declared_sensitivity(create("fedavg"), 10, 1.0, name="fedavg")
+        declared_sensitivity(create("fedavg"), 10, 1.0, "fedavg")
 
 
 def test_undeclared_and_invalid_rules_are_refused() -> None:
@@ -72,29 +78,42 @@ def test_undeclared_and_invalid_rules_are_refused() -> None:
         return np.median(updates, axis=0)
 
     with pytest.raises(ValueError, match="median declares no L2 sensitivity"):
-        declared_sensitivity(median, 5, 1.0)
-    median.l2_sensitivity = lambda n, c: float("nan")  # type: ignore[attr-defined]
+        declared_sensitivity(FunctionRule(median), 5, 1.0, "median")
+    bad = FunctionRule(median, RuleTraits(l2_sensitivity=lambda n, c: float("nan")))
     with pytest.raises(ValueError, match="invalid L2 sensitivity"):
-        declared_sensitivity(median, 5, 1.0)
+        declared_sensitivity(bad, 5, 1.0, "median")
     with pytest.raises(ValueError, match="n"):
-        declared_sensitivity(create("mean"), 0, 1.0)
+        declared_sensitivity(create("mean"), 0, 1.0, "mean")
 
 
 def test_composed_aggregators() -> None:
     from stamen.server.aggregators.compose import build_aggregator
 
-    assert declared_sensitivity(build_aggregator("mean"), 4, 1.0) == pytest.approx(0.25)
+    assert declared_sensitivity(build_aggregator("mean"), 4, 1.0, "mean") == pytest.approx(0.25)
     with pytest.raises(ValueError, match="fedavg declares no L2 sensitivity"):
-        declared_sensitivity(build_aggregator("fedavg"), 4, 1.0)
-    with pytest.raises(ValueError, match="bucketing -> mean has pre-aggregators"):
-        declared_sensitivity(build_aggregator("mean", pre=("bucketing",)), 4, 1.0)
+        declared_sensitivity(build_aggregator("fedavg"), 4, 1.0, "fedavg")
+    with pytest.raises(ValueError, match="pre-aggregators never do"):
+        declared_sensitivity(build_aggregator("mean", pre=("bucketing",)), 4, 1.0, "bucketing -> mean")
 
 
 def test_central_dp_refuses_fedavg() -> None:
     dp = CentralDP(1.0, 1.0, 5, 10, 3)
     with pytest.raises(ValueError, match="refuses"):
-        dp.sensitivity(create("fedavg"), name="fedavg")
-    assert dp.sensitivity(create("mean")) == pytest.approx(1.0 / 5)
+        dp.sensitivity(create("fedavg"), "fedavg")
+    assert dp.sensitivity(create("mean"), "mean") == pytest.approx(1.0 / 5)
+
+
+def test_central_dp_rule_releases_empty_rounds_and_guards_the_budget() -> None:
+    dp = CentralDP.from_target(2.0, DELTA, 1.0, 5, 10, rounds=2, seed=3)
+    rule = CentralDPRule(create("mean"), dp, "mean", budget=2.0)
+    assert rule.traits.releases_empty and rule.epsilon() is None
+    out = rule(np.zeros((0, 6), np.float32))  # no accepted update: noise is still released
+    assert out.shape == (6,) and np.any(out != 0) and rule.epsilon() is not None
+    rule(np.ones((5, 6), np.float32), np.ones(5))
+    assert rule.epsilon() == pytest.approx(2.0, rel=1e-3)
+    with pytest.raises(BudgetExhausted, match="round 3 would spend"):
+        rule(np.ones((5, 6), np.float32), np.ones(5))
+    assert dp.rounds_done == 2  # the refused round released nothing
 
 
 # --- the noise is really there ---
@@ -106,7 +125,7 @@ def test_released_noise_has_the_calibrated_std() -> None:
     replace-one 2C/m (2×) all fail."""
     z, clip, m = 1.3, 2.0, 5
     dp = CentralDP(z, clip, m, 50, 10, seed=7)
-    s = dp.sensitivity(create("mean"))
+    s = dp.sensitivity(create("mean"), "mean")
     released = dp.privatize(np.zeros(200_000, np.float32), m, s)
     assert released.dtype == np.float32
     assert np.std(released) == pytest.approx(z * clip / m, rel=0.01)
@@ -124,7 +143,7 @@ def test_end_to_end_round_noise_around_the_clipped_mean() -> None:
     agg = create("mean")
     target = agg(stack)
     dp = CentralDP(z, clip, m, 8, 3000, seed=1)
-    s = dp.sensitivity(agg)
+    s = dp.sensitivity(agg, "mean")
     releases = np.empty((3000, d), np.float32)
     for r in range(3000):
         releases[r] = dp.privatize(target, m, s)

@@ -9,17 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from stamen.simulations.scenario import (
+from stamen.simulations.scenario import AttackConfig, Scenario, builtin_scenarios, load_scenario
+from stamen.task.settings import (
     AggregationConfig,
-    AttackConfig,
     ClientsConfig,
     CodecConfig,
     DataConfig,
     ModelConfig,
-    Scenario,
     apply_overrides,
-    builtin_scenarios,
-    load_scenario,
 )
 
 

@@ -1,0 +1,202 @@
+"""The round driver's collector and aggregation: decode, validate, reject-and-continue, aggregate."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stamen.protocols import CodecSpec, Signer, Verifier, encode_update, keys, model_hash
+from stamen.server.aggregators import create
+from stamen.server.driver.collect import CollectPolicy, UpdateCollector, flatten, unflatten
+from stamen.server.driver.driver import AggregateMode
+from stamen.server.driver.types import Reply, TrainTask
+from stamen.task.spec import RoundInstructions, TaskSpec, TrainSpec
+
+BASE = {"w": np.zeros((2, 3), np.float32), "b": np.ones(3, np.float32)}
+HASH = model_hash(BASE)
+DENSE = CodecSpec.from_pipeline(["dense"])
+INSTR = RoundInstructions(1, 1, 0, "dense", False, TaskSpec(), TrainSpec())
+
+
+def _env(
+    delta: dict[str, np.ndarray],
+    sender: str,
+    base_hash: str = HASH,
+    signer: Signer | None = None,
+    version: int = 1,
+) -> bytes:
+    rng = np.random.default_rng(0)
+    return encode_update(
+        delta, DENSE, base_hash=base_hash, version=version, sender=sender, rng=rng, signer=signer
+    )
+
+
+def _delta(v: float) -> dict[str, np.ndarray]:
+    return {"w": np.full((2, 3), v, np.float32), "b": np.full(3, v, np.float32)}
+
+
+def _reply(client: str, v: float, n: float = 1, **kw: object) -> Reply:
+    data = _env(_delta(v), client, **kw)  # type: ignore[arg-type]
+    return Reply(client, envelope=data, metrics={keys.NUM_EXAMPLES: n}, nbytes=len(data))
+
+
+def _collector(clients: list[str], **policy: object) -> UpdateCollector:
+    tasks = [TrainTask(c, INSTR, BASE, None, HASH) for c in clients]
+    return UpdateCollector(BASE, tasks, CollectPolicy(**policy))  # type: ignore[arg-type]
+
+
+def _aggregate(collector: UpdateCollector, rule: str = "fedavg") -> dict[str, np.ndarray] | None:
+    return AggregateMode(create(rule), 1.0).close(1, collector.finish())
+
+
+def test_weighted_aggregate_of_envelopes() -> None:
+    c = _collector(["a", "b"])
+    assert c.add(_reply("a", 1.0, 1)) and c.add(_reply("b", 4.0, 2))
+    new = _aggregate(c)
+    assert new is not None
+    np.testing.assert_allclose(new["w"], np.full((2, 3), 3.0))  # (1*1 + 2*4) / 3
+    np.testing.assert_allclose(new["b"], np.full(3, 4.0))
+    assert c.stats.accepted == 2 and c.stats.rejected == 0
+    assert c.stats.bytes_up == len(_env(_delta(1.0), "a")) + len(_env(_delta(4.0), "b"))
+
+
+def test_rows_follow_cohort_order_not_arrival_order() -> None:
+    c = _collector(["a", "b", "c"])
+    for client, v in (("c", 3.0), ("a", 1.0), ("b", 2.0)):
+        c.add(_reply(client, v))
+    done = c.finish()
+    assert done.senders == ["a", "b", "c"]
+    np.testing.assert_array_equal(done.stack[:, 0], [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"garbage", "MalformedUpdate"),
+        (_env(_delta(1.0), "bad", base_hash="0" * 64), "BaseModelMismatch"),
+        (_env({"w": np.full((2, 3), np.nan, np.float32), "b": np.zeros(3, np.float32)}, "bad"), "non-finite"),
+        (_env({"w": np.zeros((3, 2), np.float32), "b": np.zeros(3, np.float32)}, "bad"), "Validation"),
+        (_env({"x": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)}, "bad"), "Validation"),
+        (_env(_delta(1.0), "good"), "names sender 'good'"),  # bad's reply claims to be good
+        (_env(_delta(1.0), "bad", version=2**62), "model version"),
+    ],
+)
+def test_bad_updates_are_rejected_and_the_round_goes_on(data: bytes, reason: str) -> None:
+    c = _collector(["bad", "good"])
+    assert not c.add(Reply("bad", envelope=data, metrics={keys.NUM_EXAMPLES: 5}))
+    assert c.add(_reply("good", 2.0))
+    assert c.stats.rejected == 1 and reason in c.stats.reasons[0]
+    new = _aggregate(c)
+    assert new is not None
+    np.testing.assert_allclose(new["w"], np.full((2, 3), 2.0))
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {keys.NUM_EXAMPLES: math.inf},
+        {keys.NUM_EXAMPLES: math.nan},
+        {keys.NUM_EXAMPLES: -3},
+        {keys.NUM_EXAMPLES: "many"},
+        {},
+        {keys.NUM_EXAMPLES: 1, keys.EPSILON: -5.0},
+        {keys.NUM_EXAMPLES: 1, keys.EPSILON: math.nan},
+        {keys.NUM_EXAMPLES: 1, keys.TRAIN_LOSS: math.inf},
+    ],
+)
+def test_hostile_reported_numbers_are_counted_rejections(metrics: dict[str, object]) -> None:
+    c = _collector(["bad", "good"])
+    data = _env(_delta(1.0), "bad")
+    assert not c.add(Reply("bad", envelope=data, metrics=metrics))
+    assert c.add(_reply("good", 2.0))
+    done = c.finish()
+    assert done.senders == ["good"] and c.stats.rejected == 1
+    assert c.stats.client_epsilon is None
+
+
+def test_one_reply_per_client_and_only_from_those_asked() -> None:
+    c = _collector(["a", "b"])
+    assert c.add(_reply("a", 1.0))
+    assert not c.add(_reply("a", 1.0))  # a replay in the same round
+    assert not c.add(_reply("x", 1.0))  # never asked
+    c.finish()
+    assert c.stats.reasons == [
+        "a: second reply in one round",
+        "x: not asked this round",
+        "b: no reply before the timeout",
+    ]
+
+
+def test_huge_reported_counts_are_capped() -> None:
+    """One client claiming 1e12 examples does not take the whole step."""
+    c = _collector(["a", "b", "c"], declared={"a": 10, "b": 10, "c": 10})
+    for client, v, n in (("a", 1.0, 10), ("b", 1.0, 10), ("c", 4.0, 1e12)):
+        c.add(_reply(client, v, n))
+    np.testing.assert_array_equal(c.finish().weights, [10, 10, 10])
+    c = _collector(["a", "b", "c"])  # adaptive: 10 x the round's median
+    for client, v, n in (("a", 1.0, 10), ("b", 1.0, 20), ("c", 4.0, 1e12)):
+        c.add(_reply(client, v, n))
+    np.testing.assert_array_equal(c.finish().weights, [10, 20, 200])
+    c = _collector(["a", "b"], max_examples=15)
+    for client, v, n in (("a", 1.0, 10), ("b", 1.0, 1e12)):
+        c.add(_reply(client, v, n))
+    np.testing.assert_array_equal(c.finish().weights, [10, 15])
+
+
+@pytest.mark.parametrize("huge", [1e6, 1e30])
+def test_adaptive_norm_bound_rejects_a_huge_finite_update(huge: float) -> None:
+    c = _collector(["a", "b", "c", "d"])
+    for client, v in (("a", 1.0), ("b", 1.5), ("c", 2.0), ("d", huge)):
+        c.add(_reply(client, v))
+    new = _aggregate(c)
+    assert new is not None and np.abs(new["w"]).max() < 3
+    assert c.stats.rejected == 1 and c.stats.reasons[0].startswith("d: ")
+
+
+def test_adaptive_norm_bound_can_be_turned_off() -> None:
+    c = _collector(["a", "b", "c", "d"], norm_ratio=0.0)
+    for client, v in (("a", 1.0), ("b", 1.5), ("c", 2.0), ("d", 1e6)):
+        c.add(_reply(client, v))
+    new = _aggregate(c)
+    assert new is not None and new["w"].max() > 1e5
+
+
+def test_absolute_norm_bound_and_signatures() -> None:
+    c = _collector(["big"], max_norm=1.0)
+    assert not c.add(_reply("big", 10.0))
+    assert "exceeds bound" in c.stats.reasons[0]
+    signer, other = Signer.generate(), Signer.generate()
+    c = _collector(["s", "u", "w", "p"], verifier=Verifier([signer.public_key_bytes()]))
+    assert c.add(_reply("s", 0.1, signer=signer))
+    assert not c.add(_reply("u", 0.1))
+    assert not c.add(_reply("w", 0.1, signer=other))
+    plain = {k: v + 0.1 for k, v in BASE.items()}
+    assert not c.add(Reply("p", weights=plain, metrics={keys.NUM_EXAMPLES: 1}))  # unsigned plain reply
+    assert [r.split(": ")[1] for r in c.stats.reasons] == [
+        "SignatureError",
+        "SignatureError",
+        "ValidationError",
+    ]
+
+
+def test_plain_flower_reply_is_a_delta_against_the_base() -> None:
+    c = _collector(["p"])
+    plain = {k: v + 0.5 for k, v in BASE.items()}
+    assert c.add(Reply("p", weights=plain, metrics={keys.NUM_EXAMPLES: 3}))
+    np.testing.assert_allclose(c.finish().stack, 0.5)
+
+
+def test_no_accepted_update_keeps_the_model() -> None:
+    c = _collector(["bad"])
+    c.add(Reply("bad", envelope=b"", metrics={keys.NUM_EXAMPLES: 1}))
+    assert _aggregate(c) is None
+
+
+def test_flatten_roundtrip() -> None:
+    c = _collector(["a"])
+    row = np.empty(9, np.float32)
+    flatten(_delta(3.0), c.table, row)
+    back = unflatten(row, c.table)
+    assert all(np.array_equal(back[k], _delta(3.0)[k]) for k in BASE)
