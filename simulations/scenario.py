@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from stamen.task.settings import Settings, builtin_scenarios, load_settings
+from stamen.task.settings import apply_overrides as settings_overrides
 from stamen.task.settings_base import Scalar, _Config, _f
 
-__all__ = ["AttackConfig", "Scenario", "builtin_scenarios", "load_scenario"]
+__all__ = ["AttackConfig", "Scenario", "apply_overrides", "builtin_scenarios", "load_scenario"]
 
 
 @dataclass(frozen=True)
@@ -53,3 +54,8 @@ def load_scenario(name_or_path: str, overrides: Sequence[str] = ()) -> Scenario:
     """
     scenario: Scenario = load_settings(name_or_path, overrides, Scenario)
     return scenario
+
+
+def apply_overrides(base: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """:func:`stamen.task.settings.apply_overrides` on a scenario tree (``[attack]`` allowed)."""
+    return settings_overrides(base, overrides, Scenario)

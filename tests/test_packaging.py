@@ -11,7 +11,7 @@ import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"protocols", "server", "client", "edge", "simulations"}
+FOLDERS = {"protocols", "task", "privacy", "server", "client", "edge", "simulations"}
 CHECK = (
     "import importlib, stamen, sys\n"
     "mods = sys.argv[1].split(',')\n"

@@ -53,41 +53,8 @@ from stamen.client.state import ClientState
 from stamen.client.trainers.base import TrainResult, register_trainer
 from stamen.client.trainers.full import make_optimizer, train_delta
 from stamen.task.data import TaskData
+from stamen.task.settings import SparseConfig
 from stamen.task.spec import TrainSpec
-
-
-@dataclass(frozen=True)
-class SparseConfig:
-    """Sparse fine-tuning knobs (see the module docstring for meanings and defaults)."""
-
-    density: float = 0.005
-    warmup: int = 4
-    regrow_every: int = 10
-    regrow_fraction: float = 0.2
-    skip: tuple[str, ...] = ("embeddings",)
-    dense: tuple[str, ...] = ("classifier",)
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.density <= 1.0:
-            raise ValueError(f"sparse_density must be in (0, 1], got {self.density}")
-        if self.warmup < 1 or self.regrow_every < 1:
-            raise ValueError(
-                f"sparse_warmup and sparse_regrow_every must be >= 1, got {self.warmup}, {self.regrow_every}"
-            )
-        if not 0.0 <= self.regrow_fraction < 1.0:
-            raise ValueError(f"sparse_regrow_fraction must be in [0, 1), got {self.regrow_fraction}")
-
-
-def sparse_config(spec: Any) -> SparseConfig:
-    """Read the ``sparse_*`` fields of a train spec, with defaults."""
-    return SparseConfig(
-        density=float(getattr(spec, "sparse_density", 0.005)),
-        warmup=int(getattr(spec, "sparse_warmup", 4)),
-        regrow_every=int(getattr(spec, "sparse_regrow_every", 10)),
-        regrow_fraction=float(getattr(spec, "sparse_regrow_fraction", 0.2)),
-        skip=tuple(getattr(spec, "sparse_skip", ("embeddings",))),
-        dense=tuple(getattr(spec, "sparse_dense", ("classifier",))),
-    )
 
 
 def kept(n: int, density: float) -> int:
@@ -258,7 +225,7 @@ class SparseTrainer:
     ) -> TrainResult:
         """Train in place; the update has at most ``k`` non-zeros per eligible tensor."""
         del state
-        cfg = sparse_config(spec)
+        cfg = spec.sparse
         trained = sparse_trained(model, cfg)
         delta, loss = train_delta(model, data, lambda: sparse_epochs(model, data, spec, seed, cfg), trained)
         nnz = float(sum(int(np.count_nonzero(d)) for d in delta.values()))

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stamen.simulations.attacks import create_update_attack
+from stamen.simulations.attacks.base import OwnUpdateAttack
 
 HONEST = np.array([[1.0, 2.0], [3.0, -4.0], [5.0, 6.0]], dtype=np.float32)
 
@@ -22,7 +23,7 @@ def test_flip_and_scale_own_updates_hand_computed() -> None:
     np.testing.assert_array_equal(
         create_update_attack("scaling", scale=10)(HONEST, 2, rng, own=own), 10 * own
     )
-    assert getattr(create_update_attack("sign_flip"), "uses_own_updates", False)
+    assert isinstance(create_update_attack("sign_flip"), OwnUpdateAttack)
 
 
 def test_without_own_rows_an_honest_row_stands_in() -> None:

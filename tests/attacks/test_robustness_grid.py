@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from stamen.server.config import ServerConfig
+from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.scenario import load_scenario
 
 
@@ -42,8 +42,9 @@ def test_which_attacks_apply() -> None:
 def test_cell_overrides_build_the_intended_run(rule: str) -> None:
     attack = "rank_reversal" if rule == "frl" else "gaussian"
     cell = B.Cell(rule, attack, 0.2, "iid", 3, 20)
-    cfg = ServerConfig.from_scenario(load_scenario("smoke", B.overrides(cell)))
-    assert cfg.rule == rule and cfg.seed == 3 and len(cfg.malicious) == 4 and cfg.attack_kind == attack
+    plan = SimulationPlan.from_scenario(load_scenario("smoke", B.overrides(cell)))
+    s, cfg = plan.scenario, plan.cfg
+    assert s.aggregation.rule == rule and cfg.seed == 3 and len(plan.malicious) == 4 and s.attack.kind == attack
     expect = {
         "frl": ("frl", "supermask_mlp", "frl_rank"),
         "bristle": ("bristle", "bristle_transfer", "dense"),
@@ -51,7 +52,7 @@ def test_cell_overrides_build_the_intended_run(rule: str) -> None:
     }[rule]
     assert (cfg.train.trainer, cfg.task.model, cfg.codec.to_string()) == expect
     if rule == "trimmed_mean":
-        assert cfg.rule_params == {"beta": 0.2}  # assumed f = 4 of 20
+        assert s.aggregation.params == {"beta": 0.2}  # assumed f = 4 of 20
 
 
 def test_spread_and_seed_table_by_hand() -> None:

@@ -80,7 +80,7 @@ def test_registry_and_spec_errors() -> None:
         TrainSpec(optimizer="rmsprop")
     with pytest.raises(ValueError, match="lr"):
         TrainSpec(lr=0.0)
-    with pytest.raises(ValueError, match="unknown key 'train.lrr'"):
+    with pytest.raises(ValueError, match=r"unknown key 'train\.lrr'"):
         TrainSpec.from_config({"train.lrr": 1})
     with pytest.raises(ValueError, match="out of range"):
         client_data(DATA, 4)

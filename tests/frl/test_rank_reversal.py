@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from stamen.protocols import TensorInfo
 from stamen.server.aggregators.base import RoundContext
+from stamen.simulations.attacks.base import OwnUpdateAttack
 from stamen.simulations.attacks.rank_reversal import RankReversal, rank_reversal, reversed_combined_ranking
 
 TABLE = (TensorInfo("l.weight", (2,), "float32"), TensorInfo("l.scores", (4,), "float32"))
@@ -23,7 +24,7 @@ def test_reversed_combined_ranking_by_hand() -> None:
 
 def test_attack_rows_by_hand() -> None:
     attack = rank_reversal()
-    assert attack.uses_own_updates and attack.pool_size == 25
+    assert isinstance(attack, OwnUpdateAttack) and attack.pool_size == 25
     attack.begin_round(RoundContext(1, TABLE, np.zeros(6, np.float32)))
     own = np.zeros((2, 6), np.float32)
     own[:, 2:] = [[0, 1, 2, 3], [1, 0, 2, 3]]

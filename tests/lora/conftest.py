@@ -13,7 +13,7 @@ from stamen.task.data import TaskData
 from stamen.task.models import create_model
 from stamen.task.models import minilm as _minilm  # noqa: F401  (registers minilm, minilm-tiny)
 from stamen.task.models.lora import attach_adapters
-from stamen.task.settings import AdapterConfig
+from stamen.task.settings import LoRAConfig
 
 SEQ, CLASSES = 12, 3
 
@@ -55,7 +55,7 @@ def tiny() -> Callable[..., nn.Module]:
         if kind == "none":
             return model
         sample = token_data(40, seed=123)
-        cfg = AdapterConfig(kind=kind, **fields)
+        cfg = LoRAConfig(adapter=kind, **fields)
         return attach_adapters(model, cfg, seed=seed, sample=(sample.x, sample.y))
 
     return make

@@ -17,11 +17,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from torch import nn
 
 from stamen.client.core import encode_delta, local_privacy, local_update
-from stamen.client.mods import DELTA, TRAINED, codec_mod, local_dp_mod, trained_record
+from stamen.client.mods import DELTA, TRAINED, make_codec_mod, make_local_dp_mod, trained_record
+from stamen.client.node import Node
 from stamen.client.state import ClientState
 from stamen.protocols import keys
-from stamen.task.data import TaskData
-from stamen.task.spec import TrainSpec
+from stamen.task.data import ArraySource, TaskData
+from stamen.task.settings import SparseConfig
+from stamen.task.spec import RoundInstructions, TaskSpec, TrainSpec
 from stamen.task.weights import get_weights
 
 SPEC = dict(epochs=2, batch_size=8, lr=5e-3, optimizer="adam")
@@ -62,7 +64,7 @@ def test_sparse_update_under_local_dp_leaves_the_embeddings_alone(
     tiny: Callable[..., nn.Module], data: TaskData
 ) -> None:
     model = tiny()
-    spec = TrainSpec(trainer="sparse", local_dp=True, sparse_density=0.05, sparse_warmup=1, **SPEC)
+    spec = TrainSpec(trainer="sparse", local_dp=True, sparse=SparseConfig(density=0.05, warmup=1), **SPEC)
     result = local_update(model, get_weights(model), data, spec, seed=6)
     assert result.trained is not None and not any("embeddings" in k for k in result.trained)
     noised, _ = local_privacy(result.delta, spec, 6, ClientState(), result.trained)
@@ -70,9 +72,8 @@ def test_sparse_update_under_local_dp_leaves_the_embeddings_alone(
 
 
 def _train_message(spec: TrainSpec) -> Message:
-    cfg = ConfigRecord(
-        {keys.TRAIN: spec.to_json(), keys.SERVER_ROUND: 1, keys.SEED: 3, keys.CODEC_SPEC: "lora"}
-    )
+    instr = RoundInstructions(1, 1, 3, "lora", False, TaskSpec(), spec)
+    cfg = ConfigRecord(instr.to_config())
     arrays = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
     return Message(RecordDict({keys.CONFIG: cfg, keys.ARRAYS: arrays}), dst_node_id=1, message_type="train")
 
@@ -87,13 +88,18 @@ def test_flower_mods_use_and_drop_the_trained_record(monkeypatch: pytest.MonkeyP
     delta = {"frozen": np.zeros(1000, np.float32), "adapter": np.ones(10, np.float32)}
     msg = _train_message(spec)
     ctx = Context(run_id=0, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    node = Node(
+        ArraySource(TaskData(np.zeros((1, 2), np.float32), np.zeros(1, np.int64), 2, 2)), "client-0", 0
+    )
+    codec_mod, local_dp_mod = make_codec_mod(lambda c: node), make_local_dp_mod(lambda c: node)
 
     def handler(m: Message, c: Context) -> Message:
         del c
         content = RecordDict(
             {
                 DELTA: ArrayRecord({k: Array(v) for k, v in delta.items()}),
-                keys.METRICS: MetricRecord({keys.PARTITION_ID: 0}),
+                keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 1}),
+                keys.BASE: ConfigRecord({"hash": "0" * 64}),
                 **trained_record(("adapter",)),
             }
         )
@@ -104,7 +110,7 @@ def test_flower_mods_use_and_drop_the_trained_record(monkeypatch: pytest.MonkeyP
     assert nonzero(got) == {"adapter"} and TRAINED in inner.content.config_records
     out = codec_mod(msg, ctx, lambda m, c: local_dp_mod(m, c, handler))
     assert TRAINED not in out.content.config_records and DELTA not in out.content.array_records
-    assert keys.UPDATE in out.content.array_records
+    assert keys.UPDATE in out.content.array_records and keys.BASE not in out.content.config_records
 
 
 def test_fedsb_noise_enters_delta_w_linearly_and_unamplified(tiny: Callable[..., nn.Module]) -> None:

@@ -14,12 +14,12 @@ from torch import nn
 from stamen.task.models.lora import (
     LoRALinear,
     LoRASBLinear,
-    adapter_config,
     fedsb_init,
     merge_adapters,
     trainable_names,
 )
-from stamen.task.settings import AdapterConfig
+from stamen.task.settings import LoRAConfig
+from stamen.task.spec import TaskSpec
 
 
 def test_hand_computed_lora_forward() -> None:
@@ -82,22 +82,23 @@ def test_attach_freezes_everything_but_adapters_and_head(tiny: Callable[..., nn.
 
 def test_bad_configs_name_the_key(tiny: Callable[..., nn.Module]) -> None:
     with pytest.raises(ValueError, match=r"lora\.rank"):
-        AdapterConfig(rank=0)
+        LoRAConfig(rank=0)
     with pytest.raises(ValueError, match=r"lora\.adapter"):
-        AdapterConfig(kind="qlora")
+        LoRAConfig(adapter="qlora")
     with pytest.raises(ValueError, match=r"lora\.targets"):
         tiny("lora", targets=("nonexistent",))
     with pytest.raises(ValueError, match=r"lora\.rank must be in"):
         tiny("lora", rank=33)  # tiny width is 32
 
 
-def test_adapter_config_reads_spec_fields_with_defaults() -> None:
-    class Spec:
-        adapter, lora_rank, lora_targets = "fedsb", 4, ["query"]
-
-    cfg = adapter_config(Spec())
-    assert (cfg.kind, cfg.rank, cfg.alpha, cfg.targets) == ("fedsb", 4, 16.0, ("query",))
-    assert adapter_config(object()).kind == "none"
+def test_the_lora_section_is_the_adapter_config() -> None:
+    """One class from the TOML to the model (no getattr defaults, no duplicate config class)."""
+    cfg = TaskSpec.from_config(
+        {"task.lora.adapter": "fedsb", "task.lora.rank": 4, "task.lora.targets": ["query"]}
+    ).lora
+    assert isinstance(cfg, LoRAConfig)
+    assert (cfg.adapter, cfg.rank, cfg.alpha, cfg.targets) == ("fedsb", 4, 16.0, ("query",))
+    assert cfg.scale == 4.0 and LoRAConfig().adapter == "none"
 
 
 def test_fedsb_init_hand_case() -> None:

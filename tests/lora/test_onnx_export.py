@@ -68,9 +68,9 @@ def test_tiny_merged_lora_onnx_matches_torch(tiny: Callable[..., nn.Module], tmp
 )
 def test_minilm_merged_lora_onnx_matches_torch(tmp_path: Path) -> None:
     from stamen.task.models.lora import attach_adapters
-    from stamen.task.settings import AdapterConfig
+    from stamen.task.settings import LoRAConfig
 
-    model = attach_adapters(create_model("minilm", 16, 5, (), seed=0), AdapterConfig(kind="lora"), seed=0)
+    model = attach_adapters(create_model("minilm", 16, 5, (), seed=0), LoRAConfig(adapter="lora"), seed=0)
     randomize_adapters(model, 1)
     ids = torch.tensor([[101, 1996, 4937, 2938, 2006, 1996, 13523, 1012, 102] + [0] * 7])
     got, _ = export_and_run(merge_adapters(model), ids, tmp_path / "minilm.onnx")

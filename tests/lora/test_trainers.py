@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from torch import nn
 from stamen.client.core import encode_delta, local_update
 from stamen.client.trainers.sparse import _batches, kept, prune_regrow, top_mask
 from stamen.task.data import TaskData
+from stamen.task.settings import SparseConfig
 from stamen.task.spec import TrainSpec
 from stamen.task.weights import get_weights
 
@@ -71,8 +73,7 @@ def test_trainers_refuse_the_wrong_model(tiny: Callable[..., nn.Module], data: T
 def test_sparse_update_has_fixed_density(tiny: Callable[..., nn.Module], data: TaskData) -> None:
     model = tiny()
     spec = TrainSpec(trainer="sparse", **SPEC)
-    object.__setattr__(spec, "sparse_density", 0.05)  # until TrainSpec carries sparse_* fields
-    object.__setattr__(spec, "sparse_regrow_every", 2)
+    spec = replace(spec, sparse=SparseConfig(density=0.05, regrow_every=2))
     result = local_update(model, get_weights(model), data, spec, seed=3)
     for name, d in result.delta.items():
         nnz = int(np.count_nonzero(d))
@@ -128,7 +129,7 @@ def test_delta_from_trained_snapshot_equals_the_full_difference(
     """Snapshotting only ``trained`` (+ buffers) gives exactly ``local - global`` for every tensor."""
     model = tiny(kind, rank=2, alpha=4.0) if kind != "none" else tiny()
     start = get_weights(model)
-    spec = TrainSpec(trainer=trainer, sparse_density=0.05, sparse_warmup=1, **SPEC)
+    spec = TrainSpec(trainer=trainer, sparse=SparseConfig(density=0.05, warmup=1), **SPEC)
     result = local_update(model, start, data, spec, seed=8)
     end = get_weights(model)
     assert list(result.delta) == list(start)
@@ -149,9 +150,7 @@ def test_sparse_mask_is_the_top_k_of_the_accumulated_warmup_gradient(
         batch_size=8,
         lr=1e-2,
         optimizer="sgd",
-        sparse_density=0.05,
-        sparse_warmup=3,
-        sparse_regrow_fraction=0.0,
+        sparse=SparseConfig(density=0.05, warmup=3, regrow_fraction=0.0),
     )
     ref = copy.deepcopy(model)
     with torch.random.fork_rng():

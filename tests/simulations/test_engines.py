@@ -6,13 +6,13 @@ import math
 
 import pytest
 
-from stamen.server.config import ServerConfig
 from stamen.simulations.engines import run_engine
+from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.scenario import load_scenario
 
 
-def _cfg(*overrides: str) -> ServerConfig:
-    return ServerConfig.from_scenario(load_scenario("smoke", list(overrides)))
+def _cfg(*overrides: str) -> SimulationPlan:
+    return SimulationPlan.from_scenario(load_scenario("smoke", list(overrides)))
 
 
 def test_inprocess_smoke_learns_and_is_reproducible() -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from stamen.server.config import ServerConfig
 from stamen.simulations.engines import run_engine
+from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.scenario import load_scenario
 
 
-def _cfg(name: str, *overrides: str) -> ServerConfig:
-    return ServerConfig.from_scenario(load_scenario(name, list(overrides)))
+def _cfg(name: str, *overrides: str) -> SimulationPlan:
+    return SimulationPlan.from_scenario(load_scenario(name, list(overrides)))
 
 
 def test_frl_learns_and_sends_packed_rankings() -> None:

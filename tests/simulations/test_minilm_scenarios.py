@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stamen.server.config import ServerConfig
 from stamen.simulations.engines import run_engine
+from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.scenario import load_scenario
 
 TINY = [
@@ -17,8 +17,8 @@ TINY = [
 ]
 
 
-def _cfg(name: str, *extra: str) -> ServerConfig:
-    return ServerConfig.from_scenario(load_scenario(name, [*TINY, *extra]))
+def _cfg(name: str, *extra: str) -> SimulationPlan:
+    return SimulationPlan.from_scenario(load_scenario(name, [*TINY, *extra]))
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stamen.server.config import ServerConfig
 from stamen.simulations.engines import run_engine
+from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.scenario import load_scenario
 
 MODES = {
@@ -16,8 +16,8 @@ MODES = {
 }
 
 
-def _cfg(*overrides: str) -> ServerConfig:
-    return ServerConfig.from_scenario(load_scenario("smoke", ["rounds=3", *overrides]))
+def _cfg(*overrides: str) -> SimulationPlan:
+    return SimulationPlan.from_scenario(load_scenario("smoke", ["rounds=3", *overrides]))
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))

@@ -9,14 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from stamen.simulations.scenario import AttackConfig, Scenario, builtin_scenarios, load_scenario
+from stamen.simulations.scenario import (
+    AttackConfig,
+    Scenario,
+    apply_overrides,
+    builtin_scenarios,
+    load_scenario,
+)
 from stamen.task.settings import (
     AggregationConfig,
     ClientsConfig,
     CodecConfig,
     DataConfig,
     ModelConfig,
-    apply_overrides,
 )
 
 
