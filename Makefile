@@ -15,7 +15,7 @@ export FLWR_HOME := $(CURDIR)/.flwr-home
 export HF_HUB_OFFLINE := 1
 export OPENBLAS_NUM_THREADS := 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint layers bench clean
 
 install: $(STAMP)
 
@@ -35,10 +35,24 @@ demo: install
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
 
-lint: install
+# import-linter reads the tree as installed: copy each package-dir folder to build/layers/stamen/<name>
+define LAYOUT_PY
+import shutil, tomllib; from pathlib import Path
+dirs = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+for pkg, folder in sorted(dirs.items(), key=lambda kv: kv[0].count(".")):
+    shutil.copytree(folder, Path("build/layers", *pkg.split(".")), ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+endef
+export LAYOUT_PY
+
+layers: install
+	rm -rf build/layers
+	$(PY) -c "$$LAYOUT_PY"
+	cd build/layers && PYTHONPATH=$(CURDIR)/build/layers $(CURDIR)/$(VENV)/bin/lint-imports $(CURDIR)/pyproject.toml
+
+lint: install layers
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy stamen protocols server client edge simulations
+	$(VENV)/bin/mypy stamen protocols task privacy server client edge simulations
 
 bench: install
 	$(PY) benchmarks/bench_codecs.py

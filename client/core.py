@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from stamen.client.error_feedback import apply_error_feedback, update_residual
+from stamen.client.privacy import privatize_update
 from stamen.client.state import ClientState
 from stamen.client.trainers import TrainResult, create_trainer
 from stamen.protocols import CodecPipeline, CodecSpec, Envelope, Signer, encode_update, pack, tensor_table
@@ -73,8 +75,6 @@ def encode_delta(
         )
     if state is None:
         raise ValueError("error feedback needs the client's state")
-    from stamen.client.error_feedback import apply_error_feedback, update_residual
-
     corrected = apply_error_feedback(delta, state)
     payload, decoded = CodecPipeline(spec).roundtrip(corrected, rng)
     update_residual(state, corrected, decoded)
@@ -105,9 +105,7 @@ def local_privacy(
     """
     if not spec.local_dp:
         return delta, {}
-    from stamen.client.privacy import privatize_update
-
     rng = np.random.default_rng(seed ^ 0x1D9)
     return privatize_update(
-        delta, spec.dp_clip, spec.dp_noise_multiplier, spec.dp_delta, rng, state, noised=trained
+        delta, spec.dp_clip, spec.dp_noise_multiplier, spec.dp_delta, rng, state, spec.dp_accountant, trained
     )

@@ -36,6 +36,7 @@ import numpy as np
 
 from stamen.client.state import ClientState
 from stamen.privacy.local import local_epsilon
+from stamen.protocols import keys
 
 ROUNDS_KEY = "dp/rounds"  # ClientState.scalars: rounds this client released a noised update
 
@@ -128,4 +129,4 @@ def privatize_update(
     rounds = int(state.scalars.get(ROUNDS_KEY, 0)) + 1
     state.scalars[ROUNDS_KEY] = float(rounds)
     eps = local_epsilon(noise_multiplier, rounds, dp_delta, accountant)
-    return privatized, {"epsilon": eps, "update-norm": norm, "dp-rounds": float(rounds)}
+    return privatized, {keys.EPSILON: eps, keys.UPDATE_NORM: norm, keys.DP_ROUNDS: float(rounds)}

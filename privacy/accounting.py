@@ -125,6 +125,7 @@ def epsilon_after(
     return epsilon_of_history([(noise_multiplier, sample_rate, steps)], delta, accountant)
 
 
+@lru_cache(maxsize=256)  # pure in its scalar arguments; runs re-plan the same budgets
 def calibrate_noise_multiplier(
     target_epsilon: float,
     delta: float,

@@ -40,6 +40,7 @@ iff ``delta > 0`` and ``q < 1``, and for ``m = 2`` is pure ε-DP with ``e^ε = 1
 from __future__ import annotations
 
 import itertools
+from functools import lru_cache
 import math
 import warnings
 from collections import Counter
@@ -297,6 +298,7 @@ def epsilon(
     return rdp_to_dp(orders, compose(rdp_curve(orders, params), coordinates, rounds), target_delta)[0]
 
 
+@lru_cache(maxsize=64)  # pure (orders is a tuple); runs re-plan the same budgets
 def calibrate_delta(
     target_epsilon: float,
     *,

@@ -31,6 +31,9 @@ EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 BYTES_UP = "bytes-up"
 EPSILON = "epsilon"  # client-reported cumulative ε (local DP, DP-SGD)
+UPDATE_NORM = "update-norm"  # local DP: the update's L2 norm before clipping
+DP_ROUNDS = "dp-rounds"  # local DP: rounds this client has released a noised update
+DP_STEPS = "dp-steps"  # DP-SGD: noisy steps this client has taken
 DOWNLINK = "downlink"  # ArrayRecord: a signed delta envelope for an edge device (runtime = "edge")
 BASE = "stamen.base"  # ConfigRecord in a train reply: {"hash": the model hash the client trained from}
 

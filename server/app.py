@@ -53,7 +53,8 @@ def main(grid: Grid, context: Context) -> None:
     result = driver.run(initial, progress=_log_round)
     out = str(run_config.get("out-dir", ""))
     if out:
-        extra = {"engine": str(run_config.get("engine", "flower-deployment"))}
+        simulated = "InMemory" in type(grid).__name__  # Flower's simulation runtime, else a SuperLink
+        extra = {"engine": "flower-simulation" if simulated else "flower-deployment"}
         if result.stopped:
             extra["stopped"] = result.stopped
         write_record(Path(out), cfg.settings.to_dict(), result.rounds, extra=extra)

@@ -17,6 +17,7 @@ from stamen.task.settings import Settings
 DP_SGD_TRAINERS = ("full", "dp_sgd", "lora", "fedsb")  # DP-SGD trains what is left trainable
 RULE_MODELS = {"frl": ("supermask_mlp",), "bristle": ("bristle_transfer",)}
 TRAINER_RULES = {"frl": ("frl",)}  # rankings only make sense to the FRL vote
+TRAINER_MODELS = {"frl": ("supermask_mlp",), "bristle": ("bristle_transfer",)}
 PEER_MODELS = ("bristle_transfer",)
 
 
@@ -55,12 +56,19 @@ def _check_models(s: Settings) -> None:
     models = RULE_MODELS.get(s.aggregation.rule)
     if models is not None and s.model.name not in models:
         raise ValueError(
-            f"aggregation.rule={s.aggregation.rule!r} needs model.name in {list(models)}, got {s.model.name!r}"
+            f"aggregation.rule={s.aggregation.rule!r} needs model.name in {list(models)}, "
+            f"got {s.model.name!r}"
+        )
+    models = TRAINER_MODELS.get(s.clients.trainer)
+    if models is not None and s.model.name not in models:
+        raise ValueError(
+            f"clients.trainer={s.clients.trainer!r} needs model.name in {list(models)}, got {s.model.name!r}"
         )
     rules = TRAINER_RULES.get(s.clients.trainer)
     if rules is not None and s.aggregation.rule not in rules:
         raise ValueError(
-            f"clients.trainer={s.clients.trainer!r} sends rankings: it needs aggregation.rule in {list(rules)}, "
+            f"clients.trainer={s.clients.trainer!r} sends rankings: it needs aggregation.rule in "
+            f"{list(rules)}, "
             f"got {s.aggregation.rule!r}"
         )
 

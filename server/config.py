@@ -26,7 +26,7 @@ from stamen.task.settings import PrivacyConfig, Settings, load_settings
 from stamen.task.spec import RoundInstructions, TaskSpec, TrainSpec
 
 # run_config keys that are not run-setting overrides
-APP_KEYS = ("scenario", "overrides", "out-dir", "timeout-s", "eval-data")
+APP_KEYS = ("scenario", "overrides", "out-dir", "timeout-s", "eval-data", "data-source", "engine")
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,7 @@ class ServerConfig:
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> ServerConfig:
         """Read Flower's ``context.run_config`` (may be empty: then the ``smoke`` run applies)."""
-        name = str(run_config.get("scenario", "smoke"))
-        overrides = str(run_config.get("overrides", "")).replace(";", " ").split()
-        overrides += [f"{k}={_as_override(v)}" for k, v in run_config.items() if k not in APP_KEYS]
+        name, overrides = run_config_scenario(run_config)
         settings: Settings = load_settings(name, overrides)
         return cls.from_settings(settings, timeout_s=float(run_config.get("timeout-s", 600.0)))
 
@@ -113,6 +111,14 @@ class ServerConfig:
         )
 
 
+def run_config_scenario(run_config: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """``(scenario name or path, overrides)`` of a Flower run config (see the module docstring)."""
+    name = str(run_config.get("scenario", "smoke"))
+    overrides = str(run_config.get("overrides", "")).replace(";", " ").split()
+    overrides += [f"{k}={_as_override(v)}" for k, v in run_config.items() if k not in APP_KEYS]
+    return name, overrides
+
+
 def client_privacy(
     p: PrivacyConfig, train: TrainSpec, rounds: int, partition_sizes: Sequence[int] | None
 ) -> TrainSpec:
@@ -124,8 +130,11 @@ def client_privacy(
     calibrate = p.calibration == "target_epsilon"
     if p.mode == "local":
         if calibrate:
-            z = calibrate_local_noise_multiplier(p.target_epsilon, p.delta, rounds)
-        return replace(train, local_dp=True, dp_noise_multiplier=z, dp_clip=p.clipping_norm, dp_delta=p.delta)
+            z = calibrate_local_noise_multiplier(p.target_epsilon, p.delta, rounds, p.accountant)
+        dp = dict(
+            dp_noise_multiplier=z, dp_clip=p.clipping_norm, dp_delta=p.delta, dp_accountant=p.accountant
+        )
+        return replace(train, local_dp=True, **dp)
     if calibrate:
         if partition_sizes is None:
             raise ValueError(
@@ -133,9 +142,10 @@ def client_privacy(
                 "which only a simulation knows; a deployment sets privacy.calibration='fixed'"
             )
         z = calibrate_dp_sgd_noise(
-            p.target_epsilon, p.delta, partition_sizes, train.batch_size, train.epochs, rounds
+            p.target_epsilon, p.delta, partition_sizes, train.batch_size, train.epochs, rounds, p.accountant
         )
-    return replace(train, trainer="dp_sgd", dp_noise_multiplier=z, dp_clip=p.clipping_norm, dp_delta=p.delta)
+    dp = dict(dp_noise_multiplier=z, dp_clip=p.clipping_norm, dp_delta=p.delta, dp_accountant=p.accountant)
+    return replace(train, trainer="dp_sgd", **dp)
 
 
 def _as_override(value: Any) -> str:

@@ -31,6 +31,7 @@ def make_central_dp(s: Settings) -> CentralDP:
         num_clients=s.data.num_clients,
         rounds=s.rounds,
         seed=s.seed,
+        accountant=p.accountant,
     )
     if p.calibration == "target_epsilon":
         return CentralDP.from_target(p.target_epsilon, p.delta, **common)

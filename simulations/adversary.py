@@ -5,12 +5,13 @@ Two injection points, simulation only (a deployed server has neither):
 - **sampling**: with ``attack.malicious_minority`` the cohort is redrawn until fewer than half of it
   are attackers, as ``FL_train.py`` of SPIN-UMass/FRL does every round;
 - **update attacks** (omniscient): the malicious senders' decoded rows are replaced by
-  ``attack(honest rows, num_malicious, rng)`` just before (pre-)aggregation. An attack that
-  is an :class:`~stamen.simulations.attacks.base.OwnUpdateAttack` gets ``own=`` its clients' own rows; one that also has a ``pool_size`` (FRL's
-  ``rank_reversal``) gets the updates of ``min(#attackers, pool_size)`` malicious partitions drawn per
-  round from *all* attackers and trained from the round's global model, exactly as the official code
-  does. To do so the adversary loads those partitions **on the server side of the simulation**:
-  acceptable only because the simulated adversary is omniscient and colludes with all attackers.
+  ``attack(honest rows, num_malicious, rng)`` just before (pre-)aggregation. An
+  :class:`~stamen.simulations.attacks.base.OwnUpdateAttack` also gets ``own=`` its clients' own
+  rows; one with a ``pool_size`` (FRL's ``rank_reversal``) gets instead the updates of
+  ``min(#attackers, pool_size)`` malicious partitions drawn per round from *all* attackers and
+  trained from the round's global model, exactly as the official code does. To do so the adversary
+  loads those partitions **on the server side of the simulation**: acceptable only because the
+  simulated adversary is omniscient and colludes with all attackers.
 
 The attack's randomness is seeded by ``(seed, round)``, so every engine forges the same rows.
 """

@@ -20,53 +20,22 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import logging
-import os
 import random
-import tempfile
-import typing
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from stamen.simulations.arrays import Dataset, read_npz, write_npz
+from stamen.simulations.text_data import load_pydocs
+from stamen.task.cache import cache_dir
 
 DATASETS: tuple[str, ...] = ("digits", "mnist1d", "pydocs")
 """Allowed data set names (and values of ``DataConfig.dataset``)."""
 
 _CACHE_FORMAT = 1  # bump when the cached file layout changes
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, eq=False)
-class Dataset:
-    """A train/test split held in memory; arrays are read-only (they may be shared by a cache).
-
-    Attributes
-    ----------
-    name : str
-        Data set name, one of ``DATASETS``.
-    x_train, x_test : np.ndarray
-        ``float32`` features, shapes ``(n_train, features)`` and ``(n_test, features)``.
-    y_train, y_test : np.ndarray
-        ``int64`` labels in ``[0, num_classes)``, shapes ``(n_train,)`` and ``(n_test,)``.
-    num_classes : int
-        Number of classes.
-    """
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int
-
-    @property
-    def input_dim(self) -> int:
-        """Number of features per sample."""
-        return int(self.x_train.shape[1])
 
 
 def load_dataset(
@@ -108,28 +77,14 @@ def load_dataset(
             raise ValueError(f"num_samples must be >= 10 for mnist1d, got {num_samples}")
         return _load_mnist1d(int(num_samples), seed)
     if name == "pydocs":  # text: int64 token ids (n, seq_len); see stamen.simulations.text_data
-        from stamen.simulations.text_data import load_pydocs
-
         return load_pydocs(seed, num_samples=num_samples, test_fraction=test_fraction, seq_len=seq_len)
     raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
-
-
-def cache_dir() -> Path:
-    """Directory for generated data: ``$STAMEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/stamen``,
-    else ``~/.cache/stamen`` (read at call time, not created here)."""
-    explicit = os.environ.get("STAMEN_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "stamen"
 
 
 def clear_memory_cache() -> None:
     """Forget the in-process cache (the disk cache stays)."""
     _load_digits.cache_clear()
     _load_mnist1d.cache_clear()
-    from stamen.simulations.text_data import load_pydocs
-
     load_pydocs.cache_clear()
 
 
@@ -205,36 +160,3 @@ def _generate_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:
         "x_test": np.asarray(raw["x_test"], dtype=np.float32),
         "y_test": np.asarray(raw["y_test"], dtype=np.int64),
     }
-
-
-_KEYS = ("x_train", "y_train", "x_test", "y_test")
-
-
-def read_npz(path: Path) -> dict[str, np.ndarray] | None:
-    """Cached train/test arrays (``x_train``, ``y_train``, ``x_test``, ``y_test``) of a data-set cache
-    file, or ``None`` when it is missing or unreadable (then the caller regenerates). Shared by
-    :mod:`stamen.simulations.text_data`."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: np.array(npz[k]) for k in _KEYS}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        _log.warning("ignoring unreadable data cache %s: %s", path, exc)
-        return None
-
-
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write atomically (temp file + ``os.replace``); a read-only cache only costs a warning."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **typing.cast(dict[str, Any], arrays))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        _log.warning("could not write data cache %s: %s", path, exc)

@@ -116,9 +116,10 @@ def adversary_of(s: Scenario) -> tuple[tuple[int, ...], bool]:
 
 def check_attack(s: Scenario, malicious: tuple[int, ...]) -> None:
     """Refuse attack settings that cannot run, before round 1."""
-    if s.attack.kind == "rank_reversal" and s.model.name != "supermask_mlp":
+    if s.attack.kind == "rank_reversal" and s.clients.trainer != "frl":
         raise ValueError(
-            f"attack.kind='rank_reversal' forges FRL rankings: it needs model.name='supermask_mlp', got {s.model.name!r}"
+            "attack.kind='rank_reversal' reverses FRL rankings: it needs clients.trainer='frl', "
+            f"got {s.clients.trainer!r}"
         )
     if s.attack.malicious_minority and not minority_feasible(
         s.data.num_clients, s.clients.per_round, len(malicious)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stamen.simulations.data import Dataset, read_npz, write_npz
+from stamen.simulations.arrays import Dataset, read_npz, write_npz
 from stamen.task.cache import cache_dir
 
 #: label -> top-level packages whose docstrings carry it (order = label index)

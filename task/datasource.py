@@ -1,7 +1,8 @@
 """Where a deployed node's data comes from: its own configuration, never a message.
 
-A node's ``data-source`` in its node config (``flower-supernode --node-config 'data-source=/data/train.npz'``),
-or in the run config as a default, is one of:
+A node's ``data-source`` in its node config
+(``flower-supernode --node-config 'data-source=/data/train.npz'``), or in the run config as a
+default, is one of:
 
 - a ``.npz`` file with ``x`` ``(n, features)`` and ``y`` ``(n,)`` (optional ``x_test``/``y_test``, a
   local held-out set, and ``num_classes``; otherwise ``max(y) + 1``);

@@ -42,6 +42,7 @@ from stamen.task.settings_base import (
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 PRIVACY_MODES: tuple[str, ...] = ("off", "central", "local", "dp_sgd", "rqm")
 CALIBRATIONS: tuple[str, ...] = ("target_epsilon", "fixed")
+ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")  # stamen.privacy.accounting
 PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shards")
 ADAPTERS: tuple[str, ...] = ("none", "lora", "fedsb")
 # (input_dim, num_classes) of the built-in data sets; ``None`` = the sequence length (text)
@@ -162,6 +163,7 @@ class PrivacyConfig(_Config):
     delta: float = _f(1e-5, gt=0.0, lt=1.0)
     noise_multiplier: float = _f(1.0, ge=0.0)
     clipping_norm: float = _f(1.0, gt=0.0)
+    accountant: str = _f("rdp", choices=ACCOUNTANTS)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from stamen.protocols import keys
-from stamen.task.settings import OPTIMIZERS, LoRAConfig, Settings, SparseConfig
+from stamen.task.settings import ACCOUNTANTS, OPTIMIZERS, LoRAConfig, Settings, SparseConfig
 from stamen.task.settings_base import _Config, _f, from_flat, to_flat
 
 
@@ -70,6 +70,7 @@ class TrainSpec(_Config):
     dp_noise_multiplier: float = _f(1.0, ge=0.0)
     dp_clip: float = _f(1.0, gt=0.0)
     dp_delta: float = _f(1e-5, gt=0.0, lt=1.0)
+    dp_accountant: str = _f("rdp", choices=ACCOUNTANTS)
 
     @classmethod
     def from_settings(cls, s: Settings) -> TrainSpec:

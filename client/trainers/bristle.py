@@ -20,6 +20,7 @@ from torch import nn
 from stamen.client.state import ClientState
 from stamen.client.trainers.base import TrainResult, register_trainer
 from stamen.client.trainers.full import run_epochs, train_delta
+from stamen.protocols import keys
 from stamen.task.data import TaskData
 from stamen.task.spec import TrainSpec
 
@@ -48,7 +49,7 @@ class BristleTrainer:
             if d.ndim == 2 and d.shape[0] == data.num_classes:  # an output layer: (C, F)
                 d = own_class_rows(d, classes)
             delta[name] = d
-        return TrainResult(delta=delta, num_examples=len(data.y), metrics={"train-loss": loss})
+        return TrainResult(delta=delta, num_examples=len(data.y), metrics={keys.TRAIN_LOSS: loss})
 
 
 register_trainer("bristle")(BristleTrainer)

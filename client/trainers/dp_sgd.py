@@ -31,6 +31,7 @@ from stamen.client.state import ClientState
 from stamen.client.trainers.base import TrainResult, register_trainer
 from stamen.client.trainers.full import make_optimizer, train_delta
 from stamen.privacy.accounting import Segment, epsilon_of_history
+from stamen.protocols import keys
 from stamen.task.data import TaskData
 from stamen.task.models.lora import trainable_names
 from stamen.task.spec import TrainSpec
@@ -122,10 +123,12 @@ class DPSGDTrainer:
         self, model: nn.Module, data: TaskData, spec: TrainSpec, seed: int, state: ClientState
     ) -> TrainResult:
         """Train privately in place; return ``delta = local - global`` and ε over all rounds so far."""
-        z = float(getattr(spec, "dp_noise_multiplier", 1.0))
-        clip = float(getattr(spec, "dp_clip", 1.0))
-        dp_delta = float(getattr(spec, "dp_delta", 1e-5))
-        accountant = str(getattr(spec, "dp_accountant", "rdp"))
+        z, clip, dp_delta, accountant = (
+            spec.dp_noise_multiplier,
+            spec.dp_clip,
+            spec.dp_delta,
+            spec.dp_accountant,
+        )
         if not z >= 0 or math.isinf(z):
             raise ValueError(f"dp_noise_multiplier must be finite and >= 0, got {z}")
         if not clip > 0 or math.isinf(clip):
@@ -147,7 +150,7 @@ class DPSGDTrainer:
         return TrainResult(
             delta=delta,
             num_examples=len(data.y),
-            metrics={"train-loss": loss, "epsilon": eps, "dp-steps": steps},
+            metrics={keys.TRAIN_LOSS: loss, keys.EPSILON: eps, keys.DP_STEPS: steps},
             trained=trained,
         )
 

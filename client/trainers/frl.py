@@ -29,6 +29,7 @@ from torch import nn
 
 from stamen.client.state import ClientState
 from stamen.client.trainers.base import TrainResult, register_trainer
+from stamen.protocols import keys
 from stamen.task.data import TaskData
 from stamen.task.models.supermask import edge_ranking, is_score_tensor
 from stamen.task.spec import TrainSpec
@@ -97,7 +98,7 @@ class FRLTrainer:
             raise ValueError("frl trainer needs a supermask model (e.g. model.name = 'supermask_mlp')")
         loss = train_scores(model, data, spec, seed)
         update = ranking_update(model)
-        return TrainResult(delta=update, num_examples=len(data.y), metrics={"train-loss": loss})
+        return TrainResult(delta=update, num_examples=len(data.y), metrics={keys.TRAIN_LOSS: loss})
 
 
 register_trainer("frl")(FRLTrainer)

@@ -14,6 +14,7 @@ from torch import nn
 
 from stamen.client.state import ClientState
 from stamen.client.trainers.base import TrainResult, register_trainer
+from stamen.protocols import keys
 from stamen.task.data import TaskData
 from stamen.task.models.lora import trainable_names
 from stamen.task.spec import TrainSpec
@@ -105,7 +106,7 @@ class FullTrainer:
         trained = tuple(trainable_names(model))
         delta, loss = train_delta(model, data, lambda: run_epochs(model, data, spec, seed), trained)
         return TrainResult(
-            delta=delta, num_examples=len(data.y), metrics={"train-loss": loss}, trained=trained
+            delta=delta, num_examples=len(data.y), metrics={keys.TRAIN_LOSS: loss}, trained=trained
         )
 
 

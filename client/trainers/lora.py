@@ -15,6 +15,7 @@ from torch import nn
 from stamen.client.state import ClientState
 from stamen.client.trainers.base import TrainResult, register_trainer
 from stamen.client.trainers.full import run_epochs, train_delta
+from stamen.protocols import keys
 from stamen.task.data import TaskData
 from stamen.task.models.lora import LoRALinear, LoRASBLinear, adapter_layers, trainable_names
 from stamen.task.spec import TrainSpec
@@ -40,7 +41,7 @@ def train_adapted(model: nn.Module, data: TaskData, spec: TrainSpec, seed: int) 
     return TrainResult(
         delta=delta,
         num_examples=len(data.y),
-        metrics={"train-loss": loss, "trainable-params": float(trainable)},
+        metrics={keys.TRAIN_LOSS: loss, "trainable-params": float(trainable)},
         trained=trained,
     )
 

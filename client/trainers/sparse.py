@@ -42,8 +42,6 @@ substrings), ``sparse_dense`` (``("classifier",)``, prefixes).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +50,7 @@ from torch import nn
 from stamen.client.state import ClientState
 from stamen.client.trainers.base import TrainResult, register_trainer
 from stamen.client.trainers.full import make_optimizer, train_delta
+from stamen.protocols import keys
 from stamen.task.data import TaskData
 from stamen.task.settings import SparseConfig
 from stamen.task.spec import TrainSpec
@@ -229,7 +228,7 @@ class SparseTrainer:
         trained = sparse_trained(model, cfg)
         delta, loss = train_delta(model, data, lambda: sparse_epochs(model, data, spec, seed, cfg), trained)
         nnz = float(sum(int(np.count_nonzero(d)) for d in delta.values()))
-        metrics = {"train-loss": loss, "nonzeros": nnz}
+        metrics = {keys.TRAIN_LOSS: loss, "nonzeros": nnz}
         return TrainResult(delta=delta, num_examples=len(data.y), metrics=metrics, trained=trained)
 
 

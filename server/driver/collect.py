@@ -265,7 +265,8 @@ class UpdateCollector:
                 raise ValidationError(f"envelope names sender {envelope.sender!r}, it came from {client!r}")
             if envelope.version != task.instructions.version:
                 raise ValidationError(
-                    f"envelope names model version {envelope.version}, the server sent {task.instructions.version}"
+                    f"envelope names model version {envelope.version}, "
+                    f"the server sent {task.instructions.version}"
                 )
             return delta
         if reply.weights is None:

@@ -18,9 +18,9 @@ def run_engine(
     if name == "inprocess":
         from stamen.simulations.engines.inprocess import run_inprocess
 
-        return run_inprocess(plan, progress, **kwargs)  # type: ignore[arg-type]
+        return run_inprocess(plan, progress, **kwargs)
     if name == "flower":
         from stamen.simulations.engines.flower import run_flower
 
-        return run_flower(plan, progress, **kwargs)  # type: ignore[arg-type]
+        return run_flower(plan, progress, **kwargs)
     raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")

@@ -44,7 +44,8 @@ def test_cell_overrides_build_the_intended_run(rule: str) -> None:
     cell = B.Cell(rule, attack, 0.2, "iid", 3, 20)
     plan = SimulationPlan.from_scenario(load_scenario("smoke", B.overrides(cell)))
     s, cfg = plan.scenario, plan.cfg
-    assert s.aggregation.rule == rule and cfg.seed == 3 and len(plan.malicious) == 4 and s.attack.kind == attack
+    assert s.aggregation.rule == rule and cfg.seed == 3 and len(plan.malicious) == 4
+    assert s.attack.kind == attack
     expect = {
         "frl": ("frl", "supermask_mlp", "frl_rank"),
         "bristle": ("bristle", "bristle_transfer", "dense"),
