@@ -1,24 +1,16 @@
 """Host side: make a signed delta update between two model files (ONNX or safetensors).
 
-``delta = target - base`` per tensor (the project's sign convention), encoded with any codec
-pipeline and packed into a signed :class:`~stamen.protocols.Envelope` whose
-
-- ``base_hash`` is ``model_hash(base)`` (the device refuses any other base),
-- ``version`` is the version the device will hold afterwards (must exceed its high-water mark),
-- ``meta["target"]`` is ``model_hash(base + decode(payload))``: exactly the weights the device
-  will compute, so it can check the result bit for bit (for lossy codecs this differs from
-  ``model_hash(target)``), and ``meta["model"]`` is the model id when given.
+The delta format and its signing live in :mod:`stamen.protocols.delta` (the server makes the same
+envelopes for the devices it federates); this module reads model files for ``stamen delta create``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from stamen.protocols import CodecSpec, Signer
-from stamen.protocols.delta import SignedDelta, create_delta_with_result
+from stamen.protocols.delta import SignedDelta, create_delta, create_delta_with_result
 
 from .onnx_backend import read_onnx_source
 from .torch_backend import read_safetensors_source
@@ -44,22 +36,3 @@ def load_weights(path: str | Path) -> dict[str, np.ndarray]:
     if p.suffix == ".safetensors":
         return read_safetensors_source(p)[0]
     raise ValueError(f"{p}: model files must end in .onnx or .safetensors")
-
-
-def create_delta(
-    base: Mapping[str, np.ndarray],
-    target: Mapping[str, np.ndarray],
-    codec: str | CodecSpec,
-    signer: Signer,
-    *,
-    version: int,
-    model_id: str | None = None,
-    sender: str = "stamen",
-    seed: int = 0,
-) -> bytes:
-    """Encode and sign ``target - base`` as an update envelope for an edge store (see
-    :func:`create_delta_with_result` for the parameters)."""
-    signed = create_delta_with_result(
-        base, target, codec, signer, version=version, model_id=model_id, sender=sender, seed=seed
-    )
-    return signed.data

@@ -40,12 +40,12 @@ iff ``delta > 0`` and ``q < 1``, and for ``m = 2`` is pure ε-DP with ``e^ε = 1
 from __future__ import annotations
 
 import itertools
-from functools import lru_cache
 import math
 import warnings
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 

@@ -16,7 +16,7 @@ makes them from model files with ``stamen delta create`` (:mod:`stamen.edge.delt
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from .envelope import Envelope, pack
 from .signing import Signer
 from .tensors import TensorInfo, model_hash, tensor_table
 
-__all__ = ["SignedDelta", "create_delta_with_result", "table_names"]
+__all__ = ["SignedDelta", "create_delta", "create_delta_with_result", "table_names"]
 
 
 class SignedDelta(NamedTuple):
@@ -122,3 +122,8 @@ def create_delta_with_result(
         meta=meta,
     )
     return SignedDelta(pack(envelope, signer), result, digest)
+
+
+def create_delta(*args: Any, **kwargs: Any) -> bytes:
+    """The envelope bytes of :func:`create_delta_with_result` (same parameters)."""
+    return create_delta_with_result(*args, **kwargs).data

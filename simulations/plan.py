@@ -47,16 +47,6 @@ class SimulationPlan:
         initial = get_weights(initial_model(cfg.task, data))
         return cls(s, cfg, data, malicious, initial, peer)
 
-    @property
-    def rounds(self) -> int:
-        """Number of rounds."""
-        return self.cfg.rounds
-
-    @property
-    def seed(self) -> int:
-        """Run seed."""
-        return self.cfg.seed
-
     def evaluator(self) -> EvalFn:
         """Centralized evaluation on the held-out test split."""
         return central_evaluator(self.cfg, test_data(self.data))

@@ -1,19 +1,6 @@
-"""Per-round records of a simulation run and the files that report them.
-
-``write_results`` produces, in one output directory:
-
-``results.json``
-    ``{"scenario": {...}, "rounds": [{round, accuracy, loss, bytes_up, bytes_down, epsilon,
-    rejected, wall_s}, ...], "final": {...}}`` plus any ``extra`` top-level keys. Strict JSON:
-    missing values (NaN accuracy or loss of a round without evaluation, no epsilon) are ``null``.
-``results.csv``
-    One row per round, header = the round keys; missing values are empty cells.
-``plot.png``
-    Accuracy per evaluated round, and cumulative bytes (up + down) per round, titled with the
-    scenario name.
-
-Every file is written atomically (temporary file in the same directory, then ``os.replace``).
-"""
+"""The files a simulation writes: the server's run record (``results.json``, ``results.csv``; see
+:mod:`stamen.server.records`) plus ``plot.png`` — accuracy per evaluated round and cumulative bytes
+per round, titled with the scenario name. Every file is written atomically."""
 
 from __future__ import annotations
 
@@ -39,14 +26,11 @@ __all__ = ["RESERVED_KEYS", "ROUND_KEYS", "load_results", "summarize", "write_re
 
 
 def write_results(
-    out_dir: Path,
-    scenario: Mapping[str, Any],
-    rounds: Sequence[RoundRecord],
-    extra: Mapping[str, Any] | None = None,
+    out_dir: Path, scenario: Mapping[str, Any], rounds: Sequence[RoundRecord], **kw: Any
 ) -> dict[str, Path]:
-    """Write ``results.json``, ``results.csv`` (:func:`stamen.server.records.write_record`) and
-    ``plot.png`` into ``out_dir``; returns ``{"json": ..., "csv": ..., "plot": ...}``."""
-    paths = write_record(out_dir, scenario, rounds, extra)
+    """:func:`stamen.server.records.write_record` (``extra=`` more JSON keys) plus ``plot.png``;
+    returns ``{"json": ..., "csv": ..., "plot": ...}``."""
+    paths = write_record(out_dir, scenario, rounds, **kw)
     paths["plot"] = Path(out_dir) / "plot.png"
     atomic_write(paths["plot"], _plot_png(str(scenario.get("name", "")), _normalized(rounds)))
     return paths

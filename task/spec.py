@@ -11,15 +11,31 @@ no attack, no path and no key: a client's data comes from its own data source.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from stamen.protocols import keys
 from stamen.task.settings import ACCOUNTANTS, OPTIMIZERS, LoRAConfig, Settings, SparseConfig
 from stamen.task.settings_base import _Config, _f, from_flat, to_flat
 
+S = TypeVar("S", bound="WireSpec")
+
+
+class WireSpec(_Config):
+    """A spec that travels flat in the round's ``ConfigRecord`` under its ``SECTION`` prefix."""
+
+    def to_config(self) -> dict[str, Any]:
+        """Flat ``<section>.*`` entries (``"train.sparse.density"``) for the round's ConfigRecord."""
+        return to_flat(self, self.SECTION)
+
+    @classmethod
+    def from_config(cls: type[S], record: Any) -> S:
+        """Inverse of :meth:`to_config` (``ValueError`` naming a missing, unknown or bad key)."""
+        spec: S = from_flat(cls, record, cls.SECTION)
+        return spec
+
 
 @dataclass(frozen=True)
-class TaskSpec(_Config):
+class TaskSpec(WireSpec):
     """The model every client builds: architecture, its shape, init seed and adapters."""
 
     SECTION: ClassVar[str] = "task"
@@ -41,19 +57,9 @@ class TaskSpec(_Config):
         """The model id server and devices agree on (recorded in signed deltas): name + seed."""
         return f"{self.model}-{self.seed}"
 
-    def to_config(self) -> dict[str, Any]:
-        """Flat ``task.*`` entries for the round's ConfigRecord."""
-        return to_flat(self, self.SECTION)
-
-    @classmethod
-    def from_config(cls, record: Any) -> TaskSpec:
-        """Inverse of :meth:`to_config` (``ValueError`` naming a missing, unknown or bad key)."""
-        spec: TaskSpec = from_flat(cls, record, cls.SECTION)
-        return spec
-
 
 @dataclass(frozen=True)
-class TrainSpec(_Config):
+class TrainSpec(WireSpec):
     """Local training of one round: trainer, hyper-parameters, sparse knobs, client-side DP."""
 
     SECTION: ClassVar[str] = "train"
@@ -79,16 +85,6 @@ class TrainSpec(_Config):
         return cls(
             c.trainer, c.local_epochs, c.batch_size, c.lr, c.optimizer, c.momentum, c.weight_decay, s.sparse
         )
-
-    def to_config(self) -> dict[str, Any]:
-        """Flat ``train.*`` entries for the round's ConfigRecord."""
-        return to_flat(self, self.SECTION)
-
-    @classmethod
-    def from_config(cls, record: Any) -> TrainSpec:
-        """Inverse of :meth:`to_config`."""
-        spec: TrainSpec = from_flat(cls, record, cls.SECTION)
-        return spec
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def test_flower_engine_matches_inprocess_on_smoke() -> None:
     cfg = _cfg()
     fast = run_engine("inprocess", cfg)
     real = run_engine("flower", cfg)
-    assert len(real.rounds) == len(fast.rounds) == cfg.rounds
+    assert len(real.rounds) == len(fast.rounds) == cfg.cfg.rounds
     assert [r.bytes_up for r in real.rounds] == [r.bytes_up for r in fast.rounds]
     assert [r.bytes_down for r in real.rounds] == [r.bytes_down for r in fast.rounds]
     assert abs(real.rounds[-1].accuracy - fast.rounds[-1].accuracy) <= 0.01
