@@ -12,53 +12,81 @@ exactly the orders the per-client loop draws. A test holds the two equal against
 
 The state words are kept in ``int64`` with explicit 32-bit masks: every intermediate product stays
 below ``2**63`` (``1812433253 < 2**31`` times a 32-bit word), and torch's ``uint32`` has no
-arithmetic on every device.
+arithmetic on every device. The functions take numpy arrays or torch tensors and return the same
+kind: numpy on the CPU (its per-operation overhead is a few times lower for these many small
+operations, measured), torch on a GPU, where the whole cohort's state lives on the device.
 """
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+import numpy as np
 import torch
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 _N, _M = 624, 397
 _MASK32 = 0xFFFFFFFF
 _UPPER, _LOWER = 0x80000000, 0x7FFFFFFF
 _MATRIX_A = 0x9908B0DF
 _INIT_MULT = 1812433253
+_BLOCKS = ((0, _N - _M), (_N - _M, 2 * (_N - _M)), (2 * (_N - _M), _N - 1))
 
 
-def init_states(seeds: torch.Tensor) -> torch.Tensor:
+def _empty(like: Array, shape: tuple[int, ...]) -> Array:
+    if isinstance(like, torch.Tensor):
+        return torch.empty(shape, dtype=torch.int64, device=like.device)
+    return np.empty(shape, dtype=np.int64)
+
+
+def _copy(a: Array) -> Array:
+    return a.clone() if isinstance(a, torch.Tensor) else a.copy()
+
+
+def _cat(parts: list[Array]) -> Array:
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
+
+
+def _at_least(a: Array, low: int) -> Array:
+    return a.clamp_min(low) if isinstance(a, torch.Tensor) else np.maximum(a, low)
+
+
+def _arange(like: Array, n: int) -> Array:
+    if isinstance(like, torch.Tensor):
+        return torch.arange(n, device=like.device)
+    return np.arange(n, dtype=np.int64)
+
+
+def init_states(seeds: Array) -> Array:
     """MT19937 ``init_genrand`` state of every seed, word-major.
 
     Parameters
     ----------
-    seeds : torch.Tensor
+    seeds : np.ndarray or torch.Tensor
         ``int64``, shape ``(c,)``; only the low 32 bits are used (as torch's CPU generator does).
 
     Returns
     -------
-    torch.Tensor
+    np.ndarray or torch.Tensor
         ``int64`` words in ``[0, 2**32)``, shape ``(624, c)`` (row ``j`` is word ``j`` of every
-        client: contiguous rows keep the 623 sequential steps cheap), on the seeds' device.
+        client: contiguous rows keep the 623 sequential steps cheap), the seeds' kind and device.
     """
-    state = torch.empty((_N, seeds.shape[0]), dtype=torch.int64, device=seeds.device)  # (624, c)
-    torch.bitwise_and(seeds, _MASK32, out=state[0])
+    state = _empty(seeds, (_N, seeds.shape[0]))  # (624, c)
+    prev = seeds & _MASK32
+    state[0] = prev
     for j in range(1, _N):
-        prev = state[j - 1]
-        row = state[j]
-        torch.bitwise_right_shift(prev, 30, out=row)
-        row.bitwise_xor_(prev).mul_(_INIT_MULT).add_(j).bitwise_and_(_MASK32)
+        prev = (_INIT_MULT * (prev ^ (prev >> 30)) + j) & _MASK32
+        state[j] = prev
     return state
 
 
-def _twist(y: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
+def _twist(y: Array, far: Array) -> Array:
     """``far ^ (y >> 1) ^ (MATRIX_A if y odd)`` for the combined words ``y``."""
     return far ^ (y >> 1) ^ ((y & 1) * _MATRIX_A)
 
 
-_BLOCKS = ((0, _N - _M), (_N - _M, 2 * (_N - _M)), (2 * (_N - _M), _N - 1))
-
-
-def next_state(state: torch.Tensor, words: int = _N) -> None:
+def next_state(state: Array, words: int = _N) -> None:
     """Regenerate the first ``words`` of the 624 words in place (the reference loop in hazard-free
     blocks); the rest keep their old values, so only call with ``words < 624`` for the last block.
 
@@ -66,7 +94,7 @@ def next_state(state: torch.Tensor, words: int = _N) -> None:
     new word 0) and word ``k + 397 mod 624`` (old for ``k < 227``, new afterwards); the blocks
     ``[0, 227)``, ``[227, 454)``, ``[454, 623)`` and ``623`` each read only finished words.
     """
-    old = state.clone() if words > _N - _M else state[: _N - _M + 1].clone()
+    old = _copy(state if words > _N - _M else state[: _N - _M + 1])
     for lo, hi in _BLOCKS:
         if lo >= words:
             return
@@ -79,19 +107,19 @@ def next_state(state: torch.Tensor, words: int = _N) -> None:
         state[_N - 1] = _twist(y, state[_M - 1])
 
 
-def _temper(y: torch.Tensor) -> torch.Tensor:
+def _temper(y: Array) -> Array:
     y = y ^ (y >> 11)
     y = y ^ ((y << 7) & 0x9D2C5680)
     y = y ^ ((y << 15) & 0xEFC60000)
     return y ^ (y >> 18)
 
 
-def draws(seeds: torch.Tensor, count: int) -> torch.Tensor:
+def draws(seeds: Array, count: int) -> Array:
     """The first ``count`` 32-bit outputs of each seed's generator (``torch.Generator.random()``).
 
     Returns
     -------
-    torch.Tensor
+    np.ndarray or torch.Tensor
         ``int64`` in ``[0, 2**32)``, shape ``(count, c)`` (draw-major).
     """
     state = init_states(seeds)
@@ -100,40 +128,38 @@ def draws(seeds: torch.Tensor, count: int) -> torch.Tensor:
         words = min(_N, count - start)
         next_state(state, words)
         blocks.append(_temper(state[:words]))
-    if not blocks:
-        return torch.empty((0, seeds.shape[0]), dtype=torch.int64, device=seeds.device)
-    return torch.cat(blocks, dim=0)
+    return _cat(blocks) if blocks else _empty(seeds, (0, seeds.shape[0]))
 
 
-def randperms(seeds: torch.Tensor, sizes: torch.Tensor, epochs: int) -> torch.Tensor:
+def randperms(seeds: Array, sizes: Array, epochs: int) -> Array:
     """Each client's ``epochs`` successive ``torch.randperm(n, generator=...)`` orders.
 
     Parameters
     ----------
-    seeds : torch.Tensor
+    seeds : np.ndarray or torch.Tensor
         ``int64`` generator seeds, shape ``(c,)``.
-    sizes : torch.Tensor
-        ``int64`` permutation lengths ``n >= 1``, shape ``(c,)``, same device.
+    sizes : np.ndarray or torch.Tensor
+        ``int64`` permutation lengths ``n >= 1``, shape ``(c,)``, same kind and device.
     epochs : int
         Successive permutations drawn from each generator, ``>= 1``.
 
     Returns
     -------
-    torch.Tensor
+    np.ndarray or torch.Tensor
         ``int64``, shape ``(epochs, max(sizes), c)``: ``[e, :n_k, k]`` is client ``k``'s
-        permutation in epoch ``e``; entries past ``n_k`` are ``n_k ... max-1`` and meaningless.
+        permutation in epoch ``e``; entries past ``n_k`` are meaningless.
     """
     c, width = seeds.shape[0], int(sizes.max()) if len(sizes) else 0
     stream = draws(seeds, epochs * max(width - 1, 0))  # (E * (width - 1), c)
-    out = torch.arange(width, device=seeds.device).repeat(epochs, c, 1).transpose(1, 2).contiguous()
-    last = (sizes - 1).unsqueeze(0)  # (1, c)
+    cols, last = _arange(seeds, c), sizes - 1
+    out = _empty(seeds, (epochs, width, c))
     for e in range(epochs):
         perm = out[e]  # (width, c), a view: swapped in place
+        perm[:] = _arange(seeds, width)[:, None]
         for i in range(width - 1):
-            # gather/scatter along dim 0: far cheaper on CPU than indexing with (row, col) tensors
-            z = stream.gather(0, (e * last + i).clamp_min(0)) % (last + 1 - i).clamp_min(1)
-            j = i + torch.where(i < last, z, 0)  # (1, c); rows past a client's n - 1 stay put
-            held = perm[i : i + 1].clone()
-            perm[i : i + 1] = perm.gather(0, j)
-            perm.scatter_(0, j, held)
+            z = stream[_at_least(e * last + i, 0), cols] % _at_least(last + 1 - i, 1)
+            j = i + (z * (i < last))  # rows past a client's own n - 1 swap with themselves
+            held = _copy(perm[i])
+            perm[i] = perm[j, cols]
+            perm[j, cols] = held
     return out

@@ -119,7 +119,7 @@ def train_cohort(
     loss = np.empty(c, dtype=np.float64)
     for lo in range(0, c, chunk):
         idx = order[lo : lo + chunk]
-        deltas, chunk_loss = _train_chunk(forward, base, data, idx, seeds[idx], totals[idx], spec)
+        deltas, chunk_loss = _train_chunk(forward, base, data, idx, seeds[idx], sizes[idx], spec)
         _store(out, idx, deltas)
         loss[idx] = chunk_loss
     return CohortResult(out, sizes.astype(np.int64), loss, tensor_table(global_weights))
@@ -172,17 +172,15 @@ def _train_chunk(
     data: CohortData,
     idx: np.ndarray,
     seeds: np.ndarray,
-    totals: np.ndarray,
+    sizes: np.ndarray,
     spec: TrainSpec,
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """Train the clients ``idx`` (sorted by ``totals``, descending); return (deltas (k, d), losses)."""
-    device, k = data.x.device, len(idx)
+    """Train the clients ``idx`` (sorted by step count, descending); return (deltas (k, d), losses)."""
+    device, k, width = data.x.device, len(idx), int(sizes.max())
+    totals = spec.epochs * -(-sizes // spec.batch_size)
     clients = torch.as_tensor(idx, device=device)
-    sizes = data.sizes[clients]  # (k,)
-    width = int(sizes.max())
-    orders = randperms(torch.as_tensor(seeds, device=device), sizes, spec.epochs)  # (E, width, k)
-    orders = orders.permute(2, 0, 1).reshape(k, -1)  # (k, E * width): client-major for gather
-    batch = _Batcher(data, data.rows[clients, :width], orders, sizes, width, spec.batch_size)
+    orders = _orders(seeds, sizes, spec.epochs, device)  # (k, E * width)
+    batch = _Batcher(data, data.rows[clients, :width], orders, data.sizes[clients], width, spec.batch_size)
     params = [b.expand(k, *b.shape).clone() for b in base]  # (k, *shape) each
     opt = make_stacked_optimizer(params, spec)
     loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
@@ -196,6 +194,17 @@ def _train_chunk(
         loss_sum[:active] += losses.detach()
     deltas = torch.cat([(p - b).reshape(k, -1) for p, b in zip(params, base, strict=True)], dim=1)
     return deltas, (loss_sum.cpu().numpy() / totals)
+
+
+def _orders(seeds: np.ndarray, sizes: np.ndarray, epochs: int, device: torch.device) -> torch.Tensor:
+    """Every client's batch orders, client-major ``(k, E * width)``: numpy on the CPU (fewer
+    microseconds per small operation), torch on the device otherwise."""
+    if device.type == "cpu":
+        orders = torch.from_numpy(randperms(seeds, sizes, epochs))
+    else:
+        dev_seeds, dev_sizes = torch.as_tensor(seeds, device=device), torch.as_tensor(sizes, device=device)
+        orders = randperms(dev_seeds, dev_sizes, epochs)
+    return orders.permute(2, 0, 1).reshape(len(seeds), -1)  # (E, width, k) -> (k, E * width)
 
 
 def _client_losses(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
