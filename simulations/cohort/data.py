@@ -9,6 +9,7 @@ indices), because the batch schedule permutes local positions.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,7 +47,9 @@ class CohortData:
 
     def __post_init__(self) -> None:
         if self.rows.ndim != 2 or self.sizes.shape != (self.rows.shape[0],):
-            raise ValueError(f"rows must be (c, width) and sizes (c,), got {self.rows.shape}, {self.sizes.shape}")
+            raise ValueError(
+                f"rows must be (c, width) and sizes (c,), got {self.rows.shape}, {self.sizes.shape}"
+            )
         if len(self.sizes) and int(self.sizes.min()) < 1:
             raise ValueError("client partition is empty: nothing to train on (every size must be >= 1)")
         if len(self.sizes) and int(self.sizes.max()) > self.rows.shape[1]:
@@ -81,12 +84,14 @@ class CohortData:
     ) -> CohortData:
         """Like :meth:`from_rows` with the rows already padded to ``(c, width)``."""
         dev = torch.device(device)
-        return cls(
-            x=torch.as_tensor(np.asarray(x, dtype=np.float32)).to(dev),
-            y=torch.as_tensor(np.asarray(y, dtype=np.int64)).to(dev),
-            rows=torch.as_tensor(np.asarray(rows, dtype=np.int64)).to(dev),
-            sizes=torch.as_tensor(np.asarray(sizes, dtype=np.int64)).to(dev),
-        )
+        with warnings.catch_warnings():  # a cached pool is read-only; it is only ever read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return cls(
+                x=torch.as_tensor(np.asarray(x, dtype=np.float32)).to(dev),
+                y=torch.as_tensor(np.asarray(y, dtype=np.int64)).to(dev),
+                rows=torch.as_tensor(np.asarray(rows, dtype=np.int64)).to(dev),
+                sizes=torch.as_tensor(np.asarray(sizes, dtype=np.int64)).to(dev),
+            )
 
     @classmethod
     def from_clients(cls, clients: Sequence[TaskData], device: torch.device | str) -> CohortData:

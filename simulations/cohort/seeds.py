@@ -45,7 +45,7 @@ class _Hash:
 
 
 def _mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    result = np.uint32(_MIX_L) * x - np.uint32(_MIX_R) * y
+    result: np.ndarray = x * np.uint32(_MIX_L) - y * np.uint32(_MIX_R)
     return result ^ (result >> np.uint32(_XSHIFT))
 
 

@@ -163,7 +163,7 @@ def _batched_forward(model: nn.Module, names: list[str]) -> Forward:
     def one(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(model, dict(zip(names, params, strict=True)), (x,))
 
-    return vmap(one)  # type: ignore[no-any-return]
+    return vmap(one)
 
 
 def _train_chunk(

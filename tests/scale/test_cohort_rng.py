@@ -38,10 +38,14 @@ def test_mt19937_first_output_of_seed_5489() -> None:
     epochs=st.integers(1, 3),
     backend=st.sampled_from(["numpy", "torch"]),
 )
-def test_randperms_equal_torch_randperm(seeds: list[int], data: st.DataObject, epochs: int, backend: str) -> None:
+def test_randperms_equal_torch_randperm(
+    seeds: list[int], data: st.DataObject, epochs: int, backend: str
+) -> None:
     sizes = data.draw(st.lists(st.integers(1, 300), min_size=len(seeds), max_size=len(seeds)))
     s, n = np.array(seeds, dtype=np.int64), np.array(sizes, dtype=np.int64)
-    out = randperms(s, n, epochs) if backend == "numpy" else randperms(torch.tensor(s), torch.tensor(n), epochs)
+    out = (
+        randperms(s, n, epochs) if backend == "numpy" else randperms(torch.tensor(s), torch.tensor(n), epochs)
+    )
     out = np.asarray(out)
     assert out.shape == (epochs, max(sizes), len(seeds))
     for k, (seed, size) in enumerate(zip(seeds, sizes, strict=True)):
