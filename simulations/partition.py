@@ -228,16 +228,20 @@ def _check_args(
         )
 
 
-def _split_bounds(n: int, parts: int) -> np.ndarray:
-    """Cut points of ``np.array_split(range(n), parts)``: the first ``n % parts`` parts are longer."""
-    sizes = np.full(parts, n // parts, dtype=np.int64)
-    sizes[: n % parts] += 1
-    return np.concatenate(([0], np.cumsum(sizes)))  # (parts + 1,)
+def _equal_parts(n: int, parts: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and lengths of parts ``ids`` of ``np.array_split(range(n), parts)`` (the first
+    ``n % parts`` parts are one longer), computed in place of a gather from a bounds table."""
+    each, extra = divmod(n, parts)
+    starts = np.minimum(ids, extra)
+    starts += ids * each
+    lengths = (ids < extra).astype(np.int64)
+    lengths += each
+    return starts, lengths
 
 
 def _iid(n: int, num_clients: int, rng: np.random.Generator) -> Partitioning:
-    bounds = _split_bounds(n, num_clients)
-    return Partitioning(rng.permutation(n), bounds[:-1, None], np.diff(bounds)[:, None])
+    starts, lengths = _equal_parts(n, num_clients, np.arange(num_clients, dtype=np.int64)[:, None])
+    return Partitioning(rng.permutation(n), starts, lengths)
 
 
 def _dirichlet(
@@ -278,6 +282,6 @@ def _shards(
 ) -> Partitioning:
     shuffled = rng.permutation(len(y))
     by_label = shuffled[np.argsort(y[shuffled], kind="stable")]  # sorted by label, random within
-    bounds = _split_bounds(len(y), num_clients * shards_per_client)
     deal = rng.permutation(num_clients * shards_per_client).reshape(num_clients, shards_per_client)
-    return Partitioning(by_label.astype(np.int64), bounds[deal], bounds[deal + 1] - bounds[deal])
+    starts, lengths = _equal_parts(len(y), num_clients * shards_per_client, deal)
+    return Partitioning(by_label.astype(np.int64), starts, lengths)
