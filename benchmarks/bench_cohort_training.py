@@ -79,6 +79,8 @@ def workload() -> Workload:
 def loop_rate(w: Workload, clients: int) -> tuple[float, np.ndarray]:
     """Per-client loop over pids ``0..clients-1``: (updates/s, their deltas (clients, d))."""
     torch.set_num_threads(1)
+    for pid in range(3):  # warm-up: first-call costs are not the loop's rate
+        local_update(w.model, w.weights, w.client(pid), SPEC, client_seed(TASK.seed, 1, pid))
     deltas = []
     t0 = time.perf_counter()
     for pid in range(clients):
