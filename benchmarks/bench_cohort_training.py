@@ -11,7 +11,7 @@ device copy, training and the deltas written into a preallocated ``(c, d)`` floa
 first clients' deltas are compared with the loop's (max abs difference printed).
 
     .venv/bin/python benchmarks/bench_cohort_training.py                     # CPU: 100, 1000, 10000
-    python3 benchmarks/bench_cohort_training.py --device cuda --cohorts 10000 100000 --out cuda
+    python3 benchmarks/bench_cohort_training.py --device cuda --cohorts 10000 100000 --stack device --out cuda
 
 Writes benchmarks/results/cohort_training[_OUT].json.
 """
@@ -89,31 +89,41 @@ def loop_rate(w: Workload, clients: int) -> tuple[float, np.ndarray]:
     return clients / (time.perf_counter() - t0), np.stack(deltas)
 
 
-def cohort_seconds(w: Workload, cohort: int, device: torch.device, out: np.ndarray) -> float:
-    """Wall seconds of one cohort-batched pass over pids ``0..cohort-1`` (deltas into ``out``)."""
+def cohort_seconds(
+    w: Workload, cohort: int, device: torch.device, out: np.ndarray | torch.Tensor
+) -> tuple[float, float]:
+    """One cohort-batched pass over pids ``0..cohort-1`` (deltas into ``out``): wall seconds of
+    (seeds + index rows + copy to the device, training + deltas into ``out``)."""
     t0 = time.perf_counter()
     pids = np.arange(cohort)
     seeds = client_seeds(TASK.seed, 1, pids)
     rows, sizes = w.parts.rows(pids % PARTITIONS)
     data = CohortData.from_padded(w.x, w.y, rows, sizes, device)
+    t1 = time.perf_counter()
     train_cohort(w.model, w.weights, data, SPEC, seeds, out=out)
-    return time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return t1 - t0, time.perf_counter() - t1
 
 
-def measure(w: Workload, cohort: int, device: torch.device, threads: int, repeats: int) -> float:
-    """Median cohort updates/s over ``repeats`` passes (after one warm-up pass on a small cohort)."""
+def measure(w: Workload, cohort: int, device: torch.device, threads: int, args: argparse.Namespace) -> dict:
+    """Median cohort updates/s over ``args.repeats`` passes (after a warm-up pass on 256 clients)."""
     torch.set_num_threads(threads)
     d = sum(v.size for v in w.weights.values())
-    out = np.empty((cohort, d), dtype=np.float32)
+    if args.stack == "device":
+        out: np.ndarray | torch.Tensor = torch.empty((cohort, d), dtype=torch.float32, device=device)
+    else:
+        out = np.empty((cohort, d), dtype=np.float32)
     cohort_seconds(w, min(cohort, 256), device, out[: min(cohort, 256)])
-    return cohort / statistics.median(cohort_seconds(w, cohort, device, out) for _ in range(repeats))
+    runs = [cohort_seconds(w, cohort, device, out) for _ in range(args.repeats)]
+    total = statistics.median(p + t for p, t in runs)
+    return {"updates_per_s": cohort / total, "prep_share": statistics.median(p / (p + t) for p, t in runs)}
 
 
 def agreement(w: Workload, device: torch.device, loop_deltas: np.ndarray) -> float:
     """Max |cohort - loop| over the loop's clients, trained as one cohort on ``device``."""
-    n = len(loop_deltas)
     out = np.empty_like(loop_deltas)
-    cohort_seconds(w, n, device, out)
+    cohort_seconds(w, len(loop_deltas), device, out)
     return float(np.abs(out - loop_deltas).max())
 
 
@@ -124,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1], help="torch threads for the cohort")
     ap.add_argument("--loop-clients", type=int, default=100, help="clients the loop anchor trains per row")
     ap.add_argument("--repeats", type=int, default=3, help="cohort passes per size (median)")
+    ap.add_argument("--stack", choices=["host", "device"], default="host", help="where the (c, d) deltas go")
     ap.add_argument("--out", default="", help="suffix of the results file (cohort_training_OUT.json)")
     args = ap.parse_args(argv)
     device, prov = torch.device(args.device), provenance()
@@ -132,13 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     for cohort in args.cohorts:  # the anchor is re-measured next to every row: the load drifts
         loop, loop_deltas = loop_rate(w, min(cohort, args.loop_clients))
         diff = max(diff, agreement(w, device, loop_deltas))
-        rates = {str(t): measure(w, cohort, device, t, args.repeats) for t in args.threads}
+        rates = {str(t): measure(w, cohort, device, t, args) for t in args.threads}
         rows.append({"cohort": cohort, "loop_updates_per_s": loop, "cohort_updates_per_s": rates})
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{prov['cpus']} CPU cores"
     result = {
         "workload": "mnist1d dirichlet(0.5) 1000 partitions, 40 train samples/client (mean), "
         "MLP 40-64-10, 2 epochs, batch 16, SGD lr 0.05",
         "device": name,
+        "stack": args.stack,
         "loop_clients": args.loop_clients,
         "max_abs_diff_vs_loop": diff,
         "rows": rows,
@@ -154,14 +166,15 @@ def main(argv: list[str] | None = None) -> int:
 def _print(result: dict, threads: list[int]) -> None:
     print(f"device: {result['device']}; 1-min load average at start {result['load_avg_1min']:.1f}")
     print(f"max |cohort - loop| over the loop's clients: {result['max_abs_diff_vs_loop']:.2e}")
-    heads = " | ".join(f"cohort ({t} thr) /s | x loop" for t in threads)
+    print(f"deltas stacked on the {result['stack']}; prep = seeds + index rows + copy to the device")
+    heads = " | ".join(f"cohort ({t} thr) /s | x loop | prep share" for t in threads)
     print(f"| cohort | loop (anchor, 1 thr) /s | {heads} |")
-    print("|---" * (2 + 2 * len(threads)) + "|")
+    print("|---" * (2 + 3 * len(threads)) + "|")
     for row in result["rows"]:
         loop = row["loop_updates_per_s"]
         cells = " | ".join(
-            f"{row['cohort_updates_per_s'][str(t)]:.0f} | {row['cohort_updates_per_s'][str(t)] / loop:.1f}"
-            for t in threads
+            f"{r['updates_per_s']:.0f} | {r['updates_per_s'] / loop:.1f} | {r['prep_share']:.0%}"
+            for r in (row["cohort_updates_per_s"][str(t)] for t in threads)
         )
         print(f"| {row['cohort']} | {loop:.0f} | {cells} |")
 
