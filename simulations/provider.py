@@ -17,7 +17,7 @@ from torch import nn
 
 from stamen.simulations.attacks import create_data_attack
 from stamen.simulations.data import Dataset, load_dataset
-from stamen.simulations.partition import partition
+from stamen.simulations.partition import Partitioning, build_partitioning
 from stamen.task.data import ArraySource, TaskData
 from stamen.task.models import build_model
 from stamen.task.settings import LoRAConfig
@@ -82,9 +82,10 @@ def dataset(spec: DataSpec) -> Dataset:
 
 
 @lru_cache(maxsize=4)
-def partitions(spec: DataSpec) -> list[np.ndarray]:
-    """Index arrays of every client's partition of the training split."""
-    return partition(
+def partitions(spec: DataSpec) -> Partitioning:
+    """Every client's partition of the training split, as lazy index views (memory does not grow
+    with one array per client; ``.indices(pid)`` is client ``pid``'s sorted index array)."""
+    return build_partitioning(
         dataset(spec).y_train,
         spec.num_clients,
         spec.partition,
@@ -100,7 +101,7 @@ def client_data(spec: DataSpec, partition_id: int) -> TaskData:
     if not 0 <= partition_id < spec.num_clients:
         raise ValueError(f"partition-id {partition_id} out of range [0, {spec.num_clients})")
     ds = dataset(spec)
-    idx = partitions(spec)[partition_id]
+    idx = partitions(spec).indices(partition_id)
     x, y = ds.x_train[idx], ds.y_train[idx]
     if spec.data_attack != "none" and partition_id in spec.malicious:
         x, y = _poison(spec, partition_id, x, y, ds.num_classes)
@@ -129,7 +130,7 @@ def test_data(spec: DataSpec) -> TaskData:
 
 def partition_sizes(spec: DataSpec) -> list[int]:
     """Number of training samples of every client, by partition id."""
-    return [len(p) for p in partitions(spec)]
+    return [int(n) for n in partitions(spec).sizes()]
 
 
 def initial_model(task: TaskSpec, spec: DataSpec) -> nn.Module:

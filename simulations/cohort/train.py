@@ -1,0 +1,246 @@
+"""Cohort-batched local training: a whole cohort's FedAvg client updates in one set of tensor ops.
+
+Each client's update is what :func:`stamen.client.core.local_update` with the ``full`` trainer
+computes (McMahan et al., AISTATS 2017, Algorithm 1, ClientUpdate: ``E`` epochs of minibatch
+SGD/Adam of size ``B`` from the global weights), to float tolerance:
+
+- weights are stacked per client, ``(c, *shape)``, and the model runs once per step for every client
+  through ``torch.func.vmap`` over ``torch.func.functional_call`` (batched matmuls/convolutions);
+- each client's batch order is its own ``torch.randperm`` stream for its seed
+  (:mod:`stamen.simulations.cohort.mt19937`), batches cut as ``order[j*B:(j+1)*B]`` with the last
+  one short, and its loss is the mean over its own batch (masking pads short batches);
+- clients are sorted by their number of steps (``E * ceil(n / B)``), longest first, so the clients
+  still training at step ``t`` are a prefix and the rest are never touched
+  (:mod:`stamen.simulations.cohort.optim`);
+- cohorts are processed in chunks of clients to bound memory.
+
+The deltas (``local - global``) come back as one float32 ``(c, d)`` stack whose columns follow
+:func:`stamen.protocols.tensor_table` of the global weights (their mapping order), so a round driver
+can encode or aggregate rows directly. The same code runs on CPU and CUDA: the device is the data's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from stamen.protocols import TensorInfo, tensor_table
+from stamen.simulations.cohort.data import CohortData
+from stamen.simulations.cohort.mt19937 import randperms
+from stamen.simulations.cohort.optim import make_stacked_optimizer
+from stamen.simulations.cohort.support import module_reason
+from stamen.task.spec import TrainSpec
+
+DEFAULT_CHUNK = {"cpu": 2048, "cuda": 131072}
+"""Clients trained together per chunk, by device type (memory grows linearly in it)."""
+
+Forward = Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CohortResult:
+    """What a cohort's local training produced, row ``k`` for the cohort's ``k``-th client.
+
+    Attributes
+    ----------
+    deltas : np.ndarray or torch.Tensor
+        ``float32`` updates ``local - global``, shape ``(c, d)``, columns in ``table`` order
+        (the ``out`` argument of :func:`train_cohort` when one was given).
+    num_examples : np.ndarray
+        ``int64`` training samples per client (the FedAvg weight), shape ``(c,)``.
+    train_loss : np.ndarray
+        ``float64`` mean training loss over each client's steps, shape ``(c,)``.
+    table : tuple of TensorInfo
+        Names, shapes and dtypes of the tensors a row concatenates (flattened, in this order).
+    """
+
+    deltas: np.ndarray | torch.Tensor
+    num_examples: np.ndarray
+    train_loss: np.ndarray
+    table: tuple[TensorInfo, ...]
+
+
+def train_cohort(
+    model: nn.Module,
+    global_weights: Mapping[str, np.ndarray],
+    data: CohortData,
+    spec: TrainSpec,
+    seeds: np.ndarray,
+    *,
+    chunk_size: int | None = None,
+    out: np.ndarray | torch.Tensor | None = None,
+) -> CohortResult:
+    """Train every client of ``data`` from ``global_weights`` and return their stacked deltas.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The task's model (structure only: its own weights are not read); see
+        :func:`~stamen.simulations.cohort.support.module_reason` for what batches.
+    global_weights : Mapping[str, np.ndarray]
+        Starting weights, one per parameter, in ``tensor_table`` order (e.g. ``get_weights``).
+    data : CohortData
+        The cohort's clients; their device is where training runs.
+    spec : TrainSpec
+        Trainer ``full``; ``epochs``, ``batch_size``, ``lr``, ``optimizer``, ``momentum`` and
+        ``weight_decay`` are honoured.
+    seeds : np.ndarray
+        Each client's round seed (``client_seed``), integers in ``[0, 2**63)``, shape ``(c,)``.
+    chunk_size : int, optional
+        Clients per chunk, ``>= 1``; default :data:`DEFAULT_CHUNK` for the device type.
+    out : np.ndarray or torch.Tensor, optional
+        Preallocated ``float32`` ``(c, d)`` stack to fill (any device); allocated when omitted.
+
+    Raises
+    ------
+    ValueError
+        For a trainer or model that cannot be batched, or mismatched names, shapes or sizes.
+    """
+    names = _check(model, global_weights, spec)
+    device = data.x.device
+    base = [torch.as_tensor(np.asarray(global_weights[n], dtype=np.float32)).to(device) for n in names]
+    c, d = data.num_clients, sum(int(b.numel()) for b in base)
+    seeds = np.asarray(seeds, dtype=np.int64)
+    if seeds.shape != (c,):
+        raise ValueError(f"need one seed per client: {c} clients, seeds of shape {seeds.shape}")
+    out = _output(out, c, d)
+    sizes = data.sizes.cpu().numpy()
+    totals = spec.epochs * -(-sizes // spec.batch_size)  # steps per client
+    order = np.argsort(-totals, kind="stable")  # longest first: active clients form a prefix
+    chunk = chunk_size or DEFAULT_CHUNK.get(device.type, DEFAULT_CHUNK["cpu"])
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk}")
+    forward = _batched_forward(model, names)
+    loss = np.empty(c, dtype=np.float64)
+    for lo in range(0, c, chunk):
+        idx = order[lo : lo + chunk]
+        deltas, chunk_loss = _train_chunk(forward, base, data, idx, seeds[idx], sizes[idx], spec)
+        _store(out, idx, deltas)
+        loss[idx] = chunk_loss
+    return CohortResult(out, sizes.astype(np.int64), loss, tensor_table(global_weights))
+
+
+def _check(model: nn.Module, weights: Mapping[str, np.ndarray], spec: TrainSpec) -> list[str]:
+    """Names in ``weights`` order; raise ``ValueError`` for what the cohort trainer cannot run."""
+    if spec.trainer != "full":
+        raise ValueError(f"the cohort trainer runs trainer 'full' only, got {spec.trainer!r}")
+    reason = module_reason(model)
+    if reason is not None:
+        raise ValueError(f"cannot batch this model: {reason}")
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    names = list(weights)
+    if set(names) != set(shapes):
+        raise ValueError(f"weight names {sorted(names)} differ from the model's {sorted(shapes)}")
+    for n in names:
+        if tuple(np.shape(weights[n])) != shapes[n]:
+            raise ValueError(f"shape of {n!r}: model {shapes[n]}, weights {np.shape(weights[n])}")
+    return names
+
+
+def _output(out: np.ndarray | torch.Tensor | None, c: int, d: int) -> np.ndarray | torch.Tensor:
+    if out is None:
+        return np.empty((c, d), dtype=np.float32)
+    if tuple(out.shape) != (c, d) or out.dtype not in (np.float32, torch.float32):
+        raise ValueError(f"out must be float32 of shape {(c, d)}, got {out.dtype} {tuple(out.shape)}")
+    return out
+
+
+def _store(out: np.ndarray | torch.Tensor, idx: np.ndarray, deltas: torch.Tensor) -> None:
+    if isinstance(out, torch.Tensor):
+        out[torch.as_tensor(idx, device=out.device)] = deltas.to(out.device)
+    else:
+        out[idx] = deltas.cpu().numpy()
+
+
+def _batched_forward(model: nn.Module, names: list[str]) -> Forward:
+    """``(stacked params, x (c, b, ...)) -> logits (c, b, classes)``: the model vmapped over clients."""
+
+    def one(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, dict(zip(names, params, strict=True)), (x,))
+
+    return vmap(one)
+
+
+def _train_chunk(
+    forward: Forward,
+    base: list[torch.Tensor],
+    data: CohortData,
+    idx: np.ndarray,
+    seeds: np.ndarray,
+    sizes: np.ndarray,
+    spec: TrainSpec,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Train the clients ``idx`` (sorted by step count, descending); return (deltas (k, d), losses)."""
+    device, k, width = data.x.device, len(idx), int(sizes.max())
+    totals = spec.epochs * -(-sizes // spec.batch_size)
+    clients = torch.as_tensor(idx, device=device)
+    orders = _orders(seeds, sizes, spec.epochs, device)  # (k, E * width)
+    batch = _Batcher(data, data.rows[clients, :width], orders, data.sizes[clients], width, spec.batch_size)
+    params = [b.expand(k, *b.shape).clone() for b in base]  # (k, *shape) each
+    opt = make_stacked_optimizer(params, spec)
+    loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
+    for t in range(int(totals[0])):
+        active = int(np.count_nonzero(totals > t))
+        xb, yb, valid = batch(t, active)
+        leaves = [p[:active].detach().requires_grad_() for p in params]
+        losses = _client_losses(forward(leaves, xb), yb, valid)  # (active,)
+        grads = torch.autograd.grad(losses.sum(), leaves)
+        opt.step(list(grads), active, t)
+        loss_sum[:active] += losses.detach()
+    deltas = torch.cat([(p - b).reshape(k, -1) for p, b in zip(params, base, strict=True)], dim=1)
+    return deltas, (loss_sum.cpu().numpy() / totals)
+
+
+def _orders(seeds: np.ndarray, sizes: np.ndarray, epochs: int, device: torch.device) -> torch.Tensor:
+    """Every client's batch orders, client-major ``(k, E * width)``: numpy on the CPU (fewer
+    microseconds per small operation), torch on the device otherwise."""
+    if device.type == "cpu":
+        orders = torch.from_numpy(randperms(seeds, sizes, epochs))
+    else:
+        dev_seeds, dev_sizes = torch.as_tensor(seeds, device=device), torch.as_tensor(sizes, device=device)
+        orders = randperms(dev_seeds, dev_sizes, epochs)
+    return orders.permute(2, 0, 1).reshape(len(seeds), -1)  # (E, width, k) -> (k, E * width)
+
+
+def _client_losses(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each client's mean cross-entropy over its own (possibly short) batch, shape ``(a,)``."""
+    a, b, classes = logits.shape
+    ce = nn.functional.cross_entropy(logits.reshape(a * b, classes), y.reshape(-1), reduction="none")
+    mask = valid.to(ce.dtype)
+    return (ce.view(a, b) * mask).sum(1) / mask.sum(1)
+
+
+class _Batcher:
+    """Step ``t``'s batch of the first ``active`` clients: epoch ``t // S``, batch ``t % S``."""
+
+    def __init__(
+        self,
+        data: CohortData,
+        rows: torch.Tensor,
+        orders: torch.Tensor,
+        sizes: torch.Tensor,
+        width: int,
+        batch_size: int,
+    ) -> None:
+        self.data, self.rows, self.orders, self.sizes, self.width = data, rows, orders, sizes, width
+        self.per_epoch = (sizes + batch_size - 1) // batch_size  # (k,) batches per epoch
+        self.offsets = torch.arange(batch_size, device=sizes.device)  # (B,)
+        self.batch_size = batch_size
+
+    def __call__(self, t: int, active: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x (a, B, ...), y (a, B), valid (a, B))`` for step ``t``."""
+        per_epoch, sizes = self.per_epoch[:active], self.sizes[:active]
+        epoch, j = t // per_epoch, t % per_epoch  # (a,)
+        pos = (j * self.batch_size).unsqueeze(1) + self.offsets  # (a, B) positions in the order
+        valid = pos < sizes.unsqueeze(1)
+        pos = pos.clamp_max(self.width - 1) + (epoch * self.width).unsqueeze(1)
+        local = self.orders[:active].gather(1, pos)  # (a, B) local sample ids
+        rows = self.rows[:active].gather(1, local).reshape(-1)  # (a * B,) pool rows
+        x = self.data.x.index_select(0, rows).view(active, self.batch_size, *self.data.x.shape[1:])
+        y = self.data.y.index_select(0, rows).view(active, self.batch_size)
+        return x, y, valid

@@ -1,0 +1,8 @@
+"""Scale tests: make the frozen eager-partition reference importable (``--import-mode=importlib``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
