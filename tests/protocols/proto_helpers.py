@@ -3,7 +3,10 @@ on sys.path)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import resource
+import sys
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -37,6 +40,23 @@ def roundtrip(text: str, delta: dict[str, np.ndarray], seed: int = 0) -> tuple[b
     p = pipeline(text)
     payload = p.encode(delta, np.random.default_rng(seed))
     return payload, p.decode(payload, tensor_table(delta))
+
+
+@contextlib.contextmanager
+def address_space_cap(headroom: int = 1 << 30) -> Iterator[None]:
+    """On Linux, cap the process's address space at its current size plus ``headroom`` bytes, so
+    that a decoder regression fails with MemoryError instead of exhausting a shared machine."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    old = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as status:
+        size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (size + headroom, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, old)
 
 
 def layout(payload: bytes) -> list[tuple[str, str, tuple[int, ...]]]:

@@ -10,14 +10,13 @@ with MemoryError here instead of exhausting the machine.
 from __future__ import annotations
 
 import contextlib
-import resource
-import sys
 import tracemalloc
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 import zstandard
+from proto_helpers import address_space_cap
 
 from stamen.protocols import (
     CodecSpec,
@@ -34,25 +33,16 @@ from stamen.protocols import (
 from stamen.protocols.container import pack_arrays
 from stamen.protocols.update import MAX_MODEL_ELEMENTS
 
-HEADROOM = 1 << 30  # address space a bomb may add before the cap turns it into MemoryError
-
 
 @contextlib.contextmanager
 def _capped_and_traced() -> Iterator[Callable[[], int]]:
-    """Trace allocations; on Linux also cap the address space at its current size + 1 GiB."""
-    old = resource.getrlimit(resource.RLIMIT_AS)
-    capped = sys.platform.startswith("linux")
-    if capped:
-        with open("/proc/self/status") as status:
-            size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
-        resource.setrlimit(resource.RLIMIT_AS, (size + HEADROOM, old[1]))
-    tracemalloc.start()
-    try:
-        yield lambda: tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-        if capped:
-            resource.setrlimit(resource.RLIMIT_AS, old)
+    """Trace allocations, with the address space capped 1 GiB above its current size."""
+    with address_space_cap(1 << 30):
+        tracemalloc.start()
+        try:
+            yield lambda: tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
 
 
 def _envelope(codec: str, tensors: list[tuple[str, tuple[int, ...]]], payload: bytes) -> bytes:

@@ -1,19 +1,25 @@
 """Fuzzing ``decode_update`` with mutated envelopes of every codec: whatever the mutation (bit
-flips anywhere, a payload cut or grown, a swapped codec, a forged tensor table), the only thing
-that may escape is a StamenError, and whatever decodes has exactly the table's names and shapes.
+flips anywhere, a payload cut or grown, a swapped codec, a forged tensor table, or a payload and
+table rewritten together to claim a huge tensor), the only thing that may escape is a StamenError,
+and whatever decodes has exactly the table's names and shapes. The address space is capped while
+fuzzing, so a bound that stops holding shows up as an escaping MemoryError.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from proto_helpers import address_space_cap
 
 from stamen.protocols import (
     CodecSpec,
+    Envelope,
     StamenError,
     TensorInfo,
     decode_update,
@@ -23,6 +29,8 @@ from stamen.protocols import (
     unpack,
 )
 from stamen.protocols.codecs import available
+from stamen.protocols.codecs.bitpack import ByteReader, ByteWriter
+from stamen.protocols.container import pack_arrays, unpack_arrays
 
 CODECS = [
     "dense",
@@ -74,6 +82,35 @@ tables = st.lists(
 )
 
 
+_SHAPES = (".s", ".lz", ".ls")  # arrays holding a tensor's shape
+_SIZED = (".fz", ".cp", ".rq", ".dm")  # blobs that start with the tensor's size as a varint
+
+
+def _claimed(arr: np.ndarray, key: str, n: int) -> np.ndarray:
+    if key.endswith(_SHAPES) and arr.dtype in (np.uint32, np.uint64) and arr.ndim == 1:
+        return np.array([n], arr.dtype if n < 2**32 else np.uint64)
+    if key.endswith(_SIZED) and arr.dtype == np.uint8 and arr.ndim == 1:
+        reader = ByteReader(arr, key)
+        try:
+            reader.varint(2**64)
+        except StamenError:
+            return arr
+        return ByteWriter().varint(n).raw(reader.rest()).array()
+    return arr
+
+
+def _claim(env: Envelope, n: int) -> Envelope:
+    """Rewrite every size the payload states, and the table's first tensor, to ``n`` elements:
+    the would-be allocation bomb that random mutations rarely build."""
+    compressed = "+zstd(" in env.codec
+    raw = zstandard.decompress(env.payload) if compressed else bytes(env.payload)
+    arrays = {key: _claimed(arr, key, n) for key, arr in unpack_arrays(raw).items()}
+    payload = pack_arrays(arrays)
+    payload = zstandard.ZstdCompressor().compress(payload) if compressed else payload
+    first = TensorInfo(env.tensors[0].name, (n,), "float32")
+    return dataclasses.replace(env, payload=payload, tensors=(first, *env.tensors[1:]))
+
+
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
     """A valid envelope of some codec, then one or two mutations."""
@@ -84,7 +121,13 @@ def mutated(draw: st.DrawFn) -> bytes:
             env = unpack(data)
         except StamenError:  # a flip broke the framing: nothing left to re-pack
             break
-        kind = draw(st.sampled_from(["flip", "payload", "cut", "grow", "codec", "table"]))
+        kind = draw(st.sampled_from(["flip", "payload", "cut", "grow", "codec", "table", "claim"]))
+        if kind == "claim":
+            try:
+                data = pack(_claim(env, draw(st.integers(2**20, 2**31 - 2**10))))
+            except (StamenError, zstandard.ZstdError):  # an earlier mutation broke the payload
+                break
+            continue
         if kind == "flip":  # anywhere: framing, header JSON, payload
             buf = bytearray(data)
             for _ in range(draw(st.integers(1, 4))):
@@ -119,6 +162,12 @@ def _decode_or_refuse(data: bytes, expected: tuple[TensorInfo, ...] | None) -> N
     table = expected if expected is not None else env.tensors
     assert list(delta) == [info.name for info in table]
     assert all(delta[i.name].shape == i.shape and delta[i.name].dtype == np.float32 for i in table)
+
+
+@pytest.fixture(autouse=True)
+def _capped() -> Iterator[None]:
+    with address_space_cap(1 << 30):
+        yield
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
