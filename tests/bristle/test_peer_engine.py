@@ -50,6 +50,7 @@ def _reference(cfg: ServerConfig) -> list[float]:
     return hist
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [
