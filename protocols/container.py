@@ -15,18 +15,23 @@ Reading is strict and bounded: no length field can make the reader allocate more
 that remain in the input, duplicate keys and trailing bytes are rejected, and every failure is a
 :class:`~stamen.protocols.errors.MalformedUpdate`. Arrays returned by :func:`unpack_arrays` are
 read-only views into the input bytes (zero copy).
+
+:class:`WireArray` describes an array *before* it is encoded (its dtype and shape, exactly or as
+an upper bound); :func:`wire_size` gives the container size such arrays take, so a receiver knows
+how many bytes a payload may decompress to before it decompresses anything.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import CodecError, MalformedUpdate
 
-__all__ = ["DTYPE_CODES", "MAX_NDIM", "pack_arrays", "unpack_arrays"]
+__all__ = ["DTYPE_CODES", "MAX_NDIM", "WireArray", "pack_arrays", "unpack_arrays", "wire_size"]
 
 #: Wire code of every dtype the container carries. Codes are append-only (never renumber).
 DTYPE_CODES: Mapping[str, int] = {
@@ -62,6 +67,59 @@ def _varint(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+@dataclass(frozen=True)
+class WireArray:
+    """What one container entry will hold: its dtype and its shape, exactly or as a bound.
+
+    Attributes
+    ----------
+    dtype : numpy.dtype
+        The entry's dtype.
+    shape : tuple[int, ...]
+        The exact dimensions, or (``exact=False``) an upper bound of each dimension; the
+        number of dimensions is always exact.
+    exact : bool, default True
+        False when the entry's size depends on the data, or the entry may be absent.
+    """
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    exact: bool = True
+
+    @property
+    def count(self) -> int:
+        """Elements, ``prod(shape)`` (an upper bound when not exact)."""
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
+
+    def bound(self) -> WireArray:
+        """The same entry marked as an upper bound."""
+        return WireArray(self.dtype, self.shape, exact=False)
+
+
+def wire_size(layout: Mapping[str, WireArray]) -> tuple[int, bool]:
+    """Bytes of the container holding ``layout``, and whether that size is exact.
+
+    Parameters
+    ----------
+    layout : Mapping[str, WireArray]
+        Every entry the container may hold (inexact entries may be smaller or absent).
+
+    Returns
+    -------
+    tuple[int, bool]
+        The exact size when every entry is exact, else an upper bound (dimensions below
+        ``2**32`` take at most 5 varint bytes); and the exactness flag.
+    """
+    total = len(_varint(len(layout)))
+    for key, entry in layout.items():
+        dims = sum(len(_varint(d)) for d in entry.shape)
+        total += 3 + len(key) + dims + entry.count * entry.dtype.itemsize
+    return total, all(entry.exact for entry in layout.values())
 
 
 def _array_header(key: str, arr: np.ndarray) -> bytes:

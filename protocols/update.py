@@ -4,6 +4,11 @@ Client: ``delta -> CodecPipeline.encode -> Envelope -> pack (and sign)``.
 Server / edge: ``unpack (verify first) -> base-model check -> tensor-table check -> decode with
 the envelope's own codec spec``. Finiteness and norm checks belong to the receiver's validation
 step, after this.
+
+Decoding is bounded by a tensor table in every case: the receiver's (``expected_tensors``), or
+else the envelope's own, which may then hold at most ``max_elements`` elements. The codec
+pipeline bounds every stage by that table (see :mod:`stamen.protocols.codecs.pipeline`), so no
+input can make the decoder allocate more than a small multiple of the model it claims.
 """
 
 from __future__ import annotations
@@ -20,7 +25,11 @@ from .errors import BaseModelMismatch, CodecError, ValidationError
 from .signing import Signer, Verifier
 from .tensors import TensorInfo, tensor_table
 
-__all__ = ["decode_update", "encode_update"]
+__all__ = ["MAX_MODEL_ELEMENTS", "decode_update", "encode_update"]
+
+#: Default bound on the elements of an update decoded without ``expected_tensors``: 2**26
+#: (67M parameters, 256 MiB of float32; MiniLM-L6 has 22.7M). Pass ``max_elements`` for more.
+MAX_MODEL_ELEMENTS = 2**26
 
 
 @lru_cache(maxsize=64)
@@ -92,12 +101,24 @@ def _check_table(got: tuple[TensorInfo, ...], expected: Sequence[TensorInfo]) ->
             raise ValidationError(f"update tensor {g} differs from expected {w}")
 
 
+def _check_size(tensors: tuple[TensorInfo, ...], max_elements: int) -> None:
+    if not isinstance(max_elements, int) or max_elements < 0:
+        raise ValueError(f"max_elements must be an int >= 0, got {max_elements!r}")
+    total = sum(info.size for info in tensors)
+    if total > max_elements:
+        raise ValidationError(
+            f"update's tensor table holds {total} elements, more than max_elements={max_elements} "
+            "(pass expected_tensors, or a larger max_elements)"
+        )
+
+
 def decode_update(
     data: bytes,
     *,
     verifier: Verifier | None = None,
     expected_base: str | None = None,
     expected_tensors: Sequence[TensorInfo] | None = None,
+    max_elements: int = MAX_MODEL_ELEMENTS,
 ) -> tuple[Envelope, dict[str, np.ndarray]]:
     """Unpack, check and decode an update.
 
@@ -111,7 +132,12 @@ def decode_update(
         The receiver's ``model_hash``; a different ``base_hash`` raises BaseModelMismatch.
     expected_tensors : Sequence[TensorInfo] or None
         The receiver's tensor table; any difference in names, order, shapes or dtypes raises
-        ValidationError. Receivers should pass it: it also bounds the decoder's memory.
+        ValidationError. Receivers should pass it: it bounds the decoder's memory by their own
+        model's size.
+    max_elements : int, default MAX_MODEL_ELEMENTS (2**26)
+        Without ``expected_tensors``: the most elements the envelope's own table may hold
+        (ValidationError beyond), which bounds the decoder's memory instead. Ignored with
+        ``expected_tensors``.
 
     Returns
     -------
@@ -131,5 +157,7 @@ def decode_update(
         )
     if expected_tensors is not None:
         _check_table(envelope.tensors, expected_tensors)
+    else:
+        _check_size(envelope.tensors, max_elements)
     arrays = _pipeline(envelope.codec).decode(envelope.payload, envelope.tensors)
     return envelope, arrays

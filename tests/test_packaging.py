@@ -37,6 +37,7 @@ def test_every_package_folder_is_declared_in_pyproject() -> None:
     assert _packages_on_disk() == declared
 
 
+@pytest.mark.slow
 def test_editable_install_imports() -> None:
     mods = ",".join(sorted(_packages_on_disk()))
     out = subprocess.run(

@@ -9,16 +9,18 @@ groups would be ambiguous is refused at encode time instead of being decoded wro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, MutableMapping
+from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping
 from typing import TypeVar
 
 import numpy as np
 
+from ..container import WireArray
 from ..errors import CodecError
 
 Arrays = dict[str, np.ndarray]
+Layout = dict[str, WireArray]
 
-__all__ = ["check_groups", "find_groups", "put_new"]
+__all__ = ["check_groups", "derive_layout", "find_groups", "put_new", "varint_size"]
 
 _T = TypeVar("_T")
 
@@ -85,4 +87,25 @@ def decode_blob_groups(
         dense = decode_one(base, arrays[base + suffix], budget)
         budget -= dense.size
         put_new(out, base, dense, stage)
+    return out
+
+
+def varint_size(value: int) -> int:
+    """Bytes of ``value`` as an unsigned LEB128 varint (1 for 0)."""
+    return max(1, -(-max(0, int(value)).bit_length() // 7))
+
+
+def derive_layout(layout: Mapping[str, WireArray], derive: Callable[[str, WireArray], Layout]) -> Layout:
+    """Apply a stage's per-array layout rule ``derive(key, entry)`` to every floating entry.
+
+    Non-floating entries pass through, as they do through every stage's ``encode``. Entries
+    derived from an inexact entry (one that may be smaller or absent) are marked inexact.
+    """
+    out: Layout = {}
+    for key, entry in layout.items():
+        if entry.dtype.kind != "f":
+            out[key] = entry
+            continue
+        for new_key, new in derive(key, entry).items():
+            out[new_key] = new if entry.exact else new.bound()
     return out

@@ -19,6 +19,7 @@ from typing import ClassVar, TypeVar
 
 import numpy as np
 
+from ..container import WireArray
 from ..errors import CodecError
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Arrays",
     "ByteStage",
     "CodecSpec",
+    "Layout",
     "Scalar",
     "StageSpec",
     "available",
@@ -37,6 +39,8 @@ __all__ = [
 ]
 
 Arrays = dict[str, np.ndarray]
+#: Container entries by key, exact or as upper bounds (see :meth:`ArrayStage.encoded_layout`).
+Layout = dict[str, WireArray]
 Scalar = int | float | str | bool
 
 MAX_SPEC_LENGTH = 1024
@@ -97,6 +101,21 @@ class ArrayStage(_Stage, ABC):
     def decode(self, arrays: Arrays) -> Arrays:
         """Invert :meth:`encode` (exactly, or up to the stage's documented loss)."""
 
+    def encoded_layout(self, layout: Layout) -> Layout | None:
+        """The entries :meth:`encode` makes from arrays described by ``layout``.
+
+        Exact entries where the output's dtype and shape follow from the input's alone; upper
+        bounds (``exact=False``) where they depend on the values, or where an entry may be
+        absent. Receivers use this to bound a payload before they decompress or decode it.
+
+        Returns
+        -------
+        Layout or None
+            None (the default) means unknown: the pipeline then bounds the container by a
+            generic 16 bytes per element.
+        """
+        return None
+
 
 class ByteStage(_Stage, ABC):
     """A final, lossless stage over the serialized container bytes (e.g. a compressor)."""
@@ -106,8 +125,9 @@ class ByteStage(_Stage, ABC):
         """Transform the serialized bytes."""
 
     @abstractmethod
-    def decode(self, data: bytes, max_size: int) -> bytes:
-        """Invert :meth:`encode`; ``MalformedUpdate`` if the output would exceed ``max_size``."""
+    def decode(self, data: bytes, max_size: int, *, exact: bool = False) -> bytes:
+        """Invert :meth:`encode`, refusing (``MalformedUpdate``) before it allocates, any output
+        larger than ``max_size`` bytes, or (``exact=True``) of any size other than ``max_size``."""
 
 
 StageClass = type[ArrayStage] | type[ByteStage]

@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 _MAX_WIDTH = 63
+_CHUNK = 1 << 14  # values per step of bits_to_fixed (<= 8 MiB of temporaries at 63 bits)
 _F32 = struct.Struct("<f")
 _U64 = struct.Struct("<Q")
 
@@ -71,6 +72,9 @@ def fixed_to_bits(values: np.ndarray, width: int) -> np.ndarray:
 def bits_to_fixed(bits: np.ndarray, width: int, count: int) -> np.ndarray:
     """Read ``count`` integers of ``width`` bits (MSB first) from the front of ``bits``.
 
+    Works through ``_CHUNK`` values at a time, so that its temporaries stay a few MiB whatever
+    ``count`` is: memory is the (count,) uint64 result plus O(``_CHUNK * width``).
+
     Raises
     ------
     MalformedUpdate
@@ -81,15 +85,20 @@ def bits_to_fixed(bits: np.ndarray, width: int, count: int) -> np.ndarray:
     need = count * width
     if count < 0 or need > bits.size:
         raise MalformedUpdate(f"bit stream too short: {count} values of {width} bits")
+    out = np.zeros(count, np.uint64)
     if width == 0:
-        return np.zeros(count, np.uint64)
-    chunk = bits[:need].reshape(count, width)
-    if width <= 8:
-        padded = np.zeros((count, 8), np.uint8)
-        padded[:, 8 - width :] = chunk
-        return np.packbits(padded, axis=1).reshape(-1).astype(np.uint64)
-    weights = np.left_shift(np.uint64(1), np.arange(width - 1, -1, -1, dtype=np.uint64))
-    return (chunk.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+        return out
+    weights = np.left_shift(np.uint64(1), np.arange(width - 1, -1, -1, dtype=np.uint64))  # (width,)
+    for start in range(0, count, _CHUNK):
+        stop = min(count, start + _CHUNK)
+        chunk = bits[start * width : stop * width].reshape(stop - start, width)  # (chunk, width)
+        if width <= 8:
+            padded = np.zeros((stop - start, 8), np.uint8)
+            padded[:, 8 - width :] = chunk
+            out[start:stop] = np.packbits(padded, axis=1).reshape(-1)
+        else:
+            out[start:stop] = (chunk.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+    return out
 
 
 def codes_to_bits(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -38,9 +38,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..container import WireArray
 from ..errors import CodecError, MalformedUpdate
-from ._keys import check_groups, decode_blob_groups, put_new
-from .base import Arrays, ArrayStage, Scalar, register
+from ._keys import check_groups, decode_blob_groups, derive_layout, put_new, varint_size
+from .base import Arrays, ArrayStage, Layout, Scalar, register
 from .bitpack import ByteReader, ByteWriter, check_end, pack_bits, unpack_bits
 from .fedzip import top_z
 from .positions import decode_positions, encode_positions, position_bits
@@ -51,6 +52,7 @@ __all__ = ["ComPEFT", "pack_trits", "unpack_trits"]
 _SUFFIX = ".cp"
 _TRITS = 3  # header mode of the dense trit packing (after the three position modes)
 _POW3 = np.array([81, 27, 9, 3, 1], np.int64)
+_DIGITS = ((np.arange(243)[:, None] // _POW3[None, :]) % 3).astype(np.uint8)  # (243, 5) byte -> trits
 
 
 def pack_trits(digits: np.ndarray) -> bytes:
@@ -62,11 +64,10 @@ def pack_trits(digits: np.ndarray) -> bytes:
 
 def unpack_trits(data: bytes, count: int, what: str) -> np.ndarray:
     """Inverse of :func:`pack_trits`; exactly ``ceil(count / 5)`` bytes, each < 243, zero padding."""
-    raw = np.frombuffer(data, np.uint8).astype(np.int64)
+    raw = np.frombuffer(data, np.uint8)
     if raw.size != math.ceil(count / 5) or (raw.size and int(raw.max()) >= 243):
         raise MalformedUpdate(f"{what}: bad trit packing")
-    digits = (raw[:, None] // _POW3[None, :]) % 3  # (bytes, 5)
-    flat = digits.reshape(-1)
+    flat = _DIGITS[raw].reshape(-1)  # (5 * bytes,) uint8: one table lookup per byte
     if flat[count:].any():
         raise MalformedUpdate(f"{what}: non-zero trit padding")
     return flat[:count]
@@ -142,6 +143,21 @@ class ComPEFT(ArrayStage):
                 put_new(out, key, arr, self.name)
         check_groups(self.name, out, keys, (_SUFFIX,))
         return out
+
+    @staticmethod
+    def blob_bound(n: int) -> int:
+        """Most bytes the blob of an ``n``-element tensor can take: ``varint n``, ``varint k``,
+        the scale, the header, then ``ceil(n / 5)`` (the encoder writes positions and signs only
+        when they take no more bits than the trit packing)."""
+        return 2 * varint_size(n) + 5 + math.ceil(n / 5)
+
+    def encoded_layout(self, layout: Layout) -> Layout:
+        """Each floating ``b`` becomes one uint8 blob ``b.cp`` (bounded, data-dependent size)."""
+
+        def blob(key: str, w: WireArray) -> Layout:
+            return {key + _SUFFIX: WireArray(np.dtype(np.uint8), (self.blob_bound(w.count),), exact=False)}
+
+        return derive_layout(layout, blob)
 
     @staticmethod
     def _decode_one(key: str, blob: np.ndarray, budget: int) -> np.ndarray:

@@ -34,9 +34,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..container import WireArray
 from ..errors import CodecError, MalformedUpdate
-from ._keys import check_groups, find_groups, put_new
-from .base import Arrays, ArrayStage, Scalar, register
+from ._keys import check_groups, derive_layout, find_groups, put_new, varint_size
+from .base import Arrays, ArrayStage, Layout, Scalar, register
 from .bitpack import ByteReader, ByteWriter
 
 __all__ = ["Dare", "keep_mask"]
@@ -111,6 +112,19 @@ class Dare(ArrayStage):
             produced.append(key)
         check_groups(self.name, out, produced, _SUFFIXES)
         return out
+
+    def encoded_layout(self, layout: Layout) -> Layout:
+        """Each floating ``b`` of ``n`` elements becomes ``b.dm`` (``varint n`` and the seed,
+        exact) and ``b.dv`` (at most ``n`` float32 survivors)."""
+
+        def dropped(key: str, w: WireArray) -> Layout:
+            n = w.count
+            return {
+                key + ".dm": WireArray(np.dtype(np.uint8), (varint_size(n) + 8,)),
+                key + ".dv": WireArray(np.dtype(np.float32), (n,), exact=False),
+            }
+
+        return derive_layout(layout, dropped)
 
     def _decode_one(self, key: str, meta: np.ndarray, values: np.ndarray, budget: int) -> np.ndarray:
         what = f"dare: {key!r}"

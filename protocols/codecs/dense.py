@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Arrays, ArrayStage, register
+from ..container import WireArray
+from ._keys import derive_layout
+from .base import Arrays, ArrayStage, Layout, register
 
 __all__ = ["Dense"]
 
@@ -34,3 +36,7 @@ class Dense(ArrayStage):
     def decode(self, arrays: Arrays) -> Arrays:
         """Cast floating arrays to float32; others pass through."""
         return _as_float32(arrays)
+
+    def encoded_layout(self, layout: Layout) -> Layout:
+        """Every floating entry becomes float32 of the same shape (exact)."""
+        return derive_layout(layout, lambda key, w: {key: WireArray(np.dtype(np.float32), w.shape)})

@@ -31,7 +31,8 @@ Choices between the paper, the code and these notes:
   see tensors by index, not name, so here every tensor is sparsified. Biases are a tiny share of
   the parameters; ``density=1`` turns step 1 off.
 - Top-z keeps ``>= k``-th-largest magnitudes in the original (ties can keep more); here exactly
-  ``k``, so the decoder knows ``k`` from ``n`` and no count travels.
+  ``k`` (ties at the k-th magnitude to the lowest indices), so the decoder knows ``k`` from ``n``
+  and no count travels.
 - The paper's sizes leave out centroids and per-layer headers; here they are on the wire.
 """
 
@@ -44,13 +45,14 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..container import WireArray
 from ..errors import CodecError, MalformedUpdate
 from . import huffman
-from ._keys import check_groups, decode_blob_groups, put_new
-from .base import Arrays, ArrayStage, Scalar, register
-from .bitpack import ByteReader, ByteWriter, check_end, pack_bits, unpack_bits
+from ._keys import check_groups, decode_blob_groups, derive_layout, put_new, varint_size
+from .base import Arrays, ArrayStage, Layout, Scalar, register
+from .bitpack import ByteReader, ByteWriter, check_end, pack_bits, unpack_bits, width_for
 from .positions import MODES, decode_positions, encode_positions
-from .topk import kept_count
+from .topk import kept_count, largest_indices
 
 __all__ = ["FedZip", "kmeans_1d", "top_z"]
 
@@ -60,11 +62,8 @@ ITERATIONS = 4
 
 
 def top_z(flat: np.ndarray, k: int) -> np.ndarray:
-    """Sorted flat indices of the ``k`` largest ``|flat|`` (deterministic ties)."""
-    n = flat.size
-    if k >= n:
-        return np.arange(n, dtype=np.int64)
-    return np.sort(np.argpartition(np.abs(flat), n - k)[n - k :]).astype(np.int64)
+    """Sorted flat indices of the ``k`` largest ``|flat|`` (ties to the lowest indices)."""
+    return largest_indices(np.abs(flat), k)
 
 
 def kmeans_1d(
@@ -176,6 +175,27 @@ class FedZip(ArrayStage):
             produced.append(key)
         check_groups(self.name, out, produced, (_SUFFIX,))
         return out
+
+    def blob_bound(self, n: int) -> int:
+        """Most bytes the blob of an ``n``-element tensor can take.
+
+        Head: ``varint n``, the position header, the centroids and code lengths. Stream: every
+        position mode writes at most ``1 + ceil(log2 n)`` bits per kept entry (Rice at the widest
+        parameter), every Huffman code at most 15 bits.
+        """
+        if n == 0:
+            return 1
+        k, c = kept_count(float(self.params["density"]), n), self.clusters
+        bits = k * (1 + width_for(n - 1) + huffman.MAX_CODE_LENGTH)
+        return varint_size(n) + 1 + 4 * c + math.ceil(c / 2) + math.ceil(bits / 8)
+
+    def encoded_layout(self, layout: Layout) -> Layout:
+        """Each floating ``b`` becomes one uint8 blob ``b.fz`` (bounded, data-dependent size)."""
+
+        def blob(key: str, w: WireArray) -> Layout:
+            return {key + _SUFFIX: WireArray(np.dtype(np.uint8), (self.blob_bound(w.count),), exact=False)}
+
+        return derive_layout(layout, blob)
 
     def _decode_one(self, key: str, blob: np.ndarray, budget: int) -> np.ndarray:
         what = f"fedzip: {key!r}"

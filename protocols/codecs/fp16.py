@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..container import WireArray
 from ..errors import CodecError
-from .base import Arrays, ArrayStage, register
+from ._keys import derive_layout
+from .base import Arrays, ArrayStage, Layout, register
 
 __all__ = ["Fp16"]
 
@@ -44,6 +46,14 @@ class Fp16(ArrayStage):
             else:
                 out[key] = arr
         return out
+
+    def encoded_layout(self, layout: Layout) -> Layout:
+        """float32/float64 entries become float16 of the same shape (exact)."""
+
+        def half(key: str, w: WireArray) -> Layout:
+            return {key: WireArray(np.dtype(np.float16), w.shape) if w.dtype.itemsize > 2 else w}
+
+        return derive_layout(layout, half)
 
     def decode(self, arrays: Arrays) -> Arrays:
         """Cast float16 arrays to float32; others pass through."""

@@ -25,9 +25,10 @@ import math
 
 import numpy as np
 
+from ..container import WireArray
 from ..errors import CodecError
-from ._keys import check_groups, find_groups, put_new
-from .base import Arrays, ArrayStage, register
+from ._keys import check_groups, derive_layout, find_groups, put_new
+from .base import Arrays, ArrayStage, Layout, register
 
 __all__ = ["FRLRank", "index_bits", "pack_indices", "unpack_indices"]
 
@@ -119,6 +120,19 @@ class FRLRank(ArrayStage):
             produced.append(key)
         check_groups(self.name, out, produced, _SUFFIXES)
         return out
+
+    def encoded_layout(self, layout: Layout) -> Layout:
+        """Each floating ``b`` of ``n`` elements becomes ``b.p`` (empty, or ``ceil(n w / 8)``
+        bytes: bounded) and ``b.s`` (its shape, exact)."""
+
+        def packed(key: str, w: WireArray) -> Layout:
+            n = w.count
+            return {
+                key + ".p": WireArray(np.dtype(np.uint8), ((n * index_bits(n) + 7) // 8,), exact=False),
+                key + ".s": WireArray(_shape_dtype(w.shape), (len(w.shape),)),
+            }
+
+        return derive_layout(layout, packed)
 
     def _decode_one(self, key: str, packed: np.ndarray, shape: np.ndarray, budget: int) -> np.ndarray:
         if shape.dtype not in (np.uint32, np.uint64) or shape.ndim != 1 or shape.size > _MAX_NDIM:

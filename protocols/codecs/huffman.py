@@ -35,6 +35,7 @@ __all__ = [
 #: Largest alphabet supported; with 16 symbols no Huffman code is longer than 15 bits.
 MAX_SYMBOLS = 16
 MAX_CODE_LENGTH = 15
+_CHUNK = 1 << 16  # bit positions whose windows are decoded per step
 
 
 def huffman_lengths(counts: Sequence[int]) -> np.ndarray:
@@ -124,14 +125,27 @@ def _decode_table(lengths: np.ndarray) -> tuple[np.ndarray, int]:
     return table, width
 
 
+def _entries(bits: np.ndarray, lo: int, hi: int, end: int, table: np.ndarray, width: int) -> bytes:
+    """``symbol << 4 | length`` for every bit position in ``[lo, hi)``: one table lookup on the
+    ``width``-bit window there, bits at or past ``end`` read as zeros."""
+    seg = bits[lo : min(hi + width - 1, end)].astype(np.uint16)
+    padded = np.zeros(hi - lo + width - 1, np.uint16)
+    padded[: seg.size] = seg
+    window: np.ndarray = np.zeros(hi - lo, np.uint16)
+    for t in range(width):
+        window = (window << 1) | padded[t : t + hi - lo]
+    return table[window].tobytes()
+
+
 def decode(
     bits: np.ndarray, start: int, count: int, lengths: np.ndarray, what: str
 ) -> tuple[np.ndarray, int]:
     """Decode ``count`` symbols from ``bits[start:]``.
 
     Every bit position gets its (symbol, length) by one table lookup on the ``L``-bit window
-    that starts there (vectorized); a short Python loop then hops from codeword to codeword.
-    Work and memory are bounded by ``count * L`` bits, whatever the stream's length.
+    that starts there (vectorized, ``_CHUNK`` positions at a time); a short Python loop then
+    hops from codeword to codeword. Work is bounded by ``count * L`` bits, whatever the
+    stream's length, and memory by O(``count + _CHUNK``).
 
     Returns
     -------
@@ -147,19 +161,18 @@ def decode(
     if count == 0:
         return np.zeros(0, np.int64), start
     table, width = _decode_table(np.asarray(lengths, np.int64))
-    tail = bits[start : start + count * width].astype(np.uint16)  # (N,), N <= count * L
-    padded = np.concatenate([tail, np.zeros(width, np.uint16)])
-    window = np.zeros(tail.size, np.uint16)
-    for t in range(width):
-        window = (window << 1) | padded[t : t + tail.size]
-    entries = table[window].tobytes()  # one byte per bit position: symbol << 4 | length
-    out, pos, size = [], 0, tail.size
-    for _ in range(count):
-        entry = entries[pos] if pos < size else 0
+    end = min(bits.size, start + count * width)  # a valid stream ends by then
+    out = bytearray(count)
+    pos, lo, entries = start, start, b""
+    for i in range(count):
+        if pos >= lo + len(entries):  # past the decoded windows: decode the next chunk
+            lo = pos
+            entries = _entries(bits, lo, min(lo + _CHUNK, end), end, table, width) if pos < end else b""
+        entry = entries[pos - lo] if pos < lo + len(entries) else 0
         if not entry & 15:
             raise MalformedUpdate(f"{what}: Huffman stream truncated or invalid")
-        out.append(entry >> 4)
+        out[i] = entry >> 4
         pos += entry & 15
-    if pos > size:
+    if pos > end:
         raise MalformedUpdate(f"{what}: Huffman stream truncated")
-    return np.asarray(out, np.int64), start + pos
+    return np.frombuffer(out, np.uint8).astype(np.int64), pos

@@ -21,9 +21,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..container import WireArray
 from ..errors import CodecError, MalformedUpdate
-from ._keys import check_groups, find_groups, put_new
-from .base import Arrays, ArrayStage, Scalar, register
+from ._keys import check_groups, derive_layout, find_groups, put_new
+from .base import Arrays, ArrayStage, Layout, Scalar, register
 
 __all__ = ["Int8"]
 
@@ -87,6 +88,17 @@ class Int8(ArrayStage):
             produced.append(key)
         check_groups(self.name, out, produced, _SUFFIXES)
         return out
+
+    def encoded_layout(self, layout: Layout) -> Layout:
+        """Each floating ``b`` becomes ``b.q`` (int8, same shape) and ``b.qs`` (float32 scalar)."""
+
+        def quantized(key: str, w: WireArray) -> Layout:
+            return {
+                key + ".q": WireArray(np.dtype(np.int8), w.shape),
+                key + ".qs": WireArray(np.dtype(np.float32), ()),
+            }
+
+        return derive_layout(layout, quantized)
 
     @staticmethod
     def _dequantize(key: str, q: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -22,9 +22,10 @@ import math
 
 import numpy as np
 
+from ..container import WireArray
 from ..errors import MalformedUpdate
-from ._keys import check_groups, find_groups, put_new
-from .base import Arrays, ArrayStage, register
+from ._keys import check_groups, derive_layout, find_groups, put_new
+from .base import Arrays, ArrayStage, Layout, register
 from .topk import index_dtype
 
 __all__ = ["LoRADelta", "sparse_wins"]
@@ -39,8 +40,12 @@ def sparse_wins(n: int, nnz: int) -> bool:
     return nnz * (index_dtype(n).itemsize + 4) < 4 * n
 
 
+def _shape_dtype(shape: tuple[int, ...]) -> np.dtype:
+    return np.dtype(np.uint64 if any(d >= 2**32 for d in shape) else np.uint32)
+
+
 def _shape(arr: np.ndarray) -> np.ndarray:
-    return np.array(arr.shape, dtype=np.uint64 if any(d >= 2**32 for d in arr.shape) else np.uint32)
+    return np.array(arr.shape, dtype=_shape_dtype(arr.shape))
 
 
 @register
@@ -72,6 +77,23 @@ class LoRADelta(ArrayStage):
         check_groups(self.name, out, zeros, _ZERO)
         check_groups(self.name, out, sparse, _SPARSE)
         return out
+
+    def encoded_layout(self, layout: Layout) -> Layout:
+        """Each floating ``b`` becomes one of three forms, so all three bound it: ``b.lz``; ``b.li``,
+        ``b.lv``, ``b.ls`` with fewer non-zeros than make sparse win; or float32 ``b``."""
+
+        def forms(key: str, w: WireArray) -> Layout:
+            n, shape = w.count, WireArray(_shape_dtype(w.shape), (len(w.shape),), exact=False)
+            nnz = max(0, (4 * n - 1) // (index_dtype(n).itemsize + 4))  # most for which sparse wins
+            return {
+                key + ".lz": shape,
+                key + ".li": WireArray(index_dtype(n), (nnz,), exact=False),
+                key + ".lv": WireArray(np.dtype(np.float32), (nnz,), exact=False),
+                key + ".ls": shape,
+                key: WireArray(np.dtype(np.float32), w.shape, exact=False),
+            }
+
+        return derive_layout(layout, forms)
 
     def _dims(self, key: str, shape: np.ndarray, budget: int) -> tuple[tuple[int, ...], int]:
         if shape.dtype not in (np.uint32, np.uint64) or shape.ndim != 1 or shape.size > _MAX_NDIM:

@@ -35,9 +35,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..container import WireArray
 from ..errors import CodecError, MalformedUpdate
-from ._keys import check_groups, find_groups, put_new
-from .base import Arrays, ArrayStage, Scalar, register
+from ._keys import check_groups, derive_layout, find_groups, put_new
+from .base import Arrays, ArrayStage, Layout, Scalar, register
 
 __all__ = ["OVERSAMPLE", "LowRank", "factorize"]
 
@@ -119,11 +120,29 @@ class LowRank(ArrayStage):
         return int(self.params["rank"])
 
     def _factorizes(self, arr: np.ndarray) -> bool:
-        if arr.dtype.kind != "f" or arr.ndim != 2 or 0 in arr.shape:
+        return arr.dtype.kind == "f" and self._factors_smaller(arr.shape)
+
+    def _factors_smaller(self, shape: tuple[int, ...]) -> bool:
+        if len(shape) != 2 or 0 in shape:
             return False
-        m, n = arr.shape
+        m, n = shape
         k = min(self.rank, m, n)
         return k * (m + n) < m * n
+
+    def encoded_layout(self, layout: Layout) -> Layout:
+        """Factorizable 2-D floating ``b`` of shape (m, n) becomes ``b.lb`` (m, k) and ``b.la``
+        (k, n); others pass through. For a bounded shape, both forms bound the entry."""
+
+        def factors(key: str, w: WireArray) -> Layout:
+            if len(w.shape) != 2 or not (self._factors_smaller(w.shape) or not w.exact):
+                return {key: w}
+            m, n = w.shape
+            k = min(self.rank, m, n)
+            f32 = np.dtype(np.float32)
+            out = {key + ".lb": WireArray(f32, (m, k)), key + ".la": WireArray(f32, (k, n))}
+            return out if w.exact else {key: w, **out}
+
+        return derive_layout(layout, factors)
 
     def encode(self, arrays: Arrays, rng: np.random.Generator) -> Arrays:
         """Replace each factorizable 2-D array ``b`` by ``b.lb`` and ``b.la``; others pass through.

@@ -9,6 +9,13 @@ payload refers to tensors by table index. Decode walks the stages in reverse, bo
 receiver's tensor table, and maps indices back to names, checking that every tensor is present
 with the right number of elements. Any malformed payload raises a
 :class:`~stamen.protocols.errors.StamenError`.
+
+Bounded decoding: before anything is decompressed or decoded, the stages' ``encoded_layout``
+rules turn the tensor table into the container the encoder must have produced, exactly (dense,
+fp16, int8, topk, lowrank, rqm and their compositions) or as an upper bound (sizes that depend on
+the values: fedzip, compeft, dare, lora, frl_rank). A byte stage may decompress to exactly that
+size, or at most that bound, and nothing more; a payload of any other size is refused unread.
+Every array stage then allocates at most the table's elements per decoded tensor set.
 """
 
 from __future__ import annotations
@@ -17,16 +24,16 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..container import pack_arrays, unpack_arrays
+from ..container import WireArray, pack_arrays, unpack_arrays, wire_size
 from ..errors import CodecError, MalformedUpdate, StamenError, ValidationError
 from ..tensors import TensorInfo, tensor_table
-from .base import Arrays, ArrayStage, ByteStage, CodecSpec, StageSpec, lookup, resolve_params
+from .base import Arrays, ArrayStage, ByteStage, CodecSpec, Layout, StageSpec, lookup, resolve_params
 
 __all__ = ["CodecPipeline"]
 
-#: Bound on container bytes per decoded element (top-k at ratio 1 with uint64 indices needs 12).
+#: Fallback bound on container bytes per decoded element, for a stage without ``encoded_layout``.
 _BYTES_PER_ELEMENT = 16
-#: Bound on container bytes per tensor for keys, dtype codes, dims and small side arrays.
+#: Fallback bound on container bytes per tensor for keys, dtype codes, dims and side arrays.
 _BYTES_PER_TENSOR = 1024
 _MAX_LISTED = 5
 
@@ -138,14 +145,35 @@ class CodecPipeline:
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise MalformedUpdate(f"payload must be bytes, got {type(payload).__name__}")
         total = sum(info.size for info in table)
+        layout = self.wire_layout(table)
+        size, exact = wire_size(layout) if layout is not None else (_fallback_size(table), False)
         data = _immutable(payload)
         if self._byte_stage is not None:
-            limit = _BYTES_PER_ELEMENT * total + _BYTES_PER_TENSOR * (len(table) + 1)
-            data = self._byte_stage.decode(bytes(data), limit)
+            data = self._byte_stage.decode(bytes(data), size, exact=exact)
+        _check_size(len(data), size, exact)
         arrays = unpack_arrays(data)
+        if layout is not None and exact:
+            _check_layout(arrays, layout)
         for cls, stage in reversed(self._array_stages):
             arrays = _decode_stage(cls(dict(stage.params), max_elements=total), arrays)
         return _named(arrays, table, copy=writable)
+
+    def wire_layout(self, tensors: Sequence[TensorInfo]) -> Layout | None:
+        """The container :meth:`encode` makes for a delta with this tensor table.
+
+        Returns
+        -------
+        Layout or None
+            Entry by key, exact or as upper bounds (see :meth:`ArrayStage.encoded_layout`);
+            None if a stage does not say.
+        """
+        f32 = np.dtype(np.float32)
+        layout: Layout | None = {str(i): WireArray(f32, info.shape) for i, info in enumerate(tensors)}
+        for stage in self._encoders:
+            if layout is None:
+                return None
+            layout = stage.encoded_layout(layout)
+        return layout
 
     def roundtrip(
         self, delta: Mapping[str, np.ndarray], rng: np.random.Generator
@@ -163,6 +191,30 @@ def _immutable(payload: bytes | bytearray | memoryview) -> bytes | memoryview:
     if isinstance(payload, memoryview) and payload.readonly and payload.c_contiguous:
         return payload.cast("B")
     return payload if isinstance(payload, bytes) else bytes(payload)
+
+
+def _fallback_size(table: tuple[TensorInfo, ...]) -> int:
+    return _BYTES_PER_ELEMENT * sum(info.size for info in table) + _BYTES_PER_TENSOR * (len(table) + 1)
+
+
+def _check_size(got: int, size: int, exact: bool) -> None:
+    """The container's size against what the codec and the tensor table imply."""
+    if got > size or (exact and got != size):
+        want = "exactly" if exact else "at most"
+        raise MalformedUpdate(f"container of {got} bytes; the codec and tensor table imply {want} {size}")
+
+
+def _check_layout(arrays: Arrays, layout: Layout) -> None:
+    """Every array of an exactly known container has its expected key, dtype and shape."""
+    if list(arrays) != list(layout):
+        raise MalformedUpdate(
+            f"payload arrays {list(arrays)[:_MAX_LISTED]} differ from {list(layout)[:_MAX_LISTED]}"
+        )
+    for key, want in layout.items():
+        arr = arrays[key]
+        if arr.dtype != want.dtype or arr.shape != want.shape:
+            got, implied = f"{arr.dtype}{list(arr.shape)}", f"{want.dtype}{list(want.shape)}"
+            raise MalformedUpdate(f"payload array {key!r} is {got}, the codec implies {implied}")
 
 
 def _indexed(delta: Mapping[str, np.ndarray]) -> Arrays:

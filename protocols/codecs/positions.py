@@ -99,9 +99,13 @@ def encode_positions(idx: np.ndarray, n: int, mode: str) -> tuple[int, np.ndarra
 
 
 def _from_gaps(gaps: np.ndarray, n: int, what: str) -> np.ndarray:
+    """Indices from int64 gaps, computed in place (``gaps`` is consumed)."""
     if gaps.size and int(gaps.max()) >= n:  # also keeps the cumulative sum far from overflow
         raise MalformedUpdate(f"{what}: position gap out of range")
-    idx = np.cumsum(gaps.astype(np.int64) + 1) - 1
+    idx = gaps
+    idx += 1
+    np.cumsum(idx, out=idx)
+    idx -= 1
     if idx.size and int(idx[-1]) >= n:
         raise MalformedUpdate(f"{what}: position beyond the tensor's {n} elements")
     return idx
@@ -110,7 +114,7 @@ def _from_gaps(gaps: np.ndarray, n: int, what: str) -> np.ndarray:
 def _decode_rice(
     bits: np.ndarray, start: int, count: int, n: int, b: int, what: str
 ) -> tuple[np.ndarray, int]:
-    low = bits_to_fixed(bits[start:], b, count).astype(np.int64)
+    low = bits_to_fixed(bits[start:], b, count).view(np.int64)  # widths <= 40: no sign bit set
     unary_start = start + count * b
     ones = np.flatnonzero(bits[unary_start:])
     if ones.size < count:
@@ -144,11 +148,11 @@ def decode_positions(
         return np.zeros(0, np.int64), start
     if code == 0:
         width = width_for(n - 1)
-        idx = bits_to_fixed(bits[start:], width, count).astype(np.int64)
+        idx = bits_to_fixed(bits[start:], width, count).view(np.int64)
         if (count > 1 and not np.all(idx[1:] > idx[:-1])) or int(idx[-1]) >= n:
             raise MalformedUpdate(f"{what}: positions not strictly increasing below {n}")
         return idx, start + count * width
     if code == 1:
-        gaps = bits_to_fixed(bits[start:], param, count).astype(np.int64)
+        gaps = bits_to_fixed(bits[start:], param, count).view(np.int64)
         return _from_gaps(gaps, n, what), start + count * param
     return _decode_rice(bits, start, count, n, param, what)

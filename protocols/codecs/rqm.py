@@ -33,15 +33,17 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..container import WireArray
 from ..errors import CodecError, MalformedUpdate
-from ._keys import check_groups, decode_blob_groups, put_new
-from .base import Arrays, ArrayStage, Scalar, register
+from ._keys import check_groups, decode_blob_groups, derive_layout, put_new, varint_size
+from .base import Arrays, ArrayStage, Layout, Scalar, register
 from .bitpack import ByteReader, ByteWriter, bits_to_fixed, check_end, fixed_to_bits, pack_bits, unpack_bits
 
 __all__ = ["MAX_LEVELS", "Rqm", "levels", "quantize"]
 
 _SUFFIX = ".rq"
 MAX_LEVELS = 256
+_CHUNK = 1 << 16  # level indices decoded per step
 
 
 def levels(c: float, delta: float, m: int) -> np.ndarray:
@@ -156,18 +158,32 @@ class Rqm(ArrayStage):
         check_groups(self.name, out, produced, (_SUFFIX,))
         return out
 
+    def encoded_layout(self, layout: Layout) -> Layout:
+        """Each floating ``b`` of ``n`` elements becomes the blob ``b.rq``: ``varint n`` and
+        ``ceil(n * width / 8)`` bytes of level indices (exact)."""
+
+        def blob(key: str, w: WireArray) -> Layout:
+            size = varint_size(w.count) + math.ceil(w.count * self.width / 8)
+            return {key + _SUFFIX: WireArray(np.dtype(np.uint8), (size,))}
+
+        return derive_layout(layout, blob)
+
     def _decode_one(self, key: str, blob: np.ndarray, budget: int) -> np.ndarray:
         what = f"rqm: {key!r}"
         reader = ByteReader(blob, what)
-        n = reader.varint(budget)
+        n, width = reader.varint(budget), self.width
         bits = unpack_bits(reader.rest())
-        z = bits_to_fixed(bits, self.width, n)
-        check_end(bits, n * self.width, what)
+        check_end(bits, n * width, what)
         m = int(self.params["m"])
-        if n and int(z.max()) >= m:
-            raise MalformedUpdate(f"{what}: level index >= m = {m}")
         grid = levels(float(self.params["c"]), float(self.params["delta"]), m).astype(np.float32)
-        return grid[z.astype(np.intp)]
+        out = np.empty(n, np.float32)  # (n,); indices are read a chunk at a time
+        for start in range(0, n, _CHUNK):
+            stop = min(n, start + _CHUNK)
+            z = bits_to_fixed(bits[start * width : stop * width], width, stop - start)
+            if int(z.max()) >= m:
+                raise MalformedUpdate(f"{what}: level index >= m = {m}")
+            out[start:stop] = grid[z]
+        return out
 
     def decode(self, arrays: Arrays) -> Arrays:
         """Dequantize every ``b.rq`` blob: ``B(z)`` as float32 (1-D).

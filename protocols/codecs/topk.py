@@ -8,8 +8,9 @@ entries with the largest ``|x|`` and send them as three arrays:
 - ``b.s``: the original shape, uint32 (uint64 if a dimension needs it).
 
 Decode scatters the values into zeros. Wire size is about ``k * (2 or 4 + 4)`` bytes. Ties at
-the k-th magnitude are broken deterministically by ``numpy.argpartition`` (then indices are
-sorted), so the same input always yields the same payload. Usually paired with error feedback
+the k-th magnitude go to the lowest indices (:func:`largest_indices`), so the same input yields the
+same payload on every machine (``numpy.argpartition`` alone breaks ties differently depending on
+the SIMD kernel the CPU selects). Usually paired with error feedback
 (residual accumulation) on the client; see Stich et al., "Sparsified SGD with Memory", NeurIPS
 2018, and Aji & Heafield, "Sparse Communication for Distributed Gradient Descent", EMNLP 2017.
 """
@@ -23,11 +24,12 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..container import WireArray
 from ..errors import MalformedUpdate
-from ._keys import check_groups, find_groups, put_new
-from .base import Arrays, ArrayStage, CodecError, Scalar, register
+from ._keys import check_groups, derive_layout, find_groups, put_new
+from .base import Arrays, ArrayStage, CodecError, Layout, Scalar, register
 
-__all__ = ["TopK", "index_dtype", "kept_count"]
+__all__ = ["TopK", "index_dtype", "kept_count", "largest_indices"]
 
 _SUFFIXES = (".i", ".v", ".s")
 _MAX_NDIM = 16
@@ -45,6 +47,42 @@ def index_dtype(n: int) -> np.dtype:
     if n <= 2**32:
         return np.dtype(np.uint32)
     return np.dtype(np.uint64)
+
+
+def largest_indices(magnitudes: np.ndarray, k: int) -> np.ndarray:
+    """Sorted indices of the ``k`` largest entries of a 1-D array; ties go to the lowest indices.
+
+    The k-th largest value ``t`` is an order statistic, so ``numpy.partition`` finds the same
+    ``t`` whatever its algorithm; every index above ``t`` is kept, then the lowest-index entries
+    equal to ``t``. NaN counts as larger than every number (as in ``numpy.sort``). O(n) time.
+
+    Parameters
+    ----------
+    magnitudes : numpy.ndarray
+        (n,) values to rank, e.g. ``|x|``.
+    k : int
+        Number of indices to keep, in ``0 .. n``.
+
+    Returns
+    -------
+    numpy.ndarray
+        (k,) int64 indices in increasing order.
+    """
+    n = magnitudes.size
+    if k >= n:
+        return np.arange(n, dtype=np.int64)
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    part = np.partition(magnitudes, n - k)  # NaNs sort last, so any NaN kept lies in part[n - k:]
+    t = part[n - k]  # the k-th largest value
+    nans = np.flatnonzero(np.isnan(magnitudes)) if np.isnan(part[n - k :]).any() else np.zeros(0, np.intp)
+    if nans.size >= k:
+        return nans[:k].astype(np.int64)
+    ge = np.flatnonzero(magnitudes >= t)  # (>= k - #NaN,) sorted
+    vals = magnitudes[ge]
+    above, ties = ge[vals > t], ge[vals == t]
+    kept = np.concatenate([nans, above, ties[: k - nans.size - above.size]])
+    return np.sort(kept).astype(np.int64)
 
 
 def _shape_dtype(shape: tuple[int, ...]) -> np.dtype:
@@ -82,7 +120,7 @@ class TopK(ArrayStage):
         k = kept_count(self.ratio, n)
         if k == n:
             return np.arange(n, dtype=index_dtype(n)), flat.astype(np.float32)
-        idx = np.sort(np.argpartition(np.abs(flat), n - k)[n - k :])  # (k,)
+        idx = largest_indices(np.abs(flat), k)  # (k,)
         return idx.astype(index_dtype(n)), flat[idx].astype(np.float32)
 
     def encode(self, arrays: Arrays, rng: np.random.Generator) -> Arrays:
@@ -100,6 +138,20 @@ class TopK(ArrayStage):
             produced.append(key)
         check_groups(self.name, out, produced, _SUFFIXES)
         return out
+
+    def encoded_layout(self, layout: Layout) -> Layout:
+        """Each floating ``b`` of ``n`` elements becomes ``k`` indices, ``k`` values and its shape."""
+
+        def sparse(key: str, w: WireArray) -> Layout:
+            n = w.count
+            k = kept_count(self.ratio, n)
+            return {
+                key + ".i": WireArray(index_dtype(n), (k,)),
+                key + ".v": WireArray(np.dtype(np.float32), (k,)),
+                key + ".s": WireArray(_shape_dtype(w.shape), (len(w.shape),)),
+            }
+
+        return derive_layout(layout, sparse)
 
     def _densify(self, key: str, group: tuple[np.ndarray, np.ndarray, np.ndarray], budget: int) -> np.ndarray:
         idx, values, shape = group

@@ -107,7 +107,7 @@ def pretrain(epochs: int = 15) -> tuple[nn.Sequential, float]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(), torch.enable_grad():  # callers may hold no_grad (extract_features)
             torch.manual_seed(0)
             extractor = make_extractor()
             net = nn.Sequential(extractor, nn.Linear(FEATURES, NUM_LETTERS, bias=False))

@@ -55,8 +55,11 @@ def test_model_exchanges_only_the_zero_initialised_head() -> None:
 
 
 def test_extractor_pinned_features() -> None:
+    # After 15 epochs of Adam the features depend on the CPU's float kernels (64.96 where this was
+    # pinned, 64.42 on another machine of the same kind, 63.18 with ATen's default kernels): pinned
+    # within 5 %, which still tells the pre-trained extractor from an untrained one (35.4).
     x = np.linspace(-2, 2, 40, dtype=np.float32)[None]
-    assert float(extract_features(x).sum()) == pytest.approx(PINNED, rel=1e-5)
+    assert float(extract_features(x).sum()) == pytest.approx(PINNED, rel=0.05)
 
 
 PINNED = 64.95679473876953

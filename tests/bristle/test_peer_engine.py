@@ -54,6 +54,7 @@ def _reference(plan: SimulationPlan) -> list[float]:
     return hist
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [

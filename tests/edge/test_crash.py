@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from stamen.edge import EdgeRuntime, create_delta, create_store
@@ -19,8 +20,7 @@ from stamen.edge.store import version_dir
 from stamen.protocols import Signer, decode_update, model_hash
 
 CHILD = Path(__file__).with_name("crash_child.py")
-KILLS = 24
-TIME_LIMIT_S = 50.0
+KILLS = 24  # the loop is bounded by this count (and each child by pytest's timeout), not by seconds
 
 
 def _mlp_onnx(path: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -95,6 +95,7 @@ def _garbage(store: Path, history: list[int]) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_sigkill_during_apply_leaves_old_or_new_version(tmp_path: Path, keydir: Path, signer: Signer) -> None:
     rng = np.random.default_rng(0)
     base = _mlp_onnx(tmp_path / "mlp.onnx", rng)
@@ -105,8 +106,8 @@ def test_sigkill_during_apply_leaves_old_or_new_version(tmp_path: Path, keydir: 
     create_store(store, tmp_path / "mlp.onnx", keydir / "public.pem")
     durations = [_run_child(store, updates, None)[1] for _ in range(3)]  # uninterrupted applies
     window = 1.5 * statistics.median(durations)
-    start, kills, mid_apply, outcomes = time.perf_counter(), 0, 0, {"old": 0, "new": 0}
-    while kills < KILLS and time.perf_counter() - start < TIME_LIMIT_S:
+    kills, mid_apply, outcomes = 0, 0, {"old": 0, "new": 0}
+    while kills < KILLS:
         before = EdgeRuntime.open(store).version()
         _run_child(store, updates, float(rng.uniform(0, window)))
         kills += 1
@@ -123,4 +124,4 @@ def test_sigkill_during_apply_leaves_old_or_new_version(tmp_path: Path, keydir: 
         f"\ncrash safety: {kills} SIGKILLs in a {1000 * window:.0f} ms window, {mid_apply} left partial "
         f"files, outcomes {outcomes}, all consistent"
     )
-    assert kills >= 10 and outcomes["old"] > 0 and outcomes["new"] > 0
+    assert outcomes["old"] > 0 and outcomes["new"] > 0

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stamen.protocols import CodecError, CodecPipeline, CodecSpec, StamenError, tensor_table
-from stamen.protocols.codecs.frl_rank import index_bits, pack_indices, unpack_indices
+from stamen.protocols.codecs.frl_rank import FRLRank, index_bits, pack_indices, unpack_indices
 from stamen.protocols.container import pack_arrays, unpack_arrays
 
 SPEC = CodecSpec.parse("frl_rank")
@@ -137,8 +137,10 @@ def test_decode_rejects_non_permutation() -> None:
     ],
 )
 def test_decode_rejects_hostile_payloads(arrays: dict[str, np.ndarray], match: str) -> None:
-    with pytest.raises(StamenError, match=match):
+    with pytest.raises(StamenError):  # the pipeline (its container bound may see it first)
         _decode(arrays, (4,))
+    with pytest.raises(StamenError, match=match):  # and the stage's own checks
+        FRLRank(max_elements=4).decode(dict(arrays))
 
 
 def test_too_large_for_float32_indices_is_refused() -> None:

@@ -3,13 +3,19 @@ on sys.path)."""
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import resource
+import sys
+from collections.abc import Iterator, Sequence
 
 import numpy as np
+import pytest
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from stamen.protocols import CodecPipeline, CodecSpec, tensor_table
+from stamen.protocols import CodecPipeline, CodecSpec, MalformedUpdate, TensorInfo, tensor_table
+from stamen.protocols.codecs.base import ArrayStage, lookup
+from stamen.protocols.codecs.pipeline import _decode_stage, _named
 from stamen.protocols.container import unpack_arrays
 
 
@@ -19,10 +25,6 @@ def pinned_input() -> dict[str, np.ndarray]:
         "layer.weight": ((np.arange(24, dtype=np.float32) - 11.5) / 7).reshape(4, 6),
         "layer.bias": np.linspace(-1, 1, 5, dtype=np.float32),
     }
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def pipeline(text: str) -> CodecPipeline:
@@ -38,6 +40,50 @@ def roundtrip(text: str, delta: dict[str, np.ndarray], seed: int = 0) -> tuple[b
     p = pipeline(text)
     payload = p.encode(delta, np.random.default_rng(seed))
     return payload, p.decode(payload, tensor_table(delta))
+
+
+@contextlib.contextmanager
+def address_space_cap(headroom: int = 1 << 30) -> Iterator[None]:
+    """On Linux, cap the process's address space at its current size plus ``headroom`` bytes, so
+    that a decoder regression fails with MemoryError instead of exhausting a shared machine."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    old = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as status:
+        size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (size + headroom, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, old)
+
+
+def layout(payload: bytes) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(key, dtype, shape) of every array in a container, in order: what a pinned payload pins
+    besides values (its bytes may differ across machines wherever floating-point work precedes them)."""
+    return [(key, arr.dtype.name, arr.shape) for key, arr in unpack_arrays(payload).items()]
+
+
+def decode_by_stages(text: str, data: bytes, table: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
+    """Decode a container with the array stages of ``text`` alone, then name the tensors as the
+    pipeline does: the pipeline's container size and layout checks are skipped, so each stage's own
+    checks (what guards the data-dependent codecs) are what a hostile container meets."""
+    arrays = unpack_arrays(data)
+    budget = sum(info.size for info in table)
+    for stage in reversed(CodecSpec.parse(text).stages):
+        cls = lookup(stage.name)
+        assert issubclass(cls, ArrayStage), "containers are checked without a byte stage"
+        arrays = _decode_stage(cls(dict(stage.params), max_elements=budget), arrays)
+    return _named(arrays, tuple(table), copy=True)
+
+
+def refused(text: str, data: bytes, table: Sequence[TensorInfo], match: str) -> None:
+    """The pipeline refuses a hostile container, and so do the stages' own checks, with ``match``."""
+    with pytest.raises(MalformedUpdate):
+        pipeline(text).decode(data, table)
+    with pytest.raises(MalformedUpdate, match=match):
+        decode_by_stages(text, data, table)
 
 
 def header_bound(delta: dict[str, np.ndarray], arrays_per_tensor: int, suffix: int) -> int:

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from proto_helpers import container_of, pinned_input, pipeline, roundtrip, sha
+from proto_helpers import container_of, layout, pinned_input, pipeline, refused, roundtrip
 
-from stamen.protocols import CodecError, MalformedUpdate, TensorInfo
+from stamen.protocols import CodecError, TensorInfo
 from stamen.protocols.codecs.lowrank import factorize
 from stamen.protocols.container import pack_arrays
 
@@ -70,10 +70,23 @@ def test_decoded_shape_and_finite_property(x: np.ndarray) -> None:
 def test_pinned_payload() -> None:
     delta = pinned_input() | {"big": np.outer(np.arange(8), np.arange(1, 10)).astype(np.float32)}
     payload, out = roundtrip("lowrank(rank=1,power_iters=1)", delta, seed=0)
-    np.testing.assert_allclose(out["big"], delta["big"], atol=1e-4)
+    np.testing.assert_allclose(out["big"], delta["big"], atol=1e-4)  # rank 1: exact up to rounding
     # count + per array (key length, key, dtype, ndim, one varint per dim) + float32 data
     assert len(payload) == 1 + (9 + 4 * 4) + (9 + 4 * 6) + (5 + 4 * 5) + (9 + 4 * 8) + (9 + 4 * 9)
-    assert sha(payload) == "ccc79202e259e111d8dd1fd183a2812b5de5fa20b8468e703f619dce47eb523f"
+    assert layout(payload) == [
+        ("0.lb", "float32", (4, 1)),
+        ("0.la", "float32", (1, 6)),
+        ("1", "float32", (5,)),
+        ("2.lb", "float32", (8, 1)),
+        ("2.la", "float32", (1, 9)),
+    ]
+    # The factors' bytes depend on the BLAS kernel the CPU selects (and their signs on the sketch),
+    # so the decoded values are pinned instead. layer.weight = row offset (6i - 9) / 7 + column ramp
+    # j / 7; the offsets carry most of the energy, so the best rank-1 approximation is the row means.
+    np.testing.assert_allclose(
+        out["layer.weight"], np.repeat([[-9.0], [-3.0], [3.0], [9.0]], 6, axis=1) / 7, atol=1e-5
+    )
+    assert out["layer.bias"].tolist() == delta["layer.bias"].tolist()  # 1-D: passes through exactly
 
 
 def test_params_validated() -> None:
@@ -106,9 +119,10 @@ _TABLE = [TensorInfo("w", (6, 7), "float32")]
     ],
 )
 def test_hostile_factors(arrays: dict[str, np.ndarray], match: str | None) -> None:
-    p = pipeline("lowrank(rank=1)")
     if match is None:
-        assert p.decode(pack_arrays(arrays), _TABLE)["w"].tolist() == np.ones((6, 7)).tolist()
+        assert (
+            pipeline("lowrank(rank=1)").decode(pack_arrays(arrays), _TABLE)["w"].tolist()
+            == np.ones((6, 7)).tolist()
+        )
         return
-    with pytest.raises(MalformedUpdate, match=match):
-        p.decode(pack_arrays(arrays), _TABLE)
+    refused("lowrank(rank=1)", pack_arrays(arrays), _TABLE, match)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from proto_helpers import pinned_input, pipeline
+from proto_helpers import decode_by_stages, pinned_input, pipeline
 
 from stamen.protocols import (
     CodecError,
@@ -90,15 +90,22 @@ def test_empty_update_and_empty_tensor() -> None:
 
 def test_decode_checks_the_table() -> None:
     payload, table = _valid("dense")
-    with pytest.raises(MalformedUpdate, match="missing"):
-        pipeline("dense").decode(payload, (*table, TensorInfo("extra", (1,), "float32")))
-    with pytest.raises(MalformedUpdate, match="unexpected"):
-        pipeline("dense").decode(payload, table[:1])
+    extra = (*table, TensorInfo("extra", (1,), "float32"))
     wrong = (table[0], TensorInfo("layer.bias", (6,), "float32"))
+    for other in (extra, table[:1], wrong):  # the container's size gives every one away, unread
+        with pytest.raises(MalformedUpdate, match="the codec and tensor table imply exactly"):
+            pipeline("dense").decode(payload, other)
+    # behind that, the naming step (what catches data-dependent codecs) names the difference
+    with pytest.raises(MalformedUpdate, match="missing"):
+        decode_by_stages("dense", payload, extra)
+    with pytest.raises(MalformedUpdate, match="unexpected"):
+        decode_by_stages("dense", payload, table[:1])
     with pytest.raises(MalformedUpdate, match=r"layer\.bias"):
-        pipeline("dense").decode(payload, wrong)
-    reshaped = (TensorInfo("layer.weight", (6, 4), "float32"), table[1])
-    assert pipeline("dense").decode(payload, reshaped)["layer.weight"].shape == (6, 4)
+        decode_by_stages("dense", payload, wrong)
+    reshaped = (TensorInfo("layer.weight", (6, 4), "float32"), table[1])  # same size, same bytes
+    with pytest.raises(MalformedUpdate, match=r"'0' is float32\[4, 6\], the codec implies float32\[6, 4\]"):
+        pipeline("dense").decode(payload, reshaped)
+    assert decode_by_stages("dense", payload, reshaped)["layer.weight"].shape == (6, 4)
     with pytest.raises(ValidationError, match="duplicate"):
         pipeline("dense").decode(payload, (table[0], table[0]))
     ints = pack_arrays({"0": np.zeros(3, np.int32)})

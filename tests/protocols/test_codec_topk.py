@@ -1,5 +1,5 @@
-"""Codec trio for ``topk``: hand-computed selection, k-largest property, pinned digest; plus
-strict decoding of hostile index/value/shape arrays."""
+"""Codec trio for ``topk``: hand-computed selection, k-largest property, pinned layout and values;
+machine-independent tie-breaking; plus strict decoding of hostile index/value/shape arrays."""
 
 from __future__ import annotations
 
@@ -7,10 +7,20 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from proto_helpers import container_of, float_deltas, pinned_input, pipeline, roundtrip, sha
+from hypothesis.extra import numpy as hnp
+from proto_helpers import (
+    container_of,
+    decode_by_stages,
+    float_deltas,
+    layout,
+    pinned_input,
+    pipeline,
+    refused,
+    roundtrip,
+)
 
 from stamen.protocols import MalformedUpdate, TensorInfo
-from stamen.protocols.codecs.topk import index_dtype, kept_count
+from stamen.protocols.codecs.topk import index_dtype, kept_count, largest_indices
 from stamen.protocols.container import pack_arrays
 
 
@@ -66,15 +76,61 @@ def test_ratio_one_is_lossless_and_ties_are_deterministic() -> None:
     ties = {"t": np.ones(300, np.float32)}
     first, out = roundtrip("topk(ratio=0.01)", ties, seed=1)
     assert first == roundtrip("topk(ratio=0.01)", ties, seed=2)[0]
-    assert int((out["t"] != 0).sum()) == 3
+    assert np.flatnonzero(out["t"]).tolist() == [0, 1, 2]  # ties to the lowest indices, on any CPU
+
+
+def test_largest_indices_by_hand() -> None:
+    x = np.array([1, np.nan, 3, 3, np.nan, 2, 3], np.float32)  # NaN ranks above every number
+    got = [largest_indices(x, k).tolist() for k in range(8)]
+    assert got == [
+        [],
+        [1],
+        [1, 4],
+        [1, 2, 4],
+        [1, 2, 3, 4],
+        [1, 2, 3, 4, 6],
+        [1, 2, 3, 4, 5, 6],
+        list(range(7)),
+    ]
+    assert largest_indices(x, 3).dtype == np.int64
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    hnp.arrays(
+        np.float32, st.integers(0, 60), elements=st.sampled_from([0.0, 1.0, 2.0, -1.0, np.nan, np.inf])
+    ),
+    st.integers(0, 60),
+)
+def test_largest_indices_equals_a_stable_sort(x: np.ndarray, k: int) -> None:
+    k = min(k, x.size)
+    order = sorted(range(x.size), key=lambda i: (not np.isnan(x[i]), -float(np.nan_to_num(x[i])), i))
+    assert largest_indices(x, k).tolist() == sorted(order[:k])
 
 
 def test_pinned_payload() -> None:
+    # |layer.weight| ties in pairs: top-3 of 11.5, 11.5, 10.5, 10.5 (/ 7) keeps the lower index of
+    # the tied 10.5s; |layer.bias| = 1, .5, 0, .5, 1 keeps index 0. Layout, indices and values are
+    # pinned (not the payload's digest): the same on every CPU, whatever SIMD kernel it selects.
     payload, out = roundtrip("topk(ratio=0.1)", pinned_input())
-    assert out["layer.weight"].reshape(-1)[:2].tolist() == [np.float32(-11.5 / 7), np.float32(-10.5 / 7)]
-    assert np.count_nonzero(out["layer.weight"]) == 3 and np.count_nonzero(out["layer.bias"]) == 1
+    assert layout(payload) == [
+        ("0.i", "uint16", (3,)),
+        ("0.v", "float32", (3,)),
+        ("0.s", "uint32", (2,)),
+        ("1.i", "uint16", (1,)),
+        ("1.v", "float32", (1,)),
+        ("1.s", "uint32", (1,)),
+    ]
     assert len(payload) == 1 + (7 + 6 + 7 + 12 + 7 + 8) + (7 + 2 + 7 + 4 + 7 + 4)
-    assert sha(payload) == "748d14a0165cb3edb2d3ad89fcf0061caf49b302b4dc28aac809cd2a773814d2"
+    wire = container_of("topk(ratio=0.1)", pinned_input())
+    assert wire["0.i"].tolist() == [0, 1, 23] and wire["1.i"].tolist() == [0]
+    assert wire["0.s"].tolist() == [4, 6] and wire["1.s"].tolist() == [5]
+    np.testing.assert_allclose(wire["0.v"], [-11.5 / 7, -10.5 / 7, 11.5 / 7], rtol=1e-6)
+    np.testing.assert_allclose(wire["1.v"], [-1.0], rtol=1e-6)
+    weight = np.zeros(24)
+    weight[[0, 1, 23]] = [-11.5 / 7, -10.5 / 7, 11.5 / 7]
+    np.testing.assert_allclose(out["layer.weight"].reshape(-1), weight, rtol=1e-6)
+    np.testing.assert_allclose(out["layer.bias"], [-1.0, 0, 0, 0, 0], rtol=1e-6)
 
 
 _TABLE = [TensorInfo("x", (10,), "float32")]
@@ -139,16 +195,34 @@ _TABLE = [TensorInfo("x", (10,), "float32")]
                 "0.s": np.array([5, 2], np.uint32),
             },
             None,
-        ),  # same size, other shape: reshaped
+        ),  # same size, other shape: the stage reshapes it (the pipeline refuses, see below)
     ],
 )
 def test_hostile_wire_arrays(arrays: dict[str, np.ndarray], match: str | None) -> None:
-    p = pipeline("topk(ratio=0.1)")
     if match is None:
-        assert p.decode(pack_arrays(arrays), _TABLE)["x"][3] == 1.0
+        assert decode_by_stages("topk(ratio=0.1)", pack_arrays(arrays), _TABLE)["x"][3] == 1.0
         return
-    with pytest.raises(MalformedUpdate, match=match):
-        p.decode(pack_arrays(arrays), _TABLE)
+    refused("topk(ratio=0.1)", pack_arrays(arrays), _TABLE, match)
+
+
+def test_pipeline_wants_exactly_the_layout_the_table_implies() -> None:
+    arrays = {
+        "0.i": np.array([3], np.uint16),
+        "0.v": np.ones(1, np.float32),
+        "0.s": np.array([10], np.uint32),
+    }
+    assert pipeline("topk(ratio=0.1)").decode(pack_arrays(arrays), _TABLE)["x"][3] == 1.0
+    arrays["0.s"] = np.array([5, 2], np.uint32)  # same tensor size, but not what an encoder of (10,) sends
+    with pytest.raises(
+        MalformedUpdate, match="container of 36 bytes; the codec and tensor table imply exactly 32"
+    ):
+        pipeline("topk(ratio=0.1)").decode(pack_arrays(arrays), _TABLE)
+    arrays["0.s"], arrays["0.i"] = (
+        np.array([10], np.uint32),
+        np.array([3], np.int16),
+    )  # same bytes, other dtype
+    with pytest.raises(MalformedUpdate, match=r"'0\.i' is int16\[1\], the codec implies uint16\[1\]"):
+        pipeline("topk(ratio=0.1)").decode(pack_arrays(arrays), _TABLE)
 
 
 def test_unsorted_indices_rejected() -> None:

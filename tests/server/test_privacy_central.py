@@ -184,6 +184,7 @@ def test_pinned_epsilon_per_round() -> None:
     assert dp.epsilon == eps[-1] and dp.rounds_done == 3
 
 
+@pytest.mark.slow
 def test_calibration_from_target_round_trip() -> None:
     dp = CentralDP.from_target(4.0, DELTA, 1.0, 10, 50, 20)
     for _ in range(19):

@@ -134,6 +134,7 @@ def test_accountant_counts_participations_per_client() -> None:
     assert acc.epsilon(1e-5, client="b") < worst and acc.epsilon(1e-5, client="zzz") == 0.0
 
 
+@pytest.mark.slow
 def test_calibration_and_edge_cases() -> None:
     d = calibrate_delta(2.0, c=1.0, m=8, q=0.5, coordinates=1, rounds=1, target_delta=1e-5)
     got = epsilon(RqmParams(1.0, d, 8, 0.5), coordinates=1, rounds=1, target_delta=1e-5)

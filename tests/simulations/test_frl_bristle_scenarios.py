@@ -13,6 +13,7 @@ def _cfg(name: str, *overrides: str) -> SimulationPlan:
     return SimulationPlan.from_scenario(load_scenario(name, list(overrides)))
 
 
+@pytest.mark.slow
 def test_frl_learns_and_sends_packed_rankings() -> None:
     res = run_engine("inprocess", _cfg("frl", "rounds=3"))
     assert res.rounds[-1].accuracy > 0.5 and all(r.rejected == 0 for r in res.rounds)
@@ -20,6 +21,7 @@ def test_frl_learns_and_sends_packed_rankings() -> None:
     assert res.rounds[0].bytes_up < dense.rounds[0].bytes_up / 2  # ceil(log2 n)-bit indices
 
 
+@pytest.mark.slow
 def test_frl_rank_reversal_runs_and_server_lr_is_checked() -> None:
     res = run_engine("inprocess", _cfg("frl", "rounds=2", "attack.kind=rank_reversal", "attack.fraction=0.2"))
     assert len(res.rounds) == 2
@@ -27,6 +29,7 @@ def test_frl_rank_reversal_runs_and_server_lr_is_checked() -> None:
         run_engine("inprocess", _cfg("frl", "rounds=1", "aggregation.server_lr=0.5"))
 
 
+@pytest.mark.slow
 def test_bristle_server_mode_runs() -> None:
     res = run_engine("inprocess", _cfg("bristle", "rounds=2"))
     assert res.rounds[-1].accuracy > 0.2

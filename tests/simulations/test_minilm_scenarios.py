@@ -21,6 +21,7 @@ def _cfg(name: str, *extra: str) -> SimulationPlan:
     return SimulationPlan.from_scenario(load_scenario(name, [*TINY, *extra]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "extra"), [("minilm-lora", ()), ("minilm-fedsb", ("lora.rank=16",)), ("minilm-sparse", ())]
 )
@@ -42,6 +43,7 @@ def test_minilm_scenarios_inprocess(name: str, extra: tuple[str, ...]) -> None:
     assert res.rounds[0].bytes_up * 5 < full.rounds[0].bytes_up
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["minilm-lora", "minilm-fedsb"])
 @pytest.mark.parametrize("mode", ["local", "dp_sgd"])
 def test_client_dp_modes_compose_with_adapters(name: str, mode: str) -> None:

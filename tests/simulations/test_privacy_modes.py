@@ -20,7 +20,9 @@ def _cfg(*overrides: str) -> SimulationPlan:
     return SimulationPlan.from_scenario(load_scenario("smoke", ["rounds=3", *overrides]))
 
 
-@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize(
+    "mode", [pytest.param(m, marks=pytest.mark.slow) if m in ("dp_sgd", "rqm") else m for m in sorted(MODES)]
+)
 def test_epsilon_reported_every_round_and_within_target(mode: str) -> None:
     res = run_engine("inprocess", _cfg(*MODES[mode], "privacy.target_epsilon=4"))
     eps = [r.epsilon for r in res.rounds]
