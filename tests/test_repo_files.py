@@ -81,3 +81,26 @@ def test_gitignore_covers_generated_files(path: str, ignored: bool) -> None:
         ["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT, capture_output=True, timeout=30
     )
     assert proc.returncode == (0 if ignored else 1), (path, proc.stderr)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_install_says_what_it_does(tmp_path: Path) -> None:
+    """`make install` ran ~3 minutes with pip --quiet and printed nothing."""
+    dry = subprocess.run(
+        ["make", "-n", "install", f"VENV={tmp_path / 'venv'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    steps = [line for line in dry if line.startswith('echo "==> [')]
+    assert [s[len('echo "==> [') :][:3] for s in steps] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+    big = [line for line in dry if "pip install" in line and ("torch==" in line or "-e " in line)]
+    assert len(big) == 2 and not any("--quiet" in line or " -q" in line for line in big)
+    assert any('-e ".[dev,docs]"' in line for line in big)  # the docs test runs under `make test`
+
+
+def test_make_docs_builds_strictly() -> None:
+    text = (ROOT / "Makefile").read_text()
+    assert "\ndocs: install\n\t$(VENV)/bin/mkdocs build --strict" in text
