@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=None,
-        help="output directory (default runs/<name>, or runs/<name>-<hash of the --set overrides>)",
+        help="output directory (default runs/<name>[-<engine>][-<hash of the --set overrides>])",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("scenarios", help="list the built-in scenarios")
@@ -91,7 +91,7 @@ def _simulate(args: argparse.Namespace) -> int:
     # Everything that can be wrong with the arguments is found here, before torch is imported.
     scenario = load_scenario(args.scenario, args.overrides)
     _check_registry_names(scenario)
-    out = args.out or default_out_dir(scenario.name, args.overrides)
+    out = args.out or default_out_dir(scenario.name, args.overrides, args.engine)
     check_out_dir(out)
     from stamen.server.config import ServerConfig
     from stamen.simulations.engines import run_engine
@@ -128,16 +128,21 @@ def _check_registry_names(scenario: Any) -> None:
         attack_type(scenario.attack.kind)
 
 
-def default_out_dir(name: str, overrides: Sequence[str], root: Path = Path("runs")) -> Path:
-    """``root/name`` without overrides, else ``root/name-XXXXXX``: the first 6 hex digits of the
-    SHA-256 of the overrides parsed into a sorted tree (so ``clients.lr=0.10`` and ``clients.lr=0.1``,
-    or the same ``--set`` items in another order, share a directory, and different ones do not)."""
+def default_out_dir(
+    name: str, overrides: Sequence[str], engine: str = "inprocess", root: Path = Path("runs")
+) -> Path:
+    """Where a run writes without ``--out``: ``root/name``, then ``-<engine>`` for any engine but
+    the default ``inprocess``, then, with overrides, ``-XXXXXX``: the first 6 hex digits of the
+    SHA-256 of the overrides parsed into a sorted tree (so ``clients.lr=0.10`` and
+    ``clients.lr=0.1``, or the same ``--set`` items in another order, share a directory, and
+    different ones do not). ``runs/demo`` is ``make demo``'s."""
+    stem = name if engine == "inprocess" else f"{name}-{engine}"
     if not overrides:
-        return root / name
+        return root / stem
     from stamen.simulations.scenario import apply_overrides
 
     canonical = json.dumps(apply_overrides({}, overrides), sort_keys=True, default=list)
-    return root / f"{name}-{hashlib.sha256(canonical.encode()).hexdigest()[:6]}"
+    return root / f"{stem}-{hashlib.sha256(canonical.encode()).hexdigest()[:6]}"
 
 
 def run_title(name: str, overrides: Sequence[str]) -> str:

@@ -143,6 +143,9 @@ def test_default_out_dir_is_per_override_set() -> None:
     # different overrides: different directories
     assert default_out_dir("demo", ["rounds=21", "codec.pipeline=topk,int8"]) != a
     assert default_out_dir("demo", ["rounds=5"]) == Path("runs/demo-a2d11b")  # sha256('{"rounds": 5}')[:6]
+    # the other engine never overwrites the in-process results
+    assert default_out_dir("demo", [], "flower") == Path("runs/demo-flower")
+    assert default_out_dir("demo", ["rounds=5"], "flower") == Path("runs/demo-flower-a2d11b")
 
 
 def test_runs_with_different_overrides_keep_their_results(
