@@ -29,6 +29,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,9 +179,12 @@ def run_blocks(blocks: Sequence[Block], workdir: Path, env: Mapping[str, str], t
             continue
         code = apply_quick(block)
         argv = ["bash", "-c", bash_script(code)] if block.lang == "bash" else [sys.executable, "-c", code]
+        start = time.perf_counter()
         proc = subprocess.run(
             argv, cwd=workdir, env=dict(env), capture_output=True, text=True, timeout=timeout_s, check=False
         )
+        took = time.perf_counter() - start
+        print(f"{block.page}:{block.line}: {block.lang} block, exit {proc.returncode}, {took:.1f} s")
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr)[-4000:]
             raise AssertionError(

@@ -153,10 +153,11 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
 # --- the pages' code -----------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(3600)  # a page runs several simulations; minutes on a loaded 2-core machine
 @pytest.mark.parametrize("page", _runnable_pages())
 def test_page_code_blocks_run_as_documented(page: str, tmp_path: Path) -> None:
     blocks = parse_blocks((DOCS / page).read_text(), page)
-    assert run_blocks(blocks, tmp_path, make_env(ROOT), timeout_s=1500) >= 1
+    assert run_blocks(blocks, tmp_path, make_env(ROOT), timeout_s=1800) >= 1
 
 
 def test_norun_blocks_say_why() -> None:
