@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (tomli ships with flwr)
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 API_TREE = ROOT / "build" / "docs-api"

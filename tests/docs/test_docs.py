@@ -14,7 +14,11 @@ from docs_runner import Block, apply_quick, bash_script, make_env, parse_blocks,
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
-SLOW_PAGES = {"edge.md": "trains and exports two CNNs, personalizes on the device"}
+SLOW_PAGES = {  # > 60 s on an idle 2-core machine
+    "edge.md": "trains and exports two CNNs, personalizes on the device and a MiniLM",
+    "quickstart.md": "four simulations, one of them `demo`",
+    "simulation.md": "seven simulations, one under Flower's engine (Ray)",
+}
 
 
 def _runnable_pages() -> list[object]:
