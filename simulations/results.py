@@ -1,13 +1,33 @@
-"""The files a simulation writes: the server's run record (``results.json``, ``results.csv``; see
-:mod:`stamen.server.records`) plus ``plot.png`` — accuracy per evaluated round and cumulative bytes
-per round, titled with the scenario name. Every file is written atomically."""
+"""Per-round records of a simulation run and the files that report them.
+
+``write_results`` produces, in one output directory:
+
+``results.json``
+    ``{"scenario": {...}, "rounds": [{round, accuracy, loss, bytes_up, bytes_down, epsilon,
+    rejected, wall_s}, ...], "final": {...}, "engine": ...}`` plus any ``extra`` top-level keys.
+    Strict JSON: missing values (NaN accuracy or loss of a round without evaluation, no epsilon)
+    are ``null``.
+``results.csv``
+    One row per round, header = the round keys; missing values are empty cells.
+``plot.png``
+    Accuracy per evaluated round, cumulative bytes up and bytes down per round (two lines), and,
+    when any round reports one, the cumulative privacy ε per round; titled with the scenario name
+    or the caller's ``title`` (the CLI adds the ``--set`` overrides).
+
+``check_out_dir`` finds, before a run starts, every reason ``write_results`` would fail to write
+(an existing file in the way, a directory that cannot be written), so no run's results are lost.
+
+Every file is written atomically (temporary file in the same directory, then ``os.replace``).
+"""
 
 from __future__ import annotations
 
 import io
+import tempfile
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,42 +42,148 @@ from stamen.server.records import (
     write_record,
 )
 
-__all__ = ["RESERVED_KEYS", "ROUND_KEYS", "load_results", "summarize", "write_results"]
+__all__ = [
+    "RESERVED_KEYS",
+    "ROUND_KEYS",
+    "check_out_dir",
+    "load_results",
+    "plot_figure",
+    "summarize",
+    "write_results",
+]
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def write_results(
-    out_dir: Path, scenario: Mapping[str, Any], rounds: Sequence[RoundRecord], **kw: Any
+    out_dir: Path,
+    scenario: Mapping[str, Any],
+    rounds: Sequence[RoundRecord],
+    extra: Mapping[str, Any] | None = None,
+    *,
+    engine: str | None = None,
+    title: str | None = None,
 ) -> dict[str, Path]:
-    """:func:`stamen.server.records.write_record` (``extra=`` more JSON keys) plus ``plot.png``;
-    returns ``{"json": ..., "csv": ..., "plot": ...}``."""
-    paths = write_record(out_dir, scenario, rounds, **kw)
-    paths["plot"] = Path(out_dir) / "plot.png"
-    atomic_write(paths["plot"], _plot_png(str(scenario.get("name", "")), _normalized(rounds)))
+    """Write ``results.json``, ``results.csv`` and ``plot.png`` into ``out_dir`` (created).
+
+    Parameters
+    ----------
+    out_dir : Path
+        Output directory; created with parents if missing. Existing files are replaced.
+    scenario : Mapping
+        The scenario tree (``Scenario.to_dict()``); its ``name`` titles the plot.
+    rounds : Sequence of RoundRecord
+        Records in round order.
+    extra : Mapping, optional
+        More top-level JSON keys; may not reuse ``RESERVED_KEYS``.
+    engine : str, optional
+        What ran the rounds, recorded as ``"engine"``: ``"inprocess"``, ``"flower"`` (``stamen
+        simulate --engine flower``), or what the ServerApp knows of itself (a ``flwr run``
+        simulation vs a deployment). Given both here and in ``extra`` is an error.
+    title : str, optional
+        Plot title; default the scenario's ``name``.
+
+    Returns
+    -------
+    dict of str to Path
+        ``{"json": ..., "csv": ..., "plot": ...}``.
+
+    Raises
+    ------
+    ValueError
+        If ``extra`` reuses a reserved key, or names the engine as well as ``engine``.
+    """
+    extra = dict(extra or {})
+    if engine is not None:
+        if "engine" in extra:
+            raise ValueError("the engine is given twice (engine= and extra['engine'])")
+        extra = {"engine": engine, **extra}
+    paths = write_record(out_dir, scenario, rounds, extra)
+    rounds = _normalized(rounds)
+    out_dir = Path(out_dir)
+    paths["plot"] = out_dir / "plot.png"
+    plot_title = title if title is not None else str(scenario.get("name", ""))
+    atomic_write(paths["plot"], _png(plot_figure(plot_title, rounds)))
     return paths
 
 
-def _plot_png(title: str, rounds: Sequence[RoundRecord]) -> bytes:
-    """Accuracy (evaluated rounds only) and cumulative bytes vs round; Agg canvas, no pyplot."""
+def check_out_dir(out_dir: Path) -> None:
+    """Raise a one-line ``ValueError`` now if :func:`write_results` could not write ``out_dir``.
+
+    ``out_dir`` must be a directory or not exist yet; its nearest existing ancestor must be a
+    directory in which a file can be created (checked by creating and removing one, so a read-only
+    file system or missing permission is found even for root). Nothing is left behind.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output directory {str(out_dir)!r} is an existing file")
+    probe = out_dir
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"output directory {str(out_dir)!r}: {str(probe)!r} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        msg = f"output directory {str(out_dir)!r}: cannot write in {str(probe)!r} ({reason})"
+        raise ValueError(msg) from None
+
+
+def plot_figure(title: str, rounds: Sequence[RoundRecord]) -> Figure:
+    """The run's figure (Agg canvas, no pyplot): test accuracy of the evaluated rounds; cumulative
+    MB up and down as two lines (log scale when they differ by more than 100x); and the cumulative
+    ε when any round reports one. Panels share the round axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     x = np.array([r.round for r in rounds], dtype=np.int64)
-    acc = np.array([r.accuracy for r in rounds], dtype=np.float64)
-    total = np.cumsum([r.bytes_up + r.bytes_down for r in rounds], dtype=np.float64)
-    seen = np.isfinite(acc)
-    fig = Figure(figsize=(6.4, 6.0), layout="constrained")
+    private = any(r.epsilon is not None for r in rounds)
+    fig = Figure(figsize=(6.4, 8.4 if private else 6.0), layout="constrained")
     FigureCanvasAgg(fig)
-    ax_acc, ax_bytes = fig.subplots(2, 1, sharex=True)
-    ax_acc.plot(x[seen], acc[seen], marker="o", markersize=3)
-    ax_acc.set_ylabel("test accuracy")
-    ax_acc.grid(alpha=0.3)
-    ax_bytes.plot(x, total / 1e6, color="tab:orange")
-    ax_bytes.set_ylabel("cumulative MB (up + down)")
-    ax_bytes.set_xlabel("round")
-    ax_bytes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_bytes.grid(alpha=0.3)
-    fig.suptitle(title or "stamen run")
+    axes = fig.subplots(3 if private else 2, 1, sharex=True, squeeze=False)[:, 0]
+    _accuracy_panel(axes[0], x, rounds)
+    _bytes_panel(axes[1], x, rounds)
+    if private:
+        _epsilon_panel(axes[2], x, rounds)
+    axes[-1].set_xlabel("round")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(textwrap.fill(title or "stamen run", width=70), fontsize="medium")
+    return fig
+
+
+def _accuracy_panel(ax: Any, x: np.ndarray, rounds: Sequence[RoundRecord]) -> None:
+    acc = np.array([r.accuracy for r in rounds], dtype=np.float64)
+    seen = np.isfinite(acc)
+    ax.plot(x[seen], acc[seen], marker="o", markersize=3)
+    ax.set_ylabel("test accuracy")
+
+
+def _bytes_panel(ax: Any, x: np.ndarray, rounds: Sequence[RoundRecord]) -> None:
+    up = np.cumsum([r.bytes_up for r in rounds], dtype=np.float64) / 1e6
+    down = np.cumsum([r.bytes_down for r in rounds], dtype=np.float64) / 1e6
+    ax.plot(x, up, color="tab:orange", label="up (clients → server)")
+    ax.plot(x, down, color="tab:blue", linestyle="--", label="down (server → clients)")
+    ends = [v[-1] for v in (up, down) if v.size and v[-1] > 0]
+    if len(ends) == 2 and max(ends) > 100 * min(ends):
+        ax.set_yscale("log")
+    ax.set_ylabel("cumulative MB")
+    ax.legend(loc="upper left", fontsize="small")
+
+
+def _epsilon_panel(ax: Any, x: np.ndarray, rounds: Sequence[RoundRecord]) -> None:
+    eps = np.array([np.nan if r.epsilon is None else r.epsilon for r in rounds], dtype=np.float64)
+    seen = np.isfinite(eps)
+    ax.plot(x[seen], eps[seen], color="tab:green", marker="o", markersize=3)
+    ax.set_ylabel("privacy ε (cumulative)")
+
+
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()

@@ -2,11 +2,17 @@
 
 stamen simulate SCENARIO [--engine inprocess|flower] [--set section.key=value ...] [--out DIR]
 stamen scenarios
+
+Imports are lazy: parsing the command line, loading and checking the scenario and checking ``--out``
+import neither torch nor flwr, so ``--help`` and every error in the arguments answer in well under a
+second; the engine (and torch) is imported only once the run is known to be valid.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 import time
@@ -32,7 +38,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a scenario key, e.g. --set clients.lr=0.1 (repeatable)",
     )
-    sim.add_argument("--out", type=Path, default=None, help="output directory (default runs/<name>)")
+    sim.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default runs/<name>[-<engine>][-<hash of the --set overrides>])",
+    )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("scenarios", help="list the built-in scenarios")
     _add_plugin_commands(sub)
@@ -41,10 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_plugin_commands(sub: Any) -> None:
     """Commands defined in their own modules (``stamen.cli_edge``: keys, delta, edge)."""
-    try:
-        from stamen import cli_edge
-    except ImportError:  # not built yet
-        return
+    from stamen import cli_edge  # a broken import must fail loudly, never drop the commands
+
     cli_edge.add_commands(sub)
 
 
@@ -76,27 +85,71 @@ def _scenarios() -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from stamen.simulations.results import check_out_dir
+    from stamen.simulations.scenario import load_scenario
+
+    # Everything that can be wrong with the arguments is found here, before torch is imported.
+    scenario = load_scenario(args.scenario, args.overrides)
+    _check_registry_names(scenario)
+    out = args.out or default_out_dir(scenario.name, args.overrides, args.engine)
+    check_out_dir(out)
     from stamen.simulations.engines import run_engine
     from stamen.simulations.plan import SimulationPlan
     from stamen.simulations.results import write_results
-    from stamen.simulations.scenario import load_scenario
 
-    scenario = load_scenario(args.scenario, args.overrides)
-    plan = SimulationPlan.from_scenario(scenario)
-    cfg = plan.cfg
-    out = args.out or Path("runs") / scenario.name
+    plan = SimulationPlan.from_scenario(scenario)  # refuses what cannot run, before round 1
     os.environ.setdefault("FLWR_HOME", str(Path.cwd() / ".flwr-home"))
     start = time.perf_counter()
-    with _Progress(cfg.rounds, cfg.per_round, enabled=not args.quiet) as prog:
+    with _Progress(plan.cfg.rounds, plan.cfg.per_round, enabled=not args.quiet) as prog:
         kwargs: dict[str, Any] = {"client_progress": prog.client} if args.engine == "inprocess" else {}
         result = run_engine(args.engine, plan, prog.round, **kwargs)
-    wall = time.perf_counter() - start
-    extra = {"engine": args.engine, **result.extra}
+    extra = {"overrides": list(args.overrides), "total_wall_s": time.perf_counter() - start, **result.extra}
     if result.stopped:
         extra["stopped"] = result.stopped
-    paths = write_results(out, scenario.to_dict(), result.rounds, extra=extra)
-    _print_summary(scenario.name, args.engine, result.rounds, wall, paths)
+    title = run_title(scenario.name, args.overrides)
+    paths = write_results(
+        out, scenario.to_dict(), result.rounds, engine=args.engine, extra=extra, title=title
+    )
+    _print_summary(f"{title} ({args.engine})", result.rounds, paths)
     return 0
+
+
+def _check_registry_names(scenario: Any) -> None:
+    """Look up the codec stages, aggregation rule and attack in their registries (numpy only), so
+    a misspelt name fails before the engine and torch are imported."""
+    from stamen.protocols import CodecSpec
+    from stamen.server.aggregators import build_aggregator
+    from stamen.simulations.attacks import attack_type
+
+    CodecSpec.from_pipeline(scenario.codec.pipeline, scenario.codec.params)
+    CodecSpec.parse(scenario.codec.downlink)
+    build_aggregator(
+        scenario.aggregation.rule, scenario.aggregation.pre, scenario.aggregation.params, seed=scenario.seed
+    )
+    if scenario.attack.kind != "none":
+        attack_type(scenario.attack.kind)
+
+
+def default_out_dir(
+    name: str, overrides: Sequence[str], engine: str = "inprocess", root: Path = Path("runs")
+) -> Path:
+    """Where a run writes without ``--out``: ``root/name``, then ``-<engine>`` for any engine but
+    the default ``inprocess``, then, with overrides, ``-XXXXXX``: the first 6 hex digits of the
+    SHA-256 of the overrides parsed into a sorted tree (so ``clients.lr=0.10`` and
+    ``clients.lr=0.1``, or the same ``--set`` items in another order, share a directory, and
+    different ones do not). ``runs/demo`` is ``make demo``'s."""
+    stem = name if engine == "inprocess" else f"{name}-{engine}"
+    if not overrides:
+        return root / stem
+    from stamen.task.settings import apply_overrides
+
+    canonical = json.dumps(apply_overrides({}, overrides), sort_keys=True, default=list)
+    return root / f"{stem}-{hashlib.sha256(canonical.encode()).hexdigest()[:6]}"
+
+
+def run_title(name: str, overrides: Sequence[str]) -> str:
+    """``name`` followed by the ``--set`` overrides, as the plot and the summary table show it."""
+    return " ".join([name, *overrides])
 
 
 class _Progress:
@@ -139,24 +192,23 @@ class _Progress:
         self._p.update(self._clients_task, completed=done, total=total)
 
 
-def _print_summary(
-    name: str, engine: str, rounds: Sequence[Any], wall: float, paths: dict[str, Path]
-) -> None:
+def _print_summary(title: str, rounds: Sequence[Any], paths: dict[str, Path]) -> None:
+    """The end-of-run table; every figure is the one results.json records under ``final``."""
     from rich.console import Console
     from rich.table import Table
 
-    from stamen.server.history import last_evaluated
+    from stamen.simulations.results import summarize
 
-    last = last_evaluated(rounds)
-    table = Table(title=f"stamen simulate {name} ({engine})")
+    final = summarize(rounds)["final"]
+    table = Table(title=f"stamen simulate {title}")
     for col in ("final accuracy", "bytes up", "bytes down", "rejected", "wall time"):
         table.add_column(col, justify="right")
     table.add_row(
-        "n/a" if last is None else f"{last.accuracy:.4f}",
-        _human(sum(r.bytes_up for r in rounds)),
-        _human(sum(r.bytes_down for r in rounds)),
+        "n/a" if final["accuracy"] is None else f"{final['accuracy']:.4f}",
+        _human(final["bytes_up_total"]),
+        _human(final["bytes_down_total"]),
         str(sum(r.rejected for r in rounds)),
-        f"{wall:.1f} s",
+        f"{final['wall_s']:.1f} s",
     )
     console = Console()
     console.print(table)

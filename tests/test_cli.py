@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,3 +59,151 @@ def test_unknown_attack_fails_loudly(capsys: pytest.CaptureFixture[str]) -> None
     argv = ["simulate", "smoke", "--quiet", "--set", "attack.kind=nope", "--set", "attack.fraction=0.2"]
     assert main(argv) == 2
     assert "nope" in capsys.readouterr().err
+
+
+# --- issue 14: a newcomer's first hour -------------------------------------------------------------
+
+_NO_HEAVY_IMPORTS = """
+import contextlib, io, sys
+from stamen.cli import main
+cases = {cases!r}
+for argv in cases:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:
+            rc = exc.code
+    print(rc, repr(err.getvalue().strip()))
+print("heavy:", sorted(m for m in ("torch", "flwr", "ray", "matplotlib") if m in sys.modules))
+"""
+
+
+def test_argument_errors_answer_without_importing_torch_or_flwr(tmp_path: Path) -> None:
+    """``--help``, ``scenarios`` and every error in a ``simulate`` command line are found before
+    the engine stack (torch 2 s, flwr + ray 1.5 s) is imported: they answer in well under a second."""
+    existing = tmp_path / "file.txt"
+    existing.write_text("x")
+    cases = [
+        ["--help"],
+        ["scenarios"],
+        ["simulate", "no-such-scenario"],
+        ["simulate", "smoke", "--set", "clients.lrr=1"],
+        ["simulate", "smoke", "--set", "clients.lr=fast"],
+        ["simulate", "smoke", "--set", "codec.pipeline=nope"],
+        ["simulate", "smoke", "--set", "aggregation.rule=nope"],
+        ["simulate", "smoke", "--set", "attack.kind=nope", "--set", "attack.fraction=0.2"],
+        ["simulate", "smoke", "--out", str(existing)],
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_HEAVY_IMPORTS.format(cases=cases)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == "heavy: []", proc.stdout
+    codes = [int(line.split(" ", 1)[0]) for line in lines[:-1]]
+    assert codes == [0, 0, 2, 2, 2, 2, 2, 2, 2], proc.stdout
+
+
+@pytest.mark.parametrize("kind", ["existing file", "below a file", "unwritable"])
+def test_bad_out_is_refused_before_round_1(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import stamen.simulations.engines as engines
+
+    def _must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the run started although --out is unusable")
+
+    monkeypatch.setattr(engines, "run_engine", _must_not_run)
+    existing = tmp_path / "results.txt"
+    existing.write_text("keep me")
+    out = {
+        "existing file": existing,
+        "below a file": existing / "run",
+        "unwritable": Path("/proc/stamen-cannot-write-here/run"),
+    }[kind]
+    assert main(["simulate", "smoke", "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stamen: error: output directory") and str(out) in err and "\n" not in err
+    assert existing.read_text() == "keep me"
+
+
+def test_default_out_dir_is_per_override_set() -> None:
+    from stamen.cli import default_out_dir
+
+    assert default_out_dir("demo", []) == Path("runs/demo")  # `make demo` and `stamen simulate demo`
+    a = default_out_dir("demo", ["rounds=20", "codec.pipeline=topk,int8"])
+    assert a.parent == Path("runs") and a.name.startswith("demo-") and len(a.name) == len("demo-") + 6
+    # same overrides, other order or spelling of the same values: same directory
+    assert default_out_dir("demo", ["codec.pipeline=topk, int8", "rounds=20"]) == a
+    assert default_out_dir("demo", ["clients.lr=0.10"]) == default_out_dir("demo", ["clients.lr=0.1"])
+    # different overrides: different directories
+    assert default_out_dir("demo", ["rounds=21", "codec.pipeline=topk,int8"]) != a
+    assert default_out_dir("demo", ["rounds=5"]) == Path("runs/demo-a2d11b")  # sha256('{"rounds": 5}')[:6]
+    # the other engine never overwrites the in-process results
+    assert default_out_dir("demo", [], "flower") == Path("runs/demo-flower")
+    assert default_out_dir("demo", ["rounds=5"], "flower") == Path("runs/demo-flower-a2d11b")
+
+
+def test_runs_with_different_overrides_keep_their_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stamen.simulations.results as results
+
+    titles: list[str] = []
+    real_plot = results.plot_figure
+
+    def _plot(title: str, rounds: Any) -> Any:
+        titles.append(title)
+        return real_plot(title, rounds)
+
+    monkeypatch.setattr(results, "plot_figure", _plot)
+    monkeypatch.chdir(tmp_path)
+    assert main(["simulate", "smoke", "--quiet", "--set", "rounds=1"]) == 0
+    assert main(["simulate", "smoke", "--quiet", "--set", "rounds=2", "--set", "clients.lr=0.1"]) == 0
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all(p.name.startswith("smoke-") for p in runs)
+    assert sorted(len(json.loads((p / "results.json").read_text())["rounds"]) for p in runs) == [1, 2]
+    assert titles == ["smoke rounds=1", "smoke rounds=2 clients.lr=0.1"]  # the plot says what ran
+    doc = json.loads((tmp_path / "runs" / runs[0].name / "results.json").read_text())
+    assert doc["engine"] == "inprocess" and doc["overrides"] in (["rounds=1"], ["rounds=2", "clients.lr=0.1"])
+
+
+def test_summary_wall_time_is_final_wall_s(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table printed the whole command's time (data loading, model building, engine start
+    included) while results.json's final.wall_s sums the rounds: now both say the same."""
+    from types import SimpleNamespace
+
+    import stamen.simulations.engines as engines
+    from stamen.server.history import RoundRecord
+
+    rounds = [RoundRecord(r, 0.5, 1.0, 10, 20, None, 0, 1.25) for r in (1, 2)]
+    monkeypatch.setattr(engines, "run_engine", lambda *a, **k: SimpleNamespace(rounds=rounds, extra={}))
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["simulate", "smoke", "--quiet", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["final"]["wall_s"] == 2.5
+    table = capsys.readouterr().out
+    assert "2.5 s" in table  # the fake engine took ~0 s: the old table printed "0.0 s"
+
+
+def test_edge_commands_never_vanish_silently(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken ``stamen.cli_edge`` import used to drop keys/delta/edge without a word."""
+    import stamen
+
+    monkeypatch.delattr(stamen, "cli_edge", raising=False)
+    monkeypatch.setitem(sys.modules, "stamen.cli_edge", None)  # makes the import fail
+    with pytest.raises(ImportError):
+        main(["--help"])
+
+
+def test_edge_commands_are_registered(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(cmd in out for cmd in ("simulate", "scenarios", "keys", "delta", "edge"))

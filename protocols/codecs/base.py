@@ -292,9 +292,11 @@ class CodecSpec:
     def parse(cls, text: str) -> CodecSpec:
         """Parse spec text (strict grammar, no whitespace, at most 1024 characters).
 
-        Grammar: ``stage ("+" stage)*``, ``stage = name ["(" key "=" value ("," key "=" value)*
-        ")"]``; names and keys match ``[a-z][a-z0-9_]*``; values are typed by the param's
-        default (``true``/``false``, integers, finite decimals, or ``[A-Za-z0-9_.+-]+``).
+        Grammar: ``stage (sep stage)*`` with ``sep`` ``"+"`` or ``","`` (``topk+int8`` and
+        ``topk,int8`` are the same spec, as ``--set codec.pipeline`` writes it), ``stage = name
+        ["(" key "=" value ("," key "=" value)* ")"]``; names and keys match ``[a-z][a-z0-9_]*``;
+        values are typed by the param's default (``true``/``false``, integers, finite decimals,
+        or ``[A-Za-z0-9_.+-]+``).
 
         Raises
         ------
@@ -314,8 +316,8 @@ class CodecSpec:
             pos = match.end()
             if pos == len(text):
                 break
-            if text[pos] != "+" or pos + 1 == len(text):
-                raise CodecError(f"codec spec {text!r}: expected '+' and a stage at position {pos}")
+            if text[pos] not in "+," or pos + 1 == len(text):
+                raise CodecError(f"codec spec {text!r}: expected '+' or ',' and a stage at position {pos}")
             pos += 1
         return cls._checked(stages)
 
@@ -328,7 +330,8 @@ class CodecSpec:
         Parameters
         ----------
         names : Sequence[str]
-            Stage names in encode order, e.g. ``["topk", "int8", "zstd"]``.
+            Stage names in encode order, e.g. ``["topk", "int8", "zstd"]``; an item may join
+            several with ``+`` (``["topk+int8"]``), as :meth:`parse` accepts.
         params : Mapping[str, Mapping[str, Scalar]] or None
             Params keyed by stage name, e.g. ``{"topk": {"ratio": 0.01}}``; applied to every
             occurrence of that stage. Missing params take the stage's defaults.
@@ -341,6 +344,8 @@ class CodecSpec:
         """
         if isinstance(names, str):
             raise CodecError("names must be a sequence of stage names, not a str")
+        # "topk+int8" as parse() reads it; a non-str name is left for lookup() to refuse
+        names = [part for name in names for part in (name.split("+") if isinstance(name, str) else [name])]
         params = params or {}
         if not isinstance(params, Mapping):
             raise CodecError(f"params must map stage names to param mappings, got {params!r}")

@@ -89,3 +89,6 @@ def run_flower(
 
 def _quiet_flower() -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    from stamen._quiet import quiet_flower_simulation  # drops only run_simulation's deprecation notice
+
+    quiet_flower_simulation()

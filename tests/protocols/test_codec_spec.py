@@ -121,6 +121,27 @@ def test_text_roundtrip_property(stages: list[tuple[str, dict]], level: int | No
     assert CodecPipeline(spec).spec == spec
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_stage, min_size=1, max_size=4), st.lists(st.sampled_from("+,"), min_size=3, max_size=3))
+def test_comma_and_plus_separate_stages_alike(stages: list[tuple[str, dict]], seps: list[str]) -> None:
+    """``--set codec.pipeline=topk,int8`` and ``delta create --codec topk+int8`` name one spec."""
+    texts = [StageSpec(n, tuple(sorted(p.items()))).to_string() for n, p in stages]
+    mixed = texts[0] + "".join(sep + t for sep, t in zip(seps, texts[1:], strict=False))
+    assert CodecSpec.parse(mixed) == CodecSpec.parse("+".join(texts))
+
+
+def test_comma_separated_specs_by_hand() -> None:
+    plus = CodecSpec.parse("topk(ratio=0.05)+int8+zstd")
+    assert CodecSpec.parse("topk(ratio=0.05),int8,zstd") == plus
+    assert CodecSpec.from_pipeline(["topk+int8", "zstd"], {"topk": {"ratio": 0.05}}) == plus
+    assert (
+        CodecSpec.parse("topk,int8").to_string() == "topk(ratio=0.01)+int8(stochastic=true)"
+    )  # canonical "+"
+    for bad, needle in [("topk,", "position 4"), (",topk", "position 0"), ("topk,,int8", "position 5")]:
+        with pytest.raises(CodecError, match=needle):
+            CodecSpec.parse(bad)
+
+
 def test_registry_rejects_duplicates_and_non_stages(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
     assert {"dense", "fp16", "topk", "int8", "zstd"} <= set(available())

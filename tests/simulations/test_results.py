@@ -146,3 +146,60 @@ def test_round_record_checks_and_normalizes() -> None:
         RoundRecord(1, 0.5, 0.5, 1, 0, None, 1.5, 0.0)
     with pytest.raises(ValueError, match="wall_s must be >= 0"):
         RoundRecord(1, 0.5, 0.5, 1, 0, None, 0, -1.0)
+
+
+def _lines(ax: Any) -> dict[str, list[float]]:
+    return {line.get_label(): [float(v) for v in line.get_ydata()] for line in ax.get_lines()}
+
+
+def test_plot_separates_bytes_up_and_down() -> None:
+    from stamen.simulations.results import plot_figure
+
+    fig = plot_figure("t", [*ROUNDS[:3], RoundRecord(4, NAN, NAN, 500, 4000, 1.2, 2, 1.0)])
+    ax_bytes = fig.axes[1]
+    # cumulative MB by hand: up 1000, 2000, 2500, 3000 B; down 4000 B per round
+    assert _lines(ax_bytes) == {
+        "up (clients → server)": [0.001, 0.002, 0.0025, 0.003],
+        "down (server → clients)": [0.004, 0.008, 0.012, 0.016],
+    }
+    assert ax_bytes.get_yscale() == "linear"  # within 100x of each other
+    lopsided = [RoundRecord(1, 0.5, 0.5, 10, 10_000, None, 0, 1.0)]  # LoRA: full model down, adapters up
+    assert plot_figure("t", lopsided).axes[1].get_yscale() == "log"
+
+
+def test_plot_has_an_epsilon_panel_only_for_private_runs() -> None:
+    from stamen.simulations.results import plot_figure
+
+    private = plot_figure("dp", ROUNDS)
+    assert len(private.axes) == 3
+    # rounds 2 and 3 report epsilon (0.7, 1.1); rounds 1 and 4 do not
+    line = private.axes[2].get_lines()[0]
+    assert list(line.get_xdata()) == [2, 3] and list(line.get_ydata()) == [0.7, 1.1]
+    assert "ε" in private.axes[2].get_ylabel()
+    public = [RoundRecord(r.round, r.accuracy, r.loss, r.bytes_up, 0, None, 0, 1.0) for r in ROUNDS]
+    assert len(plot_figure("plain", public).axes) == 2
+    assert private.get_suptitle() == "dp"
+
+
+def test_engine_is_recorded_once(tmp_path: Path) -> None:
+    write_results(tmp_path, {"name": "t"}, ROUNDS, engine="flower-simulation", extra={"note": 1})
+    doc = load_results(tmp_path)
+    assert doc["engine"] == "flower-simulation" and doc["note"] == 1
+    assert list(doc)[:4] == ["scenario", "rounds", "final", "engine"]
+    with pytest.raises(ValueError, match="engine is given twice"):
+        write_results(tmp_path, {"name": "t"}, ROUNDS, engine="inprocess", extra={"engine": "flower"})
+
+
+def test_check_out_dir(tmp_path: Path) -> None:
+    from stamen.simulations.results import check_out_dir
+
+    check_out_dir(tmp_path)  # an existing directory
+    check_out_dir(tmp_path / "a" / "b")  # created later by write_results
+    assert list(tmp_path.iterdir()) == []  # the write probe leaves nothing behind
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="is an existing file"):
+        check_out_dir(tmp_path / "f")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        check_out_dir(tmp_path / "f" / "run")
+    with pytest.raises(ValueError, match="cannot write in '/proc'"):
+        check_out_dir(Path("/proc/stamen-no/run"))
