@@ -182,22 +182,42 @@ class ClientTiming:
 
     def next_available(self, client: int, time: float) -> float:
         """The first time ``>= time`` at which ``client`` is available."""
-        self._check_client(client)
-        period, on_len = self.period[client], self.on_len[client]
-        if math.isinf(period):
-            return float(time)
-        r = (time - self.phase[client]) % period
-        return float(time) if r < on_len else float(time + (period - r))
+        start, _ = self._window(client, time)
+        return max(float(time), start)
 
     def window_end(self, client: int, time: float) -> float:
         """End of the window ``client`` is in at ``time`` (``inf`` for ``always``); it must be available."""
-        if not self.available(client, time):
+        start, end = self._window(client, time)
+        if start > time:
             raise ValueError(f"client {client} is not available at t={time}")
-        period = self.period[client]
+        return end
+
+    def _window(self, client: int, time: float) -> tuple[float, float]:
+        """``(start, end)`` of the window holding ``time``, else of the next one.
+
+        Window ``k`` is ``[phase + k * period, phase + k * period + on_len)``, always computed from
+        the integer ``k`` so that a boundary returned here tests exactly the same when fed back.
+        """
+        self._check_client(client)
+        period, on_len, phase = (
+            float(self.period[client]),
+            float(self.on_len[client]),
+            float(self.phase[client]),
+        )
         if math.isinf(period):
-            return math.inf
-        r = (time - self.phase[client]) % period
-        return float(time + (self.on_len[client] - r))
+            return -math.inf, math.inf
+
+        def start(k: int) -> float:
+            return phase + k * period
+
+        k = math.floor((time - phase) / period)
+        if time < start(k):  # the division rounded up
+            k -= 1
+        elif time >= start(k + 1):  # ... or down
+            k += 1
+        if time >= start(k) + on_len:
+            k += 1
+        return start(k), start(k) + on_len
 
     def trip(
         self,
