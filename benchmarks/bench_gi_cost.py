@@ -203,15 +203,16 @@ def main() -> None:
     out = RESULTS / ("gi_cost_quick.json" if args.quick else "gi_cost.json")
     RESULTS.mkdir(exist_ok=True)
     meta = {"commit": _git_commit(), "command": " ".join(["python", *sys.argv]), "cpus": os.cpu_count(),
-            "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "wall_s": time.time() - t0, "torch": torch.__version__}  # fmt: skip
+            "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "wall_s": time.time() - t0,
+            "torch": torch.__version__}  # fmt: skip
     out.write_text(json.dumps({**meta, "config": vars(args), "cases": cases, "rows": rows}, indent=2) + "\n")
     print(f"\nwrote {out}")
 
 
 def report(cases: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Print the markdown table; return its rows."""
-    print(f"\n| model | params | local update | GI conversion ({args.iterations} it, 64 samples) | GI / local | "
-          "peak extra RSS GI / local | paper config (256 samples, 40k it), extrapolated | "
+    print(f"\n| model | params | local update | GI conversion ({args.iterations} it, 64 samples) | "
+          "GI / local | peak extra RSS GI / local | paper config (256 samples, 40k it), extrapolated | "
           "e_gi / e_stale | shift / e_stale | residual / e_gi |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
@@ -220,8 +221,10 @@ def report(cases: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[d
         row = {
             "model": name, "params": gi["params"], "local_s": loc["seconds"], "gi_s": gi["seconds"],
             "ratio": gi["seconds"] / loc["seconds"], "gi_peak_mb": gi["peak_extra_mb"],
-            "local_peak_mb": loc["peak_extra_mb"], "paper_extrapolated_s": probe["seconds_per_iteration"] * 40_000,
-            "e_gi_over_e_stale": gi["e_gi"] / gi["e_stale"], "shift_over_e_stale": gi["shift_l1"] / gi["e_stale"],
+            "local_peak_mb": loc["peak_extra_mb"],
+            "paper_extrapolated_s": probe["seconds_per_iteration"] * 40_000,
+            "e_gi_over_e_stale": gi["e_gi"] / gi["e_stale"],
+            "shift_over_e_stale": gi["shift_l1"] / gi["e_stale"],
             "residual_over_e_gi": gi["residual_l1"] / gi["e_gi"],
         }  # fmt: skip
         rows.append(row)
