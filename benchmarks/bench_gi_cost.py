@@ -189,7 +189,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(run_case(args.worker[0], args.worker[1], args)))
         return
-    t0, load_start = time.time(), os.getloadavg()
+    t0, load_start, commit = time.time(), os.getloadavg(), _git_commit()  # the code as it was run
     passthrough = ["--iterations", str(args.iterations), "--repeats", str(args.repeats),
                    "--local-repeats", str(args.local_repeats), "--probe", str(args.probe)]  # fmt: skip
     cases: dict[str, dict[str, Any]] = {}
@@ -202,7 +202,7 @@ def main() -> None:
     rows = report(cases, args)
     out = RESULTS / ("gi_cost_quick.json" if args.quick else "gi_cost.json")
     RESULTS.mkdir(exist_ok=True)
-    meta = {"commit": _git_commit(), "command": " ".join(["python", *sys.argv]), "cpus": os.cpu_count(),
+    meta = {"commit": commit, "command": " ".join(["python", *sys.argv]), "cpus": os.cpu_count(),
             "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "wall_s": time.time() - t0,
             "torch": torch.__version__}  # fmt: skip
     out.write_text(json.dumps({**meta, "config": vars(args), "cases": cases, "rows": rows}, indent=2) + "\n")
