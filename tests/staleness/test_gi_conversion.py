@@ -13,6 +13,7 @@ from stamen.protocols import ValidationError
 from stamen.server.staleness import ModelVersions, compensation
 from stamen.server.staleness.gi_conversion import (
     GIConfig,
+    Reconstruction,
     UnrolledSGD,
     _match_masks,
     convert_stale_update,
@@ -87,6 +88,30 @@ def test_conversion_recovers_a_delta_close_to_the_unstale_one() -> None:
     # pinned (deterministic from the seeds on CPU)
     assert e_gi / e_stale == pytest.approx(0.3125, abs=0.02)
     assert conv.residual_l1 == pytest.approx(0.379, rel=0.05)
+
+
+def test_a_perfect_reconstruction_gives_the_unstale_delta_and_exact_estimates() -> None:
+    """With D_rec = the client's real data (warm start, a negligible step), the conversion returns
+    the oracle delta and the server-side estimates equal the oracle errors: the plug-in argument
+    of ``gi_switch`` holds exactly, and the versions are wired the right way round."""
+    model, stale, current, x, y = _setting(0)
+    d_stale, d_true = _run(model, stale, x, y), _run(model, current, x, y)
+    perfect = Reconstruction(x.clone(), 40.0 * y, 0.0, {}, ())  # softmax(40 * one-hot) = one-hot to 1e-17
+    cfg = GIConfig(num_samples=N, iterations=1, lr=1e-12, signed=False, lr_decay=False)
+    conv = convert_stale_update(
+        model,
+        ModelVersions(current, stale, 40),
+        d_stale,
+        PROC,
+        input_shape=(D,),
+        num_classes=C,
+        config=cfg,
+        init=perfect,
+    )
+    e_gi, e_stale = oracle_errors(d_true, conv.delta, d_stale)
+    assert e_gi < 1e-5 * e_stale
+    assert conv.residual_l1 < 1e-5 * e_stale
+    assert conv.shift_l1 == pytest.approx(e_stale, rel=1e-5)
 
 
 def test_conversion_is_deterministic_and_keeps_non_parameter_tensors() -> None:
