@@ -29,7 +29,9 @@ The staleness paper's setting (Wang & Gao, arXiv 2309.13536; ``fixed.py`` in
 pittisl/FL-with-intertwined-heterogeneity at 4ec51ab: clients holding ``problematic_class = 5``
 train from the model of ``delay = 40`` rounds ago) is ``delay_mode = "class"``: the clients whose
 data is mostly ``delayed_class`` (:func:`clients_holding_class`) are ``delay_rounds`` rounds stale
-(:meth:`ClientTiming.round_delay`).
+(:meth:`ClientTiming.round_delay`). In that code the delayed clients actually start from the model of
+``delay - 1`` rounds ago (``weights_history[0]`` after the shift at ``epoch >= delay``); here
+``delay_rounds`` is the staleness itself.
 """
 
 from __future__ import annotations

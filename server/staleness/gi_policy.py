@@ -8,6 +8,8 @@ the stale delta is aggregated as it is (the paper's "vanilla FL" after the switc
 
 from __future__ import annotations
 
+import copy
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -55,7 +57,8 @@ class GIConversionPolicy:
     last : Conversion or None
         The most recent conversion (for records).
     counts : dict
-        ``converted``, ``passed_through`` (after the switch) and ``fresh`` (``tau = 0``) updates.
+        ``converted``, ``passed_through`` (after the switch), ``fresh`` (``tau = 0``) and ``failed``
+        (the conversion produced non-finite values; the stale delta was aggregated instead) updates.
     """
 
     name: ClassVar[str]
@@ -71,11 +74,11 @@ class GIConversionPolicy:
         switch: SwitchBack | None = None,
         warm_start_clients: int = 0,
     ) -> None:
-        self.model = model if isinstance(model, nn.Module) else model()
-        if not isinstance(self.model, nn.Module):
-            raise ValueError(
-                f"gi: model must be an nn.Module or a factory of one, got {type(self.model).__name__}"
-            )
+        built = copy.deepcopy(model) if isinstance(model, nn.Module) else model()  # own copy: buffers get set
+        if not isinstance(built, nn.Module):
+            kind = type(built).__name__
+            raise ValueError(f"gi: model must be an nn.Module or a factory of one, got {kind}")
+        self.model = built
         self.input_shape, self.num_classes = tuple(int(d) for d in input_shape), int(num_classes)
         self.procedure = procedure if procedure is not None else UnrolledSGD()
         self.config = config if config is not None else GIConfig()
@@ -89,7 +92,7 @@ class GIConversionPolicy:
         self.warm_start_clients = warm_start_clients
         self._warm: OrderedDict[int, Reconstruction] = OrderedDict()
         self.last: Conversion | None = None
-        self.counts: dict[str, int] = {"converted": 0, "passed_through": 0, "fresh": 0}
+        self.counts: dict[str, int] = {"converted": 0, "passed_through": 0, "fresh": 0, "failed": 0}
 
     def __call__(
         self,
@@ -113,6 +116,9 @@ class GIConversionPolicy:
             input_shape=self.input_shape, num_classes=self.num_classes,
             config=self.config, init=self._warm_start(client),
         )  # fmt: skip
+        if not all(np.all(np.isfinite(v)) for v in conv.delta.values()) or not math.isfinite(conv.shift_l1):
+            self.counts["failed"] += 1  # a diverged inversion must not poison the model: keep the stale delta
+            return out
         self.switch.observe(versions.current_version, t, conv.residual_l1, conv.shift_l1)
         self._remember(client, conv.reconstruction)
         self.last = conv

@@ -149,9 +149,33 @@ def test_gi_policy_identity_at_tau_zero_then_converts_then_passes_through() -> N
     policy.switch.switch_at = 41  # as if the rule had fired
     passed = policy(d_stale, 40, ModelVersions(current, stale, 41))
     assert all(np.array_equal(passed[k], d_stale[k]) for k in d_stale)
-    assert policy.counts == {"converted": 2, "passed_through": 1, "fresh": 1}
+    assert policy.counts == {"converted": 2, "passed_through": 1, "fresh": 1, "failed": 0}
     with pytest.raises(ValueError, match="needs the current and the stale base model"):
         policy(d_stale, 3)
+
+
+class _DivergingRerun(UnrolledSGD):
+    """Differentiable during the inversion, NaN afterwards (a diverged conversion)."""
+
+    def __call__(self, model, params, x, targets, *, create_graph):  # type: ignore[no-untyped-def,unused-ignore]
+        out = super().__call__(model, params, x, targets, create_graph=create_graph)
+        return out if create_graph else {k: torch.full_like(v, float("nan")) for k, v in out.items()}
+
+
+def test_gi_policy_falls_back_to_the_stale_delta_when_the_conversion_diverges() -> None:
+    model, stale, current, x, y = _setting(0)
+    d_stale = _run(model, stale, x, y)
+    policy = GIConversionPolicy(
+        model,
+        (D,),
+        C,
+        procedure=_DivergingRerun(steps=3, lr=0.2),
+        config=GIConfig(num_samples=4, iterations=2),
+    )
+    out = policy(d_stale, 5, ModelVersions(current, stale, 5))
+    assert all(np.array_equal(out[k], d_stale[k]) for k in d_stale)
+    assert policy.counts["failed"] == 1 and policy.switch.switch_at is None
+    assert policy.model is not model  # the policy works on its own copy
 
 
 def test_inputs_are_validated() -> None:
