@@ -183,7 +183,9 @@ def test_summary_wall_time_is_final_wall_s(
     from stamen.server.history import RoundRecord
 
     rounds = [RoundRecord(r, 0.5, 1.0, 10, 20, None, 0, 1.25) for r in (1, 2)]
-    monkeypatch.setattr(engines, "run_engine", lambda *a, **k: SimpleNamespace(rounds=rounds, extra={}, stopped=None))
+    monkeypatch.setattr(
+        engines, "run_engine", lambda *a, **k: SimpleNamespace(rounds=rounds, extra={}, stopped=None)
+    )
     monkeypatch.setenv("COLUMNS", "200")
     assert main(["simulate", "smoke", "--quiet", "--out", str(tmp_path)]) == 0
     doc = json.loads((tmp_path / "results.json").read_text())
