@@ -19,8 +19,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from stamen.server.config import ServerConfig
 from stamen.server.driver.driver import EvalFn
+from stamen.server.driver.flower_async import GridAsyncTransport
 from stamen.server.driver.flower_transport import GridTransport
-from stamen.server.federation import assemble, central_evaluator
+from stamen.server.federation import assemble, assemble_async, central_evaluator
 from stamen.server.history import RoundRecord
 from stamen.server.records import write_record
 from stamen.task.datasource import load_data_source
@@ -49,8 +50,12 @@ def main(grid: Grid, context: Context) -> None:
     cfg = ServerConfig.from_run_config(run_config)
     transport = GridTransport(grid, cfg.num_clients, cfg.per_round, cfg.timeout_s)
     initial = get_weights(build_model(cfg.task))
-    driver = assemble(cfg, transport, initial, evaluator(cfg, run_config))
-    result = driver.run(initial, progress=_log_round)
+    evaluate = evaluator(cfg, run_config)
+    if cfg.settings.server.mode == "sync":
+        result = assemble(cfg, transport, initial, evaluate).run(initial, progress=_log_round)
+    else:  # FedAsync / FedBuff: push/pull, no round barrier
+        pushpull = GridAsyncTransport(transport, ttl_s=cfg.timeout_s)
+        result = assemble_async(cfg, pushpull, initial, evaluate).run(initial, progress=_log_round)
     out = str(run_config.get("out-dir", ""))
     if out:
         simulated = "InMemory" in type(grid).__name__  # Flower's simulation runtime, else a SuperLink

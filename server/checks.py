@@ -12,6 +12,7 @@ import numpy as np
 
 from stamen.server.aggregators import Rule, build_aggregator
 from stamen.server.rules import build_rule, rule_name
+from stamen.server.staleness import compensation, functions
 from stamen.task.settings import Settings
 
 DP_SGD_TRAINERS = ("full", "dp_sgd", "lora", "fedsb")  # DP-SGD trains what is left trainable
@@ -34,8 +35,10 @@ def check_settings(s: Settings) -> None:
         )
     if rule.traits.relay_only:
         check_peer_mode(s)
-    else:
+    elif s.server.mode == "sync":
         check_cohort(s, s.clients.per_round)
+    else:
+        check_async(s)
 
 
 def _check_privacy(s: Settings) -> None:
@@ -86,6 +89,39 @@ def check_peer_mode(s: Settings) -> None:
         problems.append(f"model.name={s.model.name!r} (needs one of {PEER_MODELS})")
     if problems:
         raise ValueError("aggregation.mode='peer' does not support " + ", ".join(problems))
+
+
+MIXING_RULES = ("fedavg", "mean")  # FedAsync mixes every arrival: no rule runs
+GI_MODELS = ("mlp", "logreg", "cnn")  # the conversion inverts float inputs
+
+
+def check_async(s: Settings) -> None:
+    """Refuse asynchronous settings that cannot run, naming them."""
+    srv = s.server
+    functions.create(srv.staleness, **dict(srv.params))  # unknown function or parameter: one line
+    if srv.compensation not in compensation.available():
+        raise ValueError(f"server.compensation={srv.compensation!r}; available: {compensation.available()}")
+    if (srv.compensation == "gi" or srv.stale_policy == "convert") and s.model.name not in GI_MODELS:
+        raise ValueError(
+            f"the gradient-inversion conversion needs model.name in {list(GI_MODELS)}, got {s.model.name!r}"
+        )
+    if srv.concurrency > s.data.num_clients:
+        raise ValueError(
+            f"server.concurrency={srv.concurrency} exceeds data.num_clients={s.data.num_clients}"
+        )
+    if srv.mode == "fedasync":
+        if s.aggregation.rule not in MIXING_RULES or s.aggregation.pre:
+            raise ValueError(
+                "server.mode='fedasync' mixes each update into the model: it needs aggregation.rule "
+                f"in {list(MIXING_RULES)} without aggregation.pre"
+            )
+        if s.privacy.mode == "central":
+            raise ValueError(
+                "server.mode='fedasync' releases every single update: use fedbuff for central DP "
+                "(one release per buffer)"
+            )
+        return
+    check_cohort(s, srv.buffer_size)
 
 
 def check_cohort(s: Settings, n: int) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from stamen.protocols import CodecSpec, Signer, model_hash
 from stamen.protocols.delta import create_delta_with_result
-from stamen.server.driver.types import TrainTask
+from stamen.server.driver.types import TrainTask, client_index
 from stamen.task.seeds import client_seed
 
 Weights = dict[str, np.ndarray]
@@ -80,14 +80,6 @@ class DeviceDownlink:
             del self._weights[digest]
 
 
-def client_index(client: str) -> int:
-    """The number in a client key (``"client-3"`` -> 3, ``"node-77"`` -> 77): the per-client seed stream."""
-    tail = client.rpartition("-")[2]
-    if not tail.isdigit():
-        raise ValueError(f"client key {client!r} does not end in a number")
-    return int(tail)
-
-
 class EdgeDownlink:
     """The driver's downlink to edge devices: each gets a signed delta from what it holds.
 
@@ -101,11 +93,16 @@ class EdgeDownlink:
 
     def __init__(self, tracker: DeviceDownlink, seed: int) -> None:
         self.tracker, self.seed = tracker, seed
+        self._last: dict[str, int] = {}  # the delta version each device holds (it must grow)
 
     def payload(self, client: str, rnd: int, weights: Weights) -> tuple[Weights | None, bytes | None, str]:
-        """``(None, signed delta, hash the device holds after applying it)``."""
+        """``(None, signed delta, hash the device holds after applying it)``. The delta's version is
+        the round, or one past the device's last when an asynchronous run dispatches it again
+        within one model version."""
+        version = max(rnd, self._last.get(client, 0) + 1)
+        self._last[client] = version
         seed = client_seed(self.seed, rnd, client_index(client))
-        data, expected = self.tracker.make_update(client, weights, rnd, seed=seed)
+        data, expected = self.tracker.make_update(client, weights, version, seed=seed)
         return None, data, expected
 
     def nbytes(self, tasks: Sequence[TrainTask]) -> int:

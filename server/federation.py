@@ -16,6 +16,7 @@ from stamen.server.aggregators import ComposedAggregator, Rule
 from stamen.server.aggregators.bristle import BristleRule
 from stamen.server.bristle.relay import PeerMode, PeerRelay, peer_config
 from stamen.server.config import ServerConfig
+from stamen.server.driver.async_driver import AsyncDriver, AsyncSettings, AsyncTransport
 from stamen.server.driver.collect import CollectPolicy
 from stamen.server.driver.downlink import FullDownlink
 from stamen.server.driver.driver import (
@@ -30,9 +31,16 @@ from stamen.server.driver.driver import (
 from stamen.server.driver.types import Transport, Weights
 from stamen.server.rqm import rqm_accountant
 from stamen.server.rules import build_rule
+from stamen.server.staleness import compensation
+from stamen.server.staleness.compensation import CompensationPolicy
+from stamen.server.staleness.gi_conversion import GIConfig
+from stamen.server.staleness.handling import StaleHandling
+from stamen.server.staleness.history import ModelHistory
 from stamen.task.data import TaskData
 from stamen.task.models import model_structure
 from stamen.task.weights import evaluate_model, set_weights
+
+HISTORY_BYTES = 256 * 2**20  # past versions an unbounded-staleness async run keeps (bytes of weights)
 
 
 @dataclass
@@ -53,6 +61,9 @@ class RunExtras:
         Signed deltas to edge devices instead of full weights.
     verifier : Verifier or None
         Trusted client keys: every update must be signed by one.
+    max_delay : int
+        The most rounds a simulated client is delayed (its update that many versions stale); the
+        server then keeps that many past versions and applies the staleness rules.
     """
 
     hooks: RoundHooks | None = None
@@ -61,6 +72,7 @@ class RunExtras:
     validation: tuple[np.ndarray, np.ndarray] | None = None
     downlink: Downlink | None = None
     verifier: Verifier | None = None
+    max_delay: int = 0
 
 
 def central_evaluator(cfg: ServerConfig, test: TaskData) -> EvalFn:
@@ -114,10 +126,9 @@ def assemble(
     """The run's :class:`~stamen.server.driver.RoundDriver` (rule built once: some keep state)."""
     extras = extras or RunExtras()
     rule = build_rule(cfg.settings)
-    accountant: Callable[..., float] | None = None
-    if cfg.privacy.mode == "rqm":
-        accountant = rqm_accountant(cfg.codec, cfg.task, cfg.privacy.delta)
     settings = DriverSettings(cfg.rounds, cfg.per_round, cfg.seed, cfg.timeout_s, cfg.settings.eval.every)
+    stale = stale_handling(cfg) if extras.max_delay else None
+    history = ModelHistory(max_versions=extras.max_delay + 1) if extras.max_delay else None
     return RoundDriver(
         settings,
         transport,
@@ -128,5 +139,62 @@ def assemble(
         rule,
         evaluate,
         extras.hooks,
-        accountant,
+        _accountant(cfg),
+        stale,
+        history,
     )
+
+
+def _accountant(cfg: ServerConfig) -> Callable[..., float] | None:
+    if cfg.privacy.mode != "rqm":
+        return None
+    return rqm_accountant(cfg.codec, cfg.task, cfg.privacy.delta)
+
+
+def gi_policy(cfg: ServerConfig) -> CompensationPolicy:
+    """The gradient-inversion conversion for the run's task (``[server] gi_*`` settings)."""
+    s, task = cfg.settings.server, cfg.task
+    config = GIConfig(num_samples=s.gi_samples, iterations=s.gi_iterations, lr=s.gi_lr, seed=cfg.seed)
+    return compensation.create(
+        "gi",
+        model=lambda: model_structure(task),
+        input_shape=(task.input_dim,),
+        num_classes=task.num_classes,
+        config=config,
+    )
+
+
+def stale_handling(cfg: ServerConfig) -> StaleHandling:
+    """The run's staleness rules (``[server]``)."""
+    return StaleHandling.from_settings(cfg.settings.server, lambda: gi_policy(cfg))
+
+
+def assemble_async(
+    cfg: ServerConfig,
+    transport: AsyncTransport,
+    initial: Weights,
+    evaluate: EvalFn | None = None,
+    extras: RunExtras | None = None,
+) -> AsyncDriver:
+    """The run's :class:`~stamen.server.driver.async_driver.AsyncDriver` (``server.mode`` async)."""
+    extras, srv = extras or RunExtras(), cfg.settings.server
+    rule = build_rule(cfg.settings)
+    stale = stale_handling(cfg)
+    keep = srv.max_staleness + 1 if srv.max_staleness else None
+    history = ModelHistory(max_versions=keep, max_bytes=None if keep else HISTORY_BYTES)
+    settings = AsyncSettings(
+        mode=srv.mode,
+        versions=cfg.rounds,
+        concurrency=srv.concurrency or cfg.per_round,
+        buffer_size=srv.buffer_size,
+        alpha=srv.alpha,
+        server_lr=cfg.settings.aggregation.server_lr,
+        momentum=srv.server_momentum,
+        seed=cfg.seed,
+        timeout_s=cfg.timeout_s,
+        eval_every=cfg.settings.eval.every,
+    )
+    downlink = extras.downlink or FullDownlink()
+    policy = collect_policy(cfg, rule, extras)
+    parts = (downlink, policy, rule, stale, history, evaluate, _accountant(cfg))
+    return AsyncDriver(settings, transport, cfg.instructions, *parts)

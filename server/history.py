@@ -27,6 +27,12 @@ class RoundRecord:
         Client updates the server rejected this round, ``>= 0``.
     wall_s : float
         Wall-clock seconds this round took, ``>= 0``.
+    sim_time_s : float
+        Simulated seconds since the start of the run when the round closed (a simulation with a
+        client timing model); NaN otherwise.
+    staleness_max, staleness_mean : int, float
+        Largest and mean staleness ``tau`` (versions) of the updates the round used; 0 and NaN when
+        every update was fresh or none was used.
     """
 
     round: int
@@ -37,15 +43,18 @@ class RoundRecord:
     epsilon: float | None
     rejected: int
     wall_s: float
+    sim_time_s: float = math.nan
+    staleness_max: int = 0
+    staleness_mean: float = math.nan
 
     def __post_init__(self) -> None:
         # Normalize numpy scalars so JSON/CSV get plain Python numbers.
-        for name in ("round", "bytes_up", "bytes_down", "rejected"):
+        for name in ("round", "bytes_up", "bytes_down", "rejected", "staleness_max"):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < 0:
                 raise ValueError(f"RoundRecord.{name} must be an integer >= 0, got {value!r}")
             object.__setattr__(self, name, int(value))
-        for name in ("accuracy", "loss", "wall_s"):
+        for name in ("accuracy", "loss", "wall_s", "sim_time_s", "staleness_mean"):
             value = getattr(self, name)
             object.__setattr__(self, name, math.nan if value is None else float(value))
         if self.epsilon is not None:

@@ -27,7 +27,8 @@ def make_central_dp(s: Settings) -> CentralDP:
     p = s.privacy
     common = dict(
         clipping_norm=p.clipping_norm,
-        clients_per_round=s.clients.per_round,
+        # one release per round, or per FedBuff buffer of buffer_size updates
+        clients_per_round=s.server.buffer_size if s.server.mode == "fedbuff" else s.clients.per_round,
         num_clients=s.data.num_clients,
         rounds=s.rounds,
         seed=s.seed,

@@ -5,7 +5,7 @@ validation slice, simulated edge devices — which the engines inject around the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from stamen.server.bristle.relay import EVALUATION
@@ -19,9 +19,11 @@ from stamen.simulations.adversary import PoolTrainer, build_adversary
 from stamen.simulations.attacks import attack_type, malicious_clients
 from stamen.simulations.bristle_data import validation_slice
 from stamen.simulations.devices import SimulatedDevices
+from stamen.simulations.hooks import SimulationHooks, client_timing
 from stamen.simulations.nodes import SimulatedNodes
 from stamen.simulations.provider import DataSpec, initial_model, partition_sizes, test_data
 from stamen.simulations.scenario import Scenario
+from stamen.simulations.timing import ClientTiming
 from stamen.task.weights import Weights, get_weights
 
 
@@ -35,6 +37,7 @@ class SimulationPlan:
     malicious: tuple[int, ...]
     initial: Weights
     peer: bool
+    _timing: ClientTiming | None = field(default=None, repr=False)
 
     @classmethod
     def from_scenario(cls, s: Scenario, timeout_s: float = 600.0) -> SimulationPlan:
@@ -69,13 +72,23 @@ class SimulationPlan:
         pool = PoolTrainer(cfg.task, self.data, cfg.seed, cfg.train_for_round)
         sizes = partition_sizes(self.data)
         validation = validation_slice(cfg.seed) if s.aggregation.rule == "bristle" and not self.peer else None
+        timing = self.timing()
+        hooks = SimulationHooks(build_adversary(s, self.malicious, pool), timing)
+        delayed = s.timing.delay_mode == "class" and bool(timing.delayed_clients)
         return RunExtras(
-            hooks=build_adversary(s, self.malicious, pool),
+            hooks=hooks,
             declared={f"client-{pid}": n for pid, n in enumerate(sizes)},
             malicious=self.malicious,
             validation=validation,
             downlink=devices.downlink if devices is not None else None,
+            max_delay=s.timing.delay_rounds if delayed else 0,
         )
+
+    def timing(self) -> ClientTiming:
+        """The virtual clients' timing model (``[timing]``), built once."""
+        if self._timing is None:
+            self._timing = client_timing(self.scenario.timing, self.data)
+        return self._timing
 
     def driver(self, transport: Transport, devices: SimulatedDevices | None) -> RoundDriver:
         """The round driver of this simulation over ``transport``."""

@@ -216,6 +216,48 @@ class EvalConfig(_Config):
     fraction_clients: float = _f(0.0, ge=0.0, le=1.0)
 
 
+SERVER_MODES: tuple[str, ...] = ("sync", "fedasync", "fedbuff")
+STALE_POLICIES: tuple[str, ...] = ("drop", "downweight", "convert")
+
+
+@dataclass(frozen=True)
+class ServerModeConfig(_Config):
+    """``[server]``: synchronous rounds, or asynchronous federation (no round barrier).
+
+    ``fedasync`` (Xie et al., arXiv 1903.03934) mixes every arrival into the model:
+    ``w <- (1 - a_t) w + a_t w_client``, ``a_t = alpha * s(tau)``. ``fedbuff`` (Nguyen et al., AISTATS
+    2022) buffers ``buffer_size`` updates weighted by ``s(tau)`` (FedBuff's default ``1/sqrt(1 +
+    tau)``) and steps with the aggregation rule, ``aggregation.server_lr`` and ``server_momentum``.
+    ``tau`` = current version - the version the update was computed against. ``staleness`` names the
+    weight function (``constant``, ``polynomial``, ``hinge``, ``fedbuff``, ``exponential``); every
+    other key of the section is one of its parameters (``server.a = 0.5``). ``compensation`` picks
+    how a stale update is corrected before it is used (``direct``, ``weighted``, ``dcasgd`` with
+    ``dc_lambda``, ``gi`` with ``gi_samples`` / ``gi_iterations`` / ``gi_lr``; see
+    :mod:`stamen.server.staleness`).
+    Past ``max_staleness`` (0: no limit) an update is dropped, down-weighted (``s(tau)`` only), or
+    converted (the compensation policy is applied even when ``compensation = "direct"``).
+    ``concurrency`` clients train at once (0: ``clients.per_round``); an async run produces
+    ``rounds`` model versions.
+    """
+
+    SECTION: ClassVar[str] = "server"
+    EXTRAS: ClassVar[str | None] = "params"
+    mode: str = _f("sync", choices=SERVER_MODES)
+    concurrency: int = _f(0, ge=0)
+    buffer_size: int = _f(10, ge=1)
+    alpha: float = _f(0.6, gt=0.0, le=1.0)
+    staleness: str = _f("fedbuff", nonempty=True)
+    compensation: str = _f("direct", nonempty=True)
+    dc_lambda: float = _f(4.0, ge=0.0)
+    gi_samples: int = _f(64, ge=1)
+    gi_iterations: int = _f(2000, ge=1)
+    gi_lr: float = _f(0.1, gt=0.0)
+    max_staleness: int = _f(0, ge=0)
+    stale_policy: str = _f("drop", choices=STALE_POLICIES)
+    server_momentum: float = _f(0.0, ge=0.0, lt=1.0)
+    params: Mapping[str, Scalar] = _f(factory=dict)
+
+
 @dataclass(frozen=True)
 class Settings(_Config):
     """A whole run: top-level settings plus one config per section.
@@ -236,6 +278,7 @@ class Settings(_Config):
     eval: EvalConfig = field(default_factory=EvalConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     sparse: SparseConfig = field(default_factory=SparseConfig)
+    server: ServerModeConfig = field(default_factory=ServerModeConfig)
 
     def _check(self) -> None:
         needs = {"lora": "lora", "fedsb": "fedsb"}.get(self.clients.trainer)
@@ -304,7 +347,10 @@ def apply_overrides(
     return out
 
 
-SIMULATION_ONLY = ("attack",)  # sections a deployed server refuses (the simulation's Scenario has them)
+SIMULATION_ONLY = (
+    "attack",
+    "timing",
+)  # sections a deployed server refuses (the simulation's Scenario has them)
 
 
 def load_settings(name_or_path: str, overrides: Sequence[str] = (), root: type[_Config] = Settings) -> Any:

@@ -25,15 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from stamen.protocols import (
-    StamenError,
-    TensorInfo,
-    ValidationError,
-    Verifier,
-    decode_update,
-    keys,
-    tensor_table,
-)
+from stamen.protocols import StamenError, TensorInfo, Verifier, tensor_table
+from stamen.server.driver.reply import Accepted, accept_reply
 from stamen.server.driver.types import Reply, TrainTask, Weights
 
 log = logging.getLogger("stamen.server")
@@ -107,6 +100,7 @@ class CollectedUpdates:
     senders: list[str]
     extras: dict[str, dict[str, Any]]
     stats: RoundStats
+    taus: list[int] = field(default_factory=list)  # staleness of each row (filled for stale rounds)
 
     def base_flat(self) -> np.ndarray:
         """The base weights as one ``(d,)`` float32 vector in table order."""
@@ -138,44 +132,6 @@ def unflatten(flat: np.ndarray, table: tuple[TensorInfo, ...]) -> dict[str, np.n
         out[info.name] = flat[offset : offset + info.size].reshape(info.shape).astype(np.float32)
         offset += info.size
     return out
-
-
-def validate_delta(delta: Mapping[str, np.ndarray], table: tuple[TensorInfo, ...], max_norm: float) -> float:
-    """Check ``delta`` against ``table`` (names, shapes, float32, finite, ``max_norm`` if > 0); return
-    its L2 norm. Raises :class:`ValidationError`."""
-    names = [t.name for t in table]
-    if list(delta) != names and set(delta) != set(names):
-        raise ValidationError(f"tensor names differ from the model: got {sorted(delta)[:5]}...")
-    sq = 0.0
-    for info in table:
-        arr = delta[info.name]
-        if tuple(arr.shape) != info.shape:
-            raise ValidationError(f"{info.name}: shape {arr.shape} != {info.shape}")
-        if arr.dtype != np.float32:
-            raise ValidationError(f"{info.name}: dtype {arr.dtype} != float32")
-        if not np.all(np.isfinite(arr)):
-            raise ValidationError(f"{info.name}: non-finite values")
-        flat = arr.ravel()
-        with np.errstate(over="ignore"):  # an overflowing norm is refused below
-            sq += float(np.dot(flat, flat))
-    norm = math.sqrt(sq)
-    if not math.isfinite(norm):
-        raise ValidationError("update L2 norm overflows float32")
-    if max_norm > 0 and norm > max_norm:
-        raise ValidationError(f"update L2 norm {norm:.4g} exceeds bound {max_norm}")
-    return norm
-
-
-def reported_number(metrics: Mapping[str, Any], key: str) -> float | None:
-    """A reported scalar as float; None when absent; ``ValidationError`` when not a finite number."""
-    if key not in metrics:
-        return None
-    value = metrics[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValidationError(f"reported {key!r} is not a number: {value!r}")
-    if not math.isfinite(float(value)):
-        raise ValidationError(f"reported {key!r} is not finite: {value!r}")
-    return float(value)
 
 
 class UpdateCollector:
@@ -231,52 +187,19 @@ class UpdateCollector:
         return True
 
     def _accept(self, client: str, reply: Reply) -> tuple[float, float]:
-        for key in self.policy.require:
-            if key not in reply.metrics:
-                raise ValidationError(f"reply lacks {key!r}")
-        examples = reported_number(reply.metrics, keys.NUM_EXAMPLES)
-        if examples is None or examples <= 0:
-            raise ValidationError(f"reply needs a numeric {keys.NUM_EXAMPLES!r} > 0, got {examples}")
-        eps = reported_number(reply.metrics, keys.EPSILON)
-        if eps is not None and eps < 0:
-            raise ValidationError(f"reported epsilon must be >= 0, got {eps}")
-        loss = reported_number(reply.metrics, keys.TRAIN_LOSS)
-        delta = self._delta(client, reply)
-        norm = validate_delta(delta, self.table, self.policy.max_norm)
-        flatten(delta, self.table, self._stack[len(self._rows)])
-        if eps is not None:
-            cur = self.stats.client_epsilon
-            self.stats.client_epsilon = eps if cur is None else max(cur, eps)
-        if loss is not None:
-            self.stats.train_loss.append(loss)
-        self._extras[client] = {k: v for k, v in reply.metrics.items() if isinstance(v, list)}
-        return examples, norm
+        got = accept_reply(reply, self.tasks[client], self.base, self.table, self.policy)
+        flatten(got.delta, self.table, self._stack[len(self._rows)])
+        self.note(got)
+        self._extras[client] = got.extras
+        return got.examples, got.norm
 
-    def _delta(self, client: str, reply: Reply) -> Mapping[str, np.ndarray]:
-        task = self.tasks[client]
-        if reply.envelope is not None:
-            envelope, delta = decode_update(
-                reply.envelope,
-                verifier=self.policy.verifier,
-                expected_base=task.expected_base,
-                expected_tensors=self.table,
-            )
-            if envelope.sender != client:
-                raise ValidationError(f"envelope names sender {envelope.sender!r}, it came from {client!r}")
-            if envelope.version != task.instructions.version:
-                raise ValidationError(
-                    f"envelope names model version {envelope.version}, "
-                    f"the server sent {task.instructions.version}"
-                )
-            return delta
-        if reply.weights is None:
-            raise ValidationError(f"reply has neither {keys.UPDATE!r} nor {keys.ARRAYS!r}")
-        if self.policy.verifier is not None or not self.policy.allow_plain:
-            raise ValidationError("plain (unsigned, unencoded) replies are not accepted by this server")
-        try:
-            return {k: np.asarray(reply.weights[k], dtype=np.float32) - self.base[k] for k in self.base}
-        except (KeyError, ValueError) as exc:
-            raise ValidationError(f"plain reply does not match the model: {exc}") from exc
+    def note(self, got: Accepted) -> None:
+        """Count an accepted reply's reported ε and training loss."""
+        if got.epsilon is not None:
+            cur = self.stats.client_epsilon
+            self.stats.client_epsilon = got.epsilon if cur is None else max(cur, got.epsilon)
+        if got.loss is not None:
+            self.stats.train_loss.append(got.loss)
 
     def reject(self, client: str, reason: str) -> bool:
         """Count and log a rejected update; the round goes on."""
@@ -302,23 +225,39 @@ class UpdateCollector:
         return CollectedUpdates(self.base, self.table, self._stack[:n], weights, clients, extras, self.stats)
 
     def _drop_outliers(self) -> None:
-        ratio = self.policy.norm_ratio
-        if self.policy.max_norm > 0 or ratio <= 0 or len(self._rows) < 3:
-            return
-        median = float(np.median([norm for _, _, norm in self._rows.values()]))
-        for client, (_, _, norm) in list(self._rows.items()):
-            if median > 0 and norm > ratio * median:
-                del self._rows[client]
-                self.stats.accepted -= 1
-                self.reject(
-                    client, f"update L2 norm {norm:.4g} exceeds {ratio:g} x the round's median {median:.4g}"
-                )
+        clients = list(self._rows)
+        norms = [self._rows[c][2] for c in clients]
+        for client, reason in norm_outliers(clients, norms, self.policy).items():
+            del self._rows[client]
+            self.stats.accepted -= 1
+            self.reject(client, reason)
 
     def _capped(self, counts: list[float], clients: list[str]) -> list[float]:
-        p = self.policy
-        if p.declared is not None:
-            return [min(n, float(p.declared.get(c, n))) for n, c in zip(counts, clients, strict=True)]
-        cap = float(p.max_examples)
-        if cap <= 0 and p.examples_ratio > 0 and counts:
-            cap = p.examples_ratio * float(np.median(counts))
-        return [min(n, cap) for n in counts] if cap > 0 else counts
+        return capped_examples(counts, clients, self.policy)
+
+
+def norm_outliers(clients: Sequence[str], norms: Sequence[float], policy: CollectPolicy) -> dict[str, str]:
+    """``client -> reason`` for the updates above ``norm_ratio`` x the median norm of a round (or
+    buffer) of >= 3 updates; empty with an absolute bound or ``norm_ratio = 0``."""
+    ratio = policy.norm_ratio
+    if policy.max_norm > 0 or ratio <= 0 or len(norms) < 3:
+        return {}
+    median = float(np.median(norms))
+    if median <= 0:
+        return {}
+    return {
+        c: f"update L2 norm {n:.4g} exceeds {ratio:g} x the round's median {median:.4g}"
+        for c, n in zip(clients, norms, strict=True)
+        if n > ratio * median
+    }
+
+
+def capped_examples(counts: Sequence[float], clients: Sequence[str], policy: CollectPolicy) -> list[float]:
+    """Reported example counts as FedAvg trusts them: at most the client's declared count, else
+    ``max_examples``, else ``examples_ratio`` x the median of ``counts``."""
+    if policy.declared is not None:
+        return [min(n, float(policy.declared.get(c, n))) for n, c in zip(counts, clients, strict=True)]
+    cap = float(policy.max_examples)
+    if cap <= 0 and policy.examples_ratio > 0 and counts:
+        cap = policy.examples_ratio * float(np.median(counts))
+    return [min(n, cap) for n in counts] if cap > 0 else list(counts)

@@ -19,10 +19,13 @@ import numpy as np
 
 from stamen.server.aggregators.base import RoundContext, Rule
 from stamen.server.driver.collect import CollectedUpdates, CollectPolicy, UpdateCollector, unflatten
+from stamen.server.driver.stale_rows import treat_stale_rows
 from stamen.server.driver.types import Reply, TrainTask, Transport, Weights
 from stamen.server.history import FederationResult, ProgressFn, RoundRecord
 from stamen.server.privacy.central import BudgetExhausted
 from stamen.server.sampling import sample_clients
+from stamen.server.staleness.handling import StaleHandling
+from stamen.server.staleness.history import ModelHistory
 from stamen.task.spec import RoundInstructions
 
 log = logging.getLogger("stamen.server")
@@ -39,6 +42,10 @@ class RoundHooks(Protocol):
 
     def tamper(self, rnd: int, updates: CollectedUpdates, ctx: RoundContext) -> None:
         """Replace the malicious senders' rows in place (a simulated update attack)."""
+        ...
+
+    def delay(self, rnd: int, client: str) -> int:
+        """How many versions stale ``client``'s work of round ``rnd`` is (0: fresh)."""
         ...
 
 
@@ -148,6 +155,10 @@ class RoundDriver:
         The simulation's sampler and attack; None in a deployment.
     accountant : callable or None
         ``senders -> ε`` for a client mechanism the server accounts (RQM).
+    stale : StaleHandling or None
+        How updates computed from an older version are treated (clients the simulation delays).
+    history : ModelHistory or None
+        The versions stale clients train from (needed with ``stale``).
     """
 
     def __init__(
@@ -162,10 +173,13 @@ class RoundDriver:
         evaluate: EvalFn | None = None,
         hooks: RoundHooks | None = None,
         accountant: Accountant | None = None,
+        stale: StaleHandling | None = None,
+        history: ModelHistory | None = None,
     ) -> None:
         self.settings, self.transport, self.instructions = settings, transport, instructions
         self.mode, self.downlink, self.policy, self.rule = mode, downlink, policy, rule
         self.evaluate_fn, self.hooks, self.accountant = evaluate, hooks, accountant
+        self.stale, self.history = stale, history
         self.worst_client_eps: float | None = None
         self.last: CollectedUpdates | None = None
 
@@ -190,9 +204,13 @@ class RoundDriver:
     def round(self, rnd: int, weights: Weights) -> tuple[Weights, RoundRecord]:
         """One round from ``weights``; returns the new weights and the round's record."""
         t0 = time.perf_counter()
+        if self.history is not None:
+            self.history.put(rnd, weights)
         tasks = self.configure(rnd, weights)
         replies = self.transport.train(tasks, self.settings.timeout_s)
         updates = self.collect(weights, tasks, replies)
+        if self.stale is not None and self.history is not None:
+            treat_stale_rows(rnd, updates, tasks, self.stale, self.history)
         new = self.mode.close(rnd, updates)
         if new is None:
             log.warning("round %d: no update accepted; the model is unchanged", rnd)
@@ -213,12 +231,18 @@ class RoundDriver:
         cohort = self.hooks.sample(rnd, clients, k) if self.hooks is not None else None
         if cohort is None:
             cohort = [clients[i] for i in sample_clients(self.settings.seed, rnd, len(clients), k)]
-        instr = self.instructions(rnd, rnd)
-        tasks = []
-        for client in cohort:
-            arrays, delta, base = self.downlink.payload(client, rnd, weights)
-            tasks.append(TrainTask(client, instr, arrays, delta, base, self.mode.extra(client)))
-        return tasks
+        return [self.task(rnd, client, weights) for client in cohort]
+
+    def task(self, rnd: int, client: str, weights: Weights) -> TrainTask:
+        """``client``'s task: the current version, or an older one for a client the simulation
+        delays (it trains from the model of ``delay`` rounds ago)."""
+        delay = self.hooks.delay(rnd, client) if self.hooks is not None and self.history is not None else 0
+        version = rnd - min(delay, rnd - 1)
+        start = weights if version == rnd else dict(self.history.get(version))  # type: ignore[union-attr]
+        arrays, delta, base = self.downlink.payload(client, rnd, start)
+        return TrainTask(
+            client, self.instructions(rnd, version), arrays, delta, base, self.mode.extra(client)
+        )
 
     def collect(
         self, weights: Weights, tasks: Sequence[TrainTask], replies: Sequence[Reply]
@@ -254,4 +278,7 @@ class RoundDriver:
             epsilon=eps if eps is not None else self.worst_client_eps,
             rejected=stats.rejected,
             wall_s=time.perf_counter() - t0,
+            sim_time_s=self.transport.now(),
+            staleness_max=max(updates.taus, default=0),
+            staleness_mean=float(np.mean(updates.taus)) if any(updates.taus) else math.nan,
         )

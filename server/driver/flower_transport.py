@@ -9,6 +9,7 @@ seeds match the in-process engine.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -19,8 +20,7 @@ from flwr.serverapp import Grid
 
 from stamen.protocols import keys
 from stamen.protocols.flower import array_record_nbytes, envelope_from_record, envelope_record
-from stamen.server.driver.types import Reply, TrainTask, Weights
-from stamen.server.edge_downlink import client_index
+from stamen.server.driver.types import Reply, TrainTask, Weights, client_index
 from stamen.task.bristle.peer import PeerConfig
 from stamen.task.bristle.relayed import Relayed
 
@@ -104,12 +104,22 @@ class GridTransport:
 
     def train(self, tasks: Sequence[TrainTask], timeout: float) -> list[Reply]:
         """One Message per task; the replies that arrived within ``timeout`` seconds."""
-        arrays = _arrays(tasks)
+        arrays = arrays_of_tasks(tasks)
         msgs = [
-            Message(_content(t, arrays), dst_node_id=self._node_of[t.client], message_type=MessageType.TRAIN)
+            Message(
+                content_of(t, arrays), dst_node_id=self._node_of[t.client], message_type=MessageType.TRAIN
+            )
             for t in tasks
         ]
         return [self._reply(m) for m in self.grid.send_and_receive(msgs, timeout=timeout)]
+
+    def now(self) -> float:
+        """A deployment has no simulated clock."""
+        return math.nan
+
+    def node_of(self, client: str) -> int:
+        """The node id behind ``client``."""
+        return self._node_of[client]
 
     def _reply(self, msg: Message) -> Reply:
         node = msg.metadata.src_node_id
@@ -119,7 +129,7 @@ class GridTransport:
         return reply_of(client, msg.content)
 
 
-def _arrays(tasks: Sequence[TrainTask]) -> ArrayRecord | None:
+def arrays_of_tasks(tasks: Sequence[TrainTask]) -> ArrayRecord | None:
     """The round's model as one ArrayRecord shared by every message (``None`` for edge downlinks)."""
     weights = next((t.weights for t in tasks if t.weights is not None), None)
     if weights is None:
@@ -127,7 +137,8 @@ def _arrays(tasks: Sequence[TrainTask]) -> ArrayRecord | None:
     return ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float32)) for k, v in weights.items()})
 
 
-def _content(task: TrainTask, arrays: ArrayRecord | None) -> RecordDict:
+def content_of(task: TrainTask, arrays: ArrayRecord | None) -> RecordDict:
+    """The train message's records for ``task`` (``arrays``: the round's model, shared)."""
     records: dict[str, Any] = {keys.CONFIG: ConfigRecord(task.instructions.to_config())}
     if task.downlink is not None:
         records[keys.DOWNLINK] = envelope_record(task.downlink)

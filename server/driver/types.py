@@ -73,3 +73,15 @@ class Transport(Protocol):
     def train(self, tasks: Sequence[TrainTask], timeout: float) -> list[Reply]:
         """Run ``tasks`` and return the replies that arrived within ``timeout`` seconds."""
         ...
+
+    def now(self) -> float:
+        """Simulated seconds since the run started (a simulation's client timing), else NaN."""
+        ...
+
+
+def client_index(client: str) -> int:
+    """The number in a client key (``"client-3"`` -> 3, ``"node-77"`` -> 77): the per-client seed stream."""
+    tail = client.rpartition("-")[2]
+    if not tail.isdigit():
+        raise ValueError(f"client key {client!r} does not end in a number")
+    return int(tail)

@@ -37,16 +37,23 @@ def flower_environment(home: str | None = None) -> None:
 
 
 def run_flower(
-    plan: SimulationPlan, progress: ProgressFn | None = None, num_cpus: int = 2
+    plan: SimulationPlan, progress: ProgressFn | None = None, num_cpus: int = 2, ray_address: str = ""
 ) -> FederationResult:
-    """Run the planned federation through ``run_simulation`` and return the server's records."""
+    """Run the planned federation through ``run_simulation`` and return the server's records.
+
+    ``ray_address`` attaches to a running Ray cluster (``ray start --head`` on one machine, ``ray
+    start --address=...`` on the others; docs/scale.md); without it a private local Ray instance
+    with ``num_cpus`` CPUs is started (``address="local"``: never a cluster someone else started).
+    """
     flower_environment()
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
     from stamen.client.app import make_client_app
+    from stamen.server.driver.flower_async import GridAsyncTransport
     from stamen.server.driver.flower_transport import GridTransport
+    from stamen.server.federation import assemble_async
 
     cfg, devices = plan.cfg, plan.devices()
     nodes = plan.nodes(devices)
@@ -56,16 +63,17 @@ def run_flower(
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         transport = GridTransport(grid, cfg.num_clients, cfg.per_round, cfg.timeout_s, query_names=True)
-        out["result"] = plan.driver(transport, devices).run(plan.initial, progress)
+        if cfg.settings.server.mode == "sync":
+            out["result"] = plan.driver(transport, devices).run(plan.initial, progress)
+            return
+        pushpull = GridAsyncTransport(transport, ttl_s=cfg.timeout_s)
+        driver = assemble_async(cfg, pushpull, plan.initial, plan.evaluator(), plan.extras(devices))
+        out["result"] = driver.run(plan.initial, progress)
+        out["result"].extra["arrivals"] = pushpull.arrivals
 
     backend: Any = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": num_cpus,
-            "logging_level": "ERROR",
-            "log_to_driver": False,
-            "include_dashboard": False,
-        },
+        "init_args": ray_init_args(num_cpus, ray_address),
     }
     try:
         with warnings.catch_warnings():
@@ -92,3 +100,12 @@ def _quiet_flower() -> None:
     from stamen._quiet import quiet_flower_simulation  # drops only run_simulation's deprecation notice
 
     quiet_flower_simulation()
+
+
+def ray_init_args(num_cpus: int, address: str = "") -> dict[str, Any]:
+    """``ray.init`` arguments: a cluster's address (Ray refuses resource counts when attaching), or
+    a private local instance of ``num_cpus`` CPUs."""
+    quiet = {"logging_level": "ERROR", "log_to_driver": False}
+    if address:
+        return {"address": address, **quiet}
+    return {"address": "local", "num_cpus": num_cpus, "include_dashboard": False, **quiet}

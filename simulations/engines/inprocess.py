@@ -4,7 +4,9 @@ pfl-research style: one model object reused by every client, the round's update 
 by the driver's collector, data partitions cached. The transport calls the client round
 (:func:`stamen.client.node.client_round`: the same trainer, DP and codec code as the ClientApp, real
 packed envelopes whose ``len()`` is counted) and hands the bytes to the same round driver the
-Flower apps use. Only the transport differs.
+Flower apps use. Only the transport differs. Time is simulated from the clients' timing model
+(:mod:`stamen.simulations.engines.clock`): synchronous rounds on a round clock, asynchronous modes
+on a virtual event clock, so a 10,000-client asynchronous run costs only its local updates.
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ import torch
 
 from stamen.client.node import Received, client_round
 from stamen.client.state import ClientState
+from stamen.protocols import keys
 from stamen.server.driver.types import Reply, TrainTask
+from stamen.server.federation import assemble_async
 from stamen.server.history import FederationResult, ProgressFn
+from stamen.simulations.engines.clock import TripMeter, round_end
 from stamen.simulations.nodes import SimulatedNodes
 from stamen.simulations.plan import SimulationPlan
+from stamen.simulations.timing import Trip
+from stamen.simulations.virtual_clock import VirtualClock
 from stamen.task.bristle.peer import PeerConfig
 from stamen.task.bristle.relayed import Relayed
 from stamen.task.models import model_structure
@@ -27,7 +34,8 @@ ClientProgressFn = Callable[[int, int], None]  # (clients done, clients in round
 
 
 class InProcessTransport:
-    """Runs every task's client round right here, in cohort order."""
+    """Runs every task's client round right here, in cohort order; a round's simulated duration
+    comes from the slowest trip (lost clients' replies never arrive)."""
 
     def __init__(
         self,
@@ -35,28 +43,48 @@ class InProcessTransport:
         num_clients: int,
         model: torch.nn.Module,
         progress: ClientProgressFn | None = None,
+        meter: TripMeter | None = None,
+        timeout_s: float = 600.0,
     ) -> None:
-        self.nodes, self.model, self.progress = nodes, model, progress
+        self.nodes, self.model, self.progress, self.meter = nodes, model, progress, meter
         self._clients = [f"client-{i}" for i in range(num_clients)]
         self.states: dict[int, ClientState] = {}  # per-client memory across rounds
+        self.clock, self.timeout_s = 0.0, timeout_s
 
     def clients(self) -> list[str]:
         """Every virtual client, by partition id."""
         return self._clients
 
+    def now(self) -> float:
+        """Simulated seconds since the run started (NaN without a timing model)."""
+        return self.clock if self.meter is not None else float("nan")
+
     def train(self, tasks: Sequence[TrainTask], timeout: float) -> list[Reply]:
-        """Each client's round, one after the other (``timeout`` does not apply in one process)."""
+        """Each client's round, one after the other; replies of lost trips are dropped."""
         del timeout
-        replies = []
+        replies, trips = [], []
         for i, task in enumerate(tasks):
-            replies.append(self.run(task))
+            reply = self.run(task)
+            trip = self._trip(task, reply)
+            if trip is None or trip.delivered:
+                replies.append(reply)
+            if trip is not None:
+                trips.append(trip)
             if self.progress is not None:
                 self.progress(i + 1, len(tasks))
+        if self.meter is not None:
+            self.clock = round_end(self.clock, trips, self.timeout_s)
         return replies
+
+    def _trip(self, task: TrainTask, reply: Reply) -> Trip | None:
+        if self.meter is None:
+            return None
+        examples = int(reply.metrics.get(keys.NUM_EXAMPLES, 0))
+        return self.meter.trip(_pid(task.client), self.clock, reply, task, examples)
 
     def run(self, task: TrainTask) -> Reply:
         """One client's round (an exception in client code propagates: a simulation bug is loud)."""
-        pid = int(task.client.rpartition("-")[2])
+        pid = _pid(task.client)
         node, state = self.nodes.node(pid), self.states.setdefault(pid, ClientState())
         relayed, peer = task.extra.get("relayed"), task.extra.get("peer")
         received = Received(
@@ -71,16 +99,68 @@ class InProcessTransport:
         return Reply(task.client, envelope=payload, metrics=dict(metrics), nbytes=len(payload))
 
 
+class VirtualClockTransport:
+    """The asynchronous in-process transport: a pushed task is trained at once (on the model it was
+    given) and its reply is scheduled at its trip's finishing time; ``pull`` advances the virtual
+    clock to the next arrival. A lost trip becomes a timeout at dispatch + ``timeout_s``."""
+
+    def __init__(self, sync: InProcessTransport, meter: TripMeter, timeout_s: float) -> None:
+        self.sync, self.meter, self.timeout_s = sync, meter, timeout_s
+        self.events = VirtualClock()
+
+    def clients(self) -> list[str]:
+        """Every virtual client."""
+        return self.sync.clients()
+
+    def ready(self, client: str) -> bool:
+        """Whether ``client`` is inside an availability window now."""
+        return self.meter.timing.available(_pid(client), self.events.now)
+
+    def now(self) -> float:
+        """Simulated seconds since the run started."""
+        return self.events.now
+
+    def push(self, task: TrainTask) -> None:
+        """Train now; the reply arrives when the trip finishes (or times out when it is lost)."""
+        reply = self.sync.run(task)
+        pid = _pid(task.client)
+        trip = self.meter.trip(
+            pid, self.events.now, reply, task, int(reply.metrics.get(keys.NUM_EXAMPLES, 0))
+        )
+        if trip.delivered:
+            self.events.schedule(trip.finish, reply, key=pid)
+        else:
+            lost = Reply(task.client, error=f"no reply before the timeout (simulated {trip.reason})")
+            self.events.schedule(self.events.now + self.timeout_s, lost, key=pid)
+
+    def pull(self, timeout: float) -> list[Reply]:
+        """The next arrival (the virtual clock jumps to it)."""
+        del timeout
+        return [self.events.pop().payload] if len(self.events) else []
+
+
+def _pid(client: str) -> int:
+    return int(client.rpartition("-")[2])
+
+
 def run_inprocess(
     plan: SimulationPlan, progress: ProgressFn | None = None, client_progress: ClientProgressFn | None = None
 ) -> FederationResult:
-    """Run the planned rounds in this process and return the per-round records."""
+    """Run the planned rounds (or asynchronous versions) in this process."""
     torch.set_num_threads(1)  # same numerics as one-thread Flower clients
     devices = plan.devices()
     try:
         model = model_structure(plan.cfg.task)
-        transport = InProcessTransport(plan.nodes(devices), plan.cfg.num_clients, model, client_progress)
-        result = plan.driver(transport, devices).run(plan.initial, progress)
+        meter = TripMeter(plan.timing(), plan.cfg.train.epochs)
+        sync = InProcessTransport(
+            plan.nodes(devices), plan.cfg.num_clients, model, client_progress, meter, plan.cfg.timeout_s
+        )
+        if plan.cfg.settings.server.mode == "sync":
+            result = plan.driver(sync, devices).run(plan.initial, progress)
+        else:
+            clock = VirtualClockTransport(sync, meter, plan.cfg.timeout_s)
+            driver = assemble_async(plan.cfg, clock, plan.initial, plan.evaluator(), plan.extras(devices))
+            result = driver.run(plan.initial, progress)
     finally:
         if devices is not None:
             devices.close()

@@ -1,0 +1,329 @@
+"""Asynchronous federation: FedAsync and FedBuff over a push/pull transport, no round barrier.
+
+The server keeps ``concurrency`` clients training; each arriving update is checked against the
+model version it was computed from (held in a bounded history: the server's own record of what it
+sent, never a number the client echoes), treated by the staleness rules
+(:class:`~stamen.server.staleness.handling.StaleHandling`), and then
+
+- ``fedasync`` (Xie, Koyejo, Gupta, arXiv 1903.03934, Alg. 1): mixed into the model right away,
+  ``w <- (1 - a) w + a (w_v + delta)``, ``a = alpha * s(tau)``, where ``w_v`` is the version the
+  client trained from (so a stale client's model, not its delta, is what is mixed);
+- ``fedbuff`` (Nguyen et al., AISTATS 2022, Alg. 1): buffered; every ``buffer_size`` updates the
+  rule aggregates the buffer with weights ``s(tau) * examples`` and the server steps,
+  ``m <- beta m + server_lr * agg``, ``w <- w + m``.
+
+Every new model version is one :class:`~stamen.server.history.RoundRecord` (``round`` = the
+version), with the transport's clock (simulated seconds on a virtual clock) and the staleness of
+the updates that made it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import numpy as np
+
+from stamen.protocols import StamenError, tensor_table
+from stamen.server.aggregators.base import RoundContext, Rule
+from stamen.server.driver.collect import CollectPolicy, capped_examples, flatten, norm_outliers, unflatten
+from stamen.server.driver.driver import Accountant, Downlink, EvalFn
+from stamen.server.driver.reply import accept_reply
+from stamen.server.driver.types import Reply, TrainTask, Weights, client_index
+from stamen.server.history import FederationResult, ProgressFn, RoundRecord
+from stamen.server.privacy.central import BudgetExhausted
+from stamen.server.staleness.compensation import ModelVersions
+from stamen.server.staleness.handling import StaleHandling
+from stamen.server.staleness.history import ModelHistory
+from stamen.task.spec import RoundInstructions
+
+log = logging.getLogger("stamen.server")
+MAX_IDLE_POLLS = 3  # consecutive empty pulls (each one a full timeout) before the run gives up
+DRAW_TRIES = 64  # random draws before a full scan for an idle client
+REPEAT_STRIDE = 0x9E3779B1  # seed offset of a client's repeated trip from one model version
+
+
+class AsyncTransport(Protocol):
+    """Tasks go out one by one; replies come back as they arrive."""
+
+    def clients(self) -> list[str]:
+        """The available clients' keys."""
+        ...
+
+    def ready(self, client: str) -> bool:
+        """Whether ``client`` can take a task now (connected, inside its availability window)."""
+        ...
+
+    def push(self, task: TrainTask) -> None:
+        """Start ``task`` on its client."""
+        ...
+
+    def pull(self, timeout: float) -> list[Reply]:
+        """The replies that arrived (in arrival order); ``[]`` when none came within ``timeout``."""
+        ...
+
+    def now(self) -> float:
+        """The transport's clock, in seconds (simulated on a virtual clock)."""
+        ...
+
+
+@dataclass(frozen=True)
+class AsyncSettings:
+    """The numbers the asynchronous loop needs."""
+
+    mode: str  # "fedasync" or "fedbuff"
+    versions: int  # model versions to produce
+    concurrency: int
+    buffer_size: int
+    alpha: float
+    server_lr: float
+    momentum: float
+    seed: int
+    timeout_s: float
+    eval_every: int
+
+
+@dataclass
+class _Step:
+    """What happened since the last model version."""
+
+    rows: list[np.ndarray] = field(default_factory=list)
+    counts: list[float] = field(default_factory=list)
+    factors: list[float] = field(default_factory=list)
+    clients: list[str] = field(default_factory=list)
+    norms: list[float] = field(default_factory=list)
+    taus: list[int] = field(default_factory=list)
+    senders: list[str] = field(default_factory=list)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    rejected: int = 0
+    client_eps: float | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+class AsyncDriver:
+    """Runs FedAsync or FedBuff until ``settings.versions`` model versions exist (see the module
+    docstring); the parts are those of :class:`~stamen.server.driver.RoundDriver`."""
+
+    def __init__(
+        self,
+        settings: AsyncSettings,
+        transport: AsyncTransport,
+        instructions: Callable[[int, int], RoundInstructions],
+        downlink: Downlink,
+        policy: CollectPolicy,
+        rule: Rule,
+        stale: StaleHandling,
+        history: ModelHistory,
+        evaluate: EvalFn | None = None,
+        accountant: Accountant | None = None,
+    ) -> None:
+        self.s, self.transport, self.instructions = settings, transport, instructions
+        self.downlink, self.policy, self.rule, self.stale = downlink, policy, rule, stale
+        self.history, self.evaluate_fn, self.accountant = history, evaluate, accountant
+        self.rng = np.random.default_rng([settings.seed, 0xA5F])
+        self.in_flight: dict[str, TrainTask] = {}
+        self.step = _Step()
+        self.momentum: np.ndarray | None = None
+        self.staleness_histogram: list[dict[int, int]] = []
+        self.repeats: dict[tuple[str, int], int] = {}
+        self.worst_client_eps: float | None = None
+
+    def run(self, initial: Weights, progress: ProgressFn | None = None) -> FederationResult:
+        """Produce the model versions; Ctrl-C or an exhausted privacy budget stop after the last one."""
+        self.weights = {k: np.asarray(v, np.float32) for k, v in initial.items()}
+        self.table, self.version = tensor_table(self.weights), 0
+        self.records: list[RoundRecord] = []
+        self.history.put(0, self.weights)
+        stopped = None
+        try:
+            stopped = self._loop(progress)
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+        except BudgetExhausted as exc:
+            stopped = "privacy budget exhausted"
+            log.warning("%s", exc)
+        extra = {"staleness_histogram": self.staleness_histogram, "history": self.history.memory_report()}
+        return FederationResult(rounds=self.records, weights=self.weights, extra=extra, stopped=stopped)
+
+    def _loop(self, progress: ProgressFn | None) -> str | None:
+        idle_polls = 0
+        while self.version < self.s.versions:
+            self._dispatch()
+            replies = self.transport.pull(self.s.timeout_s)
+            if not replies:
+                idle_polls += 1
+                self._expire()
+                if idle_polls >= MAX_IDLE_POLLS:
+                    return "no replies"
+                continue
+            idle_polls = 0
+            for reply in replies:
+                self._handle(reply, progress)
+        return None
+
+    def _dispatch(self) -> None:
+        """Keep ``concurrency`` clients training, drawn uniformly from the idle, ready ones."""
+        clients = self.transport.clients()
+        while len(self.in_flight) < min(self.s.concurrency, len(clients)):
+            client = self._draw(clients)
+            if client is None:
+                break
+            arrays, delta, base = self.downlink.payload(client, self.version, self.weights)
+            task = TrainTask(client, self._instructions(client), arrays, delta, base)
+            self.transport.push(task)
+            self.in_flight[client] = task
+            self.step.bytes_down += self.downlink.nbytes([task])
+        if not self.in_flight:
+            raise RuntimeError("no client is available to train")
+
+    def _instructions(self, client: str) -> RoundInstructions:
+        """Round ``version + 1`` (1-based like synchronous rounds), training from ``version``; a
+        client dispatched again from the same version gets a fresh seed (its k-th trip)."""
+        instr = self.instructions(self.version + 1, self.version)
+        key = (client, self.version)
+        k = self.repeats.get(key, 0)
+        self.repeats[key] = k + 1
+        return instr if k == 0 else replace(instr, seed=(instr.seed + k * REPEAT_STRIDE) % 2**32)
+
+    def _draw(self, clients: list[str]) -> str | None:
+        """A uniform draw among idle, ready clients: rejection sampling (O(1) while concurrency is
+        small against the population), then a full scan."""
+        for _ in range(DRAW_TRIES):
+            client = clients[int(self.rng.integers(len(clients)))]
+            if client not in self.in_flight and self.transport.ready(client):
+                return client
+        idle = [c for c in clients if c not in self.in_flight and self.transport.ready(c)]
+        return idle[int(self.rng.integers(len(idle)))] if idle else None
+
+    def _expire(self) -> None:
+        """Nothing arrived within the timeout: the tasks in flight are given up (counted)."""
+        for client in list(self.in_flight):
+            self._reject(client, "no reply before the timeout")
+        self.in_flight.clear()
+
+    def _handle(self, reply: Reply, progress: ProgressFn | None) -> None:
+        task = self.in_flight.pop(reply.client, None)
+        self.step.bytes_up += reply.nbytes
+        if task is None:
+            self._reject(reply.client, "not training for this server")
+            return
+        if reply.error is not None:
+            self._reject(reply.client, f"client error: {reply.error}")
+            return
+        try:
+            self._accept(reply, task)
+        except StamenError as exc:
+            self._reject(reply.client, f"{type(exc).__name__}: {exc}")
+            return
+        if len(self.step.rows) >= (1 if self.s.mode == "fedasync" else self.s.buffer_size):
+            self._release(progress)
+
+    def _accept(self, reply: Reply, task: TrainTask) -> None:
+        """Check the reply against the version it was trained from; treat its staleness; buffer it."""
+        sent = task.instructions.version
+        tau = self.version - sent
+        base = self.history.get(sent)
+        got = accept_reply(reply, task, base, self.table, self.policy)
+        versions = ModelVersions(self.weights, base, self.version)
+        delta, factor = self.stale.treat(got.delta, tau, versions, client_index(reply.client))
+        row = np.empty(sum(t.size for t in self.table), np.float32)
+        flatten(delta, self.table, row)
+        if self.s.mode == "fedasync":  # the client's model w_v + delta is what FedAsync mixes
+            base_row = np.empty_like(row)
+            flatten(base, self.table, base_row)
+            row += base_row
+        self.step.rows.append(row)
+        self.step.counts.append(got.examples)
+        self.step.factors.append(factor * float(self.stale.weight(tau)))
+        self.step.clients.append(reply.client)
+        self.step.norms.append(got.norm)
+        self.step.taus.append(tau)
+        self.step.senders.append(reply.client)
+        if got.epsilon is not None:
+            self.step.client_eps = max(self.step.client_eps or 0.0, got.epsilon)
+
+    def _reject(self, client: str, reason: str) -> None:
+        self.step.rejected += 1
+        log.warning("rejected update from %s: %s", client, reason)
+
+    def _release(self, progress: ProgressFn | None) -> None:
+        """One new model version from the buffer (or the single FedAsync arrival)."""
+        self._drop_outliers()
+        if self.step.rows:
+            self.weights = self._mixed() if self.s.mode == "fedasync" else self._buffered()
+        self.version += 1
+        self.repeats.clear()  # seeds of repeated trips are per version
+        self.history.put(self.version, self.weights)
+        record = self._record()
+        self.records.append(record)
+        self.step = _Step()
+        if progress is not None:
+            progress(record)
+
+    def _drop_outliers(self) -> None:
+        bad = norm_outliers(self.step.clients, self.step.norms, self.policy)
+        if not bad:
+            return
+        for client, reason in bad.items():
+            self._reject(client, reason)
+        keep = [i for i, c in enumerate(self.step.clients) if c not in bad]
+        for name in ("rows", "counts", "factors", "clients", "norms", "taus"):
+            values = getattr(self.step, name)
+            setattr(self.step, name, [values[i] for i in keep])
+
+    def _mixed(self) -> Weights:
+        """FedAsync: ``w <- (1 - a) w + a w_client``, ``a = alpha * s(tau) [* extra factor]``."""
+        a = np.float32(self.s.alpha * self.step.factors[0])
+        client = unflatten(self.step.rows[0], self.table)
+        return {k: (1 - a) * v + a * client[k] for k, v in self.weights.items()}
+
+    def _buffered(self) -> Weights:
+        """FedBuff: the rule over the buffer, weighted by ``s(tau) * examples``; server lr + momentum."""
+        stack = np.stack(self.step.rows)  # (K, d)
+        counts = capped_examples(self.step.counts, self.step.clients, self.policy)
+        weights = np.asarray(counts, np.float64) * np.asarray(self.step.factors, np.float64)
+        base = np.empty(stack.shape[1], np.float32)
+        flatten(self.weights, self.table, base)
+        self.rule.begin_round(RoundContext(self.version + 1, self.table, base))
+        agg = np.asarray(self.rule(stack, weights if weights.sum() > 0 else None), np.float32)
+        step = agg * np.float32(self.s.server_lr)
+        if self.s.momentum:
+            self.momentum = (
+                step if self.momentum is None else np.float32(self.s.momentum) * self.momentum + step
+            )
+            step = self.momentum
+        update = unflatten(step, self.table)
+        return {k: v + update[k] for k, v in self.weights.items()}
+
+    def _record(self) -> RoundRecord:
+        st = self.step
+        self.staleness_histogram.append({int(t): n for t, n in sorted(Counter(st.taus).items())})
+        if st.client_eps is not None:
+            self.worst_client_eps = max(self.worst_client_eps or 0.0, st.client_eps)
+        eps = self.rule.epsilon()
+        if self.accountant is not None:
+            eps = self.accountant(st.senders)
+        loss, acc = math.nan, math.nan
+        if self.evaluate_fn is not None and (
+            self.version % self.s.eval_every == 0 or self.version == self.s.versions
+        ):
+            loss, acc = self.evaluate_fn(self.weights)
+        return RoundRecord(
+            round=self.version,
+            accuracy=acc,
+            loss=loss,
+            bytes_up=st.bytes_up,
+            bytes_down=st.bytes_down,
+            epsilon=eps if eps is not None else self.worst_client_eps,
+            rejected=st.rejected,
+            wall_s=time.perf_counter() - st.started,
+            sim_time_s=self.transport.now(),
+            staleness_max=max(st.taus, default=0),
+            staleness_mean=float(np.mean(st.taus)) if st.taus else math.nan,
+        )

@@ -1,0 +1,125 @@
+"""One reply, checked: what a client reported, its update verified, decoded and validated.
+
+Shared by the synchronous collector (:class:`~stamen.server.driver.collect.UpdateCollector`) and the
+asynchronous loop, which checks each update against the model version it was computed from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stamen.protocols import TensorInfo, ValidationError, decode_update, keys
+from stamen.server.driver.types import Reply, TrainTask
+
+if TYPE_CHECKING:
+    from stamen.server.driver.collect import CollectPolicy
+
+
+@dataclass
+class Accepted:
+    """A reply that passed every check: its float32 delta and what the client reported."""
+
+    delta: Mapping[str, np.ndarray]
+    examples: float
+    norm: float
+    epsilon: float | None = None
+    loss: float | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def accept_reply(
+    reply: Reply,
+    task: TrainTask,
+    base: Mapping[str, np.ndarray],
+    table: tuple[TensorInfo, ...],
+    policy: CollectPolicy,
+) -> Accepted:
+    """Check ``reply`` to ``task`` (whose model was ``base``); raise a ``StamenError`` naming the
+    first problem: a missing required metric, a non-finite or out-of-range reported number, a bad
+    signature, another base, version or sender, a tensor table, dtype, value or norm that does not fit."""
+    for key in policy.require:
+        if key not in reply.metrics:
+            raise ValidationError(f"reply lacks {key!r}")
+    examples = reported_number(reply.metrics, keys.NUM_EXAMPLES)
+    if examples is None or examples <= 0:
+        raise ValidationError(f"reply needs a numeric {keys.NUM_EXAMPLES!r} > 0, got {examples}")
+    eps = reported_number(reply.metrics, keys.EPSILON)
+    if eps is not None and eps < 0:
+        raise ValidationError(f"reported epsilon must be >= 0, got {eps}")
+    loss = reported_number(reply.metrics, keys.TRAIN_LOSS)
+    delta = _delta(reply, task, base, table, policy)
+    norm = validate_delta(delta, table, policy.max_norm)
+    extras = {k: v for k, v in reply.metrics.items() if isinstance(v, list)}
+    return Accepted(delta, examples, norm, eps, loss, extras)
+
+
+def _delta(
+    reply: Reply,
+    task: TrainTask,
+    base: Mapping[str, np.ndarray],
+    table: tuple[TensorInfo, ...],
+    policy: CollectPolicy,
+) -> Mapping[str, np.ndarray]:
+    if reply.envelope is not None:
+        envelope, delta = decode_update(
+            reply.envelope, verifier=policy.verifier, expected_base=task.expected_base, expected_tensors=table
+        )
+        if envelope.sender != reply.client:
+            raise ValidationError(f"envelope names sender {envelope.sender!r}, it came from {reply.client!r}")
+        if envelope.version != task.instructions.version:
+            raise ValidationError(
+                f"envelope names model version {envelope.version}, "
+                f"the server sent {task.instructions.version}"
+            )
+        return delta
+    if reply.weights is None:
+        raise ValidationError(f"reply has neither {keys.UPDATE!r} nor {keys.ARRAYS!r}")
+    if policy.verifier is not None or not policy.allow_plain:
+        raise ValidationError("plain (unsigned, unencoded) replies are not accepted by this server")
+    try:
+        return {k: np.asarray(reply.weights[k], dtype=np.float32) - base[k] for k in base}
+    except (KeyError, ValueError) as exc:
+        raise ValidationError(f"plain reply does not match the model: {exc}") from exc
+
+
+def validate_delta(delta: Mapping[str, np.ndarray], table: tuple[TensorInfo, ...], max_norm: float) -> float:
+    """Check ``delta`` against ``table`` (names, shapes, float32, finite, ``max_norm`` if > 0); return
+    its L2 norm. Raises :class:`ValidationError`."""
+    names = [t.name for t in table]
+    if list(delta) != names and set(delta) != set(names):
+        raise ValidationError(f"tensor names differ from the model: got {sorted(delta)[:5]}...")
+    sq = 0.0
+    for info in table:
+        arr = delta[info.name]
+        if tuple(arr.shape) != info.shape:
+            raise ValidationError(f"{info.name}: shape {arr.shape} != {info.shape}")
+        if arr.dtype != np.float32:
+            raise ValidationError(f"{info.name}: dtype {arr.dtype} != float32")
+        if not np.all(np.isfinite(arr)):
+            raise ValidationError(f"{info.name}: non-finite values")
+        flat = arr.ravel()
+        with np.errstate(over="ignore"):  # an overflowing norm is refused below
+            sq += float(np.dot(flat, flat))
+    norm = math.sqrt(sq)
+    if not math.isfinite(norm):
+        raise ValidationError("update L2 norm overflows float32")
+    if max_norm > 0 and norm > max_norm:
+        raise ValidationError(f"update L2 norm {norm:.4g} exceeds bound {max_norm}")
+    return norm
+
+
+def reported_number(metrics: Mapping[str, Any], key: str) -> float | None:
+    """A reported scalar as float; None when absent; ``ValidationError`` when not a finite number."""
+    if key not in metrics:
+        return None
+    value = metrics[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(f"reported {key!r} is not a number: {value!r}")
+    if not math.isfinite(float(value)):
+        raise ValidationError(f"reported {key!r} is not finite: {value!r}")
+    return float(value)

@@ -1,0 +1,150 @@
+"""FedAsync and FedBuff: hand-checked steps, staleness and versions, refusals, the virtual clock."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from stamen.protocols import CodecSpec, encode_update, keys, model_hash
+from stamen.server.aggregators import create
+from stamen.server.driver.async_driver import AsyncDriver, AsyncSettings
+from stamen.server.driver.collect import CollectPolicy
+from stamen.server.driver.downlink import FullDownlink
+from stamen.server.driver.types import Reply, TrainTask
+from stamen.server.staleness import compensation, functions
+from stamen.server.staleness.handling import StaleHandling
+from stamen.server.staleness.history import ModelHistory
+from stamen.simulations.engines import run_engine
+from stamen.simulations.plan import SimulationPlan
+from stamen.simulations.scenario import load_scenario
+from stamen.task.spec import RoundInstructions, TaskSpec, TrainSpec
+
+BASE = {"w": np.zeros(3, np.float32)}
+EQUAL_SPEEDS = ("timing.compute_sigma=0", "timing.bandwidth_sigma=0", "timing.latency_s=0")
+
+
+class ScriptedTransport:
+    """Replies in a fixed order: each client's update is ``+value`` on every weight."""
+
+    def __init__(
+        self, values: dict[str, float], order: list[str], version_claim: dict[str, int] | None = None
+    ):
+        self.values, self.order, self.claim = values, list(order), version_claim or {}
+        self.sent: dict[str, TrainTask] = {}
+
+    def clients(self) -> list[str]:
+        return sorted(self.values)
+
+    def ready(self, client: str) -> bool:
+        return True
+
+    def now(self) -> float:
+        return math.nan
+
+    def push(self, task: TrainTask) -> None:
+        self.sent[task.client] = task
+
+    def pull(self, timeout: float) -> list[Reply]:
+        for i, client in enumerate(self.order):
+            if client in self.sent:
+                self.order.pop(i)
+                task = self.sent.pop(client)
+                delta = {"w": np.full(3, self.values[client], np.float32)}
+                version = self.claim.get(client, task.instructions.version)
+                data = encode_update(
+                    delta,
+                    CodecSpec.parse("dense"),
+                    base_hash=task.expected_base,
+                    version=version,
+                    sender=client,
+                    rng=np.random.default_rng(0),
+                )
+                return [Reply(client, envelope=data, metrics={keys.NUM_EXAMPLES: 1}, nbytes=len(data))]
+        return []
+
+
+def _driver(
+    mode: str, transport: ScriptedTransport, versions: int, *, k: int = 2, conc: int = 2
+) -> AsyncDriver:
+    settings = AsyncSettings(mode, versions, conc, k, 0.5, 1.0, 0.0, 0, 1.0, 100)
+    stale = StaleHandling(functions.create("polynomial", a=1.0), compensation.create("direct"))
+
+    def instructions(rnd: int, version: int) -> RoundInstructions:
+        return RoundInstructions(rnd, version, 0, "dense", False, TaskSpec(), TrainSpec())
+
+    policy = CollectPolicy(norm_ratio=0)
+    return AsyncDriver(
+        settings, transport, instructions, FullDownlink(), policy, create("mean"), stale, ModelHistory(8)
+    )
+
+
+def test_fedasync_mixes_the_clients_model_with_staleness_weight() -> None:
+    """a=0.5, s(tau) = 1/(1+tau). Clients a, b start from version 0; a arrives first (tau 0):
+    w1 = 0.5 w0 + 0.5 (w0 + 1) = 0.5. Then b (tau 1, a_t = 0.25): w2 = 0.75 w1 + 0.25 (w0 + 2) = 0.875."""
+    transport = ScriptedTransport({"c-1": 1.0, "c-2": 2.0}, ["c-1", "c-2"])
+    result = _driver("fedasync", transport, 2).run(BASE)
+    np.testing.assert_allclose(result.weights["w"], 0.875, rtol=1e-6)
+    assert [r.staleness_max for r in result.rounds] == [0, 1]
+    assert result.extra["staleness_histogram"] == [{0: 1}, {1: 1}]
+
+
+def test_fedbuff_steps_with_the_rule_over_the_buffer() -> None:
+    """K = 2, mean rule: version 1 = mean(+1, +2) = 1.5 (both fresh)."""
+    transport = ScriptedTransport({"c-1": 1.0, "c-2": 2.0}, ["c-2", "c-1"])
+    result = _driver("fedbuff", transport, 1).run(BASE)
+    np.testing.assert_allclose(result.weights["w"], 1.5, rtol=1e-6)
+    assert result.rounds[0].round == 1 and result.rounds[0].rejected == 0
+
+
+def test_future_and_unknown_versions_are_refused_and_counted() -> None:
+    transport = ScriptedTransport({"c-1": 1.0, "c-2": 2.0, "c-3": 3.0}, ["c-1", "c-2", "c-3"], {"c-1": 7})
+    result = _driver("fedasync", transport, 2, conc=3).run(BASE)
+    assert sum(r.rejected for r in result.rounds) == 1  # a names version 7: refused before parsing it
+    np.testing.assert_allclose(result.weights["w"], 0.5 * 0.5 * 2 / 2 + 0.0, atol=10)  # the run went on
+    history = ModelHistory(max_versions=1)
+    history.put(0, BASE), history.put(1, BASE)
+    with pytest.raises(ValueError, match="version 0"):
+        history.get(0)
+
+
+def _plan(*overrides: str) -> SimulationPlan:
+    return SimulationPlan.from_scenario(load_scenario("smoke", list(overrides)))
+
+
+def test_fedbuff_with_buffer_and_concurrency_of_everyone_is_synchronous_fedavg() -> None:
+    """k = concurrency = n and equal speeds: every update of version 1 is fresh, the buffer holds all
+    four clients, and the step is round 1 of synchronous FedAvg (same seeds, float tolerance)."""
+    sync = run_engine("inprocess", _plan("rounds=1"))
+    args = ("rounds=1", "server.mode=fedbuff", "server.buffer_size=4", "server.concurrency=4", *EQUAL_SPEEDS)
+    fedbuff = run_engine("inprocess", _plan(*args))
+    for k, v in sync.weights.items():
+        np.testing.assert_allclose(fedbuff.weights[k], v, rtol=1e-5, atol=1e-6)
+    assert fedbuff.rounds[0].staleness_max == 0
+    assert fedbuff.rounds[0].accuracy == pytest.approx(sync.rounds[0].accuracy, abs=0.01)
+
+
+def test_virtual_clock_runs_are_deterministic_and_time_moves_forward() -> None:
+    args = ("rounds=6", "server.mode=fedbuff", "server.buffer_size=2", "server.concurrency=4")
+    a, b = run_engine("inprocess", _plan(*args)), run_engine("inprocess", _plan(*args))
+    assert [r.to_dict() | {"wall_s": 0} for r in a.rounds] == [r.to_dict() | {"wall_s": 0} for r in b.rounds]
+    times = [r.sim_time_s for r in a.rounds]
+    assert all(t2 >= t1 for t1, t2 in itertools.pairwise(times)) and times[0] > 0
+    assert max(r.staleness_max for r in a.rounds) >= 1  # concurrency 4 > buffer 2: stale updates
+    assert model_hash(a.weights) == model_hash(b.weights)
+
+
+def test_async_settings_are_checked_before_round_1() -> None:
+    with pytest.raises(ValueError, match=r"fedasync.*aggregation\.rule"):
+        _plan("server.mode=fedasync", "aggregation.rule=median")
+    with pytest.raises(ValueError, match=r"staleness"):
+        _plan("server.mode=fedbuff", "server.staleness=nope")
+    with pytest.raises(ValueError, match="krum"):
+        _plan(
+            "server.mode=fedbuff",
+            "server.buffer_size=3",
+            "aggregation.rule=krum",
+            "aggregation.assumed_byzantine=1",
+        )
