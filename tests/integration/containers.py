@@ -1,0 +1,71 @@
+"""A container engine and compose for tests: find or start one, or say why not.
+
+``engine()`` returns the environment to talk to a working docker engine: the one ``DOCKER_HOST``
+names, else one started with ``deploy/scripts/engine.sh`` (root and Debian's ``dockerd`` needed;
+stopped again by :func:`stop_engine`). ``compose_cmd()`` finds ``docker compose`` (v2) or
+``docker-compose`` (v1.29, Debian). Both raise :class:`Unavailable` with the reason when there is
+none; the tests turn that into a skip, or a failure when ``STAMEN_REQUIRE_CONTAINERS=1`` (CI sets it
+on machines where containers must run).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ENGINE = ROOT / "deploy" / "scripts" / "engine.sh"
+ROLES = ("superlink", "server", "device")
+
+
+class Unavailable(RuntimeError):
+    """No container engine, compose or image here; the message says why."""
+
+
+def _ok(cmd: list[str], env: dict[str, str], timeout: float = 30) -> bool:
+    try:
+        return subprocess.run(cmd, env=env, capture_output=True, timeout=timeout, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def engine() -> tuple[dict[str, str], bool]:
+    """(environment with DOCKER_HOST, whether this call started the daemon)."""
+    if shutil.which("docker") is None:
+        raise Unavailable("the docker CLI is not installed (apt-get install docker.io)")
+    env = dict(os.environ)
+    if _ok(["docker", "info"], env):
+        return env, False
+    if os.geteuid() != 0 or shutil.which("dockerd") is None:
+        raise Unavailable("no reachable docker engine, and dockerd cannot be started here (root + docker.io)")
+    out = subprocess.run(["bash", str(ENGINE), "start"], capture_output=True, text=True, timeout=120, check=False)
+    if out.returncode != 0:
+        raise Unavailable(f"dockerd did not start: {out.stderr.strip()[-500:]}")
+    for part in out.stdout.replace(";", "\n").splitlines():
+        key, _, value = part.strip().removeprefix("export ").partition("=")
+        if key:
+            env[key] = value
+    return env, env.get("STAMEN_ENGINE_STARTED") == "1"
+
+
+def stop_engine(env: dict[str, str]) -> None:
+    """Stop the daemon :func:`engine` started (by its PID file)."""
+    subprocess.run(["bash", str(ENGINE), "stop"], env=env, capture_output=True, timeout=60, check=False)
+
+
+def compose_cmd(env: dict[str, str]) -> list[str]:
+    """argv prefix of a working compose: ``docker compose`` or ``docker-compose``."""
+    if _ok(["docker", "compose", "version"], env):
+        return ["docker", "compose"]
+    if shutil.which("docker-compose") and _ok(["docker-compose", "version"], env):
+        return ["docker-compose"]
+    raise Unavailable("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
+
+
+def require_images(env: dict[str, str], tag: str) -> None:
+    """Raise :class:`Unavailable` naming the role images that are not built (``make images``)."""
+    missing = [f"stamen-{r}:{tag}" for r in ROLES if not _ok(["docker", "image", "inspect", f"stamen-{r}:{tag}"], env)]
+    if missing:
+        raise Unavailable(f"images not built: {', '.join(missing)} (run `make images BASE=...`)")
