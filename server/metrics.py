@@ -125,7 +125,9 @@ class ServerMetrics:
     def record_rejection(self, reason: str) -> None:
         """Count one rejected update; ``reason`` must be one of :data:`REJECTION_REASONS`."""
         if reason not in REJECTION_REASONS:
-            raise ValueError(f"unknown rejection reason {reason!r}; use one of {', '.join(REJECTION_REASONS)}")
+            raise ValueError(
+                f"unknown rejection reason {reason!r}; use one of {', '.join(REJECTION_REASONS)}"
+            )
         self.rejected.labels(reason=reason).inc()
 
     def record_round(

@@ -209,11 +209,17 @@ def deploy_init(out_dir: str | Path, options: InitOptions | None = None) -> Init
     signing_pub = _signing_key(out, opts, report)
     _superexec_secret(out, opts, report)
     pubs = [_node(out, i, opts, report) for i in range(opts.nodes)]
-    _public_copies(out, ca.cert.public_bytes(serialization.Encoding.PEM), signing_pub, [p.parent for p in pubs])
+    _public_copies(
+        out, ca.cert.public_bytes(serialization.Encoding.PEM), signing_pub, [p.parent for p in pubs]
+    )
     operator = out / "operator"
-    write_public(operator / "config.toml", connection_toml(CONNECTION, opts.address, operator / "ca.crt").encode())
+    write_public(
+        operator / "config.toml", connection_toml(CONNECTION, opts.address, operator / "ca.crt").encode()
+    )
     report.register_commands = node_register_commands(out, CONNECTION)
-    write_public(operator / "register.sh", render_register_script(operator, report.register_commands).encode())
+    write_public(
+        operator / "register.sh", render_register_script(operator, report.register_commands).encode()
+    )
     (operator / "register.sh").chmod(0o755)
     manifest = _manifest(out, opts, out / "server" / "update-signing.pub.pem", pubs)
     write_public(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())

@@ -84,7 +84,9 @@ def test_default_cmd_flags_exist_and_are_secure(role: str) -> None:
     cmd = json.loads(dict(_stages()[role])["CMD"])
     help_text = _help(ROLE_ENTRY[role])
     for flag in _flags(cmd):
-        assert re.search(rf"{re.escape(flag)}\b", help_text), f"{role}: {flag} is not a flag of {ROLE_ENTRY[role]}"
+        assert re.search(rf"{re.escape(flag)}\b", help_text), (
+            f"{role}: {flag} is not a flag of {ROLE_ENTRY[role]}"
+        )
     assert "--insecure" not in cmd
     assert any(f in cmd for f in ("--ssl-certfile", "--root-certificates")), f"{role}: no TLS"
 
@@ -106,6 +108,6 @@ def test_compose_services_are_secure_and_use_real_flags() -> None:
         if role == "device":
             assert svc["volumes"][0].endswith(f"/nodes/node-{name[-1]}:/certs:ro")
             partitions.append(cmd[cmd.index("--node-config") + 1])
-    assert partitions == ["partition-id=0 num-partitions=2", "partition-id=1 num-partitions=2"]
+    assert partitions == ["partition-id=0", "partition-id=1"]
     assert "superlink-state:/state" in services["superlink"]["volumes"]
     assert services["superlink"]["ports"][0].startswith("127.0.0.1:")

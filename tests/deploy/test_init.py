@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from cryptography import x509
 
 from stamen.deploy.cli import main

@@ -26,7 +26,9 @@ def test_event_fields_and_static_fields(stream: io.StringIO) -> None:
     log = logging.getLogger("stamen.test_logs.round")
     log_event(log, "update_rejected", node="a1b2", reason="signature", bytes=12, eps=float("inf"))
     (line,) = _lines(stream)
-    assert {k: line[k] for k in ("level", "logger", "event", "msg", "role", "node", "reason", "bytes", "eps")} == {
+    assert {
+        k: line[k] for k in ("level", "logger", "event", "msg", "role", "node", "reason", "bytes", "eps")
+    } == {
         "level": "INFO",
         "logger": "stamen.test_logs.round",
         "event": "update_rejected",

@@ -87,7 +87,9 @@ def test_rejection_reason_follows_the_error_hierarchy() -> None:
     assert rejection_reason(Forged("x")) == "signature"
     assert rejection_reason(errors.BaseModelMismatch("x")) == "base_model"
     assert rejection_reason(KeyError("x")) == "other"
-    assert all(rejection_reason(e("x")) in REJECTION_REASONS for e in (errors.MalformedUpdate, errors.CodecError))
+    assert all(
+        rejection_reason(e("x")) in REJECTION_REASONS for e in (errors.MalformedUpdate, errors.CodecError)
+    )
 
 
 @settings(max_examples=30, deadline=None)

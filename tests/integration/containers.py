@@ -13,7 +13,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE = ROOT / "deploy" / "scripts" / "engine.sh"
@@ -40,7 +43,9 @@ def engine() -> tuple[dict[str, str], bool]:
         return env, False
     if os.geteuid() != 0 or shutil.which("dockerd") is None:
         raise Unavailable("no reachable docker engine, and dockerd cannot be started here (root + docker.io)")
-    out = subprocess.run(["bash", str(ENGINE), "start"], capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run(
+        ["bash", str(ENGINE), "start"], capture_output=True, text=True, timeout=120, check=False
+    )
     if out.returncode != 0:
         raise Unavailable(f"dockerd did not start: {out.stderr.strip()[-500:]}")
     for part in out.stdout.replace(";", "\n").splitlines():
@@ -61,11 +66,39 @@ def compose_cmd(env: dict[str, str]) -> list[str]:
         return ["docker", "compose"]
     if shutil.which("docker-compose") and _ok(["docker-compose", "version"], env):
         return ["docker-compose"]
-    raise Unavailable("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
+    raise Unavailable(
+        "neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)"
+    )
 
 
 def require_images(env: dict[str, str], tag: str) -> None:
     """Raise :class:`Unavailable` naming the role images that are not built (``make images``)."""
-    missing = [f"stamen-{r}:{tag}" for r in ROLES if not _ok(["docker", "image", "inspect", f"stamen-{r}:{tag}"], env)]
+    missing = [
+        f"stamen-{r}:{tag}"
+        for r in ROLES
+        if not _ok(["docker", "image", "inspect", f"stamen-{r}:{tag}"], env)
+    ]
     if missing:
         raise Unavailable(f"images not built: {', '.join(missing)} (run `make images BASE=...`)")
+
+
+@pytest.fixture(scope="session")
+def docker_env() -> Iterator[dict[str, str]]:
+    """Environment of a working engine with compose and the role images (tag ``STAMEN_TAG``, default
+    ``latest``); skips with the reason, or fails under ``STAMEN_REQUIRE_CONTAINERS=1``."""
+    started = False
+    try:
+        env, started = engine()
+        compose_cmd(env)
+        require_images(env, os.environ.get("STAMEN_TAG", "latest"))
+    except Unavailable as exc:
+        if started:
+            stop_engine(env)
+        if os.environ.get("STAMEN_REQUIRE_CONTAINERS") == "1":
+            pytest.fail(f"containers are required here: {exc}")
+        pytest.skip(str(exc))
+    try:
+        yield env
+    finally:
+        if started:
+            stop_engine(env)

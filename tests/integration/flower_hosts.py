@@ -50,7 +50,9 @@ def start_superlink(net: Network, keys: Path, tmp: Path) -> None:
     cmd += ["--enable-supernode-auth", "--disable-runtime-dependency-installation"]
     cmd += ["--database", str(tmp / "state.db"), "--host", "0.0.0.0", "--port", str(PORT)]
     proc = net.start(net.server, cmd, tmp / "superlink.log", env=flower_env(tmp / "home-link"))
-    wait_until(lambda: _listening(net.server), 90, "the SuperLink port", proc_log=(proc, tmp / "superlink.log"))
+    wait_until(
+        lambda: _listening(net.server), 90, "the SuperLink port", proc_log=(proc, tmp / "superlink.log")
+    )
 
 
 def _listening(host: Host) -> bool:
@@ -99,6 +101,11 @@ def flwr(net: Network, keys: Path, args: Sequence[str], timeout_s: float) -> tup
     import subprocess
 
     run = subprocess.run(
-        argv, env=flower_env(keys / "operator"), capture_output=True, text=True, timeout=timeout_s, check=False
+        argv,
+        env=flower_env(keys / "operator"),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
     )
     return run.returncode, run.stdout + run.stderr

@@ -18,6 +18,7 @@ It skips with the reason when not root, when ``ip`` is missing, or when namespac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -50,9 +51,13 @@ class Host:
         """``cmd`` wrapped to run inside this namespace."""
         return ["ip", "netns", "exec", self.netns, *cmd]
 
-    def run(self, cmd: Sequence[str], timeout: float = 60.0, **kw: object) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, cmd: Sequence[str], timeout: float = 60.0, **kw: object
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``cmd`` here to completion (bounded by ``timeout`` seconds), capturing text output."""
-        return subprocess.run(self.argv(cmd), capture_output=True, text=True, timeout=timeout, check=False, **kw)  # type: ignore[call-overload,no-any-return]
+        return subprocess.run(
+            self.argv(cmd), capture_output=True, text=True, timeout=timeout, check=False, **kw
+        )  # type: ignore[call-overload,no-any-return]
 
 
 @dataclass
@@ -86,10 +91,8 @@ class Network:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def skip_reason() -> str | None:
@@ -143,10 +146,8 @@ def _teardown(net: Network | None, created: Sequence[str]) -> None:
     for name in reversed(created):  # anything still running inside our namespaces is ours
         pids = _ip(["netns", "pids", name], check=False).stdout.split()
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
         deadline = time.monotonic() + 10
         while _ip(["netns", "pids", name], check=False).stdout.strip() and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -13,11 +13,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from containers import ROOT, Unavailable, compose_cmd, engine, require_images, stop_engine
+from containers import ROOT, compose_cmd
 
 from stamen.deploy.init import InitOptions, deploy_init
 from stamen.deploy.register import node_register_commands, run_register
@@ -25,24 +24,7 @@ from stamen.deploy.register import node_register_commands, run_register
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 COMPOSE_FILE = ROOT / "deploy" / "compose.yml"
 BIN = Path(sys.executable).parent
-TAG = os.environ.get("STAMEN_TAG", "latest")
-
-
-@pytest.fixture(scope="module")
-def docker_env() -> Iterator[dict[str, str]]:
-    try:
-        env, started = engine()
-        compose_cmd(env)
-        require_images(env, TAG)
-    except Unavailable as exc:
-        if os.environ.get("STAMEN_REQUIRE_CONTAINERS") == "1":
-            pytest.fail(f"containers are required here: {exc}")
-        pytest.skip(str(exc))
-    try:
-        yield env
-    finally:
-        if started:
-            stop_engine(env)
+TAG = os.environ.get("STAMEN_TAG", "latest")  # the same default as docker_env (conftest)
 
 
 def _free_port() -> int:
@@ -59,7 +41,9 @@ def _compose(env: dict[str, str], *args: str, timeout: float = 300) -> subproces
 def _health(env: dict[str, str], service: str) -> str:
     cid = _compose(env, "ps", "-q", service, timeout=60).stdout.strip()
     fmt = "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}"
-    got = subprocess.run(["docker", "inspect", "-f", fmt, cid], env=env, capture_output=True, text=True, timeout=60)
+    got = subprocess.run(
+        ["docker", "inspect", "-f", fmt, cid], env=env, capture_output=True, text=True, timeout=60
+    )
     return got.stdout.strip()
 
 
@@ -72,10 +56,14 @@ def _wait(cond, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def _flwr(env: dict[str, str], keys: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _flwr(
+    env: dict[str, str], keys: Path, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     full = {**env, "FLWR_HOME": str(keys / "operator"), "FLWR_TELEMETRY_ENABLED": "0"}
     full["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run([str(BIN / "flwr"), *args], env=full, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "flwr"), *args], env=full, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _online(env: dict[str, str], keys: Path) -> int:
@@ -88,17 +76,33 @@ def _online(env: dict[str, str], keys: Path) -> int:
 def _run_federation(env: dict[str, str], keys: Path, tmp: Path) -> dict[str, object]:
     assert _compose(env, "up", "-d", "superlink").returncode == 0
     _wait(lambda: _health(env, "superlink") == "healthy", 180, "a healthy superlink")
-    run_register(keys / "operator", node_register_commands(keys), timeout_s=120, env={**env, "PATH": f"{BIN}:{env['PATH']}"})
+    run_register(
+        keys / "operator",
+        node_register_commands(keys),
+        timeout_s=120,
+        env={**env, "PATH": f"{BIN}:{env['PATH']}"},
+    )
     up = _compose(env, "up", "-d")
     assert up.returncode == 0, up.stderr
     _wait(lambda: _online(env, keys) == 2, 240, "2 device containers online")
-    config = 'out-dir="/app/results" timeout-s=300 overrides="data.num_clients=2 clients.per_round=2 rounds=2"'
-    run = _flwr(env, keys, "run", str(ROOT / "deploy" / "app"), "stamen", "--stream", "-c", config, timeout=600)
+    config = (
+        'out-dir="/app/results" timeout-s=300 overrides="data.num_clients=2 clients.per_round=2 rounds=2"'
+    )
+    run = _flwr(
+        env, keys, "run", str(ROOT / "deploy" / "app"), "stamen", "--stream", "-c", config, timeout=600
+    )
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     cid = _compose(env, "ps", "-q", "server").stdout.strip()
     _wait(
-        lambda: subprocess.run(["docker", "cp", f"{cid}:/app/results/results.json", str(tmp)], env=env,
-                               capture_output=True, timeout=60).returncode == 0,
+        lambda: (
+            subprocess.run(
+                ["docker", "cp", f"{cid}:/app/results/results.json", str(tmp)],
+                env=env,
+                capture_output=True,
+                timeout=60,
+            ).returncode
+            == 0
+        ),
         120,
         "results.json in the server container",
     )

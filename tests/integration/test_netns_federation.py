@@ -57,7 +57,9 @@ def _refused(net: Network, keys: Path, tmp: Path) -> None:
         assert proc.returncode != 0, tail(log)
     assert "Failed to activate SuperNode" in tail(tmp / "stranger.log", 20000), tail(tmp / "stranger.log")
     # the TLS port answers plaintext HTTP with nothing: "Server disconnected without sending a response"
-    assert "Failed to initialize the connection" in tail(tmp / "plaintext.log", 20000), tail(tmp / "plaintext.log")
+    assert "Failed to initialize the connection" in tail(tmp / "plaintext.log", 20000), tail(
+        tmp / "plaintext.log"
+    )
 
 
 def test_tls_authenticated_federation_across_namespaces(netns_hosts: Network, tmp_path: Path) -> None:
@@ -75,7 +77,9 @@ def test_tls_authenticated_federation_across_namespaces(netns_hosts: Network, tm
         f'scenario="smoke" out-dir="{out}" timeout-s=300 '
         f'overrides="data.num_clients={N} clients.per_round={N} rounds=2"'
     )
-    code, logs = flwr(net, keys, ["run", str(ROOT / "deploy" / "app"), "stamen", "--stream", "-c", config], 420)
+    code, logs = flwr(
+        net, keys, ["run", str(ROOT / "deploy" / "app"), "stamen", "--stream", "-c", config], 420
+    )
     assert code == 0, logs[-4000:]
     wait_until(lambda: (out / "results.json").exists(), 60, "results.json")
     res = json.loads((out / "results.json").read_text())
