@@ -14,6 +14,7 @@ are ``ValueError`` with a one-line reason (exit 2 in ``stamen.cli.main`` and in 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,7 +99,11 @@ def _register(args: argparse.Namespace) -> int:
     if not args.run:
         print(render_register_script(operator, commands), end="")
         return 0
-    for proc in run_register(operator, commands, timeout_s=args.timeout):
+    try:
+        done = run_register(operator, commands, timeout_s=args.timeout)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:  # stamen.cli reports ValueError, exit 2
+        raise ValueError(str(exc)) from None
+    for proc in done:
         print(proc.stdout.strip())
     return 0
 
@@ -139,6 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return dispatch(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"stamen: error: {exc}", file=sys.stderr)
         return 2

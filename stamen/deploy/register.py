@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -87,6 +89,15 @@ def render_register_script(flwr_home: Path, commands: Sequence[Sequence[str]]) -
     return "\n".join(lines) + "\n"
 
 
+def _resolve(cmd: list[str], path: str | None) -> list[str]:
+    """``flwr`` from PATH, else the one installed beside this Python (a venv not on PATH)."""
+    if cmd and cmd[0] == "flwr" and shutil.which("flwr", path=path) is None:
+        sibling = Path(sys.executable).with_name("flwr")
+        if sibling.exists():
+            return [str(sibling), *cmd[1:]]
+    return cmd
+
+
 def run_register(
     flwr_home: Path,
     commands: Sequence[Sequence[str]],
@@ -106,7 +117,12 @@ def run_register(
     done = []
     for cmd in commands:
         proc = subprocess.run(
-            list(cmd), env=full_env, capture_output=True, text=True, timeout=timeout_s, check=False
+            _resolve(list(cmd), full_env.get("PATH")),
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
         )
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]

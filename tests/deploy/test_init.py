@@ -113,3 +113,12 @@ def test_cli_init_register_and_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["init", str(out), "--ip", "not-an-ip", "--renew-server-cert"]) == 2
     assert "not an IP address: 'not-an-ip'" in capsys.readouterr().err
     assert main(["register", str(tmp_path / "nowhere")]) == 2
+
+
+def test_register_run_reports_an_unreachable_superlink(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deploy_init(tmp_path, InitOptions(nodes=1, address="127.0.0.1:1"))  # nothing listens on port 1
+    assert main(["register", str(tmp_path), "--run", "--timeout", "120"]) == 2
+    err = capsys.readouterr().err
+    assert "flwr supernode register" in err and "exited 1" in err and "unavailable" in err
