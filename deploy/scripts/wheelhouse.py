@@ -2,9 +2,10 @@
 
     python deploy/scripts/wheelhouse.py [OUT]        (default OUT: deploy/build; `make wheelhouse`)
 
-Writes ``OUT/wheels/`` with
+Writes ``OUT/stamen/stamen-<version>-py3-none-any.whl`` (built from this checkout, no dependencies;
+a folder of its own so that a change to stamen does not invalidate the image layer of the
+dependencies) and ``OUT/wheels/`` with
 
-* ``stamen-<version>-py3-none-any.whl`` (built from this checkout, no dependencies);
 * ``requirements-<role>.txt`` for each role: the ``[project.optional-dependencies]`` extra of that
   name in pyproject.toml (``superlink``, ``server``, ``device``);
 * ``constraints.txt``: ``name==version`` of every distribution in the running environment, so the
@@ -54,12 +55,13 @@ def _run(cmd: list[str]) -> None:
 
 def build(out: Path) -> Path:
     """Fill ``out/wheels`` (see the module docs); returns that folder."""
-    wheels = out / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    for old in wheels.glob("stamen-*.whl"):
+    wheels, own = out / "wheels", out / "stamen"
+    for folder in (wheels, own):
+        folder.mkdir(parents=True, exist_ok=True)
+    for old in [*own.glob("stamen-*.whl"), *wheels.glob("stamen-*.whl")]:
         old.unlink()
     pip = [sys.executable, "-m", "pip"]
-    _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)])
+    _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(own), str(ROOT)])
     (wheels / "constraints.txt").write_text("\n".join(environment_constraints()) + "\n")
     for role, reqs in role_requirements(ROOT / "pyproject.toml").items():
         req_file = wheels / f"requirements-{role}.txt"

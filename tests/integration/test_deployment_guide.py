@@ -89,4 +89,6 @@ def test_every_command_in_the_guide(docker_env: dict[str, str], tmp_path: Path) 
         cmd = [*compose_cmd(env), "-f", str(ROOT / "deploy" / "compose.yml"), "down", "-v", "--timeout", "20"]
         subprocess.run(cmd, env=env, capture_output=True, timeout=300, check=False)
     assert proc.returncode == 0 and out.rstrip().endswith("::done"), out[-6000:]
+    # the run's aggregated train metrics: every device's update accepted in both rounds
+    assert out.count("'rejected': 0") >= 2 and "'accepted': 3" in out, out[-6000:]
     print(f"deployment guide wall time: {time.monotonic() - t0:.1f} s")
