@@ -27,18 +27,30 @@ class Unavailable(RuntimeError):
     """No container engine, compose or image here; the message says why."""
 
 
-def _ok(cmd: list[str], env: dict[str, str], timeout: float = 30) -> bool:
+def clean_env() -> dict[str, str]:
+    """``os.environ`` without PYTHONPATH/PYTHONHOME: Flower's Ray backend sets PYTHONPATH to this
+    venv's sys.path inside the test process, which breaks other Pythons (Debian's docker-compose)."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+def _probe(cmd: list[str], env: dict[str, str], timeout: float = 120) -> str | None:
+    """None when ``cmd`` exits 0, else why not (the end of its output)."""
     try:
-        return subprocess.run(cmd, env=env, capture_output=True, timeout=timeout, check=False).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if run.returncode == 0 else (run.stdout + run.stderr).strip()[-300:]
+
+
+def _ok(cmd: list[str], env: dict[str, str], timeout: float = 120) -> bool:
+    return _probe(cmd, env, timeout) is None
 
 
 def engine() -> tuple[dict[str, str], bool]:
     """(environment with DOCKER_HOST, whether this call started the daemon)."""
     if shutil.which("docker") is None:
         raise Unavailable("the docker CLI is not installed (apt-get install docker.io)")
-    env = dict(os.environ)
+    env = clean_env()
     if _ok(["docker", "info"], env):
         return env, False
     if os.geteuid() != 0 or shutil.which("dockerd") is None:

@@ -25,7 +25,7 @@ LINK = f"{SERVER_ADDR}:{PORT}"
 
 def flower_env(home: Path) -> dict[str, str]:
     """Environment for a Flower process with its own ``FLWR_HOME`` and no network side trips."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(
         FLWR_HOME=str(home),
         FLWR_TELEMETRY_ENABLED="0",
