@@ -71,3 +71,30 @@ bench: install
 
 clean:
 	rm -rf runs site .flwr-home .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+# ---- deployment (deploy/, docs/deployment.md) ----
+# BASE: the image the role images start from. Where no registry is reachable, build a stand-in from
+# Debian's packages first: `make container-base` (debootstrap + docker import; needs root).
+BASE ?= python:3.11-slim-bookworm
+LOCAL_BASE := stamen-local/python:3.11-slim-bookworm
+IMAGE_TAG ?= latest
+DOCKER ?= docker
+ROLES := superlink server device
+.PHONY: wheelhouse images container-base hadolint
+
+wheelhouse: install
+	$(PY) deploy/scripts/wheelhouse.py deploy/build
+
+container-base:
+	deploy/scripts/build-base.sh $(LOCAL_BASE)
+
+images: wheelhouse
+	for role in $(ROLES); do \
+	  start=$$(date +%s); \
+	  $(DOCKER) build -q -f deploy/Dockerfile --target $$role --build-arg ROLE=$$role \
+	    --build-arg BASE=$(BASE) -t stamen-$$role:$(IMAGE_TAG) deploy/build >/dev/null || exit 1; \
+	  echo "stamen-$$role:$(IMAGE_TAG) built in $$(( $$(date +%s) - start )) s"; \
+	done
+
+hadolint: install
+	$(VENV)/bin/hadolint deploy/Dockerfile

@@ -18,11 +18,12 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from stamen.server.config import ServerConfig
-from stamen.server.driver.driver import EvalFn
+from stamen.server.driver.driver import EvalFn, RoundDriver
 from stamen.server.driver.flower_async import GridAsyncTransport
 from stamen.server.driver.flower_transport import GridTransport
 from stamen.server.federation import assemble, assemble_async, central_evaluator
 from stamen.server.history import RoundRecord
+from stamen.server.metrics import REJECTION_REASONS, ServerMetrics, start_metrics_server
 from stamen.server.records import write_record
 from stamen.task.datasource import load_data_source
 from stamen.task.models import build_model
@@ -51,11 +52,14 @@ def main(grid: Grid, context: Context) -> None:
     transport = GridTransport(grid, cfg.num_clients, cfg.per_round, cfg.timeout_s)
     initial = get_weights(build_model(cfg.task))
     evaluate = evaluator(cfg, run_config)
+    reporter = RoundReporter(operator_metrics(run_config))
     if cfg.settings.server.mode == "sync":
-        result = assemble(cfg, transport, initial, evaluate).run(initial, progress=_log_round)
+        driver = assemble(cfg, transport, initial, evaluate)
+        reporter.driver = driver
+        result = driver.run(initial, progress=reporter)
     else:  # FedAsync / FedBuff: push/pull, no round barrier
         pushpull = GridAsyncTransport(transport, ttl_s=cfg.timeout_s)
-        result = assemble_async(cfg, pushpull, initial, evaluate).run(initial, progress=_log_round)
+        result = assemble_async(cfg, pushpull, initial, evaluate).run(initial, progress=reporter)
     out = str(run_config.get("out-dir", ""))
     if out:
         simulated = "InMemory" in type(grid).__name__  # Flower's simulation runtime, else a SuperLink
@@ -66,5 +70,37 @@ def main(grid: Grid, context: Context) -> None:
         log.info("results written to %s", out)
 
 
-def _log_round(rec: RoundRecord) -> None:
-    log.info("stamen round: %s", rec)
+def operator_metrics(run_config: dict[str, Any]) -> ServerMetrics | None:
+    """Serve Prometheus metrics when ``metrics-port`` is set (on ``metrics-addr``, loopback by default)."""
+    port = int(run_config.get("metrics-port", 0))
+    if not port:
+        return None
+    server, metrics = start_metrics_server(port, str(run_config.get("metrics-addr", "127.0.0.1")))
+    log.info("operator metrics on http://%s:%d/metrics", *server.server_address[:2])
+    return metrics
+
+
+class RoundReporter:
+    """Logs every round (one line) and feeds the operator metrics."""
+
+    def __init__(self, metrics: ServerMetrics | None) -> None:
+        self.metrics = metrics
+        self.driver: RoundDriver | None = None
+
+    def __call__(self, rec: RoundRecord) -> None:
+        stats = self.driver.last.stats if self.driver is not None and self.driver.last is not None else None
+        accepted = stats.accepted if stats is not None else None
+        kinds = list(stats.kinds) if stats is not None else []
+        fields = {
+            "accepted": accepted,
+            "rejected": rec.rejected,
+            "accuracy": rec.accuracy,
+            "epsilon": rec.epsilon,
+        }
+        log.info("stamen round %d: %s", rec.round, fields)
+        if self.metrics is None:
+            return
+        staleness = [0.0] * (accepted or 0)
+        self.metrics.record_round(rec.round, rec.bytes_up, rec.bytes_down, rec.epsilon, staleness)
+        for kind in kinds:
+            self.metrics.record_rejection(kind if kind in REJECTION_REASONS else "other")

@@ -26,7 +26,16 @@ from stamen.task.settings import PrivacyConfig, Settings, load_settings
 from stamen.task.spec import RoundInstructions, TaskSpec, TrainSpec
 
 # run_config keys that are not run-setting overrides
-APP_KEYS = ("scenario", "overrides", "out-dir", "timeout-s", "eval-data", "data-source", "engine")
+APP_KEYS = (
+    "scenario",
+    "overrides",
+    "out-dir",
+    "timeout-s",
+    "eval-data",
+    "data-source",
+    "metrics-port",
+    "metrics-addr",
+)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ CHECK = (
 
 def _packages_on_disk() -> set[str]:
     found = {"stamen"}
+    for init in (ROOT / "stamen").rglob("*/__init__.py"):  # subpackages of stamen/ itself (stamen.deploy)
+        found.add(".".join(["stamen", *init.parent.relative_to(ROOT / "stamen").parts]))
     for folder in FOLDERS:
         for init in (ROOT / folder).rglob("__init__.py"):
             rel = init.parent.relative_to(ROOT / folder)

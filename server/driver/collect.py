@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from stamen.protocols import StamenError, TensorInfo, Verifier, tensor_table
-from stamen.server.driver.reply import Accepted, accept_reply
+from stamen.server.driver.reply import Accepted, accept_reply, reason_of
 from stamen.server.driver.types import Reply, TrainTask, Weights
 
 log = logging.getLogger("stamen.server")
@@ -83,6 +83,7 @@ class RoundStats:
     accepted: int = 0
     rejected: int = 0
     reasons: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)  # each rejection's category (metrics label)
     train_loss: list[float] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)  # every client whose update arrived (accepted or not)
     client_epsilon: float | None = None  # largest valid ε a client of this round reported
@@ -167,18 +168,18 @@ class UpdateCollector:
         raises)."""
         client = reply.client
         if client not in self.tasks:
-            return self.reject(client, "not asked this round")
+            return self.reject(client, "not asked this round", "other")
         if client in self._replied:
-            return self.reject(client, "second reply in one round")
+            return self.reject(client, "second reply in one round", "duplicate")
         self._replied.add(client)
         self.stats.bytes_up += reply.nbytes
         if reply.error is not None:
-            return self.reject(client, f"client error: {reply.error}")
+            return self.reject(client, f"client error: {reply.error}", "reply_error")
         self.stats.seen.append(client)  # it released a message (the RQM accountant counts it)
         try:
             examples, norm = self._accept(client, reply)
         except StamenError as exc:
-            return self.reject(client, f"{type(exc).__name__}: {exc}")
+            return self.reject(client, f"{type(exc).__name__}: {exc}", reason_of(exc))
         except Exception as exc:  # any per-reply failure is the client's, never the run's
             log.exception("unexpected failure decoding the reply of %s", client)
             return self.reject(client, f"unreadable reply ({type(exc).__name__}: {exc})")
@@ -201,10 +202,11 @@ class UpdateCollector:
         if got.loss is not None:
             self.stats.train_loss.append(got.loss)
 
-    def reject(self, client: str, reason: str) -> bool:
-        """Count and log a rejected update; the round goes on."""
+    def reject(self, client: str, reason: str, kind: str = "other") -> bool:
+        """Count and log a rejected update (``kind``: its category); the round goes on."""
         self.stats.rejected += 1
         self.stats.reasons.append(f"{client}: {reason}")
+        self.stats.kinds.append(kind)
         log.warning("rejected update from %s: %s", client, reason)
         return False
 
@@ -213,7 +215,7 @@ class UpdateCollector:
         cohort order."""
         for client in self.tasks:
             if client not in self._replied:
-                self.reject(client, "no reply before the timeout")
+                self.reject(client, "no reply before the timeout", "timeout")
         self._drop_outliers()
         clients = sorted(self._rows, key=self.order.__getitem__)
         rows = [self._rows[c][0] for c in clients]
@@ -230,7 +232,7 @@ class UpdateCollector:
         for client, reason in norm_outliers(clients, norms, self.policy).items():
             del self._rows[client]
             self.stats.accepted -= 1
-            self.reject(client, reason)
+            self.reject(client, reason, "validation")
 
     def _capped(self, counts: list[float], clients: list[str]) -> list[float]:
         return capped_examples(counts, clients, self.policy)

@@ -13,11 +13,46 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stamen.protocols import TensorInfo, ValidationError, decode_update, keys
+from stamen.protocols import (
+    BaseModelMismatch,
+    CodecError,
+    MalformedUpdate,
+    SignatureError,
+    TensorInfo,
+    ValidationError,
+    decode_update,
+    keys,
+)
 from stamen.server.driver.types import Reply, TrainTask
+from stamen.server.staleness.errors import StalenessError
 
 if TYPE_CHECKING:
     from stamen.server.driver.collect import CollectPolicy
+
+
+class SenderMismatch(ValidationError):
+    """The envelope names (or is signed by) another client than the one it came from."""
+
+
+class VersionMismatch(ValidationError):
+    """The envelope names a model version the server did not send this client (future, replayed)."""
+
+
+REASONS = (
+    (SenderMismatch, "sender"),
+    (VersionMismatch, "version"),
+    (SignatureError, "signature"),
+    (MalformedUpdate, "malformed"),
+    (BaseModelMismatch, "base_model"),
+    (CodecError, "codec"),
+    (StalenessError, "stale"),
+    (ValidationError, "validation"),
+)
+
+
+def reason_of(exc: BaseException) -> str:
+    """The rejection category of a stamen error (the operator metrics' ``reason`` label)."""
+    return next((label for cls, label in REASONS if isinstance(exc, cls)), "other")
 
 
 @dataclass
@@ -70,9 +105,9 @@ def _delta(
             reply.envelope, verifier=policy.verifier, expected_base=task.expected_base, expected_tensors=table
         )
         if envelope.sender != reply.client:
-            raise ValidationError(f"envelope names sender {envelope.sender!r}, it came from {reply.client!r}")
+            raise SenderMismatch(f"envelope names sender {envelope.sender!r}, it came from {reply.client!r}")
         if envelope.version != task.instructions.version:
-            raise ValidationError(
+            raise VersionMismatch(
                 f"envelope names model version {envelope.version}, "
                 f"the server sent {task.instructions.version}"
             )

@@ -44,6 +44,7 @@ def treat_stale_rows(
             updates.stats.rejected += 1
             updates.stats.accepted -= 1
             updates.stats.reasons.append(f"{client}: {exc}")
+            updates.stats.kinds.append("stale")
             continue
         flatten(treated, updates.table, updates.stack[i])
         updates.weights[i] *= factor
