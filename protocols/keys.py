@@ -35,6 +35,9 @@ UPDATE_NORM = "update-norm"  # local DP: the update's L2 norm before clipping
 DP_ROUNDS = "dp-rounds"  # local DP: rounds this client has released a noised update
 DP_STEPS = "dp-steps"  # DP-SGD: noisy steps this client has taken
 DOWNLINK = "downlink"  # ArrayRecord: a signed delta envelope for an edge device (runtime = "edge")
+IDENTITY = "stamen.identity"  # ConfigRecord in a train reply: the device's update key + its endorsement
+IDENTITY_KEY = "update-key"  # bytes: raw Ed25519 public key the envelope is signed with
+IDENTITY_ENDORSEMENT = "endorsement"  # bytes: the node key's ECDSA signature over it
 BASE = "stamen.base"  # ConfigRecord in a train reply: {"hash": the model hash the client trained from}
 
 # --- Bristle peer mode (aggregation.mode = "peer"; the server only relays) ---------------------
