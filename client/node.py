@@ -48,6 +48,9 @@ class Node:
         The edge model store of a device (``clients.runtime = "edge"``).
     signer : Signer or None
         The device's update-signing key.
+    endorsement : bytes or None
+        The node key's endorsement of ``signer``'s public key (:mod:`stamen.protocols.identity`),
+        sent with every update so the server can bind the signature to the authenticated node.
     """
 
     data: DataSource
@@ -55,6 +58,7 @@ class Node:
     seed_id: int
     store: EdgeRuntime | None = None
     signer: Signer | None = None
+    endorsement: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from stamen.server.config import ServerConfig
+from stamen.server.deployed import deployment_extras
 from stamen.server.driver.driver import EvalFn, RoundDriver
 from stamen.server.driver.flower_async import GridAsyncTransport
 from stamen.server.driver.flower_transport import GridTransport
@@ -49,20 +50,23 @@ def main(grid: Grid, context: Context) -> None:
     """Entry point called by Flower with the run's grid and context."""
     run_config = dict(context.run_config)
     cfg = ServerConfig.from_run_config(run_config)
-    transport = GridTransport(grid, cfg.num_clients, cfg.per_round, cfg.timeout_s)
+    simulated = "InMemory" in type(grid).__name__  # Flower's simulation runtime, else a SuperLink
     initial = get_weights(build_model(cfg.task))
+    extras = deployment_extras(cfg, run_config, initial, deployed=not simulated)
+    transport = GridTransport(
+        grid, cfg.num_clients, cfg.per_round, cfg.timeout_s, bind_identity=extras.require_signed
+    )
     evaluate = evaluator(cfg, run_config)
     reporter = RoundReporter(operator_metrics(run_config))
     if cfg.settings.server.mode == "sync":
-        driver = assemble(cfg, transport, initial, evaluate)
+        driver = assemble(cfg, transport, initial, evaluate, extras)
         reporter.driver = driver
         result = driver.run(initial, progress=reporter)
     else:  # FedAsync / FedBuff: push/pull, no round barrier
         pushpull = GridAsyncTransport(transport, ttl_s=cfg.timeout_s)
-        result = assemble_async(cfg, pushpull, initial, evaluate).run(initial, progress=reporter)
+        result = assemble_async(cfg, pushpull, initial, evaluate, extras).run(initial, progress=reporter)
     out = str(run_config.get("out-dir", ""))
     if out:
-        simulated = "InMemory" in type(grid).__name__  # Flower's simulation runtime, else a SuperLink
         extra = {"engine": "flower-simulation" if simulated else "flower-deployment"}
         if result.stopped:
             extra["stopped"] = result.stopped

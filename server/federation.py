@@ -61,6 +61,9 @@ class RunExtras:
         Signed deltas to edge devices instead of full weights.
     verifier : Verifier or None
         Trusted client keys: every update must be signed by one.
+    require_signed : bool
+        Every update must be signed by the key its authenticated sending node endorsed (a deployed
+        grid's transport binds each reply to it).
     max_delay : int
         The most rounds a simulated client is delayed (its update that many versions stale); the
         server then keeps that many past versions and applies the staleness rules.
@@ -72,6 +75,7 @@ class RunExtras:
     validation: tuple[np.ndarray, np.ndarray] | None = None
     downlink: Downlink | None = None
     verifier: Verifier | None = None
+    require_signed: bool = False
     max_delay: int = 0
 
 
@@ -95,6 +99,7 @@ def collect_policy(cfg: ServerConfig, rule: Rule, extras: RunExtras) -> CollectP
         max_examples=a.max_examples,
         declared=extras.declared,
         verifier=extras.verifier,
+        require_signed=extras.require_signed,
         allow_plain=cfg.codec.is_dense(),
         require=(keys.PEER_CLASSES,) if rule.traits.relay_only else (),
     )

@@ -18,8 +18,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from stamen.protocols import keys
+from stamen.protocols import SignatureError, keys
 from stamen.protocols.flower import array_record_nbytes, envelope_from_record, envelope_record
+from stamen.server.driver.identity import NodeIdentities
 from stamen.server.driver.types import Reply, TrainTask, Weights, client_index
 from stamen.task.bristle.peer import PeerConfig
 from stamen.task.bristle.relayed import Relayed
@@ -59,13 +60,23 @@ class GridTransport:
     query_names : bool
         Ask every node once for the client key it names in its envelopes (simulation); otherwise a
         node is ``"node-<node id>"``.
+    bind_identity : bool
+        Bind every reply to the key its authenticated node endorsed (a deployment with SuperNode
+        authentication): the reply's envelope must be signed with that key.
     """
 
     def __init__(
-        self, grid: Grid, wanted: int, minimum: int, wait_s: float, query_names: bool = False
+        self,
+        grid: Grid,
+        wanted: int,
+        minimum: int,
+        wait_s: float,
+        query_names: bool = False,
+        bind_identity: bool = False,
     ) -> None:
         self.grid, self.wanted, self.minimum, self.wait_s = grid, wanted, minimum, wait_s
         self.query_names = query_names
+        self.identities = NodeIdentities(grid.get_nodes) if bind_identity else None
         self._node_of: dict[str, int] = {}
         self._key_of: dict[int, str] = {}
 
@@ -126,7 +137,16 @@ class GridTransport:
         client = self._key_of.get(node, f"node-{node}")
         if msg.has_error():
             return Reply(client, error=str(msg.error.reason))
-        return reply_of(client, msg.content)
+        return self.bind(node, reply_of(client, msg.content), msg.content)
+
+    def bind(self, node: int, reply: Reply, content: RecordDict) -> Reply:
+        """Attach the verifier of the key node ``node`` endorsed (when binding identities)."""
+        if self.identities is not None and reply.envelope is not None:
+            try:
+                reply.verifier = self.identities.verifier(node, content)
+            except SignatureError as exc:
+                reply.identity_error = str(exc)
+        return reply
 
 
 def arrays_of_tasks(tasks: Sequence[TrainTask]) -> ArrayRecord | None:
