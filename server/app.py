@@ -11,12 +11,14 @@ held-out set for centralized evaluation (``eval-data``: an ``.npz`` with ``x`` a
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from stamen.logs import configure_logging
 from stamen.server.config import ServerConfig
 from stamen.server.deployed import deployment_extras
 from stamen.server.driver.driver import EvalFn, RoundDriver
@@ -48,6 +50,7 @@ def evaluator(cfg: ServerConfig, run_config: dict[str, Any]) -> EvalFn | None:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point called by Flower with the run's grid and context."""
+    configure_logging("server")
     run_config = dict(context.run_config)
     cfg = ServerConfig.from_run_config(run_config)
     simulated = "InMemory" in type(grid).__name__  # Flower's simulation runtime, else a SuperLink
@@ -98,6 +101,7 @@ class RoundReporter:
         fields = {
             "accepted": accepted,
             "rejected": rec.rejected,
+            "rejections": dict(sorted(Counter(kinds).items())),
             "accuracy": rec.accuracy,
             "epsilon": rec.epsilon,
         }
