@@ -24,7 +24,7 @@ from torch import nn
 
 from stamen.client.context_state import load_state, save_state
 from stamen.client.mods import DELTA, make_codec_mod, make_local_dp_mod, trained_record
-from stamen.client.node import Node, Received, train
+from stamen.client.node import DeviceHolds, Node, Received, train
 from stamen.edge import EdgeRuntime
 from stamen.protocols import Signer, keys
 from stamen.protocols.flower import arrays_of, envelope_from_record
@@ -72,7 +72,11 @@ def make_client_app(resolve: Resolve) -> ClientApp:
     def _train(msg: Message, context: Context) -> Message:
         node, rec = resolve(context), received(msg)
         state = load_state(context)
-        done = train(node, rec, _model(rec.instructions.task), state)
+        try:
+            done = train(node, rec, _model(rec.instructions.task), state)
+        except DeviceHolds as held:
+            record = ConfigRecord({"hash": held.held_hash, "version": held.version})
+            return Message(RecordDict({keys.HELD: record}), reply_to=msg)
         save_state(context, state)
         res = done.result
         metrics = MetricRecord({keys.NUM_EXAMPLES: res.num_examples, **res.metrics, **done.metrics})

@@ -177,6 +177,12 @@ def reply_of(client: str, content: RecordDict) -> Reply:
     records = content.metric_records
     metrics_rec = records.get(keys.METRICS) or next(iter(records.values()), None)
     metrics: dict[str, Any] = dict(metrics_rec.items()) if metrics_rec is not None else {}
+    held = content.config_records.get(keys.HELD)
+    if held is not None:
+        digest = held.get("hash")
+        if not isinstance(digest, str) or len(digest) != 64:
+            return Reply(client, metrics=metrics, error=f"record {keys.HELD!r} needs a 64-hex 'hash'")
+        return Reply(client, metrics=metrics, error="the device holds another model version", held=digest)
     if keys.UPDATE in content.array_records:
         data = envelope_from_record(content.array_records[keys.UPDATE])
         if data is None:

@@ -65,6 +65,7 @@ class Reply:
     nbytes: int = 0
     verifier: Verifier | None = None  # the sending node's endorsed update key (a deployment)
     identity_error: str | None = None  # why the sender's identity record did not verify
+    held: str | None = None  # an edge device that could not apply its delta: the model hash it holds
 
 
 class Transport(Protocol):
