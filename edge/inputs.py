@@ -51,7 +51,8 @@ class InputSpec:
         )
 
     def _fits(self, got: tuple[int, ...]) -> bool:
-        if len(got) == len(self.shape) and all(w is None or w == g for w, g in zip(self.shape, got)):
+        same_rank = len(got) == len(self.shape)
+        if same_rank and all(w is None or w == g for w, g in zip(self.shape, got, strict=True)):
             return True
         if self.flat_ok and None not in self.shape:
             return math.prod(got) == math.prod(d for d in self.shape if d is not None)

@@ -137,7 +137,7 @@ def _check_arch(arch: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> N
     want = state_shapes(parse_arch(arch))
     bad = sorted(k for k in got.keys() | want.keys() if got.get(k) != want.get(k))
     if bad:
-        raise ValueError(f"weights do not match the arch spec: {bad[:4]} differ (missing, extra or misshapen)")
+        raise ValueError(f"weights do not match the arch spec: {bad[:4]} missing, extra or misshapen")
 
 
 def create_store(
