@@ -218,7 +218,7 @@ def _train_loop(
     opt = SGD(params, lr=config.lr, momentum=config.momentum)
     xt, yt = _as_input(x), torch.from_numpy(np.asarray(y, np.int64))
     gen = torch.Generator().manual_seed(config.seed)
-    resident = {p.untyped_storage().data_ptr() for p in [*model.parameters(), *params]}
+    resident = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers(), *params]}
     if isinstance(net, _SparseNet):
         resident |= {s.untyped_storage().data_ptr() for s in net.sel.values()}
     times, losses, saved = [], [], -1
