@@ -186,7 +186,7 @@ def run(n_targets: int, samples: int, epochs: int, tune: bool) -> dict:
     x, y = np.concatenate([ds.x_train, ds.x_test]), np.concatenate([ds.y_train, ds.y_test])
     parts = partition(y, CLIENTS, "dirichlet", seed=0, alpha=0.3, min_size=40)
     encoder = base_bench.create_model("minilm", SEQ, 10, [], seed=0)
-    emb = base_bench._embed(encoder.eval().bert, x)  # type: ignore[union-attr]
+    emb = base_bench._embed(encoder.eval().bert, x)
     cfg = PersonalizeConfig(epochs=epochs, batch_size=BATCH, lr=base_bench.QUICK_LR, probe=64)
     rng, per_client, global_acc = np.random.default_rng(0), [], []
     targets = sorted(range(CLIENTS), key=lambda c: -len(parts[c]))[:n_targets]

@@ -104,7 +104,7 @@ class SafetensorsFile:
         out = np.empty(shape, np.float32)
         with open(self.path, "rb", buffering=0) as fh:
             fh.seek(offset)
-            if fh.readinto(memoryview(out).cast("B")) != nbytes:
+            if fh.readinto(out.data.cast("B")) != nbytes:
                 raise ValueError(f"{self.path}: tensor {name!r} is truncated")
         return out
 
@@ -113,7 +113,7 @@ class SafetensorsFile:
         shape, offset, _ = self.entries[name]
         row = 4 * math.prod(shape[1:])
         out = np.empty((len(ids), *shape[1:]), np.float32)
-        view = memoryview(out.reshape(len(ids), -1)).cast("B")
+        view = out.data.cast("B")
         with open(self.path, "rb", buffering=0) as fh:
             for k, i in enumerate(np.asarray(ids, np.int64).tolist()):
                 if not 0 <= i < shape[0]:

@@ -44,6 +44,13 @@ def _quantize_block(w: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Ten
     return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
 
 
+def _slicer(tensor: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
+    def read(a: int, b: int) -> torch.Tensor:
+        return tensor[a:b]
+
+    return read
+
+
 def quantize_rows(
     weight: torch.Tensor | Callable[[int, int], torch.Tensor],
     kind: str,
@@ -65,11 +72,8 @@ def quantize_rows(
     if kind not in _DTYPES:
         raise ValueError(f"frozen weight kind must be one of {tuple(_DTYPES)}, got {kind!r}")
     if isinstance(weight, torch.Tensor):
-        tensor = weight.detach()
-        shape = (tensor.shape[0], tensor.shape[1])
-
-        def read(a: int, b: int) -> torch.Tensor:
-            return tensor[a:b]
+        shape = (weight.shape[0], weight.shape[1])
+        read = _slicer(weight.detach())
     else:
         assert shape is not None, "shape is needed with a row reader"
         read = weight
@@ -126,6 +130,9 @@ class FrozenLinear(nn.Module):
         Kept as is (registered under the name ``bias``).
     """
 
+    qweight: torch.Tensor
+    scale: torch.Tensor | None
+
     def __init__(self, q: torch.Tensor, scale: torch.Tensor | None, bias: nn.Parameter | None) -> None:
         super().__init__()
         self.out_features, self.in_features = q.shape
@@ -165,6 +172,10 @@ class FrozenEmbedding(nn.Module):
     num_embeddings : int or None
         Size of the full table (needed with ``rows``).
     """
+
+    qweight: torch.Tensor
+    scale: torch.Tensor | None
+    index: torch.Tensor | None
 
     def __init__(
         self,
