@@ -315,14 +315,17 @@ def personalize(
     InputSpec(model.spec.input_shape, flat_ok=True).check(x, source)
     if int(np.max(y)) >= model.spec.classes or int(np.min(y)) < 0:
         raise ValueError(f"{source}: labels must lie in [0, {model.spec.classes})")
-    base = {k: np.array(v) for k, v in rt.global_weights().items()}
-    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in base.items()})
+    # One private copy of the weights (the module's own); the store's are read again for the
+    # overlay (memory-mapped for ONNX stores), never held twice.
+    state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in rt.global_weights().items()}
+    model.load_state_dict(state, assign=True)
+    del state
     spec = parse_plan(plan) if isinstance(plan, str) else plan
     resolved = resolve_plan(spec, model, x, y, config)
     stats, losses = train_plan(model, x, y, resolved, config)
     trained = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    touched = _touched(resolved, model)
-    overlay = {name: (trained[name] - base[name]).astype(np.float32) for name in touched}
+    base = rt.global_weights()
+    overlay = {name: (trained[name] - base[name]).astype(np.float32) for name in _touched(resolved, model)}
     rt.set_overlay(overlay, resolved.text)
     return PersonalizeResult(resolved, overlay, stats, losses)
 
