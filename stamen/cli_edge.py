@@ -227,7 +227,7 @@ def _edge_apply(args: argparse.Namespace) -> int:
 
     if not args.update.is_file():
         raise FileNotFoundError(f"update file {args.update} does not exist")
-    rt = _open(args)
+    rt = _open(args, serve=False)  # apply builds the new version's session itself
     start = time.perf_counter()
     try:
         version = rt.apply(args.update.read_bytes())
@@ -245,7 +245,7 @@ def _edge_apply(args: argparse.Namespace) -> int:
 
 
 def _edge_rollback(args: argparse.Namespace) -> int:
-    version = _open(args).rollback()
+    version = _open(args, serve=False).rollback()
     _print_json({"version": version.version, "hash": version.hash})
     return 0
 
