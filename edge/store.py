@@ -116,7 +116,7 @@ def clean_store(store: Path, manifest: Manifest) -> None:
     for child in store.iterdir():
         stale_overlay = child.name.startswith("overlay-") and child.name != overlay
         if stale_overlay or ".tmp-" in child.name:
-            child.unlink(missing_ok=True)
+            remove_tree(child)  # whatever it is: a file, a planted link or directory
 
 
 def _source(path: Path) -> tuple[str, dict[str, np.ndarray], bytes, str | None]:

@@ -120,3 +120,17 @@ def test_remove_tree_never_follows(tmp_path: Path) -> None:
     remove_tree(lone)
     remove_tree(tmp_path / "never-existed")
     assert not tree.exists() and not lone.is_symlink() and _snapshot(outside) == before
+
+
+def test_garbage_of_any_kind_at_temp_and_overlay_names_is_removed(
+    make_store: Callable[[str], Path], tmp_path: Path
+) -> None:
+    store = make_store("onnx")
+    outside, before = _outside(tmp_path)
+    (store / f"{MANIFEST}.tmp-99999").mkdir()
+    (store / f"{MANIFEST}.tmp-99999" / "x").write_bytes(b"x")
+    (store / "overlay-0123456789abcdef.safetensors").symlink_to(outside / "precious.txt")
+    EdgeRuntime.open(store)
+    names = sorted(p.name for p in store.iterdir())
+    assert not any(".tmp-" in n or n.startswith("overlay-") for n in names), names
+    assert _snapshot(outside) == before
