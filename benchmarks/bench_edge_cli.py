@@ -7,9 +7,12 @@ Commands: ``edge status``, ``edge predict`` (a 98-sample digits file), ``edge ap
 update; a chain of versions so every repeat applies a new one), ``edge rollback``, and two
 errors: a wrongly shaped input file and a missing store.
 
-    .venv/bin/python benchmarks/bench_edge_cli.py [--repeats 7]
+    .venv/bin/python benchmarks/bench_edge_cli.py [--repeats 7] [--code DIR --label old]
 
-Writes ``benchmarks/results/edge_cli.json``.
+``--code DIR`` runs the CLI from another source tree laid out as an importable ``stamen`` package
+(``DIR/stamen/{cli.py, edge/, protocols/, ...}``, e.g. an older commit exported with
+``git archive``), through ``PYTHONPATH``, for before/after figures. Writes
+``benchmarks/results/edge_cli.json`` (``edge_cli_<label>.json`` with ``--label``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from stamen.edge.onnx_backend import read_onnx_source
 from stamen.protocols import Signer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "edge_cli.json"
-ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # PYTHONPATH is added by --code
+CWD = "/"  # never the checkout: `python -m stamen.cli` would import ./stamen first
 ARCH = {"name": "cnn", "input_shape": [1, 8, 8], "channels": [16, 32], "strides": [1, 2], "hidden": [],
         "classes": 10}  # fmt: skip
 
@@ -44,28 +48,30 @@ def _wall(cmd: list[str], repeats: int) -> tuple[float, int]:
     times, code = [], 0
     for _ in range(repeats):
         t0 = time.perf_counter()
-        code = subprocess.run(cmd, capture_output=True, env=ENV, check=False).returncode
+        code = subprocess.run(cmd, capture_output=True, env=ENV, cwd=CWD, check=False).returncode
         times.append(time.perf_counter() - t0)
     return statistics.median(times), code
 
 
-def _imports(args: list[str]) -> tuple[float, bool]:
-    """Total import seconds (-X importtime, top-level entries) and whether torch was imported."""
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "stamen.cli", *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-    )
-    total, torch_seen = 0, False
-    for line in proc.stderr.splitlines():
-        if not line.startswith("import time:") or "|" not in line:
-            continue
-        _, cumulative, name = line.split(":", 1)[1].split("|")
-        torch_seen |= name.strip() == "torch"
-        if not name[1:].startswith(" ") and cumulative.strip().isdigit():  # top level: not indented
-            total += int(cumulative)
-    return total / 1e6, torch_seen
+def _imports(args: list[str], repeats: int = 3) -> tuple[float, bool]:
+    """Median total import seconds (-X importtime, top-level entries) over ``repeats`` runs, and
+    whether torch was imported."""
+    totals, torch_seen = [], False
+    for _ in range(repeats):
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "stamen.cli", *args],
+            capture_output=True, text=True, env=ENV, cwd=CWD, check=False,
+        )  # fmt: skip
+        total = 0
+        for line in proc.stderr.splitlines():
+            if not line.startswith("import time:") or "|" not in line:
+                continue
+            _, cumulative, name = line.split(":", 1)[1].split("|")
+            torch_seen |= name.strip() == "torch"
+            if not name[1:].startswith(" ") and cumulative.strip().isdigit():  # top level
+                total += int(cumulative)
+        totals.append(total / 1e6)
+    return statistics.median(totals), torch_seen
 
 
 def _setup(tmp: Path, repeats: int) -> dict[str, Path]:
@@ -108,7 +114,7 @@ def run(repeats: int) -> dict:
             t0 = time.perf_counter()
             update = str(Path(tmp) / f"u{v}.stamen")
             cmd = [*py, "-m", "stamen.cli", "edge", "apply", "--model", store, update]
-            subprocess.run(cmd, capture_output=True, env=ENV, check=True)
+            subprocess.run(cmd, capture_output=True, env=ENV, cwd=CWD, check=True)
             applies.append(time.perf_counter() - t0)
         last = ["edge", "apply", "--model", store, str(Path(tmp) / f"u{repeats + 1}.stamen")]
         imp, torch_seen = _imports(last)
@@ -125,16 +131,21 @@ def run(repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--code", type=Path, default=None, help="source tree to run the CLI from")
+    parser.add_argument("--label", default="", help="suffix of the results file")
     args = parser.parse_args()
+    if args.code is not None:
+        ENV["PYTHONPATH"] = str(args.code.resolve())
     result = run(args.repeats)
     result["command"] = " ".join(["benchmarks/bench_edge_cli.py", *sys.argv[1:]])
     result["commit"] = subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     result["load_average"] = os.getloadavg()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    out = RESULTS.with_name(f"{RESULTS.stem}_{args.label}.json") if args.label else RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
