@@ -95,8 +95,13 @@ class Provenance:
     _t0: float
 
     @classmethod
-    def capture(cls, argv: list[str] | None = None) -> Provenance:
-        """Record the commit, the command and the environment now (call it at the start of a run)."""
+    def capture(cls, argv: list[str] | None = None, *, script: str | None = None) -> Provenance:
+        """Record the commit, the command and the environment now (call it at the start of a run).
+
+        ``argv``: the arguments after the script when ``main(argv)`` was called directly (default:
+        ``sys.argv``); ``script``: that script's path (``__file__``)."""
+        if argv is not None:
+            argv = [script or (sys.argv[0] if sys.argv else "?"), *argv]
         software = {"python": platform.python_version()}
         for name in ("numpy", "torch", "flwr"):
             module = sys.modules.get(name)

@@ -35,7 +35,6 @@ Prints a markdown table and writes ``benchmarks/results/lora.json`` (``lora-quic
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -280,7 +279,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def one_seed(args: argparse.Namespace, seed: int, path: Path) -> dict[str, Any]:
+def one_seed(args: argparse.Namespace, seed: int, path: Path, prov: Provenance) -> dict[str, Any]:
     """Every wanted run (and the ceiling) for one seed; partial results are saved after each run."""
     args = argparse.Namespace(**{**vars(args), "seed": seed})
     ds = load_pydocs(seed, num_samples=args.num_samples, seq_len=args.seq_len)
@@ -290,7 +289,7 @@ def one_seed(args: argparse.Namespace, seed: int, path: Path) -> dict[str, Any]:
     for r in wanted_runs(args):
         print(f"seed {seed}: {r.name} lr {r.lr:g}", flush=True)
         runs.append(federate(r, args, ds, parts, val))
-        path.with_suffix(f".s{seed}.partial.json").write_text(json.dumps(runs, indent=1, default=float))
+        prov.write(path.with_suffix(f".s{seed}.partial.json"), {"runs": runs}, quiet=True)
     central = {"final_accuracy": math.nan, "best_accuracy": math.nan, "epochs": 0}
     if not args.skip_central:
         central = centralized(args, ds)
@@ -316,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run every configuration for every seed, print the table, write the JSON."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = parse(argv)
-    prov = Provenance.capture(None if argv is None else ["benchmarks/bench_lora.py", *argv])
+    prov = Provenance.capture(argv, script=__file__)
     torch.set_num_threads(args.threads)
     path = RESULTS / f"lora{'-quick' if args.quick else ''}{'-' + args.tag if args.tag else ''}.json"
     if args.combine is not None:
@@ -324,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         print(text)
         prov.write(path, {"sources": args.combine, "table": text, "seeds": _merged(by_seed, central)})
         return
-    seeds = {seed: one_seed(args, seed, path) for seed in args.seed_list}
+    seeds = {seed: one_seed(args, seed, path, prov) for seed in args.seed_list}
     central = {s: r["centralized"] for s, r in seeds.items() if r["centralized"]["epochs"]}
     text = table({s: {run["label"]: run for run in r["runs"]} for s, r in seeds.items()}, central, GRID)
     print(text)
