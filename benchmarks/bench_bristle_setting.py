@@ -204,14 +204,16 @@ def main() -> None:
     jobs = [(st, r, x, s, rounds) for st in settings for s in seeds for r in rules for x in ATTACKS]
     todo = [j for j in jobs if j not in done]
     print(f"{len(jobs)} runs, {len(jobs) - len(todo)} kept, {a.jobs} process(es)", flush=True)
-    runs = [done[j] for j in jobs if j in done]
+    runs = list(done.values())  # --resume keeps every finished run of the file, also other settings'
     with ProcessPoolExecutor(a.jobs, mp_context=get_context("spawn")) as pool:
         for i, row in enumerate(pool.map(run_one, todo), 1):
             runs.append({**row, "commit": prov.commit, "dirty": prov.dirty})  # --resume mixes runs
             acc = f"{row['accuracy']:.3f}" if "accuracy" in row else row["error"][:80]
             print(f"[{i}/{len(todo)}] {key(row)}: {acc} ({row['wall_s']:.0f} s)", flush=True)
             prov.write(path, {"setting": {"seeds": seeds, "rounds": rounds}, "runs": runs}, quiet=True)
-    text = "\n\n".join(table(runs, seeds, st) for st in settings)
+    shown = [r for r in runs if r["rounds"] == rounds and r["seed"] in seeds]
+    present = [st for st in SETTINGS if any(key(r)[0] == st for r in shown)]
+    text = "\n\n".join(table(shown, seeds, st) for st in present)
     text += (
         f"\n\nanchor (paper, MNIST): Bristle {PAPER_ACCURACY:.0%} under attack, "
         f"{PAPER_RATIO}x the most Byzantine-resilient baselines with non-iid classes"
@@ -219,7 +221,7 @@ def main() -> None:
     print("\n" + text)
     meta = {"seeds": seeds, "rounds": rounds, "jobs": a.jobs, "uses": USES, "table": text}
     prov.write(path, {"setting": meta, "runs": runs})
-    plot(runs, path.with_suffix(".png"), settings)
+    plot(shown, path.with_suffix(".png"), present)
 
 
 if __name__ == "__main__":
