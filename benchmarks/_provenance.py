@@ -37,6 +37,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+_NOT_CODE = ":(exclude)benchmarks/results"  # outputs: a finished run's file does not dirty the next run
 
 
 def _git(*args: str) -> str:
@@ -74,8 +75,9 @@ class Provenance:
     commit : str
         ``git rev-parse HEAD`` when the run started ('' outside a git checkout).
     dirty : bool
-        Tracked files differed from ``commit`` when the run started: the figures come from
-        uncommitted code and should be regenerated once it is committed.
+        Tracked files (results files under ``benchmarks/results/`` excepted) differed from ``commit``
+        when the run started: the figures come from uncommitted code and should be regenerated once
+        it is committed.
     command : str
         The command line that reproduces the run, relative to the repository root.
     started : str
@@ -114,7 +116,7 @@ class Provenance:
         }
         return cls(
             commit=_git("rev-parse", "HEAD"),
-            dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
+            dirty=bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", _NOT_CODE)),
             command=command_line(argv),
             started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             software=software,
