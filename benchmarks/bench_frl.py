@@ -27,18 +27,15 @@ Writes ``benchmarks/results/frl.json`` (``frl_quick.json`` with ``--quick``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _provenance import Provenance, out_path, parser
 
 import stamen.task.models.bristle_transfer as bm
 from stamen.client.core import encode_delta, local_update
@@ -58,7 +55,6 @@ from stamen.task.seeds import client_seed
 from stamen.task.spec import TaskSpec, TrainSpec
 from stamen.task.weights import evaluate_model, get_weights, set_weights
 
-RESULTS = Path(__file__).resolve().parent / "results"
 LENET = {"c1": (32, 1, 3, 3), "c2": (64, 32, 3, 3), "f1": (128, 12544, 1, 1), "f2": (10, 128, 1, 1)}
 
 
@@ -285,16 +281,15 @@ def bristle_run(mode: str, rounds: int, attacked: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="few rounds, one seed (about a minute)")
+    ap = parser(__doc__, quick="few rounds, one seed (about a minute)", out="frl.json")
     ap.add_argument("--frl-rounds", type=int, default=100)
     ap.add_argument("--bristle-rounds", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
+    prov = Provenance.capture()
     torch.set_num_threads(1)
     frl_rounds, br_rounds = (8, 4) if args.quick else (args.frl_rounds, args.bristle_rounds)
     out: dict[str, Any] = {
-        "machine": platform.platform(),
         "quick": args.quick,
         "bytes": [
             bytes_row("LeNet (paper, MNIST)", LENET, 1 if args.quick else args.repeats),
@@ -332,10 +327,7 @@ def main() -> None:
     print(f"\nBristle setting (mnist1d, 10 nodes, 4 shards each), {br_rounds} rounds (final / best):")
     for k, v in out["bristle_accuracy"]["runs"].items():
         print(f"  {k:28s} {v['final']:.4f} / {v['best']:.4f}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("frl_quick.json" if args.quick else "frl.json")
-    path.write_text(json.dumps(out, indent=2))
-    print(f"\nwrote {path}")
+    prov.write(out_path(args), out)
 
 
 if __name__ == "__main__":
