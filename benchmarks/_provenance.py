@@ -201,3 +201,9 @@ def out_path(args: argparse.Namespace) -> Path:
     if getattr(args, "quick", False):
         name = name.with_name(f"{name.stem}_quick{name.suffix}")
     return RESULTS / name
+
+
+def provenance() -> dict[str, Any]:
+    """The record of :meth:`Provenance.capture` taken now, as a dict (for scripts that embed it in
+    their own result layout instead of calling :meth:`Provenance.write`)."""
+    return Provenance.capture().record()

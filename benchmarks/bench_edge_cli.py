@@ -18,7 +18,6 @@ errors: a wrongly shaped input file and a missing store.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _provenance import Provenance
 
 from stamen.edge import create_store
 from stamen.edge.arch import build_model
@@ -134,18 +134,12 @@ def main() -> None:
     parser.add_argument("--code", type=Path, default=None, help="source tree to run the CLI from")
     parser.add_argument("--label", default="", help="suffix of the results file")
     args = parser.parse_args()
+    prov = Provenance.capture()
     if args.code is not None:
         ENV["PYTHONPATH"] = str(args.code.resolve())
     result = run(args.repeats)
-    result["command"] = " ".join(["benchmarks/bench_edge_cli.py", *sys.argv[1:]])
-    result["commit"] = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    result["load_average"] = os.getloadavg()
     out = RESULTS.with_name(f"{RESULTS.stem}_{args.label}.json") if args.label else RESULTS
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    prov.write(out, result)
 
 
 if __name__ == "__main__":

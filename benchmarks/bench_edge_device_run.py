@@ -41,11 +41,11 @@ import numpy as np
 import torch
 from safetensors.numpy import save_file
 
-from stamen.client.minilm import MINILM, TINY, TextClassifier
 from stamen.edge.device_model import SafetensorsFile, device_model
 from stamen.edge.modbudget import module_plan_for_budget
 from stamen.edge.modplans import ModulePlan
 from stamen.edge.personalization import PersonalizeConfig, probe_batch, train_plan
+from stamen.task.models.minilm import MINILM, TINY, TextClassifier
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 CLASSES = 10

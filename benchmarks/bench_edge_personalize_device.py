@@ -52,8 +52,8 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_edge_personalize_minilm as base_bench
+from _provenance import Provenance
 
-from stamen.client.minilm import MINILM, TextClassifier
 from stamen.edge.device_model import SafetensorsFile, device_model
 from stamen.edge.modbudget import measure_plan_bytes
 from stamen.edge.modplans import ModulePlan
@@ -61,6 +61,7 @@ from stamen.edge.personalization import PersonalizeConfig, resolve_plan, train_p
 from stamen.edge.plans import PlanSpec, parse_plan
 from stamen.simulations.partition import partition
 from stamen.simulations.text_data import load_pydocs
+from stamen.task.models.minilm import MINILM, TextClassifier
 
 RESULTS = Path(__file__).resolve().parent / "results" / "edge_personalize_device.json"
 CHILD = Path(__file__).resolve().with_name("bench_edge_device_run.py")
@@ -123,7 +124,8 @@ def _resolve(weights: Path, text: str, data: tuple, cfg: PersonalizeConfig) -> t
 
 def _child(spec: dict, env: dict[str, str], work: Path) -> dict:
     spec = {**spec, "out": str(work / "run.json"), "out_weights": str(work / "run.safetensors")}
-    (work / "spec.json").write_text(json.dumps(spec))
+    with open(work / "spec.json", "w") as fh:  # the child's input, not a result
+        json.dump(spec, fh)
     proc = subprocess.run(
         [sys.executable, str(CHILD), str(work / "spec.json")],
         capture_output=True, text=True, timeout=3600, check=False, env={**os.environ, **env},
@@ -257,17 +259,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="local epochs (default 2)")
     parser.add_argument("--quick", action="store_true", help="1 client, 1000 texts, fixed lr 0.03")
     args = parser.parse_args()
+    prov = Provenance.capture()
     result = (
         run(1, 1000, 2, tune=False) if args.quick else run(args.clients, args.samples, args.epochs, tune=True)
     )
-    result["command"] = " ".join(["benchmarks/bench_edge_personalize_device.py", *sys.argv[1:]])
-    result["commit"] = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
     out = RESULTS.with_name(RESULTS.stem + "_quick.json") if args.quick else RESULTS
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    prov.write(out, result)
 
 
 if __name__ == "__main__":

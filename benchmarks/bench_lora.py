@@ -19,7 +19,7 @@ rates so selected, used without ``--grid``.
 
 The federation is a minimal loop over the *same* functions the ``inprocess`` engine calls:
 ``sample_clients``, ``client_seed``, ``local_update``, ``encode_delta`` (packed envelopes),
-``RoundAggregator`` (decode, validate, ``bind_round``, aggregate), ``evaluate_model``.
+``aggregate_replies`` (the round driver's collect and close: decode, validate, aggregate), ``evaluate_model``.
 
 Regenerate::
 
@@ -51,9 +51,10 @@ from lora_report import combine_files, table
 from stamen.client.core import encode_delta, local_update
 from stamen.client.state import ClientState
 from stamen.client.trainers.full import run_epochs
-from stamen.protocols import model_hash
+from stamen.protocols import keys, model_hash
 from stamen.server.aggregators import create
-from stamen.server.rounds import RoundAggregator, ValidationPolicy
+from stamen.server.driver.offline import aggregate_replies
+from stamen.server.driver.types import Reply
 from stamen.server.sampling import sample_clients
 from stamen.simulations.partition import partition
 from stamen.simulations.text_data import load_pydocs, load_pydocs_validation
@@ -142,10 +143,10 @@ def _client(
     rnd: int,
     pid: int,
     state: ClientState,
-    ra: RoundAggregator,
+    base_hash: str,
     timing: _Timing,
-) -> int:
-    """One client: train (timed), encode a real envelope, hand it to the round; returns its bytes."""
+) -> Reply:
+    """One client: train (timed), encode a real envelope; returns it as the round's reply."""
     model, spec, ds, idx = ctx
     seed = client_seed(args.seed, rnd, pid)
     data = TaskData(ds.x_train[idx], ds.y_train[idx], ds.num_classes, ds.x_train.shape[1])
@@ -156,13 +157,13 @@ def _client(
     payload = encode_delta(
         result.delta,
         run.codec,
-        base_hash=ra.base_hash,
+        base_hash=base_hash,
         version=rnd,
         sender=f"client-{pid}",
         seed=seed ^ 0xC0DEC,
     )
-    ra.add_envelope(f"client-{pid}", payload, result.num_examples)
-    return len(payload)
+    metrics = {keys.NUM_EXAMPLES: result.num_examples}
+    return Reply(f"client-{pid}", envelope=payload, metrics=metrics, nbytes=len(payload))
 
 
 def _summary(run: Run, rounds: list[dict[str, Any]], timing: _Timing) -> dict[str, Any]:
@@ -204,13 +205,14 @@ def federate(
     timing = _Timing()
     for rnd in range(1, args.rounds + 1):
         pids = sample_clients(args.seed, rnd, len(parts), args.per_round)
-        ra = RoundAggregator(weights, model_hash(weights), len(pids), agg, ValidationPolicy())
-        sizes = [
-            _client(run, args, (model, spec, ds, parts[pid]), weights, rnd, pid, states[pid], ra, timing)
+        digest = model_hash(weights)
+        replies = [
+            _client(run, args, (model, spec, ds, parts[pid]), weights, rnd, pid, states[pid], digest, timing)
             for pid in pids
         ]
-        new = ra.finish(1.0)
-        assert new is not None and ra.stats.rejected == 0, ra.stats.reasons
+        sizes = [r.nbytes for r in replies]
+        new, stats = aggregate_replies(weights, replies, agg, 1.0, version=rnd)
+        assert new is not None and stats.rejected == 0, stats.reasons
         weights = new
         acc = val_acc = math.nan
         if rnd % args.eval_every == 0 or rnd == args.rounds:

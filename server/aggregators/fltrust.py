@@ -32,7 +32,7 @@ import numpy as np
 
 from stamen.protocols import TensorInfo
 from stamen.server.aggregators._common import as_stack, check_count, check_positive
-from stamen.server.aggregators.base import check_stack, register
+from stamen.server.aggregators.base import RoundContext, Rule, check_stack, register
 from stamen.server.aggregators.bristle import output_segment
 
 RootUpdate = Callable[[np.ndarray], np.ndarray]  # base_flat (d,) -> g_0 (d,)
@@ -100,7 +100,7 @@ def softmax_head_update(
     return w - head
 
 
-class FLTrustRule:
+class FLTrustRule(Rule):
     """FLTrust: ``(stack (n, d), weights) -> (d,)`` once a server update is available.
 
     Parameters
@@ -167,7 +167,7 @@ class FLTrustRule:
 
     def _head_update(self, base: np.ndarray, feats: np.ndarray, labs: np.ndarray) -> np.ndarray:
         if self._table is None:
-            raise ValueError("fltrust: bind_round(table, base_flat) must be called before aggregating")
+            raise ValueError("fltrust: begin_round(ctx) must be called before aggregating")
         a, b, shape = output_segment(self._table, self.layer)
         if feats.shape[1] != shape[1] or int(labs.max()) >= shape[0] or int(labs.min()) < 0:
             raise ValueError(f"fltrust: root data {feats.shape} / labels do not fit the output layer {shape}")
@@ -176,9 +176,9 @@ class FLTrustRule:
         out[a:b] = softmax_head_update(head, feats, labs, self.steps, self.adam, self._rng).reshape(-1)
         return out
 
-    def bind_round(self, table: tuple[TensorInfo, ...], base_flat: np.ndarray) -> None:
+    def begin_round(self, ctx: RoundContext) -> None:
         """Remember the round's tensor table and global weights (the server update starts there)."""
-        self._table, self._base = tuple(table), np.asarray(base_flat, dtype=np.float32)
+        self._table, self._base = tuple(ctx.table), np.asarray(ctx.base, dtype=np.float32)
 
     def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Compute ``g_0`` from this round's global weights, then FLTrust's trust-weighted mean."""
@@ -186,7 +186,7 @@ class FLTrustRule:
         if self._root_update is None:
             raise ValueError("fltrust: set_validation(...) or set_root_update(...) must be called first")
         if self._base is None or self._base.shape[0] != updates.shape[1]:
-            raise ValueError("fltrust: bind_round(table, base_flat) must be called before aggregating")
+            raise ValueError("fltrust: begin_round(ctx) must be called before aggregating")
         root = np.asarray(self._root_update(self._base), dtype=np.float32)
         self.last_scores = trust_scores(updates, root)
         self.last_root_norm = float(np.linalg.norm(root))

@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 from safetensors.numpy import save_file
 from torch import nn
 
-from stamen.client.minilm import TINY, TextClassifier
 from stamen.edge.device_model import SafetensorsFile, device_model
 from stamen.edge.frozen_layers import FrozenEmbedding, FrozenLinear, dequantize, quantize_rows
 from stamen.edge.modplans import resolve_module_plan
 from stamen.edge.personalization import PersonalizeConfig, train_plan
 from stamen.edge.plans import parse_plan
+from stamen.task.models.minilm import TINY, TextClassifier
 
 
 def test_int8_rows_by_hand() -> None:

@@ -9,15 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from stamen.protocols import CodecSpec, TensorInfo, encode_update, model_hash
-from stamen.server.aggregators import create
+from stamen.protocols import CodecSpec, TensorInfo, encode_update, keys, model_hash
+from stamen.server.aggregators import RoundContext, create
 from stamen.server.aggregators.fltrust import (
     FLTrustRule,
     fltrust_aggregate,
     softmax_head_update,
     trust_scores,
 )
-from stamen.server.rounds import RoundAggregator, ValidationPolicy
+from stamen.server.driver.offline import aggregate_replies
+from stamen.server.driver.types import Reply
 
 ROOT = np.array([3.0, 4.0], np.float32)  # ||g_0|| = 5
 
@@ -81,7 +82,7 @@ def test_head_update_matches_torch_adam() -> None:
 
 
 def test_pinned_rule_through_round_aggregator() -> None:
-    """End to end: the engine's RoundAggregator binds the round, the rule trains g_0 on the root data."""
+    """End to end: the round driver binds the round, the rule trains g_0 on the root data."""
     rng = np.random.default_rng(0)
     c, f = 3, 4
     feats = (np.eye(f, dtype=np.float32)[[0, 1, 2] * 4] + 0.1 * rng.normal(size=(12, f))).astype(np.float32)
@@ -93,7 +94,7 @@ def test_pinned_rule_through_round_aggregator() -> None:
     good = np.zeros((c, f), np.float32)
     good[[0, 1, 2], [0, 1, 2]] = 1.0
     h = model_hash(base)
-    ra = RoundAggregator(base, h, 3, rule, ValidationPolicy())
+    replies = []
     for i, d in enumerate([good, 3 * good, -10 * good]):  # the last one is an attacker
         env = encode_update(
             {"frozen": np.zeros(2, np.float32), "head.weight": d},
@@ -103,8 +104,10 @@ def test_pinned_rule_through_round_aggregator() -> None:
             sender=f"c{i}",
             rng=np.random.default_rng(0),
         )
-        assert ra.add_envelope(f"c{i}", env, 10 if i < 2 else 10**6)  # counts are ignored
-    new = ra.finish(1.0)
+        metrics = {keys.NUM_EXAMPLES: 10 if i < 2 else 10**6}  # counts are ignored
+        replies.append(Reply(f"c{i}", envelope=env, metrics=metrics, nbytes=len(env)))
+    new, stats = aggregate_replies(base, replies, rule, 1.0)
+    assert stats.accepted == 3, stats.reasons
     assert new is not None and rule.last_scores is not None
     np.testing.assert_array_equal(new["frozen"], 1.0)
     assert rule.last_scores[2] == 0.0 and rule.last_scores[0] == pytest.approx(rule.last_scores[1])
@@ -128,7 +131,9 @@ def test_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match="root data"):
         rule.set_validation(np.ones((3, 2), np.float32), np.zeros(2))
     rule.set_validation(np.ones((3, 5), np.float32), np.zeros(3))
-    rule.bind_round((TensorInfo("head.weight", (2, 4), "float32"),), np.zeros(8, np.float32))
+    rule.begin_round(
+        RoundContext(1, (TensorInfo("head.weight", (2, 4), "float32"),), np.zeros(8, np.float32))
+    )
     with pytest.raises(ValueError, match="do not fit the output layer"):
         rule(np.ones((2, 8), np.float32))
     with pytest.raises(ValueError, match="server update has shape"):
@@ -138,7 +143,7 @@ def test_errors_name_the_problem() -> None:
 def test_custom_root_update() -> None:
     rule = create("fltrust")
     rule.set_root_update(lambda base: np.array([3.0, 4.0], np.float32) - base)
-    rule.bind_round((TensorInfo("w", (2,), "float32"),), np.zeros(2, np.float32))
+    rule.begin_round(RoundContext(1, (TensorInfo("w", (2,), "float32"),), np.zeros(2, np.float32)))
     np.testing.assert_allclose(
         rule(np.array([[2.0, 0.0], [0.0, 1.0]], np.float32)), [5 * 0.6 / 1.4, 5 * 0.8 / 1.4]
     )
