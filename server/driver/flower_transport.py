@@ -122,7 +122,9 @@ class GridTransport:
             )
             for t in tasks
         ]
-        return [self._reply(m) for m in self.grid.send_and_receive(msgs, timeout=timeout)]
+        replies = list(self.grid.send_and_receive(msgs, timeout=timeout))
+        asked = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}  # ids set when pushed
+        return [self._reply(m, asked.get(m.metadata.reply_to_message_id)) for m in replies]
 
     def now(self) -> float:
         """A deployment has no simulated clock."""
@@ -132,11 +134,14 @@ class GridTransport:
         """The node id behind ``client``."""
         return self._node_of[client]
 
-    def _reply(self, msg: Message) -> Reply:
+    def _reply(self, msg: Message, asked: int | None = None) -> Reply:
+        """``asked``: the node the answered message went to. An error the SuperLink wrote itself (a
+        node that went away) comes from the SuperLink's own id, and is the asked node's."""
         node = msg.metadata.src_node_id
-        client = self._key_of.get(node, f"node-{node}")
         if msg.has_error():
-            return Reply(client, error=str(msg.error.reason))
+            node = asked if asked is not None else node
+            return Reply(self._key_of.get(node, f"node-{node}"), error=str(msg.error.reason))
+        client = self._key_of.get(node, f"node-{node}")
         return self.bind(node, reply_of(client, msg.content), msg.content)
 
     def bind(self, node: int, reply: Reply, content: RecordDict) -> Reply:
