@@ -289,17 +289,23 @@ class EdgeRuntime:
         t0 = self._lap("decode", t0)
         out = prep.get()
         self._lap("prepare_wait", t0)
-        digest = self._write_shadow(out, delta)
+        replace_all = env.meta.get(keys.META_KIND) == keys.KIND_REPLACE
+        if replace_all and TARGET_KEY not in env.meta:
+            raise ValidationError("a replacement update must name its target hash")
+        digest = self._write_shadow(out, delta, replace_all)
         target = env.meta.get(TARGET_KEY)
         if target is not None and target != digest:
             raise ValidationError(f"updated weights hash {digest[:16]}… differs from the signed target")
         return prep.shadow, env.version, digest
 
-    def _write_shadow(self, out: ShadowWeights, delta: Mapping[str, np.ndarray]) -> str:
-        """Compute ``current + delta`` into ``out``, make it durable; return its model hash."""
+    def _write_shadow(self, out: ShadowWeights, delta: Mapping[str, np.ndarray], replace_all: bool) -> str:
+        """Compute ``current + delta`` (or, for a replacement, the sent weights themselves) into
+        ``out``, make it durable; return its model hash."""
         table = self.manifest.tensors
         t0 = time.perf_counter()
-        worker = start_apply(self.global_weights(), delta, out.views, table)
+        # -0.0 + x == x bit for bit for every float x (+0.0 would turn -0.0 into +0.0)
+        base = {t.name: np.full(t.shape, -0.0, t.dtype) for t in table} if replace_all else None
+        worker = start_apply(base or self.global_weights(), delta, out.views, table)
         try:
             t0 = self._lap("add", t0)
             out.sync()  # the hash thread keeps running during the fsync

@@ -19,7 +19,7 @@ Example::
 
     [daemon]
     backoff-initial-s = 2.0
-    backoff-max-s = 120.0
+    backoff-max-s = 30.0
     stable-s = 60.0
     stop-timeout-s = 30.0
 """
@@ -46,7 +46,7 @@ class DaemonConfig:
     """Supervision of the SuperNode: restart backoff and stop timeout (seconds, all > 0)."""
 
     backoff_initial_s: float = 2.0
-    backoff_max_s: float = 120.0
+    backoff_max_s: float = 30.0  # a SuperLink refuses a node for up to 60 s after it vanished
     stable_s: float = 60.0  # a run this long resets the backoff
     stop_timeout_s: float = 30.0  # SIGTERM -> wait this long -> SIGKILL
 
