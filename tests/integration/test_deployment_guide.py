@@ -2,8 +2,7 @@
 
 It needs what the container test needs (engine, compose, images) and skips or fails the same way.
 Shims, set before the guide's first line and nowhere in the guide: ``docker compose`` maps to
-Debian's ``docker-compose`` where the v2 plugin is missing, and ``stamen deploy`` / ``stamen device
-install-unit`` map to ``python -m stamen.deploy`` until ``stamen.cli`` wires them in. ``HOME`` is a
+Debian's ``docker-compose`` where the v2 plugin is missing. ``HOME`` is a
 temp folder (the guide keeps keys in ``$HOME/stamen-keys``), the SuperLink port is a free one, and
 the compose project has its own name.
 """
@@ -29,14 +28,6 @@ SHIMS = """
 if ! docker compose version >/dev/null 2>&1; then
   docker() { if [ "${1:-}" = compose ]; then shift; docker-compose "$@"; else command docker "$@"; fi; }
   export -f docker
-fi
-if ! stamen deploy --help >/dev/null 2>&1; then
-  stamen() {
-    if [ "${1:-}" = deploy ]; then shift; python -m stamen.deploy "$@";
-    elif [ "${1:-} ${2:-}" = "device install-unit" ]; then shift; python -m stamen.deploy "$@";
-    else command stamen "$@"; fi
-  }
-  export -f stamen
 fi
 """
 
