@@ -115,6 +115,11 @@ def configure_json_logging(
     """
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter(static))
+    return _install(handler, logger, level)
+
+
+def _install(handler: logging.Handler, logger: str, level: int | str) -> logging.Handler:
+    """Make ``handler`` the only stamen handler of ``logger`` (a second call replaces the first)."""
     handler.set_name("stamen-json")
     target = logging.getLogger(logger)
     for old in [h for h in target.handlers if h.get_name() == "stamen-json"]:
@@ -139,11 +144,4 @@ def configure_logging(role: str, logger: str = "stamen") -> logging.Handler:
         return configure_json_logging(logger, level, role=role)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler.set_name("stamen-json")  # replaced like the JSON handler on a second call
-    target = logging.getLogger(logger)
-    for old in [h for h in target.handlers if h.get_name() == "stamen-json"]:
-        target.removeHandler(old)
-    target.addHandler(handler)
-    target.setLevel(level)
-    target.propagate = False
-    return handler
+    return _install(handler, logger, level)

@@ -34,6 +34,17 @@ from stamen.task.bristle.prioritizer import DEFAULT_CLOSEST, DEFAULT_RANDOM, pri
 MODES = ("server", "peer")
 
 
+def labelled_features(features: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(float32 (m, F), int64 (m,))`` server-held labelled features; ``ValueError`` naming ``what``
+    (e.g. ``"bristle: validation"``) for other shapes or an empty set."""
+    feats, labs = np.asarray(features, dtype=np.float32), np.asarray(labels, dtype=np.int64)
+    if feats.ndim != 2 or labs.shape != (feats.shape[0],) or feats.shape[0] == 0:
+        raise ValueError(
+            f"{what} must be (m, F) features and (m,) labels, m >= 1; got {feats.shape}, {labs.shape}"
+        )
+    return feats, labs
+
+
 def output_segment(table: Sequence[TensorInfo], name: str = "") -> tuple[int, int, tuple[int, int]]:
     """``(start, stop, (C, F))`` of the output layer: the tensor ``name``, else the last 2-D tensor."""
     offset, found = 0, None
@@ -105,13 +116,7 @@ class BristleRule(Rule):
 
     def set_validation(self, features: np.ndarray, labels: np.ndarray) -> None:
         """The server's labelled validation slice as frozen features ``(m, F)`` and labels ``(m,)``."""
-        feats, labs = np.asarray(features, dtype=np.float32), np.asarray(labels, dtype=np.int64)
-        if feats.ndim != 2 or labs.shape != (feats.shape[0],) or feats.shape[0] == 0:
-            raise ValueError(
-                f"bristle: validation must be (m, F) features and (m,) labels, m >= 1; "
-                f"got {feats.shape}, {labs.shape}"
-            )
-        self._features, self._labels = feats, labs
+        self._features, self._labels = labelled_features(features, labels, "bristle: validation")
 
     def begin_round(self, ctx: RoundContext) -> None:
         """Locate the output layer and remember the global weights of this round."""

@@ -33,7 +33,7 @@ import numpy as np
 from stamen.protocols import TensorInfo
 from stamen.server.aggregators._common import as_stack, check_count, check_positive
 from stamen.server.aggregators.base import RoundContext, Rule, check_stack, register
-from stamen.server.aggregators.bristle import output_segment
+from stamen.server.aggregators.bristle import labelled_features, output_segment
 
 RootUpdate = Callable[[np.ndarray], np.ndarray]  # base_flat (d,) -> g_0 (d,)
 
@@ -157,12 +157,7 @@ class FLTrustRule(Rule):
 
     def set_validation(self, features: np.ndarray, labels: np.ndarray) -> None:
         """Root dataset as frozen features ``(m, F)`` and labels ``(m,)`` for a linear output layer."""
-        feats, labs = np.asarray(features, dtype=np.float32), np.asarray(labels, dtype=np.int64)
-        if feats.ndim != 2 or labs.shape != (feats.shape[0],) or feats.shape[0] == 0:
-            raise ValueError(
-                f"fltrust: root data must be (m, F) features and (m,) labels, m >= 1; "
-                f"got {feats.shape}, {labs.shape}"
-            )
+        feats, labs = labelled_features(features, labels, "fltrust: root data")
         self._root_update = lambda base: self._head_update(base, feats, labs)
 
     def _head_update(self, base: np.ndarray, feats: np.ndarray, labs: np.ndarray) -> np.ndarray:
