@@ -108,6 +108,7 @@ def test_compose_services_are_secure_and_use_real_flags() -> None:
         if role == "device":
             assert svc["volumes"][0].endswith(f"/nodes/node-{name[-1]}:/certs:ro")
             partitions.append(cmd[cmd.index("--node-config") + 1])
-    assert partitions == ["partition-id=0", "partition-id=1"]
+    signing = 'signing-key="/certs/device-signing.pem" endorsement="/certs/device-signing.endorsement"'
+    assert partitions == [f"partition-id={i} {signing}" for i in (0, 1)]  # each device signs its updates
     assert "superlink-state:/state" in services["superlink"]["volumes"]
     assert services["superlink"]["ports"][0].startswith("127.0.0.1:")
