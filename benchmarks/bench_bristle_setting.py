@@ -98,8 +98,8 @@ def overrides(setting: str, rule: str, attack: str, seed: int, rounds: int) -> l
 
 def run_one(job: Job) -> dict[str, Any]:
     """One run of the ``bristle`` scenario; never raises (errors are recorded)."""
-    from stamen.server.config import ServerConfig
     from stamen.simulations.engines import run_engine
+    from stamen.simulations.plan import SimulationPlan
     from stamen.simulations.scenario import load_scenario
 
     setting, rule, attack, seed, rounds = job
@@ -108,7 +108,7 @@ def run_one(job: Job) -> dict[str, Any]:
     row["overrides"] = args
     t0 = time.perf_counter()
     try:
-        result = run_engine("inprocess", ServerConfig.from_scenario(load_scenario("bristle", args)))
+        result = run_engine("inprocess", SimulationPlan.from_scenario(load_scenario("bristle", args)))
         row["accuracy"] = float(result.rounds[-1].accuracy)
     except Exception as exc:  # one bad run must not stop the others
         row["error"] = f"{type(exc).__name__}: {exc}"

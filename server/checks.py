@@ -139,4 +139,6 @@ def check_cohort(s: Settings, n: int) -> None:
 
 
 def _layout_free(agg: Rule, s: Settings) -> bool:
-    return agg.traits.required_server_lr is None and not s.aggregation.rule.startswith("lora_")
+    """False for rules that need the model layout or server data (FLTrust's root update)."""
+    rule = s.aggregation.rule
+    return agg.traits.required_server_lr is None and not rule.startswith("lora_") and rule != "fltrust"

@@ -147,3 +147,15 @@ def test_custom_root_update() -> None:
     np.testing.assert_allclose(
         rule(np.array([[2.0, 0.0], [0.0, 1.0]], np.float32)), [5 * 0.6 / 1.4, 5 * 0.8 / 1.4]
     )
+
+
+@pytest.mark.slow
+def test_fltrust_runs_in_the_engine_with_the_server_held_root_data() -> None:
+    from stamen.simulations.engines import run_engine
+    from stamen.simulations.plan import SimulationPlan
+    from stamen.simulations.scenario import load_scenario
+
+    overrides = ["aggregation.rule=fltrust", "clients.trainer=full", "rounds=2", "eval.every=1"]
+    result = run_engine("inprocess", SimulationPlan.from_scenario(load_scenario("bristle", overrides)))
+    assert [r.round for r in result.rounds] == [1, 2]
+    assert all(r.rejected == 0 and 0.1 < r.accuracy <= 1.0 for r in result.rounds)
