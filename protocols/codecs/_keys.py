@@ -20,7 +20,7 @@ from ..errors import CodecError
 Arrays = dict[str, np.ndarray]
 Layout = dict[str, WireArray]
 
-__all__ = ["check_groups", "derive_layout", "find_groups", "put_new", "varint_size"]
+__all__ = ["check_groups", "derive_layout", "find_groups", "put_new", "split_arrays", "varint_size"]
 
 _T = TypeVar("_T")
 
@@ -67,6 +67,28 @@ def put_new(out: MutableMapping[str, _T], key: str, value: _T, stage: str) -> No
     if key in out:
         raise CodecError(f"{stage}: derived key {key!r} collides with another array key")
     out[key] = value
+
+
+def split_arrays(
+    arrays: Mapping[str, np.ndarray],
+    stage: str,
+    suffixes: tuple[str, ...],
+    split: Callable[[str, np.ndarray], dict[str, np.ndarray]],
+) -> Arrays:
+    """The encode loop of a splitting stage: each floating array ``b`` becomes ``b + suffix`` for
+    every ``suffix -> part`` of ``split(b, array)`` (called in key order, so a stage's random draws
+    keep their order); other arrays pass through; the groups are checked (:func:`check_groups`)."""
+    out: Arrays = {}
+    produced = []
+    for key, arr in arrays.items():
+        if arr.dtype.kind != "f":
+            put_new(out, key, arr, stage)
+            continue
+        for suffix, part in split(key, arr).items():
+            put_new(out, key + suffix, part, stage)
+        produced.append(key)
+    check_groups(stage, out, produced, suffixes)
+    return out
 
 
 def decode_blob_groups(

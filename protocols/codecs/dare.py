@@ -36,7 +36,7 @@ import numpy as np
 
 from ..container import WireArray
 from ..errors import CodecError, MalformedUpdate
-from ._keys import check_groups, derive_layout, find_groups, put_new, varint_size
+from ._keys import derive_layout, find_groups, put_new, split_arrays, varint_size
 from .base import Arrays, ArrayStage, Layout, Scalar, register
 from .bitpack import ByteReader, ByteWriter
 
@@ -97,21 +97,15 @@ class Dare(ArrayStage):
 
     def encode(self, arrays: Arrays, rng: np.random.Generator) -> Arrays:
         """Replace each floating array ``b`` by ``b.dm`` (size, seed) and ``b.dv`` (survivors)."""
-        out: Arrays = {}
-        produced = []
         p = float(self.params["p"])
-        for key, arr in arrays.items():
-            if arr.dtype.kind != "f":
-                put_new(out, key, arr, self.name)
-                continue
+
+        def split(key: str, arr: np.ndarray) -> dict[str, np.ndarray]:
             flat = arr.reshape(-1)  # (n,)
             seed = int(rng.integers(0, 2**64, dtype=np.uint64))
             kept = flat[keep_mask(seed, flat.size, p)].astype(np.float64) / self.divisor
-            put_new(out, key + ".dm", ByteWriter().varint(flat.size).u64(seed).array(), self.name)
-            put_new(out, key + ".dv", kept.astype(np.float32), self.name)
-            produced.append(key)
-        check_groups(self.name, out, produced, _SUFFIXES)
-        return out
+            return {".dm": ByteWriter().varint(flat.size).u64(seed).array(), ".dv": kept.astype(np.float32)}
+
+        return split_arrays(arrays, self.name, _SUFFIXES, split)
 
     def encoded_layout(self, layout: Layout) -> Layout:
         """Each floating ``b`` of ``n`` elements becomes ``b.dm`` (``varint n`` and the seed,

@@ -48,7 +48,7 @@ import numpy as np
 from ..container import WireArray
 from ..errors import CodecError, MalformedUpdate
 from . import huffman
-from ._keys import check_groups, decode_blob_groups, derive_layout, put_new, varint_size
+from ._keys import decode_blob_groups, derive_layout, split_arrays, varint_size
 from .base import Arrays, ArrayStage, Layout, Scalar, register
 from .bitpack import ByteReader, ByteWriter, check_end, pack_bits, unpack_bits, width_for
 from .positions import MODES, decode_positions, encode_positions
@@ -165,16 +165,7 @@ class FedZip(ArrayStage):
         CodecError
             If a tensor has non-finite values.
         """
-        out: Arrays = {}
-        produced = []
-        for key, arr in arrays.items():
-            if arr.dtype.kind != "f":
-                put_new(out, key, arr, self.name)
-                continue
-            put_new(out, key + _SUFFIX, self._encode_one(key, arr), self.name)
-            produced.append(key)
-        check_groups(self.name, out, produced, (_SUFFIX,))
-        return out
+        return split_arrays(arrays, self.name, (_SUFFIX,), lambda k, a: {_SUFFIX: self._encode_one(k, a)})
 
     def blob_bound(self, n: int) -> int:
         """Most bytes the blob of an ``n``-element tensor can take.

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..container import WireArray
 from ..errors import CodecError
-from ._keys import check_groups, derive_layout, find_groups, put_new
+from ._keys import derive_layout, find_groups, put_new, split_arrays
 from .base import Arrays, ArrayStage, Layout, register
 
 __all__ = ["FRLRank", "index_bits", "pack_indices", "unpack_indices"]
@@ -109,17 +109,14 @@ class FRLRank(ArrayStage):
 
     def encode(self, arrays: Arrays, rng: np.random.Generator) -> Arrays:
         """Replace each floating array ``b`` by ``b.p`` (packed ranking) and ``b.s`` (shape)."""
-        out: Arrays = {}
-        produced = []
-        for key, arr in arrays.items():
-            if arr.dtype.kind != "f":
-                put_new(out, key, arr, self.name)
-                continue
-            put_new(out, key + ".p", self._encode_one(key, arr), self.name)
-            put_new(out, key + ".s", np.array(arr.shape, dtype=_shape_dtype(arr.shape)), self.name)
-            produced.append(key)
-        check_groups(self.name, out, produced, _SUFFIXES)
-        return out
+
+        def split(key: str, arr: np.ndarray) -> dict[str, np.ndarray]:
+            return {
+                ".p": self._encode_one(key, arr),
+                ".s": np.array(arr.shape, dtype=_shape_dtype(arr.shape)),
+            }
+
+        return split_arrays(arrays, self.name, _SUFFIXES, split)
 
     def encoded_layout(self, layout: Layout) -> Layout:
         """Each floating ``b`` of ``n`` elements becomes ``b.p`` (empty, or ``ceil(n w / 8)``

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..container import WireArray
 from ..errors import CodecError, MalformedUpdate
-from ._keys import check_groups, derive_layout, find_groups, put_new
+from ._keys import derive_layout, find_groups, put_new, split_arrays
 from .base import Arrays, ArrayStage, Layout, Scalar, register
 
 __all__ = ["Int8"]
@@ -76,18 +76,12 @@ class Int8(ArrayStage):
 
     def encode(self, arrays: Arrays, rng: np.random.Generator) -> Arrays:
         """Replace each floating array ``b`` by ``b.q`` (int8) and ``b.qs`` (float32 scalar)."""
-        out: Arrays = {}
-        produced = []
-        for key, arr in arrays.items():
-            if arr.dtype.kind != "f":
-                put_new(out, key, arr, self.name)
-                continue
+
+        def split(key: str, arr: np.ndarray) -> dict[str, np.ndarray]:
             scale = _scale(key, arr)
-            put_new(out, key + ".q", self._quantize(arr, scale, rng), self.name)
-            put_new(out, key + ".qs", np.array(scale, dtype=np.float32), self.name)
-            produced.append(key)
-        check_groups(self.name, out, produced, _SUFFIXES)
-        return out
+            return {".q": self._quantize(arr, scale, rng), ".qs": np.array(scale, dtype=np.float32)}
+
+        return split_arrays(arrays, self.name, _SUFFIXES, split)
 
     def encoded_layout(self, layout: Layout) -> Layout:
         """Each floating ``b`` becomes ``b.q`` (int8, same shape) and ``b.qs`` (float32 scalar)."""

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..container import WireArray
 from ..errors import CodecError, MalformedUpdate
-from ._keys import check_groups, decode_blob_groups, derive_layout, put_new, varint_size
+from ._keys import decode_blob_groups, derive_layout, split_arrays, varint_size
 from .base import Arrays, ArrayStage, Layout, Scalar, register
 from .bitpack import ByteReader, ByteWriter, bits_to_fixed, check_end, fixed_to_bits, pack_bits, unpack_bits
 
@@ -143,20 +143,15 @@ class Rqm(ArrayStage):
             If a tensor has non-finite values.
         """
         p = self.params
-        out: Arrays = {}
-        produced = []
-        for key, arr in arrays.items():
-            if arr.dtype.kind != "f":
-                put_new(out, key, arr, self.name)
-                continue
+
+        def split(key: str, arr: np.ndarray) -> dict[str, np.ndarray]:
             if not np.isfinite(arr).all():
                 raise CodecError(f"rqm: tensor {key!r} has non-finite values")
             z = quantize(arr, float(p["c"]), float(p["delta"]), int(p["m"]), float(p["q"]), rng)
             blob = ByteWriter().varint(arr.size).raw(pack_bits(fixed_to_bits(z, self.width)))
-            put_new(out, key + _SUFFIX, blob.array(), self.name)
-            produced.append(key)
-        check_groups(self.name, out, produced, (_SUFFIX,))
-        return out
+            return {_SUFFIX: blob.array()}
+
+        return split_arrays(arrays, self.name, (_SUFFIX,), split)
 
     def encoded_layout(self, layout: Layout) -> Layout:
         """Each floating ``b`` of ``n`` elements becomes the blob ``b.rq``: ``varint n`` and

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..container import WireArray
 from ..errors import MalformedUpdate
-from ._keys import check_groups, derive_layout, find_groups, put_new
+from ._keys import derive_layout, find_groups, put_new, split_arrays
 from .base import Arrays, ArrayStage, CodecError, Layout, Scalar, register
 
 __all__ = ["TopK", "index_dtype", "kept_count", "largest_indices"]
@@ -125,19 +125,12 @@ class TopK(ArrayStage):
 
     def encode(self, arrays: Arrays, rng: np.random.Generator) -> Arrays:
         """Replace each floating array ``b`` by ``b.i``, ``b.v``, ``b.s``; others pass through."""
-        out: Arrays = {}
-        produced = []
-        for key, arr in arrays.items():
-            if arr.dtype.kind != "f":
-                put_new(out, key, arr, self.name)
-                continue
+
+        def split(key: str, arr: np.ndarray) -> dict[str, np.ndarray]:
             idx, values = self._sparsify(arr)
-            put_new(out, key + ".i", idx, self.name)
-            put_new(out, key + ".v", values, self.name)
-            put_new(out, key + ".s", np.array(arr.shape, dtype=_shape_dtype(arr.shape)), self.name)
-            produced.append(key)
-        check_groups(self.name, out, produced, _SUFFIXES)
-        return out
+            return {".i": idx, ".v": values, ".s": np.array(arr.shape, dtype=_shape_dtype(arr.shape))}
+
+        return split_arrays(arrays, self.name, _SUFFIXES, split)
 
     def encoded_layout(self, layout: Layout) -> Layout:
         """Each floating ``b`` of ``n`` elements becomes ``k`` indices, ``k`` values and its shape."""
