@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 for _k, _v in {
@@ -17,3 +20,20 @@ for _k, _v in {
 }.items():
     os.environ.setdefault(_k, _v)
 os.environ.setdefault("FLWR_HOME", str(ROOT / ".flwr-home"))
+
+# Folders whose tests run torch with one thread, as the engines run clients: with several threads on
+# a loaded 2-core machine, small matmuls and the GI inversion's tiny ops are dominated by contention.
+ONE_TORCH_THREAD = frozenset({"frl", "bristle", "staleness"})
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request: pytest.FixtureRequest) -> Iterator[None]:
+    if Path(str(request.path)).parent.name not in ONE_TORCH_THREAD:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
