@@ -21,6 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from stamen.logs import configure_logging
 from stamen.server.config import ServerConfig
 from stamen.server.deployed import deployment_extras
+from stamen.server.privacy.statement import privacy_statement
 from stamen.server.driver.driver import EvalFn, RoundDriver
 from stamen.server.driver.flower_async import GridAsyncTransport
 from stamen.server.driver.flower_transport import GridTransport
@@ -70,7 +71,9 @@ def main(grid: Grid, context: Context) -> None:
         result = assemble_async(cfg, pushpull, initial, evaluate, extras).run(initial, progress=reporter)
     out = str(run_config.get("out-dir", ""))
     if out:
-        extra = {"engine": "flower-simulation" if simulated else "flower-deployment"}
+        extra: dict[str, Any] = {"engine": "flower-simulation" if simulated else "flower-deployment"}
+        if (statement := privacy_statement(cfg)) is not None:
+            extra["privacy"] = statement
         if result.stopped:
             extra["stopped"] = result.stopped
         write_record(Path(out), cfg.settings.to_dict(), result.rounds, extra=extra)
