@@ -21,13 +21,13 @@ from flwr.serverapp import Grid, ServerApp
 from stamen.logs import configure_logging
 from stamen.server.config import ServerConfig
 from stamen.server.deployed import deployment_extras
-from stamen.server.privacy.statement import privacy_statement
 from stamen.server.driver.driver import EvalFn, RoundDriver
 from stamen.server.driver.flower_async import GridAsyncTransport
 from stamen.server.driver.flower_transport import GridTransport
 from stamen.server.federation import assemble, assemble_async, central_evaluator
 from stamen.server.history import RoundRecord
 from stamen.server.metrics import REJECTION_REASONS, ServerMetrics, start_metrics_server
+from stamen.server.privacy.statement import privacy_statement
 from stamen.server.records import write_record
 from stamen.task.datasource import load_data_source
 from stamen.task.models import build_model

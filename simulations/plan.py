@@ -131,7 +131,11 @@ def check_attack(s: Scenario, malicious: tuple[int, ...]) -> None:
             "attack.kind='rank_reversal' reverses FRL rankings: it needs clients.trainer='frl', "
             f"got {s.clients.trainer!r}"
         )
-    if malicious and s.attack.malicious_minority and resolve_sampling(s.clients.sampling, s.privacy.mode, s.server.mode) == "poisson":
+    if (
+        malicious
+        and s.attack.malicious_minority
+        and resolve_sampling(s.clients.sampling, s.privacy.mode, s.server.mode) == "poisson"
+    ):
         raise ValueError(
             "attack.malicious_minority redraws the cohort until the attackers are a minority, which "
             "clients.sampling='poisson' (each client's own coin) does not allow; set "

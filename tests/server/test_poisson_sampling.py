@@ -19,7 +19,12 @@ from stamen.server.privacy.statement import describe, privacy_statement
 from stamen.server.sampling import draw_cohort, poisson_sample, resolve_sampling, sample_clients
 from stamen.task.settings import load_settings
 
-CENTRAL = ["privacy.mode=central", "privacy.calibration=fixed", "aggregation.rule=mean", "data.num_clients=10"]
+CENTRAL = [
+    "privacy.mode=central",
+    "privacy.calibration=fixed",
+    "aggregation.rule=mean",
+    "data.num_clients=10",
+]
 CENTRAL += ["clients.per_round=2"]
 
 
@@ -124,7 +129,9 @@ def test_statement_says_sampling_and_accountant() -> None:
     assert poisson is not None
     assert poisson["sampling"] == "poisson" and poisson["covered"] is True
     assert poisson["accountant"] == "rdp-poisson-subsampled-gaussian" and poisson["sample_rate"] == 0.2
-    fixed = privacy_statement(ServerConfig.from_settings(load_settings("smoke", [*CENTRAL, "clients.sampling=fixed"])))
+    fixed = privacy_statement(
+        ServerConfig.from_settings(load_settings("smoke", [*CENTRAL, "clients.sampling=fixed"]))
+    )
     assert fixed is not None and fixed["sampling"] == "fixed" and fixed["covered"] is False
     assert "NOT covered" in describe(fixed) and "(covered)" in describe(poisson)
     assert privacy_statement(ServerConfig.from_settings(load_settings("smoke", []))) is None
@@ -141,7 +148,9 @@ def test_statement_says_sampling_and_accountant() -> None:
 def test_cli_refuses_variable_cohort_combinations(
     overrides: list[str], needle: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    argv = ["simulate", "smoke", "--quiet", "--out", str(tmp_path)] + [a for o in overrides for a in ("--set", o)]
+    argv = ["simulate", "smoke", "--quiet", "--out", str(tmp_path)] + [
+        a for o in overrides for a in ("--set", o)
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("stamen: error:") and needle in err and "\n" not in err
