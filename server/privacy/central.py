@@ -28,7 +28,8 @@ the sensitivity stays ``C/m`` whatever was drawn, and a round that drew nobody s
 sampled set, the empty one included; skipping it would reveal that the draw was empty). With
 ``clients.sampling = "fixed"`` (or FedBuff's buffers) the cohort is a fixed-size draw without
 replacement — the usual approximation (Flower's DP wrappers, TFF) that the reported ε does not
-formally cover; results.json says which (:func:`privacy_statement`). ``fedavg`` (data-size weights)
+formally cover; results.json says which
+(:func:`~stamen.server.privacy.statement.privacy_statement`). ``fedavg`` (data-size weights)
 declares no sensitivity: with weights ``n_k / Σ n_k`` one client holding many samples can move the
 aggregate by up to ~2C, so there is no useful bound without capping the weights (McMahan et al. cap
 ``w_k = min(n_k / ŵ, 1)``); central DP therefore requires ``aggregation.rule = "mean"``.
