@@ -157,7 +157,9 @@ def test_cli_refuses_variable_cohort_combinations(
 
 
 @pytest.mark.slow
-def test_run_with_an_empty_first_draw_releases_noise_and_writes_the_statement(tmp_path: Path) -> None:
+def test_run_with_an_empty_first_draw_releases_noise_and_writes_the_statement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Seed 0, round 1, q = 0.1 over 10 clients draws nobody: the round still moves the model by
     noise of std z·C/m (m = 1) around it, counts ε, sends nothing; results.json says Poisson."""
     assert poisson_sample(0, 1, 10, 0.1) == []
@@ -165,6 +167,7 @@ def test_run_with_an_empty_first_draw_releases_noise_and_writes_the_statement(tm
     sets += ["privacy.noise_multiplier=0.8", "privacy.clipping_norm=0.25", "eval.every=1"]
     argv = ["simulate", "smoke", "--quiet", "--out", str(tmp_path)] + [a for o in sets for a in ("--set", o)]
     assert main(argv) == 0
+    assert "privacy: central, poisson sampling q=0.1, accountant rdp-poisson" in capsys.readouterr().out
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["privacy"]["sampling"] == "poisson" and res["privacy"]["covered"] is True
     (rnd,) = res["rounds"]
