@@ -3,20 +3,27 @@
 For each dataset (digits, mnist1d) the same federation runs with ``privacy.mode=off`` (the anchor,
 in the same run) and with each DP mode at each target ε (δ = 1e-5, ``calibration=target_epsilon``):
 
-- ``central``: DP-FedAvg, user-level, Poisson-subsampled Gaussian RDP at q = per_round/num_clients;
+- ``central``: DP-FedAvg, user-level, Poisson-subsampled Gaussian RDP at q = per_round/num_clients,
+  with Poisson client sampling (``clients.sampling = "auto"``: each client's own coin, the sampling the
+  accountant analyses) and the fixed denominator q·N;
+- ``central_fixed``: the same with the fixed-size cohort of ``per_round`` clients the engines drew
+  before Poisson sampling (``clients.sampling = "fixed"``; ε is then not formally covered): the old
+  figures, re-measured in the same run;
 - ``local``: every client clips its whole update and adds Gaussian noise (sensitivity 2C);
 - ``dp_sgd``: opacus DP-SGD in every client (example-level; ε = the worst client's);
 - ``rqm``: the Randomized Quantization Mechanism codec (its own exact RDP accountant), reported with
   its bits per coordinate measured from the bytes really sent.
 
-Every run goes through ``load_scenario("smoke", overrides) -> ServerConfig.from_scenario ->
-run_engine("inprocess", cfg)``; a mode the engines do not run yet is listed as "not wired". Accuracy
+Every run goes through ``load_scenario("smoke", overrides) -> SimulationPlan.from_scenario ->
+run_engine("inprocess", plan)``; a mode the engines do not run yet is listed as "not wired". Accuracy
 is the median over ``--seeds`` seeds; the reported ε is the last round's ``epsilon`` of the run.
 
 Regenerate::
 
     .venv/bin/python benchmarks/bench_privacy.py            # both datasets, ε in {1, 2, 4, 8}, 2 seeds
     .venv/bin/python benchmarks/bench_privacy.py --quick    # digits, ε in {1, 8}, 1 seed, 10 rounds
+    .venv/bin/python benchmarks/bench_privacy.py --modes central central_fixed \
+        --out benchmarks/results/privacy_central_sampling.json   # Poisson vs fixed-size, side by side
 
 Prints a markdown table and writes ``benchmarks/results/privacy.json``.
 """
@@ -32,13 +39,13 @@ from typing import Any
 import torch
 from _provenance import Provenance, out_path, parser
 
-from stamen.server.config import ServerConfig
 from stamen.simulations.engines import run_engine
+from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.scenario import load_scenario
 from stamen.task.models import build_model
 from stamen.task.weights import get_weights
 
-MODES = ("central", "local", "dp_sgd", "rqm")
+MODES = ("central", "central_fixed", "local", "dp_sgd", "rqm")
 EPSILONS = (1.0, 2.0, 4.0, 8.0)
 DELTA = 1e-5
 # One federation for every mode: 50 IID clients, 25 per round (q = 0.5), 30 rounds, mean rule.
@@ -61,7 +68,8 @@ DATASETS: dict[str, dict[str, Any]] = {
 }
 MODE_OVERRIDES: dict[str, list[str]] = {
     "off": ["privacy.mode=off"],
-    "central": ["privacy.mode=central"],
+    "central": ["privacy.mode=central"],  # clients.sampling=auto: Poisson
+    "central_fixed": ["privacy.mode=central", "clients.sampling=fixed"],
     "local": ["privacy.mode=local"],
     "dp_sgd": ["privacy.mode=dp_sgd", "clients.trainer=dp_sgd", "privacy.clipping_norm=1.0"],
     "rqm": ["privacy.mode=rqm", "codec.pipeline=rqm"],
@@ -86,18 +94,20 @@ def run_one(dataset: str, mode: str, eps: float | None, seed: int, quick: bool) 
     row: dict[str, Any] = {"dataset": dataset, "mode": mode, "target_epsilon": eps, "seed": seed}
     try:
         scenario = load_scenario("smoke", overrides_for(dataset, mode, eps, seed, quick))
-        cfg = ServerConfig.from_scenario(scenario)
+        plan = SimulationPlan.from_scenario(scenario)
     except ValueError as exc:
         row["status"] = "not wired" if "not available yet" in str(exc) else f"error: {exc}"
         return row
     start = time.perf_counter()
     try:
-        result = run_engine("inprocess", cfg)
+        result = run_engine("inprocess", plan)
     except ValueError as exc:
         row["status"] = f"error: {exc}"
         return row
     rounds = result.rounds
     evaluated = [r for r in rounds if not math.isnan(r.accuracy)]
+    cfg = plan.cfg
+    sent = sum(len(plan.cohort(r.round)) for r in rounds)  # the clients asked (all reply in-process)
     dim = sum(v.size for v in get_weights(build_model(cfg.task)).values())
     row.update(
         status="ok",
@@ -106,7 +116,10 @@ def run_one(dataset: str, mode: str, eps: float | None, seed: int, quick: bool) 
         accuracy=evaluated[-1].accuracy if evaluated else math.nan,
         epsilon=rounds[-1].epsilon if rounds else None,
         params=dim,
-        bits_per_coordinate=8.0 * statistics.mean(r.bytes_up for r in rounds) / (cfg.per_round * dim),
+        # per update sent: a Poisson cohort's size varies round to round
+        bits_per_coordinate=8.0 * sum(r.bytes_up for r in rounds) / (sent * dim) if sent else math.nan,
+        mean_cohort=sent / len(rounds) if rounds else math.nan,
+        privacy=plan.result_extra().get("privacy"),  # sampling scheme and what the accountant assumes
     )
     return row
 

@@ -27,6 +27,7 @@ from stamen.server.driver.flower_transport import GridTransport
 from stamen.server.federation import assemble, assemble_async, central_evaluator
 from stamen.server.history import RoundRecord
 from stamen.server.metrics import REJECTION_REASONS, ServerMetrics, start_metrics_server
+from stamen.server.privacy.statement import privacy_statement
 from stamen.server.records import write_record
 from stamen.task.datasource import load_data_source
 from stamen.task.models import build_model
@@ -70,7 +71,9 @@ def main(grid: Grid, context: Context) -> None:
         result = assemble_async(cfg, pushpull, initial, evaluate, extras).run(initial, progress=reporter)
     out = str(run_config.get("out-dir", ""))
     if out:
-        extra = {"engine": "flower-simulation" if simulated else "flower-deployment"}
+        extra: dict[str, Any] = {"engine": "flower-simulation" if simulated else "flower-deployment"}
+        if (statement := privacy_statement(cfg)) is not None:
+            extra["privacy"] = statement
         if result.stopped:
             extra["stopped"] = result.stopped
         write_record(Path(out), cfg.settings.to_dict(), result.rounds, extra=extra)

@@ -3,7 +3,8 @@
 What is checked: privacy modes against codecs and trainers; the rule (names, parameters, central
 DP's declared sensitivity, the server learning rate it needs, the model it needs); Bristle's peer
 mode; and the rule's preconditions on the cohort size (e.g. Krum's ``2f + 2 < n``), by running a fresh
-copy of the rule once on a random stack of ``clients.per_round`` rows.
+copy of the rule once on a random stack of ``clients.per_round`` rows (and of one row under Poisson
+sampling, whose cohort size varies).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from stamen.server.aggregators import Rule, build_aggregator
 from stamen.server.rules import build_rule, rule_name
+from stamen.server.sampling import resolve_sampling
 from stamen.server.staleness import compensation, functions
 from stamen.task.settings import Settings
 
@@ -33,12 +35,35 @@ def check_settings(s: Settings) -> None:
             f"aggregation.rule={s.aggregation.rule!r} needs aggregation.server_lr={need}, "
             f"got {s.aggregation.server_lr}"
         )
+    poisson = resolve_sampling(s.clients.sampling, s.privacy.mode, s.server.mode) == "poisson"
+    if poisson:
+        check_poisson(s, rule)
     if rule.traits.relay_only:
         check_peer_mode(s)
     elif s.server.mode == "sync":
         check_cohort(s, s.clients.per_round)
     else:
         check_async(s)
+
+
+def check_poisson(s: Settings, rule: Rule) -> None:
+    """Refuse what cannot take Poisson sampling's variable cohort (Binomial(N, q) clients, from 0 to
+    N): asynchronous modes (they draw no cohort), Bristle's peer relay, and a rule whose
+    preconditions fail on the smallest non-empty cohort (e.g. Krum's ``2f + 2 < n`` at ``n = 1``)."""
+    if s.server.mode != "sync":
+        raise ValueError(
+            f"clients.sampling='poisson' draws a synchronous round's cohort; server.mode={s.server.mode!r} "
+            "draws none (use clients.sampling='auto' or 'fixed')"
+        )
+    if rule.traits.relay_only:
+        raise ValueError("clients.sampling='poisson' is not supported by Bristle's peer mode; use 'fixed'")
+    try:
+        check_cohort(s, 1)
+    except ValueError as exc:
+        raise ValueError(
+            f"clients.sampling='poisson' may draw a single client, which aggregation {rule_name(s)} "
+            f"cannot take ({exc.__cause__}); use clients.sampling='fixed'"
+        ) from exc
 
 
 def _check_privacy(s: Settings) -> None:

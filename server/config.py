@@ -22,6 +22,7 @@ from stamen.privacy.local import calibrate_local_noise_multiplier
 from stamen.protocols import CodecSpec
 from stamen.server.checks import check_settings
 from stamen.server.rqm import rqm_codec_params
+from stamen.server.sampling import resolve_sampling
 from stamen.task.settings import PrivacyConfig, Settings, load_settings
 from stamen.task.spec import RoundInstructions, TaskSpec, TrainSpec
 
@@ -91,6 +92,17 @@ class ServerConfig:
     def per_round(self) -> int:
         """Clients sampled per round."""
         return self.settings.clients.per_round
+
+    @property
+    def sampling(self) -> str:
+        """``"fixed"`` or ``"poisson"``: ``clients.sampling`` with ``"auto"`` resolved."""
+        s = self.settings
+        return resolve_sampling(s.clients.sampling, s.privacy.mode, s.server.mode)
+
+    @property
+    def sample_rate(self) -> float:
+        """``q = per_round / num_clients``: each client's inclusion probability under Poisson."""
+        return self.per_round / self.num_clients
 
     @property
     def num_clients(self) -> int:

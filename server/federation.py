@@ -133,7 +133,15 @@ def assemble(
     """The run's :class:`~stamen.server.driver.RoundDriver` (rule built once: some keep state)."""
     extras = extras or RunExtras()
     rule = build_rule(cfg.settings)
-    settings = DriverSettings(cfg.rounds, cfg.per_round, cfg.seed, cfg.timeout_s, cfg.settings.eval.every)
+    settings = DriverSettings(
+        cfg.rounds,
+        cfg.per_round,
+        cfg.seed,
+        cfg.timeout_s,
+        cfg.settings.eval.every,
+        cfg.sampling,
+        cfg.sample_rate,
+    )
     stale = stale_handling(cfg) if extras.max_delay else None
     history = ModelHistory(max_versions=extras.max_delay + 1) if extras.max_delay else None
     return RoundDriver(

@@ -13,8 +13,9 @@ from stamen.server.config import ServerConfig
 from stamen.server.driver import RoundDriver, Transport
 from stamen.server.driver.driver import EvalFn
 from stamen.server.federation import RunExtras, assemble, central_evaluator
+from stamen.server.privacy.statement import privacy_statement
 from stamen.server.rules import build_rule
-from stamen.server.sampling import minority_feasible, sample_clients
+from stamen.server.sampling import draw_cohort, minority_feasible, resolve_sampling
 from stamen.simulations.adversary import PoolTrainer, build_adversary
 from stamen.simulations.attacks import attack_type, malicious_clients
 from stamen.simulations.bristle_data import validation_slice
@@ -96,17 +97,22 @@ class SimulationPlan:
         return assemble(self.cfg, transport, self.initial, self.evaluator(), self.extras(devices))
 
     def cohort(self, rnd: int) -> list[int]:
-        """The partition ids the driver samples in round ``rnd`` (the adversary's sampler or uniform)."""
+        """The partition ids the driver samples in round ``rnd`` (the adversary's sampler, or the
+        run's fixed-size or Poisson draw)."""
         clients = [f"client-{i}" for i in range(self.cfg.num_clients)]
         hooks = self.extras(None).hooks
         chosen = hooks.sample(rnd, clients, self.cfg.per_round) if hooks is not None else None
         if chosen is None:
-            return sample_clients(self.cfg.seed, rnd, self.cfg.num_clients, self.cfg.per_round)
+            cfg = self.cfg
+            chosen = draw_cohort(cfg.sampling, cfg.seed, rnd, clients, cfg.per_round, cfg.sample_rate)
         return [int(c.rpartition("-")[2]) for c in chosen]
 
     def result_extra(self) -> dict[str, Any]:
         """What results.json records besides the rounds."""
-        return {"evaluation": EVALUATION} if self.peer else {}
+        extra: dict[str, Any] = {"evaluation": EVALUATION} if self.peer else {}
+        if (statement := privacy_statement(self.cfg)) is not None:
+            extra["privacy"] = statement
+        return extra
 
 
 def adversary_of(s: Scenario) -> tuple[tuple[int, ...], bool]:
@@ -124,6 +130,16 @@ def check_attack(s: Scenario, malicious: tuple[int, ...]) -> None:
         raise ValueError(
             "attack.kind='rank_reversal' reverses FRL rankings: it needs clients.trainer='frl', "
             f"got {s.clients.trainer!r}"
+        )
+    if (
+        malicious
+        and s.attack.malicious_minority
+        and resolve_sampling(s.clients.sampling, s.privacy.mode, s.server.mode) == "poisson"
+    ):
+        raise ValueError(
+            "attack.malicious_minority redraws the cohort until the attackers are a minority, which "
+            "clients.sampling='poisson' (each client's own coin) does not allow; set "
+            "clients.sampling='fixed' or attack.malicious_minority=false"
         )
     if s.attack.malicious_minority and not minority_feasible(
         s.data.num_clients, s.clients.per_round, len(malicious)

@@ -128,6 +128,10 @@ def _simulate(args: argparse.Namespace) -> int:
         out, scenario.to_dict(), result.rounds, engine=args.engine, extra=extra, title=title
     )
     _print_summary(f"{title} ({args.engine})", result.rounds, paths)
+    if "privacy" in extra:  # what the reported ε assumes (sampling, accountant)
+        from stamen.server.privacy.statement import describe
+
+        print(describe(extra["privacy"]))
     return 0
 
 

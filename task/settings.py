@@ -76,10 +76,17 @@ class DataConfig(_Config):
 
 @dataclass(frozen=True)
 class ClientsConfig(_Config):
-    """``[clients]``: participation per round and local training (``lr`` is the local step size)."""
+    """``[clients]``: participation per round and local training (``lr`` is the local step size).
+
+    ``sampling`` picks the cohort: ``"fixed"`` draws ``per_round`` clients without replacement,
+    ``"poisson"`` includes each client with probability ``per_round / data.num_clients`` (the
+    cohort size varies, may be 0), ``"auto"`` is Poisson for synchronous central DP (what its
+    accountant assumes) and fixed otherwise (:mod:`stamen.server.sampling`).
+    """
 
     SECTION: ClassVar[str] = "clients"
     per_round: int = _f(10, ge=1)
+    sampling: str = _f("auto", choices=("auto", "fixed", "poisson"))
     local_epochs: int = _f(1, ge=1)
     batch_size: int = _f(32, ge=1)
     lr: float = _f(0.05, gt=0.0)

@@ -23,7 +23,7 @@ from stamen.server.driver.stale_rows import treat_stale_rows
 from stamen.server.driver.types import Reply, TrainTask, Transport, Weights
 from stamen.server.history import FederationResult, ProgressFn, RoundRecord
 from stamen.server.privacy.central import BudgetExhausted
-from stamen.server.sampling import sample_clients
+from stamen.server.sampling import draw_cohort
 from stamen.server.staleness.handling import StaleHandling
 from stamen.server.staleness.history import ModelHistory
 from stamen.task.spec import RoundInstructions
@@ -94,6 +94,8 @@ class DriverSettings:
     seed: int
     timeout_s: float
     eval_every: int
+    sampling: str = "fixed"  # or "poisson" (stamen.server.sampling)
+    sample_rate: float = 1.0  # q, each client's inclusion probability under "poisson"
 
 
 class AggregateMode:
@@ -211,7 +213,7 @@ class RoundDriver:
         if self.history is not None:
             self.history.put(rnd, weights)
         tasks = self.configure(rnd, weights)
-        replies = self.transport.train(tasks, self.settings.timeout_s)
+        replies = self.transport.train(tasks, self.settings.timeout_s) if tasks else []
         self.downlink.observe(replies)
         updates = self.collect(weights, tasks, replies)
         if self.stale is not None and self.history is not None:
@@ -224,7 +226,7 @@ class RoundDriver:
         return weights, self.record(rnd, weights, updates, down, t0)
 
     def configure(self, rnd: int, weights: Weights) -> list[TrainTask]:
-        """Sample the cohort and build each client's task."""
+        """Sample the cohort and build each client's task (none for an empty Poisson draw)."""
         clients = self.transport.clients()
         k = min(self.settings.per_round, len(clients))
         if k == 0:
@@ -235,7 +237,10 @@ class RoundDriver:
             )
         cohort = self.hooks.sample(rnd, clients, k) if self.hooks is not None else None
         if cohort is None:
-            cohort = [clients[i] for i in sample_clients(self.settings.seed, rnd, len(clients), k)]
+            s = self.settings
+            cohort = draw_cohort(s.sampling, s.seed, rnd, clients, k, s.sample_rate)
+        if not cohort:
+            log.info("round %d: the Poisson draw sampled no client", rnd)
         return [self.task(rnd, client, weights) for client in cohort]
 
     def task(self, rnd: int, client: str, weights: Weights) -> TrainTask:

@@ -18,9 +18,18 @@ the added client contributes one clipped row and the denominator does not move. 
 *realised* count instead would make the noise scale data dependent; under *replace-one* the same
 estimator has sensitivity 2C/m, i.e. it would need twice the noise for the same ε.)
 
-Caveats stated, not hidden: the accountant assumes Poisson client sampling; our engines sample a
-fixed-size cohort of ``per_round`` clients without replacement — the usual approximation (Flower's
-DP wrappers, TFF) which the formal guarantee does not strictly cover. ``fedavg`` (data-size weights)
+Sampling: the accountant analyses Poisson client sampling, which is what a synchronous central-DP
+run does by default (``clients.sampling = "auto"`` -> ``"poisson"``, :mod:`stamen.server.sampling`):
+every client is in round ``t``'s cohort independently with probability ``q``, so the realised cohort
+has Binomial(N, q) members — possibly none, possibly more than ``m``. The estimator above is what
+makes that work: its denominator is the *expected* size ``m = q·N``, never the realised count, so
+the sensitivity stays ``C/m`` whatever was drawn, and a round that drew nobody still releases
+``0 + N(0, (z·C/m)² I)`` around the current model and is counted (the mechanism is defined on every
+sampled set, the empty one included; skipping it would reveal that the draw was empty). With
+``clients.sampling = "fixed"`` (or FedBuff's buffers) the cohort is a fixed-size draw without
+replacement — the usual approximation (Flower's DP wrappers, TFF) that the reported ε does not
+formally cover; results.json says which
+(:func:`~stamen.server.privacy.statement.privacy_statement`). ``fedavg`` (data-size weights)
 declares no sensitivity: with weights ``n_k / Σ n_k`` one client holding many samples can move the
 aggregate by up to ~2C, so there is no useful bound without capping the weights (McMahan et al. cap
 ``w_k = min(n_k / ŵ, 1)``); central DP therefore requires ``aggregation.rule = "mean"``.
@@ -192,9 +201,10 @@ class CentralDP:
         aggregate : ndarray, shape (d,)
             The ``mean`` of the ``n_accepted`` clipped rows (zeros if none was accepted).
         n_accepted : int
-            Rows that entered the mean, ``0 <= n_accepted <= m``. The mean is rescaled by
-            ``n_accepted / m`` into the fixed-denominator sum (a rejected client counts as a zero row;
-            when every sampled client is accepted the rescale is the identity).
+            Rows that entered the mean, ``0 <= n_accepted <= N`` (a Poisson draw may exceed ``m``).
+            The mean is rescaled by ``n_accepted / m`` into the fixed-denominator sum
+            ``Σ clip(Δ_k) / m`` (McMahan et al. 2018, ``f̃_f``; a rejected client counts as a zero
+            row; when exactly ``m`` were accepted the rescale is the identity).
         sensitivity : float
             ``S`` from :meth:`sensitivity` (``C / m`` for ``mean``), > 0.
 
@@ -203,8 +213,8 @@ class CentralDP:
         ndarray, shape (d,), float32
             A new array; ``aggregate`` is not modified.
         """
-        if not 0 <= n_accepted <= self.clients_per_round:
-            raise ValueError(f"n_accepted must be in [0, {self.clients_per_round}], got {n_accepted}")
+        if not 0 <= n_accepted <= self.num_clients:
+            raise ValueError(f"n_accepted must be in [0, {self.num_clients}], got {n_accepted}")
         if not sensitivity > 0 or math.isinf(sensitivity):
             raise ValueError(f"sensitivity must be finite and > 0, got {sensitivity}")
         agg = np.asarray(aggregate, dtype=np.float32).reshape(-1)  # (d,)

@@ -158,8 +158,10 @@ def test_fixed_denominator_rescale_and_zero_noise_is_exact() -> None:
     agg = np.array([1.0, -2.0], np.float32)
     np.testing.assert_array_equal(dp.privatize(agg, 4, 0.25), agg)
     np.testing.assert_array_equal(dp.privatize(agg, 2, 0.25), agg * 0.5)  # sum of 2 rows / m=4
+    # a Poisson draw above m = 4: still divided by the expected size m (McMahan et al. 2018, f~_f)
+    np.testing.assert_array_equal(dp.privatize(agg, 6, 0.25), agg * 1.5)
     with pytest.raises(ValueError, match="n_accepted"):
-        dp.privatize(agg, 5, 0.25)
+        dp.privatize(agg, 9, 0.25)  # more rows than the N = 8 clients
     assert dp.step() == float("inf")
 
 

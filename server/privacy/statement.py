@@ -1,0 +1,75 @@
+"""What a private run's reported ε assumes, recorded in results.json under ``privacy`` and printed in
+the run's summary: the sampling scheme the run used and the one its accountant analyses.
+
+Central DP is the case where they can differ: the accountant (:mod:`stamen.privacy.accounting`)
+composes the *Poisson*-subsampled Gaussian mechanism at ``q = per_round / num_clients``, which a
+synchronous run with ``clients.sampling = "poisson"`` (the ``"auto"`` default under central DP)
+implements exactly (:func:`stamen.server.sampling.poisson_sample`); a fixed-size cohort or FedBuff's
+buffers are not formally covered (``"covered": false``). The client-side mechanisms (local DP,
+DP-SGD, RQM) are accounted per client over the rounds it took part in, with no amplification by
+client sampling, so their ε holds whatever the server's sampling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stamen.server.config import ServerConfig
+
+CLIENT_ACCOUNTANTS = {
+    "local": "gaussian-composed-over-participation",  # stamen.privacy.local, sensitivity 2C, q = 1
+    "dp_sgd": "poisson-subsampled-gaussian-per-client-batches",  # opacus' q = 1/ceil(n/B)
+    "rqm": "rqm-exact-rdp-composed-over-participation",  # stamen.privacy.rqm_rdp
+}
+
+
+def privacy_statement(cfg: ServerConfig) -> dict[str, Any] | None:
+    """The ``privacy`` entry of results.json; None for a run without privacy.
+
+    Keys: ``mode``; ``sampling`` (``"poisson"``, ``"fixed"``, or ``"fedbuff-arrivals"``);
+    ``accountant`` (``"<rdp|prv>-poisson-subsampled-gaussian"`` for central DP); ``sample_rate``
+    (``q``) and ``estimator`` for central DP; ``covered`` (whether the accountant's sampling
+    assumption holds for the run); ``note`` (one sentence, what the figure means).
+    """
+    p = cfg.privacy
+    if p.mode == "off":
+        return None
+    if p.mode != "central":
+        return {
+            "mode": p.mode,
+            "sampling": cfg.sampling,
+            "accountant": f"{p.accountant}:{CLIENT_ACCOUNTANTS[p.mode]}",
+            "covered": True,
+            "note": "per-client ε over the rounds each client took part in; no client-sampling amplification",
+        }
+    fedbuff = cfg.settings.server.mode != "sync"
+    sampling = "fedbuff-arrivals" if fedbuff else cfg.sampling
+    covered = sampling == "poisson"
+    note = (
+        "each client sampled independently with probability q, as the accountant assumes"
+        if covered
+        else "the accountant assumes Poisson sampling at rate q; this run's cohorts were not Poisson, "
+        "so the reported ε is the usual approximation, not a formal guarantee"
+    )
+    return {
+        "mode": "central",
+        "sampling": sampling,
+        "sample_rate": cfg.settings.server.buffer_size / cfg.num_clients if fedbuff else cfg.sample_rate,
+        "accountant": f"{p.accountant}-poisson-subsampled-gaussian",
+        "neighbouring": "add/remove one client",
+        "estimator": "fixed denominator: sum of clipped updates / (q * num_clients)",
+        "delta": p.delta,
+        "covered": covered,
+        "note": note,
+    }
+
+
+def describe(statement: dict[str, Any]) -> str:
+    """One line for the run's summary, e.g. ``privacy: central, Poisson sampling q=0.1, accountant
+    rdp-poisson-subsampled-gaussian (covered)``."""
+    parts = [f"privacy: {statement['mode']}", f"{statement['sampling']} sampling"]
+    if "sample_rate" in statement:
+        parts[-1] += f" q={statement['sample_rate']:.4g}"
+    parts.append(f"accountant {statement['accountant']}")
+    line = ", ".join(parts)
+    return line + (" (covered)" if statement["covered"] else f" (NOT covered: {statement['note']})")
