@@ -200,6 +200,8 @@ class _Progress:
         if self.enabled:
             acc = "" if rec.accuracy != rec.accuracy else f"acc {rec.accuracy:.3f}"
             self._p.update(self._rounds_task, advance=1, info=acc)
+            if not self._p.console.is_terminal:  # a log file gets one line per finished round
+                self._p.console.print(f"round {rec.round}/{self.rounds} finished {acc}".rstrip())
 
     def client(self, done: int, total: int) -> None:
         if not self.enabled or total < 50:  # only long rounds get a client bar
