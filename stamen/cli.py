@@ -158,7 +158,7 @@ def default_out_dir(
     stem = name if engine == "inprocess" else f"{name}-{engine}"
     if not overrides:
         return root / stem
-    from stamen.task.settings import apply_overrides
+    from stamen.simulations.scenario import apply_overrides  # [attack] is a scenario key
 
     canonical = json.dumps(apply_overrides({}, overrides), sort_keys=True, default=list)
     return root / f"{stem}-{hashlib.sha256(canonical.encode()).hexdigest()[:6]}"
