@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("scenarios", help="list the built-in scenarios")
+    chk = sub.add_parser("check-app", help="check a `flwr run` configuration before the run starts")
+    chk.add_argument("app_dir", nargs="?", default=".", help="the Flower app directory (default .)")
+    chk.add_argument("-c", "--run-config", action="append", default=[], help="as `flwr run -c` (repeatable)")
     _add_plugin_commands(sub)
     return p
 
@@ -70,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _scenarios()
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "check-app":
+            from stamen.check_app import check_app
+
+            print(check_app(args.app_dir, args.run_config))
+            return 0
         if args.command in ("deploy", "device"):
             return _deploy_or_device(args)
         from stamen import cli_edge
