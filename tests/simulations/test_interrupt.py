@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -117,16 +118,19 @@ def _interrupt_run(
         assert proc.poll() is None, log.read_text()
         proc.send_signal(sig)
         rc = proc.wait(timeout=120)  # generous: the run ends at the driver's next poll
-    finally:
+        left = _marked(mark)
+        for _ in range(50):  # Ray's processes get up to 10 s to finish exiting
+            if not left:
+                break
+            time.sleep(0.2)
+            left = _marked(mark)
+    finally:  # whatever happened, nothing this test started outlives it
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    left = _marked(mark)
-    for _ in range(50):  # Ray's processes get up to 10 s to finish exiting
-        if not left:
-            break
-        time.sleep(0.2)
-        left = _marked(mark)
+        for pid in _marked(mark):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
     return rc, json.loads((out / "results.json").read_text()), left
 
 
