@@ -61,7 +61,7 @@ from stamen.simulations.text_data import load_pydocs, load_pydocs_validation
 from stamen.task.data import TaskData
 from stamen.task.models import create_model
 from stamen.task.models import minilm as _minilm  # noqa: F401  (registers minilm, minilm-tiny)
-from stamen.task.models.lora import adapter_config, attach_adapters
+from stamen.task.models.lora import attach_adapters
 from stamen.task.seeds import client_seed
 from stamen.task.spec import TaskSpec, TrainSpec
 from stamen.task.weights import evaluate_model, get_weights, set_weights
@@ -124,7 +124,7 @@ def build(run: Run, args: argparse.Namespace, ds: Any) -> tuple[torch.nn.Module,
     """The run's model: pretrained MiniLM + head, adapters attached as ``build_model`` would."""
     task = TaskSpec(dataset="pydocs", model=args.model, seed=args.seed, **run.task)
     model = create_model(args.model, ds.x_train.shape[1], ds.num_classes, (), seed=args.seed)
-    return attach_adapters(model, adapter_config(task), seed=args.seed, sample=(ds.x_train, ds.y_train)), task
+    return attach_adapters(model, task.lora, seed=args.seed, sample=(ds.x_train, ds.y_train)), task
 
 
 @dataclass

@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("scenarios", help="list the built-in scenarios")
+    chk = sub.add_parser("check-app", help="check a `flwr run` configuration before the run starts")
+    chk.add_argument("app_dir", nargs="?", default=".", help="the Flower app directory (default .)")
+    chk.add_argument("-c", "--run-config", action="append", default=[], help="as `flwr run -c` (repeatable)")
     _add_plugin_commands(sub)
     return p
 
@@ -70,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _scenarios()
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "check-app":
+            from stamen.check_app import check_app
+
+            print(check_app(args.app_dir, args.run_config))
+            return 0
         if args.command in ("deploy", "device"):
             return _deploy_or_device(args)
         from stamen import cli_edge
@@ -162,7 +170,7 @@ def default_out_dir(
     stem = name if engine == "inprocess" else f"{name}-{engine}"
     if not overrides:
         return root / stem
-    from stamen.task.settings import apply_overrides
+    from stamen.simulations.scenario import apply_overrides  # [attack] is a scenario key
 
     canonical = json.dumps(apply_overrides({}, overrides), sort_keys=True, default=list)
     return root / f"{stem}-{hashlib.sha256(canonical.encode()).hexdigest()[:6]}"
@@ -204,6 +212,8 @@ class _Progress:
         if self.enabled:
             acc = "" if rec.accuracy != rec.accuracy else f"acc {rec.accuracy:.3f}"
             self._p.update(self._rounds_task, advance=1, info=acc)
+            if not self._p.console.is_terminal:  # a log file gets one line per finished round
+                self._p.console.print(f"round {rec.round}/{self.rounds} finished {acc}".rstrip())
 
     def client(self, done: int, total: int) -> None:
         if not self.enabled or total < 50:  # only long rounds get a client bar

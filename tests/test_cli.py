@@ -146,6 +146,9 @@ def test_default_out_dir_is_per_override_set() -> None:
     # the other engine never overwrites the in-process results
     assert default_out_dir("demo", [], "flower") == Path("runs/demo-flower")
     assert default_out_dir("demo", ["rounds=5"], "flower") == Path("runs/demo-flower-a2d11b")
+    # [attack] is a scenario section: the README's robust-aggregation example has no --out
+    b = default_out_dir("smoke", ["attack.kind=alie", "attack.fraction=0.25"])
+    assert b.name.startswith("smoke-") and b != default_out_dir("smoke", ["attack.kind=ipm"])
 
 
 def test_runs_with_different_overrides_keep_their_results(

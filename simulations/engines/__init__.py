@@ -17,8 +17,10 @@ def run_engine(
     """Run ``plan`` on the engine ``name`` (one of :data:`ENGINES`)."""
     if name == "inprocess":
         from stamen.simulations.engines.inprocess import run_inprocess
+        from stamen.simulations.engines.interrupt import sigterm_as_interrupt
 
-        return run_inprocess(plan, progress, **kwargs)
+        with sigterm_as_interrupt():  # SIGTERM ends the run like Ctrl-C: finished rounds are kept
+            return run_inprocess(plan, progress, **kwargs)
     if name == "flower":
         from stamen.simulations.engines.flower import run_flower
 

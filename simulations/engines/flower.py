@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from typing import Any
 
 from stamen.server.history import FederationResult, ProgressFn
+from stamen.simulations.engines.interrupt import StoppableGrid, stop_on_signals
 from stamen.simulations.plan import SimulationPlan
 
 FLOWER_ENV = {
@@ -44,6 +46,10 @@ def run_flower(
     ``ray_address`` attaches to a running Ray cluster (``ray start --head`` on one machine, ``ray
     start --address=...`` on the others; docs/scale.md); without it a private local Ray instance
     with ``num_cpus`` CPUs is started (``address="local"``: never a cluster someone else started).
+
+    Ctrl-C or SIGTERM end the run after the last finished round (``stopped="interrupted"``): the
+    driver stops at its next poll, Flower's runtime stops and Ray is shut down
+    (:mod:`stamen.simulations.engines.interrupt`).
     """
     flower_environment()
     from flwr.app import Context
@@ -59,9 +65,11 @@ def run_flower(
     nodes = plan.nodes(devices)
     out: dict[str, Any] = {}
     server_app = ServerApp()
+    stop = threading.Event()
 
     @server_app.main()
-    def _main(grid: Grid, context: Context) -> None:
+    def _main(flower_grid: Grid, context: Context) -> None:
+        grid: Any = StoppableGrid(flower_grid, stop)
         transport = GridTransport(grid, cfg.num_clients, cfg.per_round, cfg.timeout_s, query_names=True)
         if cfg.settings.server.mode == "sync":
             out["result"] = plan.driver(transport, devices).run(plan.initial, progress)
@@ -76,7 +84,7 @@ def run_flower(
         "init_args": ray_init_args(num_cpus, ray_address),
     }
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), stop_on_signals(stop):
             warnings.simplefilter("ignore")
             _quiet_flower()
             run_simulation(
@@ -86,6 +94,7 @@ def run_flower(
                 backend_config=backend,
             )
     finally:
+        _shutdown_ray()
         if devices is not None:
             devices.close()
     if "result" not in out:
@@ -93,6 +102,15 @@ def run_flower(
     result: FederationResult = out["result"]
     result.extra.update(plan.result_extra())
     return result
+
+
+def _shutdown_ray() -> None:
+    """Shut down the Ray instance the run started, if Flower's runtime left it running (its own
+    ``terminate`` does so on a normal end; an exception on the main thread may skip it)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _quiet_flower() -> None:

@@ -184,6 +184,6 @@ def test_flower_environment_is_documented_in_full() -> None:
     for doc in (ROOT / "README.md", DOCS / "simulation.md"):
         text = doc.read_text().replace("\\\n", " ")
         exports = [line for line in text.splitlines() if line.lstrip().startswith("export FLWR_")]
-        assert exports, doc
+        assert exports or doc.name == "README.md", doc  # the README links to the guide instead
         for line in exports:
             assert set(re.findall(r"(\w+)=", line)) == set(make), (doc.name, line)
