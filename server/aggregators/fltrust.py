@@ -61,7 +61,9 @@ def fltrust_aggregate(updates: np.ndarray, root: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x.astype(np.float64), axis=1)  # rows with trust > 0 have norm > 0
     scale = np.divide(scores, norms, out=np.zeros_like(scores), where=scores > 0)
     coef = scale * np.linalg.norm(np.asarray(root, dtype=np.float64)) / total  # (n,)
-    return np.asarray(coef.astype(np.float32) @ x, dtype=np.float32)
+    # float64: a row of tiny norm gets a huge coefficient (float32 overflowed); the result is a
+    # convex combination of rows rescaled to ||g_0||, so it fits float32
+    return np.asarray(coef @ x.astype(np.float64), dtype=np.float32)
 
 
 def softmax_head_update(

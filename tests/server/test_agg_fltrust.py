@@ -35,6 +35,12 @@ def test_hand_computed_case() -> None:
     np.testing.assert_array_equal(fltrust_aggregate(updates, np.zeros(2, np.float32)), [0.0, 0.0])
 
 
+def test_a_row_of_tiny_norm_does_not_overflow() -> None:
+    updates = np.array([[1e-40, 1e-40], [1.0, 1.0]], np.float32)  # rescaling by ~1e40 overflowed float32
+    out = fltrust_aggregate(updates, ROOT)
+    assert np.isfinite(out).all() and np.linalg.norm(out) <= 5.0 * (1 + 1e-6)
+
+
 finite = st.floats(-10, 10, allow_nan=False, width=32)
 
 
