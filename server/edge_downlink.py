@@ -74,6 +74,23 @@ class DeviceDownlink:
         self._prune()
         return data, digest
 
+    def snapshot(self) -> tuple[dict[str, str], dict[str, Weights]]:
+        """``(device -> hash it holds, hash -> weights)``: what a restarted server must know."""
+        return dict(self._held), {h: dict(w) for h, w in self._weights.items()}
+
+    def restore(self, held: Mapping[str, str], versions: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        """Put back a :meth:`snapshot`; every version must hash to its key (``ValueError`` if not)."""
+        weights = {}
+        for digest, w in versions.items():
+            arrays = {k: np.asarray(w[k], np.float32) for k in sorted(w)}
+            if model_hash(arrays) != digest:
+                raise ValueError(f"edge downlink: a held version does not hash to {digest[:16]}...")
+            weights[digest] = arrays
+        missing = sorted({*held.values(), self._initial_hash} - set(weights))
+        if missing:
+            raise ValueError(f"edge downlink: held versions {[m[:16] for m in missing]} are missing")
+        self._weights, self._held = weights, dict(held)
+
     def _prune(self) -> None:
         live = set(self._held.values()) | {self._initial_hash}
         for digest in [d for d in self._weights if d not in live]:
@@ -104,6 +121,15 @@ class EdgeDownlink:
         seed = client_seed(self.seed, rnd, client_index(client))
         data, expected = self.tracker.make_update(client, weights, version, seed=seed)
         return None, data, expected
+
+    @property
+    def last_versions(self) -> dict[str, int]:
+        """The delta version each device was last sent (a resumed run continues above it)."""
+        return dict(self._last)
+
+    def restore_last(self, last: Mapping[str, int]) -> None:
+        """Put back :attr:`last_versions` (a resumed run)."""
+        self._last = {str(k): int(v) for k, v in last.items()}
 
     def nbytes(self, tasks: Sequence[TrainTask]) -> int:
         """The deltas' sizes."""
