@@ -6,6 +6,10 @@ rounds over the run's ``Grid`` with the one round driver, and, if ``out-dir`` is
 results.json / results.csv there. It builds no adversary and loads no data except an optional
 held-out set for centralized evaluation (``eval-data``: an ``.npz`` with ``x`` and ``y``, or
 ``"package.module:function"``). Simulation-only settings (``[attack]``) are refused.
+
+With ``state-dir`` set (default: unset, no checkpoint) the server checkpoints every completed round
+(or asynchronous model version) there and a new ``flwr run`` with the same configuration resumes
+from it (:mod:`stamen.server.checkpoint_run`; docs/deployment.md, "Restarts").
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ def main(grid: Grid, context: Context) -> None:
     simulated = "InMemory" in type(grid).__name__  # Flower's simulation runtime, else a SuperLink
     initial = get_weights(build_model(cfg.task))
     extras = deployment_extras(cfg, run_config, initial, deployed=not simulated)
+    extras.state_dir = Path(str(run_config["state-dir"])) if run_config.get("state-dir") else None
     transport = GridTransport(
         grid, cfg.num_clients, cfg.per_round, cfg.timeout_s, bind_identity=extras.require_signed
     )

@@ -7,7 +7,7 @@ Format (version 1): one safetensors file, ``<state-dir>/checkpoint.safetensors``
   state, client states of a simulation, ...), named by the part that wrote them;
 - the safetensors metadata key ``stamen.checkpoint`` holds one JSON object: ``format``,
   ``version``, ``step`` (completed rounds, or model versions in the asynchronous modes), ``mode``,
-  ``finished``, ``stopped``, ``records`` (the :class:`~stamen.server.history.RoundRecord` list so
+  ``finished``, ``stopped``, ``weights`` (the tensor names in the model's order), ``records`` (the :class:`~stamen.server.history.RoundRecord` list so
   far), ``fingerprint`` (the run configuration, see :func:`fingerprint`), ``state`` (the parts'
   JSON trees), ``stamen`` (the version that wrote it) and ``digest`` (SHA-256 over every tensor's
   name, dtype, shape and bytes, so a flipped bit is found, not only a truncation).
@@ -158,6 +158,7 @@ def encode_checkpoint(ck: Checkpoint) -> bytes:
         "finished": bool(ck.finished),
         "stopped": ck.stopped,
         "records": [_record_json(r) for r in ck.records],
+        "weights": list(ck.weights),
         "fingerprint": dict(ck.fingerprint),
         "state": ck.state,
         "digest": _digest(arrays),
@@ -179,9 +180,12 @@ def decode_checkpoint(data: bytes, source: str = "checkpoint") -> Checkpoint:
         raise CheckpointError(f"{source} is truncated or corrupt: {exc}") from None
     if meta["digest"] != _digest(arrays):
         raise CheckpointError(f"{source} is corrupt: its tensors do not match the recorded digest")
-    weights = {k[len(WEIGHTS) :]: v for k, v in arrays.items() if k.startswith(WEIGHTS)}
+    names = meta["weights"]
+    if not names or sorted(WEIGHTS + str(n) for n in names) != sorted(k for k in arrays if k.startswith(WEIGHTS)):
+        raise CheckpointError(f"{source} is corrupt: its weight tensors are not the {len(names)} it lists")
+    weights = {str(n): arrays[WEIGHTS + str(n)] for n in names}  # in the model's order
     state = {k[len(STATE) :]: v for k, v in arrays.items() if k.startswith(STATE)}
-    if len(weights) + len(state) != len(arrays) or not weights:
+    if len(weights) + len(state) != len(arrays):
         raise CheckpointError(f"{source} is corrupt: unexpected tensor names")
     return Checkpoint(
         step=meta["step"],
@@ -204,6 +208,7 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "finished": bool,
     "stopped": (str, type(None)),
     "records": list,
+    "weights": list,
     "fingerprint": dict,
     "state": dict,
     "digest": str,

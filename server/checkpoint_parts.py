@@ -84,12 +84,13 @@ def restore_accountant(accountant: object, tree: object) -> None:
 
 
 def capture_downlink(downlink: object, snap: Snapshot, prefix: str = "downlink/") -> Tree | None:
-    """An edge downlink's per-device held versions, their weights and last delta versions."""
+    """An edge downlink's per-device held (and previously held) versions, their weights and last
+    delta versions."""
     if not isinstance(downlink, EdgeDownlink):
         return None
-    held, versions = downlink.tracker.snapshot()
+    held, prev, versions = downlink.tracker.snapshot()
     names = {h: snap.put_weights(f"{prefix}{h}/", w) for h, w in versions.items()}
-    return {"held": held, "versions": names, "last": downlink.last_versions}
+    return {"held": held, "prev": prev, "versions": names, "last": downlink.last_versions}
 
 
 def restore_downlink(downlink: object, tree: object, snap: Snapshot, prefix: str = "downlink/") -> None:
@@ -101,7 +102,7 @@ def restore_downlink(downlink: object, tree: object, snap: Snapshot, prefix: str
     names = _need(tree, "versions", dict)
     versions = {h: snap.get_weights(f"{prefix}{h}/", n) for h, n in names.items()}
     try:
-        downlink.tracker.restore(_need(tree, "held", dict), versions)
+        downlink.tracker.restore(_need(tree, "held", dict), _need(tree, "prev", dict), versions)
     except ValueError as exc:
         raise CheckpointError(f"checkpoint is corrupt: {exc}") from None
     downlink.restore_last(_need(tree, "last", dict))
