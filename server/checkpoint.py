@@ -7,10 +7,11 @@ Format (version 1): one safetensors file, ``<state-dir>/checkpoint.safetensors``
   state, client states of a simulation, ...), named by the part that wrote them;
 - the safetensors metadata key ``stamen.checkpoint`` holds one JSON object: ``format``,
   ``version``, ``step`` (completed rounds, or model versions in the asynchronous modes), ``mode``,
-  ``finished``, ``stopped``, ``weights`` (the tensor names in the model's order), ``records`` (the :class:`~stamen.server.history.RoundRecord` list so
-  far), ``fingerprint`` (the run configuration, see :func:`fingerprint`), ``state`` (the parts'
-  JSON trees), ``stamen`` (the version that wrote it) and ``digest`` (SHA-256 over every tensor's
-  name, dtype, shape and bytes, so a flipped bit is found, not only a truncation).
+  ``finished``, ``stopped``, ``weights`` (the tensor names in the model's order), ``records``
+  (the :class:`~stamen.server.history.RoundRecord` list so far), ``fingerprint`` (the run
+  configuration, see :func:`fingerprint`), ``state`` (the parts' JSON trees), ``stamen`` (the
+  version that wrote it) and ``digest`` (SHA-256 over every tensor's name, dtype, shape and bytes,
+  so a flipped bit is found, not only a truncation).
 
 Nothing is unpickled: the header is length-checked (:data:`MAX_HEADER_BYTES`) before it is parsed,
 the file size is bounded (:data:`MAX_FILE_BYTES`), and every failure to read is one
@@ -181,7 +182,9 @@ def decode_checkpoint(data: bytes, source: str = "checkpoint") -> Checkpoint:
     if meta["digest"] != _digest(arrays):
         raise CheckpointError(f"{source} is corrupt: its tensors do not match the recorded digest")
     names = meta["weights"]
-    if not names or sorted(WEIGHTS + str(n) for n in names) != sorted(k for k in arrays if k.startswith(WEIGHTS)):
+    if not names or sorted(WEIGHTS + str(n) for n in names) != sorted(
+        k for k in arrays if k.startswith(WEIGHTS)
+    ):
         raise CheckpointError(f"{source} is corrupt: its weight tensors are not the {len(names)} it lists")
     weights = {str(n): arrays[WEIGHTS + str(n)] for n in names}  # in the model's order
     state = {k[len(STATE) :]: v for k, v in arrays.items() if k.startswith(STATE)}
@@ -221,7 +224,9 @@ def _header(data: bytes, source: str) -> dict[str, Any]:
         raise CheckpointError(f"{source} is truncated: {len(data)} bytes")
     (n,) = struct.unpack("<Q", data[:8])
     if n > MAX_HEADER_BYTES or n > len(data) - 8:
-        raise CheckpointError(f"{source} is truncated or corrupt: header of {n} bytes in a {len(data)}-byte file")
+        raise CheckpointError(
+            f"{source} is truncated or corrupt: header of {n} bytes in a {len(data)}-byte file"
+        )
     try:
         header = json.loads(data[8 : 8 + n])
         meta = json.loads(header["__metadata__"][META_KEY])
@@ -231,7 +236,8 @@ def _header(data: bytes, source: str) -> dict[str, Any]:
         raise CheckpointError(f"{source} is not a stamen checkpoint (format {meta.get('format')!r})")
     if meta.get("version") != VERSION:
         raise CheckpointError(
-            f"{source} has checkpoint format version {meta.get('version')!r}; this stamen reads version {VERSION}"
+            f"{source} has checkpoint format version {meta.get('version')!r}; "
+            f"this stamen reads version {VERSION}"
         )
     for key, kind in _FIELDS.items():
         if not isinstance(meta.get(key), kind) or (kind is int and isinstance(meta[key], bool)):
@@ -243,7 +249,9 @@ def _header(data: bytes, source: str) -> dict[str, Any]:
 
 def _record(d: Any, source: str) -> RoundRecord:
     if not isinstance(d, dict) or set(d) != set(ROUND_KEYS):
-        raise CheckpointError(f"{source} is corrupt: a round record has keys {sorted(d) if isinstance(d, dict) else d!r}")
+        raise CheckpointError(
+            f"{source} is corrupt: a round record has keys {sorted(d) if isinstance(d, dict) else d!r}"
+        )
     try:
         return RoundRecord(**d)
     except (TypeError, ValueError) as exc:
@@ -325,7 +333,9 @@ def remove_stale_temps(state_dir: Path) -> list[Path]:
     return gone
 
 
-def records_equal(a: Sequence[RoundRecord], b: Sequence[RoundRecord], skip: Sequence[str] = ("wall_s",)) -> bool:
+def records_equal(
+    a: Sequence[RoundRecord], b: Sequence[RoundRecord], skip: Sequence[str] = ("wall_s",)
+) -> bool:
     """Whether two record lists agree on every field but ``skip`` (NaN equals NaN)."""
     if len(a) != len(b):
         return False

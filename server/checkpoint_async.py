@@ -21,8 +21,8 @@ from stamen.server.checkpoint import CheckpointError
 from stamen.server.checkpoint_parts import capture_common, restore_common
 from stamen.server.checkpoint_rules import Snapshot, Tree, rng_state, set_rng_state
 from stamen.server.driver.async_driver import AsyncDriver
-from stamen.server.history import RoundRecord
 from stamen.server.driver.types import Weights
+from stamen.server.history import RoundRecord
 
 _LISTS = ("counts", "factors", "clients", "norms", "taus", "senders")
 _NUMBERS = ("bytes_up", "bytes_down", "rejected")
@@ -56,7 +56,9 @@ def restore_async(
     driver.version = _int(tree.get("version"), "version")
     restore_common(driver, tree, snap)
     if driver.history.latest != driver.version:
-        raise CheckpointError(f"checkpoint is corrupt: history ends at {driver.history.latest}, not {driver.version}")
+        raise CheckpointError(
+            f"checkpoint is corrupt: history ends at {driver.history.latest}, not {driver.version}"
+        )
     _restore_step(driver, tree.get("step"), snap)
     momentum = tree.get("momentum")
     driver.momentum = None if momentum is None else np.asarray(snap.get(momentum), np.float32)

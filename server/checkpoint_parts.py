@@ -43,7 +43,9 @@ def capture_history(history: ModelHistory | None, snap: Snapshot, prefix: str = 
     return {"versions": versions, "names": names}
 
 
-def restore_history(history: ModelHistory | None, tree: object, snap: Snapshot, prefix: str = "history/") -> ModelHistory | None:
+def restore_history(
+    history: ModelHistory | None, tree: object, snap: Snapshot, prefix: str = "history/"
+) -> ModelHistory | None:
     """A history with ``history``'s bounds holding the captured versions (``None`` stays None)."""
     if history is None or tree is None:
         if (history is None) != (tree is None):

@@ -152,7 +152,9 @@ def restore_rule(rule: object, tree: object, snap: Snapshot, prefix: str = "rule
     elif isinstance(rule, ComposedAggregator):
         pre = tree.get("pre")
         if not isinstance(pre, list) or len(pre) != len(rule.pre):
-            raise CheckpointError(f"checkpoint holds {pre!r} pre-aggregator states; the run has {len(rule.pre)}")
+            raise CheckpointError(
+                f"checkpoint holds {pre!r} pre-aggregator states; the run has {len(rule.pre)}"
+            )
         for i, (p, t) in enumerate(zip(rule.pre, pre, strict=True)):
             restore_rule(p, t, snap, f"{prefix}pre{i}/")
         restore_rule(rule.rule, tree.get("rule"), snap, prefix + "rule/")

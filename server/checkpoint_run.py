@@ -67,7 +67,13 @@ class RunState:
         An engine's own state (the in-process engine's client memory and simulated clock).
     """
 
-    def __init__(self, state_dir: Path, fingerprint: Mapping[str, str], mode: str, parts: Mapping[str, Part] | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        fingerprint: Mapping[str, str],
+        mode: str,
+        parts: Mapping[str, Part] | None = None,
+    ) -> None:
         self.state_dir, self.fingerprint, self.mode = Path(state_dir), dict(fingerprint), mode
         self.parts: dict[str, Part] = dict(parts or {})
         self.step = 0
@@ -89,8 +95,12 @@ class RunState:
         """Run ``driver`` from the last checkpoint (or ``initial``), checkpointing as it goes."""
         ck = self.load()
         if ck is not None and ck.finished:
-            log.info("state-dir %s holds a finished run (%d rounds%s); nothing to resume",
-                     self.state_dir, ck.step, f", stopped: {ck.stopped}" if ck.stopped else "")
+            log.info(
+                "state-dir %s holds a finished run (%d rounds%s); nothing to resume",
+                self.state_dir,
+                ck.step,
+                f", stopped: {ck.stopped}" if ck.stopped else "",
+            )
             return FederationResult(list(ck.records), dict(ck.weights), {"resumed_from": ck.step}, ck.stopped)
         if ck is not None:
             self.resumed_from = self.step = ck.step
@@ -103,7 +113,9 @@ class RunState:
             result.extra["resumed_from"] = self.resumed_from
         return result
 
-    def _run_sync(self, driver: RoundDriver, initial: Weights, progress: ProgressFn | None, ck: Checkpoint | None) -> FederationResult:
+    def _run_sync(
+        self, driver: RoundDriver, initial: Weights, progress: ProgressFn | None, ck: Checkpoint | None
+    ) -> FederationResult:
         if ck is not None:
             snap = Snapshot(dict(ck.arrays))
             restore_sync(driver, _tree(ck.state, "driver"), snap)
@@ -119,25 +131,39 @@ class RunState:
         self._finish(result, lambda snap: capture_sync(driver, snap))
         return result
 
-    def _run_async(self, driver: AsyncDriver, initial: Weights, progress: ProgressFn | None, ck: Checkpoint | None) -> FederationResult:
+    def _run_async(
+        self, driver: AsyncDriver, initial: Weights, progress: ProgressFn | None, ck: Checkpoint | None
+    ) -> FederationResult:
         if ck is None:
             driver.begin(initial)
         else:
             snap = Snapshot(dict(ck.arrays))
             restore_async(driver, _tree(ck.state, "driver"), snap, dict(ck.weights), list(ck.records))
             self._restore_parts(ck.state, snap)
-        driver.on_event = lambda: self.save(driver.version, driver.weights, driver.records, lambda s: capture_async(driver, s))
+        driver.on_event = lambda: self.save(
+            driver.version, driver.weights, driver.records, lambda s: capture_async(driver, s)
+        )
         result = driver.proceed(progress)
         self._finish(result, lambda snap: capture_async(driver, snap))
         return result
 
-    def save(self, step: int, weights: Weights, records: list[RoundRecord], capture: Callable[[Snapshot], Tree], finished: bool = False, stopped: str | None = None) -> None:
+    def save(
+        self,
+        step: int,
+        weights: Weights,
+        records: list[RoundRecord],
+        capture: Callable[[Snapshot], Tree],
+        finished: bool = False,
+        stopped: str | None = None,
+    ) -> None:
         """Write the checkpoint after ``step`` (atomic; the previous one stays until it is whole)."""
         t0 = time.perf_counter()
         snap = Snapshot()
         state: Tree = {"driver": capture(snap)}
         state.update({name: cap(snap) for name, (cap, _) in self.parts.items()})
-        ck = Checkpoint(step, self.mode, weights, tuple(records), self.fingerprint, state, snap.arrays, finished, stopped)
+        ck = Checkpoint(
+            step, self.mode, weights, tuple(records), self.fingerprint, state, snap.arrays, finished, stopped
+        )
         path = write_checkpoint(self.state_dir, ck)
         self.step = step
         self.writes.append((time.perf_counter() - t0, path.stat().st_size))
@@ -164,7 +190,9 @@ def _tree(state: Mapping[str, Any], key: str) -> Tree:
     return tree
 
 
-def attach(driver: RoundDriver | AsyncDriver, cfg: ServerConfig, state_dir: Path | str | None) -> RunState | None:
+def attach(
+    driver: RoundDriver | AsyncDriver, cfg: ServerConfig, state_dir: Path | str | None
+) -> RunState | None:
     """Give ``driver`` the state-dir ``state_dir`` (None or empty: no checkpoint); returns it."""
     if not state_dir:
         return None

@@ -53,4 +53,7 @@ def restore_clients(transport: ClientMemory, tree: Any, snap: Snapshot) -> None:
 
 def client_memory_part(transport: ClientMemory) -> tuple[Any, Any]:
     """The ``(capture, restore)`` pair :class:`~stamen.server.checkpoint_run.RunState` takes."""
-    return (lambda snap: capture_clients(transport, snap), lambda tree, snap: restore_clients(transport, tree, snap))
+    return (
+        lambda snap: capture_clients(transport, snap),
+        lambda tree, snap: restore_clients(transport, tree, snap),
+    )

@@ -101,7 +101,7 @@ class SimulationPlan:
         clients' memory and clock are checkpointed with the server's state)."""
         driver = assemble(self.cfg, transport, self.initial, self.evaluator(), self.extras(devices))
         if isinstance(driver.resume, RunState) and hasattr(transport, "states"):
-            driver.resume.parts["clients"] = client_memory_part(transport)  # type: ignore[arg-type]
+            driver.resume.parts["clients"] = client_memory_part(transport)
         return driver
 
     def cohort(self, rnd: int) -> list[int]:

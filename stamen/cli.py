@@ -1,6 +1,7 @@
 """The ``stamen`` command line.
 
-stamen simulate SCENARIO [--engine inprocess|flower] [--set section.key=value ...] [--out DIR] [--state-dir DIR]
+stamen simulate SCENARIO [--engine inprocess|flower] [--set section.key=value ...] [--out DIR]
+                [--state-dir DIR]
 stamen scenarios
 
 Imports are lazy: parsing the command line, loading and checking the scenario and checking ``--out``
