@@ -23,6 +23,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from stamen.logs import configure_logging
+from stamen.server.checkpoint import CheckpointError
 from stamen.server.config import ServerConfig
 from stamen.server.deployed import deployment_extras
 from stamen.server.driver.driver import EvalFn, RoundDriver
@@ -66,13 +67,18 @@ def main(grid: Grid, context: Context) -> None:
     )
     evaluate = evaluator(cfg, run_config)
     reporter = RoundReporter(operator_metrics(run_config))
-    if cfg.settings.server.mode == "sync":
-        driver = assemble(cfg, transport, initial, evaluate, extras)
-        reporter.driver = driver
-        result = driver.run(initial, progress=reporter)
-    else:  # FedAsync / FedBuff: push/pull, no round barrier
-        pushpull = GridAsyncTransport(transport, ttl_s=cfg.timeout_s)
-        result = assemble_async(cfg, pushpull, initial, evaluate, extras).run(initial, progress=reporter)
+    try:
+        if cfg.settings.server.mode == "sync":
+            driver = assemble(cfg, transport, initial, evaluate, extras)
+            reporter.driver = driver
+            result = driver.run(initial, progress=reporter)
+        else:  # FedAsync / FedBuff: push/pull, no round barrier
+            pushpull = GridAsyncTransport(transport, ttl_s=cfg.timeout_s)
+            driver_a = assemble_async(cfg, pushpull, initial, evaluate, extras)
+            result = driver_a.run(initial, progress=reporter)
+    except CheckpointError as exc:  # a damaged state-dir, or another run's: one line, no traceback
+        log.error("stamen: error: %s", exc)
+        raise SystemExit(2) from None
     out = str(run_config.get("out-dir", ""))
     if out:
         extra = {"engine": "flower-simulation" if simulated else "flower-deployment"}
