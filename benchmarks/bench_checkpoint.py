@@ -89,7 +89,8 @@ def main() -> None:
     todo = {"smoke": SCENARIOS["smoke"]} if args.quick else SCENARIOS
     rows = [measure(name, ov, args.repeats) for name, ov in todo.items()]
     print(
-        "| scenario | checkpoint size | write (median) | round (median, anchor) | write / round | total with / without |"
+        "| scenario | checkpoint size | write (median) | round (median, anchor) | write / round "
+        "| total with / without |"
     )
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:

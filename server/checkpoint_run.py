@@ -101,7 +101,8 @@ class RunState:
                 ck.step,
                 f", stopped: {ck.stopped}" if ck.stopped else "",
             )
-            return FederationResult(list(ck.records), dict(ck.weights), {"resumed_from": ck.step}, ck.stopped)
+            extra = {"resumed_from": ck.step, "already_finished": True}
+            return FederationResult(list(ck.records), dict(ck.weights), extra, ck.stopped)
         if ck is not None:
             self.resumed_from = self.step = ck.step
             log.info("resuming from %s after round %d", self.state_dir, ck.step)

@@ -132,6 +132,12 @@ def _simulate(args: argparse.Namespace) -> int:
         kwargs: dict[str, Any] = {"client_progress": prog.client} if args.engine == "inprocess" else {}
         result = run_engine(args.engine, plan, prog.round, **kwargs)
     extra = {"overrides": list(args.overrides), "total_wall_s": time.perf_counter() - start, **result.extra}
+    if "resumed_from" in result.extra:
+        what = "holds a finished run" if result.extra.get("already_finished") else "resumed"
+        print(
+            f"stamen: state-dir {args.state_dir} {what} (after round {result.extra['resumed_from']})",
+            file=sys.stderr,
+        )
     if result.stopped:
         extra["stopped"] = result.stopped
     title = run_title(scenario.name, args.overrides)

@@ -7,6 +7,7 @@ keeps its open buffer; a finished state-dir only reports; another configuration 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -120,16 +121,22 @@ def test_fedbuff_keeps_its_open_buffer(tmp_path: Path, monkeypatch: pytest.Monke
     assert read_checkpoint(tmp_path).finished  # type: ignore[union-attr]
 
 
-def test_other_configuration_is_refused_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_resumes_reports_and_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_inprocess(_plan(["rounds=2"], tmp_path), _stop_after(1))
-    code = main(["simulate", "smoke", "--quiet", "--state-dir", str(tmp_path), "--out", str(tmp_path / "o"),
-                 "--set", "rounds=2", "--set", "clients.lr=0.1"])  # fmt: skip
+    argv = ["simulate", "smoke", "--quiet", "--state-dir", str(tmp_path), "--set", "rounds=2"]
+    assert main([*argv, "--out", str(tmp_path / "o1")]) == 0
+    assert f"state-dir {tmp_path} resumed (after round 1)" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "o2")]) == 0
+    assert f"state-dir {tmp_path} holds a finished run (after round 2)" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o2" / "results.json").read_text())["rounds"][1]["round"] == 2
+
+    code = main([*argv, "--out", str(tmp_path / "o3"), "--set", "clients.lr=0.1"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert "another configuration: settings.clients.lr (0.2 -> 0.1)" in err
-    with pytest.raises(CheckpointError, match="state-dir .* is a file"):
+    assert main([*argv, "--engine", "flower"]) == 2
+    assert "--state-dir works with --engine inprocess" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match=r"state-dir .* is a file"):
         run_inprocess(_plan(["rounds=2"], tmp_path / "checkpoint.safetensors"))
 
 
