@@ -1,7 +1,7 @@
 """The server's state survives a crash of the SuperLink and its ServerApp (issue #11, item 4).
 
 A TLS + node-authenticated SuperLink (state database) and three SuperNodes on namespace hosts, as in
-``test_netns_federation.py``. Reference: ``flwr run deploy/app`` with ``state-dir`` runs 4 rounds
+``test_netns_federation.py``. Reference: ``flwr run deploy/app`` with ``state-dir`` runs 2 rounds
 uninterrupted. Crash: the same run with another state-dir; once round 1's checkpoint exists, the
 SuperLink and its ``flwr-serverapp`` subprocess (found among the SuperLink's descendants) are
 SIGKILL'd; the SuperLink restarts on the same ``--database``, the SuperNodes reconnect, and the run
@@ -39,7 +39,7 @@ from stamen.server.checkpoint import CheckpointError, read_checkpoint, records_e
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NODES = ["node-0", "node-1", "node-2"]
-ROUNDS = 4
+ROUNDS = 2  # round 2 runs after the restart, from the checkpointed round 1
 
 
 def _online(net: Network, keys: Path) -> int:
