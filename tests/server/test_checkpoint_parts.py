@@ -81,3 +81,26 @@ def test_history_keeps_versions_and_bounds() -> None:
     np.testing.assert_array_equal(back.get(2)["w"], models[2]["w"])
     with pytest.raises(CheckpointError, match="disagree"):
         restore_history(None, tree, snap)
+
+
+def test_rqm_accountant_resumes_with_the_same_epsilon() -> None:
+    from stamen.server.checkpoint_parts import capture_accountant, restore_accountant
+    from stamen.server.config import ServerConfig
+    from stamen.server.rqm import rqm_accountant
+    from stamen.task.settings import load_settings
+
+    cfg = ServerConfig.from_settings(load_settings("smoke", ["privacy.mode=rqm", "codec.pipeline=rqm"]))
+
+    def make():  # type: ignore[no-untyped-def]
+        return rqm_accountant(cfg.codec, cfg.task, cfg.privacy.delta)
+
+    kept = make()
+    kept(["client-0", "client-1"])
+    kept(["client-0"])
+    tree = capture_accountant(kept)
+    assert tree == {"participations": {"client-0": 2, "client-1": 1}}
+    fresh, cold = make(), make()
+    restore_accountant(fresh, tree)
+    eps = kept(["client-0"])
+    assert fresh(["client-0"]) == eps  # the worst client's 3rd round, on both
+    assert cold(["client-0"]) < eps  # a server that forgot counts it as the 1st
