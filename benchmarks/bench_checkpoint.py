@@ -8,8 +8,8 @@ run without checkpoints, and the total wall-time ratio of the two runs.
 
 Regenerate::
 
-    .venv/bin/python benchmarks/bench_checkpoint.py            # smoke (3 rounds) and demo (10 rounds)
-    .venv/bin/python benchmarks/bench_checkpoint.py --quick    # smoke only
+    .venv/bin/python benchmarks/bench_checkpoint.py --repeats 5  # smoke, demo (10 rounds), smoke fedbuff
+    .venv/bin/python benchmarks/bench_checkpoint.py --quick        # smoke only
 
 Prints a markdown table and writes ``benchmarks/results/checkpoint.json``.
 """
@@ -29,28 +29,35 @@ from stamen.simulations.engines.inprocess import run_inprocess
 from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.scenario import load_scenario
 
-SCENARIOS = {"smoke": [], "demo": ["rounds=10"]}
+SCENARIOS = {
+    "smoke": [],
+    "demo": ["rounds=10"],
+    # asynchronous: a checkpoint after every handled reply (the open buffer survives), 2 per version
+    "smoke ": ["rounds=6", "server.mode=fedbuff", "server.buffer_size=2", "server.concurrency=4"],
+}
 
 
 def run(
     name: str, overrides: list[str], state_dir: Path | None
 ) -> tuple[float, list[float], RunState | None]:
     """Total wall seconds, per-round wall seconds and the run's state (None without a state-dir)."""
-    plan = SimulationPlan.from_scenario(load_scenario(name, overrides))
+    plan = SimulationPlan.from_scenario(load_scenario(name.strip(), overrides))
     plan.state_dir = state_dir
     seen: list[RunState] = []
-    make = plan.driver
+    init = RunState.__init__
 
-    def driver(transport, devices):  # type: ignore[no-untyped-def]
-        d = make(transport, devices)
-        if isinstance(d.resume, RunState):
-            seen.append(d.resume)
-        return d
+    def remember(self: RunState, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        seen.append(self)
 
-    plan.driver = driver  # type: ignore[method-assign]
-    t0 = time.perf_counter()
-    result = run_inprocess(plan)
-    return time.perf_counter() - t0, [r.wall_s for r in result.rounds], seen[0] if seen else None
+    RunState.__init__ = remember  # type: ignore[method-assign]
+    try:
+        t0 = time.perf_counter()
+        result = run_inprocess(plan)
+        wall = time.perf_counter() - t0
+    finally:
+        RunState.__init__ = init  # type: ignore[method-assign]
+    return wall, [r.wall_s for r in result.rounds], seen[0] if seen else None
 
 
 def measure(name: str, overrides: list[str], repeats: int) -> dict[str, Any]:
@@ -68,7 +75,7 @@ def measure(name: str, overrides: list[str], repeats: int) -> dict[str, Any]:
         writes += [s for s, _ in state.writes]
         sizes += [b for _, b in state.writes]
     return {
-        "scenario": " ".join([name, *overrides]),
+        "scenario": " ".join([name.strip(), *overrides]),
         "checkpoints": len(writes),
         "write_ms_median": 1e3 * statistics.median(writes),
         "size_bytes_median": int(statistics.median(sizes)),
@@ -89,7 +96,7 @@ def main() -> None:
     todo = {"smoke": SCENARIOS["smoke"]} if args.quick else SCENARIOS
     rows = [measure(name, ov, args.repeats) for name, ov in todo.items()]
     print(
-        "| scenario | checkpoint size | write (median) | round (median, anchor) | write / round "
+        "| scenario | checkpoint size | write (median) | round or version (median, anchor) | write / round "
         "| total with / without |"
     )
     print("|---|---:|---:|---:|---:|---:|")
