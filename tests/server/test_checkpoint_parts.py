@@ -83,6 +83,7 @@ def test_history_keeps_versions_and_bounds() -> None:
         restore_history(None, tree, snap)
 
 
+@pytest.mark.slow  # RQM's Δ calibration: a few seconds
 def test_rqm_accountant_resumes_with_the_same_epsilon() -> None:
     from stamen.server.checkpoint_parts import capture_accountant, restore_accountant
     from stamen.server.config import ServerConfig
