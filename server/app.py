@@ -6,6 +6,10 @@ rounds over the run's ``Grid`` with the one round driver, and, if ``out-dir`` is
 results.json / results.csv there. It builds no adversary and loads no data except an optional
 held-out set for centralized evaluation (``eval-data``: an ``.npz`` with ``x`` and ``y``, or
 ``"package.module:function"``). Simulation-only settings (``[attack]``) are refused.
+
+With ``state-dir`` set (default: unset, no checkpoint) the server checkpoints every completed round
+(or asynchronous model version) there and a new ``flwr run`` with the same configuration resumes
+from it (:mod:`stamen.server.checkpoint_run`; docs/deployment.md, "Restarts").
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from stamen.logs import configure_logging
+from stamen.server.checkpoint import CheckpointError
 from stamen.server.config import ServerConfig
 from stamen.server.deployed import deployment_extras
 from stamen.server.driver.driver import EvalFn, RoundDriver
@@ -57,18 +62,24 @@ def main(grid: Grid, context: Context) -> None:
     simulated = "InMemory" in type(grid).__name__  # Flower's simulation runtime, else a SuperLink
     initial = get_weights(build_model(cfg.task))
     extras = deployment_extras(cfg, run_config, initial, deployed=not simulated)
+    extras.state_dir = Path(str(run_config["state-dir"])) if run_config.get("state-dir") else None
     transport = GridTransport(
         grid, cfg.num_clients, cfg.per_round, cfg.timeout_s, bind_identity=extras.require_signed
     )
     evaluate = evaluator(cfg, run_config)
     reporter = RoundReporter(operator_metrics(run_config))
-    if cfg.settings.server.mode == "sync":
-        driver = assemble(cfg, transport, initial, evaluate, extras)
-        reporter.driver = driver
-        result = driver.run(initial, progress=reporter)
-    else:  # FedAsync / FedBuff: push/pull, no round barrier
-        pushpull = GridAsyncTransport(transport, ttl_s=cfg.timeout_s)
-        result = assemble_async(cfg, pushpull, initial, evaluate, extras).run(initial, progress=reporter)
+    try:
+        if cfg.settings.server.mode == "sync":
+            driver = assemble(cfg, transport, initial, evaluate, extras)
+            reporter.driver = driver
+            result = driver.run(initial, progress=reporter)
+        else:  # FedAsync / FedBuff: push/pull, no round barrier
+            pushpull = GridAsyncTransport(transport, ttl_s=cfg.timeout_s)
+            driver_a = assemble_async(cfg, pushpull, initial, evaluate, extras)
+            result = driver_a.run(initial, progress=reporter)
+    except CheckpointError as exc:  # a damaged state-dir, or another run's: one line, no traceback
+        log.error("stamen: error: %s", exc)
+        raise SystemExit(2) from None
     out = str(run_config.get("out-dir", ""))
     if out:
         extra: dict[str, Any] = {"engine": "flower-simulation" if simulated else "flower-deployment"}

@@ -38,6 +38,7 @@ APP_KEYS = (
     "metrics-addr",
     "require-signed",
     "signing-key",
+    "state-dir",  # checkpoint + resume (server/checkpoint_run.py); unset or "": no checkpoint
 )
 
 

@@ -85,6 +85,30 @@ class DeviceDownlink:
         self._prune()
         return data, digest
 
+    def snapshot(self) -> tuple[dict[str, str], dict[str, str], dict[str, Weights]]:
+        """``(device -> hash it holds, device -> hash it held before its last delta, hash ->
+        weights)``: what a restarted server must know."""
+        return dict(self._held), dict(self._prev), {h: dict(w) for h, w in self._weights.items()}
+
+    def restore(
+        self,
+        held: Mapping[str, str],
+        prev: Mapping[str, str],
+        versions: Mapping[str, Mapping[str, np.ndarray]],
+    ) -> None:
+        """Put back a :meth:`snapshot`; every version must hash to its key, and every held or
+        previous hash must be among them (``ValueError`` if not)."""
+        weights = {}
+        for digest, w in versions.items():
+            arrays = {k: np.asarray(w[k], np.float32) for k in sorted(w)}
+            if model_hash(arrays) != digest:
+                raise ValueError(f"edge downlink: a held version does not hash to {digest[:16]}...")
+            weights[digest] = arrays
+        missing = sorted({*held.values(), *prev.values(), self._initial_hash} - set(weights))
+        if missing:
+            raise ValueError(f"edge downlink: held versions {[m[:16] for m in missing]} are missing")
+        self._weights, self._held, self._prev = weights, dict(held), dict(prev)
+
     def resync(self, device: str, held: str) -> None:
         """``device`` reported holding ``held`` (it did not apply, or lost, its last delta): the next
         delta starts there, or is a full replacement when the server no longer has those weights."""
@@ -122,6 +146,15 @@ class EdgeDownlink:
         seed = client_seed(self.seed, rnd, client_index(client))
         data, expected = self.tracker.make_update(client, weights, version, seed=seed)
         return None, data, expected
+
+    @property
+    def last_versions(self) -> dict[str, int]:
+        """The delta version each device was last sent (a resumed run continues above it)."""
+        return dict(self._last)
+
+    def restore_last(self, last: Mapping[str, int]) -> None:
+        """Put back :attr:`last_versions` (a resumed run)."""
+        self._last = {str(k): int(v) for k, v in last.items()}
 
     def nbytes(self, tasks: Sequence[TrainTask]) -> int:
         """The deltas' sizes."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from stamen.server.aggregators import ComposedAggregator, Rule
 from stamen.server.aggregators.bristle import BristleRule
 from stamen.server.aggregators.fltrust import FLTrustRule
 from stamen.server.bristle.relay import PeerMode, PeerRelay, peer_config
+from stamen.server.checkpoint_run import attach
 from stamen.server.config import ServerConfig
 from stamen.server.driver.async_driver import AsyncDriver, AsyncSettings, AsyncTransport
 from stamen.server.driver.collect import CollectPolicy
@@ -68,6 +70,9 @@ class RunExtras:
     max_delay : int
         The most rounds a simulated client is delayed (its update that many versions stale); the
         server then keeps that many past versions and applies the staleness rules.
+    state_dir : Path or None
+        Checkpoint every round there and resume from it (:mod:`stamen.server.checkpoint_run`);
+        None (the default): no checkpoint.
     """
 
     hooks: RoundHooks | None = None
@@ -78,6 +83,7 @@ class RunExtras:
     verifier: Verifier | None = None
     require_signed: bool = False
     max_delay: int = 0
+    state_dir: Path | None = None
 
 
 def central_evaluator(cfg: ServerConfig, test: TaskData) -> EvalFn:
@@ -144,7 +150,7 @@ def assemble(
     )
     stale = stale_handling(cfg) if extras.max_delay else None
     history = ModelHistory(max_versions=extras.max_delay + 1) if extras.max_delay else None
-    return RoundDriver(
+    driver = RoundDriver(
         settings,
         transport,
         cfg.instructions,
@@ -158,6 +164,8 @@ def assemble(
         stale,
         history,
     )
+    attach(driver, cfg, extras.state_dir)
+    return driver
 
 
 def _accountant(cfg: ServerConfig) -> Callable[..., float] | None:
@@ -212,4 +220,6 @@ def assemble_async(
     downlink = extras.downlink or FullDownlink()
     policy = collect_policy(cfg, rule, extras)
     parts = (downlink, policy, rule, stale, history, evaluate, _accountant(cfg))
-    return AsyncDriver(settings, transport, cfg.instructions, *parts)
+    driver = AsyncDriver(settings, transport, cfg.instructions, *parts)
+    attach(driver, cfg, extras.state_dir)
+    return driver

@@ -7,7 +7,7 @@ client took part in (no amplification by client sampling: the server sees every 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stamen.privacy.rqm_rdp import RqmAccountant, RqmParams, calibrate_delta
@@ -44,12 +44,30 @@ def rqm_codec_params(s: Settings, task: TaskSpec) -> Any:
     return params
 
 
-def rqm_accountant(codec: CodecSpec, task: TaskSpec, target_delta: float) -> Callable[[Sequence[str]], float]:
+class RqmRoundAccountant:
+    """``senders of a round -> worst client's cumulative ε`` (at ``target_delta``); its
+    ``participations`` (rounds per client) are the whole of its state (checkpointed)."""
+
+    def __init__(self, accountant: RqmAccountant, target_delta: float) -> None:
+        self.accountant, self.target_delta = accountant, target_delta
+
+    def __call__(self, senders: Sequence[str]) -> float:
+        """Count one round of ``senders``; the worst client's ε after it."""
+        self.accountant.step(list(senders))
+        return float(self.accountant.epsilon(self.target_delta))
+
+    @property
+    def participations(self) -> dict[str, int]:
+        """Rounds each client has released an update in."""
+        return {str(k): int(v) for k, v in self.accountant.participations.items()}
+
+    def set_participations(self, counts: Mapping[str, int]) -> None:
+        """Replace the participation counts (a resumed run)."""
+        self.accountant.participations.clear()
+        self.accountant.participations.update({str(k): int(v) for k, v in counts.items()})
+
+
+def rqm_accountant(codec: CodecSpec, task: TaskSpec, target_delta: float) -> RqmRoundAccountant:
     """``senders of a round -> worst client's cumulative ε`` (at ``target_delta``)."""
     accountant = RqmAccountant(RqmParams.from_stage(dict(codec.stages[0].params)), model_dims(task))
-
-    def step(senders: Sequence[str]) -> float:
-        accountant.step(list(senders))
-        return float(accountant.epsilon(target_delta))
-
-    return step
+    return RqmRoundAccountant(accountant, target_delta)

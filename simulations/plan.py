@@ -6,9 +6,11 @@ validation slice, simulated edge devices — which the engines inject around the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from stamen.server.bristle.relay import EVALUATION
+from stamen.server.checkpoint_run import RunState
 from stamen.server.config import ServerConfig
 from stamen.server.driver import RoundDriver, Transport
 from stamen.server.driver.driver import EvalFn
@@ -19,6 +21,7 @@ from stamen.server.sampling import draw_cohort, minority_feasible, resolve_sampl
 from stamen.simulations.adversary import PoolTrainer, build_adversary
 from stamen.simulations.attacks import attack_type, malicious_clients
 from stamen.simulations.bristle_data import validation_slice
+from stamen.simulations.checkpoint_state import client_memory_part
 from stamen.simulations.devices import SimulatedDevices
 from stamen.simulations.hooks import SimulationHooks, client_timing
 from stamen.simulations.nodes import SimulatedNodes
@@ -39,6 +42,7 @@ class SimulationPlan:
     initial: Weights
     peer: bool
     _timing: ClientTiming | None = field(default=None, repr=False)
+    state_dir: Path | None = None  # checkpoint every round there, resume from it (None: no checkpoint)
 
     @classmethod
     def from_scenario(cls, s: Scenario, timeout_s: float = 600.0) -> SimulationPlan:
@@ -84,6 +88,7 @@ class SimulationPlan:
             validation=validation,
             downlink=devices.downlink if devices is not None else None,
             max_delay=s.timing.delay_rounds if delayed else 0,
+            state_dir=self.state_dir,
         )
 
     def timing(self) -> ClientTiming:
@@ -93,8 +98,12 @@ class SimulationPlan:
         return self._timing
 
     def driver(self, transport: Transport, devices: SimulatedDevices | None) -> RoundDriver:
-        """The round driver of this simulation over ``transport``."""
-        return assemble(self.cfg, transport, self.initial, self.evaluator(), self.extras(devices))
+        """The round driver of this simulation over ``transport`` (with a state-dir, the in-process
+        clients' memory and clock are checkpointed with the server's state)."""
+        driver = assemble(self.cfg, transport, self.initial, self.evaluator(), self.extras(devices))
+        if isinstance(driver.resume, RunState) and hasattr(transport, "states"):
+            driver.resume.parts["clients"] = client_memory_part(transport)
+        return driver
 
     def cohort(self, rnd: int) -> list[int]:
         """The partition ids the driver samples in round ``rnd`` (the adversary's sampler, or the

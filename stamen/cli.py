@@ -1,6 +1,7 @@
 """The ``stamen`` command line.
 
 stamen simulate SCENARIO [--engine inprocess|flower] [--set section.key=value ...] [--out DIR]
+                [--state-dir DIR]
 stamen scenarios
 
 Imports are lazy: parsing the command line, loading and checking the scenario and checking ``--out``
@@ -43,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="output directory (default runs/<name>[-<engine>][-<hash of the --set overrides>])",
+    )
+    sim.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="checkpoint every round there and resume from it when started again (inprocess engine)",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("scenarios", help="list the built-in scenarios")
@@ -123,12 +130,22 @@ def _simulate(args: argparse.Namespace) -> int:
     from stamen.simulations.results import write_results
 
     plan = SimulationPlan.from_scenario(scenario)  # refuses what cannot run, before round 1
+    if args.state_dir is not None:
+        if args.engine != "inprocess":
+            raise ValueError(f"--state-dir works with --engine inprocess, not {args.engine!r}")
+        plan.state_dir = args.state_dir
     os.environ.setdefault("FLWR_HOME", str(Path.cwd() / ".flwr-home"))
     start = time.perf_counter()
     with _Progress(plan.cfg.rounds, plan.cfg.per_round, enabled=not args.quiet) as prog:
         kwargs: dict[str, Any] = {"client_progress": prog.client} if args.engine == "inprocess" else {}
         result = run_engine(args.engine, plan, prog.round, **kwargs)
     extra = {"overrides": list(args.overrides), "total_wall_s": time.perf_counter() - start, **result.extra}
+    if "resumed_from" in result.extra:
+        what = "holds a finished run" if result.extra.get("already_finished") else "resumed"
+        print(
+            f"stamen: state-dir {args.state_dir} {what} (after round {result.extra['resumed_from']})",
+            file=sys.stderr,
+        )
     if result.stopped:
         extra["stopped"] = result.stopped
     title = run_title(scenario.name, args.overrides)

@@ -32,7 +32,7 @@ import numpy as np
 from stamen.protocols import StamenError, tensor_table
 from stamen.server.aggregators.base import RoundContext, Rule
 from stamen.server.driver.collect import CollectPolicy, capped_examples, flatten, norm_outliers, unflatten
-from stamen.server.driver.driver import Accountant, Downlink, EvalFn
+from stamen.server.driver.driver import Accountant, Downlink, EvalFn, Resume
 from stamen.server.driver.reply import accept_reply
 from stamen.server.driver.types import Reply, TrainTask, Weights, client_index
 from stamen.server.history import FederationResult, ProgressFn, RoundRecord
@@ -133,13 +133,25 @@ class AsyncDriver:
         self.staleness_histogram: list[dict[int, int]] = []
         self.repeats: dict[tuple[str, int], int] = {}
         self.worst_client_eps: float | None = None
+        self.resume: Resume | None = None  # a state-dir: resume, then checkpoint every event
+        self.on_event: Callable[[], None] | None = None  # after every handled reply and release
 
     def run(self, initial: Weights, progress: ProgressFn | None = None) -> FederationResult:
-        """Produce the model versions; Ctrl-C or an exhausted privacy budget stop after the last one."""
+        """Produce the model versions (resumed from the state-dir when there is one)."""
+        if self.resume is not None:
+            return self.resume.run(self, initial, progress)
+        self.begin(initial)
+        return self.proceed(progress)
+
+    def begin(self, initial: Weights) -> None:
+        """Version 0 is ``initial``."""
         self.weights = {k: np.asarray(v, np.float32) for k, v in initial.items()}
         self.table, self.version = tensor_table(self.weights), 0
         self.records: list[RoundRecord] = []
         self.history.put(0, self.weights)
+
+    def proceed(self, progress: ProgressFn | None = None) -> FederationResult:
+        """Produce the remaining versions; Ctrl-C or an exhausted privacy budget stop after the last."""
         stopped = None
         try:
             stopped = self._loop(progress)
@@ -165,6 +177,8 @@ class AsyncDriver:
             idle_polls = 0
             for reply in replies:
                 self._handle(reply, progress)
+                if self.on_event is not None:
+                    self.on_event()
         return None
 
     def _dispatch(self) -> None:

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -62,6 +62,15 @@ class Downlink(Protocol):
 
     def observe(self, replies: Sequence[Reply]) -> None:
         """What the replies say about what clients hold (an edge device that could not apply)."""
+        ...
+
+
+class Resume(Protocol):
+    """A state-dir (:class:`stamen.server.checkpoint_run.RunState`): resumes what it holds and
+    checkpoints every round."""
+
+    def run(self, driver: Any, initial: Weights, progress: ProgressFn | None) -> FederationResult:
+        """Run ``driver`` from the state-dir's last completed round (or from ``initial``)."""
         ...
 
 
@@ -188,15 +197,31 @@ class RoundDriver:
         self.stale, self.history = stale, history
         self.worst_client_eps: float | None = None
         self.last: CollectedUpdates | None = None
+        self.resume: Resume | None = None  # a state-dir: resume, then checkpoint every round
+        self.on_round: Callable[[int, Weights, list[RoundRecord]], None] | None = None
 
     def run(self, initial: Weights, progress: ProgressFn | None = None, start: int = 1) -> FederationResult:
-        """Rounds ``start .. settings.rounds``; Ctrl-C or an exhausted privacy budget end the run
-        after the last finished round (``FederationResult.stopped`` says why)."""
-        weights, history, stopped = initial, [], None
+        """Rounds ``start .. settings.rounds`` (resumed from the state-dir when there is one)."""
+        if self.resume is not None:
+            return self.resume.run(self, initial, progress)
+        return self.rounds_from(initial, progress, start)
+
+    def rounds_from(
+        self,
+        initial: Weights,
+        progress: ProgressFn | None = None,
+        start: int = 1,
+        done: Sequence[RoundRecord] = (),
+    ) -> FederationResult:
+        """Rounds ``start .. settings.rounds`` after the ``done`` ones; Ctrl-C or an exhausted privacy
+        budget end the run after the last finished round (``FederationResult.stopped`` says why)."""
+        weights, history, stopped = initial, list(done), None
         try:
             for rnd in range(start, self.settings.rounds + 1):
                 weights, record = self.round(rnd, weights)
                 history.append(record)
+                if self.on_round is not None:
+                    self.on_round(rnd, weights, history)
                 if progress is not None:
                     progress(record)
         except KeyboardInterrupt:

@@ -1,0 +1,114 @@
+"""Server checkpoints (``--state-dir``): size and write time per round, against the round itself.
+
+For each scenario the in-process engine runs it twice, interleaved: once with a state-dir (a
+checkpoint written after every round: :mod:`stamen.server.checkpoint_run`) and once without. The
+figures are the median checkpoint write time (encode + temp file + fsync + rename + directory
+fsync) and size, next to their anchor measured in the same run: the median round wall time of the
+run without checkpoints, and the total wall-time ratio of the two runs.
+
+Regenerate::
+
+    .venv/bin/python benchmarks/bench_checkpoint.py --repeats 5  # smoke, demo (10 rounds), smoke fedbuff
+    .venv/bin/python benchmarks/bench_checkpoint.py --quick        # smoke only
+
+Prints a markdown table and writes ``benchmarks/results/checkpoint.json``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _provenance import Provenance, out_path, parser
+
+from stamen.server.checkpoint_run import RunState
+from stamen.simulations.engines.inprocess import run_inprocess
+from stamen.simulations.plan import SimulationPlan
+from stamen.simulations.scenario import load_scenario
+
+SCENARIOS = {
+    "smoke": [],
+    "demo": ["rounds=10"],
+    # asynchronous: a checkpoint after every handled reply (the open buffer survives), 2 per version
+    "smoke ": ["rounds=6", "server.mode=fedbuff", "server.buffer_size=2", "server.concurrency=4"],
+}
+
+
+def run(
+    name: str, overrides: list[str], state_dir: Path | None
+) -> tuple[float, list[float], RunState | None]:
+    """Total wall seconds, per-round wall seconds and the run's state (None without a state-dir)."""
+    plan = SimulationPlan.from_scenario(load_scenario(name.strip(), overrides))
+    plan.state_dir = state_dir
+    seen: list[RunState] = []
+    init = RunState.__init__
+
+    def remember(self: RunState, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        seen.append(self)
+
+    RunState.__init__ = remember  # type: ignore[method-assign]
+    try:
+        t0 = time.perf_counter()
+        result = run_inprocess(plan)
+        wall = time.perf_counter() - t0
+    finally:
+        RunState.__init__ = init  # type: ignore[method-assign]
+    return wall, [r.wall_s for r in result.rounds], seen[0] if seen else None
+
+
+def measure(name: str, overrides: list[str], repeats: int) -> dict[str, Any]:
+    """Interleaved runs with and without checkpoints; medians."""
+    walls: dict[str, list[float]] = {"with": [], "without": []}
+    rounds, writes, sizes = [], [], []
+    for _ in range(repeats):
+        total, per_round, _ = run(name, overrides, None)
+        walls["without"].append(total)
+        rounds += per_round
+        with tempfile.TemporaryDirectory(prefix="ckpt_bench_") as tmp:
+            total, _, state = run(name, overrides, Path(tmp) / "state")
+        walls["with"].append(total)
+        assert state is not None
+        writes += [s for s, _ in state.writes]
+        sizes += [b for _, b in state.writes]
+    return {
+        "scenario": " ".join([name.strip(), *overrides]),
+        "checkpoints": len(writes),
+        "write_ms_median": 1e3 * statistics.median(writes),
+        "size_bytes_median": int(statistics.median(sizes)),
+        "round_ms_median": 1e3 * statistics.median(rounds),
+        "write_over_round": statistics.median(writes) / statistics.median(rounds),
+        "total_s_without": statistics.median(walls["without"]),
+        "total_s_with": statistics.median(walls["with"]),
+        "total_ratio": statistics.median(walls["with"]) / statistics.median(walls["without"]),
+    }
+
+
+def main() -> None:
+    """Measure, print the table, write the results JSON."""
+    p = parser(__doc__, quick="smoke only", out="checkpoint.json")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved run pairs per scenario (default 3)")
+    args = p.parse_args()
+    prov = Provenance.capture()
+    todo = {"smoke": SCENARIOS["smoke"]} if args.quick else SCENARIOS
+    rows = [measure(name, ov, args.repeats) for name, ov in todo.items()]
+    print(
+        "| scenario | checkpoint size | write (median) | round or version (median, anchor) | write / round "
+        "| total with / without |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['scenario']} | {r['size_bytes_median'] / 1024:.1f} KiB | {r['write_ms_median']:.1f} ms "
+            f"| {r['round_ms_median']:.0f} ms | {r['write_over_round']:.3f} | {r['total_ratio']:.3f} |"
+        )
+    prov.write(
+        out_path(args), {"repeats": args.repeats, "rows": rows, "machine": "2 shared CPU cores, loaded"}
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The asynchronous driver's state (FedAsync / FedBuff) for a checkpoint: the version counter, the
+open buffer (every accepted update not yet released, so none is lost), the server momentum, the
+dispatch generator, the repeat counters and the staleness histogram, beside the parts both drivers
+share (:func:`~stamen.server.checkpoint_parts.capture_common`: rule, accountant, model history,
+edge downlink).
+
+Not stored: the tasks in flight. A restarted server has no channel to them (a reply that arrives
+later names a task this server never sent and is rejected as ``not training for this server``); it
+dispatches afresh from the restored version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from stamen.protocols import tensor_table
+from stamen.server.checkpoint import CheckpointError
+from stamen.server.checkpoint_parts import capture_common, restore_common
+from stamen.server.checkpoint_rules import Snapshot, Tree, rng_state, set_rng_state
+from stamen.server.driver.async_driver import AsyncDriver
+from stamen.server.driver.types import Weights
+from stamen.server.history import RoundRecord
+
+_LISTS = ("counts", "factors", "clients", "norms", "taus", "senders")
+_NUMBERS = ("bytes_up", "bytes_down", "rejected")
+
+
+def capture_async(driver: AsyncDriver, snap: Snapshot) -> Tree:
+    """The driver's state between two handled replies (arrays into ``snap``)."""
+    st = driver.step
+    step: Tree = {name: list(getattr(st, name)) for name in _LISTS}
+    step.update({name: int(getattr(st, name)) for name in _NUMBERS})
+    step["client_eps"] = st.client_eps
+    step["rows"] = snap.put("buffer/rows", np.stack(st.rows)) if st.rows else None
+    momentum = None if driver.momentum is None else snap.put("momentum", driver.momentum)
+    return {
+        **capture_common(driver, snap),
+        "version": driver.version,
+        "step": step,
+        "momentum": momentum,
+        "rng": rng_state(driver.rng),
+        "repeats": [[c, v, k] for (c, v), k in sorted(driver.repeats.items())],
+        "staleness_histogram": [{str(t): n for t, n in h.items()} for h in driver.staleness_histogram],
+    }
+
+
+def restore_async(
+    driver: AsyncDriver, tree: Mapping[str, Any], snap: Snapshot, weights: Weights, records: list[RoundRecord]
+) -> None:
+    """Put :func:`capture_async` back into a freshly assembled driver (instead of ``begin``)."""
+    driver.weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+    driver.table, driver.records = tensor_table(driver.weights), list(records)
+    driver.version = _int(tree.get("version"), "version")
+    restore_common(driver, tree, snap)
+    if driver.history.latest != driver.version:
+        raise CheckpointError(
+            f"checkpoint is corrupt: history ends at {driver.history.latest}, not {driver.version}"
+        )
+    _restore_step(driver, tree.get("step"), snap)
+    momentum = tree.get("momentum")
+    driver.momentum = None if momentum is None else np.asarray(snap.get(momentum), np.float32)
+    set_rng_state(driver.rng, tree.get("rng"))
+    try:
+        driver.repeats = {(str(c), int(v)): int(k) for c, v, k in tree.get("repeats", [])}
+        driver.staleness_histogram = [
+            {int(t): int(n) for t, n in h.items()} for h in tree.get("staleness_histogram", [])
+        ]
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint is corrupt: asynchronous counters: {exc}") from None
+
+
+def _restore_step(driver: AsyncDriver, tree: object, snap: Snapshot) -> None:
+    """The open buffer: rows (one per accepted update) and their per-update lists."""
+    if not isinstance(tree, dict):
+        raise CheckpointError(f"checkpoint is corrupt: buffer is {tree!r}")
+    st = driver.step
+    rows = [] if tree.get("rows") is None else list(np.asarray(snap.get(tree["rows"]), np.float32))
+    width = sum(t.size for t in driver.table)
+    if any(r.shape != (width,) for r in rows):
+        raise CheckpointError(f"checkpoint is corrupt: buffered rows do not have the model's {width} values")
+    for name in _LISTS:
+        values = tree.get(name)
+        if not isinstance(values, list):
+            raise CheckpointError(f"checkpoint is corrupt: buffer {name!r} is {values!r}")
+        setattr(st, name, list(values))
+    if any(len(getattr(st, n)) != len(rows) for n in _LISTS if n != "senders"):
+        raise CheckpointError("checkpoint is corrupt: buffer lists differ in length from its rows")
+    st.rows = [np.array(r) for r in rows]
+    for name in _NUMBERS:
+        setattr(st, name, _int(tree.get(name), name))
+    eps = tree.get("client_eps")
+    st.client_eps = None if eps is None else float(eps)
+
+
+def _int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CheckpointError(f"checkpoint is corrupt: {name!r} is {value!r}")
+    return value

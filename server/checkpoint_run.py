@@ -1,0 +1,202 @@
+"""Resume a run from its state-dir and checkpoint it as it goes (``state-dir`` in the ServerApp's
+run config, ``stamen simulate --state-dir``).
+
+A :class:`RunState` is the driver's ``resume``: :meth:`RunState.run` reads the state-dir's
+checkpoint (none: a fresh run), refuses one written by another configuration (one line naming the
+differing keys), restores the driver's state into the freshly assembled driver and runs the rest,
+writing a checkpoint (:func:`~stamen.server.checkpoint.write_checkpoint`, atomic) after every
+completed round (``sync``) or handled reply (``fedasync``/``fedbuff``, so the open buffer survives).
+When the run ends the checkpoint is marked finished; starting it again only reports the result.
+
+Per-round randomness is a function of ``(seed, round)`` (client sampling, client seeds, central-DP
+noise) or is stored (rule generators, the asynchronous dispatch generator), so a resumed synchronous
+run repeats the rounds an uninterrupted one would have run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from stamen.server.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    check_fingerprint,
+    fingerprint,
+    read_checkpoint,
+    remove_stale_temps,
+    write_checkpoint,
+)
+from stamen.server.checkpoint_async import capture_async, restore_async
+from stamen.server.checkpoint_parts import capture_sync, restore_sync
+from stamen.server.checkpoint_rules import Snapshot, Tree
+from stamen.server.config import ServerConfig
+from stamen.server.driver.async_driver import AsyncDriver
+from stamen.server.driver.driver import RoundDriver
+from stamen.server.driver.types import Weights
+from stamen.server.history import FederationResult, ProgressFn, RoundRecord
+
+log = logging.getLogger("stamen.server")
+
+Part = tuple[Callable[[Snapshot], Tree], Callable[[Any, Snapshot], None]]
+"""An engine's own state: ``(capture(snap) -> tree, restore(tree, snap))``."""
+
+RESUMABLE_STOPS = ("interrupted", "no replies")  # a run that ended so is not finished
+
+
+def run_fingerprint(cfg: ServerConfig) -> dict[str, str]:
+    """The configuration a state-dir belongs to: every run setting and the reply timeout."""
+    return fingerprint({"settings": cfg.settings.to_dict(), "timeout_s": cfg.timeout_s})
+
+
+class RunState:
+    """A run's state-dir.
+
+    Parameters
+    ----------
+    state_dir : Path
+        Where ``checkpoint.safetensors`` lives (created on the first write).
+    fingerprint : mapping of str to str
+        :func:`run_fingerprint` of this run.
+    mode : str
+        ``server.mode`` (``sync``, ``fedasync`` or ``fedbuff``).
+    parts : mapping of str to Part
+        An engine's own state (the in-process engine's client memory and simulated clock).
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        fingerprint: Mapping[str, str],
+        mode: str,
+        parts: Mapping[str, Part] | None = None,
+    ) -> None:
+        self.state_dir, self.fingerprint, self.mode = Path(state_dir), dict(fingerprint), mode
+        self.parts: dict[str, Part] = dict(parts or {})
+        self.step = 0
+        self.writes: list[tuple[float, int]] = []  # (seconds, bytes) of every checkpoint written
+        self.resumed_from: int | None = None
+
+    def load(self) -> Checkpoint | None:
+        """The state-dir's checkpoint if it belongs to this run (None: start afresh)."""
+        if self.state_dir.exists() and not self.state_dir.is_dir():
+            raise CheckpointError(f"state-dir {self.state_dir} is a file, not a directory")
+        if self.state_dir.is_dir():
+            remove_stale_temps(self.state_dir)
+        ck = read_checkpoint(self.state_dir)
+        if ck is not None:
+            check_fingerprint(ck.fingerprint, self.fingerprint, self.state_dir)
+        return ck
+
+    def run(self, driver: Any, initial: Weights, progress: ProgressFn | None) -> FederationResult:
+        """Run ``driver`` from the last checkpoint (or ``initial``), checkpointing as it goes."""
+        ck = self.load()
+        if ck is not None and ck.finished:
+            log.info(
+                "state-dir %s holds a finished run (%d rounds%s); nothing to resume",
+                self.state_dir,
+                ck.step,
+                f", stopped: {ck.stopped}" if ck.stopped else "",
+            )
+            extra = {"resumed_from": ck.step, "already_finished": True}
+            return FederationResult(list(ck.records), dict(ck.weights), extra, ck.stopped)
+        if ck is not None:
+            self.resumed_from = self.step = ck.step
+            log.info("resuming from %s after round %d", self.state_dir, ck.step)
+        if isinstance(driver, AsyncDriver):
+            result = self._run_async(driver, initial, progress, ck)
+        else:
+            result = self._run_sync(driver, initial, progress, ck)
+        if self.resumed_from is not None:
+            result.extra["resumed_from"] = self.resumed_from
+        return result
+
+    def _run_sync(
+        self, driver: RoundDriver, initial: Weights, progress: ProgressFn | None, ck: Checkpoint | None
+    ) -> FederationResult:
+        if ck is not None:
+            snap = Snapshot(dict(ck.arrays))
+            restore_sync(driver, _tree(ck.state, "driver"), snap)
+            self._restore_parts(ck.state, snap)
+        start = 1 if ck is None else ck.step + 1
+        weights = initial if ck is None else dict(ck.weights)
+
+        def saved(rnd: int, w: Weights, records: list[RoundRecord]) -> None:
+            self.save(rnd, w, records, lambda snap: capture_sync(driver, snap))
+
+        driver.on_round = saved
+        result = driver.rounds_from(weights, progress, start, () if ck is None else ck.records)
+        self._finish(result, lambda snap: capture_sync(driver, snap))
+        return result
+
+    def _run_async(
+        self, driver: AsyncDriver, initial: Weights, progress: ProgressFn | None, ck: Checkpoint | None
+    ) -> FederationResult:
+        if ck is None:
+            driver.begin(initial)
+        else:
+            snap = Snapshot(dict(ck.arrays))
+            restore_async(driver, _tree(ck.state, "driver"), snap, dict(ck.weights), list(ck.records))
+            self._restore_parts(ck.state, snap)
+        driver.on_event = lambda: self.save(
+            driver.version, driver.weights, driver.records, lambda s: capture_async(driver, s)
+        )
+        result = driver.proceed(progress)
+        self._finish(result, lambda snap: capture_async(driver, snap))
+        return result
+
+    def save(
+        self,
+        step: int,
+        weights: Weights,
+        records: list[RoundRecord],
+        capture: Callable[[Snapshot], Tree],
+        finished: bool = False,
+        stopped: str | None = None,
+    ) -> None:
+        """Write the checkpoint after ``step`` (atomic; the previous one stays until it is whole)."""
+        t0 = time.perf_counter()
+        snap = Snapshot()
+        state: Tree = {"driver": capture(snap)}
+        state.update({name: cap(snap) for name, (cap, _) in self.parts.items()})
+        ck = Checkpoint(
+            step, self.mode, weights, tuple(records), self.fingerprint, state, snap.arrays, finished, stopped
+        )
+        path = write_checkpoint(self.state_dir, ck)
+        self.step = step
+        self.writes.append((time.perf_counter() - t0, path.stat().st_size))
+
+    def _finish(self, result: FederationResult, capture: Callable[[Snapshot], Tree]) -> None:
+        """Mark the run finished unless it can go on (Ctrl-C, no replies)."""
+        if result.stopped in RESUMABLE_STOPS:
+            log.info("state-dir %s keeps round %d: start the run again to resume", self.state_dir, self.step)
+            return
+        self.save(self.step, result.weights, result.rounds, capture, finished=True, stopped=result.stopped)
+
+    def _restore_parts(self, state: Mapping[str, Any], snap: Snapshot) -> None:
+        missing = sorted(set(self.parts) - set(state))
+        if missing:
+            raise CheckpointError(f"checkpoint lacks the state of {', '.join(missing)}")
+        for name, (_, restore) in self.parts.items():
+            restore(state[name], snap)
+
+
+def _tree(state: Mapping[str, Any], key: str) -> Tree:
+    tree = state.get(key)
+    if not isinstance(tree, dict):
+        raise CheckpointError(f"checkpoint is corrupt: state {key!r} is {tree!r}")
+    return tree
+
+
+def attach(
+    driver: RoundDriver | AsyncDriver, cfg: ServerConfig, state_dir: Path | str | None
+) -> RunState | None:
+    """Give ``driver`` the state-dir ``state_dir`` (None or empty: no checkpoint); returns it."""
+    if not state_dir:
+        return None
+    state = RunState(Path(state_dir), run_fingerprint(cfg), cfg.settings.server.mode)
+    driver.resume = state
+    return state
