@@ -18,7 +18,7 @@ from stamen.server.staleness import compensation, functions
 from stamen.task.settings import Settings
 
 DP_SGD_TRAINERS = ("full", "dp_sgd", "lora", "fedsb")  # DP-SGD trains what is left trainable
-RULE_MODELS = {"frl": ("supermask_mlp",), "bristle": ("bristle_transfer",)}
+RULE_MODELS = {"frl": ("supermask_mlp",), "bristle": ("bristle_transfer",), "fltrust": ("bristle_transfer",)}
 TRAINER_RULES = {"frl": ("frl",)}  # rankings only make sense to the FRL vote
 TRAINER_MODELS = {"frl": ("supermask_mlp",), "bristle": ("bristle_transfer",)}
 PEER_MODELS = ("bristle_transfer",)
