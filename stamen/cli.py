@@ -227,7 +227,7 @@ def _print_summary(title: str, rounds: Sequence[Any], paths: dict[str, Path]) ->
         f"{final['wall_s']:.1f} s",
     ]
     if final.get("sim_time_s") is not None:  # the run kept a simulated clock (timing model)
-        cols.append("simulated time")
+        cols.append("sim time")
         row.append(f"{final['sim_time_s']:.1f} s")
     for col in cols:
         table.add_column(col, justify="right")
