@@ -52,10 +52,11 @@ class InstantClients:
 
     def __init__(self, shape: Weights, n: int) -> None:
         rng = np.random.default_rng(0)
-        self.updates = {
-            f"client-{i}": {k: (rng.standard_normal(v.shape) * 1e-3).astype(np.float32) for k, v in shape.items()}
-            for i in range(n)
-        }
+
+        def update() -> Weights:
+            return {k: (rng.standard_normal(v.shape) * 1e-3).astype(np.float32) for k, v in shape.items()}
+
+        self.updates = {f"client-{i}": update() for i in range(n)}
         self.encode_s = 0.0
         self.pending: list[TrainTask] = []
 
@@ -139,8 +140,13 @@ def main() -> None:
     print(f"\n| loop | updates/s (median of {args.repeats}) | / sync |\n|---|---|---|")
     for m in modes:
         print(f"| {m} | {summary[m]:.1f} | {summary[m] / summary['sync']:.2f} |")
-    prov.write(out_path(args), {"setting": {"params": runs[0]["params"], "cohort": COHORT,
-               "updates": args.updates, "repeats": args.repeats}, "summary": summary, "runs": runs})  # fmt: skip
+    setting = {
+        "params": runs[0]["params"],
+        "cohort": COHORT,
+        "updates": args.updates,
+        "repeats": args.repeats,
+    }
+    prov.write(out_path(args), {"setting": setting, "summary": summary, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ Figures, medians over ``--seeds``: final overall test accuracy and final accurac
 delayed class) — both also as the gain over ``direct`` in points, the paper's terms (its anchor: up to
 +25 % accuracy over the baselines) — and rounds until the overall accuracy first reaches the target
 (85 % of the no-staleness run's final, measured in the same run) as a change against ``direct`` (the
-paper's anchor: −35 % epochs to target); for ``gi``, how many stale updates it converted (the switch-back rule stops it) and the extra
+paper's anchor: −35 % epochs to target); for ``gi``, how many stale updates it converted (the
+switch-back rule stops it) and the extra
 wall seconds per conversion over ``direct`` (a loaded machine: a rough figure; §15 measures it carefully).
 
 Regenerate::
@@ -38,7 +39,6 @@ import torch
 from _provenance import Provenance, out_path, parser
 
 import stamen.server.federation as federation
-
 from stamen.server.driver.driver import EvalFn
 from stamen.simulations.engines import run_engine
 from stamen.simulations.plan import SimulationPlan
@@ -109,7 +109,8 @@ def run_one(variant: str, seed: int, rounds: int) -> dict[str, Any]:
 
 def rounds_to(run: dict[str, Any], target: float) -> float:
     """First evaluated round whose overall accuracy reaches ``target`` (NaN if none)."""
-    return next((float(r) for r, a in zip(run["rounds"], run["accuracy"], strict=True) if a >= target), math.nan)
+    pairs = zip(run["rounds"], run["accuracy"], strict=True)
+    return next((float(r) for r, a in pairs if a >= target), math.nan)
 
 
 def _med(values: list[float]) -> float:
@@ -186,15 +187,19 @@ def main() -> None:
             print(f"  {v:8s} seed {seed}: acc {r['accuracy'][-1]:.3f}, class {DELAYED_CLASS} "
                   f"{r['class_accuracy'][-1]:.3f} ({r['wall_s']:.0f} s)", flush=True)  # fmt: skip
     s = summarize(runs)
-    print(f"\ntarget {s['target']:.3f} (= {TARGET_SHARE:.0%} of the no-staleness final), {rounds} rounds, {seeds} seeds")
-    print("| variant | final acc | gain vs direct | class-5 acc | class-5 gain | rounds to target (vs direct) |")
+    print(f"\ntarget {s['target']:.3f} (= {TARGET_SHARE:.0%} of the no-staleness final), {rounds} rounds")
+    print("| variant | final acc | gain vs direct | class-5 acc | class-5 gain | rounds to target |")
     print("|---|---|---|---|---|---|")
     for v, m in s["variants"].items():
-        print(f"| {v} | {m['final_accuracy']:.3f} | {m['gain_pts']:+.1f} pts | {m['final_class_accuracy']:.3f} | "
-              f"{m['class_gain_pts']:+.1f} pts | {m['rounds_to_target']:.0f} ({m['rounds_change']:+.0%}) |")  # fmt: skip
+        print(
+            f"| {v} | {m['final_accuracy']:.3f} | {m['gain_pts']:+.1f} pts | {m['final_class_accuracy']:.3f}"
+            f" | {m['class_gain_pts']:+.1f} pts | {m['rounds_to_target']:.0f} ({m['rounds_change']:+.0%}) |"
+        )
     g = s["variants"]["gi"]
-    print(f"GI: {g['converted']:.0f} of {g['stale_updates']:.0f} stale updates converted (median), "
-          f"{g['extra_s_per_conversion']:.2f} extra wall s per conversion")
+    print(
+        f"GI: {g['converted']:.0f} of {g['stale_updates']:.0f} stale updates converted (median), "
+        f"{g['extra_s_per_conversion']:.2f} extra wall s per conversion"
+    )
     out = out_path(args)
     plot(runs, out.with_suffix(".png"))
     prov.write(out, {"setting": {"seeds": seeds, "rounds": rounds, "variants": VARIANTS,
