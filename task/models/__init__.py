@@ -1,7 +1,8 @@
 """The model factory: registered architectures, adapters, and the task's model.
 
-Architectures: ``mlp``, ``logreg`` (:mod:`.registry`), ``cnn`` (:mod:`.cnn`), ``supermask_mlp`` (FRL, :mod:`.supermask`),
-``bristle_transfer`` (:mod:`.bristle_transfer`), ``minilm`` and ``minilm-tiny`` (:mod:`.minilm`);
+Architectures: ``mlp``, ``logreg`` (:mod:`.registry`), ``cnn`` (:mod:`.cnn`), ``supermask_mlp``
+(FRL, :mod:`.supermask`), ``bristle_transfer`` (:mod:`.bristle_transfer`), ``minilm`` and
+``minilm-tiny`` (:mod:`.minilm`);
 LoRA / LoRA-SB adapters (:mod:`.lora`) attach to any of them.
 """
 
