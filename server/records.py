@@ -49,9 +49,10 @@ def summarize(rounds: Sequence[RoundRecord]) -> dict[str, Any]:
     -------
     dict
         ``{"final": {"accuracy", "loss", "bytes_up_total", "bytes_down_total", "epsilon",
-        "wall_s"}}``: accuracy, loss and epsilon of the last round that has them (``None`` if
-        none has), byte totals summed over rounds, and ``wall_s`` the total of the rounds'
-        wall-clock seconds.
+        "wall_s", "sim_time_s"}}``: accuracy, loss and epsilon of the last round that has them
+        (``None`` if none has), byte totals summed over rounds, ``wall_s`` the total of the rounds'
+        wall-clock seconds, and ``sim_time_s`` the simulated time of the last round that has one
+        (``None`` when the engine kept no simulated clock).
     """
     rounds = _normalized(rounds)
     final = {
@@ -61,6 +62,7 @@ def summarize(rounds: Sequence[RoundRecord]) -> dict[str, Any]:
         "bytes_down_total": sum(r.bytes_down for r in rounds),
         "epsilon": _last(r.epsilon for r in rounds),
         "wall_s": math.fsum(r.wall_s for r in rounds),
+        "sim_time_s": _last(r.sim_time_s for r in rounds),
     }
     return {"final": final}
 

@@ -11,8 +11,11 @@
     One row per round, header = the round keys; missing values are empty cells.
 ``plot.png``
     Accuracy per evaluated round, cumulative bytes up and bytes down per round (two lines), and,
-    when any round reports one, the cumulative privacy ε per round; titled with the scenario name
-    or the caller's ``title`` (the CLI adds the ``--set`` overrides).
+    when any round reports one, the cumulative privacy ε per round; when the rounds carry a
+    simulated clock (``sim_time_s``: async runs, and sync runs of the in-process engine's timing
+    model), accuracy against simulated seconds below them (with a staleness panel when any update
+    was stale). Titled with the scenario name or the caller's ``title`` (the CLI adds the ``--set``
+    overrides).
 
 ``check_out_dir`` finds, before a run starts, every reason ``write_results`` would fail to write
 (an existing file in the way, a directory that cannot be written), so no run's results are lost.
@@ -142,15 +145,23 @@ def plot_figure(title: str, rounds: Sequence[RoundRecord]) -> Figure:
 
     x = np.array([r.round for r in rounds], dtype=np.int64)
     private = any(r.epsilon is not None for r in rounds)
-    fig = Figure(figsize=(6.4, 8.4 if private else 6.0), layout="constrained")
+    timed = _has_clock(rounds)
+    n_round = 3 if private else 2
+    n_panels = n_round + (1 if timed else 0)
+    fig = Figure(figsize=(6.4, 2.4 + 2.0 * n_panels), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(3 if private else 2, 1, sharex=True, squeeze=False)[:, 0]
-    _accuracy_panel(axes[0], x, rounds)
-    _bytes_panel(axes[1], x, rounds)
+    axes = fig.subplots(n_panels, 1, squeeze=False)[:, 0]
+    by_round = axes[:n_round]
+    for ax in by_round[1:]:
+        ax.sharex(by_round[0])
+    _accuracy_panel(by_round[0], x, rounds)
+    _bytes_panel(by_round[1], x, rounds)
     if private:
-        _epsilon_panel(axes[2], x, rounds)
-    axes[-1].set_xlabel("round")
-    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epsilon_panel(by_round[2], x, rounds)
+    by_round[-1].set_xlabel("round")
+    by_round[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    if timed:
+        _sim_time_panel(axes[-1], rounds)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(textwrap.fill(title or "stamen run", width=70), fontsize="medium")
@@ -162,6 +173,28 @@ def _accuracy_panel(ax: Any, x: np.ndarray, rounds: Sequence[RoundRecord]) -> No
     seen = np.isfinite(acc)
     ax.plot(x[seen], acc[seen], marker="o", markersize=3)
     ax.set_ylabel("test accuracy")
+
+
+def _has_clock(rounds: Sequence[RoundRecord]) -> bool:
+    """Whether the rounds carry a simulated clock (a finite ``sim_time_s`` on an evaluated round)."""
+    return any(np.isfinite(r.sim_time_s) and np.isfinite(r.accuracy) for r in rounds)
+
+
+def _sim_time_panel(ax: Any, rounds: Sequence[RoundRecord]) -> None:
+    """Test accuracy against simulated seconds; the staleness of the used updates (max per round,
+    right axis) when any was stale."""
+    t = np.array([r.sim_time_s for r in rounds], dtype=np.float64)
+    acc = np.array([r.accuracy for r in rounds], dtype=np.float64)
+    seen = np.isfinite(acc) & np.isfinite(t)
+    ax.plot(t[seen], acc[seen], marker="o", markersize=3, color="tab:purple")
+    ax.set_ylabel("test accuracy")
+    ax.set_xlabel("simulated time (s)")
+    stale = np.array([r.staleness_max for r in rounds], dtype=np.float64)
+    if stale.max(initial=0) > 0:
+        twin = ax.twinx()
+        finite = np.isfinite(t)
+        twin.step(t[finite], stale[finite], where="post", color="tab:gray", alpha=0.6, linewidth=1)
+        twin.set_ylabel("max staleness τ", color="tab:gray")
 
 
 def _bytes_panel(ax: Any, x: np.ndarray, rounds: Sequence[RoundRecord]) -> None:

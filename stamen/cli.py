@@ -249,15 +249,20 @@ def _print_summary(title: str, rounds: Sequence[Any], paths: dict[str, Path]) ->
 
     final = summarize(rounds)["final"]
     table = Table(title=f"stamen simulate {title}")
-    for col in ("final accuracy", "bytes up", "bytes down", "rejected", "wall time"):
-        table.add_column(col, justify="right")
-    table.add_row(
+    cols = ["final accuracy", "bytes up", "bytes down", "rejected", "wall time"]
+    row = [
         "n/a" if final["accuracy"] is None else f"{final['accuracy']:.4f}",
         _human(final["bytes_up_total"]),
         _human(final["bytes_down_total"]),
         str(sum(r.rejected for r in rounds)),
         f"{final['wall_s']:.1f} s",
-    )
+    ]
+    if final.get("sim_time_s") is not None:  # the run kept a simulated clock (timing model)
+        cols.append("sim time")
+        row.append(f"{final['sim_time_s']:.1f} s")
+    for col in cols:
+        table.add_column(col, justify="right")
+    table.add_row(*row)
     console = Console()
     console.print(table)
     console.print("results: " + ", ".join(str(p) for p in paths.values()))

@@ -2,7 +2,7 @@
 
 Batched: the ``full`` trainer (plain SGD/Adam, :mod:`stamen.client.trainers.full`) on a model built
 only from stateless, deterministic layers (no buffers, no dropout, every parameter trained): today the
-registry's ``mlp`` and ``logreg``; a convolutional stack of the listed layers batches too. Local DP
+registry's ``mlp``, ``logreg`` and ``cnn`` (a convolutional stack of the listed layers). Local DP
 is fine (it acts on the finished update). Everything else falls back to the per-client loop, and the
 engine shows the reason this module gives.
 """
@@ -13,7 +13,7 @@ from torch import nn
 
 from stamen.task.spec import TaskSpec, TrainSpec
 
-BATCHABLE_MODELS: tuple[str, ...] = ("mlp", "logreg")
+BATCHABLE_MODELS: tuple[str, ...] = ("mlp", "logreg", "cnn")
 """Registered model names the cohort trainer accepts (see :func:`stamen.task.models.create_model`)."""
 
 BATCHABLE_LAYERS: tuple[type[nn.Module], ...] = (
@@ -25,6 +25,7 @@ BATCHABLE_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Tanh,
     nn.GELU,
     nn.Flatten,
+    nn.Unflatten,
     nn.Identity,
     nn.MaxPool1d,
     nn.MaxPool2d,

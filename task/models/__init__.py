@@ -1,7 +1,8 @@
 """The model factory: registered architectures, adapters, and the task's model.
 
-Architectures: ``mlp``, ``logreg`` (:mod:`.registry`), ``supermask_mlp`` (FRL, :mod:`.supermask`),
-``bristle_transfer`` (:mod:`.bristle_transfer`), ``minilm`` and ``minilm-tiny`` (:mod:`.minilm`);
+Architectures: ``mlp``, ``logreg`` (:mod:`.registry`), ``cnn`` (:mod:`.cnn`), ``supermask_mlp``
+(FRL, :mod:`.supermask`), ``bristle_transfer`` (:mod:`.bristle_transfer`), ``minilm`` and
+``minilm-tiny`` (:mod:`.minilm`);
 LoRA / LoRA-SB adapters (:mod:`.lora`) attach to any of them.
 """
 
@@ -11,6 +12,7 @@ import numpy as np
 from torch import nn
 
 from stamen.task.models import bristle_transfer as _bristle_transfer  # noqa: F401  (registers it)
+from stamen.task.models import cnn as _cnn  # noqa: F401  (registers cnn)
 from stamen.task.models import minilm as _minilm  # noqa: F401  (registers minilm, minilm-tiny)
 from stamen.task.models import supermask as _supermask  # noqa: F401  (registers supermask_mlp)
 from stamen.task.models.lora import attach_adapters

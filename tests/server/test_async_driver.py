@@ -99,11 +99,16 @@ def test_fedbuff_steps_with_the_rule_over_the_buffer() -> None:
     assert result.rounds[0].round == 1 and result.rounds[0].rejected == 0
 
 
-def test_future_and_unknown_versions_are_refused_and_counted() -> None:
+def test_future_and_unknown_versions_are_refused_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """c-1 names version 7 (the server sent 0): refused, counted, reason logged. The run goes on
+    without it: c-2 (tau 0, a_t = 0.5): w1 = 0.5 * 0 + 0.5 * 2 = 1; c-3 (tau 1, a_t = 0.25):
+    w2 = 0.75 * 1 + 0.25 * 3 = 1.5."""
     transport = ScriptedTransport({"c-1": 1.0, "c-2": 2.0, "c-3": 3.0}, ["c-1", "c-2", "c-3"], {"c-1": 7})
-    result = _driver("fedasync", transport, 2, conc=3).run(BASE)
-    assert sum(r.rejected for r in result.rounds) == 1  # a names version 7: refused before parsing it
-    np.testing.assert_allclose(result.weights["w"], 0.5 * 0.5 * 2 / 2 + 0.0, atol=10)  # the run went on
+    with caplog.at_level("WARNING", logger="stamen.server"):
+        result = _driver("fedasync", transport, 2, conc=3).run(BASE)
+    assert [r.rejected for r in result.rounds] == [1, 0]
+    assert "c-1: VersionMismatch: envelope names model version 7, the server sent 0" in caplog.text
+    np.testing.assert_allclose(result.weights["w"], 1.5, rtol=1e-6)
     history = ModelHistory(max_versions=1)
     history.put(0, BASE), history.put(1, BASE)
     with pytest.raises(ValueError, match="version 0"):

@@ -46,6 +46,7 @@ def test_summarize_by_hand() -> None:
         "bytes_down_total": 16000,
         "epsilon": 1.1,  # round 3: the last round that reports epsilon
         "wall_s": 2.0,
+        "sim_time_s": None,  # no simulated clock
     }
 
 
@@ -57,6 +58,7 @@ def test_summarize_without_rounds_or_evaluation() -> None:
         "bytes_down_total": 0,
         "epsilon": None,
         "wall_s": 0.0,
+        "sim_time_s": None,
     }
     assert summarize(ROUNDS[:1])["final"]["accuracy"] is None
 
@@ -207,3 +209,24 @@ def test_check_out_dir(tmp_path: Path) -> None:
         check_out_dir(tmp_path / "f" / "run")
     with pytest.raises(ValueError, match="cannot write in '/proc'"):
         check_out_dir(Path("/proc/stamen-no/run"))
+
+
+TIMED = [  # an async run: versions at simulated seconds 1.5, 2.0, 4.5; version 2 not evaluated
+    RoundRecord(1, 0.2, 2.0, 10, 20, None, 0, 0.1, sim_time_s=1.5, staleness_max=0),
+    RoundRecord(2, NAN, NAN, 10, 20, None, 0, 0.1, sim_time_s=2.0, staleness_max=3, staleness_mean=2.0),
+    RoundRecord(3, 0.6, 1.0, 10, 20, None, 0, 0.1, sim_time_s=4.5, staleness_max=1, staleness_mean=1.0),
+]
+
+
+def test_plot_shows_accuracy_against_simulated_time_when_the_rounds_carry_a_clock() -> None:
+    from stamen.simulations.results import plot_figure
+
+    fig = plot_figure("async", TIMED)
+    ax = fig.axes[2]  # after accuracy and bytes by round
+    line = ax.get_lines()[0]
+    assert list(line.get_xdata()) == [1.5, 4.5] and list(line.get_ydata()) == [0.2, 0.6]
+    assert ax.get_xlabel() == "simulated time (s)"
+    staleness = fig.axes[3].get_lines()[0]  # twin axis: max staleness per version, steps
+    assert list(staleness.get_ydata()) == [0.0, 3.0, 1.0]
+    assert len(plot_figure("no clock", ROUNDS[1:3]).axes) == 3  # private, no clock: no time panel
+    assert summarize(TIMED)["final"]["sim_time_s"] == 4.5
