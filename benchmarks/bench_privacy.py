@@ -9,8 +9,8 @@ in the same run) and with each DP mode at each target ε (δ = 1e-5, ``calibrati
 - ``rqm``: the Randomized Quantization Mechanism codec (its own exact RDP accountant), reported with
   its bits per coordinate measured from the bytes really sent.
 
-Every run goes through ``load_scenario("smoke", overrides) -> ServerConfig.from_scenario ->
-run_engine("inprocess", cfg)``; a mode the engines do not run yet is listed as "not wired". Accuracy
+Every run goes through ``load_scenario("smoke", overrides) -> SimulationPlan.from_scenario ->
+run_engine("inprocess", plan)``; a mode the engines do not run yet is listed as "not wired". Accuracy
 is the median over ``--seeds`` seeds; the reported ε is the last round's ``epsilon`` of the run.
 
 Regenerate::
@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from _provenance import Provenance, out_path, parser
 
-from stamen.server.config import ServerConfig
 from stamen.simulations.engines import run_engine
+from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.scenario import load_scenario
 from stamen.task.models import build_model
 from stamen.task.weights import get_weights
@@ -86,13 +86,14 @@ def run_one(dataset: str, mode: str, eps: float | None, seed: int, quick: bool) 
     row: dict[str, Any] = {"dataset": dataset, "mode": mode, "target_epsilon": eps, "seed": seed}
     try:
         scenario = load_scenario("smoke", overrides_for(dataset, mode, eps, seed, quick))
-        cfg = ServerConfig.from_scenario(scenario)
+        plan = SimulationPlan.from_scenario(scenario)
+        cfg = plan.cfg
     except ValueError as exc:
         row["status"] = "not wired" if "not available yet" in str(exc) else f"error: {exc}"
         return row
     start = time.perf_counter()
     try:
-        result = run_engine("inprocess", cfg)
+        result = run_engine("inprocess", plan)
     except ValueError as exc:
         row["status"] = f"error: {exc}"
         return row
