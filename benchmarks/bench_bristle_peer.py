@@ -77,7 +77,9 @@ def reference_run(rounds: int, extra: tuple[str, ...]) -> dict[str, Any]:
     for pid in range(cfg.num_clients):
         classes = tuple(int(c) for c in np.unique(client_data(plan.data, pid).y))
         nodes.append(
-            PeerNode(classes, *validation_slice(cfg.seed, classes, node=pid), honest=pid not in plan.malicious)
+            PeerNode(
+                classes, *validation_slice(cfg.seed, classes, node=pid), honest=pid not in plan.malicious
+            )
         )
 
     def train(i: int, rnd: int, layer: np.ndarray) -> np.ndarray:

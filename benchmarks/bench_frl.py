@@ -200,7 +200,9 @@ def _reversed_pool(
 
 
 # ---- Bristle accuracy ----------------------------------------------------------------------------
-BR_DATA = DataSpec(dataset="mnist1d", num_samples=5000, partition="shards", shards_per_client=4, num_clients=10)
+BR_DATA = DataSpec(
+    dataset="mnist1d", num_samples=5000, partition="shards", shards_per_client=4, num_clients=10
+)
 BR_SPEC = TrainSpec(trainer="bristle", epochs=1, batch_size=5, lr=1e-3, optimizer="adam", weight_decay=5e-3)
 BAD = (7, 8, 9)  # the code makes the last nodes the attackers
 

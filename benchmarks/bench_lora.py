@@ -124,7 +124,9 @@ RUNS = (
 def build(run: Run, args: argparse.Namespace, ds: Any) -> tuple[torch.nn.Module, TaskSpec]:
     """The run's model: pretrained MiniLM + head, adapters attached as ``build_model`` would."""
     dim, lora = ds.x_train.shape[1], LoRAConfig(**run.task)
-    task = TaskSpec(model=args.model, input_dim=dim, num_classes=ds.num_classes, hidden=(), seed=args.seed, lora=lora)
+    task = TaskSpec(
+        model=args.model, input_dim=dim, num_classes=ds.num_classes, hidden=(), seed=args.seed, lora=lora
+    )
     model = create_model(args.model, dim, ds.num_classes, (), seed=args.seed)
     return attach_adapters(model, lora, seed=args.seed, sample=(ds.x_train, ds.y_train)), task
 
@@ -267,6 +269,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default="", help="comma-separated run names, or 'central' (default: all)")
     p.add_argument("--tag", default="", help="suffix of the output files (parallel partial runs)")
     p.add_argument("--skip-central", action="store_true", help="no centralized ceiling run")
+    p.add_argument("--out", type=Path, default=None, help="results file (default lora[-quick][-TAG].json)")
     p.add_argument("--combine", nargs="*", default=None, help="merge these result files into one table")
     p.add_argument("--grid", action="store_true", help="every run at each learning rate of GRID")
     p.add_argument(
@@ -324,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     prov = Provenance.capture(argv, script=__file__)
     torch.set_num_threads(args.threads)
-    path = RESULTS / f"lora{'-quick' if args.quick else ''}{'-' + args.tag if args.tag else ''}.json"
+    name = f"lora{'-quick' if args.quick else ''}{'-' + args.tag if args.tag else ''}.json"
+    path = args.out or RESULTS / name
     if args.combine is not None:
         by_seed, central, text = combine_files(args.combine, GRID)
         print(text)
