@@ -130,24 +130,24 @@ FRL_SPEC = TrainSpec(trainer="frl", epochs=2, batch_size=8, lr=0.4, momentum=0.9
 
 def frl_run(rounds: int, seed: int, n_bad: int, fedavg: bool = False) -> dict[str, Any]:
     """One FRL (or FedAvg-MLP) federation; returns final/best accuracy and mean bytes up."""
-    data = dataclasses.replace(FRL_DATA, seed=seed)
-    task = task_for(data, "mlp" if fedavg else "supermask_mlp", FRL_HIDDEN)
+    dspec = dataclasses.replace(FRL_DATA, seed=seed)
+    task = task_for(dspec, "mlp" if fedavg else "supermask_mlp", FRL_HIDDEN)
     spec = dataclasses.replace(FRL_SPEC, trainer="full", lr=0.01) if fedavg else FRL_SPEC
-    model, test = build_model(task), held_out(data)
+    model, test = build_model(task), held_out(dspec)
     weights, rule = get_weights(model), create("fedavg" if fedavg else "frl")
     accs, ups, t0 = [], [], time.perf_counter()
     for rnd in range(1, rounds + 1):
         sp = dataclasses.replace(spec, lr=spec.lr * 0.999 ** (rnd - 1))  # the code's lrdc per round
-        pids = sample_clients(seed, rnd, data.num_clients, 25)
+        pids = sample_clients(seed, rnd, dspec.num_clients, 25)
         h = model_hash(weights)
         replies = []
         forged = (
-            _reversed_pool(model, weights, data, sp, seed, rnd, n_bad)
+            _reversed_pool(model, weights, dspec, sp, seed, rnd, n_bad)
             if n_bad and any(p < n_bad for p in pids)
             else None
         )
         for pid in pids:
-            s, local = client_seed(seed, rnd, pid), client_data(data, pid)
+            s, local = client_seed(seed, rnd, pid), client_data(dspec, pid)
             if forged is not None and pid < n_bad:  # malicious: submit the reversed pooled ranking
                 delta, num = forged, len(local.y)
             else:
