@@ -15,7 +15,8 @@ served outputs are checked against the PyTorch model with the same weights (<= 1
 
     .venv/bin/python benchmarks/bench_edge_apply.py [--repeats 5] [--quick]
 
-Writes ``benchmarks/results/edge_apply.json``.
+Writes ``benchmarks/results/edge_apply.json`` (``edge_apply_quick.json`` with ``--quick``;
+``--out`` elsewhere).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ lean path (1-bit ReLU masks instead of saved inputs) buys.
 
     .venv/bin/python benchmarks/bench_edge_personalize.py [--seeds 3] [--quick]
 
-Writes ``benchmarks/results/edge_personalize.json``.
+Writes ``benchmarks/results/edge_personalize.json`` (``edge_personalize_quick.json`` with ``--quick``;
+``--out`` elsewhere).
 """
 
 from __future__ import annotations
