@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print(result: dict, threads: list[int]) -> None:
-    print(f"device: {result['device']}; 1-min load average at start {result['load_avg_1min']:.1f}")
+    load = result["provenance"]["machine"]["load_average_1min"]
+    print(f"device: {result['device']}; 1-min load average at start {load:.1f}")
     print(f"max |cohort - loop| over the loop's clients: {result['max_abs_diff_vs_loop']:.2e}")
     print(f"deltas stacked on the {result['stack']}; prep = seeds + index rows + copy to the device")
     heads = " | ".join(f"cohort ({t} thr) /s | x loop | prep share" for t in threads)

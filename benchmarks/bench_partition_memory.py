@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print(result: dict) -> None:
-    print(f"1-min load average at start {result['load_avg_1min']:.1f}; pool {result['pool_samples']} samples")
+    load = result["provenance"]["machine"]["load_average_1min"]
+    print(f"1-min load average at start {load:.1f}; pool {result['pool_samples']} samples")
     print(
         "| scheme | clients | base MiB | lazy peak MiB | eager (anchor) peak MiB | lazy build s "
         "| eager build s |"
