@@ -5,8 +5,9 @@ Three checks ((a) and (c) run each script in a fresh interpreter):
 (a) ``--help`` exits 0 (catches import errors of the script's top-level imports);
 (b) every ``from stamen... import name`` in a script, including the lazy ones inside functions,
     names something that exists (catches API drift in code ``--help`` never reaches);
-(c) ``@pytest.mark.slow``: the quick mode of the scripts that finish in about a minute on a loaded
-    2-core machine writes a results JSON with ``provenance`` and the script's main keys.
+(c) ``@pytest.mark.slow``: the quick mode (or smallest flags) of the scripts that finish in about a
+    minute on a loaded 2-core machine writes a results JSON with ``provenance`` and the script's
+    main keys.
 
 Scripts not run by (c), and why (each was run by hand with its quickest flags; see the benchfix
 report):
@@ -19,8 +20,6 @@ report):
   ``bench_edge_personalize_device.py``: MiniLM fine-tuning, minutes;
 - ``bench_frl.py``, ``bench_edge_apply.py``, ``bench_edge_personalize.py``, ``bench_gi_cost.py``,
   ``bench_rqm.py``: 2 to 13 minutes in quick mode here;
-- ``bench_partition_memory.py``, ``bench_cohort_training.py``: no ``--quick`` (memory and
-  throughput sweeps);
 - ``bench_deploy_images.py``: needs the built Docker images;
 - ``bench_edge_device_run.py``: a worker of ``bench_edge_personalize_device.py`` (takes its spec
   file), covered by (a) and (b) only.
@@ -69,6 +68,14 @@ QUICK: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bench_codecs.py": (("--size", "100000"), ("codecs", "anchor_zstd3_raw_fp32")),
     "bench_edge_cli.py": (("--repeats", "1"), ("rows", "repeats")),
     "bench_cli_startup.py": (("--repeats", "1"), ("median_s", "repeats")),
+    "bench_partition_memory.py": (
+        ("--clients", "1000", "--schemes", "iid"),
+        ("rows", "lazy_peak_max_over_min"),
+    ),
+    "bench_cohort_training.py": (
+        ("--cohorts", "100", "--repeats", "1", "--loop-clients", "10"),
+        ("rows", "max_abs_diff_vs_loop"),
+    ),
 }
 
 
