@@ -33,11 +33,11 @@ from _provenance import Provenance, out_path, parser
 SETUPS = {"clean": ("attack.kind=none", "attack.fraction=0"), "label_flip_3of10": ()}
 
 
-def _cfg(rounds: int, extra: tuple[str, ...]) -> Any:
-    from stamen.server.config import ServerConfig
+def _plan(rounds: int, extra: tuple[str, ...]) -> Any:
+    from stamen.simulations.plan import SimulationPlan
     from stamen.simulations.scenario import load_scenario
 
-    return ServerConfig.from_scenario(
+    return SimulationPlan.from_scenario(
         load_scenario("bristle", [f"rounds={rounds}", "aggregation.mode=peer", *extra])
     )
 
@@ -46,13 +46,13 @@ def engine_run(engine: str, rounds: int, extra: tuple[str, ...]) -> dict[str, An
     """One ``stamen simulate bristle --set aggregation.mode=peer`` run; accuracy per round."""
     from stamen.simulations.engines import run_engine
 
-    cfg, t0 = _cfg(rounds, extra), time.perf_counter()
-    res = run_engine(engine, cfg)
+    plan, t0 = _plan(rounds, extra), time.perf_counter()
+    res = run_engine(engine, plan)
     accs = [r.accuracy for r in res.rounds]
     return {
         "final": accs[-1],
         "per_round": accs,
-        "malicious": list(cfg.malicious),
+        "malicious": list(plan.malicious),
         "bytes_up_total": sum(r.bytes_up for r in res.rounds),
         "bytes_down_total": sum(r.bytes_down for r in res.rounds),
         "wall_s": time.perf_counter() - t0,
@@ -62,7 +62,6 @@ def engine_run(engine: str, rounds: int, extra: tuple[str, ...]) -> dict[str, An
 def reference_run(rounds: int, extra: tuple[str, ...]) -> dict[str, Any]:
     """The pure ``run_peer_mode`` on the scenario's nodes, attackers and seeds."""
     from stamen.client.core import local_update
-    from stamen.server.federation import make_central_evaluator
     from stamen.simulations.bristle_data import validation_slice
     from stamen.simulations.provider import client_data
     from stamen.task.bristle.peer import PeerNode, run_peer_mode
@@ -71,18 +70,21 @@ def reference_run(rounds: int, extra: tuple[str, ...]) -> dict[str, Any]:
     from stamen.task.seeds import client_seed
     from stamen.task.weights import get_weights
 
-    cfg, t0 = _cfg(rounds, extra), time.perf_counter()
-    model, evaluate = build_model(cfg.task), make_central_evaluator(cfg)
+    plan, t0 = _plan(rounds, extra), time.perf_counter()
+    cfg = plan.cfg
+    model, evaluate = build_model(cfg.task), plan.evaluator()
     nodes = []
     for pid in range(cfg.num_clients):
-        classes = tuple(int(c) for c in np.unique(client_data(cfg.task, pid).y))
+        classes = tuple(int(c) for c in np.unique(client_data(plan.data, pid).y))
         nodes.append(
-            PeerNode(classes, *validation_slice(cfg.seed, classes, node=pid), honest=pid not in cfg.malicious)
+            PeerNode(
+                classes, *validation_slice(cfg.seed, classes, node=pid), honest=pid not in plan.malicious
+            )
         )
 
     def train(i: int, rnd: int, layer: np.ndarray) -> np.ndarray:
         spec, seed = cfg.train_for_round(rnd), client_seed(cfg.seed, rnd, i)
-        local_update(model, {"head.weight": layer}, client_data(cfg.task, i), spec, seed)
+        local_update(model, {"head.weight": layer}, client_data(plan.data, i), spec, seed)
         return get_weights(model)["head.weight"]
 
     init = np.zeros((10, FEATURES), np.float32)

@@ -21,7 +21,6 @@ Prints a markdown table and writes ``benchmarks/results/cli_startup.json``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _provenance import Provenance
+from _provenance import Provenance, out_path, parser
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "cli_startup.json"
@@ -106,7 +105,7 @@ def table(medians: dict[str, float], has_baseline: bool) -> str:
 
 def main() -> None:
     """Measure, print the table, write the results JSON."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__, out=RESULTS.name)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--baseline", default=None, metavar="REV", help="also measure stamen/cli.py of REV")
     args = ap.parse_args()
@@ -119,7 +118,7 @@ def main() -> None:
         medians = measure(variants(baseline, file), args.repeats, tmp)
     print(table(medians, baseline is not None))
     doc: dict[str, Any] = {"baseline": args.baseline, "repeats": args.repeats, "median_s": medians}
-    prov.write(RESULTS, doc)
+    prov.write(out_path(args), doc)
 
 
 if __name__ == "__main__":

@@ -138,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loop-clients", type=int, default=100, help="clients the loop anchor trains per row")
     ap.add_argument("--repeats", type=int, default=3, help="cohort passes per size (median)")
     ap.add_argument("--stack", choices=["host", "device"], default="host", help="where the (c, d) deltas go")
-    ap.add_argument("--out", default="", help="suffix of the results file (cohort_training_OUT.json)")
+    ap.add_argument(
+        "--out",
+        default="",
+        help="suffix of the results file (cohort_training_OUT.json), or a path ending in .json",
+    )
     args = ap.parse_args(argv)
     device, prov = torch.device(args.device), provenance()
     w = workload()
@@ -148,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         diff = max(diff, agreement(w, device, loop_deltas))
         rates = {str(t): measure(w, cohort, device, t, args) for t in args.threads}
         rows.append({"cohort": cohort, "loop_updates_per_s": loop, "cohort_updates_per_s": rates})
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{prov['cpus']} CPU cores"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{prov['machine']['cpus']} CPU cores"
+    )
     result = {
         "workload": "mnist1d dirichlet(0.5) 1000 partitions, 40 train samples/client (mean), "
         "MLP 40-64-10, 2 epochs, batch 16, SGD lr 0.05",
@@ -157,17 +165,20 @@ def main(argv: list[str] | None = None) -> int:
         "loop_clients": args.loop_clients,
         "max_abs_diff_vs_loop": diff,
         "rows": rows,
-        **prov,
+        "provenance": prov,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"cohort_training{'_' + args.out if args.out else ''}.json"
+    if args.out.endswith(".json"):
+        path = Path(args.out)
     path.write_text(json.dumps(result, indent=2) + "\n")
     _print(result, args.threads)
     return 0
 
 
 def _print(result: dict, threads: list[int]) -> None:
-    print(f"device: {result['device']}; 1-min load average at start {result['load_avg_1min']:.1f}")
+    load = result["provenance"]["machine"]["load_average_1min"]
+    print(f"device: {result['device']}; 1-min load average at start {load:.1f}")
     print(f"max |cohort - loop| over the loop's clients: {result['max_abs_diff_vs_loop']:.2e}")
     print(f"deltas stacked on the {result['stack']}; prep = seeds + index rows + copy to the device")
     heads = " | ".join(f"cohort ({t} thr) /s | x loop | prep share" for t in threads)

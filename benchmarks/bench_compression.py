@@ -7,7 +7,7 @@ on the raw fp32 bytes of the same update (its ratio and MB/s). FedZip is shown w
 paper's three position encodings and with ``auto``.
 
 Part 2 — federated training through the real pipeline
-(``load_scenario("smoke", overrides) -> ServerConfig.from_scenario -> run_engine("inprocess")``)
+(``load_scenario("smoke", overrides) -> SimulationPlan.from_scenario -> run_engine("inprocess")``)
 on mnist1d and digits with an MLP 256-256, each codec vs the uncompressed run (same seed, same
 everything else): bytes up per client per round (``len()`` of the packed envelope, header
 included), × fewer than dense, final accuracy and the mean of the last 5 rounds, and the
@@ -39,8 +39,8 @@ from _provenance import Provenance, out_path, parser
 from bench_codecs import bench_anchor, make_update, median_seconds, rel_l2
 
 from stamen.protocols import CodecPipeline, CodecSpec, encode_update, tensor_table
-from stamen.server.config import ServerConfig
 from stamen.simulations.engines import run_engine
+from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.scenario import load_scenario
 from stamen.task.models import build_model
 from stamen.task.weights import get_weights
@@ -139,13 +139,14 @@ def train_once(dataset: str, overrides: list[str], rounds: int, seed: int) -> di
     scenario = load_scenario(
         "smoke", [*COMMON, *DATASETS[dataset], f"rounds={rounds}", f"seed={seed}", *overrides]
     )
-    cfg = ServerConfig.from_scenario(scenario)
+    plan = SimulationPlan.from_scenario(scenario)
+    cfg = plan.cfg
     start = time.perf_counter()
-    result = run_engine("inprocess", cfg)
+    result = run_engine("inprocess", plan)
     accs = [r.accuracy for r in result.rounds]
     return {
         "codec": cfg.codec.to_string(),
-        "error_feedback": cfg.error_feedback,
+        "error_feedback": cfg.settings.codec.error_feedback,
         "bytes_per_client_round": result.rounds[-1].bytes_up / cfg.per_round,
         "final_accuracy": accs[-1],
         "last5_accuracy": float(np.mean(accs[-5:])),
@@ -205,7 +206,7 @@ def train_row(
 
 def model_update(dataset: str) -> dict[str, np.ndarray]:
     """A Gaussian update shaped like the training runs' model (for envelope sizes)."""
-    cfg = ServerConfig.from_scenario(load_scenario("smoke", [*COMMON, *DATASETS[dataset]]))
+    cfg = SimulationPlan.from_scenario(load_scenario("smoke", [*COMMON, *DATASETS[dataset]])).cfg
     rng = np.random.default_rng(0)
     weights = get_weights(build_model(cfg.task))
     return {k: rng.normal(0, 0.01, v.shape).astype(np.float32) for k, v in weights.items()}

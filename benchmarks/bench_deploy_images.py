@@ -15,13 +15,12 @@ Prints a markdown table and writes ``benchmarks/results/deploy_images.json``.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from _provenance import Provenance
+from _provenance import Provenance, out_path, parser
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = ("superlink", "server", "device")
@@ -70,7 +69,7 @@ def measure(base: str, tag: str, build: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, out=RESULTS.name)
     p.add_argument("--base", default="stamen-local/python:3.11-slim-bookworm")
     p.add_argument("--tag", default="latest")
     p.add_argument("--build", action="store_true", help="rebuild each image without cache and time it")
@@ -83,7 +82,7 @@ def main() -> None:
     for role, row in res["images"].items():
         b = f"{row['build_s']:.0f} | {row['build_ratio']:.2f}" if args.build else "- | -"
         print(f"| stamen-{role} | {row['size_mb']:.0f} | {row['size_ratio']:.2f} | {b} |")
-    prov.write(RESULTS, res)
+    prov.write(out_path(args), res)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ served outputs are checked against the PyTorch model with the same weights (<= 1
 
     .venv/bin/python benchmarks/bench_edge_apply.py [--repeats 5] [--quick]
 
-Writes ``benchmarks/results/edge_apply.json``.
+Writes ``benchmarks/results/edge_apply.json`` (``edge_apply_quick.json`` with ``--quick``;
+``--out`` elsewhere).
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: no BLAS oversubscription (edge.md §8)
 
-import argparse
-import json
 import shutil
 import statistics
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from _provenance import Provenance, out_path, parser
 
 from stamen.edge import EdgeRuntime, create_delta, create_store
 from stamen.edge.arch import build_model
@@ -42,7 +42,6 @@ from stamen.edge.export import export_onnx
 from stamen.edge.store import version_dir
 from stamen.protocols import Signer
 
-RESULTS = Path(__file__).resolve().parent / "results" / "edge_apply.json"
 ARCH = {"name": "mlp", "input_shape": [1024], "hidden": [4096, 4096], "classes": 1024}
 CODECS = {"dense": "dense", "topk 1%": "topk(ratio=0.01)", "int8": "int8", "lowrank r=8": "lowrank(rank=8)"}
 THREADS = 2
@@ -152,20 +151,18 @@ def _row(label: str, r: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="updates per codec (median reported)")
-    parser.add_argument("--quick", action="store_true", help="2 repeats")
-    parser.add_argument(
+    ap = parser(__doc__, quick="2 repeats", out="edge_apply.json")
+    ap.add_argument("--repeats", type=int, default=5, help="updates per codec (median reported)")
+    ap.add_argument(
         "--workdir", type=Path, default=None, help="store location (default: a temp dir on /work)"
     )
-    args = parser.parse_args()
+    args = ap.parse_args()
+    prov = Provenance.capture()
     repeats = 2 if args.quick else args.repeats
     base_dir = args.workdir or Path(__file__).resolve().parent / "results"
     with tempfile.TemporaryDirectory(dir=base_dir, prefix=".edge-apply-") as tmp:
         result = run(repeats, Path(tmp))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    prov.write(out_path(args), result)
 
 
 if __name__ == "__main__":

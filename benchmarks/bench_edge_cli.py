@@ -17,7 +17,6 @@ errors: a wrongly shaped input file and a missing store.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _provenance import Provenance
+from _provenance import Provenance, parser
 
 from stamen.edge import create_store
 from stamen.edge.arch import build_model
@@ -129,17 +128,17 @@ def run(repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--code", type=Path, default=None, help="source tree to run the CLI from")
-    parser.add_argument("--label", default="", help="suffix of the results file")
-    args = parser.parse_args()
+    ap = parser(__doc__, out=RESULTS.name)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--code", type=Path, default=None, help="source tree to run the CLI from")
+    ap.add_argument("--label", default="", help="suffix of the results file")
+    args = ap.parse_args()
     prov = Provenance.capture()
     if args.code is not None:
         ENV["PYTHONPATH"] = str(args.code.resolve())
     result = run(args.repeats)
     out = RESULTS.with_name(f"{RESULTS.stem}_{args.label}.json") if args.label else RESULTS
-    prov.write(out, result)
+    prov.write(args.out or out, result)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,10 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import argparse
 import gc
 import json
 import re
-import sys
 import threading
 import time
 from pathlib import Path
@@ -176,4 +176,6 @@ def main(spec_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
+    ap.add_argument("spec", type=Path, help="JSON spec written by bench_edge_personalize_device.py")
+    main(str(ap.parse_args().spec))

@@ -17,7 +17,8 @@ lean path (1-bit ReLU masks instead of saved inputs) buys.
 
     .venv/bin/python benchmarks/bench_edge_personalize.py [--seeds 3] [--quick]
 
-Writes ``benchmarks/results/edge_personalize.json``.
+Writes ``benchmarks/results/edge_personalize.json`` (``edge_personalize_quick.json`` with ``--quick``;
+``--out`` elsewhere).
 """
 
 from __future__ import annotations
@@ -26,16 +27,14 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse
-import json
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _provenance import Provenance, out_path, parser
 
 from stamen.edge.arch import EdgeNet, build_model
 from stamen.edge.personalization import PersonalizeConfig, _measure_step, resolve_plan, train_plan
@@ -43,7 +42,6 @@ from stamen.edge.plans import PlanSpec, parse_plan
 from stamen.simulations.data import load_dataset
 from stamen.simulations.partition import partition
 
-RESULTS = Path(__file__).resolve().parent / "results" / "edge_personalize.json"
 ARCH = {
     "name": "cnn",
     "input_shape": [1, 8, 8],
@@ -224,14 +222,12 @@ def _summary(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3, help="data splits / global models (default 3)")
-    parser.add_argument("--quick", action="store_true", help="1 seed, 5 clients, fewer epochs")
-    args = parser.parse_args()
+    ap = parser(__doc__, quick="1 seed, 5 clients, fewer epochs", out="edge_personalize.json")
+    ap.add_argument("--seeds", type=int, default=3, help="data splits / global models (default 3)")
+    args = ap.parse_args()
+    prov = Provenance.capture()
     result = run(1, 5, 10, 10) if args.quick else run(args.seeds, 10, 10, 10)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    prov.write(out_path(args), result)
 
 
 if __name__ == "__main__":

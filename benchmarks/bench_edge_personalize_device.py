@@ -36,7 +36,6 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -52,7 +51,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_edge_personalize_minilm as base_bench
-from _provenance import Provenance
+from _provenance import Provenance, out_path, parser
 
 from stamen.edge.device_model import SafetensorsFile, device_model
 from stamen.edge.modbudget import measure_plan_bytes
@@ -253,18 +252,16 @@ def _summary(per_client: list[dict], global_acc: list[float], epochs: int, sampl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clients", type=int, default=2, help="target clients, largest first (default 2)")
-    parser.add_argument("--samples", type=int, default=2000, help="pydocs texts in total (default 2000)")
-    parser.add_argument("--epochs", type=int, default=2, help="local epochs (default 2)")
-    parser.add_argument("--quick", action="store_true", help="1 client, 1000 texts, fixed lr 0.03")
-    args = parser.parse_args()
+    ap = parser(__doc__, quick="1 client, 1000 texts, fixed lr 0.03", out=RESULTS.name)
+    ap.add_argument("--clients", type=int, default=2, help="target clients, largest first (default 2)")
+    ap.add_argument("--samples", type=int, default=2000, help="pydocs texts in total (default 2000)")
+    ap.add_argument("--epochs", type=int, default=2, help="local epochs (default 2)")
+    args = ap.parse_args()
     prov = Provenance.capture()
     result = (
         run(1, 1000, 2, tune=False) if args.quick else run(args.clients, args.samples, args.epochs, tune=True)
     )
-    out = RESULTS.with_name(RESULTS.stem + "_quick.json") if args.quick else RESULTS
-    prov.write(out, result)
+    prov.write(out_path(args), result)
 
 
 if __name__ == "__main__":

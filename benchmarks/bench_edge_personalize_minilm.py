@@ -30,8 +30,6 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse
-import json
 import statistics
 import time
 from dataclasses import replace
@@ -40,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _provenance import Provenance, out_path, parser
 from torch import nn
 
 from stamen.edge.personalization import PersonalizeConfig, resolve_plan, train_plan
@@ -214,20 +213,17 @@ def _summary(per_plan: dict, global_acc: list, sizes: list, cfg: PersonalizeConf
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clients", type=int, default=2, help="target clients, largest first (default 2)")
-    parser.add_argument("--samples", type=int, default=2000, help="pydocs texts in total (default 2000)")
-    parser.add_argument("--epochs", type=int, default=2, help="local epochs (default 2)")
-    parser.add_argument("--quick", action="store_true", help="1 client, 1000 texts, 2 epochs, fixed lr 0.03")
-    args = parser.parse_args()
+    ap = parser(__doc__, quick="1 client, 1000 texts, 2 epochs, fixed lr 0.03", out=RESULTS.name)
+    ap.add_argument("--clients", type=int, default=2, help="target clients, largest first (default 2)")
+    ap.add_argument("--samples", type=int, default=2000, help="pydocs texts in total (default 2000)")
+    ap.add_argument("--epochs", type=int, default=2, help="local epochs (default 2)")
+    args = ap.parse_args()
+    prov = Provenance.capture()
     if args.quick:
         result = run(1, 1000, 2, tune=False)
     else:
         result = run(args.clients, args.samples, args.epochs, tune=True)
-    out = RESULTS.with_name(RESULTS.stem + "_quick.json") if args.quick else RESULTS
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    prov.write(out_path(args), result)
 
 
 if __name__ == "__main__":

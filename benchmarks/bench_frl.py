@@ -46,14 +46,15 @@ from stamen.server.driver.offline import aggregate_replies
 from stamen.server.driver.types import Reply
 from stamen.server.sampling import sample_clients
 from stamen.simulations.attacks.rank_reversal import reversed_combined_ranking
-from stamen.simulations.provider import client_data
+from stamen.simulations.bristle_data import validation_slice
+from stamen.simulations.provider import DataSpec, client_data, task_for
 from stamen.simulations.provider import test_data as held_out
 from stamen.task.bristle.integrator import predictions
 from stamen.task.bristle.peer import PeerNode, run_peer_mode
 from stamen.task.data import TaskData
 from stamen.task.models import build_model, create_model
 from stamen.task.seeds import client_seed
-from stamen.task.spec import TaskSpec, TrainSpec
+from stamen.task.spec import TrainSpec
 from stamen.task.weights import evaluate_model, get_weights, set_weights
 
 LENET = {"c1": (32, 1, 3, 3), "c2": (64, 32, 3, 3), "f1": (128, 12544, 1, 1), "f2": (10, 128, 1, 1)}
@@ -122,37 +123,31 @@ def mlp_shapes() -> dict[str, tuple[int, ...]]:
 
 
 # ---- FRL accuracy --------------------------------------------------------------------------------
-FRL_TASK = TaskSpec(
-    dataset="digits",
-    partition="dirichlet",
-    alpha=1.0,
-    num_clients=50,
-    model="supermask_mlp",
-    hidden=(128, 128),
-    seed=0,
-)
+FRL_DATA = DataSpec(dataset="digits", partition="dirichlet", alpha=1.0, num_clients=50, seed=0)
+FRL_HIDDEN = (128, 128)
 FRL_SPEC = TrainSpec(trainer="frl", epochs=2, batch_size=8, lr=0.4, momentum=0.9, weight_decay=1e-4)
 
 
 def frl_run(rounds: int, seed: int, n_bad: int, fedavg: bool = False) -> dict[str, Any]:
     """One FRL (or FedAvg-MLP) federation; returns final/best accuracy and mean bytes up."""
-    task = dataclasses.replace(FRL_TASK, seed=seed, model="mlp" if fedavg else "supermask_mlp")
+    dspec = dataclasses.replace(FRL_DATA, seed=seed)
+    task = task_for(dspec, "mlp" if fedavg else "supermask_mlp", FRL_HIDDEN)
     spec = dataclasses.replace(FRL_SPEC, trainer="full", lr=0.01) if fedavg else FRL_SPEC
-    model, test = build_model(task), held_out(task)
+    model, test = build_model(task), held_out(dspec)
     weights, rule = get_weights(model), create("fedavg" if fedavg else "frl")
     accs, ups, t0 = [], [], time.perf_counter()
     for rnd in range(1, rounds + 1):
         sp = dataclasses.replace(spec, lr=spec.lr * 0.999 ** (rnd - 1))  # the code's lrdc per round
-        pids = sample_clients(seed, rnd, task.num_clients, 25)
+        pids = sample_clients(seed, rnd, dspec.num_clients, 25)
         h = model_hash(weights)
         replies = []
         forged = (
-            _reversed_pool(model, weights, task, sp, seed, rnd, n_bad)
+            _reversed_pool(model, weights, dspec, sp, seed, rnd, n_bad)
             if n_bad and any(p < n_bad for p in pids)
             else None
         )
         for pid in pids:
-            s, local = client_seed(seed, rnd, pid), client_data(task, pid)
+            s, local = client_seed(seed, rnd, pid), client_data(dspec, pid)
             if forged is not None and pid < n_bad:  # malicious: submit the reversed pooled ranking
                 delta, num = forged, len(local.y)
             else:
@@ -183,7 +178,7 @@ def frl_run(rounds: int, seed: int, n_bad: int, fedavg: bool = False) -> dict[st
 def _reversed_pool(
     model: torch.nn.Module,
     weights: dict[str, np.ndarray],
-    task: TaskSpec,
+    data: DataSpec,
     spec: TrainSpec,
     seed: int,
     rnd: int,
@@ -192,7 +187,7 @@ def _reversed_pool(
     """The code's attacker: train min(n_bad, 25) malicious partitions benignly, reverse the pool."""
     pool = np.random.default_rng([seed, rnd, 0xBAD]).choice(n_bad, min(n_bad, 25), replace=False)
     deltas = [
-        local_update(model, weights, client_data(task, int(p)), spec, client_seed(seed, rnd, int(p))).delta
+        local_update(model, weights, client_data(data, int(p)), spec, client_seed(seed, rnd, int(p))).delta
         for p in pool
     ]
     out = {}
@@ -205,14 +200,8 @@ def _reversed_pool(
 
 
 # ---- Bristle accuracy ----------------------------------------------------------------------------
-BR_TASK = TaskSpec(
-    dataset="mnist1d",
-    num_samples=5000,
-    partition="shards",
-    shards_per_client=4,
-    num_clients=10,
-    model="bristle_transfer",
-    seed=0,
+BR_DATA = DataSpec(
+    dataset="mnist1d", num_samples=5000, partition="shards", shards_per_client=4, num_clients=10
 )
 BR_SPEC = TrainSpec(trainer="bristle", epochs=1, batch_size=5, lr=1e-3, optimizer="adam", weight_decay=5e-3)
 BAD = (7, 8, 9)  # the code makes the last nodes the attackers
@@ -224,7 +213,7 @@ def _reply(client: str, data: bytes, examples: int) -> Reply:
 
 
 def _node_data(pid: int, attacked: bool) -> TaskData:
-    d = client_data(BR_TASK, pid)
+    d = client_data(BR_DATA, pid)
     return TaskData(d.x, (d.y - 1) % 10, d.num_classes, d.input_dim) if attacked and pid in BAD else d
 
 
@@ -232,8 +221,8 @@ def _slices(attacked: bool) -> list[PeerNode]:
     """Per node: 10 samples of each of its classes (``validation_slice``, an independent draw)."""
     nodes = []
     for pid in range(10):
-        classes = tuple(int(c) for c in np.unique(client_data(BR_TASK, pid).y))
-        feats, labels = bm.validation_slice(BR_TASK.seed, classes, node=pid)
+        classes = tuple(int(c) for c in np.unique(client_data(BR_DATA, pid).y))
+        feats, labels = validation_slice(BR_DATA.seed, classes, node=pid)
         nodes.append(PeerNode(classes, feats, labels, honest=not (attacked and pid in BAD)))
     return nodes
 
@@ -243,7 +232,8 @@ def bristle_run(mode: str, rounds: int, attacked: bool) -> dict[str, Any]:
 
     Peer mode reports the mean over the honest nodes' own layers; the others the global layer.
     """
-    model, test, t0 = build_model(BR_TASK), held_out(BR_TASK), time.perf_counter()
+    model = build_model(task_for(BR_DATA, "bristle_transfer"))
+    test, t0 = held_out(BR_DATA), time.perf_counter()
     test_feats = bm.extract_features(test.x)
     nodes = _slices(attacked)
 
@@ -269,7 +259,7 @@ def bristle_run(mode: str, rounds: int, attacked: bool) -> dict[str, Any]:
     rule: Any = create("fedavg")
     if mode == "server":
         rule = BristleRule(seed=0)
-        rule.set_validation(*bm.validation_slice(BR_TASK.seed))
+        rule.set_validation(*validation_slice(BR_DATA.seed))
     spec = BR_SPEC if mode == "server" else dataclasses.replace(BR_SPEC, trainer="full")
     weights, hist = get_weights(model), []
     for rnd in range(1, rounds + 1):

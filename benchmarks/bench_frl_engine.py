@@ -36,8 +36,8 @@ PAPER_MAX_LOSS = 2.0  # points, FRL at 20 % rank reversal (the issue's reading o
 
 def run_one(job: tuple[str, int, int]) -> dict[str, Any]:
     """One ``frl`` run; final and best accuracy over the rounds. Never raises (errors recorded)."""
-    from stamen.server.config import ServerConfig
     from stamen.simulations.engines import run_engine
+    from stamen.simulations.plan import SimulationPlan
     from stamen.simulations.scenario import load_scenario
 
     attack, seed, rounds = job
@@ -45,7 +45,7 @@ def run_one(job: tuple[str, int, int]) -> dict[str, Any]:
     row: dict[str, Any] = {"attack": attack, "seed": seed, "rounds": rounds, "overrides": overrides}
     t0 = time.perf_counter()
     try:
-        result = run_engine("inprocess", ServerConfig.from_scenario(load_scenario("frl", overrides)))
+        result = run_engine("inprocess", SimulationPlan.from_scenario(load_scenario("frl", overrides)))
         accs = [r.accuracy for r in result.rounds]
         row |= {
             "final": float(accs[-1]),

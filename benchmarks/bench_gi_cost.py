@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _provenance import Provenance, out_path, parser
 from torch import nn
 
 from stamen.server.staleness import ModelVersions
@@ -168,20 +169,12 @@ def run_case(name: str, kind: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _git_commit() -> str:
-    res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True, cwd=RESULTS.parent).stdout.strip()  # fmt: skip
-    return res.stdout.strip() + ("-dirty" if dirty else "")
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, quick="200 iterations, 1 repeat, 10 local repeats", out="gi_cost.json")
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--local-repeats", type=int, default=50)
     ap.add_argument("--probe", type=int, default=20, help="inversion iterations timed at 256 samples")
-    ap.add_argument("--quick", action="store_true", help="200 iterations, 1 repeat, 10 local repeats")
     ap.add_argument("--worker", nargs=2, metavar=("MODEL", "KIND"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -189,7 +182,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(run_case(args.worker[0], args.worker[1], args)))
         return
-    t0, load_start, commit = time.time(), os.getloadavg(), _git_commit()  # the code as it was run
+    prov, load_start = Provenance.capture(), os.getloadavg()  # the code as it was run
     passthrough = ["--iterations", str(args.iterations), "--repeats", str(args.repeats),
                    "--local-repeats", str(args.local_repeats), "--probe", str(args.probe)]  # fmt: skip
     cases: dict[str, dict[str, Any]] = {}
@@ -200,13 +193,9 @@ def main() -> None:
             cases[f"{name}/{kind}"] = json.loads(res.stdout.strip().splitlines()[-1])
             print(f"  {name}/{kind}: {cases[f'{name}/{kind}']['seconds']:.4g} s", file=sys.stderr, flush=True)
     rows = report(cases, args)
-    out = RESULTS / ("gi_cost_quick.json" if args.quick else "gi_cost.json")
-    RESULTS.mkdir(exist_ok=True)
-    meta = {"commit": commit, "command": " ".join(["python", *sys.argv]), "cpus": os.cpu_count(),
-            "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "wall_s": time.time() - t0,
-            "torch": torch.__version__}  # fmt: skip
-    out.write_text(json.dumps({**meta, "config": vars(args), "cases": cases, "rows": rows}, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    meta = {"loadavg_start": load_start, "loadavg_end": os.getloadavg()}
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "_default_out")}
+    prov.write(out_path(args), {**meta, "config": config, "cases": cases, "rows": rows})
 
 
 def report(cases: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -63,6 +63,7 @@ from stamen.task.models import create_model
 from stamen.task.models import minilm as _minilm  # noqa: F401  (registers minilm, minilm-tiny)
 from stamen.task.models.lora import attach_adapters
 from stamen.task.seeds import client_seed
+from stamen.task.settings import LoRAConfig, SparseConfig
 from stamen.task.spec import TaskSpec, TrainSpec
 from stamen.task.weights import evaluate_model, get_weights, set_weights
 
@@ -97,7 +98,7 @@ RUNS = (
         "lora_naive",
         "lora",
         3e-3,
-        {"adapter": "lora", "lora_rank": 8, "lora_alpha": 16.0},
+        {"adapter": "lora", "rank": 8, "alpha": 16.0},
     ),
     Run(
         "lora-exact",
@@ -105,7 +106,7 @@ RUNS = (
         "lora_exact",
         "lora",
         3e-3,
-        {"adapter": "lora", "lora_rank": 8, "lora_alpha": 16.0},
+        {"adapter": "lora", "rank": 8, "alpha": 16.0},
     ),
     # Fed-SB at LoRA's budget: the largest r with r² ≤ r_lora · (in + out) = 8 · 768 per layer -> 78
     Run(
@@ -114,7 +115,7 @@ RUNS = (
         "fedavg",
         "lora",
         3e-3,
-        {"adapter": "fedsb", "lora_rank": 78, "lora_alpha": 78.0, "fedsb_init_lr": 1e-3},
+        {"adapter": "fedsb", "rank": 78, "alpha": 78.0, "init_lr": 1e-3},
     ),
     Run("sparse", "sparse", "fedavg", "lora", 3e-3),
 )
@@ -122,9 +123,12 @@ RUNS = (
 
 def build(run: Run, args: argparse.Namespace, ds: Any) -> tuple[torch.nn.Module, TaskSpec]:
     """The run's model: pretrained MiniLM + head, adapters attached as ``build_model`` would."""
-    task = TaskSpec(dataset="pydocs", model=args.model, seed=args.seed, **run.task)
-    model = create_model(args.model, ds.x_train.shape[1], ds.num_classes, (), seed=args.seed)
-    return attach_adapters(model, task.lora, seed=args.seed, sample=(ds.x_train, ds.y_train)), task
+    dim, lora = ds.x_train.shape[1], LoRAConfig(**run.task)
+    task = TaskSpec(
+        model=args.model, input_dim=dim, num_classes=ds.num_classes, hidden=(), seed=args.seed, lora=lora
+    )
+    model = create_model(args.model, dim, ds.num_classes, (), seed=args.seed)
+    return attach_adapters(model, lora, seed=args.seed, sample=(ds.x_train, ds.y_train)), task
 
 
 @dataclass
@@ -197,7 +201,7 @@ def federate(
         batch_size=args.batch_size,
         lr=run.lr,
         optimizer="adam",
-        sparse_density=0.003,
+        sparse=SparseConfig(density=0.003),
     )
     weights, agg = get_weights(model), create(run.rule)
     states = {pid: ClientState() for pid in range(len(parts))}
@@ -265,6 +269,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default="", help="comma-separated run names, or 'central' (default: all)")
     p.add_argument("--tag", default="", help="suffix of the output files (parallel partial runs)")
     p.add_argument("--skip-central", action="store_true", help="no centralized ceiling run")
+    p.add_argument("--out", type=Path, default=None, help="results file (default lora[-quick][-TAG].json)")
     p.add_argument("--combine", nargs="*", default=None, help="merge these result files into one table")
     p.add_argument("--grid", action="store_true", help="every run at each learning rate of GRID")
     p.add_argument(
@@ -322,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     prov = Provenance.capture(argv, script=__file__)
     torch.set_num_threads(args.threads)
-    path = RESULTS / f"lora{'-quick' if args.quick else ''}{'-' + args.tag if args.tag else ''}.json"
+    name = f"lora{'-quick' if args.quick else ''}{'-' + args.tag if args.tag else ''}.json"
+    path = args.out or RESULTS / name
     if args.combine is not None:
         by_seed, central, text = combine_files(args.combine, GRID)
         print(text)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _provenance import provenance
+from _provenance import out_path, parser, provenance
 
 RESULTS = Path(__file__).resolve().parent / "results"
 POOL = 250_000
@@ -98,7 +98,7 @@ def measure(clients: int, scheme: str, mode: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, out="partition_memory.json")
     ap.add_argument("--clients", type=int, nargs="+", default=[1000, 10_000, 100_000])
     ap.add_argument("--schemes", nargs="+", default=["iid", "shards"])
     ap.add_argument("--child", nargs=3, metavar=("CLIENTS", "SCHEME", "MODE"), help=argparse.SUPPRESS)
@@ -124,16 +124,18 @@ def main(argv: list[str] | None = None) -> int:
         "drawn_clients": DRAWN,
         "rows": rows,
         "lazy_peak_max_over_min": flat,
-        **prov,
+        "provenance": prov,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "partition_memory.json").write_text(json.dumps(result, indent=2) + "\n")
+    path = out_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
     _print(result)
     return 0
 
 
 def _print(result: dict) -> None:
-    print(f"1-min load average at start {result['load_avg_1min']:.1f}; pool {result['pool_samples']} samples")
+    load = result["provenance"]["machine"]["load_average_1min"]
+    print(f"1-min load average at start {load:.1f}; pool {result['pool_samples']} samples")
     print(
         "| scheme | clients | base MiB | lazy peak MiB | eager (anchor) peak MiB | lazy build s "
         "| eager build s |"

@@ -2,7 +2,7 @@
 
 Grid: rules x attacks x attacker fractions {0.1, 0.2, 0.3} (plus one clean run per rule) x
 partitions {Dirichlet alpha=0.5, iid}. Each cell is one run of ``stamen.simulations.scenario
-.load_scenario("smoke", overrides) -> ServerConfig.from_scenario -> run_engine("inprocess", cfg)``.
+.load_scenario("smoke", overrides) -> SimulationPlan.from_scenario -> run_engine("inprocess", plan)``.
 FedAvg (no defense) is the floor, the clean run of each rule its ceiling.
 
 Setting (CPU-feasible; every client participates every round, so a round has exactly
@@ -192,15 +192,15 @@ def overrides(cell: Cell) -> list[str]:
 
 def run_cell(cell: Cell) -> dict[str, Any]:
     """Run one cell in this process; never raises (errors are recorded)."""
-    from stamen.server.config import ServerConfig
     from stamen.simulations.engines import run_engine
+    from stamen.simulations.plan import SimulationPlan
     from stamen.simulations.scenario import load_scenario
 
     t0 = time.perf_counter()
     row: dict[str, Any] = {**asdict(cell), "key": cell.key, "overrides": overrides(cell)}
     try:
-        cfg = ServerConfig.from_scenario(load_scenario("smoke", row["overrides"]))
-        result = run_engine("inprocess", cfg)
+        plan = SimulationPlan.from_scenario(load_scenario("smoke", row["overrides"]))
+        result = run_engine("inprocess", plan)
         row["accuracy"] = float(result.rounds[-1].accuracy)
         row["rejected"] = int(sum(r.rejected for r in result.rounds))
     except Exception as exc:  # a bad cell must not stop a 40-minute grid

@@ -44,9 +44,10 @@ from torch import nn
 
 from stamen.client.core import local_update
 from stamen.client.state import ClientState
-from stamen.client.trainers.sparse import _split, sparse_config
+from stamen.client.trainers.sparse import _split
 from stamen.simulations.text_data import load_pydocs
 from stamen.task.data import TaskData
+from stamen.task.settings import SparseConfig
 from stamen.task.spec import TrainSpec
 from stamen.task.weights import get_weights
 
@@ -92,7 +93,7 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
 def _trainable_for_step(model: nn.Module, run_name: str, spec: TrainSpec) -> list[nn.Parameter]:
     """Parameters that get gradients in the trainer's steps (sparse: not its skipped tensors)."""
     if run_name == "sparse":
-        eligible, dense, _ = _split(model, sparse_config(spec))
+        eligible, dense, _ = _split(model, spec.sparse)
         return [*eligible.values(), *dense]
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -110,7 +111,7 @@ def probe(name: str, args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch_size,
         lr=run.lr,
         optimizer="adam",
-        sparse_density=0.003,
+        sparse=SparseConfig(density=0.003),
     )
     weights = get_weights(model)
     stepped = _trainable_for_step(model, name, spec)
