@@ -350,6 +350,7 @@ def apply_overrides(
 SIMULATION_ONLY = (
     "attack",
     "timing",
+    "engine",
 )  # sections a deployed server refuses (the simulation's Scenario has them)
 
 
