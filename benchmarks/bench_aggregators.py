@@ -24,7 +24,6 @@ Writes ``benchmarks/results/aggregators.json`` (``aggregators_quick.json`` with 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -40,20 +39,16 @@ def _threads_from_argv() -> str:
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", _threads_from_argv())  # before numpy loads BLAS
 
-import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from functools import partial  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _provenance import Provenance, out_path, parser  # noqa: E402
 
 from stamen.server.aggregators import build_aggregator, create, create_pre  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
@@ -159,11 +154,11 @@ def markdown(case: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="n=50, d=10^5 and n=200, d=10^4; 3 repeats")
+    p = parser(__doc__, quick="n=50, d=10^5 and n=200, d=10^4; 3 repeats", out="aggregators.json")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", default="1", help="BLAS threads (OPENBLAS_NUM_THREADS), default 1")
     a = p.parse_args()
+    prov = Provenance.capture()
     cases = [
         (50, 10**6, 5, 0.1, set(flower_functions(0, 0.1, 1))),
         (1000, 10**5, 100, 0.1, {"fedavg", "median", "trimmed_mean"}),
@@ -176,9 +171,6 @@ def main() -> None:
         ]
         repeats = 3
     out: dict[str, Any] = {
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "numpy": np.__version__,
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
         "repeats": repeats,
         "cases": [],
@@ -188,11 +180,8 @@ def main() -> None:
             markdown({"n": n, "d": d, "f": f, "beta": beta, "copy_s": float("nan"), "rules": []}), flush=True
         )
         out["cases"].append(bench_case(n, d, f, beta, repeats, flower_rules))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("aggregators_quick.json" if a.quick else "aggregators.json")
-    path.write_text(json.dumps(out, indent=1))
     print("\n".join(markdown(c) for c in out["cases"]))
-    print(f"wrote {path}")
+    prov.write(out_path(a), out)
 
 
 if __name__ == "__main__":

@@ -24,17 +24,12 @@ Writes ``benchmarks/results/bristle_peer[_quick].json``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _provenance import Provenance, out_path, parser
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SETUPS = {"clean": ("attack.kind=none", "attack.fraction=0"), "label_flip_3of10": ()}
 
 
@@ -99,21 +94,20 @@ def reference_run(rounds: int, extra: tuple[str, ...]) -> dict[str, Any]:
 
 def bench_frl_run(rounds: int, attacked: bool) -> dict[str, Any]:
     """``bench_frl.py``'s pure peer-mode run (its own attackers and flip)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import bench_frl
+    import bench_frl  # same directory (sys.path[0] when run as a script)
 
     return dict(bench_frl.bristle_run("peer", rounds, attacked))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="4 rounds (about two minutes)")
+    ap = parser(__doc__, quick="4 rounds (about two minutes)", out="bristle_peer.json")
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--engines", default="inprocess,flower", help="comma-separated engines to run")
     args = ap.parse_args()
+    prov = Provenance.capture()
     rounds = 4 if args.quick else args.rounds
     engines = [e for e in args.engines.split(",") if e]
-    out: dict[str, Any] = {"machine": platform.platform(), "rounds": rounds, "seed": 0, "runs": {}}
+    out: dict[str, Any] = {"rounds": rounds, "seed": 0, "runs": {}}
     for name, extra in SETUPS.items():
         row: dict[str, Any] = {}
         for engine in engines:
@@ -142,10 +136,7 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
         same = all(row[e]["per_round"] == row["reference"]["per_round"] for e in engines)
         print(f"  engines equal the reference in every round: {same}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("bristle_peer_quick.json" if args.quick else "bristle_peer.json")
-    path.write_text(json.dumps(out, indent=2))
-    print(f"\nwrote {path}")
+    prov.write(out_path(args), out)
 
 
 if __name__ == "__main__":

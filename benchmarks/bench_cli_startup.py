@@ -22,9 +22,6 @@ Prints a markdown table and writes ``benchmarks/results/cli_startup.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _provenance import Provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "cli_startup.json"
@@ -111,6 +110,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--baseline", default=None, metavar="REV", help="also measure stamen/cli.py of REV")
     args = ap.parse_args()
+    prov = Provenance.capture()
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         file = tmp / "existing.txt"
@@ -118,16 +118,8 @@ def main() -> None:
         baseline = baseline_cli(args.baseline, tmp) if args.baseline else None
         medians = measure(variants(baseline, file), args.repeats, tmp)
     print(table(medians, baseline is not None))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    doc: dict[str, Any] = {
-        "command": " ".join(["benchmarks/bench_cli_startup.py", *sys.argv[1:]]),
-        "git_commit": commit.strip(),
-        "baseline": args.baseline,
-        "repeats": args.repeats,
-        "median_s": medians,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load": os.getloadavg()},
-    }
-    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
+    doc: dict[str, Any] = {"baseline": args.baseline, "repeats": args.repeats, "median_s": medians}
+    prov.write(RESULTS, doc)
 
 
 if __name__ == "__main__":

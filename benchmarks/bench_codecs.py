@@ -15,18 +15,14 @@ Prints a markdown table and writes ``benchmarks/results/codecs.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zstandard
+from _provenance import Provenance, out_path, parser
 
 from stamen.protocols import CodecPipeline, CodecSpec, tensor_table
 
@@ -39,7 +35,6 @@ PIPELINES = [
     "dense+zstd",
     "topk(ratio=0.01)+int8+zstd",
 ]
-RESULTS = Path(__file__).resolve().parent / "results" / "codecs.json"
 
 
 def make_update(size: int, seed: int) -> dict[str, np.ndarray]:
@@ -122,14 +117,14 @@ def markdown(rows: list[dict[str, Any]], anchor: dict[str, float], dense_bytes: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=1_000_000, help="parameters in the update")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (>=5)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    p = parser(__doc__, out="codecs.json")
+    p.add_argument("--size", type=int, default=1_000_000, help="parameters in the update")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (>=5)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
     if args.size < 1000 or args.repeats < 1:
-        parser.error("--size must be >= 1000 and --repeats >= 1")
+        p.error("--size must be >= 1000 and --repeats >= 1")
+    prov = Provenance.capture()
     delta = make_update(args.size, args.seed)
     anchor = bench_anchor(delta, args.repeats)
     rows = [bench_codec(text, delta, args.repeats, args.seed) for text in PIPELINES]
@@ -144,19 +139,11 @@ def main() -> None:
             "seed": args.seed,
             "tensors": [[t.name, list(t.shape)] for t in tensor_table(delta)],
         },
-        "environment": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "zstandard": zstandard.__version__,
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-        },
+        "environment": {"zstandard": zstandard.__version__},
         "anchor_zstd3_raw_fp32": anchor,
         "codecs": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    prov.write(out_path(args), result)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,6 @@ Prints markdown tables and writes ``benchmarks/results/compression.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,6 +35,7 @@ import numpy as np
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import Provenance, out_path, parser
 from bench_codecs import bench_anchor, make_update, median_seconds, rel_l2
 
 from stamen.protocols import CodecPipeline, CodecSpec, encode_update, tensor_table
@@ -48,7 +45,6 @@ from stamen.simulations.scenario import load_scenario
 from stamen.task.models import build_model
 from stamen.task.weights import get_weights
 
-RESULTS = Path(__file__).resolve().parent / "results" / "compression.json"
 UPDATE_CODECS = [
     "dense",
     "fedzip(position=absolute)",
@@ -253,15 +249,14 @@ def sweep_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, codecs and repeats")
-    parser.add_argument("--rounds-mnist1d", type=int, default=100)
-    parser.add_argument("--rounds-digits", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
-    parser.add_argument("--rows", default="", help="comma-separated training-row indices (default: all)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    p = parser(__doc__, quick="fewer rounds, codecs and repeats", out="compression.json")
+    p.add_argument("--rounds-mnist1d", type=int, default=100)
+    p.add_argument("--rounds-digits", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
+    p.add_argument("--rows", default="", help="comma-separated training-row indices (default: all)")
+    args = p.parse_args()
+    prov = Provenance.capture()
     repeats = 3 if args.quick else args.repeats
     rounds = {
         "mnist1d": 30 if args.quick else args.rounds_mnist1d,
@@ -289,20 +284,13 @@ def main() -> None:
             "dataset_overrides": DATASETS,
             "quick": args.quick,
         },
-        "environment": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "zstandard": zstandard.__version__,
-            "cpus": os.cpu_count(),
-        },
+        "environment": {"zstandard": zstandard.__version__},
         "anchor_zstd3_raw_fp32": anchor,
         "update_codecs": update_rows,
         "fedzip_density_sweep": sweep,
         "training": train_rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    prov.write(out_path(args), result)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,12 @@ Prints a markdown table and writes ``benchmarks/results/deploy_images.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _provenance import Provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = ("superlink", "server", "device")
@@ -77,6 +75,7 @@ def main() -> None:
     p.add_argument("--tag", default="latest")
     p.add_argument("--build", action="store_true", help="rebuild each image without cache and time it")
     args = p.parse_args()
+    prov = Provenance.capture()
     res = measure(args.base, args.tag, args.build)
     print(f"base {args.base}: {res['base_size_mb']:.0f} MB")
     print("| image | size (MB) | size / superlink | build (s) | build / superlink |")
@@ -84,12 +83,7 @@ def main() -> None:
     for role, row in res["images"].items():
         b = f"{row['build_s']:.0f} | {row['build_ratio']:.2f}" if args.build else "- | -"
         print(f"| stamen-{role} | {row['size_mb']:.0f} | {row['size_ratio']:.2f} | {b} |")
-    res.update(
-        commit=_commit(),
-        command=" ".join([Path(sys.executable).name, *sys.argv]),
-        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
-    )
-    RESULTS.write_text(json.dumps(res, indent=2) + "\n")
+    prov.write(RESULTS, res)
 
 
 if __name__ == "__main__":

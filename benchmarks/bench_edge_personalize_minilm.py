@@ -14,8 +14,10 @@ autograd on all 22.7 M parameters) in the same run.
 Training memory = bytes autograd keeps for backward, counted tensor by tensor with
 ``torch.autograd.graph.saved_tensors_hooks`` during a real training step (by storage; resident
 weights excluded) + gradients + optimizer state (none for plain SGD). It is a measurement of what
-the step keeps, not a model; transient backward workspace and RSS are not included. Step time is
-the median over all training steps of the final run (forward + backward + SGD step).
+the step keeps, not a model; transient backward workspace and RSS are not included, nor are the
+weights every plan holds (≈ 90 MB): device-level peaks, weights included, are measured by
+``bench_edge_personalize_device.py``. Step time is the median over all training steps of the
+final run (forward + backward + SGD step).
 
     .venv/bin/python benchmarks/bench_edge_personalize_minilm.py [--clients 2] [--quick]
 

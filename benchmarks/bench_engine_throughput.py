@@ -12,12 +12,11 @@ Writes benchmarks/results/engine_throughput.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
+
+from _provenance import Provenance, out_path, parser
 
 from stamen.client.core import local_update
 from stamen.server.config import ServerConfig
@@ -28,8 +27,6 @@ from stamen.simulations.scenario import load_scenario
 from stamen.task.models import build_model
 from stamen.task.seeds import client_seed
 from stamen.task.weights import get_weights
-
-OUT = Path(__file__).resolve().parent / "results" / "engine_throughput.json"
 
 
 def scenario_config(clients: int, per_round: int, rounds: int) -> ServerConfig:
@@ -73,13 +70,13 @@ def timed(engine: str, cfg: ServerConfig) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, quick="100 clients, 20 per round", out="engine_throughput.json")
     ap.add_argument("--clients", type=int, default=1000)
     ap.add_argument("--per-round", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3, help="in-process repetitions (median)")
-    ap.add_argument("--quick", action="store_true", help="100 clients, 20 per round")
     args = ap.parse_args(argv)
+    prov = Provenance.capture(argv, script=__file__)
     if args.quick:
         args.clients, args.per_round = 100, 20
     cfg = scenario_config(args.clients, args.per_round, args.rounds)
@@ -111,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "flower_wall_s": flower_wall,
         "pure_training_s": pure,
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    prov.write(out_path(args), result)
     print(f"| engine | client updates/s | wall s ({updates} updates) |")
     print("|---|---|---|")
     rate = result["clients_per_s_inprocess"]

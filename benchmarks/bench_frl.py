@@ -15,7 +15,7 @@
    mode and server mode, against FedAvg of the same transfer model (the floor).
 
 This script drives the same pure client/server functions the engines use (``local_update``,
-``encode_delta``, ``RoundAggregator``, ``run_peer_mode``) in its own loop; the engine path (both
+``encode_delta``, ``aggregate_replies``, ``run_peer_mode``) in its own loop; the engine path (both
 engines, 3 seeds) is measured by ``benchmarks/bench_frl_engine.py`` and Bristle's peer mode through
 the engines by ``benchmarks/bench_bristle_peer.py``. Regenerate::
 
@@ -27,25 +27,23 @@ Writes ``benchmarks/results/frl.json`` (``frl_quick.json`` with ``--quick``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _provenance import Provenance, out_path, parser
 
 import stamen.task.models.bristle_transfer as bm
 from stamen.client.core import encode_delta, local_update
-from stamen.protocols import CodecPipeline, CodecSpec, model_hash, tensor_table
+from stamen.protocols import CodecPipeline, CodecSpec, keys, model_hash, tensor_table
 from stamen.server.aggregators import create
 from stamen.server.aggregators.bristle import BristleRule
-from stamen.server.rounds import RoundAggregator, ValidationPolicy
+from stamen.server.driver.offline import aggregate_replies
+from stamen.server.driver.types import Reply
 from stamen.server.sampling import sample_clients
 from stamen.simulations.attacks.rank_reversal import reversed_combined_ranking
 from stamen.simulations.provider import client_data
@@ -58,7 +56,6 @@ from stamen.task.seeds import client_seed
 from stamen.task.spec import TaskSpec, TrainSpec
 from stamen.task.weights import evaluate_model, get_weights, set_weights
 
-RESULTS = Path(__file__).resolve().parent / "results"
 LENET = {"c1": (32, 1, 3, 3), "c2": (64, 32, 3, 3), "f1": (128, 12544, 1, 1), "f2": (10, 128, 1, 1)}
 
 
@@ -148,7 +145,7 @@ def frl_run(rounds: int, seed: int, n_bad: int, fedavg: bool = False) -> dict[st
         sp = dataclasses.replace(spec, lr=spec.lr * 0.999 ** (rnd - 1))  # the code's lrdc per round
         pids = sample_clients(seed, rnd, task.num_clients, 25)
         h = model_hash(weights)
-        ra = RoundAggregator(weights, h, len(pids), rule, ValidationPolicy())
+        replies = []
         forged = (
             _reversed_pool(model, weights, task, sp, seed, rnd, n_bad)
             if n_bad and any(p < n_bad for p in pids)
@@ -169,9 +166,10 @@ def frl_run(rounds: int, seed: int, n_bad: int, fedavg: bool = False) -> dict[st
                 sender=f"client-{pid}",
                 seed=s,
             )
-            ra.add_envelope(f"client-{pid}", data, num)
-        weights = ra.finish(1.0) or weights
-        ups.append(ra.stats.bytes_up)
+            replies.append(_reply(f"client-{pid}", data, num))
+        new, stats = aggregate_replies(weights, replies, rule, 1.0, version=rnd)
+        weights = new or weights
+        ups.append(stats.bytes_up)
         set_weights(model, weights)
         accs.append(evaluate_model(model, test.x, test.y)[1])
     return {
@@ -218,6 +216,11 @@ BR_TASK = TaskSpec(
 )
 BR_SPEC = TrainSpec(trainer="bristle", epochs=1, batch_size=5, lr=1e-3, optimizer="adam", weight_decay=5e-3)
 BAD = (7, 8, 9)  # the code makes the last nodes the attackers
+
+
+def _reply(client: str, data: bytes, examples: int) -> Reply:
+    """A client's envelope as the round driver receives it."""
+    return Reply(client, envelope=data, metrics={keys.NUM_EXAMPLES: examples}, nbytes=len(data))
 
 
 def _node_data(pid: int, attacked: bool) -> TaskData:
@@ -271,30 +274,28 @@ def bristle_run(mode: str, rounds: int, attacked: bool) -> dict[str, Any]:
     weights, hist = get_weights(model), []
     for rnd in range(1, rounds + 1):
         h = model_hash(weights)
-        ra = RoundAggregator(weights, h, 10, rule, ValidationPolicy())
+        replies = []
         for pid in range(10):
             res = local_update(model, weights, _node_data(pid, attacked), spec, client_seed(0, rnd, pid))
-            ra.add_envelope(
-                f"client-{pid}",
-                encode_delta(res.delta, "dense", base_hash=h, version=rnd, sender=f"client-{pid}", seed=rnd),
-                res.num_examples,
+            data = encode_delta(
+                res.delta, "dense", base_hash=h, version=rnd, sender=f"client-{pid}", seed=rnd
             )
-        weights = ra.finish(1.0) or weights
+            replies.append(_reply(f"client-{pid}", data, res.num_examples))
+        weights = aggregate_replies(weights, replies, rule, 1.0, version=rnd)[0] or weights
         hist.append(acc(weights["head.weight"]))
     return {"final": hist[-1], "best": max(hist), "wall_s": time.perf_counter() - t0}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="few rounds, one seed (about a minute)")
+    ap = parser(__doc__, quick="few rounds, one seed (about a minute)", out="frl.json")
     ap.add_argument("--frl-rounds", type=int, default=100)
     ap.add_argument("--bristle-rounds", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
+    prov = Provenance.capture()
     torch.set_num_threads(1)
     frl_rounds, br_rounds = (8, 4) if args.quick else (args.frl_rounds, args.bristle_rounds)
     out: dict[str, Any] = {
-        "machine": platform.platform(),
         "quick": args.quick,
         "bytes": [
             bytes_row("LeNet (paper, MNIST)", LENET, 1 if args.quick else args.repeats),
@@ -332,10 +333,7 @@ def main() -> None:
     print(f"\nBristle setting (mnist1d, 10 nodes, 4 shards each), {br_rounds} rounds (final / best):")
     for k, v in out["bristle_accuracy"]["runs"].items():
         print(f"  {k:28s} {v['final']:.4f} / {v['best']:.4f}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("frl_quick.json" if args.quick else "frl.json")
-    path.write_text(json.dumps(out, indent=2))
-    print(f"\nwrote {path}")
+    prov.write(out_path(args), out)
 
 
 if __name__ == "__main__":

@@ -18,18 +18,15 @@ Writes ``benchmarks/results/frl_engine[_quick].json``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from _provenance import Provenance, out_path, parser
+
 ATTACKS: dict[str, tuple[str, ...]] = {
     "clean": (),
     "rank_reversal_20pct": ("attack.kind=rank_reversal", "attack.fraction=0.2"),
@@ -89,17 +86,17 @@ def report(runs: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="one seed, 8 rounds")
+    p = parser(__doc__, quick="one seed, 8 rounds", out="frl_engine.json")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     a = p.parse_args()
+    prov = Provenance.capture()
     seeds, rounds = ([0], 8) if a.quick else ([int(s) for s in a.seeds.split(",")], a.rounds)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # inherited by the spawned workers
     jobs = [(x, s, rounds) for s in seeds for x in ATTACKS]
     print(f"{len(jobs)} runs, {a.jobs} process(es)", flush=True)
-    t0, runs = time.perf_counter(), []
+    runs = []
     with ProcessPoolExecutor(a.jobs, mp_context=get_context("spawn")) as pool:
         for i, row in enumerate(pool.map(run_one, jobs), 1):
             runs.append(row)
@@ -110,19 +107,8 @@ def main() -> None:
             )
     text = report(runs)
     print("\n" + text)
-    meta = {
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "jobs": a.jobs,
-        "wall_s": time.perf_counter() - t0,
-        "seeds": seeds,
-        "rounds": rounds,
-        "table": text,
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("frl_engine_quick.json" if a.quick else "frl_engine.json")
-    path.write_text(json.dumps({"setting": meta, "runs": runs}, indent=1))
-    print(f"wrote {path} in {meta['wall_s'] / 60:.1f} min")
+    meta = {"jobs": a.jobs, "seeds": seeds, "rounds": rounds, "table": text}
+    prov.write(out_path(a), {"setting": meta, "runs": runs})
 
 
 if __name__ == "__main__":

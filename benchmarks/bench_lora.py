@@ -2,7 +2,7 @@
 
 For each trainer — ``full`` (anchor), ``lora`` with ``lora_naive`` and with ``lora_exact``
 aggregation, ``fedsb``, ``sparse`` — run the same federation (pydocs, 10 clients, Dirichlet α = 0.5,
-``--per-round`` clients a round, real packed envelopes) and report the final and best test accuracy,
+``--per-round`` clients a round, real packed envelopes) and report the final validation and test accuracy,
 the measured upload bytes per client per round (``len()`` of the envelope), their ratio to ``full``
 in the same run, the accuracy difference to ``full`` of the same seed, and the naive-vs-exact gap
 ``||Σ w_i B_i A_i − B̄ Ā|| / ||Σ w_i B_i A_i − B A||`` per round. Centralized full fine-tuning on
@@ -10,16 +10,24 @@ the pooled training set is the ceiling. With ``--seeds`` every seed is a separat
 partition and head initialization; the table shows the median and the min–max over seeds. Client
 step time and memory per trainer: ``bench_trainer_cost.py``.
 
+Learning rates are chosen on the validation split of ``pydocs`` (disjoint from train and test;
+:func:`stamen.simulations.text_data.load_pydocs_validation`), never on the test split: ``--grid`` runs
+every trainer at each rate of its :data:`GRID`, and the table marks the rate with the best median
+validation accuracy over the seeds (its row's test accuracy is the reported figure) and flags a
+selected rate at the edge of its grid (the grid must bracket the optimum). :data:`RUNS` holds the
+rates so selected, used without ``--grid``.
+
 The federation is a minimal loop over the *same* functions the ``inprocess`` engine calls:
 ``sample_clients``, ``client_seed``, ``local_update``, ``encode_delta`` (packed envelopes),
-``RoundAggregator`` (decode, validate, ``bind_round``, aggregate), ``evaluate_model``.
+``aggregate_replies`` (the round driver's collect and close: decode, validate, aggregate), ``evaluate_model``.
 
 Regenerate::
 
-    .venv/bin/python benchmarks/bench_lora.py --seeds 0,1,2   # ~10 min per seed on an idle core
+    .venv/bin/python benchmarks/bench_lora.py --seeds 0,1,2 --grid --skip-central  # the selection grid
+    .venv/bin/python benchmarks/bench_lora.py --seeds 0,1,2   # selected rates only, ~10 min per seed idle
     .venv/bin/python benchmarks/bench_lora.py --quick         # minutes: fewer rounds and samples
-    # parallel pieces, then one table:  --only fedsb,sparse --seed 1 --tag b-s1 ...
-    .venv/bin/python benchmarks/bench_lora.py --combine benchmarks/results/lora-*-s*.json
+    # parallel pieces, then one table:  --only fedsb,sparse --grid --tag grid-b ...
+    .venv/bin/python benchmarks/bench_lora.py --combine benchmarks/results/lora-grid-*.json
 
 Prints a markdown table and writes ``benchmarks/results/lora.json`` (``lora-quick.json`` with --quick).
 """
@@ -27,10 +35,8 @@ Prints a markdown table and writes ``benchmarks/results/lora.json`` (``lora-quic
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -39,16 +45,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from _provenance import RESULTS, Provenance, parser
+from lora_report import combine_files, table
 
 from stamen.client.core import encode_delta, local_update
 from stamen.client.state import ClientState
 from stamen.client.trainers.full import run_epochs
-from stamen.protocols import model_hash
+from stamen.protocols import keys, model_hash
 from stamen.server.aggregators import create
-from stamen.server.rounds import RoundAggregator, ValidationPolicy
+from stamen.server.driver.offline import aggregate_replies
+from stamen.server.driver.types import Reply
 from stamen.server.sampling import sample_clients
 from stamen.simulations.partition import partition
-from stamen.simulations.text_data import load_pydocs
+from stamen.simulations.text_data import load_pydocs, load_pydocs_validation
 from stamen.task.data import TaskData
 from stamen.task.models import create_model
 from stamen.task.models import minilm as _minilm  # noqa: F401  (registers minilm, minilm-tiny)
@@ -56,8 +65,6 @@ from stamen.task.models.lora import adapter_config, attach_adapters
 from stamen.task.seeds import client_seed
 from stamen.task.spec import TaskSpec, TrainSpec
 from stamen.task.weights import evaluate_model, get_weights, set_weights
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True)
@@ -72,8 +79,16 @@ class Run:
     task: dict[str, Any] = field(default_factory=dict)
 
 
-# learning rates: the best 3-seed median of {1e-4, 3e-4} (full) and {1e-3, 3e-3} (the others; sparse
-# also 2e-4 on seed 0), on the test split (pydocs has no validation split); see BENCHMARKS.md §9
+#: learning-rate grid per run (``--grid``); the selection is the best median validation accuracy
+GRID: dict[str, tuple[float, ...]] = {  # extended upwards where the best rate was at the top edge
+    "full": (1e-4, 3e-4, 1e-3),
+    "lora-naive": (1e-3, 3e-3, 1e-2, 3e-2),
+    "lora-exact": (1e-3, 3e-3, 1e-2, 3e-2),
+    "fedsb": (1e-3, 3e-3, 1e-2),
+    "sparse": (1e-3, 3e-3, 1e-2),
+}
+
+# learning rates selected on the validation split from GRID (BENCHMARKS.md §9)
 RUNS = (
     Run("full", "full", "fedavg", "dense", 3e-4),
     Run(
@@ -128,10 +143,10 @@ def _client(
     rnd: int,
     pid: int,
     state: ClientState,
-    ra: RoundAggregator,
+    base_hash: str,
     timing: _Timing,
-) -> int:
-    """One client: train (timed), encode a real envelope, hand it to the round; returns its bytes."""
+) -> Reply:
+    """One client: train (timed), encode a real envelope; returns it as the round's reply."""
     model, spec, ds, idx = ctx
     seed = client_seed(args.seed, rnd, pid)
     data = TaskData(ds.x_train[idx], ds.y_train[idx], ds.num_classes, ds.x_train.shape[1])
@@ -142,34 +157,39 @@ def _client(
     payload = encode_delta(
         result.delta,
         run.codec,
-        base_hash=ra.base_hash,
+        base_hash=base_hash,
         version=rnd,
         sender=f"client-{pid}",
         seed=seed ^ 0xC0DEC,
     )
-    ra.add_envelope(f"client-{pid}", payload, result.num_examples)
-    return len(payload)
+    metrics = {keys.NUM_EXAMPLES: result.num_examples}
+    return Reply(f"client-{pid}", envelope=payload, metrics=metrics, nbytes=len(payload))
 
 
 def _summary(run: Run, rounds: list[dict[str, Any]], timing: _Timing) -> dict[str, Any]:
-    accs = [r["accuracy"] for r in rounds if not math.isnan(r["accuracy"])]
+    evals = [r for r in rounds if not math.isnan(r["accuracy"])]
     return {
         "name": run.name,
+        "label": f"{run.name}@{run.lr:g}",
         "trainer": run.trainer,
         "rule": run.rule,
         "codec": run.codec,
         "lr": run.lr,
         "task": run.task,
-        "final_accuracy": accs[-1],
-        "best_accuracy": max(accs),
+        "final_accuracy": evals[-1]["accuracy"],
+        "best_accuracy": max(r["accuracy"] for r in evals),
+        "final_val_accuracy": evals[-1]["val_accuracy"],
         "rounds": rounds,
         "bytes_up_per_client": statistics.median(r["bytes_up_per_client"] for r in rounds),
         "step_s": timing.seconds / max(timing.steps, 1),
     }
 
 
-def federate(run: Run, args: argparse.Namespace, ds: Any, parts: list[np.ndarray]) -> dict[str, Any]:
-    """``args.rounds`` rounds of the run; per-round accuracy, bytes, gap and client timings."""
+def federate(
+    run: Run, args: argparse.Namespace, ds: Any, parts: list[np.ndarray], val: tuple[np.ndarray, np.ndarray]
+) -> dict[str, Any]:
+    """``args.rounds`` rounds of the run; per-round test and validation (``val``) accuracy, bytes,
+    naive-vs-exact gap and client timings."""
     model, _ = build(run, args, ds)
     spec = TrainSpec(
         trainer=run.trainer,
@@ -185,25 +205,28 @@ def federate(run: Run, args: argparse.Namespace, ds: Any, parts: list[np.ndarray
     timing = _Timing()
     for rnd in range(1, args.rounds + 1):
         pids = sample_clients(args.seed, rnd, len(parts), args.per_round)
-        ra = RoundAggregator(weights, model_hash(weights), len(pids), agg, ValidationPolicy())
-        sizes = [
-            _client(run, args, (model, spec, ds, parts[pid]), weights, rnd, pid, states[pid], ra, timing)
+        digest = model_hash(weights)
+        replies = [
+            _client(run, args, (model, spec, ds, parts[pid]), weights, rnd, pid, states[pid], digest, timing)
             for pid in pids
         ]
-        new = ra.finish(1.0)
-        assert new is not None and ra.stats.rejected == 0, ra.stats.reasons
+        sizes = [r.nbytes for r in replies]
+        new, stats = aggregate_replies(weights, replies, agg, 1.0, version=rnd)
+        assert new is not None and stats.rejected == 0, stats.reasons
         weights = new
-        acc = math.nan
+        acc = val_acc = math.nan
         if rnd % args.eval_every == 0 or rnd == args.rounds:
             set_weights(model, weights)
             acc = evaluate_model(model, ds.x_test, ds.y_test, 256)[1]
+            val_acc = evaluate_model(model, *val, 256)[1]
         gap = getattr(agg, "last_gap", math.nan)
+        up = statistics.median(sizes)
         rounds.append(
-            {"round": rnd, "accuracy": acc, "bytes_up_per_client": statistics.median(sizes), "gap": gap}
+            {"round": rnd, "accuracy": acc, "val_accuracy": val_acc, "bytes_up_per_client": up, "gap": gap}
         )
         print(
-            f"  {run.name:10s} round {rnd:2d} acc {acc:.4f} up {statistics.median(sizes):>10,.0f} B "
-            f"gap {gap:.3g}",
+            f"  {run.name:10s} lr {run.lr:g} round {rnd:2d} val {val_acc:.4f} test {acc:.4f} "
+            f"up {up:>10,.0f} B gap {gap:.3g}",
             flush=True,
         )
     return _summary(run, rounds, timing)
@@ -222,90 +245,9 @@ def centralized(args: argparse.Namespace, ds: Any) -> dict[str, Any]:
     return {"final_accuracy": accs[-1], "best_accuracy": max(accs), "epochs": args.central_epochs}
 
 
-def _spread(values: list[float], fmt: str = ".3f") -> str:
-    """``median [min–max]`` (just the value for one seed)."""
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:{fmt}}"
-    return f"{med:{fmt}} [{min(values):{fmt}}–{max(values):{fmt}}]"
-
-
-def table(by_seed: dict[int, dict[str, Any]], central: dict[int, dict[str, Any]]) -> str:
-    """Markdown table over seeds; Δ and byte ratios against ``full`` of the same seed."""
-    names = [r.name for r in RUNS if any(r.name in runs for runs in by_seed.values())]
-    lines = [
-        "| trainer / aggregation | seeds | final acc, median [min–max] | Δ vs full (pts, paired) "
-        "| bytes up / client / round | × fewer than full | naive–exact gap, last round |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name in names:
-        rows = {s: runs[name] for s, runs in by_seed.items() if name in runs}
-        accs = [r["final_accuracy"] for r in rows.values()]
-        diffs = [
-            100 * (r["final_accuracy"] - by_seed[s]["full"]["final_accuracy"])
-            for s, r in rows.items()
-            if "full" in by_seed[s]
-        ]
-        ratios = [
-            by_seed[s]["full"]["bytes_up_per_client"] / r["bytes_up_per_client"]
-            for s, r in rows.items()
-            if "full" in by_seed[s]
-        ]
-        gaps = [r["rounds"][-1]["gap"] for r in rows.values() if not math.isnan(r["rounds"][-1]["gap"])]
-        lines.append(_row(name, rows, accs, diffs, ratios, gaps))
-    if central:
-        c = [v["final_accuracy"] for v in central.values()]
-        epochs = next(iter(central.values()))["epochs"]
-        lines.append(
-            f"| centralized full fine-tuning ({epochs} epochs, ceiling) | "
-            f"{','.join(map(str, central))} | {_spread(c, '.4f')} | | | | |"
-        )
-    return "\n".join(lines)
-
-
-def _row(
-    name: str,
-    rows: dict[int, Any],
-    accs: list[float],
-    diffs: list[float],
-    ratios: list[float],
-    gaps: list[float],
-) -> str:
-    r0 = next(iter(rows.values()))
-    size = statistics.median(r["bytes_up_per_client"] for r in rows.values())
-    return (
-        f"| {name} ({r0['rule']}, codec {r0['codec']}, lr {r0['lr']:g}) | {','.join(map(str, rows))} "
-        f"| {_spread(accs, '.4f')} | {_spread(diffs, '+.1f') if diffs else ''} | {size:,.0f} "
-        f"| {f'{statistics.median(ratios):.0f}' if ratios else ''} "
-        f"| {_spread(gaps, '.3f') if gaps else ''} |"
-    )
-
-
-def combine(files: list[str], path: Path) -> None:
-    """Merge finished result files (one seed each, any subset of runs) into one table and file."""
-    by_seed: dict[int, dict[str, Any]] = {}
-    central: dict[int, dict[str, Any]] = {}
-    for name in files:
-        data = json.loads(Path(name).read_text())
-        for seed, part in data["seeds"].items() if "seeds" in data else [(data["config"]["seed"], data)]:
-            seed = int(seed)
-            by_seed.setdefault(seed, {}).update({r["name"]: r for r in part["runs"]})
-            if part["centralized"]["epochs"]:
-                central[seed] = part["centralized"]
-    by_seed, central = dict(sorted(by_seed.items())), dict(sorted(central.items()))
-    print(table(by_seed, central))
-    out = {
-        "sources": files,
-        "seeds": {s: {"runs": list(r.values()), "centralized": central.get(s)} for s, r in by_seed.items()},
-    }
-    path.write_text(json.dumps(out, indent=1, default=float))
-    print(f"wrote {path}")
-
-
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (``--quick`` shrinks the run)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="minutes-long run: fewer rounds and samples")
+    p = parser(__doc__, quick="minutes-long run: fewer rounds and samples")
     p.add_argument("--model", default="minilm", choices=["minilm", "minilm-tiny"])
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--num-clients", type=int, default=10)
@@ -324,6 +266,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tag", default="", help="suffix of the output files (parallel partial runs)")
     p.add_argument("--skip-central", action="store_true", help="no centralized ceiling run")
     p.add_argument("--combine", nargs="*", default=None, help="merge these result files into one table")
+    p.add_argument("--grid", action="store_true", help="every run at each learning rate of GRID")
     p.add_argument(
         "--lr",
         action="append",
@@ -341,21 +284,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def one_seed(args: argparse.Namespace, seed: int, path: Path) -> dict[str, Any]:
+def one_seed(args: argparse.Namespace, seed: int, path: Path, prov: Provenance) -> dict[str, Any]:
     """Every wanted run (and the ceiling) for one seed; partial results are saved after each run."""
     args = argparse.Namespace(**{**vars(args), "seed": seed})
     ds = load_pydocs(seed, num_samples=args.num_samples, seq_len=args.seq_len)
+    val = load_pydocs_validation(seed, num_samples=args.num_samples, seq_len=args.seq_len)
     parts = partition(ds.y_train, args.num_clients, "dirichlet", seed=seed, alpha=args.alpha)
-    wanted = [
-        replace(r, lr=args.lr_overrides.get(r.name, r.lr))
-        for r in RUNS
-        if not args.only or r.name in args.only.split(",")
-    ]
     runs = []
-    for r in wanted:
-        print(f"seed {seed}: {r.name}", flush=True)
-        runs.append(federate(r, args, ds, parts))
-        path.with_suffix(f".s{seed}.partial.json").write_text(json.dumps(runs, indent=1, default=float))
+    for r in wanted_runs(args):
+        print(f"seed {seed}: {r.name} lr {r.lr:g}", flush=True)
+        runs.append(federate(r, args, ds, parts, val))
+        prov.write(path.with_suffix(f".s{seed}.partial.json"), {"runs": runs}, quiet=True)
     central = {"final_accuracy": math.nan, "best_accuracy": math.nan, "epochs": 0}
     if not args.skip_central:
         central = centralized(args, ds)
@@ -363,33 +302,41 @@ def one_seed(args: argparse.Namespace, seed: int, path: Path) -> dict[str, Any]:
         "runs": runs,
         "centralized": central,
         "train_size": len(ds.y_train),
+        "val_size": len(val[1]),
         "test_size": len(ds.y_test),
         "client_sizes": [len(p) for p in parts],
     }
+
+
+def wanted_runs(args: argparse.Namespace) -> list[Run]:
+    """The runs ``--only`` selects, at ``--lr`` overrides, or at every rate of GRID with ``--grid``."""
+    chosen = [r for r in RUNS if not args.only or r.name in args.only.split(",")]
+    if args.grid:
+        return [replace(r, lr=lr) for r in chosen for lr in GRID[r.name]]
+    return [replace(r, lr=args.lr_overrides.get(r.name, r.lr)) for r in chosen]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run every configuration for every seed, print the table, write the JSON."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = parse(argv)
+    prov = Provenance.capture(argv, script=__file__)
     torch.set_num_threads(args.threads)
     path = RESULTS / f"lora{'-quick' if args.quick else ''}{'-' + args.tag if args.tag else ''}.json"
-    RESULTS.mkdir(exist_ok=True)
     if args.combine is not None:
-        combine(args.combine, path)
+        by_seed, central, text = combine_files(args.combine, GRID)
+        print(text)
+        prov.write(path, {"sources": args.combine, "table": text, "seeds": _merged(by_seed, central)})
         return
-    t0 = time.perf_counter()
-    seeds = {seed: one_seed(args, seed, path) for seed in args.seed_list}
+    seeds = {seed: one_seed(args, seed, path, prov) for seed in args.seed_list}
     central = {s: r["centralized"] for s, r in seeds.items() if r["centralized"]["epochs"]}
-    print(table({s: {run["name"]: run for run in r["runs"]} for s, r in seeds.items()}, central))
-    out = {
-        "config": vars(args),
-        "seeds": seeds,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
-        "wall_s": time.perf_counter() - t0,
-    }
-    path.write_text(json.dumps(out, indent=1, default=float))
-    print(f"wrote {path} in {out['wall_s']:.0f} s")
+    text = table({s: {run["label"]: run for run in r["runs"]} for s, r in seeds.items()}, central, GRID)
+    print(text)
+    prov.write(path, {"config": vars(args), "table": text, "seeds": seeds})
+
+
+def _merged(by_seed: dict[int, dict[str, Any]], central: dict[int, Any]) -> dict[int, Any]:
+    return {s: {"runs": list(r.values()), "centralized": central.get(s)} for s, r in by_seed.items()}
 
 
 if __name__ == "__main__":

@@ -24,17 +24,13 @@ Prints a markdown table and writes ``benchmarks/results/privacy.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from _provenance import Provenance, out_path, parser
 
 from stamen.server.config import ServerConfig
 from stamen.simulations.engines import run_engine
@@ -42,7 +38,6 @@ from stamen.simulations.scenario import load_scenario
 from stamen.task.models import build_model
 from stamen.task.weights import get_weights
 
-RESULTS = Path(__file__).resolve().parent / "results" / "privacy.json"
 MODES = ("central", "local", "dp_sgd", "rqm")
 EPSILONS = (1.0, 2.0, 4.0, 8.0)
 DELTA = 1e-5
@@ -171,13 +166,11 @@ def markdown(summary: list[dict[str, Any]]) -> str:
 
 def parse_args() -> argparse.Namespace:
     """Command-line options; ``--quick`` shrinks the grid for a smoke run."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="digits only, ε in {1, 8}, 1 seed, 10 rounds")
+    p = parser(__doc__, quick="digits only, ε in {1, 8}, 1 seed, 10 rounds", out="privacy.json")
     p.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=sorted(DATASETS))
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--epsilons", nargs="+", type=float, default=list(EPSILONS))
     p.add_argument("--seeds", type=int, default=2, help="seeds per setting (accuracy is the median)")
-    p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     if args.quick:
         args.datasets, args.epsilons, args.seeds = ["digits"], [1.0, 8.0], 1
@@ -186,19 +179,9 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def _no_nan(obj: Any) -> Any:
-    """NaN -> None, recursively (strict JSON)."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_no_nan(v) for v in obj]
-    return obj
-
-
 def main() -> None:
     args = parse_args()
+    prov = Provenance.capture()
     torch.set_num_threads(1)
     grid = [(ds, "off", None) for ds in args.datasets]
     grid += [(ds, m, e) for ds in args.datasets for m in args.modes for e in args.epsilons]
@@ -214,13 +197,6 @@ def main() -> None:
             )
     summary = summarize(rows)
     print(markdown(summary))
-    env = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-    }
     config = {
         "common": COMMON,
         "datasets": DATASETS,
@@ -231,10 +207,7 @@ def main() -> None:
         "engine": "inprocess",
         "base_scenario": "smoke",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"config": config, "environment": env, "summary": summary, "runs": rows}
-    args.out.write_text(json.dumps(_no_nan(doc), indent=2, default=str) + "\n")
-    print(f"\nwrote {args.out}")
+    prov.write(out_path(args), {"config": config, "summary": summary, "runs": rows})
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -53,11 +52,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _provenance import Provenance, out_path, parser
 from robustness_report import heatmap, markdown, seed_table, spread, worst_plot
 
 __all__ = ["heatmap", "markdown", "seed_table", "spread", "worst_plot"]  # re-exported for tests
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CLIENTS = 20
 
 
@@ -253,35 +252,33 @@ class Grid:
 Runs = dict[str, dict[str, Any]]
 
 
-def run_all(cells: list[Cell], jobs: int, out: Path, done: Runs) -> dict[str, Any]:
-    """Run the missing cells (in ``jobs`` processes), saving after each one."""
+def run_all(cells: list[Cell], jobs: int, out: Path, done: Runs, prov: Provenance) -> dict[str, Any]:
+    """Run the missing cells (in ``jobs`` processes), saving after each one; every new row records
+    the commit it ran from (``--resume`` files mix invocations)."""
     todo = [c for c in cells if c.key not in done]
     print(f"{len(cells)} cells, {len(todo)} to run, {jobs} process(es)", flush=True)
     t0 = time.perf_counter()
     pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) if jobs > 1 else None
     rows = pool.map(run_cell, todo) if pool else map(run_cell, todo)
     for i, row in enumerate(rows, 1):
-        done[row["key"]] = row
+        done[row["key"]] = {**row, "commit": prov.commit, "dirty": prov.dirty}
         acc = f"{row['accuracy']:.3f}" if "accuracy" in row else row["error"][:60]
         print(f"[{i}/{len(todo)}] {row['key']}: {acc} ({row['wall_s']:.1f} s)", flush=True)
-        save(out, done)
+        save(out, done, prov)
     if pool:
         pool.shutdown()
     return {"grid_wall_s": time.perf_counter() - t0}
 
 
-def save(out: Path, done: Runs, meta: dict[str, Any] | None = None) -> None:
+def save(out: Path, done: Runs, prov: Provenance, meta: dict[str, Any] | None = None) -> None:
     """Write every run so far (atomic rename)."""
-    setting = {"base_overrides": list(BASE), "clients": CLIENTS, "partitions": PARTITIONS}
-    setting |= {"python": platform.python_version(), "cpus": os.cpu_count(), **(meta or {})}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"setting": setting, "runs": sorted(done.values(), key=lambda r: r["key"])}))
-    tmp.replace(out)
+    setting = {"base_overrides": list(BASE), "clients": CLIENTS, "partitions": PARTITIONS, **(meta or {})}
+    runs = sorted(done.values(), key=lambda r: r["key"])
+    prov.write(out, {"setting": setting, "runs": runs}, quiet=True)
 
 
 def parse() -> tuple[argparse.Namespace, Grid]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="4 rules x 3 attacks at 20 %%, 10 rounds")
+    p = parser(__doc__, quick="4 rules x 3 attacks at 20 %%, 10 rounds", out="robustness.json")
     p.add_argument("--rules", default=",".join(RULES))
     p.add_argument("--attacks", default=",".join(ATTACKS))
     p.add_argument("--fractions", default="0.1,0.2,0.3")
@@ -290,7 +287,6 @@ def parse() -> tuple[argparse.Namespace, Grid]:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     p.add_argument("--resume", action="store_true", help="keep finished runs of the JSON file")
-    p.add_argument("--out", default=None, help="JSON path (default results/robustness[_quick].json)")
     a = p.parse_args()
     g = Grid(
         a.rules.split(","),
@@ -315,14 +311,14 @@ def main() -> None:
 
     matplotlib.use("Agg")
     a, g = parse()
+    prov = Provenance.capture()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # inherited by the spawned workers
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = Path(a.out) if a.out else RESULTS / ("robustness_quick.json" if a.quick else "robustness.json")
+    out = out_path(a)
     done: Runs = {}
     if a.resume and out.exists():
         done = {r["key"]: r for r in json.loads(out.read_text())["runs"] if "accuracy" in r}
-    meta = run_all(g.cells(), a.jobs, out, done)
-    save(out, done, {**meta, **asdict(g), "jobs": a.jobs})
+    meta = run_all(g.cells(), a.jobs, out, done, prov)
+    save(out, done, prov, {**meta, **asdict(g), "jobs": a.jobs})
     full = Grid(list(RULES), list(ATTACKS), [0.1, 0.2, 0.3], list(PARTITIONS), [0], a.rounds)
     report = g if a.quick else full  # the whole table, whatever subset this invocation ran
     table = markdown(done, report) + seed_table(done, report, 0.2)

@@ -13,7 +13,9 @@ parameters *for that data set* subject to ``ε <= target``; we report the MSE of
   from the output law (unbiased: ``MSE = mean Var / n``), checked by Monte Carlo with the real codec
   sampler.
 - **PBM**, the Poisson binomial mechanism (Chen, Özgür, Kairouz, ICML 2022): ``Z ~ Bin(M, 1/2 +
-  θx/c)`` with ``M = 2**b - 1`` (``b`` bits), ``θ <= 1/4``, ``x̂ = c (Z - M/2) / (Mθ)``. Its RDP is
+  θx/c)`` with any ``M <= 2**b - 1`` (``b`` bits carry ``Z in [0, M]``; the best ``M`` is chosen like
+  RQM's parameters — forcing ``M = 2**b - 1`` is unfair, since more trials cost budget; that figure is
+  kept as ``pbm_max_trials``), ``θ <= 1/4``, ``x̂ = c (Z - M/2) / (Mθ)``. Its RDP is
   computed exactly, not by the paper's bound: ``D_α(Bin(M,p)||Bin(M,p')) = M D_α(Bern(p)||Bern(p'))``
   (product law) and the worst pair is ``p, p' = 1/2 ± θ`` (jointly convex divergence, monotone
   Bernoulli family), so ``ε(α) = M D_α(Bern(1/2+θ)||Bern(1/2-θ))``. ``θ`` by bisection.
@@ -41,21 +43,16 @@ Prints markdown tables and writes ``benchmarks/results/rqm.json``.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import math
-import platform
-import time
-from pathlib import Path
 from typing import Any
 
+import _provenance
 import numpy as np
 
 from stamen.privacy.rqm_rdp import RqmParams, output_pmf, rdp_curve, rdp_to_dp
 from stamen.protocols.codecs.rqm import quantize
 
-RESULTS = Path(__file__).resolve().parent / "results" / "rqm.json"
 ORDERS: tuple[float, ...] = tuple(
     float(a) for a in np.unique(np.concatenate([1 + np.geomspace(0.02, 4, 24), np.geomspace(5, 512, 30)]))
 )
@@ -131,7 +128,7 @@ def bernoulli_rdp(p: float, p2: float) -> np.ndarray:
     return np.log(p**a * p2 ** (1 - a) + (1 - p) ** a * (1 - p2) ** (1 - a)) / (a - 1)
 
 
-def pbm_best(trials_m: int, eps: float, dims: int, delta: float, xs: np.ndarray) -> dict[str, Any]:
+def pbm_fixed(trials_m: int, eps: float, dims: int, delta: float, xs: np.ndarray) -> dict[str, Any]:
     """PBM with ``M`` trials: the largest ``θ <= 1/4`` meeting the target, and its exact MSE."""
 
     def ok(theta: float) -> bool:
@@ -141,7 +138,16 @@ def pbm_best(trials_m: int, eps: float, dims: int, delta: float, xs: np.ndarray)
     theta = 0.25 if ok(0.25) else 1.0 / bisect(lambda inv: ok(1.0 / inv), 4.0, 1e9)
     p = 0.5 + theta * np.clip(xs, -1, 1)
     var = p * (1 - p) / (trials_m * theta**2)  # c = 1
-    return {"mse": float(var.sum() / xs.size**2), "theta": theta}
+    return {"mse": float(var.sum() / xs.size**2), "theta": theta, "trials": trials_m}
+
+
+def pbm_best(max_trials: int, eps: float, dims: int, delta: float, xs: np.ndarray) -> dict[str, Any]:
+    """Lowest-MSE PBM with any ``M <= max_trials`` trials (``b`` bits carry ``M <= 2**b - 1``).
+
+    More trials are not always better: ``ε(α) = M·D_α`` grows with ``M``, so at a fixed budget
+    ``θ`` shrinks, and once ``θ < 1/4`` binds the variance ``p(1-p)/(Mθ²)`` can grow with ``M``.
+    """
+    return min((pbm_fixed(m, eps, dims, delta, xs) for m in range(1, max_trials + 1)), key=lambda r: r["mse"])
 
 
 # ---- Gaussian + stochastic quantization ---------------------------------------------------------
@@ -198,6 +204,7 @@ def run_cell(
         "data": name,
         "rqm": rqm,
         "pbm": pbm_best(2**bits - 1, eps, dims, delta, xs),
+        "pbm_max_trials": pbm_fixed(2**bits - 1, eps, dims, delta, xs),  # M forced to 2^b - 1 (before)
         "gauss_sq": gauss_sq_best(2**bits, eps, dims, delta, xs),
         "anchor_gaussian_mse": sigma**2 / xs.size,
         "zero_estimator_mse": float(xs.mean() ** 2),  # "send nothing": a shrinkage floor
@@ -209,12 +216,13 @@ def markdown(rows: list[dict[str, Any]], dims: int, data: str) -> str:
     lines = [
         f"**d = {dims}, data `{data}`** — MSE of the mean per coordinate (ratio to the anchor)",
         "",
-        "| bits | ε | RQM (q, Δ/c) | RQM Monte Carlo | PBM (θ) | Gauss + SQ (σ, r/c) "
-        "| anchor: Gaussian, ∞ bits | estimate 0 |",
-        "|---:|---:|---|---:|---|---|---:|---:|",
+        "| bits | ε | RQM (q, Δ/c) | RQM Monte Carlo | PBM, best M ≤ 2^b−1 (M, θ) | PBM, M = 2^b−1 "
+        "| Gauss + SQ (σ, r/c) | anchor: Gaussian, ∞ bits | estimate 0 | PBM / RQM | Gauss+SQ / RQM |",
+        "|---:|---:|---|---:|---|---:|---|---:|---:|---:|---:|",
     ]
     for row in (r for r in rows if r["dims"] == dims and r["data"] == data):
         a, rq, pb, gs = row["anchor_gaussian_mse"], row["rqm"], row["pbm"], row["gauss_sq"]
+        forced = row["pbm_max_trials"]["mse"]
         rq_text = (
             f"{rq['mse']:.3g} ({rq['mse'] / a:.2f}×; q={rq['q']}, Δ/c={rq['delta_over_c']:.3g})"
             if math.isfinite(rq["mse"])
@@ -222,21 +230,21 @@ def markdown(rows: list[dict[str, Any]], dims: int, data: str) -> str:
         )
         lines.append(
             f"| {row['bits']} | {row['epsilon']:g} | {rq_text} | {rq.get('mse_monte_carlo', math.nan):.3g} "
-            f"| {pb['mse']:.3g} ({pb['mse'] / a:.2f}×; θ={pb['theta']:.3g}) "
+            f"| {pb['mse']:.3g} ({pb['mse'] / a:.2f}×; M={pb['trials']}, θ={pb['theta']:.3g}) | {forced:.3g} "
             f"| {gs['mse']:.3g} ({gs['mse'] / a:.2f}×; σ={gs['sigma']:.3g}, r={gs['r_over_c']:.3g}) "
-            f"| {a:.3g} | {row['zero_estimator_mse']:.3g} |"
+            f"| {a:.3g} | {row['zero_estimator_mse']:.3g} | {pb['mse'] / rq['mse']:.2f} "
+            f"| {gs['mse'] / rq['mse']:.2f} |"
         )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="bits 1-3, d = 1, fewer Monte Carlo trials")
+    parser = _provenance.parser(__doc__, quick="bits 1-3, d = 1, fewer Monte Carlo trials", out="rqm.json")
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    prov = _provenance.Provenance.capture()
     bits_list, dims_list = ((1, 2, 3), (1,)) if args.quick else ((1, 2, 3, 4), (1, 100))
     eps_list, mc = (1.0, 2.0, 4.0, 8.0), (500 if args.quick else 4000)
     rng = np.random.default_rng(args.seed)  # c = 1
@@ -244,7 +252,7 @@ def main() -> None:
         "centered": rng.uniform(-1.0, 1.0, args.clients),
         "offset": rng.uniform(0.0, 1.0, args.clients),
     }
-    start, rows = time.perf_counter(), []
+    rows = []
     for dims in dims_list:
         for item in datasets.items():
             for bits in bits_list:
@@ -253,25 +261,18 @@ def main() -> None:
     for dims in dims_list:
         for name in datasets:
             print(markdown(rows, dims, name) + "\n")
-    result = {
-        "config": {
-            "clients": args.clients,
-            "delta": args.delta,
-            "c": 1.0,
-            "seed": args.seed,
-            "data": {"centered": "x ~ U[-c, c]", "offset": "x ~ U[0, c]"},
-            "orders": list(ORDERS),
-            "q_grid": list(Q_GRID),
-            "quick": args.quick,
-            "monte_carlo_trials": mc,
-        },
-        "environment": {"python": platform.python_version(), "numpy": np.__version__},
-        "wall_s": time.perf_counter() - start,
-        "rows": rows,
+    config = {
+        "clients": args.clients,
+        "delta": args.delta,
+        "c": 1.0,
+        "seed": args.seed,
+        "data": {"centered": "x ~ U[-c, c]", "offset": "x ~ U[0, c]"},
+        "orders": list(ORDERS),
+        "q_grid": list(Q_GRID),
+        "quick": args.quick,
+        "monte_carlo_trials": mc,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out} ({result['wall_s']:.0f} s)")
+    prov.write(_provenance.out_path(args), {"config": config, "rows": rows})
 
 
 if __name__ == "__main__":

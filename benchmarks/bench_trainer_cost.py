@@ -35,10 +35,10 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
+from _provenance import Provenance, out_path, parser
 from bench_lora import RUNS, build  # same directory: the benchmark's model configurations
 from torch import nn
 
@@ -50,7 +50,6 @@ from stamen.task.data import TaskData
 from stamen.task.spec import TrainSpec
 from stamen.task.weights import get_weights
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TRAINERS = ("full", "lora-exact", "fedsb", "sparse")
 MB = 2**20
 
@@ -205,8 +204,7 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="1 repeat of 4 steps")
+    p = parser(__doc__, quick="1 repeat of 4 steps", out="trainer_cost.json")
     p.add_argument("--steps", type=int, default=8, help="optimizer steps per timed round")
     p.add_argument("--repeats", type=int, default=3, help="fresh processes per trainer")
     p.add_argument("--seed", type=int, default=0)
@@ -231,20 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.probe:
         print(json.dumps(probe(args.probe, args)))
         return
-    t0 = time.perf_counter()
+    prov = Provenance.capture(argv, script=__file__)
     summary = run_all(args)
     print(table(summary))
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"trainer_cost{'-quick' if args.quick else ''}.json"
-    out = {
-        "config": vars(args),
-        "trainers": summary,
-        "cpus": os.cpu_count(),
-        "loadavg_end": os.getloadavg(),
-        "wall_s": time.perf_counter() - t0,
-    }
-    path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path} in {out['wall_s']:.0f} s")
+    out = {"config": vars(args), "trainers": summary, "loadavg_end": os.getloadavg()}
+    prov.write(out_path(args), out)
 
 
 if __name__ == "__main__":

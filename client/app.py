@@ -2,7 +2,10 @@
 
 Everything about the round arrives with each message (task, training spec, codec); everything about
 the node stays on the node: its data source, its edge store and its signing key come from its node
-config (``--node-config 'data-source=... edge-store=... signing-key=...'``), never from a message.
+config (``--node-config 'data-source=... edge-store=... signing-key=... endorsement=...'``), never
+from a message. A device signs every update with its ``signing-key`` and sends the key with its node
+key's ``endorsement`` (made by ``stamen deploy init`` / ``stamen device init``), so the server binds the
+signature to the node the SuperLink authenticated.
 A simulation builds the same app around its own resolver (:func:`make_client_app`), which hands
 each virtual client its partition.
 """
@@ -21,7 +24,7 @@ from torch import nn
 
 from stamen.client.context_state import load_state, save_state
 from stamen.client.mods import DELTA, make_codec_mod, make_local_dp_mod, trained_record
-from stamen.client.node import Node, Received, train
+from stamen.client.node import DeviceHolds, Node, Received, train
 from stamen.edge import EdgeRuntime
 from stamen.protocols import Signer, keys
 from stamen.protocols.flower import arrays_of, envelope_from_record
@@ -34,7 +37,7 @@ from stamen.task.weights import evaluate_model, set_weights
 torch.set_num_threads(1)  # one thread per client process (determinism, no oversubscription)
 
 Resolve = Callable[[Context], Node]
-EDGE_STORE, SIGNING_KEY = "edge-store", "signing-key"  # node_config keys of a device
+EDGE_STORE, SIGNING_KEY, ENDORSEMENT = "edge-store", "signing-key", "endorsement"  # node_config keys
 
 
 @lru_cache(maxsize=2)
@@ -69,7 +72,11 @@ def make_client_app(resolve: Resolve) -> ClientApp:
     def _train(msg: Message, context: Context) -> Message:
         node, rec = resolve(context), received(msg)
         state = load_state(context)
-        done = train(node, rec, _model(rec.instructions.task), state)
+        try:
+            done = train(node, rec, _model(rec.instructions.task), state)
+        except DeviceHolds as held:
+            record = ConfigRecord({"hash": held.held_hash, "version": held.version})
+            return Message(RecordDict({keys.HELD: record}), reply_to=msg)
         save_state(context, state)
         res = done.result
         metrics = MetricRecord({keys.NUM_EXAMPLES: res.num_examples, **res.metrics, **done.metrics})
@@ -118,7 +125,10 @@ def _configured(
     data = load_data_source(data_source_spec(node_config, run_config), node_config, run_config)
     store = EdgeRuntime.open(Path(node_config[EDGE_STORE])) if EDGE_STORE in node_config else None
     signer = Signer.from_file(node_config[SIGNING_KEY]) if SIGNING_KEY in node_config else None
-    return Node(data, f"node-{node_id}", node_id, store, signer)
+    endorsement = Path(node_config[ENDORSEMENT]).read_bytes() if ENDORSEMENT in node_config else None
+    if endorsement is not None and signer is None:
+        raise ValueError(f"node config has {ENDORSEMENT!r} but no {SIGNING_KEY!r}")
+    return Node(data, f"node-{node_id}", node_id, store, signer, endorsement)
 
 
 app = make_client_app(configured_node)

@@ -20,7 +20,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from stamen.client.context_state import load_state, save_state
 from stamen.client.core import encode_delta, local_privacy
 from stamen.client.node import CODEC_SEED, Node
-from stamen.protocols import keys
+from stamen.protocols import Signer, keys
 from stamen.protocols.flower import arrays_of, config_value, envelope_record
 from stamen.task.seeds import client_seed
 from stamen.task.spec import RoundInstructions
@@ -64,6 +64,8 @@ def make_codec_mod(resolve: Resolve) -> Mod:
             if name in out.content:
                 del out.content[name]
         out.content[keys.UPDATE] = envelope_record(payload)
+        if node.signer is not None and node.endorsement is not None:
+            out.content[keys.IDENTITY] = identity_record(node.signer, node.endorsement)
         out.content.metric_records[keys.METRICS][keys.BYTES_UP] = len(payload)
         return out
 
@@ -94,6 +96,12 @@ def make_local_dp_mod(resolve: Resolve) -> Mod:
         return out
 
     return local_dp_mod
+
+
+def identity_record(signer: Signer, endorsement: bytes) -> ConfigRecord:
+    """The reply's identity record: the update key and its node's endorsement."""
+    key = signer.public_key_bytes()
+    return ConfigRecord({keys.IDENTITY_KEY: key, keys.IDENTITY_ENDORSEMENT: endorsement})
 
 
 def trained_names(out: Message) -> list[str] | None:

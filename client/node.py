@@ -22,6 +22,7 @@ from stamen.client.state import ClientState
 from stamen.client.trainers import TrainResult
 from stamen.edge import EdgeRuntime
 from stamen.protocols import Signer, keys, model_hash
+from stamen.protocols.envelope import unpack
 from stamen.task.bristle.peer import PeerConfig
 from stamen.task.bristle.relayed import Relayed
 from stamen.task.data import DataSource
@@ -48,6 +49,9 @@ class Node:
         The edge model store of a device (``clients.runtime = "edge"``).
     signer : Signer or None
         The device's update-signing key.
+    endorsement : bytes or None
+        The node key's endorsement of ``signer``'s public key (:mod:`stamen.protocols.identity`),
+        sent with every update so the server can bind the signature to the authenticated node.
     """
 
     data: DataSource
@@ -55,6 +59,7 @@ class Node:
     seed_id: int
     store: EdgeRuntime | None = None
     signer: Signer | None = None
+    endorsement: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -79,12 +84,26 @@ class Trained:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+class DeviceHolds(Exception):
+    """The server's delta starts from another version than the device holds (it missed or lost an
+    earlier one): the device replies with what it holds so the server can resynchronize."""
+
+    def __init__(self, held_hash: str, version: int) -> None:
+        super().__init__(f"the device holds version {version} ({held_hash[:12]}…), not the delta's base")
+        self.held_hash, self.version = held_hash, version
+
+
 def start_weights(node: Node, received: Received) -> tuple[Weights, str]:
     """The weights the node trains from and their hash: the message's, or its store's after
-    applying the signed delta (verified against the node's trust anchor before parsing)."""
+    applying the signed delta (verified against the node's trust anchor before parsing).
+
+    Raises :class:`DeviceHolds` when the delta is for another base than the store holds."""
     if received.downlink is not None:
         if node.store is None:
             raise ValueError("the server sent an edge delta, but this node has no edge store configured")
+        held = node.store.version()
+        if unpack(received.downlink, zero_copy=True).base_hash != held.hash:
+            raise DeviceHolds(held.hash, held.version)
         node.store.apply(received.downlink)
         return node.store.global_weights(), node.store.version().hash
     if received.weights is None:

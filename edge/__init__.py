@@ -12,12 +12,15 @@ Serving an ONNX store needs numpy, onnx, onnxruntime, safetensors and cryptograp
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .delta import create_delta, load_weights
-from .errors import StaleVersion, StoreCorrupt
-from .runtime import EdgeRuntime, ModelVersion
-from .store import create_store
+if TYPE_CHECKING:  # the real imports happen on first attribute access (PEP 562), see below
+    from .delta import create_delta, load_weights
+    from .errors import StaleVersion, StoreCorrupt
+    from .personalization import PersonalizeConfig, personalize
+    from .runtime import EdgeRuntime, ModelVersion
+    from .store import create_store
 
 __all__ = [
     "EdgeRuntime",
@@ -31,13 +34,23 @@ __all__ = [
     "personalize",
 ]
 
-_LAZY = {"personalize": "personalization", "PersonalizeConfig": "personalization"}
+# Lazy so that `import stamen.edge.inputs` (say) costs only what that module needs: the CLI
+# reports a wrong input file before numpy's neighbours, onnxruntime or torch are loaded.
+_LAZY = {
+    "EdgeRuntime": "runtime",
+    "ModelVersion": "runtime",
+    "PersonalizeConfig": "personalization",
+    "StaleVersion": "errors",
+    "StoreCorrupt": "errors",
+    "create_delta": "delta",
+    "create_store": "store",
+    "load_weights": "delta",
+    "personalize": "personalization",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """Import the torch-based parts on first use."""
+    """Import the module defining ``name`` on first use (torch only for personalization)."""
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

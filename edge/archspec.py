@@ -12,11 +12,12 @@ alone, without re-exporting anything. Spec fields::
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ARCH_KEY", "ArchSpec", "parse_arch"]
+__all__ = ["ARCH_KEY", "ArchSpec", "parse_arch", "state_shapes"]
 
 ARCH_KEY = "stamen.arch"
 _MAX_WIDTH = 65536
@@ -89,3 +90,20 @@ def parse_arch(obj: Mapping[str, Any] | str) -> ArchSpec:
         raise ValueError(f"arch 'classes' must be an int in [1, {_MAX_WIDTH}], got {classes!r}")
     hidden = _ints(obj, "hidden", 1, _MAX_WIDTH, [])
     return ArchSpec(str(name), shape, channels, strides, hidden, classes)
+
+
+def state_shapes(spec: ArchSpec) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the ``state_dict`` of :func:`stamen.edge.arch.build_model` for ``spec``,
+    computed without torch: ``layers.<i>.weight`` is ``(out, in, 3, 3)`` for a convolution and
+    ``(out, in)`` for a linear layer, ``layers.<i>.bias`` is ``(out,)``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    width, i = spec.input_shape[0], 0
+    for out in spec.channels:
+        shapes |= {f"layers.{i}.weight": (out, width, 3, 3), f"layers.{i}.bias": (out,)}
+        width, i = out, i + 1
+    if not spec.channels:
+        width = math.prod(spec.input_shape)
+    for out in (*spec.hidden, spec.classes):
+        shapes |= {f"layers.{i}.weight": (out, width), f"layers.{i}.bias": (out,)}
+        width, i = out, i + 1
+    return shapes

@@ -24,7 +24,7 @@ from stamen._quiet import quiet_onnx_export
 
 from .arch import ARCH_KEY, EdgeNet
 
-__all__ = ["export_onnx", "save_state", "state_of"]
+__all__ = ["export_module", "export_onnx", "save_state", "state_of"]
 
 
 def state_of(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -59,8 +59,29 @@ def export_onnx(model: EdgeNet, path: str | Path, *, opset: int = 18) -> None:
     ValueError
         If any ``state_dict`` name is missing from the exported initializers.
     """
-    model = model.eval()
     features = int(np.prod(model.spec.input_shape))
+    export_module(model, features, path, {ARCH_KEY: model.spec.dumps()}, opset=opset)
+
+
+def export_module(
+    model: torch.nn.Module,
+    features: int,
+    path: str | Path,
+    props: dict[str, str] | None = None,
+    *,
+    opset: int = 18,
+) -> None:
+    """Export any module taking flat ``(batch, features)`` inputs with its ``state_dict`` names kept
+    as initializers (so per-tensor deltas apply), the weights as external data, ``props`` as model
+    metadata. Used for :class:`~stamen.edge.arch.EdgeNet` stores and for a federation's initial model
+    (``stamen deploy model``).
+
+    Raises
+    ------
+    ValueError
+        If any ``state_dict`` name is missing from the exported initializers.
+    """
+    model = model.eval()
     example = (torch.zeros(2, features),)
     batch = torch.export.Dim("batch", min=1)
     # the exporter prints progress lines, logs torchvision ops it skips, and warns about its own pytree use
@@ -82,7 +103,8 @@ def export_onnx(model: EdgeNet, path: str | Path, *, opset: int = 18) -> None:
     missing = sorted(set(model.state_dict()) - names)
     if missing:
         raise ValueError(f"export lost the names of {missing[:4]}: the graph cannot take per-tensor deltas")
-    onnx.helper.set_model_props(proto, {ARCH_KEY: model.spec.dumps()})
+    if props:
+        onnx.helper.set_model_props(proto, props)
     p = Path(path)
     p.with_name(p.name + ".data").unlink(missing_ok=True)  # onnx refuses to overwrite it
     onnx.save_model(

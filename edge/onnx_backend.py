@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-from onnx import external_data_helper, numpy_helper
 
 from stamen.protocols import TensorInfo, tensor_table
 
 from .archspec import ARCH_KEY
+from .fsutil import create_new, naming, write_new
+from .inputs import InputSpec
 
 __all__ = ["DATA", "GRAPH", "BufferedWeights", "OnnxBackend", "OnnxSession", "layout", "read_onnx_source"]
 
@@ -62,6 +61,9 @@ def read_onnx_source(path: Path) -> tuple[dict[str, np.ndarray], bytes, str | No
     ValueError
         If the file is not a loadable ONNX model or has no float32 initializer.
     """
+    import onnx  # the host and `edge init` parse ONNX files; apply/predict/status never do
+    from onnx import external_data_helper, numpy_helper
+
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError, OSError, ... for a bad file
@@ -85,7 +87,9 @@ def read_onnx_source(path: Path) -> tuple[dict[str, np.ndarray], bytes, str | No
     return weights, model.SerializeToString(), arch
 
 
-def _session_options(threads: int) -> ort.SessionOptions:
+def _session_options(threads: int) -> Any:
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -93,10 +97,15 @@ def _session_options(threads: int) -> ort.SessionOptions:
     return so
 
 
+_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
 class OnnxSession:
     """An onnxruntime session on one version, with the overlay tensors overridden."""
 
     def __init__(self, graph: Path, overrides: Mapping[str, np.ndarray], threads: int) -> None:
+        import onnxruntime as ort  # imported when a session is built, not by `stamen edge status`
+
         so = _session_options(threads)
         if overrides:
             names = list(overrides)
@@ -105,10 +114,13 @@ class OnnxSession:
         self._sess = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
         inp = self._sess.get_inputs()[0]
         self._input, self._rank = inp.name, len(inp.shape)
+        self._dtype = _DTYPES.get(inp.type, np.float32)
+        dims = tuple(d if isinstance(d, int) and d > 0 else None for d in inp.shape[1:])
+        self.input_spec = InputSpec(dims, flat_ok=self._rank == 2)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Outputs of the first graph output for a float32 batch ``x``."""
-        arr = np.ascontiguousarray(x, dtype=np.float32)
+        """Outputs of the first graph output for a batch ``x`` (cast to the graph input's dtype)."""
+        arr = np.ascontiguousarray(x, dtype=self._dtype)
         if self._rank == 2:
             arr = arr.reshape(len(arr), -1)
         out: Any = self._sess.run(None, {self._input: arr})[0]
@@ -127,7 +139,8 @@ class BufferedWeights:
     def __init__(self, path: Path, table: Sequence[TensorInfo]) -> None:
         spans = layout(table)
         total = max((offset + nbytes for offset, nbytes in spans), default=0)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.path = path
+        self._fd = create_new(path)
         self._buf = np.empty(total, np.uint8)
         self._ends = [offset + nbytes for offset, nbytes in spans]
         self._starts = [offset for offset, _ in spans]
@@ -146,9 +159,10 @@ class BufferedWeights:
     def sync(self) -> None:
         """Write the whole buffer at offset 0 and fsync: every byte is durable afterwards."""
         view, pos = self._buf.data, 0
-        while pos < len(view):
-            pos += os.pwrite(self._fd, view[pos:], pos)
-        os.fsync(self._fd)
+        with naming(self.path):
+            while pos < len(view):
+                pos += os.pwrite(self._fd, view[pos:], pos)
+            os.fsync(self._fd)
 
     def close(self) -> None:
         """Drop the views and the buffer, close the file."""
@@ -169,7 +183,7 @@ class OnnxBackend:
 
     def install(self, skeleton: bytes) -> None:
         """Write the shared skeleton graph into a new store."""
-        (self.store / SKELETON).write_bytes(skeleton)
+        write_new(self.store / SKELETON, skeleton)
 
     def read(self, vdir: Path, table: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
         """Read-only memory-mapped weights of version directory ``vdir``."""
@@ -184,15 +198,15 @@ class OnnxBackend:
 
     def write(self, vdir: Path, weights: Mapping[str, np.ndarray], table: Sequence[TensorInfo]) -> None:
         """Write the graph and ``weights.data`` into (shadow) directory ``vdir`` (not fsynced)."""
-        (vdir / GRAPH).write_bytes((self.store / SKELETON).read_bytes())
-        with open(vdir / DATA, "wb") as fh:
+        write_new(vdir / GRAPH, (self.store / SKELETON).read_bytes())
+        with naming(vdir / DATA), os.fdopen(create_new(vdir / DATA), "wb") as fh:
             for info, (offset, _) in zip(table, layout(table), strict=True):
                 fh.seek(offset)
                 fh.write(np.ascontiguousarray(weights[info.name], dtype=info.dtype).data)
 
     def open_shadow(self, vdir: Path, table: Sequence[TensorInfo]) -> BufferedWeights:
         """Copy the graph into (shadow) directory ``vdir`` and open a new ``weights.data``."""
-        (vdir / GRAPH).write_bytes((self.store / SKELETON).read_bytes())
+        write_new(vdir / GRAPH, (self.store / SKELETON).read_bytes())
         return BufferedWeights(vdir / DATA, table)
 
     def session(

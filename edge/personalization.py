@@ -27,11 +27,13 @@ from torch import nn
 
 from .arch import EdgeNet, build_model
 from .budget import plan_for_budget
+from .inputs import InputSpec, load_npz
 from .modbudget import module_plan_for_budget
 from .modplans import ModulePlan, resolve_module_plan
 from .modtrain import lean_training
 from .plans import PlanSpec, SparsePlan, parse_plan, resolve_fixed
 from .runtime import EdgeRuntime
+from .sgd import SGD
 from .sparse_autograd import LayerConf, sparse_layer
 
 __all__ = [
@@ -213,10 +215,10 @@ def _train_loop(
     y: np.ndarray,
     config: PersonalizeConfig,
 ) -> tuple[StepStats, list[float]]:
-    opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+    opt = SGD(params, lr=config.lr, momentum=config.momentum)
     xt, yt = _as_input(x), torch.from_numpy(np.asarray(y, np.int64))
     gen = torch.Generator().manual_seed(config.seed)
-    resident = {p.untyped_storage().data_ptr() for p in [*model.parameters(), *params]}
+    resident = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers(), *params]}
     if isinstance(net, _SparseNet):
         resident |= {s.untyped_storage().data_ptr() for s in net.sel.values()}
     times, losses, saved = [], [], -1
@@ -235,7 +237,7 @@ def _train_loop(
                 saved = _measure_step(forward, resident)
             else:
                 forward()
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             box[0].backward()
             opt.step()
             sync()
@@ -273,41 +275,13 @@ def resolve_plan(
     return plan_for_budget(model, xp, yp, int(spec.value), config.batch_size, opt_copies)
 
 
-def load_npz(path: str | Path, classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read a personalization/prediction data file: ``.npz`` with ``x`` and (optionally) ``y``.
-
-    Raises
-    ------
-    ValueError
-        If ``x`` is missing, empty or non-finite, or ``y`` has the wrong length or labels
-        outside ``[0, classes)``.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"data file {p} does not exist")
-    try:
-        with np.load(p, allow_pickle=False) as f:
-            x = np.asarray(f["x"], np.float32)
-            y = np.asarray(f["y"]) if "y" in f else np.zeros(0, np.int64)
-    except (OSError, KeyError, ValueError) as exc:
-        raise ValueError(f"{p}: not an .npz with an 'x' array: {exc}") from None
-    if x.ndim < 2 or len(x) == 0 or not np.all(np.isfinite(x)):
-        raise ValueError(f"{p}: 'x' must be a non-empty finite array of shape (n, ...)")
-    if y.size and (
-        y.shape != (len(x),)
-        or y.dtype.kind not in "iu"
-        or y.min() < 0
-        or (classes is not None and y.max() >= classes)
-    ):
-        raise ValueError(f"{p}: 'y' must hold {len(x)} integer labels in [0, {classes})")
-    return x, y.astype(np.int64)
-
-
 def personalize(
     store: EdgeRuntime | str | Path,
     data: tuple[np.ndarray, np.ndarray] | str | Path,
     plan: str | PlanSpec,
     config: PersonalizeConfig | None = None,
+    *,
+    source: str = "x",
 ) -> PersonalizeResult:
     """Fine-tune the store's global model on local data under ``plan``; save the overlay.
 
@@ -321,6 +295,8 @@ def personalize(
         ``full``, ``bias``, ``last_k=K``, ``channels=R`` or ``budget=SIZE``.
     config : PersonalizeConfig or None
         Training settings (defaults if None).
+    source : str, default "x"
+        What error messages call the data (the file name when ``data`` is a path).
 
     Returns
     -------
@@ -335,14 +311,21 @@ def personalize(
     x, y = load_npz(data, model.spec.classes) if isinstance(data, (str, Path)) else data
     if len(y) != len(x) or len(y) == 0:
         raise ValueError("personalization needs labelled data: x and y of the same non-zero length")
-    base = {k: np.array(v) for k, v in rt.global_weights().items()}
-    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in base.items()})
+    source = str(data) if isinstance(data, (str, Path)) else source
+    InputSpec(model.spec.input_shape, flat_ok=True).check(x, source)
+    if int(np.max(y)) >= model.spec.classes or int(np.min(y)) < 0:
+        raise ValueError(f"{source}: labels must lie in [0, {model.spec.classes})")
+    # One private copy of the weights (the module's own); the store's are read again for the
+    # overlay (memory-mapped for ONNX stores), never held twice.
+    state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in rt.global_weights().items()}
+    model.load_state_dict(state, assign=True)
+    del state
     spec = parse_plan(plan) if isinstance(plan, str) else plan
     resolved = resolve_plan(spec, model, x, y, config)
     stats, losses = train_plan(model, x, y, resolved, config)
     trained = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    touched = _touched(resolved, model)
-    overlay = {name: (trained[name] - base[name]).astype(np.float32) for name in touched}
+    base = rt.global_weights()
+    overlay = {name: (trained[name] - base[name]).astype(np.float32) for name in _touched(resolved, model)}
     rt.set_overlay(overlay, resolved.text)
     return PersonalizeResult(resolved, overlay, stats, losses)
 

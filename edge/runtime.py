@@ -20,6 +20,7 @@ until the new one is built, then the reference is swapped under a lock.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Mapping
@@ -44,6 +45,7 @@ from stamen.protocols import (
 from .errors import StaleVersion, StoreCorrupt
 from .fsutil import publish_dir, remove_tree
 from .fused import start_apply
+from .inputs import InputSpec
 from .manifest import Manifest, VersionEntry, load_manifest, save_manifest
 from .overlay import read_overlay, write_overlay
 from .shadow import ShadowPrep, ShadowWeights
@@ -89,9 +91,14 @@ class EdgeRuntime:
         onnxruntime intra-op threads (pin explicitly: research/edge.md §8).
     keep : int, default 3
         Versions retained for rollback, >= 2.
+    serve : bool, default True
+        Build the inference session now; with False it is built on the first :meth:`predict`
+        (``stamen edge status`` never loads onnxruntime).
     """
 
-    def __init__(self, store: Path, *, verify: bool = True, threads: int = 1, keep: int = 3) -> None:
+    def __init__(
+        self, store: Path, *, verify: bool = True, threads: int = 1, keep: int = 3, serve: bool = True
+    ) -> None:
         if keep < 2 or threads < 1:
             raise ValueError(f"keep must be >= 2 and threads >= 1, got keep={keep}, threads={threads}")
         self.store, self.threads, self.keep = Path(store), threads, keep
@@ -109,12 +116,14 @@ class EdgeRuntime:
             clean_store(self.store, self.manifest)
         if verify:
             self._verify()
-        self._session = self._build_session(self.manifest)
+        self._session: Any = self._build_session(self.manifest) if serve else None
 
     @classmethod
-    def open(cls, store: str | Path, *, verify: bool = True, threads: int = 1, keep: int = 3) -> EdgeRuntime:
+    def open(
+        cls, store: str | Path, *, verify: bool = True, threads: int = 1, keep: int = 3, serve: bool = True
+    ) -> EdgeRuntime:
         """Open an existing store (same parameters as the constructor)."""
-        return cls(Path(store), verify=verify, threads=threads, keep=keep)
+        return cls(Path(store), verify=verify, threads=threads, keep=keep, serve=serve)
 
     # ---------------------------------------------------------------- reading
     def _vdir(self, manifest: Manifest) -> Path:
@@ -163,10 +172,32 @@ class EdgeRuntime:
             overrides = {name: base[name] + delta for name, delta in overlay.items()}
         return self.backend.session(vdir, manifest.tensors, overrides, manifest.arch, self.threads)
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Model outputs for a batch ``x`` (served by whichever session is current)."""
+    def _serving(self) -> Any:
         session = self._session  # one atomic reference read: a concurrent swap cannot split a call
-        return np.asarray(session.run(np.asarray(x, dtype=np.float32)))
+        if session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = self._build_session(self.manifest)
+                session = self._session
+        return session
+
+    def input_spec(self) -> InputSpec | None:
+        """What one input sample must look like (None: the store cannot serve)."""
+        return getattr(self._serving(), "input_spec", None)
+
+    def predict(self, x: np.ndarray, source: str = "input") -> np.ndarray:
+        """Model outputs for a batch ``x`` (served by whichever session is current).
+
+        Raises
+        ------
+        ValueError
+            If ``x`` does not have the model's input shape (one line naming ``source``).
+        """
+        session = self._serving()
+        spec = getattr(session, "input_spec", None)
+        if spec is not None:
+            spec.check(np.asarray(x), source)
+        return np.asarray(session.run(np.asarray(x)))
 
     def status(self) -> dict[str, Any]:
         """JSON-ready summary: version, hash, history, overlay, key id, backend, size."""
@@ -258,17 +289,23 @@ class EdgeRuntime:
         t0 = self._lap("decode", t0)
         out = prep.get()
         self._lap("prepare_wait", t0)
-        digest = self._write_shadow(out, delta)
+        replace_all = env.meta.get(keys.META_KIND) == keys.KIND_REPLACE
+        if replace_all and TARGET_KEY not in env.meta:
+            raise ValidationError("a replacement update must name its target hash")
+        digest = self._write_shadow(out, delta, replace_all)
         target = env.meta.get(TARGET_KEY)
         if target is not None and target != digest:
             raise ValidationError(f"updated weights hash {digest[:16]}… differs from the signed target")
         return prep.shadow, env.version, digest
 
-    def _write_shadow(self, out: ShadowWeights, delta: Mapping[str, np.ndarray]) -> str:
-        """Compute ``current + delta`` into ``out``, make it durable; return its model hash."""
+    def _write_shadow(self, out: ShadowWeights, delta: Mapping[str, np.ndarray], replace_all: bool) -> str:
+        """Compute ``current + delta`` (or, for a replacement, the sent weights themselves) into
+        ``out``, make it durable; return its model hash."""
         table = self.manifest.tensors
         t0 = time.perf_counter()
-        worker = start_apply(self.global_weights(), delta, out.views, table)
+        # -0.0 + x == x bit for bit for every float x (+0.0 would turn -0.0 into +0.0)
+        base = {t.name: np.full(t.shape, -0.0, t.dtype) for t in table} if replace_all else None
+        worker = start_apply(base or self.global_weights(), delta, out.views, table)
         try:
             t0 = self._lap("add", t0)
             out.sync()  # the hash thread keeps running during the fsync
@@ -293,9 +330,17 @@ class EdgeRuntime:
             save_manifest(self.store, manifest)  # the commit point
             self._lap("commit", t0)
         except BaseException:
-            remove_tree(final)
+            self._drop_uncommitted(manifest, final)
             raise
         self._swap(manifest, session)
+
+    def _drop_uncommitted(self, manifest: Manifest, final: Path) -> None:
+        """After a failed commit, remove the new version directory unless the manifest on disk
+        already names it (the rename went through and only the directory fsync failed); what
+        cannot be removed now is garbage that :func:`clean_store` removes on the next change."""
+        with contextlib.suppress(Exception):
+            if load_manifest(self.store).current != manifest.current:
+                remove_tree(final)
 
     def _swap(self, manifest: Manifest, session: Any) -> None:
         with self._lock:

@@ -19,9 +19,10 @@ name is garbage, removed by :func:`clean_store` under the lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
-import shutil
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,9 @@ import numpy as np
 
 from stamen.protocols import Verifier, model_hash, tensor_table
 
-from .archspec import parse_arch
-from .fsutil import fsync_dir, publish_dir, remove_tree
+from .archspec import parse_arch, state_shapes
+from .errors import StoreCorrupt
+from .fsutil import fsync_dir, publish_dir, remove_tree, write_new
 from .manifest import Manifest, VersionEntry, save_manifest
 from .onnx_backend import OnnxBackend, read_onnx_source
 from .torch_backend import TorchBackend, read_safetensors_source
@@ -40,6 +42,7 @@ __all__ = ["Backend", "clean_store", "create_store", "make_backend", "store_lock
 
 TRUSTED = "trusted.pem"
 VERSIONS = "versions"
+LOCK = ".lock"
 Backend = OnnxBackend | TorchBackend
 
 
@@ -59,8 +62,20 @@ def make_backend(kind: str, store: Path) -> Backend:
 
 @contextlib.contextmanager
 def store_lock(store: Path) -> Iterator[None]:
-    """Exclusive advisory lock on ``store`` for the duration of a change (blocks until free)."""
-    fd = os.open(store / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    """Exclusive advisory lock on ``store`` for the duration of a change (blocks until free).
+
+    The lock file is opened with ``O_NOFOLLOW``: a symlink planted at ``.lock`` is refused with a
+    :class:`StoreCorrupt` naming it, never followed (``O_CREAT`` would create its target).
+    """
+    path = store / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreCorrupt(
+                f"{path} is a symbolic link; refusing to follow it (remove the link to unlock the store)"
+            ) from None
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -68,8 +83,31 @@ def store_lock(store: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
+def _real_dir(path: Path) -> None:
+    """Refuse a store whose ``versions`` folder is a link (every version would live elsewhere)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        raise StoreCorrupt(f"{path} is missing") from None
+    if not stat.S_ISDIR(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a directory"
+        raise StoreCorrupt(f"{path} is {kind}; refusing to use it")
+
+
 def clean_store(store: Path, manifest: Manifest) -> None:
-    """Remove shadows, temp files, unreferenced versions and overlays left by a crash."""
+    """Remove shadows, temp files, unreferenced versions and overlays left by a crash.
+
+    Anything at such a name is removed as what it is: a planted symlink is unlinked (its target
+    outside the store is never touched), a directory removed without following links inside it.
+
+    Raises
+    ------
+    StoreCorrupt
+        If ``versions`` is a symbolic link or not a directory.
+    OSError
+        Naming the path, if garbage cannot be removed.
+    """
+    _real_dir(store / VERSIONS)
     keep = {version_dir(store, h.version).name for h in manifest.history}
     for child in (store / VERSIONS).iterdir():
         if child.name not in keep:
@@ -78,7 +116,7 @@ def clean_store(store: Path, manifest: Manifest) -> None:
     for child in store.iterdir():
         stale_overlay = child.name.startswith("overlay-") and child.name != overlay
         if stale_overlay or ".tmp-" in child.name:
-            child.unlink(missing_ok=True)
+            remove_tree(child)  # whatever it is: a file, a planted link or directory
 
 
 def _source(path: Path) -> tuple[str, dict[str, np.ndarray], bytes, str | None]:
@@ -94,14 +132,12 @@ def _source(path: Path) -> tuple[str, dict[str, np.ndarray], bytes, str | None]:
 
 
 def _check_arch(arch: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> None:
-    """The weights must be exactly the architecture's state_dict (names and shapes)."""
-    from .arch import build_model  # torch only where an arch is given
-
-    state = build_model(arch).state_dict()
+    """The weights must be exactly the architecture's state_dict (names and shapes; no torch)."""
     got = {k: tuple(v.shape) for k, v in weights.items()}
-    want = {k: tuple(v.shape) for k, v in state.items()}
-    if got != want:
-        raise ValueError(f"weights do not match the arch spec: {sorted(set(got) ^ set(want))[:4]} differ")
+    want = state_shapes(parse_arch(arch))
+    bad = sorted(k for k in got.keys() | want.keys() if got.get(k) != want.get(k))
+    if bad:
+        raise ValueError(f"weights do not match the arch spec: {bad[:4]} missing, extra or misshapen")
 
 
 def create_store(
@@ -127,7 +163,7 @@ def create_store(
     Manifest
         At version 0 with the source's weights.
     """
-    verifier = Verifier.from_files(trust)
+    Verifier.from_files(trust)  # a bad key file fails before anything is written
     backend_kind, weights, skeleton, file_arch = _source(source)
     arch_text = arch or file_arch
     arch_obj = parse_arch(arch_text).to_json() if arch_text else None
@@ -135,8 +171,28 @@ def create_store(
         _check_arch(arch_obj, weights)
     if store.exists() and any(store.iterdir()):
         raise ValueError(f"{store} already exists and is not empty")
+    created = not store.exists()
+    try:
+        return _populate(store, trust, backend_kind, weights, skeleton, arch_obj, model_id or source.stem)
+    except BaseException:  # e.g. a full disk: leave no half-made store behind
+        with contextlib.suppress(OSError):
+            for child in [store] if created else list(store.iterdir()):
+                remove_tree(child)
+        raise
+
+
+def _populate(
+    store: Path,
+    trust: Path,
+    backend_kind: str,
+    weights: dict[str, np.ndarray],
+    skeleton: bytes,
+    arch: Mapping[str, Any] | None,
+    model_id: str,
+) -> Manifest:
+    """Write a new store's files (version 0) into the empty directory ``store``."""
     (store / VERSIONS).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(trust, store / TRUSTED)
+    write_new(store / TRUSTED, trust.read_bytes())
     backend = make_backend(backend_kind, store)
     backend.install(skeleton)
     table = tensor_table(weights)
@@ -145,13 +201,13 @@ def create_store(
     backend.write(shadow, weights, table)
     publish_dir(shadow, version_dir(store, 0))
     manifest = Manifest(
-        model_id=model_id or source.stem,
+        model_id=model_id,
         backend=backend_kind,
-        key_id=next(iter(verifier.key_ids)),
+        key_id=next(iter(Verifier.from_files(trust).key_ids)),
         tensors=table,
         history=(VersionEntry(0, model_hash(weights), None),),
         high_water=0,
-        arch=arch_obj,
+        arch=arch,
     )
     fsync_dir(store)
     save_manifest(store, manifest)

@@ -13,13 +13,23 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 from stamen.protocols import TensorInfo
 
 from .archspec import ARCH_KEY
+from .fsutil import create_new, naming
+from .inputs import InputSpec
 
-__all__ = ["WEIGHTS", "NoSession", "ShadowState", "TorchBackend", "TorchSession", "read_safetensors_source"]
+__all__ = [
+    "WEIGHTS",
+    "NoSession",
+    "ShadowState",
+    "TorchBackend",
+    "TorchSession",
+    "read_safetensors_source",
+    "write_state",
+]
 
 WEIGHTS = "weights.safetensors"
 
@@ -44,6 +54,22 @@ def read_safetensors_source(path: Path) -> tuple[dict[str, np.ndarray], str | No
     return weights, meta.get(ARCH_KEY)
 
 
+def write_state(path: Path, tensors: Mapping[str, np.ndarray], *, durable: bool) -> None:
+    """Write ``tensors`` as a new safetensors file ``path`` (never through a planted link); an
+    ``OSError`` (a full disk) names ``path``; ``durable`` fsyncs it."""
+    data = save(dict(tensors))
+    fd = create_new(path)
+    try:
+        with naming(path):
+            view, pos = memoryview(data), 0
+            while pos < len(view):
+                pos += os.write(fd, view[pos:])
+            if durable:
+                os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class TorchSession:
     """The :class:`~stamen.edge.arch.EdgeNet` loaded with one version's effective weights."""
 
@@ -54,6 +80,7 @@ class TorchSession:
 
         self._torch = torch
         self.model = build_model(dict(arch))
+        self.input_spec = InputSpec(self.model.spec.input_shape, flat_ok=True)
         state = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in weights.items()}
         self.model.load_state_dict(state, strict=True)
         self.model.eval()
@@ -89,12 +116,7 @@ class ShadowState:
 
     def sync(self) -> None:
         """Write ``weights.safetensors`` and fsync it."""
-        save_file(self.views, str(self.path))
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_state(self.path, self.views, durable=True)
 
     def close(self) -> None:
         """Release the arrays."""
@@ -128,7 +150,7 @@ class TorchBackend:
     def write(self, vdir: Path, weights: Mapping[str, np.ndarray], table: Sequence[TensorInfo]) -> None:
         """Write ``weights.safetensors`` into (shadow) directory ``vdir`` (not fsynced)."""
         tensors = {info.name: np.ascontiguousarray(weights[info.name], dtype=np.float32) for info in table}
-        save_file(tensors, str(vdir / WEIGHTS))
+        write_state(vdir / WEIGHTS, tensors, durable=False)
 
     def open_shadow(self, vdir: Path, table: Sequence[TensorInfo]) -> ShadowState:
         """Arrays to compute a new version into; written to ``vdir`` on ``sync``."""

@@ -27,7 +27,7 @@ from .envelope import Envelope, pack
 from .signing import Signer
 from .tensors import TensorInfo, model_hash, tensor_table
 
-__all__ = ["SignedDelta", "create_delta", "create_delta_with_result", "table_names"]
+__all__ = ["SignedDelta", "create_delta", "create_delta_with_result", "create_replacement", "table_names"]
 
 
 class SignedDelta(NamedTuple):
@@ -122,6 +122,43 @@ def create_delta_with_result(
         meta=meta,
     )
     return SignedDelta(pack(envelope, signer), result, digest)
+
+
+def create_replacement(
+    target: Mapping[str, np.ndarray],
+    signer: Signer,
+    *,
+    version: int,
+    base_hash: str,
+    model_id: str | None = None,
+    sender: str = "stamen",
+) -> SignedDelta:
+    """A signed envelope that *replaces* the device's weights by ``target`` (dense, lossless).
+
+    For a device whose weights the server no longer holds (it reported ``base_hash``, a version the
+    server's history has dropped): ``meta["kind"] = "replace"``; the device still checks that
+    ``base_hash`` is what it holds, that ``version`` is above its high-water mark, the model id and
+    the target hash, so a replacement cannot be replayed onto another state.
+    """
+    if type(version) is not int or version < 1:
+        raise ValueError(f"version must be an int >= 1, got {version!r}")
+    weights = {n: np.ascontiguousarray(target[n], np.float32) for n in sorted(target)}
+    pipeline = CodecPipeline(CodecSpec.parse("dense"))
+    table = tensor_table(weights)
+    digest = model_hash(weights)
+    meta: dict[str, int | float | str] = {keys.META_TARGET: digest, keys.META_KIND: keys.KIND_REPLACE}
+    if model_id is not None:
+        meta[keys.META_MODEL] = model_id
+    envelope = Envelope(
+        codec=pipeline.spec.to_string(),
+        base_hash=base_hash,
+        version=version,
+        sender=sender,
+        tensors=table,
+        payload=pipeline.encode(weights, np.random.default_rng(0)),
+        meta=meta,
+    )
+    return SignedDelta(pack(envelope, signer), weights, digest)
 
 
 def create_delta(*args: Any, **kwargs: Any) -> bytes:

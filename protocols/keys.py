@@ -48,6 +48,11 @@ PEER_CLASSES = "bristle-classes"  # MetricRecord list[int] in a train reply: the
 # --- Envelope meta keys (signed edge deltas; stamen.protocols.delta) ------------------------------
 META_TARGET = "target"  # model_hash of what the device holds after applying the delta
 META_MODEL = "model"  # model id; a device refuses a delta for another model
+META_KIND = (
+    "kind"  # "replace": the payload is the whole model, not a delta (a device the server lost track of)
+)
+KIND_REPLACE = "replace"
+HELD = "stamen.held"  # ConfigRecord in a train reply: {"hash", "version"} a device holds (cannot apply)
 
 # --- node_config keys (Flower) ---------------------------------------------------------------
 NODE_PARTITION_ID = "partition-id"

@@ -65,16 +65,16 @@ class Signer:
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> Signer:
-        """Load an unencrypted PEM (PKCS#8) Ed25519 private key.
+    def from_file(cls, path: str | os.PathLike[str], passphrase: bytes | None = None) -> Signer:
+        """Load a PEM (PKCS#8) Ed25519 private key, encrypted with ``passphrase`` when given.
 
         Raises
         ------
         SignatureError
-            If the file does not hold an Ed25519 private key.
+            If the file does not hold an Ed25519 private key (or the passphrase is wrong/missing).
         """
         try:
-            key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+            key = serialization.load_pem_private_key(Path(path).read_bytes(), password=passphrase)
         except (ValueError, TypeError) as exc:
             raise SignatureError(f"{path}: not a PEM private key: {exc}") from None
         if not isinstance(key, Ed25519PrivateKey):

@@ -11,13 +11,16 @@ held-out set for centralized evaluation (``eval-data``: an ``.npz`` with ``x`` a
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from stamen.logs import configure_logging
 from stamen.server.config import ServerConfig
+from stamen.server.deployed import deployment_extras
 from stamen.server.driver.driver import EvalFn, RoundDriver
 from stamen.server.driver.flower_async import GridAsyncTransport
 from stamen.server.driver.flower_transport import GridTransport
@@ -47,22 +50,26 @@ def evaluator(cfg: ServerConfig, run_config: dict[str, Any]) -> EvalFn | None:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point called by Flower with the run's grid and context."""
+    configure_logging("server")
     run_config = dict(context.run_config)
     cfg = ServerConfig.from_run_config(run_config)
-    transport = GridTransport(grid, cfg.num_clients, cfg.per_round, cfg.timeout_s)
+    simulated = "InMemory" in type(grid).__name__  # Flower's simulation runtime, else a SuperLink
     initial = get_weights(build_model(cfg.task))
+    extras = deployment_extras(cfg, run_config, initial, deployed=not simulated)
+    transport = GridTransport(
+        grid, cfg.num_clients, cfg.per_round, cfg.timeout_s, bind_identity=extras.require_signed
+    )
     evaluate = evaluator(cfg, run_config)
     reporter = RoundReporter(operator_metrics(run_config))
     if cfg.settings.server.mode == "sync":
-        driver = assemble(cfg, transport, initial, evaluate)
+        driver = assemble(cfg, transport, initial, evaluate, extras)
         reporter.driver = driver
         result = driver.run(initial, progress=reporter)
     else:  # FedAsync / FedBuff: push/pull, no round barrier
         pushpull = GridAsyncTransport(transport, ttl_s=cfg.timeout_s)
-        result = assemble_async(cfg, pushpull, initial, evaluate).run(initial, progress=reporter)
+        result = assemble_async(cfg, pushpull, initial, evaluate, extras).run(initial, progress=reporter)
     out = str(run_config.get("out-dir", ""))
     if out:
-        simulated = "InMemory" in type(grid).__name__  # Flower's simulation runtime, else a SuperLink
         extra = {"engine": "flower-simulation" if simulated else "flower-deployment"}
         if result.stopped:
             extra["stopped"] = result.stopped
@@ -94,6 +101,7 @@ class RoundReporter:
         fields = {
             "accepted": accepted,
             "rejected": rec.rejected,
+            "rejections": dict(sorted(Counter(kinds).items())),
             "accuracy": rec.accuracy,
             "epsilon": rec.epsilon,
         }

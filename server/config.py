@@ -35,6 +35,8 @@ APP_KEYS = (
     "data-source",
     "metrics-port",
     "metrics-addr",
+    "require-signed",
+    "signing-key",
 )
 
 

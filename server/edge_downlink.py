@@ -10,16 +10,18 @@ and can check the base hash of the device's reply. Devices holding the same weig
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from stamen.protocols import CodecSpec, Signer, model_hash
-from stamen.protocols.delta import create_delta_with_result
-from stamen.server.driver.types import TrainTask, client_index
+from stamen.protocols.delta import create_delta_with_result, create_replacement
+from stamen.server.driver.types import Reply, TrainTask, client_index
 from stamen.task.seeds import client_seed
 
 Weights = dict[str, np.ndarray]
+log = logging.getLogger("stamen.server")
 
 
 class DeviceDownlink:
@@ -45,6 +47,9 @@ class DeviceDownlink:
         self._initial_hash = model_hash(first)
         self._weights: dict[str, Weights] = {self._initial_hash: first}
         self._held: dict[str, str] = {}
+        self._prev: dict[
+            str, str
+        ] = {}  # what each device held before its last delta (it may not have applied it)
 
     def held_hash(self, device: str) -> str:
         """Hash of the weights ``device`` holds (the provisioned model until its first update)."""
@@ -55,27 +60,40 @@ class DeviceDownlink:
     ) -> tuple[bytes, str]:
         """Signed envelope taking ``device`` from what it holds to ``target``; and its hash after.
 
-        ``version`` must grow for each device (the server round does).
+        ``version`` must grow for each device (the server round does). A device whose weights the
+        server does not hold (it reported a version the history dropped) gets a replacement.
         """
         held = self.held_hash(device)
-        data, after, digest = create_delta_with_result(
-            self._weights[held],
-            target,
-            self.codec,
-            self.signer,
-            version=version,
-            model_id=self.model_id,
-            sender="server",
-            seed=seed,
-            base_hash=held,
-        )
+        if held in self._weights:
+            data, after, digest = create_delta_with_result(
+                self._weights[held],
+                target,
+                self.codec,
+                self.signer,
+                version=version,
+                model_id=self.model_id,
+                sender="server",
+                seed=seed,
+                base_hash=held,
+            )
+        else:
+            data, after, digest = create_replacement(
+                target, self.signer, version=version, base_hash=held, model_id=self.model_id, sender="server"
+            )
         self._weights.setdefault(digest, after)
-        self._held[device] = digest
+        self._prev[device], self._held[device] = held, digest
         self._prune()
         return data, digest
 
+    def resync(self, device: str, held: str) -> None:
+        """``device`` reported holding ``held`` (it did not apply, or lost, its last delta): the next
+        delta starts there, or is a full replacement when the server no longer has those weights."""
+        if held != self.held_hash(device):
+            self._held[device] = held
+            self._prune()
+
     def _prune(self) -> None:
-        live = set(self._held.values()) | {self._initial_hash}
+        live = set(self._held.values()) | set(self._prev.values()) | {self._initial_hash}
         for digest in [d for d in self._weights if d not in live]:
             del self._weights[digest]
 
@@ -108,3 +126,10 @@ class EdgeDownlink:
     def nbytes(self, tasks: Sequence[TrainTask]) -> int:
         """The deltas' sizes."""
         return sum(len(t.downlink or b"") for t in tasks)
+
+    def observe(self, replies: Sequence[Reply]) -> None:
+        """Devices that reported what they hold instead of an update are resynchronized."""
+        for reply in replies:
+            if reply.held is not None:
+                log.info("device %s holds %s…; its next delta starts there", reply.client, reply.held[:12])
+                self.tracker.resync(reply.client, reply.held)

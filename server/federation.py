@@ -14,6 +14,7 @@ import numpy as np
 from stamen.protocols import Verifier, keys
 from stamen.server.aggregators import ComposedAggregator, Rule
 from stamen.server.aggregators.bristle import BristleRule
+from stamen.server.aggregators.fltrust import FLTrustRule
 from stamen.server.bristle.relay import PeerMode, PeerRelay, peer_config
 from stamen.server.config import ServerConfig
 from stamen.server.driver.async_driver import AsyncDriver, AsyncSettings, AsyncTransport
@@ -61,6 +62,9 @@ class RunExtras:
         Signed deltas to edge devices instead of full weights.
     verifier : Verifier or None
         Trusted client keys: every update must be signed by one.
+    require_signed : bool
+        Every update must be signed by the key its authenticated sending node endorsed (a deployed
+        grid's transport binds each reply to it).
     max_delay : int
         The most rounds a simulated client is delayed (its update that many versions stale); the
         server then keeps that many past versions and applies the staleness rules.
@@ -72,6 +76,7 @@ class RunExtras:
     validation: tuple[np.ndarray, np.ndarray] | None = None
     downlink: Downlink | None = None
     verifier: Verifier | None = None
+    require_signed: bool = False
     max_delay: int = 0
 
 
@@ -95,6 +100,7 @@ def collect_policy(cfg: ServerConfig, rule: Rule, extras: RunExtras) -> CollectP
         max_examples=a.max_examples,
         declared=extras.declared,
         verifier=extras.verifier,
+        require_signed=extras.require_signed,
         allow_plain=cfg.codec.is_dense(),
         require=(keys.PEER_CLASSES,) if rule.traits.relay_only else (),
     )
@@ -102,17 +108,18 @@ def collect_policy(cfg: ServerConfig, rule: Rule, extras: RunExtras) -> CollectP
 
 def round_mode(cfg: ServerConfig, rule: Rule, initial: Weights, extras: RunExtras) -> Mode:
     """Aggregate (with Bristle's server-mode validation set when the rule needs it), or relay."""
-    bristle = (
-        rule.rule if isinstance(rule, ComposedAggregator) and isinstance(rule.rule, BristleRule) else None
-    )
+    inner = rule.rule if isinstance(rule, ComposedAggregator) else rule
+    needs_data = inner if isinstance(inner, (BristleRule, FLTrustRule)) else None
     if rule.traits.relay_only:
         (layer,) = initial  # peer mode exchanges the single output layer
         relay = PeerRelay(initial[layer].shape[0], extras.malicious)
         return PeerMode(relay, layer, peer_config(rule), extras.hooks)
-    if bristle is not None:
+    if needs_data is not None:  # Bristle's server mode and FLTrust's root data: a server-held labelled set
         if extras.validation is None:
-            raise ValueError("aggregation.rule='bristle' (server mode) needs a server-held validation set")
-        bristle.set_validation(*extras.validation)
+            raise ValueError(
+                f"aggregation.rule={cfg.settings.aggregation.rule!r} needs a server-held validation set"
+            )
+        needs_data.set_validation(*extras.validation)
     return AggregateMode(rule, cfg.settings.aggregation.server_lr, extras.hooks)
 
 

@@ -20,7 +20,7 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ RESERVED_KEYS = ("scenario", "rounds", "final")
 
 
 ROUND_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RoundRecord))
+_REQUIRED = frozenset(f.name for f in fields(RoundRecord) if f.default is MISSING)  # others default
 """Column order of ``results.csv`` and key order of each ``results.json`` round."""
 
 
@@ -105,7 +106,9 @@ def _normalized(rounds: Sequence[Any]) -> list[RoundRecord]:
     """Accept any record with the round attributes (e.g. an engine's own record type) and
     normalize it to a :class:`RoundRecord` (plain Python numbers, checked)."""
     return [
-        r if isinstance(r, RoundRecord) else RoundRecord(**{k: getattr(r, k) for k in ROUND_KEYS})
+        r
+        if isinstance(r, RoundRecord)
+        else RoundRecord(**{k: getattr(r, k) for k in ROUND_KEYS if hasattr(r, k) or k in _REQUIRED})
         for r in rounds
     ]
 

@@ -71,7 +71,8 @@ class SimulationPlan:
         s, cfg = self.scenario, self.cfg
         pool = PoolTrainer(cfg.task, self.data, cfg.seed, cfg.train_for_round)
         sizes = partition_sizes(self.data)
-        validation = validation_slice(cfg.seed) if s.aggregation.rule == "bristle" and not self.peer else None
+        server_data = s.aggregation.rule in ("bristle", "fltrust") and not self.peer
+        validation = validation_slice(cfg.seed) if server_data else None
         timing = self.timing()
         hooks = SimulationHooks(build_adversary(s, self.malicious, pool), timing)
         delayed = s.timing.delay_mode == "class" and bool(timing.delayed_clients)

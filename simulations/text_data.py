@@ -18,7 +18,11 @@ no download. Exactly how:
    ``round(test_fraction * per_label)`` are the test split, which therefore does not depend on the
    seed. ``per_label = num_samples // num_labels`` (labels with fewer texts give all they have).
    The training texts of a label are a seeded random choice (``numpy`` PCG64, ``seed``) among the
-   rest. Non-iid client partitions come from :func:`stamen.simulations.partition.partition`.
+   rest. The validation split (for choosing hyper-parameters; :func:`load_pydocs_validation`) is the
+   first ``round(val_fraction * per_label)`` texts, in hash order, of those left over after the test
+   and training texts: it is extra to ``num_samples`` and draws nothing from the generator, so train
+   and test are exactly what they were before the split existed. Non-iid client partitions come from
+   :func:`stamen.simulations.partition.partition`.
 5. **Tokens.** all-MiniLM-L6-v2's WordPiece tokenizer (lower-cased, ``[CLS] text [SEP]``) truncated
    and padded (id 0) to ``seq_len``: ``x`` is ``int64 (n, seq_len)``, ``y`` the label index in
    :data:`SOURCES` order.
@@ -38,12 +42,13 @@ import importlib.util
 import json
 import re
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from stamen.simulations.arrays import Dataset, read_npz, write_npz
+from stamen.simulations.arrays import Dataset, write_npz
 from stamen.task.cache import cache_dir
 
 #: label -> top-level packages whose docstrings carry it (order = label index)
@@ -87,7 +92,7 @@ _DISTRIBUTIONS = (
 )
 _SKIP_DIRS = frozenset({"tests", "test", "_vendor", "vendored", "_vendored", "externals"})
 _MIN_WORDS = 5
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: arrays carry the validation split
 _WS = re.compile(r"\s+")
 
 
@@ -136,15 +141,18 @@ def collect(sources: tuple[tuple[str, tuple[str, ...]], ...] = SOURCES) -> list[
 
 
 def split_label(
-    texts: list[str], per_label: int, test_fraction: float, rng: np.random.Generator
-) -> tuple[list[str], list[str]]:
-    """(train, test) texts of one label: hash-ordered fixed test split, seeded train choice."""
+    texts: list[str], per_label: int, test_fraction: float, rng: np.random.Generator, val_count: int = 0
+) -> tuple[list[str], list[str], list[str]]:
+    """(train, val, test) texts of one label: hash-ordered fixed test split, seeded train choice,
+    validation = the first ``val_count`` leftover texts in hash order (no generator draw)."""
     ordered = sorted(texts, key=lambda t: hashlib.sha256(t.encode("utf-8")).digest())
     n_test = round(test_fraction * per_label)
     test, rest = ordered[:n_test], ordered[n_test:]
     n_train = min(len(rest), per_label - n_test)
     pick = np.sort(rng.choice(len(rest), size=n_train, replace=False))
-    return [rest[i] for i in pick], test
+    chosen = set(pick.tolist())
+    leftover = [t for i, t in enumerate(rest) if i not in chosen]  # still in hash order
+    return [rest[i] for i in pick], leftover[:val_count], test
 
 
 def _versions() -> dict[str, str]:
@@ -157,12 +165,13 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _cache_file(seed: int, num_samples: int, test_fraction: float, seq_len: int) -> Path:
+def _cache_file(seed: int, num_samples: int, test_fraction: float, val_fraction: float, seq_len: int) -> Path:
     key = {
         "v": _versions(),
         "seed": seed,
         "n": num_samples,
         "t": test_fraction,
+        "val": val_fraction,
         "L": seq_len,
         "sources": SOURCES,
         "format": _CACHE_FORMAT,
@@ -189,31 +198,78 @@ def cached_corpus() -> list[list[str]]:
     return corpus
 
 
-def build_arrays(seed: int, num_samples: int, test_fraction: float, seq_len: int) -> dict[str, np.ndarray]:
-    """Tokenized train/test arrays (steps 1-5); the corpus comes from :func:`cached_corpus`."""
+def build_arrays(
+    seed: int, num_samples: int, test_fraction: float, seq_len: int, val_fraction: float = 0.0
+) -> dict[str, np.ndarray]:
+    """Tokenized train/val/test arrays (steps 1-5); the corpus comes from :func:`cached_corpus`."""
     from stamen.task.models.minilm import tokenize
 
     corpus = cached_corpus()
     per_label = num_samples // len(corpus)
     rng = np.random.default_rng(seed)
-    texts: dict[str, list[str]] = {"train": [], "test": []}
-    labels: dict[str, list[int]] = {"train": [], "test": []}
+    texts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    labels: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for label, docs in enumerate(corpus):
-        train, test = split_label(docs, per_label, test_fraction, rng)
-        for part, chunk in (("train", train), ("test", test)):
+        parts = split_label(docs, per_label, test_fraction, rng, round(val_fraction * per_label))
+        for part, chunk in zip(("train", "val", "test"), parts, strict=True):
             texts[part] += chunk
             labels[part] += [label] * len(chunk)
-    return {
-        "x_train": tokenize(texts["train"], seq_len).numpy(),
-        "y_train": np.asarray(labels["train"]),
-        "x_test": tokenize(texts["test"], seq_len).numpy(),
-        "y_test": np.asarray(labels["test"]),
-    }
+    out: dict[str, np.ndarray] = {}
+    for part in ("train", "val", "test"):
+        out[f"x_{part}"] = tokenize(texts[part], seq_len).numpy().reshape(-1, seq_len)
+        out[f"y_{part}"] = np.asarray(labels[part], dtype=np.int64)
+    return out
+
+
+def _check(seed: int, num_samples: int, test_fraction: float, val_fraction: float, seq_len: int) -> None:
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    if num_samples < 10 * len(SOURCES):
+        raise ValueError(f"num_samples must be >= {10 * len(SOURCES)} for pydocs, got {num_samples}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not 8 <= seq_len <= 512:
+        raise ValueError(f"seq_len must be in [8, 512], got {seq_len}")
+
+
+_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    """The six cached arrays, or ``None`` when the file is missing or unreadable (then rebuilt)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: np.array(npz[k]) for k in _KEYS}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def _arrays(
+    seed: int, num_samples: int, test_fraction: float, val_fraction: float, seq_len: int
+) -> dict[str, np.ndarray]:
+    """Read-only train/val/test arrays from the disk cache (built and written on a miss)."""
+    _check(seed, num_samples, test_fraction, val_fraction, seq_len)
+    path = _cache_file(seed, num_samples, float(test_fraction), float(val_fraction), seq_len)
+    arrays = _read_cache(path)
+    if arrays is None:
+        arrays = build_arrays(seed, num_samples, float(test_fraction), seq_len, float(val_fraction))
+        write_npz(path, arrays)
+    for key in _KEYS:
+        arrays[key] = np.ascontiguousarray(arrays[key], dtype=np.int64)
+        arrays[key].setflags(write=False)
+    return arrays
 
 
 @functools.lru_cache(maxsize=4)
 def load_pydocs(
-    seed: int = 0, *, num_samples: int = 3000, test_fraction: float = 0.2, seq_len: int = 32
+    seed: int = 0,
+    *,
+    num_samples: int = 3000,
+    test_fraction: float = 0.2,
+    seq_len: int = 32,
+    val_fraction: float = 0.2,
 ) -> Dataset:
     """The ``pydocs`` data set (see the module docstring), cached on disk and in memory.
 
@@ -227,28 +283,36 @@ def load_pydocs(
         Share of each label's quota held out for testing, in ``(0, 1)``.
     seq_len : int, default 32
         Token ids per text (``[CLS]`` and ``[SEP]`` included), in ``[8, 512]``.
+    val_fraction : float, default 0.2
+        Size of the validation split (:func:`load_pydocs_validation`) per label, as a share of the
+        label's quota, in ``[0, 1)``; extra to ``num_samples``. It does not change train or test.
 
     Returns
     -------
     Dataset
         Read-only ``int64`` token ids ``x`` ``(n, seq_len)`` and ``int64`` labels ``y``.
     """
-    if not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-    if num_samples < 10 * len(SOURCES):
-        raise ValueError(f"num_samples must be >= {10 * len(SOURCES)} for pydocs, got {num_samples}")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if not 8 <= seq_len <= 512:
-        raise ValueError(f"seq_len must be in [8, 512], got {seq_len}")
-    path = _cache_file(seed, num_samples, test_fraction, seq_len)
-    arrays = read_npz(path)
-    if arrays is None:
-        arrays = build_arrays(seed, num_samples, float(test_fraction), seq_len)
-        write_npz(path, arrays)
-    for key in ("x_train", "y_train", "x_test", "y_test"):
-        arrays[key] = np.ascontiguousarray(arrays[key], dtype=np.int64)
-        arrays[key].setflags(write=False)
+    arrays = _arrays(seed, num_samples, test_fraction, val_fraction, seq_len)
     return Dataset(
         "pydocs", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], len(SOURCES)
     )
+
+
+@functools.lru_cache(maxsize=4)
+def load_pydocs_validation(
+    seed: int = 0,
+    *,
+    num_samples: int = 3000,
+    test_fraction: float = 0.2,
+    seq_len: int = 32,
+    val_fraction: float = 0.2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The validation split of :func:`load_pydocs` with the same arguments: ``(x_val, y_val)``.
+
+    Disjoint from train and test (step 4 of the module docstring); use it, never the test split, to
+    choose learning rates and other hyper-parameters. Read-only ``int64`` arrays of shapes
+    ``(n_val, seq_len)`` and ``(n_val,)``, ``n_val = round(val_fraction * per_label)`` per label
+    (fewer for a label that has run out of texts).
+    """
+    arrays = _arrays(seed, num_samples, test_fraction, val_fraction, seq_len)
+    return arrays["x_val"], arrays["y_val"]

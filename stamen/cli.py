@@ -51,10 +51,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_plugin_commands(sub: Any) -> None:
-    """Commands defined in their own modules (``stamen.cli_edge``: keys, delta, edge)."""
+    """Commands defined in their own modules (``stamen.cli_edge``: keys, delta, edge; ``deploy``;
+    ``device``)."""
     from stamen import cli_edge  # a broken import must fail loudly, never drop the commands
+    from stamen.deploy.cli import add_deploy_commands
+    from stamen.device.cli import add_device_commands
 
     cli_edge.add_commands(sub)
+    add_deploy_commands(sub)
+    add_device_commands(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _scenarios()
         if args.command == "simulate":
             return _simulate(args)
+        if args.command in ("deploy", "device"):
+            return _deploy_or_device(args)
         from stamen import cli_edge
 
         return cli_edge.dispatch(args)
@@ -74,6 +81,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stamen: interrupted", file=sys.stderr)
         return 130
+
+
+def _deploy_or_device(args: argparse.Namespace) -> int:
+    if args.command == "deploy":
+        from stamen.deploy.cli import dispatch
+
+        return dispatch(args)
+    from stamen.device.cli import dispatch as device_dispatch
+
+    return device_dispatch(args)
 
 
 def _scenarios() -> int:

@@ -7,7 +7,7 @@
     stamen edge rollback --model DIR
     stamen edge status --model DIR
     stamen edge personalize --model DIR --data FILE.npz --plan bias|last_k=2|channels=0.25|budget=2MB|full
-    stamen edge predict --model DIR --input FILE.npz
+    stamen edge predict --model DIR --input FILE.npz [--all]
 
 Every failure raises ``ValueError``/``FileNotFoundError`` with a one-line reason, which
 ``stamen.cli.main`` prints as ``stamen: error: ...`` with exit code 2; a refused command leaves the
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_commands", "dispatch"]
+__all__ = ["add_commands", "dispatch", "prediction_summary"]
 
 
 def add_commands(sub: Any) -> None:
@@ -81,7 +81,9 @@ def _add_edge(sub: Any) -> None:
     pers.add_argument("--lr", type=float, default=0.05)
     pers.add_argument("--batch-size", type=int, default=32)
     pers.add_argument("--seed", type=int, default=0)
-    edge.choices["predict"].add_argument("--input", type=Path, required=True, metavar="FILE.npz")
+    pred = edge.choices["predict"]
+    pred.add_argument("--input", type=Path, required=True, metavar="FILE.npz", help="x (n, ...), y optional")
+    pred.add_argument("--all", action="store_true", help="print every prediction (default: a summary)")
 
 
 def _model_arg(cmd: argparse.ArgumentParser) -> None:
@@ -111,7 +113,14 @@ def dispatch(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         raise
     except OSError as exc:  # permissions, a file where a directory should be, a full disk, ...
-        raise ValueError(f"{exc.strerror or exc}: {exc.filename}") from None
+        raise ValueError(_os_error(exc)) from None
+
+
+def _os_error(exc: OSError) -> str:
+    """One line: the reason and the file it concerns (the store is unchanged: every write goes to
+    a shadow or temp file first)."""
+    where = f": {exc.filename}" if exc.filename is not None else ""
+    return f"{exc.strerror or exc}{where}"
 
 
 def _print_json(obj: Any) -> None:
@@ -169,15 +178,48 @@ def _edge_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(args: argparse.Namespace) -> Any:
-    import torch
-
+def _open(args: argparse.Namespace, *, serve: bool = True) -> Any:
+    """Open the store; torch is imported (and its threads pinned) only for a torch store or
+    ``personalize``, so the ONNX path (apply, predict, status) runs without torch installed."""
+    _precheck_store(args)
+    from stamen.edge.manifest import load_manifest
     from stamen.edge.runtime import EdgeRuntime
 
+    if args.action == "personalize" or load_manifest(args.model).backend == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return EdgeRuntime.open(args.model, threads=args.threads, serve=serve)
+
+
+def _precheck_store(args: argparse.Namespace) -> None:
+    """Mistakes found before anything heavy is imported (an error in ~0.1 s)."""
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
-    return EdgeRuntime.open(args.model, threads=args.threads)
+    if not (args.model / "manifest.json").is_file():
+        raise FileNotFoundError(f"{args.model} is not an edge model store (no manifest.json)")
+
+
+def _load_input(args: argparse.Namespace, path: Path, *, labelled: bool) -> tuple[Any, Any]:
+    """Read ``path`` and check it against the store's architecture spec, if it has one, before
+    the store is opened (numpy only; the graph's own input is checked again when it runs)."""
+    import json
+
+    from stamen.edge.archspec import parse_arch
+    from stamen.edge.inputs import InputSpec, load_npz
+
+    _precheck_store(args)
+    try:
+        arch = json.loads((args.model / "manifest.json").read_text("utf-8")).get("arch")
+        spec = parse_arch(arch) if arch else None
+    except (OSError, ValueError, AttributeError):  # a bad manifest is reported when the store opens
+        spec = None
+    x, y = load_npz(path, spec.classes if spec is not None else None)
+    if labelled and len(y) != len(x):
+        raise ValueError(f"{path}: personalization needs labels: a 'y' array of {len(x)} integers")
+    if spec is not None:
+        InputSpec(spec.input_shape, flat_ok=True).check(x, str(path))
+    return x, y
 
 
 def _edge_apply(args: argparse.Namespace) -> int:
@@ -185,7 +227,7 @@ def _edge_apply(args: argparse.Namespace) -> int:
 
     if not args.update.is_file():
         raise FileNotFoundError(f"update file {args.update} does not exist")
-    rt = _open(args)
+    rt = _open(args, serve=False)  # apply builds the new version's session itself
     start = time.perf_counter()
     try:
         version = rt.apply(args.update.read_bytes())
@@ -203,22 +245,23 @@ def _edge_apply(args: argparse.Namespace) -> int:
 
 
 def _edge_rollback(args: argparse.Namespace) -> int:
-    version = _open(args).rollback()
+    version = _open(args, serve=False).rollback()
     _print_json({"version": version.version, "hash": version.hash})
     return 0
 
 
 def _edge_status(args: argparse.Namespace) -> int:
-    _print_json(_open(args).status())
+    _print_json(_open(args, serve=False).status())
     return 0
 
 
 def _edge_personalize(args: argparse.Namespace) -> int:
+    data = _load_input(args, args.data, labelled=True)  # before torch is imported (~1-2 s)
     from stamen.edge.personalization import PersonalizeConfig, personalize
 
-    rt = _open(args)
     config = PersonalizeConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    result = personalize(rt, args.data, args.plan, config)
+    rt = _open(args)
+    result = personalize(rt, data, args.plan, config, source=str(args.data))
     _print_json(
         {
             "plan": result.plan.text,
@@ -234,14 +277,27 @@ def _edge_personalize(args: argparse.Namespace) -> int:
 
 
 def _edge_predict(args: argparse.Namespace) -> int:
-    from stamen.edge.personalization import load_npz
-
+    x, y = _load_input(args, args.input, labelled=False)
     rt = _open(args)
-    x, y = load_npz(args.input)
-    logits = rt.predict(x)
+    logits = rt.predict(x, source=str(args.input))
     pred = logits.argmax(axis=1)
-    out: dict[str, Any] = {"version": rt.version().version, "predictions": pred.tolist()}
+    _print_json(prediction_summary(rt.version().version, pred, y, logits.shape[1], every=args.all))
+    return 0
+
+
+def prediction_summary(
+    version: int, pred: Any, y: Any, classes: int, *, every: bool = False, first: int = 10
+) -> dict[str, Any]:
+    """What ``edge predict`` prints: count, the first ``first`` predictions and a histogram of the
+    predicted classes (every prediction with ``every``), and the accuracy when labels are given."""
+    import numpy as np
+
+    out: dict[str, Any] = {"version": version, "count": len(pred)}
+    if every:
+        out["predictions"] = pred.tolist()
+    else:
+        out["first"] = pred[:first].tolist()
+    out["class_counts"] = np.bincount(pred, minlength=classes).tolist()
     if y.size:
         out["accuracy"] = float((pred == y).mean())
-    _print_json(out)
-    return 0
+    return out

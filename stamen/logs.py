@@ -17,11 +17,12 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-__all__ = ["JsonFormatter", "configure_json_logging", "log_event"]
+__all__ = ["JsonFormatter", "configure_json_logging", "configure_logging", "log_event"]
 
 _FIELDS = "stamen_fields"  # LogRecord attribute that carries log_event's keyword fields
 _RESERVED = frozenset({"ts", "level", "logger", "msg", "event", "exc"})
@@ -115,6 +116,30 @@ def configure_json_logging(
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter(static))
     handler.set_name("stamen-json")
+    target = logging.getLogger(logger)
+    for old in [h for h in target.handlers if h.get_name() == "stamen-json"]:
+        target.removeHandler(old)
+    target.addHandler(handler)
+    target.setLevel(level)
+    target.propagate = False
+    return handler
+
+
+def configure_logging(role: str, logger: str = "stamen") -> logging.Handler:
+    """The process's ``stamen`` log lines: JSON (:func:`configure_json_logging`) when
+    ``STAMEN_LOG_FORMAT=json``, else one text line per record; level from ``STAMEN_LOG_LEVEL``
+    (default INFO). Idempotent; ``ValueError`` names a bad format or level."""
+    fmt = os.environ.get("STAMEN_LOG_FORMAT", "text").strip().lower()
+    level = os.environ.get("STAMEN_LOG_LEVEL", "INFO").strip().upper()
+    if fmt not in ("text", "json"):
+        raise ValueError(f"STAMEN_LOG_FORMAT must be text or json, got {fmt!r}")
+    if not isinstance(logging.getLevelName(level), int):
+        raise ValueError(f"STAMEN_LOG_LEVEL must be a logging level name, got {level!r}")
+    if fmt == "json":
+        return configure_json_logging(logger, level, role=role)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.set_name("stamen-json")  # replaced like the JSON handler on a second call
     target = logging.getLogger(logger)
     for old in [h for h in target.handlers if h.get_name() == "stamen-json"]:
         target.removeHandler(old)

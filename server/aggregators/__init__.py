@@ -1,7 +1,8 @@
 """Aggregation rules: ``create(name, **params)`` returns ``(updates, weights=None) -> aggregate``.
 
 Rules: ``fedavg``, ``mean``, ``median``, ``trimmed_mean``, ``krum``, ``multikrum``, ``bulyan``,
-``geomed``, ``centered_clipping``. Pre-aggregators (``create_pre``): ``nnm``, ``bucketing``.
+``geomed``, ``centered_clipping``, ``bristle``, ``fltrust``, ``frl``, ``lora_naive``, ``lora_exact``.
+Pre-aggregators (``create_pre``): ``nnm``, ``bucketing``.
 ``build_aggregator(rule, pre, params, seed)`` composes them from flat parameters.
 """
 
@@ -9,6 +10,7 @@ from stamen.server.aggregators import bristle as _bristle  # noqa: F401  (regist
 from stamen.server.aggregators import bucketing as _bucketing  # noqa: F401  (registers bucketing)
 from stamen.server.aggregators import bulyan as _bulyan  # noqa: F401  (registers bulyan)
 from stamen.server.aggregators import centered_clipping as _cc  # noqa: F401  (registers centered_clipping)
+from stamen.server.aggregators import fltrust as _fltrust  # noqa: F401  (registers fltrust)
 from stamen.server.aggregators import frl as _frl  # noqa: F401  (registers frl)
 from stamen.server.aggregators import geomed as _geomed  # noqa: F401  (registers geomed)
 from stamen.server.aggregators import krum as _krum  # noqa: F401  (registers krum, multikrum)

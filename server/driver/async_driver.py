@@ -213,6 +213,7 @@ class AsyncDriver:
         if task is None:
             self._reject(reply.client, "not training for this server")
             return
+        self.downlink.observe([reply])
         if reply.error is not None:
             self._reject(reply.client, f"client error: {reply.error}")
             return

@@ -53,6 +53,9 @@ class CollectPolicy:
         the cap for that client.
     verifier : Verifier or None
         When set, every update must be an envelope signed by a trusted key.
+    require_signed : bool
+        Every update must be an envelope signed by the key its sending node endorsed (the reply's
+        own verifier, set by a deployed grid's transport) or by ``verifier``. Default False.
     allow_plain : bool
         Accept plain Flower replies (full weights) — only meaningful with a dense codec.
     require : tuple of str
@@ -65,6 +68,7 @@ class CollectPolicy:
     examples_ratio: float = 10.0
     declared: Mapping[str, int] | None = None
     verifier: Verifier | None = None
+    require_signed: bool = False
     allow_plain: bool = True
     require: tuple[str, ...] = ()
 

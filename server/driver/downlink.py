@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from stamen.protocols import model_hash
 from stamen.protocols.flower import weights_nbytes
-from stamen.server.driver.types import TrainTask, Weights
+from stamen.server.driver.types import Reply, TrainTask, Weights
 
 
 class FullDownlink:
@@ -37,3 +37,7 @@ class FullDownlink:
         if self._size is None or self._size[0] != key:
             self._size = (key, weights_nbytes(weights))
         return self._size[1] * len(tasks)
+
+    def observe(self, replies: Sequence[Reply]) -> None:
+        """Nothing to track: every client gets the whole model."""
+        del replies

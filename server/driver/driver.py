@@ -60,6 +60,10 @@ class Downlink(Protocol):
         """Bytes the downlink of ``tasks`` puts on the wire."""
         ...
 
+    def observe(self, replies: Sequence[Reply]) -> None:
+        """What the replies say about what clients hold (an edge device that could not apply)."""
+        ...
+
 
 class Mode(Protocol):
     """How a round closes: aggregate into a new global model, or (peer mode) relay."""
@@ -208,6 +212,7 @@ class RoundDriver:
             self.history.put(rnd, weights)
         tasks = self.configure(rnd, weights)
         replies = self.transport.train(tasks, self.settings.timeout_s)
+        self.downlink.observe(replies)
         updates = self.collect(weights, tasks, replies)
         if self.stale is not None and self.history is not None:
             treat_stale_rows(rnd, updates, tasks, self.stale, self.history)

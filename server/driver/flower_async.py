@@ -72,7 +72,7 @@ class GridAsyncTransport:
             return Reply(task.client, error=f"the reply came from node {msg.metadata.src_node_id}")
         if msg.has_error():
             return Reply(task.client, error=str(msg.error.reason))
-        return reply_of(task.client, msg.content)
+        return self.nodes.bind(msg.metadata.src_node_id, reply_of(task.client, msg.content), msg.content)
 
     def _model(self, task: TrainTask) -> ArrayRecord | None:
         """The task's model as an ArrayRecord, built once per model version."""

@@ -18,8 +18,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from stamen.protocols import keys
+from stamen.protocols import SignatureError, keys
 from stamen.protocols.flower import array_record_nbytes, envelope_from_record, envelope_record
+from stamen.server.driver.identity import NodeIdentities
 from stamen.server.driver.types import Reply, TrainTask, Weights, client_index
 from stamen.task.bristle.peer import PeerConfig
 from stamen.task.bristle.relayed import Relayed
@@ -59,13 +60,23 @@ class GridTransport:
     query_names : bool
         Ask every node once for the client key it names in its envelopes (simulation); otherwise a
         node is ``"node-<node id>"``.
+    bind_identity : bool
+        Bind every reply to the key its authenticated node endorsed (a deployment with SuperNode
+        authentication): the reply's envelope must be signed with that key.
     """
 
     def __init__(
-        self, grid: Grid, wanted: int, minimum: int, wait_s: float, query_names: bool = False
+        self,
+        grid: Grid,
+        wanted: int,
+        minimum: int,
+        wait_s: float,
+        query_names: bool = False,
+        bind_identity: bool = False,
     ) -> None:
         self.grid, self.wanted, self.minimum, self.wait_s = grid, wanted, minimum, wait_s
         self.query_names = query_names
+        self.identities = NodeIdentities(grid.get_nodes) if bind_identity else None
         self._node_of: dict[str, int] = {}
         self._key_of: dict[int, str] = {}
 
@@ -111,7 +122,9 @@ class GridTransport:
             )
             for t in tasks
         ]
-        return [self._reply(m) for m in self.grid.send_and_receive(msgs, timeout=timeout)]
+        replies = list(self.grid.send_and_receive(msgs, timeout=timeout))
+        asked = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}  # ids set when pushed
+        return [self._reply(m, asked.get(m.metadata.reply_to_message_id)) for m in replies]
 
     def now(self) -> float:
         """A deployment has no simulated clock."""
@@ -121,12 +134,24 @@ class GridTransport:
         """The node id behind ``client``."""
         return self._node_of[client]
 
-    def _reply(self, msg: Message) -> Reply:
+    def _reply(self, msg: Message, asked: int | None = None) -> Reply:
+        """``asked``: the node the answered message went to. An error the SuperLink wrote itself (a
+        node that went away) comes from the SuperLink's own id, and is the asked node's."""
         node = msg.metadata.src_node_id
-        client = self._key_of.get(node, f"node-{node}")
         if msg.has_error():
-            return Reply(client, error=str(msg.error.reason))
-        return reply_of(client, msg.content)
+            node = asked if asked is not None else node
+            return Reply(self._key_of.get(node, f"node-{node}"), error=str(msg.error.reason))
+        client = self._key_of.get(node, f"node-{node}")
+        return self.bind(node, reply_of(client, msg.content), msg.content)
+
+    def bind(self, node: int, reply: Reply, content: RecordDict) -> Reply:
+        """Attach the verifier of the key node ``node`` endorsed (when binding identities)."""
+        if self.identities is not None and reply.envelope is not None:
+            try:
+                reply.verifier = self.identities.verifier(node, content)
+            except SignatureError as exc:
+                reply.identity_error = str(exc)
+        return reply
 
 
 def arrays_of_tasks(tasks: Sequence[TrainTask]) -> ArrayRecord | None:
@@ -157,6 +182,12 @@ def reply_of(client: str, content: RecordDict) -> Reply:
     records = content.metric_records
     metrics_rec = records.get(keys.METRICS) or next(iter(records.values()), None)
     metrics: dict[str, Any] = dict(metrics_rec.items()) if metrics_rec is not None else {}
+    held = content.config_records.get(keys.HELD)
+    if held is not None:
+        digest = held.get("hash")
+        if not isinstance(digest, str) or len(digest) != 64:
+            return Reply(client, metrics=metrics, error=f"record {keys.HELD!r} needs a 64-hex 'hash'")
+        return Reply(client, metrics=metrics, error="the device holds another model version", held=digest)
     if keys.UPDATE in content.array_records:
         data = envelope_from_record(content.array_records[keys.UPDATE])
         if data is None:

@@ -20,6 +20,7 @@ from stamen.protocols import (
     SignatureError,
     TensorInfo,
     ValidationError,
+    Verifier,
     decode_update,
     keys,
 )
@@ -101,8 +102,9 @@ def _delta(
     policy: CollectPolicy,
 ) -> Mapping[str, np.ndarray]:
     if reply.envelope is not None:
+        verifier = _verifier(reply, policy)
         envelope, delta = decode_update(
-            reply.envelope, verifier=policy.verifier, expected_base=task.expected_base, expected_tensors=table
+            reply.envelope, verifier=verifier, expected_base=task.expected_base, expected_tensors=table
         )
         if envelope.sender != reply.client:
             raise SenderMismatch(f"envelope names sender {envelope.sender!r}, it came from {reply.client!r}")
@@ -114,12 +116,23 @@ def _delta(
         return delta
     if reply.weights is None:
         raise ValidationError(f"reply has neither {keys.UPDATE!r} nor {keys.ARRAYS!r}")
-    if policy.verifier is not None or not policy.allow_plain:
+    if policy.verifier is not None or policy.require_signed or not policy.allow_plain:
         raise ValidationError("plain (unsigned, unencoded) replies are not accepted by this server")
     try:
         return {k: np.asarray(reply.weights[k], dtype=np.float32) - base[k] for k in base}
     except (KeyError, ValueError) as exc:
         raise ValidationError(f"plain reply does not match the model: {exc}") from exc
+
+
+def _verifier(reply: Reply, policy: CollectPolicy) -> Verifier | None:
+    """The key the envelope must be signed with: the sending node's endorsed key, else the policy's
+    trusted keys; ``SignatureError`` when signatures are required and there is none."""
+    if reply.identity_error is not None:
+        raise SignatureError(reply.identity_error)
+    verifier = reply.verifier if reply.verifier is not None else policy.verifier
+    if verifier is None and policy.require_signed:
+        raise SignatureError("unsigned update: this server requires updates signed by the sending node")
+    return verifier
 
 
 def validate_delta(delta: Mapping[str, np.ndarray], table: tuple[TensorInfo, ...], max_norm: float) -> float:

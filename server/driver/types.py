@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from stamen.protocols import Verifier
 from stamen.task.spec import RoundInstructions
 
 Weights = dict[str, np.ndarray]
@@ -50,9 +51,10 @@ class TrainTask:
 class Reply:
     """One client's answer, as the transport received it.
 
-    Exactly one of ``envelope`` (a packed stamen Envelope), ``weights`` (a plain Flower client's full
-    local weights) or ``error`` is set. ``metrics`` holds the client's reported numbers (untrusted).
-    ``nbytes`` is what really arrived.
+        Exactly one of ``envelope`` (a packed stamen Envelope), ``weights`` (a plain Flower client's full
+        local weights) or ``error`` is set. ``metrics`` holds the client's reported numbers (untrusted).
+        ``nbytes`` is what really arrived. On a deployed grid the transport sets ``verifier`` to the key
+    the authenticated sending node endorsed (or ``identity_error``); its envelope must verify with it.
     """
 
     client: str
@@ -61,6 +63,9 @@ class Reply:
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     nbytes: int = 0
+    verifier: Verifier | None = None  # the sending node's endorsed update key (a deployment)
+    identity_error: str | None = None  # why the sender's identity record did not verify
+    held: str | None = None  # an edge device that could not apply its delta: the model hash it holds
 
 
 class Transport(Protocol):

@@ -3,6 +3,7 @@
     stamen deploy init OUT [--nodes N] [--dns NAME ...] [--ip ADDR ...] [--address HOST:PORT]
                            [--passphrase-file FILE] [--owner UID[:GID]] [--force] [--renew-server-cert]
     stamen deploy register OUT [--run] [--timeout S]
+    stamen deploy model --scenario NAME [--set KEY=VALUE ...] -o model.onnx
     stamen device install-unit [--config PATH] [--exec PATH] [--user NAME] [-o FILE]
     python -m stamen.deploy init|register|install-unit ...   (the same, without stamen.cli)
 
@@ -40,6 +41,10 @@ def _add_actions(actions: Any) -> None:
     init.add_argument("--owner", default=None, metavar="UID[:GID]", help="owner of role private keys")
     init.add_argument("--force", action="store_true", help="replace existing private keys")
     init.add_argument("--renew-server-cert", action="store_true", help="reissue the server certificate")
+    model = actions.add_parser("model", help="export the run's initial model (ONNX) for device stores")
+    model.add_argument("--scenario", default="smoke", help="the scenario the ServerApp will run")
+    model.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    model.add_argument("-o", "--out", type=Path, required=True, help="output .onnx (+ .onnx.data)")
     reg = actions.add_parser("register", help="register the node keys with the SuperLink")
     reg.add_argument("out", type=Path, metavar="OUT", help="folder made by `deploy init`")
     reg.add_argument("--run", action="store_true", help="run the commands (default: print them)")
@@ -108,6 +113,15 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(args: argparse.Namespace) -> int:
+    from .model import export_initial_model
+
+    digest = export_initial_model(args.scenario, args.overrides, args.out)
+    print(f"wrote {args.out} (+ {args.out.name}.data); model hash {digest}")
+    print("provision each device with it: stamen device init DIR --model", args.out, "...")
+    return 0
+
+
 def _install_unit(args: argparse.Namespace) -> int:
     from .unit import UnitConfig, render_device_unit
 
@@ -126,6 +140,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return _init(args)
     if getattr(args, "deploy_action", None) == "register":
         return _register(args)
+    if getattr(args, "deploy_action", None) == "model":
+        return _model(args)
     if hasattr(args, "exec_path"):
         return _install_unit(args)
     raise ValueError("no deploy command given")

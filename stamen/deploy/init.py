@@ -5,7 +5,8 @@ Layout (one sub-folder per role, so each container mounts only what it needs)::
     OUT/ca/ca.crt, ca.key                 the CA (keep ca.key offline; optionally encrypted)
     OUT/superlink/ca.crt, server.pem, server.key, superexec.secret
     OUT/server/ca.crt, update-signing.pem, update-signing.pub.pem, superexec.secret
-    OUT/nodes/node-I/ca.crt, node.key, node.key.pub, update-signing.pub.pem
+    OUT/nodes/node-I/ca.crt, node.key, node.key.pub, update-signing.pub.pem,
+                    device-signing.pem, device-signing.endorsement
     OUT/operator/config.toml, ca.crt, register.sh
     OUT/manifest.json                      what is where, key ids, certificate SANs
 
@@ -29,6 +30,7 @@ from stamen.protocols.signing import Verifier
 
 from .keys import (
     Owner,
+    device_update_key,
     load_private_pem,
     new_node_key,
     new_secret,
@@ -45,6 +47,7 @@ __all__ = ["DEFAULT_DNS", "DEFAULT_IPS", "InitOptions", "InitReport", "deploy_in
 DEFAULT_DNS = ("localhost", "superlink")  # "superlink": the compose service name
 DEFAULT_IPS = ("127.0.0.1",)
 CONNECTION = "stamen"
+DEVICE_KEY, DEVICE_ENDORSEMENT = "device-signing.pem", "device-signing.endorsement"
 
 
 @dataclass(frozen=True)
@@ -148,17 +151,32 @@ def _signing_key(out: Path, opts: InitOptions, report: InitReport) -> bytes:
 
 
 def _node(out: Path, index: int, opts: InitOptions, report: InitReport) -> Path:
-    """Make node ``index``'s identity key if missing; return its public key path."""
+    """Make node ``index``'s identity key and its device update key if missing; return the node's
+    public key path."""
     folder = out / "nodes" / f"node-{index}"
     key_path, pub_path = folder / "node.key", folder / "node.key.pub"
     if key_path.exists() and pub_path.exists() and not opts.force:
         report.kept.append(key_path)
+        _device_key(folder, opts, report, renewed=False)
         return pub_path
     private, public = new_node_key()
     write_private(key_path, private, force=True, owner=opts.owner)
     write_public(pub_path, public)
     report.created += [key_path, pub_path]
+    _device_key(folder, opts, report, renewed=True)
     return pub_path
+
+
+def _device_key(folder: Path, opts: InitOptions, report: InitReport, renewed: bool) -> None:
+    """The device's update-signing key and the node key's endorsement (re-made with a new node key)."""
+    key_path, endorsement = folder / DEVICE_KEY, folder / DEVICE_ENDORSEMENT
+    if key_path.exists() and endorsement.exists() and not (renewed or opts.force):
+        report.kept.append(key_path)
+        return
+    private, signed = device_update_key((folder / "node.key").read_bytes())
+    write_private(key_path, private, force=True, owner=opts.owner)
+    write_public(endorsement, signed)
+    report.created += [key_path, endorsement]
 
 
 def _superexec_secret(out: Path, opts: InitOptions, report: InitReport) -> None:

@@ -9,6 +9,9 @@ Three kinds of keys, each in the format its reader loads:
   :meth:`stamen.protocols.signing.Signer.from_file` loads, with the public half as PEM SPKI for
   :meth:`~stamen.protocols.signing.Verifier.from_files`; optionally passphrase-encrypted (load it
   with :func:`load_signer`);
+* a device's own update-signing key: Ed25519 PEM PKCS#8 (``device-signing.pem``) with its node key's
+  endorsement (``device-signing.endorsement``, :mod:`stamen.protocols.identity`): the device signs its
+  updates with it, the server accepts them only from the node that endorsed it;
 * TLS keys (:mod:`stamen.deploy.pki`): PEM PKCS#8, the CA key optionally encrypted.
 """
 
@@ -23,10 +26,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from stamen.protocols.identity import endorse, load_node_key
 from stamen.protocols.signing import Signer
 
 __all__ = [
     "KeyFileExists",
+    "device_update_key",
     "load_private_pem",
     "load_signer",
     "new_node_key",
@@ -102,6 +107,14 @@ def load_signer(path: Path, passphrase: bytes | None = None) -> Signer:
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path}: not an Ed25519 private key")
     return Signer(key)
+
+
+def device_update_key(node_key: bytes) -> tuple[bytes, bytes]:
+    """A fresh Ed25519 update-signing key for a device and its node key's endorsement of it:
+    ``(PEM PKCS#8 private key, endorsement)`` (see :mod:`stamen.protocols.identity`)."""
+    key = Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return private_pem(key), endorse(load_node_key(node_key), raw)
 
 
 def new_secret(nbytes: int = 32) -> bytes:

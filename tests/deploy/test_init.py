@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 import tomllib
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from stamen.deploy.cli import main
 from stamen.deploy.init import InitOptions, deploy_init
 from stamen.deploy.keys import load_signer
+from stamen.protocols import SignatureError, Signer
+from stamen.protocols.identity import verify_endorsement
 
 PRIVATE = [
     "ca/ca.key",
@@ -23,6 +26,8 @@ PRIVATE = [
     "server/update-signing.pem",
     "nodes/node-0/node.key",
     "nodes/node-1/node.key",
+    "nodes/node-0/device-signing.pem",
+    "nodes/node-1/device-signing.pem",
 ]
 
 
@@ -62,10 +67,28 @@ def test_second_run_keeps_keys_and_adds_only_new_nodes(tmp_path: Path) -> None:
     assert [p.relative_to(tmp_path).as_posix() for p in second.created] == [
         "nodes/node-2/node.key",
         "nodes/node-2/node.key.pub",
+        "nodes/node-2/device-signing.pem",
+        "nodes/node-2/device-signing.endorsement",
     ]
     for rel in PRIVATE:
         assert after[rel] == before[rel], rel
-    assert len(first.created) == 12
+    assert len(first.created) == 16
+
+
+def test_device_update_key_is_endorsed_by_its_node(tmp_path: Path) -> None:
+    deploy_init(tmp_path, InitOptions(nodes=2))
+    node0, node1 = tmp_path / "nodes/node-0", tmp_path / "nodes/node-1"
+    signer = Signer.from_file(node0 / "device-signing.pem")
+    assert (node0 / "device-signing.pem").stat().st_mode & 0o777 == 0o600
+    endorsement = (node0 / "device-signing.endorsement").read_bytes()
+    verify_endorsement(_pem(node0), signer.public_key_bytes(), endorsement)
+    with pytest.raises(SignatureError):
+        verify_endorsement(_pem(node1), signer.public_key_bytes(), endorsement)
+
+
+def _pem(folder: Path) -> bytes:
+    key = serialization.load_ssh_public_key((folder / "node.key.pub").read_bytes())
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def test_force_replaces_and_renew_reissues_only_the_server_cert(tmp_path: Path) -> None:

@@ -198,3 +198,25 @@ def test_old_session_serves_during_apply(make_store: Callable[[str], Path], sign
         thread.join()
     assert seen and all(np.array_equal(s, before) or _rel_err(s, after) <= 1e-5 for s in seen)
     assert _rel_err(seen[-1], after) <= 1e-5
+
+
+def test_replacement_sets_the_sent_weights_bit_for_bit(
+    make_store: Callable[[str], Path], signer: Signer
+) -> None:
+    from stamen.protocols import BaseModelMismatch
+    from stamen.protocols.delta import create_replacement
+
+    rt = EdgeRuntime.open(make_store("onnx"))
+    base = {k: np.array(v) for k, v in rt.global_weights().items()}
+    target = perturbed(base, seed=3)
+    name = sorted(target)[0]
+    target[name].reshape(-1)[:2] = [-0.0, 0.0]  # signed zeros survive (a delta add would not keep -0.0)
+    wrong = create_replacement(target, signer, version=1, base_hash="0" * 64)
+    with pytest.raises(BaseModelMismatch, match="based on"):  # not onto another state
+        rt.apply(wrong.data)
+    update = create_replacement(target, signer, version=1, base_hash=model_hash(base))
+    v = rt.apply(update.data)
+    got = rt.global_weights()
+    assert v.version == 1 and v.hash == model_hash(target)
+    assert all(got[k].tobytes() == target[k].tobytes() for k in target)
+    assert np.signbit(got[name].reshape(-1)[0]) and not np.signbit(got[name].reshape(-1)[1])

@@ -91,7 +91,8 @@ def test_walkthrough(
         capsys, "edge", "predict", "--model", str(dev), "--input", str(tmp_path / "local.npz")
     )
     pred = json.loads(out)
-    assert code == 0 and len(pred["predictions"]) == 40 and 0 <= pred["accuracy"] <= 1
+    assert code == 0 and pred["count"] == 40 and len(pred["first"]) == 10 and 0 <= pred["accuracy"] <= 1
+    assert sum(pred["class_counts"]) == 40 and len(pred["class_counts"]) == 3 and "predictions" not in pred
     code, out, _ = _run(capsys, "edge", "status", "--model", str(dev))
     status = json.loads(out)
     assert status["version"] == 1 and status["overlay"]["plan"] == "last_k=1" and len(status["history"]) == 2

@@ -70,7 +70,8 @@ def test_forged_rows_reverse_the_pool_of_all_attackers_not_only_this_rounds() ->
 
 def test_pool_trains_the_drawn_partitions_from_the_rounds_base() -> None:
     plan = _plan("rounds=1", *SMALL, "attack.pool_size=1")
-    adversary = plan.extras(None).hooks
+    hooks = plan.extras(None).hooks
+    adversary = getattr(hooks, "adversary", None)
     assert isinstance(adversary, Adversary) and adversary.pool is not None
     (pid,) = pool_members(plan.malicious, 1, plan.cfg.seed, 3)
     (delta,) = adversary.pool([pid], 3, plan.initial)

@@ -86,12 +86,18 @@ def register(net: Network, keys: Path, names: Sequence[str], tmp: Path) -> None:
     run_register(keys / "operator", cmds, timeout_s=120, env=flower_env(keys / "operator"))
 
 
-def supernode_cmd(keys: Path, name: str, index: int, total: int, *extra: str) -> list[str]:
-    """argv of a TLS + authenticated SuperNode using node folder ``name`` as partition ``index``."""
-    node = keys / "nodes" / name
+def supernode_cmd(
+    keys: Path, name: str, index: int, total: int, *extra: str, identity: str = "", config: str = ""
+) -> list[str]:
+    """argv of a TLS + authenticated SuperNode using node folder ``name`` as partition ``index``,
+    signing its updates with the device key of folder ``identity`` (default: its own, endorsed by its
+    node key); ``config`` adds node-config entries."""
+    node, signer = keys / "nodes" / name, keys / "nodes" / (identity or name)
     cmd = [str(BIN / "flower-supernode"), "--superlink", LINK, "--root-certificates", str(node / "ca.crt")]
     cmd += ["--auth-supernode-private-key", str(node / "node.key")]
-    cmd += ["--node-config", f"partition-id={index} num-partitions={total}", *extra]
+    node_config = f'partition-id={index} num-partitions={total} signing-key="{signer / "device-signing.pem"}"'
+    node_config += f' endorsement="{signer / "device-signing.endorsement"}" {config}'
+    cmd += ["--node-config", node_config.strip(), *extra]
     return cmd
 
 

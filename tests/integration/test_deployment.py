@@ -122,7 +122,7 @@ def test_flwr_run_against_superlink_and_two_supernodes(tmp_path: Path, flower_en
                 )
             )
         config = (
-            f'scenario="smoke" out-dir="{out}" timeout-s=240 '
+            f'scenario="smoke" out-dir="{out}" timeout-s=240 require-signed=false '
             'overrides="data.num_clients=2 clients.per_round=2 rounds=2"'
         )
         run = subprocess.run(

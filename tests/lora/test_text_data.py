@@ -1,4 +1,5 @@
-"""The ``pydocs`` data set: docstring extraction, deduplication, fixed test split, determinism."""
+"""The ``pydocs`` data set: docstring extraction, deduplication, fixed test split, validation split,
+determinism."""
 
 from __future__ import annotations
 
@@ -6,9 +7,17 @@ import importlib.util
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stamen.simulations import text_data
-from stamen.simulations.text_data import collect, file_docstrings, load_pydocs, split_label
+from stamen.simulations.text_data import (
+    collect,
+    file_docstrings,
+    load_pydocs,
+    load_pydocs_validation,
+    split_label,
+)
 
 SOURCE = '''
 """Module docstring with enough words here."""
@@ -55,14 +64,41 @@ def test_collect_real_stdlib_packages() -> None:
 
 def test_split_is_fixed_for_test_and_seeded_for_train() -> None:
     texts = [f"docstring number {i} with words" for i in range(50)]
-    tr0, te0 = split_label(texts, 20, 0.25, np.random.default_rng(0))
-    tr1, te1 = split_label(texts, 20, 0.25, np.random.default_rng(1))
+    tr0, va0, te0 = split_label(texts, 20, 0.25, np.random.default_rng(0))
+    tr1, _, te1 = split_label(texts, 20, 0.25, np.random.default_rng(1))
     assert te0 == te1 and len(te0) == 5  # independent of the seed
-    assert len(tr0) == len(tr1) == 15 and tr0 != tr1
+    assert len(tr0) == len(tr1) == 15 and tr0 != tr1 and va0 == []
     assert not set(tr0) & set(te0)
-    assert split_label(texts, 20, 0.25, np.random.default_rng(0)) == (tr0, te0)
-    small_train, small_test = split_label(texts[:8], 20, 0.25, np.random.default_rng(0))
+    assert split_label(texts, 20, 0.25, np.random.default_rng(0)) == (tr0, va0, te0)
+    small_train, _, small_test = split_label(texts[:8], 20, 0.25, np.random.default_rng(0))
     assert len(small_test) == 5 and len(small_train) == 3  # a label with few texts gives what it has
+
+
+def test_validation_split_pinned() -> None:
+    texts = [f"docstring number {i} with words" for i in range(50)]
+    train, val, test = split_label(texts, 20, 0.25, np.random.default_rng(0), val_count=3)
+    assert [t.split()[2] for t in val] == ["34", "5", "22"]  # the first leftovers in SHA-256 order
+    assert [t.split()[2] for t in test[:2]] == ["41", "26"]
+    assert (train, test) == (lambda s: (s[0], s[2]))(split_label(texts, 20, 0.25, np.random.default_rng(0)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 60),
+    st.integers(2, 40),
+    st.floats(0.05, 0.6),
+    st.integers(0, 15),
+    st.integers(0, 2**32 - 1),
+)
+def test_validation_split_properties(n: int, per_label: int, frac: float, val_count: int, seed: int) -> None:
+    texts = [f"text {i} of the label" for i in range(n)]
+    train, val, test = split_label(texts, per_label, frac, np.random.default_rng(seed), val_count)
+    assert not (set(train) & set(val)) and not (set(train) & set(test)) and not (set(val) & set(test))
+    assert len(val) == min(val_count, n - len(train) - len(test))
+    # the validation split draws nothing: train and test are what they were without it
+    assert (train, test) == (lambda s: (s[0], s[2]))(
+        split_label(texts, per_label, frac, np.random.default_rng(seed))
+    )
 
 
 @pytest.mark.parametrize(
@@ -71,6 +107,7 @@ def test_split_is_fixed_for_test_and_seeded_for_train() -> None:
         ({"num_samples": 5}, "num_samples"),
         ({"seq_len": 4}, "seq_len"),
         ({"test_fraction": 1.0}, "test_fraction"),
+        ({"val_fraction": 1.0}, "val_fraction"),
     ],
 )
 def test_bad_arguments_name_the_parameter(kwargs: dict[str, float], match: str) -> None:
@@ -98,3 +135,8 @@ def test_load_pydocs_is_deterministic_and_balanced() -> None:
     other = load_pydocs(1, num_samples=500, seq_len=16)
     np.testing.assert_array_equal(other.x_test, ds.x_test)  # the test split does not depend on the seed
     assert not np.array_equal(other.x_train, ds.x_train)
+    x_val, y_val = load_pydocs_validation(0, num_samples=500, seq_len=16)
+    assert np.bincount(y_val).tolist() == [10] * ds.num_classes and x_val.shape == (100, 16)
+    no_val = load_pydocs(0, num_samples=500, seq_len=16, val_fraction=0.0)
+    np.testing.assert_array_equal(no_val.x_train, ds.x_train)  # the validation split takes nothing
+    np.testing.assert_array_equal(no_val.x_test, ds.x_test)

@@ -24,3 +24,48 @@ def test_updates_track_what_each_device_computes() -> None:
         assert env.version == version and env.meta["model"] == "m"
         assert digest != model_hash(target)  # int8 is lossy: the tracker follows the device
     assert down.held_hash(4) == model_hash(initial)  # another device still holds version 0
+
+
+def _model(rng: np.random.Generator, scale: float = 1.0) -> dict[str, np.ndarray]:
+    return {"w": rng.normal(0, scale, size=(4, 3)).astype(np.float32), "b": np.zeros(3, np.float32)}
+
+
+def test_a_device_that_missed_a_delta_is_resynchronized_from_what_it_holds() -> None:
+    rng = np.random.default_rng(1)
+    initial, t1, t2 = _model(rng), _model(rng), _model(rng)
+    signer = Signer.generate()
+    down = DeviceDownlink(initial, signer, "dense", "m")
+    verifier = Verifier([signer.public_key_bytes()])
+    down.make_update("node-7", t1, 1, seed=1)  # lost on the way: the device still holds version 0
+    down.resync("node-7", model_hash(initial))  # what its reply said it holds
+    data, digest = down.make_update("node-7", t2, 2, seed=2)
+    env, delta = decode_update(data, verifier=verifier, expected_base=model_hash(initial))
+    assert "kind" not in env.meta  # a delta from version 0, not a replacement
+    np.testing.assert_allclose(initial["w"] + delta["w"], t2["w"], atol=1e-6)
+    assert digest == down.held_hash("node-7")
+
+
+def test_a_device_holding_weights_the_server_dropped_gets_a_replacement() -> None:
+    rng = np.random.default_rng(2)
+    initial, target = _model(rng), _model(rng)
+    signer = Signer.generate()
+    down = DeviceDownlink(initial, signer, "int8", "m")
+    lost = "ab" * 32  # e.g. a version from before the server lost its history
+    down.resync("node-1", lost)
+    data, digest = down.make_update("node-1", target, 9, seed=0)
+    env, payload = decode_update(data, verifier=Verifier([signer.public_key_bytes()]), expected_base=lost)
+    assert env.meta["kind"] == "replace" and env.codec == "dense" and env.version == 9
+    np.testing.assert_array_equal(payload["w"], target["w"])  # the whole model, lossless
+    assert digest == model_hash(target) == env.meta["target"] == down.held_hash("node-1")
+
+
+def test_held_reply_becomes_a_resync() -> None:
+    from flwr.app import ConfigRecord, RecordDict
+
+    from stamen.protocols import keys
+    from stamen.server.driver.flower_transport import reply_of
+
+    good = reply_of("node-3", RecordDict({keys.HELD: ConfigRecord({"hash": "cd" * 32, "version": 4})}))
+    assert good.held == "cd" * 32 and good.error is not None and good.envelope is None
+    bad = reply_of("node-3", RecordDict({keys.HELD: ConfigRecord({"hash": "x"})}))
+    assert bad.held is None and bad.error is not None

@@ -1,0 +1,123 @@
+"""``stamen device init``: provision one device in one folder.
+
+Layout (``DIR``, 0700)::
+
+    DIR/device.toml                     the one config file (`stamen device run --config`)
+    DIR/store/                          the edge model store (ONNX), version 0 = the federation's model
+    DIR/trust/update-signing.pub.pem    the server's public key (given out of band): the store's anchor
+    DIR/trust/ca.crt                    the CA that signed the SuperLink's certificate
+    DIR/keys/node.key (+ .pub)          the node identity key (ECDSA P-384, OpenSSH; register the .pub)
+    DIR/keys/device-signing.pem         the device's update-signing key (Ed25519)
+    DIR/keys/device-signing.endorsement the node key's endorsement of it
+    DIR/flwr/                           the SuperNode's FLWR_HOME
+
+Nothing is overwritten without ``force``; private keys are written 0600. A node key made elsewhere
+(``stamen deploy init``'s ``nodes/node-N/node.key``) can be given instead of a new one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stamen.deploy.keys import device_update_key, new_node_key, write_private, write_public
+from stamen.device.config import DeviceConfig, Scalar, render_device_config
+from stamen.protocols import Verifier
+from stamen.protocols.identity import load_node_key
+
+__all__ = ["DeviceInitOptions", "device_init"]
+
+
+@dataclass(frozen=True)
+class DeviceInitOptions:
+    """What ``stamen device init`` needs (paths are read, never moved)."""
+
+    model: Path  # the federation's initial model (`stamen deploy model`), .onnx
+    trust: Path  # the server's update-signing public key (PEM)
+    superlink: str  # HOST:PORT of the SuperLink's Fleet API
+    data_source: str  # the device's data: an .npz file or directory, or "module:function"
+    ca: Path | None = None  # the CA certificate (required unless insecure)
+    node_key: Path | None = None  # an existing node key; default: make one
+    insecure: bool = False
+    node_config: dict[str, Scalar] = field(default_factory=dict)
+    runtime_port: int = 9094
+    force: bool = False
+
+
+def _check(opts: DeviceInitOptions) -> None:
+    for name in ("model", "trust", "ca", "node_key"):
+        path = getattr(opts, name)
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"--{name.replace('_', '-')} {path} is not a file")
+    if opts.model.suffix != ".onnx":
+        raise ValueError(f"--model must be an .onnx file (from `stamen deploy model`), got {opts.model}")
+    Verifier.from_files(opts.trust)  # an unusable anchor fails before anything is written
+    if opts.ca is None and not opts.insecure:
+        raise ValueError("--ca is required (the CA of the SuperLink's certificate) unless --insecure")
+
+
+def _model_id(model: Path) -> str | None:
+    """The model id ``stamen deploy model`` recorded in the file (the server's deltas name it)."""
+    import onnx  # only provisioning parses ONNX; the daemon never does
+
+    proto = onnx.load(str(model), load_external_data=False)
+    return next((p.value for p in proto.metadata_props if p.key == "stamen.model_id"), None)
+
+
+def _keys(home: Path, opts: DeviceInitOptions) -> tuple[Path, Path, Path]:
+    keys = home / "keys"
+    node_key = keys / "node.key"
+    if opts.node_key is not None:
+        data = opts.node_key.read_bytes()
+        load_node_key(data)
+        write_private(node_key, data, force=opts.force)
+        pub = opts.node_key.with_name(opts.node_key.name + ".pub")
+        if pub.is_file():
+            write_public(keys / "node.key.pub", pub.read_bytes())
+    else:
+        private, public = new_node_key()
+        write_private(node_key, private, force=opts.force)
+        write_public(keys / "node.key.pub", public)
+    signing, endorsement = device_update_key(node_key.read_bytes())
+    write_private(keys / "device-signing.pem", signing, force=opts.force)
+    write_public(keys / "device-signing.endorsement", endorsement)
+    return node_key, keys / "device-signing.pem", keys / "device-signing.endorsement"
+
+
+def device_init(home: Path, opts: DeviceInitOptions) -> DeviceConfig:
+    """Provision a device under ``home`` (see the module docs); return its config (also written to
+    ``home/device.toml``). ``ValueError`` for bad inputs or an existing device without ``force``."""
+    from stamen.edge import create_store
+
+    _check(opts)
+    home = home.resolve()
+    if (home / "device.toml").exists() and not opts.force:
+        raise ValueError(f"{home} already holds a device (device.toml); pass --force to re-provision")
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    write_public(home / "trust" / "update-signing.pub.pem", opts.trust.read_bytes())
+    if opts.ca is not None:
+        write_public(home / "trust" / "ca.crt", opts.ca.read_bytes())
+    node_key, signing, endorsement = _keys(home, opts)
+    store = home / "store"
+    if store.exists():
+        shutil.rmtree(store)  # only reached with force: the device.toml check above
+    create_store(store, opts.model, home / "trust" / "update-signing.pub.pem", model_id=_model_id(opts.model))
+    (home / "flwr").mkdir(exist_ok=True)
+    cfg = DeviceConfig(
+        superlink=opts.superlink,
+        node_key=str(node_key),
+        signing_key=str(signing),
+        endorsement=str(endorsement),
+        store=str(store),
+        data_source=opts.data_source,
+        flwr_home=str(home / "flwr"),
+        root_certificates=str(home / "trust" / "ca.crt") if opts.ca is not None else "",
+        runtime_port=opts.runtime_port,
+        insecure=opts.insecure,
+        node_config=dict(opts.node_config),
+    )
+    write_public(home / "device.toml", render_device_config(cfg).encode())
+    return cfg
