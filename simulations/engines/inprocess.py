@@ -11,9 +11,9 @@ on a virtual event clock, so a 10,000-client asynchronous run costs only its loc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import logging
+import resource
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from stamen.server.federation import assemble_async
 from stamen.server.history import FederationResult, ProgressFn
 from stamen.simulations.engines.clock import TripMeter, round_end
 from stamen.simulations.engines.paths import EnginePath, resolve_path
-from stamen.simulations.engines.rows import RowJob, TrainedRow, release_row, train_rows
+from stamen.simulations.engines.rows import RowJob, release_row, train_rows
 from stamen.simulations.nodes import SimulatedNodes
 from stamen.simulations.parallel import WorkerPool, WorkerSpec
 from stamen.simulations.plan import SimulationPlan
@@ -196,7 +196,14 @@ def run_inprocess(
             spec = WorkerSpec(plan.cfg.task, plan.data, plan.peer, path.batched, path.device.type)
             pool = WorkerPool(spec, path.workers)
         sync = InProcessTransport(
-            plan.nodes(devices), plan.cfg.num_clients, model, client_progress, meter, plan.cfg.timeout_s, path, pool
+            plan.nodes(devices),
+            plan.cfg.num_clients,
+            model,
+            client_progress,
+            meter,
+            plan.cfg.timeout_s,
+            path,
+            pool,
         )
         if plan.cfg.settings.server.mode == "sync":
             result = plan.driver(sync, devices).run(plan.initial, progress)
@@ -210,7 +217,7 @@ def run_inprocess(
         if devices is not None:
             devices.close()
     result.extra.update(plan.result_extra())
-    result.extra["engine"] = path.describe()
+    result.extra["engine"] = {**path.describe(), **peak_rss_mib()}
     return result
 
 
@@ -220,3 +227,11 @@ def engine_path(plan: SimulationPlan, model: torch.nn.Module) -> EnginePath:
     if path.fallback is not None and plan.scenario.engine.batching == "auto":
         log.info("per-client training (not cohort-batched): %s", path.fallback)
     return path
+
+
+def peak_rss_mib() -> dict[str, float]:
+    """Peak resident memory so far (``resource.getrusage``, Linux KiB -> MiB): this process's, and the
+    largest of its finished children's (the worker processes, once closed)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"peak_rss_mib": round(own, 1), "peak_rss_worker_mib": round(child, 1)}
