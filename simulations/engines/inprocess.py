@@ -217,7 +217,7 @@ def run_inprocess(
         if devices is not None:
             devices.close()
     result.extra.update(plan.result_extra())
-    result.extra["engine"] = {**path.describe(), **peak_rss_mib()}
+    result.extra["engine_path"] = {**path.describe(), **peak_rss_mib()}
     return result
 
 

@@ -40,7 +40,7 @@ class EnginePath:
     serial: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        """What results.json records under ``engine``."""
+        """What results.json records under ``engine_path``."""
         return {
             "training": "cohort-batched" if self.batched else "per-client",
             "workers": self.workers,

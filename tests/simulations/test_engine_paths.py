@@ -3,6 +3,9 @@ loop's results; fallbacks say why; ``[engine]`` settings are checked."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,6 +15,7 @@ from stamen.simulations.engines import run_engine
 from stamen.simulations.engines.inprocess import engine_path
 from stamen.simulations.parallel import slices
 from stamen.simulations.plan import SimulationPlan
+from stamen.simulations.results import write_results
 from stamen.simulations.scenario import load_scenario
 from stamen.task.models import model_structure
 
@@ -54,12 +58,12 @@ def test_batched_pinned_first_round() -> None:
 
 def test_results_record_the_path_and_the_fallback() -> None:
     res = run_engine("inprocess", _plan("rounds=1", "clients.trainer=sparse"))
-    assert res.extra["engine"]["training"] == "per-client"
-    assert "sparse" in res.extra["engine"]["fallback"]
+    assert res.extra["engine_path"]["training"] == "per-client"
+    assert "sparse" in res.extra["engine_path"]["fallback"]
     res = run_engine("inprocess", _plan("rounds=1"))
-    assert res.extra["engine"].pop("peak_rss_mib") > 10  # MiB: at least the interpreter and torch
-    assert res.extra["engine"].pop("peak_rss_worker_mib") >= 0
-    assert res.extra["engine"] == {
+    assert res.extra["engine_path"].pop("peak_rss_mib") > 10  # MiB: at least the interpreter and torch
+    assert res.extra["engine_path"].pop("peak_rss_worker_mib") >= 0
+    assert res.extra["engine_path"] == {
         "training": "cohort-batched",
         "workers": 1,
         "device": "cpu",
@@ -115,3 +119,13 @@ def test_two_workers_equal_one_process(batching: str) -> None:
         assert one == two
     else:
         _close(two, one)
+
+
+def test_engine_path_is_written_to_results_json(tmp_path: Path) -> None:
+    """The CLI writes the engine's name and its path side by side (no reserved-key clash)."""
+    plan = _plan("rounds=1")
+    res = run_engine("inprocess", plan)
+    paths = write_results(tmp_path, plan.scenario.to_dict(), res.rounds, engine="inprocess", extra=res.extra)
+    written = json.loads(paths["json"].read_text())
+    assert written["engine"] == "inprocess"
+    assert written["engine_path"]["training"] == "cohort-batched"
