@@ -17,13 +17,13 @@ import sys
 import time
 
 from _provenance import Provenance, out_path, parser
+from bench_engine_paths import plan
 
 from stamen.client.core import local_update
 from stamen.server.sampling import sample_clients
 from stamen.simulations.engines import run_engine
 from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.provider import client_data
-from stamen.simulations.scenario import load_scenario
 from stamen.task.models import build_model
 from stamen.task.seeds import client_seed
 from stamen.task.weights import get_weights
@@ -31,39 +31,26 @@ from stamen.task.weights import get_weights
 
 def scenario_config(clients: int, per_round: int, rounds: int) -> SimulationPlan:
     """mnist1d (50 samples per client, 80 % train), Dirichlet(0.5) partitions, MLP 40-64-10,
-    2 local epochs of batch 16 (FedAvg-style E/B), dense codec."""
-    overrides = [
-        "data.dataset=mnist1d",
-        f"data.num_samples={max(50 * clients, 4000)}",
-        "data.partition=dirichlet",
-        "data.alpha=0.5",
-        f"data.num_clients={clients}",
-        f"clients.per_round={per_round}",
-        f"rounds={rounds}",
-        "clients.local_epochs=2",
-        "clients.batch_size=16",
-        "model.hidden=64",
-        f"eval.every={rounds}",
-    ]
-    return SimulationPlan.from_scenario(load_scenario("smoke", overrides))
+    2 local epochs of batch 16 (FedAvg-style E/B), dense codec (:func:`bench_engine_paths.plan`)."""
+    return plan(clients, per_round, rounds, ())
 
 
-def pure_training_seconds(plan: SimulationPlan) -> float:
+def pure_training_seconds(p: SimulationPlan) -> float:
     """Time of the local-training calls alone (same clients, seeds and weights as the engine run)."""
-    cfg = plan.cfg
+    cfg = p.cfg
     model = build_model(cfg.task)
     weights = get_weights(model)
     total = 0.0
     for rnd in range(1, cfg.rounds + 1):
         for pid in sample_clients(cfg.seed, rnd, cfg.num_clients, cfg.per_round):
-            data = client_data(plan.data, pid)
+            data = client_data(p.data, pid)
             t0 = time.perf_counter()
             local_update(model, weights, data, cfg.train, client_seed(cfg.seed, rnd, pid))
             total += time.perf_counter() - t0
     return total
 
 
-def timed(engine: str, plan: SimulationPlan) -> tuple[float, float]:
+def timed(engine: str, cfg: SimulationPlan) -> tuple[float, float]:
     """(wall seconds of the whole run, sum of per-round wall seconds)."""
     t0 = time.perf_counter()
     res = run_engine(engine, plan)
@@ -80,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     prov = Provenance.capture(argv, script=__file__)
     if args.quick:
         args.clients, args.per_round = 100, 20
-    plan = scenario_config(args.clients, args.per_round, args.rounds)
-    updates = plan.cfg.rounds * plan.cfg.per_round
-    client_data(plan.data, 0)  # warm the dataset cache outside the timings
-    run_engine("inprocess", plan)  # warm-up: imports, allocator, first-call costs
-    inproc = [timed("inprocess", plan) for _ in range(args.repeats)]
-    pure = statistics.median(pure_training_seconds(plan) for _ in range(args.repeats))
-    flower_wall, flower_rounds = timed("flower", plan)
+    cfg = scenario_config(args.clients, args.per_round, args.rounds)
+    updates = cfg.cfg.rounds * cfg.cfg.per_round
+    client_data(cfg.data, 0)  # warm the dataset cache outside the timings
+    run_engine("inprocess", cfg)  # warm-up: imports, allocator, first-call costs
+    inproc = [timed("inprocess", cfg) for _ in range(args.repeats)]
+    pure = statistics.median(pure_training_seconds(cfg) for _ in range(args.repeats))
+    flower_wall, flower_rounds = timed("flower", cfg)
     in_wall = statistics.median(w for w, _ in inproc)
     result = {
         "scenario": {

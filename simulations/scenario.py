@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from stamen.simulations.engine_config import EngineConfig
 from stamen.simulations.timing import TimingConfig
 from stamen.task.settings import Settings, builtin_scenarios, load_settings
 from stamen.task.settings import apply_overrides as settings_overrides
@@ -41,10 +42,12 @@ class AttackConfig(_Config):
 @dataclass(frozen=True)
 class Scenario(Settings):
     """A whole simulation: the run settings plus the simulated adversary (``[attack]``) and the
-    simulated clients' timing (``[timing]``: speeds, bandwidths, availability, drop-outs)."""
+    simulated clients' timing (``[timing]``: speeds, bandwidths, availability, drop-outs) and how the
+    in-process engine runs them (``[engine]``: batching, worker processes, device)."""
 
     attack: AttackConfig = field(default_factory=AttackConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 def load_scenario(name_or_path: str, overrides: Sequence[str] = ()) -> Scenario:

@@ -204,6 +204,7 @@ class _Progress:
     def __init__(self, rounds: int, per_round: int, enabled: bool) -> None:
         self.enabled, self.rounds, self.per_round = enabled, rounds, per_round
         self._clients_task: Any = None
+        self._last_done, self._round_start = 0, time.perf_counter()
 
     def __enter__(self) -> _Progress:
         if self.enabled:
@@ -237,7 +238,12 @@ class _Progress:
             return
         if self._clients_task is None:
             self._clients_task = self._p.add_task("clients", total=total, info="")
-        self._p.update(self._clients_task, completed=done, total=total)
+        now = time.perf_counter()
+        if done <= self._last_done:  # a new round
+            self._round_start = now
+        self._last_done = done
+        rate = done / max(now - self._round_start, 1e-9)
+        self._p.update(self._clients_task, completed=done, total=total, info=f"{rate:,.0f} clients/s")
 
 
 def _print_summary(title: str, rounds: Sequence[Any], paths: dict[str, Path]) -> None:

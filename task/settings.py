@@ -357,6 +357,7 @@ def apply_overrides(
 SIMULATION_ONLY = (
     "attack",
     "timing",
+    "engine",
 )  # sections a deployed server refuses (the simulation's Scenario has them)
 
 

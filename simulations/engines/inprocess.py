@@ -11,8 +11,11 @@ on a virtual event clock, so a 10,000-client asynchronous run costs only its loc
 
 from __future__ import annotations
 
+import logging
+import resource
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from stamen.client.node import Received, client_round
@@ -22,7 +25,10 @@ from stamen.server.driver.types import Reply, TrainTask
 from stamen.server.federation import assemble_async
 from stamen.server.history import FederationResult, ProgressFn
 from stamen.simulations.engines.clock import TripMeter, round_end
+from stamen.simulations.engines.paths import EnginePath, resolve_path
+from stamen.simulations.engines.rows import RowJob, release_row, train_rows
 from stamen.simulations.nodes import SimulatedNodes
+from stamen.simulations.parallel import WorkerPool, WorkerSpec
 from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.timing import Trip
 from stamen.simulations.virtual_clock import VirtualClock
@@ -31,6 +37,7 @@ from stamen.task.bristle.relayed import Relayed
 from stamen.task.models import model_structure
 
 ClientProgressFn = Callable[[int, int], None]  # (clients done, clients in round)
+log = logging.getLogger("stamen.simulations")
 
 
 class InProcessTransport:
@@ -45,8 +52,11 @@ class InProcessTransport:
         progress: ClientProgressFn | None = None,
         meter: TripMeter | None = None,
         timeout_s: float = 600.0,
+        path: EnginePath | None = None,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.nodes, self.model, self.progress, self.meter = nodes, model, progress, meter
+        self.path, self.pool = path, pool
         self._clients = [f"client-{i}" for i in range(num_clients)]
         self.states: dict[int, ClientState] = {}  # per-client memory across rounds
         self.clock, self.timeout_s = 0.0, timeout_s
@@ -60,11 +70,13 @@ class InProcessTransport:
         return self.clock if self.meter is not None else float("nan")
 
     def train(self, tasks: Sequence[TrainTask], timeout: float) -> list[Reply]:
-        """Each client's round, one after the other; replies of lost trips are dropped."""
+        """Each client's round (cohort-batched training when the engine's path allows it, else one
+        after the other); replies of lost trips are dropped."""
         del timeout
         replies, trips = [], []
-        for i, task in enumerate(tasks):
-            reply = self.run(task)
+        rows = self.path is not None and (self.path.batched or self.pool is not None)
+        made = self._rows(tasks) if rows else map(self.run, tasks)
+        for i, (task, reply) in enumerate(zip(tasks, made, strict=True)):
             trip = self._trip(task, reply)
             if trip is None or trip.delivered:
                 replies.append(reply)
@@ -75,6 +87,33 @@ class InProcessTransport:
         if self.meter is not None:
             self.clock = round_end(self.clock, trips, self.timeout_s)
         return replies
+
+    def _rows(self, tasks: Sequence[TrainTask]) -> list[Reply]:
+        """The cohort trained into a ``(n, d)`` stack (cohort-batched, or in worker processes), then
+        each client's row released (local DP, codec, envelope) with its own state and seed, in cohort
+        order, as :meth:`run` does."""
+        assert self.path is not None
+        if not tasks:
+            return []
+        jobs = [self._job(i, t) for i, t in enumerate(tasks)]
+        dim = sum(int(np.size(v)) for v in (tasks[0].weights or {}).values())
+        if self.pool is not None:
+            stack, done = self.pool.train(jobs, dim)
+        else:
+            stack, done = np.empty((len(tasks), dim), dtype=np.float32), []
+            train_rows(jobs, self.model, self.nodes, stack, self.path.batched, self.path.device, done.extend)
+            done.sort(key=lambda r: r.index)
+        replies = []
+        for task, row in zip(tasks, done, strict=True):
+            pid = _pid(task.client)
+            if row.state is not None:
+                self.states[pid] = row.state
+            replies.append(release_row(self.nodes, task, stack[row.index], row, self.states[pid]))
+        return replies
+
+    def _job(self, index: int, task: TrainTask) -> RowJob:
+        pid = _pid(task.client)
+        return RowJob(index, pid, task, self.states.setdefault(pid, ClientState()))
 
     def _trip(self, task: TrainTask, reply: Reply) -> Trip | None:
         if self.meter is None:
@@ -148,12 +187,23 @@ def run_inprocess(
 ) -> FederationResult:
     """Run the planned rounds (or asynchronous versions) in this process."""
     torch.set_num_threads(1)  # same numerics as one-thread Flower clients
-    devices = plan.devices()
+    devices, pool = plan.devices(), None
     try:
         model = model_structure(plan.cfg.task)
         meter = TripMeter(plan.timing(), plan.cfg.train.epochs)
+        path = engine_path(plan, model)
+        if path.workers > 1:
+            spec = WorkerSpec(plan.cfg.task, plan.data, plan.peer, path.batched, path.device.type)
+            pool = WorkerPool(spec, path.workers)
         sync = InProcessTransport(
-            plan.nodes(devices), plan.cfg.num_clients, model, client_progress, meter, plan.cfg.timeout_s
+            plan.nodes(devices),
+            plan.cfg.num_clients,
+            model,
+            client_progress,
+            meter,
+            plan.cfg.timeout_s,
+            path,
+            pool,
         )
         if plan.cfg.settings.server.mode == "sync":
             result = plan.driver(sync, devices).run(plan.initial, progress)
@@ -162,7 +212,26 @@ def run_inprocess(
             driver = assemble_async(plan.cfg, clock, plan.initial, plan.evaluator(), plan.extras(devices))
             result = driver.run(plan.initial, progress)
     finally:
+        if pool is not None:
+            pool.close()
         if devices is not None:
             devices.close()
     result.extra.update(plan.result_extra())
+    result.extra["engine_path"] = {**path.describe(), **peak_rss_mib()}
     return result
+
+
+def engine_path(plan: SimulationPlan, model: torch.nn.Module) -> EnginePath:
+    """The run's ``[engine]`` path, its fallback reason logged once."""
+    path = resolve_path(plan.scenario, plan.cfg.task, plan.cfg.train, model, plan.peer)
+    if path.fallback is not None and plan.scenario.engine.batching == "auto":
+        log.info("per-client training (not cohort-batched): %s", path.fallback)
+    return path
+
+
+def peak_rss_mib() -> dict[str, float]:
+    """Peak resident memory so far (``resource.getrusage``, Linux KiB -> MiB): this process's, and the
+    largest of its finished children's (the worker processes, once closed)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"peak_rss_mib": round(own, 1), "peak_rss_worker_mib": round(child, 1)}

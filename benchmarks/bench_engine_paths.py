@@ -1,0 +1,108 @@
+"""In-process engine paths: client updates/s of the per-client loop (anchor), the cohort-batched
+path, and both in 2 worker processes, on the engine benchmark's scenario, in one run.
+
+Scenario: mnist1d, 1000 clients (Dirichlet 0.5), 100 per round, MLP 40-64-10, 2 local epochs of
+batch 16, dense codec, FedAvg; envelopes, validation and aggregation included (the whole engine).
+Anchor: the per-client loop (``engine.batching=off``, one process), measured side by side.
+Reported: whole-run updates/s (median of ``--repeats``), median steady-state round time (rounds
+after the first) and the ratio to the anchor, and the peak RSS of this process and of its workers.
+
+    .venv/bin/python benchmarks/bench_engine_paths.py            # 1000 clients, 100/round, 3 rounds
+    .venv/bin/python benchmarks/bench_engine_paths.py --quick    # 100 clients, 20/round
+
+Writes benchmarks/results/engine_paths.json.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+from _provenance import Provenance, out_path, parser
+
+from stamen.simulations.engines import run_engine
+from stamen.simulations.plan import SimulationPlan
+from stamen.simulations.scenario import load_scenario
+
+PATHS: dict[str, tuple[str, ...]] = {
+    "per-client (anchor)": ("engine.batching=off", "engine.workers=1"),
+    "cohort-batched": ("engine.batching=on", "engine.workers=1"),
+    "per-client, 2 workers": ("engine.batching=off", "engine.workers=2"),
+    "cohort-batched, 2 workers": ("engine.batching=on", "engine.workers=2"),
+}
+
+
+def plan(clients: int, per_round: int, rounds: int, extra: tuple[str, ...]) -> SimulationPlan:
+    """The engine benchmark's scenario (see the module docstring) with ``extra`` overrides."""
+    overrides = [
+        "data.dataset=mnist1d",
+        f"data.num_samples={max(50 * clients, 4000)}",
+        "data.partition=dirichlet",
+        "data.alpha=0.5",
+        f"data.num_clients={clients}",
+        f"clients.per_round={per_round}",
+        f"rounds={rounds}",
+        "clients.local_epochs=2",
+        "clients.batch_size=16",
+        "model.hidden=64",
+        f"eval.every={rounds}",
+        *extra,
+    ]
+    return SimulationPlan.from_scenario(load_scenario("smoke", overrides))
+
+
+def measure(p: SimulationPlan) -> dict[str, float]:
+    """Whole-run wall seconds, median round seconds after the first, final accuracy."""
+    t0 = time.perf_counter()
+    res = run_engine("inprocess", p)
+    wall = time.perf_counter() - t0
+    steady = [r.wall_s for r in res.rounds[1:]] or [res.rounds[0].wall_s]
+    return {"wall_s": wall, "round_s": statistics.median(steady), "accuracy": float(res.rounds[-1].accuracy)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__, quick="100 clients, 20 per round", out="engine_paths.json")
+    ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--per-round", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="repetitions per path (median)")
+    args = ap.parse_args(argv)
+    prov = Provenance.capture(argv, script=__file__)
+    if args.quick:
+        args.clients, args.per_round = 100, 20
+    updates = args.rounds * args.per_round
+    measure(plan(args.clients, args.per_round, 1, PATHS["cohort-batched"]))  # warm caches and imports
+    rows: dict[str, Any] = {}
+    for name, extra in PATHS.items():
+        runs = [measure(plan(args.clients, args.per_round, args.rounds, extra)) for _ in range(args.repeats)]
+        rows[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        rows[name]["updates_per_s"] = updates / rows[name]["wall_s"]
+        rows[name]["round_updates_per_s"] = args.per_round / rows[name]["round_s"]
+    anchor = rows["per-client (anchor)"]
+    for row in rows.values():
+        row["ratio_whole_run"] = anchor["wall_s"] / row["wall_s"]
+        row["ratio_per_round"] = anchor["round_s"] / row["round_s"]
+    rss = {
+        "self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "largest_child_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+    scenario = {"clients": args.clients, "per_round": args.per_round, "rounds": args.rounds}
+    result = {"scenario": scenario, "repeats": args.repeats, "paths": rows, "peak_rss": rss}
+    prov.write(out_path(args), {**result, "machine": "2 cores, loaded by other jobs"})
+    print("| path | updates/s (whole run) | x anchor | steady round s | x anchor | final acc |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(
+            f"| {name} | {r['updates_per_s']:.0f} | {r['ratio_whole_run']:.2f} | {r['round_s']:.3f} "
+            f"| {r['ratio_per_round']:.2f} | {r['accuracy']:.4f} |"
+        )
+    own, child = rss["self_mib"], rss["largest_child_mib"]
+    print(f"peak RSS: this process {own:.0f} MiB, largest worker {child:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""``[engine]``: how the in-process engine runs a round's clients (simulation only).
+
+``batching`` picks the training path: ``"auto"`` trains a round's cohort in one cohort-batched call
+(:mod:`stamen.simulations.cohort`) when the model and trainer allow it and falls back to the
+per-client loop otherwise, with the reason recorded; ``"off"`` always runs the per-client loop;
+``"on"`` refuses the run (one line naming the reason) when the cohort cannot be batched.
+
+``workers`` is the number of worker processes that train a round's clients, each holding one model
+(no process per client); their deltas come back through a shared-memory ``(n, d)`` stack. ``0``
+picks for the machine (:func:`resolve_workers`), ``1`` trains in the engine's own process. Results
+do not depend on it: every client's update is computed by the same code from the same seed.
+
+``device`` is where the cohort-batched kernel runs: ``"auto"`` (``cuda`` when a GPU is visible),
+``"cpu"`` or ``"cuda"``. The per-client loop always runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+from stamen.task.settings_base import _Config, _f
+
+BATCHING: tuple[str, ...] = ("auto", "off", "on")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+MAX_AUTO_WORKERS = 8
+"""``workers = 0`` never starts more processes than this."""
+AUTO_MIN_UPDATES = 5000
+"""``workers = 0`` keeps a run of fewer client updates (rounds x per round) in one process: a worker
+costs about a second to start (importing torch), more than a small run's training."""
+
+
+@dataclass(frozen=True)
+class EngineConfig(_Config):
+    """``[engine]``: the training path, worker processes and device of the in-process engine."""
+
+    SECTION: ClassVar[str] = "engine"
+    batching: str = _f("auto", choices=BATCHING)
+    workers: int = _f(0, ge=0, le=256)
+    device: str = _f("auto", choices=DEVICES)
+
+
+def resolve_workers(workers: int, updates: int, device: str, cpus: int | None = None) -> int:
+    """The number of training processes for ``workers`` (0 = automatic).
+
+    Parameters
+    ----------
+    workers : int
+        ``[engine] workers``; ``>= 1`` is returned as given.
+    updates : int
+        Client updates the run will compute (rounds x clients per round).
+    device : str
+        Resolved device of the cohort kernel (``"cpu"`` or ``"cuda"``): one process owns a GPU.
+    cpus : int, optional
+        CPUs available; default ``os.cpu_count()``.
+
+    Returns
+    -------
+    int
+        ``min(cpus, 8)`` for a CPU run of at least :data:`AUTO_MIN_UPDATES` updates, else 1.
+    """
+    if workers >= 1:
+        return workers
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    if device == "cuda" or updates < AUTO_MIN_UPDATES:
+        return 1
+    return max(1, min(cpus, MAX_AUTO_WORKERS))

@@ -1,0 +1,178 @@
+"""A round's local training written into rows of an ``(n, d)`` delta stack, then released.
+
+The in-process engine splits a client round (:func:`stamen.client.node.client_round`) in two:
+
+1. **training** (:func:`train_rows`): each task's ``delta = local - global`` lands in row ``index``
+   of a preallocated float32 stack, in :func:`~stamen.protocols.tensor_table` order of the task's
+   global weights. Tasks sharing weights and instructions are trained in one cohort-batched call
+   (:func:`~stamen.simulations.cohort.train_cohort`) when ``batched``; otherwise each runs the
+   client's own :func:`~stamen.client.node.train` (the per-client loop). This half can run in a
+   worker process whose stack lives in shared memory;
+2. **release** (:func:`release_row`): the client's local DP, codec and envelope, from that row, with
+   the client's own state and seed (:func:`~stamen.client.node.release`, the code the ClientApp and
+   the serial engine run), giving the :class:`~stamen.server.driver.types.Reply` the round driver
+   verifies, decodes and aggregates as any other.
+
+A row holds exactly what the per-client trainer returns (float32 flattening is lossless), so a
+released envelope is byte for byte the one :func:`client_round` makes from the same delta.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from stamen.client.node import Received, Trained, release, train
+from stamen.client.state import ClientState
+from stamen.client.trainers import TrainResult
+from stamen.protocols import TensorInfo, keys, tensor_table
+from stamen.server.driver.collect import flatten
+from stamen.server.driver.types import Reply, TrainTask
+from stamen.simulations.cohort import CohortData, client_seeds, train_cohort
+from stamen.simulations.nodes import SimulatedNodes
+from stamen.simulations.provider import dataset, partitions
+from stamen.task.seeds import client_seed
+
+RowsDone = Callable[[list["TrainedRow"]], None]  # called as rows finish (progress, streaming)
+
+
+@dataclass
+class TrainedRow:
+    """One task's training, its delta in row ``index`` of the stack.
+
+    Attributes
+    ----------
+    index : int
+        Position of the task in the round's task list (its row).
+    num_examples : int
+        Training samples (FedAvg weight).
+    metrics : dict
+        The trainer's metrics (``train-loss``).
+    trained : tuple of str or None
+        Tensors the trainer may have changed (:class:`~stamen.client.trainers.TrainResult`).
+    state : ClientState or None
+        The client's state after training, when training may change it (per-client loop).
+    """
+
+    index: int
+    num_examples: int
+    metrics: dict[str, float]
+    trained: tuple[str, ...] | None
+    state: ClientState | None = None
+
+
+@dataclass(frozen=True)
+class RowJob:
+    """What a trainer needs of one task: its row, client, weights and round instructions."""
+
+    index: int
+    pid: int
+    task: TrainTask
+    state: ClientState | None = field(default=None, compare=False)
+
+
+def pid_of(client: str) -> int:
+    """The partition id in a simulated client key (``"client-7"`` -> 7)."""
+    return int(client.rpartition("-")[2])
+
+
+def train_rows(
+    jobs: Sequence[RowJob],
+    model: nn.Module,
+    nodes: SimulatedNodes,
+    stack: np.ndarray,
+    batched: bool,
+    device: torch.device,
+    done: RowsDone,
+    chunk: int = 0,
+) -> None:
+    """Train ``jobs`` into their rows of ``stack``; ``done`` receives each finished group of rows.
+
+    Batched jobs are grouped by (global weights, instructions) and cut into chunks of ``chunk``
+    clients (0: one call per group), so ``done`` can stream rows while later chunks train.
+    """
+    if not batched:
+        for job in jobs:
+            done([_train_one(job, model, nodes, stack)])
+        return
+    for group in _groups(jobs):
+        step = chunk if chunk > 0 else len(group)
+        for lo in range(0, len(group), step):
+            done(_train_batch(group[lo : lo + step], model, nodes, stack, device))
+
+
+def _groups(jobs: Sequence[RowJob]) -> list[list[RowJob]]:
+    """Jobs that share global weights (by hash) and instructions, in task order."""
+    groups: dict[tuple[str, object], list[RowJob]] = {}
+    for job in jobs:
+        groups.setdefault((job.task.expected_base, job.task.instructions), []).append(job)
+    return list(groups.values())
+
+
+def _train_one(job: RowJob, model: nn.Module, nodes: SimulatedNodes, stack: np.ndarray) -> TrainedRow:
+    """The per-client loop: the client's own :func:`~stamen.client.node.train`."""
+    task, state = job.task, job.state if job.state is not None else ClientState()
+    assert task.weights is not None  # memory runtime (checked by the engine)
+    received = Received(task.instructions, task.weights, base_hash=task.expected_base)
+    res = train(nodes.node(job.pid), received, model, state).result
+    flatten(res.delta, tensor_table(task.weights), stack[job.index])
+    return TrainedRow(job.index, res.num_examples, dict(res.metrics), res.trained, state)
+
+
+def _train_batch(
+    jobs: Sequence[RowJob], model: nn.Module, nodes: SimulatedNodes, stack: np.ndarray, device: torch.device
+) -> list[TrainedRow]:
+    """One cohort-batched call for jobs sharing weights and instructions."""
+    first = jobs[0].task
+    assert first.weights is not None
+    instr = first.instructions
+    pids = np.array([j.pid for j in jobs], dtype=np.int64)
+    data = _cohort_data(nodes, pids, device)
+    seeds = client_seeds(instr.seed, instr.round, pids)
+    res = train_cohort(model, first.weights, data, instr.train, seeds)
+    rows = np.array([j.index for j in jobs], dtype=np.int64)
+    stack[rows] = np.asarray(res.deltas)
+    trained = tuple(n for n, p in model.named_parameters() if p.requires_grad)
+    return [
+        TrainedRow(j.index, int(n), {keys.TRAIN_LOSS: float(loss)}, trained)
+        for j, n, loss in zip(jobs, res.num_examples, res.train_loss, strict=True)
+    ]
+
+
+def _cohort_data(nodes: SimulatedNodes, pids: np.ndarray, device: torch.device) -> CohortData:
+    """The cohort's clients as index views into the shared training pool; under a data attack, as
+    each client's own (possibly poisoned) arrays."""
+    spec = nodes.data
+    if spec.data_attack != "none":
+        return CohortData.from_clients([nodes.node(int(p)).data.train() for p in pids], device)
+    ds = dataset(spec)
+    rows, sizes = partitions(spec).rows(pids)
+    return CohortData.from_padded(ds.x_train, ds.y_train, rows, sizes, device)
+
+
+def row_views(row: np.ndarray, table: tuple[TensorInfo, ...]) -> dict[str, np.ndarray]:
+    """Named tensor views of a ``(d,)`` row (no copy)."""
+    out, offset = {}, 0
+    for info in table:
+        out[info.name] = row[offset : offset + info.size].reshape(info.shape)
+        offset += info.size
+    return out
+
+
+def release_row(
+    nodes: SimulatedNodes, task: TrainTask, row: np.ndarray, trained: TrainedRow, state: ClientState
+) -> Reply:
+    """The client's local DP, codec and envelope from its trained ``row``: its reply."""
+    assert task.weights is not None
+    pid, instr = pid_of(task.client), task.instructions
+    node = nodes.node(pid)
+    result = TrainResult(
+        row_views(row, tensor_table(task.weights)), trained.num_examples, trained.metrics, trained.trained
+    )
+    seed = client_seed(instr.seed, instr.round, node.seed_id)
+    payload, metrics = release(node, instr, Trained(result, task.expected_base, seed), state)
+    return Reply(task.client, envelope=payload, metrics=dict(metrics), nbytes=len(payload))

@@ -1,0 +1,131 @@
+"""The in-process engine's paths: cohort-batched training and worker processes give the per-client
+loop's results; fallbacks say why; ``[engine]`` settings are checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stamen.simulations.engine_config import AUTO_MIN_UPDATES, resolve_workers
+from stamen.simulations.engines import run_engine
+from stamen.simulations.engines.inprocess import engine_path
+from stamen.simulations.parallel import slices
+from stamen.simulations.plan import SimulationPlan
+from stamen.simulations.results import write_results
+from stamen.simulations.scenario import load_scenario
+from stamen.task.models import model_structure
+
+
+def _plan(*overrides: str) -> SimulationPlan:
+    return SimulationPlan.from_scenario(load_scenario("smoke", list(overrides)))
+
+
+def _summary(plan: SimulationPlan) -> list[tuple[float, float, int]]:
+    res = run_engine("inprocess", plan)
+    return [(r.accuracy, r.loss, r.bytes_up) for r in res.rounds]
+
+
+def _close(a: list[tuple[float, float, int]], b: list[tuple[float, float, int]]) -> None:
+    assert len(a) == len(b)
+    for (acc_a, loss_a, up_a), (acc_b, loss_b, up_b) in zip(a, b, strict=True):
+        assert up_a == up_b
+        assert acc_a == pytest.approx(acc_b, abs=1e-9)
+        assert loss_a == pytest.approx(loss_b, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("codec.pipeline=topk,int8", "codec.topk.ratio=0.1", "codec.error_feedback=true")],
+)
+def test_batched_equals_per_client(extra: tuple[str, ...]) -> None:
+    """Same envelopes (bytes), same aggregate: accuracy and loss of every round agree."""
+    off = _summary(_plan("engine.batching=off", *extra))
+    on = _summary(_plan("engine.batching=on", *extra))
+    _close(on, off)
+
+
+def test_batched_pinned_first_round() -> None:
+    """Pinned: smoke round 1 with the batched path (per-client loop gives the same)."""
+    acc, loss, up = _summary(_plan("engine.batching=on", "rounds=1"))[0]
+    assert up == 39744  # 4 dense envelopes of the digits MLP 64-32-10
+    assert acc == pytest.approx(0.3722, abs=2e-3)
+    assert loss == pytest.approx(2.1003, abs=1e-3)
+
+
+def test_results_record_the_path_and_the_fallback() -> None:
+    res = run_engine("inprocess", _plan("rounds=1", "clients.trainer=sparse"))
+    assert res.extra["engine_path"]["training"] == "per-client"
+    assert "sparse" in res.extra["engine_path"]["fallback"]
+    res = run_engine("inprocess", _plan("rounds=1"))
+    assert res.extra["engine_path"].pop("peak_rss_mib") > 10  # MiB: at least the interpreter and torch
+    assert res.extra["engine_path"].pop("peak_rss_worker_mib") >= 0
+    assert res.extra["engine_path"] == {
+        "training": "cohort-batched",
+        "workers": 1,
+        "device": "cpu",
+        "fallback": None,
+        "single_process": None,
+    }
+
+
+def test_batching_on_refuses_what_cannot_batch() -> None:
+    plan = _plan("engine.batching=on", "privacy.mode=dp_sgd")
+    with pytest.raises(ValueError, match=r"engine\.batching='on'.*dp_sgd"):
+        engine_path(plan, model_structure(plan.cfg.task))
+
+
+def test_bad_engine_settings_are_one_line_errors() -> None:
+    with pytest.raises(ValueError, match="batching"):
+        _plan("engine.batching=maybe")
+    with pytest.raises(ValueError, match="workers"):
+        _plan("engine.workers=-1")
+
+
+def test_resolve_workers_hand_cases() -> None:
+    assert resolve_workers(3, 10, "cpu", cpus=2) == 3  # asked for: given
+    assert resolve_workers(0, AUTO_MIN_UPDATES - 1, "cpu", cpus=2) == 1  # small run: one process
+    assert resolve_workers(0, AUTO_MIN_UPDATES, "cpu", cpus=2) == 2
+    assert resolve_workers(0, 10**6, "cpu", cpus=64) == 8  # capped
+    assert resolve_workers(0, 10**6, "cuda", cpus=64) == 1  # one process owns the GPU
+
+
+@given(st.integers(0, 500), st.integers(1, 20))
+def test_slices_cover_in_order_and_balance(n: int, parts: int) -> None:
+    cut = slices(n, parts)
+    assert [i for r in cut for i in r] == list(range(n))
+    assert all(len(r) > 0 for r in cut)
+    if cut:
+        assert max(map(len, cut)) - min(map(len, cut)) <= 1
+        assert len(cut) == min(n, parts)
+
+
+def test_slices_hand_case() -> None:
+    assert slices(7, 3) == [range(0, 3), range(3, 5), range(5, 7)]
+    with pytest.raises(ValueError, match="parts"):
+        slices(4, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batching", ["off", "on"])
+def test_two_workers_equal_one_process(batching: str) -> None:
+    """Worker processes: the same results as the engine's own loop (per-client: exactly)."""
+    one = _summary(_plan(f"engine.batching={batching}", "rounds=2"))
+    two = _summary(_plan(f"engine.batching={batching}", "rounds=2", "engine.workers=2"))
+    if batching == "off":
+        assert one == two
+    else:
+        _close(two, one)
+
+
+def test_engine_path_is_written_to_results_json(tmp_path: Path) -> None:
+    """The CLI writes the engine's name and its path side by side (no reserved-key clash)."""
+    plan = _plan("rounds=1")
+    res = run_engine("inprocess", plan)
+    paths = write_results(tmp_path, plan.scenario.to_dict(), res.rounds, engine="inprocess", extra=res.extra)
+    written = json.loads(paths["json"].read_text())
+    assert written["engine"] == "inprocess"
+    assert written["engine_path"]["training"] == "cohort-batched"
