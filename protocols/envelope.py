@@ -30,6 +30,7 @@ import re
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import _header
 from ._header import SCHEMA_VERSION
@@ -243,30 +244,46 @@ def unpack(
         For anything else that is not a well-formed envelope.
     """
     data = _as_bytes(data)
-    if data[: len(MAGIC)] != MAGIC:
-        raise MalformedUpdate("not a stamen envelope (bad magic)")
-    frame = _verify(data, verifier) if verifier is not None else _frame(data)
-    fields = _header.validate(_header.loads(data[_FIXED.size : frame.header_end]), frame.signed)
-    payload: bytes | memoryview = memoryview(data)[frame.payload_start :]
-    tamper = SignatureError if verifier is not None else MalformedUpdate
-    if len(payload) != fields["len"]:
-        raise tamper(f"payload is {len(payload)} bytes, header says {fields['len']}")
-    if verifier is not None and on_authenticated is not None:
-        on_authenticated()
-    key_id, signature = (
-        _check_digest(data, frame, payload, fields["sha"], tamper) if frame.signed else (None, None)
-    )
-    if not zero_copy:
-        payload = bytes(payload)
+    frame, fields = _frame_and_header(data, verifier)
+    payload, key_id, signature = _authentic_payload(data, frame, fields, verifier, on_authenticated)
     return Envelope(
         codec=fields["codec"],
         base_hash=fields["base"],
         version=fields["ver"],
         sender=fields["snd"],
         tensors=fields["tensors"],
-        payload=payload,
+        payload=payload if zero_copy else bytes(payload),
         meta=fields["meta"],
         schema=SCHEMA_VERSION,
         key_id=key_id,
         signature=signature,
     )
+
+
+def _frame_and_header(data: bytes, verifier: Verifier | None) -> tuple[_Frame, dict[str, Any]]:
+    """Phase 1: magic, frame (the signature over the raw bytes when verifying), the parsed header."""
+    if data[: len(MAGIC)] != MAGIC:
+        raise MalformedUpdate("not a stamen envelope (bad magic)")
+    frame = _verify(data, verifier) if verifier is not None else _frame(data)
+    return frame, _header.validate(_header.loads(data[_FIXED.size : frame.header_end]), frame.signed)
+
+
+def _authentic_payload(
+    data: bytes,
+    frame: _Frame,
+    fields: dict[str, Any],
+    verifier: Verifier | None,
+    on_authenticated: Callable[[], None] | None,
+) -> tuple[memoryview, str | None, bytes | None]:
+    """Phase 2: the payload (a view into ``data``) checked against the header's length and, when
+    signed, its digest; ``(payload, key_id, signature)``."""
+    payload = memoryview(data)[frame.payload_start :]
+    tamper = SignatureError if verifier is not None else MalformedUpdate
+    if len(payload) != fields["len"]:
+        raise tamper(f"payload is {len(payload)} bytes, header says {fields['len']}")
+    if verifier is not None and on_authenticated is not None:
+        on_authenticated()
+    if not frame.signed:
+        return payload, None, None
+    key_id, signature = _check_digest(data, frame, payload, fields["sha"], tamper)
+    return payload, key_id, signature

@@ -38,6 +38,40 @@ def flower_environment(home: str | None = None) -> None:
     os.environ.setdefault("FLWR_HOME", home or os.path.join(os.getcwd(), ".flwr-home"))
 
 
+def _server_app(
+    plan: SimulationPlan,
+    devices: Any,
+    progress: ProgressFn | None,
+    stop: threading.Event,
+    out: dict[str, Any],
+) -> Any:
+    """The simulation's ServerApp: the plan's round driver (sync or async) over the run's Grid,
+    stoppable through ``stop``; it leaves the run's result in ``out["result"]``."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    from stamen.server.driver.flower_async import GridAsyncTransport
+    from stamen.server.driver.flower_transport import GridTransport
+    from stamen.server.federation import assemble_async
+
+    cfg = plan.cfg
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(flower_grid: Grid, context: Context) -> None:
+        grid: Any = StoppableGrid(flower_grid, stop)
+        transport = GridTransport(grid, cfg.num_clients, cfg.per_round, cfg.timeout_s, query_names=True)
+        if cfg.settings.server.mode == "sync":
+            out["result"] = plan.driver(transport, devices).run(plan.initial, progress)
+            return
+        pushpull = GridAsyncTransport(transport, ttl_s=cfg.timeout_s)
+        driver = assemble_async(cfg, pushpull, plan.initial, plan.evaluator(), plan.extras(devices))
+        out["result"] = driver.run(plan.initial, progress)
+        out["result"].extra["arrivals"] = pushpull.arrivals
+
+    return server_app
+
+
 def run_flower(
     plan: SimulationPlan, progress: ProgressFn | None = None, num_cpus: int = 2, ray_address: str = ""
 ) -> FederationResult:
@@ -52,33 +86,15 @@ def run_flower(
     (:mod:`stamen.simulations.engines.interrupt`).
     """
     flower_environment()
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
     from stamen.client.app import make_client_app
-    from stamen.server.driver.flower_async import GridAsyncTransport
-    from stamen.server.driver.flower_transport import GridTransport
-    from stamen.server.federation import assemble_async
 
     cfg, devices = plan.cfg, plan.devices()
     nodes = plan.nodes(devices)
     out: dict[str, Any] = {}
-    server_app = ServerApp()
     stop = threading.Event()
-
-    @server_app.main()
-    def _main(flower_grid: Grid, context: Context) -> None:
-        grid: Any = StoppableGrid(flower_grid, stop)
-        transport = GridTransport(grid, cfg.num_clients, cfg.per_round, cfg.timeout_s, query_names=True)
-        if cfg.settings.server.mode == "sync":
-            out["result"] = plan.driver(transport, devices).run(plan.initial, progress)
-            return
-        pushpull = GridAsyncTransport(transport, ttl_s=cfg.timeout_s)
-        driver = assemble_async(cfg, pushpull, plan.initial, plan.evaluator(), plan.extras(devices))
-        out["result"] = driver.run(plan.initial, progress)
-        out["result"].extra["arrivals"] = pushpull.arrivals
-
+    server_app = _server_app(plan, devices, progress, stop, out)
     backend: Any = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": ray_init_args(num_cpus, ray_address),

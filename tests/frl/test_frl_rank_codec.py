@@ -3,8 +3,6 @@ O(1) zero tensors and strict decoding of hostile payloads."""
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -87,16 +85,23 @@ def test_large_ranking_is_much_smaller_than_float32() -> None:
     assert len(payload) / len(dense) == pytest.approx(13 / 32, abs=0.01)
 
 
-def test_pinned_digest() -> None:
+def test_pinned_payload() -> None:
+    """Integer-exact input (an all-zero tensor and a permutation): the wire bytes are pinned as they
+    are (no float arithmetic precedes them), and the packed ranking is spelled out."""
     delta = {
         "a.weight": np.zeros((3, 4), np.float32),
         "a.scores": np.array([[5, 2, 7], [0, 1, 3], [6, 4, 8]], np.float32),
     }
-    payload, _ = _roundtrip(delta)
-    assert hashlib.sha256(payload).hexdigest() == PINNED
+    payload, out = _roundtrip(delta)
+    assert payload == bytes.fromhex(PINNED)
+    # the ranking 5 2 7 0 1 3 6 4 8 in 4-bit indices, low nibble first: 0x25 0x07 0x31 0x46 0x08
+    assert bytes.fromhex("2507314608") in payload
+    np.testing.assert_array_equal(out["a.scores"], delta["a.scores"])
 
 
-PINNED = "127633fc85cff00525a20e7315e475ddd3179b110c96ae71dc086ea687cab7bb"
+PINNED = (
+    "0403302e7003010003302e73070102030000000400000003312e70030105250731460803312e730701020300000003000000"
+)
 
 
 @pytest.mark.parametrize(
