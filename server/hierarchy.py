@@ -34,7 +34,9 @@ def build_hierarchy(s: Settings) -> HierarchyRule:
     h, a = s.aggregation.hierarchy, s.aggregation
     for key, rule in (("aggregation.hierarchy.edge_rule", h.edge_rule), ("aggregation.rule", a.rule)):
         if rule not in HIERARCHY_RULES:
-            raise ValueError(f"{key}={rule!r} cannot be used in a hierarchy; use one of {', '.join(HIERARCHY_RULES)}")
+            raise ValueError(
+                f"{key}={rule!r} cannot be used in a hierarchy; use one of {', '.join(HIERARCHY_RULES)}"
+            )
     edge = create(h.edge_rule, **dict(h.params))
     # at the root, ``mean`` is the mean over clients: the regions' means weighted by their counts
     root = build_aggregator("fedavg" if a.rule == "mean" else a.rule, (), a.params, seed=s.seed)
@@ -49,7 +51,9 @@ def check_hierarchy(s: Settings) -> None:
     if s.server.mode != "sync":
         raise ValueError(f"aggregation.hierarchy needs server.mode='sync', got {s.server.mode!r}")
     if s.privacy.mode == "central":
-        raise ValueError("aggregation.hierarchy does not support privacy.mode='central' (no declared sensitivity)")
+        raise ValueError(
+            "aggregation.hierarchy does not support privacy.mode='central' (no declared sensitivity)"
+        )
     if s.aggregation.pre:
         raise ValueError(f"aggregation.hierarchy does not support aggregation.pre={list(s.aggregation.pre)}")
     if h.groups > s.clients.per_round:
@@ -59,7 +63,9 @@ def check_hierarchy(s: Settings) -> None:
     rule = build_hierarchy(s)
     balanced = s.clients.per_round // h.groups
     _precondition(rule.edge, balanced, f"edge_rule {h.edge_rule!r} on a region of {balanced} updates")
-    _precondition(rule.root, h.groups, f"aggregation.rule {s.aggregation.rule!r} on {h.groups} region updates")
+    _precondition(
+        rule.root, h.groups, f"aggregation.rule {s.aggregation.rule!r} on {h.groups} region updates"
+    )
 
 
 def _precondition(rule: Rule, n: int, what: str) -> None:

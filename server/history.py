@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
 HIER_COUNTS = ("hier_regions", "hier_bytes_root")
 HIER_TIMES = ("hier_latency_edge_s", "hier_latency_root_s")
 

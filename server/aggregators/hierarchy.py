@@ -67,7 +67,13 @@ class HierarchyRule(Rule):
     """
 
     def __init__(
-        self, edge: Rule, root: Rule, region_of: RegionOf, link: Link, root_by_count: bool = False, seed: int = 0
+        self,
+        edge: Rule,
+        root: Rule,
+        region_of: RegionOf,
+        link: Link,
+        root_by_count: bool = False,
+        seed: int = 0,
     ) -> None:
         self.edge, self.root, self.region_of, self.link = edge, root, region_of, link
         self.root_by_count, self.seed = root_by_count, seed
@@ -115,7 +121,9 @@ class HierarchyRule(Rule):
         if not rows:
             raise ValueError(f"hierarchy: no region could aggregate its updates ({dropped} refused)")
         stack = np.stack(rows)  # (k, d)
-        return Forwarded(stack, tuple(regions), np.asarray(counts), np.asarray(totals), nbytes, tuple(slowest), dropped)
+        return Forwarded(
+            stack, tuple(regions), np.asarray(counts), np.asarray(totals), nbytes, tuple(slowest), dropped
+        )
 
     def round_metrics(self) -> dict[str, float]:
         """``hier_regions`` (forwarded), ``hier_regions_dropped``, ``hier_bytes_root`` (envelope
@@ -135,4 +143,3 @@ class HierarchyRule(Rule):
 
     def __repr__(self) -> str:
         return f"HierarchyRule(edge={self.edge!r}, root={self.root!r})"
-

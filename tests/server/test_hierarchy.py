@@ -18,13 +18,17 @@ from stamen.server.aggregators.hierarchy_link import Link, forward
 from stamen.server.aggregators.mean import weighted_mean
 
 
-def _rule(edge: str, root: str, groups: int, assign: str = "modulo", n: int = 100, **kw: object) -> HierarchyRule:
+def _rule(
+    edge: str, root: str, groups: int, assign: str = "modulo", n: int = 100, **kw: object
+) -> HierarchyRule:
     # what build_hierarchy does: the root's "mean" weights regions by their counts
     root_rule = create("fedavg" if root == "mean" else root, **kw)
     return HierarchyRule(create(edge), root_rule, region_function(assign, groups, n), Link(), root == "mean")
 
 
-def _run(rule: HierarchyRule, x: np.ndarray, w: np.ndarray | None, senders: list[str], trips=()) -> np.ndarray:
+def _run(
+    rule: HierarchyRule, x: np.ndarray, w: np.ndarray | None, senders: list[str], trips=()
+) -> np.ndarray:
     table = (TensorInfo("w", (x.shape[1],), "float32"),)
     rule.begin_round(RoundContext(1, table, np.zeros(x.shape[1], np.float32), tuple(senders), tuple(trips)))
     return rule(x, w)
@@ -119,7 +123,9 @@ def test_bytes_latency_and_dropped_regions() -> None:
     assert m["hier_latency_edge_s"] == 9.0  # slowest client (client-4, region 1)
     assert m["hier_latency_root_s"] == pytest.approx(0.02 + 3 * one / 12.5e6)
     # Krum with f=1 needs n > 2f + 2 = 4 rows: every region is too small and forwards nothing
-    rule = HierarchyRule(create("krum", assumed_byzantine=1), create("mean"), region_function("modulo", 3, 7), Link())
+    rule = HierarchyRule(
+        create("krum", assumed_byzantine=1), create("mean"), region_function("modulo", 3, 7), Link()
+    )
     with pytest.raises(ValueError, match="no region could aggregate"):
         _run(rule, x, None, senders)
     # Krum with f=0 needs n > 2: of regions of sizes 3, 3, 3, 2 (11 clients, modulo 4) the last is dropped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -23,9 +24,15 @@ def _settings(*overrides: str) -> object:
     ("overrides", "message"),
     [
         ((f"{H}groups=11",), "aggregation.hierarchy.groups=11 exceeds clients.per_round=10"),
-        ((f"{H}edge_rule=bristle",), "aggregation.hierarchy.edge_rule='bristle' cannot be used in a hierarchy"),
+        (
+            (f"{H}edge_rule=bristle",),
+            "aggregation.hierarchy.edge_rule='bristle' cannot be used in a hierarchy",
+        ),
         (("aggregation.rule=centered_clipping",), "aggregation.rule='centered_clipping' cannot be used"),
-        ((f"{H}edge_rule=trimmed_mean", f"{H}gamma=0.1"), "invalid parameters for aggregation rule 'trimmed_mean'"),
+        (
+            (f"{H}edge_rule=trimmed_mean", f"{H}gamma=0.1"),
+            "invalid parameters for aggregation rule 'trimmed_mean'",
+        ),
         (("privacy.mode=central",), "does not support privacy.mode='central'"),
         (("server.mode=fedbuff",), "needs server.mode='sync', got 'fedbuff'"),
         (("aggregation.pre=nnm",), "does not support aggregation.pre=['nnm']"),
@@ -37,19 +44,25 @@ def _settings(*overrides: str) -> object:
     ],
 )
 def test_refused_before_round_one(overrides: tuple[str, ...], message: str) -> None:
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         check_settings(_settings(*overrides))  # type: ignore[arg-type]
 
 
 def test_settings_parse_and_default_flat() -> None:
     s = _settings(f"{H}groups=3", f"{H}assign=hash", f"{H}edge_rule=trimmed_mean", f"{H}beta=0.1")
     h = s.aggregation.hierarchy  # type: ignore[attr-defined]
-    assert (h.mode, h.groups, h.assign, h.edge_rule, dict(h.params)) == ("regions", 3, "hash", "trimmed_mean", {"beta": 0.1})
+    assert (h.mode, h.groups, h.assign, h.edge_rule, dict(h.params)) == (
+        "regions",
+        3,
+        "hash",
+        "trimmed_mean",
+        {"beta": 0.1},
+    )
     check_settings(s)  # type: ignore[arg-type]
     assert load_settings("demo").aggregation.hierarchy.mode == "flat"
-    with pytest.raises(ValueError, match="aggregation.hierarchy.groups must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=re.escape("aggregation.hierarchy.groups must be >= 1, got 0")):
         _settings(f"{H}groups=0")
-    with pytest.raises(ValueError, match="aggregation.hierarchy.assign='ring' is not allowed"):
+    with pytest.raises(ValueError, match=re.escape("aggregation.hierarchy.assign='ring' is not allowed")):
         _settings(f"{H}assign=ring")
 
 
