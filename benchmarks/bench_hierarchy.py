@@ -1,0 +1,177 @@
+"""Hierarchical vs flat aggregation: same model for FedAvg, bytes into the root, latency per level,
+aggregation time, and one robust composition under attack.
+
+Anchor: the flat run of the same scenario, measured in the same process. Part 1 runs the engine
+benchmark's scenario (mnist1d, MLP 40-64-10, Dirichlet(0.5); 1000 clients, 100 per round, 3 rounds)
+flat and with 10 regions (``modulo``), both FedAvg: the final models' max abs difference, bytes into
+the root per round (flat: every client's envelope; hierarchical: one dense envelope per region) and
+the simulated latency of each level (level 1: slowest client, from the in-process timing model;
+level 2: the root-ingress link model, 100 Mbit/s + 20 ms, for both). Part 2 times the aggregation
+alone on one (n, d) stack: flat FedAvg vs the hierarchy (edge FedAvg per region + forward envelope
++ root FedAvg), median of repeats. Part 3: 20 % sign-flip... attackers (``alie`` by default) against
+flat median and median-of-medians (10 regions), flat FedAvg as the undefended anchor.
+
+    .venv/bin/python benchmarks/bench_hierarchy.py            # full (a few minutes on 2 loaded cores)
+    .venv/bin/python benchmarks/bench_hierarchy.py --quick    # 100 clients, 20 per round (CI smoke)
+
+Writes benchmarks/results/hierarchy.json.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from _provenance import Provenance, out_path, parser
+from bench_engine_paths import plan
+
+from stamen.protocols import TensorInfo
+from stamen.server.aggregators import create
+from stamen.server.aggregators.base import RoundContext
+from stamen.server.aggregators.hierarchy import HierarchyRule
+from stamen.server.aggregators.hierarchy_groups import region_function
+from stamen.server.aggregators.hierarchy_link import Link
+from stamen.simulations.engines import run_engine
+
+H = "aggregation.hierarchy."
+
+
+def hier(groups: int, edge: str = "fedavg") -> tuple[str, ...]:
+    """Overrides of a two-level run with ``groups`` regions (``modulo``) and ``edge`` per region."""
+    return (f"{H}mode=regions", f"{H}groups={groups}", f"{H}edge_rule={edge}")
+
+
+def engine_run(clients: int, per_round: int, rounds: int, extra: tuple[str, ...]) -> dict[str, Any]:
+    """One in-process run: per-round records and the final weights."""
+    t0 = time.perf_counter()
+    res = run_engine("inprocess", plan(clients, per_round, rounds, extra))
+    return {"wall_s": time.perf_counter() - t0, "rounds": res.rounds, "weights": res.weights}
+
+
+def equality(args: Any, groups: int) -> dict[str, Any]:
+    """Part 1: flat vs hierarchical FedAvg on the engine scenario."""
+    flat = engine_run(args.clients, args.per_round, args.rounds, ())
+    two = engine_run(args.clients, args.per_round, args.rounds, hier(groups))
+    diff = max(float(np.max(np.abs(flat["weights"][k] - two["weights"][k]))) for k in flat["weights"])
+    link = Link()
+    rows = []
+    for f, h in zip(flat["rounds"], two["rounds"], strict=True):
+        rows.append(
+            {
+                "round": f.round,
+                "bytes_root_flat": f.bytes_up,
+                "bytes_root_hier": h.hier_bytes_root,
+                "regions": h.hier_regions,
+                "latency_edge_s": h.hier_latency_edge_s,
+                "latency_root_hier_s": h.hier_latency_root_s,
+                "latency_root_flat_s": link.seconds(f.bytes_up),
+                "accuracy_flat": f.accuracy,
+                "accuracy_hier": h.accuracy,
+            }
+        )
+    return {"groups": groups, "max_abs_weight_diff": diff, "rounds": rows}
+
+
+def agg_times(n: int, d: int, groups: int, repeats: int) -> dict[str, float]:
+    """Part 2: seconds of one flat FedAvg and one hierarchical FedAvg on the same ``(n, d)`` stack."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    w = rng.uniform(10, 50, n)
+    senders = tuple(f"client-{i}" for i in rng.choice(10 * n, n, replace=False))
+    ctx = RoundContext(1, (TensorInfo("w", (d,), "float32"),), np.zeros(d, np.float32), senders)
+    flat = create("fedavg")
+    two = HierarchyRule(create("fedavg"), create("fedavg"), region_function("modulo", groups, 10 * n), Link())
+    two.begin_round(ctx)
+
+    def best(fn: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(x, w)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    tf, th = best(flat), best(two)
+    return {
+        "n": n,
+        "d": d,
+        "flat_s": tf,
+        "hier_s": th,
+        "ratio": th / tf,
+        "max_abs_diff": float(np.max(np.abs(flat(x, w) - two(x, w)))),
+    }
+
+
+def attack(args: Any, groups: int) -> dict[str, Any]:
+    """Part 3: final accuracy under ``args.attack`` at 20 % attackers."""
+    bad = (f"attack.kind={args.attack}", "attack.fraction=0.2")
+    cells = {
+        "fedavg (flat, undefended)": (),
+        "median (flat)": ("aggregation.rule=median",),
+        f"median of medians ({groups} regions)": ("aggregation.rule=median", *hier(groups, "median")),
+        f"fedavg then median ({groups} regions)": ("aggregation.rule=median", *hier(groups, "fedavg")),
+    }
+    out = {}
+    for label, extra in cells.items():
+        run = engine_run(args.attack_clients, args.attack_per_round, args.attack_rounds, (*bad, *extra))
+        out[label] = float(run["rounds"][-1].accuracy)
+    clean = engine_run(args.attack_clients, args.attack_per_round, args.attack_rounds, ())
+    out["fedavg (flat, no attack)"] = float(clean["rounds"][-1].accuracy)
+    return out
+
+
+def report(eq: dict[str, Any], times: list[dict[str, float]], acc: dict[str, float]) -> None:
+    """Print the figures next to their flat anchors."""
+    print(f"FedAvg, {eq['groups']} regions vs flat: max |w_hier - w_flat| = {eq['max_abs_weight_diff']:.3g}")
+    for r in eq["rounds"]:
+        print(
+            f"  round {r['round']}: bytes into the root {r['bytes_root_hier']:,} vs flat {r['bytes_root_flat']:,} "
+            f"({r['bytes_root_flat'] / r['bytes_root_hier']:.1f}x fewer); level 1 {r['latency_edge_s']:.2f} s, "
+            f"level 2 {r['latency_root_hier_s'] * 1e3:.1f} ms vs flat root ingress {r['latency_root_flat_s'] * 1e3:.1f} ms; "
+            f"accuracy {r['accuracy_hier']:.4f} vs {r['accuracy_flat']:.4f}"
+        )
+    for t in times:
+        print(
+            f"aggregation of ({t['n']}, {t['d']}): hierarchy {t['hier_s'] * 1e3:.2f} ms vs flat {t['flat_s'] * 1e3:.2f} ms "
+            f"({t['ratio']:.1f}x), max abs diff {t['max_abs_diff']:.2g}"
+        )
+    for label, a in acc.items():
+        print(f"  {label}: accuracy {a:.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__, quick="100 clients, 20 per round, 2 rounds; small attack runs", out="hierarchy.json")
+    ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--per-round", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--groups", type=int, default=10)
+    ap.add_argument("--attack", default="alie")
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args(argv)
+    prov = Provenance.capture(argv, script=__file__)
+    args.attack_clients, args.attack_per_round, args.attack_rounds = 200, 40, 10
+    dims = [3274, 1 << 18]  # the MLP 40-64-10, and a 262k-parameter model
+    if args.quick:
+        args.clients, args.per_round, args.rounds, args.groups = 100, 20, 2, 4
+        args.attack_clients, args.attack_per_round, args.attack_rounds, args.repeats = 40, 20, 3, 3
+        dims = [3274]
+    eq = equality(args, args.groups)
+    times = [agg_times(args.per_round, d, args.groups, args.repeats) for d in dims]
+    acc = attack(args, args.groups if not args.quick else 4)
+    report(eq, times, acc)
+    prov.write(
+        out_path(args),
+        {
+            "equality": eq,
+            "aggregation_time": times,
+            "attack": {"kind": args.attack, "fraction": 0.2, "accuracy": acc},
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
