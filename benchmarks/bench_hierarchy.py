@@ -8,8 +8,9 @@ the root per round (flat: every client's envelope; hierarchical: one dense envel
 the simulated latency of each level (level 1: slowest client, from the in-process timing model;
 level 2: the root-ingress link model, 100 Mbit/s + 20 ms, for both). Part 2 times the aggregation
 alone on one (n, d) stack: flat FedAvg vs the hierarchy (edge FedAvg per region + forward envelope
-+ root FedAvg), median of repeats. Part 3: 20 % sign-flip... attackers (``alie`` by default) against
-flat median and median-of-medians (10 regions), flat FedAvg as the undefended anchor.
++ root FedAvg), median of repeats. Part 3: 20 % attackers (``--attack``, default ``alie``; 200
+clients, 40 per round, 10 rounds) against flat median, median of medians and FedAvg-then-median
+(10 regions); flat FedAvg with and without the attack as anchors.
 
     .venv/bin/python benchmarks/bench_hierarchy.py            # full (a few minutes on 2 loaded cores)
     .venv/bin/python benchmarks/bench_hierarchy.py --quick    # 100 clients, 20 per round (CI smoke)
@@ -127,16 +128,19 @@ def report(eq: dict[str, Any], times: list[dict[str, float]], acc: dict[str, flo
     """Print the figures next to their flat anchors."""
     print(f"FedAvg, {eq['groups']} regions vs flat: max |w_hier - w_flat| = {eq['max_abs_weight_diff']:.3g}")
     for r in eq["rounds"]:
+        hier, flat = r["bytes_root_hier"], r["bytes_root_flat"]
         print(
-            f"  round {r['round']}: bytes into the root {r['bytes_root_hier']:,} vs flat {r['bytes_root_flat']:,} "
-            f"({r['bytes_root_flat'] / r['bytes_root_hier']:.1f}x fewer); level 1 {r['latency_edge_s']:.2f} s, "
-            f"level 2 {r['latency_root_hier_s'] * 1e3:.1f} ms vs flat root ingress {r['latency_root_flat_s'] * 1e3:.1f} ms; "
-            f"accuracy {r['accuracy_hier']:.4f} vs {r['accuracy_flat']:.4f}"
+            f"  round {r['round']}: bytes into the root {hier:,} vs flat {flat:,} ({flat / hier:.1f}x fewer)"
         )
+        print(
+            f"    level 1 {r['latency_edge_s']:.2f} s; level 2 {r['latency_root_hier_s'] * 1e3:.1f} ms "
+            f"vs flat root ingress {r['latency_root_flat_s'] * 1e3:.1f} ms"
+        )
+        print(f"    accuracy {r['accuracy_hier']:.4f} vs flat {r['accuracy_flat']:.4f}")
     for t in times:
         print(
-            f"aggregation of ({t['n']}, {t['d']}): hierarchy {t['hier_s'] * 1e3:.2f} ms vs flat {t['flat_s'] * 1e3:.2f} ms "
-            f"({t['ratio']:.1f}x), max abs diff {t['max_abs_diff']:.2g}"
+            f"aggregation of ({t['n']}, {t['d']}): hierarchy {t['hier_s'] * 1e3:.2f} ms "
+            f"vs flat {t['flat_s'] * 1e3:.2f} ms ({t['ratio']:.1f}x), max abs diff {t['max_abs_diff']:.2g}"
         )
     for label, a in acc.items():
         print(f"  {label}: accuracy {a:.4f}")
