@@ -8,9 +8,10 @@ the root per round (flat: every client's envelope; hierarchical: one dense envel
 the simulated latency of each level (level 1: slowest client, from the in-process timing model;
 level 2: the root-ingress link model, 100 Mbit/s + 20 ms, for both). Part 2 times the aggregation
 alone on one (n, d) stack: flat FedAvg vs the hierarchy (edge FedAvg per region + forward envelope
-+ root FedAvg), median of repeats. Part 3: 20 % attackers (``--attack``, default ``alie``; 200
-clients, 40 per round, 10 rounds) against flat median, median of medians and FedAvg-then-median
-(10 regions); flat FedAvg with and without the attack as anchors.
++ root FedAvg), median of repeats. Part 3: 20 % attackers (``--attack``, default ``sign_flip`` with
+scale 6) on the ``smoke`` scenario's digits task (IID, 100 clients, 40 per round, 15 rounds) against
+flat median, median of medians and FedAvg-then-median (4 regions of about 10); flat FedAvg with and
+without the attack as anchors.
 
     .venv/bin/python benchmarks/bench_hierarchy.py            # full (a few minutes on 2 loaded cores)
     .venv/bin/python benchmarks/bench_hierarchy.py --quick    # 100 clients, 20 per round (CI smoke)
@@ -36,6 +37,8 @@ from stamen.server.aggregators.hierarchy import HierarchyRule
 from stamen.server.aggregators.hierarchy_groups import region_function
 from stamen.server.aggregators.hierarchy_link import Link
 from stamen.simulations.engines import run_engine
+from stamen.simulations.plan import SimulationPlan
+from stamen.simulations.scenario import load_scenario
 
 H = "aggregation.hierarchy."
 
@@ -84,7 +87,8 @@ def agg_times(n: int, d: int, groups: int, repeats: int) -> dict[str, float]:
     senders = tuple(f"client-{i}" for i in rng.choice(10 * n, n, replace=False))
     ctx = RoundContext(1, (TensorInfo("w", (d,), "float32"),), np.zeros(d, np.float32), senders)
     flat = create("fedavg")
-    two = HierarchyRule(create("fedavg"), create("fedavg"), region_function("modulo", groups, 10 * n), Link())
+    region_of = region_function("modulo", groups, 10 * n)
+    two = HierarchyRule(create("fedavg"), create("fedavg"), region_of, Link(), edge_mean="weighted")
     two.begin_round(ctx)
 
     def best(fn: Any) -> float:
@@ -106,21 +110,30 @@ def agg_times(n: int, d: int, groups: int, repeats: int) -> dict[str, float]:
     }
 
 
-def attack(args: Any, groups: int) -> dict[str, Any]:
-    """Part 3: final accuracy under ``args.attack`` at 20 % attackers."""
-    bad = (f"attack.kind={args.attack}", "attack.fraction=0.2")
+def attack_run(args: Any, extra: tuple[str, ...]) -> float:
+    """Final test accuracy of one digits run (IID, MLP 64-32-10) with ``extra`` overrides."""
+    overrides = [
+        f"data.num_clients={args.attack_clients}",
+        f"clients.per_round={args.attack_per_round}",
+        f"rounds={args.attack_rounds}",
+        f"eval.every={args.attack_rounds}",
+        *extra,
+    ]
+    res = run_engine("inprocess", SimulationPlan.from_scenario(load_scenario("smoke", overrides)))
+    return float(res.rounds[-1].accuracy)
+
+
+def attack(args: Any, groups: int) -> dict[str, float]:
+    """Part 3: final accuracy under ``args.attack`` (20 % attackers) per composition."""
+    bad = (f"attack.kind={args.attack}", "attack.fraction=0.2", *args.attack_params)
     cells = {
         "fedavg (flat, undefended)": (),
         "median (flat)": ("aggregation.rule=median",),
         f"median of medians ({groups} regions)": ("aggregation.rule=median", *hier(groups, "median")),
         f"fedavg then median ({groups} regions)": ("aggregation.rule=median", *hier(groups, "fedavg")),
     }
-    out = {}
-    for label, extra in cells.items():
-        run = engine_run(args.attack_clients, args.attack_per_round, args.attack_rounds, (*bad, *extra))
-        out[label] = float(run["rounds"][-1].accuracy)
-    clean = engine_run(args.attack_clients, args.attack_per_round, args.attack_rounds, ())
-    out["fedavg (flat, no attack)"] = float(clean["rounds"][-1].accuracy)
+    out = {label: attack_run(args, (*bad, *extra)) for label, extra in cells.items()}
+    out["fedavg (flat, no attack)"] = attack_run(args, ())
     return out
 
 
@@ -152,26 +165,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-round", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--groups", type=int, default=10)
-    ap.add_argument("--attack", default="alie")
+    ap.add_argument("--attack", default="sign_flip")
+    ap.add_argument("--attack-param", dest="attack_params", action="append", default=None)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args(argv)
     prov = Provenance.capture(argv, script=__file__)
-    args.attack_clients, args.attack_per_round, args.attack_rounds = 200, 40, 10
+    args.attack_params = args.attack_params or (["attack.scale=6"] if args.attack == "sign_flip" else [])
+    args.attack_clients, args.attack_per_round, args.attack_rounds, attack_groups = 100, 40, 15, 4
     dims = [3274, 1 << 18]  # the MLP 40-64-10, and a 262k-parameter model
     if args.quick:
         args.clients, args.per_round, args.rounds, args.groups = 100, 20, 2, 4
         args.attack_clients, args.attack_per_round, args.attack_rounds, args.repeats = 40, 20, 3, 3
+        attack_groups = 2
         dims = [3274]
     eq = equality(args, args.groups)
     times = [agg_times(args.per_round, d, args.groups, args.repeats) for d in dims]
-    acc = attack(args, args.groups if not args.quick else 4)
+    acc = attack(args, attack_groups)
     report(eq, times, acc)
     prov.write(
         out_path(args),
         {
             "equality": eq,
             "aggregation_time": times,
-            "attack": {"kind": args.attack, "fraction": 0.2, "accuracy": acc},
+            "attack": {
+                "kind": args.attack,
+                "params": args.attack_params,
+                "fraction": 0.2,
+                "groups": attack_groups,
+                "accuracy": acc,
+            },
         },
     )
     return 0

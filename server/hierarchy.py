@@ -42,7 +42,8 @@ def build_hierarchy(s: Settings) -> HierarchyRule:
     root = build_aggregator("fedavg" if a.rule == "mean" else a.rule, (), a.params, seed=s.seed)
     link = Link(h.codec, h.link_bandwidth, h.link_latency_s)
     region_of = region_function(h.assign, h.groups, s.data.num_clients)
-    return HierarchyRule(edge, root, region_of, link, root_by_count=a.rule == "mean", seed=s.seed)
+    mean = {"fedavg": "weighted", "mean": "unweighted"}.get(h.edge_rule)  # one matrix product
+    return HierarchyRule(edge, root, region_of, link, a.rule == "mean", s.seed, edge_mean=mean)
 
 
 def check_hierarchy(s: Settings) -> None:

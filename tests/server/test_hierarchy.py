@@ -19,11 +19,14 @@ from stamen.server.aggregators.mean import weighted_mean
 
 
 def _rule(
-    edge: str, root: str, groups: int, assign: str = "modulo", n: int = 100, **kw: object
+    edge: str, root: str, groups: int, assign: str = "modulo", n: int = 100, fast: bool = False
 ) -> HierarchyRule:
-    # what build_hierarchy does: the root's "mean" weights regions by their counts
-    root_rule = create("fedavg" if root == "mean" else root, **kw)
-    return HierarchyRule(create(edge), root_rule, region_function(assign, groups, n), Link(), root == "mean")
+    # what build_hierarchy does: the root's "mean" weights regions by their counts; ``fast`` takes the
+    # one-product path of the linear edge rules
+    mean = {"fedavg": "weighted", "mean": "unweighted"}.get(edge) if fast else None
+    root_rule = create("fedavg" if root == "mean" else root)
+    region_of = region_function(assign, groups, n)
+    return HierarchyRule(create(edge), root_rule, region_of, Link(), root == "mean", edge_mean=mean)
 
 
 def _run(
@@ -38,12 +41,14 @@ def test_hand_computed_fedavg_and_mean() -> None:
     x = np.array([[1.0], [3.0], [5.0], [7.0]], np.float32)
     senders = ["client-0", "client-2", "client-1", "client-3"]  # modulo 2: regions 0, 0, 1, 1
     # fedavg: region 0 = (1*1 + 3*3)/4 = 2.5 (W=4), region 1 = (5*2 + 7*2)/4 = 6 (W=4); root 4.25
-    got = _run(_rule("fedavg", "fedavg", 2), x, np.array([1.0, 3.0, 2.0, 2.0]), senders)
-    assert got == pytest.approx([4.25])
+    for fast in (False, True):
+        got = _run(_rule("fedavg", "fedavg", 2, fast=fast), x, np.array([1.0, 3.0, 2.0, 2.0]), senders)
+        assert got == pytest.approx([4.25])
     # mean with unequal regions: region 0 = mean(1, 3, 5) = 3 (3 rows), region 1 = 7 (1 row);
     # root = (3*3 + 7*1)/4 = 4 = flat mean (an unweighted mean of the means would give 5)
     senders = ["client-0", "client-2", "client-4", "client-1"]
     assert _run(_rule("mean", "mean", 2), x, None, senders) == pytest.approx([4.0])
+    assert _run(_rule("mean", "mean", 2, fast=True), x, None, senders) == pytest.approx([4.0])
 
 
 @settings(max_examples=60, deadline=None)
@@ -54,14 +59,17 @@ def test_hand_computed_fedavg_and_mean() -> None:
     assign=st.sampled_from(["modulo", "contiguous", "hash"]),
     linear=st.sampled_from(["fedavg", "mean"]),
     seed=st.integers(0, 2**16),
+    fast=st.booleans(),
 )
-def test_linear_rules_equal_flat(n: int, d: int, groups: int, assign: str, linear: str, seed: int) -> None:
+def test_linear_rules_equal_flat(
+    n: int, d: int, groups: int, assign: str, linear: str, seed: int, fast: bool
+) -> None:
     rng = np.random.default_rng(seed)
     x = rng.normal(0, 3, (n, d)).astype(np.float32)
     w = rng.uniform(0.1, 50, n)
     ids = rng.choice(100, n, replace=False)
     senders = [f"client-{i}" for i in ids]
-    got = _run(_rule(linear, linear, groups, assign), x, w, senders)
+    got = _run(_rule(linear, linear, groups, assign, fast=fast), x, w, senders)
     want = weighted_mean(x, w if linear == "fedavg" else None)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
