@@ -9,7 +9,8 @@ the simulated latency of each level (level 1: slowest client, from the in-proces
 level 2: the root-ingress link model, 100 Mbit/s + 20 ms, for both). Part 2 times the aggregation
 alone on one (n, d) stack: flat FedAvg vs the hierarchy (edge FedAvg per region + forward envelope
 + root FedAvg), median of repeats. Part 3: 20 % attackers (``--attack``, default ``sign_flip`` with
-scale 6) on the ``smoke`` scenario's digits task (IID, 100 clients, 40 per round, 15 rounds) against
+scale 6) on the ``smoke`` scenario's digits task (IID, 100 clients, 40 per round, 20 rounds of 5 local
+epochs) against
 flat median, median of medians and FedAvg-then-median (4 regions of about 10); flat FedAvg with and
 without the attack as anchors.
 
@@ -111,12 +112,13 @@ def agg_times(n: int, d: int, groups: int, repeats: int) -> dict[str, float]:
 
 
 def attack_run(args: Any, extra: tuple[str, ...]) -> float:
-    """Final test accuracy of one digits run (IID, MLP 64-32-10) with ``extra`` overrides."""
+    """Final test accuracy of one digits run (IID, MLP 64-32-10, 5 local epochs) with ``extra``."""
     overrides = [
         f"data.num_clients={args.attack_clients}",
         f"clients.per_round={args.attack_per_round}",
         f"rounds={args.attack_rounds}",
         f"eval.every={args.attack_rounds}",
+        "clients.local_epochs=5",
         *extra,
     ]
     res = run_engine("inprocess", SimulationPlan.from_scenario(load_scenario("smoke", overrides)))
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     prov = Provenance.capture(argv, script=__file__)
     args.attack_params = args.attack_params or (["attack.scale=6"] if args.attack == "sign_flip" else [])
-    args.attack_clients, args.attack_per_round, args.attack_rounds, attack_groups = 100, 40, 15, 4
+    args.attack_clients, args.attack_per_round, args.attack_rounds, attack_groups = 100, 40, 20, 4
     dims = [3274, 1 << 18]  # the MLP 40-64-10, and a 262k-parameter model
     if args.quick:
         args.clients, args.per_round, args.rounds, args.groups = 100, 20, 2, 4
