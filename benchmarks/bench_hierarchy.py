@@ -9,10 +9,9 @@ the simulated latency of each level (level 1: slowest client, from the in-proces
 level 2: the root-ingress link model, 100 Mbit/s + 20 ms, for both). Part 2 times the aggregation
 alone on one (n, d) stack: flat FedAvg vs the hierarchy (edge FedAvg per region + forward envelope
 + root FedAvg), median of repeats. Part 3: 20 % attackers (``--attack``, default ``sign_flip`` with
-scale 6) on the ``smoke`` scenario's digits task (IID, 100 clients, 40 per round, 20 rounds of 5 local
-epochs) against
-flat median, median of medians and FedAvg-then-median (4 regions of about 10); flat FedAvg with and
-without the attack as anchors.
+scale 6) on the ``smoke`` scenario's digits task (IID, 100 clients, 40 per round, 20 rounds of 5
+local epochs) against flat median, median of medians and FedAvg-then-median (4 regions of about 10);
+flat FedAvg with and without the attack as anchors.
 
     .venv/bin/python benchmarks/bench_hierarchy.py            # full (a few minutes on 2 loaded cores)
     .venv/bin/python benchmarks/bench_hierarchy.py --quick    # 100 clients, 20 per round (CI smoke)
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 from _provenance import Provenance, out_path, parser
 from bench_engine_paths import plan
+from threadpoolctl import threadpool_limits
 
 from stamen.protocols import TensorInfo
 from stamen.server.aggregators import create
@@ -80,8 +80,9 @@ def equality(args: Any, groups: int) -> dict[str, Any]:
     return {"groups": groups, "max_abs_weight_diff": diff, "rounds": rows}
 
 
-def agg_times(n: int, d: int, groups: int, repeats: int) -> dict[str, float]:
-    """Part 2: seconds of one flat FedAvg and one hierarchical FedAvg on the same ``(n, d)`` stack."""
+def agg_times(n: int, d: int, groups: int, repeats: int, threads: int | None) -> dict[str, Any]:
+    """Part 2: seconds of one flat FedAvg and one hierarchical FedAvg on the same ``(n, d)`` stack,
+    with numpy's BLAS at its default thread count (``threads=None``) or limited to ``threads``."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, d)).astype(np.float32)
     w = rng.uniform(10, 50, n)
@@ -92,7 +93,7 @@ def agg_times(n: int, d: int, groups: int, repeats: int) -> dict[str, float]:
     two = HierarchyRule(create("fedavg"), create("fedavg"), region_of, Link(), edge_mean="weighted")
     two.begin_round(ctx)
 
-    def best(fn: Any) -> float:
+    def median_s(fn: Any) -> float:
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -100,14 +101,17 @@ def agg_times(n: int, d: int, groups: int, repeats: int) -> dict[str, float]:
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
-    tf, th = best(flat), best(two)
+    with threadpool_limits(threads):
+        tf, th = median_s(flat), median_s(two)
+    diff = float(np.max(np.abs(flat(x, w) - two(x, w))))
     return {
         "n": n,
         "d": d,
+        "blas_threads": threads,
         "flat_s": tf,
         "hier_s": th,
         "ratio": th / tf,
-        "max_abs_diff": float(np.max(np.abs(flat(x, w) - two(x, w)))),
+        "max_abs_diff": diff,
     }
 
 
@@ -154,7 +158,8 @@ def report(eq: dict[str, Any], times: list[dict[str, float]], acc: dict[str, flo
         print(f"    accuracy {r['accuracy_hier']:.4f} vs flat {r['accuracy_flat']:.4f}")
     for t in times:
         print(
-            f"aggregation of ({t['n']}, {t['d']}): hierarchy {t['hier_s'] * 1e3:.2f} ms "
+            f"aggregation of ({t['n']}, {t['d']}), BLAS threads {t['blas_threads'] or 'default'}: "
+            f"hierarchy {t['hier_s'] * 1e3:.2f} ms "
             f"vs flat {t['flat_s'] * 1e3:.2f} ms ({t['ratio']:.1f}x), max abs diff {t['max_abs_diff']:.2g}"
         )
     for label, a in acc.items():
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         attack_groups = 2
         dims = [3274]
     eq = equality(args, args.groups)
-    times = [agg_times(args.per_round, d, args.groups, args.repeats) for d in dims]
+    times = [agg_times(args.per_round, d, args.groups, args.repeats, t) for d in dims for t in (None, 1)]
     acc = attack(args, attack_groups)
     report(eq, times, acc)
     prov.write(
