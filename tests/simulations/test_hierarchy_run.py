@@ -81,3 +81,16 @@ def test_hierarchical_fedavg_run_equals_flat() -> None:
         assert 0 < h.hier_bytes_root < h.bytes_up  # 3 region envelopes against 6 client envelopes
         assert h.hier_latency_edge_s > 0 and h.hier_latency_root_s > 0.02
         assert math.isnan(f.hier_latency_root_s)
+
+
+@pytest.mark.slow
+def test_flower_engine_runs_the_same_hierarchy() -> None:
+    """The hierarchy lives in the round driver: Flower's engine aggregates the same regions."""
+    plan = SimulationPlan.from_scenario(
+        load_scenario("smoke", ["rounds=2", f"{H}mode=regions", f"{H}groups=2"])
+    )
+    fast, real = run_engine("inprocess", plan), run_engine("flower", plan)
+    for a, b in zip(fast.rounds, real.rounds, strict=True):
+        assert (b.hier_regions, b.hier_bytes_root) == (a.hier_regions, a.hier_bytes_root) == (2, 19872)
+        assert b.accuracy == pytest.approx(a.accuracy, abs=0.01)
+        assert math.isnan(b.hier_latency_edge_s)  # Flower's engine has no client timing model
