@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from stamen.server.aggregators import Rule, build_aggregator
+from stamen.server.hierarchy import check_hierarchy, hierarchical
 from stamen.server.rules import build_rule, rule_name
 from stamen.server.sampling import resolve_sampling
 from stamen.server.staleness import compensation, functions
@@ -28,6 +29,8 @@ def check_settings(s: Settings) -> None:
     """``ValueError`` naming the settings of the first combination that cannot run."""
     _check_privacy(s)
     _check_models(s)
+    if hierarchical(s):
+        check_hierarchy(s)
     rule = build_rule(s)
     need = rule.traits.required_server_lr
     if need is not None and s.aggregation.server_lr != need:

@@ -7,6 +7,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+HIER_COUNTS = ("hier_regions", "hier_bytes_root")
+HIER_TIMES = ("hier_latency_edge_s", "hier_latency_root_s")
+
+
+def hierarchy_fields(metrics: dict[str, float]) -> dict[str, Any]:
+    """The :class:`RoundRecord` fields of a rule's ``round_metrics()`` (none for a flat rule)."""
+    out: dict[str, Any] = {k: int(metrics[k]) for k in HIER_COUNTS if k in metrics}
+    out.update({k: float(metrics[k]) for k in HIER_TIMES if k in metrics})
+    return out
+
 
 @dataclass(frozen=True)
 class RoundRecord:
@@ -33,6 +43,13 @@ class RoundRecord:
     staleness_max, staleness_mean : int, float
         Largest and mean staleness ``tau`` (versions) of the updates the round used; 0 and NaN when
         every update was fresh or none was used.
+    hier_regions, hier_bytes_root : int
+        Hierarchical aggregation (``docs/hierarchy.md``): regions that forwarded an update and the
+        envelope bytes into the root (compare ``bytes_up``, what a flat root receives); 0 for a
+        flat run.
+    hier_latency_edge_s, hier_latency_root_s : float
+        Simulated seconds of level 1 (slowest client of the slowest region; NaN without a client
+        timing model) and level 2 (region -> root link model); NaN for a flat run.
     """
 
     round: int
@@ -46,15 +63,19 @@ class RoundRecord:
     sim_time_s: float = math.nan
     staleness_max: int = 0
     staleness_mean: float = math.nan
+    hier_regions: int = 0
+    hier_bytes_root: int = 0
+    hier_latency_edge_s: float = math.nan
+    hier_latency_root_s: float = math.nan
 
     def __post_init__(self) -> None:
         # Normalize numpy scalars so JSON/CSV get plain Python numbers.
-        for name in ("round", "bytes_up", "bytes_down", "rejected", "staleness_max"):
+        for name in ("round", "bytes_up", "bytes_down", "rejected", "staleness_max", *HIER_COUNTS):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < 0:
                 raise ValueError(f"RoundRecord.{name} must be an integer >= 0, got {value!r}")
             object.__setattr__(self, name, int(value))
-        for name in ("accuracy", "loss", "wall_s", "sim_time_s", "staleness_mean"):
+        for name in ("accuracy", "loss", "wall_s", "sim_time_s", "staleness_mean", *HIER_TIMES):
             value = getattr(self, name)
             object.__setattr__(self, name, math.nan if value is None else float(value))
         if self.epsilon is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stamen.server.aggregators import Rule, build_aggregator
+from stamen.server.hierarchy import build_hierarchy, hierarchical
 from stamen.server.privacy.central import CentralDP, CentralDPRule
 from stamen.task.settings import Settings
 
@@ -15,7 +16,10 @@ def rule_name(s: Settings) -> str:
 def build_rule(s: Settings) -> Rule:
     """The run's rule (built once: some rules keep state across rounds), wrapped in central DP for
     ``privacy.mode = "central"`` (which refuses a rule without a declared sensitivity)."""
-    agg = build_aggregator(s.aggregation.rule, s.aggregation.pre, s.aggregation.params, seed=s.seed)
+    if hierarchical(s):
+        agg: Rule = build_hierarchy(s)
+    else:
+        agg = build_aggregator(s.aggregation.rule, s.aggregation.pre, s.aggregation.params, seed=s.seed)
     if s.privacy.mode != "central":
         return agg
     budget = s.privacy.target_epsilon if s.privacy.calibration == "target_epsilon" else None

@@ -38,6 +38,7 @@ from stamen.task.settings_base import (
     _parse_text,
     _to_plain,
 )
+from stamen.task.settings_hierarchy import HierarchyConfig
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 PRIVACY_MODES: tuple[str, ...] = ("off", "central", "local", "dp_sgd", "rqm")
@@ -152,6 +153,7 @@ class AggregationConfig(_Config):
     # FedAvg trusts a reported example count only up to max_examples (0: 10 x the round's median;
     # simulations cap each client at its true partition size)
     max_examples: int = _f(0, ge=0)
+    hierarchy: HierarchyConfig = field(default_factory=HierarchyConfig)  # two-level aggregation
 
 
 @dataclass(frozen=True)

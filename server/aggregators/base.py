@@ -40,11 +40,18 @@ class RoundContext:
         The model's tensors in stack-column order.
     base : ndarray, shape (d,)
         The global weights the round's deltas apply to, flattened in table order (float32).
+    senders : tuple of str
+        The client key of each row of the stack (empty when the caller has none).
+    trip_s : tuple of float
+        Each row's simulated trip, dispatch to arrival, in seconds (NaN or empty without a
+        client timing model).
     """
 
     round: int
     table: tuple[TensorInfo, ...]
     base: np.ndarray
+    senders: tuple[str, ...] = ()
+    trip_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,10 @@ class Rule:
     def epsilon(self) -> float | None:
         """Cumulative privacy spent by this rule's releases (central DP), else None."""
         return None
+
+    def round_metrics(self) -> dict[str, float]:
+        """What the rule measured in its last call, for the round record (empty unless overridden)."""
+        return {}
 
     def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Aggregate the ``(n, d)`` stack into ``(d,)``."""

@@ -106,6 +106,7 @@ class CollectedUpdates:
     extras: dict[str, dict[str, Any]]
     stats: RoundStats
     taus: list[int] = field(default_factory=list)  # staleness of each row (filled for stale rounds)
+    trip_s: dict[str, float] = field(default_factory=dict)  # each sender's simulated trip (s), if timed
 
     def base_flat(self) -> np.ndarray:
         """The base weights as one ``(d,)`` float32 vector in table order."""
@@ -165,6 +166,7 @@ class UpdateCollector:
         self._rows: dict[str, tuple[int, float, float]] = {}  # client -> (row, examples, norm)
         self._extras: dict[str, dict[str, Any]] = {}
         self._replied: set[str] = set()
+        self._trips: dict[str, float] = {}
         self.stats = RoundStats()
 
     def add(self, reply: Reply) -> bool:
@@ -188,6 +190,7 @@ class UpdateCollector:
             log.exception("unexpected failure decoding the reply of %s", client)
             return self.reject(client, f"unreadable reply ({type(exc).__name__}: {exc})")
         self._rows[client] = (len(self._rows), examples, norm)
+        self._trips[client] = reply.trip_s
         self.stats.accepted += 1
         return True
 
@@ -228,7 +231,10 @@ class UpdateCollector:
             self._stack[:n] = self._stack[rows]
         weights = np.asarray(self._capped([self._rows[c][1] for c in clients], clients), dtype=np.float64)
         extras = {c: self._extras.get(c, {}) for c in clients}
-        return CollectedUpdates(self.base, self.table, self._stack[:n], weights, clients, extras, self.stats)
+        trips = {c: self._trips[c] for c in clients}
+        return CollectedUpdates(
+            self.base, self.table, self._stack[:n], weights, clients, extras, self.stats, trip_s=trips
+        )
 
     def _drop_outliers(self) -> None:
         clients = list(self._rows)

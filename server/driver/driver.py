@@ -21,7 +21,7 @@ from stamen.server.aggregators.base import RoundContext, Rule
 from stamen.server.driver.collect import CollectedUpdates, CollectPolicy, UpdateCollector, unflatten
 from stamen.server.driver.stale_rows import treat_stale_rows
 from stamen.server.driver.types import Reply, TrainTask, Transport, Weights
-from stamen.server.history import FederationResult, ProgressFn, RoundRecord
+from stamen.server.history import FederationResult, ProgressFn, RoundRecord, hierarchy_fields
 from stamen.server.privacy.central import BudgetExhausted
 from stamen.server.sampling import draw_cohort
 from stamen.server.staleness.handling import StaleHandling
@@ -127,7 +127,9 @@ class AggregateMode:
         n = updates.stack.shape[0]
         if n == 0 and not self.rule.traits.releases_empty:
             return None
-        ctx = RoundContext(rnd, updates.table, updates.base_flat())
+        senders = tuple(updates.senders)
+        trips = tuple(updates.trip_s.get(c, math.nan) for c in senders)
+        ctx = RoundContext(rnd, updates.table, updates.base_flat(), senders, trips)
         if self.hooks is not None and n:
             self.hooks.tamper(rnd, updates, ctx)
         self.rule.begin_round(ctx)
@@ -316,4 +318,5 @@ class RoundDriver:
             sim_time_s=self.transport.now(),
             staleness_max=max(updates.taus, default=0),
             staleness_mean=float(np.mean(updates.taus)) if any(updates.taus) else math.nan,
+            **hierarchy_fields(self.rule.round_metrics() if updates.stack.shape[0] else {}),
         )

@@ -7,6 +7,7 @@ node behind the reply), never from anything the client reports.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -66,6 +67,7 @@ class Reply:
     verifier: Verifier | None = None  # the sending node's endorsed update key (a deployment)
     identity_error: str | None = None  # why the sender's identity record did not verify
     held: str | None = None  # an edge device that could not apply its delta: the model hash it holds
+    trip_s: float = math.nan  # simulated seconds from dispatch to arrival (a simulation's timing model)
 
 
 class Transport(Protocol):

@@ -78,6 +78,8 @@ class InProcessTransport:
         made = self._rows(tasks) if rows else map(self.run, tasks)
         for i, (task, reply) in enumerate(zip(tasks, made, strict=True)):
             trip = self._trip(task, reply)
+            if trip is not None:
+                reply.trip_s = trip.finish - trip.dispatched
             if trip is None or trip.delivered:
                 replies.append(reply)
             if trip is not None:

@@ -56,6 +56,7 @@ HEAVY_HELP = frozenset(
         "bench_engine_throughput.py",
         "bench_frl.py",
         "bench_gi_cost.py",
+        "bench_hierarchy.py",
         "bench_lora.py",
         "bench_privacy.py",
         "bench_trainer_cost.py",
@@ -76,6 +77,7 @@ QUICK: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("--cohorts", "100", "--repeats", "1", "--loop-clients", "10"),
         ("rows", "max_abs_diff_vs_loop"),
     ),
+    "bench_hierarchy.py": (("--quick",), ("equality", "aggregation_time", "attack")),
 }
 
 

@@ -87,6 +87,10 @@ def test_write_results_files(tmp_path: Path) -> None:
         "sim_time_s": None,  # no client timing model
         "staleness_max": 0,
         "staleness_mean": None,
+        "hier_regions": 0,  # a flat run
+        "hier_bytes_root": 0,
+        "hier_latency_edge_s": None,
+        "hier_latency_root_s": None,
     }
     assert [list(r) for r in doc["rounds"]] == [list(ROUND_KEYS)] * 4
     assert load_results(out) == doc == load_results(paths["json"])
@@ -96,8 +100,8 @@ def test_csv_one_row_per_round(tmp_path: Path) -> None:
     paths = write_results(tmp_path, {"name": "t"}, ROUNDS)
     rows = list(csv.reader(paths["csv"].open()))
     assert rows[0] == list(ROUND_KEYS)
-    assert rows[1] == ["1", "", "", "1000", "4000", "", "0", "0.5", "", "0", ""]
-    assert rows[3] == ["3", "0.75", "0.9", "500", "4000", "1.1", "0", "0.25", "", "0", ""]
+    assert rows[1] == ["1", "", "", "1000", "4000", "", "0", "0.5", "", "0", "", "0", "0", "", ""]
+    assert rows[3] == ["3", "0.75", "0.9", "500", "4000", "1.1", "0", "0.25", "", "0", "", "0", "0", "", ""]
     assert len(rows) == 1 + len(ROUNDS)
 
 
@@ -126,7 +130,7 @@ def test_other_record_types_and_numpy_numbers_are_normalized(tmp_path: Path) -> 
     rec = EngineRecord(1, np.float64(0.5), np.float32(0.25), np.int64(7), 8, None, 0, 0.125)
     paths = write_results(tmp_path, {"name": "t"}, [rec])
     row = list(csv.reader(paths["csv"].open()))[1]
-    assert row == ["1", "0.5", "0.25", "7", "8", "", "0", "0.125", "", "0", ""]  # optional fields default
+    assert row == ["1", "0.5", "0.25", "7", "8", "", "0", "0.125", "", "0", "", "0", "0", "", ""]  # defaults
     assert load_results(tmp_path)["rounds"][0]["bytes_up"] == 7
 
 
