@@ -207,8 +207,7 @@ class _Progress:
     def __init__(self, rounds: int, per_round: int, enabled: bool) -> None:
         self.enabled, self.rounds, self.per_round = enabled, rounds, per_round
         self._clients_task: Any = None
-        self._last_done, self._round_start = 0, time.perf_counter()
-        self._run_start = self._round_start
+        self._round_start = self._run_start = time.perf_counter()
         self.first_round_s: float | None = None  # seconds from the engine's start to round 1's end
 
     def __enter__(self) -> _Progress:
@@ -235,7 +234,7 @@ class _Progress:
         now = time.perf_counter()
         if self.first_round_s is None:
             self.first_round_s = now - self._run_start
-        self._round_start, self._last_done = now, 0  # the next round's clients/s counts from here
+        self._round_start = now  # the next round's clients/s counts from here
         if self.enabled:
             acc = "" if rec.accuracy != rec.accuracy else f"acc {rec.accuracy:.3f}"
             self._p.update(self._rounds_task, advance=1, info=acc)
@@ -248,24 +247,24 @@ class _Progress:
         if self._clients_task is None:
             self._clients_task = self._p.add_task("clients", total=total, info="")
         # clients/s since the round began (its training included, also when a cohort trains at once)
-        now = time.perf_counter()
-        self._last_done = done
-        rate = done / max(now - self._round_start, 1e-9)
+        rate = done / max(time.perf_counter() - self._round_start, 1e-9)
         self._p.update(self._clients_task, completed=done, total=total, info=f"{rate:,.0f} clients/s")
 
 
-def _peak_rss_mib(extra: dict[str, Any]) -> float:
-    """Peak RSS of the engine process (results.json ``engine_path.peak_rss_mib``; this process's own
-    for an engine that does not record it), MiB."""
+def _peak_rss_mib(extra: dict[str, Any]) -> tuple[str, float]:
+    """(column title, MiB): the engine process's peak RSS (results.json ``engine_path.peak_rss_mib``),
+    or, for an engine that does not record it (its clients run elsewhere), this process's own."""
     recorded = extra.get("engine_path", {}).get("peak_rss_mib")
-    if recorded is None:
-        import resource
+    if recorded is not None:
+        return "peak RSS", float(recorded)
+    import resource
 
-        recorded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    return float(recorded)
+    return "peak RSS (this process)", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
 
 
-def _print_summary(title: str, rounds: Sequence[Any], paths: dict[str, Path], peak_rss_mib: float) -> None:
+def _print_summary(
+    title: str, rounds: Sequence[Any], paths: dict[str, Path], peak_rss: tuple[str, float]
+) -> None:
     """The end-of-run table; every figure but the peak RSS (results.json ``engine_path``) is the
     one results.json records under ``final``."""
     from rich.console import Console
@@ -286,8 +285,8 @@ def _print_summary(title: str, rounds: Sequence[Any], paths: dict[str, Path], pe
     if final.get("sim_time_s") is not None:  # the run kept a simulated clock (timing model)
         cols.append("sim time")
         row.append(f"{final['sim_time_s']:.1f} s")
-    cols.append("peak RSS")
-    row.append(f"{peak_rss_mib:,.0f} MiB")
+    cols.append(peak_rss[0])
+    row.append(f"{peak_rss[1]:,.0f} MiB")
     for col in cols:
         table.add_column(col, justify="right")
     table.add_row(*row)

@@ -15,7 +15,10 @@ PARAMS = 40 * 64 + 64 + 64 * 10 + 10  # MLP 40-64-10: 3,274 float32 per dense up
 
 
 @pytest.mark.slow
-def test_scale_100k_quick_runs_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_scale_100k_quick_runs_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps cells in a narrower table
     out = tmp_path / "run"
     assert main(["simulate", "scale-100k-quick", "--quiet", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
@@ -37,3 +40,14 @@ def test_scale_100k_settings() -> None:
     assert (full.clients.per_round, full.rounds, full.data.num_samples) == (1000, 10, 100_000)
     assert full.data.partition == quick.data.partition == "pool"
     assert full.engine.batching == quick.engine.batching == "on"
+
+
+def test_summary_shows_the_peak_rss(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps cells in a narrower table
+    assert main(["simulate", "smoke", "--quiet", "--out", str(tmp_path), "--set", "rounds=1"]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    shown = capsys.readouterr().out
+    assert "peak RSS" in shown and f"{res['engine_path']['peak_rss_mib']:,.0f} MiB" in shown
+    assert res["startup_s"]["plan"] > 0 and 0 < res["startup_s"]["first_round_done"] < res["total_wall_s"]
