@@ -22,10 +22,11 @@ from stamen.simulations.adversary import PoolTrainer, build_adversary
 from stamen.simulations.attacks import attack_type, malicious_clients
 from stamen.simulations.bristle_data import validation_slice
 from stamen.simulations.checkpoint_state import client_memory_part
+from stamen.simulations.client_sizes import DeclaredSizes
 from stamen.simulations.devices import SimulatedDevices
 from stamen.simulations.hooks import SimulationHooks, client_timing
 from stamen.simulations.nodes import SimulatedNodes
-from stamen.simulations.provider import DataSpec, initial_model, partition_sizes, test_data
+from stamen.simulations.provider import DataSpec, initial_model, partition_sizes, partitions, test_data
 from stamen.simulations.scenario import Scenario
 from stamen.simulations.timing import ClientTiming
 from stamen.task.weights import Weights, get_weights
@@ -75,7 +76,7 @@ class SimulationPlan:
         """The simulation's injections into the round driver."""
         s, cfg = self.scenario, self.cfg
         pool = PoolTrainer(cfg.task, self.data, cfg.seed, cfg.train_for_round)
-        sizes = partition_sizes(self.data)
+        sizes = partitions(self.data).sizes()  # (K,) int64
         server_data = s.aggregation.rule in ("bristle", "fltrust") and not self.peer
         validation = validation_slice(cfg.seed) if server_data else None
         timing = self.timing()
@@ -83,7 +84,7 @@ class SimulationPlan:
         delayed = s.timing.delay_mode == "class" and bool(timing.delayed_clients)
         return RunExtras(
             hooks=hooks,
-            declared={f"client-{pid}": n for pid, n in enumerate(sizes)},
+            declared=DeclaredSizes(sizes),
             malicious=self.malicious,
             validation=validation,
             downlink=devices.downlink if devices is not None else None,

@@ -18,6 +18,7 @@ from torch import nn
 from stamen.simulations.attacks import create_data_attack
 from stamen.simulations.data import Dataset, load_dataset
 from stamen.simulations.partition import Partitioning, build_partitioning
+from stamen.simulations.pool import PoolPartitioning, build_pool_partitioning
 from stamen.task.data import ArraySource, TaskData
 from stamen.task.models import build_model
 from stamen.task.settings import LoRAConfig
@@ -40,6 +41,7 @@ class DataSpec:
     data_attack: str = "none"  # simulated data poisoning of the malicious partitions
     data_attack_params: tuple[tuple[str, Any], ...] = ()
     malicious: tuple[int, ...] = ()
+    samples_per_client: int = 40  # partition = "pool" only
 
     @classmethod
     def from_scenario(cls, s: Any, malicious: tuple[int, ...] = (), data_attack: bool = False) -> DataSpec:
@@ -55,6 +57,7 @@ class DataSpec:
             d.shards_per_client,
             d.num_clients,
             s.seed,
+            samples_per_client=d.samples_per_client,
         )
         if not data_attack:
             return spec
@@ -82,9 +85,18 @@ def dataset(spec: DataSpec) -> Dataset:
 
 
 @lru_cache(maxsize=4)
-def partitions(spec: DataSpec) -> Partitioning:
+def partitions(spec: DataSpec) -> Partitioning | PoolPartitioning:
     """Every client's partition of the training split, as lazy index views (memory does not grow
-    with one array per client; ``.indices(pid)`` is client ``pid``'s sorted index array)."""
+    with one array per client; ``.indices(pid)`` is client ``pid``'s sorted index array). With
+    ``partition = "pool"`` the clients draw from the training split as a shared pool."""
+    if spec.partition == "pool":
+        return build_pool_partitioning(
+            dataset(spec).y_train,
+            spec.num_clients,
+            spec.samples_per_client,
+            alpha=spec.alpha,
+            seed=spec.seed,
+        )
     return build_partitioning(
         dataset(spec).y_train,
         spec.num_clients,

@@ -129,7 +129,9 @@ def _simulate(args: argparse.Namespace) -> int:
     from stamen.simulations.plan import SimulationPlan
     from stamen.simulations.results import write_results
 
+    plan_start = time.perf_counter()
     plan = SimulationPlan.from_scenario(scenario)  # refuses what cannot run, before round 1
+    plan_s = time.perf_counter() - plan_start  # data set, partitions, initial model
     if args.state_dir is not None:
         if args.engine != "inprocess":
             raise ValueError(f"--state-dir works with --engine inprocess, not {args.engine!r}")
@@ -140,6 +142,7 @@ def _simulate(args: argparse.Namespace) -> int:
         kwargs: dict[str, Any] = {"client_progress": prog.client} if args.engine == "inprocess" else {}
         result = run_engine(args.engine, plan, prog.round, **kwargs)
     extra = {"overrides": list(args.overrides), "total_wall_s": time.perf_counter() - start, **result.extra}
+    extra["startup_s"] = {"plan": plan_s, "first_round_done": prog.first_round_s}
     if "resumed_from" in result.extra:
         what = "holds a finished run" if result.extra.get("already_finished") else "resumed"
         print(
@@ -152,7 +155,7 @@ def _simulate(args: argparse.Namespace) -> int:
     paths = write_results(
         out, scenario.to_dict(), result.rounds, engine=args.engine, extra=extra, title=title
     )
-    _print_summary(f"{title} ({args.engine})", result.rounds, paths)
+    _print_summary(f"{title} ({args.engine})", result.rounds, paths, _peak_rss_mib(extra))
     if "privacy" in extra:  # what the reported ε assumes (sampling, accountant)
         from stamen.server.privacy.statement import describe
 
@@ -204,7 +207,8 @@ class _Progress:
     def __init__(self, rounds: int, per_round: int, enabled: bool) -> None:
         self.enabled, self.rounds, self.per_round = enabled, rounds, per_round
         self._clients_task: Any = None
-        self._last_done, self._round_start = 0, time.perf_counter()
+        self._round_start = self._run_start = time.perf_counter()
+        self.first_round_s: float | None = None  # seconds from the engine's start to round 1's end
 
     def __enter__(self) -> _Progress:
         if self.enabled:
@@ -227,6 +231,10 @@ class _Progress:
             self._p.stop()
 
     def round(self, rec: Any) -> None:
+        now = time.perf_counter()
+        if self.first_round_s is None:
+            self.first_round_s = now - self._run_start
+        self._round_start = now  # the next round's clients/s counts from here
         if self.enabled:
             acc = "" if rec.accuracy != rec.accuracy else f"acc {rec.accuracy:.3f}"
             self._p.update(self._rounds_task, advance=1, info=acc)
@@ -238,16 +246,27 @@ class _Progress:
             return
         if self._clients_task is None:
             self._clients_task = self._p.add_task("clients", total=total, info="")
-        now = time.perf_counter()
-        if done <= self._last_done:  # a new round
-            self._round_start = now
-        self._last_done = done
-        rate = done / max(now - self._round_start, 1e-9)
+        # clients/s since the round began (its training included, also when a cohort trains at once)
+        rate = done / max(time.perf_counter() - self._round_start, 1e-9)
         self._p.update(self._clients_task, completed=done, total=total, info=f"{rate:,.0f} clients/s")
 
 
-def _print_summary(title: str, rounds: Sequence[Any], paths: dict[str, Path]) -> None:
-    """The end-of-run table; every figure is the one results.json records under ``final``."""
+def _peak_rss_mib(extra: dict[str, Any]) -> tuple[str, float]:
+    """(column title, MiB): the engine process's peak RSS (results.json ``engine_path.peak_rss_mib``),
+    or, for an engine that does not record it (its clients run elsewhere), this process's own."""
+    recorded = extra.get("engine_path", {}).get("peak_rss_mib")
+    if recorded is not None:
+        return "peak RSS", float(recorded)
+    import resource
+
+    return "peak RSS (this process)", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
+
+
+def _print_summary(
+    title: str, rounds: Sequence[Any], paths: dict[str, Path], peak_rss: tuple[str, float]
+) -> None:
+    """The end-of-run table; every figure but the peak RSS (results.json ``engine_path``) is the
+    one results.json records under ``final``."""
     from rich.console import Console
     from rich.table import Table
 
@@ -266,6 +285,8 @@ def _print_summary(title: str, rounds: Sequence[Any], paths: dict[str, Path]) ->
     if final.get("sim_time_s") is not None:  # the run kept a simulated clock (timing model)
         cols.append("sim time")
         row.append(f"{final['sim_time_s']:.1f} s")
+    cols.append(peak_rss[0])
+    row.append(f"{peak_rss[1]:,.0f} MiB")
     for col in cols:
         table.add_column(col, justify="right")
     table.add_row(*row)

@@ -44,7 +44,7 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 PRIVACY_MODES: tuple[str, ...] = ("off", "central", "local", "dp_sgd", "rqm")
 CALIBRATIONS: tuple[str, ...] = ("target_epsilon", "fixed")
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")  # stamen.privacy.accounting
-PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shards")
+PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shards", "pool")
 ADAPTERS: tuple[str, ...] = ("none", "lora", "fedsb")
 # (input_dim, num_classes) of the built-in data sets; ``None`` = the sequence length (text)
 DATASET_SHAPES: Mapping[str, tuple[int | None, int]] = {
@@ -62,6 +62,9 @@ class DataConfig(_Config):
     ``alpha`` is the Dirichlet concentration (``partition = "dirichlet"``), ``shards_per_client``
     the shard count (``"shards"``), ``test_fraction`` the held-out share of ``digits``, and
     ``num_samples`` the number of samples ``mnist1d`` generates (train + test, its own 80/20 split).
+    ``partition = "pool"`` lets every client draw ``samples_per_client`` samples (Dirichlet label
+    skew with ``alpha``) from the shared training split, for more clients than samples
+    (:mod:`stamen.simulations.pool`).
     """
 
     SECTION: ClassVar[str] = "data"
@@ -73,6 +76,7 @@ class DataConfig(_Config):
     test_fraction: float = _f(0.2, gt=0.0, lt=1.0)
     num_samples: int = _f(5000, ge=10)
     seq_len: int = _f(32, ge=8, le=512)  # text data sets (pydocs): tokens per sample
+    samples_per_client: int = _f(40, ge=1)  # partition = "pool" only
 
 
 @dataclass(frozen=True)
