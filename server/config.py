@@ -23,7 +23,8 @@ from stamen.protocols import CodecSpec
 from stamen.server.checks import check_settings
 from stamen.server.rqm import rqm_codec_params
 from stamen.server.sampling import resolve_sampling
-from stamen.task.settings import PrivacyConfig, Settings, load_settings
+from stamen.task.settings import PrivacyConfig, Settings
+from stamen.task.settings_load import load_settings
 from stamen.task.spec import RoundInstructions, TaskSpec, TrainSpec
 
 # run_config keys that are not run-setting overrides

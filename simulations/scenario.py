@@ -14,9 +14,10 @@ from typing import Any, ClassVar
 
 from stamen.simulations.engine_config import EngineConfig
 from stamen.simulations.timing import TimingConfig
-from stamen.task.settings import Settings, builtin_scenarios, load_settings
-from stamen.task.settings import apply_overrides as settings_overrides
+from stamen.task.settings import Settings
 from stamen.task.settings_base import Scalar, _Config, _f
+from stamen.task.settings_load import apply_overrides as settings_overrides
+from stamen.task.settings_load import builtin_scenarios, load_settings
 
 __all__ = ["AttackConfig", "Scenario", "apply_overrides", "builtin_scenarios", "load_scenario"]
 
@@ -63,5 +64,5 @@ def load_scenario(name_or_path: str, overrides: Sequence[str] = ()) -> Scenario:
 
 
 def apply_overrides(base: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """:func:`stamen.task.settings.apply_overrides` on a scenario tree (``[attack]`` allowed)."""
+    """:func:`stamen.task.settings_load.apply_overrides` on a scenario tree (``[attack]`` allowed)."""
     return settings_overrides(base, overrides, Scenario)

@@ -88,7 +88,7 @@ def test_rqm_accountant_resumes_with_the_same_epsilon() -> None:
     from stamen.server.checkpoint_parts import capture_accountant, restore_accountant
     from stamen.server.config import ServerConfig
     from stamen.server.rqm import rqm_accountant
-    from stamen.task.settings import load_settings
+    from stamen.task.settings_load import load_settings
 
     cfg = ServerConfig.from_settings(load_settings("smoke", ["privacy.mode=rqm", "codec.pipeline=rqm"]))
 

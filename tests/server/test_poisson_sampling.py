@@ -17,7 +17,7 @@ from stamen.server.config import ServerConfig
 from stamen.server.privacy.central import CentralDP, CentralDPRule
 from stamen.server.privacy.statement import describe, privacy_statement
 from stamen.server.sampling import draw_cohort, poisson_sample, resolve_sampling, sample_clients
-from stamen.task.settings import load_settings
+from stamen.task.settings_load import load_settings
 
 CENTRAL = [
     "privacy.mode=central",

@@ -11,7 +11,7 @@ from stamen.server.checks import check_settings
 from stamen.simulations.engines import run_engine
 from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.scenario import load_scenario
-from stamen.task.settings import load_settings
+from stamen.task.settings_load import load_settings
 
 H = "aggregation.hierarchy."
 
