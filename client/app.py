@@ -23,8 +23,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from stamen.client.context_state import load_state, save_state
 from stamen.client import downlink_cache
+from stamen.client.context_state import load_state, save_state
 from stamen.client.mods import DELTA, make_codec_mod, make_local_dp_mod, trained_record
 from stamen.client.node import DeviceHolds, Node, Received, train
 from stamen.edge import EdgeRuntime

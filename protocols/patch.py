@@ -82,7 +82,9 @@ class ModelPatch:
         cls, kind: str, base_hash: str, target_hash: str, arrays: Mapping[str, np.ndarray]
     ) -> ModelPatch:
         """Inverse of :meth:`to_arrays`; ``StamenError`` names an array it cannot place."""
-        dense, index, value = {}, {}, {}
+        dense: dict[str, np.ndarray] = {}
+        index: dict[str, np.ndarray] = {}
+        value: dict[str, np.ndarray] = {}
         for key, arr in arrays.items():
             prefix, name = key[:2], key[2:]
             slot = {_DENSE: dense, _INDEX: index, _VALUE: value}.get(prefix)
@@ -90,7 +92,9 @@ class ModelPatch:
                 raise StamenError(f"patch array {key!r} is not d/<name>, i/<name> or v/<name>")
             slot[name] = np.asarray(arr)
         if set(index) != set(value):
-            raise StamenError(f"patch sparse tensors lack indices or values: {sorted(set(index) ^ set(value))}")
+            raise StamenError(
+                f"patch sparse tensors lack indices or values: {sorted(set(index) ^ set(value))}"
+            )
         return cls(kind, base_hash, target_hash, dense, {n: (index[n], value[n]) for n in index})
 
 

@@ -20,8 +20,8 @@ from stamen.server.bristle.relay import PeerMode, PeerRelay, peer_config
 from stamen.server.checkpoint_run import attach
 from stamen.server.config import ServerConfig
 from stamen.server.driver.async_driver import AsyncDriver, AsyncSettings, AsyncTransport
-from stamen.server.driver.collect import CollectPolicy
 from stamen.server.driver.cached_downlink import CachedDownlink
+from stamen.server.driver.collect import CollectPolicy
 from stamen.server.driver.downlink import FullDownlink
 from stamen.server.driver.driver import (
     AggregateMode,

@@ -104,7 +104,9 @@ class ClientsConfig(_Config):
 
     def _check(self) -> None:
         if self.downlink == "cached" and self.runtime == "edge":
-            raise ValueError("clients.downlink='cached' is for runtime 'memory' (edge devices get signed deltas)")
+            raise ValueError(
+                "clients.downlink='cached' is for runtime 'memory' (edge devices get signed deltas)"
+            )
 
 
 @dataclass(frozen=True)

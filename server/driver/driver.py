@@ -276,7 +276,9 @@ class RoundDriver:
         start = weights if version == rnd else dict(self.history.get(version))  # type: ignore[union-attr]
         sent = self.downlink.payload(client, rnd, start)
         instr = self.instructions(rnd, version)
-        return TrainTask(client, instr, sent.weights, sent.delta, sent.base, self.mode.extra(client), sent.patch)
+        return TrainTask(
+            client, instr, sent.weights, sent.delta, sent.base, self.mode.extra(client), sent.patch
+        )
 
     def collect(
         self, weights: Weights, tasks: Sequence[TrainTask], replies: Sequence[Reply]

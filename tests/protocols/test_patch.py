@@ -70,7 +70,9 @@ def test_malformed_patches_are_refused() -> None:
         ModelPatch.from_arrays("patch", "h", "t", {"x/a": HELD["a"]})
     with pytest.raises(StamenError, match="indices or values"):
         ModelPatch.from_arrays("patch", "h", "t", {"i/b": np.array([1], np.uint16)})
-    bad = ModelPatch("patch", "h", "t", sparse={"b": (np.array([100], np.uint16), np.array([1.0], np.float32))})
+    bad = ModelPatch(
+        "patch", "h", "t", sparse={"b": (np.array([100], np.uint16), np.array([1.0], np.float32))}
+    )
     with pytest.raises(StamenError, match="indices for a tensor of 100"):
         apply_patch(HELD, bad)
     with pytest.raises(StamenError, match="does not have"):
@@ -83,7 +85,10 @@ def test_any_change_set_reproduces_the_target(seed: int, frac: float) -> None:
     """Property: for random changes (a fraction of entries, any bits), the patch over exactly the
     changed entries (or a superset: ``None``) gives the target bit for bit."""
     rng = np.random.default_rng(seed)
-    held = {"w": rng.standard_normal((7, 9)).astype(np.float32), "v": rng.standard_normal(300).astype(np.float32)}
+    held = {
+        "w": rng.standard_normal((7, 9)).astype(np.float32),
+        "v": rng.standard_normal(300).astype(np.float32),
+    }
     target = {k: v.copy() for k, v in held.items()}
     changed: dict[str, np.ndarray | None] = {}
     for name, arr in target.items():
