@@ -153,6 +153,7 @@ def test_flwr_run_against_superlink_and_two_supernodes(
         assert [r["round"] for r in res["rounds"]] == list(range(1, versions + 1)), logs
         assert all(r["rejected"] == 0 and r["bytes_up"] > 0 for r in res["rounds"])
         assert res["final"]["accuracy"] > 0.3
+        assert res["engine"] == "flower-deployment"  # a SuperLink's grid, not Flower's InMemoryGrid
         if mode == "fedasync":  # one update per version, aggregated as it arrived; some were stale
             sizes = [r["bytes_up"] for r in res["rounds"]]  # one envelope each (sender ids differ in length)
             assert max(sizes) < 1.5 * min(sizes), res["rounds"]
