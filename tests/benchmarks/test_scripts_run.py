@@ -76,6 +76,7 @@ QUICK: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("--cohorts", "100", "--repeats", "1", "--loop-clients", "10"),
         ("rows", "max_abs_diff_vs_loop"),
     ),
+    "bench_lora_downlink.py": (("--quick",), ("rows", "overrides")),
 }
 
 
