@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from stamen.protocols import model_hash
 from stamen.protocols.patch import apply_patch, make_patch
 from stamen.server.driver.cached_downlink import CachedDownlink, VersionChain, changed_entries, union
+from stamen.server.config import ServerConfig
 from stamen.server.driver.types import Reply, TrainTask
+from stamen.server.federation import default_downlink
 from stamen.task.spec import RoundInstructions, TaskSpec, TrainSpec
 
 INSTR = RoundInstructions(1, 1, 0, "dense", False, TaskSpec(), TrainSpec())
@@ -101,3 +103,23 @@ def test_patch_between_any_two_versions_is_exact(seed: int, order: list[int]) ->
     changes = chain.between(model_hash(held), model_hash(target))
     out = apply_patch(held, make_patch(target, changes, model_hash(held), model_hash(target)))
     assert all(out[k].tobytes() == target[k].tobytes() for k in target)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "overrides", "kind"),
+    [
+        ("smoke", (), "FullDownlink"),
+        ("smoke", ("clients.downlink=cached",), "CachedDownlink"),
+        ("minilm-lora", ("model.name=minilm-tiny",), "CachedDownlink"),
+        ("minilm-sparse", ("model.name=minilm-tiny",), "CachedDownlink"),
+        ("minilm-lora", ("model.name=minilm-tiny", "clients.downlink=full"), "FullDownlink"),
+    ],
+)
+def test_auto_caches_for_frozen_base_runs_only(scenario: str, overrides: tuple[str, ...], kind: str) -> None:
+    cfg = ServerConfig.from_run_config({"scenario": scenario, "overrides": " ".join(overrides)})
+    assert type(default_downlink(cfg)).__name__ == kind
+
+
+def test_cached_is_refused_for_edge_devices() -> None:
+    with pytest.raises(ValueError, match="clients.downlink='cached' is for runtime 'memory'"):
+        ServerConfig.from_run_config({"overrides": "clients.runtime=edge clients.downlink=cached"})

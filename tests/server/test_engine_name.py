@@ -39,5 +39,7 @@ def test_the_check_does_not_import_flowers_simulation_grid() -> None:
         "import sys; from stamen.server.app import simulated_grid; "
         "print(simulated_grid(object()), 'flwr.superlink.grid.inmemory_grid' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.split() == ["False", "False"]
