@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _provenance import Provenance, out_path, parser  # noqa: E402
+from _provenance import Provenance, out_path, parser
 
 SCENARIOS = {  # label -> (built-in scenario, extra overrides)
     "minilm-lora (lora_exact)": ("minilm-lora", ()),

@@ -196,7 +196,7 @@ def reply_of(client: str, content: RecordDict) -> Reply:
     metrics_rec = records.get(keys.METRICS) or next(iter(records.values()), None)
     metrics: dict[str, Any] = dict(metrics_rec.items()) if metrics_rec is not None else {}
     if (miss := content.config_records.get(keys.CACHE_MISS)) is not None:
-        return Reply(client, metrics=metrics, error=f"cache miss: {str(miss.get('reason', ''))}")
+        return Reply(client, metrics=metrics, error=f"cache miss: {miss.get('reason', '')!s}")
     held = content.config_records.get(keys.HELD)
     if held is not None:
         digest = held.get("hash")

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from stamen.protocols import model_hash
 from stamen.protocols.patch import apply_patch, make_patch
-from stamen.server.driver.cached_downlink import CachedDownlink, VersionChain, changed_entries, union
 from stamen.server.config import ServerConfig
+from stamen.server.driver.cached_downlink import CachedDownlink, VersionChain, changed_entries, union
 from stamen.server.driver.types import Reply, TrainTask
 from stamen.server.federation import default_downlink
 from stamen.task.spec import RoundInstructions, TaskSpec, TrainSpec
@@ -121,5 +121,5 @@ def test_auto_caches_for_frozen_base_runs_only(scenario: str, overrides: tuple[s
 
 
 def test_cached_is_refused_for_edge_devices() -> None:
-    with pytest.raises(ValueError, match="clients.downlink='cached' is for runtime 'memory'"):
+    with pytest.raises(ValueError, match=r"clients\.downlink='cached' is for runtime 'memory'"):
         ServerConfig.from_run_config({"overrides": "clients.runtime=edge clients.downlink=cached"})
