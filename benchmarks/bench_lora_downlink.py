@@ -3,8 +3,9 @@
 Runs each parameter-efficient scenario twice in the in-process engine, side by side: with
 ``clients.downlink = "full"`` (the anchor: the whole model to every sampled client every round) and
 ``"cached"`` (the default for adapter runs: a client keeps the model it trained from and gets only
-the tensors/entries changed since). Prints, per scenario, bytes down per client per round (the
-full model, and a warm client's patch), the run's total bytes down and the ratio, and checks the
+the tensors/entries changed since; a client not heard from yet, from the model it builds itself).
+Prints, per scenario, bytes down per client per round (the full model, and the median patch), the
+run's total bytes down and the ratio, and checks the
 two runs end with the same model bit for bit (the cached downlink is exact). Bytes are ``len()`` of
 Flower's serialization of what is sent (``.npy`` per array), the figure both engines report.
 
@@ -87,14 +88,14 @@ def compare(label: str, scenario: str, overrides: list[str]) -> dict[str, Any]:
     row = {
         "scenario": label,
         "model_bytes_per_client": model_b,
-        "warm_patch_bytes_median": patch_b,
-        "warm_patch_bytes_max": max(rec_cached.patch, default=0),
+        "patch_bytes_median": patch_b,
+        "patch_bytes_max": max(rec_cached.patch, default=0),
         "full_sends_cached_run": len(rec_cached.full),
         "patch_sends_cached_run": len(rec_cached.patch),
         "bytes_down_full_run": total_full,
         "bytes_down_cached_run": total_cached,
         "run_ratio_full_over_cached": total_full / total_cached,
-        "warm_ratio_model_over_patch": model_b / patch_b if rec_cached.patch else float("nan"),
+        "ratio_model_over_patch_median": model_b / patch_b if rec_cached.patch and patch_b else float("nan"),
         "bytes_down_per_round_full": [r.bytes_down for r in full.rounds],
         "bytes_down_per_round_cached": [r.bytes_down for r in cached.rounds],
         "bytes_up_per_round": [r.bytes_up for r in cached.rounds],
@@ -102,8 +103,8 @@ def compare(label: str, scenario: str, overrides: list[str]) -> dict[str, Any]:
         "final_accuracy": [full.rounds[-1].accuracy, cached.rounds[-1].accuracy],
     }
     print(
-        f"{label:26s} model {model_b / 1e6:7.2f} MB/client | warm patch {patch_b / 1e6:7.3f} MB "
-        f"({row['warm_ratio_model_over_patch']:6.1f}x less) | run total {total_full / 1e6:8.1f} -> "
+        f"{label:26s} model {model_b / 1e6:7.2f} MB/client | patch (median) {patch_b / 1e6:7.3f} MB "
+        f"({row['ratio_model_over_patch_median']:6.1f}x less) | run total {total_full / 1e6:8.1f} -> "
         f"{total_cached / 1e6:7.1f} MB ({row['run_ratio_full_over_cached']:.1f}x) | max |diff| {diff:g}",
         flush=True,
     )

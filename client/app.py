@@ -33,6 +33,7 @@ from stamen.protocols.flower import arrays_of, envelope_from_record
 from stamen.protocols.patch import CacheMiss, ModelPatch
 from stamen.task.bristle.relayed import Relayed
 from stamen.task.datasource import data_source_spec, load_data_source
+from stamen.task.local_base import local_base
 from stamen.task.models import model_structure
 from stamen.task.spec import RoundInstructions, TaskSpec
 from stamen.task.weights import evaluate_model, set_weights
@@ -84,7 +85,8 @@ def cached_base(rec: Received, patch: ModelPatch | None, context: Context) -> Re
     """``rec`` with the weights a cached downlink resolves to (kept in ``context.state``)."""
     if patch is None:
         return rec
-    digest, weights = downlink_cache.resolve(downlink_cache.load_held(context), rec.weights, patch)
+    held, task = downlink_cache.load_held(context), rec.instructions.task
+    digest, weights = downlink_cache.resolve(held, rec.weights, patch, lambda: local_base(task))
     downlink_cache.save_held(context, (digest, weights))
     return replace(rec, weights=weights, base_hash=digest)
 

@@ -41,6 +41,7 @@ from stamen.server.staleness.gi_conversion import GIConfig
 from stamen.server.staleness.handling import StaleHandling
 from stamen.server.staleness.history import ModelHistory
 from stamen.task.data import TaskData
+from stamen.task.local_base import local_base
 from stamen.task.models import model_structure
 from stamen.task.weights import evaluate_model, set_weights
 
@@ -176,7 +177,7 @@ def default_downlink(cfg: ServerConfig) -> FullDownlink | CachedDownlink:
     mode = s.clients.downlink
     if mode == "auto":
         mode = "cached" if s.lora.adapter != "none" or s.clients.trainer == "sparse" else "full"
-    return CachedDownlink() if mode == "cached" else FullDownlink()
+    return CachedDownlink(local_base(cfg.task)) if mode == "cached" else FullDownlink()
 
 
 def _accountant(cfg: ServerConfig) -> Callable[..., float] | None:

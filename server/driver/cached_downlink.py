@@ -1,8 +1,7 @@
 """The cached downlink: a client that holds an earlier global model gets only what changed since.
 
 ``clients.downlink = "cached"`` (the default, ``"auto"``, for LoRA / Fed-SB adapters and the sparse
-trainer, whose frozen base is 97-99 % of the model). A client the server knows nothing about gets
-the full model, and keeps it (a ``"cache"`` patch); afterwards it gets a
+trainer, whose frozen base is 97-99 % of the model). A client gets a
 :class:`~stamen.protocols.patch.ModelPatch` from the version it holds to the round's model: the
 changed tensors' (or entries') target values, bit for bit, so the client's model equals what the
 full downlink gives, and the client checks it by ``model_hash``.
@@ -13,9 +12,13 @@ takes its values from the target. The entries that differ between two versions a
 of the steps between them, in either direction (a client the simulation delays trains from an older
 version than it holds).
 
-What the server believes a client holds is confirmed by the client's reply: a client whose reply
-is not an update (a lost reply, a crash, or a cache miss: it restarted or joined late) gets the full
-model next time. A client holding a version older than the chain remembers gets the full model.
+A client the server has not heard from gets a patch against the model every client builds itself
+from the task (``local``: for LoRA the pretrained base with seeded adapters and head, which is the
+run's initial model; Fed-SB's data-initialized factors and later rounds are in the patch). What the
+server believes a client holds is confirmed by the client's reply: a client whose reply is not an
+update (a lost reply, a crash, or a cache miss: its own build differs, or it restarted and lost
+its model) gets the full model next time, and keeps it. A client holding a version older than the
+chain remembers is treated as one not heard from.
 """
 
 from __future__ import annotations
@@ -102,34 +105,51 @@ class VersionChain:
 
 
 class CachedDownlink:
-    """Full model to a client the first time; afterwards a patch from the version it holds.
+    """A patch from the version a client holds, or from the model it builds itself; else the full
+    model.
 
     Parameters
     ----------
+    local : (hash, weights) or None
+        The model every client builds from the task (the pretrained base with seeded adapters and
+        head, :func:`~stamen.task.local_base.local_base`): a client the server has not heard
+        from gets a patch against it. None: such a client gets the full model.
     max_steps : int, default 64
         Versions of history (:class:`VersionChain`).
     """
 
-    def __init__(self, max_steps: int = 64) -> None:
+    def __init__(self, local: tuple[str, Weights] | None = None, max_steps: int = 64) -> None:
         self.chain = VersionChain(max_steps)
+        self.local = local
         self._held: dict[str, str] = {}  # client -> hash it confirmed holding (its last update)
         self._sent: dict[str, str] = {}  # client -> hash of what it was last sent, until it replies
+        self._full_next: set[str] = set()  # clients whose last reply was not an update
         self._hash: tuple[tuple[int, int], str] | None = None
-        self._patches: dict[tuple[str, str], ModelPatch] = {}  # (held, target) -> patch, this round
+        self._patches: dict[tuple[str, str], ModelPatch] = {}  # (base, target) -> patch, this round
 
     def payload(self, client: str, rnd: int, weights: Weights) -> Payload:
-        """The full model plus a ``"cache"`` mark, or (for a client known to hold a remembered
-        version) only a patch; and the hash the client will train from."""
+        """A patch from the version ``client`` is known to hold, else (a client not heard from)
+        from the model it builds itself, else (its last reply was not an update) the full model
+        with a ``"cache"`` mark; and the hash the client will train from."""
         digest = self._digest(rnd, weights)
         self.chain.add(digest, weights)
         held = self._held.pop(client, None)  # unconfirmed until the client's reply
         self._sent[client] = digest
-        if held is None or held not in self.chain:
-            return Payload(weights, None, digest, ModelPatch("cache", "", digest))
-        key = (held, digest)
+        if held is not None and held in self.chain:
+            return Payload(None, None, digest, self._patch(held, digest, weights))
+        if self.local is not None and client not in self._full_next:
+            return Payload(None, None, digest, self._patch(self.local[0], digest, weights))
+        return Payload(weights, None, digest, ModelPatch("cache", "", digest))
+
+    def _patch(self, base: str, digest: str, weights: Weights) -> ModelPatch:
+        key = (base, digest)
         if key not in self._patches:
-            self._patches[key] = make_patch(weights, self.chain.between(held, digest), held, digest)
-        return Payload(None, None, digest, self._patches[key])
+            if self.local is not None and base == self.local[0] and base not in self.chain:
+                changes = changed_entries(self.local[1], weights)
+            else:
+                changes = self.chain.between(base, digest)
+            self._patches[key] = make_patch(weights, changes, base, digest)
+        return self._patches[key]
 
     def _digest(self, rnd: int, weights: Weights) -> str:
         key = (rnd, id(weights))  # the weights stay alive for the whole round
@@ -160,7 +180,9 @@ class CachedDownlink:
                 continue
             if reply.envelope is not None or reply.weights is not None:
                 self._held[reply.client] = sent
+                self._full_next.discard(reply.client)
             else:
+                self._full_next.add(reply.client)
                 log.info("client %s: %s; it gets the full model next time", reply.client, reply.error)
 
 

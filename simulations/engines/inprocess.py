@@ -36,6 +36,7 @@ from stamen.simulations.timing import Trip
 from stamen.simulations.virtual_clock import VirtualClock
 from stamen.task.bristle.peer import PeerConfig
 from stamen.task.bristle.relayed import Relayed
+from stamen.task.local_base import local_base
 from stamen.task.models import model_structure
 
 ClientProgressFn = Callable[[int, int], None]  # (clients done, clients in round)
@@ -131,7 +132,8 @@ class InProcessTransport:
         if task.patch is None:
             return task
         pid = _pid(task.client)
-        self.held[pid] = resolve(self.held.get(pid), task.weights, task.patch)
+        local = task.instructions.task
+        self.held[pid] = resolve(self.held.get(pid), task.weights, task.patch, lambda: local_base(local))
         return replace(task, weights=self.held[pid][1], patch=None)
 
     def run(self, task: TrainTask) -> Reply:

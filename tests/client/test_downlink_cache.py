@@ -68,9 +68,31 @@ def test_a_restarted_node_answers_with_a_cache_miss_and_gets_the_full_model() ->
 def test_resolve_refuses_another_base_and_a_full_model_that_is_not_the_target() -> None:
     w1 = _model(1.0)
     held = (model_hash(w1), w1)
-    with pytest.raises(CacheMiss, match="the patch is for"):
+    with pytest.raises(CacheMiss, match="builds no model matching"):
         downlink_cache.resolve(held, None, ModelPatch("patch", "f" * 64, model_hash(w1)))
     with pytest.raises(CacheMiss, match="hashes to"):
         downlink_cache.resolve(None, w1, ModelPatch("cache", "", "0" * 64))
     with pytest.raises(ValueError, match="without the full model"):
         downlink_cache.resolve(None, None, ModelPatch("cache", "", "0" * 64))
+
+
+def test_a_client_not_heard_from_patches_the_model_it_builds_itself() -> None:
+    """Cold start: the server's patch is against the client's own build (here the round-1 model
+    itself: an empty patch); a client whose build differs refuses it and gets the full model next."""
+    w1, w2 = _model(1.0), _model(2.0)
+    local = (model_hash(w1), w1)
+    down = CachedDownlink(local)
+    sent = down.payload("node-2", 1, w1)
+    assert sent.weights is None and sent.patch is not None and sent.patch.base_hash == local[0]
+    assert not sent.patch.to_arrays()  # nothing to send: the client builds exactly this model
+    digest, weights = downlink_cache.resolve(None, None, sent.patch, lambda: local)
+    assert digest == model_hash(w1) and weights["base"] is w1["base"]  # shared, not copied
+    other = (model_hash(w2), w2)
+    with pytest.raises(CacheMiss, match="builds no model matching"):
+        downlink_cache.resolve(None, None, down.payload("node-3", 1, w1).patch, lambda: other)  # type: ignore[arg-type]
+    down.observe([Reply("node-3", error="cache miss: another build")])
+    assert down.payload("node-3", 2, w2).patch.kind == "cache"  # type: ignore[union-attr]
+    again = down.payload("node-2", 2, w2)  # no reply seen from node-2 (e.g. asynchronous): local again
+    assert (
+        again.patch is not None and again.patch.base_hash == local[0] and list(again.patch.dense) == ["head"]
+    )

@@ -41,5 +41,8 @@ def test_cached_downlink_equals_the_full_downlink(case: str) -> None:
     assert [r.bytes_up for r in cached.rounds] == [r.bytes_up for r in full.rounds]
     assert [r.rejected for r in cached.rounds] == [0, 0, 0]
     np.testing.assert_array_equal([r.loss for r in cached.rounds], [r.loss for r in full.rounds])
-    assert cached.rounds[0].bytes_down == full.rounds[0].bytes_down  # nobody holds a model yet
-    assert sum(r.bytes_down for r in cached.rounds) < 0.8 * sum(r.bytes_down for r in full.rounds)
+    # round 1: every client builds the pretrained model itself; only Fed-SB's data-initialized
+    # factors differ from that build
+    assert cached.rounds[0].bytes_down < 0.01 * full.rounds[0].bytes_down
+    assert (cached.rounds[0].bytes_down == 0) == (case != "fedsb")
+    assert sum(r.bytes_down for r in cached.rounds) < 0.1 * sum(r.bytes_down for r in full.rounds)
