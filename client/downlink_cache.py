@@ -4,8 +4,8 @@ With ``clients.downlink = "cached"`` (:mod:`stamen.server.driver.cached_downlink
 carries either the full model with a ``"cache"`` mark (keep it) or a
 :class:`~stamen.protocols.patch.ModelPatch` against the model the client holds — or, for a client
 the server has not heard from, against the model every client can build itself from the task
-(:func:`~stamen.task.local_base.local_base`: the pretrained base, seeded adapters and head), so even a first round sends
-only what differs from the pretrained model. :func:`resolve` turns either into the weights to train
+(:func:`~stamen.task.local_base.local_base`: the pretrained base, seeded adapters and head), so
+even a first round sends only what differs from the pretrained model. :func:`resolve` turns either into the weights to train
 from, checked by ``model_hash``; the in-process engine keeps the held model in memory, the ClientApp
 in Flower's ``context.state`` (which the SuperNode keeps for the run). A node whose own build
 differs (another torch, no pretrained file) answers with a cache miss and gets the full model next
@@ -37,8 +37,9 @@ def resolve(
 
     ``"cache"``: ``weights`` (the full model sent with the mark), which must hash to the mark's
     target. ``"patch"``: the patch applied to ``held`` or, when that is not its base, to
-    ``local()``, the model the client builds itself (:func:`~stamen.task.local_base.local_base`); :class:`CacheMiss` when
-    neither is the patch's base, or when the result does not hash to the target.
+    ``local()``, the model the client builds itself (:func:`~stamen.task.local_base.local_base`);
+    :class:`CacheMiss` when neither is the patch's base, or when the result does not hash to the
+    target.
     """
     if patch.kind == "cache":
         if weights is None:
