@@ -5,11 +5,11 @@ carries either the full model with a ``"cache"`` mark (keep it) or a
 :class:`~stamen.protocols.patch.ModelPatch` against the model the client holds — or, for a client
 the server has not heard from, against the model every client can build itself from the task
 (:func:`~stamen.task.local_base.local_base`: the pretrained base, seeded adapters and head), so
-even a first round sends only what differs from the pretrained model. :func:`resolve` turns either into the weights to train
-from, checked by ``model_hash``; the in-process engine keeps the held model in memory, the ClientApp
-in Flower's ``context.state`` (which the SuperNode keeps for the run). A node whose own build
-differs (another torch, no pretrained file) answers with a cache miss and gets the full model next
-round.
+even a first round sends only what differs from the pretrained model. :func:`resolve` turns either
+into the weights to train from, checked by ``model_hash``; the in-process engine keeps the held
+model in memory, the ClientApp in Flower's ``context.state`` (which the SuperNode keeps for the
+run). A node whose own build differs (another torch, no pretrained file) answers with a cache miss
+and gets the full model next round.
 """
 
 from __future__ import annotations
