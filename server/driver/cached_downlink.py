@@ -172,13 +172,14 @@ class CachedDownlink:
         return total
 
     def observe(self, replies: Sequence[Reply]) -> None:
-        """A client that replied with an update holds what it was sent; any other reply (an
-        error, a cache miss) leaves it unknown, so it gets the full model next time."""
+        """A client that replied with an envelope holds what it was sent; any other reply (an
+        error, a cache miss, a stock Flower client's plain weights: it keeps nothing) gets the full
+        model next time."""
         for reply in replies:
             sent = self._sent.pop(reply.client, None)
             if sent is None:
                 continue
-            if reply.envelope is not None or reply.weights is not None:
+            if reply.envelope is not None:
                 self._held[reply.client] = sent
                 self._full_next.discard(reply.client)
             else:
