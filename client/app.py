@@ -74,9 +74,10 @@ def patch_of(content: RecordDict) -> ModelPatch | None:
     meta = content.config_records.get(keys.PATCH_META)
     if meta is None:
         return None
-    fields = [meta.get(k) for k in ("kind", "base", "target")]
+    names = (keys.PATCH_KIND, keys.PATCH_BASE, keys.PATCH_TARGET)
+    fields = [meta.get(k) for k in names]
     if not all(isinstance(f, str) for f in fields):
-        raise ValueError(f"record {keys.PATCH_META!r} needs str 'kind', 'base' and 'target'")
+        raise ValueError(f"record {keys.PATCH_META!r} needs str entries {names}")
     record = content.array_records.get(keys.PATCH, ArrayRecord())
     return ModelPatch.from_arrays(*(str(f) for f in fields), {k: a.numpy() for k, a in record.items()})
 
@@ -100,7 +101,8 @@ def make_client_app(resolve: Resolve) -> ClientApp:
         try:
             rec = cached_base(received(msg), patch_of(msg.content), context)
         except CacheMiss as miss:
-            return Message(RecordDict({keys.CACHE_MISS: ConfigRecord({"reason": str(miss)})}), reply_to=msg)
+            miss_record = ConfigRecord({keys.CACHE_MISS_REASON: str(miss)})
+            return Message(RecordDict({keys.CACHE_MISS: miss_record}), reply_to=msg)
         state = load_state(context)
         try:
             done = train(node, rec, _model(rec.instructions.task), state)

@@ -182,7 +182,12 @@ def content_of(task: TrainTask, arrays: ArrayRecord | None) -> RecordDict:
 
 def patch_records(patch: ModelPatch) -> dict[str, Any]:
     """The cached downlink's records: the patch's meta, and its arrays (none for a "cache" mark)."""
-    meta = ConfigRecord({"kind": patch.kind, "base": patch.base_hash, "target": patch.target_hash})
+    fields = {
+        keys.PATCH_KIND: patch.kind,
+        keys.PATCH_BASE: patch.base_hash,
+        keys.PATCH_TARGET: patch.target_hash,
+    }
+    meta = ConfigRecord(fields)
     arrays = patch.to_arrays()
     out: dict[str, Any] = {keys.PATCH_META: meta}
     if arrays:
@@ -196,7 +201,7 @@ def reply_of(client: str, content: RecordDict) -> Reply:
     metrics_rec = records.get(keys.METRICS) or next(iter(records.values()), None)
     metrics: dict[str, Any] = dict(metrics_rec.items()) if metrics_rec is not None else {}
     if (miss := content.config_records.get(keys.CACHE_MISS)) is not None:
-        return Reply(client, metrics=metrics, error=f"cache miss: {miss.get('reason', '')!s}")
+        return Reply(client, metrics=metrics, error=f"cache miss: {miss.get(keys.CACHE_MISS_REASON, '')!s}")
     held = content.config_records.get(keys.HELD)
     if held is not None:
         digest = held.get("hash")

@@ -59,7 +59,7 @@ def test_a_restarted_node_answers_with_a_cache_miss_and_gets_the_full_model() ->
     msg = _message(down, 2, _model(2.0))
     with pytest.raises(CacheMiss, match="holds no model"):
         cached_base(received(msg), patch_of(msg.content), _context())  # a fresh context.state
-    reply = reply_of("node-2", RecordDict({keys.CACHE_MISS: ConfigRecord({"reason": "x"})}))
+    reply = reply_of("node-2", RecordDict({keys.CACHE_MISS: ConfigRecord({keys.CACHE_MISS_REASON: "x"})}))
     assert reply.error == "cache miss: x"
     down.observe([reply])
     assert down.payload("node-2", 3, _model(3.0)).patch.kind == "cache"  # type: ignore[union-attr]
