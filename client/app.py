@@ -13,6 +13,7 @@ each virtual client its partition.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,14 +23,17 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from stamen.client import downlink_cache
 from stamen.client.context_state import load_state, save_state
 from stamen.client.mods import DELTA, make_codec_mod, make_local_dp_mod, trained_record
 from stamen.client.node import DeviceHolds, Node, Received, train
 from stamen.edge import EdgeRuntime
 from stamen.protocols import Signer, keys
 from stamen.protocols.flower import arrays_of, envelope_from_record
+from stamen.protocols.patch import CacheMiss, ModelPatch
 from stamen.task.bristle.relayed import Relayed
 from stamen.task.datasource import data_source_spec, load_data_source
+from stamen.task.local_base import local_base
 from stamen.task.models import model_structure
 from stamen.task.spec import RoundInstructions, TaskSpec
 from stamen.task.weights import evaluate_model, set_weights
@@ -65,12 +69,40 @@ def received(msg: Message) -> Received:
     return Received(instr, weights, downlink, relayed, peer)
 
 
+def patch_of(content: RecordDict) -> ModelPatch | None:
+    """The cached downlink's patch (or "cache" mark) in a train message, or None."""
+    meta = content.config_records.get(keys.PATCH_META)
+    if meta is None:
+        return None
+    names = (keys.PATCH_KIND, keys.PATCH_BASE, keys.PATCH_TARGET)
+    fields = [meta.get(k) for k in names]
+    if not all(isinstance(f, str) for f in fields):
+        raise ValueError(f"record {keys.PATCH_META!r} needs str entries {names}")
+    record = content.array_records.get(keys.PATCH, ArrayRecord())
+    return ModelPatch.from_arrays(*(str(f) for f in fields), {k: a.numpy() for k, a in record.items()})
+
+
+def cached_base(rec: Received, patch: ModelPatch | None, context: Context) -> Received:
+    """``rec`` with the weights a cached downlink resolves to (kept in ``context.state``)."""
+    if patch is None:
+        return rec
+    held, task = downlink_cache.load_held(context), rec.instructions.task
+    digest, weights = downlink_cache.resolve(held, rec.weights, patch, lambda: local_base(task))
+    downlink_cache.save_held(context, (digest, weights))
+    return replace(rec, weights=weights, base_hash=digest)
+
+
 def make_client_app(resolve: Resolve) -> ClientApp:
     """A ClientApp whose nodes are found by ``resolve(context)``."""
     app = ClientApp()
 
     def _train(msg: Message, context: Context) -> Message:
-        node, rec = resolve(context), received(msg)
+        node = resolve(context)
+        try:
+            rec = cached_base(received(msg), patch_of(msg.content), context)
+        except CacheMiss as miss:
+            miss_record = ConfigRecord({keys.CACHE_MISS_REASON: str(miss)})
+            return Message(RecordDict({keys.CACHE_MISS: miss_record}), reply_to=msg)
         state = load_state(context)
         try:
             done = train(node, rec, _model(rec.instructions.task), state)

@@ -40,6 +40,15 @@ IDENTITY_KEY = "update-key"  # bytes: raw Ed25519 public key the envelope is sig
 IDENTITY_ENDORSEMENT = "endorsement"  # bytes: the node key's ECDSA signature over it
 BASE = "stamen.base"  # ConfigRecord in a train reply: {"hash": the model hash the client trained from}
 
+# --- Cached downlink (clients.downlink = "cached"; stamen.protocols.patch) ----------------------
+PATCH = "stamen.patch"  # ArrayRecord: the changed tensors/entries since the client's held model
+PATCH_META = "stamen.patch.meta"  # ConfigRecord: {PATCH_KIND, PATCH_BASE, PATCH_TARGET}
+PATCH_KIND = "kind"  # "cache" (keep the full model sent) or "patch" (apply to the held model)
+PATCH_BASE = "base"  # model_hash the patch applies to
+PATCH_TARGET = "target"  # model_hash after applying
+CACHE_MISS = "stamen.cache-miss"  # ConfigRecord in a train reply: {CACHE_MISS_REASON}: no such base
+CACHE_MISS_REASON = "reason"
+
 # --- Bristle peer mode (aggregation.mode = "peer"; the server only relays) ---------------------
 PEER_INBOX = "bristle.inbox"  # ArrayRecord: "<partition id>" -> the (C, F) layer that peer shared last round
 PEER_CONFIG = "bristle.peer"  # ConfigRecord: prioritizer settings + "classes.<id>": each sender's classes

@@ -15,6 +15,7 @@ from it (:mod:`stamen.server.checkpoint_run`; docs/deployment.md, "Restarts").
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -53,13 +54,34 @@ def evaluator(cfg: ServerConfig, run_config: dict[str, Any]) -> EvalFn | None:
     return central_evaluator(cfg, test)
 
 
+INMEMORY_GRID_MODULE = "flwr.superlink.grid.inmemory_grid"
+
+
+def simulated_grid(grid: Grid) -> bool:
+    """Whether ``grid`` is Flower's simulation runtime, an ``InMemoryGrid``.
+
+    Flower builds one in ``run_simulation`` and in ``flwr-simulation``, the process a simulation
+    SuperLink starts for ``flwr run . local`` (``flwr/simulation/run_simulation.py``); a deployed
+    SuperLink hands the ServerApp a grid over its Runtime API. Checked by class, not by name, and
+    fail-safe: anything else is a deployment, where ``require-signed`` stays on. The module is not
+    imported here (2.5 s): when the grid is an ``InMemoryGrid`` it is already loaded.
+    """
+    module = sys.modules.get(INMEMORY_GRID_MODULE)
+    return module is not None and isinstance(grid, module.InMemoryGrid)
+
+
+def engine_name(grid: Grid) -> str:
+    """``"flower-simulation"`` or ``"flower-deployment"``: results.json's ``engine``."""
+    return "flower-simulation" if simulated_grid(grid) else "flower-deployment"
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point called by Flower with the run's grid and context."""
     configure_logging("server")
     run_config = dict(context.run_config)
     cfg = ServerConfig.from_run_config(run_config)
-    simulated = "InMemory" in type(grid).__name__  # Flower's simulation runtime, else a SuperLink
+    simulated = simulated_grid(grid)
     initial = get_weights(build_model(cfg.task))
     extras = deployment_extras(cfg, run_config, initial, deployed=not simulated)
     extras.state_dir = Path(str(run_config["state-dir"])) if run_config.get("state-dir") else None
@@ -82,7 +104,7 @@ def main(grid: Grid, context: Context) -> None:
         raise SystemExit(2) from None
     out = str(run_config.get("out-dir", ""))
     if out:
-        extra: dict[str, Any] = {"engine": "flower-simulation" if simulated else "flower-deployment"}
+        extra: dict[str, Any] = {"engine": engine_name(grid)}
         if (statement := privacy_statement(cfg)) is not None:
             extra["privacy"] = statement
         if result.stopped:

@@ -17,7 +17,7 @@ import numpy as np
 
 from stamen.protocols import CodecSpec, Signer, model_hash
 from stamen.protocols.delta import create_delta_with_result, create_replacement
-from stamen.server.driver.types import Reply, TrainTask, client_index
+from stamen.server.driver.types import Payload, Reply, TrainTask, client_index
 from stamen.task.seeds import client_seed
 
 Weights = dict[str, np.ndarray]
@@ -137,7 +137,7 @@ class EdgeDownlink:
         self.tracker, self.seed = tracker, seed
         self._last: dict[str, int] = {}  # the delta version each device holds (it must grow)
 
-    def payload(self, client: str, rnd: int, weights: Weights) -> tuple[Weights | None, bytes | None, str]:
+    def payload(self, client: str, rnd: int, weights: Weights) -> Payload:
         """``(None, signed delta, hash the device holds after applying it)``. The delta's version is
         the round, or one past the device's last when an asynchronous run dispatches it again
         within one model version."""
@@ -145,7 +145,7 @@ class EdgeDownlink:
         self._last[client] = version
         seed = client_seed(self.seed, rnd, client_index(client))
         data, expected = self.tracker.make_update(client, weights, version, seed=seed)
-        return None, data, expected
+        return Payload(None, data, expected)
 
     @property
     def last_versions(self) -> dict[str, int]:

@@ -20,6 +20,7 @@ from stamen.server.bristle.relay import PeerMode, PeerRelay, peer_config
 from stamen.server.checkpoint_run import attach
 from stamen.server.config import ServerConfig
 from stamen.server.driver.async_driver import AsyncDriver, AsyncSettings, AsyncTransport
+from stamen.server.driver.cached_downlink import CachedDownlink
 from stamen.server.driver.collect import CollectPolicy
 from stamen.server.driver.downlink import FullDownlink
 from stamen.server.driver.driver import (
@@ -40,6 +41,7 @@ from stamen.server.staleness.gi_conversion import GIConfig
 from stamen.server.staleness.handling import StaleHandling
 from stamen.server.staleness.history import ModelHistory
 from stamen.task.data import TaskData
+from stamen.task.local_base import local_base
 from stamen.task.models import model_structure
 from stamen.task.weights import evaluate_model, set_weights
 
@@ -155,7 +157,7 @@ def assemble(
         transport,
         cfg.instructions,
         round_mode(cfg, rule, initial, extras),
-        extras.downlink or FullDownlink(),
+        extras.downlink or default_downlink(cfg),
         collect_policy(cfg, rule, extras),
         rule,
         evaluate,
@@ -166,6 +168,16 @@ def assemble(
     )
     attach(driver, cfg, extras.state_dir)
     return driver
+
+
+def default_downlink(cfg: ServerConfig) -> FullDownlink | CachedDownlink:
+    """``clients.downlink``: the cached downlink, or the full model every round; ``"auto"`` caches
+    when the model has a frozen base (LoRA / Fed-SB adapters, or the sparse trainer)."""
+    s = cfg.settings
+    mode = s.clients.downlink
+    if mode == "auto":
+        mode = "cached" if s.lora.adapter != "none" or s.clients.trainer == "sparse" else "full"
+    return CachedDownlink(local_base(cfg.task)) if mode == "cached" else FullDownlink()
 
 
 def _accountant(cfg: ServerConfig) -> Callable[..., float] | None:
@@ -217,7 +229,7 @@ def assemble_async(
         timeout_s=cfg.timeout_s,
         eval_every=cfg.settings.eval.every,
     )
-    downlink = extras.downlink or FullDownlink()
+    downlink = extras.downlink or default_downlink(cfg)
     policy = collect_policy(cfg, rule, extras)
     parts = (downlink, policy, rule, stale, history, evaluate, _accountant(cfg))
     driver = AsyncDriver(settings, transport, cfg.instructions, *parts)

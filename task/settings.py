@@ -92,6 +92,15 @@ class ClientsConfig(_Config):
     # "memory": the client trains from the weights in the message; "edge": the client's model lives
     # in an edge model store and the server sends signed deltas against the device's version
     runtime: str = _f("memory", choices=("memory", "edge"))
+    # "cached": a client keeps the model it trained from and gets only the entries changed since;
+    # "full": the whole model every round; "auto": cached for adapter / sparse runs (frozen base)
+    downlink: str = _f("auto", choices=("auto", "full", "cached"))
+
+    def _check(self) -> None:
+        if self.downlink == "cached" and self.runtime == "edge":
+            raise ValueError(
+                "clients.downlink='cached' is for runtime 'memory' (edge devices get signed deltas)"
+            )
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ the exact weighted average of the clients' models. It is the default for LoRA be
 at the same upload (factors only; the residual is computed by the server from them), keeps the
 adapter continuous across rounds (no re-initialization, unlike merging and restarting the adapter),
 and needs no rank-r truncation (a rank-r SVD of ``Σ w_i B_i A_i``, whose rank is up to ``n r``,
-would throw away part of the average). The base weight changes densely, which costs nothing extra
-here: the global model, base included, is what the server sends every round.
+would throw away part of the average). The base weight changes densely; the cached downlink
+(:mod:`stamen.server.driver.cached_downlink`) sends those ``W`` whole, with the factors and the head,
+and nothing of the rest of the frozen model.
 
 Both rules work on deltas (``B_i − B̄ = ΔB_i − ΔB̄``), so the round's base cancels; they need the
 tensor layout and ``s`` (the ``<layer>.lora_scale`` buffer of the base model), which

@@ -188,8 +188,9 @@ class AsyncDriver:
             client = self._draw(clients)
             if client is None:
                 break
-            arrays, delta, base = self.downlink.payload(client, self.version, self.weights)
-            task = TrainTask(client, self._instructions(client), arrays, delta, base)
+            sent = self.downlink.payload(client, self.version, self.weights)
+            instr = self._instructions(client)
+            task = TrainTask(client, instr, sent.weights, sent.delta, sent.base, patch=sent.patch)
             self.transport.push(task)
             self.in_flight[client] = task
             self.step.bytes_down += self.downlink.nbytes([task])

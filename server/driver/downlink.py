@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from stamen.protocols import model_hash
 from stamen.protocols.flower import weights_nbytes
-from stamen.server.driver.types import Reply, TrainTask, Weights
+from stamen.server.driver.types import Payload, Reply, TrainTask, Weights
 
 
 class FullDownlink:
@@ -20,13 +20,13 @@ class FullDownlink:
         self._hash: tuple[tuple[int, int], str] | None = None  # ((round, id of the weights), hash)
         self._size: tuple[tuple[int, int], int] | None = None
 
-    def payload(self, client: str, rnd: int, weights: Weights) -> tuple[Weights | None, bytes | None, str]:
+    def payload(self, client: str, rnd: int, weights: Weights) -> Payload:
         """``(weights, None, model_hash(weights))`` (the hash is computed once per model)."""
         del client
         key = (rnd, id(weights))  # the weights stay alive for the whole round
         if self._hash is None or self._hash[0] != key:
             self._hash = (key, model_hash(weights))
-        return weights, None, self._hash[1]
+        return Payload(weights, None, self._hash[1])
 
     def nbytes(self, tasks: Sequence[TrainTask]) -> int:
         """Serialized model size times the number of clients."""

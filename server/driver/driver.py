@@ -20,7 +20,7 @@ import numpy as np
 from stamen.server.aggregators.base import RoundContext, Rule
 from stamen.server.driver.collect import CollectedUpdates, CollectPolicy, UpdateCollector, unflatten
 from stamen.server.driver.stale_rows import treat_stale_rows
-from stamen.server.driver.types import Reply, TrainTask, Transport, Weights
+from stamen.server.driver.types import Payload, Reply, TrainTask, Transport, Weights
 from stamen.server.history import FederationResult, ProgressFn, RoundRecord, hierarchy_fields
 from stamen.server.privacy.central import BudgetExhausted
 from stamen.server.sampling import draw_cohort
@@ -52,8 +52,8 @@ class RoundHooks(Protocol):
 class Downlink(Protocol):
     """What each sampled client receives: full weights, or a signed delta for an edge device."""
 
-    def payload(self, client: str, rnd: int, weights: Weights) -> tuple[Weights | None, bytes | None, str]:
-        """``(weights or None, signed delta or None, hash the client will train from)``."""
+    def payload(self, client: str, rnd: int, weights: Weights) -> Payload:
+        """Full weights, a signed delta or a patch, and the hash the client will train from."""
         ...
 
     def nbytes(self, tasks: Sequence[TrainTask]) -> int:
@@ -276,9 +276,10 @@ class RoundDriver:
         delay = self.hooks.delay(rnd, client) if self.hooks is not None and self.history is not None else 0
         version = rnd - min(delay, rnd - 1)
         start = weights if version == rnd else dict(self.history.get(version))  # type: ignore[union-attr]
-        arrays, delta, base = self.downlink.payload(client, rnd, start)
+        sent = self.downlink.payload(client, rnd, start)
+        instr = self.instructions(rnd, version)
         return TrainTask(
-            client, self.instructions(rnd, version), arrays, delta, base, self.mode.extra(client)
+            client, instr, sent.weights, sent.delta, sent.base, self.mode.extra(client), sent.patch
         )
 
     def collect(

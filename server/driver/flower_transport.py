@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 
 from stamen.protocols import SignatureError, keys
 from stamen.protocols.flower import array_record_nbytes, envelope_from_record, envelope_record
+from stamen.protocols.patch import ModelPatch
 from stamen.server.driver.identity import NodeIdentities
 from stamen.server.driver.types import Reply, TrainTask, Weights, client_index
 from stamen.task.bristle.peer import PeerConfig
@@ -167,8 +168,10 @@ def content_of(task: TrainTask, arrays: ArrayRecord | None) -> RecordDict:
     records: dict[str, Any] = {keys.CONFIG: ConfigRecord(task.instructions.to_config())}
     if task.downlink is not None:
         records[keys.DOWNLINK] = envelope_record(task.downlink)
-    elif arrays is not None:
+    elif arrays is not None and task.weights is not None:
         records[keys.ARRAYS] = arrays
+    if task.patch is not None:
+        records.update(patch_records(task.patch))
     relayed, peer = task.extra.get("relayed"), task.extra.get("peer")
     if isinstance(relayed, Relayed) and isinstance(peer, PeerConfig):
         inbox, conf = relayed.to_plain(peer)
@@ -177,11 +180,28 @@ def content_of(task: TrainTask, arrays: ArrayRecord | None) -> RecordDict:
     return RecordDict(records)
 
 
+def patch_records(patch: ModelPatch) -> dict[str, Any]:
+    """The cached downlink's records: the patch's meta, and its arrays (none for a "cache" mark)."""
+    fields = {
+        keys.PATCH_KIND: patch.kind,
+        keys.PATCH_BASE: patch.base_hash,
+        keys.PATCH_TARGET: patch.target_hash,
+    }
+    meta = ConfigRecord(fields)
+    arrays = patch.to_arrays()
+    out: dict[str, Any] = {keys.PATCH_META: meta}
+    if arrays:
+        out[keys.PATCH] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return out
+
+
 def reply_of(client: str, content: RecordDict) -> Reply:
     """A train reply's envelope (or plain arrays) and reported metrics."""
     records = content.metric_records
     metrics_rec = records.get(keys.METRICS) or next(iter(records.values()), None)
     metrics: dict[str, Any] = dict(metrics_rec.items()) if metrics_rec is not None else {}
+    if (miss := content.config_records.get(keys.CACHE_MISS)) is not None:
+        return Reply(client, metrics=metrics, error=f"cache miss: {miss.get(keys.CACHE_MISS_REASON, '')!s}")
     held = content.config_records.get(keys.HELD)
     if held is not None:
         digest = held.get("hash")

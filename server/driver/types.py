@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from stamen.protocols import Verifier
+from stamen.protocols.patch import ModelPatch
 from stamen.task.spec import RoundInstructions
 
 Weights = dict[str, np.ndarray]
@@ -38,6 +39,9 @@ class TrainTask:
         ``model_hash`` of what the client will train from; its envelope must name it.
     extra : mapping
         Mode-specific payload (Bristle peer mode: the relayed inbox).
+    patch : ModelPatch or None
+        The cached downlink (``clients.downlink = "cached"``): a ``"cache"`` mark on the full
+        ``weights``, or the patch from the version the client holds (``weights`` is then None).
     """
 
     client: str
@@ -46,6 +50,17 @@ class TrainTask:
     downlink: bytes | None
     expected_base: str
     extra: Mapping[str, Any] = field(default_factory=dict)
+    patch: ModelPatch | None = None
+
+
+class Payload(NamedTuple):
+    """What a downlink sends one client: full ``weights``, a signed edge ``delta``, or a ``patch``
+    (with or without the weights), and ``base``, the hash the client will train from."""
+
+    weights: Weights | None
+    delta: bytes | None
+    base: str
+    patch: ModelPatch | None = None
 
 
 @dataclass

@@ -40,8 +40,9 @@ class TripMeter:
 
 
 def weights_bytes(task: TrainTask) -> int:
-    """Payload bytes of a full-model downlink (float32 tensors)."""
-    return sum(int(v.nbytes) for v in (task.weights or {}).values())
+    """Payload bytes of a full-model downlink (float32 tensors), or of a cached downlink's patch."""
+    patch = task.patch.to_arrays() if task.patch is not None else {}
+    return sum(int(v.nbytes) for v in [*(task.weights or {}).values(), *patch.values()])
 
 
 def round_end(start: float, trips: list[Trip], timeout_s: float) -> float:

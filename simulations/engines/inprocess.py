@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import resource
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
+from stamen.client.downlink_cache import Held, resolve
 from stamen.client.node import Received, client_round
 from stamen.client.state import ClientState
 from stamen.protocols import keys
@@ -34,6 +36,7 @@ from stamen.simulations.timing import Trip
 from stamen.simulations.virtual_clock import VirtualClock
 from stamen.task.bristle.peer import PeerConfig
 from stamen.task.bristle.relayed import Relayed
+from stamen.task.local_base import local_base
 from stamen.task.models import model_structure
 
 ClientProgressFn = Callable[[int, int], None]  # (clients done, clients in round)
@@ -59,6 +62,7 @@ class InProcessTransport:
         self.path, self.pool = path, pool
         self._clients = [f"client-{i}" for i in range(num_clients)]
         self.states: dict[int, ClientState] = {}  # per-client memory across rounds
+        self.held: dict[int, Held] = {}  # the model each client keeps (cached downlink)
         self.clock, self.timeout_s = 0.0, timeout_s
 
     def clients(self) -> list[str]:
@@ -75,7 +79,8 @@ class InProcessTransport:
         del timeout
         replies, trips = [], []
         rows = self.path is not None and (self.path.batched or self.pool is not None)
-        made = self._rows(tasks) if rows else map(self.run, tasks)
+        ready = [self.receive(t) for t in tasks]
+        made = self._rows(ready) if rows else map(self.run, ready)
         for i, (task, reply) in enumerate(zip(tasks, made, strict=True)):
             trip = self._trip(task, reply)
             if trip is not None:
@@ -123,8 +128,19 @@ class InProcessTransport:
         examples = int(reply.metrics.get(keys.NUM_EXAMPLES, 0))
         return self.meter.trip(_pid(task.client), self.clock, reply, task, examples)
 
+    def receive(self, task: TrainTask) -> TrainTask:
+        """``task`` with the weights its client trains from: a cached downlink's patch applied to
+        the model the client keeps (the ClientApp's :func:`~stamen.client.downlink_cache.resolve`)."""
+        if task.patch is None:
+            return task
+        pid = _pid(task.client)
+        local = task.instructions.task
+        self.held[pid] = resolve(self.held.get(pid), task.weights, task.patch, lambda: local_base(local))
+        return replace(task, weights=self.held[pid][1], patch=None)
+
     def run(self, task: TrainTask) -> Reply:
         """One client's round (an exception in client code propagates: a simulation bug is loud)."""
+        task = self.receive(task)
         pid = _pid(task.client)
         node, state = self.nodes.node(pid), self.states.setdefault(pid, ClientState())
         relayed, peer = task.extra.get("relayed"), task.extra.get("peer")

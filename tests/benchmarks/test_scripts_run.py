@@ -78,6 +78,7 @@ QUICK: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("rows", "max_abs_diff_vs_loop"),
     ),
     "bench_hierarchy.py": (("--quick",), ("equality", "aggregation_time", "attack")),
+    "bench_lora_downlink.py": (("--quick",), ("rows", "overrides")),
 }
 
 

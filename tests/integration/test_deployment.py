@@ -78,6 +78,8 @@ MODES = {
     # FedAsync over the Grid: every arriving update makes a version; with both nodes in flight the
     # second arrival of a pair was computed from the version before (staleness 1)
     "fedasync": "rounds=4 server.mode=fedasync",
+    # the cached downlink: each SuperNode keeps its model in context.state between rounds
+    "cached": "rounds=2 clients.downlink=cached",
 }
 
 
@@ -149,10 +151,13 @@ def test_flwr_run_against_superlink_and_two_supernodes(
         while not (out / "results.json").exists() and time.monotonic() < deadline:
             time.sleep(0.5)
         res = json.loads((out / "results.json").read_text())
-        versions = 2 if mode == "sync" else 4
+        versions = 4 if mode == "fedasync" else 2
         assert [r["round"] for r in res["rounds"]] == list(range(1, versions + 1)), logs
         assert all(r["rejected"] == 0 and r["bytes_up"] > 0 for r in res["rounds"])
         assert res["final"]["accuracy"] > 0.3
+        assert res["engine"] == "flower-deployment"  # a SuperLink's grid, not Flower's InMemoryGrid
+        if mode == "cached":  # round 1: both nodes build the initial model themselves; round 2: patches
+            assert res["rounds"][0]["bytes_down"] == 0 < res["rounds"][1]["bytes_down"], res["rounds"]
         if mode == "fedasync":  # one update per version, aggregated as it arrived; some were stale
             sizes = [r["bytes_up"] for r in res["rounds"]]  # one envelope each (sender ids differ in length)
             assert max(sizes) < 1.5 * min(sizes), res["rounds"]

@@ -60,4 +60,7 @@ def test_minilm_lora_flower_matches_inprocess() -> None:
     cfg = _cfg("minilm-lora")
     fast, real = run_engine("inprocess", cfg), run_engine("flower", cfg)
     assert [r.bytes_up for r in real.rounds] == [r.bytes_up for r in fast.rounds]
+    # the cached downlink (auto for LoRA): the same patches through Flower's records and context.state
+    assert [r.bytes_down for r in real.rounds] == [r.bytes_down for r in fast.rounds]
+    assert real.rounds[0].bytes_down == 0 < real.rounds[-1].bytes_down  # round 1: the clients' own build
     assert abs(real.rounds[-1].accuracy - fast.rounds[-1].accuracy) <= 0.01
