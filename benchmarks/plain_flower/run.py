@@ -57,7 +57,7 @@ def run_plain_flower(s: PlainSettings, num_cpus: int = 2) -> dict[str, Any]:
     from plain_flower.server_app import make_server_app
 
     out: dict[str, Any] = {}
-    backend = {
+    backend: Any = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {
             "address": "local",
