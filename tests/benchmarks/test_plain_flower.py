@@ -67,6 +67,7 @@ def test_settings_reject_bad_values(mods: dict[str, ModuleType]) -> None:
         settings(rounds=0)
 
 
+@pytest.mark.slow  # ~7 s on the loaded 2-core machine (DataLoader start-up, torch autograd)
 def test_local_training_pinned(mods: dict[str, ModuleType]) -> None:
     """Two epochs of batch 16 at lr 0.2 on partition 3 of 100, fixed torch seed: the mean loss
     is pinned, and training lowers the loss on that partition."""
