@@ -215,6 +215,28 @@ def query_check(args: Any) -> dict[str, float]:
         return run_flower_named(p)
 
 
+def naming_only(args: Any) -> dict[str, Any]:
+    """``--naming-only``: the Flower engine with the former query (before) and the recorded mapping
+    (after), interleaved, ``args.flower_repeats`` each, at the smallest ``--flower-rounds``."""
+    p = plan(args.clients, args.per_round, min(args.flower_rounds), ())
+    before: list[dict[str, float]] = []
+    after: list[dict[str, float]] = []
+    for _ in range(args.flower_repeats):
+        with partition_query():
+            before.append(run_flower_named(p))
+        after.append(run_flower_named(p))
+    for name, runs in (("before (query)", before), ("after (recorded mapping)", after)):
+        cells = ", ".join(f"wall {r['wall_s']:.1f} s / naming {r['naming_s']:.2f} s" for r in runs)
+        print(f"{name}: {cells}")
+    return {
+        "rounds": min(args.flower_rounds),
+        "before": before,
+        "after": after,
+        "before_median": medians(before),
+        "after_median": medians(after),
+    }
+
+
 def goals(rows: dict[str, dict[int, dict[str, float]]], over: dict[str, float]) -> dict[str, Any]:
     """The issue's goals: >= 5,000 updates/s, >= 10x plain Flower per round, overhead <= 1.2."""
     batched = rows["in-process, cohort-batched"]
@@ -280,8 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="in-process repetitions (median)")
     ap.add_argument("--flower-repeats", type=int, default=2, help="Flower-path repetitions (median)")
     ap.add_argument("--no-query-check", action="store_true", help="skip the former-query Flower run")
+    ap.add_argument("--naming-only", action="store_true", help="only the Flower engine, query vs mapping")
     args = ap.parse_args(argv)
     prov = Provenance.capture(argv, script=__file__)
+    if args.naming_only:
+        load = [round(x, 2) for x in os.getloadavg()]
+        res = naming_only(args)
+        res["load_before"], res["load_after"] = load, [round(x, 2) for x in os.getloadavg()]
+        prov.write(
+            out_path(args), {"scenario": {"clients": args.clients, "per_round": args.per_round}, **res}
+        )
+        return 0
     if args.quick:
         args.clients, args.per_round, args.rounds, args.flower_rounds = 100, 20, [3, 10], [3, 5]
         args.repeats = args.flower_repeats = 1
