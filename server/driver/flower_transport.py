@@ -61,12 +61,12 @@ class GridTransport:
     query_names : bool
         Ask every node once for the client key it names in its envelopes (simulation); otherwise a
         node is ``"node-<node id>"``.
-    names : callable, optional
-        ``names(nodes) -> {node: client key}`` known without a round trip (a simulation engine's
-        node -> partition mapping); ``None`` from it falls back to ``query_names``.
     bind_identity : bool
         Bind every reply to the key its authenticated node endorsed (a deployment with SuperNode
         authentication): the reply's envelope must be signed with that key.
+    names : callable, optional
+        ``names(nodes) -> {node: client key}`` known without a round trip (a simulation engine's
+        node -> partition mapping); ``None`` from it falls back to ``query_names``.
     """
 
     def __init__(
