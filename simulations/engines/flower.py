@@ -93,7 +93,7 @@ def run_flower(
     flower_environment()
     from flwr.simulation import run_simulation
 
-    from stamen.client.app import make_client_app
+    from stamen.simulations.engines.client_recipe import RecipeClientApp
 
     cfg, devices = plan.cfg, plan.devices()
     nodes = plan.nodes(devices)
@@ -111,7 +111,7 @@ def run_flower(
             _quiet_flower()
             run_simulation(
                 server_app=server_app,
-                client_app=make_client_app(nodes.resolve),
+                client_app=RecipeClientApp(nodes.resolve),  # pickled per message: by recipe
                 num_supernodes=cfg.num_clients,
                 backend_config=backend,
             )
