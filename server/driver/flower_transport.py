@@ -2,8 +2,9 @@
 
 The client key of a reply is the node it came from (``"node-<id>"``: the SuperNode the SuperLink
 authenticated), never a number the client reports. A simulation, whose virtual SuperNodes stand for
-partitions, maps nodes to ``"client-<partition id>"`` once per run with a query, so that sampling and
-seeds match the in-process engine.
+partitions, maps nodes to ``"client-<partition id>"`` so that sampling and seeds match the
+in-process engine: from the mapping the simulation engine recorded (``names``), else with one query
+per node.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,9 @@ class GridTransport:
     bind_identity : bool
         Bind every reply to the key its authenticated node endorsed (a deployment with SuperNode
         authentication): the reply's envelope must be signed with that key.
+    names : callable, optional
+        ``names(nodes) -> {node: client key}`` known without a round trip (a simulation engine's
+        node -> partition mapping); ``None`` from it falls back to ``query_names``.
     """
 
     def __init__(
@@ -74,9 +78,10 @@ class GridTransport:
         wait_s: float,
         query_names: bool = False,
         bind_identity: bool = False,
+        names: Callable[[Sequence[int]], Mapping[int, str] | None] | None = None,
     ) -> None:
         self.grid, self.wanted, self.minimum, self.wait_s = grid, wanted, minimum, wait_s
-        self.query_names = query_names
+        self.query_names, self.names = query_names, names
         self.identities = NodeIdentities(grid.get_nodes) if bind_identity else None
         self._node_of: dict[str, int] = {}
         self._key_of: dict[int, str] = {}
@@ -94,6 +99,10 @@ class GridTransport:
         return sorted((self._key_of[n] for n in nodes if n in self._key_of), key=client_index)
 
     def _learn(self, nodes: list[int]) -> None:
+        known = self.names(nodes) if self.names is not None else None
+        if known is not None:
+            self._remember({n: known[n] for n in nodes if n in known})
+            return
         if not self.query_names:
             self._remember({n: f"node-{n}" for n in nodes})
             return

@@ -19,6 +19,7 @@ from typing import Any
 
 from stamen.server.history import FederationResult, ProgressFn
 from stamen.simulations.engines.interrupt import StoppableGrid, stop_on_signals
+from stamen.simulations.engines.node_partitions import NodePartitions, recording_partitions
 from stamen.simulations.plan import SimulationPlan
 
 FLOWER_ENV = {
@@ -44,9 +45,11 @@ def _server_app(
     progress: ProgressFn | None,
     stop: threading.Event,
     out: dict[str, Any],
+    partitions: NodePartitions,
 ) -> Any:
     """The simulation's ServerApp: the plan's round driver (sync or async) over the run's Grid,
-    stoppable through ``stop``; it leaves the run's result in ``out["result"]``."""
+    stoppable through ``stop``; it leaves the run's result in ``out["result"]``. Nodes are named
+    from ``partitions`` (recorded as Flower registers them), by a query only when that fails."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
 
@@ -60,7 +63,9 @@ def _server_app(
     @server_app.main()
     def _main(flower_grid: Grid, context: Context) -> None:
         grid: Any = StoppableGrid(flower_grid, stop)
-        transport = GridTransport(grid, cfg.num_clients, cfg.per_round, cfg.timeout_s, query_names=True)
+        transport = GridTransport(
+            grid, cfg.num_clients, cfg.per_round, cfg.timeout_s, query_names=True, names=partitions.names
+        )
         if cfg.settings.server.mode == "sync":
             out["result"] = plan.driver(transport, devices).run(plan.initial, progress)
             return
@@ -88,24 +93,25 @@ def run_flower(
     flower_environment()
     from flwr.simulation import run_simulation
 
-    from stamen.client.app import make_client_app
+    from stamen.simulations.engines.client_recipe import RecipeClientApp
 
     cfg, devices = plan.cfg, plan.devices()
     nodes = plan.nodes(devices)
     out: dict[str, Any] = {}
     stop = threading.Event()
-    server_app = _server_app(plan, devices, progress, stop, out)
+    partitions = NodePartitions(wait_s=cfg.timeout_s)
+    server_app = _server_app(plan, devices, progress, stop, out, partitions)
     backend: Any = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": ray_init_args(num_cpus, ray_address),
     }
     try:
-        with warnings.catch_warnings(), stop_on_signals(stop):
+        with warnings.catch_warnings(), stop_on_signals(stop), recording_partitions(partitions):
             warnings.simplefilter("ignore")
             _quiet_flower()
             run_simulation(
                 server_app=server_app,
-                client_app=make_client_app(nodes.resolve),
+                client_app=RecipeClientApp(nodes.resolve),  # pickled per message: by recipe
                 num_supernodes=cfg.num_clients,
                 backend_config=backend,
             )

@@ -62,3 +62,32 @@ def test_superlink_error_replies_belong_to_the_node_that_was_asked(run_id: None)
         ("node-7", "reply of 7"),
         ("node-9", "reply of 9"),  # not "node-1": the SuperLink wrote it for node 9
     ]
+
+
+class CountingGrid(FakeGrid):
+    """Counts the messages sent (a names query would be one per node)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> list[Any]:
+        self.sent += len(list(messages))
+        return []
+
+
+def test_known_names_replace_the_query() -> None:
+    """With ``names`` the nodes are named without one message; ordered by the client number."""
+    grid = CountingGrid()
+    transport = GridTransport(
+        grid, 2, 2, 0.0, query_names=True, names=lambda nodes: {7: "client-10", 9: "client-2"}
+    )
+    assert transport.clients() == ["client-2", "client-10"]
+    assert (transport.node_of("client-10"), grid.sent) == (7, 0)
+
+
+def test_names_none_falls_back_to_the_query(run_id: None) -> None:
+    """``names`` returning ``None`` (mapping not recorded) asks every node once instead."""
+    grid = CountingGrid()
+    transport = GridTransport(grid, 2, 2, 0.0, query_names=True, names=lambda nodes: None)
+    assert transport.clients() == []  # the fake grid answers no query
+    assert grid.sent == 2
