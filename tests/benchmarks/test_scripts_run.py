@@ -200,7 +200,13 @@ def test_unresolved_names_removed_names_and_attributes() -> None:
 def test_every_stamen_import_of_every_script_resolves() -> None:
     """(b) every stamen name any script imports, lazily or not, exists on the current tree."""
     bad = {}
-    for script in [*SCRIPTS, "lora_report.py", "robustness_report.py", "plot_privacy_compression.py"]:
+    for script in [
+        *SCRIPTS,
+        "lora_report.py",
+        "robustness_report.py",
+        "plot_privacy_compression.py",
+        "plot_scale.py",
+    ]:
         path = BENCH / script
         if path.exists():
             missing = unresolved(path.read_text())
