@@ -212,28 +212,15 @@ def unpack(
     zero_copy: bool = False,
     on_authenticated: Callable[[], None] | None = None,
 ) -> Envelope:
-    """Parse (and, with ``verifier``, authenticate) an envelope.
+    """Parse (and, with ``verifier``, authenticate) an untrusted envelope.
 
-    Parameters
-    ----------
-    data : bytes
-        Untrusted input.
-    verifier : Verifier or None
-        When given, the envelope must be signed by one of its keys. The signature is checked
-        over the raw bytes before the header is parsed; then the payload digest is checked.
-    zero_copy : bool, default False
-        Return the payload as a read-only ``memoryview`` into ``data`` instead of a copy (for
-        large updates: a 100 MB dense payload is then never duplicated).
-    on_authenticated : callable or None
-        With a verifier: called once the header's signature has verified, before the payload
-        digest is checked (SHA-256 of the whole payload). Lets a receiver start work that does
-        not read the payload (e.g. preparing the output file) while the digest is computed;
-        never called for input that fails the signature check.
-
-    Returns
-    -------
-    Envelope
-        With ``key_id`` and ``signature`` set when the envelope was signed.
+    With ``verifier`` the envelope must be signed by one of its keys: the signature is checked over
+    the raw bytes before the header is parsed, then the payload digest. ``zero_copy`` returns the
+    payload as a read-only ``memoryview`` into ``data`` (a 100 MB dense payload is never copied).
+    ``on_authenticated`` (verifier only) is called once the signature has verified and before the
+    payload's SHA-256 is checked, so a receiver can prepare work that does not read the payload;
+    it is never called for input that fails the signature check. Returns an :class:`Envelope`
+    (``key_id`` and ``signature`` set when signed).
 
     Raises
     ------

@@ -1,4 +1,4 @@
-"""Codec trio for ``frl_rank``: hand-packed bits, round-trip/size property, pinned digest; plus
+"""Codec trio for ``frl_rank``: hand-packed bits, round-trip/size property, pinned payload bytes; plus
 O(1) zero tensors and strict decoding of hostile payloads."""
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,62 +84,56 @@ MODES = {
 }
 
 
+def _federation(tmp_path: Path, env: dict[str, str], procs: list[subprocess.Popen[bytes]]) -> None:
+    """Phase 1: an insecure SuperLink on a free loopback port (named in ``$FLWR_HOME/config.toml``)
+    and two SuperNodes for partitions 0 and 1; every process started is appended to ``procs``."""
+    link = _free_port()
+    home = Path(env["FLWR_HOME"])
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\n'
+        f'address = "127.0.0.1:{link}"\ninsecure = true\n'
+    )
+    superlink = [str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation"]
+    superlink += ["--host", "127.0.0.1", "--port", str(link), "--database", str(tmp_path / "state.db")]
+    procs.append(_start(superlink, env, tmp_path / "superlink.log"))
+    _wait_port(link, 60)
+    for pid in (0, 1):
+        node = [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}"]
+        node += ["--node-config", f"partition-id={pid} num-partitions=2", "--port", str(_free_port())]
+        procs.append(_start(node, env, tmp_path / f"supernode{pid}.log"))
+
+
+def _check_results(res: dict[str, Any], mode: str, logs: str) -> None:
+    """Phase 3: every round (or version) recorded, nothing rejected, trained, and the mode's marks."""
+    versions = 4 if mode == "fedasync" else 2
+    assert [r["round"] for r in res["rounds"]] == list(range(1, versions + 1)), logs
+    assert all(r["rejected"] == 0 and r["bytes_up"] > 0 for r in res["rounds"])
+    assert res["final"]["accuracy"] > 0.3
+    assert res["engine"] == "flower-deployment"  # a SuperLink's grid, not Flower's InMemoryGrid
+    if mode == "cached":  # round 1: both nodes build the initial model themselves; round 2: patches
+        assert res["rounds"][0]["bytes_down"] == 0 < res["rounds"][1]["bytes_down"], res["rounds"]
+    if mode == "fedasync":  # one update per version, aggregated as it arrived; some were stale
+        sizes = [r["bytes_up"] for r in res["rounds"]]  # one envelope each (sender ids differ in length)
+        assert max(sizes) < 1.5 * min(sizes), res["rounds"]
+        assert max(r["staleness_max"] for r in res["rounds"]) >= 1, res["rounds"]
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 def test_flwr_run_against_superlink_and_two_supernodes(
     tmp_path: Path, flower_env: dict[str, str], mode: str
 ) -> None:
     if shutil.which("flower-superlink", path=flower_env["PATH"]) is None:
         pytest.fail("flower-superlink is not installed in this environment")
-    link = _free_port()
-    home = Path(flower_env["FLWR_HOME"])
-    home.mkdir(parents=True)
-    (home / "config.toml").write_text(
-        '[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\n'
-        f'address = "127.0.0.1:{link}"\ninsecure = true\n'
-    )
     procs: list[subprocess.Popen[bytes]] = []
     out = tmp_path / "out"
     try:
-        procs.append(
-            _start(
-                [
-                    str(BIN / "flower-superlink"),
-                    "--insecure",
-                    "--disable-runtime-dependency-installation",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(link),
-                    "--database",
-                    str(tmp_path / "state.db"),
-                ],
-                flower_env,
-                tmp_path / "superlink.log",
-            )
-        )
-        _wait_port(link, 60)
-        for pid in (0, 1):
-            procs.append(
-                _start(
-                    [
-                        str(BIN / "flower-supernode"),
-                        "--insecure",
-                        "--superlink",
-                        f"127.0.0.1:{link}",
-                        "--node-config",
-                        f"partition-id={pid} num-partitions=2",
-                        "--port",
-                        str(_free_port()),
-                    ],
-                    flower_env,
-                    tmp_path / f"supernode{pid}.log",
-                )
-            )
+        _federation(tmp_path, flower_env, procs)
         config = (
             f'scenario="smoke" out-dir="{out}" timeout-s=240 require-signed=false '
             f'overrides="data.num_clients=2 clients.per_round=2 {MODES[mode]}"'
         )
-        run = subprocess.run(
+        run = subprocess.run(  # phase 2: the run through the SuperLink
             [str(BIN / "flwr"), "run", str(ROOT), "deploy", "--stream", "-c", config],
             env=flower_env,
             capture_output=True,
@@ -150,17 +145,6 @@ def test_flwr_run_against_superlink_and_two_supernodes(
         deadline = time.monotonic() + 60  # --stream may return just before the files land
         while not (out / "results.json").exists() and time.monotonic() < deadline:
             time.sleep(0.5)
-        res = json.loads((out / "results.json").read_text())
-        versions = 4 if mode == "fedasync" else 2
-        assert [r["round"] for r in res["rounds"]] == list(range(1, versions + 1)), logs
-        assert all(r["rejected"] == 0 and r["bytes_up"] > 0 for r in res["rounds"])
-        assert res["final"]["accuracy"] > 0.3
-        assert res["engine"] == "flower-deployment"  # a SuperLink's grid, not Flower's InMemoryGrid
-        if mode == "cached":  # round 1: both nodes build the initial model themselves; round 2: patches
-            assert res["rounds"][0]["bytes_down"] == 0 < res["rounds"][1]["bytes_down"], res["rounds"]
-        if mode == "fedasync":  # one update per version, aggregated as it arrived; some were stale
-            sizes = [r["bytes_up"] for r in res["rounds"]]  # one envelope each (sender ids differ in length)
-            assert max(sizes) < 1.5 * min(sizes), res["rounds"]
-            assert max(r["staleness_max"] for r in res["rounds"]) >= 1, res["rounds"]
+        _check_results(json.loads((out / "results.json").read_text()), mode, logs)
     finally:
         _stop(procs)
