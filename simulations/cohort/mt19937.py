@@ -163,3 +163,20 @@ def randperms(seeds: Array, sizes: Array, epochs: int) -> Array:
             perm[i] = perm[j, cols]
             perm[j, cols] = held
     return out
+
+
+def randperms_loop(seeds: np.ndarray, sizes: np.ndarray, epochs: int) -> np.ndarray:
+    """:func:`randperms` on the CPU by calling ``torch.randperm`` itself, one generator per client.
+
+    Same result and layout (``(epochs, max(sizes), c)``, padding 0); on the CPU this loop is 2-5x
+    faster than the vectorised generator at cohorts of 100-1,000 (a few microseconds per call in C
+    against ~2,000 small array operations per cohort), which stays for the GPU.
+    """
+    c, width = len(seeds), int(np.max(sizes)) if len(sizes) else 0
+    out = np.zeros((epochs, width, c), dtype=np.int64)
+    gen = torch.Generator()
+    for k, (seed, n) in enumerate(zip(np.asarray(seeds).tolist(), np.asarray(sizes).tolist(), strict=True)):
+        gen.manual_seed(seed)
+        for e in range(epochs):
+            out[e, :n, k] = torch.randperm(n, generator=gen).numpy()
+    return out

@@ -4,8 +4,10 @@ Each client's update is what :func:`stamen.client.core.local_update` with the ``
 computes (McMahan et al., AISTATS 2017, Algorithm 1, ClientUpdate: ``E`` epochs of minibatch
 SGD/Adam of size ``B`` from the global weights), to float tolerance:
 
-- weights are stacked per client, ``(c, *shape)``, and the model runs once per step for every client
-  through ``torch.func.vmap`` over ``torch.func.functional_call`` (batched matmuls/convolutions);
+- weights are stacked per client, ``(c, *shape)``, and the model runs once per step for every client:
+  a dense chain (``mlp``, ``logreg``) through closed-form batched matrix products
+  (:mod:`stamen.simulations.cohort.dense`), anything else through ``torch.func.vmap`` over
+  ``torch.func.functional_call`` and autograd (batched matmuls/convolutions);
 - each client's batch order is its own ``torch.randperm`` stream for its seed
   (:mod:`stamen.simulations.cohort.mt19937`), batches cut as ``order[j*B:(j+1)*B]`` with the last
   one short, and its loss is the mean over its own batch (masking pads short batches);
@@ -31,7 +33,8 @@ from torch.func import functional_call, vmap
 
 from stamen.protocols import TensorInfo, tensor_table
 from stamen.simulations.cohort.data import CohortData
-from stamen.simulations.cohort.mt19937 import randperms
+from stamen.simulations.cohort.dense import DenseStep, dense_plan
+from stamen.simulations.cohort.mt19937 import randperms, randperms_loop
 from stamen.simulations.cohort.optim import make_stacked_optimizer
 from stamen.simulations.cohort.support import module_reason
 from stamen.task.spec import TrainSpec
@@ -40,6 +43,9 @@ DEFAULT_CHUNK = {"cpu": 2048, "cuda": 131072}
 """Clients trained together per chunk, by device type (memory grows linearly in it)."""
 
 Forward = Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
+Step = Callable[
+    [list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]
+]  # (active params, x, y, valid) -> (per-client losses, per-parameter gradients)
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ def train_cohort(
     *,
     chunk_size: int | None = None,
     out: np.ndarray | torch.Tensor | None = None,
+    closed_form: bool = True,
 ) -> CohortResult:
     """Train every client of ``data`` from ``global_weights`` and return their stacked deltas.
 
@@ -95,6 +102,9 @@ def train_cohort(
         Clients per chunk, ``>= 1``; default :data:`DEFAULT_CHUNK` for the device type.
     out : np.ndarray or torch.Tensor, optional
         Preallocated ``float32`` ``(c, d)`` stack to fill (any device); allocated when omitted.
+    closed_form : bool
+        Use the closed-form gradients of :mod:`~stamen.simulations.cohort.dense` when the model is a
+        dense chain (default); ``False`` forces the general ``vmap`` + autograd path.
 
     Raises
     ------
@@ -115,11 +125,11 @@ def train_cohort(
     chunk = chunk_size or DEFAULT_CHUNK.get(device.type, DEFAULT_CHUNK["cpu"])
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk}")
-    forward = _batched_forward(model, names)
+    step = _make_step(model, names, closed_form)
     loss = np.empty(c, dtype=np.float64)
     for lo in range(0, c, chunk):
         idx = order[lo : lo + chunk]
-        deltas, chunk_loss = _train_chunk(forward, base, data, idx, seeds[idx], sizes[idx], spec)
+        deltas, chunk_loss = _train_chunk(step, base, data, idx, seeds[idx], sizes[idx], spec)
         _store(out, idx, deltas)
         loss[idx] = chunk_loss
     return CohortResult(out, sizes.astype(np.int64), loss, tensor_table(global_weights))
@@ -157,6 +167,23 @@ def _store(out: np.ndarray | torch.Tensor, idx: np.ndarray, deltas: torch.Tensor
         out[idx] = deltas.cpu().numpy()
 
 
+def _make_step(model: nn.Module, names: list[str], closed_form: bool) -> Step:
+    """The closed-form step of a dense chain, else the model vmapped over clients with autograd."""
+    plan = dense_plan(model, names) if closed_form else None
+    if plan is not None:
+        return DenseStep(plan)
+    forward = _batched_forward(model, names)
+
+    def step(
+        params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        leaves = [p.detach().requires_grad_() for p in params]
+        losses = _client_losses(forward(leaves, x), y, valid)  # (active,)
+        return losses.detach(), list(torch.autograd.grad(losses.sum(), leaves))
+
+    return step
+
+
 def _batched_forward(model: nn.Module, names: list[str]) -> Forward:
     """``(stacked params, x (c, b, ...)) -> logits (c, b, classes)``: the model vmapped over clients."""
 
@@ -167,7 +194,7 @@ def _batched_forward(model: nn.Module, names: list[str]) -> Forward:
 
 
 def _train_chunk(
-    forward: Forward,
+    step: Step,
     base: list[torch.Tensor],
     data: CohortData,
     idx: np.ndarray,
@@ -187,20 +214,18 @@ def _train_chunk(
     for t in range(int(totals[0])):
         active = int(np.count_nonzero(totals > t))
         xb, yb, valid = batch(t, active)
-        leaves = [p[:active].detach().requires_grad_() for p in params]
-        losses = _client_losses(forward(leaves, xb), yb, valid)  # (active,)
-        grads = torch.autograd.grad(losses.sum(), leaves)
-        opt.step(list(grads), active, t)
-        loss_sum[:active] += losses.detach()
+        losses, grads = step([p[:active] for p in params], xb, yb, valid)
+        opt.step(grads, active, t)
+        loss_sum[:active] += losses
     deltas = torch.cat([(p - b).reshape(k, -1) for p, b in zip(params, base, strict=True)], dim=1)
     return deltas, (loss_sum.cpu().numpy() / totals)
 
 
 def _orders(seeds: np.ndarray, sizes: np.ndarray, epochs: int, device: torch.device) -> torch.Tensor:
-    """Every client's batch orders, client-major ``(k, E * width)``: numpy on the CPU (fewer
-    microseconds per small operation), torch on the device otherwise."""
+    """Every client's batch orders, client-major ``(k, E * width)``: ``torch.randperm`` itself on the
+    CPU (one generator per client), the vectorised generator on the device otherwise."""
     if device.type == "cpu":
-        orders = torch.from_numpy(randperms(seeds, sizes, epochs))
+        orders = torch.from_numpy(randperms_loop(seeds, sizes, epochs))
     else:
         dev_seeds, dev_sizes = torch.as_tensor(seeds, device=device), torch.as_tensor(sizes, device=device)
         orders = randperms(dev_seeds, dev_sizes, epochs)
