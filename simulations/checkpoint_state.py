@@ -16,19 +16,22 @@ import numpy as np
 from stamen.client.state import ClientState
 from stamen.server.checkpoint import CheckpointError
 from stamen.server.checkpoint_rules import Snapshot, Tree
+from stamen.simulations.client_states import ClientStates
 
 
 class ClientMemory(Protocol):
     """What :class:`~stamen.simulations.engines.inprocess.InProcessTransport` exposes."""
 
-    states: dict[int, ClientState]
+    states: ClientStates
     clock: float
 
 
 def capture_clients(transport: ClientMemory, snap: Snapshot) -> Tree:
-    """Every client's arrays (into ``snap``) and scalars, and the simulated clock (seconds)."""
+    """Every client's arrays (into ``snap``) and scalars, spilled ones included, and the simulated
+    clock (seconds)."""
     clients = {}
-    for pid, state in sorted(transport.states.items()):
+    for pid in sorted(transport.states):
+        state = transport.states.peek(pid)
         arrays = [snap.put(f"clients/{pid}/{name}", a) for name, a in sorted(state.arrays.items())]
         clients[str(pid)] = {"arrays": arrays, "scalars": {k: float(v) for k, v in state.scalars.items()}}
     return {"clock": float(transport.clock), "clients": clients}
@@ -38,7 +41,8 @@ def restore_clients(transport: ClientMemory, tree: Any, snap: Snapshot) -> None:
     """Put :func:`capture_clients` back into a fresh transport."""
     if not isinstance(tree, dict) or not isinstance(tree.get("clients"), dict):
         raise CheckpointError(f"checkpoint is corrupt: client memory is {tree!r}")
-    states: dict[int, ClientState] = {}
+    states = transport.states
+    states.clear()
     for pid, entry in tree["clients"].items():
         try:
             prefix = f"clients/{int(pid)}/"
@@ -47,7 +51,7 @@ def restore_clients(transport: ClientMemory, tree: Any, snap: Snapshot) -> None:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"checkpoint is corrupt: client {pid!r} memory: {exc}") from None
         states[int(pid)] = ClientState(arrays, scalars)
-    transport.states = states
+    states.settle()
     transport.clock = float(tree.get("clock", 0.0))
 
 

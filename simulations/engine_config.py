@@ -12,6 +12,10 @@ do not depend on it: every client's update is computed by the same code from the
 
 ``device`` is where the cohort-batched kernel runs: ``"auto"`` (``cuda`` when a GPU is visible),
 ``"cpu"`` or ``"cuda"``. The per-client loop always runs on the CPU.
+
+``state_memory_mb`` bounds the virtual clients' memory across rounds (error-feedback residuals, DP
+step counts) held in RAM after each round; the least recently used spill to a temporary directory
+and are read back when their client is sampled again (:mod:`stamen.simulations.client_states`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class EngineConfig(_Config):
     batching: str = _f("auto", choices=BATCHING)
     workers: int = _f(0, ge=0, le=256)
     device: str = _f("auto", choices=DEVICES)
+    state_memory_mb: int = _f(1024, ge=0, le=1 << 20)
 
 
 def resolve_workers(workers: int, updates: int, device: str, cpus: int | None = None) -> int:

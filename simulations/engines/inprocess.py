@@ -26,6 +26,7 @@ from stamen.protocols import keys
 from stamen.server.driver.types import Reply, TrainTask
 from stamen.server.federation import assemble_async
 from stamen.server.history import FederationResult, ProgressFn
+from stamen.simulations.client_states import ClientStates
 from stamen.simulations.engines.clock import TripMeter, round_end
 from stamen.simulations.engines.paths import EnginePath, resolve_path
 from stamen.simulations.engines.rows import RowJob, release_row, train_rows
@@ -57,11 +58,12 @@ class InProcessTransport:
         timeout_s: float = 600.0,
         path: EnginePath | None = None,
         pool: WorkerPool | None = None,
+        state_memory: int = 1 << 30,
     ) -> None:
         self.nodes, self.model, self.progress, self.meter = nodes, model, progress, meter
         self.path, self.pool = path, pool
         self._clients = [f"client-{i}" for i in range(num_clients)]
-        self.states: dict[int, ClientState] = {}  # per-client memory across rounds
+        self.states = ClientStates(state_memory)  # per-client memory across rounds, bounded in RAM
         self.held: dict[int, Held] = {}  # the model each client keeps (cached downlink)
         self.clock, self.timeout_s = 0.0, timeout_s
 
@@ -93,6 +95,7 @@ class InProcessTransport:
                 self.progress(i + 1, len(tasks))
         if self.meter is not None:
             self.clock = round_end(self.clock, trips, self.timeout_s)
+        self.states.settle()
         return replies
 
     def _rows(self, tasks: Sequence[TrainTask]) -> list[Reply]:
@@ -180,6 +183,7 @@ class VirtualClockTransport:
     def push(self, task: TrainTask) -> None:
         """Train now; the reply arrives when the trip finishes (or times out when it is lost)."""
         reply = self.sync.run(task)
+        self.sync.states.settle()
         pid = _pid(task.client)
         trip = self.meter.trip(
             pid, self.events.now, reply, task, int(reply.metrics.get(keys.NUM_EXAMPLES, 0))
@@ -205,7 +209,7 @@ def run_inprocess(
 ) -> FederationResult:
     """Run the planned rounds (or asynchronous versions) in this process."""
     torch.set_num_threads(1)  # same numerics as one-thread Flower clients
-    devices, pool = plan.devices(), None
+    devices, pool, sync = plan.devices(), None, None
     try:
         model = model_structure(plan.cfg.task)
         meter = TripMeter(plan.timing(), plan.cfg.train.epochs)
@@ -222,6 +226,7 @@ def run_inprocess(
             plan.cfg.timeout_s,
             path,
             pool,
+            plan.scenario.engine.state_memory_mb << 20,
         )
         if plan.cfg.settings.server.mode == "sync":
             result = plan.driver(sync, devices).run(plan.initial, progress)
@@ -230,12 +235,15 @@ def run_inprocess(
             driver = assemble_async(plan.cfg, clock, plan.initial, plan.evaluator(), plan.extras(devices))
             result = driver.run(plan.initial, progress)
     finally:
+        if sync is not None:
+            sync.states.close()
         if pool is not None:
             pool.close()
         if devices is not None:
             devices.close()
     result.extra.update(plan.result_extra())
-    result.extra["engine_path"] = {**path.describe(), **peak_rss_mib()}
+    spilled = {"client_states_spilled": sync.states.spilled}
+    result.extra["engine_path"] = {**path.describe(), **peak_rss_mib(), **spilled}
     return result
 
 

@@ -69,7 +69,19 @@ def test_results_record_the_path_and_the_fallback() -> None:
         "device": "cpu",
         "fallback": None,
         "single_process": None,
+        "client_states_spilled": 0,
     }
+
+
+def test_spilled_client_memory_gives_the_same_run() -> None:
+    """Error-feedback residuals spilled to disk after every round (bound 0) change nothing."""
+    ef = ("codec.pipeline=topk,int8", "codec.topk.ratio=0.1", "codec.error_feedback=true", "rounds=3")
+    held = run_engine("inprocess", _plan(*ef))
+    spilled = run_engine("inprocess", _plan(*ef, "engine.state_memory_mb=0"))
+    assert held.extra["engine_path"]["client_states_spilled"] == 0
+    assert spilled.extra["engine_path"]["client_states_spilled"] > 0
+    for a, b in zip(held.rounds, spilled.rounds, strict=True):
+        assert (a.accuracy, a.loss, a.bytes_up) == (b.accuracy, b.loss, b.bytes_up)
 
 
 def test_batching_on_refuses_what_cannot_batch() -> None:
