@@ -116,7 +116,7 @@ class Adversary:
         )
         self.senders = frozenset(f"client-{p}" for p in self.malicious)
 
-    def sample(self, rnd: int, clients: list[str], k: int) -> list[str] | None:
+    def sample(self, rnd: int, clients: Sequence[str], k: int) -> list[str] | None:
         """FRL's sampler (malicious minority), or None for the driver's uniform draw (same stream)."""
         if not self.minority or not self.malicious:
             return None

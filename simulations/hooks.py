@@ -3,6 +3,7 @@ clients' timing (the staleness paper's class delay)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +50,7 @@ class SimulationHooks:
     adversary: Adversary | None = None
     timing: ClientTiming | None = None
 
-    def sample(self, rnd: int, clients: list[str], k: int) -> list[str] | None:
+    def sample(self, rnd: int, clients: Sequence[str], k: int) -> list[str] | None:
         """The adversary's sampler (FRL's malicious minority), else the driver's uniform draw."""
         return self.adversary.sample(rnd, clients, k) if self.adversary is not None else None
 

@@ -5,7 +5,10 @@ node from ``context.node_config["partition-id"]`` with :meth:`SimulatedNodes.res
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 from flwr.app import Context
@@ -61,3 +64,43 @@ class SimulatedNodes:
         if keys.NODE_PARTITION_ID not in context.node_config:
             raise ValueError("a simulated node needs 'partition-id' in its node config")
         return self.node(int(context.node_config[keys.NODE_PARTITION_ID]))
+
+
+class ClientNames(Sequence[str]):
+    """``["client-0", ..., "client-<n-1>"]`` without storing them: a name is made when indexed, so
+    a million virtual clients cost nothing here (a list of their names would be ~70 MB)."""
+
+    def __init__(self, n: int, prefix: str = "client-") -> None:
+        if n < 0:
+            raise ValueError(f"the number of clients must be >= 0, got {n}")
+        self.n, self.prefix = n, prefix
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [f"{self.prefix}{k}" for k in range(*i.indices(self.n))]
+        k = operator.index(i)
+        if not -self.n <= k < self.n:
+            raise IndexError(f"client index {k} out of range for {self.n} clients")
+        return f"{self.prefix}{k % self.n}"
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str) or not name.startswith(self.prefix):
+            return False
+        digits = name[len(self.prefix) :]
+        return digits.isdigit() and str(int(digits)) == digits and int(digits) < self.n
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ClientNames):
+            return (self.n, self.prefix) == (other.n, other.prefix)
+        return isinstance(other, list) and other == list(self)
+
+    __hash__ = None  # type: ignore[assignment]

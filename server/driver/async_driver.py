@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -206,7 +206,7 @@ class AsyncDriver:
         self.repeats[key] = k + 1
         return instr if k == 0 else replace(instr, seed=(instr.seed + k * REPEAT_STRIDE) % 2**32)
 
-    def _draw(self, clients: list[str]) -> str | None:
+    def _draw(self, clients: Sequence[str]) -> str | None:
         """A uniform draw among idle, ready clients: rejection sampling (O(1) while concurrency is
         small against the population), then a full scan."""
         for _ in range(DRAW_TRIES):

@@ -88,7 +88,7 @@ class Reply:
 class Transport(Protocol):
     """How train tasks reach clients and replies come back."""
 
-    def clients(self) -> list[str]:
+    def clients(self) -> Sequence[str]:
         """The available clients' keys, in a canonical order (sampling indexes into it)."""
         ...
 

@@ -30,7 +30,7 @@ from stamen.simulations.client_states import ClientStates
 from stamen.simulations.engines.clock import TripMeter, round_end
 from stamen.simulations.engines.paths import EnginePath, resolve_path
 from stamen.simulations.engines.rows import RowJob, release_row, train_rows
-from stamen.simulations.nodes import SimulatedNodes
+from stamen.simulations.nodes import ClientNames, SimulatedNodes
 from stamen.simulations.parallel import WorkerPool, WorkerSpec
 from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.timing import Trip
@@ -62,13 +62,13 @@ class InProcessTransport:
     ) -> None:
         self.nodes, self.model, self.progress, self.meter = nodes, model, progress, meter
         self.path, self.pool = path, pool
-        self._clients = [f"client-{i}" for i in range(num_clients)]
+        self._clients = ClientNames(num_clients)
         self.states = ClientStates(state_memory)  # per-client memory across rounds, bounded in RAM
         self.held: dict[int, Held] = {}  # the model each client keeps (cached downlink)
         self.clock, self.timeout_s = 0.0, timeout_s
 
-    def clients(self) -> list[str]:
-        """Every virtual client, by partition id."""
+    def clients(self) -> Sequence[str]:
+        """Every virtual client, by partition id (names made on demand)."""
         return self._clients
 
     def now(self) -> float:
@@ -168,7 +168,7 @@ class VirtualClockTransport:
         self.sync, self.meter, self.timeout_s = sync, meter, timeout_s
         self.events = VirtualClock()
 
-    def clients(self) -> list[str]:
+    def clients(self) -> Sequence[str]:
         """Every virtual client."""
         return self.sync.clients()
 

@@ -80,3 +80,14 @@ def test_delete_overwrite_close_and_bad_bound(tmp_path: Path) -> None:
     assert not spill_dir.exists() and len(states) == 0
     with pytest.raises(ValueError, match="memory_bytes"):
         ClientStates(memory_bytes=-1)
+
+
+def test_client_names_behave_like_the_list() -> None:
+    from stamen.simulations.nodes import ClientNames
+
+    names, ref = ClientNames(12), [f"client-{i}" for i in range(12)]
+    assert len(names) == 12 and list(names) == ref and names == ref
+    assert names[3] == "client-3" and names[-1] == "client-11" and names[2:9:3] == ref[2:9:3]
+    assert "client-11" in names and "client-12" not in names and "client-03" not in names and 3 not in names
+    with pytest.raises(IndexError):
+        names[12]
