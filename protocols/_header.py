@@ -16,7 +16,7 @@ from typing import Any
 from .errors import MalformedUpdate, StamenError
 from .tensors import TensorInfo
 
-__all__ = ["DTYPES", "SCHEMA_VERSION", "HeaderFields", "build", "dumps", "loads", "validate"]
+__all__ = ["DTYPES", "SCHEMA_VERSION", "HeaderFields", "build", "dumps", "json_exact", "loads", "validate"]
 
 #: Version of the envelope header schema; bumped on any incompatible change.
 SCHEMA_VERSION = 1
@@ -53,12 +53,30 @@ _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _REQUIRED = frozenset(["schema", "codec", "base", "ver", "snd", "tensors", "len"])
 _OPTIONAL = frozenset(["meta", "sha"])
 
+_MAX_INFOS = 1 << 16  # distinct table entries kept for sharing (a few models' tensors)
+_INFOS: dict[tuple[str, tuple[int, ...], str], TensorInfo] = {}
+
 HeaderFields = dict[str, Any]
 
 
 def dumps(obj: object) -> bytes:
     """Canonical compact JSON: sorted keys, no spaces, ASCII only, no NaN/Infinity."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("ascii")
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def json_exact(obj: object) -> bool:
+    """True when ``loads(dumps(obj))`` equals ``obj`` with every type kept: nothing but ``str``,
+    ``int``, finite ``float`` (``dumps`` refuses the others), ``bool``, ``None``, ``list`` and
+    ``dict`` with ``str`` keys, by exact type (a tuple, a subclass or an int key would change)."""
+    kind = type(obj)
+    if kind is list:
+        return all(json_exact(item) for item in obj)  # type: ignore[attr-defined]
+    if kind is dict:
+        return all(type(k) is str and json_exact(v) for k, v in obj.items())  # type: ignore[attr-defined]
+    return kind in _SCALARS
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -109,10 +127,26 @@ def _tensor(entry: object) -> TensorInfo:
         raise MalformedUpdate(f"tensor names must be str of 1..{MAX_NAME} characters")
     if not isinstance(dims, list) or len(dims) > MAX_NDIM:
         raise MalformedUpdate(f"tensor {name!r}: dims must be a list of <= {MAX_NDIM} ints")
-    shape = tuple(_int(d, f"dims of {name}", 0, MAX_DIM) for d in dims)
-    if dtype not in DTYPES:
+    for d in dims:
+        if type(d) is not int or not 0 <= d <= MAX_DIM:
+            _int(d, f"dims of {name}", 0, MAX_DIM)  # raises, naming the tensor
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise MalformedUpdate(f"tensor {name!r}: dtype {dtype!r} not allowed")
-    return TensorInfo(name, shape, dtype)
+    return _info(name, tuple(dims), dtype)
+
+
+def _info(name: str, shape: tuple[int, ...], dtype: str) -> TensorInfo:
+    """``TensorInfo(name, shape, dtype)`` of checked fields, one shared object per distinct entry
+    (tables received from every client of a round then compare by identity)."""
+    key = (name, shape, dtype)
+    info = _INFOS.get(key)
+    if info is None or type(name) is not str:
+        info = TensorInfo(name, shape, dtype)
+        if type(name) is str:
+            if len(_INFOS) >= _MAX_INFOS:
+                _INFOS.clear()
+            _INFOS[key] = info
+    return info
 
 
 def tensors_from(value: object) -> tuple[TensorInfo, ...]:
@@ -124,7 +158,10 @@ def tensors_from(value: object) -> tuple[TensorInfo, ...]:
         raise MalformedUpdate("tensor table has duplicate names")
     total = 0
     for info in table:
-        total += math.prod(max(d, 1) for d in info.shape)
+        nominal = 1
+        for d in info.shape:
+            nominal *= d if d > 1 else 1
+        total += nominal
         if total > MAX_TOTAL_ELEMENTS:
             raise MalformedUpdate(f"tensor table exceeds {MAX_TOTAL_ELEMENTS} elements")
     return table

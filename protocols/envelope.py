@@ -100,10 +100,13 @@ def _header_bytes(envelope: Envelope, digest: str | None) -> bytes:
         "sha": digest,
     }
     try:
-        raw = _header.dumps(_header.build(fields))
+        header = _header.build(fields)
+        raw = _header.dumps(header)
     except (TypeError, ValueError) as exc:
         raise MalformedUpdate(f"envelope field cannot be serialized: {exc}") from None
-    _header.validate(_header.loads(raw), signed=digest is not None)
+    # what unpack will parse from ``raw`` is ``header`` itself when its types survive JSON exactly
+    parsed = header if _header.json_exact(header) else _header.loads(raw)
+    _header.validate(parsed, signed=digest is not None)
     if len(raw) > MAX_HEADER:
         raise MalformedUpdate(f"envelope header of {len(raw)} bytes exceeds {MAX_HEADER}")
     return raw
