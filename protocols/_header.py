@@ -8,6 +8,7 @@ Kept apart from the binary framing in :mod:`stamen.protocols.envelope`. Every ch
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii
 import math
 import re
 from collections.abc import Mapping
@@ -16,7 +17,17 @@ from typing import Any
 from .errors import MalformedUpdate, StamenError
 from .tensors import TensorInfo
 
-__all__ = ["DTYPES", "SCHEMA_VERSION", "HeaderFields", "build", "dumps", "json_exact", "loads", "validate"]
+__all__ = [
+    "DTYPES",
+    "SCHEMA_VERSION",
+    "HeaderFields",
+    "build",
+    "dumps",
+    "json_exact",
+    "loads",
+    "serialize",
+    "validate",
+]
 
 #: Version of the envelope header schema; bumped on any incompatible change.
 SCHEMA_VERSION = 1
@@ -55,13 +66,19 @@ _OPTIONAL = frozenset(["meta", "sha"])
 
 _MAX_INFOS = 1 << 16  # distinct table entries kept for sharing (a few models' tensors)
 _INFOS: dict[tuple[str, tuple[int, ...], str], TensorInfo] = {}
+_MAX_TABLE_JSON = 64  # tables remembered by serialize (the models a process sends updates of)
+_TABLE_JSON: dict[int, tuple[object, tuple[TensorInfo, ...], bytes]] = {}  # id -> (table, checked, JSON)
 
 HeaderFields = dict[str, Any]
 
 
+# json.dumps(obj, **these) builds a JSONEncoder per call; one encoder writes the same text
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def dumps(obj: object) -> bytes:
     """Canonical compact JSON: sorted keys, no spaces, ASCII only, no NaN/Infinity."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("ascii")
+    return _ENCODER.encode(obj).encode("ascii")
 
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -90,10 +107,15 @@ def _no_constants(name: str) -> None:
     raise MalformedUpdate(f"header contains the JSON constant {name}")
 
 
+# what json.loads(text, **these) would build per call (json.loads also refuses a leading BOM, which
+# this decoder refuses as an unexpected character: a JSONDecodeError either way)
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+
+
 def loads(raw: bytes) -> HeaderFields:
     """Parse header bytes as a JSON object; any failure is a :class:`MalformedUpdate`."""
     try:
-        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        obj = _DECODER.decode(raw.decode("utf-8"))
     except StamenError:
         raise
     except RecursionError:
@@ -171,6 +193,8 @@ def meta_from(value: object) -> dict[str, int | float | str]:
     """Validate meta: str keys, int/float/str values (no bools, finite floats), <= 4 KiB."""
     if not isinstance(value, dict):
         raise MalformedUpdate("header field 'meta' must be an object")
+    if not value:
+        return {}  # nothing to check: "{}" is 2 bytes
     for key, item in value.items():
         _str(key, "meta key", MAX_NAME)
         ok = isinstance(item, (int, str)) and not isinstance(item, bool)
@@ -182,8 +206,11 @@ def meta_from(value: object) -> dict[str, int | float | str]:
     return dict(value)
 
 
-def validate(fields: HeaderFields, signed: bool) -> HeaderFields:
+def validate(fields: HeaderFields, signed: bool, table: tuple[TensorInfo, ...] | None = None) -> HeaderFields:
     """Check every header field's type and range; return them with typed tensors and meta.
+
+    ``table``: the tensor table ``fields["tensors"]`` is already known to describe, validly (its
+    check is then skipped; :func:`serialize` passes a table it checked before).
 
     Raises
     ------
@@ -203,7 +230,7 @@ def validate(fields: HeaderFields, signed: bool) -> HeaderFields:
         "base": _str(fields["base"], "base", 128, _HEX_RE),
         "ver": _int(fields["ver"], "ver", 0, 2**63 - 1),
         "snd": _str(fields["snd"], "snd", MAX_SENDER),
-        "tensors": tensors_from(fields["tensors"]),
+        "tensors": tensors_from(fields["tensors"]) if table is None else table,
         "meta": meta_from(fields.get("meta", {})),
         "len": _int(fields["len"], "len", 0, 2**63 - 1),
         "sha": _str(fields["sha"], "sha", 64, _SHA_RE) if signed else None,
@@ -226,3 +253,64 @@ def build(fields: Mapping[str, object]) -> HeaderFields:
     if not header.get("meta"):
         header.pop("meta", None)
     return header
+
+
+def serialize(fields: Mapping[str, object], signed: bool) -> bytes:
+    """``dumps(build(fields))``, checked as :func:`validate` checks it once :func:`loads` parsed it.
+
+    When every value keeps its type through JSON (:func:`json_exact`), the built header is what
+    ``loads`` would return, so it is validated as it is, without the round trip. A tensor table
+    found exact and valid once is remembered by identity (the same tuple object, e.g. a
+    :func:`~stamen.protocols.tensors.tensor_table` memo's), with its JSON text.
+
+    Raises
+    ------
+    MalformedUpdate
+        If a field cannot be serialized (``TypeError``/``ValueError`` of the encoder) or fails a
+        check of :func:`validate`.
+    """
+    tensors = fields["tensors"]
+    hit = _TABLE_JSON.get(id(tensors))
+    known = hit if hit is not None and hit[0] is tensors else None
+    header = build(fields if known is None else {**fields, "tensors": ()})
+    try:
+        raw, table_json = _joined(header, known[2] if known is not None else None)
+    except (TypeError, ValueError) as exc:
+        raise MalformedUpdate(f"envelope field cannot be serialized: {exc}") from None
+    if known is not None and all(json_exact(v) for k, v in header.items() if k != "tensors"):
+        validate(header, signed, known[1])
+    elif json_exact(header):
+        checked = validate(header, signed)["tensors"]
+        if type(tensors) is tuple:
+            if len(_TABLE_JSON) >= _MAX_TABLE_JSON:
+                _TABLE_JSON.clear()
+            _TABLE_JSON[id(tensors)] = (tensors, checked, table_json)
+    else:
+        validate(loads(raw), signed)
+    return raw
+
+
+def _value_json(value: object) -> bytes:
+    """``dumps(value)``; a str or an int without the encoder's per-call setup (the encoder writes a
+    str with ``encode_basestring_ascii`` and an int with ``int.__repr__``, as here)."""
+    kind = type(value)
+    if kind is str:
+        return encode_basestring_ascii(value).encode("ascii")  # type: ignore[arg-type]
+    if kind is int:
+        return int.__repr__(value).encode("ascii")  # type: ignore[arg-type]
+    return dumps(value)
+
+
+def _joined(header: HeaderFields, table_json: bytes | None) -> tuple[bytes, bytes]:
+    """``dumps(header)`` written key by key as the encoder does (sorted keys, ``,`` and ``:``),
+    with the table's JSON when given; returns it and the table's JSON."""
+    parts = []
+    for key in sorted(header):
+        if key == "tensors":
+            table_json = dumps(header[key]) if table_json is None else table_json
+            value = table_json
+        else:
+            value = _value_json(header[key])
+        parts.append(_value_json(key) + b":" + value)
+    assert table_json is not None  # build always writes "tensors"
+    return b"{" + b",".join(parts) + b"}", table_json

@@ -99,14 +99,7 @@ def _header_bytes(envelope: Envelope, digest: str | None) -> bytes:
         "len": len(envelope.payload),
         "sha": digest,
     }
-    try:
-        header = _header.build(fields)
-        raw = _header.dumps(header)
-    except (TypeError, ValueError) as exc:
-        raise MalformedUpdate(f"envelope field cannot be serialized: {exc}") from None
-    # what unpack will parse from ``raw`` is ``header`` itself when its types survive JSON exactly
-    parsed = header if _header.json_exact(header) else _header.loads(raw)
-    _header.validate(parsed, signed=digest is not None)
+    raw = _header.serialize(fields, signed=digest is not None)
     if len(raw) > MAX_HEADER:
         raise MalformedUpdate(f"envelope header of {len(raw)} bytes exceeds {MAX_HEADER}")
     return raw
