@@ -24,6 +24,10 @@ from stamen.task.spec import TrainSpec
 from stamen.task.weights import set_weights
 
 
+#: The generator passed to a pipeline that never draws from it (``CodecPipeline.uses_rng``).
+_NO_DRAWS = np.random.default_rng(0)
+
+
 def local_update(
     model: nn.Module,
     global_weights: Mapping[str, np.ndarray],
@@ -69,7 +73,7 @@ def encode_delta(
     """
     pipeline = codec_pipeline(codec)  # CodecSpec.parse's spec, its pipeline built once per process
     spec = pipeline.spec
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed) if pipeline.uses_rng else _NO_DRAWS  # seeding costs ~8 us
     if not error_feedback:
         return encode_update(
             delta, spec, base_hash=base_hash, version=version, sender=sender, rng=rng, signer=signer

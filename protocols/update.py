@@ -34,12 +34,17 @@ MAX_MODEL_ELEMENTS = 2**26
 
 _MAX_PIPELINES = 64
 _PIPELINES: dict[tuple[object, ...], CodecPipeline] = {}
+_OWN_SPECS: dict[int, CodecPipeline] = {}  # id(pipeline.spec) -> pipeline, for the cached pipelines
 
 
 @lru_cache(maxsize=_MAX_PIPELINES)
 def _pipeline(codec: str) -> CodecPipeline:
     """Pipelines are stateless; cache them per canonical codec text."""
-    return CodecPipeline(CodecSpec.parse(codec))
+    pipeline = CodecPipeline(CodecSpec.parse(codec))
+    if len(_OWN_SPECS) >= 4 * _MAX_PIPELINES:
+        _OWN_SPECS.clear()
+    _OWN_SPECS[id(pipeline.spec)] = pipeline  # CodecPipeline(pipeline.spec) is the same pipeline
+    return pipeline
 
 
 def _spec_key(spec: CodecSpec) -> tuple[object, ...] | None:
@@ -63,6 +68,9 @@ def codec_pipeline(spec: CodecSpec | str) -> CodecPipeline:
     Pipelines hold no state between calls, so one serves every client of a process."""
     if type(spec) is str:
         return _pipeline(spec)
+    own = _OWN_SPECS.get(id(spec))
+    if own is not None and own.spec is spec:  # a cached pipeline's own (canonical) spec
+        return own
     key = _spec_key(spec) if isinstance(spec, CodecSpec) else None
     try:
         cached = _PIPELINES.get(key) if key is not None else None
@@ -74,7 +82,9 @@ def codec_pipeline(spec: CodecSpec | str) -> CodecPipeline:
     if key is not None:
         if len(_PIPELINES) >= _MAX_PIPELINES:
             _PIPELINES.clear()
+            _OWN_SPECS.clear()
         _PIPELINES[key] = pipeline
+        _OWN_SPECS[id(pipeline.spec)] = pipeline
     return pipeline
 
 

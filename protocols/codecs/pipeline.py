@@ -97,6 +97,8 @@ class CodecPipeline:
                 self._byte_stage = cls(dict(stage.params))
         self._encoders = [cls(dict(stage.params)) for cls, stage in self._array_stages]
         self._plans: dict[int, _Plan] = {}  # id(table) -> its plan (which holds the table)
+        #: False when no stage's ``encode`` reads its ``rng`` (:attr:`ArrayStage.uses_rng`)
+        self.uses_rng = any(cls.uses_rng for cls, _ in self._array_stages)
 
     def __repr__(self) -> str:
         return f"CodecPipeline({self.spec.to_string()!r})"
