@@ -11,15 +11,19 @@ median over ``--repeats`` of the per-client microseconds of each half, next to t
 
     .venv/bin/python benchmarks/bench_envelope_path.py            # 100-client cohort, 15 repeats
     .venv/bin/python benchmarks/bench_envelope_path.py --quick    # 20-client cohort, 5 repeats
+    .venv/bin/python benchmarks/bench_envelope_path.py --before OLD.json  # + the figures of a run of
+                                                   # this script on older code, side by side
 
 Writes benchmarks/results/envelope_path.json.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=1000)
     ap.add_argument("--per-round", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=15, help="repetitions (median)")
+    ap.add_argument("--before", type=Path, default=None, help="results JSON of the code before, to compare")
     args = ap.parse_args(argv)
     prov = Provenance.capture(argv, script=__file__)
     if args.quick:
@@ -93,27 +98,43 @@ def main(argv: list[str] | None = None) -> int:
     nodes = p.nodes(None)
     policy = p.driver(_NoTransport(), None).policy  # type: ignore[arg-type]
     made = cohort(p, nodes)
-    n = len(made[0])
     one_repeat(p, nodes, policy, made)  # warm caches and imports
     runs = [one_repeat(p, nodes, policy, made) for _ in range(args.repeats)]
-    release_us = statistics.median(r[0] for r in runs) / n * 1e6
-    accept_us = statistics.median(r[1] for r in runs) / n * 1e6
-    both = statistics.median(r[0] + r[1] for r in runs) / n * 1e6
+    n = len(made[0])
+    us = {
+        "release": statistics.median(r[0] for r in runs) / n * 1e6,
+        "accept": statistics.median(r[1] for r in runs) / n * 1e6,
+        "release_plus_accept": statistics.median(r[0] + r[1] for r in runs) / n * 1e6,
+    }
+    before = json.loads(args.before.read_text())["per_client_us"] if args.before is not None else None
     result = {
         "scenario": {"clients": args.clients, "per_round": args.per_round, "d": int(made[1].shape[1])},
         "repeats": args.repeats,
-        "per_client_us": {"release": release_us, "accept": accept_us, "release_plus_accept": both},
+        "per_client_us": us,
+        "before_per_client_us": before,
         "budget_us": {"per_update": BUDGET_US, "kernel": KERNEL_US, "envelope_path": BUDGET_US - KERNEL_US},
         "bytes_per_update": int(np.median([len(r.envelope or b"") for r in _replies(nodes, made)])),
     }
     prov.write(out_path(args), {**result, "machine": "2 cores, loaded by other jobs"})
     print(f"cohort {n} clients, d = {made[1].shape[1]}, median of {args.repeats} repeats")
-    print("| half | us per client | budget |")
-    print("|---|---|---|")
-    print(f"| release (client: codec + envelope) | {release_us:.0f} | |")
-    print(f"| accept (server: verify, decode, validate, stack) | {accept_us:.0f} | |")
-    print(f"| release + accept | {both:.0f} | {BUDGET_US - KERNEL_US:.0f} ({BUDGET_US:.0f} - kernel {KERNEL_US:.0f}) |")
+    report(us, before)
     return 0
+
+
+def report(us: dict[str, float], before: dict[str, float] | None) -> None:
+    """The per-client table, with the before figures and ratios when given, and the budget."""
+    rows = {
+        "release": "release (client: codec + envelope)",
+        "accept": "accept (server: verify, decode, validate, stack)",
+        "release_plus_accept": "release + accept",
+    }
+    print("| half | us per client | before | x faster |")
+    print("|---|---|---|---|")
+    for key, label in rows.items():
+        old = f"{before[key]:.0f} | {before[key] / us[key]:.2f}" if before is not None else "- | -"
+        print(f"| {label} | {us[key]:.0f} | {old} |")
+    left = BUDGET_US - KERNEL_US
+    print(f"budget: {BUDGET_US:.0f} us per update (5,000/s), the kernel's ~{KERNEL_US:.0f}: {left:.0f} left")
 
 
 def _replies(nodes: SimulatedNodes, made: Any) -> list[Reply]:

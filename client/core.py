@@ -23,7 +23,6 @@ from stamen.task.data import TaskData
 from stamen.task.spec import TrainSpec
 from stamen.task.weights import set_weights
 
-
 #: The generator passed to a pipeline that never draws from it (``CodecPipeline.uses_rng``).
 _NO_DRAWS = np.random.default_rng(0)
 

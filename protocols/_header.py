@@ -8,10 +8,10 @@ Kept apart from the binary framing in :mod:`stamen.protocols.envelope`. Every ch
 from __future__ import annotations
 
 import json
-from json.encoder import encode_basestring_ascii
 import math
 import re
 from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from .errors import MalformedUpdate, StamenError
@@ -297,7 +297,7 @@ def _value_json(value: object) -> bytes:
     if kind is str:
         return encode_basestring_ascii(value).encode("ascii")  # type: ignore[arg-type]
     if kind is int:
-        return int.__repr__(value).encode("ascii")  # type: ignore[arg-type]
+        return int.__repr__(value).encode("ascii")
     return dumps(value)
 
 

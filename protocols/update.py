@@ -66,12 +66,12 @@ def codec_pipeline(spec: CodecSpec | str) -> CodecPipeline:
     """The pipeline of ``spec`` (a :class:`CodecSpec` or its text), built once and cached:
     ``CodecPipeline(spec)`` (or ``CodecPipeline(CodecSpec.parse(text))``) with its errors.
     Pipelines hold no state between calls, so one serves every client of a process."""
-    if type(spec) is str:
+    if isinstance(spec, str):
         return _pipeline(spec)
     own = _OWN_SPECS.get(id(spec))
     if own is not None and own.spec is spec:  # a cached pipeline's own (canonical) spec
         return own
-    key = _spec_key(spec) if isinstance(spec, CodecSpec) else None
+    key = _spec_key(spec)
     try:
         cached = _PIPELINES.get(key) if key is not None else None
     except TypeError:  # an unhashable param value: CodecPipeline names it

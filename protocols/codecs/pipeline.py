@@ -186,7 +186,9 @@ class CodecPipeline:
         layout = self.wire_layout(table)
         size, exact = wire_size(layout) if layout is not None else (_fallback_size(table), False)
         frame = skeleton(layout) if layout is not None and exact else None
-        decoders = [cls(dict(stage.params), max_elements=total) for cls, stage in reversed(self._array_stages)]
+        decoders = [
+            cls(dict(stage.params), max_elements=total) for cls, stage in reversed(self._array_stages)
+        ]
         plan = _Plan(table, layout, size, exact, frame, decoders)
         if type(tensors) is tuple:  # a list could change under the cache
             if len(self._plans) >= _MAX_PLANS:
