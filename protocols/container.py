@@ -191,8 +191,11 @@ def pack_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
     parts = [_varint(len(arrays))]
     for key, arr in arrays.items():
         parts.append(_array_header(key, arr))
-        little = np.ascontiguousarray(arr, dtype=_little(arr.dtype))
-        parts.append(little.tobytes())
+        little = _little(arr.dtype)
+        if little == arr.dtype:  # already little-endian: tobytes writes C order from any layout
+            parts.append(arr.tobytes())
+        else:
+            parts.append(np.ascontiguousarray(arr, dtype=little).tobytes())
     return b"".join(parts)
 
 

@@ -245,3 +245,12 @@ def test_decode_plan_is_per_table_object_and_content() -> None:
     env = unpack(pack(Envelope("dense", "ab" * 32, 0, "c", TABLE, payload)))
     assert env.tensors == TABLE and bytes(env.payload) == payload
     assert len(pack(env)) == _FIXED.size + len(_old_header(env, None)) + len(payload)
+
+
+def test_pack_arrays_of_strided_and_big_endian_arrays_is_their_contiguous_little_endian_bytes() -> None:
+    """A little-endian array is written with ``tobytes`` whatever its strides; others converted."""
+    base = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for arr in (base.T, base[:, ::2], base.astype(">f4").T, np.float32(2.5), base[1]):
+        want = np.ascontiguousarray(arr, dtype=np.asarray(arr).dtype.newbyteorder("<")).tobytes()
+        assert pack_arrays({"x": arr}).endswith(want)
+        np.testing.assert_array_equal(unpack_arrays(pack_arrays({"x": arr}))["x"], arr)
