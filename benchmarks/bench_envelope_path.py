@@ -11,8 +11,8 @@ median over ``--repeats`` of the per-client microseconds of each half, next to t
 
     .venv/bin/python benchmarks/bench_envelope_path.py            # 100-client cohort, 15 repeats
     .venv/bin/python benchmarks/bench_envelope_path.py --quick    # 20-client cohort, 5 repeats
-    .venv/bin/python benchmarks/bench_envelope_path.py --before OLD.json  # + the figures of a run of
-                                                   # this script on older code, side by side
+    .venv/bin/python benchmarks/bench_envelope_path.py --before OLD.json --before-label f24296c
+        # + the figures of a run of this script on older code (an exported tree), side by side
 
 Writes benchmarks/results/envelope_path.json.
 """
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-round", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=15, help="repetitions (median)")
     ap.add_argument("--before", type=Path, default=None, help="results JSON of the code before, to compare")
+    ap.add_argument("--before-label", default="", help="what --before measured (e.g. its commit)")
     args = ap.parse_args(argv)
     prov = Provenance.capture(argv, script=__file__)
     if args.quick:
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "per_client_us": us,
         "before_per_client_us": before,
+        "before": {"file": str(args.before or ""), "label": args.before_label},
         "budget_us": {"per_update": BUDGET_US, "kernel": KERNEL_US, "envelope_path": BUDGET_US - KERNEL_US},
         "bytes_per_update": int(np.median([len(r.envelope or b"") for r in _replies(nodes, made)])),
     }
