@@ -1,7 +1,7 @@
 """Per-client envelope path: microseconds to release (client: codec + envelope) and to accept (server:
 verify, decode, validate, stack) one update, on the engine benchmark's scenario (issue #15).
 
-Scenario: mnist1d, 1000 clients (Dirichlet 0.5), 100 per round, MLP 40-64-10 (d = 3,338 float32),
+Scenario: mnist1d, 1000 clients (Dirichlet 0.5), 100 per round, MLP 40-64-10 (d = 3,274 float32),
 dense codec, FedAvg: the round's cohort is trained once (cohort-batched, real deltas), then each
 repeat releases every row with the engine's own :func:`~stamen.simulations.engines.rows.release_row`
 (what the in-process engine runs after training) and accepts every reply with the driver's own
