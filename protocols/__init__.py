@@ -19,7 +19,7 @@ from .errors import (
 )
 from .signing import Signer, Verifier
 from .tensors import ModelHasher, TensorInfo, model_hash, tensor_table
-from .update import decode_update, encode_update
+from .update import codec_pipeline, decode_update, encode_update
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -37,6 +37,7 @@ __all__ = [
     "TensorInfo",
     "ValidationError",
     "Verifier",
+    "codec_pipeline",
     "decode_update",
     "encode_update",
     "model_hash",

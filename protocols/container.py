@@ -31,7 +31,17 @@ import numpy as np
 
 from .errors import CodecError, MalformedUpdate
 
-__all__ = ["DTYPE_CODES", "MAX_NDIM", "WireArray", "pack_arrays", "unpack_arrays", "wire_size"]
+__all__ = [
+    "DTYPE_CODES",
+    "MAX_NDIM",
+    "Skeleton",
+    "WireArray",
+    "pack_arrays",
+    "read_exact",
+    "skeleton",
+    "unpack_arrays",
+    "wire_size",
+]
 
 #: Wire code of every dtype the container carries. Codes are append-only (never renumber).
 DTYPE_CODES: Mapping[str, int] = {
@@ -55,6 +65,9 @@ MAX_NDIM = 16
 _MAX_DIM = 2**32 - 1
 _MAX_ELEMENTS = 2**40
 _KEY_RE = re.compile(r"[!-~]{1,255}")  # printable ASCII without space
+_MEMO_MAX = 4096  # entry headers and dtypes memoized (one model's tensors, a few codecs)
+_HEADERS: dict[tuple[str, np.dtype, tuple[int, ...]], bytes] = {}
+_LITTLE: dict[np.dtype, np.dtype] = {}
 
 
 def _varint(value: int) -> bytes:
@@ -123,6 +136,29 @@ def wire_size(layout: Mapping[str, WireArray]) -> tuple[int, bool]:
 
 
 def _array_header(key: str, arr: np.ndarray) -> bytes:
+    """Key, dtype code, ndim and dims of one entry; memoized per ``(key, dtype, shape)``."""
+    memo = (key, arr.dtype, arr.shape) if type(key) is str else None
+    header = _HEADERS.get(memo) if memo is not None else None
+    if header is None:
+        header = _new_array_header(key, arr)
+        if memo is not None:
+            if len(_HEADERS) >= _MEMO_MAX:
+                _HEADERS.clear()
+            _HEADERS[memo] = header
+    return header
+
+
+def _little(dtype: np.dtype) -> np.dtype:
+    """``dtype.newbyteorder("<")``, memoized (a new dtype object per call otherwise)."""
+    little = _LITTLE.get(dtype)
+    if little is None:
+        little = dtype.newbyteorder("<")
+        if len(_LITTLE) < _MEMO_MAX:
+            _LITTLE[dtype] = little
+    return little
+
+
+def _new_array_header(key: str, arr: np.ndarray) -> bytes:
     if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
         raise CodecError(f"container key {key!r} must be 1..255 printable ASCII characters")
     code = DTYPE_CODES.get(arr.dtype.name)
@@ -155,8 +191,11 @@ def pack_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
     parts = [_varint(len(arrays))]
     for key, arr in arrays.items():
         parts.append(_array_header(key, arr))
-        little = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-        parts.append(little.tobytes())
+        little = _little(arr.dtype)
+        if little == arr.dtype:  # already little-endian: tobytes writes C order from any layout
+            parts.append(arr.tobytes())
+        else:
+            parts.append(np.ascontiguousarray(arr, dtype=little).tobytes())
     return b"".join(parts)
 
 
@@ -248,3 +287,66 @@ def unpack_arrays(data: bytes | memoryview) -> dict[str, np.ndarray]:
     if reader.remaining:
         raise MalformedUpdate(f"{reader.remaining} trailing bytes after container")
     return out
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    """A container of exactly known layout as :func:`pack_arrays` writes it, but for the arrays' data.
+
+    Attributes
+    ----------
+    size : int
+        Its bytes (``wire_size`` of the layout).
+    pieces : tuple of (int, bytes)
+        Every byte that is not array data, by offset: the count, then each entry's key, dtype code,
+        ndim and dims, in canonical encoding.
+    arrays : tuple of (str, numpy.dtype, tuple of int, int, int)
+        Each entry's key, wire dtype, shape, data offset and element count, in order.
+    """
+
+    size: int
+    pieces: tuple[tuple[int, bytes], ...]
+    arrays: tuple[tuple[str, np.dtype, tuple[int, ...], int, int], ...]
+
+
+def skeleton(layout: Mapping[str, WireArray]) -> Skeleton | None:
+    """The :class:`Skeleton` of ``layout``; None unless every entry is exact and representable."""
+    pieces, arrays = [(0, _varint(len(layout)))], []
+    pos = len(pieces[0][1])
+    for key, entry in layout.items():
+        code = DTYPE_CODES.get(entry.dtype.name)
+        if code is None or not _fits(key, entry):
+            return None
+        head = bytes([len(key), *key.encode("ascii"), code, len(entry.shape)])
+        head += b"".join(_varint(d) for d in entry.shape)
+        pieces.append((pos, head))
+        dtype = _CODE_TO_DTYPE[code]
+        arrays.append((key, dtype, entry.shape, pos + len(head), entry.count))
+        pos += len(head) + entry.count * dtype.itemsize
+    return Skeleton(pos, tuple(pieces), tuple(arrays))
+
+
+def _fits(key: object, entry: WireArray) -> bool:
+    """An exact entry :func:`unpack_arrays` can read back: a valid key and bounded dims."""
+    if not entry.exact or not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+        return False
+    nominal = 1
+    for d in entry.shape:
+        nominal *= max(d, 1)
+    bounded = all(0 <= d <= _MAX_DIM for d in entry.shape)
+    return bounded and len(entry.shape) <= MAX_NDIM and nominal <= _MAX_ELEMENTS
+
+
+def read_exact(data: bytes | memoryview, frame: Skeleton) -> dict[str, np.ndarray] | None:
+    """:func:`unpack_arrays` of ``data`` when it is exactly ``frame``'s container (every byte but
+    the arrays' data as the skeleton says: same arrays, views into ``data``); None otherwise, for
+    the strict reader to name what differs."""
+    if len(data) != frame.size:
+        return None
+    for offset, piece in frame.pieces:
+        if data[offset : offset + len(piece)] != piece:
+            return None
+    return {
+        key: np.frombuffer(data, dtype, count, offset).reshape(shape)
+        for key, dtype, shape, offset, count in frame.arrays
+    }

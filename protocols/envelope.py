@@ -99,11 +99,7 @@ def _header_bytes(envelope: Envelope, digest: str | None) -> bytes:
         "len": len(envelope.payload),
         "sha": digest,
     }
-    try:
-        raw = _header.dumps(_header.build(fields))
-    except (TypeError, ValueError) as exc:
-        raise MalformedUpdate(f"envelope field cannot be serialized: {exc}") from None
-    _header.validate(_header.loads(raw), signed=digest is not None)
+    raw = _header.serialize(fields, signed=digest is not None)
     if len(raw) > MAX_HEADER:
         raise MalformedUpdate(f"envelope header of {len(raw)} bytes exceeds {MAX_HEADER}")
     return raw

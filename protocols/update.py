@@ -18,24 +18,74 @@ from functools import lru_cache
 
 import numpy as np
 
-from .codecs.base import CodecSpec
+from .codecs.base import CodecSpec, StageSpec
 from .codecs.pipeline import CodecPipeline
 from .envelope import Envelope, pack, unpack
 from .errors import BaseModelMismatch, CodecError, ValidationError
 from .signing import Signer, Verifier
 from .tensors import TensorInfo, tensor_table
 
-__all__ = ["MAX_MODEL_ELEMENTS", "decode_update", "encode_update"]
+__all__ = ["MAX_MODEL_ELEMENTS", "codec_pipeline", "decode_update", "encode_update"]
 
 #: Default bound on the elements of an update decoded without ``expected_tensors``: 2**26
 #: (67M parameters, 256 MiB of float32; MiniLM-L6 has 22.7M). Pass ``max_elements`` for more.
 MAX_MODEL_ELEMENTS = 2**26
 
 
-@lru_cache(maxsize=64)
+_MAX_PIPELINES = 64
+_PIPELINES: dict[tuple[object, ...], CodecPipeline] = {}
+_OWN_SPECS: dict[int, CodecPipeline] = {}  # id(pipeline.spec) -> pipeline, for the cached pipelines
+
+
+@lru_cache(maxsize=_MAX_PIPELINES)
 def _pipeline(codec: str) -> CodecPipeline:
     """Pipelines are stateless; cache them per canonical codec text."""
-    return CodecPipeline(CodecSpec.parse(codec))
+    pipeline = CodecPipeline(CodecSpec.parse(codec))
+    if len(_OWN_SPECS) >= 4 * _MAX_PIPELINES:
+        _OWN_SPECS.clear()
+    _OWN_SPECS[id(pipeline.spec)] = pipeline  # CodecPipeline(pipeline.spec) is the same pipeline
+    return pipeline
+
+
+def _spec_key(spec: CodecSpec) -> tuple[object, ...] | None:
+    """A cache key of ``spec`` that tells apart what ``==`` does not (``1 == 1.0 == True``, and a
+    pipeline refuses a bool for an int param); None for anything :class:`CodecPipeline` refuses."""
+    if type(spec) is not CodecSpec or type(spec.stages) is not tuple:
+        return None
+    key: list[object] = []
+    for stage in spec.stages:
+        if type(stage) is not StageSpec or type(stage.params) is not tuple:
+            return None
+        if not all(type(p) is tuple and len(p) == 2 for p in stage.params):
+            return None
+        key.append((stage.name, type(stage.name), tuple((k, type(k), v, type(v)) for k, v in stage.params)))
+    return tuple(key)
+
+
+def codec_pipeline(spec: CodecSpec | str) -> CodecPipeline:
+    """The pipeline of ``spec`` (a :class:`CodecSpec` or its text), built once and cached:
+    ``CodecPipeline(spec)`` (or ``CodecPipeline(CodecSpec.parse(text))``) with its errors.
+    Pipelines hold no state between calls, so one serves every client of a process."""
+    if isinstance(spec, str):
+        return _pipeline(spec)
+    own = _OWN_SPECS.get(id(spec))
+    if own is not None and own.spec is spec:  # a cached pipeline's own (canonical) spec
+        return own
+    key = _spec_key(spec)
+    try:
+        cached = _PIPELINES.get(key) if key is not None else None
+    except TypeError:  # an unhashable param value: CodecPipeline names it
+        key, cached = None, None
+    if cached is not None:
+        return cached
+    pipeline = CodecPipeline(spec)
+    if key is not None:
+        if len(_PIPELINES) >= _MAX_PIPELINES:
+            _PIPELINES.clear()
+            _OWN_SPECS.clear()
+        _PIPELINES[key] = pipeline
+        _OWN_SPECS[id(pipeline.spec)] = pipeline
+    return pipeline
 
 
 def encode_update(
@@ -77,7 +127,7 @@ def encode_update(
     """
     if not isinstance(spec, CodecSpec):
         raise CodecError(f"spec must be a CodecSpec, got {type(spec).__name__}")
-    pipeline = CodecPipeline(spec)
+    pipeline = codec_pipeline(spec)
     envelope = Envelope(
         codec=pipeline.spec.to_string(),
         base_hash=base_hash,
@@ -90,15 +140,18 @@ def encode_update(
     return pack(envelope, signer)
 
 
-def _check_table(got: tuple[TensorInfo, ...], expected: Sequence[TensorInfo]) -> None:
+def _check_table(got: tuple[TensorInfo, ...], expected: Sequence[TensorInfo]) -> tuple[TensorInfo, ...]:
+    """``expected`` as a tuple when ``got`` equals it (the receiver's own table object, which its
+    codec pipeline has seen before), else ValidationError naming the first difference."""
     want = tuple(expected)
     if got == want:
-        return
+        return want
     if len(got) != len(want):
         raise ValidationError(f"update has {len(got)} tensors, expected {len(want)}")
     for g, w in zip(got, want, strict=True):
         if g != w:
             raise ValidationError(f"update tensor {g} differs from expected {w}")
+    raise ValidationError("update tensor table differs from expected")  # unreachable for TensorInfo
 
 
 def _check_size(tensors: tuple[TensorInfo, ...], max_elements: int) -> None:
@@ -155,9 +208,10 @@ def decode_update(
         raise BaseModelMismatch(
             f"update is based on {envelope.base_hash[:16]}…, receiver holds {expected_base[:16]}…"
         )
+    table = envelope.tensors
     if expected_tensors is not None:
-        _check_table(envelope.tensors, expected_tensors)
+        table = _check_table(table, expected_tensors)  # equal: the same names, shapes and dtypes
     else:
-        _check_size(envelope.tensors, max_elements)
-    arrays = _pipeline(envelope.codec).decode(envelope.payload, envelope.tensors)
+        _check_size(table, max_elements)
+    arrays = _pipeline(envelope.codec).decode(envelope.payload, table)
     return envelope, arrays

@@ -91,7 +91,12 @@ class ArrayStage(_Stage, ABC):
     produced; arrays a stage does not handle pass through unchanged. ``decode`` receives
     untrusted arrays and must raise :class:`~stamen.protocols.errors.StamenError` on anything
     unexpected.
+
+    ``uses_rng`` is False only for a stage whose ``encode`` never reads its ``rng`` (a caller may
+    then skip seeding a generator for a pipeline of such stages: the bytes are the same).
     """
+
+    uses_rng: ClassVar[bool] = True
 
     @abstractmethod
     def encode(self, arrays: Arrays, rng: np.random.Generator) -> Arrays:

@@ -28,6 +28,7 @@ class Dense(ArrayStage):
     """Float32 pass-through; no params."""
 
     name = "dense"
+    uses_rng = False  # encode is a cast
 
     def encode(self, arrays: Arrays, rng: np.random.Generator) -> Arrays:
         """Cast floating arrays to float32; others pass through."""

@@ -24,6 +24,7 @@ class Fp16(ArrayStage):
     """Float32 -> float16 cast; no params."""
 
     name = "fp16"
+    uses_rng = False  # encode is a cast
 
     def encode(self, arrays: Arrays, rng: np.random.Generator) -> Arrays:
         """Cast float32/float64 arrays to float16.

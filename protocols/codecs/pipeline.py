@@ -21,10 +21,11 @@ Every array stage then allocates at most the table's elements per decoded tensor
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..container import WireArray, pack_arrays, unpack_arrays, wire_size
+from ..container import Skeleton, WireArray, pack_arrays, read_exact, skeleton, unpack_arrays, wire_size
 from ..errors import CodecError, MalformedUpdate, StamenError, ValidationError
 from ..tensors import TensorInfo, tensor_table
 from .base import Arrays, ArrayStage, ByteStage, CodecSpec, Layout, StageSpec, lookup, resolve_params
@@ -35,6 +36,7 @@ __all__ = ["CodecPipeline"]
 _BYTES_PER_ELEMENT = 16
 #: Fallback bound on container bytes per tensor for keys, dtype codes, dims and side arrays.
 _BYTES_PER_TENSOR = 1024
+_MAX_PLANS = 16  # decode plans kept per pipeline (tables in use at once)
 _MAX_LISTED = 5
 
 
@@ -46,6 +48,19 @@ def _canonical_stage(stage: StageSpec) -> tuple[type[ArrayStage] | type[ByteStag
     if len(set(keys)) != len(keys):
         raise CodecError(f"codec stage {stage.name!r}: a param is given twice")
     return cls, StageSpec(stage.name, resolve_params(cls, dict(stage.params)))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Decoding against one tensor table: the checked table, the container it implies (exact, or
+    bounds), its size, its skeleton when exact, and the array stages' decoders in decode order."""
+
+    table: tuple[TensorInfo, ...]
+    layout: Layout | None
+    size: int
+    exact: bool
+    frame: Skeleton | None
+    decoders: list[ArrayStage]
 
 
 class CodecPipeline:
@@ -81,6 +96,9 @@ class CodecPipeline:
             else:
                 self._byte_stage = cls(dict(stage.params))
         self._encoders = [cls(dict(stage.params)) for cls, stage in self._array_stages]
+        self._plans: dict[int, _Plan] = {}  # id(table) -> its plan (which holds the table)
+        #: False when no stage's ``encode`` reads its ``rng`` (:attr:`ArrayStage.uses_rng`)
+        self.uses_rng = any(cls.uses_rng for cls, _ in self._array_stages)
 
     def __repr__(self) -> str:
         return f"CodecPipeline({self.spec.to_string()!r})"
@@ -141,22 +159,42 @@ class CodecPipeline:
         StamenError
             ``MalformedUpdate`` for any malformed payload, ``ValidationError`` for a bad table.
         """
-        table = _checked_table(tensors)
+        plan = self._plan(tensors)
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise MalformedUpdate(f"payload must be bytes, got {type(payload).__name__}")
+        data = _immutable(payload)
+        if self._byte_stage is not None:
+            data = self._byte_stage.decode(bytes(data), plan.size, exact=plan.exact)
+        _check_size(len(data), plan.size, plan.exact)
+        arrays = read_exact(data, plan.frame) if plan.frame is not None else None
+        if arrays is None:
+            arrays = unpack_arrays(data)
+        if plan.layout is not None and plan.exact:
+            _check_layout(arrays, plan.layout)
+        for stage in plan.decoders:
+            arrays = _decode_stage(stage, arrays)
+        return _named(arrays, plan.table, copy=writable)
+
+    def _plan(self, tensors: Sequence[TensorInfo]) -> _Plan:
+        """What decoding against ``tensors`` needs besides the payload, worked out once per table
+        object (tables are immutable; the receiver passes the same one for every client)."""
+        hit = self._plans.get(id(tensors))
+        if hit is not None and hit.table is tensors:
+            return hit
+        table = _checked_table(tensors)
         total = sum(info.size for info in table)
         layout = self.wire_layout(table)
         size, exact = wire_size(layout) if layout is not None else (_fallback_size(table), False)
-        data = _immutable(payload)
-        if self._byte_stage is not None:
-            data = self._byte_stage.decode(bytes(data), size, exact=exact)
-        _check_size(len(data), size, exact)
-        arrays = unpack_arrays(data)
-        if layout is not None and exact:
-            _check_layout(arrays, layout)
-        for cls, stage in reversed(self._array_stages):
-            arrays = _decode_stage(cls(dict(stage.params), max_elements=total), arrays)
-        return _named(arrays, table, copy=writable)
+        frame = skeleton(layout) if layout is not None and exact else None
+        decoders = [
+            cls(dict(stage.params), max_elements=total) for cls, stage in reversed(self._array_stages)
+        ]
+        plan = _Plan(table, layout, size, exact, frame, decoders)
+        if type(tensors) is tuple:  # a list could change under the cache
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            self._plans[id(tensors)] = plan
+        return plan
 
     def wire_layout(self, tensors: Sequence[TensorInfo]) -> Layout | None:
         """The container :meth:`encode` makes for a delta with this tensor table.

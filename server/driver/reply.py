@@ -142,23 +142,30 @@ def validate_delta(delta: Mapping[str, np.ndarray], table: tuple[TensorInfo, ...
     if list(delta) != names and set(delta) != set(names):
         raise ValidationError(f"tensor names differ from the model: got {sorted(delta)[:5]}...")
     sq = 0.0
-    for info in table:
-        arr = delta[info.name]
-        if tuple(arr.shape) != info.shape:
-            raise ValidationError(f"{info.name}: shape {arr.shape} != {info.shape}")
-        if arr.dtype != np.float32:
-            raise ValidationError(f"{info.name}: dtype {arr.dtype} != float32")
-        if not np.all(np.isfinite(arr)):
-            raise ValidationError(f"{info.name}: non-finite values")
-        flat = arr.ravel()
-        with np.errstate(over="ignore"):  # an overflowing norm is refused below
-            sq += float(np.dot(flat, flat))
+    with np.errstate(over="ignore"):  # an overflowing norm is refused below
+        for info in table:
+            sq += _squared_norm(info, delta[info.name])
     norm = math.sqrt(sq)
     if not math.isfinite(norm):
         raise ValidationError("update L2 norm overflows float32")
     if max_norm > 0 and norm > max_norm:
         raise ValidationError(f"update L2 norm {norm:.4g} exceeds bound {max_norm}")
     return norm
+
+
+def _squared_norm(info: TensorInfo, arr: np.ndarray) -> float:
+    """``arr``'s float32 sum of squares after the shape, dtype and finiteness checks of one tensor.
+    A finite sum of squares proves every value finite (an inf or NaN makes it inf or NaN), so the
+    element-wise scan runs only when the sum is not finite (non-finite values, or an overflow)."""
+    if tuple(arr.shape) != info.shape:
+        raise ValidationError(f"{info.name}: shape {arr.shape} != {info.shape}")
+    if arr.dtype != np.float32:
+        raise ValidationError(f"{info.name}: dtype {arr.dtype} != float32")
+    flat = arr.ravel()
+    sq = float(np.dot(flat, flat))
+    if not math.isfinite(sq) and not np.all(np.isfinite(arr)):
+        raise ValidationError(f"{info.name}: non-finite values")
+    return sq
 
 
 def reported_number(metrics: Mapping[str, Any], key: str) -> float | None:

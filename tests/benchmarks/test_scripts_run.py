@@ -54,6 +54,7 @@ HEAVY_HELP = frozenset(
         "bench_edge_personalize_device.py",
         "bench_edge_personalize_minilm.py",
         "bench_engine_throughput.py",
+        "bench_envelope_path.py",
         "bench_frl.py",
         "bench_gi_cost.py",
         "bench_hierarchy.py",
@@ -79,6 +80,7 @@ QUICK: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "bench_hierarchy.py": (("--quick",), ("equality", "aggregation_time", "attack")),
     "bench_lora_downlink.py": (("--quick",), ("rows", "overrides")),
+    "bench_envelope_path.py": (("--quick",), ("per_client_us", "budget_us", "bytes_per_update")),
 }
 
 

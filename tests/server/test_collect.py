@@ -200,3 +200,29 @@ def test_flatten_roundtrip() -> None:
     flatten(_delta(3.0), c.table, row)
     back = unflatten(row, c.table)
     assert all(np.array_equal(back[k], _delta(3.0)[k]) for k in BASE)
+
+
+@pytest.mark.parametrize(
+    ("w", "b", "match"),
+    [
+        (0.0, np.inf, "b: non-finite"),  # found in the second tensor, after a clean first one
+        (-np.inf, 0.0, "w: non-finite"),
+        (np.nan, np.nan, "w: non-finite"),  # the first bad tensor in table order is named
+        (3e19, 0.0, "overflows"),  # finite, but its square sum overflows float32: not "non-finite"
+        (1e19, 1e19, "overflows"),
+    ],
+)
+def test_validate_delta_names_non_finite_tensors_and_overflow(w: float, b: float, match: str) -> None:
+    """The finiteness scan runs only when a sum of squares is not finite: still names the tensor."""
+    from stamen.protocols import tensor_table
+    from stamen.protocols.errors import ValidationError
+    from stamen.server.driver.reply import validate_delta
+
+    delta = {"w": np.full((2, 3), w, np.float32), "b": np.full(3, b, np.float32)}
+    delta["w"][0, 0] = 1.0  # not every value bad
+    with pytest.raises(ValidationError, match=match):
+        validate_delta(delta, tensor_table(BASE), 0.0)
+    ok = validate_delta(
+        {"w": np.full((2, 3), 2.0, np.float32), "b": np.ones(3, np.float32)}, tensor_table(BASE), 0.0
+    )
+    assert ok == pytest.approx(math.sqrt(6 * 4 + 3))
