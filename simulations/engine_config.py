@@ -6,7 +6,7 @@ per-client loop otherwise, with the reason recorded; ``"off"`` always runs the p
 ``"on"`` refuses the run (one line naming the reason) when the cohort cannot be batched.
 
 ``workers`` is the number of worker processes that train a round's clients, each holding one model
-(no process per client); their deltas come back through a shared-memory ``(n, d)`` stack. ``0``
+(no process per client); they release their clients' envelopes too and return them. ``0``
 picks for the machine (:func:`resolve_workers`), ``1`` trains in the engine's own process. Results
 do not depend on it: every client's update is computed by the same code from the same seed.
 

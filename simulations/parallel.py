@@ -1,15 +1,19 @@
-"""Worker processes for the in-process engine: a round's clients trained in ``N`` processes.
+"""Worker processes for the in-process engine: a round's clients trained and released in ``N``
+processes.
 
 Each worker holds one model and the run's data (no process per client). A round's jobs are cut into
 ``N`` contiguous slices (cohort order); every worker trains its slice with
-:func:`~stamen.simulations.engines.rows.train_rows` (cohort-batched or the per-client loop) straight
-into its rows of one ``(n, d)`` float32 stack in shared memory
-(:class:`multiprocessing.shared_memory.SharedMemory`), and returns only the small per-row records
-(example counts, metrics, client state). The engine then releases every row in its own process
-(local DP, codec, envelope) in cohort order, so the replies, and results.json, do not depend on the
-number of workers: every client's update is computed by the same code from the same seed. (The
-cohort-batched kernel's float rounding may differ by ~1e-7 between slices of different sizes;
-the per-client loop is bit for bit.)
+:func:`~stamen.simulations.engines.rows.train_rows` (cohort-batched or the per-client loop) into its
+own ``(k, d)`` stack and then releases each row (local DP, codec, envelope) with the client's own
+state and seed (:func:`~stamen.simulations.engines.rows.train_and_release`, the code the engine runs
+in one process). It returns the envelopes and the clients' updated states; the round driver then
+verifies, decodes and stacks the envelopes into the round's preallocated ``(n, d)`` stack as for any
+transport. An envelope of the dense codec is the row plus ~120 bytes of header, so returning it
+costs what returning the row through shared memory did, and the release -- a third of a batched
+round's work outside the kernel -- runs in parallel too. The replies, and results.json, do not
+depend on the number of workers: every client's update is computed and released by the same code
+from the same seed and state. (The cohort-batched kernel's float rounding may differ by ~1e-7
+between slices of different sizes; the per-client loop is bit for bit.)
 
 Workers are started with ``spawn`` (a clean interpreter: no forked torch thread pools), which
 costs about a second each for importing torch, once per run.
@@ -21,12 +25,10 @@ import multiprocessing as mp
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.pool import Pool
-from multiprocessing.shared_memory import SharedMemory
 
-import numpy as np
 import torch
 
-from stamen.simulations.engines.rows import RowJob, TrainedRow, train_rows
+from stamen.simulations.engines.rows import Released, RowJob, train_and_release
 from stamen.simulations.nodes import SimulatedNodes
 from stamen.simulations.provider import DataSpec
 from stamen.task.models import model_structure
@@ -54,21 +56,12 @@ def _init(spec: WorkerSpec) -> None:
     _WORKER["nodes"] = SimulatedNodes(spec.data, spec.peer)
 
 
-def _work(shm_name: str, shape: tuple[int, int], jobs: list[RowJob]) -> list[TrainedRow]:
-    """Train ``jobs`` into their rows of the shared stack named ``shm_name``."""
-    spec = _WORKER["spec"]
-    assert isinstance(spec, WorkerSpec)
-    shm = SharedMemory(name=shm_name)
-    try:
-        stack: np.ndarray = np.ndarray(shape, dtype=np.float32, buffer=shm.buf)
-        done: list[TrainedRow] = []
-        model, nodes = _WORKER["model"], _WORKER["nodes"]
-        assert isinstance(model, torch.nn.Module) and isinstance(nodes, SimulatedNodes)
-        train_rows(jobs, model, nodes, stack, spec.batched, torch.device(spec.device), done.extend)
-        del stack
-        return done
-    finally:
-        shm.close()
+def _work(jobs: list[RowJob], dim: int) -> list[Released]:
+    """Train and release ``jobs`` (a contiguous slice of the round's tasks)."""
+    spec, model, nodes = _WORKER["spec"], _WORKER["model"], _WORKER["nodes"]
+    assert isinstance(spec, WorkerSpec) and isinstance(model, torch.nn.Module)
+    assert isinstance(nodes, SimulatedNodes)
+    return train_and_release(jobs, dim, model, nodes, spec.batched, torch.device(spec.device))
 
 
 def slices(n: int, parts: int) -> list[range]:
@@ -87,7 +80,7 @@ def slices(n: int, parts: int) -> list[range]:
 
 
 class WorkerPool:
-    """``workers`` spawned processes training a round's jobs into a shared ``(n, d)`` stack.
+    """``workers`` spawned processes training and releasing a round's jobs.
 
     Parameters
     ----------
@@ -103,24 +96,19 @@ class WorkerPool:
         self.workers = workers
         self._pool: Pool | None = mp.get_context("spawn").Pool(workers, _init, (spec,))
 
-    def train(self, jobs: Sequence[RowJob], dim: int) -> tuple[np.ndarray, list[TrainedRow]]:
-        """The round's ``(len(jobs), dim)`` delta stack (a private copy) and its rows in job order."""
+    def run(self, jobs: Sequence[RowJob], dim: int) -> list[Released]:
+        """Every job trained and released, in job order (``dim``: the model's parameter count).
+
+        One contiguous slice per worker. (Smaller chunks streamed to the round driver, so that it
+        verifies early ones while the workers train later ones, measured slower on 2 cores: the
+        engine process then competes with both workers for the cores.)"""
         if self._pool is None:
             raise RuntimeError("the worker pool is closed")
-        n = len(jobs)
-        shm = SharedMemory(create=True, size=max(n * dim * 4, 1))
-        try:
-            pending = [
-                self._pool.apply_async(_work, (shm.name, (n, dim), [jobs[i] for i in part]))
-                for part in slices(n, self.workers)
-            ]
-            rows = [row for p in pending for row in p.get()]
-            stack = np.ndarray((n, dim), dtype=np.float32, buffer=shm.buf).copy()
-        finally:
-            shm.close()
-            shm.unlink()
-        rows.sort(key=lambda r: r.index)
-        return stack, rows
+        pending = [
+            self._pool.apply_async(_work, ([jobs[i] for i in part], dim))
+            for part in slices(len(jobs), self.workers)
+        ]
+        return [out for p in pending for out in p.get()]
 
     def close(self) -> None:
         """Stop the workers (idempotent)."""

@@ -240,9 +240,7 @@ class RoundDriver:
         if self.history is not None:
             self.history.put(rnd, weights)
         tasks = self.configure(rnd, weights)
-        replies = self.transport.train(tasks, self.settings.timeout_s) if tasks else []
-        self.downlink.observe(replies)
-        updates = self.collect(weights, tasks, replies)
+        updates = self.train_and_collect(weights, tasks)
         if self.stale is not None and self.history is not None:
             treat_stale_rows(rnd, updates, tasks, self.stale, self.history)
         new = self.mode.close(rnd, updates)
@@ -281,6 +279,23 @@ class RoundDriver:
         return TrainTask(
             client, instr, sent.weights, sent.delta, sent.base, self.mode.extra(client), sent.patch
         )
+
+    def train_and_collect(self, weights: Weights, tasks: Sequence[TrainTask]) -> CollectedUpdates:
+        """Run the tasks and collect the replies; a transport that streams its replies in cohort
+        order (``train_stream``, the in-process engine) has each chunk verified while later clients
+        still train. Same replies, same order, same result either way."""
+        stream = getattr(self.transport, "train_stream", None)
+        if not tasks or stream is None:
+            replies = self.transport.train(tasks, self.settings.timeout_s) if tasks else []
+            self.downlink.observe(replies)
+            return self.collect(weights, tasks, replies)
+        collector = UpdateCollector(weights, tasks, self.policy)
+        for chunk in stream(tasks, self.settings.timeout_s):
+            self.downlink.observe(chunk)
+            for reply in chunk:
+                collector.add(reply)
+        self.last = collector.finish()
+        return self.last
 
     def collect(
         self, weights: Weights, tasks: Sequence[TrainTask], replies: Sequence[Reply]

@@ -93,7 +93,11 @@ class Transport(Protocol):
         ...
 
     def train(self, tasks: Sequence[TrainTask], timeout: float) -> list[Reply]:
-        """Run ``tasks`` and return the replies that arrived within ``timeout`` seconds."""
+        """Run ``tasks`` and return the replies that arrived within ``timeout`` seconds.
+
+        A transport may also offer ``train_stream(tasks, timeout) -> Iterator[list[Reply]]``: the
+        same replies in cohort order, chunk by chunk, which the round driver verifies as they come
+        (:meth:`~stamen.server.driver.driver.RoundDriver.train_and_collect`)."""
         ...
 
     def now(self) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import resource
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -29,7 +29,7 @@ from stamen.server.history import FederationResult, ProgressFn
 from stamen.simulations.client_states import ClientStates
 from stamen.simulations.engines.clock import TripMeter, round_end
 from stamen.simulations.engines.paths import EnginePath, resolve_path
-from stamen.simulations.engines.rows import RowJob, release_row, train_rows
+from stamen.simulations.engines.rows import RowJob, train_and_release
 from stamen.simulations.nodes import ClientNames, SimulatedNodes
 from stamen.simulations.parallel import WorkerPool, WorkerSpec
 from stamen.simulations.plan import SimulationPlan
@@ -78,48 +78,53 @@ class InProcessTransport:
     def train(self, tasks: Sequence[TrainTask], timeout: float) -> list[Reply]:
         """Each client's round (cohort-batched training when the engine's path allows it, else one
         after the other); replies of lost trips are dropped."""
+        return [reply for chunk in self.train_stream(tasks, timeout) for reply in chunk]
+
+    def train_stream(self, tasks: Sequence[TrainTask], timeout: float) -> Iterator[list[Reply]]:
+        """:meth:`train`'s replies in cohort order, chunk by chunk as they are made (one client at a
+        time in the per-client loop, the whole cohort when batched or with workers), so the round
+        driver verifies a client's reply while later clients still train."""
         del timeout
-        replies, trips = [], []
+        trips: list[Trip] = []
         rows = self.path is not None and (self.path.batched or self.pool is not None)
         ready = [self.receive(t) for t in tasks]
-        made = self._rows(ready) if rows else map(self.run, ready)
-        for i, (task, reply) in enumerate(zip(tasks, made, strict=True)):
-            trip = self._trip(task, reply)
-            if trip is not None:
-                reply.trip_s = trip.finish - trip.dispatched
-            if trip is None or trip.delivered:
-                replies.append(reply)
-            if trip is not None:
-                trips.append(trip)
+        made = self._rows(ready) if rows else ([self.run(t)] for t in ready)
+        done = 0
+        for chunk in made:
+            delivered = []
+            for task, reply in zip(tasks[done : done + len(chunk)], chunk, strict=True):
+                trip = self._trip(task, reply)
+                if trip is not None:
+                    reply.trip_s = trip.finish - trip.dispatched
+                    trips.append(trip)
+                if trip is None or trip.delivered:
+                    delivered.append(reply)
+            done += len(chunk)
             if self.progress is not None:
-                self.progress(i + 1, len(tasks))
+                self.progress(done, len(tasks))
+            yield delivered
         if self.meter is not None:
             self.clock = round_end(self.clock, trips, self.timeout_s)
         self.states.settle()
-        return replies
 
-    def _rows(self, tasks: Sequence[TrainTask]) -> list[Reply]:
-        """The cohort trained into a ``(n, d)`` stack (cohort-batched, or in worker processes), then
-        each client's row released (local DP, codec, envelope) with its own state and seed, in cohort
-        order, as :meth:`run` does."""
+    def _rows(self, tasks: Sequence[TrainTask]) -> Iterator[list[Reply]]:
+        """The cohort trained (cohort-batched, or the per-client loop) and each client's row released
+        (local DP, codec, envelope) with its own state and seed, in cohort order, as :meth:`run`
+        does: here, or by the worker processes, which return the envelopes."""
         assert self.path is not None
         if not tasks:
-            return []
+            return
         jobs = [self._job(i, t) for i, t in enumerate(tasks)]
         dim = sum(int(np.size(v)) for v in (tasks[0].weights or {}).values())
         if self.pool is not None:
-            stack, done = self.pool.train(jobs, dim)
+            chunks = iter([self.pool.run(jobs, dim)])
         else:
-            stack, done = np.empty((len(tasks), dim), dtype=np.float32), []
-            train_rows(jobs, self.model, self.nodes, stack, self.path.batched, self.path.device, done.extend)
-            done.sort(key=lambda r: r.index)
-        replies = []
-        for task, row in zip(tasks, done, strict=True):
-            pid = _pid(task.client)
-            if row.state is not None:
-                self.states[pid] = row.state
-            replies.append(release_row(self.nodes, task, stack[row.index], row, self.states[pid]))
-        return replies
+            path = self.path
+            chunks = iter([train_and_release(jobs, dim, self.model, self.nodes, path.batched, path.device)])
+        for chunk in chunks:
+            for out in chunk:
+                self.states[jobs[out.index].pid] = out.state  # a worker's copy, with the round's changes
+            yield [out.reply for out in chunk]
 
     def _job(self, index: int, task: TrainTask) -> RowJob:
         pid = _pid(task.client)

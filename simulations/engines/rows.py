@@ -7,7 +7,7 @@ The in-process engine splits a client round (:func:`stamen.client.node.client_ro
    global weights. Tasks sharing weights and instructions are trained in one cohort-batched call
    (:func:`~stamen.simulations.cohort.train_cohort`) when ``batched``; otherwise each runs the
    client's own :func:`~stamen.client.node.train` (the per-client loop). This half can run in a
-   worker process whose stack lives in shared memory;
+   worker process (:func:`train_and_release` runs both halves there);
 2. **release** (:func:`release_row`): the client's local DP, codec and envelope, from that row, with
    the client's own state and seed (:func:`~stamen.client.node.release`, the code the ClientApp and
    the serial engine run), giving the :class:`~stamen.server.driver.types.Reply` the round driver
@@ -20,7 +20,7 @@ released envelope is byte for byte the one :func:`client_round` makes from the s
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -176,3 +176,33 @@ def release_row(
     seed = client_seed(instr.seed, instr.round, node.seed_id)
     payload, metrics = release(node, instr, Trained(result, task.expected_base, seed), state)
     return Reply(task.client, envelope=payload, metrics=dict(metrics), nbytes=len(payload))
+
+
+@dataclass
+class Released:
+    """One task's reply (its released envelope) and its client's state after the round."""
+
+    index: int
+    reply: Reply
+    state: ClientState
+
+
+def train_and_release(
+    jobs: Sequence[RowJob],
+    dim: int,
+    model: nn.Module,
+    nodes: SimulatedNodes,
+    batched: bool,
+    device: torch.device,
+) -> list[Released]:
+    """Train ``jobs`` into a private ``(len(jobs), dim)`` stack, then release every row with its
+    client's own state and seed, in job order: what a worker process (or the engine itself) returns."""
+    local = [replace(job, index=k) for k, job in enumerate(jobs)]
+    stack, done = np.empty((len(jobs), dim), dtype=np.float32), list[TrainedRow]()
+    train_rows(local, model, nodes, stack, batched, device, done.extend)
+    done.sort(key=lambda r: r.index)
+    out = []
+    for job, row in zip(jobs, done, strict=True):
+        state = row.state if row.state is not None else job.state if job.state is not None else ClientState()
+        out.append(Released(job.index, release_row(nodes, job.task, stack[row.index], row, state), state))
+    return out
