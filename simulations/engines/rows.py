@@ -56,6 +56,8 @@ class TrainedRow:
         Tensors the trainer may have changed (:class:`~stamen.client.trainers.TrainResult`).
     state : ClientState or None
         The client's state after training, when training may change it (per-client loop).
+    seed : int or None
+        The client's round seed (``client_seed``), when the trainer already derived it.
     """
 
     index: int
@@ -63,6 +65,7 @@ class TrainedRow:
     metrics: dict[str, float]
     trained: tuple[str, ...] | None
     state: ClientState | None = None
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,10 @@ def _train_one(job: RowJob, model: nn.Module, nodes: SimulatedNodes, stack: np.n
     task, state = job.task, job.state if job.state is not None else ClientState()
     assert task.weights is not None  # memory runtime (checked by the engine)
     received = Received(task.instructions, task.weights, base_hash=task.expected_base)
-    res = train(nodes.node(job.pid), received, model, state).result
+    done = train(nodes.node(job.pid), received, model, state)
+    res = done.result
     flatten(res.delta, tensor_table(task.weights), stack[job.index])
-    return TrainedRow(job.index, res.num_examples, dict(res.metrics), res.trained, state)
+    return TrainedRow(job.index, res.num_examples, dict(res.metrics), res.trained, state, done.seed)
 
 
 def _train_batch(
@@ -138,8 +142,8 @@ def _train_batch(
     stack[rows] = np.asarray(res.deltas)
     trained = tuple(n for n, p in model.named_parameters() if p.requires_grad)
     return [
-        TrainedRow(j.index, int(n), {keys.TRAIN_LOSS: float(loss)}, trained)
-        for j, n, loss in zip(jobs, res.num_examples, res.train_loss, strict=True)
+        TrainedRow(j.index, int(n), {keys.TRAIN_LOSS: float(loss)}, trained, seed=int(s))
+        for j, n, loss, s in zip(jobs, res.num_examples, res.train_loss, seeds, strict=True)
     ]
 
 
@@ -173,7 +177,7 @@ def release_row(
     result = TrainResult(
         row_views(row, tensor_table(task.weights)), trained.num_examples, trained.metrics, trained.trained
     )
-    seed = client_seed(instr.seed, instr.round, node.seed_id)
+    seed = trained.seed if trained.seed is not None else client_seed(instr.seed, instr.round, node.seed_id)
     payload, metrics = release(node, instr, Trained(result, task.expected_base, seed), state)
     return Reply(task.client, envelope=payload, metrics=dict(metrics), nbytes=len(payload))
 
