@@ -39,6 +39,9 @@ from stamen.simulations.cohort.optim import make_stacked_optimizer
 from stamen.simulations.cohort.support import module_reason
 from stamen.task.spec import TrainSpec
 
+BLOCK_ENTRIES = 1 << 20
+"""Batch indices the batcher prepares at once (``steps x clients x batch``; 8 MB of int64)."""
+
 DEFAULT_CHUNK = {"cpu": 2048, "cuda": 131072}
 """Clients trained together per chunk, by device type (memory grows linearly in it)."""
 
@@ -207,7 +210,8 @@ def _train_chunk(
     totals = spec.epochs * -(-sizes // spec.batch_size)
     clients = torch.as_tensor(idx, device=device)
     orders = _orders(seeds, sizes, spec.epochs, device)  # (k, E * width)
-    batch = _Batcher(data, data.rows[clients, :width], orders, data.sizes[clients], width, spec.batch_size)
+    rows = data.rows[clients, :width]
+    batch = _Batcher(data, rows, orders, data.sizes[clients], width, spec.batch_size, int(totals[0]))
     params = [b.expand(k, *b.shape).clone() for b in base]  # (k, *shape) each
     opt = make_stacked_optimizer(params, spec)
     loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
@@ -241,7 +245,10 @@ def _client_losses(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -
 
 
 class _Batcher:
-    """Step ``t``'s batch of the first ``active`` clients: epoch ``t // S``, batch ``t % S``."""
+    """Step ``t``'s batch of the first ``active`` clients: epoch ``t // S``, batch ``t % S``.
+
+    The pool rows and validity masks of a block of steps are computed together (a few tensor ops
+    per block instead of per step; a block holds about :data:`BLOCK_ENTRIES` indices)."""
 
     def __init__(
         self,
@@ -251,21 +258,36 @@ class _Batcher:
         sizes: torch.Tensor,
         width: int,
         batch_size: int,
+        steps: int,
     ) -> None:
         self.data, self.rows, self.orders, self.sizes, self.width = data, rows, orders, sizes, width
         self.per_epoch = (sizes + batch_size - 1) // batch_size  # (k,) batches per epoch
         self.offsets = torch.arange(batch_size, device=sizes.device)  # (B,)
         self.batch_size = batch_size
+        self.epochs = orders.shape[1] // max(width, 1)
+        per_block = max(1, BLOCK_ENTRIES // max(1, len(sizes) * batch_size))
+        self.block = max(1, min(steps, per_block))  # steps prepared at once
+        self.start = -self.block - 1  # no block prepared yet
+        self.block_rows, self.block_valid = rows[:0], rows[:0].bool()
+
+    def _prepare(self, t0: int) -> None:
+        """Pool rows ``(T, k, B)`` and validity ``(T, k, B)`` of steps ``t0 .. t0 + block - 1``."""
+        k, b = len(self.sizes), self.batch_size
+        t = torch.arange(t0, t0 + self.block, device=self.sizes.device).unsqueeze(1)  # (T, 1)
+        epoch = (t // self.per_epoch).clamp_max(self.epochs - 1)  # finished clients: unused, in range
+        pos = ((t % self.per_epoch) * b).unsqueeze(2) + self.offsets  # (T, k, B) positions in the order
+        self.block_valid = pos < self.sizes.view(1, k, 1)
+        pos = pos.clamp_max(self.width - 1) + (epoch * self.width).unsqueeze(2)
+        flat = pos.permute(1, 0, 2).reshape(k, -1)  # (k, T * B)
+        local = self.orders.gather(1, flat)  # local sample ids
+        self.block_rows = self.rows.gather(1, local).view(k, self.block, b).permute(1, 0, 2).contiguous()
+        self.start = t0
 
     def __call__(self, t: int, active: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x (a, B, ...), y (a, B), valid (a, B))`` for step ``t``."""
-        per_epoch, sizes = self.per_epoch[:active], self.sizes[:active]
-        epoch, j = t // per_epoch, t % per_epoch  # (a,)
-        pos = (j * self.batch_size).unsqueeze(1) + self.offsets  # (a, B) positions in the order
-        valid = pos < sizes.unsqueeze(1)
-        pos = pos.clamp_max(self.width - 1) + (epoch * self.width).unsqueeze(1)
-        local = self.orders[:active].gather(1, pos)  # (a, B) local sample ids
-        rows = self.rows[:active].gather(1, local).reshape(-1)  # (a * B,) pool rows
+        if not self.start <= t < self.start + self.block:
+            self._prepare(t)
+        rows = self.block_rows[t - self.start, :active].reshape(-1)  # (a * B,) pool rows
         x = self.data.x.index_select(0, rows).view(active, self.batch_size, *self.data.x.shape[1:])
         y = self.data.y.index_select(0, rows).view(active, self.batch_size)
-        return x, y, valid
+        return x, y, self.block_valid[t - self.start, :active]

@@ -99,3 +99,20 @@ def test_randperms_loop_equals_the_vectorised_generator() -> None:
     assert a.shape == b.shape
     for k, n in enumerate(sizes):
         np.testing.assert_array_equal(a[:, :n, k], b[:, :n, k])
+
+
+@pytest.mark.parametrize("entries", [1, 40, 100])  # one step per block, blocks cutting mid-epoch
+def test_batch_blocks_of_any_size_give_the_same_updates(
+    monkeypatch: pytest.MonkeyPatch, entries: int
+) -> None:
+    import stamen.simulations.cohort.train as train_mod
+
+    model = create_model("mlp", 9, 4, (11,), seed=2)
+    clients, weights = _clients([23, 1, 8, 40, 9], 9, 4), get_weights(model)
+    seeds = client_seeds(5, 1, np.arange(5))
+    spec = TrainSpec(epochs=3, batch_size=4, lr=0.05)
+    whole = train_cohort(model, weights, CohortData.from_clients(clients, "cpu"), spec, seeds)
+    monkeypatch.setattr(train_mod, "BLOCK_ENTRIES", entries)
+    cut = train_cohort(model, weights, CohortData.from_clients(clients, "cpu"), spec, seeds)
+    np.testing.assert_array_equal(cut.deltas, whole.deltas)
+    np.testing.assert_array_equal(cut.train_loss, whole.train_loss)
