@@ -81,6 +81,7 @@ QUICK: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bench_hierarchy.py": (("--quick",), ("equality", "aggregation_time", "attack")),
     "bench_lora_downlink.py": (("--quick",), ("rows", "overrides")),
     "bench_envelope_path.py": (("--quick",), ("per_client_us", "budget_us", "bytes_per_update")),
+    "bench_client_states.py": (("--quick",), ("rows", "runs", "codec")),
 }
 
 
