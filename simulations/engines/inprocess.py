@@ -88,7 +88,7 @@ class InProcessTransport:
         trips: list[Trip] = []
         rows = self.path is not None and (self.path.batched or self.pool is not None)
         ready = [self.receive(t) for t in tasks]
-        made = self._rows(ready) if rows else ([self.run(t)] for t in ready)
+        made = [self._rows(ready)] if rows else ([self.run(t)] for t in ready)
         done = 0
         for chunk in made:
             delivered = []
@@ -107,24 +107,23 @@ class InProcessTransport:
             self.clock = round_end(self.clock, trips, self.timeout_s)
         self.states.settle()
 
-    def _rows(self, tasks: Sequence[TrainTask]) -> Iterator[list[Reply]]:
+    def _rows(self, tasks: Sequence[TrainTask]) -> list[Reply]:
         """The cohort trained (cohort-batched, or the per-client loop) and each client's row released
         (local DP, codec, envelope) with its own state and seed, in cohort order, as :meth:`run`
         does: here, or by the worker processes, which return the envelopes."""
         assert self.path is not None
         if not tasks:
-            return
+            return []
         jobs = [self._job(i, t) for i, t in enumerate(tasks)]
         dim = sum(int(np.size(v)) for v in (tasks[0].weights or {}).values())
         if self.pool is not None:
-            chunks = iter([self.pool.run(jobs, dim)])
+            released = self.pool.run(jobs, dim)
         else:
             path = self.path
-            chunks = iter([train_and_release(jobs, dim, self.model, self.nodes, path.batched, path.device)])
-        for chunk in chunks:
-            for out in chunk:
-                self.states[jobs[out.index].pid] = out.state  # a worker's copy, with the round's changes
-            yield [out.reply for out in chunk]
+            released = train_and_release(jobs, dim, self.model, self.nodes, path.batched, path.device)
+        for out in released:
+            self.states[jobs[out.index].pid] = out.state  # a worker's copy, with the round's changes
+        return [out.reply for out in released]
 
     def _job(self, index: int, task: TrainTask) -> RowJob:
         pid = _pid(task.client)
