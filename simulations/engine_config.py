@@ -7,7 +7,8 @@ per-client loop otherwise, with the reason recorded; ``"off"`` always runs the p
 
 ``workers`` is the number of worker processes that train a round's clients, each holding one model
 (no process per client); they release their clients' envelopes too and return them. ``0``
-picks for the machine (:func:`resolve_workers`), ``1`` trains in the engine's own process. Results
+picks for the machine (:func:`resolve_workers`: one process for a cohort-batched run, whose
+kernel already uses the cohort), ``1`` trains in the engine's own process. Results
 do not depend on it: every client's update is computed by the same code from the same seed.
 
 ``device`` is where the cohort-batched kernel runs: ``"auto"`` (``cuda`` when a GPU is visible),
@@ -46,7 +47,9 @@ class EngineConfig(_Config):
     state_memory_mb: int = _f(1024, ge=0, le=1 << 20)
 
 
-def resolve_workers(workers: int, updates: int, device: str, cpus: int | None = None) -> int:
+def resolve_workers(
+    workers: int, updates: int, device: str, cpus: int | None = None, *, batched: bool = False
+) -> int:
     """The number of training processes for ``workers`` (0 = automatic).
 
     Parameters
@@ -59,15 +62,19 @@ def resolve_workers(workers: int, updates: int, device: str, cpus: int | None = 
         Resolved device of the cohort kernel (``"cpu"`` or ``"cuda"``): one process owns a GPU.
     cpus : int, optional
         CPUs available; default ``os.cpu_count()``.
+    batched : bool
+        The cohort is trained cohort-batched: one process (its kernel already uses the cohort, and
+        in worker processes it was measured slower on 2 cores, BENCHMARKS.md §18).
 
     Returns
     -------
     int
-        ``min(cpus, 8)`` for a CPU run of at least :data:`AUTO_MIN_UPDATES` updates, else 1.
+        ``min(cpus, 8)`` for a per-client CPU run of at least :data:`AUTO_MIN_UPDATES` updates,
+        else 1.
     """
     if workers >= 1:
         return workers
     cpus = cpus if cpus is not None else (os.cpu_count() or 1)
-    if device == "cuda" or updates < AUTO_MIN_UPDATES:
+    if device == "cuda" or batched or updates < AUTO_MIN_UPDATES:
         return 1
     return max(1, min(cpus, MAX_AUTO_WORKERS))

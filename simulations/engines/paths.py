@@ -77,7 +77,10 @@ def resolve_path(s: Scenario, task: TaskSpec, train: TrainSpec, model: nn.Module
         raise ValueError(f"engine.batching='on' but this run cannot be cohort-batched: {fallback}")
     device = _device(s.engine.device)
     workers = resolve_workers(
-        s.engine.workers, s.rounds * s.clients.per_round, device.type if fallback is None else "cpu"
+        s.engine.workers,
+        s.rounds * s.clients.per_round,
+        device.type if fallback is None else "cpu",
+        batched=fallback is None,
     )
     serial = None
     if apart is not None and workers > 1:

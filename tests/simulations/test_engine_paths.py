@@ -104,6 +104,8 @@ def test_resolve_workers_hand_cases() -> None:
     assert resolve_workers(0, AUTO_MIN_UPDATES, "cpu", cpus=2) == 2
     assert resolve_workers(0, 10**6, "cpu", cpus=64) == 8  # capped
     assert resolve_workers(0, 10**6, "cuda", cpus=64) == 1  # one process owns the GPU
+    assert resolve_workers(0, 10**6, "cpu", cpus=64, batched=True) == 1  # the kernel batches already
+    assert resolve_workers(2, 10**6, "cpu", cpus=64, batched=True) == 2  # asked for: given
 
 
 @given(st.integers(0, 500), st.integers(1, 20))
