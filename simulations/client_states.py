@@ -127,6 +127,9 @@ class ClientStates(MutableMapping[int, ClientState]):
     def __len__(self) -> int:
         return len(self._hot) + len(self._cold)
 
+    def __contains__(self, pid: object) -> bool:
+        return pid in self._hot or pid in self._cold  # without loading a spilled state
+
     def peek(self, pid: int) -> ClientState:
         """Client ``pid``'s state without bringing a spilled one into memory (for checkpoints)."""
         if pid in self._hot:

@@ -42,14 +42,15 @@ class DenseLayer:
 
 
 def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model's non-container modules in forward order (nested ``nn.Sequential`` flattened)."""
-    return [(n, m) for n, m in model.named_modules() if not isinstance(m, nn.Sequential)]
+    """The model's non-container modules in forward order (nested ``nn.Sequential`` flattened; a
+    subclass of it is a leaf, so a custom ``forward`` is never skipped)."""
+    return [(n, m) for n, m in model.named_modules() if type(m) is not nn.Sequential]
 
 
 def dense_plan(model: nn.Module, names: Sequence[str]) -> list[DenseLayer] | None:
     """The chain of ``model`` when it is ``Linear (act Linear)*`` with ``act`` in ReLU/Tanh/Identity
     (a leading ``nn.Flatten`` allowed), its parameters indexed in ``names`` order; else ``None``."""
-    if not isinstance(model, nn.Sequential):
+    if type(model) is not nn.Sequential:  # exact: a subclass may override forward
         return None
     pos, layers = {n: i for i, n in enumerate(names)}, []
     leaves = _leaves(model)

@@ -59,6 +59,12 @@ def test_plan_of_the_registry_models() -> None:
         nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Tanh(), nn.Linear(3, 2)),  # two activations in a row
         nn.Sequential(nn.Linear(4, 3), nn.GELU(), nn.Linear(3, 2)),  # an activation it does not write out
         nn.Linear(4, 2),  # not a Sequential
+        type(
+            "Doubled", (nn.Sequential,), {"forward": lambda self, x: 2 * super(type(self), self).forward(x)}
+        )(nn.Linear(4, 2)),  # a Sequential subclass with its own forward
+        nn.Sequential(
+            type("Twice", (nn.Sequential,), {})(nn.Linear(4, 3)), nn.Linear(3, 2)
+        ),  # nested subclass
     ],
 )
 def test_other_structures_keep_the_general_path(model: nn.Module) -> None:

@@ -91,3 +91,11 @@ def test_client_names_behave_like_the_list() -> None:
     assert "client-11" in names and "client-12" not in names and "client-03" not in names and 3 not in names
     with pytest.raises(IndexError):
         names[12]
+
+
+def test_membership_does_not_load_a_spilled_state(tmp_path: Path) -> None:
+    states = ClientStates(memory_bytes=0, spill_dir=tmp_path)
+    states[4] = _state(4)
+    states.settle()
+    assert 4 in states and 5 not in states
+    assert states.in_memory()[0] == 0 and (tmp_path / "4.npz").exists()
