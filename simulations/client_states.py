@@ -80,12 +80,15 @@ class ClientStates(MutableMapping[int, ClientState]):
         self._held = 0  # sum of _sizes
         self._dir = Path(spill_dir) if spill_dir is not None else None
         self._own_dir = spill_dir is None
+        self._made = False  # the spill directory exists (made once, on first use)
         self.spilled = 0  # states written to disk so far (a counter for the run summary)
 
     def _path(self, pid: int) -> Path:
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="stamen-client-states-"))
-        self._dir.mkdir(parents=True, exist_ok=True)
+        elif not self._made:
+            self._dir.mkdir(parents=True, exist_ok=True)
+        self._made = True
         return self._dir / f"{int(pid)}.npz"
 
     def __getitem__(self, pid: int) -> ClientState:
@@ -182,4 +185,4 @@ class ClientStates(MutableMapping[int, ClientState]):
         self.clear()
         if self._own_dir and self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+            self._dir, self._made = None, False

@@ -123,19 +123,23 @@ def train_cohort(
         raise ValueError(f"need one seed per client: {c} clients, seeds of shape {seeds.shape}")
     out = _output(out, c, d)
     sizes = data.sizes.cpu().numpy()
-    totals = spec.epochs * -(-sizes // spec.batch_size)  # steps per client
-    order = np.argsort(-totals, kind="stable")  # longest first: active clients form a prefix
-    chunk = chunk_size or DEFAULT_CHUNK.get(device.type, DEFAULT_CHUNK["cpu"])
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk}")
     step = _make_step(model, names, closed_form)
     loss = np.empty(c, dtype=np.float64)
-    for lo in range(0, c, chunk):
-        idx = order[lo : lo + chunk]
+    for idx in _chunks(sizes, spec, chunk_size or DEFAULT_CHUNK.get(device.type, DEFAULT_CHUNK["cpu"])):
         deltas, chunk_loss = _train_chunk(step, base, data, idx, seeds[idx], sizes[idx], spec)
         _store(out, idx, deltas)
         loss[idx] = chunk_loss
     return CohortResult(out, sizes.astype(np.int64), loss, tensor_table(global_weights))
+
+
+def _chunks(sizes: np.ndarray, spec: TrainSpec, chunk: int) -> list[np.ndarray]:
+    """Client indices sorted by step count, longest first (the clients still training at a step are
+    a prefix), cut into chunks of ``chunk`` (``>= 1``)."""
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk}")
+    totals = spec.epochs * -(-sizes // spec.batch_size)  # steps per client
+    order = np.argsort(-totals, kind="stable")
+    return [order[lo : lo + chunk] for lo in range(0, len(order), chunk)]
 
 
 def _check(model: nn.Module, weights: Mapping[str, np.ndarray], spec: TrainSpec) -> list[str]:
