@@ -60,6 +60,7 @@ HEAVY_HELP = frozenset(
         "bench_hierarchy.py",
         "bench_lora.py",
         "bench_privacy.py",
+        "bench_round_phases.py",
         "bench_trainer_cost.py",
     }
 )
@@ -82,6 +83,7 @@ QUICK: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bench_lora_downlink.py": (("--quick",), ("rows", "overrides")),
     "bench_envelope_path.py": (("--quick",), ("per_client_us", "budget_us", "bytes_per_update")),
     "bench_client_states.py": (("--quick",), ("rows", "runs", "codec")),
+    "bench_round_phases.py": (("--quick",), ("phase_ms", "round_ms", "budget_ms_5000_per_s")),
 }
 
 
