@@ -113,6 +113,9 @@ class EdgeRuntime:
             raise StoreCorrupt(f"trusted key does not match the manifest's key id {self.manifest.key_id!r}")
         self.backend = make_backend(self.manifest.backend, self.store)
         with store_lock(self.store):
+            # reload under the lock: an apply in another process may have committed a version
+            # since the read above, and cleaning with that stale manifest would delete it
+            self.manifest = load_manifest(self.store)
             clean_store(self.store, self.manifest)
         if verify:
             self._verify()
