@@ -86,7 +86,7 @@ def check_device(cfg: DeviceConfig) -> dict[str, object]:
         if not Path(getattr(cfg, name)).is_file():
             raise ValueError(f"{name.replace('_', '-')} {getattr(cfg, name)} is not a file")
     Signer.from_file(cfg.signing_key)
-    status = EdgeRuntime.open(Path(cfg.store)).status()
+    status = EdgeRuntime.open(Path(cfg.store), serve=False).status()  # verified; no session
     return {"version": status["version"], "hash": status["hash"], "model_id": status["model_id"]}
 
 
