@@ -38,7 +38,7 @@ PHASES: tuple[tuple[Any, str, str], ...] = (
     (driver.RoundDriver, "configure", "configure"),
     (rows, "train_rows", "kernel"),
     (rows, "release_row", "release"),
-    (inprocess.InProcessTransport, "_trip", "trip"),
+    (inprocess.InProcessTransport, "_trips", "trip"),
     (collect.UpdateCollector, "add", "accept"),
     (collect.UpdateCollector, "finish", "finish"),
 )

@@ -257,6 +257,59 @@ class ClientTiming:
             return _lost(trip, closes, "window")
         return trip
 
+    def trips(
+        self,
+        clients: np.ndarray,
+        dispatched: float,
+        *,
+        attempts: np.ndarray,
+        num_examples: np.ndarray,
+        epochs: int,
+        bytes_down: np.ndarray,
+        bytes_up: np.ndarray,
+    ) -> list[Trip]:
+        """The trips of a cohort dispatched together at ``dispatched``: bit for bit ``[self.trip(c,
+        dispatched, attempt=a, num_examples=n, epochs=epochs, bytes_down=d, bytes_up=u) for ...]``,
+        with the per-trip draws made for the cohort at once and the arithmetic vectorised."""
+        named = {"clients": clients, "attempts": attempts, "num_examples": num_examples}
+        cols = [
+            _nonneg_ints(k, v) for k, v in {**named, "bytes_down": bytes_down, "bytes_up": bytes_up}.items()
+        ]
+        ids, tries, examples, down_b, up_b = cols
+        if len({len(col) for col in cols}) > 1 or (len(ids) and int(ids.max()) >= self.num_clients):
+            raise ValueError(f"ClientTiming.trips: equal-length arrays of clients in [0, {self.num_clients})")
+        from stamen.simulations.trip_draws import trip_draws  # imports the cohort package (torch)
+
+        c, when = self.config, float(dispatched)
+        jitter, u_drop, u_where = trip_draws(self.seed, _TRIP_TAG, ids, tries, c.compute_jitter_sigma)
+        always = c.availability == "always"
+        start = np.array(
+            [when if always else self.next_available(int(i), when) for i in ids], dtype=np.float64
+        )
+        down = c.latency_s + down_b / self.downlink[ids]
+        comp = c.seconds_per_example * examples * epochs / self.speed[ids] * np.array(jitter)
+        up = c.latency_s + up_b / self.uplink[ids]
+        end = start + down + comp + up
+        lost_at = start + np.array(u_where) * (end - start)
+        parts = (ids, start, down, comp, up, end)
+        trips = [
+            Trip(i, when, s, d, k, u, e, True, "")
+            for i, s, d, k, u, e in zip(*map(np.ndarray.tolist, parts), strict=True)
+        ]
+        return [
+            self._settle(t, drop, at) for t, drop, at in zip(trips, u_drop, lost_at.tolist(), strict=True)
+        ]
+
+    def _settle(self, trip: Trip, u_drop: float, dropped_at: float) -> Trip:
+        """``trip`` as it ends: lost to a drop-out (at ``dropped_at``) or to its window closing."""
+        if u_drop < self.config.dropout_prob:
+            return _lost(trip, dropped_at, "dropout")
+        if self.config.window_policy == "abort" and self.config.availability != "always":
+            closes = self.window_end(trip.client, trip.start)
+            if trip.finish > closes:
+                return _lost(trip, closes, "window")
+        return trip
+
     def _check_client(self, client: int) -> None:
         if (
             isinstance(client, bool)
@@ -264,6 +317,14 @@ class ClientTiming:
             or not 0 <= client < self.num_clients
         ):
             raise ValueError(f"client must be an integer in [0, {self.num_clients}), got {client!r}")
+
+
+def _nonneg_ints(name: str, values: np.ndarray) -> np.ndarray:
+    """``values`` as a 1-D ``int64`` array of integers >= 0, else a one-line ``ValueError``."""
+    arr = np.asarray(values)
+    if arr.ndim != 1 or (arr.size and (arr.dtype.kind not in "iu" or int(arr.min()) < 0)):
+        raise ValueError(f"ClientTiming.trips: {name} must be a 1-D array of integers >= 0")
+    return arr.astype(np.int64, copy=False)
 
 
 def _lost(trip: Trip, at: float, reason: str) -> Trip:

@@ -76,6 +76,14 @@ def _generate_state(pool: np.ndarray, n_words: int) -> np.ndarray:
     return np.stack(out)
 
 
+def seed_sequence_states(entropy: np.ndarray, n_words: int) -> np.ndarray:
+    """``SeedSequence(list(entropy[:, j])).generate_state(n_words, np.uint32)`` for every column ``j``
+    of ``entropy`` (``uint32``, shape ``(L, c)``, each column one word per entropy integer < 2**32),
+    shape ``(n_words, c)``."""
+    with np.errstate(over="ignore"):  # uint32 arithmetic wraps by design
+        return _generate_state(_mix_entropy(np.asarray(entropy, dtype=np.uint32)), n_words)
+
+
 def client_seeds(seed: int, server_round: int, partition_ids: np.ndarray) -> np.ndarray:
     """``[client_seed(seed, server_round, pid) for pid in partition_ids]`` as one array.
 

@@ -9,8 +9,12 @@ lost client's task is given up at dispatch + timeout (a real server would wait t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from stamen.protocols.keys import NUM_EXAMPLES
 from stamen.server.driver.types import Reply, TrainTask
 from stamen.simulations.timing import ClientTiming, Trip
 
@@ -36,6 +40,30 @@ class TripMeter:
             epochs=self.epochs,
             bytes_down=down,
             bytes_up=reply.nbytes,
+        )
+
+    def trips(
+        self, pids: Sequence[int], at: float, replies: Sequence[Reply], tasks: Sequence[TrainTask]
+    ) -> list[Trip]:
+        """:meth:`trip` for a cohort dispatched together at ``at``: the same trips (attempts counted
+        in cohort order), with the per-trip draws made at once (:meth:`ClientTiming.trips`)."""
+        attempts = []
+        for pid in pids:
+            attempts.append(self.attempts.get(pid, 0))
+            self.attempts[pid] = attempts[-1] + 1
+        sizes: dict[int, int] = {}  # a cohort's tasks share their weights: sum their bytes once
+        down = [
+            len(t.downlink) if t.downlink is not None else sizes.setdefault(id(t.weights), weights_bytes(t))
+            for t in tasks
+        ]
+        return self.timing.trips(
+            np.asarray(pids, dtype=np.int64),
+            at,
+            attempts=np.asarray(attempts, dtype=np.int64),
+            num_examples=np.array([int(r.metrics.get(NUM_EXAMPLES, 0)) for r in replies], dtype=np.int64),
+            epochs=self.epochs,
+            bytes_down=np.asarray(down, dtype=np.int64),
+            bytes_up=np.array([r.nbytes for r in replies], dtype=np.int64),
         )
 
 

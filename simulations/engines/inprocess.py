@@ -41,6 +41,7 @@ from stamen.task.local_base import local_base
 from stamen.task.models import model_structure
 
 ClientProgressFn = Callable[[int, int], None]  # (clients done, clients in round)
+COHORT_TRIPS = 8  # chunks of at least this many replies draw their trips at once (cheaper from ~4)
 log = logging.getLogger("stamen.simulations")
 
 
@@ -92,8 +93,8 @@ class InProcessTransport:
         done = 0
         for chunk in made:
             delivered = []
-            for task, reply in zip(tasks[done : done + len(chunk)], chunk, strict=True):
-                trip = self._trip(task, reply)
+            sent = tasks[done : done + len(chunk)]
+            for reply, trip in zip(chunk, self._trips(sent, chunk), strict=True):
                 if trip is not None:
                     reply.trip_s = trip.finish - trip.dispatched
                     trips.append(trip)
@@ -128,6 +129,15 @@ class InProcessTransport:
     def _job(self, index: int, task: TrainTask) -> RowJob:
         pid = _pid(task.client)
         return RowJob(index, pid, task, self.states.setdefault(pid, ClientState()))
+
+    def _trips(self, tasks: Sequence[TrainTask], replies: Sequence[Reply]) -> Sequence[Trip | None]:
+        """The trips of a chunk's replies (None without a timing model): drawn for the chunk at once
+        when it is a cohort, one by one otherwise (the same trips either way)."""
+        if self.meter is None:
+            return [None] * len(replies)
+        if len(replies) < COHORT_TRIPS:
+            return [self._trip(t, r) for t, r in zip(tasks, replies, strict=True)]
+        return self.meter.trips([_pid(t.client) for t in tasks], self.clock, replies, tasks)
 
     def _trip(self, task: TrainTask, reply: Reply) -> Trip | None:
         if self.meter is None:

@@ -164,3 +164,23 @@ def test_engine_path_is_written_to_results_json(tmp_path: Path) -> None:
     written = json.loads(paths["json"].read_text())
     assert written["engine"] == "inprocess"
     assert written["engine_path"]["training"] == "cohort-batched"
+
+
+def test_cohort_trips_give_the_one_by_one_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cohort's trips drawn at once (in-process engine, batched) leave every round as drawing them
+    one by one does: simulated times, drop-outs, accuracy and bytes exactly."""
+    import stamen.simulations.engines.inprocess as inprocess
+
+    plan = (
+        "data.num_clients=40", "clients.per_round=20", "rounds=3", "engine.batching=on",
+        "timing.dropout_prob=0.2", "timing.compute_jitter_sigma=0.3",
+    )  # fmt: skip
+
+    def rounds() -> list[tuple[float, int, float, int]]:
+        res = run_engine("inprocess", _plan(*plan))
+        return [(r.sim_time_s, r.rejected, r.accuracy, r.bytes_up) for r in res.rounds]
+
+    together = rounds()
+    monkeypatch.setattr(inprocess, "COHORT_TRIPS", 10**9)
+    assert rounds() == together
+    assert sum(r[1] for r in together) > 0  # drop-outs happened
