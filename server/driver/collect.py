@@ -195,8 +195,9 @@ class UpdateCollector:
         return True
 
     def _accept(self, client: str, reply: Reply) -> tuple[float, float]:
-        got = accept_reply(reply, self.tasks[client], self.base, self.table, self.policy)
-        flatten(got.delta, self.table, self._stack[len(self._rows)])
+        got = accept_reply(
+            reply, self.tasks[client], self.base, self.table, self.policy, self._stack[len(self._rows)]
+        )
         self.note(got)
         self._extras[client] = got.extras
         return got.examples, got.norm

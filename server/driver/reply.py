@@ -74,10 +74,12 @@ def accept_reply(
     base: Mapping[str, np.ndarray],
     table: tuple[TensorInfo, ...],
     policy: CollectPolicy,
+    out: np.ndarray | None = None,
 ) -> Accepted:
     """Check ``reply`` to ``task`` (whose model was ``base``); raise a ``StamenError`` naming the
     first problem: a missing required metric, a non-finite or out-of-range reported number, a bad
-    signature, another base, version or sender, a tensor table, dtype, value or norm that does not fit."""
+    signature, another base, version or sender, a tensor table, dtype, value or norm that does not fit.
+    ``out``, a ``(d,)`` float32 row, receives the flattened delta (written even when it is refused)."""
     for key in policy.require:
         if key not in reply.metrics:
             raise ValidationError(f"reply lacks {key!r}")
@@ -89,7 +91,7 @@ def accept_reply(
         raise ValidationError(f"reported epsilon must be >= 0, got {eps}")
     loss = reported_number(reply.metrics, keys.TRAIN_LOSS)
     delta = _delta(reply, task, base, table, policy)
-    norm = validate_delta(delta, table, policy.max_norm)
+    norm = validate_delta(delta, table, policy.max_norm, out)
     extras = {k: v for k, v in reply.metrics.items() if isinstance(v, list)}
     return Accepted(delta, examples, norm, eps, loss, extras)
 
@@ -135,37 +137,40 @@ def _verifier(reply: Reply, policy: CollectPolicy) -> Verifier | None:
     return verifier
 
 
-def validate_delta(delta: Mapping[str, np.ndarray], table: tuple[TensorInfo, ...], max_norm: float) -> float:
+def validate_delta(
+    delta: Mapping[str, np.ndarray],
+    table: tuple[TensorInfo, ...],
+    max_norm: float,
+    out: np.ndarray | None = None,
+) -> float:
     """Check ``delta`` against ``table`` (names, shapes, float32, finite, ``max_norm`` if > 0); return
-    its L2 norm. Raises :class:`ValidationError`."""
+    its L2 norm. Raises :class:`ValidationError`.
+
+    The tensors are copied, in table order, into ``out`` (a ``(d,)`` float32 row; a scratch row when
+    None) and the norm is one float32 dot product over it. A finite sum of squares proves every value
+    finite (an inf or NaN makes it inf or NaN), so the element-wise scan runs only when it is not
+    (non-finite values, or an overflow)."""
     names = [t.name for t in table]
     if list(delta) != names and set(delta) != set(names):
         raise ValidationError(f"tensor names differ from the model: got {sorted(delta)[:5]}...")
-    sq = 0.0
+    row = np.empty(sum(t.size for t in table), dtype=np.float32) if out is None else out
+    offset = 0
+    for info in table:
+        arr = delta[info.name]
+        if tuple(arr.shape) != info.shape:
+            raise ValidationError(f"{info.name}: shape {arr.shape} != {info.shape}")
+        if arr.dtype != np.float32:
+            raise ValidationError(f"{info.name}: dtype {arr.dtype} != float32")
+        row[offset : offset + info.size] = arr.reshape(-1)
+        offset += info.size
     with np.errstate(over="ignore"):  # an overflowing norm is refused below
-        for info in table:
-            sq += _squared_norm(info, delta[info.name])
-    norm = math.sqrt(sq)
+        norm = math.sqrt(float(np.dot(row, row)))
     if not math.isfinite(norm):
-        raise ValidationError("update L2 norm overflows float32")
+        bad = next((i.name for i in table if not np.all(np.isfinite(delta[i.name]))), None)
+        raise ValidationError(f"{bad}: non-finite values" if bad else "update L2 norm overflows float32")
     if max_norm > 0 and norm > max_norm:
         raise ValidationError(f"update L2 norm {norm:.4g} exceeds bound {max_norm}")
     return norm
-
-
-def _squared_norm(info: TensorInfo, arr: np.ndarray) -> float:
-    """``arr``'s float32 sum of squares after the shape, dtype and finiteness checks of one tensor.
-    A finite sum of squares proves every value finite (an inf or NaN makes it inf or NaN), so the
-    element-wise scan runs only when the sum is not finite (non-finite values, or an overflow)."""
-    if tuple(arr.shape) != info.shape:
-        raise ValidationError(f"{info.name}: shape {arr.shape} != {info.shape}")
-    if arr.dtype != np.float32:
-        raise ValidationError(f"{info.name}: dtype {arr.dtype} != float32")
-    flat = arr.ravel()
-    sq = float(np.dot(flat, flat))
-    if not math.isfinite(sq) and not np.all(np.isfinite(arr)):
-        raise ValidationError(f"{info.name}: non-finite values")
-    return sq
 
 
 def reported_number(metrics: Mapping[str, Any], key: str) -> float | None:
