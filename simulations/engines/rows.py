@@ -168,15 +168,20 @@ def row_views(row: np.ndarray, table: tuple[TensorInfo, ...]) -> dict[str, np.nd
 
 
 def release_row(
-    nodes: SimulatedNodes, task: TrainTask, row: np.ndarray, trained: TrainedRow, state: ClientState
+    nodes: SimulatedNodes,
+    task: TrainTask,
+    row: np.ndarray,
+    trained: TrainedRow,
+    state: ClientState,
+    table: tuple[TensorInfo, ...] | None = None,
 ) -> Reply:
-    """The client's local DP, codec and envelope from its trained ``row``: its reply."""
+    """The client's local DP, codec and envelope from its trained ``row``: its reply (``table``:
+    ``tensor_table(task.weights)``, when the caller has it)."""
     assert task.weights is not None
     pid, instr = pid_of(task.client), task.instructions
     node = nodes.node(pid)
-    result = TrainResult(
-        row_views(row, tensor_table(task.weights)), trained.num_examples, trained.metrics, trained.trained
-    )
+    table = tensor_table(task.weights) if table is None else table
+    result = TrainResult(row_views(row, table), trained.num_examples, trained.metrics, trained.trained)
     seed = trained.seed if trained.seed is not None else client_seed(instr.seed, instr.round, node.seed_id)
     payload, metrics = release(node, instr, Trained(result, task.expected_base, seed), state)
     return Reply(task.client, envelope=payload, metrics=dict(metrics), nbytes=len(payload))
@@ -205,8 +210,12 @@ def train_and_release(
     stack, done = np.empty((len(jobs), dim), dtype=np.float32), list[TrainedRow]()
     train_rows(local, model, nodes, stack, batched, device, done.extend)
     done.sort(key=lambda r: r.index)
-    out = []
+    out, tables = [], dict[int, tuple[TensorInfo, ...]]()  # by id of the (shared) weights
     for job, row in zip(jobs, done, strict=True):
         state = row.state if row.state is not None else job.state if job.state is not None else ClientState()
-        out.append(Released(job.index, release_row(nodes, job.task, stack[row.index], row, state), state))
+        weights = job.task.weights
+        assert weights is not None  # memory runtime (checked by the engine)
+        table = tables.get(id(weights)) or tables.setdefault(id(weights), tensor_table(weights))
+        reply = release_row(nodes, job.task, stack[row.index], row, state, table)
+        out.append(Released(job.index, reply, state))
     return out
