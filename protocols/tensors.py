@@ -7,6 +7,7 @@ applies to; server, client and edge device must compute it identically.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import struct
@@ -41,9 +42,9 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
-        """Number of elements, ``prod(shape)`` (1 for a scalar)."""
+        """Number of elements, ``prod(shape)`` (1 for a scalar); computed once per object."""
         count = 1
         for dim in self.shape:
             count *= dim
