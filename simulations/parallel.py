@@ -15,26 +15,35 @@ depend on the number of workers: every client's update is computed and released 
 from the same seed and state. (The cohort-batched kernel's float rounding may differ by ~1e-7
 between slices of different sizes; the per-client loop is bit for bit.)
 
-Workers are started with ``spawn`` (a clean interpreter: no forked torch thread pools), which
-costs about a second each for importing torch, once per run.
+Workers start from a ``forkserver`` that has imported torch and stamen once per engine process
+(``spawn`` where there is no forkserver): the first pool of a process pays one torch import, later
+pools start in milliseconds; a worker is a fork of that clean server, never of the engine (no forked
+torch thread pools). The pool starts in a background thread; until its workers are up the engine
+trains the same slices itself (:meth:`WorkerPool.slices_of`, the same results), so a short run never
+waits for its workers.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing.context import BaseContext
 from multiprocessing.pool import Pool
 
 import torch
 
 from stamen.simulations.engines.rows import Released, RowJob, train_and_release
 from stamen.simulations.nodes import SimulatedNodes
-from stamen.simulations.provider import DataSpec
+from stamen.simulations.provider import DataSpec, dataset, partitions
 from stamen.task.models import model_structure
 from stamen.task.spec import TaskSpec
 
 _WORKER: dict[str, object] = {}  # the worker process's model and nodes (set by _init)
+# What the forkserver imports once, so a worker forked from it starts warm: torch, stamen, and
+# torch._dynamo, which the first torch.optim optimizer of a process imports (about 1.4 s).
+_PRELOAD = ["torch", "torch._dynamo", "stamen.simulations.parallel"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,16 @@ def _init(spec: WorkerSpec) -> None:
     _WORKER["spec"] = spec
     _WORKER["model"] = model_structure(spec.task)
     _WORKER["nodes"] = SimulatedNodes(spec.data, spec.peer)
+    dataset(spec.data), partitions(spec.data)  # cached per process: loaded now, not in round 1
+
+
+def context() -> BaseContext:
+    """The start method: a forkserver preloaded with torch and stamen, else ``spawn``."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)  # no effect once this process's forkserver runs
+    return ctx
 
 
 def _work(jobs: list[RowJob], dim: int) -> list[Released]:
@@ -80,7 +99,11 @@ def slices(n: int, parts: int) -> list[range]:
 
 
 class WorkerPool:
-    """``workers`` spawned processes training and releasing a round's jobs.
+    """``workers`` processes training and releasing a round's jobs.
+
+    The processes start in a background thread (the first pool of a process waits for the
+    forkserver's imports, seconds); until they are up :meth:`ready` is false, and the engine trains
+    the same slices itself (:meth:`slices_of`).
 
     Parameters
     ----------
@@ -94,25 +117,73 @@ class WorkerPool:
         if workers < 2:
             raise ValueError(f"a worker pool needs >= 2 workers, got {workers}")
         self.workers = workers
-        self._pool: Pool | None = mp.get_context("spawn").Pool(workers, _init, (spec,))
+        self._pool: Pool | None = None
+        self._closed = self._used = False  # _used: a round was handed to the workers
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._starting = threading.Thread(
+            target=self._start, args=(spec,), name="stamen-workers", daemon=True
+        )
+        self._starting.start()
+
+    def _start(self, spec: WorkerSpec) -> None:
+        try:
+            pool = context().Pool(self.workers, _init, (spec,))
+        except BaseException as exc:  # re-raised in the engine's thread by ready()
+            self._error = exc
+            return
+        with self._lock:
+            if not self._closed:
+                self._pool = pool
+                return
+        _stop(pool, used=False)  # the run ended before its workers were up
+
+    def ready(self, wait: bool = False) -> bool:
+        """Whether the worker processes are up (``wait``: block until they are).
+
+        Raises
+        ------
+        RuntimeError
+            If they could not be started (naming why).
+        """
+        if wait and not self._closed:
+            self._starting.join()
+        if self._error is not None:
+            raise RuntimeError(f"the worker pool did not start: {self._error}") from self._error
+        return not self._starting.is_alive() and self._pool is not None and not self._closed
+
+    def slices_of(self, jobs: Sequence[RowJob]) -> list[list[RowJob]]:
+        """``jobs`` cut into the workers' contiguous slices, in job order."""
+        return [[jobs[i] for i in part] for part in slices(len(jobs), self.workers)]
 
     def run(self, jobs: Sequence[RowJob], dim: int) -> list[Released]:
-        """Every job trained and released, in job order (``dim``: the model's parameter count).
+        """Every job trained and released, in job order (``dim``: the model's parameter count);
+        waits for the workers if they are still starting.
 
         One contiguous slice per worker. (Smaller chunks streamed to the round driver, so that it
         verifies early ones while the workers train later ones, measured slower on 2 cores: the
         engine process then competes with both workers for the cores.)"""
-        if self._pool is None:
+        if not self.ready(wait=True) or self._pool is None:
             raise RuntimeError("the worker pool is closed")
-        pending = [
-            self._pool.apply_async(_work, ([jobs[i] for i in part], dim))
-            for part in slices(len(jobs), self.workers)
-        ]
+        self._used = True
+        pending = [self._pool.apply_async(_work, (part, dim)) for part in self.slices_of(jobs)]
         return [out for p in pending for out in p.get()]
 
     def close(self) -> None:
-        """Stop the workers (idempotent)."""
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        """Stop the workers (idempotent). A start still under way is not waited for: its thread
+        stops the workers once they are up."""
+        with self._lock:
+            self._closed, pool, self._pool = True, self._pool, None
+        if pool is not None:
+            _stop(pool, self._used)
+
+
+def _stop(pool: Pool, used: bool) -> None:
+    """Stop ``pool``'s workers: terminated once they have worked; a pool never used is closed
+    gracefully, because a worker just forked may still be reading its start-up arguments (the
+    pool's semaphores), which terminating the pool would delete under it."""
+    if used:
+        pool.terminate()
+    else:
+        pool.close()
+    pool.join()

@@ -117,11 +117,16 @@ class InProcessTransport:
             return []
         jobs = [self._job(i, t) for i, t in enumerate(tasks)]
         dim = sum(int(np.size(v)) for v in (tasks[0].weights or {}).values())
-        if self.pool is not None:
+        if self.pool is not None and self.pool.ready():
             released = self.pool.run(jobs, dim)
-        else:
-            path = self.path
-            released = train_and_release(jobs, dim, self.model, self.nodes, path.batched, path.device)
+        else:  # in this process; while the workers start, in their slices (the same results)
+            parts = self.pool.slices_of(jobs) if self.pool is not None else [jobs]
+            batched, device = self.path.batched, self.path.device
+            released = [
+                out
+                for part in parts
+                for out in train_and_release(part, dim, self.model, self.nodes, batched, device)
+            ]
         for out in released:
             self.states[jobs[out.index].pid] = out.state  # a worker's copy, with the round's changes
         return [out.reply for out in released]

@@ -4,7 +4,9 @@ loop's results; fallbacks say why; ``[engine]`` settings are checked."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 from stamen.simulations.engine_config import AUTO_MIN_UPDATES, resolve_workers
 from stamen.simulations.engines import run_engine
 from stamen.simulations.engines.inprocess import engine_path
-from stamen.simulations.parallel import slices
+from stamen.simulations.parallel import WorkerPool, slices
 from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.results import write_results
 from stamen.simulations.scenario import load_scenario
@@ -135,14 +137,21 @@ STATEFUL = (
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [(), STATEFUL], ids=["dense", "ef-local-dp"])
 @pytest.mark.parametrize("batching", ["off", "on"])
-def test_two_workers_equal_one_process(batching: str, extra: tuple[str, ...]) -> None:
+def test_two_workers_equal_one_process(
+    batching: str, extra: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Worker processes train and release (error-feedback residuals and local DP noise from the
     client's own state and seed, the state carried back across rounds): the same results as the
-    engine's own loop; the per-client loop exactly, to the final weights."""
+    engine's own loop; the per-client loop exactly, to the final weights. The engine waits for the
+    workers here (a run that short would otherwise finish before they are up)."""
     one = run_engine("inprocess", _plan(f"engine.batching={batching}", "rounds=3", *extra))
+    ready, rounds = WorkerPool.ready, []
+    monkeypatch.setattr(WorkerPool, "ready", lambda self, wait=False: ready(self, wait=True))
+    monkeypatch.setattr(WorkerPool, "run", _spy(WorkerPool.run, rounds))
     two = run_engine(
         "inprocess", _plan(f"engine.batching={batching}", "rounds=3", "engine.workers=2", *extra)
     )
+    assert len(rounds) == 3  # every round ran in the workers
     if batching == "off":
         assert [(r.accuracy, r.loss, r.bytes_up) for r in one.rounds] == [
             (r.accuracy, r.loss, r.bytes_up) for r in two.rounds
@@ -154,6 +163,14 @@ def test_two_workers_equal_one_process(batching: str, extra: tuple[str, ...]) ->
             [(r.accuracy, r.loss, r.bytes_up) for r in two.rounds],
             [(r.accuracy, r.loss, r.bytes_up) for r in one.rounds],
         )
+
+
+def _spy(fn: Callable[..., Any], calls: list[object]) -> Callable[..., Any]:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def test_engine_path_is_written_to_results_json(tmp_path: Path) -> None:

@@ -1,0 +1,107 @@
+"""Worker processes: their envelopes are byte for byte what the engine's own process releases, the
+clients' states come back, the engine trains the workers' slices itself while they start, and a
+pool closed while starting leaves no process behind."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from stamen.server.driver.types import TrainTask
+from stamen.simulations.engines.inprocess import InProcessTransport, engine_path
+from stamen.simulations.parallel import WorkerPool, WorkerSpec
+from stamen.simulations.plan import SimulationPlan
+from stamen.simulations.scenario import load_scenario
+from stamen.task.models import model_structure
+
+EF = ("codec.pipeline=topk,int8", "codec.topk.ratio=0.1", "codec.error_feedback=true")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """The engine's numerics (``run_inprocess`` and every worker train on one torch thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class _Starting(WorkerPool):
+    """A pool whose workers are never up: the engine trains their slices itself."""
+
+    def __init__(self, workers: int) -> None:  # no processes
+        self.workers = workers
+
+    def ready(self, wait: bool = False) -> bool:
+        return False
+
+
+def _plan(*overrides: str) -> SimulationPlan:
+    return SimulationPlan.from_scenario(
+        load_scenario("smoke", ["data.num_clients=6", "clients.per_round=6", *overrides])
+    )
+
+
+def _transport(plan: SimulationPlan, pool: WorkerPool | None) -> InProcessTransport:
+    model = model_structure(plan.cfg.task)
+    return InProcessTransport(
+        plan.nodes(None), plan.cfg.num_clients, model, path=engine_path(plan, model), pool=pool
+    )
+
+
+def _tasks(plan: SimulationPlan) -> list[TrainTask]:
+    """Round 1's tasks as the driver builds them."""
+    return plan.driver(_transport(plan, None), None).configure(1, plan.initial)
+
+
+def _envelopes(transport: InProcessTransport, tasks: list[TrainTask]) -> list[bytes | None]:
+    return [r.envelope for r in transport.train(tasks, 60.0)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batching", ["off", "on"])
+def test_workers_release_what_the_engine_releases(batching: str) -> None:
+    """Two rounds of the same clients with error feedback, so round 2's envelopes depend on the
+    residual each worker sent back in the client's state. Per-client loop: the workers' envelopes
+    are the serial engine's. Both paths: the same as the engine training the workers' slices
+    itself (what it does while they start)."""
+    plan = _plan(f"engine.batching={batching}", "engine.workers=2", *EF)
+    tasks = _tasks(plan)
+    spec = WorkerSpec(plan.cfg.task, plan.data, plan.peer, batched=batching == "on")
+    pool = WorkerPool(spec, 2)
+    try:
+        assert pool.ready(wait=True)
+        serial, here, workers = _transport(plan, None), _transport(plan, _Starting(2)), _transport(plan, pool)
+        for _ in range(2):
+            got = _envelopes(workers, tasks)
+            assert got == _envelopes(here, tasks) and len(set(got)) == len(tasks)
+            if batching == "off":
+                assert got == _envelopes(serial, tasks)
+        assert pool._used  # the rounds ran in the workers
+        for pid, state in here.states.items():  # the workers' states came back, residuals and all
+            mine = workers.states[pid].arrays
+            assert any(k.startswith("ef/") for k in mine) and mine.keys() == state.arrays.keys()
+            assert all((mine[k] == v).all() for k, v in state.arrays.items())
+    finally:
+        pool.close()
+
+
+@pytest.mark.slow
+def test_a_pool_closed_while_starting_leaves_no_process() -> None:
+    plan = _plan("engine.batching=off")
+    before = set(mp.active_children())
+    pool = WorkerPool(WorkerSpec(plan.cfg.task, plan.data, plan.peer, batched=False), 2)
+    pool.close()  # returns at once; the starting thread stops the workers once they are up
+    assert not pool.ready()
+    pool._starting.join(timeout=120)
+    assert not pool._starting.is_alive()
+    deadline = time.monotonic() + 60
+    while set(mp.active_children()) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(mp.active_children()) - before
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.run([], 1)
