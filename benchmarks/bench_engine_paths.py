@@ -9,14 +9,22 @@ after the first) and the ratio to the anchor, and the peak RSS of this process a
 
     .venv/bin/python benchmarks/bench_engine_paths.py            # 1000 clients, 100/round, 3 rounds
     .venv/bin/python benchmarks/bench_engine_paths.py --quick    # 100 clients, 20/round
+    .venv/bin/python benchmarks/bench_engine_paths.py --fresh    # every run in a new process
+
+``--fresh`` runs every repeat of every path in a new Python process, as ``stamen simulate`` does: its
+whole-run figures then include the imports, the data loading and the worker processes' start (the
+forkserver's torch import), which the default mode pays once for all paths.
 
 Writes benchmarks/results/engine_paths.json.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any
@@ -63,35 +71,40 @@ def measure(p: SimulationPlan) -> dict[str, float]:
     return {"wall_s": wall, "round_s": statistics.median(steady), "accuracy": float(res.rounds[-1].accuracy)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = parser(__doc__, quick="100 clients, 20 per round", out="engine_paths.json")
-    ap.add_argument("--clients", type=int, default=1000)
-    ap.add_argument("--per-round", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=2, help="repetitions per path (median)")
-    args = ap.parse_args(argv)
-    prov = Provenance.capture(argv, script=__file__)
-    if args.quick:
-        args.clients, args.per_round = 100, 20
-    updates = args.rounds * args.per_round
-    measure(plan(args.clients, args.per_round, 1, PATHS["cohort-batched"]))  # warm caches and imports
+def measure_fresh(name: str, clients: int, per_round: int, rounds: int) -> dict[str, float]:
+    """:func:`measure` of path ``name`` in a new Python process (its imports and start-up included)."""
+    argv = [sys.executable, __file__, "--one", name, "--clients", str(clients), "--per-round", str(per_round)]
+    done = subprocess.run(
+        [*argv, "--rounds", str(rounds)], capture_output=True, text=True, timeout=1800, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{name}: fresh run failed: {done.stderr[-2000:]}")
+    measured: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return measured
+
+
+def measure_paths(args: argparse.Namespace) -> dict[str, Any]:
+    """Every path's medians over ``args.repeats`` runs, with updates/s and the ratios to the anchor."""
     rows: dict[str, Any] = {}
     for name, extra in PATHS.items():
-        runs = [measure(plan(args.clients, args.per_round, args.rounds, extra)) for _ in range(args.repeats)]
+        runs = [
+            measure_fresh(name, args.clients, args.per_round, args.rounds)
+            if args.fresh
+            else measure(plan(args.clients, args.per_round, args.rounds, extra))
+            for _ in range(args.repeats)
+        ]
         rows[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        rows[name]["updates_per_s"] = updates / rows[name]["wall_s"]
+        rows[name]["updates_per_s"] = args.rounds * args.per_round / rows[name]["wall_s"]
         rows[name]["round_updates_per_s"] = args.per_round / rows[name]["round_s"]
     anchor = rows["per-client (anchor)"]
     for row in rows.values():
         row["ratio_whole_run"] = anchor["wall_s"] / row["wall_s"]
         row["ratio_per_round"] = anchor["round_s"] / row["round_s"]
-    rss = {
-        "self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "largest_child_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-    }
-    scenario = {"clients": args.clients, "per_round": args.per_round, "rounds": args.rounds}
-    result = {"scenario": scenario, "repeats": args.repeats, "paths": rows, "peak_rss": rss}
-    prov.write(out_path(args), {**result, "machine": "2 cores, loaded by other jobs"})
+    return rows
+
+
+def report(rows: dict[str, Any], rss: dict[str, float]) -> None:
+    """The paths' table and the peak memory, printed."""
     print("| path | updates/s (whole run) | x anchor | steady round s | x anchor | final acc |")
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
@@ -101,6 +114,40 @@ def main(argv: list[str] | None = None) -> int:
         )
     own, child = rss["self_mib"], rss["largest_child_mib"]
     print(f"peak RSS: this process {own:.0f} MiB, largest worker {child:.0f} MiB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__, quick="100 clients, 20 per round", out="engine_paths.json")
+    ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--per-round", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="repetitions per path (median)")
+    ap.add_argument("--fresh", action="store_true", help="every run in a new process")
+    ap.add_argument("--one", choices=list(PATHS), help=argparse.SUPPRESS)  # a --fresh child
+    args = ap.parse_args(argv)
+    if args.one is not None:
+        print(json.dumps(measure(plan(args.clients, args.per_round, args.rounds, PATHS[args.one]))))
+        return 0
+    prov = Provenance.capture(argv, script=__file__)
+    if args.quick:
+        args.clients, args.per_round = 100, 20
+    if not args.fresh:
+        measure(plan(args.clients, args.per_round, 1, PATHS["cohort-batched"]))  # warm caches and imports
+    rows = measure_paths(args)
+    rss = {
+        "self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "largest_child_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+    scenario = {"clients": args.clients, "per_round": args.per_round, "rounds": args.rounds}
+    result = {
+        "scenario": scenario,
+        "repeats": args.repeats,
+        "fresh": args.fresh,
+        "paths": rows,
+        "peak_rss": rss,
+    }
+    prov.write(out_path(args), {**result, "machine": "2 cores, loaded by other jobs"})
+    report(rows, rss)
     return 0
 
 

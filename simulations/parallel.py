@@ -29,7 +29,7 @@ import multiprocessing as mp
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing.context import BaseContext
+from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.pool import Pool
 
 import torch
@@ -66,7 +66,11 @@ def _init(spec: WorkerSpec) -> None:
     dataset(spec.data), partitions(spec.data)  # cached per process: loaded now, not in round 1
 
 
-def context() -> BaseContext:
+def _noop() -> None:
+    """A process that does nothing (started to wait for the forkserver's imports)."""
+
+
+def context() -> ForkServerContext | SpawnContext:
     """The start method: a forkserver preloaded with torch and stamen, else ``spawn``."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
@@ -118,7 +122,8 @@ class WorkerPool:
             raise ValueError(f"a worker pool needs >= 2 workers, got {workers}")
         self.workers = workers
         self._pool: Pool | None = None
-        self._closed = self._used = False  # _used: a round was handed to the workers
+        self._closed = self._busy = False  # _busy: a round is in the workers
+        self._used = self._creating = False  # a round was handed to the workers; forking
         self._lock = threading.Lock()
         self._error: BaseException | None = None
         self._starting = threading.Thread(
@@ -127,16 +132,28 @@ class WorkerPool:
         self._starting.start()
 
     def _start(self, spec: WorkerSpec) -> None:
+        """Start the forkserver (the slow part: it imports torch), then, unless closed meanwhile,
+        the pool (forks of it: milliseconds; :meth:`close` waits for that part only)."""
         try:
-            pool = context().Pool(self.workers, _init, (spec,))
+            ctx = context()
+            if ctx.get_start_method() == "forkserver":  # a first fork returns once it has imported
+                warm = ctx.Process(target=_noop, name="stamen-forkserver-warm-up")
+                warm.start()
+                warm.join()
+            with self._lock:
+                if self._closed:
+                    return
+                self._creating = True
+            pool = ctx.Pool(self.workers, _init, (spec,))
         except BaseException as exc:  # re-raised in the engine's thread by ready()
-            self._error = exc
+            self._error, self._creating = exc, False
             return
         with self._lock:
+            self._creating = False
             if not self._closed:
                 self._pool = pool
                 return
-        _stop(pool, used=False)  # the run ended before its workers were up
+        _stop(pool, graceful=True)  # the run ended while its workers were being forked
 
     def ready(self, wait: bool = False) -> bool:
         """Whether the worker processes are up (``wait``: block until they are).
@@ -165,25 +182,30 @@ class WorkerPool:
         engine process then competes with both workers for the cores.)"""
         if not self.ready(wait=True) or self._pool is None:
             raise RuntimeError("the worker pool is closed")
-        self._used = True
+        self._used = self._busy = True
         pending = [self._pool.apply_async(_work, (part, dim)) for part in self.slices_of(jobs)]
-        return [out for p in pending for out in p.get()]
+        done = [out for p in pending for out in p.get()]
+        self._busy = False  # (left True by an error or an interrupt: close() then terminates)
+        return done
 
     def close(self) -> None:
-        """Stop the workers (idempotent). A start still under way is not waited for: its thread
-        stops the workers once they are up."""
+        """Stop the workers (idempotent). A forkserver still starting is not waited for: no pool
+        is made once it is up."""
         with self._lock:
             self._closed, pool, self._pool = True, self._pool, None
+            creating = self._creating
+        if creating:  # forking: wait (ms), the start thread then stops those workers itself
+            self._starting.join()
         if pool is not None:
-            _stop(pool, self._used)
+            _stop(pool, graceful=not self._busy)
 
 
-def _stop(pool: Pool, used: bool) -> None:
-    """Stop ``pool``'s workers: terminated once they have worked; a pool never used is closed
-    gracefully, because a worker just forked may still be reading its start-up arguments (the
-    pool's semaphores), which terminating the pool would delete under it."""
-    if used:
-        pool.terminate()
-    else:
+def _stop(pool: Pool, graceful: bool) -> None:
+    """Stop ``pool``'s workers: between rounds they are told to exit (a worker just forked may still
+    be reading its start-up arguments, the pool's semaphores, which terminating the pool would
+    delete under it); a round interrupted in the workers is terminated."""
+    if graceful:
         pool.close()
+    else:
+        pool.terminate()
     pool.join()
