@@ -67,6 +67,7 @@ class InProcessTransport:
         self.states = ClientStates(state_memory)  # per-client memory across rounds, bounded in RAM
         self.held: dict[int, Held] = {}  # the model each client keeps (cached downlink)
         self.clock, self.timeout_s = 0.0, timeout_s
+        self.rounds_in_workers = 0  # rounds the worker pool trained (the engine does until it is up)
 
     def clients(self) -> Sequence[str]:
         """Every virtual client, by partition id (names made on demand)."""
@@ -119,6 +120,7 @@ class InProcessTransport:
         dim = sum(int(np.size(v)) for v in (tasks[0].weights or {}).values())
         if self.pool is not None and self.pool.ready():
             released = self.pool.run(jobs, dim)
+            self.rounds_in_workers += 1
         else:  # in this process; while the workers start, in their slices (the same results)
             parts = self.pool.slices_of(jobs) if self.pool is not None else [jobs]
             batched, device = self.path.batched, self.path.device
@@ -261,7 +263,7 @@ def run_inprocess(
         if devices is not None:
             devices.close()
     result.extra.update(plan.result_extra())
-    spilled = {"client_states_spilled": sync.states.spilled}
+    spilled = {"client_states_spilled": sync.states.spilled, "rounds_in_workers": sync.rounds_in_workers}
     result.extra["engine_path"] = {**path.describe(), **peak_rss_mib(), **spilled}
     return result
 

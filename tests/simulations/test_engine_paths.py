@@ -73,6 +73,7 @@ def test_results_record_the_path_and_the_fallback() -> None:
         "fallback": None,
         "single_process": None,
         "client_states_spilled": 0,
+        "rounds_in_workers": 0,
     }
 
 
@@ -151,7 +152,7 @@ def test_two_workers_equal_one_process(
     two = run_engine(
         "inprocess", _plan(f"engine.batching={batching}", "rounds=3", "engine.workers=2", *extra)
     )
-    assert len(rounds) == 3  # every round ran in the workers
+    assert len(rounds) == 3 == two.extra["engine_path"]["rounds_in_workers"]  # every round ran there
     if batching == "off":
         assert [(r.accuracy, r.loss, r.bytes_up) for r in one.rounds] == [
             (r.accuracy, r.loss, r.bytes_up) for r in two.rounds
