@@ -20,6 +20,7 @@ Every array stage then allocates at most the table's elements per decoded tensor
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -287,13 +288,19 @@ def _decode_stage(stage: ArrayStage, arrays: Arrays) -> Arrays:
         raise MalformedUpdate(f"{stage.name}: cannot decode payload: {exc}") from exc
 
 
+@functools.lru_cache(maxsize=64)
+def _index_keys(n: int) -> list[str]:
+    """``["0", "1", ..., str(n - 1)]``, the container keys of an ``n``-tensor table (callers only read it)."""
+    return [str(i) for i in range(n)]
+
+
 def _named(arrays: Arrays, table: tuple[TensorInfo, ...], *, copy: bool) -> dict[str, np.ndarray]:
     """Map index keys back to names; every tensor present, floating, with the right size.
 
     ``copy`` gives every tensor its own writable float32 buffer; without it, float32 arrays
     are returned as they are (possibly read-only views into the payload)."""
-    expected = [str(i) for i in range(len(table))]
-    if set(arrays) != set(expected):
+    expected = _index_keys(len(table))
+    if list(arrays) != expected and set(arrays) != set(expected):  # the list: the usual case, fast
         missing = sorted(set(expected) - set(arrays))[:_MAX_LISTED]
         extra = sorted(set(arrays) - set(expected))[:_MAX_LISTED]
         raise MalformedUpdate(

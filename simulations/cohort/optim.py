@@ -32,8 +32,11 @@ class StackedSGD:
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor], active: int, t: int) -> None:
         """Apply step ``t`` (0-based) to the first ``active`` clients; ``grads[i]`` is ``(active, ...)``."""
-        for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
-            live = p[:active]
+        lives = [p[:active] for p in self.params]
+        if self.wd == 0 and self.momentum == 0:  # plain SGD: one fused call, the same element-wise adds
+            torch._foreach_add_(lives, grads, alpha=-self.lr)
+            return
+        for i, (live, g) in enumerate(zip(lives, grads, strict=True)):
             if self.wd != 0:
                 g = g.add(live, alpha=self.wd)
             if self.momentum != 0:
