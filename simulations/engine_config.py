@@ -5,11 +5,12 @@
 per-client loop otherwise, with the reason recorded; ``"off"`` always runs the per-client loop;
 ``"on"`` refuses the run (one line naming the reason) when the cohort cannot be batched.
 
-``workers`` is the number of worker processes that train a round's clients, each holding one model
-(no process per client); they release their clients' envelopes too and return them. ``0``
-picks for the machine (:func:`resolve_workers`: one process for a cohort-batched run, whose
-kernel already uses the cohort), ``1`` trains in the engine's own process. Results
-do not depend on it: every client's update is computed by the same code from the same seed.
+``workers`` is the number of processes that train a round's clients, each holding one model (no
+process per client): the engine's own, which trains the first slice of every round, and ``workers -
+1`` worker processes, which train the others and release their clients' envelopes too. ``0`` picks
+for the machine (:func:`resolve_workers`: one process for a cohort-batched run, whose kernel already
+uses the cohort), ``1`` trains in the engine's own process only. Results do not depend on it: every
+client's update is computed by the same code from the same seed.
 
 ``device`` is where the cohort-batched kernel runs: ``"auto"`` (``cuda`` when a GPU is visible),
 ``"cpu"`` or ``"cuda"``. The per-client loop always runs on the CPU.

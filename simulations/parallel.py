@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.pool import Pool
@@ -105,16 +105,18 @@ def slices(n: int, parts: int) -> list[range]:
 class WorkerPool:
     """``workers`` processes training and releasing a round's jobs.
 
-    The processes start in a background thread (the first pool of a process waits for the
-    forkserver's imports, seconds); until they are up :meth:`ready` is false, and the engine trains
-    the same slices itself (:meth:`slices_of`).
+    A round is cut into ``workers`` slices: the engine's process trains and releases the first
+    itself while ``workers - 1`` worker processes do the others (so every core computes; the engine
+    then verifies and aggregates). The worker processes start in a background thread (the first
+    pool of a process waits for the forkserver's imports, seconds); until they are up :meth:`ready`
+    is false, and the engine trains every slice itself (:meth:`slices_of`, the same results).
 
     Parameters
     ----------
     spec : WorkerSpec
         What each worker builds at start.
     workers : int
-        Processes, ``>= 2`` (one process is the engine's own loop).
+        Training processes, ``>= 2``: the engine's own and ``workers - 1`` worker processes.
     """
 
     def __init__(self, spec: WorkerSpec, workers: int) -> None:
@@ -144,7 +146,7 @@ class WorkerPool:
                 if self._closed:
                     return
                 self._creating = True
-            pool = ctx.Pool(self.workers, _init, (spec,))
+            pool = ctx.Pool(self.workers - 1, _init, (spec,))
         except BaseException as exc:  # re-raised in the engine's thread by ready()
             self._error, self._creating = exc, False
             return
@@ -173,18 +175,22 @@ class WorkerPool:
         """``jobs`` cut into the workers' contiguous slices, in job order."""
         return [[jobs[i] for i in part] for part in slices(len(jobs), self.workers)]
 
-    def run(self, jobs: Sequence[RowJob], dim: int) -> list[Released]:
-        """Every job trained and released, in job order (``dim``: the model's parameter count);
-        waits for the workers if they are still starting.
+    def run(
+        self, jobs: Sequence[RowJob], dim: int, here: Callable[[list[RowJob]], list[Released]]
+    ) -> list[Released]:
+        """Every job trained and released, in job order (``dim``: the model's parameter count): the
+        first slice by ``here`` in this process while the workers train the others; waits for the
+        workers if they are still starting.
 
-        One contiguous slice per worker. (Smaller chunks streamed to the round driver, so that it
-        verifies early ones while the workers train later ones, measured slower on 2 cores: the
-        engine process then competes with both workers for the cores.)"""
+        One contiguous slice per process, returned together. (Streaming slices to the round driver,
+        so that it verifies the engine's own slice while the workers train theirs, measured slower
+        on 2 cores for the cohort-batched path and no faster for the per-client loop.)"""
         if not self.ready(wait=True) or self._pool is None:
             raise RuntimeError("the worker pool is closed")
         self._used = self._busy = True
-        pending = [self._pool.apply_async(_work, (part, dim)) for part in self.slices_of(jobs)]
-        done = [out for p in pending for out in p.get()]
+        first, *others = self.slices_of(jobs) or [[]]
+        pending = [self._pool.apply_async(_work, (part, dim)) for part in others]
+        done = here(first) + [out for p in pending for out in p.get()]
         self._busy = False  # (left True by an error or an interrupt: close() then terminates)
         return done
 

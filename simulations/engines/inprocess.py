@@ -29,7 +29,7 @@ from stamen.server.history import FederationResult, ProgressFn
 from stamen.simulations.client_states import ClientStates
 from stamen.simulations.engines.clock import TripMeter, round_end
 from stamen.simulations.engines.paths import EnginePath, resolve_path
-from stamen.simulations.engines.rows import RowJob, train_and_release
+from stamen.simulations.engines.rows import Released, RowJob, train_and_release
 from stamen.simulations.nodes import ClientNames, SimulatedNodes
 from stamen.simulations.parallel import WorkerPool, WorkerSpec
 from stamen.simulations.plan import SimulationPlan
@@ -112,23 +112,23 @@ class InProcessTransport:
     def _rows(self, tasks: Sequence[TrainTask]) -> list[Reply]:
         """The cohort trained (cohort-batched, or the per-client loop) and each client's row released
         (local DP, codec, envelope) with its own state and seed, in cohort order, as :meth:`run`
-        does: here, or by the worker processes, which return the envelopes."""
+        does: here, or here and by the worker processes, which return the envelopes."""
         assert self.path is not None
         if not tasks:
             return []
         jobs = [self._job(i, t) for i, t in enumerate(tasks)]
         dim = sum(int(np.size(v)) for v in (tasks[0].weights or {}).values())
+        batched, device = self.path.batched, self.path.device
+
+        def here(part: list[RowJob]) -> list[Released]:
+            return train_and_release(part, dim, self.model, self.nodes, batched, device)
+
         if self.pool is not None and self.pool.ready():
-            released = self.pool.run(jobs, dim)
+            released = self.pool.run(jobs, dim, here)
             self.rounds_in_workers += 1
         else:  # in this process; while the workers start, in their slices (the same results)
             parts = self.pool.slices_of(jobs) if self.pool is not None else [jobs]
-            batched, device = self.path.batched, self.path.device
-            released = [
-                out
-                for part in parts
-                for out in train_and_release(part, dim, self.model, self.nodes, batched, device)
-            ]
+            released = [out for part in parts for out in here(part)]
         for out in released:
             self.states[jobs[out.index].pid] = out.state  # a worker's copy, with the round's changes
         return [out.reply for out in released]

@@ -104,4 +104,4 @@ def test_a_pool_closed_while_starting_leaves_no_process() -> None:
         time.sleep(0.2)
     assert not set(mp.active_children()) - before
     with pytest.raises(RuntimeError, match="closed"):
-        pool.run([], 1)
+        pool.run([], 1, lambda part: [])
