@@ -12,6 +12,10 @@ the round's own wall time, and the budget of the issue's goal (5,000 updates/s =
 
     .venv/bin/python benchmarks/bench_round_phases.py              # 20 rounds after a warm-up run
     .venv/bin/python benchmarks/bench_round_phases.py --quick      # 100 clients, 20 per round, 3 rounds
+    .venv/bin/python benchmarks/bench_round_phases.py --threads 1 --out round_phases_1thread.json
+
+``--threads N`` sets ``engine.threads`` (default 0: the engine's choice, every core for this
+cohort; ``--threads 1`` is the one-thread anchor).
 
 Writes benchmarks/results/round_phases.json.
 """
@@ -71,11 +75,17 @@ def timed(spent: dict[str, float]) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__, quick="100 clients, 20 per round, 3 rounds", out="round_phases.json")
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=0, help="engine.threads (default 0: automatic)")
     args = ap.parse_args(argv)
     prov = Provenance.capture(argv, script=__file__)
     clients, per_round = (100, 20) if args.quick else (1000, 100)
     rounds = 3 if args.quick else args.rounds
-    p = plan(clients, per_round, rounds, ("engine.batching=on", "engine.workers=1"))
+    p = plan(
+        clients,
+        per_round,
+        rounds,
+        ("engine.batching=on", "engine.workers=1", f"engine.threads={args.threads}"),
+    )
     run_engine("inprocess", p)  # warm caches and imports
     spent: dict[str, float] = collections.defaultdict(float)
     with timed(spent):
@@ -84,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ms = {k: spent[k] / rounds * 1e3 for _, _, k in PHASES}
     ms["other"] = wall / rounds * 1e3 - sum(ms.values())
     result = {"clients": clients, "per_round": per_round, "rounds": rounds, "round_ms": wall / rounds * 1e3}
+    result["threads"] = res.extra["engine_path"]["threads"]
     prov.write(out_path(args), {**result, "phase_ms": ms, "budget_ms_5000_per_s": per_round / 5000 * 1e3})
     print(f"round {result['round_ms']:.1f} ms (budget for 5,000 updates/s: {per_round / 5:.1f} ms)")
     for k, v in ms.items():

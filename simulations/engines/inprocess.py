@@ -235,6 +235,7 @@ def run_inprocess(
         model = model_structure(plan.cfg.task)
         meter = TripMeter(plan.timing(), plan.cfg.train.epochs)
         path = engine_path(plan, model)
+        torch.set_num_threads(path.threads)
         if path.workers > 1:
             spec = WorkerSpec(plan.cfg.task, plan.data, plan.peer, path.batched, path.device.type)
             pool = WorkerPool(spec, path.workers)
@@ -256,6 +257,7 @@ def run_inprocess(
             driver = assemble_async(plan.cfg, clock, plan.initial, plan.evaluator(), plan.extras(devices))
             result = driver.run(plan.initial, progress)
     finally:
+        torch.set_num_threads(1)
         if sync is not None:
             sync.states.close()
         if pool is not None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from stamen.simulations.cohort import cannot_batch_reason, default_device, module_reason
-from stamen.simulations.engine_config import resolve_workers
+from stamen.simulations.engine_config import resolve_threads, resolve_workers
 from stamen.simulations.scenario import Scenario
 from stamen.task.spec import TaskSpec, TrainSpec
 
@@ -31,6 +31,8 @@ class EnginePath:
         Why the cohort is not batched (``None`` when it is).
     serial : str or None
         Why the run stays in one process although more workers were asked for (``None`` otherwise).
+    threads : int
+        Torch threads of the engine's own process.
     """
 
     batched: bool
@@ -38,6 +40,7 @@ class EnginePath:
     device: torch.device
     fallback: str | None = None
     serial: str | None = None
+    threads: int = 1
 
     def describe(self) -> dict[str, Any]:
         """What results.json records under ``engine_path``."""
@@ -47,6 +50,7 @@ class EnginePath:
             "device": self.device.type if self.batched else "cpu",
             "fallback": self.fallback,
             "single_process": self.serial,
+            "threads": self.threads,
         }
 
 
@@ -85,7 +89,9 @@ def resolve_path(s: Scenario, task: TaskSpec, train: TrainSpec, model: nn.Module
     serial = None
     if apart is not None and workers > 1:
         serial, workers = apart, 1
-    return EnginePath(fallback is None, workers, device, fallback, serial)
+    cpu_batched = fallback is None and device.type == "cpu"
+    threads = resolve_threads(s.engine.threads, s.clients.per_round, batched=cpu_batched, processes=workers)
+    return EnginePath(fallback is None, workers, device, fallback, serial, threads)
 
 
 def _device(name: str) -> torch.device:

@@ -10,10 +10,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stamen.simulations.engine_config import AUTO_MIN_UPDATES, resolve_workers
+from stamen.simulations.engine_config import (
+    AUTO_MIN_UPDATES,
+    AUTO_THREAD_COHORT,
+    resolve_threads,
+    resolve_workers,
+)
 from stamen.simulations.engines import run_engine
 from stamen.simulations.engines.inprocess import engine_path
 from stamen.simulations.parallel import WorkerPool, slices
@@ -72,6 +78,7 @@ def test_results_record_the_path_and_the_fallback() -> None:
         "device": "cpu",
         "fallback": None,
         "single_process": None,
+        "threads": 1,  # 4 clients a round: too few to share
         "client_states_spilled": 0,
         "rounds_in_workers": 0,
     }
@@ -99,6 +106,33 @@ def test_bad_engine_settings_are_one_line_errors() -> None:
         _plan("engine.batching=maybe")
     with pytest.raises(ValueError, match="workers"):
         _plan("engine.workers=-1")
+
+
+def test_resolve_threads_hand_cases() -> None:
+    big = AUTO_THREAD_COHORT
+    assert resolve_threads(0, big, batched=True, processes=1, cpus=2) == 2  # every core for the kernel
+    assert resolve_threads(0, big, batched=True, processes=1, cpus=64) == 8  # capped
+    assert resolve_threads(0, big - 1, batched=True, processes=1, cpus=2) == 1  # too little to share
+    assert resolve_threads(0, big, batched=False, processes=1, cpus=2) == 1  # per-client numerics
+    assert resolve_threads(0, big, batched=True, processes=2, cpus=2) == 1  # workers hold the cores
+    assert resolve_threads(3, 1, batched=False, processes=4, cpus=2) == 3  # asked for: given
+
+
+def test_engine_threads_are_resolved_recorded_and_released() -> None:
+    """A batched cohort of 64 gets the CPUs; ``engine.threads`` overrides it; the engine leaves one
+    thread behind; two threads give one thread's results to float tolerance."""
+    plan = _plan(f"clients.per_round={AUTO_THREAD_COHORT}", "data.num_clients=64", "rounds=1")
+    expected = resolve_threads(0, AUTO_THREAD_COHORT, batched=True, processes=1)
+    assert engine_path(plan, model_structure(plan.cfg.task)).threads == expected
+    one = run_engine("inprocess", _plan("engine.batching=on", "engine.threads=1", "rounds=2"))
+    two = run_engine("inprocess", _plan("engine.batching=on", "engine.threads=2", "rounds=2"))
+    assert two.extra["engine_path"]["threads"] == 2 and torch.get_num_threads() == 1
+    _close(
+        [(r.accuracy, r.loss, r.bytes_up) for r in two.rounds],
+        [(r.accuracy, r.loss, r.bytes_up) for r in one.rounds],
+    )
+    with pytest.raises(ValueError, match="threads"):
+        _plan("engine.threads=-1")
 
 
 def test_resolve_workers_hand_cases() -> None:
