@@ -45,6 +45,7 @@ from stamen.client.core import local_update
 from stamen.server.driver.flower_transport import GridTransport
 from stamen.server.sampling import sample_clients
 from stamen.simulations.cohort import CohortData, client_seeds, train_cohort
+from stamen.simulations.engine_config import resolve_threads
 from stamen.simulations.engines import run_engine
 from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.provider import client_data, dataset, partitions
@@ -108,8 +109,10 @@ def pure_serial_s(p: SimulationPlan) -> float:
 
 
 def pure_batched_s(p: SimulationPlan) -> float:
-    """The cohort kernel alone per round: index rows, seeds, data copy and ``train_cohort``."""
+    """The cohort kernel alone per round: index rows, seeds, data copy and ``train_cohort``, on as
+    many torch threads as the engine gives the same run (``engine.threads`` automatic)."""
     cfg = p.cfg
+    torch.set_num_threads(resolve_threads(0, cfg.per_round, batched=True, processes=1))
     model = build_model(cfg.task)
     weights, ds, parts, total = get_weights(model), dataset(p.data), partitions(p.data), 0.0
     for rnd in range(1, cfg.rounds + 1):
@@ -119,6 +122,7 @@ def pure_batched_s(p: SimulationPlan) -> float:
         data = CohortData.from_padded(ds.x_train, ds.y_train, rows, sizes, torch.device("cpu"))
         train_cohort(model, weights, data, cfg.train, client_seeds(cfg.seed, rnd, pids))
         total += time.perf_counter() - t0
+    torch.set_num_threads(1)
     return total
 
 
