@@ -45,7 +45,6 @@ from stamen.client.core import local_update
 from stamen.server.driver.flower_transport import GridTransport
 from stamen.server.sampling import sample_clients
 from stamen.simulations.cohort import CohortData, client_seeds, train_cohort
-from stamen.simulations.engine_config import resolve_threads
 from stamen.simulations.engines import run_engine
 from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.provider import client_data, dataset, partitions
@@ -109,10 +108,10 @@ def pure_serial_s(p: SimulationPlan) -> float:
 
 
 def pure_batched_s(p: SimulationPlan) -> float:
-    """The cohort kernel alone per round: index rows, seeds, data copy and ``train_cohort``, on as
-    many torch threads as the engine gives the same run (``engine.threads`` automatic)."""
+    """The cohort kernel alone per round: index rows, seeds, data copy and ``train_cohort``, on the
+    run's ``engine.threads`` (a fair denominator when a run sets more than one)."""
     cfg = p.cfg
-    torch.set_num_threads(resolve_threads(0, cfg.per_round, batched=True, processes=1))
+    torch.set_num_threads(p.scenario.engine.threads)
     model = build_model(cfg.task)
     weights, ds, parts, total = get_weights(model), dataset(p.data), partitions(p.data), 0.0
     for rnd in range(1, cfg.rounds + 1):

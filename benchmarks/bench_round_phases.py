@@ -12,10 +12,10 @@ the round's own wall time, and the budget of the issue's goal (5,000 updates/s =
 
     .venv/bin/python benchmarks/bench_round_phases.py              # 20 rounds after a warm-up run
     .venv/bin/python benchmarks/bench_round_phases.py --quick      # 100 clients, 20 per round, 3 rounds
-    .venv/bin/python benchmarks/bench_round_phases.py --threads 1 --out round_phases_1thread.json
+    .venv/bin/python benchmarks/bench_round_phases.py --threads 2 --out round_phases_2threads.json
+    .venv/bin/python benchmarks/bench_round_phases.py --per-round 1000 --rounds 10 --out round_phases_1000.json
 
-``--threads N`` sets ``engine.threads`` (default 0: the engine's choice, every core for this
-cohort; ``--threads 1`` is the one-thread anchor).
+``--threads N`` sets ``engine.threads`` (default 1, the engine's default).
 
 Writes benchmarks/results/round_phases.json.
 """
@@ -75,10 +75,12 @@ def timed(spent: dict[str, float]) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__, quick="100 clients, 20 per round, 3 rounds", out="round_phases.json")
     ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=0, help="engine.threads (default 0: automatic)")
+    ap.add_argument("--threads", type=int, default=1, help="engine.threads (default 1)")
+    ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--per-round", type=int, default=100)
     args = ap.parse_args(argv)
     prov = Provenance.capture(argv, script=__file__)
-    clients, per_round = (100, 20) if args.quick else (1000, 100)
+    clients, per_round = (100, 20) if args.quick else (args.clients, args.per_round)
     rounds = 3 if args.quick else args.rounds
     p = plan(
         clients,
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     result["threads"] = res.extra["engine_path"]["threads"]
     prov.write(out_path(args), {**result, "phase_ms": ms, "budget_ms_5000_per_s": per_round / 5000 * 1e3})
     print(f"round {result['round_ms']:.1f} ms (budget for 5,000 updates/s: {per_round / 5:.1f} ms)")
+    print(f"  threads    {result['threads']}")
     for k, v in ms.items():
         print(f"  {k:10s} {v:6.2f} ms")
     return 0

@@ -12,12 +12,11 @@ for the machine (:func:`resolve_workers`: one process for a cohort-batched run, 
 uses the cohort), ``1`` trains in the engine's own process only. Results do not depend on it: every
 client's update is computed by the same code from the same seed.
 
-``threads`` is the number of torch threads of the engine's own process. ``0`` picks: the CPUs (at most
-8) for a cohort-batched CPU run in one process whose rounds have at least
-:data:`AUTO_THREAD_COHORT` clients (its batched matrix products then use every core: 22.1 -> 19.9 ms a
-round of 100 clients on 2 cores, BENCHMARKS.md §1), else one thread, the per-client loop's numerics
-(worker processes always use one thread each). A run is deterministic for a given thread count; two
-counts may differ in the last bits of the weights (a product's sums split differently).
+``threads`` is the number of torch threads of the engine's own process (default 1, the per-client
+loop's numerics; worker processes always use one each). On 2 cores a second thread measured between
+10 % slower and 12 % faster per round for 100 to 1,000 clients a round (BENCHMARKS.md §1), so it
+is not picked automatically; try it on machines with more cores. A run is deterministic for a given
+thread count; two counts may differ in the last bits of the weights.
 
 ``device`` is where the cohort-batched kernel runs: ``"auto"`` (``cuda`` when a GPU is visible),
 ``"cpu"`` or ``"cuda"``. The per-client loop always runs on the CPU.
@@ -39,10 +38,6 @@ BATCHING: tuple[str, ...] = ("auto", "off", "on")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 MAX_AUTO_WORKERS = 8
 """``workers = 0`` never starts more processes than this."""
-MAX_AUTO_THREADS = 8
-"""``threads = 0`` never uses more torch threads than this."""
-AUTO_THREAD_COHORT = 64
-"""``threads = 0`` keeps a cohort of fewer clients on one thread (too little work to share)."""
 AUTO_MIN_UPDATES = 5000
 """``workers = 0`` keeps a run of fewer client updates (rounds x per round) in one process: a worker
 costs about a second to start (importing torch), more than a small run's training."""
@@ -56,7 +51,7 @@ class EngineConfig(_Config):
     batching: str = _f("auto", choices=BATCHING)
     workers: int = _f(0, ge=0, le=256)
     device: str = _f("auto", choices=DEVICES)
-    threads: int = _f(0, ge=0, le=256)
+    threads: int = _f(1, ge=1, le=256)
     state_memory_mb: int = _f(1024, ge=0, le=1 << 20)
 
 
@@ -91,17 +86,3 @@ def resolve_workers(
     if device == "cuda" or batched or updates < AUTO_MIN_UPDATES:
         return 1
     return max(1, min(cpus, MAX_AUTO_WORKERS))
-
-
-def resolve_threads(
-    threads: int, cohort: int, *, batched: bool, processes: int, cpus: int | None = None
-) -> int:
-    """Torch threads of the engine's process for ``threads`` (0 = automatic): the CPUs (at most
-    :data:`MAX_AUTO_THREADS`) for a cohort-batched run in one process with cohorts of at least
-    :data:`AUTO_THREAD_COHORT` clients, else 1; ``>= 1`` is returned as given."""
-    if threads >= 1:
-        return threads
-    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
-    if not batched or processes > 1 or cohort < AUTO_THREAD_COHORT:
-        return 1
-    return max(1, min(cpus, MAX_AUTO_THREADS))

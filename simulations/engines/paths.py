@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from stamen.simulations.cohort import cannot_batch_reason, default_device, module_reason
-from stamen.simulations.engine_config import resolve_threads, resolve_workers
+from stamen.simulations.engine_config import resolve_workers
 from stamen.simulations.scenario import Scenario
 from stamen.task.spec import TaskSpec, TrainSpec
 
@@ -89,9 +89,7 @@ def resolve_path(s: Scenario, task: TaskSpec, train: TrainSpec, model: nn.Module
     serial = None
     if apart is not None and workers > 1:
         serial, workers = apart, 1
-    cpu_batched = fallback is None and device.type == "cpu"
-    threads = resolve_threads(s.engine.threads, s.clients.per_round, batched=cpu_batched, processes=workers)
-    return EnginePath(fallback is None, workers, device, fallback, serial, threads)
+    return EnginePath(fallback is None, workers, device, fallback, serial, s.engine.threads)
 
 
 def _device(name: str) -> torch.device:

@@ -16,8 +16,6 @@ from hypothesis import strategies as st
 
 from stamen.simulations.engine_config import (
     AUTO_MIN_UPDATES,
-    AUTO_THREAD_COHORT,
-    resolve_threads,
     resolve_workers,
 )
 from stamen.simulations.engines import run_engine
@@ -78,7 +76,7 @@ def test_results_record_the_path_and_the_fallback() -> None:
         "device": "cpu",
         "fallback": None,
         "single_process": None,
-        "threads": 1,  # 4 clients a round: too few to share
+        "threads": 1,
         "client_states_spilled": 0,
         "rounds_in_workers": 0,
     }
@@ -108,31 +106,22 @@ def test_bad_engine_settings_are_one_line_errors() -> None:
         _plan("engine.workers=-1")
 
 
-def test_resolve_threads_hand_cases() -> None:
-    big = AUTO_THREAD_COHORT
-    assert resolve_threads(0, big, batched=True, processes=1, cpus=2) == 2  # every core for the kernel
-    assert resolve_threads(0, big, batched=True, processes=1, cpus=64) == 8  # capped
-    assert resolve_threads(0, big - 1, batched=True, processes=1, cpus=2) == 1  # too little to share
-    assert resolve_threads(0, big, batched=False, processes=1, cpus=2) == 1  # per-client numerics
-    assert resolve_threads(0, big, batched=True, processes=2, cpus=2) == 1  # workers hold the cores
-    assert resolve_threads(3, 1, batched=False, processes=4, cpus=2) == 3  # asked for: given
-
-
-def test_engine_threads_are_resolved_recorded_and_released() -> None:
-    """A batched cohort of 64 gets the CPUs; ``engine.threads`` overrides it; the engine leaves one
-    thread behind; two threads give one thread's results to float tolerance."""
-    plan = _plan(f"clients.per_round={AUTO_THREAD_COHORT}", "data.num_clients=64", "rounds=1")
-    expected = resolve_threads(0, AUTO_THREAD_COHORT, batched=True, processes=1)
-    assert engine_path(plan, model_structure(plan.cfg.task)).threads == expected
+def test_engine_threads_are_recorded_and_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``engine.threads`` sets the engine's torch threads (default 1), is recorded, and the engine
+    leaves one thread behind; two threads give one thread's results to float tolerance."""
+    assert engine_path(_plan(), model_structure(_plan().cfg.task)).threads == 1
     one = run_engine("inprocess", _plan("engine.batching=on", "engine.threads=1", "rounds=2"))
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", _spy(torch.set_num_threads, calls))
     two = run_engine("inprocess", _plan("engine.batching=on", "engine.threads=2", "rounds=2"))
+    assert [c[0] for c in calls] == [1, 2, 1]  # the engine's default, the run's, released
     assert two.extra["engine_path"]["threads"] == 2 and torch.get_num_threads() == 1
     _close(
         [(r.accuracy, r.loss, r.bytes_up) for r in two.rounds],
         [(r.accuracy, r.loss, r.bytes_up) for r in one.rounds],
     )
     with pytest.raises(ValueError, match="threads"):
-        _plan("engine.threads=-1")
+        _plan("engine.threads=0")
 
 
 def test_resolve_workers_hand_cases() -> None:
