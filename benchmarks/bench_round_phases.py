@@ -13,7 +13,8 @@ the round's own wall time, and the budget of the issue's goal (5,000 updates/s =
     .venv/bin/python benchmarks/bench_round_phases.py              # 20 rounds after a warm-up run
     .venv/bin/python benchmarks/bench_round_phases.py --quick      # 100 clients, 20 per round, 3 rounds
     .venv/bin/python benchmarks/bench_round_phases.py --threads 2 --out round_phases_2threads.json
-    .venv/bin/python benchmarks/bench_round_phases.py --per-round 1000 --rounds 10 --out round_phases_1000.json
+    .venv/bin/python benchmarks/bench_round_phases.py --per-round 1000 --rounds 10 \
+        --out round_phases_1000.json
 
 ``--threads N`` sets ``engine.threads`` (default 1, the engine's default).
 
