@@ -51,11 +51,7 @@ class TripMeter:
         for pid in pids:
             attempts.append(self.attempts.get(pid, 0))
             self.attempts[pid] = attempts[-1] + 1
-        sizes: dict[int, int] = {}  # a cohort's tasks share their weights: sum their bytes once
-        down = [
-            len(t.downlink) if t.downlink is not None else sizes.setdefault(id(t.weights), weights_bytes(t))
-            for t in tasks
-        ]
+        down = downlink_sizes(tasks)
         return self.timing.trips(
             np.asarray(pids, dtype=np.int64),
             at,
@@ -65,6 +61,18 @@ class TripMeter:
             bytes_down=np.asarray(down, dtype=np.int64),
             bytes_up=np.array([r.nbytes for r in replies], dtype=np.int64),
         )
+
+
+def downlink_sizes(tasks: Sequence[TrainTask]) -> list[int]:
+    """Each task's downlink bytes; tasks that share their weights and patch objects are summed once
+    (a cached downlink's patches differ by the version each client holds: keyed by both)."""
+    sizes: dict[tuple[int, int], int] = {}
+    return [
+        len(t.downlink)
+        if t.downlink is not None
+        else sizes.setdefault((id(t.weights), id(t.patch)), weights_bytes(t))
+        for t in tasks
+    ]
 
 
 def weights_bytes(task: TrainTask) -> int:

@@ -89,6 +89,11 @@ def resolve_path(s: Scenario, task: TaskSpec, train: TrainSpec, model: nn.Module
     serial = None
     if apart is not None and workers > 1:
         serial, workers = apart, 1
+    if s.engine.threads > 1 and workers > 1:  # workers train on one thread: results would depend on timing
+        raise ValueError(
+            f"engine.threads={s.engine.threads} needs one training process (set engine.workers=1; "
+            f"this run resolves to {workers})"
+        )
     return EnginePath(fallback is None, workers, device, fallback, serial, s.engine.threads)
 
 

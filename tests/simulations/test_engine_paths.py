@@ -122,6 +122,9 @@ def test_engine_threads_are_recorded_and_released(monkeypatch: pytest.MonkeyPatc
     )
     with pytest.raises(ValueError, match="threads"):
         _plan("engine.threads=0")
+    two_workers = _plan("engine.threads=2", "engine.workers=2")  # mixed thread counts: refused
+    with pytest.raises(ValueError, match=r"engine\.threads=2 needs one training process"):
+        engine_path(two_workers, model_structure(two_workers.cfg.task))
 
 
 def test_resolve_workers_hand_cases() -> None:
@@ -207,14 +210,16 @@ def test_engine_path_is_written_to_results_json(tmp_path: Path) -> None:
     assert written["engine_path"]["training"] == "cohort-batched"
 
 
-def test_cohort_trips_give_the_one_by_one_run(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("downlink", ["full", "cached"])
+def test_cohort_trips_give_the_one_by_one_run(monkeypatch: pytest.MonkeyPatch, downlink: str) -> None:
     """A cohort's trips drawn at once (in-process engine, batched) leave every round as drawing them
-    one by one does: simulated times, drop-outs, accuracy and bytes exactly."""
+    one by one does: simulated times, drop-outs, accuracy and bytes exactly (with a cached downlink
+    too, whose patches differ by the version each client holds)."""
     import stamen.simulations.engines.inprocess as inprocess
 
     plan = (
-        "data.num_clients=40", "clients.per_round=20", "rounds=3", "engine.batching=on",
-        "timing.dropout_prob=0.2", "timing.compute_jitter_sigma=0.3",
+        "data.num_clients=40", "clients.per_round=20", "rounds=4", "engine.batching=on",
+        "timing.dropout_prob=0.2", "timing.compute_jitter_sigma=0.3", f"clients.downlink={downlink}",
     )  # fmt: skip
 
     def rounds() -> list[tuple[float, int, float, int]]:
@@ -225,3 +230,24 @@ def test_cohort_trips_give_the_one_by_one_run(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(inprocess, "COHORT_TRIPS", 10**9)
     assert rounds() == together
     assert sum(r[1] for r in together) > 0  # drop-outs happened
+
+
+def test_downlink_sizes_tell_patches_apart() -> None:
+    """Patched clients (weights None) holding different versions get their own patch's size."""
+    from types import SimpleNamespace
+
+    from stamen.simulations.engines.clock import downlink_sizes
+
+    def patch(n: int) -> SimpleNamespace:
+        return SimpleNamespace(to_arrays=lambda: {"w": np.zeros(n, np.float32)})
+
+    full = {"w": np.zeros(10, np.float32)}
+    small, big = patch(2), patch(5)
+    tasks = [
+        SimpleNamespace(downlink=None, weights=full, patch=None),
+        SimpleNamespace(downlink=None, weights=None, patch=small),
+        SimpleNamespace(downlink=None, weights=None, patch=big),
+        SimpleNamespace(downlink=None, weights=None, patch=small),
+        SimpleNamespace(downlink=b"abc", weights=None, patch=None),
+    ]
+    assert downlink_sizes(tasks) == [40, 8, 20, 8, 3]  # type: ignore[arg-type]
