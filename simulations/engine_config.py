@@ -16,8 +16,9 @@ client's update is computed by the same code from the same seed.
 loop's numerics; worker processes always use one each). On 2 cores a second thread measured between
 10 % slower and 12 % faster per round for 100 to 1,000 clients a round (BENCHMARKS.md §1), so it
 is not picked automatically; try it on machines with more cores. More than one thread needs
-``workers = 1`` (workers train on one thread; mixing counts would tie results to the pool's start). A run is deterministic for a given
-thread count; two counts may differ in the last bits of the weights.
+``workers = 1`` (workers train on one thread; mixing counts would tie results to the pool's start).
+A run is deterministic for a given thread count; two counts may differ in the last bits of the
+weights.
 
 ``device`` is where the cohort-batched kernel runs: ``"auto"`` (``cuda`` when a GPU is visible),
 ``"cpu"`` or ``"cuda"``. The per-client loop always runs on the CPU.
