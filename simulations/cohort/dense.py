@@ -71,42 +71,48 @@ def dense_plan(model: nn.Module, names: Sequence[str]) -> list[DenseLayer] | Non
 
 
 class DenseStep:
-    """``(params (a, ...) each, x (a, B, ...), y (a, B), valid (a, B)) -> (losses (a,), grads)``:
-    every active client's mean batch loss and its gradients, in closed form."""
+    """``(params (a, ...) each, x (a, B, ...), y (a, B), weight (a, B)) -> (losses (a,), grads)``:
+    every active client's mean batch loss and its gradients, in closed form (``weight`` is ``1 / m``
+    on a client's ``m`` valid batch entries, 0 on padding).
+
+    Activations are kept feature-major, ``(a, width, B)``: the products then have the layouts
+    MKL's batched GEMM runs fastest at these sizes (the logits ``W h^T`` of a 10-class head took
+    2.3x as long batch-major, measured), and the ReLU derivative is torch's own
+    ``threshold_backward`` (one fused pass instead of a mask and a multiply)."""
 
     def __init__(self, layers: list[DenseLayer]) -> None:
         self.layers = layers
 
     def __call__(
-        self, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor
+        self, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         with torch.no_grad():
-            hs, z = self._forward(params, x.reshape(x.shape[0], x.shape[1], -1))
-            mask = valid.to(z.dtype)
-            count = mask.sum(1, keepdim=True)  # (a, 1) valid entries per client
-            # log-softmax by hand: torch's kernel is ~4x slower on a last dimension of ~10 classes
-            shifted = z.sub_(z.amax(2, keepdim=True))
+            hs, z = self._forward(params, x.reshape(x.shape[0], x.shape[1], -1).transpose(1, 2))
+            weight = weight.unsqueeze(1)  # (a, 1, B)
+            # log-softmax by hand: torch's kernel is ~4x slower on a dimension of ~10 classes
+            shifted = z.sub_(z.amax(1, keepdim=True))  # (a, C, B)
             dz = shifted.exp()
-            total = dz.sum(2, keepdim=True)
-            picked = shifted.gather(2, y.unsqueeze(2)).squeeze(2) - total.log().squeeze(2)  # (a, B)
-            losses = -(picked * mask).sum(1) / count.squeeze(1)
+            total = dz.sum(1, keepdim=True)  # (a, 1, B)
+            picked = shifted.gather(1, y.unsqueeze(1)) - total.log()  # (a, 1, B)
+            losses = -(picked * weight).sum(2).squeeze(1)
             dz.div_(total)
-            dz.scatter_add_(2, y.unsqueeze(2), torch.full_like(picked, -1.0).unsqueeze(2))
-            dz.mul_((mask / count).unsqueeze(2))
+            dz.scatter_add_(1, y.unsqueeze(1), torch.full_like(picked, -1.0))
+            dz.mul_(weight)
             return losses, self._backward(params, hs, dz)
 
     def _forward(
         self, params: list[torch.Tensor], h: torch.Tensor
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Each layer's input (the last entry is the logits' input) and the logits."""
+        """Each layer's input ``(a, in, B)`` (the last entry is the logits' input) and the logits
+        ``(a, C, B)``."""
         hs = []
         for layer in self.layers:
             hs.append(h)
             w = params[layer.weight]
             if layer.bias is None:
-                h = torch.bmm(h, w.transpose(1, 2))
+                h = torch.bmm(w, h)
             else:
-                h = torch.baddbmm(params[layer.bias].unsqueeze(1), h, w.transpose(1, 2))
+                h = torch.baddbmm(params[layer.bias].unsqueeze(2), w, h)
             if layer.act == "relu":
                 h = h.relu_()
             elif layer.act == "tanh":
@@ -119,15 +125,15 @@ class DenseStep:
         grads: list[torch.Tensor] = [torch.empty(0)] * len(params)
         for i in range(len(self.layers) - 1, -1, -1):
             layer, h = self.layers[i], hs[i]
-            grads[layer.weight] = torch.bmm(dz.transpose(1, 2), h)
+            grads[layer.weight] = torch.bmm(dz, h.transpose(1, 2))
             if layer.bias is not None:
-                grads[layer.bias] = dz.sum(1)
+                grads[layer.bias] = dz.sum(2)
             if i == 0:
                 break
-            dz = torch.bmm(dz, params[layer.weight])
+            dz = torch.bmm(params[layer.weight].transpose(1, 2), dz)
             act = self.layers[i - 1].act  # h is act(z_{i-1}): the derivative is read off h
             if act == "relu":
-                dz.mul_(h > 0)
+                dz = torch.ops.aten.threshold_backward(dz, h, 0)
             elif act == "tanh":
                 dz.mul_(1 - h * h)
         return grads

@@ -48,7 +48,7 @@ DEFAULT_CHUNK = {"cpu": 2048, "cuda": 131072}
 Forward = Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
 Step = Callable[
     [list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]
-]  # (active params, x, y, valid) -> (per-client losses, per-parameter gradients)
+]  # (active params, x, y, weight) -> (per-client losses, per-parameter gradients)
 
 
 @dataclass(frozen=True)
@@ -182,10 +182,10 @@ def _make_step(model: nn.Module, names: list[str], closed_form: bool) -> Step:
     forward = _batched_forward(model, names)
 
     def step(
-        params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor
+        params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         leaves = [p.detach().requires_grad_() for p in params]
-        losses = _client_losses(forward(leaves, x), y, valid)  # (active,)
+        losses = _client_losses(forward(leaves, x), y, weight)  # (active,)
         return losses.detach(), list(torch.autograd.grad(losses.sum(), leaves))
 
     return step
@@ -218,15 +218,16 @@ def _train_chunk(
     batch = _Batcher(data, rows, orders, data.sizes[clients], width, spec.batch_size, int(totals[0]))
     params = [b.expand(k, *b.shape).clone() for b in base]  # (k, *shape) each
     opt = make_stacked_optimizer(params, spec)
-    loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
-    for t in range(int(totals[0])):
-        active = int(np.count_nonzero(totals > t))
-        xb, yb, valid = batch(t, active)
-        losses, grads = step([p[:active] for p in params], xb, yb, valid)
+    steps = int(totals[0])
+    actives = np.count_nonzero(totals[None, :] > np.arange(steps)[:, None], axis=1).tolist()
+    step_losses = torch.zeros(steps, k, dtype=torch.float32, device=device)  # 0 past a client's end
+    for t, active in enumerate(actives):
+        xb, yb, weight = batch(t, active)
+        losses, grads = step([p[:active] for p in params], xb, yb, weight)
         opt.step(grads, active, t)
-        loss_sum[:active] += losses
+        step_losses[t, :active] = losses
     deltas = torch.cat([(p - b).reshape(k, -1) for p, b in zip(params, base, strict=True)], dim=1)
-    return deltas, (loss_sum.cpu().numpy() / totals)
+    return deltas, (step_losses.double().sum(0).cpu().numpy() / totals)
 
 
 def _orders(seeds: np.ndarray, sizes: np.ndarray, epochs: int, device: torch.device) -> torch.Tensor:
@@ -240,19 +241,21 @@ def _orders(seeds: np.ndarray, sizes: np.ndarray, epochs: int, device: torch.dev
     return orders.permute(2, 0, 1).reshape(len(seeds), -1)  # (E, width, k) -> (k, E * width)
 
 
-def _client_losses(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Each client's mean cross-entropy over its own (possibly short) batch, shape ``(a,)``."""
+def _client_losses(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Each client's mean cross-entropy over its own (possibly short) batch, shape ``(a,)``
+    (``weight``: ``1 / m_k`` on client ``k``'s ``m_k`` valid entries, 0 on padding)."""
     a, b, classes = logits.shape
     ce = nn.functional.cross_entropy(logits.reshape(a * b, classes), y.reshape(-1), reduction="none")
-    mask = valid.to(ce.dtype)
-    return (ce.view(a, b) * mask).sum(1) / mask.sum(1)
+    return (ce.view(a, b) * weight).sum(1)
 
 
 class _Batcher:
     """Step ``t``'s batch of the first ``active`` clients: epoch ``t // S``, batch ``t % S``.
 
-    The pool rows and validity masks of a block of steps are computed together (a few tensor ops
-    per block instead of per step; a block holds about :data:`BLOCK_ENTRIES` indices)."""
+    The pool rows, labels and loss weights of a block of steps are computed together (a few tensor
+    ops per block instead of per step; a block holds about :data:`BLOCK_ENTRIES` indices). A weight
+    is ``1 / m`` on each of a batch's ``m`` valid entries and 0 on padding, so a client's mean batch
+    loss is the weighted sum."""
 
     def __init__(
         self,
@@ -272,26 +275,29 @@ class _Batcher:
         per_block = max(1, BLOCK_ENTRIES // max(1, len(sizes) * batch_size))
         self.block = max(1, min(steps, per_block))  # steps prepared at once
         self.start = -self.block - 1  # no block prepared yet
-        self.block_rows, self.block_valid = rows[:0], rows[:0].bool()
+        self.block_rows = self.block_y = rows[:0]
+        self.block_weight = data.x.new_empty(0)
 
     def _prepare(self, t0: int) -> None:
-        """Pool rows ``(T, k, B)`` and validity ``(T, k, B)`` of steps ``t0 .. t0 + block - 1``."""
+        """Pool rows, labels and weights ``(T, k, B)`` of steps ``t0 .. t0 + block - 1``."""
         k, b = len(self.sizes), self.batch_size
         t = torch.arange(t0, t0 + self.block, device=self.sizes.device).unsqueeze(1)  # (T, 1)
         epoch = (t // self.per_epoch).clamp_max(self.epochs - 1)  # finished clients: unused, in range
         pos = ((t % self.per_epoch) * b).unsqueeze(2) + self.offsets  # (T, k, B) positions in the order
-        self.block_valid = pos < self.sizes.view(1, k, 1)
+        valid = (pos < self.sizes.view(1, k, 1)).to(self.data.x.dtype)
+        self.block_weight = valid / valid.sum(2, keepdim=True)
         pos = pos.clamp_max(self.width - 1) + (epoch * self.width).unsqueeze(2)
         flat = pos.permute(1, 0, 2).reshape(k, -1)  # (k, T * B)
         local = self.orders.gather(1, flat)  # local sample ids
         self.block_rows = self.rows.gather(1, local).view(k, self.block, b).permute(1, 0, 2).contiguous()
+        self.block_y = self.data.y[self.block_rows]
         self.start = t0
 
     def __call__(self, t: int, active: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(x (a, B, ...), y (a, B), valid (a, B))`` for step ``t``."""
+        """``(x (a, B, ...), y (a, B), weight (a, B))`` for step ``t``."""
         if not self.start <= t < self.start + self.block:
             self._prepare(t)
-        rows = self.block_rows[t - self.start, :active].reshape(-1)  # (a * B,) pool rows
+        i = t - self.start
+        rows = self.block_rows[i, :active].reshape(-1)  # (a * B,) pool rows
         x = self.data.x.index_select(0, rows).view(active, self.batch_size, *self.data.x.shape[1:])
-        y = self.data.y.index_select(0, rows).view(active, self.batch_size)
-        return x, y, self.block_valid[t - self.start, :active]
+        return x, self.block_y[i, :active], self.block_weight[i, :active]

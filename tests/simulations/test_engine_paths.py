@@ -251,3 +251,21 @@ def test_downlink_sizes_tell_patches_apart() -> None:
         SimpleNamespace(downlink=b"abc", weights=None, patch=None),
     ]
     assert downlink_sizes(tasks) == [40, 8, 20, 8, 3]  # type: ignore[arg-type]
+
+
+def test_jobs_group_by_weights_and_equal_instructions() -> None:
+    """Equal instructions in distinct objects share a cohort; other instructions or another base
+    start a new one; task order is kept inside each group."""
+    from stamen.server.driver.types import TrainTask
+    from stamen.simulations.engines.rows import RowJob, _groups
+    from stamen.task.spec import RoundInstructions, TaskSpec, TrainSpec
+
+    def instr(lr: float) -> RoundInstructions:
+        return RoundInstructions(1, 1, 0, "dense", False, TaskSpec(), TrainSpec(lr=lr))
+
+    def job(i: int, ins: RoundInstructions, base: str = "b0") -> RowJob:
+        return RowJob(i, i, TrainTask(f"client-{i}", ins, {}, None, base))
+
+    a, a2, b = instr(0.1), instr(0.1), instr(0.2)
+    jobs = [job(0, a), job(1, b), job(2, a2), job(3, a, "b1"), job(4, a2), job(5, b)]
+    assert [[j.index for j in g] for g in _groups(jobs)] == [[0, 2, 4], [1, 5], [3]]
