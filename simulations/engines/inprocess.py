@@ -11,6 +11,7 @@ on a virtual event clock, so a 10,000-client asynchronous run costs only its loc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +28,7 @@ from stamen.server.driver.types import Reply, TrainTask
 from stamen.server.federation import assemble_async
 from stamen.server.history import FederationResult, ProgressFn
 from stamen.simulations.client_states import ClientStates
+from stamen.simulations.devices import SimulatedDevices
 from stamen.simulations.engines.clock import TripMeter, round_end
 from stamen.simulations.engines.paths import EnginePath, resolve_path
 from stamen.simulations.engines.rows import Released, RowJob, train_and_release
@@ -228,10 +230,15 @@ def _pid(client: str) -> int:
 def run_inprocess(
     plan: SimulationPlan, progress: ProgressFn | None = None, client_progress: ClientProgressFn | None = None
 ) -> FederationResult:
-    """Run the planned rounds (or asynchronous versions) in this process."""
-    torch.set_num_threads(1)  # same numerics as one-thread Flower clients
-    devices, pool, sync = plan.devices(), None, None
-    try:
+    """Run the planned rounds (or asynchronous versions) in this process. Whatever was opened is
+    closed however the run ends, each close independent of the others (one that raises does not
+    keep the rest open); torch is left at one thread, the engine's default."""
+    with contextlib.ExitStack() as opened:
+        opened.callback(torch.set_num_threads, 1)  # runs last
+        torch.set_num_threads(1)  # same numerics as one-thread Flower clients
+        devices, pool = plan.devices(), None
+        if devices is not None:
+            opened.callback(devices.close)
         model = model_structure(plan.cfg.task)
         meter = TripMeter(plan.timing(), plan.cfg.train.epochs)
         path = engine_path(plan, model)
@@ -239,6 +246,7 @@ def run_inprocess(
         if path.workers > 1:
             spec = WorkerSpec(plan.cfg.task, plan.data, plan.peer, path.batched, path.device.type)
             pool = WorkerPool(spec, path.workers)
+            opened.callback(pool.close)
         sync = InProcessTransport(
             plan.nodes(devices),
             plan.cfg.num_clients,
@@ -250,24 +258,27 @@ def run_inprocess(
             pool,
             plan.scenario.engine.state_memory_mb << 20,
         )
-        if plan.cfg.settings.server.mode == "sync":
-            result = plan.driver(sync, devices).run(plan.initial, progress)
-        else:
-            clock = VirtualClockTransport(sync, meter, plan.cfg.timeout_s)
-            driver = assemble_async(plan.cfg, clock, plan.initial, plan.evaluator(), plan.extras(devices))
-            result = driver.run(plan.initial, progress)
-    finally:
-        torch.set_num_threads(1)
-        if sync is not None:
-            sync.states.close()
-        if pool is not None:
-            pool.close()
-        if devices is not None:
-            devices.close()
+        opened.callback(sync.states.close)
+        result = _drive(plan, sync, meter, devices, progress)
     result.extra.update(plan.result_extra())
     spilled = {"client_states_spilled": sync.states.spilled, "rounds_in_workers": sync.rounds_in_workers}
     result.extra["engine_path"] = {**path.describe(), **peak_rss_mib(), **spilled}
     return result
+
+
+def _drive(
+    plan: SimulationPlan,
+    sync: InProcessTransport,
+    meter: TripMeter,
+    devices: SimulatedDevices | None,
+    progress: ProgressFn | None,
+) -> FederationResult:
+    """The round driver (synchronous) or the asynchronous driver on the virtual clock, run."""
+    if plan.cfg.settings.server.mode == "sync":
+        return plan.driver(sync, devices).run(plan.initial, progress)
+    clock = VirtualClockTransport(sync, meter, plan.cfg.timeout_s)
+    driver = assemble_async(plan.cfg, clock, plan.initial, plan.evaluator(), plan.extras(devices))
+    return driver.run(plan.initial, progress)
 
 
 def engine_path(plan: SimulationPlan, model: torch.nn.Module) -> EnginePath:

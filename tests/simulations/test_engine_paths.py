@@ -269,3 +269,19 @@ def test_jobs_group_by_weights_and_equal_instructions() -> None:
     a, a2, b = instr(0.1), instr(0.1), instr(0.2)
     jobs = [job(0, a), job(1, b), job(2, a2), job(3, a, "b1"), job(4, a2), job(5, b)]
     assert [[j.index for j in g] for g in _groups(jobs)] == [[0, 2, 4], [1, 5], [3]]
+
+
+def test_a_close_that_raises_still_closes_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client-state store's close raising does not leave the worker pool open, and torch is
+    back at one thread."""
+    from stamen.simulations.client_states import ClientStates
+
+    def boom(self: ClientStates) -> None:
+        raise RuntimeError("state store failed to close")
+
+    closed: list[object] = []
+    monkeypatch.setattr(ClientStates, "close", boom)
+    monkeypatch.setattr(WorkerPool, "close", _spy(WorkerPool.close, closed))
+    with pytest.raises(RuntimeError, match="state store failed"):
+        run_engine("inprocess", _plan("rounds=1", "engine.workers=2", "engine.threads=1"))
+    assert len(closed) == 1 and torch.get_num_threads() == 1
