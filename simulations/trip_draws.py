@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stamen.simulations.cohort.seeds import seed_sequence_states
+from stamen.simulations.cohort.seeds import int_words, seed_sequence_states
 
 __all__ = ["pcg64_seeded_states", "trip_draws"]
 
@@ -23,22 +23,13 @@ _PCG_MULT = 0x2360ED051FC65DA44385DF649FCCF645  # PCG_DEFAULT_MULTIPLIER_128
 _WORD = 1 << 32
 
 
-def _words(n: int) -> list[int]:
-    """numpy's ``_int_to_uint32_array``: little-endian 32-bit words, ``[0]`` for zero."""
-    out = [0] if n == 0 else []
-    while n > 0:
-        out.append(n & (_WORD - 1))
-        n >>= 32
-    return out
-
-
 def pcg64_seeded_states(head: list[int], columns: list[np.ndarray]) -> list[tuple[int, int]]:
     """``(state, inc)`` of ``PCG64(SeedSequence([*head, *column values]))`` for each cohort member.
 
     ``head`` are entropy integers shared by every member (any size >= 0); ``columns`` are per-member
     integers, each array in ``[0, 2**32)`` (one entropy word each).
     """
-    words = [w for n in head for w in _words(int(n))]
+    words = [w for n in head for w in int_words(int(n))]
     count = len(columns[0]) if columns else 1
     entropy = np.empty((len(words) + len(columns), count), dtype=np.uint32)
     entropy[: len(words)] = np.array(words, dtype=np.uint32)[:, None]

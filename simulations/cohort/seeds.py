@@ -20,7 +20,7 @@ _MASK32 = 0xFFFFFFFF
 _XSHIFT = 16
 
 
-def _words(n: int) -> list[int]:
+def int_words(n: int) -> list[int]:
     """numpy's ``_int_to_uint32_array``: little-endian 32-bit words, ``[0]`` for zero."""
     if n < 0:
         raise ValueError(f"seed words must be >= 0, got {n}")
@@ -102,7 +102,7 @@ def client_seeds(seed: int, server_round: int, partition_ids: np.ndarray) -> np.
     pids = np.asarray(partition_ids)
     if pids.ndim != 1 or (len(pids) and (int(pids.min()) < 0 or int(pids.max()) > _MASK32)):
         raise ValueError("partition_ids must be a 1-D array of integers in [0, 2**32)")
-    head = _words(seed) + _words(server_round)
+    head = int_words(seed) + int_words(server_round)
     entropy = np.empty((len(head) + 1, len(pids)), dtype=np.uint32)  # (L, c)
     entropy[: len(head)] = np.array(head, dtype=np.uint32)[:, None]
     entropy[len(head)] = pids.astype(np.uint32)

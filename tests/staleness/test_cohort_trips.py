@@ -76,3 +76,14 @@ def test_cohort_trips_refuse_bad_input() -> None:
         timing.trips(np.array([], int), 0.0, **{k: v[:0] if k != "epochs" else v for k, v in kw.items()})
         == []
     )
+
+
+def test_seeded_states_refuse_a_negative_head() -> None:
+    """numpy's SeedSequence refuses negative entropy; the vectorised seeding says so too, where a
+    silent ``[]`` word list would have seeded a different generator."""
+    from stamen.simulations.trip_draws import pcg64_seeded_states
+
+    with pytest.raises(ValueError, match=">= 0"):
+        pcg64_seeded_states([-1, 3], [np.array([0, 1])])
+    with pytest.raises(ValueError):
+        np.random.SeedSequence([-1, 3, 0])
