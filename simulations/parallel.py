@@ -20,17 +20,21 @@ Workers start from a ``forkserver`` that has imported torch and stamen once per 
 pools start in milliseconds; a worker is a fork of that clean server, never of the engine (no forked
 torch thread pools). The pool starts in a background thread; until its workers are up the engine
 trains the same slices itself (:meth:`WorkerPool.slices_of`, the same results), so a short run never
-waits for its workers.
+waits for its workers. A worker process that dies during a round (e.g. killed for memory) is noticed
+within :data:`_POLL_S`: the engine trains the slices left unanswered itself, logs why, and trains
+every later round in its own process (``WorkerPool.broken``).
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.context import ForkServerContext, SpawnContext
-from multiprocessing.pool import Pool
+from multiprocessing.pool import AsyncResult, Pool
+from multiprocessing.process import BaseProcess
 
 import torch
 
@@ -40,6 +44,8 @@ from stamen.simulations.provider import DataSpec, dataset, partitions
 from stamen.task.models import model_structure
 from stamen.task.spec import TaskSpec
 
+log = logging.getLogger("stamen.simulations")
+_POLL_S = 0.5  # how often a round waiting on its workers checks that they are alive
 _WORKER: dict[str, object] = {}  # the worker process's model and nodes (set by _init)
 # What the forkserver imports once, so a worker forked from it starts warm: torch, stamen, and
 # torch._dynamo, which the first torch.optim optimizer of a process imports (about 1.4 s).
@@ -128,6 +134,7 @@ class WorkerPool:
         self._used = self._creating = False  # a round was handed to the workers; forking
         self._lock = threading.Lock()
         self._error: BaseException | None = None
+        self.broken: str | None = None  # why the workers are no longer used (a worker died)
         self._starting = threading.Thread(
             target=self._start, args=(spec,), name="stamen-workers", daemon=True
         )
@@ -169,7 +176,8 @@ class WorkerPool:
             self._starting.join()
         if self._error is not None:
             raise RuntimeError(f"the worker pool did not start: {self._error}") from self._error
-        return not self._starting.is_alive() and self._pool is not None and not self._closed
+        up = not self._starting.is_alive() and self._pool is not None and not self._closed
+        return up and self.broken is None
 
     def slices_of(self, jobs: Sequence[RowJob]) -> list[list[RowJob]]:
         """``jobs`` cut into the workers' contiguous slices, in job order."""
@@ -190,9 +198,36 @@ class WorkerPool:
         self._used = self._busy = True
         first, *others = self.slices_of(jobs) or [[]]
         pending = [self._pool.apply_async(_work, (part, dim)) for part in others]
-        done = here(first) + [out for p in pending for out in p.get()]
+        procs = list(getattr(self._pool, "_pool", []))  # the worker processes this round runs on
+        done = here(first)
+        for part, result in zip(others, pending, strict=True):
+            done += self._gather(result, part, procs, here)
+        self._check(procs)
         self._busy = False  # (left True by an error or an interrupt: close() then terminates)
         return done
+
+    def _gather(
+        self,
+        result: AsyncResult[list[Released]],
+        part: list[RowJob],
+        procs: list[BaseProcess],
+        here: Callable[[list[RowJob]], list[Released]],
+    ) -> list[Released]:
+        """A worker's slice, or the same slice trained by ``here`` once a worker has died: a dead
+        worker's task is never answered (the pool replaces the process, not its task)."""
+        while self.broken is None:
+            try:
+                return result.get(timeout=_POLL_S)
+            except mp.TimeoutError:
+                self._check(procs)
+        return result.get() if result.ready() else here(part)
+
+    def _check(self, procs: list[BaseProcess]) -> None:
+        """Mark the pool broken (the engine then trains every slice itself) if a worker exited."""
+        dead = next((p for p in procs if p.exitcode is not None), None)
+        if dead is not None and self.broken is None:
+            self.broken = f"worker process {dead.pid} exited with code {dead.exitcode}"
+            log.warning("%s: the engine trains every slice itself from now on", self.broken)
 
     def close(self) -> None:
         """Stop the workers (idempotent). A forkserver still starting is not waited for: no pool
@@ -203,7 +238,7 @@ class WorkerPool:
         if creating:  # forking: wait (ms), the start thread then stops those workers itself
             self._starting.join()
         if pool is not None:
-            _stop(pool, graceful=not self._busy)
+            _stop(pool, graceful=not self._busy and self.broken is None)
 
 
 def _stop(pool: Pool, graceful: bool) -> None:

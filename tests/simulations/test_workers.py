@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -105,3 +106,44 @@ def test_a_pool_closed_while_starting_leaves_no_process() -> None:
     assert not set(mp.active_children()) - before
     with pytest.raises(RuntimeError, match="closed"):
         pool.run([], 1, lambda part: [])
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_round_is_trained_around() -> None:
+    """A worker process killed during a round (e.g. by the OOM killer) loses its task: the round
+    still completes with the engine's own results, the pool is marked broken (later rounds train in
+    the engine) and its close leaves no process behind. Before, the round waited forever."""
+    import os
+    import signal
+
+    plan = _plan("engine.batching=off", "engine.workers=2", "data.num_clients=40", "clients.per_round=40")
+    tasks = _tasks(plan)
+    pool = WorkerPool(WorkerSpec(plan.cfg.task, plan.data, plan.peer, batched=False), 2)
+    before = set(mp.active_children())
+    try:
+        assert pool.ready(wait=True) and pool._pool is not None
+        victim = pool._pool._pool[0]  # type: ignore[attr-defined]
+        workers, here = _transport(plan, pool), _transport(plan, _Starting(2))
+        run, calls = pool.run, list[int]()
+
+        def run_and_kill(jobs: Any, dim: int, here_fn: Any) -> Any:
+            def kill_first(part: Any) -> Any:  # the engine's own slice, after the workers' are sent
+                if victim.exitcode is None:  # (here_fn also trains a lost slice: kill once)
+                    os.kill(victim.pid, signal.SIGKILL)
+                    victim.join(timeout=30)
+                calls.append(len(part))
+                return here_fn(part)
+
+            return run(jobs, dim, kill_first)
+
+        pool.run = run_and_kill  # type: ignore[method-assign]
+        assert _envelopes(workers, tasks) == _envelopes(here, tasks)
+        assert pool.broken is not None and "exited with code -9" in pool.broken
+        assert calls in ([20], [20, 20])  # the worker's slice trained here when it was lost
+        assert not pool.ready()
+    finally:
+        pool.close()
+    deadline = time.monotonic() + 60
+    while set(mp.active_children()) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(mp.active_children()) - before
