@@ -46,6 +46,7 @@ from stamen.task.spec import TaskSpec
 
 log = logging.getLogger("stamen.simulations")
 _POLL_S = 0.5  # how often a round waiting on its workers checks that they are alive
+_STOP_S = 5.0  # how long stopping a broken pool waits for each step
 _WORKER: dict[str, object] = {}  # the worker process's model and nodes (set by _init)
 # What the forkserver imports once, so a worker forked from it starts warm: torch, stamen, and
 # torch._dynamo, which the first torch.optim optimizer of a process imports (about 1.4 s).
@@ -135,6 +136,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._error: BaseException | None = None
         self.broken: str | None = None  # why the workers are no longer used (a worker died)
+        self._procs: list[BaseProcess] = []  # the pool's first workers (they never exit on their own)
         self._starting = threading.Thread(
             target=self._start, args=(spec,), name="stamen-workers", daemon=True
         )
@@ -160,7 +162,7 @@ class WorkerPool:
         with self._lock:
             self._creating = False
             if not self._closed:
-                self._pool = pool
+                self._pool, self._procs = pool, list(getattr(pool, "_pool", []))
                 return
         _stop(pool, graceful=True)  # the run ended while its workers were being forked
 
@@ -177,6 +179,8 @@ class WorkerPool:
         if self._error is not None:
             raise RuntimeError(f"the worker pool did not start: {self._error}") from self._error
         up = not self._starting.is_alive() and self._pool is not None and not self._closed
+        if up:
+            self._check()  # a worker that died between rounds (its replacement never gets a task)
         return up and self.broken is None
 
     def slices_of(self, jobs: Sequence[RowJob]) -> list[list[RowJob]]:
@@ -193,16 +197,18 @@ class WorkerPool:
         One contiguous slice per process, returned together. (Streaming slices to the round driver,
         so that it verifies the engine's own slice while the workers train theirs, measured slower
         on 2 cores for the cohort-batched path and no faster for the per-client loop.)"""
-        if not self.ready(wait=True) or self._pool is None:
+        up = self.ready(wait=True)
+        if self._pool is None or (not up and self.broken is None):
             raise RuntimeError("the worker pool is closed")
+        if not up:  # broken since the caller asked
+            return [out for part in self.slices_of(jobs) for out in here(part)]
         self._used = self._busy = True
         first, *others = self.slices_of(jobs) or [[]]
         pending = [self._pool.apply_async(_work, (part, dim)) for part in others]
-        procs = list(getattr(self._pool, "_pool", []))  # the worker processes this round runs on
         done = here(first)
         for part, result in zip(others, pending, strict=True):
-            done += self._gather(result, part, procs, here)
-        self._check(procs)
+            done += self._gather(result, part, here)
+        self._check()
         self._busy = False  # (left True by an error or an interrupt: close() then terminates)
         return done
 
@@ -210,7 +216,6 @@ class WorkerPool:
         self,
         result: AsyncResult[list[Released]],
         part: list[RowJob],
-        procs: list[BaseProcess],
         here: Callable[[list[RowJob]], list[Released]],
     ) -> list[Released]:
         """A worker's slice, or the same slice trained by ``here`` once a worker has died: a dead
@@ -219,12 +224,12 @@ class WorkerPool:
             try:
                 return result.get(timeout=_POLL_S)
             except mp.TimeoutError:
-                self._check(procs)
+                self._check()
         return result.get() if result.ready() else here(part)
 
-    def _check(self, procs: list[BaseProcess]) -> None:
+    def _check(self) -> None:
         """Mark the pool broken (the engine then trains every slice itself) if a worker exited."""
-        dead = next((p for p in procs if p.exitcode is not None), None)
+        dead = next((p for p in self._procs if p.exitcode is not None), None)
         if dead is not None and self.broken is None:
             self.broken = f"worker process {dead.pid} exited with code {dead.exitcode}"
             log.warning("%s: the engine trains every slice itself from now on", self.broken)
@@ -238,13 +243,25 @@ class WorkerPool:
         if creating:  # forking: wait (ms), the start thread then stops those workers itself
             self._starting.join()
         if pool is not None:
-            _stop(pool, graceful=not self._busy and self.broken is None)
+            self._check()
+            _stop(pool, graceful=not self._busy, broken=self.broken is not None)
 
 
-def _stop(pool: Pool, graceful: bool) -> None:
+def _stop(pool: Pool, graceful: bool, broken: bool = False) -> None:
     """Stop ``pool``'s workers: between rounds they are told to exit (a worker just forked may still
     be reading its start-up arguments, the pool's semaphores, which terminating the pool would
-    delete under it); a round interrupted in the workers is terminated."""
+    delete under it); a round interrupted in the workers is terminated. A ``broken`` pool (a worker
+    died) may have lost its task queue's lock with the dead worker, where ``terminate`` and ``join``
+    would wait forever: ``terminate`` runs in a daemon thread (it stops the pool's handler threads;
+    it may stay blocked on that lock) and the worker processes are killed directly."""
+    if broken:
+        stopper = threading.Thread(target=pool.terminate, name="stamen-workers-stop", daemon=True)
+        stopper.start()
+        stopper.join(timeout=_STOP_S)
+        for proc in list(getattr(pool, "_pool", [])):
+            proc.kill()
+            proc.join(timeout=_STOP_S)
+        return
     if graceful:
         pool.close()
     else:

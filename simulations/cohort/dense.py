@@ -6,7 +6,7 @@ clients, batch 16) that costs ~1.5 ms of Python and dispatch per step against ~0
 For the commonest family, a chain of ``nn.Linear`` layers with ReLU/Tanh between them (the
 registry's ``mlp`` and ``logreg``), the forward and backward passes are written out here as batched
 matrix products over the stacked per-client weights (``W`` is ``(a, out, in)``, ``b`` is
-``(a, out)``, activations ``(a, B, width)``):
+``(a, out)``, activations written ``(a, B, width)`` here and stored feature-major, see :class:`DenseStep`):
 
 - forward: ``z_l = h_{l-1} W_l^T + b_l``, ``h_l = act(z_l)``;
 - loss: client ``k``'s mean cross-entropy over its own valid batch entries ``m_k``
