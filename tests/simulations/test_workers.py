@@ -59,6 +59,14 @@ def _tasks(plan: SimulationPlan) -> list[TrainTask]:
     return plan.driver(_transport(plan, None), None).configure(1, plan.initial)
 
 
+def _assert_no_new_children(before: set[mp.process.BaseProcess]) -> None:
+    """No child process beyond ``before`` is left (waiting up to 60 s for them to be reaped)."""
+    deadline = time.monotonic() + 60
+    while set(mp.active_children()) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(mp.active_children()) - before
+
+
 def _envelopes(transport: InProcessTransport, tasks: list[TrainTask]) -> list[bytes | None]:
     return [r.envelope for r in transport.train(tasks, 60.0)]
 
@@ -100,10 +108,7 @@ def test_a_pool_closed_while_starting_leaves_no_process() -> None:
     assert not pool.ready()
     pool._starting.join(timeout=120)
     assert not pool._starting.is_alive()
-    deadline = time.monotonic() + 60
-    while set(mp.active_children()) - before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not set(mp.active_children()) - before
+    _assert_no_new_children(before)
     with pytest.raises(RuntimeError, match="closed"):
         pool.run([], 1, lambda part: [])
 
@@ -143,10 +148,7 @@ def test_a_worker_killed_mid_round_is_trained_around() -> None:
         assert not pool.ready()
     finally:
         pool.close()
-    deadline = time.monotonic() + 60
-    while set(mp.active_children()) - before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not set(mp.active_children()) - before
+    _assert_no_new_children(before)
 
 
 @pytest.mark.slow
@@ -171,7 +173,4 @@ def test_a_worker_killed_between_rounds_is_noticed_before_the_next() -> None:
         assert pool.broken is not None and "exited with code" in pool.broken and not pool.ready()
     finally:
         pool.close()
-    deadline = time.monotonic() + 60
-    while set(mp.active_children()) - before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not set(mp.active_children()) - before
+    _assert_no_new_children(before)
