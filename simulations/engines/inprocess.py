@@ -232,9 +232,9 @@ def run_inprocess(
 ) -> FederationResult:
     """Run the planned rounds (or asynchronous versions) in this process. Whatever was opened is
     closed however the run ends, each close independent of the others (one that raises does not
-    keep the rest open); torch is left at one thread, the engine's default."""
+    keep the rest open), and torch's thread count is restored to the caller's."""
     with contextlib.ExitStack() as opened:
-        opened.callback(torch.set_num_threads, 1)  # runs last
+        opened.callback(torch.set_num_threads, torch.get_num_threads())  # runs last
         torch.set_num_threads(1)  # same numerics as one-thread Flower clients
         devices, pool = plan.devices(), None
         if devices is not None:

@@ -108,14 +108,20 @@ def test_bad_engine_settings_are_one_line_errors() -> None:
 
 def test_engine_threads_are_recorded_and_released(monkeypatch: pytest.MonkeyPatch) -> None:
     """``engine.threads`` sets the engine's torch threads (default 1), is recorded, and the engine
-    leaves one thread behind; two threads give one thread's results to float tolerance."""
+    gives the caller back its own thread count; two threads give one thread's results to float
+    tolerance."""
     assert engine_path(_plan(), model_structure(_plan().cfg.task)).threads == 1
     one = run_engine("inprocess", _plan("engine.batching=on", "engine.threads=1", "rounds=2"))
     calls: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", _spy(torch.set_num_threads, calls))
-    two = run_engine("inprocess", _plan("engine.batching=on", "engine.threads=2", "rounds=2"))
-    assert [c[0] for c in calls] == [1, 2, 1]  # the engine's default, the run's, released
-    assert two.extra["engine_path"]["threads"] == 2 and torch.get_num_threads() == 1
+    caller = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)  # a caller's count the engine never uses itself
+        two = run_engine("inprocess", _plan("engine.batching=on", "engine.threads=2", "rounds=2"))
+        assert [c[0] for c in calls] == [3, 1, 2, 3]  # caller, engine default, the run, restored
+        assert two.extra["engine_path"]["threads"] == 2 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(caller)
     _close(
         [(r.accuracy, r.loss, r.bytes_up) for r in two.rounds],
         [(r.accuracy, r.loss, r.bytes_up) for r in one.rounds],
@@ -273,7 +279,7 @@ def test_jobs_group_by_weights_and_equal_instructions() -> None:
 
 def test_a_close_that_raises_still_closes_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
     """The client-state store's close raising does not leave the worker pool open, and torch is
-    back at one thread."""
+    back at the caller's thread count."""
     from stamen.simulations.client_states import ClientStates
 
     def boom(self: ClientStates) -> None:
@@ -282,6 +288,11 @@ def test_a_close_that_raises_still_closes_the_rest(monkeypatch: pytest.MonkeyPat
     closed: list[object] = []
     monkeypatch.setattr(ClientStates, "close", boom)
     monkeypatch.setattr(WorkerPool, "close", _spy(WorkerPool.close, closed))
-    with pytest.raises(RuntimeError, match="state store failed"):
-        run_engine("inprocess", _plan("rounds=1", "engine.workers=2", "engine.threads=1"))
-    assert len(closed) == 1 and torch.get_num_threads() == 1
+    caller = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        with pytest.raises(RuntimeError, match="state store failed"):
+            run_engine("inprocess", _plan("rounds=1", "engine.workers=2", "engine.threads=1"))
+        assert len(closed) == 1 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(caller)
