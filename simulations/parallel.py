@@ -20,9 +20,13 @@ Workers start from a ``forkserver`` that has imported torch and stamen once per 
 pools start in milliseconds; a worker is a fork of that clean server, never of the engine (no forked
 torch thread pools). The pool starts in a background thread; until its workers are up the engine
 trains the same slices itself (:meth:`WorkerPool.slices_of`, the same results), so a short run never
-waits for its workers. A worker process that dies during a round (e.g. killed for memory) is noticed
-within :data:`_POLL_S`: the engine trains the slices left unanswered itself, logs why, and trains
-every later round in its own process (``WorkerPool.broken``).
+waits for its workers. A worker process that exits (killed for memory, or failing at start, e.g. on
+data it cannot load) is noticed within :data:`_POLL_S` during a round, or by the next
+:meth:`~WorkerPool.ready`: the pool is stopped at once (its processes killed; ``multiprocessing``
+would replace them, a worker that fails at start forever), the engine logs why, trains
+itself every slice of the round left unanswered (the lost one and those of the workers being killed)
+and every later round in its own process (``WorkerPool.broken``). The same code and seeds: the same
+results.
 """
 
 from __future__ import annotations
@@ -197,14 +201,14 @@ class WorkerPool:
         One contiguous slice per process, returned together. (Streaming slices to the round driver,
         so that it verifies the engine's own slice while the workers train theirs, measured slower
         on 2 cores for the cohort-batched path and no faster for the per-client loop.)"""
-        up = self.ready(wait=True)
-        if self._pool is None or (not up and self.broken is None):
+        up, pool = self.ready(wait=True), self._pool
+        if self._closed or (not up and self.broken is None):
             raise RuntimeError("the worker pool is closed")
-        if not up:  # broken since the caller asked
+        if not up or pool is None:  # broken (and stopped) since the caller asked
             return [out for part in self.slices_of(jobs) for out in here(part)]
         self._used = self._busy = True
         first, *others = self.slices_of(jobs) or [[]]
-        pending = [self._pool.apply_async(_work, (part, dim)) for part in others]
+        pending = [pool.apply_async(_work, (part, dim)) for part in others]
         done = here(first)
         for part, result in zip(others, pending, strict=True):
             done += self._gather(result, part, here)
@@ -219,7 +223,9 @@ class WorkerPool:
         here: Callable[[list[RowJob]], list[Released]],
     ) -> list[Released]:
         """A worker's slice, or the same slice trained by ``here`` once a worker has died: a dead
-        worker's task is never answered (the pool replaces the process, not its task)."""
+        worker's task is never answered (the pool replaces the process, not its task), and the
+        other workers are killed with the pool (:meth:`_check`), so every slice not answered by
+        then is trained here (the same code and seeds as in the worker)."""
         while self.broken is None:
             try:
                 return result.get(timeout=_POLL_S)
@@ -228,11 +234,20 @@ class WorkerPool:
         return result.get() if result.ready() else here(part)
 
     def _check(self) -> None:
-        """Mark the pool broken (the engine then trains every slice itself) if a worker exited."""
+        """If a worker exited: mark the pool broken (the engine then trains every slice itself) and
+        stop it now, not at :meth:`close` (``multiprocessing.Pool`` replaces an exited worker; one
+        that fails in :func:`_init` would be forked again and again for the rest of the run)."""
         dead = next((p for p in self._procs if p.exitcode is not None), None)
-        if dead is not None and self.broken is None:
+        if dead is None or self.broken is not None:
+            return
+        with self._lock:  # close() takes the pool under the same lock: one of the two stops it
+            if self.broken is not None:
+                return
             self.broken = f"worker process {dead.pid} exited with code {dead.exitcode}"
-            log.warning("%s: the engine trains every slice itself from now on", self.broken)
+            pool, self._pool = self._pool, None
+        log.warning("%s: workers stopped; the engine trains every slice itself", self.broken)
+        if pool is not None:
+            _stop(pool, graceful=False, broken=True)
 
     def close(self) -> None:
         """Stop the workers (idempotent). A forkserver still starting is not waited for: no pool
@@ -253,11 +268,15 @@ def _stop(pool: Pool, graceful: bool, broken: bool = False) -> None:
     delete under it); a round interrupted in the workers is terminated. A ``broken`` pool (a worker
     died) may have lost its task queue's lock with the dead worker, where ``terminate`` and ``join``
     would wait forever: ``terminate`` runs in a daemon thread (it stops the pool's handler threads;
-    it may stay blocked on that lock) and the worker processes are killed directly."""
+    it may stay blocked on that lock, after telling the pool's worker handler to stop replacing
+    workers, which is waited for) and the worker processes are killed directly."""
     if broken:
         stopper = threading.Thread(target=pool.terminate, name="stamen-workers-stop", daemon=True)
         stopper.start()
         stopper.join(timeout=_STOP_S)
+        handler = getattr(pool, "_worker_handler", None)  # no worker forked after the list below
+        if isinstance(handler, threading.Thread):
+            handler.join(timeout=_STOP_S)
         for proc in list(getattr(pool, "_pool", [])):
             proc.kill()
             proc.join(timeout=_STOP_S)

@@ -1,9 +1,11 @@
 """Worker processes: their envelopes are byte for byte what the engine's own process releases, the
 clients' states come back, the engine trains the workers' slices itself while they start, and a
-pool closed while starting leaves no process behind."""
+pool closed while starting leaves no process behind, and a pool whose worker exited (killed, or
+failing at start) is stopped at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import time
 from collections.abc import Iterator
@@ -59,12 +61,16 @@ def _tasks(plan: SimulationPlan) -> list[TrainTask]:
     return plan.driver(_transport(plan, None), None).configure(1, plan.initial)
 
 
-def _assert_no_new_children(before: set[mp.process.BaseProcess]) -> None:
-    """No child process beyond ``before`` is left (waiting up to 60 s for them to be reaped)."""
+def _assert_no_new_children(before: set[mp.process.BaseProcess], settle: int = 0) -> None:
+    """No child process beyond ``before`` is left (waiting up to 60 s for them to be reaped), and
+    none appears in ``settle`` more looks 0.2 s apart (no exited worker is replaced)."""
     deadline = time.monotonic() + 60
     while set(mp.active_children()) - before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not set(mp.active_children()) - before
+    for _ in range(settle):
+        time.sleep(0.2)
+        assert not set(mp.active_children()) - before
 
 
 def _envelopes(transport: InProcessTransport, tasks: list[TrainTask]) -> list[bytes | None]:
@@ -123,8 +129,8 @@ def test_a_worker_killed_mid_round_is_trained_around() -> None:
 
     plan = _plan("engine.batching=off", "engine.workers=2", "data.num_clients=40", "clients.per_round=40")
     tasks = _tasks(plan)
-    pool = WorkerPool(WorkerSpec(plan.cfg.task, plan.data, plan.peer, batched=False), 2)
     before = set(mp.active_children())
+    pool = WorkerPool(WorkerSpec(plan.cfg.task, plan.data, plan.peer, batched=False), 2)
     try:
         assert pool.ready(wait=True) and pool._pool is not None
         victim = pool._pool._pool[0]  # type: ignore[attr-defined]
@@ -146,6 +152,8 @@ def test_a_worker_killed_mid_round_is_trained_around() -> None:
         assert pool.broken is not None and "exited with code" in pool.broken
         assert calls in ([20], [20, 20])  # the worker's slice trained here when it was lost
         assert not pool.ready()
+        _assert_no_new_children(before, settle=5)  # stopped as soon as it broke, before close():
+        assert pool._pool is None  # no replacement worker left or forked
     finally:
         pool.close()
     _assert_no_new_children(before)
@@ -171,6 +179,36 @@ def test_a_worker_killed_between_rounds_is_noticed_before_the_next() -> None:
         workers, here = _transport(plan, pool), _transport(plan, _Starting(2))
         assert _envelopes(workers, tasks) == _envelopes(here, tasks)
         assert pool.broken is not None and "exited with code" in pool.broken and not pool.ready()
+        _assert_no_new_children(before, settle=5)  # stopped as soon as it broke, before close()
     finally:
         pool.close()
+    _assert_no_new_children(before)
+
+
+@pytest.mark.slow
+def test_a_worker_failing_at_start_stops_the_pool_before_close() -> None:
+    """A worker that cannot build its data (here a data set no worker can load) exits in its
+    initializer; ``multiprocessing.Pool`` would fork a replacement, which fails the same way, for
+    the whole run. The pool is marked broken and stopped at once: no worker process is left or
+    forked again before ``close()``; the round trains in the engine with the same results."""
+    plan = _plan("engine.batching=off", "engine.workers=2")
+    tasks = _tasks(plan)
+    unloadable = dataclasses.replace(plan.data, dataset="no-such-dataset")
+    before = set(mp.active_children())
+    pool = WorkerPool(WorkerSpec(plan.cfg.task, unloadable, plan.peer, batched=False), 2)
+    try:
+        deadline = time.monotonic() + 120
+        while pool.broken is None and time.monotonic() < deadline:
+            pool.ready()  # True until the worker is seen to have exited
+            time.sleep(0.2)
+        assert pool.broken is not None and "exited with code" in pool.broken
+        assert not pool.ready()
+        _assert_no_new_children(before, settle=10)  # before close(): no respawn loop
+        assert pool._pool is None and all(p.exitcode is not None for p in pool._procs)
+        workers, here = _transport(plan, pool), _transport(plan, _Starting(2))
+        assert _envelopes(workers, tasks) == _envelopes(here, tasks)
+    finally:
+        pool.close()
+    pool.close()  # idempotent
+    assert not pool.ready()
     _assert_no_new_children(before)
