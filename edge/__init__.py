@@ -2,6 +2,8 @@
 
 - :class:`EdgeRuntime` — a model store on a device: apply signed delta updates crash-safely,
   roll back, serve predictions (onnxruntime or torch), keep a personal overlay.
+- :class:`Repair` — what ``EdgeRuntime.open(store, repair=True)`` changed when the current version
+  was corrupt (it serves the newest intact retained version instead).
 - :func:`create_store` — make a store from an ONNX or safetensors model and a trusted key.
 - :func:`create_delta`, :func:`load_weights` — the host side: sign ``target - base`` for a device.
 - :func:`personalize` — sparse-backprop fine-tuning (``full``, ``bias``, ``last_k=K``,
@@ -19,6 +21,7 @@ if TYPE_CHECKING:  # the real imports happen on first attribute access (PEP 562)
     from .delta import create_delta, load_weights
     from .errors import StaleVersion, StoreCorrupt
     from .personalization import PersonalizeConfig, personalize
+    from .repair import Repair
     from .runtime import EdgeRuntime, ModelVersion
     from .store import create_store
 
@@ -26,6 +29,7 @@ __all__ = [
     "EdgeRuntime",
     "ModelVersion",
     "PersonalizeConfig",
+    "Repair",
     "StaleVersion",
     "StoreCorrupt",
     "create_delta",
@@ -40,6 +44,7 @@ _LAZY = {
     "EdgeRuntime": "runtime",
     "ModelVersion": "runtime",
     "PersonalizeConfig": "personalization",
+    "Repair": "repair",
     "StaleVersion": "errors",
     "StoreCorrupt": "errors",
     "create_delta": "delta",

@@ -13,15 +13,34 @@ from typing import BinaryIO
 import numpy as np
 from safetensors.numpy import save
 
-from stamen.protocols import TensorInfo, model_hash
+from stamen.protocols import TensorInfo, ValidationError, model_hash
 
 from .fsutil import atomic_write
 from .manifest import Overlay
 from .torch_backend import read_safetensors_source
 
-__all__ = ["read_overlay", "write_overlay"]
+__all__ = ["check_overlay", "read_overlay", "write_overlay"]
 
 _PLAN_KEY = "stamen.plan"
+
+
+def check_overlay(deltas: Mapping[str, np.ndarray], table: Sequence[TensorInfo]) -> None:
+    """Refuse an overlay naming a tensor the model lacks, of another shape, or with NaN/inf.
+
+    A float64 sum of float32 values cannot overflow (25M x 3.4e38 << 1.8e308), so it is non-finite
+    exactly when an element is: one pass, no boolean temporary.
+
+    Raises
+    ------
+    ValidationError
+        Naming the first offending tensor.
+    """
+    shapes = {t.name: t.shape for t in table}
+    for name, arr in deltas.items():
+        if shapes.get(name) != np.shape(arr):
+            raise ValidationError(f"overlay tensor {name!r} is not a model tensor of that shape")
+        if not np.isfinite(np.asarray(arr).sum(dtype=np.float64)):
+            raise ValidationError(f"overlay tensor {name!r} has non-finite values (NaN or inf)")
 
 
 def write_overlay(store: Path, deltas: Mapping[str, np.ndarray], plan: str) -> Overlay:

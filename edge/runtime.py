@@ -38,7 +38,6 @@ from stamen.protocols import (
     ValidationError,
     Verifier,
     keys,
-    model_hash,
     unpack,
 )
 
@@ -47,7 +46,8 @@ from .fsutil import publish_dir, remove_tree
 from .fused import start_apply
 from .inputs import InputSpec
 from .manifest import Manifest, VersionEntry, load_manifest, save_manifest
-from .overlay import read_overlay, write_overlay
+from .overlay import check_overlay, read_overlay, write_overlay
+from .repair import open_locked
 from .shadow import ShadowPrep, ShadowWeights
 from .store import TRUSTED, VERSIONS, clean_store, make_backend, store_lock, version_dir
 
@@ -70,14 +70,6 @@ class ModelVersion:
     prev_hash: str | None
 
 
-def _validate_finite(arrays: Mapping[str, np.ndarray], what: str) -> None:
-    """Refuse NaN/inf. A float64 sum of float32 values cannot overflow (25M x 3.4e38 << 1.8e308),
-    so it is non-finite exactly when an element is: one pass, no boolean temporary."""
-    for name, arr in arrays.items():
-        if not np.isfinite(arr.sum(dtype=np.float64)):
-            raise ValidationError(f"{what} tensor {name!r} has non-finite values (NaN or inf)")
-
-
 class EdgeRuntime:
     """A model store opened for serving and updating. Build with :meth:`open`.
 
@@ -94,10 +86,22 @@ class EdgeRuntime:
     serve : bool, default True
         Build the inference session now; with False it is built on the first :meth:`predict`
         (``stamen edge status`` never loads onnxruntime).
+    repair : bool, default False
+        If the current version (or the overlay) fails its check, serve the newest retained version
+        that passes instead (committed like :meth:`rollback`; see :mod:`stamen.edge.repair`) and
+        record it in :attr:`repaired`. Off by default: a library caller's version never changes
+        unasked; the device daemon and ``stamen edge repair`` turn it on.
     """
 
     def __init__(
-        self, store: Path, *, verify: bool = True, threads: int = 1, keep: int = 3, serve: bool = True
+        self,
+        store: Path,
+        *,
+        verify: bool = True,
+        threads: int = 1,
+        keep: int = 3,
+        serve: bool = True,
+        repair: bool = False,
     ) -> None:
         if keep < 2 or threads < 1:
             raise ValueError(f"keep must be >= 2 and threads >= 1, got keep={keep}, threads={threads}")
@@ -112,21 +116,31 @@ class EdgeRuntime:
         if self.manifest.key_id not in self.verifier.key_ids:
             raise StoreCorrupt(f"trusted key does not match the manifest's key id {self.manifest.key_id!r}")
         self.backend = make_backend(self.manifest.backend, self.store)
+        self._session: Any = None
         with store_lock(self.store):
-            # reload under the lock: an apply in another process may have committed a version
-            # since the read above, and cleaning with that stale manifest would delete it
-            self.manifest = load_manifest(self.store)
-            clean_store(self.store, self.manifest)
-        if verify:
-            self._verify()
-        self._session: Any = self._build_session(self.manifest) if serve else None
+            # Re-read the manifest under the lock (cleaning with the stale one read above would
+            # delete a version another process committed since), and read the version it names
+            # under the lock too: a rollback, prune (keep) or repair elsewhere removes a version
+            # only while holding it. The hold is one hash pass, plus the session build when serving
+            # (apply and rollback build theirs under the lock too); reading outside it would need
+            # a retry on every read error to tell a concurrent removal from corruption.
+            self.manifest, self.repaired = open_locked(self.store, self.backend, verify=verify, repair=repair)
+            if serve:
+                self._session = self._build_session(self.manifest)
 
     @classmethod
     def open(
-        cls, store: str | Path, *, verify: bool = True, threads: int = 1, keep: int = 3, serve: bool = True
+        cls,
+        store: str | Path,
+        *,
+        verify: bool = True,
+        threads: int = 1,
+        keep: int = 3,
+        serve: bool = True,
+        repair: bool = False,
     ) -> EdgeRuntime:
         """Open an existing store (same parameters as the constructor)."""
-        return cls(Path(store), verify=verify, threads=threads, keep=keep, serve=serve)
+        return cls(Path(store), verify=verify, threads=threads, keep=keep, serve=serve, repair=repair)
 
     # ---------------------------------------------------------------- reading
     def _vdir(self, manifest: Manifest) -> Path:
@@ -152,14 +166,6 @@ class EdgeRuntime:
         """The current global version."""
         cur = self.manifest.current
         return ModelVersion(cur.version, cur.hash, cur.prev_hash)
-
-    def _verify(self) -> None:
-        got = model_hash(self.global_weights())
-        if got != self.manifest.current.hash:
-            raise StoreCorrupt(f"weights of version {self.manifest.current.version} fail their hash check")
-        o = self.manifest.overlay
-        if o is not None and model_hash(self.overlay()) != o.hash:
-            raise StoreCorrupt("the personal overlay fails its hash check")
 
     def _build_session(self, manifest: Manifest, overlay: Mapping[str, np.ndarray] | None = None) -> Any:
         vdir = self._vdir(manifest)
@@ -203,7 +209,8 @@ class EdgeRuntime:
         return np.asarray(session.run(np.asarray(x)))
 
     def status(self) -> dict[str, Any]:
-        """JSON-ready summary: version, hash, history, overlay, key id, backend, size."""
+        """JSON-ready summary: version, hash, history, overlay, key id, backend, size, and what
+        opening repaired (``repaired``: None, or from/to version and the reason)."""
         m, o = self.manifest, self.manifest.overlay
         return {
             "model_id": m.model_id,
@@ -218,6 +225,7 @@ class EdgeRuntime:
             "tensors": len(m.tensors),
             "parameters": int(sum(t.size for t in m.tensors)),
             "arch": dict(m.arch) if m.arch is not None else None,
+            "repaired": None if self.repaired is None else self.repaired.to_json(),
         }
 
     # ---------------------------------------------------------------- updating
@@ -381,11 +389,7 @@ class EdgeRuntime:
         ValidationError
             Unknown tensor names, wrong shapes or non-finite values.
         """
-        table = {t.name: t.shape for t in self.manifest.tensors}
-        for name, arr in deltas.items():
-            if table.get(name) != np.shape(arr):
-                raise ValidationError(f"overlay tensor {name!r} is not a model tensor of that shape")
-        _validate_finite(deltas, "overlay")
+        check_overlay(deltas, self.manifest.tensors)
         with store_lock(self.store):
             self.manifest = load_manifest(self.store)
             overlay = write_overlay(self.store, deltas, plan) if deltas else None

@@ -6,6 +6,7 @@
     stamen edge apply --model DIR update.stamen
     stamen edge rollback --model DIR
     stamen edge status --model DIR
+    stamen edge repair --model DIR
     stamen edge personalize --model DIR --data FILE.npz --plan bias|last_k=2|channels=0.25|budget=2MB|full
     stamen edge predict --model DIR --input FILE.npz [--all]
 
@@ -65,6 +66,7 @@ def _add_edge(sub: Any) -> None:
         ("apply", "apply a signed update"),
         ("rollback", "serve the previous version"),
         ("status", "print the store state as JSON"),
+        ("repair", "if the current version is corrupt, serve the newest intact retained one"),
         ("personalize", "sparse-backprop fine-tuning into the personal overlay"),
         ("predict", "run the served model on an .npz input"),
     ]:
@@ -99,6 +101,7 @@ def dispatch(args: argparse.Namespace) -> int:
         ("edge", "apply"): _edge_apply,
         ("edge", "rollback"): _edge_rollback,
         ("edge", "status"): _edge_status,
+        ("edge", "repair"): _edge_repair,
         ("edge", "personalize"): _edge_personalize,
         ("edge", "predict"): _edge_predict,
     }
@@ -178,7 +181,7 @@ def _edge_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(args: argparse.Namespace, *, serve: bool = True) -> Any:
+def _open(args: argparse.Namespace, *, serve: bool = True, repair: bool = False) -> Any:
     """Open the store; torch is imported (and its threads pinned) only for a torch store or
     ``personalize``, so the ONNX path (apply, predict, status) runs without torch installed."""
     _precheck_store(args)
@@ -189,7 +192,7 @@ def _open(args: argparse.Namespace, *, serve: bool = True) -> Any:
         import torch
 
         torch.set_num_threads(args.threads)
-    return EdgeRuntime.open(args.model, threads=args.threads, serve=serve)
+    return EdgeRuntime.open(args.model, threads=args.threads, serve=serve, repair=repair)
 
 
 def _precheck_store(args: argparse.Namespace) -> None:
@@ -252,6 +255,15 @@ def _edge_rollback(args: argparse.Namespace) -> int:
 
 def _edge_status(args: argparse.Namespace) -> int:
     _print_json(_open(args, serve=False).status())
+    return 0
+
+
+def _edge_repair(args: argparse.Namespace) -> int:
+    """Heal a store whose current version fails its hash check; a sound store is left as it is."""
+    rt = _open(args, serve=False, repair=True)
+    version = rt.version()
+    fixed = None if rt.repaired is None else rt.repaired.to_json()
+    _print_json({"repaired": fixed, "version": version.version, "hash": version.hash})
     return 0
 
 

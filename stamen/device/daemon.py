@@ -1,12 +1,14 @@
 """``stamen device run``: the long-lived device process.
 
 It checks the device (config, keys, trust anchor; opening the edge store recovers whatever a crash
-or power loss left half-written), then runs ``flower-supernode`` with TLS, node authentication and
-the node config the stamen ClientApp reads (data source, edge store, update key and endorsement), and
-supervises it: when the SuperNode exits (the SuperLink was unreachable past its own retries, a
-crash), it is started again after an exponential backoff (reset after a stable run). SIGTERM or
-SIGINT stop it (SIGTERM to the SuperNode's process group, SIGKILL after ``stop-timeout-s``) and the
-daemon exits 0; systemd's ``Restart=on-failure`` covers the daemon itself.
+or power loss left half-written, and repairs a current version whose files fail their hash check by
+serving the newest intact retained one, logged as one warning), then runs ``flower-supernode`` with
+TLS, node authentication and the node config the stamen ClientApp reads (data source, edge store,
+update key and endorsement), and supervises it: when the SuperNode exits (the SuperLink was
+unreachable past its own retries, a crash), it is started again after an exponential backoff (reset
+after a stable run). SIGTERM or SIGINT stop it (SIGTERM to the SuperNode's process group, SIGKILL
+after ``stop-timeout-s``) and the daemon exits 0; systemd's ``Restart=on-failure`` covers the
+daemon itself.
 """
 
 from __future__ import annotations
@@ -76,9 +78,10 @@ def backoff_delays(d: DaemonConfig) -> Callable[[float], float]:
     return delay
 
 
-def check_device(cfg: DeviceConfig) -> dict[str, object]:
-    """Fail early (one line) on a missing key or store; open the store (crash recovery); return its
-    status (version, hash)."""
+def check_device(cfg: DeviceConfig, *, repair: bool = False) -> dict[str, object]:
+    """Fail early (one line) on a missing key or store; open the store (crash recovery; with
+    ``repair``, a corrupt current version is replaced by the newest intact retained one and a
+    warning logged); return its status (version, hash, model id, what was repaired)."""
     from stamen.edge import EdgeRuntime  # numpy + onnxruntime only: no torch for this check
     from stamen.protocols import Signer
 
@@ -86,8 +89,16 @@ def check_device(cfg: DeviceConfig) -> dict[str, object]:
         if not Path(getattr(cfg, name)).is_file():
             raise ValueError(f"{name.replace('_', '-')} {getattr(cfg, name)} is not a file")
     Signer.from_file(cfg.signing_key)
-    status = EdgeRuntime.open(Path(cfg.store), serve=False).status()  # verified; no session
-    return {"version": status["version"], "hash": status["hash"], "model_id": status["model_id"]}
+    store = EdgeRuntime.open(Path(cfg.store), serve=False, repair=repair)  # verified; no session
+    if store.repaired is not None:
+        log.warning(
+            "edge store %s repaired: %s; the server learns the version it holds at the next round",
+            cfg.store,
+            store.repaired,
+        )
+    status = store.status()
+    keep = ("version", "hash", "model_id", "repaired")
+    return {k: status[k] for k in keep}
 
 
 @dataclass
@@ -185,8 +196,9 @@ def daemon_env(cfg: DeviceConfig) -> dict[str, str]:
 
 
 def run_daemon(cfg: DeviceConfig, log_path: Path | None = None, max_starts: int = 0) -> int:
-    """Check the device, then supervise its SuperNode until SIGTERM/SIGINT (exit 0)."""
-    status = check_device(cfg)
+    """Check the device (repairing a corrupt store where it can), then supervise its SuperNode
+    until SIGTERM/SIGINT (exit 0)."""
+    status = check_device(cfg, repair=True)
     log.info(
         "device store at version %s (%s…), model %s",
         status["version"],

@@ -1,0 +1,121 @@
+"""Checking a store when it is opened, and repairing one whose current version is corrupt.
+
+Files on a device can rot under the runtime (bit flips on an SD card, a file deleted by hand).
+Opening a store recomputes the current version's hash, and the personal overlay's, and compares
+them with the manifest; a mismatch or an unreadable file is :class:`StoreCorrupt`.
+
+Asked to repair (``EdgeRuntime.open(..., repair=True)``, ``stamen edge repair``, the device daemon),
+the store heals where it safely can: the newest *retained* version (the manifest's history, kept
+for rollback) whose files pass the hash recorded for it becomes current, committed like a
+rollback: one atomic manifest write, the high-water mark unchanged (the dropped versions cannot
+come back as replays), the overlay kept (as a rollback keeps it). An overlay that fails its own
+check cannot be rebuilt and is dropped: the device then serves the global weights. With no intact
+version the store is left as it is and needs a full model (``stamen edge init``).
+
+Everything here runs with the store lock held by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from stamen.protocols import TensorInfo, model_hash
+
+from .errors import StoreCorrupt
+from .manifest import Manifest, VersionEntry, load_manifest, save_manifest
+from .overlay import read_overlay
+from .store import Backend, clean_store, version_dir
+
+__all__ = ["Repair", "open_locked", "overlay_fault", "version_fault"]
+
+
+@dataclass(frozen=True)
+class Repair:
+    """What opening with ``repair=True`` changed: the version served before and after, and why."""
+
+    from_version: int
+    to_version: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"version {self.from_version} -> {self.to_version} ({self.reason})"
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form (``EdgeRuntime.status()["repaired"]``)."""
+        return {"from_version": self.from_version, "to_version": self.to_version, "reason": self.reason}
+
+
+def version_fault(
+    store: Path, backend: Backend, table: tuple[TensorInfo, ...], entry: VersionEntry
+) -> str | None:
+    """Why version ``entry``'s files do not match the hash the manifest recorded (None: they do)."""
+    try:
+        got = model_hash(backend.read(version_dir(store, entry.version), table))
+    except (OSError, ValueError) as exc:  # missing, truncated or unparsable weights
+        return f"weights of version {entry.version} cannot be read: {exc}"
+    return None if got == entry.hash else f"weights of version {entry.version} fail their hash check"
+
+
+def overlay_fault(store: Path, manifest: Manifest) -> str | None:
+    """Why the personal overlay does not match its recorded hash (None: it does, or there is none)."""
+    o = manifest.overlay
+    if o is None:
+        return None
+    try:
+        got = model_hash(read_overlay(store / o.file, manifest.tensors))
+    except (OSError, ValueError) as exc:
+        return f"the personal overlay cannot be read: {exc}"
+    return None if got == o.hash else "the personal overlay fails its hash check"
+
+
+def open_locked(
+    store: Path, backend: Backend, *, verify: bool, repair: bool
+) -> tuple[Manifest, Repair | None]:
+    """Under the store lock: re-read the manifest, remove crash leftovers, then check the current
+    version and overlay (``verify``) or repair them (``repair``); return the manifest to serve.
+
+    Raises
+    ------
+    StoreCorrupt
+        A check failed (without ``repair``: naming ``stamen edge repair``), or no retained version
+        is intact (the store needs a full model).
+    """
+    manifest = load_manifest(store)
+    clean_store(store, manifest)
+    if repair:
+        return _repair(store, backend, manifest)
+    if verify:
+        fault = version_fault(store, backend, manifest.tensors, manifest.current)
+        fault = fault or overlay_fault(store, manifest)
+        if fault is not None:
+            raise StoreCorrupt(
+                f"{fault} (`stamen edge repair --model {store}` serves the newest intact retained version)"
+            )
+    return manifest, None
+
+
+def _repair(store: Path, backend: Backend, manifest: Manifest) -> tuple[Manifest, Repair | None]:
+    """Drop corrupt versions from the top of the history (and a corrupt overlay), committed at once."""
+    history, faults = list(manifest.history), []
+    while history and (fault := version_fault(store, backend, manifest.tensors, history[-1])) is not None:
+        faults.append(fault)
+        history.pop()
+    if not history:
+        versions = ", ".join(str(h.version) for h in reversed(manifest.history))
+        raise StoreCorrupt(
+            f"no retained version of {store} passes its hash check (versions {versions}): the store "
+            f"needs a full model; move it aside (keep its trusted.pem) and run `stamen edge init "
+            f"--onnx MODEL.onnx | --torch MODEL.safetensors --model {store} --trust trusted.pem`"
+        )
+    bad_overlay = overlay_fault(store, manifest)
+    if bad_overlay is not None:
+        faults.append(f"{bad_overlay}; overlay dropped")
+    if not faults:
+        return manifest, None
+    fixed = manifest.with_history(history)  # the high-water mark stays, as in a rollback
+    fixed = replace(fixed, overlay=None if bad_overlay is not None else manifest.overlay)
+    save_manifest(store, fixed)  # the commit point
+    clean_store(store, fixed)  # removes the dropped versions' directories and overlay
+    return fixed, Repair(manifest.current.version, fixed.current.version, "; ".join(faults))

@@ -1,0 +1,101 @@
+"""A deployed device whose store rotted: the daemon's start-up check repairs it and logs one line,
+the ClientApp then answers the server's next delta with the version it holds, and the server's
+following update starts there. By then the server has moved its record of the device on by one
+more delta (the one refused), so it no longer has the repaired version's weights and sends a full
+replacement, unless that version is one it keeps anyway (the provisioned model): then a delta."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+from edge_helpers import perturbed
+
+from stamen.client.node import DeviceHolds, Node, Received, start_weights
+from stamen.device.config import DeviceConfig
+from stamen.device.daemon import check_device
+from stamen.edge import EdgeRuntime, StoreCorrupt
+from stamen.edge.store import version_dir
+from stamen.protocols import Signer, unpack
+from stamen.server.driver.types import Reply
+from stamen.server.edge_downlink import DeviceDownlink, EdgeDownlink
+from stamen.task.spec import RoundInstructions, TaskSpec, TrainSpec
+
+INSTR = RoundInstructions(1, 1, 0, "dense", False, TaskSpec(), TrainSpec())
+
+
+def _config(tmp: Path, store: Path) -> DeviceConfig:
+    keys = tmp / "keys"
+    keys.mkdir()
+    Signer.generate().save(keys / "device-signing.pem", keys / "device-signing.pub.pem")
+    for name in ("node.key", "device-signing.endorsement"):
+        (keys / name).write_bytes(b"present")  # check_device only needs them to exist
+    return DeviceConfig(
+        superlink="127.0.0.1:9092",
+        node_key=str(keys / "node.key"),
+        signing_key=str(keys / "device-signing.pem"),
+        endorsement=str(keys / "device-signing.endorsement"),
+        store=str(store),
+        data_source=str(tmp / "data.npz"),
+        flwr_home=str(tmp / "flwr"),
+        insecure=True,
+    )
+
+
+def _round(node: Node, edge: EdgeDownlink, rnd: int, target: dict[str, np.ndarray]) -> str:
+    """One downlink: the server's payload, applied by the node; the hash the server expects."""
+    payload = edge.payload("node-1", rnd, target)
+    assert payload.delta is not None
+    start_weights(node, Received(INSTR, downlink=payload.delta))
+    return payload.base
+
+
+@pytest.mark.parametrize(
+    ("rounds", "rotten", "server_sends"), [(3, (3,), "replace"), (3, (3, 2), "replace"), (2, (2, 1), "delta")]
+)
+def test_a_repaired_device_is_resynchronized_by_the_server(
+    make_store: Callable[[str], Path],
+    signer: Signer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    rounds: int,
+    rotten: tuple[int, ...],
+    server_sends: str,
+) -> None:
+    store = make_store("onnx")
+    node = Node(cast(Any, None), "node-1", 1, EdgeRuntime.open(store))
+    assert node.store is not None
+    w0 = {k: np.array(v) for k, v in node.store.global_weights().items()}
+    edge = EdgeDownlink(DeviceDownlink(w0, signer, "dense", "tiny"), seed=0)
+    for rnd in range(1, rounds + 1):  # keep=3: the device retains its last three versions
+        assert _round(node, edge, rnd, perturbed(w0, rnd)) == node.store.version().hash
+    history = {h.version: h.hash for h in node.store.manifest.history}
+    for version in rotten:
+        (version_dir(store, version) / "weights.data").write_bytes(b"rot")
+    cfg = _config(tmp_path, store)
+    with pytest.raises(StoreCorrupt, match="stamen edge repair"):
+        check_device(cfg)  # `stamen device status`: reports, changes nothing
+    with caplog.at_level(logging.WARNING, logger="stamen.device"):
+        status = check_device(cfg, repair=True)  # `stamen device run`
+    back = min(rotten) - 1
+    assert status["version"] == back and status["hash"] == history[back]
+    lines = [r.getMessage() for r in caplog.records if "repaired" in r.getMessage()]
+    assert len(lines) == 1 and f"version {rounds} -> {back}" in lines[0]
+    node.store = EdgeRuntime.open(store)  # the SuperNode's ClientApp opens the repaired store
+    payload = edge.payload("node-1", 4, perturbed(w0, 4))  # the server's record: the rotten version
+    with pytest.raises(DeviceHolds) as held:
+        start_weights(node, Received(INSTR, downlink=payload.delta))
+    assert (held.value.held_hash, held.value.version) == (history[back], back)
+    edge.observe([Reply("node-1", error=str(held.value), held=held.value.held_hash)])
+    target = perturbed(w0, 5)
+    payload = edge.payload("node-1", 5, target)
+    assert payload.delta is not None
+    env = unpack(payload.delta)
+    assert env.base_hash == history[back]
+    assert env.meta.get("kind", "delta") == server_sends
+    start_weights(node, Received(INSTR, downlink=payload.delta))
+    assert node.store.version().version == 5 and node.store.version().hash == payload.base
