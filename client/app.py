@@ -12,6 +12,7 @@ each virtual client its partition.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from functools import lru_cache
@@ -42,6 +43,7 @@ torch.set_num_threads(1)  # one thread per client process (determinism, no overs
 
 Resolve = Callable[[Context], Node]
 EDGE_STORE, SIGNING_KEY, ENDORSEMENT = "edge-store", "signing-key", "endorsement"  # node_config keys
+log = logging.getLogger("stamen.client")
 
 
 @lru_cache(maxsize=2)
@@ -155,12 +157,22 @@ def _configured(
 ) -> Node:
     node_config, run_config = dict(node_cfg), dict(run_cfg)
     data = load_data_source(data_source_spec(node_config, run_config), node_config, run_config)
-    store = EdgeRuntime.open(Path(node_config[EDGE_STORE])) if EDGE_STORE in node_config else None
+    store = _open_store(Path(node_config[EDGE_STORE])) if EDGE_STORE in node_config else None
     signer = Signer.from_file(node_config[SIGNING_KEY]) if SIGNING_KEY in node_config else None
     endorsement = Path(node_config[ENDORSEMENT]).read_bytes() if ENDORSEMENT in node_config else None
     if endorsement is not None and signer is None:
         raise ValueError(f"node config has {ENDORSEMENT!r} but no {SIGNING_KEY!r}")
     return Node(data, f"node-{node_id}", node_id, store, signer, endorsement)
+
+
+def _open_store(path: Path) -> EdgeRuntime:
+    """The node's edge store, repaired as the device daemon repairs it at start (a corrupt current
+    version replaced by the newest intact retained one, logged): a SuperNode whose ClientApp starts
+    again after the files rotted takes part at once instead of refusing every round."""
+    store = EdgeRuntime.open(path, repair=True)
+    if store.repaired is not None:
+        log.warning("edge store %s repaired: %s", path, store.repaired)
+    return store
 
 
 app = make_client_app(configured_node)

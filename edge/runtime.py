@@ -47,7 +47,7 @@ from .fused import start_apply
 from .inputs import InputSpec
 from .manifest import Manifest, VersionEntry, load_manifest, save_manifest
 from .overlay import check_overlay, read_overlay, write_overlay
-from .repair import open_locked
+from .repair import open_locked, version_fault
 from .shadow import ShadowPrep, ShadowWeights
 from .store import TRUSTED, VERSIONS, clean_store, make_backend, store_lock, version_dir
 
@@ -57,8 +57,7 @@ __all__ = ["TARGET_KEY", "EdgeRuntime", "ModelVersion"]
 TARGET_KEY = keys.META_TARGET
 #: Envelope meta key holding the model id the update is for (optional).
 MODEL_KEY = keys.META_MODEL
-#: Name of the shadow version directory an apply builds (one apply at a time: the store lock).
-SHADOW = ".shadow-apply"
+SHADOW = ".shadow-apply"  #: the shadow version directory an apply builds (one at a time: the lock)
 
 
 @dataclass(frozen=True)
@@ -365,6 +364,8 @@ class EdgeRuntime:
         ------
         ValueError
             If no earlier version is retained.
+        StoreCorrupt
+            If that version's files fail their recorded hash (nothing changes).
         """
         with store_lock(self.store):
             self.manifest = load_manifest(self.store)
@@ -373,6 +374,8 @@ class EdgeRuntime:
                     f"no earlier version retained to roll back to (at version {self.version().version})"
                 )
             manifest = self.manifest.with_history(self.manifest.history[:-1])
+            if fault := version_fault(self.store, self.backend, manifest.tensors, manifest.current):
+                raise StoreCorrupt(f"cannot roll back: {fault}")
             session = self._build_session(manifest)
             save_manifest(self.store, manifest)
             self._swap(manifest, session)

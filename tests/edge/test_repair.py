@@ -151,3 +151,18 @@ def test_cli_edge_repair(
     out = json.loads(capsys.readouterr().out)
     assert out["version"] == 1 and out["hash"] == model_hash(held[1])
     assert out["repaired"]["from_version"] == 2 and out["repaired"]["to_version"] == 1
+
+
+def test_rollback_refuses_a_version_whose_files_rotted(
+    make_store: Callable[[str], Path], signer: Signer
+) -> None:
+    """A rollback checks the version it goes back to: rotten files are refused and nothing changes
+    (the version served, the manifest); the intact current version keeps serving."""
+    store = make_store("onnx")
+    rt, held, _ = _three_versions(store, signer)
+    _corrupt(store, "onnx", 1, "flip")
+    manifest = (store / "manifest.json").read_bytes()
+    with pytest.raises(StoreCorrupt, match="cannot roll back: weights of version 1 fail their hash check"):
+        rt.rollback()
+    assert rt.version().version == 2 and (store / "manifest.json").read_bytes() == manifest
+    assert model_hash(rt.global_weights()) == model_hash(held[2])

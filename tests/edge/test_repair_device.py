@@ -99,3 +99,30 @@ def test_a_repaired_device_is_resynchronized_by_the_server(
     assert env.meta.get("kind", "delta") == server_sends
     start_weights(node, Received(INSTR, downlink=payload.delta))
     assert node.store.version().version == 5 and node.store.version().hash == payload.base
+
+
+def test_the_client_app_repairs_the_store_it_opens(
+    make_store: Callable[[str], Path], signer: Signer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SuperNode's ClientApp (re)started after the files rotted opens its store repaired, with one
+    warning, and serves the newest intact version; it does not refuse every round until the daemon
+    restarts."""
+    from stamen.client.app import EDGE_STORE, _configured
+
+    store = make_store("onnx")
+    node = Node(cast(Any, None), "node-1", 1, EdgeRuntime.open(store))
+    assert node.store is not None
+    w0 = {k: np.array(v) for k, v in node.store.global_weights().items()}
+    edge = EdgeDownlink(DeviceDownlink(w0, signer, "dense", "tiny"), seed=0)
+    for rnd in (1, 2):
+        _round(node, edge, rnd, perturbed(w0, rnd))
+    v1 = next(h.hash for h in node.store.manifest.history if h.version == 1)
+    (version_dir(store, 2) / "weights.data").write_bytes(b"rot")
+    np.savez(tmp_path / "train.npz", x=np.zeros((4, 8), np.float32), y=np.zeros(4, np.int64))
+    node_cfg = ((EDGE_STORE, str(store)), ("data-source", str(tmp_path / "train.npz")))
+    with caplog.at_level(logging.WARNING, logger="stamen.client"):
+        opened = _configured(7, node_cfg, ())
+    assert opened.store is not None
+    assert (opened.store.version().version, opened.store.version().hash) == (1, v1)
+    lines = [r.getMessage() for r in caplog.records if "repaired" in r.getMessage()]
+    assert len(lines) == 1 and "version 2 -> 1" in lines[0]
