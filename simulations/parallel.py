@@ -246,8 +246,14 @@ class WorkerPool:
             self.broken = f"worker process {dead.pid} exited with code {dead.exitcode}"
             pool, self._pool = self._pool, None
         log.warning("%s: workers stopped; the engine trains every slice itself", self.broken)
-        if pool is not None:
+        if pool is None:
+            return
+        try:
             _stop(pool, graceful=False, broken=True)
+        except BaseException:  # e.g. Ctrl-C while it waits: close() then stops what is left
+            with self._lock:
+                self._pool = pool if self._pool is None else self._pool
+            raise
 
     def close(self) -> None:
         """Stop the workers (idempotent). A forkserver still starting is not waited for: no pool

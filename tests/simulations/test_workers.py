@@ -212,3 +212,38 @@ def test_a_worker_failing_at_start_stops_the_pool_before_close() -> None:
     pool.close()  # idempotent
     assert not pool.ready()
     _assert_no_new_children(before)
+
+
+@pytest.mark.slow
+def test_a_stop_interrupted_when_a_worker_died_is_finished_by_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the broken pool is being stopped (its terminate may wait seconds on a lock the
+    dead worker held): the pool is kept for ``close()``, which stops it; no process is left."""
+    import os
+    import signal
+
+    import stamen.simulations.parallel as parallel
+
+    real_stop, calls = parallel._stop, []
+
+    def interrupted_once(pool: Any, graceful: bool, broken: bool = False) -> None:
+        calls.append(broken)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        real_stop(pool, graceful, broken)
+
+    plan = _plan("engine.batching=off", "engine.workers=2")
+    before = set(mp.active_children())
+    pool = WorkerPool(WorkerSpec(plan.cfg.task, plan.data, plan.peer, batched=False), 2)
+    try:
+        assert pool.ready(wait=True) and pool._pool is not None
+        monkeypatch.setattr(parallel, "_stop", interrupted_once)
+        victim = pool._pool._pool[0]  # type: ignore[attr-defined]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(timeout=30)
+        with pytest.raises(KeyboardInterrupt):
+            pool.ready()
+        assert pool.broken is not None and pool._pool is not None  # kept for close()
+    finally:
+        pool.close()
+    assert calls == [True, True]
+    _assert_no_new_children(before)
