@@ -185,16 +185,36 @@ class OnnxBackend:
         """Write the shared skeleton graph into a new store."""
         write_new(self.store / SKELETON, skeleton)
 
-    def read(self, vdir: Path, table: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
-        """Read-only memory-mapped weights of version directory ``vdir``."""
-        data = np.memmap(vdir / DATA, dtype=np.uint8, mode="r")
+    def read(self, vdir: Path, table: Sequence[TensorInfo], mapped: bool = True) -> dict[str, np.ndarray]:
+        """Read-only weights of version directory ``vdir``: memory-mapped, or (``mapped=False``)
+        read into memory, where a failing disk raises ``OSError`` (EIO) instead of killing the
+        process with SIGBUS when a mapped page cannot be read."""
+        path = vdir / DATA
+        data = (
+            np.memmap(path, dtype=np.uint8, mode="r")
+            if mapped
+            else np.frombuffer(path.read_bytes(), np.uint8)
+        )
         out = {}
         for info, (offset, nbytes) in zip(table, layout(table), strict=True):
             if offset + nbytes > data.size:
-                raise ValueError(f"{vdir / DATA} is truncated at tensor {info.name!r}")
+                raise ValueError(f"{path} is truncated at tensor {info.name!r}")
             raw = data[offset : offset + nbytes]
             out[info.name] = np.frombuffer(raw, dtype=np.dtype(info.dtype)).reshape(info.shape)
         return out
+
+    def files_fault(self, vdir: Path) -> str | None:
+        """Why version ``vdir``'s graph is unusable (None: it is the store's skeleton, byte for byte,
+        as every version's graph is written). Its absence is a fault; another ``OSError`` is raised."""
+        try:
+            graph = (vdir / GRAPH).read_bytes()
+        except FileNotFoundError:
+            return f"{vdir / GRAPH} is missing"
+        return (
+            None
+            if graph == (self.store / SKELETON).read_bytes()
+            else f"{vdir / GRAPH} differs from {SKELETON}"
+        )
 
     def write(self, vdir: Path, weights: Mapping[str, np.ndarray], table: Sequence[TensorInfo]) -> None:
         """Write the graph and ``weights.data`` into (shadow) directory ``vdir`` (not fsynced)."""

@@ -12,11 +12,19 @@ come back as replays), the overlay kept (as a rollback keeps it). An overlay tha
 check cannot be rebuilt and is dropped: the device then serves the global weights. With no intact
 version the store is left as it is and needs a full model (``stamen edge init``).
 
+Only evidence against the files counts: a missing file, unparsable or truncated weights, a hash
+that differs, a version's ONNX graph that differs from the store's skeleton. A read that fails
+otherwise (EIO from a failing card, EACCES, too many open files) is raised as the ``OSError`` it is
+and changes nothing: it may pass on the next try, and dropping an intact version (or an overlay,
+which nobody can send again) for it would lose data.
+
 Everything here runs with the store lock held by the caller.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +37,9 @@ from .overlay import read_overlay
 from .store import Backend, clean_store, version_dir
 
 __all__ = ["Repair", "open_locked", "overlay_fault", "version_fault"]
+
+log = logging.getLogger("stamen.edge")
+_MISSING = frozenset([errno.ENOENT, errno.ENOTDIR])
 
 
 @dataclass(frozen=True)
@@ -47,27 +58,63 @@ class Repair:
         return {"from_version": self.from_version, "to_version": self.to_version, "reason": self.reason}
 
 
+def _missing(exc: OSError) -> bool:
+    """A file or directory that is not there (rot); any other ``OSError`` (EIO, EACCES, EMFILE, ...)
+    may pass on a later try and is no evidence against the files."""
+    return exc.errno in _MISSING or isinstance(exc, (FileNotFoundError, NotADirectoryError))
+
+
 def version_fault(
     store: Path, backend: Backend, table: tuple[TensorInfo, ...], entry: VersionEntry
 ) -> str | None:
-    """Why version ``entry``'s files do not match the hash the manifest recorded (None: they do)."""
+    """Why version ``entry``'s files are unusable (None: they are intact): weights that are missing,
+    truncated, unparsable or differ from the hash the manifest recorded, or (ONNX) a missing or
+    altered graph. Read into memory, not mapped (a bad sector is an error, not SIGBUS).
+
+    Raises
+    ------
+    OSError
+        Any read failure but a missing file: it proves nothing, so nothing may be dropped for it.
+    """
+    vdir = version_dir(store, entry.version)
     try:
-        got = model_hash(backend.read(version_dir(store, entry.version), table))
-    except (OSError, ValueError) as exc:  # missing, truncated or unparsable weights
+        got = model_hash(backend.read(vdir, table, mapped=False))
+        graph = backend.files_fault(vdir)
+    except OSError as exc:
+        if not _missing(exc):
+            raise
+        return f"files of version {entry.version} are missing: {exc}"
+    except ValueError as exc:  # truncated or unparsable weights
         return f"weights of version {entry.version} cannot be read: {exc}"
-    return None if got == entry.hash else f"weights of version {entry.version} fail their hash check"
+    if got != entry.hash:
+        return f"weights of version {entry.version} fail their hash check"
+    return None if graph is None else f"version {entry.version}: {graph}"
 
 
 def overlay_fault(store: Path, manifest: Manifest) -> str | None:
-    """Why the personal overlay does not match its recorded hash (None: it does, or there is none)."""
+    """Why the personal overlay does not match its recorded hash (None: it does, or there is none).
+    An ``OSError`` other than a missing file is raised, as by :func:`version_fault`."""
     o = manifest.overlay
     if o is None:
         return None
     try:
         got = model_hash(read_overlay(store / o.file, manifest.tensors))
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        if not _missing(exc):
+            raise
+        return f"the personal overlay is missing: {exc}"
+    except ValueError as exc:
         return f"the personal overlay cannot be read: {exc}"
     return None if got == o.hash else "the personal overlay fails its hash check"
+
+
+def _clean(store: Path, manifest: Manifest) -> None:
+    """:func:`clean_store`, leaving what it cannot remove (an ``OSError``, e.g. on a failing or
+    read-only disk) with a warning: the manifest is sound, and no version refers to them."""
+    try:
+        clean_store(store, manifest)
+    except OSError as exc:
+        log.warning("edge store %s: leftovers not removed (%s)", store, exc)
 
 
 def open_locked(
@@ -83,7 +130,7 @@ def open_locked(
         is intact (the store needs a full model).
     """
     manifest = load_manifest(store)
-    clean_store(store, manifest)
+    _clean(store, manifest)
     if repair:
         return _repair(store, backend, manifest)
     if verify:
@@ -117,5 +164,5 @@ def _repair(store: Path, backend: Backend, manifest: Manifest) -> tuple[Manifest
     fixed = manifest.with_history(history)  # the high-water mark stays, as in a rollback
     fixed = replace(fixed, overlay=None if bad_overlay is not None else manifest.overlay)
     save_manifest(store, fixed)  # the commit point
-    clean_store(store, fixed)  # removes the dropped versions' directories and overlay
+    _clean(store, fixed)  # removes the dropped versions' directories and overlay
     return fixed, Repair(manifest.current.version, fixed.current.version, "; ".join(faults))

@@ -41,12 +41,14 @@ def read_safetensors_source(path: Path) -> tuple[dict[str, np.ndarray], str | No
     ------
     ValueError
         If the file is not safetensors or holds a non-float32 tensor.
+    OSError
+        As raised (a missing file, or a read that failed: not the file's fault, e.g. EIO).
     """
     try:
         with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
             weights = {name: np.array(fh.get_tensor(name)) for name in sorted(fh.keys())}
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable safetensors file: {exc}") from None
     bad = [n for n, a in weights.items() if a.dtype != np.float32]
     if bad or not weights:
@@ -135,8 +137,15 @@ class TorchBackend:
         """Nothing to install: a torch store has no graph."""
         del skeleton
 
-    def read(self, vdir: Path, table: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
-        """Weights of version directory ``vdir`` in table order (read-only)."""
+    def files_fault(self, vdir: Path) -> str | None:
+        """Nothing besides the weights: a torch version is its safetensors file."""
+        del vdir
+        return None
+
+    def read(self, vdir: Path, table: Sequence[TensorInfo], mapped: bool = True) -> dict[str, np.ndarray]:
+        """Weights of version directory ``vdir`` in table order (read-only; ``mapped`` as for ONNX,
+        safetensors files are always read)."""
+        del mapped
         weights, _ = read_safetensors_source(vdir / WEIGHTS)
         out = {}
         for info in table:
