@@ -9,6 +9,7 @@ train handler and its mods (:mod:`stamen.client.mods`); the in-process engine ca
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +21,8 @@ from stamen.client.bristle_peer import PeerRound, peer_update
 from stamen.client.core import encode_delta, local_privacy, local_update
 from stamen.client.state import ClientState
 from stamen.client.trainers import TrainResult
-from stamen.edge import EdgeRuntime
-from stamen.protocols import Signer, keys, model_hash
+from stamen.edge import EdgeRuntime, StoreCorrupt
+from stamen.protocols import BaseModelMismatch, Signer, ValidationError, keys, model_hash
 from stamen.protocols.envelope import unpack
 from stamen.task.bristle.peer import PeerConfig
 from stamen.task.bristle.relayed import Relayed
@@ -31,6 +32,7 @@ from stamen.task.spec import RoundInstructions
 
 Weights = dict[str, np.ndarray]
 CODEC_SEED = 0xC0DEC  # the codec's randomness: client_seed ^ CODEC_SEED
+log = logging.getLogger("stamen.client")
 
 
 @dataclass
@@ -104,12 +106,39 @@ def start_weights(node: Node, received: Received) -> tuple[Weights, str]:
         held = node.store.version()
         if unpack(received.downlink, zero_copy=True).base_hash != held.hash:
             raise DeviceHolds(held.hash, held.version)
-        node.store.apply(received.downlink)
+        _apply(node, node.store, received.downlink)
         return node.store.global_weights(), node.store.version().hash
     if received.weights is None:
         raise ValueError(f"the train message carries neither {keys.ARRAYS!r} nor {keys.DOWNLINK!r}")
     digest = received.base_hash if received.base_hash is not None else model_hash(received.weights)
     return dict(received.weights), digest
+
+
+def _apply(node: Node, store: EdgeRuntime, downlink: bytes) -> None:
+    """``store.apply(downlink)``; where it fails because of what the device holds, the device says
+    what it holds (:class:`DeviceHolds`) so the server resynchronizes it:
+
+    - another process changed the version since it was read (a repair, an operator's rollback);
+    - the store's files rotted while it ran (the result misses the signed target hash, or a file is
+      gone): the store is then repaired as at start-up (:mod:`stamen.edge.repair`, logged) and
+      ``node.store`` replaced by the repaired one. Nothing found corrupt: the error is raised."""
+    held = store.version()
+    try:
+        store.apply(downlink)
+    except BaseModelMismatch:
+        now = store.version()  # apply re-read the manifest under the store lock
+        if now.hash == held.hash:
+            raise  # a delta for another model: the device's fault it is not
+        raise DeviceHolds(now.hash, now.version) from None
+    except (ValidationError, StoreCorrupt, FileNotFoundError) as exc:
+        healed = EdgeRuntime.open(
+            store.store, threads=store.threads, keep=store.keep, serve=False, repair=True
+        )
+        if healed.repaired is None:
+            raise
+        log.warning("edge store %s repaired while running: %s", store.store, healed.repaired)
+        node.store, now = healed, healed.version()
+        raise DeviceHolds(now.hash, now.version) from exc
 
 
 def train(node: Node, received: Received, model: nn.Module, state: ClientState) -> Trained:

@@ -126,3 +126,73 @@ def test_the_client_app_repairs_the_store_it_opens(
     assert (opened.store.version().version, opened.store.version().hash) == (1, v1)
     lines = [r.getMessage() for r in caplog.records if "repaired" in r.getMessage()]
     assert len(lines) == 1 and "version 2 -> 1" in lines[0]
+
+
+def _device_at_v2(make_store: Callable[[str], Path], signer: Signer) -> tuple[Path, Node, EdgeDownlink, Any]:
+    store = make_store("onnx")
+    node = Node(cast(Any, None), "node-1", 1, EdgeRuntime.open(store))
+    assert node.store is not None
+    w0 = {k: np.array(v) for k, v in node.store.global_weights().items()}
+    edge = EdgeDownlink(DeviceDownlink(w0, signer, "dense", "tiny"), seed=0)
+    for rnd in (1, 2):
+        _round(node, edge, rnd, perturbed(w0, rnd))
+    return store, node, edge, w0
+
+
+def test_files_that_rot_while_the_node_runs_are_repaired_at_the_next_delta(
+    make_store: Callable[[str], Path], signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store rots under a running ClientApp: the next delta misses its signed target hash, the
+    store is repaired (one warning), the node holds the repaired store and says which version it
+    holds; the server's resynchronization then applies."""
+    store, node, edge, w0 = _device_at_v2(make_store, signer)
+    old = node.store
+    assert old is not None
+    v1 = next(h.hash for h in old.manifest.history if h.version == 1)
+    raw = bytearray((version_dir(store, 2) / "weights.data").read_bytes())
+    raw[0] ^= 0x40
+    (version_dir(store, 2) / "weights.data").write_bytes(bytes(raw))
+    payload = edge.payload("node-1", 3, perturbed(w0, 3))
+    with caplog.at_level(logging.WARNING, logger="stamen.client"), pytest.raises(DeviceHolds) as held:
+        start_weights(node, Received(INSTR, downlink=payload.delta))
+    assert (held.value.version, held.value.held_hash) == (1, v1)
+    assert node.store is not old and node.store is not None and node.store.version().version == 1
+    assert sum("repaired while running: version 2 -> 1" in r.getMessage() for r in caplog.records) == 1
+    edge.observe([Reply("node-1", error=str(held.value), held=held.value.held_hash)])
+    payload = edge.payload("node-1", 4, perturbed(w0, 4))
+    start_weights(node, Received(INSTR, downlink=payload.delta))
+    assert node.store.version().version == 4 and node.store.version().hash == payload.base
+
+
+def test_a_delta_that_fails_on_a_sound_store_is_raised(
+    make_store: Callable[[str], Path], signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure that is not the device's files (here: the apply refuses the result) is raised as it
+    is, after the store checked sound; the node keeps its store."""
+    from stamen.protocols import ValidationError
+
+    _, node, edge, w0 = _device_at_v2(make_store, signer)
+    old = node.store
+
+    def refuse(self: EdgeRuntime, data: bytes) -> None:
+        raise ValidationError("updated weights hash differs from the signed target")
+
+    monkeypatch.setattr(EdgeRuntime, "apply", refuse)
+    payload = edge.payload("node-1", 3, perturbed(w0, 3))
+    with pytest.raises(ValidationError, match="signed target"):
+        start_weights(node, Received(INSTR, downlink=payload.delta))
+    assert node.store is old
+
+
+def test_a_version_changed_by_another_process_is_reported_as_held(
+    make_store: Callable[[str], Path], signer: Signer
+) -> None:
+    """An operator's rollback (another process) after the node read its version: the apply finds
+    another base and the node says what it now holds instead of failing the round."""
+    store, node, edge, w0 = _device_at_v2(make_store, signer)
+    assert node.store is not None
+    back = EdgeRuntime.open(store).rollback()
+    payload = edge.payload("node-1", 3, perturbed(w0, 3))
+    with pytest.raises(DeviceHolds) as held:
+        start_weights(node, Received(INSTR, downlink=payload.delta))
+    assert (held.value.version, held.value.held_hash) == (back.version, back.hash) == (1, back.hash)
