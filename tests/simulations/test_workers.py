@@ -199,7 +199,7 @@ def test_a_worker_failing_at_start_stops_the_pool_before_close() -> None:
     try:
         deadline = time.monotonic() + 120
         while pool.broken is None and time.monotonic() < deadline:
-            pool.ready()  # True until the worker is seen to have exited
+            pool.ready()  # each call checks the workers (the pool is broken once one has exited)
             time.sleep(0.2)
         assert pool.broken is not None and "exited with code" in pool.broken
         assert not pool.ready()
