@@ -21,8 +21,16 @@ from stamen.client.bristle_peer import PeerRound, peer_update
 from stamen.client.core import encode_delta, local_privacy, local_update
 from stamen.client.state import ClientState
 from stamen.client.trainers import TrainResult
-from stamen.edge import EdgeRuntime, StoreCorrupt
-from stamen.protocols import BaseModelMismatch, Signer, ValidationError, keys, model_hash
+from stamen.edge import EdgeRuntime, StaleVersion
+from stamen.protocols import (
+    BaseModelMismatch,
+    CodecError,
+    MalformedUpdate,
+    SignatureError,
+    Signer,
+    keys,
+    model_hash,
+)
 from stamen.protocols.envelope import unpack
 from stamen.task.bristle.peer import PeerConfig
 from stamen.task.bristle.relayed import Relayed
@@ -103,9 +111,6 @@ def start_weights(node: Node, received: Received) -> tuple[Weights, str]:
     if received.downlink is not None:
         if node.store is None:
             raise ValueError("the server sent an edge delta, but this node has no edge store configured")
-        held = node.store.version()
-        if unpack(received.downlink, zero_copy=True).base_hash != held.hash:
-            raise DeviceHolds(held.hash, held.version)
         _apply(node, node.store, received.downlink)
         return node.store.global_weights(), node.store.version().hash
     if received.weights is None:
@@ -118,25 +123,30 @@ def _apply(node: Node, store: EdgeRuntime, downlink: bytes) -> None:
     """``store.apply(downlink)``; where it fails because of what the device holds, the device says
     what it holds (:class:`DeviceHolds`) so the server resynchronizes it:
 
-    - another process changed the version since it was read (a repair, an operator's rollback);
-    - the store's files rotted while it ran (the result misses the signed target hash, or a file is
-      gone): the store is then repaired as at start-up (:mod:`stamen.edge.repair`, logged) and
-      ``node.store`` replaced by the repaired one. Nothing found corrupt: the error is raised."""
-    held = store.version()
+    - the delta is for another base (the store's manifest as ``apply`` re-read it under the store
+      lock: another process may have changed the version, a repair or an operator's rollback);
+    - the store's files rotted while it ran (the result misses the signed target hash, weights are
+      truncated or gone): the store is repaired as at start-up (:mod:`stamen.edge.repair`: only
+      evidence against the files drops a version; logged) and ``node.store`` replaced by it.
+
+    Failures of the delta itself (signature, format, codec, replay) and any failure on a store found
+    sound are raised as they are."""
     try:
         store.apply(downlink)
     except BaseModelMismatch:
-        now = store.version()  # apply re-read the manifest under the store lock
-        if now.hash == held.hash:
-            raise  # a delta for another model: the device's fault it is not
+        now = store.version()
+        if unpack(downlink, zero_copy=True).base_hash == now.hash:
+            raise  # the base is right: a delta for another model
         raise DeviceHolds(now.hash, now.version) from None
-    except (ValidationError, StoreCorrupt, FileNotFoundError) as exc:
+    except (SignatureError, MalformedUpdate, CodecError, StaleVersion):
+        raise
+    except (ValueError, FileNotFoundError) as exc:  # ValidationError, StoreCorrupt, unreadable weights
         healed = EdgeRuntime.open(
             store.store, threads=store.threads, keep=store.keep, serve=False, repair=True
         )
         if healed.repaired is None:
             raise
-        log.warning("edge store %s repaired while running: %s", store.store, healed.repaired)
+        log.warning("edge store %s repaired while running (%s): %s", store.store, exc, healed.repaired)
         node.store, now = healed, healed.version()
         raise DeviceHolds(now.hash, now.version) from exc
 

@@ -57,15 +57,16 @@ def write_overlay(store: Path, deltas: Mapping[str, np.ndarray], plan: str) -> O
     return Overlay(name, digest, plan, tuple(arrays))
 
 
-def read_overlay(path: Path, table: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
-    """Read an overlay; every tensor must be a model tensor with the model's shape.
+def read_overlay(path: Path, table: Sequence[TensorInfo], mapped: bool = True) -> dict[str, np.ndarray]:
+    """Read an overlay; every tensor must be a model tensor with the model's shape (``mapped``: see
+    :func:`~stamen.edge.torch_backend.read_safetensors_source`).
 
     Raises
     ------
     ValueError
         If the file is unreadable or names an unknown tensor or a wrong shape.
     """
-    deltas, _ = read_safetensors_source(path)
+    deltas, _ = read_safetensors_source(path, mapped)
     shapes = {t.name: t.shape for t in table}
     for name, arr in deltas.items():
         if shapes.get(name) != arr.shape:

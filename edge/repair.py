@@ -13,8 +13,7 @@ check cannot be rebuilt and is dropped: the device then serves the global weight
 version the store is left as it is and needs a full model (``stamen edge init``).
 
 Only evidence against the files counts: a missing file, unparsable or truncated weights, a hash
-that differs, a version's ONNX graph that differs from the store's skeleton. A read that fails
-otherwise (EIO from a failing card, EACCES, too many open files) is raised as the ``OSError`` it is
+that differs, a version's ONNX graph that is missing. A read that fails otherwise (EIO from a failing card, EACCES, too many open files) is raised as the ``OSError`` it is
 and changes nothing: it may pass on the next try, and dropping an intact version (or an overlay,
 which nobody can send again) for it would lose data.
 
@@ -24,7 +23,6 @@ Everything here runs with the store lock held by the caller.
 from __future__ import annotations
 
 import errno
-import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,11 +32,10 @@ from stamen.protocols import TensorInfo, model_hash
 from .errors import StoreCorrupt
 from .manifest import Manifest, VersionEntry, load_manifest, save_manifest
 from .overlay import read_overlay
-from .store import Backend, clean_store, version_dir
+from .store import Backend, tidy_store, version_dir
 
 __all__ = ["Repair", "open_locked", "overlay_fault", "version_fault"]
 
-log = logging.getLogger("stamen.edge")
 _MISSING = frozenset([errno.ENOENT, errno.ENOTDIR])
 
 
@@ -68,8 +65,9 @@ def version_fault(
     store: Path, backend: Backend, table: tuple[TensorInfo, ...], entry: VersionEntry
 ) -> str | None:
     """Why version ``entry``'s files are unusable (None: they are intact): weights that are missing,
-    truncated, unparsable or differ from the hash the manifest recorded, or (ONNX) a missing or
-    altered graph. Read into memory, not mapped (a bad sector is an error, not SIGBUS).
+    truncated, unparsable or differ from the hash the manifest recorded, or (ONNX) a missing graph
+    (its bytes have no recorded hash). Read into memory, not mapped (a bad sector is an error, not
+    SIGBUS).
 
     Raises
     ------
@@ -98,7 +96,7 @@ def overlay_fault(store: Path, manifest: Manifest) -> str | None:
     if o is None:
         return None
     try:
-        got = model_hash(read_overlay(store / o.file, manifest.tensors))
+        got = model_hash(read_overlay(store / o.file, manifest.tensors, mapped=False))
     except OSError as exc:
         if not _missing(exc):
             raise
@@ -106,15 +104,6 @@ def overlay_fault(store: Path, manifest: Manifest) -> str | None:
     except ValueError as exc:
         return f"the personal overlay cannot be read: {exc}"
     return None if got == o.hash else "the personal overlay fails its hash check"
-
-
-def _clean(store: Path, manifest: Manifest) -> None:
-    """:func:`clean_store`, leaving what it cannot remove (an ``OSError``, e.g. on a failing or
-    read-only disk) with a warning: the manifest is sound, and no version refers to them."""
-    try:
-        clean_store(store, manifest)
-    except OSError as exc:
-        log.warning("edge store %s: leftovers not removed (%s)", store, exc)
 
 
 def open_locked(
@@ -130,7 +119,7 @@ def open_locked(
         is intact (the store needs a full model).
     """
     manifest = load_manifest(store)
-    _clean(store, manifest)
+    tidy_store(store, manifest)  # committed already: leftovers do not block opening
     if repair:
         return _repair(store, backend, manifest)
     if verify:
@@ -164,5 +153,5 @@ def _repair(store: Path, backend: Backend, manifest: Manifest) -> tuple[Manifest
     fixed = manifest.with_history(history)  # the high-water mark stays, as in a rollback
     fixed = replace(fixed, overlay=None if bad_overlay is not None else manifest.overlay)
     save_manifest(store, fixed)  # the commit point
-    _clean(store, fixed)  # removes the dropped versions' directories and overlay
+    tidy_store(store, fixed)  # removes the dropped versions' directories and overlay
     return fixed, Repair(manifest.current.version, fixed.current.version, "; ".join(faults))

@@ -49,7 +49,7 @@ from .manifest import Manifest, VersionEntry, load_manifest, save_manifest
 from .overlay import check_overlay, read_overlay, write_overlay
 from .repair import open_locked, version_fault
 from .shadow import ShadowPrep, ShadowWeights
-from .store import TRUSTED, VERSIONS, clean_store, make_backend, store_lock, version_dir
+from .store import TRUSTED, VERSIONS, make_backend, store_lock, tidy_store, version_dir
 
 __all__ = ["TARGET_KEY", "EdgeRuntime", "ModelVersion"]
 
@@ -355,7 +355,7 @@ class EdgeRuntime:
     def _swap(self, manifest: Manifest, session: Any) -> None:
         with self._lock:
             self.manifest, self._session = manifest, session
-        clean_store(self.store, manifest)  # drops pruned versions and replaced overlays
+        tidy_store(self.store, manifest)  # drops pruned versions and replaced overlays (committed)
 
     def rollback(self) -> ModelVersion:
         """Serve the previous retained version again; the high-water mark stays.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import stat
 from collections.abc import Iterator, Mapping
@@ -38,7 +39,17 @@ from .manifest import Manifest, VersionEntry, save_manifest
 from .onnx_backend import OnnxBackend, read_onnx_source
 from .torch_backend import TorchBackend, read_safetensors_source
 
-__all__ = ["Backend", "clean_store", "create_store", "make_backend", "store_lock", "version_dir"]
+__all__ = [
+    "Backend",
+    "clean_store",
+    "create_store",
+    "make_backend",
+    "store_lock",
+    "tidy_store",
+    "version_dir",
+]
+
+log = logging.getLogger("stamen.edge")
 
 TRUSTED = "trusted.pem"
 VERSIONS = "versions"
@@ -117,6 +128,16 @@ def clean_store(store: Path, manifest: Manifest) -> None:
         stale_overlay = child.name.startswith("overlay-") and child.name != overlay
         if stale_overlay or ".tmp-" in child.name:
             remove_tree(child)  # whatever it is: a file, a planted link or directory
+
+
+def tidy_store(store: Path, manifest: Manifest) -> None:
+    """:func:`clean_store` once ``manifest`` is committed: what cannot be removed (an ``OSError``,
+    e.g. on a failing or read-only disk) is left with a warning; no version refers to it, and a
+    change that has committed must not be reported as failed."""
+    try:
+        clean_store(store, manifest)
+    except OSError as exc:
+        log.warning("edge store %s: leftovers not removed (%s)", store, exc)
 
 
 def _source(path: Path) -> tuple[str, dict[str, np.ndarray], bytes, str | None]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save
+from safetensors.numpy import load, save
 
 from stamen.protocols import TensorInfo
 
@@ -34,8 +34,11 @@ __all__ = [
 WEIGHTS = "weights.safetensors"
 
 
-def read_safetensors_source(path: Path) -> tuple[dict[str, np.ndarray], str | None]:
+def read_safetensors_source(path: Path, mapped: bool = True) -> tuple[dict[str, np.ndarray], str | None]:
     """Load a safetensors state_dict: float32 tensors sorted by name, and the arch metadata.
+
+    ``mapped=False`` reads the file into memory instead of mapping it (a failing disk then raises
+    EIO instead of killing the process with SIGBUS), without the metadata (None).
 
     Raises
     ------
@@ -44,10 +47,16 @@ def read_safetensors_source(path: Path) -> tuple[dict[str, np.ndarray], str | No
     OSError
         As raised (a missing file, or a read that failed: not the file's fault, e.g. EIO).
     """
+    raw = None if mapped else path.read_bytes()
     try:
-        with safe_open(str(path), framework="numpy") as fh:
-            meta = fh.metadata() or {}
-            weights = {name: np.array(fh.get_tensor(name)) for name in sorted(fh.keys())}
+        if raw is not None:
+            meta: dict[str, str] = {}
+            loaded = load(raw)
+            weights = {name: np.array(loaded[name]) for name in sorted(loaded)}
+        else:
+            with safe_open(str(path), framework="numpy") as fh:
+                meta = fh.metadata() or {}
+                weights = {name: np.array(fh.get_tensor(name)) for name in sorted(fh.keys())}
     except (SafetensorError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable safetensors file: {exc}") from None
     bad = [n for n, a in weights.items() if a.dtype != np.float32]
@@ -143,10 +152,9 @@ class TorchBackend:
         return None
 
     def read(self, vdir: Path, table: Sequence[TensorInfo], mapped: bool = True) -> dict[str, np.ndarray]:
-        """Weights of version directory ``vdir`` in table order (read-only; ``mapped`` as for ONNX,
-        safetensors files are always read)."""
-        del mapped
-        weights, _ = read_safetensors_source(vdir / WEIGHTS)
+        """Weights of version directory ``vdir`` in table order (read-only; ``mapped=False``: read
+        into memory, see :func:`read_safetensors_source`)."""
+        weights, _ = read_safetensors_source(vdir / WEIGHTS, mapped)
         out = {}
         for info in table:
             arr = weights.get(info.name)

@@ -101,12 +101,18 @@ def _status(args: argparse.Namespace) -> int:
 def dispatch(args: argparse.Namespace) -> int:
     """Run the parsed ``device`` command; returns the exit code."""
     action = args.device_action
-    if action == "init":
-        return _init(args)
-    if action == "run":
-        return _run(args)
-    if action == "status":
-        return _status(args)
+    try:
+        if action == "init":
+            return _init(args)
+        if action == "run":
+            return _run(args)
+        if action == "status":
+            return _status(args)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # e.g. EIO reading the store: one line (nothing was changed)
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        raise ValueError(f"{exc.strerror or exc}{where}") from None
     from stamen.deploy.cli import dispatch as deploy_dispatch
 
     return deploy_dispatch(args)  # install-unit

@@ -128,8 +128,10 @@ def test_the_client_app_repairs_the_store_it_opens(
     assert len(lines) == 1 and "version 2 -> 1" in lines[0]
 
 
-def _device_at_v2(make_store: Callable[[str], Path], signer: Signer) -> tuple[Path, Node, EdgeDownlink, Any]:
-    store = make_store("onnx")
+def _device_at_v2(
+    make_store: Callable[[str], Path], signer: Signer, backend: str = "onnx"
+) -> tuple[Path, Node, EdgeDownlink, Any]:
+    store = make_store(backend)
     node = Node(cast(Any, None), "node-1", 1, EdgeRuntime.open(store))
     assert node.store is not None
     w0 = {k: np.array(v) for k, v in node.store.global_weights().items()}
@@ -139,25 +141,44 @@ def _device_at_v2(make_store: Callable[[str], Path], signer: Signer) -> tuple[Pa
     return store, node, edge, w0
 
 
+ROT = {  # how the current version's weights rot, and what the failed apply says
+    "flip": "signed target",
+    "truncate": "",
+    "delete": "",
+}
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+@pytest.mark.parametrize("how", list(ROT))
 def test_files_that_rot_while_the_node_runs_are_repaired_at_the_next_delta(
-    make_store: Callable[[str], Path], signer: Signer, caplog: pytest.LogCaptureFixture
+    make_store: Callable[[str], Path],
+    signer: Signer,
+    caplog: pytest.LogCaptureFixture,
+    backend: str,
+    how: str,
 ) -> None:
-    """The store rots under a running ClientApp: the next delta misses its signed target hash, the
-    store is repaired (one warning), the node holds the repaired store and says which version it
-    holds; the server's resynchronization then applies."""
-    store, node, edge, w0 = _device_at_v2(make_store, signer)
+    """The store rots under a running ClientApp: the next delta fails on it (its result misses the
+    signed target hash, or the weights cannot be read), the store is repaired (one warning), the
+    node holds the repaired store and says which version it holds; the server's resynchronization
+    then applies."""
+    store, node, edge, w0 = _device_at_v2(make_store, signer, backend)
     old = node.store
     assert old is not None
     v1 = next(h.hash for h in old.manifest.history if h.version == 1)
-    raw = bytearray((version_dir(store, 2) / "weights.data").read_bytes())
-    raw[0] ^= 0x40
-    (version_dir(store, 2) / "weights.data").write_bytes(bytes(raw))
+    weights = version_dir(store, 2) / ("weights.data" if backend == "onnx" else "weights.safetensors")
+    raw = bytearray(weights.read_bytes())
+    if how == "delete":
+        weights.unlink()
+    else:
+        raw[0 if backend == "onnx" else -1] ^= 0x40
+        weights.write_bytes(bytes(raw) if how == "flip" else bytes(raw[: len(raw) // 2]))
     payload = edge.payload("node-1", 3, perturbed(w0, 3))
     with caplog.at_level(logging.WARNING, logger="stamen.client"), pytest.raises(DeviceHolds) as held:
         start_weights(node, Received(INSTR, downlink=payload.delta))
     assert (held.value.version, held.value.held_hash) == (1, v1)
     assert node.store is not old and node.store is not None and node.store.version().version == 1
-    assert sum("repaired while running: version 2 -> 1" in r.getMessage() for r in caplog.records) == 1
+    lines = [r.getMessage() for r in caplog.records if "repaired while running" in r.getMessage()]
+    assert len(lines) == 1 and f"{ROT[how]}): version 2 -> 1" in lines[0]  # why, and what
     edge.observe([Reply("node-1", error=str(held.value), held=held.value.held_hash)])
     payload = edge.payload("node-1", 4, perturbed(w0, 4))
     start_weights(node, Received(INSTR, downlink=payload.delta))
@@ -177,11 +198,19 @@ def test_a_delta_that_fails_on_a_sound_store_is_raised(
     def refuse(self: EdgeRuntime, data: bytes) -> None:
         raise ValidationError("updated weights hash differs from the signed target")
 
+    opened: list[bool] = []
+    real_open = EdgeRuntime.open.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: type[EdgeRuntime], store: Path, **kwargs: Any) -> EdgeRuntime:
+        opened.append(bool(kwargs.get("repair")))
+        return cast(EdgeRuntime, real_open(cls, store, **kwargs))
+
     monkeypatch.setattr(EdgeRuntime, "apply", refuse)
+    monkeypatch.setattr(EdgeRuntime, "open", classmethod(spy))
     payload = edge.payload("node-1", 3, perturbed(w0, 3))
     with pytest.raises(ValidationError, match="signed target"):
         start_weights(node, Received(INSTR, downlink=payload.delta))
-    assert node.store is old
+    assert opened == [True] and node.store is old  # checked, found sound, kept
 
 
 def test_a_version_changed_by_another_process_is_reported_as_held(
@@ -196,3 +225,22 @@ def test_a_version_changed_by_another_process_is_reported_as_held(
     with pytest.raises(DeviceHolds) as held:
         start_weights(node, Received(INSTR, downlink=payload.delta))
     assert (held.value.version, held.value.held_hash) == (back.version, back.hash) == (1, back.hash)
+
+
+def test_an_io_error_under_stamen_device_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`stamen device status|run` on a failing card (EIO reading the store, which repair does not
+    take for rot): a one-line error, no traceback."""
+    import errno
+
+    import stamen.device.cli as device_cli
+    from stamen.cli import main
+
+    def failing(args: Any) -> int:
+        raise OSError(errno.EIO, "Input/output error", "/store/versions/v2/weights.data")
+
+    monkeypatch.setattr(device_cli, "_status", failing)
+    assert main(["device", "status", "--config", "device.toml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "stamen: error: Input/output error: /store/versions/v2/weights.data"

@@ -18,7 +18,8 @@ from test_repair import _three_versions
 
 from stamen.edge import EdgeRuntime, Repair, torch_backend
 from stamen.edge import repair as repair_module
-from stamen.edge.onnx_backend import GRAPH, OnnxBackend
+from stamen.edge import store as store_module
+from stamen.edge.onnx_backend import GRAPH, SKELETON, OnnxBackend
 from stamen.edge.store import version_dir
 from stamen.edge.torch_backend import TorchBackend, read_safetensors_source
 from stamen.protocols import Signer
@@ -55,6 +56,20 @@ def test_an_io_error_is_raised_and_drops_nothing(
     assert EdgeRuntime.open(store, repair=True).repaired is None
 
 
+def test_safetensors_read_into_memory_equals_the_mapped_read(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"b": np.arange(3, dtype=np.float32), "a": np.ones((2, 2), np.float32)}, str(path))
+    mapped, unmapped = read_safetensors_source(path)[0], read_safetensors_source(path, mapped=False)[0]
+    assert list(unmapped) == list(mapped) == ["a", "b"]
+    for name in mapped:
+        np.testing.assert_array_equal(unmapped[name], mapped[name])
+    path.write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        read_safetensors_source(path, mapped=False)
+
+
 def test_safetensors_read_errors_are_not_reported_as_a_bad_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -75,7 +90,7 @@ def test_an_io_error_on_the_overlay_keeps_it(
     rt.set_overlay({"layers.3.bias": np.ones(3, np.float32)}, "bias")
     before = store_bytes(store)
 
-    def failing(path: Path, table: Any) -> Any:
+    def failing(path: Path, table: Any, mapped: bool = True) -> Any:
         raise OSError(errno.EIO, "Input/output error", str(path))
 
     monkeypatch.setattr(repair_module, "read_overlay", failing)
@@ -96,10 +111,23 @@ def test_a_version_whose_onnx_graph_is_gone_is_repaired(
         fixed.repaired.to_version,
     ) == (2, 1)
     assert "missing" in fixed.repaired.reason
-    (version_dir(store, 1) / GRAPH).write_bytes(b"not the skeleton")
-    again = EdgeRuntime.open(store, repair=True)
-    assert again.repaired is not None and "differs from graph.onnx" in again.repaired.reason
-    assert again.version().version == 0
+
+
+@pytest.mark.parametrize("how", ["flip", "delete"])
+def test_a_rotten_skeleton_does_not_blame_intact_versions(
+    make_store: Callable[[str], Path], signer: Signer, how: str
+) -> None:
+    """The shared skeleton has no recorded hash: its rot is not taken for rot of every version
+    (which would leave nothing to repair to); intact versions open and serve."""
+    store = make_store("onnx")
+    _three_versions(store, signer)
+    skeleton = store / SKELETON
+    if how == "delete":
+        skeleton.unlink()
+    else:
+        skeleton.write_bytes(skeleton.read_bytes()[:-1] + b"?")
+    rt = EdgeRuntime.open(store, repair=True)
+    assert rt.repaired is None and rt.version().version == 2
 
 
 def test_leftovers_that_cannot_be_removed_do_not_block_the_store(
@@ -115,7 +143,7 @@ def test_leftovers_that_cannot_be_removed_do_not_block_the_store(
     def read_only(where: Path, manifest: Any) -> None:
         raise OSError(errno.EROFS, "Read-only file system", str(where))
 
-    monkeypatch.setattr(repair_module, "clean_store", read_only)
+    monkeypatch.setattr(store_module, "clean_store", read_only)
     with caplog.at_level(logging.WARNING, logger="stamen.edge"):
         fixed = EdgeRuntime.open(store, repair=True)
         again = EdgeRuntime.open(store)  # committed: the next open works, leftovers or not
