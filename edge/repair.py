@@ -12,10 +12,11 @@ come back as replays), the overlay kept (as a rollback keeps it). An overlay tha
 check cannot be rebuilt and is dropped: the device then serves the global weights. With no intact
 version the store is left as it is and needs a full model (``stamen edge init``).
 
-Only evidence against the files counts: a missing file, unparsable or truncated weights, a hash
-that differs, a version's ONNX graph that is missing. A read that fails otherwise (EIO from a failing card, EACCES, too many open files) is raised as the ``OSError`` it is
-and changes nothing: it may pass on the next try, and dropping an intact version (or an overlay,
-which nobody can send again) for it would lose data.
+Only evidence against the files counts: a missing file, unparsable or truncated weights, a hash that
+differs, a version's ONNX graph that is missing. A read that fails otherwise (EIO from a failing
+card, EACCES, too many open files) is raised as the ``OSError`` it is and changes nothing: it may
+pass on the next try, and dropping an intact version (or an overlay, which nobody can send again)
+for it would lose data.
 
 Everything here runs with the store lock held by the caller.
 """
