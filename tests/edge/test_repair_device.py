@@ -109,13 +109,8 @@ def test_the_client_app_repairs_the_store_it_opens(
     restarts."""
     from stamen.client.app import EDGE_STORE, _configured
 
-    store = make_store("onnx")
-    node = Node(cast(Any, None), "node-1", 1, EdgeRuntime.open(store))
+    store, node, _, _ = _device_at_v2(make_store, signer)
     assert node.store is not None
-    w0 = {k: np.array(v) for k, v in node.store.global_weights().items()}
-    edge = EdgeDownlink(DeviceDownlink(w0, signer, "dense", "tiny"), seed=0)
-    for rnd in (1, 2):
-        _round(node, edge, rnd, perturbed(w0, rnd))
     v1 = next(h.hash for h in node.store.manifest.history if h.version == 1)
     (version_dir(store, 2) / "weights.data").write_bytes(b"rot")
     np.savez(tmp_path / "train.npz", x=np.zeros((4, 8), np.float32), y=np.zeros(4, np.int64))

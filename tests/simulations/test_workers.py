@@ -9,6 +9,7 @@ import dataclasses
 import multiprocessing as mp
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -73,6 +74,28 @@ def _assert_no_new_children(before: set[mp.process.BaseProcess], settle: int = 0
         assert not set(mp.active_children()) - before
 
 
+@contextmanager
+def _pool_and_victim(plan: SimulationPlan) -> Iterator[tuple[WorkerPool, Any, set[mp.process.BaseProcess]]]:
+    """A started pool of one worker process, that process, and the children before it: closed on
+    exit, which must leave no process behind."""
+    before = set(mp.active_children())
+    pool = WorkerPool(WorkerSpec(plan.cfg.task, plan.data, plan.peer, batched=False), 2)
+    try:
+        assert pool.ready(wait=True) and pool._pool is not None
+        yield pool, pool._pool._pool[0], before
+    finally:
+        pool.close()
+    _assert_no_new_children(before)
+
+
+def _kill(victim: Any) -> None:
+    import os
+    import signal
+
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(timeout=30)
+
+
 def _envelopes(transport: InProcessTransport, tasks: list[TrainTask]) -> list[bytes | None]:
     return [r.envelope for r in transport.train(tasks, 60.0)]
 
@@ -124,24 +147,16 @@ def test_a_worker_killed_mid_round_is_trained_around() -> None:
     """A worker process killed during a round (e.g. by the OOM killer) loses its task: the round
     still completes with the engine's own results, the pool is marked broken (later rounds train in
     the engine) and its close leaves no process behind. Before, the round waited forever."""
-    import os
-    import signal
-
     plan = _plan("engine.batching=off", "engine.workers=2", "data.num_clients=40", "clients.per_round=40")
     tasks = _tasks(plan)
-    before = set(mp.active_children())
-    pool = WorkerPool(WorkerSpec(plan.cfg.task, plan.data, plan.peer, batched=False), 2)
-    try:
-        assert pool.ready(wait=True) and pool._pool is not None
-        victim = pool._pool._pool[0]  # type: ignore[attr-defined]
+    with _pool_and_victim(plan) as (pool, victim, before):
         workers, here = _transport(plan, pool), _transport(plan, _Starting(2))
         run, calls = pool.run, list[int]()
 
         def run_and_kill(jobs: Any, dim: int, here_fn: Any) -> Any:
             def kill_first(part: Any) -> Any:  # the engine's own slice, after the workers' are sent
                 if victim.exitcode is None:  # (here_fn also trains a lost slice: kill once)
-                    os.kill(victim.pid, signal.SIGKILL)
-                    victim.join(timeout=30)
+                    _kill(victim)
                 calls.append(len(part))
                 return here_fn(part)
 
@@ -154,9 +169,6 @@ def test_a_worker_killed_mid_round_is_trained_around() -> None:
         assert not pool.ready()
         _assert_no_new_children(before, settle=5)  # stopped as soon as it broke, before close():
         assert pool._pool is None  # no replacement worker left or forked
-    finally:
-        pool.close()
-    _assert_no_new_children(before)
 
 
 @pytest.mark.slow
@@ -164,25 +176,14 @@ def test_a_worker_killed_between_rounds_is_noticed_before_the_next() -> None:
     """A worker killed while idle may take the task queue's lock with it: its replacement never
     gets a task, and ``Pool.terminate`` would block on that lock. The next round is trained in the
     engine, and closing the pool returns and leaves no process behind."""
-    import os
-    import signal
-
     plan = _plan("engine.batching=off", "engine.workers=2")
     tasks = _tasks(plan)
-    before = set(mp.active_children())
-    pool = WorkerPool(WorkerSpec(plan.cfg.task, plan.data, plan.peer, batched=False), 2)
-    try:
-        assert pool.ready(wait=True) and pool._pool is not None
-        victim = pool._pool._pool[0]  # type: ignore[attr-defined]
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.join(timeout=30)
+    with _pool_and_victim(plan) as (pool, victim, before):
+        _kill(victim)
         workers, here = _transport(plan, pool), _transport(plan, _Starting(2))
         assert _envelopes(workers, tasks) == _envelopes(here, tasks)
         assert pool.broken is not None and "exited with code" in pool.broken and not pool.ready()
         _assert_no_new_children(before, settle=5)  # stopped as soon as it broke, before close()
-    finally:
-        pool.close()
-    _assert_no_new_children(before)
 
 
 @pytest.mark.slow
@@ -218,9 +219,6 @@ def test_a_worker_failing_at_start_stops_the_pool_before_close() -> None:
 def test_a_stop_interrupted_when_a_worker_died_is_finished_by_close(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C while the broken pool is being stopped (its terminate may wait seconds on a lock the
     dead worker held): the pool is kept for ``close()``, which stops it; no process is left."""
-    import os
-    import signal
-
     import stamen.simulations.parallel as parallel
 
     real_stop, calls = parallel._stop, []
@@ -231,19 +229,10 @@ def test_a_stop_interrupted_when_a_worker_died_is_finished_by_close(monkeypatch:
             raise KeyboardInterrupt
         real_stop(pool, graceful, broken)
 
-    plan = _plan("engine.batching=off", "engine.workers=2")
-    before = set(mp.active_children())
-    pool = WorkerPool(WorkerSpec(plan.cfg.task, plan.data, plan.peer, batched=False), 2)
-    try:
-        assert pool.ready(wait=True) and pool._pool is not None
+    with _pool_and_victim(_plan("engine.batching=off", "engine.workers=2")) as (pool, victim, _):
         monkeypatch.setattr(parallel, "_stop", interrupted_once)
-        victim = pool._pool._pool[0]  # type: ignore[attr-defined]
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.join(timeout=30)
+        _kill(victim)
         with pytest.raises(KeyboardInterrupt):
             pool.ready()
         assert pool.broken is not None and pool._pool is not None  # kept for close()
-    finally:
-        pool.close()
-    assert calls == [True, True]
-    _assert_no_new_children(before)
+    assert calls == [True, True]  # the interrupted stop, and close()'s
