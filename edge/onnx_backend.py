@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,37 @@ class BufferedWeights:
             self._fd = -1
 
 
+class FileTensors(Mapping[str, np.ndarray]):
+    """The tensors of a ``weights.data`` file, each read (``os.pread``) when looked up: a hash pass
+    over them holds one tensor in memory, and a read error is an ``OSError``, not a SIGBUS.
+
+    Raises (on lookup) ``ValueError`` when the file is truncated before the tensor's end."""
+
+    def __init__(self, path: Path, table: Sequence[TensorInfo]) -> None:
+        self.path, self._size = path, path.stat().st_size  # FileNotFoundError when it is gone
+        spans = zip(table, layout(table), strict=True)
+        self._where = {info.name: (info, offset, nbytes) for info, (offset, nbytes) in spans}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        info, offset, nbytes = self._where[name]
+        if offset + nbytes > self._size:
+            raise ValueError(f"{self.path} is truncated at tensor {info.name!r}")
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            raw = os.pread(fd, nbytes, offset)
+        finally:
+            os.close(fd)
+        if len(raw) != nbytes:
+            raise ValueError(f"{self.path} is truncated at tensor {info.name!r}")
+        return np.frombuffer(raw, dtype=np.dtype(info.dtype)).reshape(info.shape)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
 class OnnxBackend:
     """Reads and writes ONNX versions of a store (see module docstring)."""
 
@@ -185,23 +216,22 @@ class OnnxBackend:
         """Write the shared skeleton graph into a new store."""
         write_new(self.store / SKELETON, skeleton)
 
-    def read(self, vdir: Path, table: Sequence[TensorInfo], mapped: bool = True) -> dict[str, np.ndarray]:
-        """Read-only weights of version directory ``vdir``: memory-mapped, or (``mapped=False``)
-        read into memory, where a failing disk raises ``OSError`` (EIO) instead of killing the
-        process with SIGBUS when a mapped page cannot be read."""
-        path = vdir / DATA
-        data = (
-            np.memmap(path, dtype=np.uint8, mode="r")
-            if mapped
-            else np.frombuffer(path.read_bytes(), np.uint8)
-        )
+    def read(self, vdir: Path, table: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
+        """Read-only memory-mapped weights of version directory ``vdir``."""
+        data = np.memmap(vdir / DATA, dtype=np.uint8, mode="r")
         out = {}
         for info, (offset, nbytes) in zip(table, layout(table), strict=True):
             if offset + nbytes > data.size:
-                raise ValueError(f"{path} is truncated at tensor {info.name!r}")
+                raise ValueError(f"{vdir / DATA} is truncated at tensor {info.name!r}")
             raw = data[offset : offset + nbytes]
             out[info.name] = np.frombuffer(raw, dtype=np.dtype(info.dtype)).reshape(info.shape)
         return out
+
+    def read_unmapped(self, vdir: Path, table: Sequence[TensorInfo]) -> Mapping[str, np.ndarray]:
+        """The weights of ``vdir``, each tensor read from the file when it is looked up
+        (:class:`FileTensors`): what a check reads, where a failing disk must raise ``OSError`` (EIO)
+        rather than kill the process with SIGBUS on a mapped page, holding one tensor at a time."""
+        return FileTensors(vdir / DATA, table)
 
     def files_fault(self, vdir: Path) -> str | None:
         """Why version ``vdir``'s graph is unusable: missing (None: present). Its bytes are not

@@ -67,8 +67,8 @@ def version_fault(
 ) -> str | None:
     """Why version ``entry``'s files are unusable (None: they are intact): weights that are missing,
     truncated, unparsable or differ from the hash the manifest recorded, or (ONNX) a missing graph
-    (its bytes have no recorded hash). Read into memory, not mapped (a bad sector is an error, not
-    SIGBUS).
+    (its bytes have no recorded hash). Read, not mapped (a bad sector is an error, not SIGBUS); ONNX
+    weights one tensor at a time.
 
     Raises
     ------
@@ -77,7 +77,7 @@ def version_fault(
     """
     vdir = version_dir(store, entry.version)
     try:
-        got = model_hash(backend.read(vdir, table, mapped=False))
+        got = model_hash(backend.read_unmapped(vdir, table))
         graph = backend.files_fault(vdir)
     except OSError as exc:
         if not _missing(exc):

@@ -151,9 +151,16 @@ class TorchBackend:
         del vdir
         return None
 
-    def read(self, vdir: Path, table: Sequence[TensorInfo], mapped: bool = True) -> dict[str, np.ndarray]:
-        """Weights of version directory ``vdir`` in table order (read-only; ``mapped=False``: read
-        into memory, see :func:`read_safetensors_source`)."""
+    def read(self, vdir: Path, table: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
+        """Weights of version directory ``vdir`` in table order (read-only)."""
+        return self._read(vdir, table, mapped=True)
+
+    def read_unmapped(self, vdir: Path, table: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
+        """:meth:`read`, the file read into memory instead of mapped (a failing disk raises
+        ``OSError``, not SIGBUS; see :func:`read_safetensors_source`)."""
+        return self._read(vdir, table, mapped=False)
+
+    def _read(self, vdir: Path, table: Sequence[TensorInfo], mapped: bool) -> dict[str, np.ndarray]:
         weights, _ = read_safetensors_source(vdir / WEIGHTS, mapped)
         out = {}
         for info in table:

@@ -28,15 +28,15 @@ BACKENDS = {"onnx": OnnxBackend, "torch": TorchBackend}
 
 
 def _eio_on(monkeypatch: pytest.MonkeyPatch, cls: Any, vdir: Path) -> None:
-    """``cls.read`` of ``vdir`` fails with EIO when reading into memory (the check's read)."""
-    real = cls.read
+    """``cls.read_unmapped`` of ``vdir`` (the check's read) fails with EIO."""
+    real = cls.read_unmapped
 
-    def read(self: Any, where: Path, table: Any, mapped: bool = True) -> Any:
-        if where == vdir and not mapped:
+    def read(self: Any, where: Path, table: Any) -> Any:
+        if where == vdir:
             raise OSError(errno.EIO, "Input/output error", str(where / "weights"))
-        return real(self, where, table, mapped)
+        return real(self, where, table)
 
-    monkeypatch.setattr(cls, "read", read)
+    monkeypatch.setattr(cls, "read_unmapped", read)
 
 
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
@@ -54,6 +54,20 @@ def test_an_io_error_is_raised_and_drops_nothing(
     assert store_bytes(store) == before  # version 2 kept: the read may pass next time
     monkeypatch.undo()
     assert EdgeRuntime.open(store, repair=True).repaired is None
+
+
+def test_onnx_weights_read_per_tensor_equal_the_mapped_read(make_store: Callable[[str], Path]) -> None:
+    store = make_store("onnx")
+    backend, rt = OnnxBackend(store), EdgeRuntime.open(store)
+    table, vdir = rt.manifest.tensors, version_dir(store, 0)
+    lazy = backend.read_unmapped(vdir, table)
+    assert list(lazy) == [t.name for t in table] and len(lazy) == len(table)
+    for name, arr in backend.read(vdir, table).items():
+        np.testing.assert_array_equal(lazy[name], arr)
+    weights = vdir / "weights.data"
+    weights.write_bytes(weights.read_bytes()[:-1])
+    with pytest.raises(ValueError, match="truncated at tensor"):
+        dict(backend.read_unmapped(vdir, table))
 
 
 def test_safetensors_read_into_memory_equals_the_mapped_read(tmp_path: Path) -> None:
