@@ -7,11 +7,14 @@ overlay) writes the new files first and then replaces the manifest atomically. I
      "key_id": str, "high_water": int, "arch": object | null,
      "tensors": [[name, [dims], dtype], ...],
      "history": [{"version": int, "hash": str, "prev_hash": str | null}, ...],   # oldest first
-     "overlay": null | {"file": str, "hash": str, "plan": str, "tensors": [name, ...]}}
+     "overlay": null | {"file": str, "hash": str, "plan": str, "tensors": [name, ...]},
+     "graph": str}                                     # optional, ONNX only: SHA-256 of graph.onnx
 
 The last history entry is the current version. ``high_water`` is the highest version ever
 applied: updates must exceed it, so neither a replay nor an update from before a rollback can be
-applied (TUF's rollback-attack rule).
+applied (TUF's rollback-attack rule). ``graph`` is the SHA-256 (hex) of the ONNX skeleton graph,
+which every version's ``model.onnx`` copies; stores made before it was recorded have none and their
+graphs are then not checked.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class Manifest:
     high_water: int
     arch: Mapping[str, Any] | None = None
     overlay: Overlay | None = None
+    graph: str | None = None  # SHA-256 of the ONNX skeleton graph (None: not recorded)
 
     @property
     def current(self) -> VersionEntry:
@@ -84,7 +88,7 @@ class Manifest:
         if self.overlay is not None:
             o = self.overlay
             overlay = {"file": o.file, "hash": o.hash, "plan": o.plan, "tensors": list(o.tensors)}
-        return {
+        out: dict[str, Any] = {
             "format": FORMAT,
             "model_id": self.model_id,
             "backend": self.backend,
@@ -97,6 +101,9 @@ class Manifest:
             ],
             "overlay": overlay,
         }
+        if self.graph is not None:
+            out["graph"] = self.graph
+        return out
 
 
 def _need(cond: bool, what: str) -> None:
@@ -143,6 +150,8 @@ def parse_manifest(obj: Any) -> Manifest:
     _need(bool(tensors), "tensor table is empty")
     arch = obj.get("arch")
     _need(arch is None or isinstance(arch, dict), "arch must be an object or null")
+    graph = obj.get("graph")
+    _need(graph is None or (isinstance(graph, str) and bool(_HASH_RE.fullmatch(graph))), "bad graph hash")
     return Manifest(
         model_id=str(obj.get("model_id")),
         backend=obj["backend"],
@@ -152,6 +161,7 @@ def parse_manifest(obj: Any) -> Manifest:
         high_water=high_water,
         arch=arch,
         overlay=_overlay(obj.get("overlay")),
+        graph=graph,
     )
 
 

@@ -14,18 +14,19 @@ new ``weights.data`` itself; the personal overlay is passed with
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from stamen.protocols import TensorInfo, tensor_table
 
 from .archspec import ARCH_KEY
-from .fsutil import create_new, naming, write_new
+from .fsutil import atomic_write, create_new, naming, write_new
 from .inputs import InputSpec
 
 __all__ = ["DATA", "GRAPH", "BufferedWeights", "OnnxBackend", "OnnxSession", "layout", "read_onnx_source"]
@@ -204,6 +205,32 @@ class FileTensors(Mapping[str, np.ndarray]):
         return len(self._where)
 
 
+def _sha256(path: Path) -> str | None:
+    """SHA-256 (hex) of the file ``path`` (None: it is missing); any other ``OSError`` is raised."""
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return hashlib.sha256(data).hexdigest()
+
+
+def _graph_fault(path: Path, want: str | None) -> str | None:
+    """Why graph file ``path`` is unusable: missing, or (``want`` given) its SHA-256 differs."""
+    if want is None:
+        return None if path.is_file() else f"{path} is missing"
+    got = _sha256(path)
+    if got is None:
+        return f"{path} is missing"
+    return None if got == want else f"{path} fails its hash check"
+
+
+def _rewrite(path: Path, data: bytes) -> None:
+    def write(fh: BinaryIO) -> None:
+        fh.write(data)
+
+    atomic_write(path, write)
+
+
 class OnnxBackend:
     """Reads and writes ONNX versions of a store (see module docstring)."""
 
@@ -233,11 +260,29 @@ class OnnxBackend:
         rather than kill the process with SIGBUS on a mapped page, holding one tensor at a time."""
         return FileTensors(vdir / DATA, table)
 
-    def files_fault(self, vdir: Path) -> str | None:
-        """Why version ``vdir``'s graph is unusable: missing (None: present). Its bytes are not
-        checked: no hash of them is recorded, and the store's shared skeleton may itself have
-        rotted, so comparing with it could blame intact versions."""
-        return None if (vdir / GRAPH).is_file() else f"{vdir / GRAPH} is missing"
+    def files_fault(self, vdir: Path, graph: str | None = None) -> str | None:
+        """Why version ``vdir``'s graph is unusable (None: it is not): missing, or its bytes differ
+        from ``graph``, the manifest's SHA-256 of the skeleton. Without one (a store made before it
+        was recorded) only a missing graph counts: the skeleton may have rotted too, so comparing
+        with it could blame intact versions. A read error but a missing file is raised."""
+        return _graph_fault(vdir / GRAPH, graph)
+
+    def skeleton_fault(self, graph: str) -> str | None:
+        """Why the shared skeleton is unusable: missing or failing ``graph`` (its SHA-256)."""
+        return _graph_fault(self.store / SKELETON, graph)
+
+    def heal_skeleton(self, vdirs: Sequence[Path], graph: str) -> Path | None:
+        """Rewrite the skeleton (atomically; the manifest is unchanged) from the first version
+        directory in ``vdirs`` whose graph passes ``graph``; that directory (None: no intact copy)."""
+        for vdir in vdirs:
+            if vdir.is_dir() and _sha256(vdir / GRAPH) == graph:
+                _rewrite(self.store / SKELETON, (vdir / GRAPH).read_bytes())
+                return vdir
+        return None
+
+    def heal_graph(self, vdir: Path) -> None:
+        """Rewrite version ``vdir``'s graph from the skeleton (atomically; checked by the caller)."""
+        _rewrite(vdir / GRAPH, (self.store / SKELETON).read_bytes())
 
     def write(self, vdir: Path, weights: Mapping[str, np.ndarray], table: Sequence[TensorInfo]) -> None:
         """Write the graph and ``weights.data`` into (shadow) directory ``vdir`` (not fsynced)."""

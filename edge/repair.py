@@ -12,11 +12,20 @@ come back as replays), the overlay kept (as a rollback keeps it). An overlay tha
 check cannot be rebuilt and is dropped: the device then serves the global weights. With no intact
 version the store is left as it is and needs a full model (``stamen edge init``).
 
+ONNX graphs are checked against the manifest's ``graph`` hash (the SHA-256 of the shared skeleton
+``graph.onnx``, which every version's ``model.onnx`` copies) and healed rather than dropped: a
+skeleton that is missing or fails it is rewritten from a retained version's graph that passes, and a
+version whose weights pass but whose graph does not gets the skeleton's copy back (atomic writes;
+neither is the commit point, the manifest does not change). With no intact copy of the graph the
+store needs a full model. A store made before the hash was recorded has no ``graph``: its graphs are
+only checked to exist (the skeleton may have rotted too, so comparing with it could blame intact
+versions).
+
 Only evidence against the files counts: a missing file, unparsable or truncated weights, a hash that
-differs, a version's ONNX graph that is missing. A read that fails otherwise (EIO from a failing
-card, EACCES, too many open files) is raised as the ``OSError`` it is and changes nothing: it may
-pass on the next try, and dropping an intact version (or an overlay, which nobody can send again)
-for it would lose data.
+differs, an ONNX graph that is missing or fails the recorded graph hash. A read that fails
+otherwise (EIO from a failing card, EACCES, too many open files) is raised as the ``OSError`` it is
+and changes nothing: it may pass on the next try, and dropping an intact version (or an overlay,
+which nobody can send again) for it would lose data.
 
 Everything here runs with the store lock held by the caller.
 """
@@ -32,10 +41,11 @@ from stamen.protocols import TensorInfo, model_hash
 
 from .errors import StoreCorrupt
 from .manifest import Manifest, VersionEntry, load_manifest, save_manifest
+from .onnx_backend import GRAPH, SKELETON, OnnxBackend
 from .overlay import read_overlay
 from .store import Backend, tidy_store, version_dir
 
-__all__ = ["Repair", "open_locked", "overlay_fault", "version_fault"]
+__all__ = ["Repair", "open_locked", "overlay_fault", "version_fault", "weights_fault"]
 
 _MISSING = frozenset([errno.ENOENT, errno.ENOTDIR])
 
@@ -62,32 +72,41 @@ def _missing(exc: OSError) -> bool:
     return exc.errno in _MISSING or isinstance(exc, (FileNotFoundError, NotADirectoryError))
 
 
-def version_fault(
-    store: Path, backend: Backend, table: tuple[TensorInfo, ...], entry: VersionEntry
-) -> str | None:
-    """Why version ``entry``'s files are unusable (None: they are intact): weights that are missing,
-    truncated, unparsable or differ from the hash the manifest recorded, or (ONNX) a missing graph
-    (its bytes have no recorded hash). Read, not mapped (a bad sector is an error, not SIGBUS); ONNX
-    weights one tensor at a time.
+def version_fault(store: Path, backend: Backend, manifest: Manifest, entry: VersionEntry) -> str | None:
+    """Why version ``entry``'s files are unusable (None: they are intact): its weights
+    (:func:`weights_fault`), else (ONNX) a graph that is missing or, with a recorded ``graph``
+    hash, differs from it.
 
     Raises
     ------
     OSError
         Any read failure but a missing file: it proves nothing, so nothing may be dropped for it.
     """
+    fault = weights_fault(store, backend, manifest.tensors, entry)
+    return fault if fault is not None else _graph_fault(store, backend, manifest, entry)
+
+
+def _graph_fault(store: Path, backend: Backend, manifest: Manifest, entry: VersionEntry) -> str | None:
+    graph = backend.files_fault(version_dir(store, entry.version), manifest.graph)
+    return None if graph is None else f"version {entry.version}: {graph}"
+
+
+def weights_fault(
+    store: Path, backend: Backend, table: tuple[TensorInfo, ...], entry: VersionEntry
+) -> str | None:
+    """Why version ``entry``'s weights are unusable (None: intact): missing, truncated, unparsable or
+    differing from the hash the manifest recorded. Read, not mapped (a bad sector is an error, not
+    SIGBUS); ONNX weights one tensor at a time. An ``OSError`` but a missing file is raised."""
     vdir = version_dir(store, entry.version)
     try:
         got = model_hash(backend.read_unmapped(vdir, table))
-        graph = backend.files_fault(vdir)
     except OSError as exc:
         if not _missing(exc):
             raise
         return f"files of version {entry.version} are missing: {exc}"
     except ValueError as exc:  # truncated or unparsable weights
         return f"weights of version {entry.version} cannot be read: {exc}"
-    if got != entry.hash:
-        return f"weights of version {entry.version} fail their hash check"
-    return None if graph is None else f"version {entry.version}: {graph}"
+    return None if got == entry.hash else f"weights of version {entry.version} fail their hash check"
 
 
 def overlay_fault(store: Path, manifest: Manifest) -> str | None:
@@ -111,21 +130,22 @@ def open_locked(
     store: Path, backend: Backend, *, verify: bool, repair: bool
 ) -> tuple[Manifest, Repair | None]:
     """Under the store lock: re-read the manifest, remove crash leftovers, then check the current
-    version and overlay (``verify``) or repair them (``repair``); return the manifest to serve.
+    version, the ONNX skeleton (with a recorded ``graph`` hash) and the overlay (``verify``) or
+    repair them (``repair``); return the manifest to serve.
 
     Raises
     ------
     StoreCorrupt
         A check failed (without ``repair``: naming ``stamen edge repair``), or no retained version
-        is intact (the store needs a full model).
+        (or no copy of the graph) is intact (the store needs a full model).
     """
     manifest = load_manifest(store)
     tidy_store(store, manifest)  # committed already: leftovers do not block opening
     if repair:
         return _repair(store, backend, manifest)
     if verify:
-        fault = version_fault(store, backend, manifest.tensors, manifest.current)
-        fault = fault or overlay_fault(store, manifest)
+        fault = version_fault(store, backend, manifest, manifest.current)
+        fault = fault or _skeleton_fault(backend, manifest) or overlay_fault(store, manifest)
         if fault is not None:
             raise StoreCorrupt(
                 f"{fault} (`stamen edge repair --model {store}` serves the newest intact retained version)"
@@ -133,18 +153,63 @@ def open_locked(
     return manifest, None
 
 
-def _repair(store: Path, backend: Backend, manifest: Manifest) -> tuple[Manifest, Repair | None]:
-    """Drop corrupt versions from the top of the history (and a corrupt overlay), committed at once."""
-    history, faults = list(manifest.history), []
-    while history and (fault := version_fault(store, backend, manifest.tensors, history[-1])) is not None:
-        faults.append(fault)
+def _skeleton_fault(backend: Backend, manifest: Manifest) -> str | None:
+    if manifest.graph is None or not isinstance(backend, OnnxBackend):
+        return None  # a torch store, or one made before the graph's hash was recorded
+    return backend.skeleton_fault(manifest.graph)
+
+
+def _full_model(store: Path, what: str) -> StoreCorrupt:
+    return StoreCorrupt(
+        f"{what}: the store needs a full model; move it aside (keep its trusted.pem) and run `stamen "
+        f"edge init --onnx MODEL.onnx | --torch MODEL.safetensors --model {store} --trust trusted.pem`"
+    )
+
+
+def _heal_skeleton(store: Path, backend: Backend, manifest: Manifest) -> list[str]:
+    """Rewrite a rotten or missing skeleton from a retained version's graph that passes the
+    recorded hash (the manifest is unchanged); what was done, for the Repair reason."""
+    fault = _skeleton_fault(backend, manifest)
+    if fault is None or manifest.graph is None or not isinstance(backend, OnnxBackend):
+        return []
+    dirs = [version_dir(store, h.version) for h in reversed(manifest.history)]
+    source = backend.heal_skeleton(dirs, manifest.graph)
+    if source is None:
+        raise _full_model(store, f"{fault} and no retained version's {GRAPH} passes the graph hash")
+    return [f"{fault}; rewritten from {source.name}/{GRAPH}"]
+
+
+def _newest_intact(store: Path, backend: Backend, manifest: Manifest) -> tuple[list[VersionEntry], list[str]]:
+    """The history without its corrupt newest versions, and why each was dropped or healed: a
+    version whose weights pass but whose graph does not gets the (checked) skeleton's graph back."""
+    history, notes = list(manifest.history), []
+    healable = manifest.graph is not None and isinstance(backend, OnnxBackend)  # skeleton checked
+    while history:
+        entry = history[-1]
+        fault = weights_fault(store, backend, manifest.tensors, entry)
+        graph = _graph_fault(store, backend, manifest, entry) if fault is None else None
+        if graph is not None and healable and isinstance(backend, OnnxBackend):
+            backend.heal_graph(version_dir(store, entry.version))
+            notes.append(f"{graph}; rewritten from {SKELETON}")
+        elif graph is not None:
+            fault = graph
+        if fault is None:
+            break
+        notes.append(fault)
         history.pop()
+    return history, notes
+
+
+def _repair(store: Path, backend: Backend, manifest: Manifest) -> tuple[Manifest, Repair | None]:
+    """Heal the graphs where an intact copy exists, drop corrupt versions from the top of the
+    history (and a corrupt overlay), committed at once."""
+    faults = _heal_skeleton(store, backend, manifest)
+    history, dropped = _newest_intact(store, backend, manifest)
+    faults += dropped
     if not history:
         versions = ", ".join(str(h.version) for h in reversed(manifest.history))
-        raise StoreCorrupt(
-            f"no retained version of {store} passes its hash check (versions {versions}): the store "
-            f"needs a full model; move it aside (keep its trusted.pem) and run `stamen edge init "
-            f"--onnx MODEL.onnx | --torch MODEL.safetensors --model {store} --trust trusted.pem`"
+        raise _full_model(
+            store, f"no retained version of {store} passes its hash check (versions {versions})"
         )
     bad_overlay = overlay_fault(store, manifest)
     if bad_overlay is not None:
@@ -153,6 +218,7 @@ def _repair(store: Path, backend: Backend, manifest: Manifest) -> tuple[Manifest
         return manifest, None
     fixed = manifest.with_history(history)  # the high-water mark stays, as in a rollback
     fixed = replace(fixed, overlay=None if bad_overlay is not None else manifest.overlay)
-    save_manifest(store, fixed)  # the commit point
-    tidy_store(store, fixed)  # removes the dropped versions' directories and overlay
+    if fixed != manifest:
+        save_manifest(store, fixed)  # the commit point (healed graphs alone change no manifest)
+        tidy_store(store, fixed)  # removes the dropped versions' directories and overlay
     return fixed, Repair(manifest.current.version, fixed.current.version, "; ".join(faults))

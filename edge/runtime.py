@@ -374,7 +374,7 @@ class EdgeRuntime:
                     f"no earlier version retained to roll back to (at version {self.version().version})"
                 )
             manifest = self.manifest.with_history(self.manifest.history[:-1])
-            if fault := version_fault(self.store, self.backend, manifest.tensors, manifest.current):
+            if fault := version_fault(self.store, self.backend, manifest, manifest.current):
                 raise StoreCorrupt(f"cannot roll back: {fault}")
             session = self._build_session(manifest)
             save_manifest(self.store, manifest)

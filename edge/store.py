@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import stat
@@ -229,6 +230,7 @@ def _populate(
         history=(VersionEntry(0, model_hash(weights), None),),
         high_water=0,
         arch=arch,
+        graph=hashlib.sha256(skeleton).hexdigest() if backend_kind == "onnx" else None,
     )
     fsync_dir(store)
     save_manifest(store, manifest)

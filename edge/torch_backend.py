@@ -146,9 +146,9 @@ class TorchBackend:
         """Nothing to install: a torch store has no graph."""
         del skeleton
 
-    def files_fault(self, vdir: Path) -> str | None:
+    def files_fault(self, vdir: Path, graph: str | None = None) -> str | None:
         """Nothing besides the weights: a torch version is its safetensors file."""
-        del vdir
+        del vdir, graph
         return None
 
     def read(self, vdir: Path, table: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
