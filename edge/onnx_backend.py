@@ -26,6 +26,7 @@ import numpy as np
 from stamen.protocols import TensorInfo, tensor_table
 
 from .archspec import ARCH_KEY
+from .errors import StoreCorrupt
 from .fsutil import atomic_write, create_new, naming, write_new
 from .inputs import InputSpec
 
@@ -236,8 +237,25 @@ class OnnxBackend:
 
     kind = "onnx"
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, graph: str | None = None) -> None:
         self.store = store
+        self.graph = graph  # the manifest's SHA-256 of the skeleton (None: not recorded)
+
+    def skeleton(self, graph: str | None = None) -> bytes:
+        """The skeleton's bytes, checked against ``graph`` (default: :attr:`graph`) when known.
+
+        Raises
+        ------
+        StoreCorrupt
+            If they fail it: a new version would copy a rotten graph (repair rewrites it).
+        """
+        data = (self.store / SKELETON).read_bytes()
+        want = self.graph if graph is None else graph
+        if want is not None and hashlib.sha256(data).hexdigest() != want:
+            raise StoreCorrupt(
+                f"{SKELETON} fails its hash check (`stamen edge repair --model {self.store}` rewrites it)"
+            )
+        return data
 
     def install(self, skeleton: bytes) -> None:
         """Write the shared skeleton graph into a new store."""
@@ -273,28 +291,34 @@ class OnnxBackend:
 
     def heal_skeleton(self, vdirs: Sequence[Path], graph: str) -> Path | None:
         """Rewrite the skeleton (atomically; the manifest is unchanged) from the first version
-        directory in ``vdirs`` whose graph passes ``graph``; that directory (None: no intact copy)."""
+        directory in ``vdirs`` whose graph passes ``graph``, the bytes checked being the bytes
+        written; that directory (None: no intact copy). A copy that cannot be read is skipped."""
         for vdir in vdirs:
-            if vdir.is_dir() and _sha256(vdir / GRAPH) == graph:
-                _rewrite(self.store / SKELETON, (vdir / GRAPH).read_bytes())
+            try:
+                data = (vdir / GRAPH).read_bytes()
+            except OSError:  # missing or unreadable: another copy may do
+                continue
+            if hashlib.sha256(data).hexdigest() == graph:
+                _rewrite(self.store / SKELETON, data)
                 return vdir
         return None
 
-    def heal_graph(self, vdir: Path) -> None:
-        """Rewrite version ``vdir``'s graph from the skeleton (atomically; checked by the caller)."""
-        _rewrite(vdir / GRAPH, (self.store / SKELETON).read_bytes())
+    def heal_graph(self, vdir: Path, graph: str) -> None:
+        """Rewrite version ``vdir``'s graph from the skeleton, checked against ``graph`` (the bytes
+        checked are the bytes written; atomic)."""
+        _rewrite(vdir / GRAPH, self.skeleton(graph))
 
     def write(self, vdir: Path, weights: Mapping[str, np.ndarray], table: Sequence[TensorInfo]) -> None:
         """Write the graph and ``weights.data`` into (shadow) directory ``vdir`` (not fsynced)."""
-        write_new(vdir / GRAPH, (self.store / SKELETON).read_bytes())
+        write_new(vdir / GRAPH, self.skeleton())
         with naming(vdir / DATA), os.fdopen(create_new(vdir / DATA), "wb") as fh:
             for info, (offset, _) in zip(table, layout(table), strict=True):
                 fh.seek(offset)
                 fh.write(np.ascontiguousarray(weights[info.name], dtype=info.dtype).data)
 
     def open_shadow(self, vdir: Path, table: Sequence[TensorInfo]) -> BufferedWeights:
-        """Copy the graph into (shadow) directory ``vdir`` and open a new ``weights.data``."""
-        write_new(vdir / GRAPH, (self.store / SKELETON).read_bytes())
+        """Copy the (checked) graph into (shadow) directory ``vdir`` and open a new ``weights.data``."""
+        write_new(vdir / GRAPH, self.skeleton())
         return BufferedWeights(vdir / DATA, table)
 
     def session(

@@ -153,10 +153,17 @@ def open_locked(
     return manifest, None
 
 
-def _skeleton_fault(backend: Backend, manifest: Manifest) -> str | None:
+def _skeleton_fault(backend: Backend, manifest: Manifest, unreadable: bool = False) -> str | None:
+    """Why the ONNX skeleton fails the recorded graph hash (None: it passes, or there is no hash).
+    A read error but a missing file is no evidence: serving never reads the skeleton, so it is not
+    a fault for opening (None), and (``unreadable``, for repair) a reason to rewrite it from a
+    verified copy, which loses nothing."""
     if manifest.graph is None or not isinstance(backend, OnnxBackend):
         return None  # a torch store, or one made before the graph's hash was recorded
-    return backend.skeleton_fault(manifest.graph)
+    try:
+        return backend.skeleton_fault(manifest.graph)
+    except OSError as exc:  # not missing (that is a fault above): EIO, EACCES, ...
+        return f"{SKELETON} cannot be read: {exc}" if unreadable else None
 
 
 def _full_model(store: Path, what: str) -> StoreCorrupt:
@@ -169,7 +176,7 @@ def _full_model(store: Path, what: str) -> StoreCorrupt:
 def _heal_skeleton(store: Path, backend: Backend, manifest: Manifest) -> list[str]:
     """Rewrite a rotten or missing skeleton from a retained version's graph that passes the
     recorded hash (the manifest is unchanged); what was done, for the Repair reason."""
-    fault = _skeleton_fault(backend, manifest)
+    fault = _skeleton_fault(backend, manifest, unreadable=True)
     if fault is None or manifest.graph is None or not isinstance(backend, OnnxBackend):
         return []
     dirs = [version_dir(store, h.version) for h in reversed(manifest.history)]
@@ -183,13 +190,13 @@ def _newest_intact(store: Path, backend: Backend, manifest: Manifest) -> tuple[l
     """The history without its corrupt newest versions, and why each was dropped or healed: a
     version whose weights pass but whose graph does not gets the (checked) skeleton's graph back."""
     history, notes = list(manifest.history), []
-    healable = manifest.graph is not None and isinstance(backend, OnnxBackend)  # skeleton checked
+    recorded = manifest.graph  # the skeleton was checked (and healed) against it first
     while history:
         entry = history[-1]
         fault = weights_fault(store, backend, manifest.tensors, entry)
         graph = _graph_fault(store, backend, manifest, entry) if fault is None else None
-        if graph is not None and healable and isinstance(backend, OnnxBackend):
-            backend.heal_graph(version_dir(store, entry.version))
+        if graph is not None and recorded is not None and isinstance(backend, OnnxBackend):
+            backend.heal_graph(version_dir(store, entry.version), recorded)
             notes.append(f"{graph}; rewritten from {SKELETON}")
         elif graph is not None:
             fault = graph

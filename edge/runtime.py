@@ -114,7 +114,7 @@ class EdgeRuntime:
         self.verifier = Verifier.from_files(self.store / TRUSTED)
         if self.manifest.key_id not in self.verifier.key_ids:
             raise StoreCorrupt(f"trusted key does not match the manifest's key id {self.manifest.key_id!r}")
-        self.backend = make_backend(self.manifest.backend, self.store)
+        self.backend = make_backend(self.manifest.backend, self.store, self.manifest.graph)
         self._session: Any = None
         with store_lock(self.store):
             # Re-read the manifest under the lock (cleaning with the stale one read above would

@@ -63,10 +63,11 @@ def version_dir(store: Path, version: int) -> Path:
     return store / VERSIONS / f"v{version:020d}"
 
 
-def make_backend(kind: str, store: Path) -> Backend:
-    """The backend object for ``kind`` (``onnx`` or ``torch``)."""
+def make_backend(kind: str, store: Path, graph: str | None = None) -> Backend:
+    """The backend object for ``kind`` (``onnx`` or ``torch``; ``graph``: the manifest's hash of an
+    ONNX store's skeleton, checked before a new version copies it)."""
     if kind == "onnx":
-        return OnnxBackend(store)
+        return OnnxBackend(store, graph)
     if kind == "torch":
         return TorchBackend(store)
     raise ValueError(f"backend must be 'onnx' or 'torch', got {kind!r}")
@@ -124,6 +125,9 @@ def clean_store(store: Path, manifest: Manifest) -> None:
     for child in (store / VERSIONS).iterdir():
         if child.name not in keep:
             remove_tree(child)
+        elif child.is_dir() and not child.is_symlink():  # a graph rewrite (repair) cut short
+            for leftover in child.glob("*.tmp-*"):
+                remove_tree(leftover)
     overlay = manifest.overlay.file if manifest.overlay is not None else None
     for child in store.iterdir():
         stale_overlay = child.name.startswith("overlay-") and child.name != overlay

@@ -1,0 +1,97 @@
+"""The ONNX skeleton under the recorded graph hash, past opening: an apply never copies a rotten
+skeleton into a new version (and a running node heals it then); a skeleton that cannot be read is
+no reason to refuse opening and is rewritten by repair; an unreadable copy of the graph is skipped
+when healing; a rewrite cut short leaves nothing behind after the next open."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from edge_helpers import perturbed, store_bytes
+from test_repair import _three_versions
+
+from stamen.edge import EdgeRuntime, StoreCorrupt, create_delta
+from stamen.edge.onnx_backend import GRAPH, SKELETON, OnnxBackend
+from stamen.edge.store import version_dir
+from stamen.protocols import Signer
+
+
+def _flip(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_an_apply_refuses_to_copy_a_rotten_skeleton(
+    make_store: Callable[[str], Path], signer: Signer
+) -> None:
+    store = make_store("onnx")
+    rt, held, _ = _three_versions(store, signer)
+    _flip(store / SKELETON)  # rots after the runtime opened the store
+    update = create_delta(held[2], perturbed(held[0], 3), "dense", signer, version=3)
+    with pytest.raises(StoreCorrupt, match=f"{SKELETON} fails its hash check"):
+        rt.apply(update)
+    assert rt.version().version == 2 and not version_dir(store, 3).exists()
+    healed = EdgeRuntime.open(store, repair=True)
+    assert healed.repaired is not None and f"{SKELETON} fails its hash check" in healed.repaired.reason
+    assert healed.apply(update).version == 3
+    assert (version_dir(store, 3) / GRAPH).read_bytes() == (version_dir(store, 2) / GRAPH).read_bytes()
+
+
+def test_an_unreadable_skeleton_opens_and_is_rewritten_by_repair(
+    make_store: Callable[[str], Path], signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store("onnx")
+    _three_versions(store, signer)
+    intact = (store / SKELETON).read_bytes()
+    real = OnnxBackend.skeleton_fault
+
+    def eio(self: OnnxBackend, graph: str) -> Any:
+        raise OSError(errno.EIO, "Input/output error", str(self.store / SKELETON))
+
+    monkeypatch.setattr(OnnxBackend, "skeleton_fault", eio)
+    before = store_bytes(store)
+    assert EdgeRuntime.open(store).version().version == 2  # serving never reads the skeleton
+    assert store_bytes(store) == before
+    fixed = EdgeRuntime.open(store, repair=True)
+    assert fixed.repaired is not None and f"{SKELETON} cannot be read" in fixed.repaired.reason
+    assert (fixed.repaired.from_version, fixed.repaired.to_version) == (2, 2)
+    monkeypatch.setattr(OnnxBackend, "skeleton_fault", real)
+    assert (store / SKELETON).read_bytes() == intact and EdgeRuntime.open(store).repaired is None
+
+
+def test_healing_the_skeleton_skips_a_copy_that_cannot_be_read(
+    make_store: Callable[[str], Path], signer: Signer
+) -> None:
+    """Skeleton rotten; version 2's weights rotten (it is dropped) and its graph unreadable (a
+    directory in its place): the skeleton is rewritten from version 1's graph."""
+    store = make_store("onnx")
+    _, held, _ = _three_versions(store, signer)
+    _flip(store / SKELETON)
+    (version_dir(store, 2) / "weights.data").write_bytes(b"rot")
+    (version_dir(store, 2) / GRAPH).unlink()
+    (version_dir(store, 2) / GRAPH).mkdir()
+    rt = EdgeRuntime.open(store, repair=True)
+    assert (
+        rt.repaired is not None
+        and f"rewritten from {version_dir(store, 1).name}/{GRAPH}" in rt.repaired.reason
+    )
+    assert rt.version().version == 1
+    for name, arr in rt.global_weights().items():
+        np.testing.assert_array_equal(arr, held[1][name])
+
+
+def test_a_graph_rewrite_cut_short_is_cleaned_at_the_next_open(
+    make_store: Callable[[str], Path], signer: Signer
+) -> None:
+    store = make_store("onnx")
+    _three_versions(store, signer)
+    leftover = version_dir(store, 2) / f"{GRAPH}.tmp-12345"
+    leftover.write_bytes(b"half a graph")
+    EdgeRuntime.open(store)
+    assert not leftover.exists() and (version_dir(store, 2) / GRAPH).is_file()
