@@ -31,12 +31,30 @@ from stamen.protocols import TensorInfo
 
 from .fsutil import atomic_write
 
-__all__ = ["FORMAT", "MANIFEST", "Manifest", "Overlay", "VersionEntry", "load_manifest", "save_manifest"]
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "Manifest",
+    "ModelVersion",
+    "Overlay",
+    "VersionEntry",
+    "load_manifest",
+    "save_manifest",
+]
 
 FORMAT = "stamen-edge-store/1"
 MANIFEST = "manifest.json"
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
 _BACKENDS = ("onnx", "torch")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A version of the global model: number, content hash and the previous version's hash."""
+
+    version: int
+    hash: str
+    prev_hash: str | None
 
 
 @dataclass(frozen=True)

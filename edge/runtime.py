@@ -24,7 +24,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from .errors import StaleVersion, StoreCorrupt
 from .fsutil import publish_dir, remove_tree
 from .fused import start_apply
 from .inputs import InputSpec
-from .manifest import Manifest, VersionEntry, load_manifest, save_manifest
+from .manifest import Manifest, ModelVersion, VersionEntry, load_manifest, save_manifest
 from .overlay import check_overlay, read_overlay, write_overlay
 from .repair import open_locked, version_fault
 from .shadow import ShadowPrep, ShadowWeights
@@ -58,15 +58,6 @@ TARGET_KEY = keys.META_TARGET
 #: Envelope meta key holding the model id the update is for (optional).
 MODEL_KEY = keys.META_MODEL
 SHADOW = ".shadow-apply"  #: the shadow version directory an apply builds (one at a time: the lock)
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """A version of the global model: number, content hash and the previous version's hash."""
-
-    version: int
-    hash: str
-    prev_hash: str | None
 
 
 class EdgeRuntime:
