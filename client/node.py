@@ -127,7 +127,8 @@ def _apply(node: Node, store: EdgeRuntime, downlink: bytes) -> None:
       lock: another process may have changed the version, a repair or an operator's rollback);
     - the store's files rotted while it ran (the result misses the signed target hash, weights are
       truncated or gone): the store is repaired as at start-up (:mod:`stamen.edge.repair`: only
-      evidence against the files drops a version; logged) and ``node.store`` replaced by it.
+      evidence against the files drops a version; logged) and ``node.store`` replaced by it; where
+      the repair kept the delta's base (it only rewrote a graph), the delta is applied to it.
 
     Failures of the delta itself (signature, format, codec, replay) and any failure on a store found
     sound are raised as they are."""
@@ -148,7 +149,9 @@ def _apply(node: Node, store: EdgeRuntime, downlink: bytes) -> None:
             raise
         log.warning("edge store %s repaired while running (%s): %s", store.store, exc, healed.repaired)
         node.store, now = healed, healed.version()
-        raise DeviceHolds(now.hash, now.version) from exc
+        if unpack(downlink, zero_copy=True).base_hash != now.hash:
+            raise DeviceHolds(now.hash, now.version) from exc
+        healed.apply(downlink)  # healed in place (a graph rewritten): the delta's base is still held
 
 
 def train(node: Node, received: Received, model: nn.Module, state: ClientState) -> Trained:

@@ -45,7 +45,7 @@ from .onnx_backend import GRAPH, SKELETON, OnnxBackend
 from .overlay import read_overlay
 from .store import Backend, tidy_store, version_dir
 
-__all__ = ["Repair", "open_locked", "overlay_fault", "version_fault", "weights_fault"]
+__all__ = ["Repair", "heal_version", "open_locked", "overlay_fault", "version_fault", "weights_fault"]
 
 _MISSING = frozenset([errno.ENOENT, errno.ENOTDIR])
 
@@ -186,23 +186,34 @@ def _heal_skeleton(store: Path, backend: Backend, manifest: Manifest) -> list[st
     return [f"{fault}; rewritten from {source.name}/{GRAPH}"]
 
 
+def heal_version(
+    store: Path, backend: Backend, manifest: Manifest, entry: VersionEntry
+) -> tuple[str | None, str | None]:
+    """``(fault, healed)`` for version ``entry``: why its files are unusable (None: usable), and what
+    was rewritten to make them so: an ONNX version whose weights pass but whose graph does not gets
+    the skeleton's graph back, checked against the recorded hash (``StoreCorrupt`` if the skeleton
+    fails it). An ``OSError`` but a missing file is raised, as by :func:`version_fault`."""
+    fault = weights_fault(store, backend, manifest.tensors, entry)
+    if fault is not None:
+        return fault, None
+    graph = _graph_fault(store, backend, manifest, entry)
+    if graph is None:
+        return None, None
+    if manifest.graph is None or not isinstance(backend, OnnxBackend):
+        return graph, None
+    backend.heal_graph(version_dir(store, entry.version), manifest.graph)
+    return None, f"{graph}; rewritten from {SKELETON}"
+
+
 def _newest_intact(store: Path, backend: Backend, manifest: Manifest) -> tuple[list[VersionEntry], list[str]]:
-    """The history without its corrupt newest versions, and why each was dropped or healed: a
-    version whose weights pass but whose graph does not gets the (checked) skeleton's graph back."""
+    """The history without its corrupt newest versions, and why each was dropped or healed
+    (:func:`heal_version`; the skeleton was checked, and healed, first)."""
     history, notes = list(manifest.history), []
-    recorded = manifest.graph  # the skeleton was checked (and healed) against it first
     while history:
-        entry = history[-1]
-        fault = weights_fault(store, backend, manifest.tensors, entry)
-        graph = _graph_fault(store, backend, manifest, entry) if fault is None else None
-        if graph is not None and recorded is not None and isinstance(backend, OnnxBackend):
-            backend.heal_graph(version_dir(store, entry.version), recorded)
-            notes.append(f"{graph}; rewritten from {SKELETON}")
-        elif graph is not None:
-            fault = graph
+        fault, healed = heal_version(store, backend, manifest, history[-1])
+        notes += [n for n in (healed, fault) if n is not None]
         if fault is None:
             break
-        notes.append(fault)
         history.pop()
     return history, notes
 

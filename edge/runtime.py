@@ -21,6 +21,7 @@ until the new one is built, then the reference is swapped under a lock.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -47,9 +48,11 @@ from .fused import start_apply
 from .inputs import InputSpec
 from .manifest import Manifest, ModelVersion, VersionEntry, load_manifest, save_manifest
 from .overlay import check_overlay, read_overlay, write_overlay
-from .repair import open_locked, version_fault
+from .repair import heal_version, open_locked
 from .shadow import ShadowPrep, ShadowWeights
 from .store import TRUSTED, VERSIONS, make_backend, store_lock, tidy_store, version_dir
+
+log = logging.getLogger("stamen.edge")
 
 __all__ = ["TARGET_KEY", "EdgeRuntime", "ModelVersion"]
 
@@ -356,7 +359,7 @@ class EdgeRuntime:
         ValueError
             If no earlier version is retained.
         StoreCorrupt
-            If that version's files fail their recorded hash (nothing changes).
+            If that version's files fail their recorded hash (nothing changes; a graph alone is healed).
         """
         with store_lock(self.store):
             self.manifest = load_manifest(self.store)
@@ -365,8 +368,11 @@ class EdgeRuntime:
                     f"no earlier version retained to roll back to (at version {self.version().version})"
                 )
             manifest = self.manifest.with_history(self.manifest.history[:-1])
-            if fault := version_fault(self.store, self.backend, manifest, manifest.current):
+            fault, healed = heal_version(self.store, self.backend, manifest, manifest.current)
+            if fault is not None:
                 raise StoreCorrupt(f"cannot roll back: {fault}")
+            if healed is not None:
+                log.warning("rolling back %s: %s", self.store, healed)
             session = self._build_session(manifest)
             save_manifest(self.store, manifest)
             self._swap(manifest, session)

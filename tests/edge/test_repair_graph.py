@@ -1,11 +1,13 @@
 """The ONNX skeleton under the recorded graph hash, past opening: an apply never copies a rotten
 skeleton into a new version (and a running node heals it then); a skeleton that cannot be read is
 no reason to refuse opening and is rewritten by repair; an unreadable copy of the graph is skipped
-when healing; a rewrite cut short leaves nothing behind after the next open."""
+when healing; a rewrite cut short leaves nothing behind after the next open; a rollback rewrites its
+target's rotten graph; a running node whose skeleton rots heals it and applies the delta."""
 
 from __future__ import annotations
 
 import errno
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,9 @@ import numpy as np
 import pytest
 from edge_helpers import perturbed, store_bytes
 from test_repair import _three_versions
+from test_repair_device import INSTR, _device_at_v2
 
+from stamen.client.node import Received, start_weights
 from stamen.edge import EdgeRuntime, StoreCorrupt, create_delta
 from stamen.edge.onnx_backend import GRAPH, SKELETON, OnnxBackend
 from stamen.edge.store import version_dir
@@ -95,3 +99,51 @@ def test_a_graph_rewrite_cut_short_is_cleaned_at_the_next_open(
     leftover.write_bytes(b"half a graph")
     EdgeRuntime.open(store)
     assert not leftover.exists() and (version_dir(store, 2) / GRAPH).is_file()
+
+
+def test_a_rollback_rewrites_the_rotten_graph_of_its_target(
+    make_store: Callable[[str], Path], signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Version 1's weights pass but its graph rotted: the rollback gives it the skeleton's graph back
+    (logged) and serves it, where it used to refuse."""
+    store = make_store("onnx")
+    rt, held, _ = _three_versions(store, signer)
+    _flip(version_dir(store, 1) / GRAPH)
+    with caplog.at_level(logging.WARNING, logger="stamen.edge"):
+        assert rt.rollback().version == 1
+    lines = [r.getMessage() for r in caplog.records if "rolling back" in r.getMessage()]
+    assert len(lines) == 1 and f"{GRAPH} fails its hash check; rewritten from {SKELETON}" in lines[0]
+    assert (version_dir(store, 1) / GRAPH).read_bytes() == (store / SKELETON).read_bytes()
+    assert EdgeRuntime.open(store).repaired is None  # opens verified
+    for name, arr in rt.global_weights().items():
+        np.testing.assert_array_equal(arr, held[1][name])
+
+
+def test_a_rollback_whose_target_graph_rotted_with_the_skeleton_is_refused(
+    make_store: Callable[[str], Path], signer: Signer
+) -> None:
+    store = make_store("onnx")
+    rt, _, _ = _three_versions(store, signer)
+    _flip(version_dir(store, 1) / GRAPH)
+    _flip(store / SKELETON)
+    manifest = (store / "manifest.json").read_bytes()
+    with pytest.raises(StoreCorrupt, match=f"{SKELETON} fails its hash check"):
+        rt.rollback()
+    assert rt.version().version == 2 and (store / "manifest.json").read_bytes() == manifest
+
+
+def test_a_node_whose_skeleton_rots_heals_it_and_applies_the_delta(
+    make_store: Callable[[str], Path], signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The skeleton rots under a running node: the next delta's apply refuses to copy it, the repair
+    rewrites it and keeps the version, so the delta applies in the same round (no resync)."""
+    store, node, edge, w0 = _device_at_v2(make_store, signer)
+    _flip(store / SKELETON)
+    payload = edge.payload("node-1", 3, perturbed(w0, 3))
+    assert payload.delta is not None
+    with caplog.at_level(logging.WARNING, logger="stamen.client"):
+        start_weights(node, Received(INSTR, downlink=payload.delta))
+    assert node.store is not None and node.store.version().version == 3
+    assert node.store.version().hash == payload.base
+    lines = [r.getMessage() for r in caplog.records if "repaired while running" in r.getMessage()]
+    assert len(lines) == 1 and "version 2 -> 2" in lines[0] and f"{SKELETON} fails" in lines[0]
