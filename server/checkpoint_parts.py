@@ -86,13 +86,13 @@ def restore_accountant(accountant: object, tree: object) -> None:
 
 
 def capture_downlink(downlink: object, snap: Snapshot, prefix: str = "downlink/") -> Tree | None:
-    """An edge downlink's per-device held (and previously held) versions, their weights and last
+    """An edge downlink's per-device held (and earlier held) versions, their weights and last
     delta versions."""
     if not isinstance(downlink, EdgeDownlink):
         return None
-    held, prev, versions = downlink.tracker.snapshot()
+    held, earlier, versions = downlink.tracker.snapshot()
     names = {h: snap.put_weights(f"{prefix}{h}/", w) for h, w in versions.items()}
-    return {"held": held, "prev": prev, "versions": names, "last": downlink.last_versions}
+    return {"held": held, "earlier": earlier, "versions": names, "last": downlink.last_versions}
 
 
 def restore_downlink(downlink: object, tree: object, snap: Snapshot, prefix: str = "downlink/") -> None:
@@ -103,11 +103,18 @@ def restore_downlink(downlink: object, tree: object, snap: Snapshot, prefix: str
         return
     names = _need(tree, "versions", dict)
     versions = {h: snap.get_weights(f"{prefix}{h}/", n) for h, n in names.items()}
+    earlier = _need(tree, "earlier" if isinstance(tree, dict) and "prev" not in tree else "prev", dict)
+    if not all(isinstance(h, str) or _hashes(h) for h in earlier.values()):
+        raise CheckpointError("checkpoint is corrupt: the edge downlink's earlier versions")
     try:
-        downlink.tracker.restore(_need(tree, "held", dict), _need(tree, "prev", dict), versions)
+        downlink.tracker.restore(_need(tree, "held", dict), earlier, versions)
     except ValueError as exc:
         raise CheckpointError(f"checkpoint is corrupt: {exc}") from None
     downlink.restore_last(_need(tree, "last", dict))
+
+
+def _hashes(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(h, str) for h in value)
 
 
 def capture_mode(mode: object, snap: Snapshot, prefix: str = "relay/") -> Tree | None:

@@ -20,7 +20,7 @@ from typing import Any
 from stamen.protocols import Signer
 from stamen.server.config import ServerConfig
 from stamen.server.driver.types import Weights
-from stamen.server.edge_downlink import DeviceDownlink, EdgeDownlink
+from stamen.server.edge_downlink import DEVICE_RETAINS, DeviceDownlink, EdgeDownlink
 from stamen.server.federation import RunExtras
 
 log = logging.getLogger("stamen.server")
@@ -61,7 +61,8 @@ def edge_downlink(cfg: ServerConfig, run_config: Mapping[str, Any], initial: Wei
         )
     passphrase = os.environ.get(PASSPHRASE_ENV)
     signer = Signer.from_file(path, passphrase.encode() if passphrase else None)
-    tracker = DeviceDownlink(initial, signer, cfg.settings.codec.downlink, cfg.task.model_id)
+    codec = cfg.settings.codec.downlink
+    tracker = DeviceDownlink(initial, signer, codec, cfg.task.model_id, earlier=DEVICE_RETAINS)
     log.info("edge downlink: deltas signed with key %s", signer.key_id)
     return EdgeDownlink(tracker, cfg.seed)
 

@@ -21,6 +21,7 @@ from stamen.server.driver.types import Payload, Reply, TrainTask, client_index
 from stamen.task.seeds import client_seed
 
 Weights = dict[str, np.ndarray]
+DEVICE_RETAINS = 3  # versions an edge store retains by default (``EdgeRuntime(keep=3)``)
 log = logging.getLogger("stamen.server")
 
 
@@ -38,18 +39,25 @@ class DeviceDownlink:
         what the device really computes).
     model_id : str
         Recorded in the envelope; a device refuses updates for another model.
+    earlier : int
+        How many versions each device held before its current one stay on hand (default 1: the
+        one before its last delta, which it may not have applied). A deployed server keeps
+        :data:`DEVICE_RETAINS`, what a device's store retains, so a device that repaired or
+        rolled back to a retained version still gets a delta, not the whole model.
     """
 
-    def __init__(self, initial: Mapping[str, np.ndarray], signer: Signer, codec: str, model_id: str) -> None:
-        self.signer, self.model_id = signer, model_id
+    def __init__(
+        self, initial: Mapping[str, np.ndarray], signer: Signer, codec: str, model_id: str, earlier: int = 1
+    ) -> None:
+        if earlier < 1:
+            raise ValueError(f"earlier must be >= 1, got {earlier}")
+        self.signer, self.model_id, self.earlier = signer, model_id, earlier
         self.codec = CodecSpec.parse(codec)
         first = {k: np.asarray(initial[k], np.float32) for k in sorted(initial)}
         self._initial_hash = model_hash(first)
         self._weights: dict[str, Weights] = {self._initial_hash: first}
         self._held: dict[str, str] = {}
-        self._prev: dict[
-            str, str
-        ] = {}  # what each device held before its last delta (it may not have applied it)
+        self._earlier: dict[str, tuple[str, ...]] = {}  # what each device held before, newest first
 
     def held_hash(self, device: str) -> str:
         """Hash of the weights ``device`` holds (the provisioned model until its first update)."""
@@ -81,33 +89,39 @@ class DeviceDownlink:
                 target, self.signer, version=version, base_hash=held, model_id=self.model_id, sender="server"
             )
         self._weights.setdefault(digest, after)
-        self._prev[device], self._held[device] = held, digest
+        before = dict.fromkeys((held, *self._earlier.get(device, ())))  # newest first, no repeats
+        self._earlier[device], self._held[device] = tuple(before)[: self.earlier], digest
         self._prune()
         return data, digest
 
-    def snapshot(self) -> tuple[dict[str, str], dict[str, str], dict[str, Weights]]:
-        """``(device -> hash it holds, device -> hash it held before its last delta, hash ->
+    def snapshot(self) -> tuple[dict[str, str], dict[str, list[str]], dict[str, Weights]]:
+        """``(device -> hash it holds, device -> hashes it held before, newest first, hash ->
         weights)``: what a restarted server must know."""
-        return dict(self._held), dict(self._prev), {h: dict(w) for h, w in self._weights.items()}
+        earlier = {d: list(h) for d, h in self._earlier.items()}
+        return dict(self._held), earlier, {h: dict(w) for h, w in self._weights.items()}
 
     def restore(
         self,
         held: Mapping[str, str],
-        prev: Mapping[str, str],
+        earlier: Mapping[str, str | Sequence[str]],
         versions: Mapping[str, Mapping[str, np.ndarray]],
     ) -> None:
-        """Put back a :meth:`snapshot`; every version must hash to its key, and every held or
-        previous hash must be among them (``ValueError`` if not)."""
+        """Put back a :meth:`snapshot` (an earlier hash may be one string: a checkpoint written
+        before several were kept); every version must hash to its key, and every held or earlier
+        hash must be among them (``ValueError`` if not)."""
         weights = {}
         for digest, w in versions.items():
             arrays = {k: np.asarray(w[k], np.float32) for k in sorted(w)}
             if model_hash(arrays) != digest:
                 raise ValueError(f"edge downlink: a held version does not hash to {digest[:16]}...")
             weights[digest] = arrays
-        missing = sorted({*held.values(), *prev.values(), self._initial_hash} - set(weights))
+        before = {d: (h,) if isinstance(h, str) else tuple(h)[: self.earlier] for d, h in earlier.items()}
+        named = {*held.values(), *(h for hs in before.values() for h in hs), self._initial_hash}
+        missing = sorted(named - set(weights))
         if missing:
             raise ValueError(f"edge downlink: held versions {[m[:16] for m in missing]} are missing")
-        self._weights, self._held, self._prev = weights, dict(held), dict(prev)
+        self._weights, self._held, self._earlier = weights, dict(held), before
+        self._prune()
 
     def resync(self, device: str, held: str) -> None:
         """``device`` reported holding ``held`` (it did not apply, or lost, its last delta): the next
@@ -117,7 +131,7 @@ class DeviceDownlink:
             self._prune()
 
     def _prune(self) -> None:
-        live = set(self._held.values()) | set(self._prev.values()) | {self._initial_hash}
+        live = {*self._held.values(), *(h for hs in self._earlier.values() for h in hs), self._initial_hash}
         for digest in [d for d in self._weights if d not in live]:
             del self._weights[digest]
 

@@ -22,7 +22,7 @@ from stamen.edge import EdgeRuntime, StoreCorrupt
 from stamen.edge.store import version_dir
 from stamen.protocols import Signer, unpack
 from stamen.server.driver.types import Reply
-from stamen.server.edge_downlink import DeviceDownlink, EdgeDownlink
+from stamen.server.edge_downlink import DEVICE_RETAINS, DeviceDownlink, EdgeDownlink
 from stamen.task.spec import RoundInstructions, TaskSpec, TrainSpec
 
 INSTR = RoundInstructions(1, 1, 0, "dense", False, TaskSpec(), TrainSpec())
@@ -55,7 +55,14 @@ def _round(node: Node, edge: EdgeDownlink, rnd: int, target: dict[str, np.ndarra
 
 
 @pytest.mark.parametrize(
-    ("rounds", "rotten", "server_sends"), [(3, (3,), "replace"), (3, (3, 2), "replace"), (2, (2, 1), "delta")]
+    ("rounds", "rotten", "earlier", "server_sends"),
+    [
+        (3, (3,), 1, "replace"),
+        (3, (3, 2), 1, "replace"),
+        (2, (2, 1), 1, "delta"),  # back at the provisioned model, which the server always keeps
+        (3, (3,), DEVICE_RETAINS, "delta"),  # a deployed server keeps what a store retains
+        (3, (3, 2), DEVICE_RETAINS, "delta"),
+    ],
 )
 def test_a_repaired_device_is_resynchronized_by_the_server(
     make_store: Callable[[str], Path],
@@ -64,13 +71,14 @@ def test_a_repaired_device_is_resynchronized_by_the_server(
     caplog: pytest.LogCaptureFixture,
     rounds: int,
     rotten: tuple[int, ...],
+    earlier: int,
     server_sends: str,
 ) -> None:
     store = make_store("onnx")
     node = Node(cast(Any, None), "node-1", 1, EdgeRuntime.open(store))
     assert node.store is not None
     w0 = {k: np.array(v) for k, v in node.store.global_weights().items()}
-    edge = EdgeDownlink(DeviceDownlink(w0, signer, "dense", "tiny"), seed=0)
+    edge = EdgeDownlink(DeviceDownlink(w0, signer, "dense", "tiny", earlier=earlier), seed=0)
     for rnd in range(1, rounds + 1):  # keep=3: the device retains its last three versions
         assert _round(node, edge, rnd, perturbed(w0, rnd)) == node.store.version().hash
     history = {h.version: h.hash for h in node.store.manifest.history}

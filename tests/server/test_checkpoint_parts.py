@@ -42,7 +42,7 @@ def test_edge_downlink_resumes_with_held_and_previous_versions() -> None:
     fresh = EdgeDownlink(DeviceDownlink(initial, signer, "int8", "m"), seed=5)
     restore_downlink(fresh, *reversed(_reread(snap, tree)))
     assert fresh.tracker.snapshot()[:2] == kept.tracker.snapshot()[:2]
-    prev = kept.tracker.snapshot()[1]["d1"]
+    prev = kept.tracker.snapshot()[1]["d1"][0]
     # another device's update prunes what nobody holds; then d1 says it never applied version 2:
     # both servers still have its previous weights and send the same delta from them
     for down in (kept, fresh):
@@ -51,6 +51,26 @@ def test_edge_downlink_resumes_with_held_and_previous_versions() -> None:
     a, b = (d.tracker.make_update("d1", t3, 3, seed=3) for d in (kept, fresh))
     assert a[1] == b[1]  # the same weights after the delta (int8: a different base would differ)
     assert fresh.tracker.held_hash("d3") == model_hash(initial)
+
+
+def test_edge_downlink_restores_a_checkpoint_with_one_previous_hash_per_device() -> None:
+    """A checkpoint written before several earlier versions were kept (``prev``: one hash each)."""
+    rng = np.random.default_rng(3)
+    initial, t1, t2 = _model(rng), _model(rng), _model(rng)
+    signer = Signer.generate()
+    kept = EdgeDownlink(DeviceDownlink(initial, signer, "dense", "m", earlier=3), seed=5)
+    kept.tracker.make_update("d1", t1, 1, seed=1)
+    kept.tracker.make_update("d1", t2, 2, seed=2)
+    snap = Snapshot()
+    tree = capture_downlink(kept, snap)
+    assert isinstance(tree, dict) and len(tree["earlier"]["d1"]) == 2
+    old = {k: v for k, v in tree.items() if k != "earlier"} | {"prev": {"d1": tree["earlier"]["d1"][0]}}
+    fresh = EdgeDownlink(DeviceDownlink(initial, signer, "dense", "m", earlier=3), seed=5)
+    restore_downlink(fresh, *reversed(_reread(snap, old)))
+    assert fresh.tracker.snapshot()[1] == {"d1": [kept.tracker.snapshot()[1]["d1"][0]]}
+    assert fresh.tracker.held_hash("d1") == kept.tracker.held_hash("d1")
+    with pytest.raises(CheckpointError, match="earlier versions"):
+        restore_downlink(fresh, *reversed(_reread(snap, tree | {"earlier": {"d1": [1]}})))
 
 
 def test_edge_downlink_refuses_missing_or_wrong_versions() -> None:

@@ -69,3 +69,25 @@ def test_held_reply_becomes_a_resync() -> None:
     assert good.held == "cd" * 32 and good.error is not None and good.envelope is None
     bad = reply_of("node-3", RecordDict({keys.HELD: ConfigRecord({"hash": "x"})}))
     assert bad.held is None and bad.error is not None
+
+
+def test_a_device_back_at_a_retained_version_gets_a_delta_when_the_server_keeps_it() -> None:
+    """The device applied versions 1..3, then repaired back to version 1 (its store retains three)
+    while the server sent version 4: keeping the versions it held before (``earlier=3``) the server
+    answers with a delta from version 1; keeping one, with the whole model. Both reach the target."""
+    rng = np.random.default_rng(3)
+    initial, *targets = (_model(rng) for _ in range(6))
+    signer = Signer.generate()
+    verifier = Verifier([signer.public_key_bytes()])
+    for earlier, kind in ((3, "delta"), (1, "replace")):
+        down = DeviceDownlink(initial, signer, "dense", "m", earlier=earlier)
+        hashes = [down.make_update("d", targets[v - 1], v, seed=v)[1] for v in (1, 2, 3, 4)]
+        assert len(down.snapshot()[2]) == 1 + 1 + earlier  # initial, held, earlier (no more)
+        down.resync("d", hashes[0])  # what its reply said it holds: version 1
+        base = down.snapshot()[2].get(hashes[0])
+        data, digest = down.make_update("d", targets[4], 5, seed=5)
+        env, payload = decode_update(data, verifier=verifier, expected_base=hashes[0])
+        assert env.meta.get("kind", "delta") == kind and (base is None) == (kind == "replace")
+        got = payload if base is None else {k: base[k] + payload[k] for k in base}  # the device's sum
+        assert model_hash(got) == digest == down.held_hash("d")
+        np.testing.assert_allclose(got["w"], targets[4]["w"], atol=1e-6)
