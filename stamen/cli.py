@@ -126,6 +126,7 @@ def _simulate(args: argparse.Namespace) -> int:
     out = args.out or default_out_dir(scenario.name, args.overrides, args.engine)
     check_out_dir(out)
     from stamen.simulations.engines import run_engine
+    from stamen.simulations.engines.interrupt import signals_held
     from stamen.simulations.plan import SimulationPlan
     from stamen.simulations.results import write_results
 
@@ -152,9 +153,10 @@ def _simulate(args: argparse.Namespace) -> int:
     if result.stopped:
         extra["stopped"] = result.stopped
     title = run_title(scenario.name, args.overrides)
-    paths = write_results(
-        out, scenario.to_dict(), result.rounds, engine=args.engine, extra=extra, title=title
-    )
+    with signals_held():  # a late Ctrl-C or SIGTERM (the run already ended) must not cut the write
+        paths = write_results(
+            out, scenario.to_dict(), result.rounds, engine=args.engine, extra=extra, title=title
+        )
     _print_summary(f"{title} ({args.engine})", result.rounds, paths, _peak_rss_mib(extra))
     if "privacy" in extra:  # what the reported ε assumes (sampling, accountant)
         from stamen.server.privacy.statement import describe

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 from stamen.server.history import FederationResult, ProgressFn
@@ -30,6 +31,17 @@ FLOWER_ENV = {
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     "RAY_DEDUP_LOGS": "0",
 }
+RESULT_GRACE_S = 5.0  # after a second Ctrl-C, how long the driver may take to hand over its rounds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Outcome:
+    """What the ServerApp's thread hands back: the run's result, and ``done`` once it returned."""
+
+    result: FederationResult | None = None
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 def flower_environment(home: str | None = None) -> None:
@@ -44,12 +56,12 @@ def _server_app(
     devices: Any,
     progress: ProgressFn | None,
     stop: threading.Event,
-    out: dict[str, Any],
+    out: _Outcome,
     partitions: NodePartitions,
 ) -> Any:
     """The simulation's ServerApp: the plan's round driver (sync or async) over the run's Grid,
-    stoppable through ``stop``; it leaves the run's result in ``out["result"]``. Nodes are named
-    from ``partitions`` (recorded as Flower registers them), by a query only when that fails."""
+    stoppable through ``stop``; it leaves the run's result in ``out``. Nodes are named from
+    ``partitions`` (recorded as Flower registers them), by a query only when that fails."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
 
@@ -62,17 +74,23 @@ def _server_app(
 
     @server_app.main()
     def _main(flower_grid: Grid, context: Context) -> None:
-        grid: Any = StoppableGrid(flower_grid, stop)
+        try:
+            _drive(StoppableGrid(flower_grid, stop))
+        finally:
+            out.done.set()
+
+    def _drive(grid: Any) -> None:
         transport = GridTransport(
             grid, cfg.num_clients, cfg.per_round, cfg.timeout_s, query_names=True, names=partitions.names
         )
         if cfg.settings.server.mode == "sync":
-            out["result"] = plan.driver(transport, devices).run(plan.initial, progress)
+            out.result = plan.driver(transport, devices).run(plan.initial, progress)
             return
         pushpull = GridAsyncTransport(transport, ttl_s=cfg.timeout_s)
         driver = assemble_async(cfg, pushpull, plan.initial, plan.evaluator(), plan.extras(devices))
-        out["result"] = driver.run(plan.initial, progress)
-        out["result"].extra["arrivals"] = pushpull.arrivals
+        result = driver.run(plan.initial, progress)
+        result.extra["arrivals"] = pushpull.arrivals
+        out.result = result
 
     return server_app
 
@@ -88,16 +106,15 @@ def run_flower(
 
     Ctrl-C or SIGTERM end the run after the last finished round (``stopped="interrupted"``): the
     driver stops at its next poll, Flower's runtime stops and Ray is shut down
-    (:mod:`stamen.simulations.engines.interrupt`).
+    (:mod:`stamen.simulations.engines.interrupt`). Ray is started before ``run_simulation`` (which
+    then uses it) so that these handlers can be put back over those ``ray.init`` installs.
     """
     flower_environment()
-    from flwr.simulation import run_simulation
-
     from stamen.simulations.engines.client_recipe import RecipeClientApp
 
     cfg, devices = plan.cfg, plan.devices()
     nodes = plan.nodes(devices)
-    out: dict[str, Any] = {}
+    out = _Outcome()
     stop = threading.Event()
     partitions = NodePartitions(wait_s=cfg.timeout_s)
     server_app = _server_app(plan, devices, progress, stop, out, partitions)
@@ -106,24 +123,48 @@ def run_flower(
         "init_args": ray_init_args(num_cpus, ray_address),
     }
     try:
-        with warnings.catch_warnings(), stop_on_signals(stop), recording_partitions(partitions):
+        with warnings.catch_warnings(), stop_on_signals(stop) as rearm, recording_partitions(partitions):
             warnings.simplefilter("ignore")
             _quiet_flower()
-            run_simulation(
-                server_app=server_app,
-                client_app=RecipeClientApp(nodes.resolve),  # pickled per message: by recipe
-                num_supernodes=cfg.num_clients,
-                backend_config=backend,
-            )
+            _start_ray(backend)
+            rearm()  # over ray.init's SIGTERM handlers (sys.exit; Abseil's, which aborts)
+            client_app = RecipeClientApp(nodes.resolve)  # pickled per message: by recipe
+            _simulate(server_app, client_app, cfg.num_clients, backend, out)
     finally:
         _shutdown_ray()
         if devices is not None:
             devices.close()
-    if "result" not in out:
+    if out.result is None:
         raise RuntimeError("the Flower simulation ended without a result (see the Flower log above)")
-    result: FederationResult = out["result"]
-    result.extra.update(plan.result_extra())
-    return result
+    out.result.extra.update(plan.result_extra())
+    return out.result
+
+
+def _start_ray(backend: dict[str, Any]) -> None:
+    """Start (or attach to) Ray as Flower's Ray backend does; ``run_simulation`` then finds it
+    running and uses it."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    RayBackend(backend)  # only ray.init and checks: its actors come with run_simulation's own
+
+
+def _simulate(server_app: Any, client_app: Any, num_supernodes: int, backend: Any, out: _Outcome) -> None:
+    """Flower's ``run_simulation``. A second Ctrl-C or SIGTERM raises here at once (Flower then
+    stops its workers and Ray); the finished rounds are still kept when the driver, already told
+    to stop, hands them over within :data:`RESULT_GRACE_S` (a third signal does not wait)."""
+    from flwr.simulation import run_simulation
+
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_supernodes,
+            backend_config=backend,
+        )
+    except KeyboardInterrupt:
+        if not out.done.wait(RESULT_GRACE_S) or out.result is None:
+            raise
+        log.warning("interrupted again: Ray stopped, the finished rounds are kept")
 
 
 def _shutdown_ray() -> None:

@@ -8,7 +8,14 @@ thread waits on the Ray workers: a signal raised there left the ServerApp thread
 (issue #14). :func:`stop_on_signals` instead sets an event, and :class:`StoppableGrid` raises
 ``KeyboardInterrupt`` on the ServerApp's thread at its next poll (every ``pull_interval`` s, 0.1 s
 by default), so the driver returns, Flower's runtime stops its workers and shuts Ray down. A second
-signal raises ``KeyboardInterrupt`` on the main thread at once (the user insists).
+signal raises ``KeyboardInterrupt`` on the main thread at once (the user insists); the engine still
+keeps the rounds the driver hands over (:mod:`stamen.simulations.engines.flower`).
+
+``ray.init`` installs its own SIGTERM handlers in the driver: ``sys.exit`` in Python and Abseil's
+failure handler in C++, which dumps a stack and aborts (exit 134, no results). The Flower engine
+therefore starts Ray first and then reinstalls these handlers (the ``rearm`` that
+:func:`stop_on_signals` yields). :func:`signals_held` keeps a late signal from cutting the results
+write short.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -26,6 +33,12 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _restore(previous: dict[signal.Signals, Any]) -> None:
+    """Reinstall ``previous`` (a handler not set from Python, ``None`` to ``signal``, as the default)."""
+    for sig, handler in previous.items():
+        signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 @contextlib.contextmanager
@@ -43,26 +56,47 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
+def stop_on_signals(stop: threading.Event) -> Iterator[Callable[[], None]]:
     """Within the block SIGINT and SIGTERM set ``stop``; a second one raises ``KeyboardInterrupt``.
 
-    Main thread only (a no-op elsewhere). The previous handlers are restored on exit.
+    Yields ``rearm``, which installs these handlers again over any that code in the block installed
+    (``ray.init``'s: both in Python and, through ``sigaction``, in C). Main thread only (a no-op
+    elsewhere). The handlers from before the block are restored on exit.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
 
     def _handler(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
             _raise_interrupt(signum, frame)
         stop.set()
 
-    previous = {sig: signal.signal(sig, _handler) for sig in STOP_SIGNALS}
+    def _rearm() -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _handler)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    _rearm()
     try:
-        yield stop
+        yield _rearm
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore(previous)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM are ignored, so a short step that must not be cut in
+    the middle (writing a stopped run's results) runs to its end. Main thread only (a no-op
+    elsewhere); the previous handlers are restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        _restore(previous)
 
 
 class StoppableGrid:
