@@ -42,6 +42,22 @@ DATASET_SHAPES: Mapping[str, tuple[int | None, int]] = {
     "pydocs": (None, 10),
 }
 SCENARIO_PACKAGE = __name__.rpartition(".")[0] + ".scenarios"
+TOKEN_MODELS = ("minilm", "minilm-tiny")  # take token ids (a text data set), not feature vectors
+
+
+def _check_model_fits(model: str, dataset: str) -> None:
+    """A text data set (token ids) needs a token model, a feature data set any other model."""
+    text = DATASET_SHAPES[dataset][0] is None
+    if text != (model in TOKEN_MODELS):
+        wants = f"a text model ({', '.join(TOKEN_MODELS)})" if text else "a feature model (not minilm)"
+        raise ValueError(f"model.name={model!r} does not fit data.dataset={dataset!r}: it needs {wants}")
+
+
+def _check_run_name(name: str) -> None:
+    """``name`` names the run's output directory (``runs/<name>``): one plain path component."""
+    bad = name != name.strip() or name in (".", "..") or any(c in name for c in "/\\")
+    if bad or not name.isprintable() or len(name) > 100:
+        raise ValueError(f"name must be a plain directory name (no '/', '\\' or '..'), got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -303,6 +319,9 @@ class Settings(_Config):
             )
         if (self.model.input_dim == 0) != (self.model.num_classes == 0):
             raise ValueError("model.input_dim and model.num_classes are set together (0 = the data set's)")
+        if self.model.input_dim == 0:  # the built-in data set's inputs: tokens or features
+            _check_model_fits(self.model.name, self.data.dataset)
+        _check_run_name(self.name)
 
     def model_shape(self) -> tuple[int, int]:
         """``(input_dim, num_classes)``: ``[model]``'s if set, else the built-in data set's."""
