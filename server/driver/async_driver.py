@@ -14,7 +14,10 @@ sent, never a number the client echoes), treated by the staleness rules
 
 Every new model version is one :class:`~stamen.server.history.RoundRecord` (``round`` = the
 version), with the transport's clock (simulated seconds on a virtual clock) and the staleness of
-the updates that made it.
+the updates that made it. Exactly ``versions`` versions are released: a transport's pull may return
+several replies at once (Flower's grid returns every reply waiting), and those after the one that
+released the last version are not aggregated; they are counted in the result's ``after_end``
+(``replies``, their ``bytes_up``, and the tasks still ``in_flight`` when the run ended).
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ class AsyncTransport(Protocol):
 
     def now(self) -> float:
         """The transport's clock, in seconds (simulated on a virtual clock)."""
+        ...
+
+    def wait_ready(self) -> bool:
+        """Nothing is in flight and no client is ready: wait until one is (a virtual clock moves to
+        that moment; a deployment waits, bounded, for a node); False when none became ready."""
         ...
 
 
@@ -135,6 +143,7 @@ class AsyncDriver:
         self.worst_client_eps: float | None = None
         self.resume: Resume | None = None  # a state-dir: resume, then checkpoint every event
         self.on_event: Callable[[], None] | None = None  # after every handled reply and release
+        self.after_end = {"replies": 0, "bytes_up": 0}  # replies pulled after the last version
 
     def run(self, initial: Weights, progress: ProgressFn | None = None) -> FederationResult:
         """Produce the model versions (resumed from the state-dir when there is one)."""
@@ -160,7 +169,12 @@ class AsyncDriver:
         except BudgetExhausted as exc:
             stopped = "privacy budget exhausted"
             log.warning("%s", exc)
-        extra = {"staleness_histogram": self.staleness_histogram, "history": self.history.memory_report()}
+        after_end = {**self.after_end, "in_flight": len(self.in_flight)}
+        extra = {
+            "staleness_histogram": self.staleness_histogram,
+            "history": self.history.memory_report(),
+            "after_end": after_end,
+        }
         return FederationResult(rounds=self.records, weights=self.weights, extra=extra, stopped=stopped)
 
     def _loop(self, progress: ProgressFn | None) -> str | None:
@@ -175,14 +189,37 @@ class AsyncDriver:
                     return "no replies"
                 continue
             idle_polls = 0
-            for reply in replies:
-                self._handle(reply, progress)
-                if self.on_event is not None:
-                    self.on_event()
+            self._handle_batch(replies, progress)
         return None
 
+    def _handle_batch(self, replies: Sequence[Reply], progress: ProgressFn | None) -> None:
+        """The pulled replies in arrival order until the last version is released; the rest
+        arrived after the end: not aggregated (no version past ``versions``), counted."""
+        for i, reply in enumerate(replies):
+            if self.version >= self.s.versions:
+                self._after_end(replies[i:])
+                return
+            self._handle(reply, progress)
+            if self.on_event is not None:
+                self.on_event()
+
+    def _after_end(self, replies: Sequence[Reply]) -> None:
+        for reply in replies:
+            self.in_flight.pop(reply.client, None)
+            self.after_end["replies"] += 1
+            self.after_end["bytes_up"] += reply.nbytes
+        log.info("%d replies arrived after version %d, the last: not aggregated", len(replies), self.version)
+
     def _dispatch(self) -> None:
-        """Keep ``concurrency`` clients training, drawn uniformly from the idle, ready ones."""
+        """Keep ``concurrency`` clients training, drawn uniformly from the idle, ready ones; with
+        none in flight and none ready, the transport first waits for one (``wait_ready``)."""
+        self._fill()
+        if not self.in_flight and self.transport.wait_ready():
+            self._fill()
+        if not self.in_flight:
+            raise RuntimeError("no client is available to train (none connected and ready)")
+
+    def _fill(self) -> None:
         clients = self.transport.clients()
         while len(self.in_flight) < min(self.s.concurrency, len(clients)):
             client = self._draw(clients)
@@ -194,8 +231,6 @@ class AsyncDriver:
             self.transport.push(task)
             self.in_flight[client] = task
             self.step.bytes_down += self.downlink.nbytes([task])
-        if not self.in_flight:
-            raise RuntimeError("no client is available to train")
 
     def _instructions(self, client: str) -> RoundInstructions:
         """Round ``version + 1`` (1-based like synchronous rounds), training from ``version``; a
