@@ -76,7 +76,7 @@ def test_what_each_rule_needs_from_the_history() -> None:
     """Only drop caps tau (S + 1 versions); downweight needs tau only, dcasgd the stale base."""
     drop = _handling(max_staleness=2)
     assert drop.history_versions() == 3
-    with pytest.raises(TooStale, match="staleness 3 exceeds server.max_staleness=2"):
+    with pytest.raises(TooStale, match=r"staleness 3 exceeds server\.max_staleness=2"):
         drop.needs_base(3)
     down = _handling(max_staleness=2, stale_policy="downweight", compensation="dcasgd")
     assert down.history_versions() is None
