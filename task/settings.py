@@ -253,16 +253,17 @@ class ServerModeConfig(_Config):
 
     ``fedasync`` (Xie et al., arXiv 1903.03934) mixes every arrival into the model:
     ``w <- (1 - a_t) w + a_t w_client``, ``a_t = alpha * s(tau)``. ``fedbuff`` (Nguyen et al., AISTATS
-    2022) buffers ``buffer_size`` updates weighted by ``s(tau)`` (FedBuff's default ``1/sqrt(1 +
-    tau)``) and steps with the aggregation rule, ``aggregation.server_lr`` and ``server_momentum``.
+    2022) buffers ``buffer_size`` updates, each scaled by ``s(tau)`` (FedBuff's default ``1/sqrt(1 +
+    tau)``), and steps with the aggregation rule, ``aggregation.server_lr`` and ``server_momentum``.
     ``tau`` = current version - the version the update was computed against. ``staleness`` names the
     weight function (``constant``, ``polynomial``, ``hinge``, ``fedbuff``, ``exponential``); every
     other key of the section is one of its parameters (``server.a = 0.5``). ``compensation`` picks
     how a stale update is corrected before it is used (``direct``, ``weighted``, ``dcasgd`` with
     ``dc_lambda``, ``gi`` with ``gi_samples`` / ``gi_iterations`` / ``gi_lr``; see
     :mod:`stamen.server.staleness`).
-    Past ``max_staleness`` (0: no limit) an update is dropped, down-weighted (``s(tau)`` only), or
-    converted (the compensation policy is applied even when ``compensation = "direct"``).
+    Past ``max_staleness`` (0: no limit) an update is dropped, down-weighted (an extra factor
+    ``max_staleness / tau``), or converted (the compensation policy is applied, ``gi`` when
+    ``compensation = "direct"``).
     ``concurrency`` clients train at once (0: ``clients.per_round``); an async run produces
     ``rounds`` model versions.
     """

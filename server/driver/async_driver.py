@@ -8,9 +8,10 @@ sent, never a number the client echoes), treated by the staleness rules
 - ``fedasync`` (Xie, Koyejo, Gupta, arXiv 1903.03934, Alg. 1): mixed into the model right away,
   ``w <- (1 - a) w + a (w_v + delta)``, ``a = alpha * s(tau)``, where ``w_v`` is the version the
   client trained from (so a stale client's model, not its delta, is what is mixed);
-- ``fedbuff`` (Nguyen et al., AISTATS 2022, Alg. 1): buffered; every ``buffer_size`` updates the
-  rule aggregates the buffer with weights ``s(tau) * examples`` and the server steps,
-  ``m <- beta m + server_lr * agg``, ``w <- w + m``.
+- ``fedbuff`` (Nguyen et al., AISTATS 2022, Alg. 1): buffered; every ``buffer_size`` updates each
+  is scaled by ``s(tau)``, the rule aggregates the scaled buffer with weights ``examples`` and the
+  server steps, ``m <- beta m + server_lr * agg``, ``w <- w + m`` (fedavg with equal counts, or mean:
+  the paper's ``server_lr * sum_k s(tau_k) Delta_k / K``).
 
 Every new model version is one :class:`~stamen.server.history.RoundRecord` (``round`` = the
 version), with the transport's clock (simulated seconds on a virtual clock) and the staleness of
@@ -26,7 +27,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -279,25 +280,37 @@ class AsyncDriver:
         """Check the reply against the version it was trained from; treat its staleness; buffer it."""
         sent = task.instructions.version
         tau = self.version - sent
-        base = self.history.get(sent)
-        got = accept_reply(reply, task, base, self.table, self.policy)
-        versions = ModelVersions(self.weights, base, self.version)
-        delta, factor = self.stale.treat(got.delta, tau, versions, client_index(reply.client))
+        base = self._base(sent, tau, reply)
+        got = accept_reply(reply, task, {} if base is None else base, self.table, self.policy)
+        versions = None if base is None else ModelVersions(self.weights, base, self.version)
+        delta, _ = self.stale.treat(got.delta, tau, versions, client_index(reply.client))
         row = np.empty(sum(t.size for t in self.table), np.float32)
         flatten(delta, self.table, row)
         if self.s.mode == "fedasync":  # the client's model w_v + delta is what FedAsync mixes
+            assert base is not None
             base_row = np.empty_like(row)
             flatten(base, self.table, base_row)
             row += base_row
         self.step.rows.append(row)
         self.step.counts.append(got.examples)
-        self.step.factors.append(factor * float(self.stale.weight(tau)))
+        self.step.factors.append(self.stale.async_factor(tau))  # s(tau) [x downweight]; once
         self.step.clients.append(reply.client)
         self.step.norms.append(got.norm)
         self.step.taus.append(tau)
         self.step.senders.append(reply.client)
         if got.epsilon is not None:
             self.step.client_eps = max(self.step.client_eps or 0.0, got.epsilon)
+
+    def _base(self, sent: int, tau: int, reply: Reply) -> Mapping[str, np.ndarray] | None:
+        """``w_sent`` from the history; None when it is no longer held and nothing needs it: an
+        encoded FedBuff update whose staleness rule uses only ``tau`` (``downweight``, ``weighted``,
+        ``direct``). Otherwise a typed refusal: ``TooStale`` past ``max_staleness`` under ``drop``,
+        else the history's ``UnknownVersionError`` naming its bound."""
+        if sent not in self.history:
+            needed = self.stale.needs_base(tau)  # TooStale under drop
+            if not needed and self.s.mode == "fedbuff" and reply.envelope is not None:
+                return None
+        return self.history.get(sent)
 
     def _reject(self, client: str, reason: str) -> None:
         self.step.rejected += 1
@@ -335,10 +348,14 @@ class AsyncDriver:
         return {k: (1 - a) * v + a * client[k] for k, v in self.weights.items()}
 
     def _buffered(self) -> Weights:
-        """FedBuff: the rule over the buffer, weighted by ``s(tau) * examples``; server lr + momentum."""
+        """FedBuff (Nguyen et al. 2022, Alg. 1): each buffered update scaled by its staleness factor
+        ``s(tau)``, then the rule over the buffer with the (capped) example counts as weights, so
+        fedavg steps ``sum_k n_k s_k Delta_k / sum_k n_k`` and mean ``sum_k s_k Delta_k / K`` (the
+        paper's step); then server lr + momentum."""
         stack = np.stack(self.step.rows)  # (K, d)
+        stack *= np.asarray(self.step.factors, np.float32)[:, None]
         counts = capped_examples(self.step.counts, self.step.clients, self.policy)
-        weights = np.asarray(counts, np.float64) * np.asarray(self.step.factors, np.float64)
+        weights = np.asarray(counts, np.float64)
         base = np.empty(stack.shape[1], np.float32)
         flatten(self.weights, self.table, base)
         self.rule.begin_round(RoundContext(self.version + 1, self.table, base))
