@@ -152,13 +152,14 @@ def test_a_batch_of_replies_releases_no_version_past_the_last(tmp_path: Path) ->
 
 
 def test_fedbuff_batch_stops_at_the_last_version_and_counts_the_rest() -> None:
-    """buffer 1, versions 2: the mean rule steps +1 (c-1) then +2 (c-2): w = 3; c-3, c-4 unused."""
+    """buffer 1, versions 2, s(tau) = 1/(1+tau): +1 (c-1, tau 0), then c-2's +2 at tau 1, scaled by
+    s(1) = 0.5 (FedBuff scales each buffered update): w = 2; c-3, c-4 unused."""
     events: list[int] = []
     driver = _driver("fedbuff", BatchTransport(FOUR, list(FOUR)), 2, k=1, conc=4)
     driver.on_event = lambda: events.append(driver.version)
     result = driver.run(BASE)
     assert [r.round for r in result.rounds] == [1, 2] and events == [1, 2]
-    np.testing.assert_allclose(result.weights["w"], 3.0, rtol=1e-6)
+    np.testing.assert_allclose(result.weights["w"], 2.0, rtol=1e-6)
     assert result.extra["after_end"]["replies"] == 2
 
 
