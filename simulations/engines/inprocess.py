@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import resource
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -223,6 +224,18 @@ class VirtualClockTransport:
         """The next arrival (the virtual clock jumps to it)."""
         del timeout
         return [self.events.pop().payload] if len(self.events) else []
+
+    def wait_ready(self) -> bool:
+        """No task is in flight and no client is inside an availability window: the clock jumps to
+        the first window opening (as a synchronous round's trip waits for its client's window)."""
+        if len(self.events):  # a reply is still to come: it moves the clock
+            return False
+        timing, now = self.meter.timing, self.events.now
+        opens = min((timing.next_available(_pid(c), now) for c in self.clients()), default=math.inf)
+        if not math.isfinite(opens):
+            raise ValueError(f"no client is available to train at simulated t={now:g}s or later")
+        self.events.pop_until(opens)
+        return True
 
 
 def _pid(client: str) -> int:
