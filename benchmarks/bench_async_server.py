@@ -69,6 +69,9 @@ class InstantClients:
     def now(self) -> float:
         return float("nan")
 
+    def wait_ready(self) -> bool:
+        return False
+
     def reply(self, task: TrainTask) -> Reply:
         t0 = time.perf_counter()
         data = encode_update(

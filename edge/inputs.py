@@ -8,6 +8,7 @@ so a wrongly shaped file is one clear ``ValueError`` instead of a torch or onnxr
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,8 @@ def load_npz(path: str | Path, classes: int | None = None) -> tuple[np.ndarray, 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"data file {p} does not exist")
+    if not zipfile.is_zipfile(p):  # numpy would try to unpickle it and suggest allow_pickle
+        raise ValueError(f"{p}: not an .npz file (numpy.savez) with an 'x' array")
     try:
         with np.load(p, allow_pickle=False) as f:
             x = np.asarray(f["x"], np.float32)

@@ -189,6 +189,8 @@ def create_store(
     Manifest
         At version 0 with the source's weights.
     """
+    if not Path(trust).is_file():
+        raise FileNotFoundError(f"trusted key file {trust} does not exist")
     Verifier.from_files(trust)  # a bad key file fails before anything is written
     backend_kind, weights, skeleton, file_arch = _source(source)
     arch_text = arch or file_arch

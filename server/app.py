@@ -34,7 +34,7 @@ from stamen.server.federation import assemble, assemble_async, central_evaluator
 from stamen.server.history import RoundRecord
 from stamen.server.metrics import REJECTION_REASONS, ServerMetrics, start_metrics_server
 from stamen.server.privacy.statement import privacy_statement
-from stamen.server.records import write_record
+from stamen.server.records import check_out_dir, write_record
 from stamen.task.datasource import load_data_source
 from stamen.task.models import build_model
 from stamen.task.weights import get_weights
@@ -81,6 +81,8 @@ def main(grid: Grid, context: Context) -> None:
     configure_logging("server")
     run_config = dict(context.run_config)
     cfg = ServerConfig.from_run_config(run_config)
+    if run_config.get("out-dir"):  # written after the last round: found unusable now, not then
+        check_out_dir(Path(str(run_config["out-dir"])))
     simulated = simulated_grid(grid)
     initial = get_weights(build_model(cfg.task))
     extras = deployment_extras(cfg, run_config, initial, deployed=not simulated)

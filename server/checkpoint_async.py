@@ -4,9 +4,11 @@ dispatch generator, the repeat counters and the staleness histogram, beside the 
 share (:func:`~stamen.server.checkpoint_parts.capture_common`: rule, accountant, model history,
 edge downlink).
 
-Not stored: the tasks in flight. A restarted server has no channel to them (a reply that arrives
-later names a task this server never sent and is rejected as ``not training for this server``); it
-dispatches afresh from the restored version.
+Not stored here: the tasks in flight. A restarted server has no channel to them (a reply that
+arrives later names a task this server never sent and is rejected as ``not training for this
+server``); it dispatches afresh from the restored version. The in-process engine, whose replies wait
+on its virtual clock, stores them and their replies as its own part
+(:mod:`stamen.simulations.checkpoint_inflight`).
 """
 
 from __future__ import annotations

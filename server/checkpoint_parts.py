@@ -1,6 +1,6 @@
 """The parts of a run's server state besides the rule (:mod:`.checkpoint_rules`): model history,
-server-side accountants, the edge downlink, Bristle's peer relay, and the whole of the synchronous
-and asynchronous drivers' state.
+server-side accountants, the edge downlink, Bristle's peer relay, the GI compensation policy
+(:mod:`.checkpoint_stale`), and the whole of the synchronous and asynchronous drivers' state.
 
 Each part is a ``capture(obj, snap) -> JSON tree`` (arrays into the
 :class:`~stamen.server.checkpoint_rules.Snapshot`) and a ``restore(obj, tree, snap)`` into the
@@ -18,6 +18,8 @@ import numpy as np
 from stamen.server.bristle.relay import PeerMode
 from stamen.server.checkpoint import CheckpointError
 from stamen.server.checkpoint_rules import Snapshot, Tree, capture_rule, restore_rule
+from stamen.server.checkpoint_stale import KEY as STALE
+from stamen.server.checkpoint_stale import capture_stale, restore_stale
 from stamen.server.edge_downlink import EdgeDownlink
 from stamen.server.rqm import RqmRoundAccountant
 from stamen.server.staleness.history import ModelHistory
@@ -142,13 +144,14 @@ def restore_mode(mode: object, tree: object, snap: Snapshot, prefix: str = "rela
 
 
 def capture_common(driver: Any, snap: Snapshot) -> Tree:
-    """What both drivers hold: rule, accountant, worst client ε, history, downlink."""
+    """What both drivers hold: rule, accountant, worst client ε, history, downlink, GI policy."""
     return {
         "rule": capture_rule(driver.rule, snap),
         "accountant": capture_accountant(driver.accountant),
         "worst_client_eps": driver.worst_client_eps,
         "history": capture_history(driver.history, snap),
         "downlink": capture_downlink(driver.downlink, snap),
+        STALE: capture_stale(driver.stale, snap),
     }
 
 
@@ -160,6 +163,7 @@ def restore_common(driver: Any, tree: Mapping[str, Any], snap: Snapshot) -> None
     driver.worst_client_eps = None if eps is None else float(eps)
     driver.history = restore_history(driver.history, tree.get("history"), snap)
     restore_downlink(driver.downlink, tree.get("downlink"), snap)
+    restore_stale(driver.stale, tree, snap)
 
 
 def capture_sync(driver: Any, snap: Snapshot) -> Tree:

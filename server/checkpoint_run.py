@@ -76,6 +76,7 @@ class RunState:
     ) -> None:
         self.state_dir, self.fingerprint, self.mode = Path(state_dir), dict(fingerprint), mode
         self.parts: dict[str, Part] = dict(parts or {})
+        self.optional: set[str] = set()  # parts an older checkpoint may lack (restored from None)
         self.step = 0
         self.writes: list[tuple[float, int]] = []  # (seconds, bytes) of every checkpoint written
         self.resumed_from: int | None = None
@@ -141,12 +142,32 @@ class RunState:
             snap = Snapshot(dict(ck.arrays))
             restore_async(driver, _tree(ck.state, "driver"), snap, dict(ck.weights), list(ck.records))
             self._restore_parts(ck.state, snap)
-        driver.on_event = lambda: self.save(
-            driver.version, driver.weights, driver.records, lambda s: capture_async(driver, s)
-        )
-        result = driver.proceed(progress)
+        result = driver.proceed(self._checkpointing(driver, progress))
         self._finish(result, lambda snap: capture_async(driver, snap))
         return result
+
+    def _checkpointing(self, driver: AsyncDriver, progress: ProgressFn | None) -> ProgressFn:
+        """Checkpoint ``driver`` after every handled reply; a release is checkpointed before
+        ``progress`` sees it (as a synchronous round is), so a progress callback that stops the run
+        (Ctrl-C) keeps the version it was shown. Returns the progress function to run with."""
+        saved = [False]  # the release was saved: the handled-reply save that follows is the same state
+
+        def save() -> None:
+            self.save(driver.version, driver.weights, driver.records, lambda s: capture_async(driver, s))
+
+        def released(record: RoundRecord) -> None:
+            save()
+            saved[0] = True
+            if progress is not None:
+                progress(record)
+
+        def handled() -> None:
+            if not saved[0]:
+                save()
+            saved[0] = False
+
+        driver.on_event = handled
+        return released
 
     def save(
         self,
@@ -177,11 +198,11 @@ class RunState:
         self.save(self.step, result.weights, result.rounds, capture, finished=True, stopped=result.stopped)
 
     def _restore_parts(self, state: Mapping[str, Any], snap: Snapshot) -> None:
-        missing = sorted(set(self.parts) - set(state))
+        missing = sorted(set(self.parts) - set(state) - self.optional)
         if missing:
             raise CheckpointError(f"checkpoint lacks the state of {', '.join(missing)}")
         for name, (_, restore) in self.parts.items():
-            restore(state[name], snap)
+            restore(state.get(name), snap)
 
 
 def _tree(state: Mapping[str, Any], key: str) -> Tree:

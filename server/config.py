@@ -77,7 +77,12 @@ class ServerConfig:
         """Read Flower's ``context.run_config`` (may be empty: then the ``smoke`` run applies)."""
         name, overrides = run_config_scenario(run_config)
         settings: Settings = load_settings(name, overrides)
-        return cls.from_settings(settings, timeout_s=float(run_config.get("timeout-s", 600.0)))
+        timeout = run_config.get("timeout-s", 600.0)
+        try:
+            timeout_s = float(timeout)
+        except (TypeError, ValueError):
+            raise ValueError(f"timeout-s must be a number of seconds, got {timeout!r}") from None
+        return cls.from_settings(settings, timeout_s=timeout_s)
 
     # ---- the numbers the driver and the engines read -------------------------------------------
     @property

@@ -45,7 +45,7 @@ from stamen.task.local_base import local_base
 from stamen.task.models import model_structure
 from stamen.task.weights import evaluate_model, set_weights
 
-HISTORY_BYTES = 256 * 2**20  # past versions an unbounded-staleness async run keeps (bytes of weights)
+HISTORY_BYTES = 256 * 2**20  # past versions an async run keeps when `drop` does not cap tau (bytes)
 
 
 @dataclass
@@ -215,7 +215,7 @@ def assemble_async(
     extras, srv = extras or RunExtras(), cfg.settings.server
     rule = build_rule(cfg.settings)
     stale = stale_handling(cfg)
-    keep = srv.max_staleness + 1 if srv.max_staleness else None
+    keep = stale.history_versions()  # downweight / convert take updates staler than max_staleness
     history = ModelHistory(max_versions=keep, max_bytes=None if keep else HISTORY_BYTES)
     settings = AsyncSettings(
         mode=srv.mode,

@@ -26,7 +26,6 @@ Every file is written atomically (temporary file in the same directory, then ``o
 from __future__ import annotations
 
 import io
-import tempfile
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from stamen.server.records import (
     ROUND_KEYS,
     _normalized,
     atomic_write,
+    check_out_dir,
     load_results,
     summarize,
     write_record,
@@ -109,30 +109,6 @@ def write_results(
     plot_title = title if title is not None else str(scenario.get("name", ""))
     atomic_write(paths["plot"], _png(plot_figure(plot_title, rounds)))
     return paths
-
-
-def check_out_dir(out_dir: Path) -> None:
-    """Raise a one-line ``ValueError`` now if :func:`write_results` could not write ``out_dir``.
-
-    ``out_dir`` must be a directory or not exist yet; its nearest existing ancestor must be a
-    directory in which a file can be created (checked by creating and removing one, so a read-only
-    file system or missing permission is found even for root). Nothing is left behind.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output directory {str(out_dir)!r} is an existing file")
-    probe = out_dir
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"output directory {str(out_dir)!r}: {str(probe)!r} is a file, not a directory")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        msg = f"output directory {str(out_dir)!r}: cannot write in {str(probe)!r} ({reason})"
-        raise ValueError(msg) from None
 
 
 def plot_figure(title: str, rounds: Sequence[RoundRecord]) -> Figure:

@@ -123,6 +123,28 @@ class VirtualClock:
         self._now = float(time)
         return out
 
+    def pending(self) -> list[Event]:
+        """The pending (not cancelled) events in the order they will be popped (a checkpoint's)."""
+        return sorted(e for e in self._heap if e.seq in self._live)
+
+    @property
+    def next_seq(self) -> int:
+        """The id the next scheduled event gets."""
+        return self._seq
+
+    @classmethod
+    def restored(cls, now: float, next_seq: int, events: list[Event]) -> VirtualClock:
+        """A clock at ``now`` holding ``events`` (:meth:`pending` of a checkpointed clock), whose
+        next event id is ``next_seq``; ``ValueError`` when they cannot come from one clock."""
+        clock = cls(now)
+        seqs = {e.seq for e in events}
+        if len(seqs) != len(events) or any(not 0 <= q < next_seq for q in seqs):
+            raise ValueError(f"VirtualClock: event ids {sorted(seqs)} are not distinct ids below {next_seq}")
+        if any(not (math.isfinite(e.time) and e.time >= now) for e in events):
+            raise ValueError(f"VirtualClock: an event is scheduled before now ({now}) or not finite")
+        clock._heap, clock._live, clock._seq = sorted(events), seqs, next_seq
+        return clock
+
     def _drop_cancelled(self) -> None:
         while self._heap and self._heap[0].seq not in self._live:
             heapq.heappop(self._heap)

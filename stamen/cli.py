@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument(
         "--out",
-        type=Path,
+        type=_out_path,
         default=None,
         help="output directory (default runs/<name>[-<engine>][-<hash of the --set overrides>])",
     )
@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("-c", "--run-config", action="append", default=[], help="as `flwr run -c` (repeatable)")
     _add_plugin_commands(sub)
     return p
+
+
+def _out_path(text: str) -> Path:
+    """``--out``: a blank value is refused (``Path("")`` would silently be the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a directory (use --out . for the current one)")
+    return Path(text)
 
 
 def _add_plugin_commands(sub: Any) -> None:
@@ -125,12 +132,14 @@ def _simulate(args: argparse.Namespace) -> int:
     _check_registry_names(scenario)
     out = args.out or default_out_dir(scenario.name, args.overrides, args.engine)
     check_out_dir(out)
+    if (out / "results.json").exists() and args.state_dir is None:
+        print(f"stamen: {out} holds an earlier run's results; this run replaces them", file=sys.stderr)
     from stamen.simulations.engines import run_engine
     from stamen.simulations.engines.interrupt import signals_held
     from stamen.simulations.plan import SimulationPlan
     from stamen.simulations.results import write_results
 
-    plan_start = time.perf_counter()
+    plan_start = time.perf_counter()  # total_wall_s counts from here: the plan, every round, no imports
     plan = SimulationPlan.from_scenario(scenario)  # refuses what cannot run, before round 1
     plan_s = time.perf_counter() - plan_start  # data set, partitions, initial model
     if args.state_dir is not None:
@@ -138,11 +147,14 @@ def _simulate(args: argparse.Namespace) -> int:
             raise ValueError(f"--state-dir works with --engine inprocess, not {args.engine!r}")
         plan.state_dir = args.state_dir
     os.environ.setdefault("FLWR_HOME", str(Path.cwd() / ".flwr-home"))
-    start = time.perf_counter()
     with _Progress(plan.cfg.rounds, plan.cfg.per_round, enabled=not args.quiet) as prog:
         kwargs: dict[str, Any] = {"client_progress": prog.client} if args.engine == "inprocess" else {}
         result = run_engine(args.engine, plan, prog.round, **kwargs)
-    extra = {"overrides": list(args.overrides), "total_wall_s": time.perf_counter() - start, **result.extra}
+    extra = {
+        "overrides": list(args.overrides),
+        "total_wall_s": time.perf_counter() - plan_start,
+        **result.extra,
+    }
     extra["startup_s"] = {"plan": plan_s, "first_round_done": prog.first_round_s}
     if "resumed_from" in result.extra:
         what = "holds a finished run" if result.extra.get("already_finished") else "resumed"
@@ -162,7 +174,7 @@ def _simulate(args: argparse.Namespace) -> int:
         from stamen.server.privacy.statement import describe
 
         print(describe(extra["privacy"]))
-    return 0
+    return 130 if result.stopped == "interrupted" else 0  # the files are written; a script can tell
 
 
 def _check_registry_names(scenario: Any) -> None:
@@ -170,15 +182,16 @@ def _check_registry_names(scenario: Any) -> None:
     a misspelt name fails before the engine and torch are imported."""
     from stamen.protocols import CodecSpec
     from stamen.server.aggregators import build_aggregator
-    from stamen.simulations.attacks import attack_type
+    from stamen.simulations.attacks import attack_type, create_data_attack, create_update_attack
 
     CodecSpec.from_pipeline(scenario.codec.pipeline, scenario.codec.params)
     CodecSpec.parse(scenario.codec.downlink)
     build_aggregator(
         scenario.aggregation.rule, scenario.aggregation.pre, scenario.aggregation.params, seed=scenario.seed
     )
-    if scenario.attack.kind != "none":
-        attack_type(scenario.attack.kind)
+    if scenario.attack.kind != "none":  # build it: its parameters are checked even with 0 attackers
+        create = create_update_attack if attack_type(scenario.attack.kind) == "update" else create_data_attack
+        create(scenario.attack.kind, **dict(scenario.attack.params))
 
 
 def default_out_dir(
@@ -214,6 +227,7 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         if self.enabled:
+            from rich import get_console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._p = Progress(
@@ -223,6 +237,7 @@ class _Progress:
                 TimeElapsedColumn(),
                 TextColumn("{task.fields[info]}"),
                 transient=False,
+                disable=not get_console().is_terminal,  # a log file gets the per-round lines only
             )
             self._p.start()
             self._rounds_task = self._p.add_task("rounds", total=self.rounds, info="")

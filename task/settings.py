@@ -42,6 +42,22 @@ DATASET_SHAPES: Mapping[str, tuple[int | None, int]] = {
     "pydocs": (None, 10),
 }
 SCENARIO_PACKAGE = __name__.rpartition(".")[0] + ".scenarios"
+TOKEN_MODELS = ("minilm", "minilm-tiny")  # take token ids (a text data set), not feature vectors
+
+
+def _check_model_fits(model: str, dataset: str) -> None:
+    """A text data set (token ids) needs a token model, a feature data set any other model."""
+    text = DATASET_SHAPES[dataset][0] is None
+    if text != (model in TOKEN_MODELS):
+        wants = f"a text model ({', '.join(TOKEN_MODELS)})" if text else "a feature model (not minilm)"
+        raise ValueError(f"model.name={model!r} does not fit data.dataset={dataset!r}: it needs {wants}")
+
+
+def _check_run_name(name: str) -> None:
+    """``name`` names the run's output directory (``runs/<name>``): one plain path component."""
+    bad = name != name.strip() or name in (".", "..") or any(c in name for c in "/\\")
+    if bad or not name.isprintable() or len(name) > 100:
+        raise ValueError(f"name must be a plain directory name (no '/', '\\' or '..'), got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -237,16 +253,17 @@ class ServerModeConfig(_Config):
 
     ``fedasync`` (Xie et al., arXiv 1903.03934) mixes every arrival into the model:
     ``w <- (1 - a_t) w + a_t w_client``, ``a_t = alpha * s(tau)``. ``fedbuff`` (Nguyen et al., AISTATS
-    2022) buffers ``buffer_size`` updates weighted by ``s(tau)`` (FedBuff's default ``1/sqrt(1 +
-    tau)``) and steps with the aggregation rule, ``aggregation.server_lr`` and ``server_momentum``.
+    2022) buffers ``buffer_size`` updates, each scaled by ``s(tau)`` (FedBuff's default ``1/sqrt(1 +
+    tau)``), and steps with the aggregation rule, ``aggregation.server_lr`` and ``server_momentum``.
     ``tau`` = current version - the version the update was computed against. ``staleness`` names the
     weight function (``constant``, ``polynomial``, ``hinge``, ``fedbuff``, ``exponential``); every
     other key of the section is one of its parameters (``server.a = 0.5``). ``compensation`` picks
     how a stale update is corrected before it is used (``direct``, ``weighted``, ``dcasgd`` with
     ``dc_lambda``, ``gi`` with ``gi_samples`` / ``gi_iterations`` / ``gi_lr``; see
     :mod:`stamen.server.staleness`).
-    Past ``max_staleness`` (0: no limit) an update is dropped, down-weighted (``s(tau)`` only), or
-    converted (the compensation policy is applied even when ``compensation = "direct"``).
+    Past ``max_staleness`` (0: no limit) an update is dropped, down-weighted (an extra factor
+    ``max_staleness / tau``), or converted (the compensation policy is applied, ``gi`` when
+    ``compensation = "direct"``).
     ``concurrency`` clients train at once (0: ``clients.per_round``); an async run produces
     ``rounds`` model versions.
     """
@@ -303,6 +320,9 @@ class Settings(_Config):
             )
         if (self.model.input_dim == 0) != (self.model.num_classes == 0):
             raise ValueError("model.input_dim and model.num_classes are set together (0 = the data set's)")
+        if self.model.input_dim == 0:  # the built-in data set's inputs: tokens or features
+            _check_model_fits(self.model.name, self.data.dataset)
+        _check_run_name(self.name)
 
     def model_shape(self) -> tuple[int, int]:
         """``(input_dim, num_classes)``: ``[model]``'s if set, else the built-in data set's."""

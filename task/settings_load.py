@@ -115,9 +115,14 @@ def _read_source(name_or_path: str) -> tuple[str, str, str]:
     """(TOML text, default name, description of the origin for messages)."""
     path = Path(name_or_path)
     if name_or_path.endswith(".toml") or "/" in name_or_path or path.is_file():
+        if path.is_dir():
+            raise ValueError(f"scenario {name_or_path!r} is a directory, not a TOML file")
         if not path.is_file():
             raise ValueError(f"scenario file {name_or_path!r} not found")
-        return path.read_text(encoding="utf-8"), path.stem, str(path)
+        try:
+            return path.read_text(encoding="utf-8"), path.stem, str(path)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"scenario file {name_or_path!r} is not UTF-8 text (byte {exc.start})") from None
     res = resources.files(SCENARIO_PACKAGE) / f"{name_or_path}.toml"
     if not res.is_file():
         names = ", ".join(n for n, _ in builtin_scenarios())

@@ -46,12 +46,35 @@ def test_simulate_writes_results(tmp_path: Path) -> None:
         (["simulate", "no-such-scenario"], "no-such-scenario"),
         (["simulate", "smoke", "--set", "clients.lrr=1"], "clients.lrr"),
         (["simulate", "smoke", "--set", "codec.pipeline=nope"], "nope"),
+        (["simulate", "smoke", "--set", "name=../../escape"], "plain directory name"),
+        (["simulate", "smoke", "--set", "name=/abs"], "plain directory name"),
+        (["simulate", "smoke", "--set", "model.name=minilm"], "does not fit data.dataset='digits'"),
+        (["simulate", "smoke", "--set", "data.dataset=pydocs"], "needs a text model"),
     ],
 )
 def test_errors_are_one_clear_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("stamen: error:") and needle in err and "\n" not in err
+
+
+def test_more_mistakes_are_one_line_naming_what_is_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory for a scenario, a file that is not UTF-8, an attack parameter its attack does not
+    take (checked even when the cohort has no attacker), a run config value that is not a number."""
+    (tmp_path / "bad.toml").write_bytes(b'name = "x"\n\xff\n')
+    attack = ["--set", "attack.kind=scaling", "--set", "attack.fraction=0.2", "--set", "attack.bogus=3"]
+    cases = {
+        "is a directory, not a TOML file": ["simulate", str(tmp_path)],
+        "is not UTF-8 text": ["simulate", str(tmp_path / "bad.toml")],
+        "attack 'scaling' (bogus); it takes: scale": ["simulate", "smoke", *attack],
+        "timeout-s must be a number of seconds, got 'abc'": ["check-app", ".", "-c", 'timeout-s="abc"'],
+    }
+    for needle, argv in cases.items():
+        assert main([*argv, "--quiet"] if argv[0] == "simulate" else argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("stamen: error:") and needle in err and "\n" not in err
 
 
 def test_unknown_attack_fails_loudly(capsys: pytest.CaptureFixture[str]) -> None:
@@ -94,6 +117,9 @@ def test_argument_errors_answer_without_importing_torch_or_flwr(tmp_path: Path) 
         ["simulate", "smoke", "--set", "aggregation.rule=nope"],
         ["simulate", "smoke", "--set", "attack.kind=nope", "--set", "attack.fraction=0.2"],
         ["simulate", "smoke", "--out", str(existing)],
+        ["simulate", "smoke", "--out", "  "],
+        ["simulate", "smoke", "--set", "name=../escape"],
+        ["simulate", "smoke", "--set", "model.name=minilm"],
     ]
     proc = subprocess.run(
         [sys.executable, "-c", _NO_HEAVY_IMPORTS.format(cases=cases)],
@@ -105,7 +131,7 @@ def test_argument_errors_answer_without_importing_torch_or_flwr(tmp_path: Path) 
     lines = proc.stdout.strip().splitlines()
     assert lines[-1] == "heavy: []", proc.stdout
     codes = [int(line.split(" ", 1)[0]) for line in lines[:-1]]
-    assert codes == [0, 0, 2, 2, 2, 2, 2, 2, 2], proc.stdout
+    assert codes == [0, 0] + [2] * (len(cases) - 2), proc.stdout
 
 
 @pytest.mark.parametrize("kind", ["existing file", "below a file", "unwritable"])
@@ -173,6 +199,17 @@ def test_runs_with_different_overrides_keep_their_results(
     assert titles == ["smoke rounds=1", "smoke rounds=2 clients.lr=0.1"]  # the plot says what ran
     doc = json.loads((tmp_path / "runs" / runs[0].name / "results.json").read_text())
     assert doc["engine"] == "inprocess" and doc["overrides"] in (["rounds=1"], ["rounds=2", "clients.lr=0.1"])
+
+
+def test_a_run_that_replaces_earlier_results_says_so_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["simulate", "smoke", "--quiet", "--set", "rounds=1"]) == 0
+    assert "replaces" not in capsys.readouterr().err
+    assert main(["simulate", "smoke", "--quiet", "--set", "rounds=1"]) == 0
+    err = capsys.readouterr().err
+    assert "holds an earlier run's results; this run replaces them" in err and "runs/smoke-" in err
 
 
 def test_summary_wall_time_is_final_wall_s(

@@ -8,13 +8,17 @@ sent, never a number the client echoes), treated by the staleness rules
 - ``fedasync`` (Xie, Koyejo, Gupta, arXiv 1903.03934, Alg. 1): mixed into the model right away,
   ``w <- (1 - a) w + a (w_v + delta)``, ``a = alpha * s(tau)``, where ``w_v`` is the version the
   client trained from (so a stale client's model, not its delta, is what is mixed);
-- ``fedbuff`` (Nguyen et al., AISTATS 2022, Alg. 1): buffered; every ``buffer_size`` updates the
-  rule aggregates the buffer with weights ``s(tau) * examples`` and the server steps,
-  ``m <- beta m + server_lr * agg``, ``w <- w + m``.
+- ``fedbuff`` (Nguyen et al., AISTATS 2022, Alg. 1): buffered; every ``buffer_size`` updates each
+  is scaled by ``s(tau)``, the rule aggregates the scaled buffer with weights ``examples`` and the
+  server steps, ``m <- beta m + server_lr * agg``, ``w <- w + m`` (fedavg with equal counts, or mean:
+  the paper's ``server_lr * sum_k s(tau_k) Delta_k / K``).
 
 Every new model version is one :class:`~stamen.server.history.RoundRecord` (``round`` = the
 version), with the transport's clock (simulated seconds on a virtual clock) and the staleness of
-the updates that made it.
+the updates that made it. Exactly ``versions`` versions are released: a transport's pull may return
+several replies at once (Flower's grid returns every reply waiting), and those after the one that
+released the last version are not aggregated; they are counted in the result's ``after_end``
+(``replies``, their ``bytes_up``, and the tasks still ``in_flight`` when the run ended).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -69,6 +73,11 @@ class AsyncTransport(Protocol):
 
     def now(self) -> float:
         """The transport's clock, in seconds (simulated on a virtual clock)."""
+        ...
+
+    def wait_ready(self) -> bool:
+        """Nothing is in flight and no client is ready: wait until one is (a virtual clock moves to
+        that moment; a deployment waits, bounded, for a node); False when none became ready."""
         ...
 
 
@@ -135,6 +144,7 @@ class AsyncDriver:
         self.worst_client_eps: float | None = None
         self.resume: Resume | None = None  # a state-dir: resume, then checkpoint every event
         self.on_event: Callable[[], None] | None = None  # after every handled reply and release
+        self.after_end = {"replies": 0, "bytes_up": 0}  # replies pulled after the last version
 
     def run(self, initial: Weights, progress: ProgressFn | None = None) -> FederationResult:
         """Produce the model versions (resumed from the state-dir when there is one)."""
@@ -160,7 +170,12 @@ class AsyncDriver:
         except BudgetExhausted as exc:
             stopped = "privacy budget exhausted"
             log.warning("%s", exc)
-        extra = {"staleness_histogram": self.staleness_histogram, "history": self.history.memory_report()}
+        after_end = {**self.after_end, "in_flight": len(self.in_flight)}
+        extra = {
+            "staleness_histogram": self.staleness_histogram,
+            "history": self.history.memory_report(),
+            "after_end": after_end,
+        }
         return FederationResult(rounds=self.records, weights=self.weights, extra=extra, stopped=stopped)
 
     def _loop(self, progress: ProgressFn | None) -> str | None:
@@ -175,14 +190,37 @@ class AsyncDriver:
                     return "no replies"
                 continue
             idle_polls = 0
-            for reply in replies:
-                self._handle(reply, progress)
-                if self.on_event is not None:
-                    self.on_event()
+            self._handle_batch(replies, progress)
         return None
 
+    def _handle_batch(self, replies: Sequence[Reply], progress: ProgressFn | None) -> None:
+        """The pulled replies in arrival order until the last version is released; the rest
+        arrived after the end: not aggregated (no version past ``versions``), counted."""
+        for i, reply in enumerate(replies):
+            if self.version >= self.s.versions:
+                self._after_end(replies[i:])
+                return
+            self._handle(reply, progress)
+            if self.on_event is not None:
+                self.on_event()
+
+    def _after_end(self, replies: Sequence[Reply]) -> None:
+        for reply in replies:
+            self.in_flight.pop(reply.client, None)
+            self.after_end["replies"] += 1
+            self.after_end["bytes_up"] += reply.nbytes
+        log.info("%d replies arrived after version %d, the last: not aggregated", len(replies), self.version)
+
     def _dispatch(self) -> None:
-        """Keep ``concurrency`` clients training, drawn uniformly from the idle, ready ones."""
+        """Keep ``concurrency`` clients training, drawn uniformly from the idle, ready ones; with
+        none in flight and none ready, the transport first waits for one (``wait_ready``)."""
+        self._fill()
+        if not self.in_flight and self.transport.wait_ready():
+            self._fill()
+        if not self.in_flight:
+            raise RuntimeError("no client is available to train (none connected and ready)")
+
+    def _fill(self) -> None:
         clients = self.transport.clients()
         while len(self.in_flight) < min(self.s.concurrency, len(clients)):
             client = self._draw(clients)
@@ -194,8 +232,6 @@ class AsyncDriver:
             self.transport.push(task)
             self.in_flight[client] = task
             self.step.bytes_down += self.downlink.nbytes([task])
-        if not self.in_flight:
-            raise RuntimeError("no client is available to train")
 
     def _instructions(self, client: str) -> RoundInstructions:
         """Round ``version + 1`` (1-based like synchronous rounds), training from ``version``; a
@@ -244,25 +280,37 @@ class AsyncDriver:
         """Check the reply against the version it was trained from; treat its staleness; buffer it."""
         sent = task.instructions.version
         tau = self.version - sent
-        base = self.history.get(sent)
-        got = accept_reply(reply, task, base, self.table, self.policy)
-        versions = ModelVersions(self.weights, base, self.version)
-        delta, factor = self.stale.treat(got.delta, tau, versions, client_index(reply.client))
+        base = self._base(sent, tau, reply)
+        got = accept_reply(reply, task, {} if base is None else base, self.table, self.policy)
+        versions = None if base is None else ModelVersions(self.weights, base, self.version)
+        delta, _ = self.stale.treat(got.delta, tau, versions, client_index(reply.client))
         row = np.empty(sum(t.size for t in self.table), np.float32)
         flatten(delta, self.table, row)
         if self.s.mode == "fedasync":  # the client's model w_v + delta is what FedAsync mixes
+            assert base is not None
             base_row = np.empty_like(row)
             flatten(base, self.table, base_row)
             row += base_row
         self.step.rows.append(row)
         self.step.counts.append(got.examples)
-        self.step.factors.append(factor * float(self.stale.weight(tau)))
+        self.step.factors.append(self.stale.async_factor(tau))  # s(tau) [x downweight]; once
         self.step.clients.append(reply.client)
         self.step.norms.append(got.norm)
         self.step.taus.append(tau)
         self.step.senders.append(reply.client)
         if got.epsilon is not None:
             self.step.client_eps = max(self.step.client_eps or 0.0, got.epsilon)
+
+    def _base(self, sent: int, tau: int, reply: Reply) -> Mapping[str, np.ndarray] | None:
+        """``w_sent`` from the history; None when it is no longer held and nothing needs it: an
+        encoded FedBuff update whose staleness rule uses only ``tau`` (``downweight``, ``weighted``,
+        ``direct``). Otherwise a typed refusal: ``TooStale`` past ``max_staleness`` under ``drop``,
+        else the history's ``UnknownVersionError`` naming its bound."""
+        if sent not in self.history:
+            needed = self.stale.needs_base(tau)  # TooStale under drop
+            if not needed and self.s.mode == "fedbuff" and reply.envelope is not None:
+                return None
+        return self.history.get(sent)
 
     def _reject(self, client: str, reason: str) -> None:
         self.step.rejected += 1
@@ -300,10 +348,14 @@ class AsyncDriver:
         return {k: (1 - a) * v + a * client[k] for k, v in self.weights.items()}
 
     def _buffered(self) -> Weights:
-        """FedBuff: the rule over the buffer, weighted by ``s(tau) * examples``; server lr + momentum."""
+        """FedBuff (Nguyen et al. 2022, Alg. 1): each buffered update scaled by its staleness factor
+        ``s(tau)``, then the rule over the buffer with the (capped) example counts as weights, so
+        fedavg steps ``sum_k n_k s_k Delta_k / sum_k n_k`` and mean ``sum_k s_k Delta_k / K`` (the
+        paper's step); then server lr + momentum."""
         stack = np.stack(self.step.rows)  # (K, d)
+        stack *= np.asarray(self.step.factors, np.float32)[:, None]
         counts = capped_examples(self.step.counts, self.step.clients, self.policy)
-        weights = np.asarray(counts, np.float64) * np.asarray(self.step.factors, np.float64)
+        weights = np.asarray(counts, np.float64)
         base = np.empty(stack.shape[1], np.float32)
         flatten(self.weights, self.table, base)
         self.rule.begin_round(RoundContext(self.version + 1, self.table, base))

@@ -17,6 +17,7 @@ from stamen.server.driver.flower_transport import GridTransport, arrays_of_tasks
 from stamen.server.driver.types import Reply, TrainTask
 
 POLL_S = 0.1  # how often pull asks the SuperLink for replies
+NODE_POLL_S = 1.0  # how often a server with no node connected asks for one
 
 
 class GridAsyncTransport:
@@ -40,6 +41,16 @@ class GridAsyncTransport:
     def now(self) -> float:
         """A deployment has no simulated clock."""
         return math.nan
+
+    def wait_ready(self) -> bool:
+        """No node is connected (none has a task): wait for one, asking the SuperLink every
+        ``NODE_POLL_S`` for at most the reply timeout ``ttl_s``."""
+        deadline = time.monotonic() + self.ttl_s
+        while not self.nodes.clients():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(NODE_POLL_S)
+        return True
 
     def push(self, task: TrainTask) -> None:
         """Send ``task`` to its node."""

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from torch import nn
 
 from stamen.server.staleness.compensation import ModelVersions, Weights, as_float32, check_versions, register
@@ -28,6 +29,19 @@ from stamen.server.staleness.gi_conversion import (
     convert_stale_update,
 )
 from stamen.server.staleness.gi_switch import SwitchBack
+
+WarmEntry = tuple[int, np.ndarray, np.ndarray, float]
+"""One cached reconstruction: ``(client, x, label logits, inversion loss)``."""
+
+
+def _count(n: object) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
+def _read_back(x: np.ndarray, label_logits: np.ndarray, loss: float) -> Reconstruction:
+    """A checkpointed warm start: inputs and label logits (no replay or loss trace)."""
+    inputs, logits = (torch.from_numpy(np.array(a, np.float32)) for a in (x, label_logits))
+    return Reconstruction(inputs, logits, float(loss), {}, ())
 
 
 @register("gi", needs_versions=True)
@@ -128,6 +142,32 @@ class GIConversionPolicy:
     def state(self) -> dict[str, Any]:
         """Counts, the switch version (``None`` while converting) and the warm-start cache size."""
         return {**self.counts, "switch_at": self.switch.switch_at, "warm_cached": len(self._warm)}
+
+    def warm_cache(self) -> list[WarmEntry]:
+        """The warm-start cache, least recently used first: ``(client, x, label logits, inversion
+        loss)`` (copies; what a checkpoint keeps)."""
+        return [
+            (c, r.x.numpy().copy(), r.label_logits.numpy().copy(), r.residual_l1)
+            for c, r in self._warm.items()
+        ]
+
+    def resume(
+        self, counts: Mapping[str, int], switch_at: int | None, streak: int, warm: Sequence[WarmEntry]
+    ) -> None:
+        """Put a checkpointed state back: :meth:`state`'s counts and switch version, the switch
+        rule's streak and :meth:`warm_cache`. The cached reconstructions come back without their
+        replay and loss trace, which a warm start does not read (``ValueError`` for bad values)."""
+        if set(counts) != set(self.counts) or not all(_count(n) for n in counts.values()):
+            raise ValueError(
+                f"gi: counts must be {sorted(self.counts)} as integers >= 0, got {dict(counts)!r}"
+            )
+        if len(warm) > self.warm_start_clients:
+            raise ValueError(
+                f"gi: {len(warm)} warm starts, more than warm_start_clients={self.warm_start_clients}"
+            )
+        self.switch.resume(switch_at, streak)
+        self.counts = {k: int(n) for k, n in counts.items()}
+        self._warm = OrderedDict((int(c), _read_back(x, y, loss)) for c, x, y, loss in warm)
 
     def _warm_start(self, client: int | None) -> Reconstruction | None:
         if client is None or client not in self._warm:

@@ -120,6 +120,16 @@ class SwitchBack:
         if self.max_version is not None:
             self.max_version = check_version(self.max_version, "SwitchBack max_version")
 
+    @property
+    def streak(self) -> int:
+        """Consecutive conversions that passed the test so far (0 once one fails)."""
+        return self._streak
+
+    def resume(self, switch_at: int | None, streak: int) -> None:
+        """Put a checkpointed state back: the scheduled switch version and the streak."""
+        self.switch_at = None if switch_at is None else check_version(switch_at, "SwitchBack switch_at")
+        self._streak = check_version(streak, "SwitchBack streak")
+
     def converting(self, version: int) -> bool:
         """Whether updates aggregated into model ``version`` are still converted."""
         v = check_version(version)

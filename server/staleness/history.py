@@ -8,6 +8,8 @@ newer than the newest is a :class:`FutureVersionError`, for one that was evicted
 an :class:`UnknownVersionError` — both name the version and what the history holds.
 
 A policy with ``max_staleness = S`` needs ``max_versions = S + 1`` (:meth:`ModelHistory.for_max_staleness`).
+A version evicted by the byte bound while fewer than ``max_versions`` are held is named as such in the
+:class:`UnknownVersionError` ("evicted to keep the history within max_bytes=...").
 """
 
 from __future__ import annotations
@@ -97,8 +99,9 @@ class ModelHistory:
         """The (read-only) weights of ``version``; typed errors for future or unknown versions."""
         v = self._check_released(version)
         if v not in self._store:
-            why = "was never released" if v > next(iter(self._store)) else "is no longer held"
-            raise UnknownVersionError(f"model version {v} {why}: the history keeps {self._span()}")
+            raise UnknownVersionError(
+                f"model version {v} {self._why_missing(v)}: the history keeps {self._span()}"
+            )
         return self._store[v]
 
     def staleness(self, version: object) -> int:
@@ -130,6 +133,14 @@ class ModelHistory:
         if self._latest is None:
             raise UnknownVersionError("no model version has been released yet")
         return self._latest
+
+    def _why_missing(self, v: int) -> str:
+        """Why ``v`` (released, not newer than the latest) is not held."""
+        if v > next(iter(self._store)):
+            return "was never released"
+        if self.max_bytes is not None and (self.max_versions is None or len(self) < self.max_versions):
+            return f"is no longer held (evicted to keep the history within max_bytes={self.max_bytes})"
+        return "is no longer held"
 
     def _span(self) -> str:
         versions = self.versions()

@@ -17,6 +17,7 @@ An attack never inspects the defense; adaptive attacks take their target as para
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
@@ -102,7 +103,9 @@ def _create(kind: str, expected: AttackKind, params: dict[str, Any]) -> Any:
     try:
         return _REGISTRY[kind][1](**params)
     except TypeError as exc:  # unexpected keyword -> a clear, typed error naming the attack
-        raise ValueError(f"invalid parameters for attack {kind!r}: {exc}") from exc
+        takes = ", ".join(inspect.signature(_REGISTRY[kind][1]).parameters) or "none"
+        given = ", ".join(sorted(params))
+        raise ValueError(f"invalid parameters for attack {kind!r} ({given}); it takes: {takes}") from exc
 
 
 def create_update_attack(kind: str, **params: Any) -> UpdateAttack:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import resource
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -24,9 +25,11 @@ from stamen.client.downlink_cache import Held, resolve
 from stamen.client.node import Received, client_round
 from stamen.client.state import ClientState
 from stamen.protocols import keys
+from stamen.server.checkpoint_run import RunState
 from stamen.server.driver.types import Reply, TrainTask
 from stamen.server.federation import assemble_async
 from stamen.server.history import FederationResult, ProgressFn
+from stamen.simulations.checkpoint_inflight import engine_part
 from stamen.simulations.client_states import ClientStates
 from stamen.simulations.devices import SimulatedDevices
 from stamen.simulations.engines.clock import TripMeter, round_end
@@ -222,6 +225,18 @@ class VirtualClockTransport:
         del timeout
         return [self.events.pop().payload] if len(self.events) else []
 
+    def wait_ready(self) -> bool:
+        """No task is in flight and no client is inside an availability window: the clock jumps to
+        the first window opening (as a synchronous round's trip waits for its client's window)."""
+        if len(self.events):  # a reply is still to come: it moves the clock
+            return False
+        timing, now = self.meter.timing, self.events.now
+        opens = min((timing.next_available(_pid(c), now) for c in self.clients()), default=math.inf)
+        if not math.isfinite(opens):
+            raise ValueError(f"no client is available to train at simulated t={now:g}s or later")
+        self.events.pop_until(opens)
+        return True
+
 
 def _pid(client: str) -> int:
     return int(client.rpartition("-")[2])
@@ -273,11 +288,15 @@ def _drive(
     devices: SimulatedDevices | None,
     progress: ProgressFn | None,
 ) -> FederationResult:
-    """The round driver (synchronous) or the asynchronous driver on the virtual clock, run."""
+    """The round driver (synchronous) or the asynchronous driver on the virtual clock, run (with a
+    state-dir, the clients' memory, the clock and the work in flight are checkpointed too)."""
     if plan.cfg.settings.server.mode == "sync":
         return plan.driver(sync, devices).run(plan.initial, progress)
     clock = VirtualClockTransport(sync, meter, plan.cfg.timeout_s)
     driver = assemble_async(plan.cfg, clock, plan.initial, plan.evaluator(), plan.extras(devices))
+    if isinstance(driver.resume, RunState):
+        driver.resume.parts["engine"] = engine_part(clock, driver)
+        driver.resume.optional.add("engine")  # a checkpoint from before it: resumed with a warning
     return driver.run(plan.initial, progress)
 
 

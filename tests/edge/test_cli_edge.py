@@ -139,3 +139,15 @@ def test_tampered_update_refused_in_one_line(
     code, _, err = _run(capsys, "edge", "apply", "--model", str(dev), str(upd))
     assert code == 2 and "SignatureError" in err and err.count("\n") == 1 and "unchanged" in err
     assert store_bytes(dev) == files
+
+
+def test_init_with_a_missing_trust_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "m.safetensors"
+    save_file({"w": np.zeros((2, 2), np.float32)}, str(model))
+    argv = ["edge", "init", "--torch", str(model), "--model", str(tmp_path / "s"), "--trust", "nope.pem"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "stamen: error: trusted key file nope.pem does not exist"
+    assert not (tmp_path / "s").exists()

@@ -84,6 +84,9 @@ def test_personalize_from_npz_and_bad_data(make_store: Callable[[str], Path], tm
         personalize(store, tmp_path / "d.npz", "everything")
     with pytest.raises(ValueError, match="too small"):
         personalize(store, tmp_path / "d.npz", "budget=10")
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07 not a zip archive")  # a wrong file: no pickle advice
+    with pytest.raises(ValueError, match=r"not an \.npz file \(numpy\.savez\)"):
+        load_npz(tmp_path / "model.onnx")
 
 
 def test_personalize_pinned_overlay(make_store: Callable[[str], Path]) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from stamen.protocols import CodecSpec, encode_update, keys, model_hash
 from stamen.server.aggregators import create
+from stamen.server.checkpoint import read_checkpoint
+from stamen.server.checkpoint_run import RunState
 from stamen.server.driver.async_driver import AsyncDriver, AsyncSettings
 from stamen.server.driver.collect import CollectPolicy
 from stamen.server.driver.downlink import FullDownlink
@@ -43,6 +46,9 @@ class ScriptedTransport:
 
     def now(self) -> float:
         return math.nan
+
+    def wait_ready(self) -> bool:
+        return False
 
     def push(self, task: TrainTask) -> None:
         self.sent[task.client] = task
@@ -113,6 +119,80 @@ def test_future_and_unknown_versions_are_refused_and_counted(caplog: pytest.LogC
     history.put(0, BASE), history.put(1, BASE)
     with pytest.raises(ValueError, match="version 0"):
         history.get(0)
+
+
+class BatchTransport(ScriptedTransport):
+    """Every reply waiting comes back in one pull, as Flower's grid returns them (in ``order``)."""
+
+    def pull(self, timeout: float) -> list[Reply]:
+        out: list[Reply] = []
+        while self.sent and (reply := super().pull(timeout)):
+            out += reply
+        return out
+
+
+FOUR = {"c-1": 1.0, "c-2": 2.0, "c-3": 3.0, "c-4": 4.0}
+
+
+def test_a_batch_of_replies_releases_no_version_past_the_last(tmp_path: Path) -> None:
+    """versions = 2, four clients in flight, one pull returns all four. FedAsync (a=0.5, s = 1/(1+tau)):
+    w1 = 0.5 (c-1, tau 0), w2 = 0.75 * 0.5 + 0.25 * 2 = 0.875 (c-2, tau 1); c-3 and c-4 arrived after
+    the end: not aggregated, counted. The checkpoint after each handled reply ends at version 2."""
+    transport = BatchTransport(FOUR, list(FOUR))
+    driver = _driver("fedasync", transport, 2, conc=4)
+    driver.resume = RunState(tmp_path, {"run": "batch"}, "fedasync")
+    result = driver.run(BASE)
+    assert [r.round for r in result.rounds] == [1, 2] and driver.version == 2
+    np.testing.assert_allclose(result.weights["w"], 0.875, rtol=1e-6)
+    after = result.extra["after_end"]
+    assert (after["replies"], after["in_flight"]) == (2, 0) and after["bytes_up"] > 0
+    assert sum(r.bytes_up for r in result.rounds) == after["bytes_up"]  # 2 + 2 replies of one size
+    ck = read_checkpoint(tmp_path)
+    assert ck is not None and ck.finished and ck.step == 2 and len(ck.records) == 2
+
+
+def test_fedbuff_batch_stops_at_the_last_version_and_counts_the_rest() -> None:
+    """buffer 1, versions 2, s(tau) = 1/(1+tau): +1 (c-1, tau 0), then c-2's +2 at tau 1, scaled by
+    s(1) = 0.5 (FedBuff scales each buffered update): w = 2; c-3, c-4 unused."""
+    events: list[int] = []
+    driver = _driver("fedbuff", BatchTransport(FOUR, list(FOUR)), 2, k=1, conc=4)
+    driver.on_event = lambda: events.append(driver.version)
+    result = driver.run(BASE)
+    assert [r.round for r in result.rounds] == [1, 2] and events == [1, 2]
+    np.testing.assert_allclose(result.weights["w"], 2.0, rtol=1e-6)
+    assert result.extra["after_end"]["replies"] == 2
+
+
+class WindowTransport(ScriptedTransport):
+    """No client is ready until ``wait_ready`` (the next availability window) when ``opens``."""
+
+    def __init__(self, opens: bool) -> None:
+        super().__init__({"c-1": 1.0, "c-2": 2.0}, ["c-1", "c-2"] * 2)
+        self.opens, self.open, self.waits = opens, False, 0
+
+    def ready(self, client: str) -> bool:
+        return self.open
+
+    def pull(self, timeout: float) -> list[Reply]:
+        self.order += [c for c in self.sent if c not in self.order]  # a client may go twice
+        return super().pull(timeout)
+
+    def wait_ready(self) -> bool:
+        self.waits += 1
+        self.open = self.opens
+        return self.opens
+
+
+def test_no_client_ready_waits_for_the_transport_then_refuses() -> None:
+    """Nobody ready and nothing in flight: the driver waits once (the window opens) and runs;
+    a transport where none will be ready ends in one clear error, not a loop."""
+    transport = WindowTransport(opens=True)
+    result = _driver("fedasync", transport, 2).run(BASE)
+    assert [r.round for r in result.rounds] == [1, 2] and transport.waits == 1
+    never = WindowTransport(opens=False)
+    with pytest.raises(RuntimeError, match="no client is available to train"):
+        _driver("fedasync", never, 2).run(BASE)
+    assert never.waits == 1
 
 
 def _plan(*overrides: str) -> SimulationPlan:

@@ -38,6 +38,34 @@ def test_pop_until_advances_time() -> None:
     assert clock.now == 8.0 and clock.pop().time == 10.0
 
 
+def test_a_restored_clock_pops_and_numbers_as_the_original() -> None:
+    """What a checkpoint keeps (pending events, time, next id) gives the same clock back."""
+    clock = VirtualClock()
+    for t, k, p in ((3.0, 2, "a"), (3.0, 1, "b"), (1.0, 0, "c"), (7.5, 4, "d"), (9.0, 0, "e")):
+        clock.schedule(t, p, key=k)
+    clock.cancel(3)
+    clock.pop()
+    back = VirtualClock.restored(clock.now, clock.next_seq, clock.pending())
+    assert back.now == 1.0 and len(back) == len(clock) == 3
+    assert back.schedule(3.0, "f", key=1) == clock.schedule(3.0, "f", key=1) == 5
+    assert [(e.time, e.payload) for e in back.pending()] == [(3.0, "b"), (3.0, "f"), (3.0, "a"), (9.0, "e")]
+    assert [back.pop().payload for _ in range(4)] == [clock.pop().payload for _ in range(4)]
+    with pytest.raises(ValueError, match="not distinct ids below 2"):
+        VirtualClock.restored(0.0, 2, clock_events(2.0, 2) * 2)  # the same ids twice
+    with pytest.raises(ValueError, match="not distinct ids below 1"):
+        VirtualClock.restored(0.0, 1, clock_events(2.0, 2))  # an id the clock never gave
+    with pytest.raises(ValueError, match="before now"):
+        VirtualClock.restored(5.0, 9, clock_events(2.0, 1))
+
+
+def clock_events(time: float, n: int) -> list:  # type: ignore[type-arg]
+    """``n`` pending events at ``time`` (ids 0 .. n-1)."""
+    clock = VirtualClock()
+    for i in range(n):
+        clock.schedule(time, i)
+    return clock.pending()
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.floats(0, 100), st.integers(0, 5)), min_size=1, max_size=60))
 def test_pops_are_sorted_by_time_key_seq(items: list[tuple[float, int]]) -> None:
