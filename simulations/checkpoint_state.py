@@ -12,7 +12,7 @@ and does not survive a new run id; see docs/deployment.md, "Restarts".)
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -20,7 +20,9 @@ from stamen.client.state import ClientState
 from stamen.server.checkpoint import CheckpointError
 from stamen.server.checkpoint_rules import Snapshot, Tree
 from stamen.simulations.client_states import ClientStates
-from stamen.simulations.engines.clock import TripMeter
+
+if TYPE_CHECKING:  # the engines package imports the plan, which imports this module
+    from stamen.simulations.engines.clock import TripMeter
 
 
 class ClientMemory(Protocol):
