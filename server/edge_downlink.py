@@ -89,7 +89,8 @@ class DeviceDownlink:
                 target, self.signer, version=version, base_hash=held, model_id=self.model_id, sender="server"
             )
         self._weights.setdefault(digest, after)
-        before = dict.fromkeys((held, *self._earlier.get(device, ())))  # newest first, no repeats
+        older = (held, *self._earlier.get(device, ()))  # newest first; only weights the server has
+        before = dict.fromkeys(h for h in older if h in self._weights)
         self._earlier[device], self._held[device] = tuple(before)[: self.earlier], digest
         self._prune()
         return data, digest
@@ -107,19 +108,22 @@ class DeviceDownlink:
         versions: Mapping[str, Mapping[str, np.ndarray]],
     ) -> None:
         """Put back a :meth:`snapshot` (an earlier hash may be one string: a checkpoint written
-        before several were kept); every version must hash to its key, and every held or earlier
-        hash must be among them (``ValueError`` if not)."""
+        before several were kept); every version must hash to its key and the provisioned model's
+        must be among them (``ValueError`` if not). A held hash without weights (a device that
+        reported a version the server never had) stays: its next update is a full replacement; an
+        earlier one without weights is dropped (it could never serve as a delta's base)."""
         weights = {}
         for digest, w in versions.items():
             arrays = {k: np.asarray(w[k], np.float32) for k in sorted(w)}
             if model_hash(arrays) != digest:
                 raise ValueError(f"edge downlink: a held version does not hash to {digest[:16]}...")
             weights[digest] = arrays
-        before = {d: (h,) if isinstance(h, str) else tuple(h)[: self.earlier] for d, h in earlier.items()}
-        named = {*held.values(), *(h for hs in before.values() for h in hs), self._initial_hash}
-        missing = sorted(named - set(weights))
-        if missing:
-            raise ValueError(f"edge downlink: held versions {[m[:16] for m in missing]} are missing")
+        if self._initial_hash not in weights:
+            raise ValueError(f"edge downlink: held versions {[self._initial_hash[:16]]} are missing")
+        before = {}
+        for device, hs in earlier.items():
+            kept = tuple(h for h in ((hs,) if isinstance(hs, str) else hs) if h in weights)
+            before[device] = kept[: self.earlier]
         self._weights, self._held, self._earlier = weights, dict(held), before
         self._prune()
 

@@ -9,7 +9,8 @@ import sys
 
 _EACH_FIRST = """
 import importlib, pkgutil, sys
-tops = ["stamen", *(f"stamen.{p}" for p in ("protocols", "task", "privacy", "server", "client", "edge", "simulations"))]
+folders = ("protocols", "task", "privacy", "server", "client", "edge", "simulations")
+tops = ["stamen", *(f"stamen.{p}" for p in folders)]
 names = set(tops)
 for top in tops:  # the editable install maps each top-level folder to its own stamen.* package
     pkg = importlib.import_module(top)

@@ -283,7 +283,8 @@ class AsyncDriver:
         base = self._base(sent, tau, reply)
         got = accept_reply(reply, task, {} if base is None else base, self.table, self.policy)
         versions = None if base is None else ModelVersions(self.weights, base, self.version)
-        delta, _ = self.stale.treat(got.delta, tau, versions, client_index(reply.client))
+        mixing = self.s.mode == "fedasync"
+        delta, _ = self.stale.treat(got.delta, tau, versions, client_index(reply.client), mixing)
         row = np.empty(sum(t.size for t in self.table), np.float32)
         flatten(delta, self.table, row)
         if self.s.mode == "fedasync":  # the client's model w_v + delta is what FedAsync mixes
@@ -293,7 +294,7 @@ class AsyncDriver:
             row += base_row
         self.step.rows.append(row)
         self.step.counts.append(got.examples)
-        self.step.factors.append(self.stale.async_factor(tau))  # s(tau) [x downweight]; once
+        self.step.factors.append(self.stale.async_factor(tau, mixing))  # s(tau) [x downweight]; once
         self.step.clients.append(reply.client)
         self.step.norms.append(got.norm)
         self.step.taus.append(tau)

@@ -80,12 +80,20 @@ class StaleHandling:
         return self.policy, 1.0
 
     def treat(
-        self, delta: Mapping[str, np.ndarray], tau: int, versions: ModelVersions | None, client: int
+        self,
+        delta: Mapping[str, np.ndarray],
+        tau: int,
+        versions: ModelVersions | None,
+        client: int,
+        mixing: bool = False,
     ) -> tuple[Mapping[str, np.ndarray], float]:
         """``(delta to aggregate, extra weight factor)``; :class:`TooStale` under ``drop``.
-        ``versions`` may be None only when :meth:`needs_base` is false."""
+        ``versions`` may be None only when :meth:`needs_base` is false. ``mixing`` (FedAsync): a
+        ``weighted`` update is left unscaled, since FedAsync weighs it by ``s(tau)`` in its mixing
+        weight (:meth:`async_factor`); scaling ``Delta`` instead would mix the stale base in at full
+        strength."""
         policy, factor = self.route(tau)
-        if policy is None:
+        if policy is None or (mixing and isinstance(policy, compensation.Weighted)):
             return delta, factor
         return policy(delta, tau, versions, client=client), factor
 
@@ -94,12 +102,13 @@ class StaleHandling:
         policy, _ = self.route(tau)
         return policy is not None and policy.needs_versions
 
-    def async_factor(self, tau: int) -> float:
+    def async_factor(self, tau: int, mixing: bool = False) -> float:
         """The scale of a treated update in the asynchronous modes: :meth:`treat`'s factor times
-        ``s(tau)``, without ``s(tau)`` when the applied policy is ``weighted`` (it already scaled the
-        update by its ``s(tau)``)."""
+        ``s(tau)``; in FedBuff without ``s(tau)`` when the applied policy is ``weighted`` (it already
+        scaled the update). In FedAsync (``mixing``) always with it: Xie et al.'s
+        ``alpha_t = alpha * s(tau)``."""
         policy, factor = self.route(tau)
-        if isinstance(policy, compensation.Weighted):
+        if isinstance(policy, compensation.Weighted) and not mixing:
             return factor
         return factor * float(self.weight(tau))
 

@@ -96,14 +96,28 @@ def test_a_stale_arrival_scales_the_fedbuff_step() -> None:
     np.testing.assert_allclose(w, 2.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize(("mode", "expected"), [("fedbuff", 2.0), ("fedasync", 0.75)])
+@pytest.mark.parametrize(("mode", "expected"), [("fedbuff", 2.0), ("fedasync", 0.875)])
 def test_weighted_applies_the_configured_s_once(mode: str, expected: float) -> None:
-    """compensation = weighted, s(tau) = 1/(1 + tau): c-2's update (+2, tau 1) becomes +1, and the
-    row is not scaled again. fedbuff: w = 1 + 1. fedasync (alpha 0.5): w1 = 0.5, then
-    w2 = 0.5 w1 + 0.5 (w0 + 1) = 0.75 (s applied twice would give 0.625)."""
+    """compensation = weighted, s(tau) = 1/(1 + tau), c-2's update +2 at tau 1. fedbuff: scaled to
+    +1 and the row not scaled again: w = 1 + 1. fedasync (alpha 0.5): Xie et al.'s mixing weight
+    alpha s(tau) on the unscaled client model: w1 = 0.5, w2 = 0.75 w1 + 0.25 (w0 + 2) = 0.875 (the
+    same as `direct`; s applied twice would give 0.6875, s on the update and alpha 0.75)."""
     stale = _from(staleness="polynomial", params={"a": 1.0}, compensation="weighted")
     transport = ScriptedTransport({"c-1": 1.0, "c-2": 2.0}, ["c-1", "c-2"])
     np.testing.assert_allclose(_run(mode, stale, transport, 2, ModelHistory(8)), expected, rtol=1e-6)
+
+
+def test_fedasync_weighted_never_pulls_the_model_to_a_stale_base() -> None:
+    """c-1 (+1 on the version it was sent) arrives 12 times, fresh: w = 12 * 0.5 = 6; then c-2 sends
+    a zero update 12 versions stale. Mixing w_0 + s Delta with alpha would drag w halfway back to
+    w_0 = 0 (w = 3); with alpha s(12) = 0.5 / 13 it moves by w / 26, as `direct` does."""
+    out = {}
+    for comp in ("direct", "weighted"):
+        stale = _from(staleness="polynomial", params={"a": 1.0}, compensation=comp)
+        transport = ScriptedTransport({"c-1": 1.0, "c-2": 0.0}, ["c-1"] * 12 + ["c-2"])
+        out[comp] = float(_run("fedasync", stale, transport, 13, ModelHistory(16))[0])
+    assert out["weighted"] == pytest.approx(out["direct"], rel=1e-6)
+    assert out["weighted"] == pytest.approx(6.0 * (1 - 0.5 / 13), rel=1e-5)
 
 
 def _evicting() -> tuple[ScriptedTransport, ModelHistory]:

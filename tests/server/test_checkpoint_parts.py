@@ -125,3 +125,28 @@ def test_rqm_accountant_resumes_with_the_same_epsilon() -> None:
     eps = kept(["client-0"])
     assert fresh(["client-0"]) == eps  # the worst client's 3rd round, on both
     assert cold(["client-0"]) < eps  # a server that forgot counts it as the 1st
+
+
+def test_edge_downlink_resumes_after_a_device_reported_weights_the_server_never_had() -> None:
+    """A device resynced to a hash the server has no weights for (its next update is a full
+    replacement), then updated twice: the checkpoint restores (it used to be refused as corrupt),
+    and the next update after the restore is the same on both servers."""
+    rng = np.random.default_rng(4)
+    initial, t1, t2, t3 = (_model(rng) for _ in range(4))
+    signer = Signer.generate()
+    kept = EdgeDownlink(DeviceDownlink(initial, signer, "dense", "m", earlier=3), seed=5)
+    kept.tracker.resync("node-1", "ab" * 32)
+    snap = Snapshot()
+    tree = capture_downlink(kept, snap)  # held: the unknown hash
+    fresh = EdgeDownlink(DeviceDownlink(initial, signer, "dense", "m", earlier=3), seed=5)
+    restore_downlink(fresh, *reversed(_reread(snap, tree)))
+    for down in (kept, fresh):
+        down.tracker.make_update("node-1", t1, 1, seed=1)  # a replacement
+        down.tracker.make_update("node-1", t2, 2, seed=2)
+    assert "ab" * 32 not in kept.tracker.snapshot()[1]["node-1"]  # no weights: never a delta's base
+    snap = Snapshot()
+    tree = capture_downlink(kept, snap)
+    again = EdgeDownlink(DeviceDownlink(initial, signer, "dense", "m", earlier=3), seed=5)
+    restore_downlink(again, *reversed(_reread(snap, tree)))
+    a, b = (d.tracker.make_update("node-1", t3, 3, seed=3) for d in (kept, again))
+    assert a[1] == b[1] and again.tracker.snapshot()[:2] == kept.tracker.snapshot()[:2]
