@@ -287,10 +287,10 @@ class AsyncDriver:
         delta, _ = self.stale.treat(got.delta, tau, versions, client_index(reply.client), mixing)
         row = np.empty(sum(t.size for t in self.table), np.float32)
         flatten(delta, self.table, row)
-        if self.s.mode == "fedasync":  # the client's model w_v + delta is what FedAsync mixes
-            assert base is not None
+        if mixing:  # the client's model w_v + delta is what FedAsync mixes; a delta that dcasgd or gi
+            assert base is not None  # rewrote for the current model w_t (their point) lands on w_t
             base_row = np.empty_like(row)
-            flatten(base, self.table, base_row)
+            flatten(self.weights if self.stale.needs_base(tau) else base, self.table, base_row)
             row += base_row
         self.step.rows.append(row)
         self.step.counts.append(got.examples)

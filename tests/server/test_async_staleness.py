@@ -160,3 +160,12 @@ def test_downweight_in_an_assembled_fedbuff_run_keeps_stale_updates() -> None:
     taus = sum((Counter(h) for h in result.extra["staleness_histogram"]), Counter())
     assert max(taus) > 1 and sum(r.rejected for r in result.rounds) == 0
     assert result.extra["history"]["max_versions"] is None
+
+
+def test_fedasync_applies_a_dcasgd_delta_to_the_current_model() -> None:
+    """dcasgd rewrites a stale Delta for the current model w_t (lambda = 0: plain ASGD, the stale
+    update applied to w_t): c-1 (+1, fresh) gives w1 = 0.5; c-2 (+2, tau 1) mixes w1 + 2 with
+    alpha s(1) = 0.25: w2 = 0.5 + 0.25 * 2 = 1.0 (mixing its stale base w0 + 2 gave 0.875)."""
+    stale = _from(staleness="polynomial", params={"a": 1.0}, compensation="dcasgd", dc_lambda=0.0)
+    transport = ScriptedTransport({"c-1": 1.0, "c-2": 2.0}, ["c-1", "c-2"])
+    np.testing.assert_allclose(_run("fedasync", stale, transport, 2, ModelHistory(8)), 1.0, rtol=1e-6)
