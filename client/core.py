@@ -20,6 +20,7 @@ from stamen.client.state import ClientState
 from stamen.client.trainers import TrainResult, create_trainer
 from stamen.protocols import Envelope, Signer, codec_pipeline, encode_update, pack, tensor_table
 from stamen.task.data import TaskData
+from stamen.task.seeds import dp_seed
 from stamen.task.spec import TrainSpec
 from stamen.task.weights import set_weights
 
@@ -105,11 +106,13 @@ def local_privacy(
     Only the ``trained`` tensors (``TrainResult.trained``; all if ``None``) are clipped and noised;
     the others are exactly zero by construction and stay so (a LoRA update stays adapter-only).
     Returns the (possibly) privatized update and the metrics to report (empty without local DP).
-    Both the ClientApp's ``local_dp_mod`` and the in-process engine call this.
+    Both the ClientApp's ``local_dp_mod`` and the in-process engine call this. The noise comes from OS
+    entropy unless ``spec.dp_noise = "seeded"`` (then from ``seed``: reproducible, not private against
+    whoever knows the run seed; :func:`~stamen.task.seeds.dp_seed`).
     """
     if not spec.local_dp:
         return delta, {}
-    rng = np.random.default_rng(seed ^ 0x1D9)
+    rng = np.random.default_rng(dp_seed(spec.dp_noise, seed ^ 0x1D9))
     return privatize_update(
         delta, spec.dp_clip, spec.dp_noise_multiplier, spec.dp_delta, rng, state, spec.dp_accountant, trained
     )

@@ -19,7 +19,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from stamen.client.context_state import load_state, save_state
 from stamen.client.core import encode_delta, local_privacy
-from stamen.client.node import CODEC_SEED, Node
+from stamen.client.node import Node, codec_seed
 from stamen.protocols import Signer, keys
 from stamen.protocols.flower import arrays_of, config_value, envelope_record
 from stamen.task.seeds import client_seed
@@ -53,7 +53,7 @@ def make_codec_mod(resolve: Resolve) -> Mod:
             base_hash=config_value(out.content.config_records[keys.BASE], "hash", str),
             version=instr.version,
             sender=node.sender,
-            seed=client_seed(instr.seed, instr.round, node.seed_id) ^ CODEC_SEED,
+            seed=codec_seed(instr.train, client_seed(instr.seed, instr.round, node.seed_id)),
             signer=node.signer,
             state=state,
             error_feedback=instr.error_feedback,

@@ -35,11 +35,11 @@ from stamen.protocols.envelope import unpack
 from stamen.task.bristle.peer import PeerConfig
 from stamen.task.bristle.relayed import Relayed
 from stamen.task.data import DataSource
-from stamen.task.seeds import client_seed
-from stamen.task.spec import RoundInstructions
+from stamen.task.seeds import client_seed, dp_seed
+from stamen.task.spec import RoundInstructions, TrainSpec
 
 Weights = dict[str, np.ndarray]
-CODEC_SEED = 0xC0DEC  # the codec's randomness: client_seed ^ CODEC_SEED
+CODEC_SEED = 0xC0DEC  # the codec's randomness: client_seed ^ CODEC_SEED (secret under RQM)
 log = logging.getLogger("stamen.client")
 
 
@@ -181,7 +181,7 @@ def release(
         base_hash=trained.base_hash,
         version=instr.version,
         sender=node.sender,
-        seed=trained.seed ^ CODEC_SEED,
+        seed=codec_seed(instr.train, trained.seed),
         signer=node.signer,
         state=state,
         error_feedback=instr.error_feedback,
@@ -190,6 +190,13 @@ def release(
     metrics.update(trained.metrics)
     metrics[keys.BYTES_UP] = len(payload)
     return payload, metrics
+
+
+def codec_seed(spec: TrainSpec, seed: int) -> int:
+    """The codec's seed from the client's round ``seed``: ``seed ^ CODEC_SEED``, or fresh OS entropy
+    when the codec's randomness is the DP mechanism (RQM, ``spec.dp_codec``) and ``spec.dp_noise`` is
+    ``"secret"`` (:func:`~stamen.task.seeds.dp_seed`)."""
+    return dp_seed(spec.dp_noise, seed ^ CODEC_SEED) if spec.dp_codec else seed ^ CODEC_SEED
 
 
 def client_round(

@@ -117,6 +117,13 @@ class ServerConfig:
         return self.settings.data.num_clients
 
     @property
+    def secret_cohorts(self) -> bool:
+        """Whether the cohorts are drawn from OS entropy, not the run seed: under central DP (whose
+        accountant assumes the cohort is a secret random draw) unless ``privacy.noise = "seeded"``."""
+        p = self.settings.privacy
+        return p.mode == "central" and p.noise == "secret"
+
+    @property
     def privacy(self) -> PrivacyConfig:
         """The ``[privacy]`` section."""
         return self.settings.privacy
@@ -153,7 +160,10 @@ def client_privacy(
     p: PrivacyConfig, train: TrainSpec, rounds: int, partition_sizes: Sequence[int] | None
 ) -> TrainSpec:
     """Fill the client-side DP fields (local DP, DP-SGD), calibrating the noise multiplier from the
-    target ε before round 1 when asked to."""
+    target ε before round 1 when asked to. Under RQM the codec's randomness is the mechanism
+    (``dp_codec``)."""
+    if p.mode == "rqm":
+        return replace(train, dp_codec=True)
     if p.mode not in ("local", "dp_sgd"):
         return train
     z = p.noise_multiplier

@@ -149,6 +149,7 @@ def assemble(
         cfg.settings.eval.every,
         cfg.sampling,
         cfg.sample_rate,
+        cfg.secret_cohorts,
     )
     stale = stale_handling(cfg) if extras.max_delay else None
     history = ModelHistory(max_versions=extras.max_delay + 1) if extras.max_delay else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from stamen.server.aggregators import Rule, build_aggregator
 from stamen.server.hierarchy import build_hierarchy, hierarchical
 from stamen.server.privacy.central import CentralDP, CentralDPRule
+from stamen.task.seeds import dp_seed
 from stamen.task.settings import Settings
 
 
@@ -35,7 +36,7 @@ def make_central_dp(s: Settings) -> CentralDP:
         clients_per_round=s.server.buffer_size if s.server.mode == "fedbuff" else s.clients.per_round,
         num_clients=s.data.num_clients,
         rounds=s.rounds,
-        seed=s.seed,
+        seed=dp_seed(p.noise, s.seed),  # OS entropy unless privacy.noise = "seeded"
         accountant=p.accountant,
     )
     if p.calibration == "target_epsilon":

@@ -11,7 +11,10 @@ Two schemes (``clients.sampling``):
 
 ``"auto"`` (the default) is ``"poisson"`` for synchronous central DP and ``"fixed"`` otherwise
 (:func:`resolve_sampling`). Both draws are functions of ``(seed, round)`` only, whatever the process
-drew before, so a resumed run or the other engine picks the same cohort.
+drew before, so a resumed run or the other engine picks the same cohort. Under central DP the
+driver passes a fresh secret seed every round instead of the run seed (``privacy.noise = "secret"``,
+:attr:`~stamen.server.config.ServerConfig.secret_cohorts`): the cohort must not be computable by the
+clients, who all know the run seed.
 """
 
 from __future__ import annotations

@@ -108,7 +108,10 @@ class SimulationPlan:
 
     def cohort(self, rnd: int) -> list[int]:
         """The partition ids the driver samples in round ``rnd`` (the adversary's sampler, or the
-        run's fixed-size or Poisson draw)."""
+        run's fixed-size or Poisson draw). A central-DP run's cohorts are secret unless
+        ``privacy.noise = "seeded"`` (``ValueError``: nobody can know them in advance)."""
+        if self.cfg.secret_cohorts:
+            raise ValueError("central DP draws its cohorts in secret; set privacy.noise=seeded to know them")
         clients = [f"client-{i}" for i in range(self.cfg.num_clients)]
         hooks = self.extras(None).hooks
         chosen = hooks.sample(rnd, clients, self.cfg.per_round) if hooks is not None else None

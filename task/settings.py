@@ -33,6 +33,7 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 PRIVACY_MODES: tuple[str, ...] = ("off", "central", "local", "dp_sgd", "rqm")
 CALIBRATIONS: tuple[str, ...] = ("target_epsilon", "fixed")
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")  # stamen.privacy.accounting
+NOISE_SOURCES: tuple[str, ...] = ("secret", "seeded")  # privacy.noise (stamen.task.seeds.dp_seed)
 PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shards", "pool")
 ADAPTERS: tuple[str, ...] = ("none", "lora", "fedsb")
 # (input_dim, num_classes) of the built-in data sets; ``None`` = the sequence length (text)
@@ -181,6 +182,12 @@ class PrivacyConfig(_Config):
     ``calibration = "target_epsilon"`` finds the noise multiplier that spends ``target_epsilon`` at
     ``delta`` over the run; ``"fixed"`` uses ``noise_multiplier`` as given. ``clipping_norm`` is the
     L2 bound ``C`` on each update (central, local) or per-example gradient (dp_sgd).
+
+    ``noise`` is where every DP random draw comes from (central noise and its Poisson cohorts, local
+    DP noise, RQM's randomized rounding, DP-SGD's batches and noise): ``"secret"`` (default) seeds
+    them from OS entropy, never from the run seed; ``"seeded"`` derives them from the run seed, which
+    every client receives, so runs replay bit for bit but the guarantee does not hold against anyone
+    who knows the seed (a research / reproducibility mode, said so in results.json).
     """
 
     SECTION: ClassVar[str] = "privacy"
@@ -191,6 +198,7 @@ class PrivacyConfig(_Config):
     noise_multiplier: float = _f(1.0, ge=0.0)
     clipping_norm: float = _f(1.0, gt=0.0)
     accountant: str = _f("rdp", choices=ACCOUNTANTS)
+    noise: str = _f("secret", choices=NOISE_SOURCES)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from stamen.protocols import keys
-from stamen.task.settings import ACCOUNTANTS, OPTIMIZERS, LoRAConfig, Settings, SparseConfig
+from stamen.task.settings import (
+    ACCOUNTANTS,
+    NOISE_SOURCES,
+    OPTIMIZERS,
+    LoRAConfig,
+    Settings,
+    SparseConfig,
+)
 from stamen.task.settings_base import _Config, _f, from_flat, to_flat
 
 S = TypeVar("S", bound="WireSpec")
@@ -77,13 +84,25 @@ class TrainSpec(WireSpec):
     dp_clip: float = _f(1.0, gt=0.0)
     dp_delta: float = _f(1e-5, gt=0.0, lt=1.0)
     dp_accountant: str = _f("rdp", choices=ACCOUNTANTS)
+    # where the client's DP draws come from (privacy.noise; stamen.task.seeds.dp_seed), and whether
+    # the codec's randomness is a DP mechanism (privacy.mode = "rqm")
+    dp_noise: str = _f("secret", choices=NOISE_SOURCES)
+    dp_codec: bool = False
 
     @classmethod
     def from_settings(cls, s: Settings) -> TrainSpec:
         """Local-training settings of run ``s`` (client DP is filled in by the server config)."""
         c = s.clients
         return cls(
-            c.trainer, c.local_epochs, c.batch_size, c.lr, c.optimizer, c.momentum, c.weight_decay, s.sparse
+            c.trainer,
+            c.local_epochs,
+            c.batch_size,
+            c.lr,
+            c.optimizer,
+            c.momentum,
+            c.weight_decay,
+            s.sparse,
+            dp_noise=s.privacy.noise,
         )
 
 

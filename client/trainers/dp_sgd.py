@@ -4,7 +4,8 @@ Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, Algorithm 1: 
 Poisson batch (each example independently with rate ``q``), clips each per-example gradient to L2
 norm ``C`` (``max_grad_norm``), sums, adds ``N(0, (z·C)² I)`` and divides by the expected batch size
 ``q·n``. opacus' ``PrivacyEngine`` does exactly this (``poisson_sampling=True``, ``q = 1 / ceil(n/B)``,
-``ceil(n/B)`` steps per epoch).
+``ceil(n/B)`` steps per epoch). The batches and the noise come from generators seeded from OS entropy
+unless ``spec.dp_noise = "seeded"`` (then from the client's round seed, which the server can derive).
 
 Guarantee: example-level (ε, δ)-DP for the client's local dataset under add/remove-one-example
 adjacency, for everything the client ever sends (the updates are post-processing of the noisy
@@ -34,6 +35,7 @@ from stamen.privacy.accounting import Segment, epsilon_of_history
 from stamen.protocols import keys
 from stamen.task.data import TaskData
 from stamen.task.models.lora import trainable_names
+from stamen.task.seeds import dp_seed
 from stamen.task.spec import TrainSpec
 
 SEGMENTS_KEY = "dp/segments"
@@ -73,7 +75,8 @@ def private_epochs(
     from opacus import PrivacyEngine  # lazy: importing opacus costs ~1 s, only DP-SGD clients need it
 
     ds = TensorDataset(torch.tensor(data.x), torch.tensor(data.y))  # copies: cached arrays are read-only
-    loader = DataLoader(ds, batch_size=spec.batch_size, generator=torch.Generator().manual_seed(seed))
+    batches, noise = _generators(spec.dp_noise, seed)
+    loader = DataLoader(ds, batch_size=spec.batch_size, generator=batches)
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], spec)
     model.train()  # opacus refuses a module in eval mode (e.g. right after an evaluation)
     with warnings.catch_warnings():
@@ -86,7 +89,7 @@ def private_epochs(
             noise_multiplier=noise_multiplier,
             max_grad_norm=clip,
             poisson_sampling=True,
-            noise_generator=torch.Generator().manual_seed(seed ^ 0x5EED),
+            noise_generator=noise,
         )
     try:
         loss = _run_steps(gsm, dp_opt, dp_loader, spec.epochs)
@@ -94,6 +97,15 @@ def private_epochs(
         gsm._close()  # remove hooks and grad_sample attributes from the plain model
     history = [(float(z), float(q), int(t)) for z, q, t in engine.accountant.history]
     return loss, history
+
+
+def _generators(noise: str, seed: int) -> tuple[torch.Generator, torch.Generator]:
+    """The generators of opacus' Poisson batches and of its noise: seeded from OS entropy
+    (``noise = "secret"``), or from the client's round ``seed`` (``"seeded"``: the server, who knows the
+    run seed, could replay the training; :func:`~stamen.task.seeds.dp_seed`). Not opacus'
+    ``secure_mode`` (it needs ``torchcsprng``): secret seeds for torch's Mersenne Twister."""
+    batches = torch.Generator().manual_seed(dp_seed(noise, seed, bits=64))
+    return batches, torch.Generator().manual_seed(dp_seed(noise, seed ^ 0x5EED, bits=64))
 
 
 def _run_steps(gsm: nn.Module, dp_opt: Any, dp_loader: Any, epochs: int) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ class DriverSettings:
     eval_every: int
     sampling: str = "fixed"  # or "poisson" (stamen.server.sampling)
     sample_rate: float = 1.0  # q, each client's inclusion probability under "poisson"
+    secret_cohorts: bool = False  # cohorts from OS entropy, not seed (central DP, privacy.noise = secret)
 
 
 class AggregateMode:
@@ -263,7 +265,8 @@ class RoundDriver:
         cohort = self.hooks.sample(rnd, clients, k) if self.hooks is not None else None
         if cohort is None:
             s = self.settings
-            cohort = draw_cohort(s.sampling, s.seed, rnd, clients, k, s.sample_rate)
+            seed = secrets.randbits(128) if s.secret_cohorts else s.seed
+            cohort = draw_cohort(s.sampling, seed, rnd, clients, k, s.sample_rate)
         if not cohort:
             log.info("round %d: the Poisson draw sampled no client", rnd)
         return [self.task(rnd, client, weights) for client in cohort]

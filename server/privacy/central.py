@@ -125,8 +125,10 @@ class CentralDP:
     delta : float
         Target δ in (0, 1); default 1e-5.
     seed : int
-        Noise seed; round ``r`` draws from ``SeedSequence([seed, TAG, r])`` (reproducible, and the
-        same on both engines whatever else they draw).
+        Noise seed; round ``r`` draws from ``SeedSequence([seed, TAG, r])``. The run passes a secret
+        one (:func:`~stamen.task.seeds.dp_seed`), or with ``privacy.noise = "seeded"`` the run seed
+        (reproducible, the same on both engines whatever else they draw — and known to every client,
+        who could then subtract the noise).
     accountant : {"rdp", "prv"}
         See :mod:`stamen.privacy.accounting`.
     """

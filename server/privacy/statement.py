@@ -8,6 +8,12 @@ implements exactly (:func:`stamen.server.sampling.poisson_sample`); a fixed-size
 buffers are not formally covered (``"covered": false``). The client-side mechanisms (local DP,
 DP-SGD, RQM) are accounted per client over the rounds it took part in, with no amplification by
 client sampling, so their ε holds whatever the server's sampling.
+
+Every statement also says where the DP randomness came from (``privacy.noise``): ``"secret"`` (OS
+entropy), or ``"seeded"``, derived from the run seed that every client receives, for runs that replay
+bit for bit. A seeded run is not private against anyone who knows the seed (a client can subtract
+the central noise, the server the local noise or replay RQM and DP-SGD, anyone can list the Poisson
+cohorts): its statement says ``"covered": false`` with that warning, whatever the sampling.
 """
 
 from __future__ import annotations
@@ -15,12 +21,17 @@ from __future__ import annotations
 from typing import Any
 
 from stamen.server.config import ServerConfig
+from stamen.task.settings import PrivacyConfig
 
 CLIENT_ACCOUNTANTS = {
     "local": "gaussian-composed-over-participation",  # stamen.privacy.local, sensitivity 2C, q = 1
     "dp_sgd": "poisson-subsampled-gaussian-per-client-batches",  # opacus' q = 1/ceil(n/B)
     "rqm": "rqm-exact-rdp-composed-over-participation",  # stamen.privacy.rqm_rdp
 }
+SEEDED_WARNING = (
+    "privacy.noise=seeded: the DP noise and sampling are derived from the public run seed, so the "
+    "guarantee does not hold against anyone who knows it (research / reproducibility mode only)"
+)
 
 
 def privacy_statement(cfg: ServerConfig) -> dict[str, Any] | None:
@@ -28,12 +39,27 @@ def privacy_statement(cfg: ServerConfig) -> dict[str, Any] | None:
 
     Keys: ``mode``; ``sampling`` (``"poisson"``, ``"fixed"``, or ``"fedbuff-arrivals"``);
     ``accountant`` (``"<rdp|prv>-poisson-subsampled-gaussian"`` for central DP); ``sample_rate``
-    (``q``) and ``estimator`` for central DP; ``covered`` (whether the accountant's sampling
-    assumption holds for the run); ``note`` (one sentence, what the figure means).
+    (``q``) and ``estimator`` for central DP; ``noise`` (``privacy.noise``); ``covered`` (whether the
+    accountant's assumptions hold for the run: its sampling, and secret noise); ``note`` (what the
+    figure means; under ``"seeded"`` noise it starts with :data:`SEEDED_WARNING`).
     """
     p = cfg.privacy
     if p.mode == "off":
         return None
+    return _seeded(p, _statement(cfg, p))
+
+
+def _seeded(p: PrivacyConfig, statement: dict[str, Any]) -> dict[str, Any]:
+    """``statement`` with the noise source; a seeded run is not covered, and its note says why."""
+    statement["noise"] = p.noise
+    if p.noise == "seeded":
+        statement["covered"] = False
+        statement["note"] = f"{SEEDED_WARNING}; {statement['note']}"
+    return statement
+
+
+def _statement(cfg: ServerConfig, p: PrivacyConfig) -> dict[str, Any]:
+    """The statement of the mechanism and its sampling (:func:`privacy_statement` adds the noise)."""
     if p.mode != "central":
         return {
             "mode": p.mode,

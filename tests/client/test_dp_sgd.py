@@ -85,7 +85,7 @@ def test_learns_something_at_moderate_noise(data: TaskData) -> None:
 def test_model_is_reusable_and_deterministic(data: TaskData) -> None:
     model = _model()
     w0 = get_weights(model)
-    spec = DPTrainSpec(trainer="dp_sgd", batch_size=16, lr=0.2)
+    spec = DPTrainSpec(trainer="dp_sgd", batch_size=16, lr=0.2, dp_noise="seeded")
     a = local_update(model, w0, data, spec, 5, ClientState())
     assert list(model.state_dict()) == list(w0)  # no "_module." prefix left behind
     assert not any(hasattr(p, "grad_sample") for p in model.parameters())

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 SYNC = [
     "rounds=4",
     "privacy.mode=central",
+    "privacy.noise=seeded",  # resumed bit for bit: the noise of the run seed
     "aggregation.rule=mean",
     "codec.pipeline=topk",
     "codec.error_feedback=true",

@@ -165,11 +165,15 @@ def test_run_with_an_empty_first_draw_releases_noise_and_writes_the_statement(
     assert poisson_sample(0, 1, 10, 0.1) == []
     sets = [*CENTRAL, "clients.per_round=1", "rounds=1", "privacy.calibration=fixed"]
     sets += ["privacy.noise_multiplier=0.8", "privacy.clipping_norm=0.25", "eval.every=1"]
+    sets += ["privacy.noise=seeded"]  # the cohort of seed 0 (public: the statement says so)
     argv = ["simulate", "smoke", "--quiet", "--out", str(tmp_path)] + [a for o in sets for a in ("--set", o)]
     assert main(argv) == 0
-    assert "privacy: central, poisson sampling q=0.1, accountant rdp-poisson" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "privacy: central, poisson sampling q=0.1, accountant rdp-poisson" in out
+    assert "NOT covered: privacy.noise=seeded" in out
     res = json.loads((tmp_path / "results.json").read_text())
-    assert res["privacy"]["sampling"] == "poisson" and res["privacy"]["covered"] is True
+    assert res["privacy"]["sampling"] == "poisson" and res["privacy"]["noise"] == "seeded"
+    assert res["privacy"]["covered"] is False
     (rnd,) = res["rounds"]
     assert rnd["bytes_up"] == 0 and rnd["bytes_down"] == 0 and rnd["epsilon"] > 0
 

@@ -42,7 +42,8 @@ def test_no_privacy_reports_no_epsilon_and_bad_combinations_fail() -> None:
 @pytest.mark.slow
 def test_flower_engine_reports_the_same_epsilon() -> None:
     for mode in ("central", "local"):
-        cfg = _cfg(*MODES[mode], "clients.per_round=2")  # central: Poisson at q = 0.5, same draws
+        # central: Poisson at q = 0.5, the same draws (and noise) from the seed
+        cfg = _cfg(*MODES[mode], "clients.per_round=2", "privacy.noise=seeded")
         fast, real = run_engine("inprocess", cfg), run_engine("flower", cfg)
         assert [r.epsilon for r in real.rounds] == pytest.approx([r.epsilon for r in fast.rounds])
         assert [r.bytes_up for r in real.rounds] == [r.bytes_up for r in fast.rounds]
