@@ -43,6 +43,7 @@ torch.set_num_threads(1)  # one thread per client process (determinism, no overs
 
 Resolve = Callable[[Context], Node]
 EDGE_STORE, SIGNING_KEY, ENDORSEMENT = "edge-store", "signing-key", "endorsement"  # node_config keys
+ALLOW_SEEDED_DP = "allow-seeded-dp"  # node_config: follow a server asking for seeded client DP noise
 log = logging.getLogger("stamen.client")
 
 
@@ -162,7 +163,8 @@ def _configured(
     endorsement = Path(node_config[ENDORSEMENT]).read_bytes() if ENDORSEMENT in node_config else None
     if endorsement is not None and signer is None:
         raise ValueError(f"node config has {ENDORSEMENT!r} but no {SIGNING_KEY!r}")
-    return Node(data, f"node-{node_id}", node_id, store, signer, endorsement)
+    seeded_dp = node_config.get(ALLOW_SEEDED_DP, "false").strip().lower() == "true"
+    return Node(data, f"node-{node_id}", node_id, store, signer, endorsement, seeded_dp)
 
 
 def _open_store(path: Path) -> EdgeRuntime:

@@ -62,6 +62,10 @@ class Node:
     endorsement : bytes or None
         The node key's endorsement of ``signer``'s public key (:mod:`stamen.protocols.identity`),
         sent with every update so the server can bind the signature to the authenticated node.
+    seeded_dp : bool
+        Whether the node follows a server that asks for client-side DP noise derived from the run
+        seed (``privacy.noise = "seeded"``), which that server could then remove. True in
+        simulations; a deployed node refuses unless its node config says ``allow-seeded-dp=true``.
     """
 
     data: DataSource
@@ -70,6 +74,7 @@ class Node:
     store: EdgeRuntime | None = None
     signer: Signer | None = None
     endorsement: bytes | None = None
+    seeded_dp: bool = True
 
 
 @dataclass(frozen=True)
@@ -154,9 +159,23 @@ def _apply(node: Node, store: EdgeRuntime, downlink: bytes) -> None:
         healed.apply(downlink)  # healed in place (a graph rewritten): the delta's base is still held
 
 
+def check_seeded_dp(node: Node, spec: TrainSpec) -> None:
+    """Refuse a server's request for client-side DP noise it could derive (``dp_noise = "seeded"``)
+    on a node that does not allow it: the server is the adversary local DP, RQM and DP-SGD guard
+    against."""
+    private = spec.local_dp or spec.dp_codec or spec.trainer == "dp_sgd"
+    if private and spec.dp_noise == "seeded" and not node.seeded_dp:
+        raise ValueError(
+            "the server asked for client-side DP noise derived from the run seed (privacy.noise = "
+            "'seeded'), which it could remove; this node refuses (node config allow-seeded-dp=true "
+            "allows it, for experiments)"
+        )
+
+
 def train(node: Node, received: Received, model: nn.Module, state: ClientState) -> Trained:
     """Local training (or Bristle's peer round) from what the server sent."""
     instr = received.instructions
+    check_seeded_dp(node, instr.train)
     weights, base_hash = start_weights(node, received)
     seed = client_seed(instr.seed, instr.round, node.seed_id)
     if received.relayed is None:

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any, cast
 
 import numpy as np
+import pytest
 import torch
 
 from stamen.client.core import encode_delta, local_privacy, local_update
@@ -128,3 +129,22 @@ def test_spec_default_is_secret_and_the_wire_carries_the_mode() -> None:
     back = RoundInstructions.from_config(instr.to_config())  # what a deployed ClientApp decodes
     assert back.train.dp_noise == "seeded" and replace(back.train, dp_noise="secret") != back.train
     assert _instr("privacy.mode=local")[1].train.dp_noise == "secret"
+
+
+def test_a_deployed_node_refuses_seeded_client_dp_unless_its_config_allows_it() -> None:
+    """The server is the adversary of client-side DP: a node follows its request for seeded noise
+    only with ``allow-seeded-dp=true`` (a simulated node does); non-private rounds are not affected."""
+    from stamen.client.node import check_seeded_dp
+
+    deployed, simulated = Node(cast(Any, None), "node-1", 1, seeded_dp=False), Node(cast(Any, None), "c", 1)
+    for sets in (
+        ("privacy.mode=local",),
+        ("privacy.mode=rqm", "codec.pipeline=rqm"),
+        ("privacy.mode=dp_sgd",),
+    ):
+        seeded = _instr(*sets, "privacy.noise=seeded")[1].train
+        with pytest.raises(ValueError, match="allow-seeded-dp=true"):
+            check_seeded_dp(deployed, seeded)
+        check_seeded_dp(simulated, seeded)
+        check_seeded_dp(deployed, _instr(*sets)[1].train)  # secret: followed
+    check_seeded_dp(deployed, _instr("privacy.noise=seeded")[1].train)  # not private: nothing to refuse
