@@ -26,6 +26,7 @@ from torch import nn
 
 from stamen.client import downlink_cache
 from stamen.client.context_state import load_state, save_state
+from stamen.client.core import reply_metrics
 from stamen.client.mods import DELTA, make_codec_mod, make_local_dp_mod, trained_record
 from stamen.client.node import DeviceHolds, Node, Received, train
 from stamen.edge import EdgeRuntime
@@ -114,7 +115,8 @@ def make_client_app(resolve: Resolve) -> ClientApp:
             return Message(RecordDict({keys.HELD: record}), reply_to=msg)
         save_state(context, state)
         res = done.result
-        metrics = MetricRecord({keys.NUM_EXAMPLES: res.num_examples, **res.metrics, **done.metrics})
+        train_spec = rec.instructions.train
+        metrics = MetricRecord(reply_metrics(train_spec, res.num_examples, {**res.metrics, **done.metrics}))
         content = RecordDict(
             {
                 DELTA: ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in res.delta.items()}),
@@ -128,6 +130,11 @@ def make_client_app(resolve: Resolve) -> ClientApp:
     def _evaluate(msg: Message, context: Context) -> Message:
         node = resolve(context)
         instr = RoundInstructions.from_config(msg.content.config_records[keys.CONFIG])
+        if instr.train.private_reply:
+            raise ValueError(
+                "this client runs client-side DP: it releases only its privatized update, not a loss "
+                "or accuracy measured on its data (evaluate centrally instead)"
+            )
         model = _model(instr.task)
         set_weights(model, arrays_of(msg.content, keys.ARRAYS))
         data = node.data.train()

@@ -9,6 +9,7 @@ same code.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from stamen.client.error_feedback import apply_error_feedback, update_residual
 from stamen.client.privacy import privatize_update
 from stamen.client.state import ClientState
 from stamen.client.trainers import TrainResult, create_trainer
-from stamen.protocols import Envelope, Signer, codec_pipeline, encode_update, pack, tensor_table
+from stamen.protocols import Envelope, Signer, codec_pipeline, encode_update, keys, pack, tensor_table
 from stamen.task.data import TaskData
 from stamen.task.seeds import dp_seed
 from stamen.task.spec import TrainSpec
@@ -26,6 +27,11 @@ from stamen.task.weights import set_weights
 
 #: The generator passed to a pipeline that never draws from it (``CodecPipeline.uses_rng``).
 _NO_DRAWS = np.random.default_rng(0)
+#: What a client under client-side DP (``TrainSpec.private_reply``) reports besides the update: the
+#: accountant's outputs, functions of the configuration and of the rounds it took part in only.
+PRIVATE_METRICS = (keys.EPSILON, keys.DP_ROUNDS)
+#: The ``num-examples`` such a client reports: a constant (its true count is private data).
+PRIVATE_EXAMPLES = 1
 
 
 def local_update(
@@ -116,3 +122,16 @@ def local_privacy(
     return privatize_update(
         delta, spec.dp_clip, spec.dp_noise_multiplier, spec.dp_delta, rng, state, spec.dp_accountant, trained
     )
+
+
+def reply_metrics(spec: TrainSpec, num_examples: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The metrics a train reply carries (before ``bytes-up``, which the codec step adds).
+
+    Without client-side DP: ``{"num-examples": num_examples, **metrics}``, as always. Under
+    client-side DP (``spec.private_reply``) only what is not computed from the client's data: the
+    constant :data:`PRIVATE_EXAMPLES` and the :data:`PRIVATE_METRICS` present in ``metrics``
+    (``train-loss``, ``dp-steps``, pre-clipping norms and any trainer metric are dropped).
+    """
+    if not spec.private_reply:
+        return {keys.NUM_EXAMPLES: num_examples, **metrics}
+    return {keys.NUM_EXAMPLES: PRIVATE_EXAMPLES, **{k: metrics[k] for k in PRIVATE_METRICS if k in metrics}}

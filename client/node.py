@@ -18,7 +18,7 @@ import numpy as np
 from torch import nn
 
 from stamen.client.bristle_peer import PeerRound, peer_update
-from stamen.client.core import encode_delta, local_privacy, local_update
+from stamen.client.core import encode_delta, local_privacy, local_update, reply_metrics
 from stamen.client.state import ClientState
 from stamen.client.trainers import TrainResult
 from stamen.edge import EdgeRuntime, StaleVersion
@@ -205,8 +205,7 @@ def release(
         state=state,
         error_feedback=instr.error_feedback,
     )
-    metrics: dict[str, Any] = {keys.NUM_EXAMPLES: res.num_examples, **res.metrics, **dp_metrics}
-    metrics.update(trained.metrics)
+    metrics = reply_metrics(instr.train, res.num_examples, {**res.metrics, **dp_metrics, **trained.metrics})
     metrics[keys.BYTES_UP] = len(payload)
     return payload, metrics
 

@@ -121,12 +121,13 @@ def privatize_update(
     """One client round of local DP: clip + noise the ``noised`` tensors (all if ``None``), count the
     round in ``state``, report ε.
 
-    Returns the privatized update and metrics ``{"epsilon": ε after this round, "update-norm": norm
-    before clipping, "dp-rounds": rounds so far}``. This is the function both the ClientApp's mod
-    and the in-process engine call.
+    Returns the privatized update and metrics ``{"epsilon": ε after this round, "dp-rounds": rounds
+    so far}``, both functions of the configuration and of the client's participation only (the norm
+    before clipping is computed from the data: it is never reported). This is the function both the
+    ClientApp's mod and the in-process engine call.
     """
-    privatized, norm = clip_and_noise(delta, clip, noise_multiplier, rng, noised)
+    privatized, _ = clip_and_noise(delta, clip, noise_multiplier, rng, noised)
     rounds = int(state.scalars.get(ROUNDS_KEY, 0)) + 1
     state.scalars[ROUNDS_KEY] = float(rounds)
     eps = local_epsilon(noise_multiplier, rounds, dp_delta, accountant)
-    return privatized, {keys.EPSILON: eps, keys.UPDATE_NORM: norm, keys.DP_ROUNDS: float(rounds)}
+    return privatized, {keys.EPSILON: eps, keys.DP_ROUNDS: float(rounds)}

@@ -31,9 +31,8 @@ EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 BYTES_UP = "bytes-up"
 EPSILON = "epsilon"  # client-reported cumulative ε (local DP, DP-SGD)
-UPDATE_NORM = "update-norm"  # local DP: the update's L2 norm before clipping
 DP_ROUNDS = "dp-rounds"  # local DP: rounds this client has released a noised update
-DP_STEPS = "dp-steps"  # DP-SGD: noisy steps this client has taken
+DP_STEPS = "dp-steps"  # DP-SGD: noisy steps this client has taken (kept on the client, never sent)
 DOWNLINK = "downlink"  # ArrayRecord: a signed delta envelope for an edge device (runtime = "edge")
 IDENTITY = "stamen.identity"  # ConfigRecord in a train reply: the device's update key + its endorsement
 IDENTITY_KEY = "update-key"  # bytes: raw Ed25519 public key the envelope is signed with

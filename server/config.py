@@ -159,11 +159,11 @@ def run_config_scenario(run_config: Mapping[str, Any]) -> tuple[str, list[str]]:
 def client_privacy(
     p: PrivacyConfig, train: TrainSpec, rounds: int, partition_sizes: Sequence[int] | None
 ) -> TrainSpec:
-    """Fill the client-side DP fields (local DP, DP-SGD), calibrating the noise multiplier from the
-    target ε before round 1 when asked to. Under RQM the codec's randomness is the mechanism
-    (``dp_codec``)."""
+    """Fill the client-side DP fields (local DP, DP-SGD; ``client_dp`` for RQM too), calibrating the
+    noise multiplier from the target ε before round 1 when asked to. Under RQM the codec's
+    randomness is the mechanism (``dp_codec``) and the reply must carry nothing else."""
     if p.mode == "rqm":
-        return replace(train, dp_codec=True)
+        return replace(train, dp_codec=True, client_dp=True)
     if p.mode not in ("local", "dp_sgd"):
         return train
     z = p.noise_multiplier
@@ -174,7 +174,7 @@ def client_privacy(
         dp = dict(
             dp_noise_multiplier=z, dp_clip=p.clipping_norm, dp_delta=p.delta, dp_accountant=p.accountant
         )
-        return replace(train, local_dp=True, **dp)
+        return replace(train, local_dp=True, client_dp=True, **dp)
     if calibrate:
         if partition_sizes is None:
             raise ValueError(
@@ -185,7 +185,7 @@ def client_privacy(
             p.target_epsilon, p.delta, partition_sizes, train.batch_size, train.epochs, rounds, p.accountant
         )
     dp = dict(dp_noise_multiplier=z, dp_clip=p.clipping_norm, dp_delta=p.delta, dp_accountant=p.accountant)
-    return replace(train, trainer="dp_sgd", **dp)
+    return replace(train, trainer="dp_sgd", client_dp=True, **dp)
 
 
 def _as_override(value: Any) -> str:

@@ -80,6 +80,7 @@ class TrainSpec(WireSpec):
     sparse: SparseConfig = field(default_factory=SparseConfig)
     # differential privacy on the client (privacy.mode = "local" or "dp_sgd")
     local_dp: bool = False
+    client_dp: bool = False  # a client-side DP mode (local, dp_sgd, rqm): see ``private_reply``
     dp_noise_multiplier: float = _f(1.0, ge=0.0)
     dp_clip: float = _f(1.0, gt=0.0)
     dp_delta: float = _f(1e-5, gt=0.0, lt=1.0)
@@ -104,6 +105,16 @@ class TrainSpec(WireSpec):
             s.sparse,
             dp_noise=s.privacy.noise,
         )
+
+    @property
+    def private_reply(self) -> bool:
+        """Whether the client runs a client-side DP mechanism (``privacy.mode`` ``local``, ``dp_sgd``
+        or ``rqm``; or the ``dp_sgd`` trainer, or local DP, whoever asked for them). Its reply then
+        carries the privatized update and nothing else computed from its data: a constant
+        ``num-examples`` of 1 (the server weights such updates uniformly), the accountant's ε and round
+        count (functions of the configuration and of the rounds the client took part in), and the
+        bytes sent. Client and server read this same rule from the round's instructions."""
+        return self.client_dp or self.local_dp or self.trainer == "dp_sgd"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Collect one round's replies: verify, decode, validate and stack them; reject, count and go on.
 
 Per reply (:meth:`UpdateCollector.add`, which never raises): the client must have been asked this
-round and reply once; its reported numbers must be finite (``num-examples > 0``, ``epsilon >= 0``); an
+round and reply once; its reported numbers must be finite (``num-examples > 0``, ignored and taken as
+1 under client-side DP, whose example counts are private; ``epsilon >= 0``); an
 envelope is verified before parsing (when a verifier is set), must name the base the server expects
 and the version it sent, and must be signed by — and name — the client it came from; a plain Flower
 reply (full weights) is accepted only without a verifier and with a dense codec. The decoded delta

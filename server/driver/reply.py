@@ -83,9 +83,7 @@ def accept_reply(
     for key in policy.require:
         if key not in reply.metrics:
             raise ValidationError(f"reply lacks {key!r}")
-    examples = reported_number(reply.metrics, keys.NUM_EXAMPLES)
-    if examples is None or examples <= 0:
-        raise ValidationError(f"reply needs a numeric {keys.NUM_EXAMPLES!r} > 0, got {examples}")
+    examples = fedavg_weight(reply.metrics, task.instructions.train.private_reply)
     eps = reported_number(reply.metrics, keys.EPSILON)
     if eps is not None and eps < 0:
         raise ValidationError(f"reported epsilon must be >= 0, got {eps}")
@@ -94,6 +92,19 @@ def accept_reply(
     norm = validate_delta(delta, table, policy.max_norm, out)
     extras = {k: v for k, v in reply.metrics.items() if isinstance(v, list)}
     return Accepted(delta, examples, norm, eps, loss, extras)
+
+
+def fedavg_weight(metrics: Mapping[str, Any], private: bool) -> float:
+    """A reply's FedAvg weight: its reported ``num-examples`` (a number > 0, else
+    ``ValidationError``), or 1 when the round runs client-side DP (``TrainSpec.private_reply``):
+    such a client's example count is private data, so every privatized update weighs the same and
+    whatever it reports is ignored."""
+    if private:
+        return 1.0
+    examples = reported_number(metrics, keys.NUM_EXAMPLES)
+    if examples is None or examples <= 0:
+        raise ValidationError(f"reply needs a numeric {keys.NUM_EXAMPLES!r} > 0, got {examples}")
+    return examples
 
 
 def _delta(

@@ -26,6 +26,14 @@ class TripMeter:
     timing: ClientTiming
     epochs: int
     attempts: dict[int, int] = field(default_factory=dict)
+    sizes: np.ndarray | None = None  # (K,) every client's partition size, by partition id
+
+    def examples(self, pid: int, reply: Reply, task: TrainTask) -> int:
+        """What client ``pid`` trained on: its reported ``num-examples``, or, under client-side DP
+        (whose replies report a constant), its partition size when ``sizes`` is known."""
+        if self.sizes is not None and task.instructions.train.private_reply:
+            return int(self.sizes[pid])
+        return int(reply.metrics.get(NUM_EXAMPLES, 0))
 
     def trip(self, pid: int, at: float, reply: Reply, task: TrainTask, examples: int) -> Trip:
         """The trip of ``task`` dispatched at ``at`` (bytes really sent both ways)."""
@@ -56,7 +64,9 @@ class TripMeter:
             np.asarray(pids, dtype=np.int64),
             at,
             attempts=np.asarray(attempts, dtype=np.int64),
-            num_examples=np.array([int(r.metrics.get(NUM_EXAMPLES, 0)) for r in replies], dtype=np.int64),
+            num_examples=np.array(
+                [self.examples(p, r, t) for p, r, t in zip(pids, replies, tasks, strict=True)], dtype=np.int64
+            ),
             epochs=self.epochs,
             bytes_down=np.asarray(down, dtype=np.int64),
             bytes_up=np.array([r.nbytes for r in replies], dtype=np.int64),

@@ -24,7 +24,6 @@ import torch
 from stamen.client.downlink_cache import Held, resolve
 from stamen.client.node import Received, client_round
 from stamen.client.state import ClientState
-from stamen.protocols import keys
 from stamen.server.checkpoint_run import RunState
 from stamen.server.driver.types import Reply, TrainTask
 from stamen.server.federation import assemble_async
@@ -38,6 +37,7 @@ from stamen.simulations.engines.rows import Released, RowJob, train_and_release
 from stamen.simulations.nodes import ClientNames, SimulatedNodes
 from stamen.simulations.parallel import WorkerPool, WorkerSpec
 from stamen.simulations.plan import SimulationPlan
+from stamen.simulations.provider import partitions
 from stamen.simulations.timing import Trip
 from stamen.simulations.virtual_clock import VirtualClock
 from stamen.task.bristle.peer import PeerConfig
@@ -154,8 +154,8 @@ class InProcessTransport:
     def _trip(self, task: TrainTask, reply: Reply) -> Trip | None:
         if self.meter is None:
             return None
-        examples = int(reply.metrics.get(keys.NUM_EXAMPLES, 0))
-        return self.meter.trip(_pid(task.client), self.clock, reply, task, examples)
+        pid = _pid(task.client)
+        return self.meter.trip(pid, self.clock, reply, task, self.meter.examples(pid, reply, task))
 
     def receive(self, task: TrainTask) -> TrainTask:
         """``task`` with the weights its client trains from: a cached downlink's patch applied to
@@ -211,9 +211,7 @@ class VirtualClockTransport:
         reply = self.sync.run(task)
         self.sync.states.settle()
         pid = _pid(task.client)
-        trip = self.meter.trip(
-            pid, self.events.now, reply, task, int(reply.metrics.get(keys.NUM_EXAMPLES, 0))
-        )
+        trip = self.meter.trip(pid, self.events.now, reply, task, self.meter.examples(pid, reply, task))
         if trip.delivered:
             self.events.schedule(trip.finish, reply, key=pid)
         else:
@@ -255,7 +253,7 @@ def run_inprocess(
         if devices is not None:
             opened.callback(devices.close)
         model = model_structure(plan.cfg.task)
-        meter = TripMeter(plan.timing(), plan.cfg.train.epochs)
+        meter = TripMeter(plan.timing(), plan.cfg.train.epochs, sizes=partitions(plan.data).sizes())
         path = engine_path(plan, model)
         torch.set_num_threads(path.threads)
         if path.workers > 1:

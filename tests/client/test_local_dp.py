@@ -112,7 +112,7 @@ def test_privatize_update_counts_rounds_and_reports_growing_epsilon() -> None:
     for r in range(1, 4):
         out, metrics = privatize_update(delta, 1.0, 5.0, DELTA, rng, state)
         assert state.scalars[ROUNDS_KEY] == r and metrics["dp-rounds"] == r
-        assert metrics["update-norm"] == pytest.approx(np.sqrt(8) * 3.0)
+        assert set(metrics) == {"epsilon", "dp-rounds"}  # no pre-clipping norm: it is data
         eps.append(metrics["epsilon"])
         assert eps[-1] == pytest.approx(local_epsilon(5.0, r, DELTA))
         assert out["w"].shape == (8,)
@@ -159,5 +159,5 @@ def test_privatize_update_passes_the_trained_set_and_keeps_epsilon() -> None:
         delta, 1.0, 3.0, DELTA, np.random.default_rng(0), ClientState(), noised=["a"]
     )
     assert not np.any(out["frozen"]) and np.all(out["a"] != 0)
-    assert metrics["update-norm"] == pytest.approx(4.0)
+    assert "update-norm" not in metrics
     assert metrics["epsilon"] == pytest.approx(local_epsilon(3.0, 1, DELTA))
