@@ -358,8 +358,9 @@ class RqmAccountant:
         self._curve = rdp_curve(self.orders, self.params)
 
     def step(self, clients: Iterable[Hashable]) -> None:
-        """Record one round in which ``clients`` each released one update."""
-        self.participations.update(set(clients))
+        """Record the messages of one round (or FedBuff buffer): each entry of ``clients`` is one
+        released update, so a client listed twice (two trips into one buffer) is charged twice."""
+        self.participations.update(list(clients))
 
     def epsilon(self, target_delta: float, client: Hashable | None = None) -> float:
         """ε of ``client`` (or the worst client so far) at ``target_delta``."""

@@ -1,6 +1,7 @@
 """The asynchronous driver's state (FedAsync / FedBuff) for a checkpoint: the version counter, the
 open buffer (every accepted update not yet released, so none is lost), the server momentum, the
-dispatch generator, the repeat counters and the staleness histogram, beside the parts both drivers
+dispatch generator, the repeat counters, the tasks sent to each client (the privacy cap of
+:mod:`~stamen.server.driver.trip_budget`) and the staleness histogram, beside the parts both drivers
 share (:func:`~stamen.server.checkpoint_parts.capture_common`: rule, accountant, model history,
 edge downlink).
 
@@ -13,6 +14,7 @@ on its virtual clock, stores them and their replies as its own part
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +47,7 @@ def capture_async(driver: AsyncDriver, snap: Snapshot) -> Tree:
         "momentum": momentum,
         "rng": rng_state(driver.rng),
         "repeats": [[c, v, k] for (c, v), k in sorted(driver.repeats.items())],
+        "trips": dict(sorted(driver.budget.trips.items())),  # tasks sent per client (privacy cap)
         "staleness_histogram": [{str(t): n for t, n in h.items()} for h in driver.staleness_histogram],
     }
 
@@ -67,6 +70,7 @@ def restore_async(
     set_rng_state(driver.rng, tree.get("rng"))
     try:
         driver.repeats = {(str(c), int(v)): int(k) for c, v, k in tree.get("repeats", [])}
+        driver.budget.trips = Counter({str(c): int(n) for c, n in tree.get("trips", {}).items()})
         driver.staleness_histogram = [
             {int(t): int(n) for t, n in h.items()} for h in tree.get("staleness_histogram", [])
         ]

@@ -33,6 +33,7 @@ from stamen.server.driver.driver import (
     RoundHooks,
 )
 from stamen.server.driver.types import Transport, Weights
+from stamen.server.privacy.statement import releases_per_client
 from stamen.server.rqm import rqm_accountant
 from stamen.server.rules import build_rule
 from stamen.server.staleness import compensation
@@ -100,11 +101,17 @@ def central_evaluator(cfg: ServerConfig, test: TaskData) -> EvalFn:
 
 
 def collect_policy(cfg: ServerConfig, rule: Rule, extras: RunExtras) -> CollectPolicy:
-    """What a reply must satisfy in this run."""
+    """What a reply must satisfy in this run.
+
+    Under central DP whether a row is accepted may depend only on that client's own update (its
+    validity, ``aggregation.max_update_norm``): the adaptive bound (``norm_ratio`` x the round's
+    median norm) is off, since one added client would move the median and flip other clients' rows,
+    a change of up to k·C/m instead of the declared sensitivity C/m. Clipping to C follows anyway.
+    """
     a = cfg.settings.aggregation
     return CollectPolicy(
         max_norm=a.max_update_norm,
-        norm_ratio=a.norm_ratio,
+        norm_ratio=0.0 if cfg.privacy.mode == "central" else a.norm_ratio,
         max_examples=a.max_examples,
         declared=extras.declared,
         verifier=extras.verifier,
@@ -229,6 +236,8 @@ def assemble_async(
         seed=cfg.seed,
         timeout_s=cfg.timeout_s,
         eval_every=cfg.settings.eval.every,
+        max_trips=releases_per_client(cfg),  # local DP, DP-SGD, RQM: no more than calibrated for
+        one_row_per_client=cfg.privacy.mode == "central",
     )
     downlink = extras.downlink or default_downlink(cfg)
     policy = collect_policy(cfg, rule, extras)

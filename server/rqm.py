@@ -1,8 +1,10 @@
 """Server side of RQM (``privacy.mode = "rqm"``): calibrate Δ before round 1, account every round.
 
 RQM is a client mechanism (the ``rqm`` codec stage randomizes each coordinate); the server accounts it
-exactly (:mod:`stamen.privacy.rqm_rdp`), composed over the model's coordinates and the rounds each
-client took part in (no amplification by client sampling: the server sees every client's message).
+exactly (:mod:`stamen.privacy.rqm_rdp`), composed over the model's coordinates and the messages each
+client released (no amplification by client sampling: the server sees every client's message). Δ is
+calibrated for ``rounds`` messages per client; a synchronous round asks a client at most once, and the
+asynchronous driver dispatches no client more often than that (``AsyncSettings.max_trips``).
 """
 
 from __future__ import annotations
@@ -46,19 +48,19 @@ def rqm_codec_params(s: Settings, task: TaskSpec) -> Any:
 
 class RqmRoundAccountant:
     """``senders of a round -> worst client's cumulative ε`` (at ``target_delta``); its
-    ``participations`` (rounds per client) are the whole of its state (checkpointed)."""
+    ``participations`` (messages per client) are the whole of its state (checkpointed)."""
 
     def __init__(self, accountant: RqmAccountant, target_delta: float) -> None:
         self.accountant, self.target_delta = accountant, target_delta
 
     def __call__(self, senders: Sequence[str]) -> float:
-        """Count one round of ``senders``; the worst client's ε after it."""
+        """Charge one message per entry of ``senders`` (duplicates count); the worst client's ε after."""
         self.accountant.step(list(senders))
         return float(self.accountant.epsilon(self.target_delta))
 
     @property
     def participations(self) -> dict[str, int]:
-        """Rounds each client has released an update in."""
+        """Messages each client has released."""
         return {str(k): int(v) for k, v in self.accountant.participations.items()}
 
     def set_participations(self, counts: Mapping[str, int]) -> None:

@@ -166,7 +166,8 @@ class AggregationConfig(_Config):
     params: Mapping[str, Scalar] = _f(factory=dict)
     server_lr: float = _f(1.0, gt=0.0)
     # the server rejects an update whose L2 norm exceeds max_update_norm (> 0), or, when it is 0,
-    # norm_ratio times the round's median update norm (0 disables that adaptive bound too)
+    # norm_ratio times the round's median update norm (0 disables that adaptive bound too; off under
+    # central DP, where a row's acceptance may depend only on its own update)
     max_update_norm: float = _f(0.0, ge=0.0)
     norm_ratio: float = _f(25.0, ge=0.0)
     # FedAvg trusts a reported example count only up to max_examples (0: 10 x the round's median;

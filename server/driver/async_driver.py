@@ -19,6 +19,10 @@ the updates that made it. Exactly ``versions`` versions are released: a transpor
 several replies at once (Flower's grid returns every reply waiting), and those after the one that
 released the last version are not aggregated; they are counted in the result's ``after_end``
 (``replies``, their ``bytes_up``, and the tasks still ``in_flight`` when the run ended).
+
+Privacy: RQM's accountant charges every reply carrying an update (rejected, repeated in one buffer,
+after the end); a client-side mechanism's trip cap is :mod:`~stamen.server.driver.trip_budget`; under
+central DP a buffer holds at most one update of each client (a second is rejected).
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 import numpy as np
 
@@ -38,7 +41,8 @@ from stamen.server.aggregators.base import RoundContext, Rule
 from stamen.server.driver.collect import CollectPolicy, capped_examples, flatten, norm_outliers, unflatten
 from stamen.server.driver.driver import Accountant, Downlink, EvalFn, Resume
 from stamen.server.driver.reply import accept_reply
-from stamen.server.driver.types import Reply, TrainTask, Weights, client_index
+from stamen.server.driver.trip_budget import TripBudget
+from stamen.server.driver.types import AsyncTransport, Reply, TrainTask, Weights, client_index
 from stamen.server.history import FederationResult, ProgressFn, RoundRecord
 from stamen.server.privacy.central import BudgetExhausted
 from stamen.server.staleness.compensation import ModelVersions
@@ -50,35 +54,6 @@ log = logging.getLogger("stamen.server")
 MAX_IDLE_POLLS = 3  # consecutive empty pulls (each one a full timeout) before the run gives up
 DRAW_TRIES = 64  # random draws before a full scan for an idle client
 REPEAT_STRIDE = 0x9E3779B1  # seed offset of a client's repeated trip from one model version
-
-
-class AsyncTransport(Protocol):
-    """Tasks go out one by one; replies come back as they arrive."""
-
-    def clients(self) -> list[str]:
-        """The available clients' keys."""
-        ...
-
-    def ready(self, client: str) -> bool:
-        """Whether ``client`` can take a task now (connected, inside its availability window)."""
-        ...
-
-    def push(self, task: TrainTask) -> None:
-        """Start ``task`` on its client."""
-        ...
-
-    def pull(self, timeout: float) -> list[Reply]:
-        """The replies that arrived (in arrival order); ``[]`` when none came within ``timeout``."""
-        ...
-
-    def now(self) -> float:
-        """The transport's clock, in seconds (simulated on a virtual clock)."""
-        ...
-
-    def wait_ready(self) -> bool:
-        """Nothing is in flight and no client is ready: wait until one is (a virtual clock moves to
-        that moment; a deployment waits, bounded, for a node); False when none became ready."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -95,6 +70,8 @@ class AsyncSettings:
     seed: int
     timeout_s: float
     eval_every: int
+    max_trips: int = 0  # tasks per client its privacy calibration assumed (local, dp_sgd, rqm); 0: no cap
+    one_row_per_client: bool = False  # central DP: a buffer holds at most one update of each client
 
 
 @dataclass
@@ -141,6 +118,7 @@ class AsyncDriver:
         self.momentum: np.ndarray | None = None
         self.staleness_histogram: list[dict[int, int]] = []
         self.repeats: dict[tuple[str, int], int] = {}
+        self.budget = TripBudget(settings.max_trips)  # tasks sent to each client, against its cap
         self.worst_client_eps: float | None = None
         self.resume: Resume | None = None  # a state-dir: resume, then checkpoint every event
         self.on_event: Callable[[], None] | None = None  # after every handled reply and release
@@ -170,6 +148,7 @@ class AsyncDriver:
         except BudgetExhausted as exc:
             stopped = "privacy budget exhausted"
             log.warning("%s", exc)
+        self._settle()
         after_end = {**self.after_end, "in_flight": len(self.in_flight)}
         extra = {
             "staleness_histogram": self.staleness_histogram,
@@ -207,17 +186,21 @@ class AsyncDriver:
     def _after_end(self, replies: Sequence[Reply]) -> None:
         for reply in replies:
             self.in_flight.pop(reply.client, None)
+            self._charge(reply)
             self.after_end["replies"] += 1
             self.after_end["bytes_up"] += reply.nbytes
         log.info("%d replies arrived after version %d, the last: not aggregated", len(replies), self.version)
 
     def _dispatch(self) -> None:
-        """Keep ``concurrency`` clients training, drawn uniformly from the idle, ready ones; with
-        none in flight and none ready, the transport first waits for one (``wait_ready``)."""
+        """Keep ``concurrency`` clients training, drawn uniformly from the idle, ready ones with
+        tasks left (:mod:`~stamen.server.driver.trip_budget`); with none in flight and none ready,
+        the transport first waits for one (``wait_ready``)."""
         self._fill()
-        if not self.in_flight and self.transport.wait_ready():
+        clients = self.transport.clients()
+        if not self.in_flight and not self.budget.spent(clients) and self.transport.wait_ready():
             self._fill()
         if not self.in_flight:
+            self.budget.refuse(self.transport.clients())  # BudgetExhausted: the cap held someone back
             raise RuntimeError("no client is available to train (none connected and ready)")
 
     def _fill(self) -> None:
@@ -231,6 +214,7 @@ class AsyncDriver:
             task = TrainTask(client, instr, sent.weights, sent.delta, sent.base, patch=sent.patch)
             self.transport.push(task)
             self.in_flight[client] = task
+            self.budget.spend(client)
             self.step.bytes_down += self.downlink.nbytes([task])
 
     def _instructions(self, client: str) -> RoundInstructions:
@@ -243,14 +227,17 @@ class AsyncDriver:
         return instr if k == 0 else replace(instr, seed=(instr.seed + k * REPEAT_STRIDE) % 2**32)
 
     def _draw(self, clients: Sequence[str]) -> str | None:
-        """A uniform draw among idle, ready clients: rejection sampling (O(1) while concurrency is
-        small against the population), then a full scan."""
+        """A uniform draw among idle, ready clients under their trip cap: rejection sampling (O(1)
+        while concurrency is small against the population), then a full scan."""
         for _ in range(DRAW_TRIES):
             client = clients[int(self.rng.integers(len(clients)))]
-            if client not in self.in_flight and self.transport.ready(client):
+            if self._idle(client):
                 return client
-        idle = [c for c in clients if c not in self.in_flight and self.transport.ready(c)]
+        idle = [c for c in clients if self._idle(c)]
         return idle[int(self.rng.integers(len(idle)))] if idle else None
+
+    def _idle(self, client: str) -> bool:
+        return client not in self.in_flight and self.budget.allows(client) and self.transport.ready(client)
 
     def _expire(self) -> None:
         """Nothing arrived within the timeout: the tasks in flight are given up (counted)."""
@@ -261,12 +248,16 @@ class AsyncDriver:
     def _handle(self, reply: Reply, progress: ProgressFn | None) -> None:
         task = self.in_flight.pop(reply.client, None)
         self.step.bytes_up += reply.nbytes
+        self._charge(reply)
         if task is None:
             self._reject(reply.client, "not training for this server")
             return
         self.downlink.observe([reply])
         if reply.error is not None:
             self._reject(reply.client, f"client error: {reply.error}")
+            return
+        if self.s.one_row_per_client and reply.client in self.step.clients:
+            self._reject(reply.client, "a second update in one buffer (central DP: one row per client)")
             return
         try:
             self._accept(reply, task)
@@ -298,7 +289,6 @@ class AsyncDriver:
         self.step.clients.append(reply.client)
         self.step.norms.append(got.norm)
         self.step.taus.append(tau)
-        self.step.senders.append(reply.client)
         if got.epsilon is not None:
             self.step.client_eps = max(self.step.client_eps or 0.0, got.epsilon)
 
@@ -312,6 +302,21 @@ class AsyncDriver:
             if not needed and self.s.mode == "fedbuff" and reply.envelope is not None:
                 return None
         return self.history.get(sent)
+
+    def _charge(self, reply: Reply) -> None:
+        """``senders`` (what RQM's accountant charges) holds every released message, whatever
+        becomes of it: rejected ones and a client's several replies in one buffer included."""
+        if self.budget.released(reply):
+            self.step.senders.append(reply.client)
+
+    def _settle(self) -> None:
+        """Charge the messages that no release counted (after the end, or in a buffer the run
+        stopped before releasing); the last record then reports the worst ε after them."""
+        if self.accountant is None or not self.step.senders or not self.records:
+            return
+        eps = self.accountant(self.step.senders)
+        self.step.senders = []
+        self.records[-1] = replace(self.records[-1], epsilon=eps)
 
     def _reject(self, client: str, reason: str) -> None:
         self.step.rejected += 1

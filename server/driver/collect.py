@@ -44,7 +44,8 @@ class CollectPolicy:
         adaptive bound below.
     norm_ratio : float
         Adaptive bound: reject a row whose norm exceeds ``norm_ratio`` times the round's median norm
-        (needs >= 3 rows; 0 disables). Default 100.
+        (needs >= 3 rows; 0 disables). Default 100. A run's policy sets 0 under central DP
+        (:func:`stamen.server.federation.collect_policy`): one client would move the others' verdicts.
     max_examples : int
         Cap on a reported ``num-examples``; 0 = ``examples_ratio`` times the round's median.
     examples_ratio : float

@@ -111,3 +111,32 @@ def client_index(client: str) -> int:
     if not tail.isdigit():
         raise ValueError(f"client key {client!r} does not end in a number")
     return int(tail)
+
+
+class AsyncTransport(Protocol):
+    """Tasks go out one by one; replies come back as they arrive."""
+
+    def clients(self) -> list[str]:
+        """The available clients' keys."""
+        ...
+
+    def ready(self, client: str) -> bool:
+        """Whether ``client`` can take a task now (connected, inside its availability window)."""
+        ...
+
+    def push(self, task: TrainTask) -> None:
+        """Start ``task`` on its client."""
+        ...
+
+    def pull(self, timeout: float) -> list[Reply]:
+        """The replies that arrived (in arrival order); ``[]`` when none came within ``timeout``."""
+        ...
+
+    def now(self) -> float:
+        """The transport's clock, in seconds (simulated on a virtual clock)."""
+        ...
+
+    def wait_ready(self) -> bool:
+        """Nothing is in flight and no client is ready: wait until one is (a virtual clock moves to
+        that moment; a deployment waits, bounded, for a node); False when none became ready."""
+        ...

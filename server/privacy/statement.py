@@ -5,9 +5,16 @@ Central DP is the case where they can differ: the accountant (:mod:`stamen.priva
 composes the *Poisson*-subsampled Gaussian mechanism at ``q = per_round / num_clients``, which a
 synchronous run with ``clients.sampling = "poisson"`` (the ``"auto"`` default under central DP)
 implements exactly (:func:`stamen.server.sampling.poisson_sample`); a fixed-size cohort or FedBuff's
-buffers are not formally covered (``"covered": false``). The client-side mechanisms (local DP,
-DP-SGD, RQM) are accounted per client over the rounds it took part in, with no amplification by
-client sampling, so their ε holds whatever the server's sampling.
+buffers are not formally covered (``"covered": false``). FedBuff is further off than a fixed cohort:
+a buffer holds whichever ``buffer_size`` updates arrive first, so a fast client is in more releases
+than rate q implies, and one client's presence shifts which other updates land in every later
+buffer. The driver keeps at most one update per client in a buffer (a second is rejected), so a
+client's own rows add at most C/m to any release; the shifting of the others is what no analysis here
+covers.
+The client-side mechanisms (local DP, DP-SGD, RQM) are accounted per client over the updates it
+released, with no amplification by client sampling, so their ε holds whatever the server's sampling;
+calibrated to a target ε they assume at most ``rounds`` releases per client, which an asynchronous
+run enforces by sending no client more tasks (:func:`releases_per_client`).
 
 Every statement also says where the DP randomness came from (``privacy.noise``): ``"secret"`` (OS
 entropy), or ``"seeded"``, derived from the run seed that every client receives, for runs that replay
@@ -23,6 +30,16 @@ from typing import Any
 from stamen.server.config import ServerConfig
 from stamen.task.settings import PrivacyConfig
 
+FIXED_NOTE = (
+    "the accountant assumes Poisson sampling at rate q; this run's cohorts were not Poisson, so the "
+    "reported ε is the usual approximation, not a formal guarantee"
+)
+FEDBUFF_NOTE = (
+    "the accountant assumes every release samples each client independently at rate q; FedBuff's "
+    "buffers hold the first updates to arrive (at most one per client), so a fast client is in more "
+    "releases than q implies and one client's presence shifts which updates fill every later buffer: "
+    "the reported ε is not a guarantee"
+)
 CLIENT_ACCOUNTANTS = {
     "local": "gaussian-composed-over-participation",  # stamen.privacy.local, sensitivity 2C, q = 1
     "dp_sgd": "poisson-subsampled-gaussian-per-client-batches",  # opacus' q = 1/ceil(n/B)
@@ -34,6 +51,14 @@ SEEDED_WARNING = (
 )
 
 
+def releases_per_client(cfg: ServerConfig) -> int:
+    """The releases per client that a client-side mechanism's noise was calibrated for (``rounds``,
+    under ``privacy.calibration = "target_epsilon"``): the asynchronous driver sends no client more
+    tasks. 0 (no cap) for central DP, no privacy, or a fixed noise multiplier (no target to keep)."""
+    p = cfg.privacy
+    return cfg.rounds if p.mode in CLIENT_ACCOUNTANTS and p.calibration == "target_epsilon" else 0
+
+
 def privacy_statement(cfg: ServerConfig) -> dict[str, Any] | None:
     """The ``privacy`` entry of results.json; None for a run without privacy.
 
@@ -41,7 +66,8 @@ def privacy_statement(cfg: ServerConfig) -> dict[str, Any] | None:
     ``accountant`` (``"<rdp|prv>-poisson-subsampled-gaussian"`` for central DP); ``sample_rate``
     (``q``) and ``estimator`` for central DP; ``noise`` (``privacy.noise``); ``covered`` (whether the
     accountant's assumptions hold for the run: its sampling, and secret noise); ``note`` (what the
-    figure means; under ``"seeded"`` noise it starts with :data:`SEEDED_WARNING`).
+    figure means; under ``"seeded"`` noise it starts with :data:`SEEDED_WARNING`); for a client-side
+    mode in an asynchronous run with a target ε, ``max_releases_per_client``.
     """
     p = cfg.privacy
     if p.mode == "off":
@@ -61,22 +87,13 @@ def _seeded(p: PrivacyConfig, statement: dict[str, Any]) -> dict[str, Any]:
 def _statement(cfg: ServerConfig, p: PrivacyConfig) -> dict[str, Any]:
     """The statement of the mechanism and its sampling (:func:`privacy_statement` adds the noise)."""
     if p.mode != "central":
-        return {
-            "mode": p.mode,
-            "sampling": cfg.sampling,
-            "accountant": f"{p.accountant}:{CLIENT_ACCOUNTANTS[p.mode]}",
-            "covered": True,
-            "note": "per-client ε over the rounds each client took part in; no client-sampling amplification",
-        }
+        return _client_side(cfg)
     fedbuff = cfg.settings.server.mode != "sync"
     sampling = "fedbuff-arrivals" if fedbuff else cfg.sampling
     covered = sampling == "poisson"
-    note = (
-        "each client sampled independently with probability q, as the accountant assumes"
-        if covered
-        else "the accountant assumes Poisson sampling at rate q; this run's cohorts were not Poisson, "
-        "so the reported ε is the usual approximation, not a formal guarantee"
-    )
+    note = "each client sampled independently with probability q, as the accountant assumes"
+    if not covered:
+        note = FEDBUFF_NOTE if fedbuff else FIXED_NOTE
     return {
         "mode": "central",
         "sampling": sampling,
@@ -88,6 +105,20 @@ def _statement(cfg: ServerConfig, p: PrivacyConfig) -> dict[str, Any]:
         "covered": covered,
         "note": note,
     }
+
+
+def _client_side(cfg: ServerConfig) -> dict[str, Any]:
+    p = cfg.privacy
+    out = {
+        "mode": p.mode,
+        "sampling": cfg.sampling,
+        "accountant": f"{p.accountant}:{CLIENT_ACCOUNTANTS[p.mode]}",
+        "covered": True,
+        "note": "per-client ε over the updates each client released; no client-sampling amplification",
+    }
+    if cfg.settings.server.mode != "sync" and releases_per_client(cfg):
+        out["max_releases_per_client"] = releases_per_client(cfg)
+    return out
 
 
 def describe(statement: dict[str, Any]) -> str:
