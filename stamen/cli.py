@@ -123,21 +123,25 @@ def _scenarios() -> int:
     return 0
 
 
-def _simulate(args: argparse.Namespace) -> int:
+def _checked_args(args: argparse.Namespace) -> tuple[Any, Path]:
+    """The scenario and the output directory; everything that can be wrong with the arguments is
+    found here, before torch is imported."""
     from stamen.simulations.results import check_out_dir
     from stamen.simulations.scenario import load_scenario
 
-    # Everything that can be wrong with the arguments is found here, before torch is imported.
     scenario = load_scenario(args.scenario, args.overrides)
     _check_registry_names(scenario)
     out = args.out or default_out_dir(scenario.name, args.overrides, args.engine)
     check_out_dir(out)
     if (out / "results.json").exists() and args.state_dir is None:
         print(f"stamen: {out} holds an earlier run's results; this run replaces them", file=sys.stderr)
+    return scenario, out
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    scenario, out = _checked_args(args)
     from stamen.simulations.engines import run_engine
-    from stamen.simulations.engines.interrupt import signals_held
     from stamen.simulations.plan import SimulationPlan
-    from stamen.simulations.results import write_results
 
     plan_start = time.perf_counter()  # total_wall_s counts from here: the plan, every round, no imports
     plan = SimulationPlan.from_scenario(scenario)  # refuses what cannot run, before round 1
@@ -156,6 +160,14 @@ def _simulate(args: argparse.Namespace) -> int:
         **result.extra,
     }
     extra["startup_s"] = {"plan": plan_s, "first_round_done": prog.first_round_s}
+    return _report(args, scenario, out, result, extra)
+
+
+def _report(args: argparse.Namespace, scenario: Any, out: Path, result: Any, extra: dict[str, Any]) -> int:
+    """Write the run's files (a late signal cannot cut the write), print its summary; the exit code."""
+    from stamen.simulations.engines.interrupt import signals_held
+    from stamen.simulations.results import write_results
+
     if "resumed_from" in result.extra:
         what = "holds a finished run" if result.extra.get("already_finished") else "resumed"
         print(

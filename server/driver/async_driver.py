@@ -5,20 +5,18 @@ model version it was computed from (held in a bounded history: the server's own 
 sent, never a number the client echoes), treated by the staleness rules
 (:class:`~stamen.server.staleness.handling.StaleHandling`), and then
 
-- ``fedasync`` (Xie, Koyejo, Gupta, arXiv 1903.03934, Alg. 1): mixed into the model right away,
-  ``w <- (1 - a) w + a (w_v + delta)``, ``a = alpha * s(tau)``, where ``w_v`` is the version the
-  client trained from (so a stale client's model, not its delta, is what is mixed);
+- ``fedasync`` (Xie, Koyejo, Gupta, arXiv 1903.03934, Alg. 1): mixed in at once, ``w <- (1 - a) w +
+  a (w_v + delta)``, ``a = alpha * s(tau)``, ``w_v`` the version the client trained from (``w_t``
+  for a delta that ``dcasgd`` or ``gi`` rewrote for the current model);
 - ``fedbuff`` (Nguyen et al., AISTATS 2022, Alg. 1): buffered; every ``buffer_size`` updates each
   is scaled by ``s(tau)``, the rule aggregates the scaled buffer with weights ``examples`` and the
   server steps, ``m <- beta m + server_lr * agg``, ``w <- w + m`` (fedavg with equal counts, or mean:
   the paper's ``server_lr * sum_k s(tau_k) Delta_k / K``).
 
-Every new model version is one :class:`~stamen.server.history.RoundRecord` (``round`` = the
-version), with the transport's clock (simulated seconds on a virtual clock) and the staleness of
-the updates that made it. Exactly ``versions`` versions are released: a transport's pull may return
-several replies at once (Flower's grid returns every reply waiting), and those after the one that
-released the last version are not aggregated; they are counted in the result's ``after_end``
-(``replies``, their ``bytes_up``, and the tasks still ``in_flight`` when the run ended).
+Each version is one :class:`~stamen.server.history.RoundRecord` (``round`` = the version), with the
+transport's clock and the staleness of its updates. Exactly ``versions`` are released: replies of a
+pull (Flower's grid returns every one waiting) after the last version's are not aggregated, only
+counted in the result's ``after_end`` (``replies``, their ``bytes_up``, tasks still ``in_flight``).
 
 Privacy: RQM's accountant charges every reply carrying an update (rejected, repeated in one buffer,
 after the end); a client-side mechanism's trip cap is :mod:`~stamen.server.driver.trip_budget`; under
