@@ -69,7 +69,7 @@ class InstantClients:
     def now(self) -> float:
         return float("nan")
 
-    def wait_ready(self) -> bool:
+    def wait_ready(self, eligible: object = None) -> bool:
         return False
 
     def reply(self, task: TrainTask) -> Reply:

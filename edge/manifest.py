@@ -95,10 +95,12 @@ class Manifest:
         """The version the store serves."""
         return self.history[-1]
 
-    def with_history(self, history: Sequence[VersionEntry], high_water: int | None = None) -> Manifest:
-        """A copy with a new history (and high-water mark)."""
+    def with_history(
+        self, history: Sequence[VersionEntry], high_water: int | None = None, key_id: str | None = None
+    ) -> Manifest:
+        """A copy with a new history (and high-water mark, and the id of the key that signed it)."""
         hw = self.high_water if high_water is None else high_water
-        return replace(self, history=tuple(history), high_water=hw)
+        return replace(self, history=tuple(history), high_water=hw, key_id=key_id or self.key_id)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written to ``manifest.json``."""

@@ -106,17 +106,18 @@ class EdgeRuntime:
         self.timings: dict[str, float] = {}
         self.manifest = load_manifest(self.store)
         self.verifier = Verifier.from_files(self.store / TRUSTED)
-        if self.manifest.key_id not in self.verifier.key_ids:
-            raise StoreCorrupt(f"trusted key does not match the manifest's key id {self.manifest.key_id!r}")
+        if self.manifest.key_id not in self.verifier.key_ids:  # the key of the latest update
+            raise StoreCorrupt(
+                f"{TRUSTED} no longer holds key {self.manifest.key_id!r}, which signed the store's latest "
+                "update (when rotating, keep it until the device has applied one signed with the new key)"
+            )
         self.backend = make_backend(self.manifest.backend, self.store, self.manifest.graph)
         self._session: Any = None
+        self._signed_by: str | None = None
         with store_lock(self.store):
-            # Re-read the manifest under the lock (cleaning with the stale one read above would
-            # delete a version another process committed since), and read the version it names
-            # under the lock too: a rollback, prune (keep) or repair elsewhere removes a version
-            # only while holding it. The hold is one hash pass, plus the session build when serving
-            # (apply and rollback build theirs under the lock too); reading outside it would need
-            # a retry on every read error to tell a concurrent removal from corruption.
+            # Re-read the manifest, and read the version it names, under the lock: cleaning with the
+            # stale one would delete a version another process committed since, and a rollback,
+            # prune or repair elsewhere removes a version only while holding it.
             self.manifest, self.repaired = open_locked(self.store, self.backend, verify=verify, repair=repair)
             if serve:
                 self._session = self._build_session(self.manifest)
@@ -223,6 +224,7 @@ class EdgeRuntime:
 
     # ---------------------------------------------------------------- updating
     def _check(self, env: Envelope) -> None:
+        self._signed_by = env.key_id  # recorded in the manifest when the version commits
         cur = self.manifest.current
         if env.base_hash != cur.hash:
             raise BaseModelMismatch(
@@ -274,7 +276,7 @@ class EdgeRuntime:
                 raise
             entry = VersionEntry(version, digest, self.manifest.current.hash)
             history = (*self.manifest.history, entry)
-            manifest = self.manifest.with_history(history[-self.keep :], high_water=version)
+            manifest = self.manifest.with_history(history[-self.keep :], version, self._signed_by)
             self._commit_version(manifest, shadow)
         return self.version()
 

@@ -18,7 +18,7 @@ from .errors import (
     ValidationError,
 )
 from .signing import Signer, Verifier
-from .tensors import ModelHasher, TensorInfo, model_hash, tensor_table
+from .tensors import ModelHasher, TensorInfo, is_model_hash, model_hash, tensor_table
 from .update import codec_pipeline, decode_update, encode_update
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "codec_pipeline",
     "decode_update",
     "encode_update",
+    "is_model_hash",
     "model_hash",
     "pack",
     "tensor_table",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ __all__ = ["KEY_ID_LENGTH", "SIGNATURE_LENGTH", "Signer", "Verifier", "key_id_fo
 KEY_ID_LENGTH = 8
 SIGNATURE_LENGTH = 64
 _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+_PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
 
 
 def key_id_for(public_key_bytes: bytes) -> str:
@@ -139,16 +141,21 @@ class Verifier:
 
     @classmethod
     def from_files(cls, *paths: str | os.PathLike[str]) -> Verifier:
-        """Trust the PEM (SubjectPublicKeyInfo) Ed25519 public keys in ``paths``."""
+        """Trust the PEM (SubjectPublicKeyInfo) Ed25519 public keys in ``paths``: every key in a
+        file (an old and a new key side by side while rotating)."""
         keys = []
         for path in paths:
-            try:
-                key = serialization.load_pem_public_key(Path(path).read_bytes())
-            except (ValueError, TypeError) as exc:
-                raise SignatureError(f"{path}: not a PEM public key: {exc}") from None
-            if not isinstance(key, Ed25519PublicKey):
-                raise SignatureError(f"{path}: not an Ed25519 public key")
-            keys.append(key)
+            blocks = _PEM_BLOCK.findall(Path(path).read_bytes())
+            if not blocks:
+                raise SignatureError(f"{path}: not a PEM public key: no PUBLIC KEY block")
+            for block in blocks:
+                try:
+                    key = serialization.load_pem_public_key(block)
+                except (ValueError, TypeError) as exc:
+                    raise SignatureError(f"{path}: not a PEM public key: {exc}") from None
+                if not isinstance(key, Ed25519PublicKey):
+                    raise SignatureError(f"{path}: not an Ed25519 public key")
+                keys.append(key)
         return cls(keys)
 
     @property

@@ -163,6 +163,11 @@ class ModelHasher:
         return self._digest.hexdigest()
 
 
+def is_model_hash(text: object) -> bool:
+    """Whether ``text`` has the form of a :func:`model_hash` (64 lower-case hex digits)."""
+    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
 def model_hash(weights: Mapping[str, np.ndarray]) -> str:
     """Canonical SHA-256 of a set of named weights.
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from stamen.protocols import CodecSpec, Signer, model_hash
+from stamen.protocols import CodecSpec, Signer, is_model_hash, model_hash
 from stamen.protocols.delta import create_delta_with_result, create_replacement
 from stamen.server.driver.types import Payload, Reply, TrainTask, client_index
 from stamen.task.seeds import client_seed
@@ -118,6 +118,7 @@ class DeviceDownlink:
             if model_hash(arrays) != digest:
                 raise ValueError(f"edge downlink: a held version does not hash to {digest[:16]}...")
             weights[digest] = arrays
+        held = {d: h for d, h in held.items() if is_model_hash(h)}  # a checkpoint of older code
         if self._initial_hash not in weights:
             raise ValueError(f"edge downlink: held versions {[self._initial_hash[:16]]} are missing")
         before = {}
@@ -129,7 +130,12 @@ class DeviceDownlink:
 
     def resync(self, device: str, held: str) -> None:
         """``device`` reported holding ``held`` (it did not apply, or lost, its last delta): the next
-        delta starts there, or is a full replacement when the server no longer has those weights."""
+        delta starts there, or is a full replacement when the server no longer has those weights. A
+        report that is no model hash (lower-case hex SHA-256) is ignored: it would become the base
+        hash of a signed envelope, which refuses it, and stop the run whenever the device is asked."""
+        if not is_model_hash(held):
+            log.warning("device %s reported holding %r, not a model hash: ignored", device, held[:80])
+            return
         if held != self.held_hash(device):
             self._held[device] = held
             self._prune()

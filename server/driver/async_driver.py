@@ -195,7 +195,11 @@ class AsyncDriver:
         the transport first waits for one (``wait_ready``)."""
         self._fill()
         clients = self.transport.clients()
-        if not self.in_flight and not self.budget.spent(clients) and self.transport.wait_ready():
+        if (
+            not self.in_flight
+            and not self.budget.spent(clients)
+            and self.transport.wait_ready(self.budget.allows)
+        ):
             self._fill()
         if not self.in_flight:
             self.budget.refuse(self.transport.clients())  # BudgetExhausted: the cap held someone back

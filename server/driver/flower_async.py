@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 from flwr.app import ArrayRecord, Message, MessageType
 
@@ -42,9 +43,10 @@ class GridAsyncTransport:
         """A deployment has no simulated clock."""
         return math.nan
 
-    def wait_ready(self) -> bool:
+    def wait_ready(self, eligible: Callable[[str], bool] | None = None) -> bool:
         """No node is connected (none has a task): wait for one, asking the SuperLink every
-        ``NODE_POLL_S`` for at most the reply timeout ``ttl_s``."""
+        ``NODE_POLL_S`` for at most the reply timeout ``ttl_s`` (``eligible`` is not consulted: a
+        connected node's availability is not known ahead)."""
         deadline = time.monotonic() + self.ttl_s
         while not self.nodes.clients():
             if time.monotonic() >= deadline:

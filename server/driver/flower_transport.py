@@ -19,7 +19,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from stamen.protocols import SignatureError, keys
+from stamen.protocols import SignatureError, is_model_hash, keys
 from stamen.protocols.flower import array_record_nbytes, envelope_from_record, envelope_record
 from stamen.protocols.patch import ModelPatch
 from stamen.server.driver.identity import NodeIdentities
@@ -214,7 +214,7 @@ def reply_of(client: str, content: RecordDict) -> Reply:
     held = content.config_records.get(keys.HELD)
     if held is not None:
         digest = held.get("hash")
-        if not isinstance(digest, str) or len(digest) != 64:
+        if not isinstance(digest, str) or not is_model_hash(digest):
             return Reply(client, metrics=metrics, error=f"record {keys.HELD!r} needs a 64-hex 'hash'")
         return Reply(client, metrics=metrics, error="the device holds another model version", held=digest)
     if keys.UPDATE in content.array_records:

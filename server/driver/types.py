@@ -8,7 +8,7 @@ node behind the reply), never from anything the client reports.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -136,7 +136,8 @@ class AsyncTransport(Protocol):
         """The transport's clock, in seconds (simulated on a virtual clock)."""
         ...
 
-    def wait_ready(self) -> bool:
-        """Nothing is in flight and no client is ready: wait until one is (a virtual clock moves to
-        that moment; a deployment waits, bounded, for a node); False when none became ready."""
+    def wait_ready(self, eligible: Callable[[str], bool] | None = None) -> bool:
+        """Nothing is in flight and no client is ready: wait until one of those ``eligible`` takes
+        (all by default) is (a virtual clock moves to that moment; a deployment waits, bounded, for a
+        node); False when none became ready."""
         ...

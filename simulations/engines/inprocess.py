@@ -223,13 +223,15 @@ class VirtualClockTransport:
         del timeout
         return [self.events.pop().payload] if len(self.events) else []
 
-    def wait_ready(self) -> bool:
-        """No task is in flight and no client is inside an availability window: the clock jumps to
-        the first window opening (as a synchronous round's trip waits for its client's window)."""
+    def wait_ready(self, eligible: Callable[[str], bool] | None = None) -> bool:
+        """No task is in flight and no client ``eligible`` takes (all by default: the driver passes
+        those with privacy budget left) is inside an availability window: the clock jumps to the
+        first such window's opening (as a synchronous round's trip waits for its client's window)."""
         if len(self.events):  # a reply is still to come: it moves the clock
             return False
         timing, now = self.meter.timing, self.events.now
-        opens = min((timing.next_available(_pid(c), now) for c in self.clients()), default=math.inf)
+        clients = [c for c in self.clients() if eligible is None or eligible(c)]
+        opens = min((timing.next_available(_pid(c), now) for c in clients), default=math.inf)
         if not math.isfinite(opens):
             raise ValueError(f"no client is available to train at simulated t={now:g}s or later")
         self.events.pop_until(opens)

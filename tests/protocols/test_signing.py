@@ -68,3 +68,14 @@ def test_bad_key_material(tmp_path: Path) -> None:
         Verifier([b"short"])
     with pytest.raises(SignatureError):
         Signer("key")
+
+
+def test_a_trust_file_with_two_keys_trusts_both(tmp_path: Path) -> None:
+    """Rotating the update-signing key: the devices' trust file holds the old and the new public
+    key side by side (docs/deployment.md, section 8); both are trusted (only the first was)."""
+    old, new = Signer.generate(), Signer.generate()
+    for name, signer in (("old", old), ("new", new)):
+        signer.save(tmp_path / f"{name}.pem", tmp_path / f"{name}.pub.pem")
+    both = tmp_path / "trusted.pem"
+    both.write_bytes((tmp_path / "old.pub.pem").read_bytes() + (tmp_path / "new.pub.pem").read_bytes())
+    assert Verifier.from_files(both).key_ids == {old.key_id, new.key_id}

@@ -47,7 +47,7 @@ class ScriptedTransport:
     def now(self) -> float:
         return math.nan
 
-    def wait_ready(self) -> bool:
+    def wait_ready(self, eligible: object = None) -> bool:
         return False
 
     def push(self, task: TrainTask) -> None:
@@ -177,7 +177,7 @@ class WindowTransport(ScriptedTransport):
         self.order += [c for c in self.sent if c not in self.order]  # a client may go twice
         return super().pull(timeout)
 
-    def wait_ready(self) -> bool:
+    def wait_ready(self, eligible: object = None) -> bool:
         self.waits += 1
         self.open = self.opens
         return self.opens

@@ -167,8 +167,10 @@ def test_fedbuff_local_dp_stays_within_the_target() -> None:
 @pytest.mark.slow
 def test_the_task_counts_survive_a_resume(tmp_path: Path) -> None:
     """The same local-DP FedBuff run, stopped after version 1 and resumed from its state-dir, sends
-    the same tasks as the uninterrupted one: the per-client counts the cap needs are checkpointed."""
+    the same tasks as the uninterrupted one: the per-client counts the cap needs are checkpointed
+    (seeded noise: the two runs are compared value for value)."""
     overrides = ["rounds=3", "privacy.mode=local", "server.mode=fedbuff", "server.buffer_size=4"]
+    overrides.append("privacy.noise=seeded")
 
     def plan(state_dir: Path | None = None) -> SimulationPlan:
         more = ["server.concurrency=3", "privacy.target_epsilon=4"]

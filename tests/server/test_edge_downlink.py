@@ -91,3 +91,25 @@ def test_a_device_back_at_a_retained_version_gets_a_delta_when_the_server_keeps_
         got = payload if base is None else {k: base[k] + payload[k] for k in base}  # the device's sum
         assert model_hash(got) == digest == down.held_hash("d")
         np.testing.assert_allclose(got["w"], targets[4]["w"], atol=1e-6)
+
+
+def test_a_held_report_that_is_no_model_hash_is_refused_and_never_stops_the_run() -> None:
+    """A device's unsigned "held" report becomes the base hash of the next signed envelope; one
+    that is not 64 lower-case hex (``"Z" * 64``, upper-case) made the envelope refuse itself and
+    stopped the run whenever the device was asked, also after a resume from a checkpoint."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from stamen.protocols import keys
+    from stamen.server.driver.flower_transport import reply_of
+
+    rng = np.random.default_rng(5)
+    initial, target = _model(rng), _model(rng)
+    down = DeviceDownlink(initial, Signer.generate(), "dense", "m")
+    for bad in ("Z" * 64, "A" * 64):
+        reply = reply_of("node-7", RecordDict({keys.HELD: ConfigRecord({"hash": bad})}))
+        assert reply.held is None and reply.error is not None and "64-hex" in reply.error
+        down.resync("node-7", bad)  # a caller that did not check: ignored
+    assert down.held_hash("node-7") == model_hash(initial)
+    down.restore({"node-7": "A" * 64}, {}, down.snapshot()[2])  # a checkpoint of the old code
+    data, digest = down.make_update("node-7", target, 1, seed=0)
+    assert digest == down.held_hash("node-7") and len(data) > 0

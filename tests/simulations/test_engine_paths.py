@@ -164,6 +164,7 @@ STATEFUL = (
     "codec.topk.ratio=0.1",
     "codec.error_feedback=true",
     "privacy.mode=local",
+    "privacy.noise=seeded",  # the runs are compared value for value
 )
 
 

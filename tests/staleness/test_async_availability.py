@@ -39,6 +39,17 @@ def test_the_virtual_clock_jumps_to_the_first_window_opening() -> None:
     assert not clock.wait_ready() and clock.now() == pytest.approx(min(timing.phase), rel=1e-12)
 
 
+def test_the_jump_goes_to_the_first_window_of_an_eligible_client() -> None:
+    """The driver passes the clients with privacy budget left: a spent client's earlier window is
+    skipped (waiting for it would leave nobody to send a task to, and the run would stop)."""
+    clock, timing = _clock(5)
+    first = min(range(5), key=lambda i: timing.phase[i])
+    assert clock.wait_ready(lambda c: c != f"client-{first}")
+    others = [timing.next_available(i, 0.0) for i in range(5) if i != first]
+    assert clock.now() == pytest.approx(min(others), rel=1e-12) and clock.now() > timing.phase[first]
+    assert [c for c in clock.clients() if clock.ready(c)] != [f"client-{first}"]
+
+
 def test_a_timing_model_with_no_window_ever_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     clock, timing = _clock(2)
     monkeypatch.setattr(timing, "next_available", lambda client, time: math.inf)
