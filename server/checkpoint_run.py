@@ -44,7 +44,7 @@ log = logging.getLogger("stamen.server")
 Part = tuple[Callable[[Snapshot], Tree], Callable[[Any, Snapshot], None]]
 """An engine's own state: ``(capture(snap) -> tree, restore(tree, snap))``."""
 
-RESUMABLE_STOPS = ("interrupted", "no replies")  # a run that ended so is not finished
+RESUMABLE_STOPS = ("interrupted", "no replies", "no usable replies")  # a run that ended so is not finished
 
 
 def run_fingerprint(cfg: ServerConfig) -> dict[str, str]:

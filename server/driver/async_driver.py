@@ -30,12 +30,13 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
 from stamen.protocols import StamenError, tensor_table
 from stamen.server.aggregators.base import RoundContext, Rule
+from stamen.server.driver.async_state import AsyncSettings, _Step
 from stamen.server.driver.collect import CollectPolicy, capped_examples, flatten, norm_outliers, unflatten
 from stamen.server.driver.driver import Accountant, Downlink, EvalFn, Resume
 from stamen.server.driver.reply import accept_reply
@@ -50,44 +51,9 @@ from stamen.task.spec import RoundInstructions
 
 log = logging.getLogger("stamen.server")
 MAX_IDLE_POLLS = 3  # consecutive empty pulls (each one a full timeout) before the run gives up
+FRUITLESS_REPLIES = 1000  # x max(1, concurrency / 20): replies in a row with nothing usable: give up
 DRAW_TRIES = 64  # random draws before a full scan for an idle client
 REPEAT_STRIDE = 0x9E3779B1  # seed offset of a client's repeated trip from one model version
-
-
-@dataclass(frozen=True)
-class AsyncSettings:
-    """The numbers the asynchronous loop needs."""
-
-    mode: str  # "fedasync" or "fedbuff"
-    versions: int  # model versions to produce
-    concurrency: int
-    buffer_size: int
-    alpha: float
-    server_lr: float
-    momentum: float
-    seed: int
-    timeout_s: float
-    eval_every: int
-    max_trips: int = 0  # tasks per client its privacy calibration assumed (local, dp_sgd, rqm); 0: no cap
-    one_row_per_client: bool = False  # central DP: a buffer holds at most one update of each client
-
-
-@dataclass
-class _Step:
-    """What happened since the last model version."""
-
-    rows: list[np.ndarray] = field(default_factory=list)
-    counts: list[float] = field(default_factory=list)
-    factors: list[float] = field(default_factory=list)
-    clients: list[str] = field(default_factory=list)
-    norms: list[float] = field(default_factory=list)
-    taus: list[int] = field(default_factory=list)
-    senders: list[str] = field(default_factory=list)
-    bytes_up: int = 0
-    bytes_down: int = 0
-    rejected: int = 0
-    client_eps: float | None = None
-    started: float = field(default_factory=time.perf_counter)
 
 
 class AsyncDriver:
@@ -156,7 +122,10 @@ class AsyncDriver:
         return FederationResult(rounds=self.records, weights=self.weights, extra=extra, stopped=stopped)
 
     def _loop(self, progress: ProgressFn | None) -> str | None:
-        idle_polls = 0
+        """Dispatch, pull, handle until the last version; bounded: a run whose pulls stay empty, or
+        whose replies stay unusable (every trip lost, every update refused), stops and says so."""
+        idle_polls, fruitless = 0, 0
+        limit = FRUITLESS_REPLIES * max(1, self.s.concurrency // 20)
         while self.version < self.s.versions:
             self._dispatch()
             replies = self.transport.pull(self.s.timeout_s)
@@ -166,8 +135,12 @@ class AsyncDriver:
                 if idle_polls >= MAX_IDLE_POLLS:
                     return "no replies"
                 continue
-            idle_polls = 0
+            idle_polls, mark = 0, (self.version, len(self.step.rows))
             self._handle_batch(replies, progress)
+            fruitless = fruitless + len(replies) if (self.version, len(self.step.rows)) == mark else 0
+            if fruitless >= limit:
+                log.warning("%d replies in a row brought no usable update: the run stops", fruitless)
+                return "no usable replies"
         return None
 
     def _handle_batch(self, replies: Sequence[Reply], progress: ProgressFn | None) -> None:

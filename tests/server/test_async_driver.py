@@ -13,7 +13,7 @@ from stamen.protocols import CodecSpec, encode_update, keys, model_hash
 from stamen.server.aggregators import create
 from stamen.server.checkpoint import read_checkpoint
 from stamen.server.checkpoint_run import RunState
-from stamen.server.driver.async_driver import AsyncDriver, AsyncSettings
+from stamen.server.driver.async_driver import FRUITLESS_REPLIES, AsyncDriver, AsyncSettings
 from stamen.server.driver.collect import CollectPolicy
 from stamen.server.driver.downlink import FullDownlink
 from stamen.server.driver.types import Reply, TrainTask
@@ -233,3 +233,26 @@ def test_async_settings_are_checked_before_round_1() -> None:
             "aggregation.rule=krum",
             "aggregation.assumed_byzantine=1",
         )
+
+
+class LosingTransport(ScriptedTransport):
+    """Every trip is lost: each task's reply is a timeout error (a run that cannot make progress).
+    Gives up with an AssertionError after 100,000 replies, so the old unbounded loop fails here."""
+
+    def __init__(self) -> None:
+        super().__init__({"c-1": 1.0, "c-2": 1.0}, [])
+        self.replied = 0
+
+    def pull(self, timeout: float) -> list[Reply]:
+        out = [Reply(c, error="no reply before the timeout") for c in self.sent]
+        self.sent.clear()
+        self.replied += len(out)
+        assert self.replied < 100_000, "the driver loops on replies that bring nothing"
+        return out
+
+
+def test_a_run_whose_replies_never_bring_an_update_stops_and_says_so() -> None:
+    transport = LosingTransport()
+    result = _driver("fedbuff", transport, 3).run(BASE)
+    assert result.stopped == "no usable replies" and result.rounds == []
+    assert transport.replied == FRUITLESS_REPLIES  # concurrency 2: the base bound
