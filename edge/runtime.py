@@ -10,8 +10,7 @@
     -> build the new inference session (global weights + personal overlay)
     -> commit the manifest (atomic rename: the single commit point) -> swap sessions
 
-The payload is never copied: the envelope's payload is a view into the input bytes and dense
-tensors are decoded as views into it.
+The payload is never copied: dense tensors are decoded as views into the input bytes.
 
 Every refusal raises a :class:`~stamen.protocols.StamenError` (a ``ValueError``) and leaves the
 store and the serving session untouched. Sessions are double-buffered: the old one keeps serving
