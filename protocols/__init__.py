@@ -19,7 +19,7 @@ from .errors import (
 )
 from .signing import Signer, Verifier
 from .tensors import ModelHasher, TensorInfo, is_model_hash, model_hash, tensor_table
-from .update import codec_pipeline, decode_update, encode_update
+from .update import codec_pipeline, decode_expected, decode_update, encode_update
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -38,6 +38,7 @@ __all__ = [
     "ValidationError",
     "Verifier",
     "codec_pipeline",
+    "decode_expected",
     "decode_update",
     "encode_update",
     "is_model_hash",

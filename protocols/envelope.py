@@ -34,11 +34,12 @@ from typing import Any
 
 from . import _header
 from ._header import SCHEMA_VERSION
+from ._template import header_template
 from .errors import MalformedUpdate, SignatureError
 from .signing import KEY_ID_LENGTH, SIGNATURE_LENGTH, Signer, Verifier
 from .tensors import TensorInfo
 
-__all__ = ["MAGIC", "MAX_HEADER", "SCHEMA_VERSION", "Envelope", "pack", "unpack"]
+__all__ = ["MAGIC", "MAX_HEADER", "SCHEMA_VERSION", "Envelope", "pack", "unpack", "unpack_expected"]
 
 MAGIC = b"STM\x01"
 MAX_HEADER = 1 << 20
@@ -87,7 +88,11 @@ class Envelope:
 
 
 def _header_bytes(envelope: Envelope, digest: str | None) -> bytes:
-    """Build, serialize and re-validate the header exactly as :func:`unpack` will read it."""
+    """Build, serialize and re-validate the header exactly as :func:`unpack` will read it (from a
+    :mod:`~stamen.protocols._template` of the fields when there is no meta: the same bytes)."""
+    raw = _templated(envelope, digest)
+    if raw is not None:
+        return raw
     fields = {
         "schema": envelope.schema,
         "codec": envelope.codec,
@@ -103,6 +108,18 @@ def _header_bytes(envelope: Envelope, digest: str | None) -> bytes:
     if len(raw) > MAX_HEADER:
         raise MalformedUpdate(f"envelope header of {len(raw)} bytes exceeds {MAX_HEADER}")
     return raw
+
+
+def _templated(envelope: Envelope, digest: str | None) -> bytes | None:
+    """The header filled into its template; None when there is meta or no valid template."""
+    meta, schema = envelope.meta, envelope.schema
+    if not isinstance(meta, Mapping) or meta or type(schema) is not int or schema != SCHEMA_VERSION:
+        return None
+    tensors, signed = envelope.tensors, digest is not None
+    length = len(envelope.payload)
+    tpl = header_template(envelope.codec, envelope.base_hash, envelope.version, tensors, length, signed)
+    raw = tpl.fill(envelope.sender, digest) if tpl is not None else None
+    return raw if raw is not None and len(raw) <= MAX_HEADER else None
 
 
 def pack(envelope: Envelope, signer: Signer | None = None) -> bytes:
@@ -270,3 +287,40 @@ def _authentic_payload(
         return payload, None, None
     key_id, signature = _check_digest(data, frame, payload, fields["sha"], tamper)
     return payload, key_id, signature
+
+
+def unpack_expected(
+    data: object,
+    codec: str,
+    base_hash: str,
+    version: int,
+    sender: str,
+    tensors: tuple[TensorInfo, ...],
+    verifier: Verifier | None = None,
+) -> Envelope | None:
+    """:func:`unpack` of ``data`` (payload zero copy) when its header is byte for byte the one
+    :func:`pack` writes for these fields with no meta: the bytes then *are* those fields, so nothing
+    is parsed. None for any other input, refused or not: the caller runs :func:`unpack` (and its own
+    checks), which names what differs. With ``verifier`` the signature is checked first, as
+    :func:`unpack` does, and a ``SignatureError`` propagates (it is the same error)."""
+    if type(data) is not bytes or data[: len(MAGIC)] != MAGIC:
+        return None
+    try:
+        frame = _verify(data, verifier) if verifier is not None else _frame(data)
+    except MalformedUpdate:
+        return None
+    payload = memoryview(data)[frame.payload_start :]
+    tpl = header_template(codec, base_hash, version, tensors, len(payload), frame.signed)
+    digest = hashlib.sha256(payload).hexdigest() if frame.signed else None
+    if tpl is None or data[_FIXED.size : frame.header_end] != tpl.fill(sender, digest):
+        return None
+    key_id, signature = None, None
+    if frame.signed:
+        try:
+            key_id = _key_id(data[frame.header_end : frame.header_end + KEY_ID_LENGTH])
+        except MalformedUpdate:
+            return None
+        signature = data[frame.header_end + KEY_ID_LENGTH : frame.payload_start]
+    return Envelope(
+        codec, base_hash, version, sender, tensors, payload, {}, SCHEMA_VERSION, key_id, signature
+    )

@@ -20,12 +20,12 @@ import numpy as np
 
 from .codecs.base import CodecSpec, StageSpec
 from .codecs.pipeline import CodecPipeline
-from .envelope import Envelope, pack, unpack
-from .errors import BaseModelMismatch, CodecError, ValidationError
+from .envelope import Envelope, pack, unpack, unpack_expected
+from .errors import BaseModelMismatch, CodecError, StamenError, ValidationError
 from .signing import Signer, Verifier
 from .tensors import TensorInfo, tensor_table
 
-__all__ = ["MAX_MODEL_ELEMENTS", "codec_pipeline", "decode_update", "encode_update"]
+__all__ = ["MAX_MODEL_ELEMENTS", "codec_pipeline", "decode_expected", "decode_update", "encode_update"]
 
 #: Default bound on the elements of an update decoded without ``expected_tensors``: 2**26
 #: (67M parameters, 256 MiB of float32; MiniLM-L6 has 22.7M). Pass ``max_elements`` for more.
@@ -215,3 +215,39 @@ def decode_update(
         _check_size(table, max_elements)
     arrays = _pipeline(envelope.codec).decode(envelope.payload, table)
     return envelope, arrays
+
+
+@lru_cache(maxsize=_MAX_PIPELINES)
+def _canonical(codec: str) -> str | None:
+    """The canonical text of a codec spec (what an envelope records); None when it is invalid."""
+    try:
+        return _pipeline(codec).spec.to_string()
+    except StamenError:
+        return None
+
+
+def decode_expected(
+    data: object,
+    *,
+    codec: str,
+    version: int,
+    sender: str,
+    expected_base: str,
+    expected_tensors: tuple[TensorInfo, ...],
+    verifier: Verifier | None = None,
+    writable: bool = True,
+) -> tuple[Envelope, dict[str, np.ndarray]] | None:
+    """:func:`decode_update` of an envelope that is exactly what the receiver expects: codec
+    ``codec``, its base, ``version``, ``sender`` and tensor table, no meta (what every client of a
+    round sends). Its header is then compared byte for byte with the canonical one instead of parsed
+    (:func:`~stamen.protocols.envelope.unpack_expected`). None for any other envelope, without
+    decoding its payload: the caller runs :func:`decode_update` and its own checks, which name what
+    differs. A bad signature raises ``SignatureError`` as :func:`decode_update` does. ``writable``
+    False: the tensors may be read-only views into ``data`` (:meth:`CodecPipeline.decode`)."""
+    canonical = _canonical(codec) if isinstance(codec, str) else None
+    if canonical is None:
+        return None
+    envelope = unpack_expected(data, canonical, expected_base, version, sender, expected_tensors, verifier)
+    if envelope is None:
+        return None
+    return envelope, _pipeline(canonical).decode(envelope.payload, expected_tensors, writable=writable)

@@ -98,6 +98,8 @@ class CodecPipeline:
                 self._byte_stage = cls(dict(stage.params))
         self._encoders = [cls(dict(stage.params)) for cls, stage in self._array_stages]
         self._plans: dict[int, _Plan] = {}  # id(table) -> its plan (which holds the table)
+        # plain dense: encode is _indexed's float32 cast (Dense.encode would cast again), then pack
+        self._plain = self._byte_stage is None and all(cls.name == "dense" for cls, _ in self._array_stages)
         #: False when no stage's ``encode`` reads its ``rng`` (:attr:`ArrayStage.uses_rng`)
         self.uses_rng = any(cls.uses_rng for cls, _ in self._array_stages)
 
@@ -124,6 +126,8 @@ class CodecPipeline:
         if not isinstance(rng, np.random.Generator):
             raise CodecError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         arrays = _indexed(delta)
+        if self._plain:
+            return pack_arrays(arrays)
         for stage in self._encoders:
             try:
                 arrays = stage.encode(arrays, rng)
@@ -168,6 +172,8 @@ class CodecPipeline:
             data = self._byte_stage.decode(bytes(data), plan.size, exact=plan.exact)
         _check_size(len(data), plan.size, plan.exact)
         arrays = read_exact(data, plan.frame) if plan.frame is not None else None
+        if arrays is not None and self._plain:  # the layout's float32 arrays: dense decodes as is
+            return _named(arrays, plan.table, copy=writable)
         if arrays is None:
             arrays = unpack_arrays(data)
         if plan.layout is not None and plan.exact:

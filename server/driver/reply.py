@@ -21,6 +21,7 @@ from stamen.protocols import (
     TensorInfo,
     ValidationError,
     Verifier,
+    decode_expected,
     decode_update,
     keys,
 )
@@ -88,8 +89,13 @@ def accept_reply(
     if eps is not None and eps < 0:
         raise ValidationError(f"reported epsilon must be >= 0, got {eps}")
     loss = reported_number(reply.metrics, keys.TRAIN_LOSS)
-    delta = _delta(reply, task, base, table, policy)
+    delta, borrowed = _delta(reply, task, base, table, policy)
+    if borrowed and out is None:
+        out = np.empty(sum(t.size for t in table), dtype=np.float32)
     norm = validate_delta(delta, table, policy.max_norm, out)
+    if borrowed:  # views into the reply's bytes: the delta is the row's copy, as decode_update's
+        assert out is not None
+        delta = _views(out, table)
     extras = {k: v for k, v in reply.metrics.items() if isinstance(v, list)}
     return Accepted(delta, examples, norm, eps, loss, extras)
 
@@ -113,9 +119,23 @@ def _delta(
     base: Mapping[str, np.ndarray],
     table: tuple[TensorInfo, ...],
     policy: CollectPolicy,
-) -> Mapping[str, np.ndarray]:
+) -> tuple[Mapping[str, np.ndarray], bool]:
+    """The reply's decoded delta, and whether it is read-only views into the reply's bytes."""
     if reply.envelope is not None:
         verifier = _verifier(reply, policy)
+        instr = task.instructions
+        expected = decode_expected(
+            reply.envelope,
+            codec=instr.codec,
+            version=instr.version,
+            sender=reply.client,
+            expected_base=task.expected_base,
+            expected_tensors=table,
+            verifier=verifier,
+            writable=False,
+        )
+        if expected is not None:  # the envelope is exactly what was asked for: its checks are met
+            return expected[1], True
         envelope, delta = decode_update(
             reply.envelope, verifier=verifier, expected_base=task.expected_base, expected_tensors=table
         )
@@ -126,15 +146,24 @@ def _delta(
                 f"envelope names model version {envelope.version}, "
                 f"the server sent {task.instructions.version}"
             )
-        return delta
+        return delta, False
     if reply.weights is None:
         raise ValidationError(f"reply has neither {keys.UPDATE!r} nor {keys.ARRAYS!r}")
     if policy.verifier is not None or policy.require_signed or not policy.allow_plain:
         raise ValidationError("plain (unsigned, unencoded) replies are not accepted by this server")
     try:
-        return {k: np.asarray(reply.weights[k], dtype=np.float32) - base[k] for k in base}
+        return {k: np.asarray(reply.weights[k], dtype=np.float32) - base[k] for k in base}, False
     except (KeyError, ValueError) as exc:
         raise ValidationError(f"plain reply does not match the model: {exc}") from exc
+
+
+def _views(row: np.ndarray, table: tuple[TensorInfo, ...]) -> dict[str, np.ndarray]:
+    """Named tensor views of a ``(d,)`` row, in table order (no copy)."""
+    out, offset = {}, 0
+    for info in table:
+        out[info.name] = row[offset : offset + info.size].reshape(info.shape)
+        offset += info.size
+    return out
 
 
 def _verifier(reply: Reply, policy: CollectPolicy) -> Verifier | None:

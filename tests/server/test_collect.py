@@ -226,3 +226,41 @@ def test_validate_delta_names_non_finite_tensors_and_overflow(w: float, b: float
         {"w": np.full((2, 3), 2.0, np.float32), "b": np.ones(3, np.float32)}, tensor_table(BASE), 0.0
     )
     assert ok == pytest.approx(math.sqrt(6 * 4 + 3))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_the_expected_header_path_accepts_what_the_strict_path_does(
+    signed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply exactly as asked for takes the expected-header path (issue #15): the same delta,
+    norm and row as the strict parse, a writable delta of its own; non-finite values still refused."""
+    import stamen.server.driver.reply as reply_mod
+
+    signer = Signer.generate() if signed else None
+    policy = CollectPolicy(verifier=Verifier([signer.public_key_bytes()])) if signer else CollectPolicy()
+    task = TrainTask("a", INSTR, BASE, None, HASH)
+    reply = _reply("a", 0.5, 2, signer=signer)
+    taken: list[bool] = []
+    real = reply_mod.decode_expected
+    monkeypatch.setattr(reply_mod, "decode_expected", lambda *a, **k: taken.append(True) or real(*a, **k))
+    fast_row = np.empty(9, np.float32)
+    fast = reply_mod.accept_reply(reply, task, BASE, collect_table(), policy, fast_row)
+    monkeypatch.setattr(reply_mod, "decode_expected", lambda *a, **k: None)
+    slow_row = np.empty(9, np.float32)
+    slow = reply_mod.accept_reply(reply, task, BASE, collect_table(), policy, slow_row)
+    assert taken == [True]
+    assert (fast.examples, fast.norm) == (slow.examples, slow.norm) == (2.0, pytest.approx(1.5))
+    np.testing.assert_array_equal(fast_row, slow_row)
+    for name in slow.delta:
+        np.testing.assert_array_equal(fast.delta[name], slow.delta[name])
+        assert fast.delta[name].flags.writeable
+    monkeypatch.setattr(reply_mod, "decode_expected", real)
+    bad = _reply("a", math.inf, 2, signer=signer)
+    c = UpdateCollector(BASE, [task], policy)
+    assert not c.add(bad) and "non-finite" in c.stats.reasons[0]
+
+
+def collect_table() -> tuple:
+    from stamen.protocols import tensor_table
+
+    return tensor_table(BASE)
