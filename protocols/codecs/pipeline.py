@@ -125,6 +125,11 @@ class CodecPipeline:
         """
         if not isinstance(rng, np.random.Generator):
             raise CodecError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        if self._plain and isinstance(delta, Mapping):
+            frame = self._plan(tensor_table(delta)).frame
+            packed = _pack_dense(delta, frame) if frame is not None else None
+            if packed is not None:
+                return packed
         arrays = _indexed(delta)
         if self._plain:
             return pack_arrays(arrays)
@@ -273,6 +278,23 @@ def _indexed(delta: Mapping[str, np.ndarray]) -> Arrays:
             raise CodecError(f"tensor {name!r}: codecs take str names and floating arrays")
         arrays[str(i)] = arr.astype(np.float32, copy=False)
     return arrays
+
+
+_F32 = np.dtype("<f4")
+
+
+def _pack_dense(delta: Mapping[str, np.ndarray], frame: Skeleton) -> bytes | None:
+    """``pack_arrays(_indexed(delta))`` written around the skeleton of ``delta``'s own table (the
+    same bytes: the count and each entry's head, then its little-endian float32 data); None for
+    anything ``_indexed`` checks (a non-str name, a non-floating array): the plain path raises."""
+    parts = [frame.pieces[0][1]]
+    for (_, head), (name, value) in zip(frame.pieces[1:], delta.items(), strict=True):
+        arr = value if type(value) is np.ndarray else np.asarray(value)
+        if type(name) is not str or arr.dtype.kind != "f":
+            return None
+        parts.append(head)
+        parts.append((arr if arr.dtype == _F32 else arr.astype(_F32)).tobytes())
+    return b"".join(parts)
 
 
 def _checked_table(tensors: Sequence[TensorInfo]) -> tuple[TensorInfo, ...]:
