@@ -12,6 +12,7 @@ from .envelope import SCHEMA_VERSION, Envelope, pack, unpack
 from .errors import (
     BaseModelMismatch,
     CodecError,
+    CodecMismatch,
     MalformedUpdate,
     SignatureError,
     StamenError,
@@ -25,6 +26,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "BaseModelMismatch",
     "CodecError",
+    "CodecMismatch",
     "CodecPipeline",
     "CodecSpec",
     "Envelope",

@@ -27,5 +27,9 @@ class CodecError(StamenError):
     """A codec spec is unknown or invalid, or a payload does not decode under its spec."""
 
 
+class CodecMismatch(CodecError):
+    """The update names another codec than the one the receiver asked for (refused undecoded)."""
+
+
 class ValidationError(StamenError):
     """A decoded update has wrong names, shapes, dtypes, non-finite values or a too-large norm."""

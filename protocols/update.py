@@ -1,9 +1,9 @@
 """One-call encode and decode of a model update, as used by the client and the server.
 
 Client: ``delta -> CodecPipeline.encode -> Envelope -> pack (and sign)``.
-Server / edge: ``unpack (verify first) -> base-model check -> tensor-table check -> decode with
-the envelope's own codec spec``. Finiteness and norm checks belong to the receiver's validation
-step, after this.
+Server / edge: ``unpack (verify first) -> base-model check -> codec check (the receiver's, when it
+names one) -> tensor-table check -> decode with the envelope's codec spec``. Finiteness and norm
+checks belong to the receiver's validation step, after this.
 
 Decoding is bounded by a tensor table in every case: the receiver's (``expected_tensors``), or
 else the envelope's own, which may then hold at most ``max_elements`` elements. The codec
@@ -21,7 +21,7 @@ import numpy as np
 from .codecs.base import CodecSpec, StageSpec
 from .codecs.pipeline import CodecPipeline
 from .envelope import Envelope, pack, unpack, unpack_expected
-from .errors import BaseModelMismatch, CodecError, StamenError, ValidationError
+from .errors import BaseModelMismatch, CodecError, CodecMismatch, StamenError, ValidationError
 from .signing import Signer, Verifier
 from .tensors import TensorInfo, tensor_table
 
@@ -165,6 +165,25 @@ def _check_size(tensors: tuple[TensorInfo, ...], max_elements: int) -> None:
         )
 
 
+def _check_codec(got: str, expected: str | CodecSpec) -> None:
+    """``CodecMismatch`` unless the envelope's codec text ``got`` is the spec ``expected``: the same
+    canonical text (every stage and param, defaults included, as :meth:`CodecSpec.to_string` writes
+    it). Nothing is decoded or cached for ``got``: only its text is parsed, when not already equal."""
+    want = (
+        expected.to_string() if isinstance(expected, CodecSpec) else codec_pipeline(expected).spec.to_string()
+    )
+    if got == want:
+        return
+    try:
+        same = CodecSpec.parse(got).to_string() == want
+    except CodecError:
+        same = False
+    if not same:
+        raise CodecMismatch(
+            f"update is encoded with codec {got[:80]!r}, the receiver asked for {want[:80]!r}"
+        )
+
+
 def decode_update(
     data: bytes,
     *,
@@ -172,6 +191,7 @@ def decode_update(
     expected_base: str | None = None,
     expected_tensors: Sequence[TensorInfo] | None = None,
     max_elements: int = MAX_MODEL_ELEMENTS,
+    expected_codec: str | CodecSpec | None = None,
 ) -> tuple[Envelope, dict[str, np.ndarray]]:
     """Unpack, check and decode an update.
 
@@ -191,6 +211,11 @@ def decode_update(
         Without ``expected_tensors``: the most elements the envelope's own table may hold
         (ValidationError beyond), which bounds the decoder's memory instead. Ignored with
         ``expected_tensors``.
+    expected_codec : str or CodecSpec or None
+        The codec the receiver asked for; an envelope naming another spec (another stage, or any
+        param different) raises CodecMismatch before its payload is decoded, so a sender cannot
+        make the receiver run a costlier decoder than the one it chose. Receivers that set the
+        codec should pass it.
 
     Returns
     -------
@@ -201,13 +226,15 @@ def decode_update(
     ------
     StamenError
         ``SignatureError``, ``MalformedUpdate``, ``BaseModelMismatch``, ``ValidationError`` or
-        ``CodecError``; never another exception for bad input.
+        ``CodecError`` (``CodecMismatch``); never another exception for bad input.
     """
     envelope = unpack(data, verifier)
     if expected_base is not None and envelope.base_hash != expected_base:
         raise BaseModelMismatch(
             f"update is based on {envelope.base_hash[:16]}…, receiver holds {expected_base[:16]}…"
         )
+    if expected_codec is not None:
+        _check_codec(envelope.codec, expected_codec)
     table = envelope.tensors
     if expected_tensors is not None:
         table = _check_table(table, expected_tensors)  # equal: the same names, shapes and dtypes

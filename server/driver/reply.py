@@ -79,7 +79,8 @@ def accept_reply(
 ) -> Accepted:
     """Check ``reply`` to ``task`` (whose model was ``base``); raise a ``StamenError`` naming the
     first problem: a missing required metric, a non-finite or out-of-range reported number, a bad
-    signature, another base, version or sender, a tensor table, dtype, value or norm that does not fit.
+    signature, another base, codec (refused undecoded), version or sender, a tensor table, dtype,
+    value or norm that does not fit.
     ``out``, a ``(d,)`` float32 row, receives the flattened delta (written even when it is refused)."""
     for key in policy.require:
         if key not in reply.metrics:
@@ -136,8 +137,12 @@ def _delta(
         )
         if expected is not None:  # the envelope is exactly what was asked for: its checks are met
             return expected[1], True
-        envelope, delta = decode_update(
-            reply.envelope, verifier=verifier, expected_base=task.expected_base, expected_tensors=table
+        envelope, delta = decode_update(  # the codec the server asked for, checked before decoding
+            reply.envelope,
+            verifier=verifier,
+            expected_base=task.expected_base,
+            expected_tensors=table,
+            expected_codec=instr.codec,
         )
         if envelope.sender != reply.client:
             raise SenderMismatch(f"envelope names sender {envelope.sender!r}, it came from {reply.client!r}")

@@ -32,6 +32,13 @@ def add_device_commands(subparsers: Any) -> None:
     init.add_argument("--node-config", default="", help='extra node config, e.g. "partition-id=0"')
     init.add_argument("--runtime-port", type=int, default=9094, help="the SuperNode's local API port")
     init.add_argument("--insecure", action="store_true", help="plaintext (trials only; warned)")
+    init.add_argument(
+        "--trusted-entities",
+        type=Path,
+        default=None,
+        metavar="YAML",
+        help="run only apps (FABs) signed by these keys (flower-supernode --trusted-entities)",
+    )
     init.add_argument("--force", action="store_true", help="re-provision an existing device")
     run = actions.add_parser("run", help="run the device daemon (SuperNode + stamen ClientApp)")
     run.add_argument("--config", type=Path, default=Path(DEFAULT_CONFIG), help="device.toml")
@@ -65,6 +72,7 @@ def _init(args: argparse.Namespace) -> int:
         node_config=_node_config(args.node_config),
         runtime_port=args.runtime_port,
         force=args.force,
+        trusted_entities=args.trusted_entities,
     )
     cfg = device_init(args.dir, opts)
     print(f"device provisioned in {args.dir.resolve()} (config {args.dir.resolve() / 'device.toml'})")
@@ -94,7 +102,8 @@ def _status(args: argparse.Namespace) -> int:
 
     cfg = load_device_config(args.config)
     out = {**check_device(cfg), "update_key_id": Signer.from_file(cfg.signing_key).key_id}
-    print(json.dumps({**out, "superlink": cfg.superlink, "insecure": cfg.insecure}, indent=2))
+    out |= {"superlink": cfg.superlink, "insecure": cfg.insecure, "trusted_entities": cfg.trusted_entities}
+    print(json.dumps(out, indent=2))
     return 0
 
 

@@ -13,6 +13,7 @@ Example::
     flwr-home = "/var/lib/stamen/flwr"
     runtime-port = 9094
     insecure = false
+    trusted-entities = ""     # YAML of keys whose FAB signatures are trusted; "" = run any FAB (warned)
 
     [node-config]          # extra node-config entries for the ClientApp (optional)
     partition-id = 0
@@ -75,6 +76,7 @@ class DeviceConfig:
     root_certificates: str = ""
     runtime_port: int = 9094
     insecure: bool = False
+    trusted_entities: str = ""  # flower-supernode --trusted-entities; "" runs any FAB the SuperLink sends
     node_config: dict[str, Scalar] = field(default_factory=dict)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
@@ -92,7 +94,15 @@ class DeviceConfig:
 
 
 RESERVED_NODE_CONFIG = ("data-source", "edge-store", "signing-key", "endorsement")
-_PATHS = ("node-key", "signing-key", "endorsement", "store", "flwr-home", "root-certificates")
+_PATHS = (
+    "node-key",
+    "signing-key",
+    "endorsement",
+    "store",
+    "flwr-home",
+    "root-certificates",
+    "trusted-entities",
+)
 
 
 def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 It checks the device (config, keys, trust anchor; opening the edge store recovers whatever a crash
 or power loss left half-written, and repairs a current version whose files fail their hash check by
 serving the newest intact retained one, logged as one warning), then runs ``flower-supernode`` with
-TLS, node authentication and the node config the stamen ClientApp reads (data source, edge store,
-update key and endorsement), and supervises it: when the SuperNode exits (the SuperLink was
+TLS, node authentication, the node config the stamen ClientApp reads (data source, edge store,
+update key and endorsement) and, when set, ``--trusted-entities`` (only FABs signed by those keys
+run; :mod:`stamen.device.trusted`), and supervises it: when the SuperNode exits (the SuperLink was
 unreachable past its own retries, a crash), it is started again after an exponential backoff (reset
 after a stable run). SIGTERM or SIGINT stop it (SIGTERM to the SuperNode's process group, SIGKILL
 after ``stop-timeout-s``) and the daemon exits 0; systemd's ``Restart=on-failure`` covers the
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stamen.device.config import DaemonConfig, DeviceConfig, Scalar
+from stamen.device.trusted import check_trusted_entities
 
 __all__ = ["Supervisor", "backoff_delays", "check_device", "supernode_argv"]
 
@@ -60,6 +62,8 @@ def supernode_argv(cfg: DeviceConfig, executable: str) -> list[str]:
     argv += ["--insecure"] if cfg.insecure else ["--root-certificates", cfg.root_certificates]
     argv += ["--auth-supernode-private-key", cfg.node_key]
     argv += ["--node-config", node_config_arg(cfg), "--port", str(cfg.runtime_port)]
+    if cfg.trusted_entities:
+        argv += ["--trusted-entities", cfg.trusted_entities]
     return argv
 
 
@@ -79,7 +83,8 @@ def backoff_delays(d: DaemonConfig) -> Callable[[float], float]:
 
 
 def check_device(cfg: DeviceConfig, *, repair: bool = False) -> dict[str, object]:
-    """Fail early (one line) on a missing key or store; open the store (crash recovery; with
+    """Fail early (one line) on a missing key or store, or a trusted-entities file the SuperNode would
+    refuse (or, empty, ignore); open the store (crash recovery; with
     ``repair``, a corrupt current version is replaced by the newest intact retained one and a
     warning logged); return its status (version, hash, model id, what was repaired)."""
     from stamen.edge import EdgeRuntime  # numpy + onnxruntime only: no torch for this check
@@ -89,6 +94,8 @@ def check_device(cfg: DeviceConfig, *, repair: bool = False) -> dict[str, object
         if not Path(getattr(cfg, name)).is_file():
             raise ValueError(f"{name.replace('_', '-')} {getattr(cfg, name)} is not a file")
     Signer.from_file(cfg.signing_key)
+    if cfg.trusted_entities:
+        check_trusted_entities(cfg.trusted_entities)
     store = EdgeRuntime.open(Path(cfg.store), serve=False, repair=repair)  # verified; no session
     if store.repaired is not None:
         log.warning(
@@ -207,6 +214,11 @@ def run_daemon(cfg: DeviceConfig, log_path: Path | None = None, max_starts: int 
     )
     if cfg.insecure:
         log.warning("insecure = true: plaintext connection to %s (trial use only)", cfg.superlink)
+    if not cfg.trusted_entities:
+        log.warning(
+            "trusted-entities is not set: the SuperNode runs any app (FAB) the SuperLink sends "
+            "(docs/deployment.md, 'Which code a device runs')"
+        )
     sup = Supervisor(
         supernode_argv(cfg, supernode_executable()), daemon_env(cfg), cfg.daemon, log_path, max_starts
     )

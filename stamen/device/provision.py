@@ -6,6 +6,7 @@ Layout (``DIR``, 0700)::
     DIR/store/                          the edge model store (ONNX), version 0 = the federation's model
     DIR/trust/update-signing.pub.pem    the server's public key (given out of band): the store's anchor
     DIR/trust/ca.crt                    the CA that signed the SuperLink's certificate
+    DIR/trust/trusted-entities.yaml     whose FAB signatures the SuperNode trusts (when given)
     DIR/keys/node.key (+ .pub)          the node identity key (ECDSA P-384, OpenSSH; register the .pub)
     DIR/keys/device-signing.pem         the device's update-signing key (Ed25519)
     DIR/keys/device-signing.endorsement the node key's endorsement of it
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from stamen.deploy.keys import device_update_key, new_node_key, write_private, write_public
 from stamen.device.config import DeviceConfig, Scalar, render_device_config
+from stamen.device.trusted import check_trusted_entities
 from stamen.protocols import Verifier
 from stamen.protocols.identity import load_node_key
 
@@ -44,16 +46,19 @@ class DeviceInitOptions:
     node_config: dict[str, Scalar] = field(default_factory=dict)
     runtime_port: int = 9094
     force: bool = False
+    trusted_entities: Path | None = None  # YAML of FAB-signing keys (flower-supernode --trusted-entities)
 
 
 def _check(opts: DeviceInitOptions) -> None:
-    for name in ("model", "trust", "ca", "node_key"):
+    for name in ("model", "trust", "ca", "node_key", "trusted_entities"):
         path = getattr(opts, name)
         if path is not None and not Path(path).is_file():
             raise ValueError(f"--{name.replace('_', '-')} {path} is not a file")
     if opts.model.suffix != ".onnx":
         raise ValueError(f"--model must be an .onnx file (from `stamen deploy model`), got {opts.model}")
     Verifier.from_files(opts.trust)  # an unusable anchor fails before anything is written
+    if opts.trusted_entities is not None:
+        check_trusted_entities(opts.trusted_entities)
     if opts.ca is None and not opts.insecure:
         raise ValueError("--ca is required (the CA of the SuperLink's certificate) unless --insecure")
 
@@ -100,6 +105,9 @@ def device_init(home: Path, opts: DeviceInitOptions) -> DeviceConfig:
     write_public(home / "trust" / "update-signing.pub.pem", opts.trust.read_bytes())
     if opts.ca is not None:
         write_public(home / "trust" / "ca.crt", opts.ca.read_bytes())
+    entities = home / "trust" / "trusted-entities.yaml"
+    if opts.trusted_entities is not None:
+        write_public(entities, opts.trusted_entities.read_bytes())
     node_key, signing, endorsement = _keys(home, opts)
     store = home / "store"
     if store.exists():
@@ -117,6 +125,7 @@ def device_init(home: Path, opts: DeviceInitOptions) -> DeviceConfig:
         root_certificates=str(home / "trust" / "ca.crt") if opts.ca is not None else "",
         runtime_port=opts.runtime_port,
         insecure=opts.insecure,
+        trusted_entities=str(entities) if opts.trusted_entities is not None else "",
         node_config=dict(opts.node_config),
     )
     write_public(home / "device.toml", render_device_config(cfg).encode())

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from stamen.deploy.keys import new_node_key, signing_key_files
 from stamen.deploy.model import export_initial_model
@@ -158,6 +159,16 @@ def test_device_init_layout_keys_and_store(tmp_path: Path, onnx_model: tuple[Pat
     (tmp_path / "given.key").write_bytes(private)
     again = device_init(home, dataclasses.replace(opts, node_key=tmp_path / "given.key", force=True))
     assert (home / "keys" / "node.key").read_bytes() == private and again.store == cfg.store
+    assert again.trusted_entities == "" and "--trusted-entities" not in supernode_argv(again, "sn")
+    reviewer = ed25519.Ed25519PrivateKey.generate().public_key()
+    ssh = reviewer.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    (tmp_path / "entities.yaml").write_text(f"fpk_reviewer: '{ssh}'\n")
+    signed = device_init(
+        home, dataclasses.replace(opts, trusted_entities=tmp_path / "entities.yaml", force=True)
+    )
+    assert signed.trusted_entities == str(home / "trust" / "trusted-entities.yaml")
+    assert Path(signed.trusted_entities).read_text() == (tmp_path / "entities.yaml").read_text()
+    assert load_device_config(home / "device.toml") == signed
 
 
 def test_deploy_model_refuses_bad_output_and_models(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from proto_helpers import pinned_input
 from stamen.protocols import (
     BaseModelMismatch,
     CodecError,
+    CodecMismatch,
+    CodecPipeline,
     CodecSpec,
     Envelope,
     MalformedUpdate,
@@ -118,3 +120,36 @@ def test_codec_spec_string_from_the_server_is_honoured() -> None:
     )
     env: Envelope = unpack(data)
     assert env.codec == spec.to_string() == "fp16+zstd(level=9)"
+
+
+@pytest.mark.parametrize(
+    "asked",
+    [
+        "dense",  # another codec
+        "fedzip",  # a costlier one
+        "topk(ratio=0.25)+int8+zstd",  # the same stages, another param
+        "topk(ratio=0.5)+int8(stochastic=false)+zstd",  # another default made explicit
+        "topk(ratio=0.5)+int8",  # a stage fewer
+    ],
+)
+def test_an_update_in_another_codec_than_asked_is_refused_undecoded(
+    asked: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[str] = []
+    monkeypatch.setattr(CodecPipeline, "decode", lambda self, *a, **k: decoded.append("called"))
+    with pytest.raises(CodecMismatch, match=r"encoded with codec 'topk\(ratio=0.5\)\+int8"):
+        decode_update(_encode(), expected_base=HASH, expected_codec=asked)
+    with pytest.raises(CodecMismatch):
+        decode_update(_encode(), expected_codec=CodecSpec.parse(asked))
+    assert decoded == []
+
+
+def test_the_asked_codec_in_any_spelling_decodes() -> None:
+    text = "topk(ratio=0.5)+int8(stochastic=true)+zstd(level=3)"
+    for asked in ("topk(ratio=0.5)+int8+zstd", "topk(ratio=0.50),int8,zstd", CodecSpec.parse(text)):
+        env, _ = decode_update(_encode(), expected_codec=asked)
+        assert env.codec == text
+    spelled = pack(dataclasses.replace(unpack(_encode()), codec="topk(ratio=.5),int8,zstd(level=3)"))
+    assert decode_update(spelled, expected_codec=text)[0].codec == "topk(ratio=.5),int8,zstd(level=3)"
+    with pytest.raises(CodecMismatch, match="'nope'"):
+        decode_update(pack(dataclasses.replace(unpack(_encode()), codec="nope")), expected_codec=text)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stamen.protocols import CodecSpec, encode_update, keys, model_hash
+from stamen.protocols import CodecPipeline, CodecSpec, encode_update, keys, model_hash
 from stamen.server.aggregators import create
 from stamen.server.checkpoint import read_checkpoint
 from stamen.server.checkpoint_run import RunState
@@ -33,9 +33,14 @@ class ScriptedTransport:
     """Replies in a fixed order: each client's update is ``+value`` on every weight."""
 
     def __init__(
-        self, values: dict[str, float], order: list[str], version_claim: dict[str, int] | None = None
+        self,
+        values: dict[str, float],
+        order: list[str],
+        version_claim: dict[str, int] | None = None,
+        codecs: dict[str, str] | None = None,
     ):
         self.values, self.order, self.claim = values, list(order), version_claim or {}
+        self.codecs = codecs or {}
         self.sent: dict[str, TrainTask] = {}
 
     def clients(self) -> list[str]:
@@ -62,7 +67,7 @@ class ScriptedTransport:
                 version = self.claim.get(client, task.instructions.version)
                 data = encode_update(
                     delta,
-                    CodecSpec.parse("dense"),
+                    CodecSpec.parse(self.codecs.get(client, "dense")),
                     base_hash=task.expected_base,
                     version=version,
                     sender=client,
@@ -119,6 +124,29 @@ def test_future_and_unknown_versions_are_refused_and_counted(caplog: pytest.LogC
     history.put(0, BASE), history.put(1, BASE)
     with pytest.raises(ValueError, match="version 0"):
         history.get(0)
+
+
+def test_an_update_in_another_codec_than_asked_is_refused_undecoded(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server asks for dense; c-1 answers in fedzip (a costly decoder): refused before its
+    payload is decoded, counted, one line logged. Then as in the test above: w2 = 1.5."""
+    decoded: list[str] = []
+    dense_decode = CodecPipeline.decode
+
+    def spy(pipeline: CodecPipeline, *args: object, **kwargs: object) -> object:
+        decoded.append(pipeline.spec.to_string())
+        return dense_decode(pipeline, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CodecPipeline, "decode", spy)
+    codecs = {"c-1": "fedzip"}
+    transport = ScriptedTransport({"c-1": 1.0, "c-2": 2.0, "c-3": 3.0}, ["c-1", "c-2", "c-3"], codecs=codecs)
+    with caplog.at_level("WARNING", logger="stamen.server"):
+        result = _driver("fedasync", transport, 2, conc=3).run(BASE)
+    assert [r.rejected for r in result.rounds] == [1, 0] and decoded == ["dense", "dense"]
+    assert "c-1: CodecMismatch: update is encoded with codec 'fedzip(" in caplog.text
+    assert "the receiver asked for 'dense'\n" in caplog.text
+    np.testing.assert_allclose(result.weights["w"], 1.5, rtol=1e-6)
 
 
 class BatchTransport(ScriptedTransport):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stamen.protocols import CodecSpec, Signer, Verifier, encode_update, keys, model_hash
+from stamen.protocols import CodecPipeline, CodecSpec, Signer, Verifier, encode_update, keys, model_hash
 from stamen.server.aggregators import create
 from stamen.server.driver.collect import CollectPolicy, UpdateCollector, flatten, unflatten
 from stamen.server.driver.driver import AggregateMode
@@ -26,10 +26,11 @@ def _env(
     base_hash: str = HASH,
     signer: Signer | None = None,
     version: int = 1,
+    codec: CodecSpec = DENSE,
 ) -> bytes:
     rng = np.random.default_rng(0)
     return encode_update(
-        delta, DENSE, base_hash=base_hash, version=version, sender=sender, rng=rng, signer=signer
+        delta, codec, base_hash=base_hash, version=version, sender=sender, rng=rng, signer=signer
     )
 
 
@@ -91,6 +92,30 @@ def test_bad_updates_are_rejected_and_the_round_goes_on(data: bytes, reason: str
     new = _aggregate(c)
     assert new is not None
     np.testing.assert_allclose(new["w"], np.full((2, 3), 2.0))
+
+
+@pytest.mark.parametrize("codec", ["fedzip", "int8", "fp16+zstd", "dense+zstd"])
+def test_an_update_in_another_codec_than_asked_is_refused_undecoded(
+    codec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round asks for dense: a signed envelope naming another codec is a ``codec`` rejection
+    and its payload is never decoded (a costlier decoder is no lever on the server's CPU)."""
+    signer = Signer.generate()
+    decoded: list[str] = []
+    dense_decode = CodecPipeline.decode
+
+    def spy(pipeline: CodecPipeline, *args: object, **kwargs: object) -> object:
+        decoded.append(pipeline.spec.to_string())
+        return dense_decode(pipeline, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CodecPipeline, "decode", spy)
+    c = _collector(["bad", "good"], verifier=Verifier([signer.public_key_bytes()]))
+    spec = CodecSpec.parse(codec)
+    assert not c.add(_reply("bad", 1.0, signer=signer, codec=spec))
+    assert c.add(_reply("good", 2.0, signer=signer))
+    assert decoded == ["dense"] and c.stats.kinds == ["codec"]
+    want = f"update is encoded with codec {spec.to_string()!r}, the receiver asked for 'dense'"
+    assert c.stats.reasons == [f"bad: CodecMismatch: {want}"]
 
 
 @pytest.mark.parametrize(

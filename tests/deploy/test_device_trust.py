@@ -1,0 +1,148 @@
+"""``trusted-entities``: the device daemon passes it to ``flower-supernode`` and refuses, with one line,
+a file the SuperNode would refuse or (empty) ignore; the file it accepts is one Flower 1.41 reads and
+verifies a signed FAB with."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from flwr.supercore.fab import Fab
+from flwr.supercore.primitives.asymmetric_ed25519 import create_message_to_sign
+from flwr.supernode.cli.flower_supernode import _try_obtain_trusted_entities, _validate_public_keys_ed25519
+from flwr.supernode.start_client_internal import _verify_fab
+
+from stamen.deploy.keys import signing_key_files
+from stamen.device import daemon
+from stamen.device.config import DeviceConfig, load_device_config, render_device_config
+from stamen.device.daemon import supernode_argv
+from stamen.device.provision import DeviceInitOptions, device_init
+from stamen.device.trusted import check_trusted_entities
+
+CFG = DeviceConfig(
+    superlink="fl.example.org:9092",
+    node_key="/d/keys/node.key",
+    signing_key="/d/keys/device-signing.pem",
+    endorsement="/d/keys/device-signing.endorsement",
+    store="/d/store",
+    data_source="/d/data/train.npz",
+    flwr_home="/d/flwr",
+    root_certificates="/d/trust/ca.crt",
+)
+
+
+def _ssh(key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> str:
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return public.decode("ascii")
+
+
+def _entities(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "trusted-entities.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_option_reaches_the_supernode_and_the_config_round_trips(tmp_path: Path) -> None:
+    assert "--trusted-entities" not in supernode_argv(CFG, "sn")
+    cfg = dataclasses.replace(CFG, trusted_entities="/d/trust/trusted-entities.yaml")
+    argv = supernode_argv(cfg, "sn")
+    assert argv[argv.index("--trusted-entities") + 1] == "/d/trust/trusted-entities.yaml"
+    (tmp_path / "device.toml").write_text(render_device_config(cfg))
+    assert load_device_config(tmp_path / "device.toml") == cfg
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "is not a file"),
+        ("{}\n", "at least one public-key id"),  # Flower would run every FAB unverified
+        ("", "at least one public-key id"),
+        ("- fpk_a\n", "at least one public-key id"),
+        ("fpk_a: [1\n", "not valid YAML"),
+        ("fpk_a: 3\n", "must be a str id -> str key"),
+        ("fpk_a: 'ssh-ed25519 AAAAnope'\n", "'fpk_a' is not an OpenSSH public key"),
+        ("ECDSA", "'fpk_a' is not an Ed25519 key"),
+    ],
+)
+def test_a_bad_file_is_one_line_naming_it(tmp_path: Path, text: str | None, message: str) -> None:
+    if text == "ECDSA":
+        text = f"fpk_a: '{_ssh(ec.generate_private_key(ec.SECP384R1()))}'\n"
+    path = tmp_path / "trusted-entities.yaml" if text is None else _entities(tmp_path, text)
+    with pytest.raises(ValueError, match=message) as exc:
+        check_trusted_entities(path)
+    assert "\n" not in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_check_device_refuses_a_bad_file_before_the_store(tmp_path: Path) -> None:
+    keys = {n: tmp_path / n for n in ("node.key", "signing.pem", "endorsement", "ca.crt")}
+    for name, path in keys.items():
+        path.write_bytes(signing_key_files()[0] if name == "signing.pem" else b"x")
+    cfg = dataclasses.replace(
+        CFG,
+        node_key=str(keys["node.key"]),
+        signing_key=str(keys["signing.pem"]),
+        endorsement=str(keys["endorsement"]),
+        root_certificates=str(keys["ca.crt"]),
+        store=str(tmp_path / "no-store"),
+        trusted_entities=str(_entities(tmp_path, "{}\n")),
+    )
+    with pytest.raises(ValueError, match=r"trusted-entities .* at least one"):
+        daemon.check_device(cfg)
+
+
+def test_device_init_refuses_a_bad_file_before_writing(tmp_path: Path) -> None:
+    model, trust = tmp_path / "m.onnx", tmp_path / "server.pub.pem"
+    model.write_bytes(b"not parsed before the checks")
+    trust.write_bytes(signing_key_files()[1])
+    bad = _entities(tmp_path, "fpk_a: 'ssh-rsa AAAA'\n")
+    opts = DeviceInitOptions(model, trust, "127.0.0.1:9092", "mod:fn", insecure=True, trusted_entities=bad)
+    with pytest.raises(ValueError, match="trusted-entities"):
+        device_init(tmp_path / "dev", opts)
+    assert not (tmp_path / "dev").exists()
+
+
+def test_unset_is_warned_at_start(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    status = {"version": 0, "hash": "ab" * 32, "model_id": "m"}
+    monkeypatch.setattr(daemon, "check_device", lambda cfg, repair=False: status)
+    monkeypatch.setattr(daemon, "supernode_executable", lambda: "sn")
+    monkeypatch.setattr(daemon.Supervisor, "run", lambda self: 0)
+    monkeypatch.setattr(daemon.signal, "signal", lambda *a: None)
+    with caplog.at_level(logging.WARNING, logger="stamen.device"):
+        assert daemon.run_daemon(CFG) == 0
+    assert "trusted-entities is not set: the SuperNode runs any app (FAB)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stamen.device"):
+        daemon.run_daemon(dataclasses.replace(CFG, trusted_entities="/d/t.yaml"))
+    assert "trusted-entities" not in caplog.text
+
+
+def _signed_fab(content: bytes, key_id: str, key: ed25519.Ed25519PrivateKey) -> Fab:
+    """A FAB with a verification record as the SuperLink attaches one from Flower Hub."""
+    signed_at = 1_767_000_000
+    signature = key.sign(create_message_to_sign(hashlib.sha256(content).digest(), signed_at))
+    record = {"signature": base64.urlsafe_b64encode(signature).rstrip(b"=").decode(), "signed_at": signed_at}
+    verifications = {key_id: json.dumps(record), "valid_license": "Valid"}
+    return Fab(hashlib.sha256(content).hexdigest(), content, verifications)
+
+
+def test_a_file_it_accepts_is_what_flower_verifies_a_signed_fab_with(tmp_path: Path) -> None:
+    """Flower 1.41's own reader and check accept the file, and its FAB check passes a FAB signed by
+    the trusted key and fails a changed one, one signed by another (or an unknown) key."""
+    trusted, other = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    path = _entities(tmp_path, f"fpk_reviewer: '{_ssh(trusted)} reviewer@example.org'\n")
+    entities = check_trusted_entities(path)
+    assert _try_obtain_trusted_entities(path) == entities
+    _validate_public_keys_ed25519(entities)  # exits on a key it refuses
+    fab = _signed_fab(b"app", "fpk_reviewer", trusted)
+    assert _verify_fab(fab, entities)
+    changed = dataclasses.replace(fab, content=b"app + code from a compromised SuperLink")
+    assert not _verify_fab(changed, entities)
+    assert not _verify_fab(_signed_fab(b"app", "fpk_reviewer", other), entities)
+    assert not _verify_fab(_signed_fab(b"app", "fpk_someone", trusted), entities)
