@@ -269,16 +269,17 @@ class RoundDriver:
             cohort = draw_cohort(s.sampling, seed, rnd, clients, k, s.sample_rate)
         if not cohort:
             log.info("round %d: the Poisson draw sampled no client", rnd)
-        return [self.task(rnd, client, weights) for client in cohort]
+        shared: dict[int, RoundInstructions] = {}  # one (frozen) object per version for the cohort
+        return [self.task(rnd, client, weights, shared) for client in cohort]
 
-    def task(self, rnd: int, client: str, weights: Weights) -> TrainTask:
+    def task(self, rnd: int, client: str, weights: Weights, shared: dict[int, RoundInstructions]) -> TrainTask:
         """``client``'s task: the current version, or an older one for a client the simulation
         delays (it trains from the model of ``delay`` rounds ago)."""
         delay = self.hooks.delay(rnd, client) if self.hooks is not None and self.history is not None else 0
         version = rnd - min(delay, rnd - 1)
         start = weights if version == rnd else dict(self.history.get(version))  # type: ignore[union-attr]
         sent = self.downlink.payload(client, rnd, start)
-        instr = self.instructions(rnd, version)
+        instr = shared.get(version) or shared.setdefault(version, self.instructions(rnd, version))
         return TrainTask(
             client, instr, sent.weights, sent.delta, sent.base, self.mode.extra(client), sent.patch
         )
