@@ -341,14 +341,20 @@ def personalize(
         raise ValueError(f"{source}: labels must lie in [0, {model.spec.classes})")
     # One private copy of the weights (the module's own); the store's are read again for the
     # overlay (memory-mapped for ONNX stores), never held twice.
-    state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in rt.global_weights().items()}
+    version, held = rt.snapshot()
+    state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in held.items()}
     model.load_state_dict(state, assign=True)
-    del state
+    del state, held
     spec = parse_plan(plan) if isinstance(plan, str) else plan
     resolved = resolve_plan(spec, model, x, y, config)
     stats, losses = train_plan(model, x, y, resolved, config)
     trained = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    base = rt.global_weights()
+    now, base = rt.snapshot()
+    if now != version:  # the overlay must be the trained weights minus those trained from
+        raise ValueError(
+            f"the global model changed from version {version.version} to {now.version} during "
+            "personalization (an update was applied): nothing stored; run it again"
+        )
     overlay = {name: (trained[name] - base[name]).astype(np.float32) for name in _touched(resolved, model)}
     rt.set_overlay(overlay, resolved.text)
     return PersonalizeResult(resolved, overlay, stats, losses)

@@ -172,3 +172,29 @@ def test_a_node_trains_from_the_weights_of_the_hash_it_reports(
     assert race.when == "after"
     race.finish()
     assert rt.version().version == 2
+
+
+def test_personalization_refuses_when_an_update_lands_while_it_trains(
+    make_store: Callable[[str], Path], signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overlay is the trained weights minus the weights training started from; an update applied
+    meanwhile (the device daemon) once made it ``trained - new global``, silently dropping the update
+    on every trained tensor. The run is refused and nothing is stored."""
+    from stamen.edge import personalization
+
+    store = make_store("onnx")
+    rt = EdgeRuntime.open(store)
+    w0 = {k: np.array(v) for k, v in rt.global_weights().items()}
+    update = create_delta(w0, perturbed(w0, seed=1), "dense", signer, version=1)
+    real_train = personalization.train_plan
+
+    def train_while_updated(*args: Any, **kwargs: Any) -> Any:
+        rt.apply(update)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(personalization, "train_plan", train_while_updated)
+    x = np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)
+    y = np.where(x[:, 0] > 0, 1, 2).astype(np.int64)
+    with pytest.raises(ValueError, match="changed from version 0 to 1 during personalization"):
+        personalization.personalize(rt, (x, y), "bias", personalization.PersonalizeConfig(epochs=1))
+    assert rt.manifest.overlay is None and rt.version().version == 1
