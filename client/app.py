@@ -28,7 +28,7 @@ from stamen.client import downlink_cache
 from stamen.client.context_state import load_state, save_state
 from stamen.client.core import reply_metrics
 from stamen.client.mods import DELTA, make_codec_mod, make_local_dp_mod, trained_record
-from stamen.client.node import DeviceHolds, Node, Received, train
+from stamen.client.node import DeviceHolds, Node, Received, Trained, train
 from stamen.edge import EdgeRuntime
 from stamen.protocols import Signer, keys
 from stamen.protocols.flower import arrays_of, envelope_from_record
@@ -37,7 +37,7 @@ from stamen.task.bristle.relayed import Relayed
 from stamen.task.datasource import data_source_spec, load_data_source
 from stamen.task.local_base import local_base
 from stamen.task.models import model_structure
-from stamen.task.spec import RoundInstructions, TaskSpec
+from stamen.task.spec import RoundInstructions, TaskSpec, TrainSpec
 from stamen.task.weights import evaluate_model, set_weights
 
 torch.set_num_threads(1)  # one thread per client process (determinism, no oversubscription)
@@ -101,55 +101,75 @@ def make_client_app(resolve: Resolve) -> ClientApp:
     app = ClientApp()
 
     def _train(msg: Message, context: Context) -> Message:
-        node = resolve(context)
-        try:
-            rec = cached_base(received(msg), patch_of(msg.content), context)
-        except CacheMiss as miss:
-            miss_record = ConfigRecord({keys.CACHE_MISS_REASON: str(miss)})
-            return Message(RecordDict({keys.CACHE_MISS: miss_record}), reply_to=msg)
-        state = load_state(context)
-        try:
-            done = train(node, rec, _model(rec.instructions.task), state)
-        except DeviceHolds as held:
-            record = ConfigRecord({"hash": held.held_hash, "version": held.version})
-            return Message(RecordDict({keys.HELD: record}), reply_to=msg)
-        save_state(context, state)
-        res = done.result
-        train_spec = rec.instructions.train
-        metrics = MetricRecord(reply_metrics(train_spec, res.num_examples, {**res.metrics, **done.metrics}))
-        content = RecordDict(
-            {
-                DELTA: ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in res.delta.items()}),
-                keys.METRICS: metrics,
-                keys.BASE: ConfigRecord({"hash": done.base_hash}),
-                **trained_record(res.trained),
-            }
-        )
-        return Message(content, reply_to=msg)
+        return train_reply(resolve(context), msg, context)
 
     def _evaluate(msg: Message, context: Context) -> Message:
-        node = resolve(context)
-        instr = RoundInstructions.from_config(msg.content.config_records[keys.CONFIG])
-        if instr.train.private_reply:
-            raise ValueError(
-                "this client runs client-side DP: it releases only its privatized update, not a loss "
-                "or accuracy measured on its data (evaluate centrally instead)"
-            )
-        model = _model(instr.task)
-        set_weights(model, arrays_of(msg.content, keys.ARRAYS))
-        data = node.data.train()
-        loss, acc = evaluate_model(model, data.x, data.y)
-        metrics = {keys.NUM_EXAMPLES: len(data.y), keys.EVAL_LOSS: loss, keys.EVAL_ACCURACY: acc}
-        return Message(RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=msg)
+        return evaluate_reply(resolve(context), msg)
 
     def _query(msg: Message, context: Context) -> Message:
-        config = ConfigRecord({keys.SENDER: resolve(context).sender})
-        return Message(RecordDict({keys.CONFIG: config}), reply_to=msg)
+        return query_reply(resolve(context), msg)
 
     app.train(mods=[make_codec_mod(resolve), make_local_dp_mod(resolve)])(_train)
     app.evaluate()(_evaluate)
     app.query()(_query)
     return app
+
+
+def _reply(msg: Message, name: str, record: ConfigRecord) -> Message:
+    """A reply to ``msg`` holding one config record."""
+    return Message(RecordDict({name: record}), reply_to=msg)
+
+
+def train_reply(node: Node, msg: Message, context: Context) -> Message:
+    """``node``'s reply to a train message: its update, a downlink cache miss (the server then sends
+    full weights), or the version a device holds (the delta was for another base)."""
+    try:
+        rec = cached_base(received(msg), patch_of(msg.content), context)
+    except CacheMiss as miss:
+        return _reply(msg, keys.CACHE_MISS, ConfigRecord({keys.CACHE_MISS_REASON: str(miss)}))
+    state = load_state(context)
+    try:
+        done = train(node, rec, _model(rec.instructions.task), state)
+    except DeviceHolds as held:
+        return _reply(msg, keys.HELD, ConfigRecord({"hash": held.held_hash, "version": held.version}))
+    save_state(context, state)
+    return Message(update_content(done, rec.instructions.train), reply_to=msg)
+
+
+def update_content(done: Trained, train_spec: TrainSpec) -> RecordDict:
+    """The records of a train reply: the delta, the metrics, the base hash and what was trained."""
+    res = done.result
+    metrics = MetricRecord(reply_metrics(train_spec, res.num_examples, {**res.metrics, **done.metrics}))
+    return RecordDict(
+        {
+            DELTA: ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in res.delta.items()}),
+            keys.METRICS: metrics,
+            keys.BASE: ConfigRecord({"hash": done.base_hash}),
+            **trained_record(res.trained),
+        }
+    )
+
+
+def evaluate_reply(node: Node, msg: Message) -> Message:
+    """Loss and accuracy of the message's weights on ``node``'s training data (refused where the
+    node runs client-side DP: it releases only its privatized update)."""
+    instr = RoundInstructions.from_config(msg.content.config_records[keys.CONFIG])
+    if instr.train.private_reply:
+        raise ValueError(
+            "this client runs client-side DP: it releases only its privatized update, not a loss "
+            "or accuracy measured on its data (evaluate centrally instead)"
+        )
+    model = _model(instr.task)
+    set_weights(model, arrays_of(msg.content, keys.ARRAYS))
+    data = node.data.train()
+    loss, acc = evaluate_model(model, data.x, data.y)
+    metrics = {keys.NUM_EXAMPLES: len(data.y), keys.EVAL_LOSS: loss, keys.EVAL_ACCURACY: acc}
+    return Message(RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def query_reply(node: Node, msg: Message) -> Message:
+    """The key ``node`` names in its envelopes (the server's query)."""
+    return _reply(msg, keys.CONFIG, ConfigRecord({keys.SENDER: node.sender}))
 
 
 def configured_node(context: Context) -> Node:

@@ -117,7 +117,8 @@ def start_weights(node: Node, received: Received) -> tuple[Weights, str]:
         if node.store is None:
             raise ValueError("the server sent an edge delta, but this node has no edge store configured")
         _apply(node, node.store, received.downlink)
-        return node.store.global_weights(), node.store.version().hash
+        version, weights = node.store.snapshot()  # one read: another apply cannot split them
+        return weights, version.hash
     if received.weights is None:
         raise ValueError(f"the train message carries neither {keys.ARRAYS!r} nor {keys.DOWNLINK!r}")
     digest = received.base_hash if received.base_hash is not None else model_hash(received.weights)

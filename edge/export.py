@@ -82,6 +82,18 @@ def export_module(
         If any ``state_dict`` name is missing from the exported initializers.
     """
     model = model.eval()
+    proto = _exported_proto(model, features, opset)
+    names = {t.name for t in proto.graph.initializer}
+    missing = sorted(set(model.state_dict()) - names)
+    if missing:
+        raise ValueError(f"export lost the names of {missing[:4]}: the graph cannot take per-tensor deltas")
+    if props:
+        onnx.helper.set_model_props(proto, props)
+    _save_external(proto, Path(path))
+
+
+def _exported_proto(model: torch.nn.Module, features: int, opset: int) -> onnx.ModelProto:
+    """The ONNX graph of ``model`` (eval mode) on ``(batch, features)`` inputs, batch dynamic."""
     example = (torch.zeros(2, features),)
     batch = torch.export.Dim("batch", min=1)
     # the exporter prints progress lines, logs torchvision ops it skips, and warns about its own pytree use
@@ -98,14 +110,12 @@ def export_module(
         )
     if program is None:
         raise ValueError("torch.onnx.export returned no program")
-    proto = program.model_proto
-    names = {t.name for t in proto.graph.initializer}
-    missing = sorted(set(model.state_dict()) - names)
-    if missing:
-        raise ValueError(f"export lost the names of {missing[:4]}: the graph cannot take per-tensor deltas")
-    if props:
-        onnx.helper.set_model_props(proto, props)
-    p = Path(path)
+    proto: onnx.ModelProto = program.model_proto
+    return proto
+
+
+def _save_external(proto: onnx.ModelProto, p: Path) -> None:
+    """Save ``proto`` at ``p`` with every tensor in one external file ``<name>.data`` beside it."""
     p.with_name(p.name + ".data").unlink(missing_ok=True)  # onnx refuses to overwrite it
     onnx.save_model(
         proto,

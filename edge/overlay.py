@@ -16,10 +16,10 @@ from safetensors.numpy import save
 from stamen.protocols import TensorInfo, ValidationError, model_hash
 
 from .fsutil import atomic_write
-from .manifest import Overlay
+from .manifest import Manifest, Overlay
 from .torch_backend import read_safetensors_source
 
-__all__ = ["check_overlay", "read_overlay", "write_overlay"]
+__all__ = ["check_overlay", "manifest_overlay", "read_overlay", "write_overlay"]
 
 _PLAN_KEY = "stamen.plan"
 
@@ -72,3 +72,9 @@ def read_overlay(path: Path, table: Sequence[TensorInfo], mapped: bool = True) -
         if shapes.get(name) != arr.shape:
             raise ValueError(f"overlay {path.name}: tensor {name!r} is not a model tensor of that shape")
     return deltas
+
+
+def manifest_overlay(store: Path, manifest: Manifest) -> dict[str, np.ndarray]:
+    """The overlay ``manifest`` names in ``store`` (memory-mapped), empty if none."""
+    o = manifest.overlay
+    return {} if o is None else read_overlay(store / o.file, manifest.tensors)

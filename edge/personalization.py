@@ -218,35 +218,59 @@ def _train_loop(
     opt = SGD(params, lr=config.lr, momentum=config.momentum)
     xt, yt = _as_input(x), torch.from_numpy(np.asarray(y, np.int64))
     gen = torch.Generator().manual_seed(config.seed)
-    resident = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers(), *params]}
-    if isinstance(net, _SparseNet):
-        resident |= {s.untyped_storage().data_ptr() for s in net.sel.values()}
+    resident = _resident(model, net, params)
     times, losses, saved = [], [], -1
     for _ in range(config.epochs):
         order, total = torch.randperm(len(yt), generator=gen), 0.0
         for start in range(0, len(yt), config.batch_size):
             idx = order[start : start + config.batch_size]
             xb, yb = xt[idx], yt[idx]  # copies
+            measure = resident if saved < 0 and len(idx) == config.batch_size else None
             t0 = time.perf_counter()
-            box: list[torch.Tensor] = []
-
-            def forward(xb: torch.Tensor = xb, yb: torch.Tensor = yb, box: list[torch.Tensor] = box) -> None:
-                box.append(F.cross_entropy(net(xb), yb))
-
-            if saved < 0 and len(idx) == config.batch_size:
-                saved = _measure_step(forward, resident)
-            else:
-                forward()
-            opt.zero_grad()
-            box[0].backward()
-            opt.step()
-            sync()
+            loss, step_saved = _sgd_step(net, opt, sync, xb, yb, measure)
             times.append(time.perf_counter() - t0)
-            total += float(box[0].detach()) * len(idx)
+            saved = step_saved if measure is not None else saved
+            total += loss * len(idx)
         losses.append(total / len(yt))
     grads = 4 * sum(p.numel() for p in params)
     opt_bytes = grads if config.momentum > 0 else 0
     return StepStats(max(saved, 0), grads, opt_bytes, 1000 * statistics.median(times)), losses
+
+
+def _resident(model: nn.Module, net: nn.Module, params: list[nn.Parameter]) -> set[int]:
+    """Storages held before any step (parameters, buffers, a sparse net's selections): what a
+    step's measured memory leaves out."""
+    resident = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers(), *params]}
+    if isinstance(net, _SparseNet):
+        resident |= {s.untyped_storage().data_ptr() for s in net.sel.values()}
+    return resident
+
+
+def _sgd_step(
+    net: nn.Module,
+    opt: SGD,
+    sync: Callable[[], None],
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    measure: set[int] | None,
+) -> tuple[float, int]:
+    """One SGD step on a batch: its loss and, where ``measure`` (the resident storages) is given,
+    the bytes its forward saved for backward (:func:`_measure_step`; else -1)."""
+    box: list[torch.Tensor] = []
+
+    def forward() -> None:
+        box.append(F.cross_entropy(net(xb), yb))
+
+    saved = -1
+    if measure is not None:
+        saved = _measure_step(forward, measure)
+    else:
+        forward()
+    opt.zero_grad()
+    box[0].backward()
+    opt.step()
+    sync()
+    return float(box[0].detach()), saved
 
 
 def probe_batch(x: np.ndarray, y: np.ndarray, config: PersonalizeConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,14 +341,20 @@ def personalize(
         raise ValueError(f"{source}: labels must lie in [0, {model.spec.classes})")
     # One private copy of the weights (the module's own); the store's are read again for the
     # overlay (memory-mapped for ONNX stores), never held twice.
-    state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in rt.global_weights().items()}
+    version, held = rt.snapshot()
+    state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in held.items()}
     model.load_state_dict(state, assign=True)
-    del state
+    del state, held
     spec = parse_plan(plan) if isinstance(plan, str) else plan
     resolved = resolve_plan(spec, model, x, y, config)
     stats, losses = train_plan(model, x, y, resolved, config)
     trained = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    base = rt.global_weights()
+    now, base = rt.snapshot()
+    if now != version:  # the overlay must be the trained weights minus those trained from
+        raise ValueError(
+            f"the global model changed from version {version.version} to {now.version} during "
+            "personalization (an update was applied): nothing stored; run it again"
+        )
     overlay = {name: (trained[name] - base[name]).astype(np.float32) for name in _touched(resolved, model)}
     rt.set_overlay(overlay, resolved.text)
     return PersonalizeResult(resolved, overlay, stats, losses)

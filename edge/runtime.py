@@ -46,9 +46,10 @@ from .fsutil import publish_dir, remove_tree
 from .fused import start_apply
 from .inputs import InputSpec
 from .manifest import Manifest, ModelVersion, VersionEntry, load_manifest, save_manifest
-from .overlay import check_overlay, read_overlay, write_overlay
+from .overlay import check_overlay, manifest_overlay, write_overlay
 from .repair import heal_version, open_locked
 from .shadow import ShadowPrep, ShadowWeights
+from .status import status_of, version_of
 from .store import TRUSTED, VERSIONS, make_backend, store_lock, tidy_store, version_dir
 
 log = logging.getLogger("stamen.edge")
@@ -76,8 +77,8 @@ class EdgeRuntime:
     keep : int, default 3
         Versions retained for rollback, >= 2.
     serve : bool, default True
-        Build the inference session now; with False it is built on the first :meth:`predict`
-        (``stamen edge status`` never loads onnxruntime).
+        Build the inference session now; with False it is built on the first :meth:`predict`, of the
+        version committed then (``stamen edge status`` never loads onnxruntime).
     repair : bool, default False
         If the current version (or the overlay) fails its check, serve the newest retained version
         that passes instead (committed like :meth:`rollback`; see :mod:`stamen.edge.repair`) and
@@ -139,35 +140,41 @@ class EdgeRuntime:
     def _vdir(self, manifest: Manifest) -> Path:
         return version_dir(self.store, manifest.current.version)
 
+    def _read_global(self, manifest: Manifest) -> dict[str, np.ndarray]:
+        return self.backend.read(self._vdir(manifest), manifest.tensors)
+
+    def snapshot(self) -> tuple[ModelVersion, dict[str, np.ndarray]]:
+        """The current global version and its read-only weights (memory-mapped for ONNX), read together
+        under the store lock: no apply, rollback or overlay change (any process) runs in between."""
+        with store_lock(self.store):
+            manifest = self.manifest  # one reference: a swap, under this lock, cannot split it
+            return version_of(manifest), self._read_global(manifest)
+
     def global_weights(self) -> dict[str, np.ndarray]:
-        """Read-only weights of the current global version (memory-mapped for ONNX)."""
-        return self.backend.read(self._vdir(self.manifest), self.manifest.tensors)
+        """Read-only weights of the current global version (:meth:`snapshot`, without the version)."""
+        return self.snapshot()[1]
 
     def overlay(self) -> dict[str, np.ndarray]:
         """The personal overlay (additive deltas per tensor); empty if none."""
-        o = self.manifest.overlay
-        return {} if o is None else read_overlay(self.store / o.file, self.manifest.tensors)
+        with store_lock(self.store):
+            return manifest_overlay(self.store, self.manifest)
 
     def effective_weights(self) -> dict[str, np.ndarray]:
-        """Global weights plus the personal overlay: what the session serves."""
-        weights = dict(self.global_weights())
-        for name, delta in self.overlay().items():
+        """Global weights plus the personal overlay (both of one manifest): what the session serves."""
+        with store_lock(self.store):
+            manifest = self.manifest
+            weights, overlay = dict(self._read_global(manifest)), manifest_overlay(self.store, manifest)
+        for name, delta in overlay.items():
             weights[name] = weights[name] + delta
         return weights
 
     def version(self) -> ModelVersion:
         """The current global version."""
-        cur = self.manifest.current
-        return ModelVersion(cur.version, cur.hash, cur.prev_hash)
+        return version_of(self.manifest)
 
     def _build_session(self, manifest: Manifest, overlay: Mapping[str, np.ndarray] | None = None) -> Any:
         vdir = self._vdir(manifest)
-        if overlay is None:
-            overlay = (
-                {}
-                if manifest.overlay is None
-                else read_overlay(self.store / manifest.overlay.file, manifest.tensors)
-            )
+        overlay = manifest_overlay(self.store, manifest) if overlay is None else overlay
         overrides = {}
         if overlay:
             base = self.backend.read(vdir, manifest.tensors)
@@ -177,9 +184,14 @@ class EdgeRuntime:
     def _serving(self) -> Any:
         session = self._session  # one atomic reference read: a concurrent swap cannot split a call
         if session is None:
-            with self._lock:
+            # Built under the store lock from the manifest committed now (another process may have
+            # changed it): no change removes the files it reads; version and session swap together.
+            with store_lock(self.store):
                 if self._session is None:
-                    self._session = self._build_session(self.manifest)
+                    manifest = load_manifest(self.store)
+                    session = self._build_session(manifest)
+                    with self._lock:
+                        self.manifest, self._session = manifest, session
                 session = self._session
         return session
 
@@ -202,24 +214,9 @@ class EdgeRuntime:
         return np.asarray(session.run(np.asarray(x)))
 
     def status(self) -> dict[str, Any]:
-        """JSON-ready summary: version, hash, history, overlay, key id, backend, size, and what
-        opening repaired (``repaired``: None, or from/to version and the reason)."""
-        m, o = self.manifest, self.manifest.overlay
-        return {
-            "model_id": m.model_id,
-            "backend": m.backend,
-            "version": m.current.version,
-            "hash": m.current.hash,
-            "prev_hash": m.current.prev_hash,
-            "high_water": m.high_water,
-            "key_id": m.key_id,
-            "history": [{"version": h.version, "hash": h.hash} for h in m.history],
-            "overlay": None if o is None else {"plan": o.plan, "tensors": list(o.tensors), "hash": o.hash},
-            "tensors": len(m.tensors),
-            "parameters": int(sum(t.size for t in m.tensors)),
-            "arch": dict(m.arch) if m.arch is not None else None,
-            "repaired": None if self.repaired is None else self.repaired.to_json(),
-        }
+        """JSON-ready summary (:func:`~stamen.edge.status.status_of`): version, hash, history,
+        overlay, key id, backend, size, and what opening repaired (None, or from/to and why)."""
+        return status_of(self.manifest, self.repaired)
 
     # ---------------------------------------------------------------- updating
     def _check(self, env: Envelope) -> None:
@@ -310,7 +307,7 @@ class EdgeRuntime:
         t0 = time.perf_counter()
         # -0.0 + x == x bit for bit for every float x (+0.0 would turn -0.0 into +0.0)
         base = {t.name: np.full(t.shape, -0.0, t.dtype) for t in table} if replace_all else None
-        worker = start_apply(base or self.global_weights(), delta, out.views, table)
+        worker = start_apply(base or self._read_global(self.manifest), delta, out.views, table)
         try:
             t0 = self._lap("add", t0)
             out.sync()  # the hash thread keeps running during the fsync

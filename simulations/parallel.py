@@ -166,7 +166,7 @@ class WorkerPool:
         with self._lock:
             self._creating = False
             if not self._closed:
-                self._pool, self._procs = pool, list(getattr(pool, "_pool", []))
+                self._pool, self._procs = pool, _pool_internals(pool)[0]
                 return
         _stop(pool, graceful=True)  # the run ended while its workers were being forked
 
@@ -268,22 +268,35 @@ class WorkerPool:
             _stop(pool, graceful=not self._busy, broken=self.broken is not None)
 
 
+def _pool_internals(pool: Pool) -> tuple[list[BaseProcess], threading.Thread | None]:
+    """``pool``'s worker processes now, and the thread that replaces those that exit.
+
+    ``multiprocessing.Pool`` has no public API for either: CPython keeps them as ``_pool`` and
+    ``_worker_handler``, and this is the only place they are read. On a Python without them the
+    answer is ``([], None)``: a worker that dies is then noticed only by a round that waits on it
+    forever (no worker to check), and stopping a broken pool waits up to :data:`_STOP_S` for
+    ``terminate`` before killing what is left (nothing known)."""
+    procs, handler = getattr(pool, "_pool", None), getattr(pool, "_worker_handler", None)
+    return (
+        list(procs) if isinstance(procs, list) else [],
+        handler if isinstance(handler, threading.Thread) else None,
+    )
+
+
 def _stop(pool: Pool, graceful: bool, broken: bool = False) -> None:
     """Stop ``pool``'s workers: between rounds they are told to exit (a worker just forked may still
     be reading its start-up arguments, the pool's semaphores, which terminating the pool would
     delete under it); a round interrupted in the workers is terminated. A ``broken`` pool (a worker
     died) may have lost its task queue's lock with the dead worker, where ``terminate`` and ``join``
-    would wait forever: ``terminate`` runs in a daemon thread (it stops the pool's handler threads;
-    it may stay blocked on that lock, after telling the pool's worker handler to stop replacing
-    workers, which is waited for) and the worker processes are killed directly."""
+    would wait forever: ``terminate`` runs in a daemon thread, never waited for (the first thing it
+    does is tell the pool's worker handler to stop replacing workers: that thread's exit is waited
+    for, at once), and the worker processes are then killed directly."""
     if broken:
         stopper = threading.Thread(target=pool.terminate, name="stamen-workers-stop", daemon=True)
         stopper.start()
-        stopper.join(timeout=_STOP_S)
-        handler = getattr(pool, "_worker_handler", None)  # no worker forked after the list below
-        if isinstance(handler, threading.Thread):
-            handler.join(timeout=_STOP_S)
-        for proc in list(getattr(pool, "_pool", [])):
+        handler = _pool_internals(pool)[1]
+        (stopper if handler is None else handler).join(timeout=_STOP_S)  # no worker forked after
+        for proc in _pool_internals(pool)[0]:
             proc.kill()
             proc.join(timeout=_STOP_S)
         return

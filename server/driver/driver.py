@@ -272,7 +272,9 @@ class RoundDriver:
         shared: dict[int, RoundInstructions] = {}  # one (frozen) object per version for the cohort
         return [self.task(rnd, client, weights, shared) for client in cohort]
 
-    def task(self, rnd: int, client: str, weights: Weights, shared: dict[int, RoundInstructions]) -> TrainTask:
+    def task(
+        self, rnd: int, client: str, weights: Weights, shared: dict[int, RoundInstructions]
+    ) -> TrainTask:
         """``client``'s task: the current version, or an older one for a client the simulation
         delays (it trains from the model of ``delay`` rounds ago)."""
         delay = self.hooks.delay(rnd, client) if self.hooks is not None and self.history is not None else 0
