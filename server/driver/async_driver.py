@@ -183,8 +183,8 @@ class AsyncDriver:
         """A slot is free and nobody idle is ready: a virtual clock moves to the next window
         opening before the next arrival, whose client is sent a task then, rather than leaving the
         slot empty until a reply (each move dispatches one at least: ``concurrency`` moves at most)."""
-        for _ in range(self.s.concurrency):
-            if len(self.in_flight) >= min(self.s.concurrency, len(self.transport.clients())):
+        for _ in range(self.s.concurrency):  # no idle client: the transport says False
+            if len(self.in_flight) >= self.s.concurrency:
                 return
             if not self.transport.advance_to_window(self.budget.allows):
                 return
