@@ -72,6 +72,9 @@ class InstantClients:
     def wait_ready(self, eligible: object = None) -> bool:
         return False
 
+    def advance_to_window(self, eligible: object = None) -> bool:
+        return False
+
     def reply(self, task: TrainTask) -> Reply:
         t0 = time.perf_counter()
         data = encode_update(

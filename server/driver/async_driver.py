@@ -164,9 +164,10 @@ class AsyncDriver:
 
     def _dispatch(self) -> None:
         """Keep ``concurrency`` clients training, drawn uniformly from the idle, ready ones with
-        tasks left (:mod:`~stamen.server.driver.trip_budget`); with none in flight and none ready,
-        the transport first waits for one (``wait_ready``)."""
+        tasks left (:mod:`~stamen.server.driver.trip_budget`), also between arrivals as windows
+        open; with none in flight and none ready, the transport first waits for one (``wait_ready``)."""
         self._fill()
+        self._fill_at_openings()
         clients = self.transport.clients()
         if (
             not self.in_flight
@@ -177,6 +178,17 @@ class AsyncDriver:
         if not self.in_flight:
             self.budget.refuse(self.transport.clients())  # BudgetExhausted: the cap held someone back
             raise RuntimeError("no client is available to train (none connected and ready)")
+
+    def _fill_at_openings(self) -> None:
+        """A slot is free and nobody idle is ready: a virtual clock moves to the next window
+        opening before the next arrival, whose client is sent a task then, rather than leaving the
+        slot empty until a reply (each move dispatches one at least: ``concurrency`` moves at most)."""
+        for _ in range(self.s.concurrency):  # no idle client: the transport says False
+            if len(self.in_flight) >= self.s.concurrency:
+                return
+            if not self.transport.advance_to_window(self.budget.allows):
+                return
+            self._fill()
 
     def _fill(self) -> None:
         clients = self.transport.clients()

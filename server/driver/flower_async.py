@@ -54,6 +54,11 @@ class GridAsyncTransport:
             time.sleep(NODE_POLL_S)
         return True
 
+    def advance_to_window(self, eligible: Callable[[str], bool] | None = None) -> bool:
+        """A connected node is ready at once: no window to wait for (wall time, no virtual clock)."""
+        del eligible
+        return False
+
     def push(self, task: TrainTask) -> None:
         """Send ``task`` to its node."""
         node = self.nodes.node_of(task.client)

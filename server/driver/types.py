@@ -141,3 +141,10 @@ class AsyncTransport(Protocol):
         (all by default) is (a virtual clock moves to that moment; a deployment waits, bounded, for a
         node); False when none became ready."""
         ...
+
+    def advance_to_window(self, eligible: Callable[[str], bool] | None = None) -> bool:
+        """Tasks are in flight, a slot is free and no idle client is ready: a virtual clock moves to
+        the next availability-window opening of an idle client ``eligible`` takes when it comes
+        before the next arrival (True: dispatch again); False otherwise, and always for a
+        deployment (its clients are ready when connected)."""
+        ...

@@ -40,6 +40,7 @@ from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.provider import partitions
 from stamen.simulations.timing import Trip
 from stamen.simulations.virtual_clock import VirtualClock
+from stamen.simulations.window_openings import WindowOpenings
 from stamen.task.bristle.peer import PeerConfig
 from stamen.task.bristle.relayed import Relayed
 from stamen.task.local_base import local_base
@@ -194,6 +195,19 @@ class VirtualClockTransport:
         self.sync, self.meter, self.timeout_s = sync, meter, timeout_s
         self.events = VirtualClock()
 
+    @property
+    def events(self) -> VirtualClock:
+        """The virtual clock and its pending arrivals (one per task in flight)."""
+        return self._events
+
+    @events.setter
+    def events(self, clock: VirtualClock) -> None:
+        """A new clock (a resumed checkpoint's): the busy clients are its pending arrivals' and the
+        window openings are looked up afresh (:mod:`~stamen.simulations.window_openings`)."""
+        self._events = clock
+        self._busy = {_pid(e.payload.client) for e in clock.pending() if isinstance(e.payload, Reply)}
+        self._openings: WindowOpenings | None = None
+
     def clients(self) -> Sequence[str]:
         """Every virtual client."""
         return self.sync.clients()
@@ -211,6 +225,7 @@ class VirtualClockTransport:
         reply = self.sync.run(task)
         self.sync.states.settle()
         pid = _pid(task.client)
+        self._busy.add(pid)
         trip = self.meter.trip(pid, self.events.now, reply, task, self.meter.examples(pid, reply, task))
         if trip.delivered:
             self.events.schedule(trip.finish, reply, key=pid)
@@ -221,7 +236,15 @@ class VirtualClockTransport:
     def pull(self, timeout: float) -> list[Reply]:
         """The next arrival (the virtual clock jumps to it)."""
         del timeout
-        return [self.events.pop().payload] if len(self.events) else []
+        if not len(self.events):
+            return []
+        reply = self.events.pop().payload
+        if isinstance(reply, Reply):
+            pid = _pid(reply.client)
+            self._busy.discard(pid)
+            if self._openings is not None:
+                self._openings.returned(pid, self.events.now)
+        return [reply]
 
     def wait_ready(self, eligible: Callable[[str], bool] | None = None) -> bool:
         """No task is in flight and no client ``eligible`` takes (all by default: the driver passes
@@ -229,13 +252,36 @@ class VirtualClockTransport:
         first such window's opening (as a synchronous round's trip waits for its client's window)."""
         if len(self.events):  # a reply is still to come: it moves the clock
             return False
-        timing, now = self.meter.timing, self.events.now
-        clients = [c for c in self.clients() if eligible is None or eligible(c)]
-        opens = min((timing.next_available(_pid(c), now) for c in clients), default=math.inf)
+        opens = self._first_opening(eligible)
         if not math.isfinite(opens):
-            raise ValueError(f"no client is available to train at simulated t={now:g}s or later")
+            raise ValueError(f"no client is available to train at simulated t={self.events.now:g}s or later")
         self.events.pop_until(opens)
         return True
+
+    def advance_to_window(self, eligible: Callable[[str], bool] | None = None) -> bool:
+        """A slot is free and no idle client is ready: when the next window opening of an idle
+        client ``eligible`` takes comes before the next arrival, the clock moves to it (True: that
+        client is dispatched at its window's opening); False when an arrival comes first (or at the
+        same instant) or no window ever opens (``availability = "always"``: the idle are all ready)."""
+        if self.meter.timing.config.availability == "always":
+            return False
+        nxt = self.events.peek()
+        opens = self._first_opening(eligible)
+        if not self.events.now < opens < (math.inf if nxt is None else nxt.time):
+            return False
+        self.events.pop_until(opens)
+        return True
+
+    def _first_opening(self, eligible: Callable[[str], bool] | None) -> float:
+        """The first time >= now an idle client ``eligible`` takes is available (heap, not a scan)."""
+        names = self.clients()
+        if self._openings is None:
+            self._openings = WindowOpenings(self.meter.timing, range(len(names)), self.events.now)
+
+        def allowed(pid: int) -> bool:
+            return eligible is None or eligible(names[pid])
+
+        return self._openings.first(self.events.now, self._busy, allowed)
 
 
 def _pid(client: str) -> int:

@@ -55,6 +55,9 @@ class ScriptedTransport:
     def wait_ready(self, eligible: object = None) -> bool:
         return False
 
+    def advance_to_window(self, eligible: object = None) -> bool:
+        return False
+
     def push(self, task: TrainTask) -> None:
         self.sent[task.client] = task
 
