@@ -311,8 +311,11 @@ def unpack_expected(
         return None
     payload = memoryview(data)[frame.payload_start :]
     tpl = header_template(codec, base_hash, version, tensors, len(payload), frame.signed)
+    header = data[_FIXED.size : frame.header_end]
+    if tpl is None or not header.startswith(tpl.pieces[0]):  # before hashing a payload for nothing
+        return None
     digest = hashlib.sha256(payload).hexdigest() if frame.signed else None
-    if tpl is None or data[_FIXED.size : frame.header_end] != tpl.fill(sender, digest):
+    if header != tpl.fill(sender, digest):
         return None
     key_id, signature = None, None
     if frame.signed:
