@@ -38,7 +38,8 @@ def capture_async(driver: AsyncDriver, snap: Snapshot) -> Tree:
     step: Tree = {name: list(getattr(st, name)) for name in _LISTS}
     step.update({name: int(getattr(st, name)) for name in _NUMBERS})
     step["client_eps"] = st.client_eps
-    step["rows"] = snap.put("buffer/rows", np.stack(st.rows)) if st.rows else None
+    # one array per row: a row is written once (a part file), not again with every reply
+    step["rows"] = [snap.put(f"buffer/rows/{i}", r) for i, r in enumerate(st.rows)]
     momentum = None if driver.momentum is None else snap.put("momentum", driver.momentum)
     return {
         **capture_common(driver, snap),
@@ -83,7 +84,7 @@ def _restore_step(driver: AsyncDriver, tree: object, snap: Snapshot) -> None:
     if not isinstance(tree, dict):
         raise CheckpointError(f"checkpoint is corrupt: buffer is {tree!r}")
     st = driver.step
-    rows = [] if tree.get("rows") is None else list(np.asarray(snap.get(tree["rows"]), np.float32))
+    rows = _rows(tree.get("rows"), snap)
     width = sum(t.size for t in driver.table)
     if any(r.shape != (width,) for r in rows):
         raise CheckpointError(f"checkpoint is corrupt: buffered rows do not have the model's {width} values")
@@ -99,6 +100,17 @@ def _restore_step(driver: AsyncDriver, tree: object, snap: Snapshot) -> None:
         setattr(st, name, _int(tree.get(name), name))
     eps = tree.get("client_eps")
     st.client_eps = None if eps is None else float(eps)
+
+
+def _rows(names: object, snap: Snapshot) -> list[np.ndarray]:
+    """The buffered rows: a list of keys, one per row (None or one stacked array before)."""
+    if names is None:
+        return []
+    if isinstance(names, str):
+        return list(np.asarray(snap.get(names), np.float32))
+    if not isinstance(names, list):
+        raise CheckpointError(f"checkpoint is corrupt: buffered rows are {names!r}")
+    return [np.asarray(snap.get(k), np.float32) for k in names]
 
 
 def _int(value: object, name: str) -> int:

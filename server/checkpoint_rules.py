@@ -40,12 +40,19 @@ class Snapshot:
     """The arrays of a checkpoint being written or read, by key (``<part>/<name>``)."""
 
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)  # put_weights' models: prefix -> names
 
     def put(self, key: str, value: np.ndarray) -> str:
-        """Store ``value`` (copied) under ``key``; returns the key (a duplicate is a bug)."""
+        """Store ``value`` (copied, unless it cannot change: a read-only array owning its memory or
+        viewing ``bytes``, such as a model history's version) under ``key``; returns the key (a
+        duplicate is a bug)."""
         if key in self.arrays:
             raise ValueError(f"checkpoint array {key!r} written twice")
-        self.arrays[key] = np.array(value, copy=True)
+        frozen = isinstance(value, np.ndarray) and not value.flags.writeable
+        if frozen and (value.base is None or isinstance(value.base, bytes)):
+            self.arrays[key] = value
+        else:
+            self.arrays[key] = np.array(value, copy=True)
         return key
 
     def get(self, key: object) -> np.ndarray:
@@ -59,6 +66,7 @@ class Snapshot:
         names = list(weights)
         for name in names:
             self.put(f"{prefix}{name}", np.asarray(weights[name]))
+        self.groups[prefix] = names
         return names
 
     def get_weights(self, prefix: str, names: object) -> dict[str, np.ndarray]:

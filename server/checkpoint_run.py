@@ -6,6 +6,8 @@ checkpoint (none: a fresh run), refuses one written by another configuration (on
 differing keys), restores the driver's state into the freshly assembled driver and runs the rest,
 writing a checkpoint (:func:`~stamen.server.checkpoint.write_checkpoint`, atomic) after every
 completed round (``sync``) or handled reply (``fedasync``/``fedbuff``, so the open buffer survives).
+Its large arrays are content-addressed part files written once (:mod:`.checkpoint_store`), so an
+asynchronous checkpoint writes what changed since the previous one, not the model history again.
 When the run ends the checkpoint is marked finished; starting it again only reports the result.
 
 Per-round randomness is a function of ``(seed, round)`` (client sampling, client seeds, central-DP
@@ -33,6 +35,7 @@ from stamen.server.checkpoint import (
 from stamen.server.checkpoint_async import capture_async, restore_async
 from stamen.server.checkpoint_parts import capture_sync, restore_sync
 from stamen.server.checkpoint_rules import Snapshot, Tree
+from stamen.server.checkpoint_store import PartStore
 from stamen.server.config import ServerConfig
 from stamen.server.driver.async_driver import AsyncDriver
 from stamen.server.driver.driver import RoundDriver
@@ -78,7 +81,8 @@ class RunState:
         self.parts: dict[str, Part] = dict(parts or {})
         self.optional: set[str] = set()  # parts an older checkpoint may lack (restored from None)
         self.step = 0
-        self.writes: list[tuple[float, int]] = []  # (seconds, bytes) of every checkpoint written
+        self.writes: list[tuple[float, int]] = []  # (seconds, bytes written) of every checkpoint
+        self.store = PartStore(self.state_dir)  # large arrays, each written once (content-addressed)
         self.resumed_from: int | None = None
 
     def load(self) -> Checkpoint | None:
@@ -88,6 +92,8 @@ class RunState:
         if self.state_dir.is_dir():
             remove_stale_temps(self.state_dir)
         ck = read_checkpoint(self.state_dir)
+        # parts a crashed write left before its manifest was committed
+        self.store.collect(set() if ck is None else set(ck.parts))
         if ck is not None:
             check_fingerprint(ck.fingerprint, self.fingerprint, self.state_dir)
         return ck
@@ -184,11 +190,20 @@ class RunState:
         state: Tree = {"driver": capture(snap)}
         state.update({name: cap(snap) for name, (cap, _) in self.parts.items()})
         ck = Checkpoint(
-            step, self.mode, weights, tuple(records), self.fingerprint, state, snap.arrays, finished, stopped
+            step,
+            self.mode,
+            weights,
+            tuple(records),
+            self.fingerprint,
+            state,
+            snap.arrays,
+            finished,
+            stopped,
+            groups=snap.groups,
         )
-        path = write_checkpoint(self.state_dir, ck)
+        written = write_checkpoint(self.state_dir, ck, self.store)
         self.step = step
-        self.writes.append((time.perf_counter() - t0, path.stat().st_size))
+        self.writes.append((time.perf_counter() - t0, written))
 
     def _finish(self, result: FederationResult, capture: Callable[[Snapshot], Tree]) -> None:
         """Mark the run finished unless it can go on (Ctrl-C, no replies)."""
