@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from stamen.protocols import tensor_table
-from stamen.server.checkpoint import CheckpointError
+from stamen.server.checkpoint import CheckpointError, checkpoint_path
 from stamen.server.checkpoint_parts import capture_common, restore_common
 from stamen.server.checkpoint_rules import Snapshot, Tree, rng_state, set_rng_state
 from stamen.server.driver.async_driver import AsyncDriver
@@ -71,12 +71,28 @@ def restore_async(
     set_rng_state(driver.rng, tree.get("rng"))
     try:
         driver.repeats = {(str(c), int(v)): int(k) for c, v, k in tree.get("repeats", [])}
-        driver.budget.trips = Counter({str(c): int(n) for c, n in tree.get("trips", {}).items()})
+        driver.budget.trips = _trips(driver, tree)
         driver.staleness_histogram = [
             {int(t): int(n) for t, n in h.items()} for h in tree.get("staleness_histogram", [])
         ]
     except (TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint is corrupt: asynchronous counters: {exc}") from None
+
+
+def _trips(driver: AsyncDriver, tree: Mapping[str, Any]) -> Counter[str]:
+    """Tasks sent to each client. A checkpoint written before they were kept is refused when they
+    bound privacy (a trip cap, RQM's accounting of unread tasks): no safe count can be rebuilt from
+    it, and zero would let every client be sent its whole budget again."""
+    if "trips" not in tree:
+        if driver.budget.cap > 0 or driver.accountant is not None:
+            where = getattr(driver.resume, "state_dir", None)
+            raise CheckpointError(
+                f"{'the checkpoint' if where is None else checkpoint_path(where)} lacks the tasks sent to "
+                "each client (written by an older stamen), which bound this run's client-side privacy: "
+                "resuming would restart them at zero; start the run again with a new state-dir"
+            )
+        return Counter()
+    return Counter({str(c): int(n) for c, n in tree["trips"].items()})
 
 
 def _restore_step(driver: AsyncDriver, tree: object, snap: Snapshot) -> None:

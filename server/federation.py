@@ -238,6 +238,7 @@ def assemble_async(
         eval_every=cfg.settings.eval.every,
         max_trips=releases_per_client(cfg),  # local DP, DP-SGD, RQM: no more than calibrated for
         one_row_per_client=cfg.privacy.mode == "central",
+        secret_dispatch=cfg.secret_cohorts,  # the same secret draws as a synchronous run's cohorts
     )
     downlink = extras.downlink or default_downlink(cfg)
     policy = collect_policy(cfg, rule, extras)

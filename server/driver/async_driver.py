@@ -18,15 +18,16 @@ transport's clock and the staleness of its updates. Exactly ``versions`` are rel
 pull (Flower's grid returns every one waiting) after the last version's are not aggregated, only
 counted in the result's ``after_end`` (``replies``, their ``bytes_up``, tasks still ``in_flight``).
 
-Privacy: RQM's accountant charges every reply carrying an update (rejected, repeated in one buffer,
-after the end); a client-side mechanism's trip cap is :mod:`~stamen.server.driver.trip_budget`; under
-central DP a buffer holds at most one update of each client (a second is rejected).
+Privacy: RQM charges every reply carrying an update (rejected, in one buffer, after the end) and at
+the end every task whose message was never read; client-side DP caps trips (:mod:`.trip_budget`);
+under central DP a buffer holds one update per client and dispatch draws are secret (``noise``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +40,7 @@ from stamen.server.aggregators.base import RoundContext, Rule
 from stamen.server.driver.async_state import AsyncSettings, _Step
 from stamen.server.driver.collect import CollectPolicy, capped_examples, flatten, norm_outliers, unflatten
 from stamen.server.driver.driver import Accountant, Downlink, EvalFn, Resume
-from stamen.server.driver.reply import accept_reply
+from stamen.server.driver.reply import accept_reply, reported_epsilon
 from stamen.server.driver.trip_budget import TripBudget
 from stamen.server.driver.types import AsyncTransport, Reply, TrainTask, Weights, client_index
 from stamen.server.history import FederationResult, ProgressFn, RoundRecord
@@ -76,7 +77,8 @@ class AsyncDriver:
         self.s, self.transport, self.instructions = settings, transport, instructions
         self.downlink, self.policy, self.rule, self.stale = downlink, policy, rule, stale
         self.history, self.evaluate_fn, self.accountant = history, evaluate, accountant
-        self.rng = np.random.default_rng([settings.seed, 0xA5F])
+        secret = settings.secret_dispatch  # central DP: which clients train is not known from the seed
+        self.rng = np.random.default_rng(secrets.randbits(128) if secret else [settings.seed, 0xA5F])
         self.in_flight: dict[str, TrainTask] = {}
         self.step = _Step()
         self.momentum: np.ndarray | None = None
@@ -276,8 +278,6 @@ class AsyncDriver:
         self.step.clients.append(reply.client)
         self.step.norms.append(got.norm)
         self.step.taus.append(tau)
-        if got.epsilon is not None:
-            self.step.client_eps = max(self.step.client_eps or 0.0, got.epsilon)
 
     def _base(self, sent: int, tau: int, reply: Reply) -> Mapping[str, np.ndarray] | None:
         """``w_sent`` from the history; None when it is no longer held and nothing needs it: an
@@ -291,19 +291,28 @@ class AsyncDriver:
         return self.history.get(sent)
 
     def _charge(self, reply: Reply) -> None:
-        """``senders`` (what RQM's accountant charges) holds every released message, whatever
-        becomes of it: rejected ones and a client's several replies in one buffer included."""
+        """``senders`` (what RQM charges) holds every released message, whatever becomes of it; the
+        ε such a message reports (local DP, DP-SGD) counts when valid, accepted update or not."""
         if self.budget.released(reply):
             self.step.senders.append(reply.client)
+            eps = reported_epsilon(reply.metrics)
+            if eps is not None:
+                self.step.client_eps = max(self.step.client_eps or 0.0, eps)
 
     def _settle(self) -> None:
-        """Charge the messages that no release counted (after the end, or in a buffer the run
-        stopped before releasing); the last record then reports the worst ε after them."""
-        if self.accountant is None or not self.step.senders or not self.records:
-            return
-        eps = self.accountant(self.step.senders)
-        self.step.senders = []
-        self.records[-1] = replace(self.records[-1], epsilon=eps)
+        """The last record's ε after what no release counted: RQM charges the messages since and
+        each task sent beyond the messages read from its client (a task is at most one message; one
+        never read may still have been released); a reported ε (local DP, DP-SGD) since counts."""
+        eps, st = None, self.step
+        if self.accountant is not None and self.records:
+            owed = st.senders + self.budget.unread(
+                Counter(self.accountant.participations) + Counter(st.senders)
+            )
+            eps, st.senders = (self.accountant(owed) if owed else None), []
+        elif st.client_eps is not None and self.rule.epsilon() is None and self.records:
+            eps = self.worst_client_eps = max(self.worst_client_eps or 0.0, st.client_eps)
+        if eps is not None:
+            self.records[-1] = replace(self.records[-1], epsilon=eps)
 
     def _reject(self, client: str, reason: str) -> None:
         self.step.rejected += 1

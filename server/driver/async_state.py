@@ -27,6 +27,7 @@ class AsyncSettings:
     eval_every: int
     max_trips: int = 0  # tasks per client its privacy calibration assumed (local, dp_sgd, rqm); 0: no cap
     one_row_per_client: bool = False  # central DP: a buffer holds at most one update of each client
+    secret_dispatch: bool = False  # whom to send a task: OS entropy, not seed (central DP, noise = secret)
 
 
 @dataclass

@@ -9,6 +9,11 @@ reply (full weights) is accepted only without a verifier and with a dense codec.
 must match the model's tensor table, be float32, finite and within the norm bound. Anything else is
 a counted rejection with its reason; the round goes on.
 
+Privacy (``RoundStats``): ``seen`` charges (RQM) every task once, whatever becomes of it, plus every
+surplus reply carrying an update (a second one, one not asked this round), to the client the transport
+received it from; ``client_epsilon`` is the largest valid ε any reply carrying an update reported,
+its update accepted or not (docs/algorithms.md, "What the accountant counts").
+
 Per round (:meth:`UpdateCollector.finish`): clients that did not reply count as rejected; with no
 absolute norm bound, a row whose L2 norm exceeds ``norm_ratio`` times the round's median norm is
 rejected (a single 1e30 update cannot move the model); reported example counts are capped (FedAvg
@@ -27,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from stamen.protocols import StamenError, TensorInfo, Verifier, tensor_table
-from stamen.server.driver.reply import Accepted, accept_reply, reason_of
+from stamen.server.driver.reply import Accepted, accept_reply, reason_of, reported_epsilon
 from stamen.server.driver.types import Reply, TrainTask, Weights
 
 log = logging.getLogger("stamen.server")
@@ -91,7 +96,7 @@ class RoundStats:
     reasons: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)  # each rejection's category (metrics label)
     train_loss: list[float] = field(default_factory=list)
-    seen: list[str] = field(default_factory=list)  # every client whose update arrived (accepted or not)
+    seen: list[str] = field(default_factory=list)  # messages charged: every task, every surplus update
     client_epsilon: float | None = None  # largest valid ε a client of this round reported
 
 
@@ -175,15 +180,13 @@ class UpdateCollector:
         """Verify, decode, validate and stack one reply; a bad one is rejected and counted (never
         raises)."""
         client = reply.client
-        if client not in self.tasks:
-            return self.reject(client, "not asked this round", "other")
-        if client in self._replied:
-            return self.reject(client, "second reply in one round", "duplicate")
+        if client not in self.tasks or client in self._replied:
+            return self._surplus(reply)
         self._replied.add(client)
         self.stats.bytes_up += reply.nbytes
         if reply.error is not None:
             return self.reject(client, f"client error: {reply.error}", "reply_error")
-        self.stats.seen.append(client)  # it released a message (the RQM accountant counts it)
+        self.note_epsilon(reply)  # its client's report of its spend, whatever becomes of the update
         try:
             examples, norm = self._accept(client, reply)
         except StamenError as exc:
@@ -196,6 +199,24 @@ class UpdateCollector:
         self.stats.accepted += 1
         return True
 
+    def _surplus(self, reply: Reply) -> bool:
+        """A reply beyond the round's tasks: from a client not asked this round (a late reply of an
+        earlier round) or a second one. Carrying an update, it is a message its client released:
+        charged (``seen``) on top of the task and its reported ε counted; then rejected."""
+        if reply.error is None:
+            self.stats.seen.append(reply.client)
+            self.note_epsilon(reply)
+        if reply.client not in self.tasks:
+            return self.reject(reply.client, "not asked this round", "other")
+        return self.reject(reply.client, "second reply in one round", "duplicate")
+
+    def note_epsilon(self, reply: Reply) -> None:
+        """Count the ε a reply reports (local DP, DP-SGD) when it is valid, accepted update or not."""
+        eps = reported_epsilon(reply.metrics)
+        if eps is not None:
+            cur = self.stats.client_epsilon
+            self.stats.client_epsilon = eps if cur is None else max(cur, eps)
+
     def _accept(self, client: str, reply: Reply) -> tuple[float, float]:
         got = accept_reply(
             reply, self.tasks[client], self.base, self.table, self.policy, self._stack[len(self._rows)]
@@ -205,10 +226,7 @@ class UpdateCollector:
         return got.examples, got.norm
 
     def note(self, got: Accepted) -> None:
-        """Count an accepted reply's reported ε and training loss."""
-        if got.epsilon is not None:
-            cur = self.stats.client_epsilon
-            self.stats.client_epsilon = got.epsilon if cur is None else max(cur, got.epsilon)
+        """Count an accepted reply's training loss (its ε was counted on arrival)."""
         if got.loss is not None:
             self.stats.train_loss.append(got.loss)
 
@@ -226,6 +244,7 @@ class UpdateCollector:
         for client in self.tasks:
             if client not in self._replied:
                 self.reject(client, "no reply before the timeout", "timeout")
+        self.stats.seen.extend(self.tasks)  # each task: at most one message, whatever became of it
         self._drop_outliers()
         clients = sorted(self._rows, key=self.order.__getitem__)
         rows = [self._rows[c][0] for c in clients]

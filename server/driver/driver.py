@@ -31,7 +31,19 @@ from stamen.task.spec import RoundInstructions
 
 log = logging.getLogger("stamen.server")
 EvalFn = Callable[[Weights], tuple[float, float]]
-Accountant = Callable[[Sequence[str]], float]  # senders of a round -> cumulative ε (RQM)
+
+
+class Accountant(Protocol):
+    """A client mechanism the server accounts (RQM): ``senders -> cumulative worst-client ε``."""
+
+    def __call__(self, senders: Sequence[str]) -> float:
+        """Charge one message per entry of ``senders``; the worst client's ε after."""
+        ...
+
+    @property
+    def participations(self) -> dict[str, int]:
+        """Messages charged to each client so far."""
+        ...
 
 
 class RoundHooks(Protocol):
@@ -320,7 +332,7 @@ class RoundDriver:
         """Account, evaluate and build the round's record."""
         stats = updates.stats
         eps = self.rule.epsilon()
-        if self.accountant is not None:  # every message that arrived was released by its client
+        if self.accountant is not None:  # every task and every surplus update: what was released, at most
             eps = self.accountant(stats.seen)
         if stats.client_epsilon is not None:
             self.worst_client_eps = max(self.worst_client_eps or 0.0, stats.client_epsilon)

@@ -218,6 +218,15 @@ def validate_delta(
     return norm
 
 
+def reported_epsilon(metrics: Mapping[str, Any]) -> float | None:
+    """A reply's reported ``epsilon`` when it is a valid one (a finite number >= 0), else None (absent
+    or malformed: a number that cannot be trusted is not counted; :func:`accept_reply` refuses it)."""
+    value = metrics.get(keys.EPSILON)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(float(value)) and value >= 0 else None
+
+
 def reported_number(metrics: Mapping[str, Any], key: str) -> float | None:
     """A reported scalar as float; None when absent; ``ValidationError`` when not a finite number."""
     if key not in metrics:

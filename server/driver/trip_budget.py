@@ -12,7 +12,7 @@ exhausted"`` when nobody it could send to has any left (:class:`TripBudget`).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from stamen.server.driver.types import Reply
@@ -42,6 +42,11 @@ class TripBudget:
         """``reply`` is a message its client released: it carries an update (no error) and comes from
         a client this server sent a task to (late and after-the-end replies included)."""
         return reply.error is None and self.trips[reply.client] > 0
+
+    def unread(self, read: Mapping[str, int]) -> list[str]:
+        """Each client once for every task it was sent beyond the ``read`` messages charged to it:
+        what the accountant still owes for the run to bound every message released."""
+        return [c for c, n in sorted(self.trips.items()) for _ in range(max(0, n - read.get(c, 0)))]
 
     def refuse(self, clients: Sequence[str]) -> None:
         """Nobody could be sent a task: when the cap held one of ``clients`` back, the budget is what

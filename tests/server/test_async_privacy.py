@@ -98,13 +98,16 @@ def test_central_dp_accepts_a_row_on_its_own_update_only() -> None:
 
 def test_rqm_charges_a_client_twice_for_two_updates_in_one_buffer() -> None:
     """Buffer 3, two clients: c-1 replies, is sent a new task (the only idle client), replies again,
-    then c-2: one buffer holds c-1 twice, and c-1 released two RQM messages."""
+    is sent a third, then c-2 replies: one buffer holds c-1 twice, and c-1 released two RQM messages
+    read by the server, plus the third task still in flight at the end (charged: it may have been
+    released, unread)."""
     accountant = _rqm()
     transport = ScriptedTransport({"c-1": 1.0, "c-2": 2.0}, ["c-1", "c-1", "c-2"])
     result = _driver(transport, 1, k=3, accountant=accountant).run(BASE)
-    assert accountant.participations == {"c-1": 2, "c-2": 1}
-    two = epsilon(PARAMS, coordinates=3, rounds=2, target_delta=1e-5)
-    assert result.rounds[0].epsilon == pytest.approx(two, rel=1e-9)
+    assert result.extra["after_end"]["in_flight"] == 1
+    assert accountant.participations == {"c-1": 3, "c-2": 1}
+    three = epsilon(PARAMS, coordinates=3, rounds=3, target_delta=1e-5)
+    assert result.rounds[0].epsilon == pytest.approx(three, rel=1e-9)
 
 
 def test_rqm_charges_rejected_replies_and_those_after_the_end() -> None:

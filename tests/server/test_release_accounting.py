@@ -1,0 +1,157 @@
+"""What the privacy accounting charges beyond the accepted updates: every task and every surplus
+update (RQM, synchronous and asynchronous), the reported ε of a rejected reply (local DP, DP-SGD),
+secret dispatch draws under central DP, and an older checkpoint without the trip counts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stamen.protocols import keys
+from stamen.server.checkpoint import CheckpointError
+from stamen.server.checkpoint_async import capture_async, restore_async
+from stamen.server.checkpoint_rules import Snapshot
+from stamen.server.checkpoint_run import RunState
+from stamen.server.config import ServerConfig
+from stamen.server.driver.trip_budget import TripBudget
+from stamen.server.driver.types import Reply
+from stamen.server.federation import assemble_async
+from stamen.task.settings_load import load_settings
+from tests.server.test_async_driver import BASE, ScriptedTransport
+from tests.server.test_async_privacy import _driver, _rqm
+from tests.server.test_collect import _collector, _reply
+
+
+def _eps(reply: Reply, eps: object) -> Reply:
+    reply.metrics = {**reply.metrics, keys.EPSILON: eps}
+    return reply
+
+
+# --- 1. RQM: each task once, every surplus update on top ----------------------------------------
+
+
+def test_sync_round_charges_every_task_and_every_surplus_update() -> None:
+    """Asked a, b, c: a replies twice (the second is a message a released), b answers with an
+    error, c never replies (its message may arrive after the timeout), x (not asked this round: a late
+    reply of an earlier round) sends an update, y only an error. Charged: each task once, a's second
+    and x's update; y's error carries nothing."""
+    c = _collector(["a", "b", "c"])
+    assert c.add(_reply("a", 1.0))
+    assert not c.add(_reply("a", 1.0))
+    assert not c.add(Reply("b", error="out of memory"))
+    assert not c.add(_reply("x", 1.0))
+    assert not c.add(Reply("y", error="boom"))
+    c.finish()
+    assert Counter(c.stats.seen) == {"a": 2, "b": 1, "c": 1, "x": 1}
+
+
+def test_async_run_charges_tasks_in_flight_at_the_end() -> None:
+    """Buffer 2, four clients in flight: c-1 replies and is sent a second task, c-2 replies and the
+    last version is released; c-1's second task, c-3's and c-4's are never read. Each may have
+    released its message: all are charged."""
+    accountant = _rqm()
+    values = {f"c-{i}": float(i) for i in range(1, 5)}
+    transport = ScriptedTransport(values, ["c-1", "c-2"])
+    result = _driver(transport, 1, conc=4, accountant=accountant).run(BASE)
+    assert result.extra["after_end"]["in_flight"] == 3
+    assert accountant.participations == {"c-1": 2, "c-2": 1, "c-3": 1, "c-4": 1}
+    assert result.rounds[-1].epsilon == pytest.approx(accountant([]), rel=1e-12)
+
+
+def test_unread_tasks_are_those_beyond_the_messages_read() -> None:
+    budget = TripBudget(cap=3, trips=Counter({"a": 3, "b": 1, "c": 2}))
+    assert budget.unread({"a": 1, "b": 2, "c": 2}) == ["a", "a"]
+
+
+# --- 2. the reported ε of a rejected reply ------------------------------------------------------
+
+
+def test_sync_counts_the_valid_epsilon_of_a_rejected_update() -> None:
+    """a's update exceeds the norm bound, x was not asked this round: both are rejected, but each
+    reports its own spend (4, 6), which counts; b's malformed ε (-1) counts for nothing."""
+    c = _collector(["a", "b", "g"], max_norm=0.5, norm_ratio=0)
+    assert not c.add(_eps(_reply("a", 1.0), 4.0))
+    assert not c.add(_eps(_reply("x", 0.01), 6.0))
+    assert not c.add(_eps(_reply("b", 0.01), -1.0))
+    assert c.add(_eps(_reply("g", 0.01), 2.0))
+    c.finish()
+    assert c.stats.client_epsilon == 6.0
+
+
+class _Reporting(ScriptedTransport):
+    """Each reply reports ``eps[client]`` as its client's ε."""
+
+    def __init__(self, eps: dict[str, float], *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.eps = eps
+
+    def pull(self, timeout: float) -> list[Reply]:
+        return [_eps(r, self.eps[r.client]) for r in super().pull(timeout)]
+
+
+def test_async_counts_the_valid_epsilon_of_a_rejected_update() -> None:
+    """c-1 names a version the server never sent (rejected) and reports ε 5; c-2 and c-3 fill the
+    buffer reporting 1: the worst client's ε is 5."""
+    values = {"c-1": 1.0, "c-2": 2.0, "c-3": 3.0}
+    transport = _Reporting({"c-1": 5.0, "c-2": 1.0, "c-3": 1.0}, values, ["c-1", "c-2", "c-3"], {"c-1": 7})
+    result = _driver(transport, 1, conc=3).run(BASE)
+    assert result.rounds[0].rejected == 1
+    assert result.rounds[-1].epsilon == pytest.approx(5.0)
+
+
+# --- 3. FedBuff's dispatch draws under central DP -----------------------------------------------
+
+CENTRAL_FEDBUFF = [
+    "privacy.mode=central",
+    "aggregation.rule=mean",
+    "server.mode=fedbuff",
+    "server.buffer_size=2",
+]
+
+
+def _dispatch_state(noise: str) -> tuple[bool, object]:
+    cfg = ServerConfig.from_settings(load_settings("smoke", [*CENTRAL_FEDBUFF, f"privacy.noise={noise}"]))
+    driver = assemble_async(cfg, ScriptedTransport({"c-1": 1.0}, []), BASE)
+    return driver.s.secret_dispatch, driver.rng.bit_generator.state["state"]
+
+
+def test_central_dp_dispatch_draws_are_secret_unless_seeded() -> None:
+    """Two assemblies of one configuration: with secret noise the dispatch generators differ (OS
+    entropy), with seeded noise they are the seed's, identical."""
+    (secret_a, state_a), (_, state_b) = _dispatch_state("secret"), _dispatch_state("secret")
+    assert secret_a and state_a != state_b
+    (seeded, state_c), (_, state_d) = _dispatch_state("seeded"), _dispatch_state("seeded")
+    assert not seeded and state_c == state_d
+
+
+# --- 4. a checkpoint without the trip counts ----------------------------------------------------
+
+
+def _old_tree(driver: object) -> tuple[dict[str, object], Snapshot]:
+    snap = Snapshot()
+    tree = capture_async(driver, snap)  # type: ignore[arg-type]
+    del tree["trips"]  # as written before the counts were kept
+    return tree, snap
+
+
+def test_older_checkpoint_without_trip_counts_is_refused_when_they_bound_privacy(tmp_path: Path) -> None:
+    """Under a trip cap, resuming with every count at zero would allow each client its whole budget
+    again: refused, naming the file. Without a cap (nor RQM) the counts bound nothing: resumed."""
+    transport = ScriptedTransport({"c-1": 1.0, "c-2": 2.0}, [])
+    for cap in (2, 0):
+        old = _driver(transport, 3, max_trips=cap)
+        old.begin(BASE)
+        tree, snap = _old_tree(old)
+        fresh = _driver(transport, 3, max_trips=cap)
+        fresh.resume = RunState(tmp_path, {}, "fedbuff")
+        if cap:
+            with pytest.raises(
+                CheckpointError, match=r"checkpoint\.safetensors lacks the tasks sent to each"
+            ):
+                restore_async(fresh, tree, snap, BASE, [])
+        else:
+            restore_async(fresh, tree, snap, {k: np.asarray(v) for k, v in BASE.items()}, [])
+            assert fresh.budget.trips == Counter()
