@@ -17,6 +17,7 @@ nothing is parsed (any other header goes through the strict parser, which names 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 
@@ -26,6 +27,7 @@ from .tensors import TensorInfo
 
 _SENDER = "\x00stamen-sender\x00"  # a valid sender no other field can hold (\u0000 in JSON)
 _DIGEST = "0f1e2d3c4b5a6978" * 4  # a valid digest (64 hex), unique in a header by the check below
+_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON joins an escaped surrogate pair into one character
 _MAX_TEMPLATES = 64
 _TEMPLATES: dict[tuple[object, ...], tuple[tuple[TensorInfo, ...], HeaderTemplate | None]] = {}
 
@@ -39,8 +41,12 @@ class HeaderTemplate:
 
     def fill(self, sender: object, digest: str | None) -> bytes | None:
         """The header with ``sender`` (and ``digest`` when signed); None when ``sender`` is not a
-        valid one (the strict path then raises) or the digest's presence does not fit."""
+        valid one (the strict path then raises), holds a surrogate code point (its JSON escape may
+        parse back as another string: the strict path then compares what it reads), or the
+        digest's presence does not fit."""
         if type(sender) is not str or len(sender) > _header.MAX_SENDER:
+            return None
+        if not sender.isascii() and _SURROGATE.search(sender):  # parses back as another string
             return None
         snd = encode_basestring_ascii(sender).encode("ascii")
         if len(self.pieces) == 2:

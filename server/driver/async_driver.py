@@ -18,6 +18,10 @@ transport's clock and the staleness of its updates. Exactly ``versions`` are rel
 pull (Flower's grid returns every one waiting) after the last version's are not aggregated, only
 counted in the result's ``after_end`` (``replies``, their ``bytes_up``, tasks still ``in_flight``).
 
+A reply is matched to the dispatch it answers (``Reply.task``: Flower's ``reply_to_message_id``); a
+late one, to a task given up at the timeout, is dropped and counted in ``late_replies``, never taken
+for the fresh task its client may have been sent since (from the same model version maybe).
+
 Privacy: RQM charges every reply carrying an update (rejected, in one buffer, after the end) and at
 the end every task whose message was never read; client-side DP caps trips (:mod:`.trip_budget`);
 under central DP a buffer holds one update per client and dispatch draws are secret (``noise``).
@@ -89,6 +93,7 @@ class AsyncDriver:
         self.resume: Resume | None = None  # a state-dir: resume, then checkpoint every event
         self.on_event: Callable[[], None] | None = None  # after every handled reply and release
         self.after_end = {"replies": 0, "bytes_up": 0}  # replies pulled after the last version
+        self.late_replies = 0  # replies to tasks given up at the timeout (dropped)
 
     def run(self, initial: Weights, progress: ProgressFn | None = None) -> FederationResult:
         """Produce the model versions (resumed from the state-dir when there is one)."""
@@ -120,6 +125,7 @@ class AsyncDriver:
             "staleness_histogram": self.staleness_histogram,
             "history": self.history.memory_report(),
             "after_end": after_end,
+            "late_replies": self.late_replies,
         }
         return FederationResult(rounds=self.records, weights=self.weights, extra=extra, stopped=stopped)
 
@@ -158,7 +164,8 @@ class AsyncDriver:
 
     def _after_end(self, replies: Sequence[Reply]) -> None:
         for reply in replies:
-            self.in_flight.pop(reply.client, None)
+            if reply.task is None or self.in_flight.get(reply.client) is reply.task:
+                self.in_flight.pop(reply.client, None)
             self._charge(reply)
             self.after_end["replies"] += 1
             self.after_end["bytes_up"] += reply.nbytes
@@ -235,11 +242,10 @@ class AsyncDriver:
         self.in_flight.clear()
 
     def _handle(self, reply: Reply, progress: ProgressFn | None) -> None:
-        task = self.in_flight.pop(reply.client, None)
         self.step.bytes_up += reply.nbytes
         self._charge(reply)
+        task = self._match(reply)
         if task is None:
-            self._reject(reply.client, "not training for this server")
             return
         self.downlink.observe([reply])
         if reply.error is not None:
@@ -255,6 +261,19 @@ class AsyncDriver:
             return
         if len(self.step.rows) >= (1 if self.s.mode == "fedasync" else self.s.buffer_size):
             self._release(progress)
+
+    def _match(self, reply: Reply) -> TrainTask | None:
+        """The task in flight ``reply`` answers, out of flight; None for a late reply (its task was
+        given up at the timeout; a fresh one stays in flight) or one to no task of this server."""
+        task = self.in_flight.get(reply.client)
+        if reply.task is not None and reply.task is not task:
+            self.late_replies += 1
+            log.warning("dropped a late reply from %s: its task was given up at the timeout", reply.client)
+            return None
+        if task is None:
+            self._reject(reply.client, "not training for this server")
+            return None
+        return self.in_flight.pop(reply.client)
 
     def _accept(self, reply: Reply, task: TrainTask) -> None:
         """Check the reply against the version it was trained from; treat its staleness; buffer it."""

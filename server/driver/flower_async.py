@@ -3,7 +3,9 @@ time, ``pull_messages`` what has arrived (no round barrier; flower-1.41.md §3).
 
 Each reply is matched to its task by the message it answers (``reply_to_message_id``) — the
 server's own record of whom it asked and with which model version — and must come from the node
-the task was sent to.
+the task was sent to. The reply names that task (``Reply.task``), so the driver tells a late reply to
+a task it gave up at the timeout (still polled for: the SuperLink answers an expired message with an
+error of its own) from the fresh task its node may have been sent since.
 """
 
 from __future__ import annotations
@@ -84,13 +86,18 @@ class GridAsyncTransport:
         return []
 
     def _reply(self, msg: Message) -> Reply:
+        """The reply to the task of the message ``msg`` answers (an error the SuperLink wrote itself,
+        e.g. for an expired message, is that task's, as :class:`GridTransport` reads it)."""
         task = self.pending.pop(msg.metadata.reply_to_message_id)
         self.arrivals.append(task.client)
-        if msg.metadata.src_node_id != self.nodes.node_of(task.client):
-            return Reply(task.client, error=f"the reply came from node {msg.metadata.src_node_id}")
         if msg.has_error():
-            return Reply(task.client, error=str(msg.error.reason))
-        return self.nodes.bind(msg.metadata.src_node_id, reply_of(task.client, msg.content), msg.content)
+            reply = Reply(task.client, error=str(msg.error.reason))
+        elif msg.metadata.src_node_id != self.nodes.node_of(task.client):
+            reply = Reply(task.client, error=f"the reply came from node {msg.metadata.src_node_id}")
+        else:
+            reply = self.nodes.bind(msg.metadata.src_node_id, reply_of(task.client, msg.content), msg.content)
+        reply.task = task
+        return reply
 
     def _model(self, task: TrainTask) -> ArrayRecord | None:
         """The task's model as an ArrayRecord, built once per model version."""

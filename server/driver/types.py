@@ -83,6 +83,9 @@ class Reply:
     identity_error: str | None = None  # why the sender's identity record did not verify
     held: str | None = None  # an edge device that could not apply its delta: the model hash it holds
     trip_s: float = math.nan  # simulated seconds from dispatch to arrival (a simulation's timing model)
+    # the dispatch this reply answers, as the transport recorded it (Flower: the message it replies
+    # to; the virtual clock: the arrival scheduled at push). None: matched by client (one task each)
+    task: TrainTask | None = field(default=None, compare=False, repr=False)
 
 
 class Transport(Protocol):

@@ -223,6 +223,7 @@ class VirtualClockTransport:
     def push(self, task: TrainTask) -> None:
         """Train now; the reply arrives when the trip finishes (or times out when it is lost)."""
         reply = self.sync.run(task)
+        reply.task = task  # the dispatch it answers (one arrival per dispatch, never given up early)
         self.sync.states.settle()
         pid = _pid(task.client)
         self._busy.add(pid)
@@ -230,7 +231,8 @@ class VirtualClockTransport:
         if trip.delivered:
             self.events.schedule(trip.finish, reply, key=pid)
         else:
-            lost = Reply(task.client, error=f"no reply before the timeout (simulated {trip.reason})")
+            error = f"no reply before the timeout (simulated {trip.reason})"
+            lost = Reply(task.client, error=error, task=task)
             self.events.schedule(self.events.now + self.timeout_s, lost, key=pid)
 
     def pull(self, timeout: float) -> list[Reply]:

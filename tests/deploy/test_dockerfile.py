@@ -1,4 +1,4 @@
-"""Static checks of deploy/Dockerfile and deploy/compose.yml that need no container engine:
+"""Static checks of deploy/Dockerfile and deploy/compose*.yml that need no container engine:
 hadolint, the house rules, and every Flower flag they use against the installed Flower's ``--help``."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 COMPOSE = ROOT / "deploy" / "compose.yml"
+TRUSTED = ROOT / "deploy" / "compose.trusted.yml"  # the optional override: devices run only signed FABs
 BIN = Path(sys.executable).parent
 ROLE_ENTRY = {"superlink": "flower-superlink", "server": "flower-superexec", "device": "flower-supernode"}
 
@@ -112,3 +113,22 @@ def test_compose_services_are_secure_and_use_real_flags() -> None:
     assert partitions == [f"partition-id={i} {signing}" for i in (0, 1)]  # each device signs its updates
     assert "superlink-state:/state" in services["superlink"]["volumes"]
     assert services["superlink"]["ports"][0].startswith("127.0.0.1:")
+
+
+def test_compose_devices_trust_only_signed_apps_with_the_override() -> None:
+    """compose.yml leaves ``--trusted-entities`` off; compose.trusted.yml turns it on for every device
+    service: its command is compose.yml's plus the flag (an override replaces the list, so a drift
+    between the two would change what the devices run), the file mounted read-only, a bind that
+    refuses a missing file, from a variable that must be set."""
+    base = yaml.safe_load(COMPOSE.read_text())["services"]
+    trusted = yaml.safe_load(TRUSTED.read_text())["services"]
+    devices = sorted(name for name in base if name.startswith("device"))
+    assert sorted(trusted) == devices
+    target = "/trust/trusted-entities.yaml"
+    for name in devices:
+        assert "--trusted-entities" not in base[name]["command"]  # off by default
+        assert trusted[name]["command"] == [*base[name]["command"], "--trusted-entities", target]
+        (mount,) = trusted[name]["volumes"]
+        assert mount["type"] == "bind" and mount["target"] == target and mount["read_only"] is True
+        assert mount["source"].startswith("${STAMEN_TRUSTED_ENTITIES:?")
+    assert re.search(r"--trusted-entities\b", _help(ROLE_ENTRY["device"]))

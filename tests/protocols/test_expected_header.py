@@ -64,6 +64,17 @@ def test_a_filled_template_is_the_serialized_header(sender: str, signed: bool) -
     assert tpl.fill(sender, digest) == _header.serialize(_fields(sender, digest), signed=signed)
 
 
+def test_a_surrogate_pair_sender_takes_the_strict_path() -> None:
+    """``"\\ud83d\\ude00"`` (two code points) is written as the escape of ``"😀"``, which the strict
+    path reads back: a reply from client ``"\\ud83d\\ude00"`` must not match by bytes (review)."""
+    pair = "\ud83d\ude00"
+    data = pack(_envelope(sender="\U0001f600"))
+    assert unpack_expected(data, "dense", BASE, 7, pair, TABLE) is None
+    assert unpack(data).sender != pair
+    tpl = header_template("dense", BASE, 7, TABLE, 61, False)
+    assert tpl is not None and tpl.fill(pair, None) is None
+
+
 def test_a_template_refuses_what_the_writer_refuses() -> None:
     """Invalid fields give no template; a bad sender or a misplaced digest fills nothing."""
     assert header_template("dense", "XYZ", 7, TABLE, 61, False) is None  # base is not hex
