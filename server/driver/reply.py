@@ -96,7 +96,7 @@ def accept_reply(
     norm = validate_delta(delta, table, policy.max_norm, out)
     if borrowed:  # views into the reply's bytes: the delta is the row's copy, as decode_update's
         assert out is not None
-        delta = _views(out, table)
+        delta = row_views(out, table)
     extras = {k: v for k, v in reply.metrics.items() if isinstance(v, list)}
     return Accepted(delta, examples, norm, eps, loss, extras)
 
@@ -162,7 +162,7 @@ def _delta(
         raise ValidationError(f"plain reply does not match the model: {exc}") from exc
 
 
-def _views(row: np.ndarray, table: tuple[TensorInfo, ...]) -> dict[str, np.ndarray]:
+def row_views(row: np.ndarray, table: tuple[TensorInfo, ...]) -> dict[str, np.ndarray]:
     """Named tensor views of a ``(d,)`` row, in table order (no copy)."""
     out, offset = {}, 0
     for info in table:

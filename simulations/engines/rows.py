@@ -31,6 +31,7 @@ from stamen.client.state import ClientState
 from stamen.client.trainers import TrainResult
 from stamen.protocols import TensorInfo, keys, tensor_table
 from stamen.server.driver.collect import flatten
+from stamen.server.driver.reply import row_views
 from stamen.server.driver.types import Reply, TrainTask
 from stamen.simulations.cohort import CohortData, client_seeds, train_cohort
 from stamen.simulations.nodes import SimulatedNodes
@@ -166,15 +167,6 @@ def _cohort_data(nodes: SimulatedNodes, pids: np.ndarray, device: torch.device) 
     ds = dataset(spec)
     rows, sizes = partitions(spec).rows(pids)
     return CohortData.from_padded(ds.x_train, ds.y_train, rows, sizes, device)
-
-
-def row_views(row: np.ndarray, table: tuple[TensorInfo, ...]) -> dict[str, np.ndarray]:
-    """Named tensor views of a ``(d,)`` row (no copy)."""
-    out, offset = {}, 0
-    for info in table:
-        out[info.name] = row[offset : offset + info.size].reshape(info.shape)
-        offset += info.size
-    return out
 
 
 def release_row(
