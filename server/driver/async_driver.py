@@ -40,9 +40,10 @@ from dataclasses import replace
 import numpy as np
 
 from stamen.protocols import StamenError, tensor_table
-from stamen.server.aggregators.base import RoundContext, Rule
+from stamen.server.aggregators.base import Rule
 from stamen.server.driver.async_state import AsyncSettings, _Step
-from stamen.server.driver.collect import CollectPolicy, capped_examples, flatten, norm_outliers, unflatten
+from stamen.server.driver.async_steps import fedasync_mix, fedbuff_step
+from stamen.server.driver.collect import CollectPolicy, flatten, norm_outliers
 from stamen.server.driver.driver import Accountant, Downlink, EvalFn, Resume
 from stamen.server.driver.reply import accept_reply, reported_epsilon
 from stamen.server.driver.trip_budget import TripBudget
@@ -341,7 +342,19 @@ class AsyncDriver:
         """One new model version from the buffer (or the single FedAsync arrival)."""
         self._drop_outliers()
         if self.step.rows:
-            self.weights = self._mixed() if self.s.mode == "fedasync" else self._buffered()
+            if self.s.mode == "fedasync":
+                self.weights = fedasync_mix(self.weights, self.step, self.table, self.s.alpha)
+            else:
+                self.weights, self.momentum = fedbuff_step(
+                    self.weights,
+                    self.step,
+                    self.table,
+                    self.rule,
+                    self.policy,
+                    self.version,
+                    self.s,
+                    self.momentum,
+                )
         self.version += 1
         self.repeats.clear()  # seeds of repeated trips are per version
         self.history.put(self.version, self.weights)
@@ -361,34 +374,6 @@ class AsyncDriver:
         for name in ("rows", "counts", "factors", "clients", "norms", "taus"):
             values = getattr(self.step, name)
             setattr(self.step, name, [values[i] for i in keep])
-
-    def _mixed(self) -> Weights:
-        """FedAsync: ``w <- (1 - a) w + a w_client``, ``a = alpha * s(tau) [* extra factor]``."""
-        a = np.float32(self.s.alpha * self.step.factors[0])
-        client = unflatten(self.step.rows[0], self.table)
-        return {k: (1 - a) * v + a * client[k] for k, v in self.weights.items()}
-
-    def _buffered(self) -> Weights:
-        """FedBuff (Nguyen et al. 2022, Alg. 1): each buffered update scaled by its staleness factor
-        ``s(tau)``, then the rule over the buffer with the (capped) example counts as weights, so
-        fedavg steps ``sum_k n_k s_k Delta_k / sum_k n_k`` and mean ``sum_k s_k Delta_k / K`` (the
-        paper's step); then server lr + momentum."""
-        stack = np.stack(self.step.rows)  # (K, d)
-        stack *= np.asarray(self.step.factors, np.float32)[:, None]
-        counts = capped_examples(self.step.counts, self.step.clients, self.policy)
-        weights = np.asarray(counts, np.float64)
-        base = np.empty(stack.shape[1], np.float32)
-        flatten(self.weights, self.table, base)
-        self.rule.begin_round(RoundContext(self.version + 1, self.table, base))
-        agg = np.asarray(self.rule(stack, weights if weights.sum() > 0 else None), np.float32)
-        step = agg * np.float32(self.s.server_lr)
-        if self.s.momentum:
-            self.momentum = (
-                step if self.momentum is None else np.float32(self.s.momentum) * self.momentum + step
-            )
-            step = self.momentum
-        update = unflatten(step, self.table)
-        return {k: v + update[k] for k, v in self.weights.items()}
 
     def _record(self) -> RoundRecord:
         st = self.step
