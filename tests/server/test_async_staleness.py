@@ -12,6 +12,7 @@ import pytest
 from stamen.protocols import tensor_table
 from stamen.server.aggregators import create
 from stamen.server.driver.async_driver import AsyncDriver, AsyncSettings, _Step
+from stamen.server.driver.async_steps import fedbuff_step
 from stamen.server.driver.collect import CollectPolicy
 from stamen.server.driver.downlink import FullDownlink
 from stamen.server.staleness import compensation, functions
@@ -37,7 +38,7 @@ def _buffer_step(rule: str, rows: np.ndarray, taus: list[int], counts: list[floa
     factors = [stale.async_factor(t) for t in taus]  # = s(tau) for direct, before and after the fix
     clients = [f"c-{i}" for i in range(len(rows))]
     d.step = _Step(rows=list(rows), counts=counts, factors=factors, clients=clients)
-    return d._buffered()["w"]
+    return fedbuff_step(d.weights, d.step, d.table, d.rule, d.policy, d.version, settings, None)[0]["w"]
 
 
 @pytest.mark.parametrize("rule", ["fedavg", "mean"])
