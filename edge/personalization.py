@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stamen.protocols import BaseModelMismatch
+
 from .arch import EdgeNet, build_model
 from .budget import plan_for_budget
 from .inputs import InputSpec, load_npz
@@ -35,6 +37,7 @@ from .plans import PlanSpec, SparsePlan, parse_plan, resolve_fixed
 from .runtime import EdgeRuntime
 from .sgd import SGD
 from .sparse_autograd import LayerConf, sparse_layer
+from .status import check_base
 
 __all__ = [
     "PersonalizeConfig",
@@ -350,13 +353,16 @@ def personalize(
     stats, losses = train_plan(model, x, y, resolved, config)
     trained = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     now, base = rt.snapshot()
-    if now != version:  # the overlay must be the trained weights minus those trained from
-        raise ValueError(
-            f"the global model changed from version {version.version} to {now.version} during "
-            "personalization (an update was applied): nothing stored; run it again"
-        )
-    overlay = {name: (trained[name] - base[name]).astype(np.float32) for name in _touched(resolved, model)}
-    rt.set_overlay(overlay, resolved.text)
+    try:  # the overlay is the trained weights minus those trained from, stored on that version
+        check_base(now, version)
+        overlay = {
+            name: (trained[name] - base[name]).astype(np.float32) for name in _touched(resolved, model)
+        }
+        rt.set_overlay(overlay, resolved.text, base=version)  # checked again under the store lock
+    except BaseModelMismatch as exc:
+        raise BaseModelMismatch(
+            f"{exc} during personalization (an update was applied): nothing stored; run it again"
+        ) from None
     return PersonalizeResult(resolved, overlay, stats, losses)
 
 

@@ -49,7 +49,7 @@ from .manifest import Manifest, ModelVersion, VersionEntry, load_manifest, save_
 from .overlay import check_overlay, manifest_overlay, write_overlay
 from .repair import heal_version, open_locked
 from .shadow import ShadowPrep, ShadowWeights
-from .status import status_of, version_of
+from .status import check_base, status_of, version_of
 from .store import TRUSTED, VERSIONS, make_backend, store_lock, tidy_store, version_dir
 
 log = logging.getLogger("stamen.edge")
@@ -144,10 +144,10 @@ class EdgeRuntime:
         return self.backend.read(self._vdir(manifest), manifest.tensors)
 
     def snapshot(self) -> tuple[ModelVersion, dict[str, np.ndarray]]:
-        """The current global version and its read-only weights (memory-mapped for ONNX), read together
-        under the store lock: no apply, rollback or overlay change (any process) runs in between."""
+        """The global version committed now (by any process) and its read-only weights (memory-mapped
+        for ONNX), read together under the store lock: no change of the store runs in between."""
         with store_lock(self.store):
-            manifest = self.manifest  # one reference: a swap, under this lock, cannot split it
+            manifest = load_manifest(self.store)  # not self.manifest: its files may be gone
             return version_of(manifest), self._read_global(manifest)
 
     def global_weights(self) -> dict[str, np.ndarray]:
@@ -157,12 +157,12 @@ class EdgeRuntime:
     def overlay(self) -> dict[str, np.ndarray]:
         """The personal overlay (additive deltas per tensor); empty if none."""
         with store_lock(self.store):
-            return manifest_overlay(self.store, self.manifest)
+            return manifest_overlay(self.store, load_manifest(self.store))
 
     def effective_weights(self) -> dict[str, np.ndarray]:
-        """Global weights plus the personal overlay (both of one manifest): what the session serves."""
+        """Global weights plus the personal overlay, both committed now: what a session serves."""
         with store_lock(self.store):
-            manifest = self.manifest
+            manifest = load_manifest(self.store)
             weights, overlay = dict(self._read_global(manifest)), manifest_overlay(self.store, manifest)
         for name, delta in overlay.items():
             weights[name] = weights[name] + delta
@@ -184,8 +184,7 @@ class EdgeRuntime:
     def _serving(self) -> Any:
         session = self._session  # one atomic reference read: a concurrent swap cannot split a call
         if session is None:
-            # Built under the store lock from the manifest committed now (another process may have
-            # changed it): no change removes the files it reads; version and session swap together.
+            # Under the store lock, from the manifest committed now (any process): no change removes it
             with store_lock(self.store):
                 if self._session is None:
                     manifest = load_manifest(self.store)
@@ -214,8 +213,7 @@ class EdgeRuntime:
         return np.asarray(session.run(np.asarray(x)))
 
     def status(self) -> dict[str, Any]:
-        """JSON-ready summary (:func:`~stamen.edge.status.status_of`): version, hash, history,
-        overlay, key id, backend, size, and what opening repaired (None, or from/to and why)."""
+        """JSON-ready summary of the served manifest (:func:`~stamen.edge.status.status_of`)."""
         return status_of(self.manifest, self.repaired)
 
     # ---------------------------------------------------------------- updating
@@ -376,7 +374,9 @@ class EdgeRuntime:
             self._swap(manifest, session)
         return self.version()
 
-    def set_overlay(self, deltas: Mapping[str, np.ndarray], plan: str) -> None:
+    def set_overlay(
+        self, deltas: Mapping[str, np.ndarray], plan: str, base: ModelVersion | None = None
+    ) -> None:
         """Store ``deltas`` (additive, per tensor) as the personal overlay and serve with it.
 
         An empty mapping clears the overlay. The overlay survives later global updates: each new
@@ -386,12 +386,15 @@ class EdgeRuntime:
         ------
         ValidationError
             Unknown tensor names, wrong shapes or non-finite values.
+        BaseModelMismatch
+            ``base`` (the global version the deltas were computed against) is not the one committed.
         """
         check_overlay(deltas, self.manifest.tensors)
         with store_lock(self.store):
-            self.manifest = load_manifest(self.store)
+            committed = load_manifest(self.store)
+            check_base(version_of(committed), base)  # under the lock: no change can follow it
             overlay = write_overlay(self.store, deltas, plan) if deltas else None
-            manifest = replace(self.manifest, overlay=overlay)
+            manifest = replace(committed, overlay=overlay)
             session = self._build_session(manifest)
             save_manifest(self.store, manifest)
             self._swap(manifest, session)

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from stamen.protocols import BaseModelMismatch
+
 from .manifest import Manifest, ModelVersion
 from .repair import Repair
 
-__all__ = ["status_of", "version_of"]
+__all__ = ["check_base", "status_of", "version_of"]
 
 
 def version_of(manifest: Manifest) -> ModelVersion:
     """The current global version ``manifest`` names."""
     cur = manifest.current
     return ModelVersion(cur.version, cur.hash, cur.prev_hash)
+
+
+def check_base(now: ModelVersion, base: ModelVersion | None) -> None:
+    """Refuse (:class:`BaseModelMismatch`) what was computed against ``base`` if ``now`` differs."""
+    if base is not None and now != base:
+        raise BaseModelMismatch(f"the global model changed from version {base.version} to {now.version}")
 
 
 def status_of(manifest: Manifest, repaired: Repair | None) -> dict[str, Any]:

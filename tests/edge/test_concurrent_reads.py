@@ -198,3 +198,82 @@ def test_personalization_refuses_when_an_update_lands_while_it_trains(
     with pytest.raises(ValueError, match="changed from version 0 to 1 during personalization"):
         personalization.personalize(rt, (x, y), "bias", personalization.PersonalizeConfig(epochs=1))
     assert rt.manifest.overlay is None and rt.version().version == 1
+
+
+def _personalize_while(
+    rt: EdgeRuntime, monkeypatch: pytest.MonkeyPatch, step: str, change: Callable[[], object]
+) -> None:
+    """Personalize ``rt`` (bias plan, one epoch), running ``change`` once at ``step`` of it."""
+    from stamen.edge import personalization
+
+    real = getattr(personalization, step)
+
+    def race(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(personalization, step, real)
+        change()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(personalization, step, race)
+    x = np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)
+    y = np.where(x[:, 0] > 0, 1, 2).astype(np.int64)
+    personalization.personalize(rt, (x, y), "bias", personalization.PersonalizeConfig(epochs=1))
+
+
+@pytest.mark.parametrize("step", ["train_plan", "_touched"])
+def test_personalization_refuses_an_update_another_process_applies(
+    make_store: Callable[[str], Path], signer: Signer, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """The device daemon (another process: another runtime) applies an update while ``stamen edge
+    personalize`` trains (``train_plan``), or once it has read the global weights again
+    (``_touched``, before the overlay is stored). The check once compared the personalizing runtime's
+    own manifest, which another process's apply never changes, and ran before ``set_overlay`` took
+    the lock: the overlay ``trained - w0`` was stored on version 1. Refused; nothing stored."""
+    from stamen.edge.manifest import load_manifest
+
+    store = make_store("onnx")
+    rt, daemon = EdgeRuntime.open(store), EdgeRuntime.open(store)
+    w0 = {k: np.array(v) for k, v in rt.global_weights().items()}
+    update = create_delta(w0, perturbed(w0, seed=1), "dense", signer, version=1)
+    with pytest.raises(ValueError, match="changed from version 0 to 1 during personalization"):
+        _personalize_while(rt, monkeypatch, step, lambda: daemon.apply(update))
+    assert load_manifest(store).overlay is None and load_manifest(store).current.version == 1
+    assert not list(store.glob("overlay-*"))
+
+
+def test_personalization_refuses_an_update_applied_before_the_overlay_is_stored(
+    make_store: Callable[[str], Path], signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same runtime (another thread) applies an update after the check of the version and
+    before ``set_overlay`` commits: once stored on version 1 as ``trained - w0``. Refused."""
+    store = make_store("onnx")
+    rt = EdgeRuntime.open(store)
+    w0 = {k: np.array(v) for k, v in rt.global_weights().items()}
+    update = create_delta(w0, perturbed(w0, seed=1), "dense", signer, version=1)
+    with pytest.raises(ValueError, match="changed from version 0 to 1 during personalization"):
+        _personalize_while(rt, monkeypatch, "_touched", lambda: rt.apply(update))
+    assert rt.manifest.overlay is None and rt.version().version == 1
+
+
+@pytest.mark.parametrize("read", ["global_weights", "overlay", "effective_weights", "snapshot"])
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_reads_follow_changes_another_process_committed(
+    make_store: Callable[[str], Path], signer: Signer, backend: str, read: str
+) -> None:
+    """A runtime opened at version 1 with overlay A, whose version and overlay another process has
+    replaced (and removed) since: its reads once named the files it opened with, gone
+    (FileNotFoundError). They read the version and overlay committed now."""
+    store = make_store(backend)
+    writer, w0, _ = _at_v1(store, signer)
+    name = next(iter(w0))
+    writer.set_overlay({name: np.full(w0[name].shape, 0.5, np.float32)}, "a")
+    reader = EdgeRuntime.open(store, serve=False)
+    b = {name: np.full(w0[name].shape, -0.25, np.float32)}
+    writer.set_overlay(b, "b")
+    writer.rollback()
+    got = getattr(reader, read)()
+    version, weights = got if read == "snapshot" else (None, got)
+    want = b if read == "overlay" else w0
+    if read == "effective_weights":
+        want = {**w0, name: w0[name] + b[name]}
+    _close(weights, want)
+    assert version is None or version == writer.version()
