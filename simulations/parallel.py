@@ -297,7 +297,8 @@ def _stop(pool: Pool, graceful: bool, broken: bool = False) -> None:
         handler = _pool_internals(pool)[1]
         (stopper if handler is None else handler).join(timeout=_STOP_S)  # no worker forked after
         for proc in _pool_internals(pool)[0]:
-            proc.kill()
+            if proc.exitcode is None:  # polled first: a dead worker's PID may already be reused
+                proc.kill()
             proc.join(timeout=_STOP_S)
         return
     if graceful:
