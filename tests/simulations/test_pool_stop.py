@@ -26,6 +26,7 @@ class _Proc:
 
     def __init__(self, killed: threading.Event) -> None:
         self.killed = killed
+        self.exitcode: int | None = None  # alive
 
     def kill(self) -> None:
         self.killed.set()
