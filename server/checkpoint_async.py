@@ -1,9 +1,9 @@
 """The asynchronous driver's state (FedAsync / FedBuff) for a checkpoint: the version counter, the
 open buffer (every accepted update not yet released, so none is lost), the server momentum, the
 dispatch generator, the repeat counters, the tasks sent to each client (the privacy cap of
-:mod:`~stamen.server.driver.trip_budget`) and the staleness histogram, beside the parts both drivers
-share (:func:`~stamen.server.checkpoint_parts.capture_common`: rule, accountant, model history,
-edge downlink).
+:mod:`~stamen.server.driver.trip_budget`), the staleness histogram and the count of late replies,
+beside the parts both drivers share (:func:`~stamen.server.checkpoint_parts.capture_common`: rule,
+accountant, model history, edge downlink).
 
 Not stored here: the tasks in flight. A restarted server has no channel to them (a reply that
 arrives later names a task this server never sent and is rejected as ``not training for this
@@ -50,6 +50,7 @@ def capture_async(driver: AsyncDriver, snap: Snapshot) -> Tree:
         "repeats": [[c, v, k] for (c, v), k in sorted(driver.repeats.items())],
         "trips": dict(sorted(driver.budget.trips.items())),  # tasks sent per client (privacy cap)
         "staleness_histogram": [{str(t): n for t, n in h.items()} for h in driver.staleness_histogram],
+        "late_replies": driver.late_replies,  # results.json's count, not restarted by a resume
     }
 
 
@@ -77,6 +78,7 @@ def restore_async(
         ]
     except (TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint is corrupt: asynchronous counters: {exc}") from None
+    driver.late_replies = _int(tree.get("late_replies", 0), "late_replies")  # 0: written before it
 
 
 def _trips(driver: AsyncDriver, tree: Mapping[str, Any]) -> Counter[str]:

@@ -4,6 +4,7 @@ the two dispatches): the reply names the dispatch it answers (Flower's ``reply_t
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +17,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from stamen.protocols import CodecSpec, encode_update, keys
 from stamen.protocols.flower import envelope_record
 from stamen.server.aggregators import create
+from stamen.server.checkpoint_run import RunState
 from stamen.server.driver.async_driver import AsyncDriver, AsyncSettings
 from stamen.server.driver.collect import CollectPolicy
 from stamen.server.driver.downlink import FullDownlink
@@ -177,3 +179,31 @@ def test_the_virtual_clock_never_gives_up_a_task_in_flight() -> None:
     assert all(r.task is not None and r.task.client == r.client for r, _ in got)
     assert len({id(r.task) for r, _ in got}) == len(got) <= len(sent)  # one arrival per dispatch
     assert all(at - sent[id(r.task)] > 1e-3 for r, at in got)  # every trip outlasted the timeout
+
+
+def test_the_late_reply_count_survives_a_resume(tmp_path: Path) -> None:
+    """A deployment's run (state-dir) counts m0's late reply, is stopped at the checkpoint written
+    right after it, and is resumed by a restarted server (a fresh grid: it dispatches afresh, m0 and
+    m1 answered +1 and +2): results.json still counts the late reply (the count was not
+    checkpointed: the resumed run said 0)."""
+    grid = ScriptedGrid([[], [(0, "update")]])
+    driver = _fedbuff(grid)
+    driver.resume = RunState(tmp_path, {"run": "late"}, "fedbuff")
+    save = RunState.save
+
+    def save_then_stop(self: RunState, *args: Any, **kwargs: Any) -> None:
+        save(self, *args, **kwargs)
+        if driver.late_replies:
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RunState, "save", save_then_stop)
+        first = driver.run(BASE)
+    assert first.stopped == "interrupted" and first.extra["late_replies"] == 1 and not first.rounds
+    grid = ScriptedGrid([[(0, "update")], [(1, "update")]])
+    again = _fedbuff(grid)
+    again.resume = RunState(tmp_path, {"run": "late"}, "fedbuff")
+    resumed = again.run(BASE)
+    assert [r.round for r in resumed.rounds] == [1] and resumed.stopped is None
+    np.testing.assert_allclose(resumed.weights["w"], 1.5, rtol=1e-6)
+    assert resumed.extra["late_replies"] == 1
