@@ -168,10 +168,10 @@ def _check_size(tensors: tuple[TensorInfo, ...], max_elements: int) -> None:
 def _check_codec(got: str, expected: str | CodecSpec) -> None:
     """``CodecMismatch`` unless the envelope's codec text ``got`` is the spec ``expected``: the same
     canonical text (every stage and param, defaults included, as :meth:`CodecSpec.to_string` writes
-    it). Nothing is decoded or cached for ``got``: only its text is parsed, when not already equal."""
-    want = (
-        expected.to_string() if isinstance(expected, CodecSpec) else codec_pipeline(expected).spec.to_string()
-    )
+    it). Nothing is decoded or cached for ``got``: only its text is parsed, when not already equal.
+    ``expected`` is made canonical by its pipeline (a spec built without its defaults, or with an int
+    for a float param, names the codec ``encode_update`` writes canonically)."""
+    want = codec_pipeline(expected).spec.to_string()
     if got == want:
         return
     try:

@@ -81,6 +81,7 @@ class DeviceConfig:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         host, _, port = self.superlink.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"superlink must be HOST:PORT, got {self.superlink!r}")
@@ -91,6 +92,21 @@ class DeviceConfig:
         for key in self.node_config:
             if key in RESERVED_NODE_CONFIG:
                 raise ValueError(f"[node-config] may not set {key!r}: it comes from [device]")
+
+
+_NOT_STR = {"runtime_port": (int, "an integer"), "insecure": (bool, "true or false")}
+
+
+def _check_types(cfg: DeviceConfig) -> None:
+    """``ValueError`` (one line) for a ``[device]`` value of the wrong TOML type: a quoted
+    ``insecure = "false"`` would otherwise be truthy (plaintext), a number a path."""
+    for f in fields(cfg):
+        if f.name in ("node_config", "daemon"):
+            continue
+        want, what = _NOT_STR.get(f.name, (str, "a string"))
+        value = getattr(cfg, f.name)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ValueError(f"{f.name.replace('_', '-')} must be {what}, got {value!r}")
 
 
 RESERVED_NODE_CONFIG = ("data-source", "edge-store", "signing-key", "endorsement")

@@ -48,6 +48,11 @@ def test_config_round_trips(tmp_path: Path) -> None:
         ('superlink = "h:99999"', "superlink must be HOST:PORT"),
         ('root-certificates = ""', "root-certificates is required"),
         ("colour = 1", "unknown keys ['colour']"),
+        ('insecure = "false"', "insecure must be true or false, got 'false'"),  # truthy: plaintext
+        ("trusted-entities = true", "trusted-entities must be a string, got True"),
+        ("node-key = 5", "node-key must be a string, got 5"),
+        ('runtime-port = "9094"', "runtime-port must be an integer, got '9094'"),
+        ("runtime-port = true", "runtime-port must be an integer, got True"),
     ],
 )
 def test_bad_device_values_are_one_line(tmp_path: Path, text: str, message: str) -> None:

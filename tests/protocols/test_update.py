@@ -18,10 +18,12 @@ from stamen.protocols import (
     MalformedUpdate,
     SignatureError,
     Signer,
+    StageSpec,
     StamenError,
     TensorInfo,
     ValidationError,
     Verifier,
+    codec_pipeline,
     decode_update,
     encode_update,
     model_hash,
@@ -153,3 +155,20 @@ def test_the_asked_codec_in_any_spelling_decodes() -> None:
     assert decode_update(spelled, expected_codec=text)[0].codec == "topk(ratio=.5),int8,zstd(level=3)"
     with pytest.raises(CodecMismatch, match="'nope'"):
         decode_update(pack(dataclasses.replace(unpack(_encode()), codec="nope")), expected_codec=text)
+
+
+def test_an_asked_spec_built_without_its_defaults_is_the_codec_it_names() -> None:
+    """A hand-built CodecSpec (a param left to its default, an int for a float param) names the codec
+    encode_update writes canonically: the receiver that asked for it decodes the reply."""
+    for spec in (
+        CodecSpec((StageSpec("topk", (("ratio", 0.5),)), StageSpec("int8"), StageSpec("zstd"))),
+        CodecSpec((StageSpec("topk", (("ratio", 1),)), StageSpec("int8", (("stochastic", True),)))),
+    ):
+        data = encode_update(
+            pinned_input(), spec, base_hash=HASH, version=4, sender="c7", rng=np.random.default_rng(1)
+        )
+        env, _ = decode_update(data, expected_codec=spec)
+        assert env.codec == codec_pipeline(spec).spec.to_string()
+    with pytest.raises(CodecMismatch, match=r"asked for 'topk\(ratio=0.25\)\+int8\(stochastic=true\)"):
+        asked = CodecSpec((StageSpec("topk", (("ratio", 0.25),)), StageSpec("int8")))
+        decode_update(_encode("topk(ratio=0.5)+int8"), expected_codec=asked)
