@@ -118,6 +118,7 @@ class Supervisor:
     daemon: DaemonConfig
     log_path: Path | None = None
     max_starts: int = 0
+    precheck: Callable[[], object] | None = None  # before every start; ValueError/OSError: not started
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -147,6 +148,12 @@ class Supervisor:
 
     def _run_once(self) -> int:
         self.starts += 1
+        try:  # what the SuperNode re-reads at every start (its trusted-entities file) is checked again
+            if self.precheck is not None:
+                self.precheck()
+        except (ValueError, OSError) as exc:
+            log.error("not starting the SuperNode: %s", exc)
+            return 78  # EX_CONFIG: counted as a start, retried after the backoff
         out = open(self.log_path, "ab") if self.log_path is not None else None  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(
@@ -219,8 +226,14 @@ def run_daemon(cfg: DeviceConfig, log_path: Path | None = None, max_starts: int 
             "trusted-entities is not set: the SuperNode runs any app (FAB) the SuperLink sends "
             "(docs/deployment.md, 'Which code a device runs')"
         )
+    trusted = cfg.trusted_entities
     sup = Supervisor(
-        supernode_argv(cfg, supernode_executable()), daemon_env(cfg), cfg.daemon, log_path, max_starts
+        supernode_argv(cfg, supernode_executable()),
+        daemon_env(cfg),
+        cfg.daemon,
+        log_path,
+        max_starts,
+        precheck=(lambda: check_trusted_entities(trusted)) if trusted else None,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, sup.stop)

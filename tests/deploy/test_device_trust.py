@@ -146,3 +146,32 @@ def test_a_file_it_accepts_is_what_flower_verifies_a_signed_fab_with(tmp_path: P
     assert not _verify_fab(changed, entities)
     assert not _verify_fab(_signed_fab(b"app", "fpk_reviewer", other), entities)
     assert not _verify_fab(_signed_fab(b"app", "fpk_someone", trusted), entities)
+
+
+def test_the_file_is_checked_again_before_every_supernode_start(tmp_path: Path) -> None:
+    """The SuperNode re-reads the file at each restart: a file emptied meanwhile (verification off in
+    Flower) must not be started with. The child empties it and exits; the next start is refused."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    path = _entities(tmp_path, f"fab-key: {_ssh(key)}\n")
+    log = tmp_path / "sn.log"
+    empty_it = f"import pathlib; pathlib.Path({str(path)!r}).write_text('{{}}'); print('up')"
+    child = [daemon.sys.executable, "-c", empty_it]
+    fast = dataclasses.replace(CFG.daemon, backoff_initial_s=0.01, backoff_max_s=0.02)
+    sup = daemon.Supervisor(child, {}, fast, log, max_starts=3, precheck=lambda: check_trusted_entities(path))
+    assert sup.run() == 1 and sup.starts == 3
+    assert log.read_text().split() == ["up"]  # started once, then refused twice
+
+
+def test_run_daemon_rechecks_the_configured_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    status = {"version": 0, "hash": "ab" * 32, "model_id": "m"}
+    monkeypatch.setattr(daemon, "check_device", lambda cfg, repair=False: status)
+    monkeypatch.setattr(daemon, "supernode_executable", lambda: "sn")
+    monkeypatch.setattr(daemon.signal, "signal", lambda *a: None)
+    seen: list[object] = []
+    monkeypatch.setattr(daemon.Supervisor, "run", lambda self: seen.append(self.precheck) or 0)
+    daemon.run_daemon(CFG)
+    path = _entities(tmp_path, "{}\n")
+    daemon.run_daemon(dataclasses.replace(CFG, trusted_entities=str(path)))
+    assert seen[0] is None and callable(seen[1])
+    with pytest.raises(ValueError, match="trusted-entities"):
+        seen[1]()  # type: ignore[operator]
