@@ -18,6 +18,8 @@ from pathlib import Path
 
 __all__ = ["check_trusted_entities"]
 
+RESERVED_ID = "valid_license"  # the FAB verifications' licence entry (flwr.supernode._verify_fab)
+
 
 def check_trusted_entities(path: str | Path) -> dict[str, str]:
     """The ``key id -> public key`` entries of ``path``, checked as ``flower-supernode`` checks them
@@ -32,6 +34,8 @@ def check_trusted_entities(path: str | Path) -> dict[str, str]:
         doc = yaml.safe_load(file.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeError) as exc:
         raise ValueError(f"trusted-entities {path}: not valid YAML ({type(exc).__name__})") from None
+    except OSError as exc:
+        raise ValueError(f"trusted-entities {path}: cannot be read ({exc.strerror or exc})") from None
     if not isinstance(doc, dict) or not doc:
         raise ValueError(
             f"trusted-entities {path}: must map at least one public-key id to an 'ssh-ed25519 ...' key "
@@ -40,6 +44,8 @@ def check_trusted_entities(path: str | Path) -> dict[str, str]:
     for key_id, key in doc.items():
         if not isinstance(key_id, str) or not key_id or not isinstance(key, str):
             raise ValueError(f"trusted-entities {path}: entry {key_id!r} must be a str id -> str key")
+        if key_id == RESERVED_ID:  # a FAB's licence flag, never a signer: Flower skips it
+            raise ValueError(f"trusted-entities {path}: {RESERVED_ID!r} is reserved by Flower, not a key id")
         _check_ed25519(path, key_id, key)
     return dict(doc)
 

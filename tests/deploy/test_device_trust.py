@@ -69,12 +69,19 @@ def test_the_option_reaches_the_supernode_and_the_config_round_trips(tmp_path: P
         ("fpk_a: 3\n", "must be a str id -> str key"),
         ("fpk_a: 'ssh-ed25519 AAAAnope'\n", "'fpk_a' is not an OpenSSH public key"),
         ("ECDSA", "'fpk_a' is not an Ed25519 key"),
+        ("RESERVED", "'valid_license' is reserved by Flower"),  # Flower would refuse every FAB
+        ("DIRECTORY", "is not a file"),
     ],
 )
 def test_a_bad_file_is_one_line_naming_it(tmp_path: Path, text: str | None, message: str) -> None:
     if text == "ECDSA":
         text = f"fpk_a: '{_ssh(ec.generate_private_key(ec.SECP384R1()))}'\n"
+    if text == "RESERVED":
+        text = f"valid_license: '{_ssh(ed25519.Ed25519PrivateKey.generate())}'\n"
     path = tmp_path / "trusted-entities.yaml" if text is None else _entities(tmp_path, text)
+    if text == "DIRECTORY":
+        path.unlink()
+        path.mkdir()
     with pytest.raises(ValueError, match=message) as exc:
         check_trusted_entities(path)
     assert "\n" not in str(exc.value) and str(path) in str(exc.value)
@@ -175,3 +182,15 @@ def test_run_daemon_rechecks_the_configured_file(monkeypatch: pytest.MonkeyPatch
     assert seen[0] is None and callable(seen[1])
     with pytest.raises(ValueError, match="trusted-entities"):
         seen[1]()  # type: ignore[operator]
+
+
+def test_an_unreadable_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _entities(tmp_path, "fpk_a: x\n")
+
+    def denied(self: Path, *args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)  # as root, chmod 000 would not stop the read
+    with pytest.raises(ValueError, match="cannot be read \\(Permission denied\\)") as exc:
+        check_trusted_entities(path)
+    assert "\n" not in str(exc.value) and str(path) in str(exc.value)
