@@ -182,6 +182,10 @@ class ClientTiming:
         """Whether ``client`` is inside an availability window at ``time``."""
         return self.next_available(client, time) == time
 
+    def available_mask(self, time: float) -> np.ndarray:
+        """``available(i, time)`` for every client ``i`` at once (a bool array; the same arithmetic)."""
+        return windows_open(self.period, self.on_len, self.phase, float(time))
+
     def next_available(self, client: int, time: float) -> float:
         """The first time ``>= time`` at which ``client`` is available."""
         start, _ = self._window(client, time)
@@ -350,3 +354,17 @@ def _windows(c: TimingConfig, rng: np.random.Generator, n: int) -> tuple[np.ndar
         return on + off, on, rng.uniform(0.0, 1.0, n) * (on + off)
     on_len = np.full(n, c.diurnal_on_hours * 3600.0)
     return np.full(n, _DAY_S), on_len, rng.uniform(0.0, c.diurnal_spread_hours * 3600.0, n)
+
+
+def windows_open(period: np.ndarray, on_len: np.ndarray, phase: np.ndarray, time: float) -> np.ndarray:
+    """Whether each client is inside a window at ``time``: :meth:`ClientTiming._window`'s steps on
+    arrays, operation for operation (``k`` an integer-valued float, exact below 2**53), so every
+    entry equals the scalar answer; ``period = inf``: always open."""
+    finite = np.isfinite(period)
+    p, on, ph = period[finite], on_len[finite], phase[finite]
+    k = np.floor((time - ph) / p)
+    k = np.where(time < ph + k * p, k - 1, np.where(time >= ph + (k + 1) * p, k + 1, k))
+    k = np.where(time >= ph + k * p + on, k + 1, k)
+    out = np.ones(len(period), dtype=bool)
+    out[finite] = ph + k * p <= time
+    return out

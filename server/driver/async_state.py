@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -46,3 +48,14 @@ class _Step:
     rejected: int = 0
     client_eps: float | None = None
     started: float = field(default_factory=time.perf_counter)
+
+
+def idle_clients(clients: Sequence[str], idle: Callable[[str], bool], transport: Any) -> list[str]:
+    """``[c for c in clients if idle(c)]``, in order. A transport that can tell at once which of
+    ``clients`` are ready (``ready_indices``: a simulator's availability windows, one array
+    operation) narrows the scan to those first; ``idle`` still checks each of them."""
+    ready = getattr(transport, "ready_indices", None)
+    indices = ready(clients) if ready is not None else None
+    if indices is None:
+        return [c for c in clients if idle(c)]
+    return [c for c in (clients[int(i)] for i in indices) if idle(c)]

@@ -216,6 +216,13 @@ class VirtualClockTransport:
         """Whether ``client`` is inside an availability window now."""
         return self.meter.timing.available(_pid(client), self.events.now)
 
+    def ready_indices(self, clients: Sequence[str]) -> np.ndarray | None:
+        """The positions in ``clients`` of those inside a window now, found at once (None unless
+        ``clients`` is this run's own client list, where position ``i`` is ``client-i``)."""
+        if clients is not self.sync.clients():
+            return None
+        return np.flatnonzero(self.meter.timing.available_mask(self.events.now))
+
     def now(self) -> float:
         """Simulated seconds since the run started."""
         return self.events.now
