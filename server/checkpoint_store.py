@@ -27,12 +27,19 @@ when read, so a damaged part is one :class:`~stamen.server.checkpoint.Checkpoint
 Hashing: an array that cannot change (read-only, owning its memory or viewing ``bytes``: the model
 history's versions, reply envelopes) is hashed once and remembered by identity while checkpoints
 keep naming it; any other array is hashed on every write (cheap next to writing it).
+
+One run at a time: :func:`lock_state_dir` holds the state-dir for the run (an advisory lock on the
+directory), so a second run started on it is refused before it collects the parts the first has
+written for a manifest it has not committed yet.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -174,6 +181,27 @@ class PartStore:
                 log.warning("cannot remove unreferenced checkpoint part %s: %s", p, exc)
         self._on_disk = None
         return gone
+
+
+def lock_state_dir(state_dir: Path) -> int | None:
+    """Hold ``state_dir`` (created) for one run: an exclusive advisory lock on the directory,
+    released when the returned descriptor is closed or the process ends. A run already holding it
+    is one :class:`~stamen.server.checkpoint.CheckpointError` line; None (a warning, no lock) where
+    the file system cannot lock."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise cpt.CheckpointError(
+                f"state-dir {state_dir} is in use by another run (a server still running from it?); "
+                "stop that run first, or use another state-dir"
+            ) from None
+        log.warning("cannot lock state-dir %s (%s): nothing stops a second run using it", state_dir, exc)
+        return None
+    return fd
 
 
 def _units(arrays: Mapping[str, np.ndarray], groups: Mapping[str, Sequence[str]]) -> list[dict[str, str]]:
