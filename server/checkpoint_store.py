@@ -14,7 +14,8 @@ referenced, not rewritten.
 
 Crash safety, in the order :func:`~stamen.server.checkpoint.write_checkpoint` follows:
 
-1. each new part: temporary file in ``parts/``, written, fsync'd, renamed to its name;
+1. each new part: temporary file in ``parts/`` (created, and the state-dir fsync'd, the first
+   time), written, fsync'd, renamed to its name;
 2. ``parts/`` fsync'd, so every part the new manifest names is durable;
 3. the manifest (``checkpoint.safetensors``) written the same way and renamed over the old one;
 4. only then :meth:`PartStore.collect` deletes the parts the committed manifest no longer names.
@@ -113,7 +114,9 @@ class PartStore:
         name = unit_hash({n: self._hash(a) for n, a in unit.items()})
         if name not in self._known():
             data = bytes(st_save({n: np.ascontiguousarray(a) for n, a in unit.items()}))
-            self.dir.mkdir(parents=True, exist_ok=True)
+            if not self.dir.is_dir():  # its entry durable before a manifest names its files
+                self.dir.mkdir(parents=True, exist_ok=True)
+                cpt.fsync_dir(self.dir.parent)
             cpt.atomic_write(self.dir, name + SUFFIX, data, sync_dir=False)
             self._known().add(name)
             self.written += len(data)

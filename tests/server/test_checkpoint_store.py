@@ -250,3 +250,25 @@ def test_a_second_run_on_a_state_dir_in_use_is_refused(tmp_path: Path) -> None:
     assert read_checkpoint(tmp_path) is not None  # A's last checkpoint is whole
     assert len(refused) == 1 and "is in use by another run" in refused[0] and "\n" not in refused[0]
     assert checkpoint_run.RunState(tmp_path, runs[0].fingerprint, "fedasync").load() is not None  # A let go
+
+
+def test_the_parts_folder_is_durable_before_the_first_manifest_names_it(tmp_path: Path) -> None:
+    """The first write creates ``parts/``: its entry in the state-dir is fsync'd before the manifest
+    that names its files is renamed into place (else a power cut could keep the manifest and lose
+    the folder, and the checkpoint would name missing parts)."""
+    events: list[str] = []
+    rename, sync_dir = os.replace, cpt.fsync_dir
+
+    def renamed(src: Any, dst: Any) -> None:
+        events.append(f"rename:{Path(dst).relative_to(tmp_path)}")
+        rename(src, dst)
+
+    def synced(path: Path) -> None:
+        events.append(f"fsync:{Path(path).relative_to(tmp_path.parent)}")
+        sync_dir(path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cpt.os, "replace", renamed)
+        mp.setattr(cpt, "fsync_dir", synced)
+        write_checkpoint(tmp_path, _ck(0, {0: _model(0)}))
+    assert f"fsync:{tmp_path.name}" in events[: events.index(f"rename:{cpt.FILE_NAME}")], events
