@@ -191,8 +191,11 @@ def lock_state_dir(state_dir: Path) -> int | None:
     released when the returned descriptor is closed or the process ends. A run already holding it
     is one :class:`~stamen.server.checkpoint.CheckpointError` line; None (a warning, no lock) where
     the file system cannot lock."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir, os.O_RDONLY)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir, os.O_RDONLY)
+    except OSError as exc:
+        raise cpt.CheckpointError(f"state-dir {state_dir} cannot be opened: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
