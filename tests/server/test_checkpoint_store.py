@@ -271,4 +271,10 @@ def test_the_parts_folder_is_durable_before_the_first_manifest_names_it(tmp_path
         mp.setattr(cpt.os, "replace", renamed)
         mp.setattr(cpt, "fsync_dir", synced)
         write_checkpoint(tmp_path, _ck(0, {0: _model(0)}))
-    assert f"fsync:{tmp_path.name}" in events[: events.index(f"rename:{cpt.FILE_NAME}")], events
+        first, events[:] = list(events), []
+        write_checkpoint(tmp_path, _ck(1, {0: _model(0), 1: _model(1)}))  # one new part
+    assert f"fsync:{tmp_path.name}" in first[: first.index(f"rename:{cpt.FILE_NAME}")], first
+    for ev in (first, events):  # each write: new part renamed, parts/ fsync'd, then the manifest
+        part = next(i for i, e in enumerate(ev) if e.startswith(f"rename:{PARTS_DIR}/"))
+        synced_parts = ev.index(f"fsync:{tmp_path.name}/{PARTS_DIR}")
+        assert part < synced_parts < ev.index(f"rename:{cpt.FILE_NAME}"), ev
