@@ -155,3 +155,16 @@ def test_older_checkpoint_without_trip_counts_is_refused_when_they_bound_privacy
         else:
             restore_async(fresh, tree, snap, {k: np.asarray(v) for k, v in BASE.items()}, [])
             assert fresh.budget.trips == Counter()
+
+
+def test_older_checkpoint_without_trip_counts_is_refused_under_rqm_without_a_cap(tmp_path: Path) -> None:
+    """RQM calibrated by its noise alone (no trip cap): the trip counts still bound what it charges
+    (every task sent, read or not), so an older checkpoint without them is refused too."""
+    transport = ScriptedTransport({"c-1": 1.0, "c-2": 2.0}, [])
+    old = _driver(transport, 3, max_trips=0, accountant=_rqm())
+    old.begin(BASE)
+    tree, snap = _old_tree(old)
+    fresh = _driver(transport, 3, max_trips=0, accountant=_rqm())
+    fresh.resume = RunState(tmp_path, {}, "fedbuff")
+    with pytest.raises(CheckpointError, match=r"checkpoint\.safetensors lacks the tasks sent to each"):
+        restore_async(fresh, tree, snap, BASE, [])
