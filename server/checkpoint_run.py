@@ -41,7 +41,7 @@ from stamen.server.checkpoint_store import PartStore, lock_state_dir
 from stamen.server.config import ServerConfig
 from stamen.server.driver.async_driver import AsyncDriver
 from stamen.server.driver.driver import RoundDriver
-from stamen.server.driver.types import Weights
+from stamen.server.driver.types import TrainTask, Weights
 from stamen.server.history import FederationResult, ProgressFn, RoundRecord
 
 log = logging.getLogger("stamen.server")
@@ -190,6 +190,8 @@ class RunState:
             saved[0] = False
 
         driver.on_event = handled
+        if "engine" not in self.parts and (driver.budget.cap > 0 or driver.accountant is not None):
+            count_before_push(driver, save)  # a deployment: its nodes outlive a crashed server
         return released
 
     def save(
@@ -235,6 +237,25 @@ class RunState:
             raise CheckpointError(f"checkpoint lacks the state of {', '.join(missing)}")
         for name, (_, restore) in self.parts.items():
             restore(state.get(name), snap)
+
+
+def count_before_push(driver: AsyncDriver, save: Callable[[], None]) -> None:
+    """Checkpoint each task's trip before the task is pushed, where trips bound privacy (a cap,
+    RQM). A node keeps a pushed task, and may train and release its update, even if the server dies
+    before the next handled reply's checkpoint; the resumed run must count that task, or each crash
+    lets a client be sent more tasks than its noise was calibrated for, and RQM never charges them.
+    (A simulation needs none of this: its clients die with it, and it resumes the tasks in flight.)"""
+    push = driver.transport.push
+
+    def counted_push(task: TrainTask) -> None:
+        driver.budget.trips[task.client] += 1  # as the driver counts it once pushed
+        try:
+            save()
+        finally:
+            driver.budget.trips[task.client] -= 1
+        push(task)
+
+    driver.transport.push = counted_push
 
 
 def _tree(state: Mapping[str, Any], key: str) -> Tree:
