@@ -18,7 +18,9 @@ run repeats the rounds an uninterrupted one would have run.
 from __future__ import annotations
 
 import logging
+import os
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,11 +37,11 @@ from stamen.server.checkpoint import (
 from stamen.server.checkpoint_async import capture_async, restore_async
 from stamen.server.checkpoint_parts import capture_sync, restore_sync
 from stamen.server.checkpoint_rules import Snapshot, Tree
-from stamen.server.checkpoint_store import PartStore
+from stamen.server.checkpoint_store import PartStore, lock_state_dir
 from stamen.server.config import ServerConfig
 from stamen.server.driver.async_driver import AsyncDriver
 from stamen.server.driver.driver import RoundDriver
-from stamen.server.driver.types import Weights
+from stamen.server.driver.types import TrainTask, Weights
 from stamen.server.history import FederationResult, ProgressFn, RoundRecord
 
 log = logging.getLogger("stamen.server")
@@ -84,13 +86,16 @@ class RunState:
         self.writes: list[tuple[float, int]] = []  # (seconds, bytes written) of every checkpoint
         self.store = PartStore(self.state_dir)  # large arrays, each written once (content-addressed)
         self.resumed_from: int | None = None
+        self._held: weakref.finalize | None = None  # the state-dir's lock, from load() to run()'s end
 
     def load(self) -> Checkpoint | None:
         """The state-dir's checkpoint if it belongs to this run (None: start afresh)."""
         if self.state_dir.exists() and not self.state_dir.is_dir():
             raise CheckpointError(f"state-dir {self.state_dir} is a file, not a directory")
-        if self.state_dir.is_dir():
-            remove_stale_temps(self.state_dir)
+        if self._held is None or not self._held.alive:  # one run at a time: see lock_state_dir
+            fd = lock_state_dir(self.state_dir)
+            self._held = None if fd is None else weakref.finalize(self, os.close, fd)
+        remove_stale_temps(self.state_dir)
         ck = read_checkpoint(self.state_dir)
         # parts a crashed write left before its manifest was committed
         self.store.collect(set() if ck is None else set(ck.parts))
@@ -98,8 +103,20 @@ class RunState:
             check_fingerprint(ck.fingerprint, self.fingerprint, self.state_dir)
         return ck
 
+    def unlock(self) -> None:
+        """Let go of the state-dir (held since :meth:`load`; at the latest when this object goes)."""
+        if self._held is not None:
+            self._held()
+
     def run(self, driver: Any, initial: Weights, progress: ProgressFn | None) -> FederationResult:
-        """Run ``driver`` from the last checkpoint (or ``initial``), checkpointing as it goes."""
+        """Run ``driver`` from the last checkpoint (or ``initial``), checkpointing as it goes; the
+        state-dir is held for the run (a second run on it is refused)."""
+        try:
+            return self._run(driver, initial, progress)
+        finally:
+            self.unlock()
+
+    def _run(self, driver: Any, initial: Weights, progress: ProgressFn | None) -> FederationResult:
         ck = self.load()
         if ck is not None and ck.finished:
             log.info(
@@ -173,6 +190,8 @@ class RunState:
             saved[0] = False
 
         driver.on_event = handled
+        if "engine" not in self.parts and (driver.budget.cap > 0 or driver.accountant is not None):
+            count_before_push(driver, save)  # a deployment: its nodes outlive a crashed server
         return released
 
     def save(
@@ -218,6 +237,25 @@ class RunState:
             raise CheckpointError(f"checkpoint lacks the state of {', '.join(missing)}")
         for name, (_, restore) in self.parts.items():
             restore(state.get(name), snap)
+
+
+def count_before_push(driver: AsyncDriver, save: Callable[[], None]) -> None:
+    """Checkpoint each task's trip before the task is pushed, where trips bound privacy (a cap,
+    RQM). A node keeps a pushed task, and may train and release its update, even if the server dies
+    before the next handled reply's checkpoint; the resumed run must count that task, or each crash
+    lets a client be sent more tasks than its noise was calibrated for, and RQM never charges them.
+    (A simulation needs none of this: its clients die with it, and it resumes the tasks in flight.)"""
+    push = driver.transport.push
+
+    def counted_push(task: TrainTask) -> None:
+        driver.budget.trips[task.client] += 1  # as the driver counts it once pushed
+        try:
+            save()
+        finally:
+            driver.budget.trips[task.client] -= 1
+        push(task)
+
+    driver.transport.push = counted_push
 
 
 def _tree(state: Mapping[str, Any], key: str) -> Tree:

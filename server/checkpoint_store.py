@@ -14,7 +14,8 @@ referenced, not rewritten.
 
 Crash safety, in the order :func:`~stamen.server.checkpoint.write_checkpoint` follows:
 
-1. each new part: temporary file in ``parts/``, written, fsync'd, renamed to its name;
+1. each new part: temporary file in ``parts/`` (created, and the state-dir fsync'd, the first
+   time), written, fsync'd, renamed to its name;
 2. ``parts/`` fsync'd, so every part the new manifest names is durable;
 3. the manifest (``checkpoint.safetensors``) written the same way and renamed over the old one;
 4. only then :meth:`PartStore.collect` deletes the parts the committed manifest no longer names.
@@ -27,12 +28,19 @@ when read, so a damaged part is one :class:`~stamen.server.checkpoint.Checkpoint
 Hashing: an array that cannot change (read-only, owning its memory or viewing ``bytes``: the model
 history's versions, reply envelopes) is hashed once and remembered by identity while checkpoints
 keep naming it; any other array is hashed on every write (cheap next to writing it).
+
+One run at a time: :func:`lock_state_dir` holds the state-dir for the run (an advisory lock on the
+directory), so a second run started on it is refused before it collects the parts the first has
+written for a manifest it has not committed yet.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -106,7 +114,9 @@ class PartStore:
         name = unit_hash({n: self._hash(a) for n, a in unit.items()})
         if name not in self._known():
             data = bytes(st_save({n: np.ascontiguousarray(a) for n, a in unit.items()}))
-            self.dir.mkdir(parents=True, exist_ok=True)
+            if not self.dir.is_dir():  # its entry durable before a manifest names its files
+                self.dir.mkdir(parents=True, exist_ok=True)
+                cpt.fsync_dir(self.dir.parent)
             cpt.atomic_write(self.dir, name + SUFFIX, data, sync_dir=False)
             self._known().add(name)
             self.written += len(data)
@@ -174,6 +184,30 @@ class PartStore:
                 log.warning("cannot remove unreferenced checkpoint part %s: %s", p, exc)
         self._on_disk = None
         return gone
+
+
+def lock_state_dir(state_dir: Path) -> int | None:
+    """Hold ``state_dir`` (created) for one run: an exclusive advisory lock on the directory,
+    released when the returned descriptor is closed or the process ends. A run already holding it
+    is one :class:`~stamen.server.checkpoint.CheckpointError` line; None (a warning, no lock) where
+    the file system cannot lock."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir, os.O_RDONLY)
+    except OSError as exc:
+        raise cpt.CheckpointError(f"state-dir {state_dir} cannot be opened: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise cpt.CheckpointError(
+                f"state-dir {state_dir} is in use by another run (a server still running from it?); "
+                "stop that run first, or use another state-dir"
+            ) from None
+        log.warning("cannot lock state-dir %s (%s): nothing stops a second run using it", state_dir, exc)
+        return None
+    return fd
 
 
 def _units(arrays: Mapping[str, np.ndarray], groups: Mapping[str, Sequence[str]]) -> list[dict[str, str]]:

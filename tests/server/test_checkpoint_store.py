@@ -218,3 +218,63 @@ def test_a_version_1_checkpoint_with_stacked_rows_still_resumes_exactly(tmp_path
     assert read_checkpoint(tmp_path) is not None
     _assert_same(run_inprocess(_plan(tmp_path, FEDBUFF)), ref)
     assert not list((tmp_path / PARTS_DIR).glob("*.tmp"))
+
+
+def test_a_second_run_on_a_state_dir_in_use_is_refused(tmp_path: Path) -> None:
+    """Run A has written its next checkpoint's new parts but not yet its manifest when run B (same
+    configuration) is started on the same state-dir: a server restarted while the old one still
+    runs. B must be refused before it touches the directory: collecting the parts no committed
+    manifest names would delete A's, and A's manifest, committed next, would name missing files."""
+    runs: list[checkpoint_run.RunState] = []
+    refused: list[str] = []
+    sync, save = PartStore.sync, checkpoint_run.RunState.save
+
+    def sync_then_start_b(self: PartStore) -> None:
+        if len(runs) == 3:  # A's third write: its new parts are on disk, not yet named
+            try:
+                checkpoint_run.RunState(tmp_path, runs[0].fingerprint, "fedasync").load()
+            except CheckpointError as exc:
+                refused.append(str(exc))
+        sync(self)
+
+    def save_then_stop(self: checkpoint_run.RunState, *args: Any, **kwargs: Any) -> None:
+        runs.append(self)
+        save(self, *args, **kwargs)
+        if len(runs) == 3:
+            raise KeyboardInterrupt  # A stops right after the write B interfered with
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PartStore, "sync", sync_then_start_b)
+        mp.setattr(checkpoint_run.RunState, "save", save_then_stop)
+        run_inprocess(_plan(tmp_path))
+    assert read_checkpoint(tmp_path) is not None  # A's last checkpoint is whole
+    assert len(refused) == 1 and "is in use by another run" in refused[0] and "\n" not in refused[0]
+    assert checkpoint_run.RunState(tmp_path, runs[0].fingerprint, "fedasync").load() is not None  # A let go
+
+
+def test_the_parts_folder_is_durable_before_the_first_manifest_names_it(tmp_path: Path) -> None:
+    """The first write creates ``parts/``: its entry in the state-dir is fsync'd before the manifest
+    that names its files is renamed into place (else a power cut could keep the manifest and lose
+    the folder, and the checkpoint would name missing parts)."""
+    events: list[str] = []
+    rename, sync_dir = os.replace, cpt.fsync_dir
+
+    def renamed(src: Any, dst: Any) -> None:
+        events.append(f"rename:{Path(dst).relative_to(tmp_path)}")
+        rename(src, dst)
+
+    def synced(path: Path) -> None:
+        events.append(f"fsync:{Path(path).relative_to(tmp_path.parent)}")
+        sync_dir(path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cpt.os, "replace", renamed)
+        mp.setattr(cpt, "fsync_dir", synced)
+        write_checkpoint(tmp_path, _ck(0, {0: _model(0)}))
+        first, events[:] = list(events), []
+        write_checkpoint(tmp_path, _ck(1, {0: _model(0), 1: _model(1)}))  # one new part
+    assert f"fsync:{tmp_path.name}" in first[: first.index(f"rename:{cpt.FILE_NAME}")], first
+    for ev in (first, events):  # each write: new part renamed, parts/ fsync'd, then the manifest
+        part = next(i for i, e in enumerate(ev) if e.startswith(f"rename:{PARTS_DIR}/"))
+        synced_parts = ev.index(f"fsync:{tmp_path.name}/{PARTS_DIR}")
+        assert part < synced_parts < ev.index(f"rename:{cpt.FILE_NAME}"), ev

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stamen.protocols import keys
-from stamen.server.checkpoint import CheckpointError
+from stamen.server.checkpoint import CheckpointError, read_checkpoint
 from stamen.server.checkpoint_async import capture_async, restore_async
 from stamen.server.checkpoint_rules import Snapshot
 from stamen.server.checkpoint_run import RunState
@@ -155,3 +155,49 @@ def test_older_checkpoint_without_trip_counts_is_refused_when_they_bound_privacy
         else:
             restore_async(fresh, tree, snap, {k: np.asarray(v) for k, v in BASE.items()}, [])
             assert fresh.budget.trips == Counter()
+
+
+def test_older_checkpoint_without_trip_counts_is_refused_under_rqm_without_a_cap(tmp_path: Path) -> None:
+    """RQM calibrated by its noise alone (no trip cap): the trip counts still bound what it charges
+    (every task sent, read or not), so an older checkpoint without them is refused too."""
+    transport = ScriptedTransport({"c-1": 1.0, "c-2": 2.0}, [])
+    old = _driver(transport, 3, max_trips=0, accountant=_rqm())
+    old.begin(BASE)
+    tree, snap = _old_tree(old)
+    fresh = _driver(transport, 3, max_trips=0, accountant=_rqm())
+    fresh.resume = RunState(tmp_path, {}, "fedbuff")
+    with pytest.raises(CheckpointError, match=r"checkpoint\.safetensors lacks the tasks sent to each"):
+        restore_async(fresh, tree, snap, BASE, [])
+
+
+class _Killed(BaseException):
+    """The server process dies (nothing after this runs; the driver does not catch it)."""
+
+
+class _DiesAfterPush(ScriptedTransport):
+    """The server dies right after its ``n``-th task is pushed: the node has it, and may train and
+    release its update, but nothing the driver does after the push happens."""
+
+    def __init__(self, n: int, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.n, self.pushed = n, 0
+
+    def push(self, task: object) -> None:
+        super().push(task)  # type: ignore[arg-type]
+        self.pushed += 1
+        if self.pushed == self.n:
+            raise _Killed
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_a_task_is_counted_in_the_checkpoint_before_it_is_pushed(tmp_path: Path, n: int) -> None:
+    """Under a trip cap, the checkpoint a deployment resumes from counts every task sent, including
+    the ones pushed after the last handled reply (else each crash lets a client be sent more tasks
+    than its noise was calibrated for, and RQM never charges them)."""
+    transport = _DiesAfterPush(n, {"c-1": 1.0, "c-2": 2.0, "c-3": 3.0}, ["c-1", "c-2", "c-3"] * 3)
+    driver = _driver(transport, 4, conc=2, max_trips=5)
+    driver.resume = RunState(tmp_path, {}, "fedbuff")
+    with pytest.raises(_Killed):
+        driver.run(BASE)
+    ck = read_checkpoint(tmp_path)
+    assert ck is not None and sum(ck.state["driver"]["trips"].values()) == n
