@@ -47,7 +47,9 @@ COMMON = [
 
 def one(clients: int, narrowed: bool) -> tuple[dict[str, float], Any]:
     """Wall seconds of the run and of its draws (time inside ``AsyncDriver._draw``), and the run."""
-    plan = SimulationPlan.from_scenario(load_scenario("scale-100k-quick", [f"data.num_clients={clients}", *COMMON]))
+    plan = SimulationPlan.from_scenario(
+        load_scenario("scale-100k-quick", [f"data.num_clients={clients}", *COMMON])
+    )
     draw, spent = async_driver.AsyncDriver._draw, [0.0]
 
     def timed(self: Any, pool: Any) -> Any:
@@ -102,7 +104,9 @@ def main() -> None:
     for n in sizes:
         rows.append(measure(n, repeats))
         print(f"{n:,} clients done", flush=True)
-    print("| clients | draws: narrowed | draws: full scan (anchor) | × | run: narrowed | run: full scan | × | same run |")
+    print(
+        "| clients | draws: narrowed | draws: full scan (anchor) | × | run: narrowed | run: full scan | × | same run |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         f, s = r["median"]["narrowed"], r["median"]["scan"]
@@ -111,7 +115,10 @@ def main() -> None:
             f"| {f['wall_s']:.2f} s | {s['wall_s']:.2f} s | {s['wall_s'] / f['wall_s']:.2f} "
             f"| {'yes' if r['identical'] else 'NO'} |"
         )
-    prov.write(out_path(args), {"scenario": "scale-100k-quick", "overrides": COMMON, "repeats": repeats, "rows": rows})
+    prov.write(
+        out_path(args),
+        {"scenario": "scale-100k-quick", "overrides": COMMON, "repeats": repeats, "rows": rows},
+    )
 
 
 if __name__ == "__main__":
