@@ -10,7 +10,8 @@ codec) is not stored; what the run accumulated is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,13 @@ def restore_accountant(accountant: object, tree: object) -> None:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()):
         raise CheckpointError("checkpoint is corrupt: RQM participation counts")
     accountant.set_participations(counts)
+
+
+def charge_accountant(tree: Any, clients: Sequence[str]) -> Tree:
+    """:func:`capture_accountant`'s tree with one more message charged per entry of ``clients``."""
+    counts = Counter(_need(tree, "participations", dict))
+    counts.update(clients)
+    return {**tree, "participations": dict(counts)}
 
 
 def capture_downlink(downlink: object, snap: Snapshot, prefix: str = "downlink/") -> Tree | None:

@@ -6,6 +6,8 @@ checkpoint (none: a fresh run), refuses one written by another configuration (on
 differing keys), restores the driver's state into the freshly assembled driver and runs the rest,
 writing a checkpoint (:func:`~stamen.server.checkpoint.write_checkpoint`, atomic) after every
 completed round (``sync``) or handled reply (``fedasync``/``fedbuff``, so the open buffer survives).
+A deployment also checkpoints what its nodes were sent before pushing it, where that bounds privacy
+(:func:`count_before_push`, :func:`charge_before_push`): the nodes outlive a crashed server.
 Its large arrays are content-addressed part files written once (:mod:`.checkpoint_store`), so an
 asynchronous checkpoint writes what changed since the previous one, not the model history again.
 When the run ends the checkpoint is marked finished; starting it again only reports the result.
@@ -21,7 +23,8 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +38,12 @@ from stamen.server.checkpoint import (
     write_checkpoint,
 )
 from stamen.server.checkpoint_async import capture_async, restore_async
-from stamen.server.checkpoint_parts import capture_sync, restore_sync
+from stamen.server.checkpoint_parts import capture_sync, charge_accountant, restore_sync
 from stamen.server.checkpoint_rules import Snapshot, Tree
 from stamen.server.checkpoint_store import PartStore, lock_state_dir
 from stamen.server.config import ServerConfig
 from stamen.server.driver.async_driver import AsyncDriver
+from stamen.server.driver.collect import CollectedUpdates
 from stamen.server.driver.driver import RoundDriver
 from stamen.server.driver.types import TrainTask, Weights
 from stamen.server.history import FederationResult, ProgressFn, RoundRecord
@@ -50,6 +54,7 @@ Part = tuple[Callable[[Snapshot], Tree], Callable[[Any, Snapshot], None]]
 """An engine's own state: ``(capture(snap) -> tree, restore(tree, snap))``."""
 
 RESUMABLE_STOPS = ("interrupted", "no replies", "no usable replies")  # a run that ended so is not finished
+ENGINE_PARTS = ("engine", "clients")  # a simulation's own state (async, sync): its clients die with it
 
 
 def run_fingerprint(cfg: ServerConfig) -> dict[str, str]:
@@ -86,6 +91,7 @@ class RunState:
         self.writes: list[tuple[float, int]] = []  # (seconds, bytes written) of every checkpoint
         self.store = PartStore(self.state_dir)  # large arrays, each written once (content-addressed)
         self.resumed_from: int | None = None
+        self.last: Checkpoint | None = None  # the last checkpoint written by this run
         self._held: weakref.finalize | None = None  # the state-dir's lock, from load() to run()'s end
 
     def load(self) -> Checkpoint | None:
@@ -152,6 +158,9 @@ class RunState:
             self.save(rnd, w, records, lambda snap: capture_sync(driver, snap))
 
         driver.on_round = saved
+        if self.deployed and driver.accountant is not None:  # its nodes outlive a crashed server
+            saved(start - 1, weights, [] if ck is None else list(ck.records))  # the state to charge
+            charge_before_push(driver, self)
         result = driver.rounds_from(weights, progress, start, () if ck is None else ck.records)
         self._finish(result, lambda snap: capture_sync(driver, snap))
         return result
@@ -190,9 +199,14 @@ class RunState:
             saved[0] = False
 
         driver.on_event = handled
-        if "engine" not in self.parts and (driver.budget.cap > 0 or driver.accountant is not None):
+        if self.deployed and (driver.budget.cap > 0 or driver.accountant is not None):
             count_before_push(driver, save)  # a deployment: its nodes outlive a crashed server
         return released
+
+    @property
+    def deployed(self) -> bool:
+        """A deployment (no simulation engine's state): its nodes outlive a crashed server."""
+        return not any(name in self.parts for name in ENGINE_PARTS)
 
     def save(
         self,
@@ -220,8 +234,13 @@ class RunState:
             stopped,
             groups=snap.groups,
         )
+        self.write(ck, t0)
+        self.step, self.last = step, ck
+
+    def write(self, ck: Checkpoint, t0: float | None = None) -> None:
+        """Write ``ck`` (atomic) and note the time and bytes it took."""
+        t0 = time.perf_counter() if t0 is None else t0
         written = write_checkpoint(self.state_dir, ck, self.store)
-        self.step = step
         self.writes.append((time.perf_counter() - t0, written))
 
     def _finish(self, result: FederationResult, capture: Callable[[Snapshot], Tree]) -> None:
@@ -256,6 +275,31 @@ def count_before_push(driver: AsyncDriver, save: Callable[[], None]) -> None:
         push(task)
 
     driver.transport.push = counted_push
+
+
+def charge_before_push(driver: RoundDriver, state: RunState) -> None:
+    """Before a synchronous round's tasks are pushed, checkpoint the last completed round's state
+    with RQM charging each of those tasks (one message per client asked). A node keeps a pushed
+    task, and may train and release its update, even if the server dies before the round's own
+    checkpoint; the resumed run then starts from counts that include them, and charges its own
+    tasks of that round as usual. Without a crash the round's checkpoint replaces this one, holding
+    what the round itself charged (every task once): nothing is charged twice. (A simulation needs
+    none of this: its clients die with it.)"""
+    train = driver.train_and_collect
+
+    def charged_train(weights: Weights, tasks: Sequence[TrainTask]) -> CollectedUpdates:
+        if tasks and state.last is not None:
+            state.write(charged(state.last, [t.client for t in tasks]))
+        return train(weights, tasks)
+
+    driver.train_and_collect = charged_train
+
+
+def charged(ck: Checkpoint, clients: Sequence[str]) -> Checkpoint:
+    """``ck`` with RQM's participation counts raised by one message per entry of ``clients``."""
+    tree = _tree(ck.state, "driver")
+    driver = {**tree, "accountant": charge_accountant(tree.get("accountant"), clients)}
+    return replace(ck, state={**ck.state, "driver": driver})
 
 
 def _tree(state: Mapping[str, Any], key: str) -> Tree:

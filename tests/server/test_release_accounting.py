@@ -10,16 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stamen.protocols import keys
+from stamen.protocols import CodecSpec, encode_update, keys
+from stamen.server.aggregators import create
 from stamen.server.checkpoint import CheckpointError, read_checkpoint
 from stamen.server.checkpoint_async import capture_async, restore_async
 from stamen.server.checkpoint_rules import Snapshot
-from stamen.server.checkpoint_run import RunState
+from stamen.server.checkpoint_run import Part, RunState
 from stamen.server.config import ServerConfig
+from stamen.server.driver.collect import CollectPolicy
+from stamen.server.driver.downlink import FullDownlink
+from stamen.server.driver.driver import AggregateMode, DriverSettings, RoundDriver
 from stamen.server.driver.trip_budget import TripBudget
-from stamen.server.driver.types import Reply
+from stamen.server.driver.types import Reply, TrainTask
 from stamen.server.federation import assemble_async
 from stamen.task.settings_load import load_settings
+from stamen.task.spec import RoundInstructions, TaskSpec, TrainSpec
 from tests.server.test_async_driver import BASE, ScriptedTransport
 from tests.server.test_async_privacy import _driver, _rqm
 from tests.server.test_collect import _collector, _reply
@@ -201,3 +206,109 @@ def test_a_task_is_counted_in_the_checkpoint_before_it_is_pushed(tmp_path: Path,
         driver.run(BASE)
     ck = read_checkpoint(tmp_path)
     assert ck is not None and sum(ck.state["driver"]["trips"].values()) == n
+
+
+# --- 5. a synchronous deployment that dies after pushing a round's tasks ------------------------
+
+SYNC_CLIENTS = ("c-1", "c-2", "c-3")
+
+
+class _SyncNodes:
+    """A deployment's nodes for the round driver: every task asked gets its update (``+1``); in the
+    ``crash``-th round the server dies (``exc``) once the tasks are pushed, before any reply."""
+
+    def __init__(self, crash: int = 0, exc: type[BaseException] = _Killed) -> None:
+        self.crash, self.exc, self.rounds = crash, exc, 0
+
+    def clients(self) -> list[str]:
+        return list(SYNC_CLIENTS)
+
+    def now(self) -> float:
+        return float("nan")
+
+    def train(self, tasks: list[TrainTask], timeout: float) -> list[Reply]:
+        self.rounds += 1
+        if self.rounds == self.crash:
+            raise self.exc  # the nodes hold the tasks and may release their updates
+        replies = []
+        for t in tasks:
+            data = encode_update(
+                {"w": np.ones(3, np.float32)},
+                CodecSpec.parse("dense"),
+                base_hash=t.expected_base,
+                version=t.instructions.version,
+                sender=t.client,
+                rng=np.random.default_rng(0),
+            )
+            replies.append(Reply(t.client, envelope=data, metrics={keys.NUM_EXAMPLES: 1}, nbytes=len(data)))
+        return replies
+
+
+def _sync_driver(nodes: _SyncNodes, state_dir: Path | None, **parts: Part) -> RoundDriver:
+    settings = DriverSettings(rounds=3, per_round=3, seed=0, timeout_s=1.0, eval_every=1)
+
+    def instructions(rnd: int, version: int) -> RoundInstructions:
+        return RoundInstructions(rnd, version, 0, "dense", False, TaskSpec(), TrainSpec())
+
+    rule, policy = create("mean"), CollectPolicy(norm_ratio=0)
+    mode = AggregateMode(rule, 1.0)
+    driver = RoundDriver(settings, nodes, instructions, mode, FullDownlink(), policy, rule, accountant=_rqm())
+    if state_dir is not None:
+        driver.resume = RunState(state_dir, {}, "sync", parts)
+    return driver
+
+
+def _charged(state_dir: Path) -> tuple[int, dict[str, int]]:
+    ck = read_checkpoint(state_dir)
+    assert ck is not None
+    return ck.step, ck.state["driver"]["accountant"]["participations"]
+
+
+@pytest.mark.parametrize("exc", [_Killed, KeyboardInterrupt])
+@pytest.mark.parametrize("crashes", [1, 2])
+def test_sync_deployment_charges_the_tasks_of_a_round_the_server_died_in(
+    tmp_path: Path, exc: type[BaseException], crashes: int
+) -> None:
+    """The server dies (killed, or Ctrl-C) after pushing round 2's tasks, ``crashes`` times: each
+    node may have released that update, so the resumed run charges it on top of the three rounds'
+    tasks (before, the crashed attempts' tasks were never charged)."""
+    for i in range(crashes):
+        nodes = _SyncNodes(2 if i == 0 else 1, exc)  # a resumed run's first push is round 2's
+        if exc is _Killed:
+            with pytest.raises(_Killed):
+                _sync_driver(nodes, tmp_path).run(BASE)
+        else:
+            assert _sync_driver(nodes, tmp_path).run(BASE).stopped == "interrupted"
+    assert _charged(tmp_path) == (1, {c: 1 + crashes for c in SYNC_CLIENTS})
+    driver = _sync_driver(_SyncNodes(), tmp_path)
+    result = driver.run(BASE)
+    assert result.stopped is None and result.extra["resumed_from"] == 1
+    assert driver.accountant is not None
+    assert driver.accountant.participations == {c: 3 + crashes for c in SYNC_CLIENTS}
+    assert _charged(tmp_path) == (3, {c: 3 + crashes for c in SYNC_CLIENTS})
+    assert result.rounds[-1].epsilon == pytest.approx(driver.accountant([]), rel=1e-12)
+
+
+def test_sync_deployment_charges_each_task_once_without_a_crash(tmp_path: Path) -> None:
+    """No crash: every round's checkpoint holds what the rounds charged (each task once), the
+    charge written before a round's push is replaced by the round's own, and the records' ε equal
+    a run without a state-dir's."""
+    seen: list[tuple[int, dict[str, int]]] = []
+    result = _sync_driver(_SyncNodes(), tmp_path).run(BASE, lambda rec: seen.append(_charged(tmp_path)))
+    assert seen == [(r, {c: r for c in SYNC_CLIENTS}) for r in (1, 2, 3)]
+    plain = _sync_driver(_SyncNodes(), None).run(BASE)
+    assert [r.epsilon for r in result.rounds] == [r.epsilon for r in plain.rounds]
+    np.testing.assert_allclose(result.weights["w"], plain.weights["w"], rtol=0, atol=0)
+
+
+def test_sync_simulation_keeps_its_checkpoints(tmp_path: Path) -> None:
+    """A simulation (its engine's state in the checkpoint) writes no charge before the push: its
+    clients die with the server, and the round they were in is run again. A checkpoint without
+    that charge (a simulation's, or one written before it) resumes a deployment as before."""
+    clients: Part = (lambda snap: {}, lambda tree, snap: None)
+    with pytest.raises(_Killed):
+        _sync_driver(_SyncNodes(2), tmp_path, clients=clients).run(BASE)
+    assert _charged(tmp_path) == (1, {c: 1 for c in SYNC_CLIENTS})
+    result = _sync_driver(_SyncNodes(), tmp_path).run(BASE)
+    assert result.extra["resumed_from"] == 1 and [r.round for r in result.rounds] == [1, 2, 3]
+    assert _charged(tmp_path) == (3, {c: 3 for c in SYNC_CLIENTS})
