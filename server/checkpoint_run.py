@@ -87,8 +87,12 @@ class RunState:
 
     def load(self) -> Checkpoint | None:
         """The state-dir's checkpoint if it belongs to this run (None: start afresh)."""
-        if self.state_dir.exists() and not self.state_dir.is_dir():
-            raise CheckpointError(f"state-dir {self.state_dir} is a file, not a directory")
+        probe = self.state_dir  # itself, or the nearest ancestor that exists
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if not probe.is_dir():
+            below = "" if probe == self.state_dir else f": {probe}"
+            raise CheckpointError(f"state-dir {self.state_dir}{below} is a file, not a directory")
         if self.state_dir.is_dir():
             remove_stale_temps(self.state_dir)
         ck = read_checkpoint(self.state_dir)

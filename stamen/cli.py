@@ -133,6 +133,8 @@ def _checked_args(args: argparse.Namespace) -> tuple[Any, Path]:
     _check_registry_names(scenario)
     out = args.out or default_out_dir(scenario.name, args.overrides, args.engine)
     check_out_dir(out)
+    if args.state_dir is not None:  # a checkpoint is written there after every round
+        check_out_dir(args.state_dir, what="state-dir")
     return scenario, out
 
 
