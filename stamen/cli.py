@@ -134,6 +134,8 @@ def _checked_args(args: argparse.Namespace) -> tuple[Any, Path]:
     out = args.out or default_out_dir(scenario.name, args.overrides, args.engine)
     check_out_dir(out)
     if args.state_dir is not None:  # a checkpoint is written there after every round
+        if args.engine != "inprocess":
+            raise ValueError(f"--state-dir works with --engine inprocess, not {args.engine!r}")
         check_out_dir(args.state_dir, what="state-dir")
     return scenario, out
 
@@ -166,8 +168,6 @@ def _simulate(args: argparse.Namespace) -> int:
     plan = SimulationPlan.from_scenario(scenario)  # refuses what cannot run, before round 1
     plan_s = time.perf_counter() - plan_start  # data set, partitions, initial model
     if args.state_dir is not None:
-        if args.engine != "inprocess":
-            raise ValueError(f"--state-dir works with --engine inprocess, not {args.engine!r}")
         plan.state_dir = args.state_dir
     _engine_refusals(args.engine, plan)
     _say_if_replacing(out, args)

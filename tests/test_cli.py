@@ -234,6 +234,31 @@ def test_a_refused_run_does_not_say_it_replaces_earlier_results(
     assert err.count("\n") == 1 and err.startswith(f"stamen: error: {start}"), err
 
 
+def test_state_dir_mistakes_are_refused_before_the_data_set_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--state-dir with the Flower engine, or below a file: refused before the plan (which loads the
+    data set: scale-100k's first run generates it for tens of seconds)."""
+    from stamen.simulations.plan import SimulationPlan
+
+    def no_plan(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the plan was built for a refused command line")
+
+    monkeypatch.setattr(SimulationPlan, "from_scenario", no_plan)
+    (tmp_path / "a-file").write_text("x")
+    base = ["simulate", "smoke", "--quiet", "--out", str(tmp_path / "o")]
+    for extra, needle in (
+        (
+            ["--engine", "flower", "--state-dir", str(tmp_path / "sd")],
+            "--state-dir works with --engine inprocess",
+        ),
+        (["--state-dir", str(tmp_path / "a-file" / "sd")], "is a file, not a directory"),
+    ):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+
+
 def test_an_interrupt_before_any_round_keeps_the_earlier_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
