@@ -96,8 +96,12 @@ class RunState:
 
     def load(self) -> Checkpoint | None:
         """The state-dir's checkpoint if it belongs to this run (None: start afresh)."""
-        if self.state_dir.exists() and not self.state_dir.is_dir():
-            raise CheckpointError(f"state-dir {self.state_dir} is a file, not a directory")
+        probe = self.state_dir  # itself, or the nearest ancestor that exists
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if not probe.is_dir():
+            below = "" if probe == self.state_dir else f": {probe}"
+            raise CheckpointError(f"state-dir {self.state_dir}{below} is a file, not a directory")
         if self._held is None or not self._held.alive:  # one run at a time: see lock_state_dir
             fd = lock_state_dir(self.state_dir)
             self._held = None if fd is None else weakref.finalize(self, os.close, fd)

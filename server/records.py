@@ -93,8 +93,9 @@ def write_record(
     return paths
 
 
-def check_out_dir(out_dir: Path) -> None:
-    """Raise a one-line ``ValueError`` now if :func:`write_results` could not write ``out_dir``.
+def check_out_dir(out_dir: Path, what: str = "output directory") -> None:
+    """Raise a one-line ``ValueError`` now if :func:`write_results` could not write ``out_dir``
+    (``what`` names the directory in the message).
 
     ``out_dir`` must be a directory or not exist yet; its nearest existing ancestor must be a
     directory in which a file can be created (checked by creating and removing one, so a read-only
@@ -102,18 +103,18 @@ def check_out_dir(out_dir: Path) -> None:
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output directory {str(out_dir)!r} is an existing file")
+        raise ValueError(f"{what} {str(out_dir)!r} is an existing file")
     probe = out_dir
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if not probe.is_dir():
-        raise ValueError(f"output directory {str(out_dir)!r}: {str(probe)!r} is a file, not a directory")
+        raise ValueError(f"{what} {str(out_dir)!r}: {str(probe)!r} is a file, not a directory")
     try:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        msg = f"output directory {str(out_dir)!r}: cannot write in {str(probe)!r} ({reason})"
+        msg = f"{what} {str(out_dir)!r}: cannot write in {str(probe)!r} ({reason})"
         raise ValueError(msg) from None
 
 

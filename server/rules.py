@@ -30,6 +30,11 @@ def build_rule(s: Settings) -> Rule:
 def make_central_dp(s: Settings) -> CentralDP:
     """Central DP's mechanism and accountant, noise calibrated before round 1."""
     p = s.privacy
+    if s.server.mode == "fedbuff" and s.server.buffer_size > s.data.num_clients:  # name the key
+        raise ValueError(
+            f"privacy.mode='central' under server.mode='fedbuff' releases buffers of distinct clients: "
+            f"server.buffer_size={s.server.buffer_size} exceeds data.num_clients={s.data.num_clients}"
+        )
     common = dict(
         clipping_norm=p.clipping_norm,
         # one release per round, or per FedBuff buffer of buffer_size updates

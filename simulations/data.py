@@ -35,6 +35,7 @@ DATASETS: tuple[str, ...] = ("digits", "mnist1d", "pydocs")
 """Allowed data set names (and values of ``DataConfig.dataset``)."""
 
 _CACHE_FORMAT = 1  # bump when the cached file layout changes
+_SAY_GENERATING = 20_000  # mnist1d samples from which generating takes seconds: say so first
 _log = logging.getLogger(__name__)
 
 
@@ -128,6 +129,13 @@ def _load_mnist1d(num_samples: int, seed: int) -> Dataset:
     path = _mnist1d_cache_file(num_samples, seed)
     arrays = read_npz(path)
     if arrays is None:
+        if num_samples >= _SAY_GENERATING:  # else a first run is silent for up to minutes
+            _log.warning(
+                "mnist1d: generating %s samples, once (a per-sample Python loop: tens of seconds, "
+                "minutes on a loaded machine); later runs read %s",
+                f"{num_samples:,}",
+                path,
+            )
         arrays = _generate_mnist1d(num_samples, seed)
         write_npz(path, arrays)
     return _frozen("mnist1d", arrays, 10)

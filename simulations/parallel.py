@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,7 +70,10 @@ class WorkerSpec:
 
 
 def _init(spec: WorkerSpec) -> None:
-    """Worker start: one thread (the serial engine's numerics), one model, the clients' data."""
+    """Worker start: one thread (the serial engine's numerics), one model, the clients' data.
+    Ctrl-C is the engine's to handle (it stops the pool): a worker ignores SIGINT, which a terminal
+    sends to the whole process group, instead of printing its own KeyboardInterrupt report."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     _WORKER["spec"] = spec
     _WORKER["model"] = model_structure(spec.task)

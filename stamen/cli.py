@@ -133,9 +133,30 @@ def _checked_args(args: argparse.Namespace) -> tuple[Any, Path]:
     _check_registry_names(scenario)
     out = args.out or default_out_dir(scenario.name, args.overrides, args.engine)
     check_out_dir(out)
+    if args.state_dir is not None:  # a checkpoint is written there after every round
+        if args.engine != "inprocess":
+            raise ValueError(f"--state-dir works with --engine inprocess, not {args.engine!r}")
+        check_out_dir(args.state_dir, what="state-dir")
+    return scenario, out
+
+
+def _engine_refusals(engine: str, plan: Any) -> None:
+    """The in-process engine's ``[engine]`` refusals (``batching = "on"`` for a run that cannot be
+    batched, ``device = "cuda"`` without a GPU, ``threads`` with workers), raised before the run
+    starts; resolved as the engine resolves them, only when such a setting is there."""
+    e = plan.scenario.engine
+    if engine != "inprocess" or (e.batching != "on" and e.device != "cuda" and e.threads == 1):
+        return
+    from stamen.simulations.engines.inprocess import engine_path
+    from stamen.task.models import model_structure
+
+    engine_path(plan, model_structure(plan.cfg.task))
+
+
+def _say_if_replacing(out: Path, args: argparse.Namespace) -> None:
+    """Once the run is known to start (the plan accepted it): it replaces ``out``'s results."""
     if (out / "results.json").exists() and args.state_dir is None:
         print(f"stamen: {out} holds an earlier run's results; this run replaces them", file=sys.stderr)
-    return scenario, out
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -147,9 +168,9 @@ def _simulate(args: argparse.Namespace) -> int:
     plan = SimulationPlan.from_scenario(scenario)  # refuses what cannot run, before round 1
     plan_s = time.perf_counter() - plan_start  # data set, partitions, initial model
     if args.state_dir is not None:
-        if args.engine != "inprocess":
-            raise ValueError(f"--state-dir works with --engine inprocess, not {args.engine!r}")
         plan.state_dir = args.state_dir
+    _engine_refusals(args.engine, plan)
+    _say_if_replacing(out, args)
     os.environ.setdefault("FLWR_HOME", str(Path.cwd() / ".flwr-home"))
     with _Progress(plan.cfg.rounds, plan.cfg.per_round, enabled=not args.quiet) as prog:
         kwargs: dict[str, Any] = {"client_progress": prog.client} if args.engine == "inprocess" else {}
@@ -174,6 +195,9 @@ def _report(args: argparse.Namespace, scenario: Any, out: Path, result: Any, ext
             f"stamen: state-dir {args.state_dir} {what} (after round {result.extra['resumed_from']})",
             file=sys.stderr,
         )
+    if result.stopped == "interrupted" and not result.rounds:  # keep whatever `out` holds
+        print("stamen: interrupted before a round finished; nothing written", file=sys.stderr)
+        return 130
     if result.stopped:
         extra["stopped"] = result.stopped
     title = run_title(scenario.name, args.overrides)

@@ -212,6 +212,74 @@ def test_a_run_that_replaces_earlier_results_says_so_before_it_starts(
     assert "holds an earlier run's results; this run replaces them" in err and "runs/smoke-" in err
 
 
+@pytest.mark.parametrize(
+    ("overrides", "start"),
+    [
+        (["aggregation.rule=krum", "aggregation.assumed_byzantine=1"], "aggregation krum"),
+        (["engine.batching=on", "clients.trainer=dp_sgd"], "engine.batching='on'"),
+        (["engine.threads=2", "engine.workers=2"], "engine.threads=2"),
+    ],
+)
+def test_a_refused_run_does_not_say_it_replaces_earlier_results(
+    overrides: list[str], start: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before round 1 (by the plan, by the engine's path): one error line, and no claim that
+    the run replaces the results it leaves alone."""
+    out = tmp_path / "run"
+    assert main(["simulate", "smoke", "--quiet", "--out", str(out), "--set", "rounds=1"]) == 0
+    capsys.readouterr()
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    assert main(["simulate", "smoke", "--quiet", "--out", str(out), *sets]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"stamen: error: {start}"), err
+
+
+def test_state_dir_mistakes_are_refused_before_the_data_set_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--state-dir with the Flower engine, or below a file: refused before the plan (which loads the
+    data set: scale-100k's first run generates it for tens of seconds)."""
+    from stamen.simulations.plan import SimulationPlan
+
+    def no_plan(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the plan was built for a refused command line")
+
+    monkeypatch.setattr(SimulationPlan, "from_scenario", no_plan)
+    (tmp_path / "a-file").write_text("x")
+    base = ["simulate", "smoke", "--quiet", "--out", str(tmp_path / "o")]
+    for extra, needle in (
+        (
+            ["--engine", "flower", "--state-dir", str(tmp_path / "sd")],
+            "--state-dir works with --engine inprocess",
+        ),
+        (["--state-dir", str(tmp_path / "a-file" / "sd")], "is a file, not a directory"),
+    ):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+
+
+def test_an_interrupt_before_any_round_keeps_the_earlier_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C before round 1 finished: nothing to keep, so nothing is written over the last run."""
+    import stamen.simulations.engines as engines
+    from stamen.server.history import FederationResult
+
+    out = tmp_path / "run"
+    assert main(["simulate", "smoke", "--quiet", "--out", str(out), "--set", "rounds=1"]) == 0
+    before = (out / "results.json").read_text()
+    capsys.readouterr()
+
+    def interrupted(*args: Any, **kwargs: Any) -> FederationResult:
+        return FederationResult(rounds=[], weights={}, stopped="interrupted")
+
+    monkeypatch.setattr(engines, "run_engine", interrupted)
+    assert main(["simulate", "smoke", "--quiet", "--out", str(out), "--set", "rounds=1"]) == 130
+    assert "interrupted before a round finished; nothing written" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == before
+
+
 def test_summary_wall_time_is_final_wall_s(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

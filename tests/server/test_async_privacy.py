@@ -141,6 +141,13 @@ def test_central_dp_buffer_holds_one_update_per_client() -> None:
     assert result.rounds[0].rejected == 1
 
 
+def test_central_dp_buffer_larger_than_the_federation_names_the_key() -> None:
+    """It was refused as "clients_per_round must be in [1, 4], got 10", naming no setting."""
+    sc = load_scenario("smoke", ["server.mode=fedbuff", "privacy.mode=central", "aggregation.rule=mean"])
+    with pytest.raises(ValueError, match=r"server.buffer_size=10 exceeds data.num_clients=4"):
+        SimulationPlan.from_scenario(sc)
+
+
 def test_statement_says_why_fedbuff_is_not_covered_and_the_client_cap() -> None:
     fedbuff = privacy_statement(
         ServerConfig.from_settings(load_settings("smoke", [*CENTRAL, "server.mode=fedbuff"]))

@@ -139,6 +139,12 @@ def test_cli_resumes_reports_and_refuses(tmp_path: Path, capsys: pytest.CaptureF
     assert "--state-dir works with --engine inprocess" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match=r"state-dir .* is a file"):
         run_inprocess(_plan(["rounds=2"], tmp_path / "checkpoint.safetensors"))
+    below_a_file = tmp_path / "checkpoint.safetensors" / "sub"  # was a NotADirectoryError traceback
+    with pytest.raises(CheckpointError, match=r"state-dir .*/sub: .*checkpoint.safetensors is a file"):
+        run_inprocess(_plan(["rounds=2"], below_a_file))
+    assert main([*argv[:3], "--state-dir", str(below_a_file), "--out", str(tmp_path / "o4")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stamen: error: state-dir ") and err.count("\n") == 1, err
 
 
 CLI = "import sys; from stamen.cli import main; sys.exit(main(sys.argv[1:]))"

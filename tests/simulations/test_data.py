@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Iterator
@@ -88,6 +89,22 @@ def test_mnist1d_disk_cache_hit(_isolated_cache: Path, monkeypatch: pytest.Monke
     again = load_dataset("mnist1d", seed=1, num_samples=SMALL)
     assert again is not first and np.array_equal(again.x_test, first.x_test)
     assert again.x_train.dtype == np.float32 and again.y_train.dtype == np.int64
+
+
+def test_a_long_generation_is_announced_once(
+    _isolated_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A first scale-100k run generated for tens of seconds (minutes under load) without a word."""
+    small = data._generate_mnist1d(SMALL, 0)
+    monkeypatch.setattr(data, "_generate_mnist1d", lambda num_samples, seed: small)
+    with caplog.at_level(logging.WARNING, logger="stamen"):
+        load_dataset("mnist1d", seed=0, num_samples=100_000)
+        clear_memory_cache()
+        load_dataset("mnist1d", seed=0, num_samples=100_000)  # read from the disk cache: no notice
+        load_dataset("mnist1d", seed=0, num_samples=SMALL)  # generated in milliseconds: no notice
+    said = [r.getMessage() for r in caplog.records if "generating" in r.getMessage()]
+    assert len(said) == 1 and "100,000 samples" in said[0], said
+    assert str(data._mnist1d_cache_file(100_000, 0)) in said[0]
 
 
 def test_corrupt_cache_file_is_regenerated(_isolated_cache: Path) -> None:

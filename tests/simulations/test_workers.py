@@ -88,6 +88,17 @@ def _pool_and_victim(plan: SimulationPlan) -> Iterator[tuple[WorkerPool, Any, se
     _assert_no_new_children(before)
 
 
+@pytest.mark.slow
+def test_workers_leave_ctrl_c_to_the_engine() -> None:
+    """A terminal's Ctrl-C reaches the whole process group: a worker that took it printed
+    "Process ForkServerPoolWorker-N:" (its KeyboardInterrupt report) while the engine stopped."""
+    import signal
+
+    with _pool_and_victim(_plan()) as (pool, _, _):
+        assert pool._pool is not None
+        assert pool._pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+
+
 def _kill(victim: Any) -> None:
     import os
     import signal
