@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from stamen.server.aggregators import Rule, build_aggregator
-from stamen.server.hierarchy import check_hierarchy, hierarchical
+from stamen.server.hierarchy import check_hierarchy, hierarchical, warn_flat_hierarchy
 from stamen.server.rules import build_rule, rule_name
 from stamen.server.sampling import resolve_sampling
 from stamen.server.staleness import compensation, functions
@@ -31,6 +31,7 @@ def check_settings(s: Settings) -> None:
     _check_models(s)
     if hierarchical(s):
         check_hierarchy(s)
+    warn_flat_hierarchy(s)
     rule = build_rule(s)
     need = rule.traits.required_server_lr
     if need is not None and s.aggregation.server_lr != need:

@@ -11,6 +11,9 @@ or on ``groups`` region updates at the root.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import fields
+
 import numpy as np
 
 from stamen.server.aggregators import build_aggregator, create
@@ -19,6 +22,9 @@ from stamen.server.aggregators.hierarchy import HierarchyRule
 from stamen.server.aggregators.hierarchy_groups import region_function
 from stamen.server.aggregators.hierarchy_link import Link
 from stamen.task.settings import Settings
+from stamen.task.settings_hierarchy import HierarchyConfig
+
+log = logging.getLogger("stamen.server")
 
 HIERARCHY_RULES = ("fedavg", "mean", "median", "trimmed_mean", "krum", "multikrum", "bulyan", "geomed")
 """Stateless, layout-free rules a hierarchy may use at either level."""
@@ -44,6 +50,22 @@ def build_hierarchy(s: Settings) -> HierarchyRule:
     region_of = region_function(h.assign, h.groups, s.data.num_clients)
     mean = {"fedavg": "weighted", "mean": "unweighted"}.get(h.edge_rule)  # one matrix product
     return HierarchyRule(edge, root, region_of, link, a.rule == "mean", s.seed, edge_mean=mean)
+
+
+def unused_hierarchy_keys(s: Settings) -> list[str]:
+    """The ``[aggregation.hierarchy]`` keys set away from their defaults in a flat run (ignored)."""
+    h, default = s.aggregation.hierarchy, HierarchyConfig(mode="regions")
+    changed = [f.name for f in fields(h) if f.name not in ("mode", "params")]
+    return [k for k in changed if getattr(h, k) != getattr(default, k)] + list(h.params)
+
+
+def warn_flat_hierarchy(s: Settings) -> None:
+    """One warning when a flat run sets hierarchy keys (allowed: comparing a two-level scenario with
+    ``--set aggregation.hierarchy.mode=flat`` keeps its other keys)."""
+    unused = unused_hierarchy_keys(s)
+    if not hierarchical(s) and unused:
+        keys = ", ".join(f"aggregation.hierarchy.{k}" for k in unused)
+        log.warning("%s: ignored while aggregation.hierarchy.mode='flat' (one level)", keys)
 
 
 def check_hierarchy(s: Settings) -> None:

@@ -125,6 +125,8 @@ def _read_source(name_or_path: str) -> tuple[str, str, str]:
             raise ValueError(f"scenario file {name_or_path!r} is not UTF-8 text (byte {exc.start})") from None
     res = resources.files(SCENARIO_PACKAGE) / f"{name_or_path}.toml"
     if not res.is_file():
+        if Path(f"{name_or_path}.toml").is_file():  # a file of ours, named without its suffix
+            raise ValueError(f"unknown scenario {name_or_path!r}; did you mean the file {name_or_path}.toml?")
         names = ", ".join(n for n, _ in builtin_scenarios())
         raise ValueError(f"unknown scenario {name_or_path!r}; built-in: {names} (or a .toml path)")
     return res.read_text(encoding="utf-8"), name_or_path, f"'{name_or_path}'"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 
@@ -94,3 +95,15 @@ def test_flower_engine_runs_the_same_hierarchy() -> None:
         assert (b.hier_regions, b.hier_bytes_root) == (a.hier_regions, a.hier_bytes_root) == (2, 19872)
         assert b.accuracy == pytest.approx(a.accuracy, abs=0.01)
         assert math.isnan(b.hier_latency_edge_s)  # Flower's engine has no client timing model
+
+
+def test_a_flat_run_warns_of_the_hierarchy_keys_it_ignores(caplog: pytest.LogCaptureFixture) -> None:
+    flat = load_settings("demo", [f"{H}mode=flat", f"{H}groups=2", f"{H}beta=0.1"])
+    with caplog.at_level(logging.WARNING, logger="stamen.server"):
+        check_settings(flat)  # type: ignore[arg-type]
+    assert "aggregation.hierarchy.groups, aggregation.hierarchy.beta: ignored while" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stamen.server"):
+        check_settings(load_settings("demo"))  # type: ignore[arg-type]
+        check_settings(_settings(f"{H}groups=2"))  # type: ignore[arg-type]
+    assert "aggregation.hierarchy" not in caplog.text

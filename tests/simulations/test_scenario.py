@@ -253,3 +253,14 @@ def test_invalid_toml_is_a_value_error(tmp_path: Path) -> None:
     path.write_text("rounds = = 3\n")
     with pytest.raises(ValueError, match="invalid TOML"):
         load_scenario(str(path))
+
+
+def test_a_scenario_file_named_without_its_suffix_is_suggested(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mine.toml").write_text('name = "mine"\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"unknown scenario 'mine'; did you mean the file mine\.toml\?"):
+        load_scenario("mine")
+    with pytest.raises(ValueError, match=r"unknown scenario 'other'; built-in: .*demo"):
+        load_scenario("other")
