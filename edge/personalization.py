@@ -30,6 +30,7 @@ from stamen.protocols import BaseModelMismatch
 from .arch import EdgeNet, build_model
 from .budget import plan_for_budget
 from .inputs import InputSpec, load_npz
+from .manifest import ModelVersion
 from .modbudget import module_plan_for_budget
 from .modplans import ModulePlan, resolve_module_plan
 from .modtrain import lean_training
@@ -335,13 +336,7 @@ def personalize(
     if rt.manifest.arch is None:
         raise ValueError("the store has no architecture spec ('stamen.arch'): personalization needs one")
     model = build_model(dict(rt.manifest.arch))
-    x, y = load_npz(data, model.spec.classes) if isinstance(data, (str, Path)) else data
-    if len(y) != len(x) or len(y) == 0:
-        raise ValueError("personalization needs labelled data: x and y of the same non-zero length")
-    source = str(data) if isinstance(data, (str, Path)) else source
-    InputSpec(model.spec.input_shape, flat_ok=True).check(x, source)
-    if int(np.max(y)) >= model.spec.classes or int(np.min(y)) < 0:
-        raise ValueError(f"{source}: labels must lie in [0, {model.spec.classes})")
+    x, y = _labelled(data, model, source)
     # One private copy of the weights (the module's own); the store's are read again for the
     # overlay (memory-mapped for ONNX stores), never held twice.
     version, held = rt.snapshot()
@@ -351,9 +346,32 @@ def personalize(
     spec = parse_plan(plan) if isinstance(plan, str) else plan
     resolved = resolve_plan(spec, model, x, y, config)
     stats, losses = train_plan(model, x, y, resolved, config)
+    overlay = _store_overlay(rt, version, model, resolved)
+    return PersonalizeResult(resolved, overlay, stats, losses)
+
+
+def _labelled(
+    data: tuple[np.ndarray, np.ndarray] | str | Path, model: EdgeNet, source: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The local ``(x, y)``, checked against the model's input shape and classes."""
+    x, y = load_npz(data, model.spec.classes) if isinstance(data, (str, Path)) else data
+    if len(y) != len(x) or len(y) == 0:
+        raise ValueError("personalization needs labelled data: x and y of the same non-zero length")
+    source = str(data) if isinstance(data, (str, Path)) else source
+    InputSpec(model.spec.input_shape, flat_ok=True).check(x, source)
+    if int(np.max(y)) >= model.spec.classes or int(np.min(y)) < 0:
+        raise ValueError(f"{source}: labels must lie in [0, {model.spec.classes})")
+    return x, y
+
+
+def _store_overlay(
+    rt: EdgeRuntime, version: ModelVersion, model: EdgeNet, resolved: SparsePlan | ModulePlan
+) -> dict[str, np.ndarray]:
+    """The overlay (trained weights minus those trained from), stored on ``version``; refused,
+    nothing stored, if another version was committed meanwhile."""
     trained = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     now, base = rt.snapshot()
-    try:  # the overlay is the trained weights minus those trained from, stored on that version
+    try:
         check_base(now, version)
         overlay = {
             name: (trained[name] - base[name]).astype(np.float32) for name in _touched(resolved, model)
@@ -363,7 +381,7 @@ def personalize(
         raise BaseModelMismatch(
             f"{exc} during personalization (an update was applied): nothing stored; run it again"
         ) from None
-    return PersonalizeResult(resolved, overlay, stats, losses)
+    return overlay
 
 
 def _touched(plan: SparsePlan | ModulePlan, model: EdgeNet) -> list[str]:

@@ -14,17 +14,14 @@ sent, never a number the client echoes), treated by the staleness rules
   the paper's ``server_lr * sum_k s(tau_k) Delta_k / K``).
 
 Each version is one :class:`~stamen.server.history.RoundRecord` (``round`` = the version), with the
-transport's clock and the staleness of its updates. Exactly ``versions`` are released: replies of a
-pull (Flower's grid returns every one waiting) after the last version's are not aggregated, only
-counted in the result's ``after_end`` (``replies``, their ``bytes_up``, tasks still ``in_flight``).
-
+transport's clock and its updates' staleness. Exactly ``versions`` are released: replies pulled
+after the last version's are only counted in ``after_end`` (``replies``, ``bytes_up``, ``in_flight``).
 A reply is matched to the dispatch it answers (``Reply.task``: Flower's ``reply_to_message_id``); a
 late one, to a task given up at the timeout, is dropped and counted in ``late_replies``, never taken
-for the fresh task its client may have been sent since (from the same model version maybe).
+for the fresh task its client may have been sent since.
 
-Privacy: RQM charges every reply carrying an update (rejected, in one buffer, after the end) and at
-the end every task whose message was never read; client-side DP caps trips (:mod:`.trip_budget`);
-under central DP a buffer holds one update per client and dispatch draws are secret (``noise``).
+Privacy: RQM charges every reply with an update and, at the end, every unread task; client-side DP
+caps trips (:mod:`.trip_budget`); central DP: one update per client per buffer, secret dispatch.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from stamen.server.checkpoint_store import PARTS_DIR, PartStore
 from stamen.simulations.engines.inprocess import run_inprocess
 from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.scenario import load_scenario
+from tests.server.test_checkpoint_resume_async import _killed_at_save
 
 # 64 -> 256 -> 10: 19,210 parameters (75 KiB, above the part threshold); dcasgd keeps the history
 ASYNC = [
@@ -164,20 +165,6 @@ def test_the_same_model_twice_is_one_part(tmp_path: Path) -> None:
     assert len(list((tmp_path / PARTS_DIR).iterdir())) == 2
 
 
-def _killed_at_save(state_dir: Path, saves: int) -> None:
-    save, calls = checkpoint_run.RunState.save, []
-
-    def save_then_stop(self: checkpoint_run.RunState, *args: Any, **kwargs: Any) -> None:
-        save(self, *args, **kwargs)
-        calls.append(1)
-        if len(calls) == saves:
-            raise KeyboardInterrupt
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(checkpoint_run.RunState, "save", save_then_stop)
-        run_inprocess(_plan(state_dir, FEDBUFF))
-
-
 def _assert_same(got: Any, ref: Any) -> None:
     assert cpt.records_equal(got.rounds, ref.rounds)
     for k in ref.weights:
@@ -188,7 +175,7 @@ def test_a_run_kept_in_parts_resumes_exactly(tmp_path: Path) -> None:
     """Killed mid-buffer (two rows buffered, five replies in flight), the model history, the rows
     and the envelopes in part files: the resumed run is the uninterrupted one."""
     ref = run_inprocess(_plan(None, FEDBUFF))
-    _killed_at_save(tmp_path, 8)
+    _killed_at_save("async-speeds-quick", FEDBUFF, tmp_path, 8)
     ck = read_checkpoint(tmp_path)
     assert ck is not None and ck.step == 2 and len(ck.state["driver"]["step"]["rows"]) == 2
     assert {f"s/{k}" for k in ck.state["driver"]["step"]["rows"]} <= set(_part_keys(tmp_path))
@@ -205,7 +192,7 @@ def _part_keys(state_dir: Path) -> list[str]:
 def test_a_version_1_checkpoint_with_stacked_rows_still_resumes_exactly(tmp_path: Path) -> None:
     """Written before the parts (one file, the open buffer one stacked array): read and resumed."""
     ref = run_inprocess(_plan(None, FEDBUFF))
-    _killed_at_save(tmp_path, 8)
+    _killed_at_save("async-speeds-quick", FEDBUFF, tmp_path, 8)
     ck = read_checkpoint(tmp_path)
     assert ck is not None
     step = dict(ck.state["driver"]["step"])
