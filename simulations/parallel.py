@@ -15,10 +15,12 @@ depend on the number of workers: every client's update is computed and released 
 from the same seed and state. (The cohort-batched kernel's float rounding may differ by ~1e-7
 between slices of different sizes; the per-client loop is bit for bit.)
 
-Workers start from a ``forkserver`` that has imported torch and stamen once per engine process
-(``spawn`` where there is no forkserver): the first pool of a process pays one torch import, later
-pools start in milliseconds; a worker is a fork of that clean server, never of the engine (no forked
-torch thread pools). The pool starts in a background thread; until its workers are up the engine
+On Linux, for CPU training, workers are forks of the engine's process (:func:`_fork_is_safe`): they
+start in milliseconds with torch, stamen and the loaded data already there (the data's pages shared
+until written). Elsewhere (CUDA, another Python thread alive, no ``fork``) they start from a
+``forkserver`` that has imported torch and stamen once per engine process (``spawn`` where there is
+no forkserver): the first pool of a process pays one torch import, later pools start in
+milliseconds. The pool starts in a background thread; until its workers are up the engine
 trains the same slices itself (:meth:`WorkerPool.slices_of`, the same results), so a short run never
 waits for its workers. A worker process that exits (killed for memory, or failing at start, e.g. on
 data it cannot load) is noticed within :data:`_POLL_S` during a round, or by the next
@@ -34,10 +36,11 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing.context import ForkServerContext, SpawnContext
+from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
 from multiprocessing.pool import AsyncResult, Pool
 from multiprocessing.process import BaseProcess
 
@@ -50,6 +53,7 @@ from stamen.task.models import model_structure
 from stamen.task.spec import TaskSpec
 
 log = logging.getLogger("stamen.simulations")
+_Context = ForkContext | ForkServerContext | SpawnContext
 _POLL_S = 0.5  # how often a round waiting on its workers checks that they are alive
 _STOP_S = 5.0  # how long stopping a broken pool waits for each step
 _WORKER: dict[str, object] = {}  # the worker process's model and nodes (set by _init)
@@ -85,8 +89,26 @@ def _noop() -> None:
     """A process that does nothing (started to wait for the forkserver's imports)."""
 
 
-def context() -> ForkServerContext | SpawnContext:
-    """The start method: a forkserver preloaded with torch and stamen, else ``spawn``."""
+def _fork_is_safe(device: str) -> bool:
+    """Whether a worker may be a ``fork`` of the engine's process: on Linux, for CPU training (a
+    forked CUDA context is unusable), and with no Python thread but the caller's and the main one
+    (blocked while the fork is made): a lock another thread held at the fork would stay held in
+    the child. A forked worker sets one torch thread before any torch work, so it never enters the
+    engine's OpenMP pool (what PyTorch's own fork-started data-loader workers rely on)."""
+    if not sys.platform.startswith("linux") or "fork" not in mp.get_all_start_methods():
+        return False
+    if device != "cpu" or torch.cuda.is_initialized():
+        return False
+    mine = {threading.main_thread(), threading.current_thread()}
+    return all(t in mine for t in threading.enumerate())
+
+
+def context(device: str = "cpu") -> _Context:
+    """The start method: ``fork`` of the engine where that is safe (:func:`_fork_is_safe`: the
+    worker inherits torch, stamen and the loaded data, milliseconds), else a forkserver preloaded
+    with torch and stamen (seconds, once per process), else ``spawn``."""
+    if _fork_is_safe(device):
+        return mp.get_context("fork")
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
@@ -122,9 +144,10 @@ class WorkerPool:
 
     A round is cut into ``workers`` slices: the engine's process trains and releases the first
     itself while ``workers - 1`` worker processes do the others (so every core computes; the engine
-    then verifies and aggregates). The worker processes start in a background thread (the first
-    pool of a process waits for the forkserver's imports, seconds); until they are up :meth:`ready`
-    is false, and the engine trains every slice itself (:meth:`slices_of`, the same results).
+    then verifies and aggregates). Forks of the engine are made before the constructor returns
+    (milliseconds); from the forkserver the workers start in a background thread (the first pool of
+    a process waits for its imports, seconds): until they are up :meth:`ready` is false, and the
+    engine trains every slice itself (:meth:`slices_of`, the same results).
 
     Parameters
     ----------
@@ -145,16 +168,20 @@ class WorkerPool:
         self._error: BaseException | None = None
         self.broken: str | None = None  # why the workers are no longer used (a worker died)
         self._procs: list[BaseProcess] = []  # the pool's first workers (they never exit on their own)
+        ctx = context(spec.device)
+        self.start_method = ctx.get_start_method()
         self._starting = threading.Thread(
-            target=self._start, args=(spec,), name="stamen-workers", daemon=True
+            target=self._start, args=(spec, ctx), name="stamen-workers", daemon=True
         )
         self._starting.start()
+        if self.start_method == "fork":  # milliseconds; this thread waits, holding nothing
+            self._starting.join()
 
-    def _start(self, spec: WorkerSpec) -> None:
+    def _start(self, spec: WorkerSpec, ctx: _Context) -> None:
         """Start the forkserver (the slow part: it imports torch), then, unless closed meanwhile,
-        the pool (forks of it: milliseconds; :meth:`close` waits for that part only)."""
+        the pool (forks of it, or of the engine: milliseconds; :meth:`close` waits for that part
+        only)."""
         try:
-            ctx = context()
             if ctx.get_start_method() == "forkserver":  # a first fork returns once it has imported
                 warm = ctx.Process(target=_noop, name="stamen-forkserver-warm-up")
                 warm.start()

@@ -332,7 +332,8 @@ def run_inprocess(
         result = _drive(plan, sync, meter, devices, progress)
     result.extra.update(plan.result_extra())
     spilled = {"client_states_spilled": sync.states.spilled, "rounds_in_workers": sync.rounds_in_workers}
-    result.extra["engine_path"] = {**path.describe(), **peak_rss_mib(), **spilled}
+    started = {"worker_start": pool.start_method if pool is not None else None}
+    result.extra["engine_path"] = {**path.describe(), **peak_rss_mib(), **spilled, **started}
     return result
 
 

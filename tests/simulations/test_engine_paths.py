@@ -79,6 +79,7 @@ def test_results_record_the_path_and_the_fallback() -> None:
         "threads": 1,
         "client_states_spilled": 0,
         "rounds_in_workers": 0,
+        "worker_start": None,
     }
 
 
@@ -186,6 +187,7 @@ def test_two_workers_equal_one_process(
         "inprocess", _plan(f"engine.batching={batching}", "rounds=3", "engine.workers=2", *extra)
     )
     assert len(rounds) == 3 == two.extra["engine_path"]["rounds_in_workers"]  # every round ran there
+    assert two.extra["engine_path"]["worker_start"] in ("fork", "forkserver")
     if batching == "off":
         assert [(r.accuracy, r.loss, r.bytes_up) for r in one.rounds] == [
             (r.accuracy, r.loss, r.bytes_up) for r in two.rounds

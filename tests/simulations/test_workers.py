@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from stamen.server.driver.types import TrainTask
+from stamen.simulations import parallel
 from stamen.simulations.engines.inprocess import InProcessTransport, engine_path
 from stamen.simulations.parallel import WorkerPool, WorkerSpec
 from stamen.simulations.plan import SimulationPlan
@@ -111,9 +112,38 @@ def _envelopes(transport: InProcessTransport, tasks: list[TrainTask]) -> list[by
     return [r.envelope for r in transport.train(tasks, 60.0)]
 
 
+def test_workers_are_forks_only_where_that_is_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork of the engine on Linux for CPU training with no other Python thread alive; else
+    the forkserver (a CUDA context does not survive a fork; another thread's locks would stay held
+    in the child)."""
+    import threading
+
+    alone = [threading.main_thread()]  # (a thread an earlier test left would count here)
+    monkeypatch.setattr(parallel.threading, "enumerate", lambda: alone)
+    assert parallel._fork_is_safe("cpu") and parallel.context("cpu").get_start_method() == "fork"
+    assert not parallel._fork_is_safe("cuda")
+    assert parallel.context("cuda").get_start_method() == "forkserver"
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, args=(30,), daemon=True)
+    other.start()
+    alone.append(other)
+    try:
+        assert not parallel._fork_is_safe("cpu")
+        assert parallel.context("cpu").get_start_method() == "forkserver"
+    finally:
+        release.set()
+        other.join()
+    alone.pop()
+    monkeypatch.setattr(parallel.sys, "platform", "darwin")
+    assert not parallel._fork_is_safe("cpu")
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
 @pytest.mark.parametrize("batching", ["off", "on"])
-def test_workers_release_what_the_engine_releases(batching: str) -> None:
+def test_workers_release_what_the_engine_releases(
+    batching: str, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two rounds of the same clients with error feedback, so round 2's envelopes depend on the
     residual each worker sent back in the client's state. Per-client loop: the workers' envelopes
     are the serial engine's. Both paths: the same as the engine training the workers' slices
@@ -121,9 +151,10 @@ def test_workers_release_what_the_engine_releases(batching: str) -> None:
     plan = _plan(f"engine.batching={batching}", "engine.workers=2", *EF)
     tasks = _tasks(plan)
     spec = WorkerSpec(plan.cfg.task, plan.data, plan.peer, batched=batching == "on")
+    monkeypatch.setattr(parallel, "_fork_is_safe", lambda device: method == "fork")
     pool = WorkerPool(spec, 2)
     try:
-        assert pool.ready(wait=True)
+        assert pool.ready(wait=True) and pool.start_method == method
         serial, here, workers = _transport(plan, None), _transport(plan, _Starting(2)), _transport(plan, pool)
         for _ in range(2):
             got = _envelopes(workers, tasks)
@@ -230,8 +261,6 @@ def test_a_worker_failing_at_start_stops_the_pool_before_close() -> None:
 def test_a_stop_interrupted_when_a_worker_died_is_finished_by_close(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C while the broken pool is being stopped (its terminate may wait seconds on a lock the
     dead worker held): the pool is kept for ``close()``, which stops it; no process is left."""
-    import stamen.simulations.parallel as parallel
-
     real_stop, calls = parallel._stop, []
 
     def interrupted_once(pool: Any, graceful: bool, broken: bool = False) -> None:
