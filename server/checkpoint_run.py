@@ -20,7 +20,6 @@ run repeats the rounds an uninterrupted one would have run.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +39,7 @@ from stamen.server.checkpoint import (
 from stamen.server.checkpoint_async import capture_async, restore_async
 from stamen.server.checkpoint_parts import capture_sync, charge_accountant, restore_sync
 from stamen.server.checkpoint_rules import Snapshot, Tree
-from stamen.server.checkpoint_store import PartStore, lock_state_dir
+from stamen.server.checkpoint_store import PartStore, lock_state_dir, unlock_state_dir
 from stamen.server.config import ServerConfig
 from stamen.server.driver.async_driver import AsyncDriver
 from stamen.server.driver.collect import CollectedUpdates
@@ -104,7 +103,7 @@ class RunState:
             raise CheckpointError(f"state-dir {self.state_dir}{below} is a file, not a directory")
         if self._held is None or not self._held.alive:  # one run at a time: see lock_state_dir
             fd = lock_state_dir(self.state_dir)
-            self._held = None if fd is None else weakref.finalize(self, os.close, fd)
+            self._held = None if fd is None else weakref.finalize(self, unlock_state_dir, fd)
         remove_stale_temps(self.state_dir)
         ck = read_checkpoint(self.state_dir)
         # parts a crashed write left before its manifest was committed

@@ -36,6 +36,7 @@ written for a manifest it has not committed yet.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -186,11 +187,33 @@ class PartStore:
         return gone
 
 
+_HELD: set[int] = set()  # this process's state-dir locks (descriptors), closed in a forked child
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (e.g. a simulation's worker process): close the copies of the parent's
+    state-dir locks, which would otherwise keep a state-dir locked after the parent ended for as
+    long as the child lives (an ``flock`` lasts while any copy of its descriptor is open)."""
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
+def unlock_state_dir(fd: int) -> None:
+    """Let go of a lock :func:`lock_state_dir` returned."""
+    _HELD.discard(fd)
+    os.close(fd)
+
+
 def lock_state_dir(state_dir: Path) -> int | None:
     """Hold ``state_dir`` (created) for one run: an exclusive advisory lock on the directory,
     released when the returned descriptor is closed or the process ends. A run already holding it
     is one :class:`~stamen.server.checkpoint.CheckpointError` line; None (a warning, no lock) where
-    the file system cannot lock."""
+    the file system cannot lock. Release it with :func:`unlock_state_dir`."""
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(state_dir, os.O_RDONLY)
@@ -207,6 +230,7 @@ def lock_state_dir(state_dir: Path) -> int | None:
             ) from None
         log.warning("cannot lock state-dir %s (%s): nothing stops a second run using it", state_dir, exc)
         return None
+    _HELD.add(fd)
     return fd
 
 

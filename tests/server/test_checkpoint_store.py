@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -18,7 +19,7 @@ import pytest
 from stamen.server import checkpoint as cpt
 from stamen.server import checkpoint_run
 from stamen.server.checkpoint import Checkpoint, CheckpointError, read_checkpoint, write_checkpoint
-from stamen.server.checkpoint_store import PARTS_DIR, PartStore
+from stamen.server.checkpoint_store import PARTS_DIR, PartStore, lock_state_dir, unlock_state_dir
 from stamen.simulations.engines.inprocess import run_inprocess
 from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.scenario import load_scenario
@@ -265,3 +266,30 @@ def test_the_parts_folder_is_durable_before_the_first_manifest_names_it(tmp_path
         part = next(i for i, e in enumerate(ev) if e.startswith(f"rename:{PARTS_DIR}/"))
         synced_parts = ev.index(f"fsync:{tmp_path.name}/{PARTS_DIR}")
         assert part < synced_parts < ev.index(f"rename:{cpt.FILE_NAME}"), ev
+
+
+def test_a_forked_child_does_not_keep_the_state_dir_locked(tmp_path: Path) -> None:
+    """A simulation's worker processes are forks of the engine: had they kept their copy of the
+    state-dir lock, a run restarted after the engine died would be refused while a worker lived."""
+    fd = lock_state_dir(tmp_path)
+    assert fd is not None
+    r, w = os.pipe()  # the parent's word to the child: leave
+    up_r, up_w = os.pipe()  # the child's: running (its after-fork hooks have run)
+    pid = os.fork()
+    if pid == 0:  # the child: wait (30 s at most) for the parent's word, then leave at once
+        os.close(w)
+        os.write(up_w, b"up")
+        select.select([r], [], [], 30)
+        os._exit(0)
+    os.close(r)
+    os.close(up_w)
+    try:
+        assert select.select([up_r], [], [], 30)[0] and os.read(up_r, 2) == b"up"
+        unlock_state_dir(fd)
+        again = lock_state_dir(tmp_path)  # the child is alive: refused if it held a copy
+        assert again is not None
+        unlock_state_dir(again)
+    finally:
+        os.close(w)
+        os.close(up_r)
+        os.waitpid(pid, 0)
