@@ -12,8 +12,9 @@ after the first) and the ratio to the anchor, and the peak RSS of this process a
     .venv/bin/python benchmarks/bench_engine_paths.py --fresh    # every run in a new process
 
 ``--fresh`` runs every repeat of every path in a new Python process, as ``stamen simulate`` does: its
-whole-run figures then include the imports, the data loading and the worker processes' start (the
-forkserver's torch import), which the default mode pays once for all paths.
+whole-run figures then include the imports, the data loading and the worker processes' start
+(forks of the engine; the forkserver path its torch import), which the default mode pays once for
+all paths. The forkserver path is measured with ``--fresh`` only.
 
 Writes benchmarks/results/engine_paths.json.
 """
@@ -40,7 +41,18 @@ PATHS: dict[str, tuple[str, ...]] = {
     "cohort-batched": ("engine.batching=on", "engine.workers=1"),
     "per-client, 2 workers": ("engine.batching=off", "engine.workers=2"),
     "cohort-batched, 2 workers": ("engine.batching=on", "engine.workers=2"),
+    # the same workers started from the forkserver (the start before forks of the engine, and what
+    # a CUDA run or a process with other threads alive still uses): compared in the same run
+    "per-client, 2 workers, forkserver": ("engine.batching=off", "engine.workers=2"),
 }
+
+
+def _start_method(name: str) -> None:
+    """Workers started from the forkserver for the path that names it (else as the engine does)."""
+    if name.endswith("forkserver"):
+        from stamen.simulations import parallel
+
+        parallel._fork_is_safe = lambda device: False
 
 
 def plan(clients: int, per_round: int, rounds: int, extra: tuple[str, ...]) -> SimulationPlan:
@@ -84,18 +96,21 @@ def measure_fresh(name: str, clients: int, per_round: int, rounds: int) -> dict[
 
 
 def measure_paths(args: argparse.Namespace) -> dict[str, Any]:
-    """Every path's medians over ``args.repeats`` runs, with updates/s and the ratios to the anchor."""
+    """Every path's medians over ``args.repeats`` runs (the paths interleaved: one run of each per
+    repeat), with updates/s and the ratios to the anchor."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in PATHS}
+    for _ in range(args.repeats):
+        for name, extra in PATHS.items():
+            if args.fresh:
+                runs[name].append(measure_fresh(name, args.clients, args.per_round, args.rounds))
+            elif not name.endswith("forkserver"):  # one process: its forkserver is warm after once
+                runs[name].append(measure(plan(args.clients, args.per_round, args.rounds, extra)))
     rows: dict[str, Any] = {}
-    for name, extra in PATHS.items():
-        runs = [
-            measure_fresh(name, args.clients, args.per_round, args.rounds)
-            if args.fresh
-            else measure(plan(args.clients, args.per_round, args.rounds, extra))
-            for _ in range(args.repeats)
-        ]
-        rows[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        rows[name]["updates_per_s"] = args.rounds * args.per_round / rows[name]["wall_s"]
-        rows[name]["round_updates_per_s"] = args.per_round / rows[name]["round_s"]
+    for name, done in runs.items():
+        if done:
+            rows[name] = {k: statistics.median(r[k] for r in done) for k in done[0]}
+            rows[name]["updates_per_s"] = args.rounds * args.per_round / rows[name]["wall_s"]
+            rows[name]["round_updates_per_s"] = args.per_round / rows[name]["round_s"]
     anchor = rows["per-client (anchor)"]
     for row in rows.values():
         row["ratio_whole_run"] = anchor["wall_s"] / row["wall_s"]
@@ -126,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one", choices=list(PATHS), help=argparse.SUPPRESS)  # a --fresh child
     args = ap.parse_args(argv)
     if args.one is not None:
+        _start_method(args.one)
         print(json.dumps(measure(plan(args.clients, args.per_round, args.rounds, PATHS[args.one]))))
         return 0
     prov = Provenance.capture(argv, script=__file__)
