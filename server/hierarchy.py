@@ -16,8 +16,9 @@ from dataclasses import fields
 
 import numpy as np
 
-from stamen.server.aggregators import build_aggregator, create
+from stamen.server.aggregators import build_aggregator, create, rule_factory
 from stamen.server.aggregators.base import Rule
+from stamen.server.aggregators.compose import accepted_params, refuse_unaccepted
 from stamen.server.aggregators.hierarchy import HierarchyRule
 from stamen.server.aggregators.hierarchy_groups import region_function
 from stamen.server.aggregators.hierarchy_link import Link
@@ -43,6 +44,10 @@ def build_hierarchy(s: Settings) -> HierarchyRule:
             raise ValueError(
                 f"{key}={rule!r} cannot be used in a hierarchy; use one of {', '.join(HIERARCHY_RULES)}"
             )
+    accepted = accepted_params(rule_factory(h.edge_rule)) or set()  # a hierarchy rule names its own
+    refuse_unaccepted(
+        "aggregation.hierarchy", set(h.params) - accepted, f"edge_rule {h.edge_rule!r}", accepted
+    )
     edge = create(h.edge_rule, **dict(h.params))
     # at the root, ``mean`` is the mean over clients: the regions' means weighted by their counts
     root = build_aggregator("fedavg" if a.rule == "mean" else a.rule, (), a.params, seed=s.seed)

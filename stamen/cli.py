@@ -19,13 +19,36 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from stamen._version import __version__
 
+_EXTRA_AT = "_stamen_unrecognized_in"  # the (sub)command whose arguments held the unrecognized ones
+
+
+class _Parser(argparse.ArgumentParser):
+    """A command-line mistake is one line, ``stamen: error: ...`` and which ``--help`` to read
+    (argparse printed the whole usage block first); the exit code stays 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"stamen: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[Any, list[str]]:
+        ns, extra = super().parse_known_args(args, namespace)
+        if extra and not hasattr(ns, _EXTRA_AT):  # the innermost subcommand returns first
+            setattr(ns, _EXTRA_AT, self.prog)
+        return ns, extra
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extra = self.parse_known_args(args, namespace)
+        prog = vars(ns).pop(_EXTRA_AT, self.prog)
+        if extra:
+            self.exit(2, f"stamen: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)\n")
+        return ns
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stamen", description="Federated and edge model updates on Flower.")
+    p = _Parser(prog="stamen", description="Federated and edge model updates on Flower.")
     p.add_argument("--version", action="version", version=f"stamen {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run a scenario end to end on one machine")
@@ -172,7 +195,8 @@ def _simulate(args: argparse.Namespace) -> int:
     _engine_refusals(args.engine, plan)
     _say_if_replacing(out, args)
     os.environ.setdefault("FLWR_HOME", str(Path.cwd() / ".flwr-home"))
-    with _Progress(plan.cfg.rounds, plan.cfg.per_round, enabled=not args.quiet) as prog:
+    unit = _unit(scenario)
+    with _Progress(plan.cfg.rounds, plan.cfg.per_round, enabled=not args.quiet, unit=unit) as prog:
         kwargs: dict[str, Any] = {"client_progress": prog.client} if args.engine == "inprocess" else {}
         result = run_engine(args.engine, plan, prog.round, **kwargs)
     extra = {
@@ -189,14 +213,15 @@ def _report(args: argparse.Namespace, scenario: Any, out: Path, result: Any, ext
     from stamen.simulations.engines.interrupt import signals_held
     from stamen.simulations.results import write_results
 
+    unit = _unit(scenario)
     if "resumed_from" in result.extra:
         what = "holds a finished run" if result.extra.get("already_finished") else "resumed"
         print(
-            f"stamen: state-dir {args.state_dir} {what} (after round {result.extra['resumed_from']})",
+            f"stamen: state-dir {args.state_dir} {what} (after {unit} {result.extra['resumed_from']})",
             file=sys.stderr,
         )
     if result.stopped == "interrupted" and not result.rounds:  # keep whatever `out` holds
-        print("stamen: interrupted before a round finished; nothing written", file=sys.stderr)
+        print(f"stamen: interrupted before a {unit} finished; nothing written", file=sys.stderr)
         return 130
     if result.stopped:
         extra["stopped"] = result.stopped
@@ -252,11 +277,17 @@ def run_title(name: str, overrides: Sequence[str]) -> str:
     return " ".join([name, *overrides])
 
 
-class _Progress:
-    """Rich progress bar over rounds, with a client bar inside long rounds."""
+def _unit(scenario: Any) -> str:
+    """What the run counts: rounds, or model versions (``server.mode`` fedasync, fedbuff)."""
+    return "round" if scenario.server.mode == "sync" else "version"
 
-    def __init__(self, rounds: int, per_round: int, enabled: bool) -> None:
-        self.enabled, self.rounds, self.per_round = enabled, rounds, per_round
+
+class _Progress:
+    """Rich progress bar over rounds (or model versions: ``unit``), with a client bar inside long
+    rounds."""
+
+    def __init__(self, rounds: int, per_round: int, enabled: bool, unit: str = "round") -> None:
+        self.enabled, self.rounds, self.per_round, self.unit = enabled, rounds, per_round, unit
         self._clients_task: Any = None
         self._round_start = self._run_start = time.perf_counter()
         self.first_round_s: float | None = None  # seconds from the engine's start to round 1's end
@@ -276,7 +307,7 @@ class _Progress:
                 disable=not get_console().is_terminal,  # a log file gets the per-round lines only
             )
             self._p.start()
-            self._rounds_task = self._p.add_task("rounds", total=self.rounds, info="")
+            self._rounds_task = self._p.add_task(f"{self.unit}s", total=self.rounds, info="")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -292,7 +323,7 @@ class _Progress:
             acc = "" if rec.accuracy != rec.accuracy else f"acc {rec.accuracy:.3f}"
             self._p.update(self._rounds_task, advance=1, info=acc)
             if not self._p.console.is_terminal:  # a log file gets one line per finished round
-                self._p.console.print(f"round {rec.round}/{self.rounds} finished {acc}".rstrip())
+                self._p.console.print(f"{self.unit} {rec.round}/{self.rounds} finished {acc}".rstrip())
 
     def client(self, done: int, total: int) -> None:
         if not self.enabled or total < 50:  # only long rounds get a client bar

@@ -62,6 +62,16 @@ def accepted_params(factory: Callable[..., Any]) -> set[str] | None:
     return accepted
 
 
+def refuse_unaccepted(key: str, unused: set[str], where: str, accepted: set[str]) -> None:
+    """One-line ``ValueError`` for the ``key`` parameters ``unused`` that ``where`` (a rule, its
+    pre-aggregators) does not take, naming those it does; nothing when ``unused`` is empty."""
+    if unused:
+        raise ValueError(
+            f"{key} parameter(s) {', '.join(sorted(unused))} not accepted by {where}"
+            f" (accepted: {', '.join(sorted(accepted)) or 'none'})"
+        )
+
+
 def stage_seed(seed: int, position: int) -> int:
     """Independent 32-bit seed for the stage at ``position`` of a run seeded with ``seed``."""
     return int(np.random.SeedSequence([seed, position]).generate_state(1)[0])
@@ -90,19 +100,17 @@ def build_aggregator(
     """
     factories = [(name, pre_factory(name)) for name in pre] + [(rule, rule_factory(rule))]
     used: set[str] = set()
+    names: set[str] = set()  # every stage's parameter names, for the message
     kwargs_per_stage = []
     for position, (_, factory) in enumerate(factories):
         accepted = accepted_params(factory)
         kwargs = {k: v for k, v in params.items() if accepted is None or k in accepted}
         used.update(kwargs)
+        names.update(accepted or ())
         if accepted is not None and "seed" in accepted and "seed" not in params:
             kwargs["seed"] = stage_seed(seed, position)
         kwargs_per_stage.append(kwargs)
-    unused = sorted(set(params) - used)
-    if unused:
-        raise ValueError(
-            f"aggregation parameter(s) {', '.join(unused)} not accepted by rule {rule!r}"
-            + (f" or pre-aggregators {', '.join(pre)}" if pre else "")
-        )
+    where = f"rule {rule!r}" + (f" or pre-aggregators {', '.join(pre)}" if pre else "")
+    refuse_unaccepted("aggregation", set(params) - used, where, names)
     stages = [create_pre(name, **kw) for name, kw in zip(pre, kwargs_per_stage, strict=False)]
     return ComposedAggregator(create(rule, **kwargs_per_stage[-1]), stages, [*pre, rule])

@@ -41,7 +41,7 @@ from stamen.server.aggregators.base import Rule
 from stamen.server.driver.async_state import AsyncSettings, _Step, idle_clients
 from stamen.server.driver.async_steps import fedasync_mix, fedbuff_step
 from stamen.server.driver.collect import CollectPolicy, flatten, norm_outliers
-from stamen.server.driver.driver import Accountant, Downlink, EvalFn, Resume
+from stamen.server.driver.driver import Accountant, Downlink, EvalFn, Resume, interrupted
 from stamen.server.driver.reply import accept_reply, reported_epsilon
 from stamen.server.driver.trip_budget import TripBudget
 from stamen.server.driver.types import AsyncTransport, Reply, TrainTask, Weights, client_index
@@ -113,7 +113,7 @@ class AsyncDriver:
         try:
             stopped = self._loop(progress)
         except KeyboardInterrupt:
-            stopped = "interrupted"
+            stopped = interrupted(len(self.records), "version")
         except BudgetExhausted as exc:
             stopped = "privacy budget exhausted"
             log.warning("%s", exc)

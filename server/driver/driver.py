@@ -30,6 +30,15 @@ from stamen.server.staleness.history import ModelHistory
 from stamen.task.spec import RoundInstructions
 
 log = logging.getLogger("stamen.server")
+
+
+def interrupted(kept: int, what: str) -> str:
+    """Ctrl-C: one warning naming what the run keeps (its finished rounds or model versions, as
+    ``what``); returns the ``FederationResult.stopped`` reason."""
+    log.warning("interrupted: keeping the %d finished %s(s)", kept, what)
+    return "interrupted"
+
+
 EvalFn = Callable[[Weights], tuple[float, float]]
 
 
@@ -241,8 +250,7 @@ class RoundDriver:
                 if progress is not None:
                     progress(record)
         except KeyboardInterrupt:
-            stopped = "interrupted"
-            log.warning("interrupted: keeping the %d finished round(s)", len(history))
+            stopped = interrupted(len(history), "round")
         except BudgetExhausted as exc:
             stopped = "privacy budget exhausted"
             log.warning("%s", exc)

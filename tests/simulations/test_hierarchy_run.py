@@ -32,7 +32,8 @@ def _settings(*overrides: str) -> object:
         (("aggregation.rule=centered_clipping",), "aggregation.rule='centered_clipping' cannot be used"),
         (
             (f"{H}edge_rule=trimmed_mean", f"{H}gamma=0.1"),
-            "invalid parameters for aggregation rule 'trimmed_mean'",
+            "aggregation.hierarchy parameter(s) gamma not accepted by edge_rule 'trimmed_mean'"
+            " (accepted: beta)",
         ),
         (("privacy.mode=central",), "does not support privacy.mode='central'"),
         (("server.mode=fedbuff",), "needs server.mode='sync', got 'fedbuff'"),
