@@ -317,3 +317,17 @@ def test_edge_commands_are_registered(capsys: pytest.CaptureFixture[str]) -> Non
         main(["--help"])
     out = capsys.readouterr().out
     assert all(cmd in out for cmd in ("simulate", "scenarios", "keys", "delta", "edge"))
+
+
+def test_python_dash_m_stamen_is_the_command() -> None:
+    """``python -m stamen`` runs the CLI (where the ``stamen`` script is not on PATH)."""
+    import stamen
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "stamen", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+    done = run("--version")
+    assert done.returncode == 0 and stamen.__version__ in done.stdout + done.stderr
+    done = run("simulate", "no-such-scenario")
+    assert done.returncode == 2 and "unknown scenario 'no-such-scenario'" in done.stderr
