@@ -7,24 +7,30 @@ updates than that and spend more than the target ε. The driver therefore sends 
 ``cap`` tasks (each task is at most one released update, whether its reply is accepted, rejected,
 late or never read), draws only among clients with tasks left, and stops with ``"privacy budget
 exhausted"`` when nobody it could send to has any left (:class:`TripBudget`).
+
+What RQM charges at the end of a run comes from the same counts: every task once, read or not, and
+every further reply on top (a second copy of a reply, a reply to no task of this server).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from stamen.server.driver.types import Reply
+from stamen.server.driver.types import Reply, TrainTask
 from stamen.server.privacy.central import BudgetExhausted
 
 
 @dataclass
 class TripBudget:
-    """Tasks sent to each client, against ``cap`` (0: no cap); ``trips`` is checkpointed."""
+    """Tasks sent to each client, against ``cap`` (0: no cap), and the released replies that answered
+    no task not answered before (``surplus``); both are checkpointed."""
 
     cap: int = 0
     trips: Counter[str] = field(default_factory=Counter)
+    surplus: Counter[str] = field(default_factory=Counter)
+    given_up: list[TrainTask] = field(default_factory=list)  # tasks in flight at a timeout, unanswered
 
     def allows(self, client: str) -> bool:
         """Whether ``client`` may be sent one more task."""
@@ -38,15 +44,33 @@ class TripBudget:
         """Under a cap, every one of ``clients`` has had its tasks."""
         return self.cap > 0 and not any(self.allows(c) for c in clients)
 
-    def released(self, reply: Reply) -> bool:
+    def released(self, reply: Reply, in_flight: Mapping[str, TrainTask]) -> bool:
         """``reply`` is a message its client released: it carries an update (no error) and comes from
-        a client this server sent a task to (late and after-the-end replies included)."""
-        return reply.error is None and self.trips[reply.client] > 0
+        a client this server sent a task to (late and after-the-end replies included). One that is
+        not the first reply to a task in flight or given up (a copy, a reply to no task) is noted in
+        ``surplus``: it answers no task, so it hides none of the unread ones (:meth:`unread`)."""
+        if reply.error is not None or self.trips[reply.client] <= 0:
+            return False
+        task = in_flight.get(reply.client)
+        if task is not None and (reply.task is None or reply.task is task):
+            return True
+        first = next((i for i, t in enumerate(self.given_up) if t is reply.task), None)
+        if first is None:
+            self.surplus[reply.client] += 1
+        else:
+            del self.given_up[first]
+        return True
+
+    def give_up(self, tasks: Iterable[TrainTask]) -> None:
+        """``tasks`` had no reply before the timeout: a late reply to one of them is its first."""
+        self.given_up.extend(tasks)
 
     def unread(self, read: Mapping[str, int]) -> list[str]:
-        """Each client once for every task it was sent beyond the ``read`` messages charged to it:
-        what the accountant still owes for the run to bound every message released."""
-        return [c for c, n in sorted(self.trips.items()) for _ in range(max(0, n - read.get(c, 0)))]
+        """Each client once for every task it was sent beyond the ``read`` messages charged to it
+        that answered one (``read`` less ``surplus``): what the accountant still owes for the run to
+        charge every task once and every surplus reply on top."""
+        answered = {c: read.get(c, 0) - self.surplus[c] for c in self.trips}
+        return [c for c, n in sorted(self.trips.items()) for _ in range(max(0, n - answered[c]))]
 
     def refuse(self, clients: Sequence[str]) -> None:
         """Nobody could be sent a task: when the cap held one of ``clients`` back, the budget is what
