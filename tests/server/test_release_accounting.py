@@ -73,7 +73,8 @@ class _Duplicating(ScriptedTransport):
 
     def __init__(self, dup: str, *args: object) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
-        self.dup, self.again, self.done = dup, [] if dup else None, False
+        self.dup, self.done = dup, False
+        self.again: list[Reply] = []
 
     def pull(self, timeout: float) -> list[Reply]:
         if self.again:
