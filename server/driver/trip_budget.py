@@ -17,6 +17,7 @@ every further reply on top (a second copy of a reply, a reply to no task of this
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ class TripBudget:
     cap: int = 0
     trips: Counter[str] = field(default_factory=Counter)
     surplus: Counter[str] = field(default_factory=Counter)
-    given_up: list[TrainTask] = field(default_factory=list)  # tasks in flight at a timeout, unanswered
+    # tasks in flight at a timeout and not answered since (weak: a reply naming one keeps it alive)
+    given_up: list[weakref.ref[TrainTask]] = field(default_factory=list)
 
     def allows(self, client: str) -> bool:
         """Whether ``client`` may be sent one more task."""
@@ -52,21 +54,25 @@ class TripBudget:
         a client this server sent a task to (late and after-the-end replies included). One that is
         not the first reply to a task in flight or given up (a copy, a reply to no task) is noted in
         ``surplus``: it answers no task, so it hides none of the unread ones (:meth:`unread`)."""
+        late = reply.task is not None and self._answered_late(reply.task)  # an update or an error
         if reply.error is not None or self.trips[reply.client] <= 0:
             return False
         task = in_flight.get(reply.client)
-        if task is not None and (reply.task is None or reply.task is task):
-            return True
-        first = next((i for i, t in enumerate(self.given_up) if t is reply.task), None)
-        if first is None:
+        if not late and not (task is not None and (reply.task is None or reply.task is task)):
             self.surplus[reply.client] += 1
-        else:
-            del self.given_up[first]
         return True
+
+    def _answered_late(self, task: TrainTask) -> bool:
+        """``task`` was given up and had no reply since: it has one now (no longer given up)."""
+        for i, ref in enumerate(self.given_up):
+            if ref() is task:
+                del self.given_up[i]
+                return True
+        return False
 
     def give_up(self, tasks: Iterable[TrainTask]) -> None:
         """``tasks`` had no reply before the timeout: a late reply to one of them is its first."""
-        self.given_up.extend(tasks)
+        self.given_up = [t for t in self.given_up if t() is not None] + [weakref.ref(t) for t in tasks]
 
     def unread(self, read: Mapping[str, int]) -> list[str]:
         """Each client once for every task it was sent beyond the ``read`` messages charged to it

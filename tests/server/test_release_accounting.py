@@ -111,6 +111,21 @@ def test_async_duplicate_reply_does_not_hide_an_unread_task() -> None:
     assert plain.accountant is not None and plain.accountant.participations == {"c-1": 2, "c-2": 1}
 
 
+def test_a_late_reply_answers_its_given_up_task_once() -> None:
+    """a's task t1 was given up at the timeout, t2 is in flight: t1's late reply is its first (no
+    surplus), a copy of it is surplus, t2's reply answers t2; an error to a given-up task answers it
+    (no surplus, nothing read: still unread)."""
+    instr = RoundInstructions(1, 0, 0, "dense", False, TaskSpec(), TrainSpec())
+    t1, t2, t3 = (TrainTask("a", instr, None, None, "") for _ in range(3))
+    budget = TripBudget(trips=Counter({"a": 3}))
+    budget.give_up([t1, t3])
+    for task in (t1, t1, t2):
+        assert budget.released(Reply("a", task=task), {"a": t2})
+    assert not budget.released(Reply("a", error="expired", task=t3), {"a": t2})
+    assert budget.surplus == {"a": 1} and budget.given_up == []
+    assert budget.unread({"a": 3}) == ["a"]  # t3: three read, one a copy
+
+
 def test_unread_tasks_are_those_beyond_the_messages_read() -> None:
     budget = TripBudget(cap=3, trips=Counter({"a": 3, "b": 1, "c": 2}))
     assert budget.unread({"a": 1, "b": 2, "c": 2}) == ["a", "a"]
