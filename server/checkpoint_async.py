@@ -1,7 +1,8 @@
 """The asynchronous driver's state (FedAsync / FedBuff) for a checkpoint: the version counter, the
 open buffer (every accepted update not yet released, so none is lost), the server momentum, the
 dispatch generator, the repeat counters, the tasks sent to each client (the privacy cap of
-:mod:`~stamen.server.driver.trip_budget`), the staleness histogram and the count of late replies,
+:mod:`~stamen.server.driver.trip_budget`) and the surplus replies read from each (a checkpoint
+written before they were kept resumes with none), the staleness histogram and the count of late replies,
 beside the parts both drivers share (:func:`~stamen.server.checkpoint_parts.capture_common`: rule,
 accountant, model history, edge downlink).
 
@@ -49,6 +50,7 @@ def capture_async(driver: AsyncDriver, snap: Snapshot) -> Tree:
         "rng": rng_state(driver.rng),
         "repeats": [[c, v, k] for (c, v), k in sorted(driver.repeats.items())],
         "trips": dict(sorted(driver.budget.trips.items())),  # tasks sent per client (privacy cap)
+        "surplus": dict(sorted(driver.budget.surplus.items())),  # replies that answered no task
         "staleness_histogram": [{str(t): n for t, n in h.items()} for h in driver.staleness_histogram],
         "late_replies": driver.late_replies,  # results.json's count, not restarted by a resume
     }
@@ -73,6 +75,7 @@ def restore_async(
     try:
         driver.repeats = {(str(c), int(v)): int(k) for c, v, k in tree.get("repeats", [])}
         driver.budget.trips = _trips(driver, tree)
+        driver.budget.surplus = Counter({str(c): int(n) for c, n in tree.get("surplus", {}).items()})
         driver.staleness_histogram = [
             {int(t): int(n) for t, n in h.items()} for h in tree.get("staleness_histogram", [])
         ]

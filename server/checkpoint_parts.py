@@ -88,8 +88,11 @@ def restore_accountant(accountant: object, tree: object) -> None:
     accountant.set_participations(counts)
 
 
-def charge_accountant(tree: Any, clients: Sequence[str]) -> Tree:
-    """:func:`capture_accountant`'s tree with one more message charged per entry of ``clients``."""
+def charge_accountant(tree: Any, clients: Sequence[str]) -> Tree | None:
+    """:func:`capture_accountant`'s tree with one more message charged per entry of ``clients``
+    (None: no server-side accountant)."""
+    if tree is None:
+        return None
     counts = Counter(_need(tree, "participations", dict))
     counts.update(clients)
     return {**tree, "participations": dict(counts)}
@@ -176,10 +179,16 @@ def restore_common(driver: Any, tree: Mapping[str, Any], snap: Snapshot) -> None
 
 def capture_sync(driver: Any, snap: Snapshot) -> Tree:
     """A :class:`~stamen.server.driver.RoundDriver` between rounds."""
-    return {**capture_common(driver, snap), "mode": capture_mode(driver.mode, snap)}
+    trips = dict(sorted(driver.budget.trips.items()))  # tasks sent per client (privacy cap)
+    return {**capture_common(driver, snap), "mode": capture_mode(driver.mode, snap), "trips": trips}
 
 
 def restore_sync(driver: Any, tree: Mapping[str, Any], snap: Snapshot) -> None:
-    """Put :func:`capture_sync` back."""
+    """Put :func:`capture_sync` back (a checkpoint written before the tasks per client were kept
+    resumes with none counted, as it did)."""
     restore_common(driver, tree, snap)
     restore_mode(driver.mode, tree.get("mode"), snap)
+    trips = _need(tree, "trips", dict) if "trips" in tree else {}
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in trips.values()):
+        raise CheckpointError("checkpoint is corrupt: tasks sent per client")
+    driver.budget.trips = Counter({str(c): n for c, n in trips.items()})

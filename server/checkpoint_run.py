@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -161,7 +162,7 @@ class RunState:
             self.save(rnd, w, records, lambda snap: capture_sync(driver, snap))
 
         driver.on_round = saved
-        if self.deployed and driver.accountant is not None:  # its nodes outlive a crashed server
+        if self.deployed and (driver.accountant is not None or driver.budget.cap > 0):  # nodes outlive it
             saved(start - 1, weights, [] if ck is None else list(ck.records))  # the state to charge
             charge_before_push(driver, self)
         result = driver.rounds_from(weights, progress, start, () if ck is None else ck.records)
@@ -282,12 +283,13 @@ def count_before_push(driver: AsyncDriver, save: Callable[[], None]) -> None:
 
 def charge_before_push(driver: RoundDriver, state: RunState) -> None:
     """Before a synchronous round's tasks are pushed, checkpoint the last completed round's state
-    with RQM charging each of those tasks (one message per client asked). A node keeps a pushed
-    task, and may train and release its update, even if the server dies before the round's own
-    checkpoint; the resumed run then starts from counts that include them, and charges its own
-    tasks of that round as usual. Without a crash the round's checkpoint replaces this one, holding
-    what the round itself charged (every task once): nothing is charged twice. (A simulation needs
-    none of this: its clients die with it.)"""
+    with each of those tasks counted (RQM: one message per client asked; the tasks sent to each
+    client, which a trip cap bounds). A node keeps a pushed task, and may train and release its
+    update, even if the server dies before the round's own checkpoint; the resumed run then starts
+    from counts that include them, and counts its own tasks of that round as usual (a client at its
+    cap is not asked again). Without a crash the round's checkpoint replaces this one, holding what
+    the round itself counted (every task once): nothing is counted twice. (A simulation needs none
+    of this: its clients die with it.)"""
     train = driver.train_and_collect
 
     def charged_train(weights: Weights, tasks: Sequence[TrainTask]) -> CollectedUpdates:
@@ -299,9 +301,12 @@ def charge_before_push(driver: RoundDriver, state: RunState) -> None:
 
 
 def charged(ck: Checkpoint, clients: Sequence[str]) -> Checkpoint:
-    """``ck`` with RQM's participation counts raised by one message per entry of ``clients``."""
+    """``ck`` with RQM's participation counts and the tasks sent raised by one per entry of
+    ``clients`` (the tasks only where ``ck`` keeps them: one written before resumes as it did)."""
     tree = _tree(ck.state, "driver")
     driver = {**tree, "accountant": charge_accountant(tree.get("accountant"), clients)}
+    if isinstance(tree.get("trips"), dict):
+        driver["trips"] = dict(sorted((Counter(tree["trips"]) + Counter(clients)).items()))
     return replace(ck, state={**ck.state, "driver": driver})
 
 

@@ -157,6 +157,7 @@ def assemble(
         cfg.sampling,
         cfg.sample_rate,
         cfg.secret_cohorts,
+        releases_per_client(cfg),  # local DP, DP-SGD, RQM: a re-run round asks no more than calibrated for
     )
     stale = stale_handling(cfg) if extras.max_delay else None
     history = ModelHistory(max_versions=extras.max_delay + 1) if extras.max_delay else None

@@ -3,8 +3,9 @@
 RQM is a client mechanism (the ``rqm`` codec stage randomizes each coordinate); the server accounts it
 exactly (:mod:`stamen.privacy.rqm_rdp`), composed over the model's coordinates and the messages each
 client released (no amplification by client sampling: the server sees every client's message). Δ is
-calibrated for ``rounds`` messages per client; a synchronous round asks a client at most once, and the
-asynchronous driver dispatches no client more often than that (``AsyncSettings.max_trips``). What is
+calibrated for ``rounds`` messages per client; a synchronous round asks a client at most once (a round
+run again after a crash skips a client at that count), and the asynchronous driver dispatches no
+client more often than that (``max_trips``). What is
 charged bounds what was released: every task sent counts as one message, read or not, and every
 further reply carrying an update counts on top (``RoundStats.seen``, ``AsyncDriver._settle``).
 """

@@ -60,8 +60,7 @@ REPEAT_STRIDE = 0x9E3779B1  # seed offset of a client's repeated trip from one m
 
 
 class AsyncDriver:
-    """Runs FedAsync or FedBuff until ``settings.versions`` model versions exist (see the module
-    docstring); the parts are those of :class:`~stamen.server.driver.RoundDriver`."""
+    """Runs FedAsync or FedBuff until ``settings.versions`` versions exist; parts as in ``RoundDriver``."""
 
     def __init__(
         self,
@@ -162,9 +161,9 @@ class AsyncDriver:
 
     def _after_end(self, replies: Sequence[Reply]) -> None:
         for reply in replies:
+            self._charge(reply)  # before the pop: the first reply to a task in flight is no surplus
             if reply.task is None or self.in_flight.get(reply.client) is reply.task:
                 self.in_flight.pop(reply.client, None)
-            self._charge(reply)
             self.after_end["replies"] += 1
             self.after_end["bytes_up"] += reply.nbytes
         log.info("%d replies arrived after version %d, the last: not aggregated", len(replies), self.version)
@@ -237,6 +236,7 @@ class AsyncDriver:
         """Nothing arrived within the timeout: the tasks in flight are given up (counted)."""
         for client in list(self.in_flight):
             self._reject(client, "no reply before the timeout")
+        self.budget.give_up(self.in_flight.values())
         self.in_flight.clear()
 
     def _handle(self, reply: Reply, progress: ProgressFn | None) -> None:
@@ -308,18 +308,18 @@ class AsyncDriver:
         return self.history.get(sent)
 
     def _charge(self, reply: Reply) -> None:
-        """``senders`` (what RQM charges) holds every released message, whatever becomes of it; the
-        ε such a message reports (local DP, DP-SGD) counts when valid, accepted update or not."""
-        if self.budget.released(reply):
+        """``senders`` (what RQM charges) holds every released message, whatever becomes of it (before
+        ``_match``); the ε it reports (local DP, DP-SGD) counts when valid, accepted update or not."""
+        if self.budget.released(reply, self.in_flight):
             self.step.senders.append(reply.client)
             eps = reported_epsilon(reply.metrics)
             if eps is not None:
                 self.step.client_eps = max(self.step.client_eps or 0.0, eps)
 
     def _settle(self) -> None:
-        """The last record's ε after what no release counted: RQM charges the messages since and
-        each task sent beyond the messages read from its client (a task is at most one message; one
-        never read may still have been released); a reported ε (local DP, DP-SGD) since counts."""
+        """The last record's ε after what no release counted: RQM charges the messages since and each
+        task no reply answered (one never read may still have been released: :meth:`TripBudget.unread`);
+        a reported ε (local DP, DP-SGD) since counts."""
         eps, st = None, self.step
         if self.accountant is not None and self.records:
             owed = st.senders + self.budget.unread(

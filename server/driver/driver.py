@@ -21,6 +21,7 @@ import numpy as np
 from stamen.server.aggregators.base import RoundContext, Rule
 from stamen.server.driver.collect import CollectedUpdates, CollectPolicy, UpdateCollector, unflatten
 from stamen.server.driver.stale_rows import treat_stale_rows
+from stamen.server.driver.trip_budget import TripBudget
 from stamen.server.driver.types import Payload, Reply, TrainTask, Transport, Weights
 from stamen.server.history import FederationResult, ProgressFn, RoundRecord, hierarchy_fields
 from stamen.server.privacy.central import BudgetExhausted
@@ -128,6 +129,7 @@ class DriverSettings:
     sampling: str = "fixed"  # or "poisson" (stamen.server.sampling)
     sample_rate: float = 1.0  # q, each client's inclusion probability under "poisson"
     secret_cohorts: bool = False  # cohorts from OS entropy, not seed (central DP, privacy.noise = secret)
+    max_trips: int = 0  # tasks per client its privacy calibration assumed (local, dp_sgd, rqm); 0: no cap
 
 
 class AggregateMode:
@@ -221,6 +223,7 @@ class RoundDriver:
         self.evaluate_fn, self.hooks, self.accountant = evaluate, hooks, accountant
         self.stale, self.history = stale, history
         self.worst_client_eps: float | None = None
+        self.budget = TripBudget(settings.max_trips)  # tasks sent to each client (checkpointed)
         self.last: CollectedUpdates | None = None
         self.resume: Resume | None = None  # a state-dir: resume, then checkpoint every round
         self.on_round: Callable[[int, Weights, list[RoundRecord]], None] | None = None
@@ -262,6 +265,7 @@ class RoundDriver:
         if self.history is not None:
             self.history.put(rnd, weights)
         tasks = self.configure(rnd, weights)
+        self.budget.trips.update(t.client for t in tasks)  # each task sent (a trip cap bounds them)
         updates = self.train_and_collect(weights, tasks)
         if self.stale is not None and self.history is not None:
             treat_stale_rows(rnd, updates, tasks, self.stale, self.history)
@@ -289,8 +293,26 @@ class RoundDriver:
             cohort = draw_cohort(s.sampling, seed, rnd, clients, k, s.sample_rate)
         if not cohort:
             log.info("round %d: the Poisson draw sampled no client", rnd)
+        cohort = self.within_budget(rnd, clients, cohort)
         shared: dict[int, RoundInstructions] = {}  # one (frozen) object per version for the cohort
         return [self.task(rnd, client, weights, shared) for client in cohort]
+
+    def within_budget(self, rnd: int, clients: Sequence[str], cohort: Sequence[str]) -> list[str]:
+        """``cohort`` less the clients already sent the ``max_trips`` tasks their noise was calibrated
+        for (a round run again after a crash: its first attempt's tasks count, see
+        :func:`~stamen.server.checkpoint_run.charge_before_push`); when no available client has a
+        task left the budget is exhausted (``BudgetExhausted``). :meth:`round` counts the tasks."""
+        held = [c for c in cohort if not self.budget.allows(c)]
+        if held:
+            log.warning(
+                "%s not asked in round %d: sent %d tasks each, the releases the noise was calibrated for",
+                ", ".join(held),
+                rnd,
+                self.budget.cap,
+            )
+            if len(held) == len(cohort) and self.budget.spent(clients):
+                self.budget.refuse(clients)
+        return [c for c in cohort if self.budget.allows(c)]
 
     def task(
         self, rnd: int, client: str, weights: Weights, shared: dict[int, RoundInstructions]

@@ -1,30 +1,41 @@
-"""How many tasks the asynchronous driver may send each client: the privacy cap of FedAsync / FedBuff.
+"""How many tasks a driver may send each client: the privacy cap of FedAsync / FedBuff, and of a
+synchronous deployment's round run again after a crash.
 
 Local DP, DP-SGD and RQM are calibrated (``privacy.calibration = "target_epsilon"``) for a client that
-releases at most ``rounds`` updates. A synchronous round asks a client at most once, but an
+releases at most ``rounds`` updates. A synchronous round asks a client at most once, but a round run
+again after the server died may ask it a second time (its node kept the first task and may have
+released that update: the round driver skips a client at its cap), and an
 asynchronous run sends a client a new task whenever it is idle, so a fast client could release more
 updates than that and spend more than the target ε. The driver therefore sends no client more than
 ``cap`` tasks (each task is at most one released update, whether its reply is accepted, rejected,
 late or never read), draws only among clients with tasks left, and stops with ``"privacy budget
 exhausted"`` when nobody it could send to has any left (:class:`TripBudget`).
+
+What RQM charges at the end of a run comes from the same counts: every task once, read or not, and
+every further reply on top (a second copy of a reply, a reply to no task of this server).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from stamen.server.driver.types import Reply
+from stamen.server.driver.types import Reply, TrainTask
 from stamen.server.privacy.central import BudgetExhausted
 
 
 @dataclass
 class TripBudget:
-    """Tasks sent to each client, against ``cap`` (0: no cap); ``trips`` is checkpointed."""
+    """Tasks sent to each client, against ``cap`` (0: no cap), and the released replies that answered
+    no task not answered before (``surplus``); both are checkpointed."""
 
     cap: int = 0
     trips: Counter[str] = field(default_factory=Counter)
+    surplus: Counter[str] = field(default_factory=Counter)
+    # tasks in flight at a timeout and not answered since (weak: a reply naming one keeps it alive)
+    given_up: list[weakref.ref[TrainTask]] = field(default_factory=list)
 
     def allows(self, client: str) -> bool:
         """Whether ``client`` may be sent one more task."""
@@ -38,15 +49,37 @@ class TripBudget:
         """Under a cap, every one of ``clients`` has had its tasks."""
         return self.cap > 0 and not any(self.allows(c) for c in clients)
 
-    def released(self, reply: Reply) -> bool:
+    def released(self, reply: Reply, in_flight: Mapping[str, TrainTask]) -> bool:
         """``reply`` is a message its client released: it carries an update (no error) and comes from
-        a client this server sent a task to (late and after-the-end replies included)."""
-        return reply.error is None and self.trips[reply.client] > 0
+        a client this server sent a task to (late and after-the-end replies included). One that is
+        not the first reply to a task in flight or given up (a copy, a reply to no task) is noted in
+        ``surplus``: it answers no task, so it hides none of the unread ones (:meth:`unread`)."""
+        late = reply.task is not None and self._answered_late(reply.task)  # an update or an error
+        if reply.error is not None or self.trips[reply.client] <= 0:
+            return False
+        task = in_flight.get(reply.client)
+        if not late and not (task is not None and (reply.task is None or reply.task is task)):
+            self.surplus[reply.client] += 1
+        return True
+
+    def _answered_late(self, task: TrainTask) -> bool:
+        """``task`` was given up and had no reply since: it has one now (no longer given up)."""
+        for i, ref in enumerate(self.given_up):
+            if ref() is task:
+                del self.given_up[i]
+                return True
+        return False
+
+    def give_up(self, tasks: Iterable[TrainTask]) -> None:
+        """``tasks`` had no reply before the timeout: a late reply to one of them is its first."""
+        self.given_up = [t for t in self.given_up if t() is not None] + [weakref.ref(t) for t in tasks]
 
     def unread(self, read: Mapping[str, int]) -> list[str]:
-        """Each client once for every task it was sent beyond the ``read`` messages charged to it:
-        what the accountant still owes for the run to bound every message released."""
-        return [c for c, n in sorted(self.trips.items()) for _ in range(max(0, n - read.get(c, 0)))]
+        """Each client once for every task it was sent beyond the ``read`` messages charged to it
+        that answered one (``read`` less ``surplus``): what the accountant still owes for the run to
+        charge every task once and every surplus reply on top."""
+        answered = {c: read.get(c, 0) - self.surplus[c] for c in self.trips}
+        return [c for c, n in sorted(self.trips.items()) for _ in range(max(0, n - answered[c]))]
 
     def refuse(self, clients: Sequence[str]) -> None:
         """Nobody could be sent a task: when the cap held one of ``clients`` back, the budget is what

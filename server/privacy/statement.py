@@ -14,7 +14,8 @@ covers.
 The client-side mechanisms (local DP, DP-SGD, RQM) are accounted per client over the updates it
 released, with no amplification by client sampling, so their ε holds whatever the server's sampling;
 calibrated to a target ε they assume at most ``rounds`` releases per client, which an asynchronous
-run enforces by sending no client more tasks (:func:`releases_per_client`).
+run, and a synchronous round run again after a crash, enforce by sending no client more tasks
+(:func:`releases_per_client`).
 
 Every statement also says where the DP randomness came from (``privacy.noise``): ``"secret"`` (OS
 entropy), or ``"seeded"``, derived from the run seed that every client receives, for runs that replay
@@ -53,8 +54,8 @@ SEEDED_WARNING = (
 
 def releases_per_client(cfg: ServerConfig) -> int:
     """The releases per client that a client-side mechanism's noise was calibrated for (``rounds``,
-    under ``privacy.calibration = "target_epsilon"``): the asynchronous driver sends no client more
-    tasks. 0 (no cap) for central DP, no privacy, or a fixed noise multiplier (no target to keep)."""
+    under ``privacy.calibration = "target_epsilon"``): neither driver sends a client more tasks. 0 (no
+    cap) for central DP, no privacy, or a fixed noise multiplier (no target to keep)."""
     p = cfg.privacy
     return cfg.rounds if p.mode in CLIENT_ACCOUNTANTS and p.calibration == "target_epsilon" else 0
 

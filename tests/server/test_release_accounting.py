@@ -4,6 +4,7 @@ secret dispatch draws under central DP, and an older checkpoint without the trip
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from pathlib import Path
 
@@ -64,6 +65,65 @@ def test_async_run_charges_tasks_in_flight_at_the_end() -> None:
     assert result.extra["after_end"]["in_flight"] == 3
     assert accountant.participations == {"c-1": 2, "c-2": 1, "c-3": 1, "c-4": 1}
     assert result.rounds[-1].epsilon == pytest.approx(accountant([]), rel=1e-12)
+
+
+class _Duplicating(ScriptedTransport):
+    """Names the task each reply answers (as Flower's transport does) and delivers ``dup``'s first
+    reply twice, the copy one pull later."""
+
+    def __init__(self, dup: str, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.dup, self.done = dup, False
+        self.again: list[Reply] = []
+
+    def pull(self, timeout: float) -> list[Reply]:
+        if self.again:
+            return [self.again.pop()]
+        tasks = dict(self.sent)
+        replies = super().pull(timeout)
+        for r in replies:
+            r.task = tasks[r.client]
+            if r.client == self.dup and not self.done:
+                self.done = True
+                self.again = [copy.copy(r)]
+        return replies
+
+
+def test_async_duplicate_reply_does_not_hide_an_unread_task() -> None:
+    """Buffer 2, two clients: c-1 answers task A and is sent task B; A's reply arrives a second time
+    (dropped as late, but a message c-1 sent: charged); c-2 answers and the last version is
+    released with B never read. c-1 is charged A, the surplus copy and B: three messages (counting
+    max(tasks, replies read) charged two, as if the copy had been B's reply)."""
+    accountant = _rqm()
+    transport = _Duplicating("c-1", {"c-1": 1.0, "c-2": 2.0}, ["c-1", "c-2"])
+    driver = _driver(transport, 1, accountant=accountant)
+    result = driver.run(BASE)
+    assert result.extra["after_end"]["in_flight"] == 1 and result.extra["late_replies"] == 1
+    assert accountant.participations == {"c-1": 3, "c-2": 1}
+    assert result.rounds[-1].epsilon == pytest.approx(accountant([]), rel=1e-12)
+    snap = Snapshot()
+    tree = capture_async(driver, snap)
+    fresh = _driver(transport, 1, accountant=_rqm())
+    restore_async(fresh, tree, snap, result.weights, list(result.rounds))
+    assert fresh.budget.surplus == {"c-1": 1}  # a resumed run keeps them
+    plain = _driver(_Duplicating("", {"c-1": 1.0, "c-2": 2.0}, ["c-1", "c-2"]), 1, accountant=_rqm())
+    plain.run(BASE)
+    assert plain.accountant is not None and plain.accountant.participations == {"c-1": 2, "c-2": 1}
+
+
+def test_a_late_reply_answers_its_given_up_task_once() -> None:
+    """a's task t1 was given up at the timeout, t2 is in flight: t1's late reply is its first (no
+    surplus), a copy of it is surplus, t2's reply answers t2; an error to a given-up task answers it
+    (no surplus, nothing read: still unread)."""
+    instr = RoundInstructions(1, 0, 0, "dense", False, TaskSpec(), TrainSpec())
+    t1, t2, t3 = (TrainTask("a", instr, None, None, "") for _ in range(3))
+    budget = TripBudget(trips=Counter({"a": 3}))
+    budget.give_up([t1, t3])
+    for task in (t1, t1, t2):
+        assert budget.released(Reply("a", task=task), {"a": t2})
+    assert not budget.released(Reply("a", error="expired", task=t3), {"a": t2})
+    assert budget.surplus == {"a": 1} and budget.given_up == []
+    assert budget.unread({"a": 3}) == ["a"]  # t3: three read, one a copy
 
 
 def test_unread_tasks_are_those_beyond_the_messages_read() -> None:
