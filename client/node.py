@@ -22,6 +22,7 @@ from stamen.client.core import encode_delta, local_privacy, local_update, reply_
 from stamen.client.state import ClientState
 from stamen.client.trainers import TrainResult
 from stamen.edge import EdgeRuntime, StaleVersion
+from stamen.edge.status import committed_version
 from stamen.protocols import (
     BaseModelMismatch,
     CodecError,
@@ -129,8 +130,8 @@ def _apply(node: Node, store: EdgeRuntime, downlink: bytes) -> None:
     """``store.apply(downlink)``; where it fails because of what the device holds, the device says
     what it holds (:class:`DeviceHolds`) so the server resynchronizes it:
 
-    - the delta is for another base (the store's manifest as ``apply`` re-read it under the store
-      lock: another process may have changed the version, a repair or an operator's rollback);
+    - the delta is for another base (the store's committed manifest, which ``apply`` re-read under
+      the store lock: another process may have changed the version, a repair or an operator's rollback);
     - the store's files rotted while it ran (the result misses the signed target hash, weights are
       truncated or gone): the store is repaired as at start-up (:mod:`stamen.edge.repair`: only
       evidence against the files drops a version; logged) and ``node.store`` replaced by it; where
@@ -141,7 +142,7 @@ def _apply(node: Node, store: EdgeRuntime, downlink: bytes) -> None:
     try:
         store.apply(downlink)
     except BaseModelMismatch:
-        now = store.version()
+        now = committed_version(store.store)  # not store.version(): the session's, unchanged by a refusal
         if unpack(downlink, zero_copy=True).base_hash == now.hash:
             raise  # the base is right: a delta for another model
         raise DeviceHolds(now.hash, now.version) from None

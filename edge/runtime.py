@@ -217,25 +217,23 @@ class EdgeRuntime:
         return status_of(self.manifest, self.repaired)
 
     # ---------------------------------------------------------------- updating
-    def _check(self, env: Envelope) -> None:
+    def _check(self, env: Envelope, committed: Manifest) -> None:
         self._signed_by = env.key_id  # recorded in the manifest when the version commits
-        cur = self.manifest.current
+        cur = committed.current
         if env.base_hash != cur.hash:
             raise BaseModelMismatch(
                 f"update is based on {env.base_hash[:16]}…, the device holds version {cur.version} "
                 f"({cur.hash[:16]}…)"
             )
-        if env.version <= self.manifest.high_water:
+        if env.version <= committed.high_water:
             raise StaleVersion(
-                f"update version {env.version} is not newer than {self.manifest.high_water} "
+                f"update version {env.version} is not newer than {committed.high_water} "
                 "(a replay or a rollback)"
             )
         model = env.meta.get(MODEL_KEY)
-        if model is not None and model != self.manifest.model_id:
-            raise BaseModelMismatch(
-                f"update is for model {model!r}, this store holds {self.manifest.model_id!r}"
-            )
-        if env.tensors != self.manifest.tensors:
+        if model is not None and model != committed.model_id:
+            raise BaseModelMismatch(f"update is for model {model!r}, this store holds {committed.model_id!r}")
+        if env.tensors != committed.tensors:
             raise ValidationError("update tensor table differs from the model's (names, shapes or dtypes)")
 
     def _lap(self, phase: str, t0: float) -> float:
@@ -261,51 +259,52 @@ class EdgeRuntime:
         """
         self.timings = {}
         with store_lock(self.store):
-            self.manifest = load_manifest(self.store)  # another process may have changed it
-            prep = ShadowPrep(self.backend, self.store / VERSIONS / SHADOW, self.manifest.tensors)
+            committed = load_manifest(self.store)  # any process's; served (self.manifest) once it commits
+            prep = ShadowPrep(self.backend, self.store / VERSIONS / SHADOW, committed.tensors)
             try:
-                shadow, version, digest = self._apply_locked(data, prep)
+                shadow, version, digest = self._apply_locked(data, prep, committed)
             except BaseException:
                 prep.discard()
                 raise
-            entry = VersionEntry(version, digest, self.manifest.current.hash)
-            history = (*self.manifest.history, entry)
-            manifest = self.manifest.with_history(history[-self.keep :], version, self._signed_by)
+            history = (*committed.history, VersionEntry(version, digest, committed.current.hash))
+            manifest = committed.with_history(history[-self.keep :], version, self._signed_by)
             self._commit_version(manifest, shadow)
         return self.version()
 
-    def _apply_locked(self, data: bytes, prep: ShadowPrep) -> tuple[Path, int, str]:
+    def _apply_locked(self, data: bytes, prep: ShadowPrep, committed: Manifest) -> tuple[Path, int, str]:
         """Verify, check, decode and write the shadow version; return it, its version and hash."""
         t0 = time.perf_counter()
         # The signature is checked before parsing; once it holds, the shadow file is prepared
         # on the other core while the payload digest is computed.
         env = unpack(data, self.verifier, zero_copy=True, on_authenticated=prep.start)
         t0 = self._lap("verify", t0)
-        self._check(env)
+        self._check(env, committed)
         # Decode against the store's own table: the header cannot make the decoder allocate
         # more. Read-only views suffice: the sum is computed into the shadow version.
         pipeline = CodecPipeline(CodecSpec.parse(env.codec))
-        delta = pipeline.decode(env.payload, self.manifest.tensors, writable=False)
+        delta = pipeline.decode(env.payload, committed.tensors, writable=False)
         t0 = self._lap("decode", t0)
         out = prep.get()
         self._lap("prepare_wait", t0)
         replace_all = env.meta.get(keys.META_KIND) == keys.KIND_REPLACE
         if replace_all and TARGET_KEY not in env.meta:
             raise ValidationError("a replacement update must name its target hash")
-        digest = self._write_shadow(out, delta, replace_all)
+        digest = self._write_shadow(out, delta, replace_all, committed)
         target = env.meta.get(TARGET_KEY)
         if target is not None and target != digest:
             raise ValidationError(f"updated weights hash {digest[:16]}… differs from the signed target")
         return prep.shadow, env.version, digest
 
-    def _write_shadow(self, out: ShadowWeights, delta: Mapping[str, np.ndarray], replace_all: bool) -> str:
-        """Compute ``current + delta`` (or, for a replacement, the sent weights themselves) into
+    def _write_shadow(
+        self, out: ShadowWeights, delta: Mapping[str, np.ndarray], replace_all: bool, committed: Manifest
+    ) -> str:
+        """Compute ``committed + delta`` (or, for a replacement, the sent weights themselves) into
         ``out``, make it durable; return its model hash."""
-        table = self.manifest.tensors
+        table = committed.tensors
         t0 = time.perf_counter()
         # -0.0 + x == x bit for bit for every float x (+0.0 would turn -0.0 into +0.0)
         base = {t.name: np.full(t.shape, -0.0, t.dtype) for t in table} if replace_all else None
-        worker = start_apply(base or self._read_global(self.manifest), delta, out.views, table)
+        worker = start_apply(base or self._read_global(committed), delta, out.views, table)
         try:
             t0 = self._lap("add", t0)
             out.sync()  # the hash thread keeps running during the fsync
@@ -358,12 +357,12 @@ class EdgeRuntime:
             If that version's files fail their recorded hash (nothing changes; a graph alone is healed).
         """
         with store_lock(self.store):
-            self.manifest = load_manifest(self.store)
-            if len(self.manifest.history) < 2:
+            committed = load_manifest(self.store)  # served (self.manifest) only once it commits
+            if len(committed.history) < 2:
                 raise ValueError(
-                    f"no earlier version retained to roll back to (at version {self.version().version})"
+                    f"no earlier version retained to roll back to (at version {committed.current.version})"
                 )
-            manifest = self.manifest.with_history(self.manifest.history[:-1])
+            manifest = committed.with_history(committed.history[:-1])
             fault, healed = heal_version(self.store, self.backend, manifest, manifest.current)
             if fault is not None:
                 raise StoreCorrupt(f"cannot roll back: {fault}")

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from stamen.protocols import BaseModelMismatch
 
-from .manifest import Manifest, ModelVersion
+from .manifest import Manifest, ModelVersion, load_manifest
 from .repair import Repair
 
-__all__ = ["check_base", "status_of", "version_of"]
+__all__ = ["check_base", "committed_version", "status_of", "version_of"]
 
 
 def version_of(manifest: Manifest) -> ModelVersion:
     """The current global version ``manifest`` names."""
     cur = manifest.current
     return ModelVersion(cur.version, cur.hash, cur.prev_hash)
+
+
+def committed_version(store: Path) -> ModelVersion:
+    """The version committed in ``store`` now, by any process: what an apply checks a delta's base
+    against (a session serves its own until its apply or rollback commits; the manifest is replaced
+    atomically, so no lock is needed to read it)."""
+    return version_of(load_manifest(store))
 
 
 def check_base(now: ModelVersion, base: ModelVersion | None) -> None:

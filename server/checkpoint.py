@@ -155,7 +155,8 @@ def encode_checkpoint(ck: Checkpoint, split: Split | None = None) -> bytes:
     it stores as parts are named, not included (format version 2)."""
     arrays: dict[str, np.ndarray] = {WEIGHTS + k: np.asarray(v, np.float32) for k, v in ck.weights.items()}
     arrays.update({STATE + k: np.asarray(v) for k, v in ck.arrays.items()})
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    # little-endian, as safetensors stores them: a ``>f4`` array must match its digest read back
+    arrays = {k: np.ascontiguousarray(v, dtype=v.dtype.newbyteorder("<")) for k, v in arrays.items()}
     parts = {} if split is None else split(arrays)
     meta = {
         "format": FORMAT,

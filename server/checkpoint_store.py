@@ -64,8 +64,9 @@ Unit = Mapping[str, np.ndarray]
 
 
 def content_hash(a: np.ndarray) -> str:
-    """SHA-256 over the array's dtype, shape and bytes (C order)."""
-    a = np.ascontiguousarray(a)
+    """SHA-256 over the array's dtype, shape and bytes (C order, little-endian: a part file holds
+    them so, and a big-endian array read back must match the name it was written under)."""
+    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
     h = hashlib.sha256(f"{a.dtype.str}\0{a.shape}\0".encode())
     h.update(a.reshape(-1).view(np.uint8).data)
     return h.hexdigest()

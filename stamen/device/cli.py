@@ -39,7 +39,14 @@ def add_device_commands(subparsers: Any) -> None:
         metavar="YAML",
         help="run only apps (FABs) signed by these keys (flower-supernode --trusted-entities)",
     )
-    init.add_argument("--force", action="store_true", help="re-provision an existing device")
+    init.add_argument(
+        "--no-trusted-entities",
+        action="store_true",
+        help="with --force: turn off the device's app verification (otherwise its trusted-entities are kept)",
+    )
+    init.add_argument(
+        "--force", action="store_true", help="re-provision an existing device (keeps its trusted-entities)"
+    )
     run = actions.add_parser("run", help="run the device daemon (SuperNode + stamen ClientApp)")
     run.add_argument("--config", type=Path, default=Path(DEFAULT_CONFIG), help="device.toml")
     run.add_argument("--log", type=Path, default=None, help="append the SuperNode's output here")
@@ -73,12 +80,15 @@ def _init(args: argparse.Namespace) -> int:
         runtime_port=args.runtime_port,
         force=args.force,
         trusted_entities=args.trusted_entities,
+        no_trusted_entities=args.no_trusted_entities,
     )
     cfg = device_init(args.dir, opts)
     print(f"device provisioned in {args.dir.resolve()} (config {args.dir.resolve() / 'device.toml'})")
     print(
         f"register its node key with the SuperLink: flwr supernode register {cfg.node_key}.pub <connection>"
     )
+    verified = f"only apps signed by a key in {cfg.trusted_entities}" if cfg.trusted_entities else "any app"
+    print(f"its SuperNode runs {verified} (trusted-entities)")
     print(f"then run: stamen device run --config {args.dir.resolve() / 'device.toml'}")
     return 0
 

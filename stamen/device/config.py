@@ -92,6 +92,11 @@ class DeviceConfig:
         for key in self.node_config:
             if key in RESERVED_NODE_CONFIG:
                 raise ValueError(f"[node-config] may not set {key!r}: it comes from [device]")
+        for key in ("superlink", *_PATHS):  # flower-supernode's argv: a leading '-' reads as a flag
+            value = getattr(self, key.replace("-", "_"))
+            if value.startswith("-"):
+                fix = "" if key == "superlink" else f"; write it as ./{value} or an absolute path"
+                raise ValueError(f"{key} {value!r} starts with '-' (flower-supernode reads a flag){fix}")
 
 
 _NOT_STR = {"runtime_port": (int, "an integer"), "insecure": (bool, "true or false")}

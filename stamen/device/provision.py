@@ -14,6 +14,8 @@ Layout (``DIR``, 0700)::
 
 Nothing is overwritten without ``force``; private keys are written 0600. A node key made elsewhere
 (``stamen deploy init``'s ``nodes/node-N/node.key``) can be given instead of a new one.
+Re-provisioning (``force``) keeps the device's trusted-entities (app signature verification) unless
+new ones are given or ``no_trusted_entities`` turns it off explicitly: it is never dropped silently.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stamen.deploy.keys import device_update_key, new_node_key, write_private, write_public
-from stamen.device.config import DeviceConfig, Scalar, render_device_config
+from stamen.device.config import DeviceConfig, Scalar, load_device_config, render_device_config
 from stamen.device.trusted import check_trusted_entities
 from stamen.protocols import Verifier
 from stamen.protocols.identity import load_node_key
@@ -47,6 +49,7 @@ class DeviceInitOptions:
     runtime_port: int = 9094
     force: bool = False
     trusted_entities: Path | None = None  # YAML of FAB-signing keys (flower-supernode --trusted-entities)
+    no_trusted_entities: bool = False  # with force: drop the device's trusted-entities (else kept)
 
 
 def _check(opts: DeviceInitOptions) -> None:
@@ -59,8 +62,47 @@ def _check(opts: DeviceInitOptions) -> None:
     Verifier.from_files(opts.trust)  # an unusable anchor fails before anything is written
     if opts.trusted_entities is not None:
         check_trusted_entities(opts.trusted_entities)
+        if opts.no_trusted_entities:
+            raise ValueError("--trusted-entities and --no-trusted-entities exclude each other")
     if opts.ca is None and not opts.insecure:
         raise ValueError("--ca is required (the CA of the SuperLink's certificate) unless --insecure")
+
+
+_KEEP_OR_DROP = "pass --trusted-entities YAML to replace it or --no-trusted-entities to run any app"
+
+
+def _entities(home: Path, opts: DeviceInitOptions) -> bytes | None:
+    """The trusted-entities the device will have (None: none): the given file's, else, when
+    re-provisioning without ``no_trusted_entities``, those the existing device.toml names (checked)."""
+    if opts.trusted_entities is not None:
+        return opts.trusted_entities.read_bytes()
+    if opts.no_trusted_entities or not (home / "device.toml").exists():
+        return None
+    try:
+        previous = load_device_config(home / "device.toml").trusted_entities
+    except ValueError as exc:
+        raise ValueError(f"cannot keep the device's trusted-entities ({exc}); {_KEEP_OR_DROP}") from None
+    if not previous:
+        return None
+    try:
+        check_trusted_entities(previous)
+        return Path(previous).expanduser().read_bytes()
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"cannot keep the device's trusted-entities ({exc}); {_KEEP_OR_DROP}") from None
+
+
+def _write_trust(home: Path, opts: DeviceInitOptions, entities_text: bytes | None) -> Path | None:
+    """Write ``trust/`` (the anchor, the CA, the trusted-entities); return the last's path (None: off)."""
+    write_public(home / "trust" / "update-signing.pub.pem", opts.trust.read_bytes())
+    if opts.ca is not None:
+        write_public(home / "trust" / "ca.crt", opts.ca.read_bytes())
+    entities = home / "trust" / "trusted-entities.yaml"
+    if entities_text is not None:
+        write_public(entities, entities_text)
+        return entities
+    if entities.exists() and opts.no_trusted_entities:
+        entities.unlink()  # turned off: no stale file that reads as if it were used
+    return None
 
 
 def _model_id(model: Path) -> str | None:
@@ -100,14 +142,10 @@ def device_init(home: Path, opts: DeviceInitOptions) -> DeviceConfig:
     home = home.resolve()
     if (home / "device.toml").exists() and not opts.force:
         raise ValueError(f"{home} already holds a device (device.toml); pass --force to re-provision")
+    entities_text = _entities(home, opts)  # before anything is written
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
-    write_public(home / "trust" / "update-signing.pub.pem", opts.trust.read_bytes())
-    if opts.ca is not None:
-        write_public(home / "trust" / "ca.crt", opts.ca.read_bytes())
-    entities = home / "trust" / "trusted-entities.yaml"
-    if opts.trusted_entities is not None:
-        write_public(entities, opts.trusted_entities.read_bytes())
+    entities = _write_trust(home, opts, entities_text)
     node_key, signing, endorsement = _keys(home, opts)
     store = home / "store"
     if store.exists():
@@ -125,7 +163,7 @@ def device_init(home: Path, opts: DeviceInitOptions) -> DeviceConfig:
         root_certificates=str(home / "trust" / "ca.crt") if opts.ca is not None else "",
         runtime_port=opts.runtime_port,
         insecure=opts.insecure,
-        trusted_entities=str(entities) if opts.trusted_entities is not None else "",
+        trusted_entities=str(entities) if entities is not None else "",
         node_config=dict(opts.node_config),
     )
     write_public(home / "device.toml", render_device_config(cfg).encode())

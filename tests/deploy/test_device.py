@@ -53,6 +53,15 @@ def test_config_round_trips(tmp_path: Path) -> None:
         ("node-key = 5", "node-key must be a string, got 5"),
         ('runtime-port = "9094"', "runtime-port must be an integer, got '9094'"),
         ("runtime-port = true", "runtime-port must be an integer, got True"),
+        # flower-supernode would read these as flags (its argv): refused at load
+        ('root-certificates = "--insecure"', "root-certificates '--insecure' starts with '-'"),
+        (
+            'node-key = "-node.key"',
+            "node-key '-node.key' starts with '-' .*; write it as ./-node.key or an absolute path",
+        ),
+        ('trusted-entities = "-t.yaml"', "trusted-entities '-t.yaml' starts with '-'"),
+        ('store = "-store"', "store '-store' starts with '-'"),
+        ('superlink = "-h:9092"', "superlink '-h:9092' starts with '-'"),
     ],
 )
 def test_bad_device_values_are_one_line(tmp_path: Path, text: str, message: str) -> None:

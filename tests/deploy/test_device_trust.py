@@ -194,3 +194,44 @@ def test_an_unreadable_file_is_one_line(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(ValueError, match="cannot be read \\(Permission denied\\)") as exc:
         check_trusted_entities(path)
     assert "\n" not in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_force_keeps_the_trusted_entities_unless_turned_off_explicitly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``device init --force`` without ``--trusted-entities`` once wrote ``trusted-entities = ""``
+    (app verification off, the old file left on disk); it keeps them, and only
+    ``--no-trusted-entities`` turns verification off (and removes the file)."""
+    import stamen.edge
+    from stamen.cli import main
+    from stamen.device import provision
+
+    monkeypatch.setattr(stamen.edge, "create_store", lambda store, *a, **k: store.mkdir())  # not the point
+    monkeypatch.setattr(provision, "_model_id", lambda model: "m")
+    (tmp_path / "m.onnx").write_bytes(b"not read")
+    (tmp_path / "server.pub.pem").write_bytes(signing_key_files()[1])
+    home, ssh = tmp_path / "dev", _ssh(ed25519.Ed25519PrivateKey.generate())
+    given = _entities(tmp_path, f"fpk_reviewer: '{ssh}'\n")
+    args = ["device", "init", str(home), "--model", str(tmp_path / "m.onnx"), "--insecure"]
+    args += ["--trust", str(tmp_path / "server.pub.pem"), "--superlink", "127.0.0.1:9092", "--data", "m:f"]
+    kept = home / "trust" / "trusted-entities.yaml"
+    assert main([*args, "--trusted-entities", str(given)]) == 0
+    assert main([*args, "--force"]) == 0
+    assert load_device_config(home / "device.toml").trusted_entities == str(kept)
+    assert kept.read_text() == given.read_text() and f"signed by a key in {kept}" in capsys.readouterr().out
+    kept.write_text("{}\n")  # the kept file is broken: refused, naming the flags, nothing changed
+    before = (home / "device.toml").read_text()
+    assert main([*args, "--force"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--trusted-entities YAML" in err and "--no-trusted-entities" in err
+    assert (home / "device.toml").read_text() == before
+    both = [*args, "--force", "--no-trusted-entities", "--trusted-entities", str(given)]
+    assert main(both) == 2 and "exclude each other" in capsys.readouterr().err
+    assert main([*args, "--force", "--no-trusted-entities"]) == 0
+    assert load_device_config(home / "device.toml").trusted_entities == "" and not kept.exists()
+    assert "runs any app" in capsys.readouterr().out
+    cfg = dataclasses.replace(load_device_config(home / "device.toml"), trusted_entities=str(given))
+    (home / "device.toml").write_text(render_device_config(cfg))  # set by hand, outside the folder
+    assert main([*args, "--force"]) == 0  # kept: copied into the folder
+    assert load_device_config(home / "device.toml").trusted_entities == str(kept)
+    assert kept.read_text() == given.read_text()

@@ -118,6 +118,29 @@ def test_wrong_model_id(device: EdgeRuntime, signer: Signer) -> None:
     _refused(device, _good(device, signer, model_id="other"), BaseModelMismatch, "for model 'other'")
 
 
+@pytest.mark.parametrize("refused", ["apply", "rollback"])
+def test_a_refusal_after_another_process_changed_the_store_keeps_the_served_version(
+    device: EdgeRuntime, signer: Signer, refused: str
+) -> None:
+    """Another session (a process) moves the store on; a refused apply or rollback here must not make
+    ``status()`` name a version this session does not serve (it once named the re-read manifest's)."""
+    served, outputs = device.version(), device.predict(X)  # version 1
+    other = EdgeRuntime.open(device.store, serve=False)
+    other.apply(_good(other, signer, version=2))  # committed: [0, 1, 2]
+    if refused == "apply":
+        cur = {k: np.array(v) for k, v in other.global_weights().items()}
+        with pytest.raises(SignatureError, match="not signed"):
+            device.apply(_signed(cur, model_hash(cur), None, 3))
+    else:
+        other.rollback()
+        other.rollback()  # committed: [0]
+        with pytest.raises(ValueError, match=r"no earlier version .* \(at version 0\)"):
+            device.rollback()
+    assert device.status()["version"] == device.version().version == served.version == 1
+    assert device.status()["hash"] == served.hash
+    np.testing.assert_array_equal(device.predict(X), outputs)
+
+
 @pytest.mark.parametrize("cut", [3, 9, 40, -70, -1])
 def test_truncated(device: EdgeRuntime, signer: Signer, cut: int) -> None:
     _refused(device, _good(device, signer)[:cut], StamenError, ".")
