@@ -184,6 +184,7 @@ def _say_if_replacing(out: Path, args: argparse.Namespace) -> None:
 
 def _simulate(args: argparse.Namespace) -> int:
     scenario, out = _checked_args(args)
+    from stamen.progress import Progress
     from stamen.simulations.engines import run_engine
     from stamen.simulations.plan import SimulationPlan
 
@@ -196,7 +197,8 @@ def _simulate(args: argparse.Namespace) -> int:
     _say_if_replacing(out, args)
     os.environ.setdefault("FLWR_HOME", str(Path.cwd() / ".flwr-home"))
     unit = _unit(scenario)
-    with _Progress(plan.cfg.rounds, plan.cfg.per_round, enabled=not args.quiet, unit=unit) as prog:
+    lazy = args.engine == "inprocess"  # its worker processes are forked before the first call
+    with Progress(plan.cfg.rounds, plan.cfg.per_round, not args.quiet, unit, lazy) as prog:
         kwargs: dict[str, Any] = {"client_progress": prog.client} if args.engine == "inprocess" else {}
         result = run_engine(args.engine, plan, prog.round, **kwargs)
     extra = {
@@ -280,59 +282,6 @@ def run_title(name: str, overrides: Sequence[str]) -> str:
 def _unit(scenario: Any) -> str:
     """What the run counts: rounds, or model versions (``server.mode`` fedasync, fedbuff)."""
     return "round" if scenario.server.mode == "sync" else "version"
-
-
-class _Progress:
-    """Rich progress bar over rounds (or model versions: ``unit``), with a client bar inside long
-    rounds."""
-
-    def __init__(self, rounds: int, per_round: int, enabled: bool, unit: str = "round") -> None:
-        self.enabled, self.rounds, self.per_round, self.unit = enabled, rounds, per_round, unit
-        self._clients_task: Any = None
-        self._round_start = self._run_start = time.perf_counter()
-        self.first_round_s: float | None = None  # seconds from the engine's start to round 1's end
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich import get_console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._p = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[info]}"),
-                transient=False,
-                disable=not get_console().is_terminal,  # a log file gets the per-round lines only
-            )
-            self._p.start()
-            self._rounds_task = self._p.add_task(f"{self.unit}s", total=self.rounds, info="")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._p.stop()
-
-    def round(self, rec: Any) -> None:
-        now = time.perf_counter()
-        if self.first_round_s is None:
-            self.first_round_s = now - self._run_start
-        self._round_start = now  # the next round's clients/s counts from here
-        if self.enabled:
-            acc = "" if rec.accuracy != rec.accuracy else f"acc {rec.accuracy:.3f}"
-            self._p.update(self._rounds_task, advance=1, info=acc)
-            if not self._p.console.is_terminal:  # a log file gets one line per finished round
-                self._p.console.print(f"{self.unit} {rec.round}/{self.rounds} finished {acc}".rstrip())
-
-    def client(self, done: int, total: int) -> None:
-        if not self.enabled or total < 50:  # only long rounds get a client bar
-            return
-        if self._clients_task is None:
-            self._clients_task = self._p.add_task("clients", total=total, info="")
-        # clients/s since the round began (its training included, also when a cohort trains at once)
-        rate = done / max(time.perf_counter() - self._round_start, 1e-9)
-        self._p.update(self._clients_task, completed=done, total=total, info=f"{rate:,.0f} clients/s")
 
 
 def _peak_rss_mib(extra: dict[str, Any]) -> tuple[str, float]:

@@ -96,6 +96,8 @@ class InProcessTransport:
         trips: list[Trip] = []
         rows = self.path is not None and (self.path.batched or self.pool is not None)
         ready = [self.receive(t) for t in tasks]
+        if self.progress is not None:
+            self.progress(0, len(tasks))  # the round has begun (a cohort reports once it is done)
         made = [self._rows(ready)] if rows else ([self.run(t)] for t in ready)
         done = 0
         for chunk in made:
