@@ -205,9 +205,11 @@ os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def unlock_state_dir(fd: int) -> None:
-    """Let go of a lock :func:`lock_state_dir` returned."""
-    _HELD.discard(fd)
-    os.close(fd)
+    """Let go of a lock :func:`lock_state_dir` returned (nothing in a forked child, which closed its
+    copy at the fork: the number may name another file since)."""
+    if fd in _HELD:
+        _HELD.discard(fd)
+        os.close(fd)
 
 
 def lock_state_dir(state_dir: Path) -> int | None:
