@@ -84,10 +84,10 @@ def _entities(home: Path, opts: DeviceInitOptions) -> bytes | None:
         raise ValueError(f"cannot keep the device's trusted-entities ({exc}); {_KEEP_OR_DROP}") from None
     if not previous:
         return None
-    if not Path(previous).expanduser().is_absolute():  # the daemon's working directory's, not ours
+    if not Path(previous).is_absolute():  # the daemon's working directory's (or home's), not ours
         raise ValueError(
-            f"cannot keep the device's trusted-entities: {previous!r} in device.toml is relative "
-            f"(to the directory the daemon runs in); {_KEEP_OR_DROP}"
+            f"cannot keep the device's trusted-entities: {previous!r} in device.toml is not an absolute "
+            f"path (the daemon reads it relative to its own directory or home); {_KEEP_OR_DROP}"
         )
     try:
         check_trusted_entities(previous)

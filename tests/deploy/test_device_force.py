@@ -75,22 +75,27 @@ def test_a_bad_value_re_provisions_nothing(
     assert _device_files(home) == before
 
 
+@pytest.mark.parametrize("hand_set", ["trust/trusted-entities.yaml", "~/trust/trusted-entities.yaml"])
 def test_a_relative_kept_path_is_refused(
-    provisioned: tuple[Path, DeviceInitOptions], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    provisioned: tuple[Path, DeviceInitOptions],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    hand_set: str,
 ) -> None:
-    """A relative trusted-entities (set by hand) is relative to the daemon's working directory
-    (the systemd unit's), unknown here: it was read relative to the caller's, copying whatever
-    file of that name was there as the device's trusted keys."""
+    """A relative (or ``~``) trusted-entities set by hand is the daemon's: relative to its working
+    directory (the systemd unit's) or its user's home, unknown here. It was read relative to the
+    caller's, copying whatever file of that name was there as the device's trusted keys."""
     home, force = provisioned
     cfg = load_device_config(home / "device.toml")
-    relative = dataclasses.replace(cfg, trusted_entities="trust/trusted-entities.yaml")
+    relative = dataclasses.replace(cfg, trusted_entities=hand_set)
     (home / "device.toml").write_text(render_device_config(relative))
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "trust").mkdir(parents=True)
     (elsewhere / "trust" / "trusted-entities.yaml").write_text(f"fpk_other: '{_ssh()}'\n")
     monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("HOME", str(elsewhere))
     before = _device_files(home)
-    with pytest.raises(ValueError, match="is relative") as exc:
+    with pytest.raises(ValueError, match="is not an absolute path") as exc:
         device_init(home, force)
     assert "\n" not in str(exc.value) and "--no-trusted-entities" in str(exc.value)
     assert _device_files(home) == before
