@@ -84,6 +84,11 @@ def _entities(home: Path, opts: DeviceInitOptions) -> bytes | None:
         raise ValueError(f"cannot keep the device's trusted-entities ({exc}); {_KEEP_OR_DROP}") from None
     if not previous:
         return None
+    if not Path(previous).is_absolute():  # the daemon's working directory's (or home's), not ours
+        raise ValueError(
+            f"cannot keep the device's trusted-entities: {previous!r} in device.toml is not an absolute "
+            f"path (the daemon reads it relative to its own directory or home); {_KEEP_OR_DROP}"
+        )
     try:
         check_trusted_entities(previous)
         return Path(previous).expanduser().read_bytes()
@@ -143,28 +148,35 @@ def device_init(home: Path, opts: DeviceInitOptions) -> DeviceConfig:
     if (home / "device.toml").exists() and not opts.force:
         raise ValueError(f"{home} already holds a device (device.toml); pass --force to re-provision")
     entities_text = _entities(home, opts)  # before anything is written
+    cfg = _config(home, opts, entities_text is not None)  # its values checked before anything is written
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
-    entities = _write_trust(home, opts, entities_text)
-    node_key, signing, endorsement = _keys(home, opts)
+    _write_trust(home, opts, entities_text)
+    _keys(home, opts)
     store = home / "store"
     if store.exists():
         shutil.rmtree(store)  # only reached with force: the device.toml check above
     create_store(store, opts.model, home / "trust" / "update-signing.pub.pem", model_id=_model_id(opts.model))
     (home / "flwr").mkdir(exist_ok=True)
-    cfg = DeviceConfig(
-        superlink=opts.superlink,
-        node_key=str(node_key),
-        signing_key=str(signing),
-        endorsement=str(endorsement),
-        store=str(store),
-        data_source=opts.data_source,
-        flwr_home=str(home / "flwr"),
-        root_certificates=str(home / "trust" / "ca.crt") if opts.ca is not None else "",
-        runtime_port=opts.runtime_port,
-        insecure=opts.insecure,
-        trusted_entities=str(entities) if entities is not None else "",
-        node_config=dict(opts.node_config),
-    )
     write_public(home / "device.toml", render_device_config(cfg).encode())
     return cfg
+
+
+def _config(home: Path, opts: DeviceInitOptions, entities: bool) -> DeviceConfig:
+    """The device.toml of a device provisioned in ``home`` (the layout of the module docs);
+    ``ValueError`` for a bad value (superlink, runtime port, node config)."""
+    keys, trust = home / "keys", home / "trust"
+    return DeviceConfig(
+        superlink=opts.superlink,
+        node_key=str(keys / "node.key"),
+        signing_key=str(keys / "device-signing.pem"),
+        endorsement=str(keys / "device-signing.endorsement"),
+        store=str(home / "store"),
+        data_source=opts.data_source,
+        flwr_home=str(home / "flwr"),
+        root_certificates=str(trust / "ca.crt") if opts.ca is not None else "",
+        runtime_port=opts.runtime_port,
+        insecure=opts.insecure,
+        trusted_entities=str(trust / "trusted-entities.yaml") if entities else "",
+        node_config=dict(opts.node_config),
+    )
