@@ -157,6 +157,13 @@ def test_statement_says_why_fedbuff_is_not_covered_and_the_client_cap() -> None:
     local = ["privacy.mode=local", "server.mode=fedbuff", "rounds=3"]
     statement = privacy_statement(ServerConfig.from_settings(load_settings("smoke", local)))
     assert statement is not None and statement["max_releases_per_client"] == 3
+    sync = privacy_statement(
+        ServerConfig.from_settings(load_settings("smoke", ["privacy.mode=local", "rounds=3"]))
+    )
+    assert sync is not None and sync["max_releases_per_client"] == 3  # a deployment's re-run round is capped
+    fixed = ["privacy.mode=local", "privacy.calibration=fixed", "privacy.noise_multiplier=1.0"]
+    statement = privacy_statement(ServerConfig.from_settings(load_settings("smoke", fixed)))
+    assert statement is not None and "max_releases_per_client" not in statement  # no target, no cap
 
 
 @pytest.mark.slow
