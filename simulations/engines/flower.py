@@ -164,7 +164,7 @@ def _simulate(server_app: Any, client_app: Any, num_supernodes: int, backend: An
     except KeyboardInterrupt:
         if not out.done.wait(RESULT_GRACE_S) or out.result is None:
             raise
-        log.warning("interrupted again: Ray stopped, the finished rounds are kept")
+        log.warning("interrupted again: Ray stopped, the finished rounds (or versions) are kept")
 
 
 def _shutdown_ray() -> None:
