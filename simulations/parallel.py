@@ -76,8 +76,11 @@ class WorkerSpec:
 def _init(spec: WorkerSpec) -> None:
     """Worker start: one thread (the serial engine's numerics), one model, the clients' data.
     Ctrl-C is the engine's to handle (it stops the pool): a worker ignores SIGINT, which a terminal
-    sends to the whole process group, instead of printing its own KeyboardInterrupt report."""
+    sends to the whole process group, instead of printing its own KeyboardInterrupt report. SIGTERM,
+    which stops the pool mid-round, ends a worker at once: a fork of the engine would otherwise
+    keep the engine's handler (SIGTERM raising KeyboardInterrupt) and print that report."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(1)
     _WORKER["spec"] = spec
     _WORKER["model"] = model_structure(spec.task)

@@ -197,7 +197,9 @@ def _simulate(args: argparse.Namespace) -> int:
     _say_if_replacing(out, args)
     os.environ.setdefault("FLWR_HOME", str(Path.cwd() / ".flwr-home"))
     unit = _unit(scenario)
-    lazy = args.engine == "inprocess"  # its worker processes are forked before the first call
+    # the in-process engine forks its worker processes before the first call (sync rounds only:
+    # an asynchronous run trains in one process and reports nothing before its first version)
+    lazy = args.engine == "inprocess" and scenario.server.mode == "sync"
     with Progress(plan.cfg.rounds, plan.cfg.per_round, not args.quiet, unit, lazy) as prog:
         kwargs: dict[str, Any] = {"client_progress": prog.client} if args.engine == "inprocess" else {}
         result = run_engine(args.engine, plan, prog.round, **kwargs)

@@ -52,3 +52,23 @@ def test_the_bar_shows_from_round_one(monkeypatch: pytest.MonkeyPatch) -> None:
         prog.client(0, 100)
         assert prog._p is not None and prog._clients_task is not None
     assert "rounds" in screen.getvalue() and "clients" in screen.getvalue()
+
+
+def test_an_async_run_shows_its_bar_from_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An asynchronous in-process run forks no worker and reports nothing before its first model
+    version: its bar was drawn only once that version was made (nothing on screen until then)."""
+    from stamen.simulations import engines
+
+    monkeypatch.setattr(rich, "_console", Console(file=io.StringIO(), force_terminal=True, width=100))
+    up_at_start: list[bool] = []
+    real_run = engines.run_engine
+
+    def run_engine(name: str, plan: Any, progress: Any, **kwargs: Any) -> Any:
+        up_at_start.append(progress.__self__._p is not None)
+        return real_run(name, plan, progress, **kwargs)
+
+    monkeypatch.setattr(engines, "run_engine", run_engine)
+    fedbuff = ["rounds=2", "server.mode=fedbuff", "server.buffer_size=2", "server.concurrency=3"]
+    argv = ["simulate", "smoke", "--out", str(tmp_path / "run")]
+    assert main([*argv, *(a for kv in fedbuff for a in ("--set", kv))]) == 0
+    assert up_at_start == [True]

@@ -10,6 +10,7 @@ import multiprocessing as mp
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,6 +99,44 @@ def test_workers_leave_ctrl_c_to_the_engine() -> None:
     with _pool_and_victim(_plan()) as (pool, _, _):
         assert pool._pool is not None
         assert pool._pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+
+
+def _busy_until_stopped(started: str) -> None:
+    """A worker's task: say it started (a file), then work on (30 s at most)."""
+    open(started, "w").close()
+    time.sleep(30)
+
+
+def test_a_round_stopped_in_forked_workers_ends_them_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The engine runs with SIGTERM raising KeyboardInterrupt (``sigterm_as_interrupt``); a forked
+    worker inherited that handler, so stopping a round in the workers (Ctrl-C: ``terminate``, i.e.
+    SIGTERM) made each print "Process ForkPoolWorker-N: ... KeyboardInterrupt: SIGTERM" (exit 1)."""
+    import signal
+
+    from stamen.simulations.engines.interrupt import sigterm_as_interrupt
+
+    plan = _plan("engine.batching=off")
+    monkeypatch.setattr(parallel, "_fork_is_safe", lambda device: True)
+    before = set(mp.active_children())
+    with sigterm_as_interrupt():
+        pool = WorkerPool(WorkerSpec(plan.cfg.task, plan.data, plan.peer, batched=False), 2)
+        try:
+            assert pool.ready(wait=True) and pool._pool is not None and pool.start_method == "fork"
+            procs = list(pool._procs)
+            assert pool._pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
+            started = tmp_path / "started"
+            pool._pool.apply_async(_busy_until_stopped, (str(started),))  # a round in the workers
+            deadline = time.monotonic() + 60
+            while not started.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            pool._busy = True  # (what an interrupted run() leaves)
+        finally:
+            pool.close()
+    assert [p.exitcode for p in procs] == [-signal.SIGTERM]
+    assert "KeyboardInterrupt" not in capfd.readouterr().err
+    _assert_no_new_children(before)
 
 
 def _kill(victim: Any) -> None:
