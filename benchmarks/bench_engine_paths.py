@@ -80,7 +80,14 @@ def measure(p: SimulationPlan) -> dict[str, float]:
     res = run_engine("inprocess", p)
     wall = time.perf_counter() - t0
     steady = [r.wall_s for r in res.rounds[1:]] or [res.rounds[0].wall_s]
-    return {"wall_s": wall, "round_s": statistics.median(steady), "accuracy": float(res.rounds[-1].accuracy)}
+    path = res.extra["engine_path"]  # which path ran: rounds the workers trained, forked or not
+    return {
+        "wall_s": wall,
+        "round_s": statistics.median(steady),
+        "accuracy": float(res.rounds[-1].accuracy),
+        "rounds_in_workers": float(path["rounds_in_workers"]),
+        "forked": float(path["worker_start"] == "fork"),
+    }
 
 
 def measure_fresh(name: str, clients: int, per_round: int, rounds: int) -> dict[str, float]:
@@ -127,6 +134,11 @@ def report(rows: dict[str, Any], rss: dict[str, float]) -> None:
             f"| {name} | {r['updates_per_s']:.0f} | {r['ratio_whole_run']:.2f} | {r['round_s']:.3f} "
             f"| {r['ratio_per_round']:.2f} | {r['accuracy']:.4f} |"
         )
+    ran = ", ".join(
+        f"{n}: {r['rounds_in_workers']:.0f} rounds in workers, forked {r['forked']:.0f}"
+        for n, r in rows.items()
+    )
+    print(f"({ran})")
     own, child = rss["self_mib"], rss["largest_child_mib"]
     print(f"peak RSS: this process {own:.0f} MiB, largest worker {child:.0f} MiB")
 

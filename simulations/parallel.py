@@ -94,16 +94,15 @@ def _noop() -> None:
 
 def _fork_is_safe(device: str) -> bool:
     """Whether a worker may be a ``fork`` of the engine's process: on Linux, for CPU training (a
-    forked CUDA context is unusable), and with no Python thread but the caller's and the main one
-    (blocked while the fork is made): a lock another thread held at the fork would stay held in
-    the child. A forked worker sets one torch thread before any torch work, so it never enters the
-    engine's OpenMP pool (what PyTorch's own fork-started data-loader workers rely on)."""
+    forked CUDA context is unusable), and with no Python thread but the caller's (blocked while the
+    fork is made): a lock another thread held at the fork would stay held in the child. A forked
+    worker sets one torch thread before any torch work, so it never enters the engine's OpenMP pool
+    (what PyTorch's own fork-started data-loader workers rely on)."""
     if not sys.platform.startswith("linux") or "fork" not in mp.get_all_start_methods():
         return False
     if device != "cpu" or torch.cuda.is_initialized():
         return False
-    mine = {threading.main_thread(), threading.current_thread()}
-    return all(t in mine for t in threading.enumerate())
+    return all(t is threading.current_thread() for t in threading.enumerate())
 
 
 def context(device: str = "cpu") -> _Context:
@@ -176,9 +175,25 @@ class WorkerPool:
         self._starting = threading.Thread(
             target=self._start, args=(spec, ctx), name="stamen-workers", daemon=True
         )
-        self._starting.start()
-        if self.start_method == "fork":  # milliseconds; this thread waits, holding nothing
-            self._starting.join()
+        self._begin()
+
+    def _begin(self) -> None:
+        """Start the starting thread and, forking, wait for it (milliseconds; this thread holds
+        nothing meanwhile). A Ctrl-C meanwhile closes the pool (no caller holds it yet to close it)
+        and goes on once the thread has begun (and the forks are made)."""
+        interrupted: KeyboardInterrupt | None = None
+        try:
+            self._starting.start()
+        except KeyboardInterrupt as exc:  # start() was waiting for the thread to begin: it runs
+            interrupted = exc
+        while self.start_method == "fork" and self._starting.is_alive():
+            try:
+                self._starting.join()
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+        if interrupted is not None:
+            self.close()
+            raise interrupted
 
     def _start(self, spec: WorkerSpec, ctx: _Context) -> None:
         """Start the forkserver (the slow part: it imports torch), then, unless closed meanwhile,

@@ -173,8 +173,40 @@ def test_workers_are_forks_only_where_that_is_safe(monkeypatch: pytest.MonkeyPat
         release.set()
         other.join()
     alone.pop()
+    asked_there: list[bool] = []  # a pool made on another thread: the main thread is not waiting
+    there = threading.Thread(target=lambda: asked_there.append(parallel._fork_is_safe("cpu")))
+    alone.append(there)
+    there.start()
+    there.join()
+    alone.pop()
+    assert asked_there == [False]
     monkeypatch.setattr(parallel.sys, "platform", "darwin")
     assert not parallel._fork_is_safe("cpu")
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_forking_leaves_no_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the engine waits for its forks: the pool is closed before the interrupt goes
+    on (no caller holds it yet to close it), so no worker process is left behind."""
+    import os
+    import signal
+    import threading
+
+    plan = _plan("engine.batching=off")
+    monkeypatch.setattr(parallel, "_fork_is_safe", lambda device: True)
+    real_start = WorkerPool._start
+
+    def slow_start(self: WorkerPool, spec: WorkerSpec, ctx: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # reaches the main thread, waiting in join
+        time.sleep(0.5)
+        real_start(self, spec, ctx)
+
+    monkeypatch.setattr(WorkerPool, "_start", slow_start)
+    before = set(mp.active_children())
+    with pytest.raises(KeyboardInterrupt):
+        WorkerPool(WorkerSpec(plan.cfg.task, plan.data, plan.peer, batched=False), 2)
+    assert not any(t.name == "stamen-workers" for t in threading.enumerate())
+    _assert_no_new_children(before)
 
 
 @pytest.mark.slow
