@@ -26,7 +26,7 @@ from stamen._version import __version__
 _EXTRA_AT = "_stamen_unrecognized_in"  # the (sub)command whose arguments held the unrecognized ones
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """A command-line mistake is one line, ``stamen: error: ...`` and which ``--help`` to read
     (argparse printed the whole usage block first); the exit code stays 2."""
 
@@ -48,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="stamen", description="Federated and edge model updates on Flower.")
+    p = OneLineParser(prog="stamen", description="Federated and edge model updates on Flower.")
     p.add_argument("--version", action="version", version=f"stamen {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run a scenario end to end on one machine")

@@ -148,7 +148,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m stamen.deploy", description=__doc__.splitlines()[0])
+    from stamen.cli import OneLineParser  # (stamen.cli imports this module's commands lazily too)
+
+    parser = OneLineParser(prog="python -m stamen.deploy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="deploy_action", required=True)
     _add_actions(sub)
     add_install_unit_command(sub)

@@ -136,6 +136,12 @@ def test_cli_init_register_and_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["init", str(out), "--ip", "not-an-ip", "--renew-server-cert"]) == 2
     assert "not an IP address: 'not-an-ip'" in capsys.readouterr().err
     assert main(["register", str(tmp_path / "nowhere")]) == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as bad:  # an argparse mistake: one line, as the stamen command's
+        main(["init", str(out), "--no-such-flag"])
+    err = capsys.readouterr().err
+    assert bad.value.code == 2 and err.count("\n") == 1 and "usage:" not in err
+    assert "unrecognized arguments: --no-such-flag (see python -m stamen.deploy" in err
 
 
 def test_register_run_reports_an_unreachable_superlink(
