@@ -203,8 +203,12 @@ def test_ctrl_c_while_forking_leaves_no_worker(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(WorkerPool, "_start", slow_start)
     before = set(mp.active_children())
-    with pytest.raises(KeyboardInterrupt):
-        WorkerPool(WorkerSpec(plan.cfg.task, plan.data, plan.peer, batched=False), 2)
+    earlier = signal.signal(signal.SIGINT, signal.default_int_handler)  # (whatever a test left)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            WorkerPool(WorkerSpec(plan.cfg.task, plan.data, plan.peer, batched=False), 2)
+    finally:
+        signal.signal(signal.SIGINT, earlier)
     assert not any(t.name == "stamen-workers" for t in threading.enumerate())
     _assert_no_new_children(before)
 
