@@ -14,6 +14,7 @@ from torch import nn
 
 from stamen.client.state import ClientState
 from stamen.client.trainers.base import TrainResult, register_trainer
+from stamen.client.trainers.optim import local_optimizer
 from stamen.protocols import keys
 from stamen.task.data import TaskData
 from stamen.task.models.lora import trainable_names
@@ -22,7 +23,9 @@ from stamen.task.weights import get_weights
 
 
 def make_optimizer(params: list[nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
-    """The optimizer named by ``spec.optimizer`` with the spec's lr, momentum and weight decay."""
+    """The ``torch.optim`` optimizer named by ``spec.optimizer`` with the spec's lr, momentum and
+    weight decay: for DP-SGD, whose opacus engine wraps a real one (the other trainers use
+    :func:`~stamen.client.trainers.optim.local_optimizer`, the same steps)."""
     if spec.optimizer == "adam":
         return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
     return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
@@ -35,7 +38,7 @@ def run_epochs(model: nn.Module, data: TaskData, spec: TrainSpec, seed: int) -> 
     dominates on the small partitions typical of FL simulations).
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, spec)
+    opt = local_optimizer(params, spec)
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
     gen = torch.Generator().manual_seed(seed)
     n = len(y)

@@ -49,7 +49,8 @@ from torch import nn
 
 from stamen.client.state import ClientState
 from stamen.client.trainers.base import TrainResult, register_trainer
-from stamen.client.trainers.full import make_optimizer, train_delta
+from stamen.client.trainers.full import train_delta
+from stamen.client.trainers.optim import LocalOptimizer, local_optimizer
 from stamen.protocols import keys
 from stamen.task.data import TaskData
 from stamen.task.settings import SparseConfig
@@ -180,7 +181,7 @@ def _select_mask(model: nn.Module, masks: _Masks, batches: list[Batch]) -> None:
 
 
 def _masked_steps(
-    model: nn.Module, masks: _Masks, opt: torch.optim.Optimizer, batches: list[Batch], cfg: SparseConfig
+    model: nn.Module, masks: _Masks, opt: LocalOptimizer, batches: list[Batch], cfg: SparseConfig
 ) -> float:
     """Optimizer steps projected onto the mask, prune/regrow every ``regrow_every`` steps."""
     total = 0.0
@@ -201,7 +202,7 @@ def sparse_epochs(model: nn.Module, data: TaskData, spec: TrainSpec, seed: int, 
     """Train in place with the fixed-density schedule; return the mean training loss."""
     sparse, dense, skipped = _split(model, cfg)
     masks = _Masks(sparse, cfg)
-    opt = make_optimizer([*sparse.values(), *dense], spec)
+    opt = local_optimizer([*sparse.values(), *dense], spec)
     batches = _batches(data, spec, seed)
     for p in skipped:
         p.requires_grad_(False)  # no gradient computed for skipped tensors (e.g. the embeddings)
