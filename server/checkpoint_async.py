@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from stamen.protocols import tensor_table
-from stamen.server.checkpoint import CheckpointError, checkpoint_path
-from stamen.server.checkpoint_parts import capture_common, restore_common
+from stamen.server.checkpoint import CheckpointError
+from stamen.server.checkpoint_parts import capture_common, lacks_trips, restore_common
 from stamen.server.checkpoint_rules import Snapshot, Tree, rng_state, set_rng_state
 from stamen.server.driver.async_driver import AsyncDriver
 from stamen.server.driver.types import Weights
@@ -90,12 +90,7 @@ def _trips(driver: AsyncDriver, tree: Mapping[str, Any]) -> Counter[str]:
     it, and zero would let every client be sent its whole budget again."""
     if "trips" not in tree:
         if driver.budget.cap > 0 or driver.accountant is not None:
-            where = getattr(driver.resume, "state_dir", None)
-            raise CheckpointError(
-                f"{'the checkpoint' if where is None else checkpoint_path(where)} lacks the tasks sent to "
-                "each client (written by an older stamen), which bound this run's client-side privacy: "
-                "resuming would restart them at zero; start the run again with a new state-dir"
-            )
+            raise lacks_trips(driver)
         return Counter()
     return Counter({str(c): int(n) for c, n in tree["trips"].items()})
 

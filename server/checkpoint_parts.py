@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from stamen.server.bristle.relay import PeerMode
-from stamen.server.checkpoint import CheckpointError
+from stamen.server.checkpoint import CheckpointError, checkpoint_path
 from stamen.server.checkpoint_rules import Snapshot, Tree, capture_rule, restore_rule
 from stamen.server.checkpoint_stale import KEY as STALE
 from stamen.server.checkpoint_stale import capture_stale, restore_stale
@@ -184,11 +184,25 @@ def capture_sync(driver: Any, snap: Snapshot) -> Tree:
 
 
 def restore_sync(driver: Any, tree: Mapping[str, Any], snap: Snapshot) -> None:
-    """Put :func:`capture_sync` back (a checkpoint written before the tasks per client were kept
-    resumes with none counted, as it did)."""
+    """Put :func:`capture_sync` back. A checkpoint written before the tasks per client were kept is
+    refused under a trip cap (:func:`lacks_trips`); without one it resumes with none counted."""
     restore_common(driver, tree, snap)
     restore_mode(driver.mode, tree.get("mode"), snap)
+    if "trips" not in tree and driver.budget.cap > 0:
+        raise lacks_trips(driver)
     trips = _need(tree, "trips", dict) if "trips" in tree else {}
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in trips.values()):
         raise CheckpointError("checkpoint is corrupt: tasks sent per client")
     driver.budget.trips = Counter({str(c): n for c, n in trips.items()})
+
+
+def lacks_trips(driver: Any) -> CheckpointError:
+    """The error for a checkpoint without the tasks sent to each client, in a run whose client-side
+    privacy they bound (a trip cap; asynchronous RQM): no safe count can be rebuilt from it, and
+    zero would let every client be sent its whole budget again."""
+    where = getattr(driver.resume, "state_dir", None)
+    return CheckpointError(
+        f"{'the checkpoint' if where is None else checkpoint_path(where)} lacks the tasks sent to "
+        "each client (written by an older stamen), which bound this run's client-side privacy: "
+        "resuming would restart them at zero; start the run again with a new state-dir"
+    )

@@ -302,7 +302,8 @@ def charge_before_push(driver: RoundDriver, state: RunState) -> None:
 
 def charged(ck: Checkpoint, clients: Sequence[str]) -> Checkpoint:
     """``ck`` with RQM's participation counts and the tasks sent raised by one per entry of
-    ``clients`` (the tasks only where ``ck`` keeps them: one written before resumes as it did)."""
+    ``clients`` (the tasks only where ``ck`` keeps them: one written before them resumes only
+    without a cap, :func:`~stamen.server.checkpoint_parts.restore_sync`)."""
     tree = _tree(ck.state, "driver")
     driver = {**tree, "accountant": charge_accountant(tree.get("accountant"), clients)}
     if isinstance(tree.get("trips"), dict):

@@ -41,6 +41,7 @@ def interrupted(kept: int, what: str) -> str:
 
 
 EvalFn = Callable[[Weights], tuple[float, float]]
+SHOWN = 8  # clients at their cap named in a round's warning (then "and N more")
 
 
 class Accountant(Protocol):
@@ -278,13 +279,14 @@ class RoundDriver:
 
     def configure(self, rnd: int, weights: Weights) -> list[TrainTask]:
         """Sample the cohort and build each client's task (none for an empty Poisson draw)."""
-        clients = self.transport.clients()
+        available = self.transport.clients()
+        clients = self.within_budget(rnd, available)
         k = min(self.settings.per_round, len(clients))
         if k == 0:
             raise RuntimeError(f"round {rnd}: no client is available")
-        if k < self.settings.per_round:
+        if len(available) < self.settings.per_round:
             log.warning(
-                "round %d: %d clients available, %d asked for", rnd, len(clients), self.settings.per_round
+                "round %d: %d clients available, %d asked for", rnd, len(available), self.settings.per_round
             )
         cohort = self.hooks.sample(rnd, clients, k) if self.hooks is not None else None
         if cohort is None:
@@ -293,26 +295,27 @@ class RoundDriver:
             cohort = draw_cohort(s.sampling, seed, rnd, clients, k, s.sample_rate)
         if not cohort:
             log.info("round %d: the Poisson draw sampled no client", rnd)
-        cohort = self.within_budget(rnd, clients, cohort)
         shared: dict[int, RoundInstructions] = {}  # one (frozen) object per version for the cohort
         return [self.task(rnd, client, weights, shared) for client in cohort]
 
-    def within_budget(self, rnd: int, clients: Sequence[str], cohort: Sequence[str]) -> list[str]:
-        """``cohort`` less the clients already sent the ``max_trips`` tasks their noise was calibrated
-        for (a round run again after a crash: its first attempt's tasks count, see
-        :func:`~stamen.server.checkpoint_run.charge_before_push`); when no available client has a
-        task left the budget is exhausted (``BudgetExhausted``). :meth:`round` counts the tasks."""
-        held = [c for c in cohort if not self.budget.allows(c)]
+    def within_budget(self, rnd: int, clients: Sequence[str]) -> list[str]:
+        """The available ``clients`` the cohort is drawn from: all but those already sent the
+        ``max_trips`` tasks their noise was calibrated for (a round run again after a crash: its first
+        attempt's tasks count, see :func:`~stamen.server.checkpoint_run.charge_before_push`); when
+        none of them has a task left the budget is exhausted (``BudgetExhausted``). Without a cap, or
+        with nobody at it, ``clients`` unchanged (the seed's draw). :meth:`round` counts the tasks."""
+        held = [c for c in clients if not self.budget.allows(c)]
         if held:
+            shown = ", ".join(held[:SHOWN]) + (f" and {len(held) - SHOWN} more" if len(held) > SHOWN else "")
             log.warning(
                 "%s not asked in round %d: sent %d tasks each, the releases the noise was calibrated for",
-                ", ".join(held),
+                shown,
                 rnd,
                 self.budget.cap,
             )
-            if len(held) == len(cohort) and self.budget.spent(clients):
+            if self.budget.spent(clients):
                 self.budget.refuse(clients)
-        return [c for c in cohort if self.budget.allows(c)]
+        return [c for c in clients if self.budget.allows(c)]
 
     def task(
         self, rnd: int, client: str, weights: Weights, shared: dict[int, RoundInstructions]

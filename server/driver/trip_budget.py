@@ -4,7 +4,7 @@ synchronous deployment's round run again after a crash.
 Local DP, DP-SGD and RQM are calibrated (``privacy.calibration = "target_epsilon"``) for a client that
 releases at most ``rounds`` updates. A synchronous round asks a client at most once, but a round run
 again after the server died may ask it a second time (its node kept the first task and may have
-released that update: the round driver skips a client at its cap), and an
+released that update: the round driver draws its cohort among the clients with tasks left), and an
 asynchronous run sends a client a new task whenever it is idle, so a fast client could release more
 updates than that and spend more than the target ε. The driver therefore sends no client more than
 ``cap`` tasks (each task is at most one released update, whether its reply is accepted, rejected,

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from stamen.server.checkpoint import read_checkpoint
+from stamen.server.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from stamen.server.config import ServerConfig
 from stamen.server.driver.driver import RoundDriver
 from stamen.server.driver.types import Reply, TrainTask, Weights
 from stamen.server.federation import RunExtras, assemble
+from stamen.server.privacy.central import BudgetExhausted
 from stamen.task.models import build_model
 from stamen.task.settings_load import load_settings
 from stamen.task.weights import get_weights
@@ -106,3 +108,81 @@ def test_only_the_clients_at_their_cap_are_skipped(caplog: pytest.LogCaptureFixt
     assert [t.client for t in tasks] == ["c-2", "c-3"]
     assert driver.budget.trips == {"c-1": 3, "c-2": 2}  # counted when the round sends them
     assert caplog.text.count("not asked in round 3") == 1
+
+
+class _Many(_Nodes):
+    """Six available clients (a cohort of two is drawn out of them)."""
+
+    def clients(self) -> list[str]:
+        return [f"c-{i}" for i in range(1, 7)]
+
+
+def _pair(*overrides: str) -> tuple[RoundDriver, Weights]:
+    settings = load_settings("smoke", [*LOCAL, "clients.per_round=2", *overrides])
+    cfg = ServerConfig.from_settings(settings, timeout_s=1.0)
+    initial = get_weights(build_model(cfg.task))
+    return assemble(cfg, _Many(Counter()), initial), initial
+
+
+@pytest.mark.parametrize("capped", [1, 2])
+def test_the_cohort_is_drawn_from_the_clients_with_tasks_left(
+    capped: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The seed's round-3 cohort of two has ``capped`` clients at their cap (3 tasks): the round
+    still asks two clients, none of them capped, the same two for the same seed and counts (before,
+    the capped ones were dropped from the drawn cohort: a round of one client, or of none)."""
+    driver, initial = _pair()
+    drawn = [t.client for t in driver.configure(3, initial)]  # nobody capped: the seed's cohort
+    at_cap = {c: 3 for c in drawn[:capped]}
+    cohorts = []
+    for _ in range(2):
+        driver, initial = _pair()
+        driver.budget.trips.update(at_cap)
+        with caplog.at_level(logging.INFO, "stamen.server"):
+            cohorts.append([t.client for t in driver.configure(3, initial)])
+    assert len(cohorts[0]) == 2 and not set(cohorts[0]) & set(at_cap)
+    assert cohorts[0] == cohorts[1]
+    assert f"{', '.join(sorted(at_cap))} not asked in round 3: sent 3 tasks" in caplog.text
+
+
+def test_without_a_cap_the_cohort_is_the_seeds_draw() -> None:
+    """``privacy.calibration = "fixed"``: no cap, so counts above ``rounds`` change nothing."""
+    driver, initial = _pair("privacy.calibration=fixed")
+    drawn = [t.client for t in driver.configure(3, initial)]
+    driver, initial = _pair("privacy.calibration=fixed")
+    driver.budget.trips.update({c: 9 for c in drawn})
+    assert [t.client for t in driver.configure(3, initial)] == drawn
+
+
+def test_every_available_client_at_its_cap_exhausts_the_budget() -> None:
+    """Nobody available has a task left: the privacy budget is exhausted (the run stops)."""
+    driver, initial = _pair()
+    driver.budget.trips.update({f"c-{i}": 3 for i in range(1, 7)})
+    with pytest.raises(BudgetExhausted, match="no client with privacy budget left"):
+        driver.configure(3, initial)
+
+
+@pytest.mark.parametrize("calibration", ["target_epsilon", "fixed"])
+def test_an_older_checkpoint_without_task_counts_is_refused_under_a_cap(
+    tmp_path: Path, calibration: str
+) -> None:
+    """A sync checkpoint written before the tasks per client were kept: under a cap it is refused
+    with one line naming the file (it resumed with every count at zero, so the round run again could
+    send a client more tasks than calibrated); without a cap it resumes and runs to the end."""
+    sent: Counter[str] = Counter()
+    cal = f"privacy.calibration={calibration}"
+    driver, initial = _driver(_Nodes(sent, crash=2), tmp_path, cal)
+    with pytest.raises(_Killed):
+        driver.run(initial)
+    ck = read_checkpoint(tmp_path)
+    assert ck is not None and "trips" in ck.state["driver"]
+    old = {k: v for k, v in ck.state["driver"].items() if k != "trips"}  # as an older stamen wrote it
+    write_checkpoint(tmp_path, replace(ck, state={**ck.state, "driver": old}))
+    driver, initial = _driver(_Nodes(sent), tmp_path, cal)
+    if calibration == "fixed":
+        assert driver.run(initial).stopped is None and sent == {c: 4 for c in CLIENTS}
+        return
+    with pytest.raises(CheckpointError, match=r"checkpoint\.safetensors lacks the tasks sent to each") as exc:
+        driver.run(initial)
+    assert "\n" not in str(exc.value) and "new state-dir" in str(exc.value)
+    assert sent == {c: 2 for c in CLIENTS}  # nothing sent after the refusal
