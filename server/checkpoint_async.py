@@ -2,7 +2,8 @@
 open buffer (every accepted update not yet released, so none is lost), the server momentum, the
 dispatch generator, the repeat counters, the tasks sent to each client (the privacy cap of
 :mod:`~stamen.server.driver.trip_budget`) and the surplus replies read from each (a checkpoint
-written before they were kept resumes with none), the staleness histogram and the count of late replies,
+written before they were kept is refused under a cap or RQM, :func:`~stamen.server.checkpoint_parts.
+lacks_trips`, and resumes with none otherwise), the staleness histogram and the count of late replies,
 beside the parts both drivers share (:func:`~stamen.server.checkpoint_parts.capture_common`: rule,
 accountant, model history, edge downlink).
 
