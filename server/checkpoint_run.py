@@ -162,7 +162,8 @@ class RunState:
             self.save(rnd, w, records, lambda snap: capture_sync(driver, snap))
 
         driver.on_round = saved
-        if self.deployed and (driver.accountant is not None or driver.budget.cap > 0):  # nodes outlive it
+        counted = driver.accountant is not None or driver.budget.cap > 0 or driver.client_bound is not None
+        if self.deployed and counted:  # nodes outlive it: the tasks sent bound the privacy spent
             saved(start - 1, weights, [] if ck is None else list(ck.records))  # the state to charge
             charge_before_push(driver, self)
         result = driver.rounds_from(weights, progress, start, () if ck is None else ck.records)
@@ -284,8 +285,9 @@ def count_before_push(driver: AsyncDriver, save: Callable[[], None]) -> None:
 def charge_before_push(driver: RoundDriver, state: RunState) -> None:
     """Before a synchronous round's tasks are pushed, checkpoint the last completed round's state
     with each of those tasks counted (RQM: one message per client asked; the tasks sent to each
-    client, which a trip cap bounds). A node keeps a pushed task, and may train and release its
-    update, even if the server dies before the round's own checkpoint; the resumed run then starts
+    client, which a trip cap bounds and local DP's worst-client ε is computed from). A node keeps a
+    pushed task, and may train and release its update, even if the server dies before the round's
+    own checkpoint; the resumed run then starts
     from counts that include them, and counts its own tasks of that round as usual (a client at its
     cap is not asked again). Without a crash the round's checkpoint replaces this one, holding what
     the round itself counted (every task once): nothing is counted twice. (A simulation needs none

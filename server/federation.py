@@ -33,6 +33,7 @@ from stamen.server.driver.driver import (
     RoundHooks,
 )
 from stamen.server.driver.types import Transport, Weights
+from stamen.server.privacy.client_bound import task_bound
 from stamen.server.privacy.statement import releases_per_client
 from stamen.server.rqm import rqm_accountant
 from stamen.server.rules import build_rule
@@ -175,6 +176,7 @@ def assemble(
         stale,
         history,
     )
+    driver.client_bound = task_bound(cfg)  # local DP: ε at least what the tasks sent imply
     attach(driver, cfg, extras.state_dir)
     return driver
 

@@ -12,7 +12,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -223,7 +223,10 @@ class RoundDriver:
         self.mode, self.downlink, self.policy, self.rule = mode, downlink, policy, rule
         self.evaluate_fn, self.hooks, self.accountant = evaluate, hooks, accountant
         self.stale, self.history = stale, history
-        self.worst_client_eps: float | None = None
+        self.worst_client_eps: float | None = None  # the largest ε a client reported
+        # local DP: tasks sent per client -> the most-asked client's ε (a resumed run's clients count
+        # from zero; :mod:`stamen.server.privacy.client_bound`)
+        self.client_bound: Callable[[Mapping[str, int]], float | None] | None = None
         self.budget = TripBudget(settings.max_trips)  # tasks sent to each client (checkpointed)
         self.last: CollectedUpdates | None = None
         self.resume: Resume | None = None  # a state-dir: resume, then checkpoint every round
@@ -379,7 +382,7 @@ class RoundDriver:
             loss=loss,
             bytes_up=stats.bytes_up,
             bytes_down=bytes_down,
-            epsilon=eps if eps is not None else self.worst_client_eps,
+            epsilon=eps if eps is not None else self.client_epsilon(),
             rejected=stats.rejected,
             wall_s=time.perf_counter() - t0,
             sim_time_s=self.transport.now(),
@@ -387,3 +390,9 @@ class RoundDriver:
             staleness_mean=float(np.mean(updates.taus)) if any(updates.taus) else math.nan,
             **hierarchy_fields(self.rule.round_metrics() if updates.stack.shape[0] else {}),
         )
+
+    def client_epsilon(self) -> float | None:
+        """The worst client's ε (local DP, DP-SGD): the largest it reported, or, when larger, what the
+        tasks sent to the most-asked client imply (:attr:`client_bound`); None when neither is known."""
+        bound = self.client_bound(self.budget.trips) if self.client_bound is not None else None
+        return max((e for e in (self.worst_client_eps, bound) if e is not None), default=None)

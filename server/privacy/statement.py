@@ -46,6 +46,17 @@ CLIENT_ACCOUNTANTS = {
     "dp_sgd": "poisson-subsampled-gaussian-per-client-batches",  # opacus' q = 1/ceil(n/B)
     "rqm": "rqm-exact-rdp-composed-over-participation",  # stamen.privacy.rqm_rdp
 }
+CLIENT_NOTE = "per-client ε over the updates each client released; no client-sampling amplification"
+BOUND_NOTE = (
+    "the worst client's ε is the larger of the clients' reports and the ε of one release per task "
+    "sent to the most-asked client, so a deployment resumed from its state-dir (whose clients count "
+    "from zero again) does not lower it"
+)
+REPORTS_NOTE = (
+    "the worst client's ε is the largest the clients reported: in a deployment resumed from its "
+    "state-dir they count from zero again, so it may understate what was spent before the restart "
+    "(the server does not correct it: {why})"
+)
 SEEDED_WARNING = (
     "privacy.noise=seeded: the DP noise and sampling are derived from the public run seed, so the "
     "guarantee does not hold against anyone who knows it (research / reproducibility mode only)"
@@ -115,11 +126,26 @@ def _client_side(cfg: ServerConfig) -> dict[str, Any]:
         "sampling": cfg.sampling,
         "accountant": f"{p.accountant}:{CLIENT_ACCOUNTANTS[p.mode]}",
         "covered": True,
-        "note": "per-client ε over the updates each client released; no client-sampling amplification",
+        "note": _client_note(cfg),
     }
     if releases_per_client(cfg):  # async: a fast client's extra tasks; sync: a round run again
         out["max_releases_per_client"] = releases_per_client(cfg)
     return out
+
+
+def _client_note(cfg: ServerConfig) -> str:
+    """What a client-side mode's ε is: RQM's is the server's own account; local DP's (synchronous)
+    is bounded by the tasks sent (:mod:`stamen.server.privacy.client_bound`); the others are the
+    clients' reports."""
+    mode = cfg.privacy.mode
+    if mode == "rqm":
+        return CLIENT_NOTE
+    if mode == "local" and cfg.settings.server.mode == "sync":
+        return f"{CLIENT_NOTE}; {BOUND_NOTE}"
+    why = "an asynchronous run does not bound it by the tasks sent"
+    if mode == "dp_sgd":
+        why = "DP-SGD's ε depends on each client's data size, which the server does not know"
+    return f"{CLIENT_NOTE}; {REPORTS_NOTE.format(why=why)}"
 
 
 def describe(statement: dict[str, Any]) -> str:
