@@ -33,6 +33,7 @@ results.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing as mp
 import signal
@@ -57,9 +58,10 @@ _Context = ForkContext | ForkServerContext | SpawnContext
 _POLL_S = 0.5  # how often a round waiting on its workers checks that they are alive
 _STOP_S = 5.0  # how long stopping a broken pool waits for each step
 _WORKER: dict[str, object] = {}  # the worker process's model and nodes (set by _init)
-# What the forkserver imports once, so a worker forked from it starts warm: torch, stamen, and
-# torch._dynamo, which the first torch.optim optimizer of a process imports (about 1.4 s).
-_PRELOAD = ["torch", "torch._dynamo", "stamen.simulations.parallel"]
+# What the forkserver imports once, so a worker forked from it starts warm: torch and stamen. (Not
+# torch._dynamo, about 1 s more, which the first torch.optim step of a process imports: only the
+# DP-SGD trainer steps with torch.optim; stamen.client.trainers.optim.)
+_PRELOAD = ["torch", "stamen.simulations.parallel"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,9 @@ def _init(spec: WorkerSpec) -> None:
     Ctrl-C is the engine's to handle (it stops the pool): a worker ignores SIGINT, which a terminal
     sends to the whole process group, instead of printing its own KeyboardInterrupt report. SIGTERM,
     which stops the pool mid-round, ends a worker at once: a fork of the engine would otherwise
-    keep the engine's handler (SIGTERM raising KeyboardInterrupt) and print that report."""
+    keep the engine's handler (SIGTERM raising KeyboardInterrupt) and print that report. What it
+    loaded is frozen out of the garbage collector's walks, as the engine's process freezes its own
+    (:mod:`~stamen.simulations.engines.gc_freeze`): a full collection in either stalls a round."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(1)
@@ -86,6 +90,7 @@ def _init(spec: WorkerSpec) -> None:
     _WORKER["model"] = model_structure(spec.task)
     _WORKER["nodes"] = SimulatedNodes(spec.data, spec.peer)
     dataset(spec.data), partitions(spec.data)  # cached per process: loaded now, not in round 1
+    gc.freeze()  # the worker's lifetime (a process of its own)
 
 
 def _noop() -> None:

@@ -35,6 +35,7 @@ from stamen.simulations.engines.clock import TripMeter, round_end
 from stamen.simulations.engines.paths import EnginePath, resolve_path
 from stamen.simulations.engines.rows import Released, RowJob, train_and_release
 from stamen.simulations.nodes import ClientNames, SimulatedNodes
+from stamen.simulations.engines.gc_freeze import frozen_gc
 from stamen.simulations.parallel import WorkerPool, WorkerSpec
 from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.provider import partitions
@@ -315,6 +316,7 @@ def run_inprocess(
         meter = TripMeter(plan.timing(), plan.cfg.train.epochs, sizes=partitions(plan.data).sizes())
         path = engine_path(plan, model)
         torch.set_num_threads(path.threads)
+        opened.enter_context(frozen_gc())  # what lives all run: out of the collector's walks
         if path.workers > 1:
             spec = WorkerSpec(plan.cfg.task, plan.data, plan.peer, path.batched, path.device.type)
             pool = WorkerPool(spec, path.workers)
