@@ -32,10 +32,10 @@ from stamen.simulations.checkpoint_inflight import engine_part
 from stamen.simulations.client_states import ClientStates
 from stamen.simulations.devices import SimulatedDevices
 from stamen.simulations.engines.clock import TripMeter, round_end
+from stamen.simulations.engines.gc_freeze import frozen_gc
 from stamen.simulations.engines.paths import EnginePath, resolve_path
 from stamen.simulations.engines.rows import Released, RowJob, train_and_release
 from stamen.simulations.nodes import ClientNames, SimulatedNodes
-from stamen.simulations.engines.gc_freeze import frozen_gc
 from stamen.simulations.parallel import WorkerPool, WorkerSpec
 from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.provider import partitions
