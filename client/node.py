@@ -22,7 +22,7 @@ from stamen.client.core import encode_delta, local_privacy, local_update, reply_
 from stamen.client.state import ClientState
 from stamen.client.trainers import TrainResult
 from stamen.edge import EdgeRuntime, StaleVersion
-from stamen.edge.status import committed_version
+from stamen.edge.errors import RefusedBase
 from stamen.protocols import (
     BaseModelMismatch,
     CodecError,
@@ -131,7 +131,8 @@ def _apply(node: Node, store: EdgeRuntime, downlink: bytes) -> None:
     what it holds (:class:`DeviceHolds`) so the server resynchronizes it:
 
     - the delta is for another base (the store's committed manifest, which ``apply`` re-read under
-      the store lock: another process may have changed the version, a repair or an operator's rollback);
+      the store lock and reports with its refusal, :class:`~stamen.edge.errors.RefusedBase`: another
+      process may have changed the version, a repair or an operator's rollback);
     - the store's files rotted while it ran (the result misses the signed target hash, weights are
       truncated or gone): the store is repaired as at start-up (:mod:`stamen.edge.repair`: only
       evidence against the files drops a version; logged) and ``node.store`` replaced by it; where
@@ -141,12 +142,14 @@ def _apply(node: Node, store: EdgeRuntime, downlink: bytes) -> None:
     sound are raised as they are."""
     try:
         store.apply(downlink)
-    except BaseModelMismatch:
-        now = committed_version(store.store)  # not store.version(): the session's, unchanged by a refusal
+    except RefusedBase as refused:
+        # The version the apply refused against, read under the store lock (not store.version(), the
+        # session's; nor the manifest re-read now: another process may have committed since).
+        now = refused.held
         if unpack(downlink, zero_copy=True).base_hash == now.hash:
             raise  # the base is right: a delta for another model
         raise DeviceHolds(now.hash, now.version) from None
-    except (SignatureError, MalformedUpdate, CodecError, StaleVersion):
+    except (SignatureError, MalformedUpdate, CodecError, StaleVersion, BaseModelMismatch):
         raise
     except (ValueError, FileNotFoundError) as exc:  # ValidationError, StoreCorrupt, unreadable weights
         healed = EdgeRuntime.open(

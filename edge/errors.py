@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from stamen.protocols import StamenError
+from typing import TYPE_CHECKING
 
-__all__ = ["StaleVersion", "StoreCorrupt"]
+from stamen.protocols import BaseModelMismatch, StamenError
+
+if TYPE_CHECKING:
+    from .manifest import ModelVersion
+
+__all__ = ["RefusedBase", "StaleVersion", "StoreCorrupt"]
+
+
+class RefusedBase(BaseModelMismatch):
+    """An apply refused an update made for another base or another model; ``held`` is the version
+    the store had committed when it refused (read under the store lock: no commit came between)."""
+
+    def __init__(self, message: str, held: ModelVersion) -> None:
+        super().__init__(message)
+        self.held = held
 
 
 class StaleVersion(StamenError):

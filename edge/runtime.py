@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from stamen.protocols import (
-    BaseModelMismatch,
     CodecPipeline,
     CodecSpec,
     Envelope,
@@ -41,7 +40,7 @@ from stamen.protocols import (
     unpack,
 )
 
-from .errors import StaleVersion, StoreCorrupt
+from .errors import RefusedBase, StaleVersion, StoreCorrupt
 from .fsutil import publish_dir, remove_tree
 from .fused import start_apply
 from .inputs import InputSpec
@@ -221,9 +220,10 @@ class EdgeRuntime:
         self._signed_by = env.key_id  # recorded in the manifest when the version commits
         cur = committed.current
         if env.base_hash != cur.hash:
-            raise BaseModelMismatch(
+            raise RefusedBase(
                 f"update is based on {env.base_hash[:16]}…, the device holds version {cur.version} "
-                f"({cur.hash[:16]}…)"
+                f"({cur.hash[:16]}…)",
+                version_of(committed),
             )
         if env.version <= committed.high_water:
             raise StaleVersion(
@@ -232,7 +232,8 @@ class EdgeRuntime:
             )
         model = env.meta.get(MODEL_KEY)
         if model is not None and model != committed.model_id:
-            raise BaseModelMismatch(f"update is for model {model!r}, this store holds {committed.model_id!r}")
+            msg = f"update is for model {model!r}, this store holds {committed.model_id!r}"
+            raise RefusedBase(msg, version_of(committed))
         if env.tensors != committed.tensors:
             raise ValidationError("update tensor table differs from the model's (names, shapes or dtypes)")
 
@@ -251,7 +252,7 @@ class EdgeRuntime:
         MalformedUpdate, CodecError
             Bytes that are not a well-formed envelope or payload.
         BaseModelMismatch
-            The update was made against another version or model.
+            Made for another version or model (a RefusedBase: ``held``, the version it held).
         StaleVersion
             Replay or rollback: version not above every version applied so far.
         ValidationError

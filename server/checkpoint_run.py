@@ -293,13 +293,33 @@ def charge_before_push(driver: RoundDriver, state: RunState) -> None:
     the round itself counted (every task once): nothing is counted twice. (A simulation needs none
     of this: its clients die with it.)"""
     train = driver.train_and_collect
+    unchecked = [state.resumed_from is not None]  # the first push of a resumed run: see warn_new_nodes
 
     def charged_train(weights: Weights, tasks: Sequence[TrainTask]) -> CollectedUpdates:
         if tasks and state.last is not None:
+            if unchecked and unchecked.pop():
+                warn_new_nodes(state.last, [t.client for t in tasks])
             state.write(charged(state.last, [t.client for t in tasks]))
         return train(weights, tasks)
 
     driver.train_and_collect = charged_train
+
+
+def warn_new_nodes(ck: Checkpoint, clients: Sequence[str]) -> None:
+    """Warn (one line) when none of ``clients``, asked in a resumed deployment's first round, is one
+    the checkpoint counted tasks or RQM releases for: the node ids changed, as they do when a
+    SuperLink whose database is in memory (no ``--database``) restarts, and the per-client task cap
+    and RQM's per-client charge start again from zero for every node."""
+    tree = _tree(ck.state, "driver")
+    acc = tree.get("accountant")
+    rqm = acc.get("participations") if isinstance(acc, dict) else None
+    counted = set(tree.get("trips") or {}) | set(rqm or {})
+    if counted and not counted.intersection(clients):
+        log.warning(
+            "none of the %d nodes asked is one the checkpoint counted (node ids changed: a SuperLink "
+            "restarted without --database?); per-client task caps and RQM charges start again",
+            len(set(clients)),
+        )
 
 
 def charged(ck: Checkpoint, clients: Sequence[str]) -> Checkpoint:
