@@ -20,6 +20,10 @@ class RefusedBase(BaseModelMismatch):
         super().__init__(message)
         self.held = held
 
+    def __reduce__(self) -> tuple[type[RefusedBase], tuple[str, ModelVersion]]:
+        """Pickled with its ``held`` version (an exception re-raised from a worker process)."""
+        return (type(self), (str(self), self.held))
+
 
 class StaleVersion(StamenError):
     """An update's version is not above every version the store has applied (replay/rollback)."""

@@ -298,7 +298,7 @@ def charge_before_push(driver: RoundDriver, state: RunState) -> None:
     def charged_train(weights: Weights, tasks: Sequence[TrainTask]) -> CollectedUpdates:
         if tasks and state.last is not None:
             if unchecked and unchecked.pop():
-                warn_new_nodes(state.last, [t.client for t in tasks])
+                warn_new_nodes(state.last, driver.transport.clients())
             state.write(charged(state.last, [t.client for t in tasks]))
         return train(weights, tasks)
 
@@ -306,18 +306,21 @@ def charge_before_push(driver: RoundDriver, state: RunState) -> None:
 
 
 def warn_new_nodes(ck: Checkpoint, clients: Sequence[str]) -> None:
-    """Warn (one line) when none of ``clients``, asked in a resumed deployment's first round, is one
-    the checkpoint counted tasks or RQM releases for: the node ids changed, as they do when a
-    SuperLink whose database is in memory (no ``--database``) restarts, and the per-client task cap
-    and RQM's per-client charge start again from zero for every node."""
+    """Warn (one line) when none of ``clients``, the nodes connected at a resumed deployment's first
+    push, is one the checkpoint counted tasks or RQM releases for: the node ids changed, as they do
+    when a SuperLink whose database is in memory (no ``--database``) restarts, and the per-client task
+    cap, RQM's per-client charge and local DP's ε bound start again from zero for every node. (The
+    connected nodes, not the round's cohort: a cohort drawn while some nodes are still reconnecting
+    may miss every counted one with no id changed.)"""
     tree = _tree(ck.state, "driver")
     acc = tree.get("accountant")
     rqm = acc.get("participations") if isinstance(acc, dict) else None
     counted = set(tree.get("trips") or {}) | set(rqm or {})
     if counted and not counted.intersection(clients):
         log.warning(
-            "none of the %d nodes asked is one the checkpoint counted (node ids changed: a SuperLink "
-            "restarted without --database?); per-client task caps and RQM charges start again",
+            "none of the %d connected nodes is one the checkpoint counted (node ids changed: a SuperLink "
+            "restarted without --database?); per-client task caps, RQM charges and the local-DP ε "
+            "bound start again",
             len(set(clients)),
         )
 

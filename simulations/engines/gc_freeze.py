@@ -22,13 +22,15 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def frozen_gc() -> Iterator[None]:
-    """Freeze the objects alive now for the duration of the block, then unfreeze them; a caller
-    whose process had already frozen objects keeps them frozen (``gc.unfreeze`` would release
-    theirs too)."""
-    ours = gc.get_freeze_count() == 0
+    """Freeze the objects alive now for the duration of the block, then unfreeze them. In a process
+    that has already frozen objects of its own (a pre-fork server), nothing is frozen: ``gc.unfreeze``
+    would release the caller's too, and a freeze never undone would keep every run's garbage cycles
+    for good."""
+    if gc.get_freeze_count() > 0:
+        yield
+        return
     gc.freeze()
     try:
         yield
     finally:
-        if ours:
-            gc.unfreeze()
+        gc.unfreeze()

@@ -82,3 +82,16 @@ def test_a_device_that_held_another_version_says_which_when_a_commit_follows(
     assert (refused.value.version, refused.value.held_hash) == (1, v1.hash)
     now = EdgeRuntime.open(store).version()
     assert (now.version, now.hash) == (4, model_hash(held[2]))  # the commit did land in the gap
+
+
+def test_a_refusal_pickles_with_the_version_it_held() -> None:
+    """A RefusedBase crosses a process boundary (pickle) with its message and ``held`` version."""
+    import pickle
+
+    from stamen.edge.errors import RefusedBase
+    from stamen.edge.manifest import ModelVersion
+
+    held = ModelVersion(3, "ab" * 32, None)
+    back = pickle.loads(pickle.dumps(RefusedBase("based on another version", held)))
+    assert isinstance(back, BaseModelMismatch) and str(back) == "based on another version"
+    assert back.held == held
