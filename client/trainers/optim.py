@@ -25,19 +25,27 @@ from stamen.task.spec import TrainSpec
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults
 
 
-class LocalSGD:
-    """``torch.optim.SGD(params, lr, momentum, weight_decay)``; parameters without a gradient are
-    skipped, as there."""
+class _Local:
+    """The parameters an optimizer steps, and ``zero_grad`` as ``torch.optim``'s."""
 
-    def __init__(self, params: list[torch.Tensor], spec: TrainSpec) -> None:
-        self.params, self.lr, self.momentum, self.wd = list(params), spec.lr, spec.momentum, spec.weight_decay
-        self.bufs: list[torch.Tensor | None] = [None] * len(self.params)
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.params = list(params)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop every gradient (``set_to_none`` is accepted for ``torch.optim``'s signature)."""
         del set_to_none
         for p in self.params:
             p.grad = None
+
+
+class LocalSGD(_Local):
+    """``torch.optim.SGD(params, lr, momentum, weight_decay)``; parameters without a gradient are
+    skipped, as there."""
+
+    def __init__(self, params: list[torch.Tensor], spec: TrainSpec) -> None:
+        super().__init__(params)
+        self.lr, self.momentum, self.wd = spec.lr, spec.momentum, spec.weight_decay
+        self.bufs: list[torch.Tensor | None] = [None] * len(self.params)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -58,21 +66,16 @@ class LocalSGD:
             p.add_(grad, alpha=-self.lr)
 
 
-class LocalAdam:
+class LocalAdam(_Local):
     """``torch.optim.Adam(params, lr, weight_decay)``; each parameter counts its own steps (one
     without a gradient neither moves nor counts), as there."""
 
     def __init__(self, params: list[torch.Tensor], spec: TrainSpec) -> None:
-        self.params, self.lr, self.wd = list(params), spec.lr, spec.weight_decay
+        super().__init__(params)
+        self.lr, self.wd = spec.lr, spec.weight_decay
         self.steps = [0] * len(self.params)
         self.m: list[torch.Tensor | None] = [None] * len(self.params)
         self.v: list[torch.Tensor | None] = [None] * len(self.params)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Drop every gradient (``set_to_none`` is accepted for ``torch.optim``'s signature)."""
-        del set_to_none
-        for p in self.params:
-            p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:
