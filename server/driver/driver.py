@@ -60,7 +60,7 @@ class Accountant(Protocol):
 class RoundHooks(Protocol):
     """The simulation's injection points (a deployed server has none)."""
 
-    def sample(self, rnd: int, clients: list[str], k: int) -> list[str] | None:
+    def sample(self, rnd: int, clients: Sequence[str], k: int) -> list[str] | None:
         """This round's cohort, or None for the driver's uniform draw."""
         ...
 
@@ -301,24 +301,29 @@ class RoundDriver:
         shared: dict[int, RoundInstructions] = {}  # one (frozen) object per version for the cohort
         return [self.task(rnd, client, weights, shared) for client in cohort]
 
-    def within_budget(self, rnd: int, clients: Sequence[str]) -> list[str]:
+    def within_budget(self, rnd: int, clients: Sequence[str]) -> Sequence[str]:
         """The available ``clients`` the cohort is drawn from: all but those already sent the
         ``max_trips`` tasks their noise was calibrated for (a round run again after a crash: its first
         attempt's tasks count, see :func:`~stamen.server.checkpoint_run.charge_before_push`); when
         none of them has a task left the budget is exhausted (``BudgetExhausted``). Without a cap, or
-        with nobody at it, ``clients`` unchanged (the seed's draw). :meth:`round` counts the tasks."""
+        with nobody at it, ``clients`` itself (the seed's draw; no scan without a cap: this runs every
+        round, over every available client). :meth:`round` counts the tasks."""
+        if self.budget.cap <= 0:
+            return clients
         held = [c for c in clients if not self.budget.allows(c)]
-        if held:
-            shown = ", ".join(held[:SHOWN]) + (f" and {len(held) - SHOWN} more" if len(held) > SHOWN else "")
-            log.warning(
-                "%s not asked in round %d: sent %d tasks each, the releases the noise was calibrated for",
-                shown,
-                rnd,
-                self.budget.cap,
-            )
-            if self.budget.spent(clients):
-                self.budget.refuse(clients)
-        return [c for c in clients if self.budget.allows(c)]
+        if not held:
+            return clients
+        shown = ", ".join(held[:SHOWN]) + (f" and {len(held) - SHOWN} more" if len(held) > SHOWN else "")
+        log.warning(
+            "%s not asked in round %d: sent %d tasks each, the releases the noise was calibrated for",
+            shown,
+            rnd,
+            self.budget.cap,
+        )
+        if len(held) == len(clients):
+            self.budget.refuse(clients)  # raises: the budget is exhausted
+        gone = set(held)
+        return [c for c in clients if c not in gone]
 
     def task(
         self, rnd: int, client: str, weights: Weights, shared: dict[int, RoundInstructions]
