@@ -34,6 +34,7 @@ from stamen.simulations.devices import SimulatedDevices
 from stamen.simulations.engines.clock import TripMeter, round_end
 from stamen.simulations.engines.gc_freeze import frozen_gc
 from stamen.simulations.engines.paths import EnginePath, resolve_path
+from stamen.simulations.engines.reply_chunks import reply_chunks
 from stamen.simulations.engines.rows import Released, RowJob, train_and_release
 from stamen.simulations.nodes import ClientNames, SimulatedNodes
 from stamen.simulations.parallel import WorkerPool, WorkerSpec
@@ -90,16 +91,16 @@ class InProcessTransport:
         return [reply for chunk in self.train_stream(tasks, timeout) for reply in chunk]
 
     def train_stream(self, tasks: Sequence[TrainTask], timeout: float) -> Iterator[list[Reply]]:
-        """:meth:`train`'s replies in cohort order, chunk by chunk as they are made (one client at a
-        time in the per-client loop, the whole cohort when batched or with workers), so the round
-        driver verifies a client's reply while later clients still train."""
+        """:meth:`train`'s replies in cohort order, chunk by chunk as they are made (bounded chunks of
+        clients in the per-client loop, :func:`reply_chunks`; the whole cohort when batched or with
+        workers), so the round driver verifies earlier replies while later clients still train."""
         del timeout
         trips: list[Trip] = []
         rows = self.path is not None and (self.path.batched or self.pool is not None)
         ready = [self.receive(t) for t in tasks]
         if self.progress is not None:
             self.progress(0, len(tasks))  # the round has begun (a cohort reports once it is done)
-        made = [self._rows(ready)] if rows else ([self.run(t)] for t in ready)
+        made = [self._rows(ready)] if rows else reply_chunks(self.run(t) for t in ready)
         done = 0
         for chunk in made:
             delivered = []

@@ -1,0 +1,91 @@
+"""The per-client loop's bounded reply chunks, and that chunking leaves a run unchanged."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from stamen.server.driver.types import Reply
+from stamen.simulations.engines import run_engine
+from stamen.simulations.engines.reply_chunks import reply_chunks
+from stamen.simulations.plan import SimulationPlan
+from stamen.simulations.scenario import load_scenario
+
+
+def _replies(sizes: list[int]) -> list[Reply]:
+    return [Reply(f"client-{i}", envelope=b"x" * n, nbytes=n) for i, n in enumerate(sizes)]
+
+
+def _sizes(chunks: list[list[Reply]]) -> list[int]:
+    return [len(c) for c in chunks]
+
+
+def test_chunks_keep_order_and_close_at_the_count() -> None:
+    replies = _replies([1] * 7)
+    chunks = list(reply_chunks(replies, max_count=3))
+    assert _sizes(chunks) == [3, 3, 1]
+    assert [r for c in chunks for r in c] == replies
+
+
+def test_chunks_close_at_the_bytes_bound() -> None:
+    """A large model's replies are not held many at a time: a chunk closes once it holds the bound."""
+    chunks = list(reply_chunks(_replies([40, 70, 10, 100, 5]), max_count=100, max_bytes=100))
+    assert _sizes(chunks) == [2, 2, 1]
+
+
+def test_chunks_close_after_max_seconds_of_training() -> None:
+    """Slow clients: the chunk closes when its replies took ``max_seconds`` to make (fake clock)."""
+    ticks = itertools.count()
+    chunks = list(reply_chunks(_replies([1] * 5), max_count=100, max_seconds=2.0, clock=lambda: next(ticks)))
+    # clock: start 0; replies at 1, 2 (2 - 0 >= 2: close); restart 3; replies at 4, 5 (close) ...
+    assert _sizes(chunks) == [2, 2, 1]
+
+
+def test_chunks_are_made_lazily() -> None:
+    """A chunk is handed on before later replies are made (the driver verifies it meanwhile)."""
+    made: list[int] = []
+
+    def replies() -> Iterator[Reply]:
+        for i in range(6):
+            made.append(i)
+            yield Reply(f"client-{i}", envelope=b"x", nbytes=1)
+
+    first = next(iter(reply_chunks(replies(), max_count=2)))
+    assert len(first) == 2 and made == [0, 1]
+
+
+def test_no_replies_no_chunk() -> None:
+    assert list(reply_chunks([])) == []
+
+
+@pytest.mark.parametrize("bounds", [(0, 1, 1.0), (1, 0, 1.0), (1, 1, 0.0), (1, 1, float("nan"))])
+def test_bad_bounds_are_a_clear_error(bounds: tuple[int, int, float]) -> None:
+    count, nbytes, seconds = bounds
+    with pytest.raises(ValueError, match="bounds must be positive"):
+        list(reply_chunks(_replies([1]), max_count=count, max_bytes=nbytes, max_seconds=seconds))
+
+
+def _plan(*overrides: str) -> SimulationPlan:
+    return SimulationPlan.from_scenario(load_scenario("smoke", list(overrides)))
+
+
+def test_per_client_loop_is_the_same_in_chunks_or_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-client loop in chunks (trips drawn a chunk at once) gives the run it gives one client
+    at a time: simulated times, drop-outs, accuracy and bytes exactly."""
+    import stamen.simulations.engines.inprocess as inprocess
+
+    plan = (
+        "data.num_clients=40", "clients.per_round=20", "rounds=3", "engine.batching=off",
+        "timing.dropout_prob=0.2", "timing.compute_jitter_sigma=0.3",
+    )  # fmt: skip
+
+    def rounds() -> list[tuple[float, int, float, int]]:
+        res = run_engine("inprocess", _plan(*plan))
+        return [(r.sim_time_s, r.rejected, r.accuracy, r.bytes_up) for r in res.rounds]
+
+    chunked = rounds()
+    monkeypatch.setattr(inprocess, "reply_chunks", lambda replies: ([r] for r in replies))
+    assert rounds() == chunked
+    assert sum(r[1] for r in chunked) > 0  # drop-outs happened
