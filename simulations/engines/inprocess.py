@@ -31,10 +31,10 @@ from stamen.server.history import FederationResult, ProgressFn
 from stamen.simulations.checkpoint_inflight import engine_part
 from stamen.simulations.client_states import ClientStates
 from stamen.simulations.devices import SimulatedDevices
+from stamen.simulations.engines.chunks import reply_chunks, task_slices
 from stamen.simulations.engines.clock import TripMeter, round_end
 from stamen.simulations.engines.gc_freeze import frozen_gc
 from stamen.simulations.engines.paths import EnginePath, resolve_path
-from stamen.simulations.engines.reply_chunks import reply_chunks
 from stamen.simulations.engines.rows import Released, RowJob, train_and_release
 from stamen.simulations.nodes import ClientNames, SimulatedNodes
 from stamen.simulations.parallel import WorkerPool, WorkerSpec
@@ -92,15 +92,15 @@ class InProcessTransport:
 
     def train_stream(self, tasks: Sequence[TrainTask], timeout: float) -> Iterator[list[Reply]]:
         """:meth:`train`'s replies in cohort order, chunk by chunk as they are made (bounded chunks of
-        clients in the per-client loop, :func:`reply_chunks`; the whole cohort when batched or with
-        workers), so the round driver verifies earlier replies while later clients still train."""
+        clients in the per-client loop; the whole cohort when batched or with workers), so the round
+        driver verifies earlier replies while later clients still train."""
         del timeout
         trips: list[Trip] = []
         rows = self.path is not None and (self.path.batched or self.pool is not None)
         ready = [self.receive(t) for t in tasks]
         if self.progress is not None:
             self.progress(0, len(tasks))  # the round has begun (a cohort reports once it is done)
-        made = [self._rows(ready)] if rows else reply_chunks(self.run(t) for t in ready)
+        made = [self._rows(ready)] if rows else self._per_client(ready)
         done = 0
         for chunk in made:
             delivered = []
@@ -118,6 +118,15 @@ class InProcessTransport:
         if self.meter is not None:
             self.clock = round_end(self.clock, trips, self.timeout_s)
         self.states.settle()
+
+    def _per_client(self, tasks: Sequence[TrainTask]) -> Iterator[list[Reply]]:
+        """The per-client loop in bounded chunks (:mod:`~stamen.simulations.engines.chunks`): trained
+        as rows, then released, where the round's clients can be trained apart; else one client
+        round after the other (edge devices, Bristle's peer mode)."""
+        if self.path is None or not self.path.rows:
+            return reply_chunks(self.run(t) for t in tasks)
+        dim = sum(int(np.size(v)) for v in (tasks[0].weights or {}).values()) if tasks else 0
+        return (self._rows(tasks[part]) for part in task_slices(len(tasks), 4 * dim))
 
     def _rows(self, tasks: Sequence[TrainTask]) -> list[Reply]:
         """The cohort trained (cohort-batched, or the per-client loop) and each client's row released

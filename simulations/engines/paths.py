@@ -33,6 +33,10 @@ class EnginePath:
         Why the run stays in one process although more workers were asked for (``None`` otherwise).
     threads : int
         Torch threads of the engine's own process.
+    rows : bool
+        A round's clients can be trained apart from the engine, into rows of a stack
+        (:func:`serial_reason` is None): the per-client loop trains a chunk of them back to back,
+        then releases them (:mod:`~stamen.simulations.engines.chunks`).
     """
 
     batched: bool
@@ -41,6 +45,7 @@ class EnginePath:
     fallback: str | None = None
     serial: str | None = None
     threads: int = 1
+    rows: bool = False
 
     def describe(self) -> dict[str, Any]:
         """What results.json records under ``engine_path``."""
@@ -94,7 +99,7 @@ def resolve_path(s: Scenario, task: TaskSpec, train: TrainSpec, model: nn.Module
             f"engine.threads={s.engine.threads} needs one training process (set engine.workers=1; "
             f"this run resolves to {workers})"
         )
-    return EnginePath(fallback is None, workers, device, fallback, serial, s.engine.threads)
+    return EnginePath(fallback is None, workers, device, fallback, serial, s.engine.threads, apart is None)
 
 
 def _device(name: str) -> torch.device:

@@ -1,15 +1,16 @@
-"""The per-client loop's bounded reply chunks, and that chunking leaves a run unchanged."""
+"""The per-client loop's bounded chunks (replies, task slices), and that chunking leaves a run unchanged."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
 from stamen.server.driver.types import Reply
 from stamen.simulations.engines import run_engine
-from stamen.simulations.engines.reply_chunks import reply_chunks
+from stamen.simulations.engines.chunks import FIRST_SLICE, reply_chunks, task_slices
 from stamen.simulations.plan import SimulationPlan
 from stamen.simulations.scenario import load_scenario
 
@@ -63,29 +64,79 @@ def test_no_replies_no_chunk() -> None:
 @pytest.mark.parametrize("bounds", [(0, 1, 1.0), (1, 0, 1.0), (1, 1, 0.0), (1, 1, float("nan"))])
 def test_bad_bounds_are_a_clear_error(bounds: tuple[int, int, float]) -> None:
     count, nbytes, seconds = bounds
-    with pytest.raises(ValueError, match="bounds must be positive"):
+    with pytest.raises(ValueError, match="chunk bounds must be positive"):
         list(reply_chunks(_replies([1]), max_count=count, max_bytes=nbytes, max_seconds=seconds))
+
+
+def _lengths(slices: list[slice]) -> list[int]:
+    return [s.stop - s.start for s in slices]
+
+
+def test_task_slices_cover_the_range_in_order() -> None:
+    slices = list(task_slices(10, 4, max_count=3))
+    assert [i for s in slices for i in range(s.start, s.stop)] == list(range(10))
+    assert max(_lengths(slices)) <= 3
+
+
+def test_task_slices_hold_at_most_max_bytes_of_rows_and_at_least_one() -> None:
+    assert set(_lengths(list(task_slices(9, 40, max_bytes=100)))) == {2, 1}  # 2 rows of 40 fit, then 1
+    assert _lengths(list(task_slices(3, 500, max_bytes=100))) == [1, 1, 1]  # a row over the bound
+
+
+def test_task_slices_are_sized_from_the_last_slices_time() -> None:
+    """The first slice is timed (fake clock: 1 s a client) and the next sized to ``max_seconds``."""
+    now = [0.0]
+    work = []
+    for part in task_slices(20, 4, max_seconds=3.0, clock=lambda: now[0]):
+        work.append(part.stop - part.start)
+        now[0] += work[-1]  # the caller's work on the slice: 1 s a client
+    assert work[0] == FIRST_SLICE and work[1:] == [3, 3, 3, 3, 3, 1]
+
+
+def test_task_slices_of_nothing() -> None:
+    assert list(task_slices(0, 4)) == []
 
 
 def _plan(*overrides: str) -> SimulationPlan:
     return SimulationPlan.from_scenario(load_scenario("smoke", list(overrides)))
 
 
-def test_per_client_loop_is_the_same_in_chunks_or_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The per-client loop in chunks (trips drawn a chunk at once) gives the run it gives one client
-    at a time: simulated times, drop-outs, accuracy and bytes exactly."""
+@pytest.mark.parametrize("rows", [True, False], ids=["as-rows", "client-rounds"])
+def test_per_client_loop_is_the_same_in_chunks_or_one_by_one(
+    monkeypatch: pytest.MonkeyPatch, rows: bool
+) -> None:
+    """The per-client loop in chunks (trained as rows then released, or client round by client
+    round; trips drawn a chunk at once) gives the run it gives one client round at a time: simulated
+    times, drop-outs, accuracy and bytes exactly."""
     import stamen.simulations.engines.inprocess as inprocess
 
     plan = (
         "data.num_clients=40", "clients.per_round=20", "rounds=3", "engine.batching=off",
         "timing.dropout_prob=0.2", "timing.compute_jitter_sigma=0.3",
     )  # fmt: skip
+    if not rows:
+        resolved = inprocess.resolve_path
+        monkeypatch.setattr(inprocess, "resolve_path", lambda *a: replace(resolved(*a), rows=False))
 
     def rounds() -> list[tuple[float, int, float, int]]:
         res = run_engine("inprocess", _plan(*plan))
         return [(r.sim_time_s, r.rejected, r.accuracy, r.bytes_up) for r in res.rounds]
 
     chunked = rounds()
-    monkeypatch.setattr(inprocess, "reply_chunks", lambda replies: ([r] for r in replies))
+    one_by_one = lambda self, tasks: ([self.run(t)] for t in tasks)  # noqa: E731
+    monkeypatch.setattr(inprocess.InProcessTransport, "_per_client", one_by_one)
     assert rounds() == chunked
     assert sum(r[1] for r in chunked) > 0  # drop-outs happened
+
+
+def test_per_client_loop_trains_as_rows_where_clients_can_be_apart() -> None:
+    """A sync memory run resolves to rows; an edge run (each device applies its own delta) does not."""
+    import torch
+
+    from stamen.simulations.engines.paths import resolve_path
+
+    def rows(*overrides: str) -> bool:
+        p = _plan("engine.batching=off", *overrides)
+        return resolve_path(p.scenario, p.cfg.task, p.cfg.train, torch.nn.Linear(1, 1), p.peer).rows
+
+    assert rows() and not rows("clients.runtime=edge")
