@@ -9,7 +9,8 @@ chunks, a chunk's trips are drawn at once (:meth:`~stamen.simulations.timing.Cli
 the same trips bit for bit) and its replies verified one after the other; where a round's clients
 can be trained apart (:func:`~stamen.simulations.engines.paths.serial_reason`), the chunk's clients
 are trained into rows first, then released (:mod:`~stamen.simulations.engines.rows`, the same
-envelopes byte for byte). That round went from 0.46 to 0.40 s (ad hoc, 3 rounds; BENCHMARKS §1).
+envelopes byte for byte). A 3-round run went from 0.47 to 0.41 s (BENCHMARKS §1, beside the
+one-at-a-time loop in the same runs).
 
 A chunk is bounded in clients, in bytes (a large model's replies or rows are not held many at a
 time: MiniLM's, 86 MB each, go one by one) and in time (progress stays responsive with slow clients).
