@@ -8,6 +8,8 @@
 - :func:`create_delta`, :func:`load_weights` — the host side: sign ``target - base`` for a device.
 - :func:`personalize` — sparse-backprop fine-tuning (``full``, ``bias``, ``last_k=K``,
   ``channels=R``, ``budget=SIZE``) stored as the overlay (imports torch; loaded lazily).
+- :class:`RefusedBase` (a ``BaseModelMismatch`` naming the version ``held``), :class:`StaleVersion`,
+  :class:`StoreCorrupt` — the store's refusals.
 
 Serving an ONNX store needs numpy, onnx, onnxruntime, safetensors and cryptography — not torch.
 """
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the real imports happen on first attribute access (PEP 562), see below
     from .delta import create_delta, load_weights
-    from .errors import StaleVersion, StoreCorrupt
+    from .errors import RefusedBase, StaleVersion, StoreCorrupt
     from .personalization import PersonalizeConfig, personalize
     from .repair import Repair
     from .runtime import EdgeRuntime, ModelVersion
@@ -29,6 +31,7 @@ __all__ = [
     "EdgeRuntime",
     "ModelVersion",
     "PersonalizeConfig",
+    "RefusedBase",
     "Repair",
     "StaleVersion",
     "StoreCorrupt",
@@ -44,6 +47,7 @@ _LAZY = {
     "EdgeRuntime": "runtime",
     "ModelVersion": "runtime",
     "PersonalizeConfig": "personalization",
+    "RefusedBase": "errors",
     "Repair": "repair",
     "StaleVersion": "errors",
     "StoreCorrupt": "errors",

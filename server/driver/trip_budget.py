@@ -34,8 +34,9 @@ class TripBudget:
     cap: int = 0
     trips: Counter[str] = field(default_factory=Counter)
     surplus: Counter[str] = field(default_factory=Counter)
-    # tasks in flight at a timeout and not answered since (weak: a reply naming one keeps it alive)
-    given_up: list[weakref.ref[TrainTask]] = field(default_factory=list)
+    # tasks in flight at a timeout and not answered since, by id (unique while the task lives: a
+    # dead entry matches no task); weak: a reply naming one keeps it alive (never checkpointed)
+    given_up: dict[int, weakref.ref[TrainTask]] = field(default_factory=dict)
 
     def allows(self, client: str) -> bool:
         """Whether ``client`` may be sent one more task."""
@@ -64,15 +65,16 @@ class TripBudget:
 
     def _answered_late(self, task: TrainTask) -> bool:
         """``task`` was given up and had no reply since: it has one now (no longer given up)."""
-        for i, ref in enumerate(self.given_up):
-            if ref() is task:
-                del self.given_up[i]
-                return True
-        return False
+        ref = self.given_up.get(id(task))  # O(1) per reply: a list was scanned for each
+        if ref is None or ref() is not task:
+            return False
+        del self.given_up[id(task)]
+        return True
 
     def give_up(self, tasks: Iterable[TrainTask]) -> None:
         """``tasks`` had no reply before the timeout: a late reply to one of them is its first."""
-        self.given_up = [t for t in self.given_up if t() is not None] + [weakref.ref(t) for t in tasks]
+        live = {key: ref for key, ref in self.given_up.items() if ref() is not None}
+        self.given_up = live | {id(t): weakref.ref(t) for t in tasks}  # a task given up twice: once
 
     def unread(self, read: Mapping[str, int]) -> list[str]:
         """Each client once for every task it was sent beyond the ``read`` messages charged to it

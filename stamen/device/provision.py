@@ -60,6 +60,8 @@ def _check(opts: DeviceInitOptions) -> None:
     if opts.model.suffix != ".onnx":
         raise ValueError(f"--model must be an .onnx file (from `stamen deploy model`), got {opts.model}")
     Verifier.from_files(opts.trust)  # an unusable anchor fails before anything is written
+    if opts.node_key is not None:
+        load_node_key(opts.node_key.read_bytes())  # so does a file that is not a node key
     if opts.trusted_entities is not None:
         check_trusted_entities(opts.trusted_entities)
         if opts.no_trusted_entities:
@@ -114,7 +116,10 @@ def _model_id(model: Path) -> str | None:
     """The model id ``stamen deploy model`` recorded in the file (the server's deltas name it)."""
     import onnx  # only provisioning parses ONNX; the daemon never does
 
-    proto = onnx.load(str(model), load_external_data=False)
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError on a file that is not ONNX
+        raise ValueError(f"--model {model} is not an ONNX model ({type(exc).__name__})") from None
     return next((p.value for p in proto.metadata_props if p.key == "stamen.model_id"), None)
 
 
@@ -123,8 +128,7 @@ def _keys(home: Path, opts: DeviceInitOptions) -> tuple[Path, Path, Path]:
     node_key = keys / "node.key"
     if opts.node_key is not None:
         data = opts.node_key.read_bytes()
-        load_node_key(data)
-        write_private(node_key, data, force=opts.force)
+        write_private(node_key, data, force=opts.force)  # a node key: checked by _check
         pub = opts.node_key.with_name(opts.node_key.name + ".pub")
         if pub.is_file():
             write_public(keys / "node.key.pub", pub.read_bytes())
@@ -149,14 +153,19 @@ def device_init(home: Path, opts: DeviceInitOptions) -> DeviceConfig:
         raise ValueError(f"{home} already holds a device (device.toml); pass --force to re-provision")
     entities_text = _entities(home, opts)  # before anything is written
     cfg = _config(home, opts, entities_text is not None)  # its values checked before anything is written
+    model_id = _model_id(opts.model)
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
+    store, fresh = home / "store", home / "store.new"
+    if fresh.exists():
+        shutil.rmtree(fresh)  # left by an init that died
+    # beside the old store: a model create_store refuses replaces nothing (it removes what it made)
+    create_store(fresh, opts.model, opts.trust, model_id=model_id)
     _write_trust(home, opts, entities_text)
     _keys(home, opts)
-    store = home / "store"
     if store.exists():
         shutil.rmtree(store)  # only reached with force: the device.toml check above
-    create_store(store, opts.model, home / "trust" / "update-signing.pub.pem", model_id=_model_id(opts.model))
+    fresh.rename(store)
     (home / "flwr").mkdir(exist_ok=True)
     write_public(home / "device.toml", render_device_config(cfg).encode())
     return cfg

@@ -99,3 +99,50 @@ def test_a_relative_kept_path_is_refused(
         device_init(home, force)
     assert "\n" not in str(exc.value) and "--no-trusted-entities" in str(exc.value)
     assert _device_files(home) == before
+
+
+@pytest.mark.parametrize("entities", ["keep", "off", "new"])
+def test_a_bad_node_key_re_provisions_nothing(
+    provisioned: tuple[Path, DeviceInitOptions], tmp_path: Path, entities: str
+) -> None:
+    """A --node-key that is not a node key was refused only after trust/ was written: with
+    --no-trusted-entities the device lost trust/trusted-entities.yaml while its device.toml still
+    named it (the daemon then refuses to start); with a new file it trusted other keys."""
+    home, force = provisioned
+    (tmp_path / "bad.key").write_bytes(b"not a node key")
+    other = tmp_path / "other.yaml"
+    other.write_text(f"fpk_other: '{_ssh()}'\n")
+    change = {"off": {"no_trusted_entities": True}, "new": {"trusted_entities": other}}.get(entities, {})
+    before = _device_files(home)
+    with pytest.raises(ValueError, match="not a node private key"):
+        device_init(home, dataclasses.replace(force, node_key=tmp_path / "bad.key", **change))  # type: ignore[arg-type]
+    assert _device_files(home) == before
+
+
+def test_a_model_the_store_refuses_re_provisions_nothing(
+    provisioned: tuple[Path, DeviceInitOptions], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old store was removed, and the node key replaced, before the new store was made: a model
+    it refused left the device with no store and a node key the SuperLink never registered."""
+    import stamen.edge
+
+    def refuse(store: Path, *a: object, **k: object) -> None:
+        raise ValueError("weights do not match the arch spec")
+
+    monkeypatch.setattr(stamen.edge, "create_store", refuse)
+    home, force = provisioned
+    before = _device_files(home)
+    with pytest.raises(ValueError, match="do not match"):
+        device_init(home, force)
+    assert _device_files(home) == before and not (home / "store.new").exists()
+
+
+def test_a_file_that_is_not_onnx_is_one_line(tmp_path: Path) -> None:
+    """``onnx.load`` raised protobuf's ``DecodeError`` (a traceback, not a one-line error)."""
+    from stamen.device.provision import _model_id
+
+    bad = tmp_path / "m.onnx"
+    bad.write_bytes(b"garbage, not a model")
+    with pytest.raises(ValueError, match="is not an ONNX model") as exc:
+        _model_id(bad)
+    assert "\n" not in str(exc.value)

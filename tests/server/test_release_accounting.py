@@ -5,6 +5,7 @@ secret dispatch draws under central DP, and an older checkpoint without the trip
 from __future__ import annotations
 
 import copy
+import gc
 from collections import Counter
 from pathlib import Path
 
@@ -122,8 +123,27 @@ def test_a_late_reply_answers_its_given_up_task_once() -> None:
     for task in (t1, t1, t2):
         assert budget.released(Reply("a", task=task), {"a": t2})
     assert not budget.released(Reply("a", error="expired", task=t3), {"a": t2})
-    assert budget.surplus == {"a": 1} and budget.given_up == []
+    assert budget.surplus == {"a": 1} and len(budget.given_up) == 0
     assert budget.unread({"a": 3}) == ["a"]  # t3: three read, one a copy
+
+
+def test_given_up_tasks_are_looked_up_not_scanned() -> None:
+    """Each reply naming a task scanned the whole given-up list (after a timeout with 100,000 tasks
+    in flight, milliseconds per reply), and a task given up twice was answered late twice (its copy
+    was no surplus). Now a reply looks its task up, and a given-up task is answered once."""
+    instr = RoundInstructions(1, 0, 0, "dense", False, TaskSpec(), TrainSpec())
+    budget = TripBudget(trips=Counter({"a": 2}))
+    gone, kept = (
+        [TrainTask("a", instr, None, None, "") for _ in range(1000)],
+        TrainTask("a", instr, None, None, ""),
+    )
+    budget.give_up([*gone, kept])
+    del gone
+    gc.collect()
+    budget.give_up([kept])  # named twice: still one task to answer; the dead ones leave
+    assert len(budget.given_up) == 1
+    assert budget.released(Reply("a", task=kept), {}) and budget.released(Reply("a", task=kept), {})
+    assert budget.surplus == {"a": 1} and len(budget.given_up) == 0
 
 
 def test_unread_tasks_are_those_beyond_the_messages_read() -> None:
