@@ -204,7 +204,8 @@ class RunState:
             saved[0] = False
 
         driver.on_event = handled
-        if self.deployed and (driver.budget.cap > 0 or driver.accountant is not None):
+        counted = driver.budget.cap > 0 or driver.accountant is not None or driver.client_bound is not None
+        if self.deployed and counted:
             count_before_push(driver, save)  # a deployment: its nodes outlive a crashed server
         return released
 
@@ -265,10 +266,11 @@ class RunState:
 
 def count_before_push(driver: AsyncDriver, save: Callable[[], None]) -> None:
     """Checkpoint each task's trip before the task is pushed, where trips bound privacy (a cap,
-    RQM). A node keeps a pushed task, and may train and release its update, even if the server dies
-    before the next handled reply's checkpoint; the resumed run must count that task, or each crash
-    lets a client be sent more tasks than its noise was calibrated for, and RQM never charges them.
-    (A simulation needs none of this: its clients die with it, and it resumes the tasks in flight.)"""
+    RQM, local DP's worst-client ε). A node keeps a pushed task, and may train and release its
+    update, even if the server dies before the next handled reply's checkpoint; the resumed run
+    must count that task, or each crash lets a client be sent more tasks than its noise was
+    calibrated for, RQM never charges them and local DP's ε drops. (A simulation needs none of
+    this: its clients die with it, and it resumes the tasks in flight.)"""
     push = driver.transport.push
 
     def counted_push(task: TrainTask) -> None:

@@ -247,5 +247,6 @@ def assemble_async(
     policy = collect_policy(cfg, rule, extras)
     parts = (downlink, policy, rule, stale, history, evaluate, _accountant(cfg))
     driver = AsyncDriver(settings, transport, cfg.instructions, *parts)
+    driver.client_bound = task_bound(cfg)  # local DP: ε at least what the tasks sent imply
     attach(driver, cfg, extras.state_dir)
     return driver

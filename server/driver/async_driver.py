@@ -39,8 +39,8 @@ import numpy as np
 from stamen.protocols import StamenError, tensor_table
 from stamen.server.aggregators.base import Rule
 from stamen.server.driver.async_state import AsyncSettings, _Step, idle_clients
-from stamen.server.driver.async_steps import fedasync_mix, fedbuff_step
-from stamen.server.driver.collect import CollectPolicy, flatten, norm_outliers
+from stamen.server.driver.async_steps import drop_outliers, fedasync_mix, fedbuff_step
+from stamen.server.driver.collect import CollectPolicy, flatten
 from stamen.server.driver.driver import Accountant, Downlink, EvalFn, Resume, interrupted
 from stamen.server.driver.reply import accept_reply, reported_epsilon
 from stamen.server.driver.trip_budget import TripBudget
@@ -86,7 +86,8 @@ class AsyncDriver:
         self.staleness_histogram: list[dict[int, int]] = []
         self.repeats: dict[tuple[str, int], int] = {}
         self.budget = TripBudget(settings.max_trips)  # tasks sent to each client, against its cap
-        self.worst_client_eps: float | None = None
+        self.worst_client_eps: float | None = None  # the largest ε a client reported
+        self.client_bound: Callable[[Mapping[str, int]], float | None] | None = None  # as RoundDriver's
         self.resume: Resume | None = None  # a state-dir: resume, then checkpoint every event
         self.on_event: Callable[[], None] | None = None  # after every handled reply and release
         self.after_end = {"replies": 0, "bytes_up": 0}  # replies pulled after the last version
@@ -319,15 +320,15 @@ class AsyncDriver:
     def _settle(self) -> None:
         """The last record's ε after what no release counted: RQM charges the messages since and each
         task no reply answered (one never read may still have been released: :meth:`TripBudget.unread`);
-        a reported ε (local DP, DP-SGD) since counts."""
+        a reported ε (local DP, DP-SGD) since counts, and local DP's tasks sent since."""
         eps, st = None, self.step
         if self.accountant is not None and self.records:
             owed = st.senders + self.budget.unread(
                 Counter(self.accountant.participations) + Counter(st.senders)
             )
             eps, st.senders = (self.accountant(owed) if owed else None), []
-        elif st.client_eps is not None and self.rule.epsilon() is None and self.records:
-            eps = self.worst_client_eps = max(self.worst_client_eps or 0.0, st.client_eps)
+        elif self.rule.epsilon() is None and self.records:
+            eps = self.client_epsilon(st.client_eps)
         if eps is not None:
             self.records[-1] = replace(self.records[-1], epsilon=eps)
 
@@ -362,21 +363,13 @@ class AsyncDriver:
             progress(record)
 
     def _drop_outliers(self) -> None:
-        bad = norm_outliers(self.step.clients, self.step.norms, self.policy)
-        if not bad:
-            return
-        for client, reason in bad.items():
+        for client, reason in drop_outliers(self.step, self.policy).items():
             self._reject(client, reason)
-        keep = [i for i, c in enumerate(self.step.clients) if c not in bad]
-        for name in ("rows", "counts", "factors", "clients", "norms", "taus"):
-            values = getattr(self.step, name)
-            setattr(self.step, name, [values[i] for i in keep])
 
     def _record(self) -> RoundRecord:
         st = self.step
         self.staleness_histogram.append({int(t): n for t, n in sorted(Counter(st.taus).items())})
-        if st.client_eps is not None:
-            self.worst_client_eps = max(self.worst_client_eps or 0.0, st.client_eps)
+        worst = self.client_epsilon(st.client_eps)
         eps = self.rule.epsilon()
         if self.accountant is not None:
             eps = self.accountant(st.senders)
@@ -391,10 +384,17 @@ class AsyncDriver:
             loss=loss,
             bytes_up=st.bytes_up,
             bytes_down=st.bytes_down,
-            epsilon=eps if eps is not None else self.worst_client_eps,
+            epsilon=eps if eps is not None else worst,
             rejected=st.rejected,
             wall_s=time.perf_counter() - st.started,
             sim_time_s=self.transport.now(),
             staleness_max=max(st.taus, default=0),
             staleness_mean=float(np.mean(st.taus)) if st.taus else math.nan,
         )
+
+    def client_epsilon(self, reported: float | None = None) -> float | None:
+        """The worst client's ε, ``reported`` counted first (:meth:`RoundDriver.client_epsilon`)."""
+        if reported is not None:
+            self.worst_client_eps = max(self.worst_client_eps or 0.0, reported)
+        bound = self.client_bound(self.budget.trips) if self.client_bound is not None else None
+        return max((e for e in (self.worst_client_eps, bound) if e is not None), default=None)

@@ -1,5 +1,6 @@
 """The asynchronous modes' model steps: FedAsync's mixing and FedBuff's buffered step, as pure
-functions of the current weights and what arrived since the last version (:class:`_Step`)."""
+functions of the current weights and what arrived since the last version (:class:`_Step`), and the
+norm outliers a step drops first."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 from stamen.protocols import TensorInfo
 from stamen.server.aggregators.base import RoundContext, Rule
 from stamen.server.driver.async_state import AsyncSettings, _Step
-from stamen.server.driver.collect import CollectPolicy, capped_examples, flatten, unflatten
+from stamen.server.driver.collect import CollectPolicy, capped_examples, flatten, norm_outliers, unflatten
 from stamen.server.driver.types import Weights
 
 
@@ -46,3 +47,14 @@ def fedbuff_step(
         delta = momentum
     update = unflatten(delta, table)
     return {k: v + update[k] for k, v in weights.items()}, momentum
+
+
+def drop_outliers(step: _Step, policy: CollectPolicy) -> dict[str, str]:
+    """Drop the updates of ``step``'s norm outliers (:func:`norm_outliers`); returns them, with why."""
+    bad = norm_outliers(step.clients, step.norms, policy)
+    if bad:
+        keep = [i for i, c in enumerate(step.clients) if c not in bad]
+        for name in ("rows", "counts", "factors", "clients", "norms", "taus"):
+            values = getattr(step, name)
+            setattr(step, name, [values[i] for i in keep])
+    return bad

@@ -134,17 +134,15 @@ def _client_side(cfg: ServerConfig) -> dict[str, Any]:
 
 
 def _client_note(cfg: ServerConfig) -> str:
-    """What a client-side mode's ε is: RQM's is the server's own account; local DP's (synchronous)
-    is bounded by the tasks sent (:mod:`stamen.server.privacy.client_bound`); the others are the
-    clients' reports."""
+    """What a client-side mode's ε is: RQM's is the server's own account; local DP's (synchronous or
+    asynchronous) is bounded by the tasks sent (:mod:`stamen.server.privacy.client_bound`); DP-SGD's
+    is the clients' reports."""
     mode = cfg.privacy.mode
     if mode == "rqm":
         return CLIENT_NOTE
-    if mode == "local" and cfg.settings.server.mode == "sync":
+    if mode == "local":
         return f"{CLIENT_NOTE}; {BOUND_NOTE}"
-    why = "an asynchronous run does not bound it by the tasks sent"
-    if mode == "dp_sgd":
-        why = "DP-SGD's ε depends on each client's data size, which the server does not know"
+    why = "DP-SGD's ε depends on each client's data size, which the server does not know"
     return f"{CLIENT_NOTE}; {REPORTS_NOTE.format(why=why)}"
 
 
