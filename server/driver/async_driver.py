@@ -87,7 +87,7 @@ class AsyncDriver:
         self.repeats: dict[tuple[str, int], int] = {}
         self.budget = TripBudget(settings.max_trips)  # tasks sent to each client, against its cap
         self.worst_client_eps: float | None = None  # the largest ε a client reported
-        self.client_bound: Callable[[Mapping[str, int]], float | None] | None = None  # as RoundDriver's
+        self.client_bound: Callable[[int], float | None] | None = None  # as RoundDriver's
         self.resume: Resume | None = None  # a state-dir: resume, then checkpoint every event
         self.on_event: Callable[[], None] | None = None  # after every handled reply and release
         self.after_end = {"replies": 0, "bytes_up": 0}  # replies pulled after the last version
@@ -396,5 +396,5 @@ class AsyncDriver:
         """The worst client's ε, ``reported`` counted first (:meth:`RoundDriver.client_epsilon`)."""
         if reported is not None:
             self.worst_client_eps = max(self.worst_client_eps or 0.0, reported)
-        bound = self.client_bound(self.budget.trips) if self.client_bound is not None else None
+        bound = self.client_bound(self.budget.most()) if self.client_bound is not None else None
         return max((e for e in (self.worst_client_eps, bound) if e is not None), default=None)

@@ -12,7 +12,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -184,14 +184,10 @@ class RoundDriver:
         How tasks reach clients (in-process calls, a Flower Grid).
     instructions : callable
         ``(round, version) -> RoundInstructions`` (task, training spec of the round, codec).
-    mode : Mode
-        :class:`AggregateMode` or Bristle's peer relay.
-    downlink : Downlink
-        Full weights, or signed deltas to edge devices.
-    policy : CollectPolicy
-        What a reply must satisfy.
-    rule : Rule
-        The aggregation rule (its ``epsilon()`` is central DP's spend).
+    mode, downlink : Mode, Downlink
+        :class:`AggregateMode` or Bristle's peer relay; full weights, or signed deltas to devices.
+    policy, rule : CollectPolicy, Rule
+        What a reply must satisfy; the aggregation rule (its ``epsilon()`` is central DP's spend).
     evaluate : callable or None
         ``weights -> (loss, accuracy)`` on a held-out set, or None.
     hooks : RoundHooks or None
@@ -224,9 +220,8 @@ class RoundDriver:
         self.evaluate_fn, self.hooks, self.accountant = evaluate, hooks, accountant
         self.stale, self.history = stale, history
         self.worst_client_eps: float | None = None  # the largest ε a client reported
-        # local DP: tasks sent per client -> the most-asked client's ε (a resumed run's clients count
-        # from zero; :mod:`stamen.server.privacy.client_bound`)
-        self.client_bound: Callable[[Mapping[str, int]], float | None] | None = None
+        # local DP: most tasks sent to a client -> its ε (:mod:`stamen.server.privacy.client_bound`)
+        self.client_bound: Callable[[int], float | None] | None = None
         self.budget = TripBudget(settings.max_trips)  # tasks sent to each client (checkpointed)
         self.last: CollectedUpdates | None = None
         self.resume: Resume | None = None  # a state-dir: resume, then checkpoint every round
@@ -269,7 +264,7 @@ class RoundDriver:
         if self.history is not None:
             self.history.put(rnd, weights)
         tasks = self.configure(rnd, weights)
-        self.budget.trips.update(t.client for t in tasks)  # each task sent (a trip cap bounds them)
+        self.budget.spend_all(t.client for t in tasks)  # each task sent (a trip cap bounds them)
         updates = self.train_and_collect(weights, tasks)
         if self.stale is not None and self.history is not None:
             treat_stale_rows(rnd, updates, tasks, self.stale, self.history)
@@ -399,5 +394,5 @@ class RoundDriver:
     def client_epsilon(self) -> float | None:
         """The worst client's ε (local DP, DP-SGD): the largest it reported, or, when larger, what the
         tasks sent to the most-asked client imply (:attr:`client_bound`); None when neither is known."""
-        bound = self.client_bound(self.budget.trips) if self.client_bound is not None else None
+        bound = self.client_bound(self.budget.most()) if self.client_bound is not None else None
         return max((e for e in (self.worst_client_eps, bound) if e is not None), default=None)

@@ -20,26 +20,26 @@ accounted by the server itself, central DP by the aggregation rule.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from stamen.privacy.local import local_epsilon
 from stamen.server.config import ServerConfig
 
-#: ``tasks sent per client -> ε`` of the most-asked client, or None (no task sent)
-TaskBound = Callable[[Mapping[str, int]], float | None]
+#: ``the most tasks sent to one client -> ε`` of that client, or None (no task sent)
+TaskBound = Callable[[int], float | None]
 
 
 def task_bound(cfg: ServerConfig) -> TaskBound | None:
-    """``trips -> ε`` under local DP: the ε of a client that released one update for each task sent
-    to the most-asked client, computed as the clients compute theirs (the noise multiplier, δ and
-    accountant of the run's training spec); None for every other mode. A non-finite ε (noise
-    multiplier 0) is None, as a client's non-finite report is not counted."""
+    """``most -> ε`` under local DP: the ε of a client that released one update for each of the
+    ``most`` tasks sent to the most-asked client (``TripBudget.most()``), computed as the clients
+    compute theirs (the noise multiplier, δ and accountant of the run's training spec); None for
+    every other mode. A non-finite ε (noise multiplier 0) is None, as a client's non-finite report
+    is not counted."""
     if cfg.privacy.mode != "local":
         return None
     spec, cache = cfg.train, {}
 
-    def bound(trips: Mapping[str, int]) -> float | None:
-        most = max(trips.values(), default=0)
+    def bound(most: int) -> float | None:
         if most <= 0:
             return None
         if most not in cache:
