@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from stamen.server.driver.task_counts import TaskCounts
 from stamen.server.driver.types import Reply, TrainTask
 from stamen.server.privacy.central import BudgetExhausted
 
@@ -29,19 +30,21 @@ from stamen.server.privacy.central import BudgetExhausted
 @dataclass
 class TripBudget:
     """Tasks sent to each client, against ``cap`` (0: no cap), and the released replies that answered
-    no task not answered before (``surplus``); both are checkpointed. Tasks are counted with
-    :meth:`spend_all` (``trips`` may be replaced whole, as a restore does, not raised in place:
-    :meth:`most` would miss it)."""
+    no task not answered before (``surplus``); both are checkpointed. ``trips`` is always a
+    :class:`~stamen.server.driver.task_counts.TaskCounts` (one assigned, as a restore does, is
+    converted), so :meth:`most` follows every change."""
 
     cap: int = 0
-    trips: Counter[str] = field(default_factory=Counter)
+    trips: TaskCounts = field(default_factory=TaskCounts)
     surplus: Counter[str] = field(default_factory=Counter)
     # tasks in flight at a timeout and not answered since, by id (unique while the task lives: a
     # dead entry matches no task); weak: a reply naming one keeps it alive (never checkpointed)
     given_up: dict[int, weakref.ref[TrainTask]] = field(default_factory=dict)
-    # the most tasks sent to one client, as counted in ``_of`` (recounted once ``trips`` is replaced)
-    _most: int = field(default=0, repr=False, compare=False)
-    _of: Counter[str] | None = field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "trips" and not isinstance(value, TaskCounts):
+            value = TaskCounts(value)
+        super().__setattr__(name, value)
 
     def allows(self, client: str) -> bool:
         """Whether ``client`` may be sent one more task."""
@@ -49,23 +52,16 @@ class TripBudget:
 
     def spend(self, client: str) -> None:
         """Count one task sent to ``client``."""
-        self.spend_all((client,))
+        self.trips[client] += 1
 
     def spend_all(self, clients: Iterable[str]) -> None:
         """Count one task sent to each of ``clients`` (a client named twice: two tasks)."""
-        kept = self._of is self.trips
         for client in clients:
             self.trips[client] += 1
-            if kept:
-                self._most = max(self._most, self.trips[client])
 
     def most(self) -> int:
-        """The most tasks sent to one client: kept as :meth:`spend_all` counts them, recounted once after
-        ``trips`` is replaced (a checkpoint's restore). (Recounting every round cost ~1 ms at 100,000
-        clients asked, each async version or sync round under local DP.)"""
-        if self._of is not self.trips:
-            self._most, self._of = max(self.trips.values(), default=0), self.trips
-        return self._most
+        """The most tasks sent to one client (:meth:`TaskCounts.most`, kept as they are counted)."""
+        return self.trips.most()
 
     def spent(self, clients: Sequence[str]) -> bool:
         """Under a cap, every one of ``clients`` has had its tasks."""

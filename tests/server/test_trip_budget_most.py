@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from stamen.server.driver.task_counts import TaskCounts
 from stamen.server.driver.trip_budget import TripBudget
 
 
@@ -42,13 +43,29 @@ def test_most_is_recounted_after_trips_are_replaced() -> None:
     assert budget.most() == 7
 
 
-def test_a_save_around_a_push_leaves_most_unchanged() -> None:
-    """``count_before_push`` counts a task for the checkpoint and takes it back before the driver
-    counts it: the kept figure follows only what ``spend`` counted."""
+def test_most_follows_writes_in_place() -> None:
+    """``count_before_push`` counts a task for the checkpoint and takes it back; tests and restores
+    write ``trips`` in place: the figure follows every write, up and down."""
     budget = TripBudget()
     budget.spend("a")
-    assert budget.most() == 1
     budget.trips["a"] += 1  # counted for the save
-    budget.trips["a"] -= 1  # taken back
-    budget.spend("a")
     assert budget.most() == 2
+    budget.trips["a"] -= 1  # taken back
+    assert budget.most() == 1
+    budget.trips["b"] = 4
+    assert budget.most() == 4
+    budget.trips.update({"c": 2})
+    assert budget.most() == 4
+    del budget.trips["b"]
+    assert budget.most() == 2
+
+
+def test_trips_stay_task_counts_when_assigned_and_pickled() -> None:
+    import pickle
+
+    budget = TripBudget(trips=Counter({"a": 3}))  # type: ignore[arg-type]
+    assert isinstance(budget.trips, TaskCounts) and budget.most() == 3
+    copied = pickle.loads(pickle.dumps(budget))
+    assert isinstance(copied.trips, TaskCounts) and copied.most() == 3 and copied.trips == {"a": 3}
+    copied.trips.clear()
+    assert copied.most() == 0
