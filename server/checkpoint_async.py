@@ -87,10 +87,11 @@ def restore_async(
 
 def _trips(driver: AsyncDriver, tree: Mapping[str, Any]) -> Counter[str]:
     """Tasks sent to each client. A checkpoint written before they were kept is refused when they
-    bound privacy (a trip cap, RQM's accounting of unread tasks): no safe count can be rebuilt from
-    it, and zero would let every client be sent its whole budget again."""
+    bound privacy (a trip cap, RQM's accounting of unread tasks, local DP's reported ε): no safe
+    count can be rebuilt from it, and zero would let every client be sent its whole budget again
+    (or understate what it spent)."""
     if "trips" not in tree:
-        if driver.budget.cap > 0 or driver.accountant is not None:
+        if driver.budget.cap > 0 or driver.accountant is not None or driver.client_bound is not None:
             raise lacks_trips(driver)
         return Counter()
     return Counter({str(c): int(n) for c, n in tree["trips"].items()})

@@ -185,10 +185,11 @@ def capture_sync(driver: Any, snap: Snapshot) -> Tree:
 
 def restore_sync(driver: Any, tree: Mapping[str, Any], snap: Snapshot) -> None:
     """Put :func:`capture_sync` back. A checkpoint written before the tasks per client were kept is
-    refused under a trip cap (:func:`lacks_trips`); without one it resumes with none counted."""
+    refused where they bound privacy (a trip cap; local DP's ε, :attr:`RoundDriver.client_bound`:
+    :func:`lacks_trips`); otherwise it resumes with none counted."""
     restore_common(driver, tree, snap)
     restore_mode(driver.mode, tree.get("mode"), snap)
-    if "trips" not in tree and driver.budget.cap > 0:
+    if "trips" not in tree and (driver.budget.cap > 0 or getattr(driver, "client_bound", None) is not None):
         raise lacks_trips(driver)
     trips = _need(tree, "trips", dict) if "trips" in tree else {}
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in trips.values()):
@@ -198,8 +199,8 @@ def restore_sync(driver: Any, tree: Mapping[str, Any], snap: Snapshot) -> None:
 
 def lacks_trips(driver: Any) -> CheckpointError:
     """The error for a checkpoint without the tasks sent to each client, in a run whose client-side
-    privacy they bound (a trip cap; asynchronous RQM): no safe count can be rebuilt from it, and
-    zero would let every client be sent its whole budget again."""
+    privacy they bound (a trip cap; asynchronous RQM; local DP's reported ε): no safe count can be
+    rebuilt from it, and zero would let every client be sent its whole budget again."""
     where = getattr(driver.resume, "state_dir", None)
     return CheckpointError(
         f"{'the checkpoint' if where is None else checkpoint_path(where)} lacks the tasks sent to "

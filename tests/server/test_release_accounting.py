@@ -255,6 +255,22 @@ def test_older_checkpoint_without_trip_counts_is_refused_under_rqm_without_a_cap
         restore_async(fresh, tree, snap, BASE, [])
 
 
+def test_older_checkpoint_without_trip_counts_is_refused_under_local_dp_without_a_cap(
+    tmp_path: Path,
+) -> None:
+    """Local DP calibrated by its noise alone: the trip counts bound the ε the server reports (a
+    resumed deployment's clients count from zero), so an older checkpoint without them is refused."""
+    transport = ScriptedTransport({"c-1": 1.0, "c-2": 2.0}, [])
+    old = _driver(transport, 3, max_trips=0)
+    old.begin(BASE)
+    tree, snap = _old_tree(old)
+    fresh = _driver(transport, 3, max_trips=0)
+    fresh.client_bound = lambda most: float(most)  # as task_bound(cfg) sets it under local DP
+    fresh.resume = RunState(tmp_path, {}, "fedbuff")
+    with pytest.raises(CheckpointError, match=r"checkpoint\.safetensors lacks the tasks sent to each"):
+        restore_async(fresh, tree, snap, BASE, [])
+
+
 class _Killed(BaseException):
     """The server process dies (nothing after this runs; the driver does not catch it)."""
 

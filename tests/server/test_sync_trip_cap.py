@@ -162,24 +162,31 @@ def test_every_available_client_at_its_cap_exhausts_the_budget() -> None:
         driver.configure(3, initial)
 
 
-@pytest.mark.parametrize("calibration", ["target_epsilon", "fixed"])
-def test_an_older_checkpoint_without_task_counts_is_refused_under_a_cap(
-    tmp_path: Path, calibration: str
+@pytest.mark.parametrize(
+    ("setting", "refused"),
+    [
+        ("privacy.calibration=target_epsilon", True),
+        ("privacy.calibration=fixed", True),
+        ("privacy.mode=off", False),
+    ],
+)
+def test_an_older_checkpoint_without_task_counts_is_refused_where_they_bound_privacy(
+    tmp_path: Path, setting: str, refused: bool
 ) -> None:
-    """A sync checkpoint written before the tasks per client were kept: under a cap it is refused
-    with one line naming the file (it resumed with every count at zero, so the round run again could
-    send a client more tasks than calibrated); without a cap it resumes and runs to the end."""
+    """A sync checkpoint written before the tasks per client were kept: under local DP it is refused
+    with one line naming the file, with a cap (the round run again could send a client more tasks
+    than calibrated) and without one (the reported ε is bounded by the tasks sent; at zero, a resumed
+    deployment's figure would restart too); without client-side DP it resumes and runs to the end."""
     sent: Counter[str] = Counter()
-    cal = f"privacy.calibration={calibration}"
-    driver, initial = _driver(_Nodes(sent, crash=2), tmp_path, cal)
+    driver, initial = _driver(_Nodes(sent, crash=2), tmp_path, setting)
     with pytest.raises(_Killed):
         driver.run(initial)
     ck = read_checkpoint(tmp_path)
     assert ck is not None and "trips" in ck.state["driver"]
     old = {k: v for k, v in ck.state["driver"].items() if k != "trips"}  # as an older stamen wrote it
     write_checkpoint(tmp_path, replace(ck, state={**ck.state, "driver": old}))
-    driver, initial = _driver(_Nodes(sent), tmp_path, cal)
-    if calibration == "fixed":
+    driver, initial = _driver(_Nodes(sent), tmp_path, setting)
+    if not refused:
         assert driver.run(initial).stopped is None and sent == {c: 4 for c in CLIENTS}
         return
     with pytest.raises(CheckpointError, match=r"checkpoint\.safetensors lacks the tasks sent to each") as exc:
