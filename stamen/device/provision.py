@@ -157,18 +157,33 @@ def device_init(home: Path, opts: DeviceInitOptions) -> DeviceConfig:
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
     store, fresh = home / "store", home / "store.new"
-    if fresh.exists():
-        shutil.rmtree(fresh)  # left by an init that died
+    for left in (fresh, home / "store.old"):  # left by an init that died
+        if left.exists():
+            shutil.rmtree(left)
     # beside the old store: a model create_store refuses replaces nothing (it removes what it made)
     create_store(fresh, opts.model, opts.trust, model_id=model_id)
-    _write_trust(home, opts, entities_text)
-    _keys(home, opts)
-    if store.exists():
-        shutil.rmtree(store)  # only reached with force: the device.toml check above
-    fresh.rename(store)
+    try:
+        _write_trust(home, opts, entities_text)
+        _keys(home, opts)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    _swap(store, fresh)
     (home / "flwr").mkdir(exist_ok=True)
     write_public(home / "device.toml", render_device_config(cfg).encode())
     return cfg
+
+
+def _swap(store: Path, fresh: Path) -> None:
+    """Put the ``fresh`` store in place of ``store`` (if any, only reached with force: the device.toml
+    check) by two renames; the old one is removed last (an init that dies between the renames leaves
+    it as ``store.old``, next to ``store.new``)."""
+    old = store.with_name("store.old")
+    if store.exists():
+        store.rename(old)
+    fresh.rename(store)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def _config(home: Path, opts: DeviceInitOptions, entities: bool) -> DeviceConfig:

@@ -146,3 +146,31 @@ def test_a_file_that_is_not_onnx_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="is not an ONNX model") as exc:
         _model_id(bad)
     assert "\n" not in str(exc.value)
+
+
+def test_a_failure_after_the_new_store_leaves_the_old_one_and_no_new_one(
+    provisioned: tuple[Path, DeviceInitOptions], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails after the new store was made (a full disk while writing the keys): the new
+    store is removed and the device's store is the old one."""
+    from stamen.device import provision
+
+    home, opts = provisioned
+    (home / "store" / "marker").write_text("old")
+
+    def full_disk(*a: object, **k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(provision, "_keys", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        device_init(home, opts)
+    assert (home / "store" / "marker").read_text() == "old"
+    assert not (home / "store.new").exists() and not (home / "store.old").exists()
+
+
+def test_a_forced_init_replaces_the_store(provisioned: tuple[Path, DeviceInitOptions]) -> None:
+    home, opts = provisioned
+    (home / "store" / "marker").write_text("old")
+    device_init(home, opts)
+    assert (home / "store" / "manifest.json").exists() and not (home / "store" / "marker").exists()
+    assert not (home / "store.new").exists() and not (home / "store.old").exists()
