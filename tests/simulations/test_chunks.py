@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from stamen.server.driver.types import Reply
@@ -101,31 +102,45 @@ def _plan(*overrides: str) -> SimulationPlan:
     return SimulationPlan.from_scenario(load_scenario("smoke", list(overrides)))
 
 
+STATEFUL = (  # error feedback and seeded local DP: per-client state carried between rounds
+    "codec.pipeline=topk,int8", "codec.topk.ratio=0.1", "codec.error_feedback=true",
+    "privacy.mode=local", "privacy.noise=seeded",
+)  # fmt: skip
+
+
 @pytest.mark.parametrize("rows", [True, False], ids=["as-rows", "client-rounds"])
+@pytest.mark.parametrize(
+    "extra", [(), STATEFUL, ("clients.downlink=cached",)], ids=["dense", "stateful", "cached"]
+)
 def test_per_client_loop_is_the_same_in_chunks_or_one_by_one(
-    monkeypatch: pytest.MonkeyPatch, rows: bool
+    monkeypatch: pytest.MonkeyPatch, rows: bool, extra: tuple[str, ...]
 ) -> None:
     """The per-client loop in chunks (trained as rows then released, or client round by client
     round; trips drawn a chunk at once) gives the run it gives one client round at a time: simulated
-    times, drop-outs, accuracy and bytes exactly."""
+    times, drop-outs, accuracy, bytes, ε and the final weights exactly, with per-client state (error
+    feedback, local DP) and with a cached downlink."""
     import stamen.simulations.engines.inprocess as inprocess
 
     plan = (
         "data.num_clients=40", "clients.per_round=20", "rounds=3", "engine.batching=off",
-        "timing.dropout_prob=0.2", "timing.compute_jitter_sigma=0.3",
+        "timing.dropout_prob=0.2", "timing.compute_jitter_sigma=0.3", *extra,
     )  # fmt: skip
     if not rows:
         resolved = inprocess.resolve_path
         monkeypatch.setattr(inprocess, "resolve_path", lambda *a: replace(resolved(*a), rows=False))
 
-    def rounds() -> list[tuple[float, int, float, int]]:
+    def run() -> tuple[list[tuple[float, int, float, int, float | None]], dict[str, np.ndarray]]:
         res = run_engine("inprocess", _plan(*plan))
-        return [(r.sim_time_s, r.rejected, r.accuracy, r.bytes_up) for r in res.rounds]
+        records = [(r.sim_time_s, r.rejected, r.accuracy, r.bytes_up, r.epsilon) for r in res.rounds]
+        return records, {k: np.asarray(v) for k, v in res.weights.items()}
 
-    chunked = rounds()
+    chunked, weights = run()
     one_by_one = lambda self, tasks: ([self.run(t)] for t in tasks)  # noqa: E731
     monkeypatch.setattr(inprocess.InProcessTransport, "_per_client", one_by_one)
-    assert rounds() == chunked
+    again, weights_again = run()
+    assert again == chunked
+    assert weights.keys() == weights_again.keys()
+    assert all(np.array_equal(weights[k], weights_again[k]) for k in weights)
     assert sum(r[1] for r in chunked) > 0  # drop-outs happened
 
 
