@@ -3,7 +3,7 @@ replies verified a chunk at once.
 
 Handing the round driver one client's reply at a time interleaves the timing model, the codec and
 the envelope checks with torch's training, each finding its code cold in the CPU caches: a trip
-drawn right after a client's training took ~73 us against ~19 us in a loop (measured), ~0.17 ms a
+drawn right after a client's training took ~73 us against ~19 us in a loop (ad hoc), ~0.17 ms a
 client with the meter's bookkeeping, 11 % of a 100-client round of the engine benchmark's MLP. In
 chunks, a chunk's trips are drawn at once (:meth:`~stamen.simulations.timing.ClientTiming.trips`,
 the same trips bit for bit) and its replies verified one after the other; where a round's clients
