@@ -6,7 +6,9 @@ The server's worst-client ε is at least what the tasks it sent the most-asked c
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from stamen.server.config import ServerConfig
 from stamen.server.driver.driver import RoundDriver
 from stamen.server.driver.types import Reply, TrainTask, Weights
 from stamen.server.federation import RunExtras, assemble
+from stamen.server.history import FederationResult
 from stamen.server.privacy.statement import privacy_statement
 from stamen.task.models import build_model
 from stamen.task.settings_load import load_settings
@@ -88,21 +91,37 @@ def test_resumed_run_reports_the_epsilon_of_the_releases_before_the_crash(
     cap, round 4 (its 5th); under the target-ε cap round 4 is refused. The clients of the new run
     report ε of 1 and 2 releases, so the reported maximum was ε(2) (the old figure); the tasks sent,
     counted before each push, give ε of every release."""
-    released: Counter[str] = Counter()
     over = f"privacy.calibration={calibration}"
-    driver, initial, cfg = _driver(_Nodes(released, crash=3), tmp_path, over)
+    driver, result, cfg, released = crash_then_resume(tmp_path, lambda n: _driver(n, tmp_path, over), _Nodes)
+    assert [r.round for r in result.rounds] == rounds_done
+    assert_bounded_by_tasks(driver, result.rounds[-1].epsilon, cfg, released, releases)
+
+
+def crash_then_resume(
+    state_dir: Path, make: Callable[[Any], tuple[Any, Weights, ServerConfig]], nodes: Callable[..., Any]
+) -> tuple[Any, FederationResult, ServerConfig, Counter[str]]:
+    """A run (``make(nodes)``: a driver, its initial weights and config) whose server dies in its 3rd
+    step after the clients released, its checkpoint counting 3 tasks a client; then the resumed run
+    with new nodes (their accountants from zero): ``(driver, result, cfg, releases per client)``."""
+    released: Counter[str] = Counter()
+    driver, initial, _ = make(nodes(released, crash=3))
     with pytest.raises(_Killed):
         driver.run(initial)
-    ck = read_checkpoint(tmp_path)
+    ck = read_checkpoint(state_dir)
     assert ck is not None and ck.step == 2 and ck.state["driver"]["trips"] == {c: 3 for c in CLIENTS}
-    driver, initial, cfg = _driver(_Nodes(released), tmp_path, over)
-    result = driver.run(initial)
-    assert [r.round for r in result.rounds] == rounds_done
+    driver, initial, cfg = make(nodes(released))
+    return driver, driver.run(initial), cfg, released
+
+
+def assert_bounded_by_tasks(
+    driver: Any, final: float | None, cfg: ServerConfig, released: Counter[str], releases: int
+) -> None:
+    """Every client released ``releases`` updates, each one a task counted; the clients reported ε(2)
+    (their accountants restarted); the ``final`` ε is that of every release, within the target."""
     assert released == {c: releases for c in CLIENTS} and driver.budget.trips == released
-    final = result.rounds[-1].epsilon
     assert driver.worst_client_eps == pytest.approx(_eps(cfg, 2), rel=1e-12)  # what was reported
     assert final == pytest.approx(_eps(cfg, releases), rel=1e-12) and final > _eps(cfg, 2) * 1.2
-    if calibration == "target_epsilon":  # the cap keeps it within the target the noise was calibrated for
+    if cfg.privacy.calibration == "target_epsilon":  # the cap keeps it within the target
         p = cfg.privacy
         assert p.target_epsilon * 0.99 <= final <= p.target_epsilon * (1 + 1e-9)
 
