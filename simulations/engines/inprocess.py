@@ -31,7 +31,7 @@ from stamen.server.history import FederationResult, ProgressFn
 from stamen.simulations.checkpoint_inflight import engine_part
 from stamen.simulations.client_states import ClientStates
 from stamen.simulations.devices import SimulatedDevices
-from stamen.simulations.engines.chunks import reply_chunks, task_slices
+from stamen.simulations.engines.chunks import MAX_ROW_BYTES, reply_chunks, task_slices
 from stamen.simulations.engines.clock import TripMeter, round_end
 from stamen.simulations.engines.gc_freeze import frozen_gc
 from stamen.simulations.engines.paths import EnginePath, resolve_path
@@ -121,11 +121,11 @@ class InProcessTransport:
 
     def _per_client(self, tasks: Sequence[TrainTask]) -> Iterator[list[Reply]]:
         """The per-client loop in bounded chunks (:mod:`~stamen.simulations.engines.chunks`): trained
-        as rows, then released, where the round's clients can be trained apart; else one client
-        round after the other (edge devices, Bristle's peer mode)."""
-        if self.path is None or not self.path.rows:
-            return reply_chunks(self.run(t) for t in tasks)
+        as rows, then released, where the round's clients can be trained apart and a row is small;
+        else one client round after the other (edge devices, Bristle's peer mode, large models)."""
         dim = sum(int(np.size(v)) for v in (tasks[0].weights or {}).values()) if tasks else 0
+        if self.path is None or not self.path.rows or 4 * dim > MAX_ROW_BYTES:
+            return reply_chunks(self.run(t) for t in tasks)
         return (self._rows(tasks[part]) for part in task_slices(len(tasks), 4 * dim))
 
     def _rows(self, tasks: Sequence[TrainTask]) -> list[Reply]:

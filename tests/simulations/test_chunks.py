@@ -155,3 +155,23 @@ def test_per_client_loop_trains_as_rows_where_clients_can_be_apart() -> None:
         return resolve_path(p.scenario, p.cfg.task, p.cfg.train, torch.nn.Linear(1, 1), p.peer).rows
 
     assert rows() and not rows("clients.runtime=edge")
+
+
+@pytest.mark.parametrize("limit", [4 * 2**20, 16])
+def test_rows_only_for_small_models(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    """A model whose row exceeds ``MAX_ROW_BYTES`` goes client round by client round (no row copy);
+    the smoke model's row (a few KiB) is trained as rows (equal runs: the tests above)."""
+    import stamen.simulations.engines.inprocess as inprocess
+
+    as_rows: list[int] = []
+    real = inprocess.train_and_release
+
+    def counted(jobs, *a, **k):  # type: ignore[no-untyped-def]
+        as_rows.append(len(jobs))
+        return real(jobs, *a, **k)
+
+    monkeypatch.setattr(inprocess, "train_and_release", counted)
+    monkeypatch.setattr(inprocess, "MAX_ROW_BYTES", limit)
+    res = run_engine("inprocess", _plan("engine.batching=off", "rounds=2"))
+    assert (sum(as_rows) > 0) == (limit > 16)
+    assert [r.round for r in res.rounds] == [1, 2]
