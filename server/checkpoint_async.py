@@ -24,7 +24,7 @@ import numpy as np
 
 from stamen.protocols import tensor_table
 from stamen.server.checkpoint import CheckpointError
-from stamen.server.checkpoint_parts import capture_common, lacks_trips, restore_common
+from stamen.server.checkpoint_parts import capture_common, lacks_trips, restore_common, trips_bound_privacy
 from stamen.server.checkpoint_rules import Snapshot, Tree, rng_state, set_rng_state
 from stamen.server.driver.async_driver import AsyncDriver
 from stamen.server.driver.types import Weights
@@ -91,7 +91,7 @@ def _trips(driver: AsyncDriver, tree: Mapping[str, Any]) -> Counter[str]:
     count can be rebuilt from it, and zero would let every client be sent its whole budget again
     (or understate what it spent)."""
     if "trips" not in tree:
-        if driver.budget.cap > 0 or driver.accountant is not None or driver.client_bound is not None:
+        if trips_bound_privacy(driver):
             raise lacks_trips(driver)
         return Counter()
     return Counter({str(c): int(n) for c, n in tree["trips"].items()})

@@ -197,6 +197,12 @@ def restore_sync(driver: Any, tree: Mapping[str, Any], snap: Snapshot) -> None:
     driver.budget.trips = Counter({str(c): n for c, n in trips.items()})
 
 
+def trips_bound_privacy(driver: Any) -> bool:
+    """Whether the tasks sent to each client bound this run's client-side privacy: a trip cap, a
+    server-side accountant (RQM), or local DP's worst-client ε (``client_bound``)."""
+    return driver.budget.cap > 0 or driver.accountant is not None or driver.client_bound is not None
+
+
 def lacks_trips(driver: Any) -> CheckpointError:
     """The error for a checkpoint without the tasks sent to each client, in a run whose client-side
     privacy they bound (a trip cap; asynchronous RQM; local DP's reported ε): no safe count can be

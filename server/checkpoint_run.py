@@ -38,7 +38,7 @@ from stamen.server.checkpoint import (
     write_checkpoint,
 )
 from stamen.server.checkpoint_async import capture_async, restore_async
-from stamen.server.checkpoint_parts import capture_sync, charge_accountant, restore_sync
+from stamen.server.checkpoint_parts import capture_sync, charge_accountant, restore_sync, trips_bound_privacy
 from stamen.server.checkpoint_rules import Snapshot, Tree
 from stamen.server.checkpoint_store import PartStore, lock_state_dir, unlock_state_dir
 from stamen.server.config import ServerConfig
@@ -162,8 +162,9 @@ class RunState:
             self.save(rnd, w, records, lambda snap: capture_sync(driver, snap))
 
         driver.on_round = saved
-        counted = driver.accountant is not None or driver.budget.cap > 0 or driver.client_bound is not None
-        if self.deployed and counted:  # nodes outlive it: the tasks sent bound the privacy spent
+        if self.deployed and trips_bound_privacy(
+            driver
+        ):  # nodes outlive it: the tasks sent bound the privacy spent
             saved(start - 1, weights, [] if ck is None else list(ck.records))  # the state to charge
             charge_before_push(driver, self)
         result = driver.rounds_from(weights, progress, start, () if ck is None else ck.records)
@@ -204,8 +205,7 @@ class RunState:
             saved[0] = False
 
         driver.on_event = handled
-        counted = driver.budget.cap > 0 or driver.accountant is not None or driver.client_bound is not None
-        if self.deployed and counted:
+        if self.deployed and trips_bound_privacy(driver):
             count_before_push(driver, save)  # a deployment: its nodes outlive a crashed server
         return released
 
